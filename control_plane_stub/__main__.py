@@ -1,0 +1,3 @@
+from control_plane_stub.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from xds_proxy.cli import main
+
+raise SystemExit(main())

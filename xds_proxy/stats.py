@@ -1,0 +1,149 @@
+"""The one stats store: counters, gauges and text readouts under Envoy's names.
+
+Every part of the proxy that counts something holds a handle from here; the admin endpoints
+(`/stats`, `/stats?format=json`, `/stats/prometheus`) read only this store, so what operators
+see has one source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Counter:
+    name: str
+    value: int = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+@dataclass(slots=True)
+class Gauge:
+    name: str
+    value: int = 0
+
+    def set(self, value: int) -> None:
+        self.value = value
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: int = 1) -> None:
+        self.value -= amount
+
+
+@dataclass(slots=True)
+class TextReadout:
+    name: str
+    value: str = ""
+
+    def set(self, value: str) -> None:
+        self.value = value
+
+
+# Envoy's Prometheus output moves some name segments into labels (its default tag extractors).
+# (regex on the dotted name, label name); the captured segment is removed from the metric name.
+_PROMETHEUS_TAGS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^http\.((.*?)\.)"), "envoy_http_conn_manager_prefix"),
+    (re.compile(r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+     "envoy_listener_address"),
+    (re.compile(r"^cluster\.((.*?)\.)"), "envoy_cluster_name"),
+)
+_PROMETHEUS_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+@dataclass
+class Stats:
+    counters: dict[str, Counter] = field(default_factory=dict)
+    gauges: dict[str, Gauge] = field(default_factory=dict)
+    text_readouts: dict[str, TextReadout] = field(default_factory=dict)
+
+    def counter(self, name: str) -> Counter:
+        found = self.counters.get(name)
+        if found is None:
+            found = self.counters[name] = Counter(name)
+        return found
+
+    def gauge(self, name: str) -> Gauge:
+        found = self.gauges.get(name)
+        if found is None:
+            found = self.gauges[name] = Gauge(name)
+        return found
+
+    def text_readout(self, name: str) -> TextReadout:
+        found = self.text_readouts.get(name)
+        if found is None:
+            found = self.text_readouts[name] = TextReadout(name)
+        return found
+
+    def value(self, name: str) -> int | str | None:
+        """The current value of a stat by name (tests and admin handlers use this)."""
+        for table in (self.counters, self.gauges, self.text_readouts):
+            stat = table.get(name)
+            if stat is not None:
+                return stat.value
+        return None
+
+    # -- rendering, in Envoy's formats --------------------------------------------------------
+
+    def _selected(self, name_filter: str | None) -> list[tuple[str, int | str]]:
+        pattern = re.compile(name_filter) if name_filter else None
+        rows: list[tuple[str, int | str]] = []
+        for table in (self.counters, self.gauges, self.text_readouts):
+            for name, stat in table.items():
+                if pattern is None or pattern.search(name):
+                    rows.append((name, stat.value))
+        rows.sort()
+        return rows
+
+    def render_text(self, name_filter: str | None = None) -> str:
+        lines = []
+        for name, value in self._selected(name_filter):
+            shown = json.dumps(value) if isinstance(value, str) else str(value)
+            lines.append(f"{name}: {shown}\n")
+        return "".join(lines)
+
+    def render_json(self, name_filter: str | None = None) -> str:
+        stats = [{"name": name, "value": value} for name, value in self._selected(name_filter)]
+        return json.dumps({"stats": stats}, indent=1) + "\n"
+
+    def render_prometheus(self, name_filter: str | None = None) -> str:
+        pattern = re.compile(name_filter) if name_filter else None
+        families: dict[str, tuple[str, list[str]]] = {}
+        for kind, table in (("counter", self.counters), ("gauge", self.gauges)):
+            for name, stat in table.items():
+                if pattern is not None and not pattern.search(name):
+                    continue
+                metric, labels = _prometheus_name(name)
+                label_text = ",".join(f'{k}="{v}"' for k, v in labels)
+                families.setdefault(metric, (kind, []))[1].append(
+                    f"{metric}{{{label_text}}} {stat.value}\n"
+                )
+        out = []
+        for metric in sorted(families):
+            kind, samples = families[metric]
+            out.append(f"# TYPE {metric} {kind}\n")
+            out.extend(sorted(samples))
+        return "".join(out)
+
+
+def _prometheus_name(name: str) -> tuple[str, list[tuple[str, str]]]:
+    labels = []
+    for pattern, label in _PROMETHEUS_TAGS:
+        match = pattern.search(name)
+        if match:
+            labels.append((label, match.group(2)))
+            name = name[: match.start(1)] + name[match.end(1) :]
+            break
+    return "envoy_" + _PROMETHEUS_BAD_CHARS.sub("_", name), labels
+
+
+def listener_stat_prefix(ip: str, port: int) -> str:
+    """Envoy's `listener.<address>.` scope: `127.0.0.1_10000`; IPv6 `[__1]_10000`, since Envoy
+    replaces `:` in stat names with `_`."""
+    host = f"[{ip.replace(':', '_')}]" if ":" in ip else ip
+    return f"listener.{host}_{port}."

@@ -49,8 +49,10 @@ class TextReadout:
 # (regex on the dotted name, label name); the captured segment is removed from the metric name.
 _PROMETHEUS_TAGS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^http\.((.*?)\.)"), "envoy_http_conn_manager_prefix"),
-    (re.compile(r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
-     "envoy_listener_address"),
+    (
+        re.compile(r"^listener\.(((?:[_.\d]*|[_\[\]aAbBcCdDeEfF\d]*))\.)"),
+        "envoy_listener_address",
+    ),
     (re.compile(r"^cluster\.((.*?)\.)"), "envoy_cluster_name"),
 )
 _PROMETHEUS_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]")

@@ -1,0 +1,243 @@
+"""Admin endpoints with Envoy's paths, methods and formats.
+
+The JSON documents are built as the official `envoy.admin.v3` messages and printed with
+protobuf's JSON printer, so their shape is Envoy's by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2, listeners_pb2, server_info_pb2
+from google.protobuf import json_format, timestamp_pb2
+
+from xds_proxy.admin.server import AdminResponse
+
+if TYPE_CHECKING:
+    from xds_proxy.listener.manager import ListenerVersion
+    from xds_proxy.server import Server
+
+JSON = "application/json"
+Query = dict[str, list[str]]
+
+
+def _to_json(message) -> str:
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=1) + "\n"
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+class AdminHandlers:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        # path -> (method, handler, help text); method None: any.
+        self.routes: dict[str, tuple[str, Callable[[Query], AdminResponse], str]] = {
+            "/ready": ("GET", self.ready, "print server state, return 200 if LIVE, otherwise 503"),
+            "/server_info": ("GET", self.server_info, "print server version/status information"),
+            "/listeners": ("GET", self.listeners, "print listener info"),
+            "/config_dump": ("GET", self.config_dump, "dump current Envoy configs"),
+            "/stats": ("GET", self.stats, "print server stats"),
+            "/stats/prometheus": (
+                "GET",
+                self.prometheus,
+                "print server stats in prometheus format",
+            ),
+            "/drain_status": ("GET", self.drain_status, "every drain in progress (xds-proxy)"),
+            "/quitquitquit": ("POST", self.quit, "exit the server"),
+            "/help": ("GET", self.help, "print out list of admin commands"),
+        }
+
+    async def handle(self, method: str, path: str, query: Query) -> AdminResponse:
+        route = self.routes.get(path)
+        if route is None:
+            return AdminResponse(404, "invalid path. admin commands are:\n" + self._help_text())
+        wanted, handler, _ = route
+        if wanted == "POST" and method != "POST":
+            return AdminResponse(405, "Method GET not allowed, POST required.")
+        return handler(query)
+
+    def _help_text(self) -> str:
+        return "".join(f"  {path}: {text}\n" for path, (_, _, text) in sorted(self.routes.items()))
+
+    def help(self, query: Query) -> AdminResponse:
+        return AdminResponse(200, "admin commands are:\n" + self._help_text())
+
+    def quit(self, query: Query) -> AdminResponse:
+        self.server.request_shutdown()
+        return AdminResponse(200, "OK\n")
+
+    def ready(self, query: Query) -> AdminResponse:
+        state = self.server.state
+        return AdminResponse(200 if state.name == "LIVE" else 503, f"{state.name}\n")
+
+    def server_info(self, query: Query) -> AdminResponse:
+        options = self.server.options
+        info = server_info_pb2.ServerInfo(
+            version=f"xds-proxy/{_version()}",
+            state=server_info_pb2.ServerInfo.State.Value(self.server.state.name),
+            hot_restart_version="disabled",
+        )
+        info.uptime_current_epoch.seconds = self.server.uptime()
+        info.uptime_all_epochs.seconds = self.server.uptime()
+        cli = info.command_line_options
+        cli.base_id = options.base_id
+        cli.concurrency = options.concurrency
+        cli.config_path = options.config_path or ""
+        cli.config_yaml = options.config_yaml or ""
+        cli.admin_address_path = options.admin_address_path or ""
+        cli.log_level = options.log_level
+        cli.log_path = options.log_path or ""
+        cli.service_cluster = options.service_cluster or ""
+        cli.service_node = options.service_node or ""
+        cli.drain_time.seconds = options.drain_time_s
+        cli.drain_strategy = (
+            server_info_pb2.CommandLineOptions.Immediate
+            if options.drain_strategy == "immediate"
+            else server_info_pb2.CommandLineOptions.Gradual
+        )
+        cli.parent_shutdown_time.seconds = options.parent_shutdown_time_s
+        cli.mode = (
+            server_info_pb2.CommandLineOptions.Validate
+            if options.mode == "validate"
+            else server_info_pb2.CommandLineOptions.Serve
+        )
+        cli.disable_hot_restart = options.disable_hot_restart
+        cli.restart_epoch = options.restart_epoch
+        info.node.CopyFrom(self.server.bootstrap.node)
+        return AdminResponse(200, _to_json(info), JSON)
+
+    # -- listeners ------------------------------------------------------------------------
+
+    def _bound(self, version: ListenerVersion) -> list[tuple[str, int]]:
+        return self.server.pool.bound_addresses(version.id)
+
+    def listeners(self, query: Query) -> AdminResponse:
+        active = list(self.server.manager.active.values())
+        if query.get("format", [""])[0] == "json":
+            doc = listeners_pb2.Listeners()
+            for version in active:
+                status = doc.listener_statuses.add(name=version.name)
+                for i, (ip, port) in enumerate(self._bound(version)):
+                    target = (
+                        status.local_address if i == 0 else status.additional_local_addresses.add()
+                    )
+                    target.socket_address.address = ip
+                    target.socket_address.port_value = port
+            return AdminResponse(200, _to_json(doc), JSON)
+        lines = []
+        for version in active:
+            for ip, port in self._bound(version):
+                shown = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+                lines.append(f"{version.name}::{shown}\n")
+        return AdminResponse(200, "".join(lines))
+
+    def _listeners_dump(
+        self, name_regex: re.Pattern[str] | None
+    ) -> config_dump_shared_pb2.ListenersConfigDump:
+        manager = self.server.manager
+        dump = config_dump_shared_pb2.ListenersConfigDump(version_info=manager.version_info)
+        dynamic: dict[str, config_dump_shared_pb2.ListenersConfigDump.DynamicListener] = {}
+
+        def entry(name: str):
+            found = dynamic.get(name)
+            if found is None:
+                found = dynamic[name] = config_dump_shared_pb2.ListenersConfigDump.DynamicListener(
+                    name=name
+                )
+            return found
+
+        def fill(state, version: ListenerVersion) -> None:
+            state.version_info = version.version_info
+            state.listener.Pack(version.config)
+            state.last_updated.CopyFrom(_timestamp(version.last_updated))
+
+        for version in manager.active.values():
+            if name_regex is not None and not name_regex.search(version.name):
+                continue
+            if version.static:
+                static = dump.static_listeners.add()
+                static.listener.Pack(version.config)
+                static.last_updated.CopyFrom(_timestamp(version.last_updated))
+            else:
+                fill(entry(version.name).active_state, version)
+        for version in manager.draining:
+            if name_regex is None or name_regex.search(version.name):
+                fill(entry(version.name).draining_state, version)
+        for name, error in manager.errors.items():
+            if name_regex is None or name_regex.search(name):
+                self._fill_error(entry(name).error_state, error)
+        ordered = list(dynamic.values())
+        for error in manager.overall_errors:
+            nameless = config_dump_shared_pb2.ListenersConfigDump.DynamicListener()
+            self._fill_error(nameless.error_state, error)
+            ordered.append(nameless)
+        dump.dynamic_listeners.extend(ordered)
+        return dump
+
+    @staticmethod
+    def _fill_error(state, error) -> None:
+        state.failed_configuration.Pack(error.failed_configuration)
+        state.last_update_attempt.CopyFrom(_timestamp(error.last_update_attempt))
+        state.details = error.details
+
+    def config_dump(self, query: Query) -> AdminResponse:
+        regex_text = query.get("name_regex", [""])[0]
+        try:
+            name_regex = re.compile(regex_text) if regex_text else None
+        except re.error as error:
+            return AdminResponse(400, f"Invalid regex: {error}\n")
+        resource = query.get("resource", [""])[0]
+        listeners = self._listeners_dump(name_regex)
+        if resource:
+            if resource not in ("dynamic_listeners", "static_listeners"):
+                return AdminResponse(404, f"{resource} not found in config dump\n")
+            wrapper = config_dump_pb2.ConfigDump()
+            for item in getattr(listeners, resource):
+                wrapper.configs.add().Pack(item)
+            return AdminResponse(200, _to_json(wrapper), JSON)
+        dump = config_dump_pb2.ConfigDump()
+        bootstrap = config_dump_pb2.BootstrapConfigDump()
+        bootstrap.bootstrap.CopyFrom(self.server.bootstrap)
+        bootstrap.last_updated.CopyFrom(_timestamp(self.server.started_at))
+        dump.configs.add().Pack(bootstrap)
+        dump.configs.add().Pack(listeners)
+        return AdminResponse(200, _to_json(dump), JSON)
+
+    # -- stats and drains -----------------------------------------------------------------
+
+    def _filter(self, query: Query) -> str | None:
+        return query.get("filter", [""])[0] or None
+
+    def stats(self, query: Query) -> AdminResponse:
+        try:
+            if query.get("format", [""])[0] == "json":
+                return AdminResponse(200, self.server.stats.render_json(self._filter(query)), JSON)
+            if query.get("format", [""])[0] == "prometheus":
+                return self.prometheus(query)
+            return AdminResponse(200, self.server.stats.render_text(self._filter(query)))
+        except re.error as error:
+            return AdminResponse(400, f"Invalid regex: {error}\n")
+
+    def prometheus(self, query: Query) -> AdminResponse:
+        try:
+            body = self.server.stats.render_prometheus(self._filter(query))
+        except re.error as error:
+            return AdminResponse(400, f"Invalid regex: {error}\n")
+        return AdminResponse(200, body, "text/plain; charset=UTF-8")
+
+    def drain_status(self, query: Query) -> AdminResponse:
+        drains = self.server.runtime.drain_report()
+        return AdminResponse(200, json.dumps({"drains": drains}, indent=1) + "\n", JSON)
+
+
+def _version() -> str:
+    from xds_proxy.server import VERSION
+
+    return VERSION

@@ -1,0 +1,88 @@
+"""Config equality that ignores how a control plane happened to serialize a message.
+
+Two configs are equal when their messages are equal after every `google.protobuf.Any` of a
+known type has been unpacked, recursively (spec/draining.md section 1): protobuf's own `==`
+compares the raw bytes inside an `Any`, so a control plane that writes map entries in another
+order would otherwise cause a needless drain (envoy#8564). The key of a config is the
+deterministic serialization of that unpacked form: equal keys, equal configs.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import any_pb2, symbol_database
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+
+_ANY_FULL_NAME = any_pb2.Any.DESCRIPTOR.full_name
+_symbols = symbol_database.Default()
+
+
+def config_key(message: Message) -> bytes:
+    """Bytes equal for two messages exactly when they are equal with every known Any unpacked."""
+    return _canonical(message).SerializeToString(deterministic=True)
+
+
+def _canonical(message: Message) -> Message:
+    if not _contains_any(message.DESCRIPTOR):
+        return message
+    copy = type(message)()
+    copy.CopyFrom(message)
+    _canonicalize_in_place(copy)
+    return copy
+
+
+def _canonicalize_in_place(message: Message) -> None:
+    if message.DESCRIPTOR.full_name == _ANY_FULL_NAME:
+        _canonicalize_any(message)  # type: ignore[arg-type]
+        return
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE or not _contains_any(field.message_type):
+            continue
+        if field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                for item in value.values():
+                    _canonicalize_in_place(item)
+        elif field.label == FieldDescriptor.LABEL_REPEATED:
+            for item in value:
+                _canonicalize_in_place(item)
+        else:
+            _canonicalize_in_place(value)
+
+
+def _canonicalize_any(packed: any_pb2.Any) -> None:
+    type_name = packed.type_url.rpartition("/")[2]
+    try:
+        message_class = _symbols.GetSymbol(type_name)
+    except KeyError:
+        return  # unknown type: compare its bytes as they are
+    inner = message_class()
+    try:
+        inner.ParseFromString(packed.value)
+    except DecodeError:
+        return
+    _canonicalize_in_place(inner)
+    packed.value = inner.SerializeToString(deterministic=True)
+
+
+_contains_any_cache: dict[str, bool] = {}
+
+
+def _contains_any(descriptor, _visiting: frozenset[str] = frozenset()) -> bool:
+    """Whether a message type can hold an Any anywhere below it (cached per type)."""
+    name = descriptor.full_name
+    cached = _contains_any_cache.get(name)
+    if cached is not None:
+        return cached
+    if name == _ANY_FULL_NAME:
+        return True
+    if name in _visiting:
+        return False  # recursion: decided by the outer frame
+    visiting = _visiting | {name}
+    result = any(
+        field.type == FieldDescriptor.TYPE_MESSAGE and _contains_any(field.message_type, visiting)
+        for field in descriptor.fields
+    )
+    if result or not _visiting:
+        _contains_any_cache[name] = result
+    return result

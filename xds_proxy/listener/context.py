@@ -1,0 +1,61 @@
+"""What a connection sees of the listener that accepted it.
+
+The listener runtime accepts a socket, matches a filter chain, and hands the connection to
+the chain's network filter (HTTP connection manager, tcp_proxy, direct_response). The filter's
+protocol object receives a `FilterChainContext` and talks to the rest of the proxy only
+through it:
+
+- `register(conn)` / `unregister(conn)` when the connection opens and closes, so that the
+  listener version (and its filter chain) can count, drain and finally close its connections;
+- `drain_decision.drain_close()` before each response: True means "this response tells the
+  client to go away" (HTTP/1.1 `connection: close`, HTTP/2 GOAWAY). The decision composes
+  the filter chain, the listener and the server drain (spec/draining.md sections 3-4);
+- the stats store, for `http.<stat_prefix>.*` and similar.
+
+The connection object implements `DrainableConnection`: the runtime pushes `on_drain()` to
+every connection of a listener or chain when a drain covering it starts (idle ones act on it
+at once or on the idle schedule), and `close_at_deadline()` when the drain window ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from xds_proxy.stats import Stats
+
+
+class DrainDecision(Protocol):
+    def drain_close(self) -> bool:
+        """Should the response being written now tell the client to go away?"""
+        ...
+
+
+class NeverDrain:
+    """The decision of a listener that is not draining."""
+
+    def drain_close(self) -> bool:
+        return False
+
+
+class DrainableConnection(Protocol):
+    def on_drain(self) -> None:
+        """A drain that covers this connection started (idle connections may close now)."""
+        ...
+
+    def close_at_deadline(self) -> None:
+        """The drain window ended: flush what was already written, then close with FIN."""
+        ...
+
+
+@dataclass
+class FilterChainContext:
+    stats: Stats
+    listener_name: str
+    drain_decision: DrainDecision = field(default_factory=NeverDrain)
+    register: Callable[[DrainableConnection], None] = lambda conn: None
+    unregister: Callable[[DrainableConnection], None] = lambda conn: None
+    # Seconds a drained HTTP connection may live after its final drain signal; set from
+    # --drain-time-s by the runtime.
+    drain_time_s: float = 600.0

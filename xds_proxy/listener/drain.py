@@ -1,0 +1,34 @@
+"""One running drain: when it started, its deadline, and the per-decision ramp.
+
+Pure: time and randomness are arguments. `gradual` says "close" at elapsed time t with
+probability min(1, floor(t) / (DT / 2)), an independent draw per decision; `immediate` (and
+DT 0) always says "close" (spec/draining.md section 4).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Drain:
+    trigger: str
+    strategy: str  # "gradual" | "immediate"
+    drain_time_s: float
+    started_at: float  # monotonic seconds
+
+    @property
+    def deadline(self) -> float:
+        return self.started_at + self.drain_time_s
+
+    def close_probability(self, now: float) -> float:
+        if self.strategy == "immediate" or self.drain_time_s <= 0:
+            return 1.0
+        elapsed = max(0.0, now - self.started_at)
+        return min(1.0, math.floor(elapsed) / (self.drain_time_s / 2))
+
+    def drain_close(self, now: float, rng: random.Random) -> bool:
+        probability = self.close_probability(now)
+        return probability >= 1.0 or (probability > 0.0 and rng.random() < probability)

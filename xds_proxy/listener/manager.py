@@ -1,0 +1,445 @@
+"""ListenerManager: the pure state machine of listener versions (spec/draining.md sections 1-2).
+
+It owns which listener versions exist and in which state; it does no I/O and has no clock of
+its own. An update returns a list of actions that the runtime executes, in order, on the event
+loop, and then the runtime calls `SocketPool.flush()` (socket closes are deferred until a whole
+response has been applied, so a remove and an add on one address hand the socket over).
+
+Actions (the contract with `runtime.py`; the HTTP/2, admin and hot-restart work builds on it):
+
+- `StartListener(version)`: start accepting with `version.compiled` on the sockets reserved
+  for `version.id`. A full update of a name starts the new version *before* the old one stops.
+- `StopAccepting(version_id)`: close that version's accept loops (its socket dups). For a
+  removal, new SYNs are refused once the pool closes the last dup.
+- `DrainListener(version_id, trigger)`: push a drain to every connection of that version;
+  the runtime reports `drain_finished(version_id)` when its last connection closes or at DT.
+- `UpdateFilterChains(old_id, version, draining_chains)`: in-place filter-chain update; the new
+  version takes over accepting on the same sockets and adopts the old version's connections;
+  those on the chains listed (indexes into the old config's `filter_chains`, and
+  `DEFAULT_CHAIN` for `default_filter_chain`) drain; the runtime reports
+  `chains_drain_finished(group_id)`.
+
+Connections ask a drain decision composed of chain, listener and server drains
+(`listener/context.py`); the drain manager owns deadlines and the gradual ramp.
+
+Injected ports: `compile(listener) -> object` builds the filter chains without sockets and
+raises `ConfigError` for a listener it cannot serve; `SocketPool` reserves listen sockets for
+a version (binding, or sharing the socket of the version it replaces) and raises `BindError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_pb2
+
+from xds_proxy.config_key import config_key
+from xds_proxy.errors import ConfigError
+from xds_proxy.stats import Stats
+
+DEFAULT_CHAIN = -1  # the index that names `default_filter_chain` in UpdateFilterChains
+
+
+class DrainTrigger(enum.StrEnum):
+    LDS_UPDATE = "lds_update"
+    LDS_REMOVE = "lds_remove"
+    IN_PLACE_UPDATE = "in_place_update"
+
+
+class BindError(Exception):
+    """A listen socket could not be had; the message is Envoy's `cannot bind 'ip:port': ...`."""
+
+
+SocketAddress = tuple[str, int]  # (ip in canonical text form, port)
+
+
+class SocketPool(Protocol):
+    def reserve(
+        self, version_id: int, addresses: list[SocketAddress], share_from: int | None
+    ) -> None:
+        """Give `version_id` listen sockets: dups of `share_from`'s (same addresses), else of
+        a socket still open on that address, else fresh binds. Raise BindError."""
+        ...
+
+    def release(self, version_id: int) -> None:
+        """`version_id` no longer needs its sockets; closes happen at the next flush."""
+        ...
+
+
+@dataclass(eq=False)
+class ListenerVersion:
+    id: int
+    name: str
+    config: listener_pb2.Listener
+    key: bytes  # config_key(config)
+    version_info: str
+    last_updated: float
+    static: bool
+    addresses: list[SocketAddress]
+    compiled: Any
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class StartListener:
+    version: ListenerVersion
+
+
+@dataclass(frozen=True)
+class StopAccepting:
+    version_id: int
+
+
+@dataclass(frozen=True)
+class DrainListener:
+    version_id: int
+    trigger: DrainTrigger
+
+
+@dataclass(frozen=True)
+class UpdateFilterChains:
+    old_version_id: int
+    version: ListenerVersion
+    group_id: int
+    draining_chains: tuple[int, ...]
+
+
+Action = StartListener | StopAccepting | DrainListener | UpdateFilterChains
+
+
+@dataclass(frozen=True)
+class DrainingChains:
+    group_id: int
+    version: ListenerVersion  # the old version whose chains drain
+    chains: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ErrorState:
+    name: str
+    failed_configuration: listener_pb2.Listener
+    last_update_attempt: float
+    details: str
+
+
+@dataclass
+class ApplyResult:
+    actions: list[Action] = field(default_factory=list)
+    nack_message: str | None = None  # None: ACK
+
+
+class ListenerManager:
+    def __init__(
+        self,
+        stats: Stats,
+        sockets: SocketPool,
+        compile: Callable[[listener_pb2.Listener], Any],
+        clock: Callable[[], float],
+    ) -> None:
+        self._stats = stats
+        self._sockets = sockets
+        self._compile = compile
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self.active: dict[str, ListenerVersion] = {}
+        self.draining: list[ListenerVersion] = []
+        self.draining_chains: list[DrainingChains] = []
+        self.errors: dict[str, ErrorState] = {}
+        self.overall_errors: list[ErrorState] = []
+        self.version_info = ""  # ListenersConfigDump.version_info (system version)
+        self.stopped = False  # after /drain_listeners stopped every listener
+        for name in (
+            "listener_added",
+            "listener_modified",
+            "listener_removed",
+            "listener_stopped",
+            "listener_in_place_updated",
+            "listener_create_success",
+            "listener_create_failure",
+        ):
+            stats.counter(f"listener_manager.{name}")
+        self._update_gauges()
+        stats.gauge("listener_manager.workers_started")
+
+    # -- static listeners ------------------------------------------------------------------
+
+    def add_static(self, listener: listener_pb2.Listener) -> list[Action]:
+        """A bootstrap listener; raises ConfigError or BindError (startup fails)."""
+        if listener.name in self.active:
+            raise ConfigError(f"duplicate listener {listener.name} found")
+        version = self._build(listener, "", static=True)
+        self._check_duplicate_address(version)
+        self._reserve(version, share_from=None)
+        self._activate(version)
+        self._stats.counter("listener_manager.listener_added").inc()
+        return [StartListener(version)]
+
+    def workers_started(self) -> None:
+        self._stats.gauge("listener_manager.workers_started").set(1)
+
+    # -- LDS, state of the world -----------------------------------------------------------
+
+    def apply_sotw(self, version_info: str, listeners: list[listener_pb2.Listener]) -> ApplyResult:
+        result = ApplyResult()
+        if self.stopped:
+            return result  # after /drain_listeners: ACK and ignore
+        self.errors.clear()
+        self.overall_errors.clear()
+        wanted = {listener.name for listener in listeners}
+        any_applied = False
+        for name in [n for n, v in self.active.items() if not v.static and n not in wanted]:
+            self._remove(name, result.actions)
+            any_applied = True
+        failures: list[tuple[listener_pb2.Listener, str]] = []
+        seen: set[str] = set()
+        for listener in listeners:
+            if listener.name in seen:
+                failures.append((listener, f"duplicate listener {listener.name} found"))
+                continue
+            seen.add(listener.name)
+            try:
+                any_applied |= self._add_or_update(listener, version_info, result.actions)
+            except (ConfigError, BindError) as error:
+                failures.append((listener, str(error)))
+        if any_applied:
+            self.version_info = version_info
+        if failures:
+            now = self._clock()
+            for listener, details in failures:
+                state = ErrorState(listener.name, listener, now, details)
+                self.errors[listener.name] = state
+                self.overall_errors.append(state)
+            lines = "".join(f"{listener.name}: {details}\n" for listener, details in failures)
+            result.nack_message = f"Error adding/updating listener(s) {lines}"
+        self._update_gauges()
+        return result
+
+    def _add_or_update(
+        self, listener: listener_pb2.Listener, version_info: str, actions: list[Action]
+    ) -> bool:
+        key = config_key(listener)
+        existing = self.active.get(listener.name)
+        if existing is not None and (existing.static or existing.key == key):
+            return False  # identical, or static: skipped
+        version = self._build(listener, version_info, key=key)
+        if existing is None:
+            self._check_duplicate_address(version)
+            self._reserve(version, share_from=None)
+            self._activate(version)
+            actions.append(StartListener(version))
+            self._stats.counter("listener_manager.listener_added").inc()
+            return True
+        if _reuse_port(existing.config) != _reuse_port(listener):
+            raise ConfigError(
+                f"Listener {listener.name}: reuse port cannot be changed during an update"
+            )
+        if _in_place_possible(existing.config, listener):
+            self._update_in_place(existing, version, actions)
+        else:
+            self._update_full(existing, version, actions)
+        self._stats.counter("listener_manager.listener_modified").inc()
+        return True
+
+    def _update_in_place(
+        self, existing: ListenerVersion, version: ListenerVersion, actions: list[Action]
+    ) -> None:
+        """Only the filter chains changed: same sockets, only changed or removed chains drain."""
+        version.version_info = existing.version_info  # as Envoy: the listener keeps its version
+        self._reserve(version, share_from=existing.id)
+        self._sockets.release(existing.id)
+        self.active[version.name] = version
+        chains = _draining_chains(existing.config, version.config)
+        group_id = next(self._ids)
+        if chains:
+            self.draining_chains.append(DrainingChains(group_id, existing, chains))
+        actions.append(UpdateFilterChains(existing.id, version, group_id, chains))
+        self._stats.counter("listener_manager.listener_in_place_updated").inc()
+        self._stats.counter("listener_manager.listener_create_success").inc()
+
+    def _update_full(
+        self, existing: ListenerVersion, version: ListenerVersion, actions: list[Action]
+    ) -> None:
+        """Any listener-level field changed: the new version takes over the same listen socket
+        (or binds the new address), starts, and only then the old version drains."""
+        same_address = _config_addresses(existing.config) == _config_addresses(version.config)
+        if not same_address:
+            self._check_duplicate_address(version, ignore_name=version.name)
+        self._reserve(version, share_from=existing.id if same_address else None)
+        self._activate(version)
+        self._start_draining(existing, DrainTrigger.LDS_UPDATE, actions, started=version)
+
+    def _remove(self, name: str, actions: list[Action]) -> None:
+        self._start_draining(self.active.pop(name), DrainTrigger.LDS_REMOVE, actions)
+        self._stats.counter("listener_manager.listener_removed").inc()
+
+    def _start_draining(
+        self,
+        old: ListenerVersion,
+        trigger: DrainTrigger,
+        actions: list[Action],
+        started: ListenerVersion | None = None,
+    ) -> None:
+        old.draining = True
+        self.draining.append(old)
+        self._sockets.release(old.id)
+        if started is not None:
+            actions.append(StartListener(started))
+        actions.append(StopAccepting(old.id))
+        actions.append(DrainListener(old.id, trigger))
+
+    # -- reports from the runtime ------------------------------------------------------------
+
+    def drain_finished(self, version_id: int) -> None:
+        """The version's last connection closed, or its drain window ended."""
+        self.draining = [v for v in self.draining if v.id != version_id]
+        self._update_gauges()
+
+    def chains_drain_finished(self, group_id: int) -> None:
+        self.draining_chains = [g for g in self.draining_chains if g.group_id != group_id]
+        self._update_gauges()
+
+    def listener_failed(self, version_id: int) -> None:
+        """The runtime could not start a version it was told to start (listen() failed)."""
+        for name, version in list(self.active.items()):
+            if version.id == version_id:
+                del self.active[name]
+                self._sockets.release(version_id)
+        self._stats.counter("listener_manager.listener_create_failure").inc()
+        self._update_gauges()
+
+    def find(self, version_id: int) -> ListenerVersion | None:
+        for version in itertools.chain(self.active.values(), self.draining):
+            if version.id == version_id:
+                return version
+        return None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _build(
+        self,
+        listener: listener_pb2.Listener,
+        version_info: str,
+        static: bool = False,
+        key: bytes | None = None,
+    ) -> ListenerVersion:
+        addresses = listener_addresses(listener)
+        compiled = self._compile(listener)
+        return ListenerVersion(
+            id=next(self._ids),
+            name=listener.name,
+            config=listener,
+            key=key if key is not None else config_key(listener),
+            version_info=version_info,
+            last_updated=self._clock(),
+            static=static,
+            addresses=addresses,
+            compiled=compiled,
+        )
+
+    def _activate(self, version: ListenerVersion) -> None:
+        self.active[version.name] = version
+        self._stats.counter("listener_manager.listener_create_success").inc()
+
+    def _reserve(self, version: ListenerVersion, share_from: int | None) -> None:
+        try:
+            self._sockets.reserve(version.id, version.addresses, share_from)
+        except BindError:
+            self._stats.counter("listener_manager.listener_create_failure").inc()
+            raise
+
+    def _check_duplicate_address(self, version: ListenerVersion, ignore_name: str = "") -> None:
+        """Two active listeners may not share an address (port 0 always binds anew)."""
+        wanted = {a for a in version.addresses if a[1] != 0}
+        for other in self.active.values():
+            if other.name == ignore_name:
+                continue
+            if wanted & set(other.addresses):
+                shown = ",".join(_format_address(a) for a in version.addresses)
+                raise ConfigError(
+                    f"error adding listener: '{version.name}' has duplicate address '{shown}' "
+                    "as existing listener, to check if the listener has duplicated addresses "
+                    "with other listeners or 'enable_reuse_port' is set to 'false' for the "
+                    "listener"
+                )
+
+    def _update_gauges(self) -> None:
+        self._stats.gauge("listener_manager.total_listeners_warming").set(0)
+        self._stats.gauge("listener_manager.total_listeners_active").set(len(self.active))
+        self._stats.gauge("listener_manager.total_listeners_draining").set(len(self.draining))
+        self._stats.gauge("listener_manager.total_filter_chains_draining").set(
+            sum(len(group.chains) for group in self.draining_chains)
+        )
+
+
+# -- pure helpers on Listener messages ------------------------------------------------------
+
+
+def _format_address(address: SocketAddress) -> str:
+    ip, port = address
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _socket_address(address: address_pb2.Address, name: str) -> SocketAddress:
+    if not address.HasField("socket_address"):
+        raise ConfigError(f"error adding listener named '{name}': only socket_address is supported")
+    socket_address = address.socket_address
+    if socket_address.protocol != address_pb2.SocketAddress.TCP:
+        raise ConfigError(f"error adding listener named '{name}': UDP listeners are not supported")
+    try:
+        ip = ipaddress.ip_address(socket_address.address)
+    except ValueError:
+        raise ConfigError(f"malformed IP address: {socket_address.address}") from None
+    return (ip.compressed, socket_address.port_value)
+
+
+def listener_addresses(listener: listener_pb2.Listener) -> list[SocketAddress]:
+    """The listener's address and additional addresses, in canonical form."""
+    if not listener.HasField("address"):
+        raise ConfigError(f"error adding listener named '{listener.name}': address is necessary")
+    addresses = [_socket_address(listener.address, listener.name)]
+    for extra in listener.additional_addresses:
+        addresses.append(_socket_address(extra.address, listener.name))
+    return addresses
+
+
+def _config_addresses(listener: listener_pb2.Listener) -> list[bytes]:
+    return [listener.address.SerializeToString(deterministic=True)] + [
+        extra.SerializeToString(deterministic=True) for extra in listener.additional_addresses
+    ]
+
+
+def _reuse_port(listener: listener_pb2.Listener) -> bool:
+    # Envoy's default for enable_reuse_port is true (on Linux).
+    return listener.enable_reuse_port.value if listener.HasField("enable_reuse_port") else True
+
+
+def _without_chains(listener: listener_pb2.Listener) -> bytes:
+    copy = listener_pb2.Listener()
+    copy.CopyFrom(listener)
+    copy.ClearField("filter_chains")
+    copy.ClearField("default_filter_chain")
+    copy.ClearField("filter_chain_matcher")
+    return config_key(copy)
+
+
+def _in_place_possible(old: listener_pb2.Listener, new: listener_pb2.Listener) -> bool:
+    """Envoy's rule: at least one filter chain, and nothing but the chains changed."""
+    return len(new.filter_chains) > 0 and _without_chains(old) == _without_chains(new)
+
+
+def _draining_chains(old: listener_pb2.Listener, new: listener_pb2.Listener) -> tuple[int, ...]:
+    """Chains of `old` with no equal chain in `new` (adding or reordering drains nothing)."""
+    kept = {config_key(chain) for chain in new.filter_chains}
+    draining = [i for i, chain in enumerate(old.filter_chains) if config_key(chain) not in kept]
+    if old.HasField("default_filter_chain") and (
+        not new.HasField("default_filter_chain")
+        or config_key(old.default_filter_chain) != config_key(new.default_filter_chain)
+    ):
+        draining.append(DEFAULT_CHAIN)
+    return tuple(draining)

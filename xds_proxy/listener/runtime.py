@@ -1,0 +1,424 @@
+"""The asyncio side of listeners: accept loops, connection registries, drains in time.
+
+The ListenerManager decides; this module does. It compiles a listener into a
+`ListenerInstance` (filter chains built, nothing bound), executes the manager's actions in
+order on the event loop, and reports back when a draining listener or chain has no
+connections left or its drain window has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+
+from xds_proxy.config_key import config_key
+from xds_proxy.listener.context import DrainableConnection, FilterChainContext
+from xds_proxy.listener.drain import Drain
+from xds_proxy.listener.filter_chain import ConnectionInfo, FilterChainMatcher
+from xds_proxy.listener.manager import (
+    DEFAULT_CHAIN,
+    Action,
+    DrainListener,
+    StartListener,
+    StopAccepting,
+    UpdateFilterChains,
+)
+from xds_proxy.listener.sockets import ListenSocketPool
+from xds_proxy.network_filters import build_filter_chain
+from xds_proxy.stats import Stats, listener_stat_prefix
+
+if TYPE_CHECKING:
+    from xds_proxy.listener.manager import ListenerManager, ListenerVersion
+
+log = logging.getLogger("xds_proxy.listener")
+
+
+class ChainRuntime:
+    """One filter chain of one listener: its protocol factory and its connections."""
+
+    def __init__(
+        self,
+        listener: ListenerInstance,
+        config: listener_components_pb2.FilterChain,
+    ) -> None:
+        self.listener = listener
+        self.key = config_key(config)
+        self.name = config.name
+        self.connections: set[DrainableConnection] = set()
+        self.drain: Drain | None = None
+        self.on_empty: Callable[[], None] | None = None
+        runtime = listener.runtime
+        context = FilterChainContext(
+            stats=runtime.stats,
+            listener_name=listener.name,
+            drain_decision=self,
+            register=self._register,
+            unregister=self._unregister,
+            drain_time_s=runtime.drain_time_s,
+        )
+        self.factory = build_filter_chain(config.filters, context)
+
+    def drain_close(self) -> bool:
+        drain = self.drain or self.listener.drain
+        if drain is None:
+            return False
+        return drain.drain_close(self.listener.runtime.clock(), self.listener.runtime.rng)
+
+    def start_drain(self, drain: Drain) -> None:
+        self.drain = drain
+        for conn in list(self.connections):
+            conn.on_drain()
+
+    def _register(self, conn: DrainableConnection) -> None:
+        self.connections.add(conn)
+        self.listener.connection_opened()
+
+    def _unregister(self, conn: DrainableConnection) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+            self.listener.connection_closed()
+            if not self.connections and self.on_empty is not None:
+                self.on_empty()
+
+
+class _Acceptor(asyncio.Protocol):
+    """Lives for one call: matches a chain and hands the transport to its protocol."""
+
+    __slots__ = ("instance",)
+
+    def __init__(self, instance: ListenerInstance) -> None:
+        self.instance = instance
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        chain = self.instance.match(transport)
+        if chain is None:
+            self.instance.runtime.stats.counter(
+                self.instance.stat_prefix + "no_filter_chain_match"
+            ).inc()
+            transport.close()
+            return
+        protocol = chain.factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+
+class ListenerInstance:
+    """A compiled listener version: its chains, its accept loops, its drain."""
+
+    def __init__(self, runtime: ListenerRuntime, config: listener_pb2.Listener) -> None:
+        self.runtime = runtime
+        self.name = config.name
+        self.config = config
+        self.version_id = 0
+        self.version_info = ""
+        self.stat_prefix = "listener.unbound."
+        self.servers: list[asyncio.Server] = []
+        self.drain: Drain | None = None
+        self.active_connections = 0
+        self.chains = [ChainRuntime(self, chain) for chain in config.filter_chains]
+        self.default_chain = (
+            ChainRuntime(self, config.default_filter_chain)
+            if config.HasField("default_filter_chain")
+            else None
+        )
+        self.matcher = FilterChainMatcher(config.filter_chains)
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def all_chains(self) -> list[ChainRuntime]:
+        return self.chains + ([self.default_chain] if self.default_chain else [])
+
+    def match(self, transport: asyncio.BaseTransport) -> ChainRuntime | None:
+        local = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername")
+        if not self.chains:
+            return self.default_chain
+        try:
+            info = ConnectionInfo(
+                destination_ip=ipaddress.ip_address(local[0]),
+                destination_port=local[1],
+                source_ip=ipaddress.ip_address(peer[0]),
+                source_port=peer[1],
+            )
+        except (TypeError, ValueError, IndexError):
+            return self.default_chain
+        index = self.matcher.match(info)
+        return self.default_chain if index is None else self.chains[index]
+
+    def connection_opened(self) -> None:
+        self.active_connections += 1
+        stats = self.runtime.stats
+        stats.counter(self.stat_prefix + "downstream_cx_total").inc()
+        stats.gauge(self.stat_prefix + "downstream_cx_active").inc()
+        stats.gauge("server.total_connections").inc()
+
+    def connection_closed(self) -> None:
+        self.active_connections -= 1
+        self.runtime.stats.gauge(self.stat_prefix + "downstream_cx_active").dec()
+        self.runtime.stats.gauge("server.total_connections").dec()
+
+    def connection_count(self) -> int:
+        return sum(len(chain.connections) for chain in self.all_chains())
+
+
+class ListenerRuntime:
+    def __init__(
+        self,
+        stats: Stats,
+        pool: ListenSocketPool,
+        drain_time_s: float,
+        drain_strategy: str,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.stats = stats
+        self.pool = pool
+        self.drain_time_s = drain_time_s
+        self.drain_strategy = drain_strategy
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.manager: ListenerManager | None = None
+        self.instances: dict[int, ListenerInstance] = {}
+        self.drains: dict[int, DrainRecord] = {}
+        self._queue: asyncio.Queue[list[Action]] = asyncio.Queue()
+        stats.gauge("server.total_connections")
+
+    # -- the manager's hooks ---------------------------------------------------------------
+
+    def compile(self, config: listener_pb2.Listener) -> ListenerInstance:
+        return ListenerInstance(self, config)
+
+    def submit(self, actions: list[Action]) -> None:
+        """Queue one update's actions; they run in order after every earlier update's."""
+        self._queue.put_nowait(actions)
+
+    async def run(self) -> None:
+        while True:
+            actions = await self._queue.get()
+            try:
+                await self.execute(actions)
+            except Exception:
+                log.exception("applying listener actions failed")
+
+    async def execute(self, actions: list[Action]) -> None:
+        try:
+            for action in actions:
+                match action:
+                    case StartListener(version):
+                        await self._start(version)
+                    case StopAccepting(version_id):
+                        self._stop_accepting(version_id)
+                    case DrainListener(version_id, trigger):
+                        self._drain_listener(version_id, str(trigger))
+                    case UpdateFilterChains(old_id, version, group_id, draining):
+                        await self._update_chains(old_id, version, group_id, draining)
+        finally:
+            self.pool.flush()
+
+    async def close(self) -> None:
+        for instance in list(self.instances.values()):
+            for server in instance.servers:
+                server.close()
+        self.pool.close_all()
+
+    # -- actions ---------------------------------------------------------------------------
+
+    async def _start(self, version: ListenerVersion) -> None:
+        instance: ListenerInstance = version.compiled
+        version_id = version.id
+        instance.version_id = version_id
+        instance.version_info = version.version_info
+        self.instances[version_id] = instance
+        bound = self.pool.bound_addresses(version_id)
+        if bound:
+            instance.stat_prefix = listener_stat_prefix(*bound[0])
+            self.stats.counter(instance.stat_prefix + "downstream_cx_total")
+            self.stats.gauge(instance.stat_prefix + "downstream_cx_active")
+            self.stats.counter(instance.stat_prefix + "no_filter_chain_match")
+        loop = asyncio.get_running_loop()
+        try:
+            for sock in self.pool.sockets_for(version_id):
+                server = await loop.create_server(
+                    lambda: _Acceptor(instance), sock=sock.dup(), backlog=1024
+                )
+                instance.servers.append(server)
+        except OSError:
+            log.exception("listener '%s' could not start accepting", instance.name)
+            for server in instance.servers:
+                server.close()
+            if self.manager is not None:
+                self.manager.listener_failed(version_id)
+
+    def _stop_accepting(self, version_id: int) -> None:
+        instance = self.instances.get(version_id)
+        if instance is None:
+            return
+        for server in instance.servers:
+            server.close()
+        instance.servers.clear()
+
+    def _drain_listener(self, version_id: int, trigger: str) -> None:
+        instance = self.instances.get(version_id)
+        if instance is None:
+            return
+        instance.drain = Drain(trigger, self.drain_strategy, self.drain_time_s, self.clock())
+        chains = instance.all_chains()
+        record = DrainRecord(
+            "listener",
+            instance.name,
+            instance.version_info,
+            None,
+            instance.drain,
+            chains,
+            time.time() - self.clock(),
+        )
+        self._track_drain(record, chains, lambda: self._listener_drained(instance))
+        for chain in chains:
+            for conn in list(chain.connections):
+                conn.on_drain()
+
+    async def _update_chains(
+        self,
+        old_id: int,
+        version: ListenerVersion,
+        group_id: int,
+        draining: tuple[int, ...],
+    ) -> None:
+        instance: ListenerInstance = version.compiled
+        old = self.instances.get(old_id)
+        if old is not None:
+            # Unchanged chains keep their runtime (and so their connections) in the new version.
+            kept = {chain.key: chain for i, chain in enumerate(old.chains) if i not in draining}
+            if old.default_chain is not None and DEFAULT_CHAIN not in draining:
+                kept.setdefault(old.default_chain.key, old.default_chain)
+            for i, chain in enumerate(instance.chains):
+                adopted = kept.get(chain.key)
+                if adopted is not None:
+                    adopted.listener = instance
+                    instance.chains[i] = adopted
+            if instance.default_chain is not None:
+                adopted = kept.get(instance.default_chain.key)
+                if adopted is not None:
+                    adopted.listener = instance
+                    instance.default_chain = adopted
+            instance.active_connections = old.active_connections
+        await self._start(version)
+        if old is None:
+            return
+        self._stop_accepting(old_id)
+        del self.instances[old_id]
+        if not draining:
+            return
+        drain = Drain("in_place_update", self.drain_strategy, self.drain_time_s, self.clock())
+        chains = [old.default_chain if i == DEFAULT_CHAIN else old.chains[i] for i in draining]
+        chains = [chain for chain in chains if chain is not None]
+        record = DrainRecord(
+            "filter_chain",
+            instance.name,
+            instance.version_info,
+            ",".join(chain.name for chain in chains),
+            drain,
+            chains,
+            time.time() - self.clock(),
+        )
+        self._track_drain(record, chains, lambda: self._chains_drained(group_id))
+        for chain in chains:
+            chain.start_drain(drain)
+
+    # -- finishing drains ------------------------------------------------------------------
+
+    def _track_drain(
+        self,
+        record: DrainRecord,
+        chains: list[ChainRuntime],
+        finished: Callable[[], None],
+    ) -> None:
+        """Call `finished` once: when the chains' last connection closes, or at the deadline."""
+        loop = asyncio.get_running_loop()
+        self.drains[id(record)] = record
+
+        def finish(reason: str) -> None:
+            if self.drains.pop(id(record), None) is None:
+                return
+            timer.cancel()
+            for chain in chains:
+                chain.on_empty = None
+            log.info("drain complete: %s", json.dumps(record.report(self.clock(), reason)))
+            finished()
+
+        def check_empty() -> None:
+            if all(not chain.connections for chain in chains):
+                finish("last connection closed")
+
+        def deadline() -> None:
+            for chain in chains:
+                for conn in list(chain.connections):
+                    conn.close_at_deadline()
+            finish("deadline")
+
+        timer = loop.call_later(self.drain_time_s, deadline)
+        for chain in chains:
+            chain.on_empty = check_empty
+        loop.call_soon(check_empty)
+
+    def drain_report(self) -> list[dict]:
+        """Every drain in progress, for `/drain_status`."""
+        now = self.clock()
+        return [record.report(now) for record in self.drains.values()]
+
+    def _listener_drained(self, instance: ListenerInstance) -> None:
+        self.instances.pop(instance.version_id, None)
+        if self.manager is not None:
+            self.manager.drain_finished(instance.version_id)
+
+    def _chains_drained(self, group_id: int) -> None:
+        if self.manager is not None:
+            self.manager.chains_drain_finished(group_id)
+
+
+@dataclass
+class DrainRecord:
+    """What `/drain_status` and the `drain complete` log line say about one drain."""
+
+    kind: str  # "listener" | "filter_chain"
+    listener: str
+    version_info: str
+    filter_chain: str | None
+    drain: Drain
+    chains: list[ChainRuntime]
+    wall_offset: float  # time.time() - monotonic clock at the start, for RFC 3339 output
+
+    def report(self, now: float, outcome: str | None = None) -> dict:
+        doc = {
+            "kind": self.kind,
+            "listener": self.listener,
+            "version_info": self.version_info,
+            "filter_chain": self.filter_chain,
+            "trigger": self.drain.trigger,
+            "direction": "all",
+            "strategy": self.drain.strategy,
+            "started_at": _rfc3339(self.drain.started_at + self.wall_offset),
+            "deadline": _rfc3339(self.drain.deadline + self.wall_offset),
+            "elapsed_s": round(now - self.drain.started_at, 3),
+            "connections": sum(len(chain.connections) for chain in self.chains),
+        }
+        if outcome is not None:
+            doc["outcome"] = outcome
+        return doc
+
+
+def _rfc3339(seconds: float) -> str:
+    return (
+        datetime.fromtimestamp(seconds, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )

@@ -1,0 +1,111 @@
+"""Listen sockets and who holds them.
+
+One kernel socket per bound address, held by every listener version that serves on it; each
+version accepts on its own `dup()` (DESIGN.md, Known traps). The pool counts the holders and
+closes a socket only at `flush()`, after a whole LDS response has been applied, so that a
+remove and an add on one address in one response hand the socket over instead of re-binding.
+A socket is never `shutdown()`: other dups may still accept on it.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from xds_proxy.listener.manager import BindError, SocketAddress
+
+LISTEN_BACKLOG = 1024  # Envoy's default tcp_backlog_size
+
+
+@dataclass(eq=False)
+class _SharedSocket:
+    sock: socket.socket
+    config_address: SocketAddress
+    holders: set[int] = field(default_factory=set)
+
+    @property
+    def bound_address(self) -> SocketAddress:
+        ip, port = self.sock.getsockname()[:2]
+        return (ip, port)
+
+
+class ListenSocketPool:
+    def __init__(self) -> None:
+        self._by_address: dict[SocketAddress, _SharedSocket] = {}
+        self._by_version: dict[int, list[_SharedSocket]] = {}
+        self._unheld: list[_SharedSocket] = []
+
+    def reserve(
+        self, version_id: int, addresses: list[SocketAddress], share_from: int | None
+    ) -> None:
+        shared = self._by_version.get(share_from) if share_from is not None else None
+        if shared is None:
+            shared = []
+            try:
+                for address in addresses:
+                    shared.append(self._open_or_reuse(address))
+            except BindError:
+                for entry in shared:
+                    if not entry.holders:
+                        self._unheld.append(entry)
+                raise
+        for entry in shared:
+            entry.holders.add(version_id)
+        self._by_version[version_id] = list(shared)
+
+    def release(self, version_id: int) -> None:
+        for entry in self._by_version.pop(version_id, []):
+            entry.holders.discard(version_id)
+            if not entry.holders:
+                self._unheld.append(entry)
+
+    def flush(self) -> None:
+        """Close every socket that no version holds any more: new SYNs are refused from now."""
+        for entry in self._unheld:
+            if entry.holders:
+                continue  # taken over by a later reservation
+            if self._by_address.get(entry.bound_address) is entry:
+                del self._by_address[entry.bound_address]
+            entry.sock.close()
+        self._unheld.clear()
+
+    def sockets_for(self, version_id: int) -> list[socket.socket]:
+        return [entry.sock for entry in self._by_version.get(version_id, [])]
+
+    def bound_addresses(self, version_id: int) -> list[SocketAddress]:
+        return [entry.bound_address for entry in self._by_version.get(version_id, [])]
+
+    def close_all(self) -> None:
+        for entry in {id(e): e for e in self._by_address.values()}.values():
+            entry.sock.close()
+        self._by_address.clear()
+        self._by_version.clear()
+        self._unheld.clear()
+
+    def _open_or_reuse(self, address: SocketAddress) -> _SharedSocket:
+        if address[1] != 0:
+            existing = self._by_address.get(address)
+            if existing is not None:
+                return existing  # still open (held by a draining version or pending close)
+        sock = bind_listen_socket(address)
+        entry = _SharedSocket(sock, address)
+        self._by_address[entry.bound_address] = entry
+        return entry
+
+
+def bind_listen_socket(address: SocketAddress) -> socket.socket:
+    ip, port = address
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((ip, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        shown = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+        raise BindError(f"cannot bind '{shown}': {error.strerror}") from None
+    return sock

@@ -1,0 +1,175 @@
+"""Wires the parts together and owns the process lifecycle.
+
+Start-up: static listeners bound (a failure exits 1 with nothing left listening), admin up,
+LDS subscription started; the server is INITIALIZING until the first LDS response (or
+`initial_fetch_timeout`), then LIVE. SIGTERM/SIGINT and `/quitquitquit` shut down without
+draining, as Envoy does; SIGHUP is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import uvloop
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+
+from xds_proxy.cli import Options
+from xds_proxy.errors import ConfigError
+from xds_proxy.listener.manager import BindError, ListenerManager
+from xds_proxy.listener.runtime import ListenerRuntime
+from xds_proxy.listener.sockets import ListenSocketPool
+from xds_proxy.stats import Stats
+
+log = logging.getLogger("xds_proxy.main")
+
+VERSION = "0.1.0"
+
+
+class ServerState(enum.IntEnum):
+    """Envoy's numbering of `server.state`."""
+
+    LIVE = 0
+    DRAINING = 1
+    PRE_INITIALIZING = 2
+    INITIALIZING = 3
+
+
+@dataclass
+class Server:
+    options: Options
+    bootstrap: bootstrap_pb2.Bootstrap
+    stats: Stats = field(default_factory=Stats)
+    state: ServerState = ServerState.PRE_INITIALIZING
+    started_at: float = field(default_factory=time.time)
+    healthy: bool = True
+
+    def __post_init__(self) -> None:
+        self.pool = ListenSocketPool()
+        self.runtime = ListenerRuntime(
+            self.stats, self.pool, self.options.drain_time_s, self.options.drain_strategy
+        )
+        self.manager = ListenerManager(self.stats, self.pool, self.runtime.compile, time.time)
+        self.runtime.manager = self.manager
+        self.shutdown_requested = asyncio.Event()
+        self.lds_client = None
+        self.admin_address: tuple[str, int] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._set_state(ServerState.PRE_INITIALIZING)
+        self.stats.gauge("server.live").set(1)
+        self.stats.gauge("server.hot_restart_epoch").set(self.options.restart_epoch)
+        self.stats.gauge("server.parent_connections").set(0)
+        self.stats.gauge("server.concurrency").set(self.options.concurrency)
+
+    def _set_state(self, state: ServerState) -> None:
+        self.state = state
+        self.stats.gauge("server.state").set(int(state))
+
+    def uptime(self) -> int:
+        return int(time.time() - self.started_at)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        actions = []
+        for index, listener in enumerate(self.bootstrap.static_resources.listeners):
+            try:
+                actions += self.manager.add_static(listener)
+            except (ConfigError, BindError) as error:
+                self.pool.close_all()
+                raise ConfigError(f"static_resources.listeners[{index}]: {error}") from None
+        await self.runtime.execute(actions)
+        self._tasks.append(asyncio.create_task(self.runtime.run(), name="listener-runtime"))
+        await self._start_admin()
+        self._start_lds()
+
+    async def _start_admin(self) -> None:
+        from xds_proxy.admin.handlers import AdminHandlers
+        from xds_proxy.admin.server import start_admin_server
+
+        if not self.bootstrap.HasField("admin"):
+            return
+        address = self.bootstrap.admin.address.socket_address
+        handlers = AdminHandlers(self)
+        try:
+            server = await start_admin_server(address.address, address.port_value, handlers.handle)
+        except OSError as error:
+            raise ConfigError(
+                f"admin.address: cannot bind '{address.address}:{address.port_value}': "
+                f"{error.strerror}"
+            ) from None
+        host, port = server.sockets[0].getsockname()[:2]
+        self.admin_address = (host, port)
+        log.info("admin address: %s:%d", host, port)
+        if self.options.admin_address_path:
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            with open(self.options.admin_address_path, "w") as out:
+                out.write(shown)
+
+    def _start_lds(self) -> None:
+        from xds_proxy.xds.client import LdsClient
+
+        if not LdsClient.configured(self.bootstrap):
+            self._initialized()
+            return
+        self._set_state(ServerState.INITIALIZING)
+        self.lds_client = LdsClient(
+            self.bootstrap, self.stats, self.apply_listeners, self._initialized
+        )
+        self._tasks.append(asyncio.create_task(self.lds_client.run(), name="lds-client"))
+
+    def apply_listeners(self, version_info: str, listeners: list) -> str | None:
+        """The LDS client's callback: apply one SotW response; None means ACK."""
+        result = self.manager.apply_sotw(version_info, listeners)
+        self.runtime.submit(result.actions)
+        if result.nack_message:
+            log.warning("lds: NACK version '%s': %s", version_info, result.nack_message.strip())
+        return result.nack_message
+
+    def _initialized(self) -> None:
+        if self.state in (ServerState.PRE_INITIALIZING, ServerState.INITIALIZING):
+            self._set_state(ServerState.LIVE if self.healthy else ServerState.DRAINING)
+            self.manager.workers_started()
+            log.info("all dependencies initialized. starting workers")
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.runtime.close()
+
+
+async def serve(options: Options, bootstrap: bootstrap_pb2.Bootstrap) -> int:
+    server = Server(options, bootstrap)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.request_shutdown)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    try:
+        await server.start()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        await server.stop()
+        return 1
+    log.info("starting main dispatch loop")
+    await server.shutdown_requested.wait()
+    log.info("shutting down")
+    await server.stop()
+    return 0
+
+
+def run(options: Options, bootstrap: bootstrap_pb2.Bootstrap) -> int:
+    return uvloop.run(serve(options, bootstrap))

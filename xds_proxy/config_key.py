@@ -43,7 +43,7 @@ def _canonicalize_in_place(message: Message) -> None:
             if value_field.type == FieldDescriptor.TYPE_MESSAGE:
                 for item in value.values():
                     _canonicalize_in_place(item)
-        elif field.label == FieldDescriptor.LABEL_REPEATED:
+        elif field.is_repeated:
             for item in value:
                 _canonicalize_in_place(item)
         else:

@@ -1,0 +1,311 @@
+"""The listener manager as a pure state machine: updates in, actions and state out."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.config.listener.v3 import listener_pb2
+from google.protobuf import wrappers_pb2
+
+from tests.unit.listener_fixtures import FakeSocketPool, chain, listener
+from xds_proxy.errors import ConfigError
+from xds_proxy.listener.manager import (
+    DEFAULT_CHAIN,
+    DrainListener,
+    DrainTrigger,
+    ListenerManager,
+    StartListener,
+    StopAccepting,
+    UpdateFilterChains,
+)
+from xds_proxy.stats import Stats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def compile_ok(config: listener_pb2.Listener) -> str:
+    if any(f.name == "bad" for c in config.filter_chains for f in c.filters):
+        raise ConfigError("bad filter")
+    return f"compiled:{config.name}"
+
+
+@pytest.fixture
+def setup():
+    stats, pool = Stats(), FakeSocketPool()
+    manager = ListenerManager(stats, pool, compile_ok, Clock())
+    return manager, stats, pool
+
+
+def counter(stats: Stats, name: str) -> int:
+    return stats.value(f"listener_manager.{name}")
+
+
+def kinds(actions) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def test_add_starts_listener_and_counts(setup):
+    manager, stats, pool = setup
+    result = manager.apply_sotw("v1", [listener("a", 10001), listener("b", 10002)])
+    assert result.nack_message is None
+    assert kinds(result.actions) == ["StartListener", "StartListener"]
+    assert [a.version.name for a in result.actions] == ["a", "b"]
+    assert counter(stats, "listener_added") == 2
+    assert counter(stats, "listener_create_success") == 2
+    assert stats.value("listener_manager.total_listeners_active") == 2
+    assert manager.version_info == "v1"
+    assert pool.binds == [("127.0.0.1", 10001), ("127.0.0.1", 10002)]
+
+
+def test_identical_repush_is_a_noop(setup):
+    manager, stats, _ = setup
+    manager.apply_sotw("v1", [listener("a", 10001)])
+    before = dict((n, c.value) for n, c in stats.counters.items())
+    result = manager.apply_sotw("v2", [listener("a", 10001)])
+    assert result.actions == [] and result.nack_message is None
+    assert {n: c.value for n, c in stats.counters.items()} == before
+    assert manager.version_info == "v1"  # nothing changed: the dump's version stays
+    assert manager.active["a"].version_info == "v1"
+
+
+def test_reordered_map_entries_are_equal(setup):
+    """Equality unpacks Any: the same HCM serialized differently is no change."""
+    manager, _, _ = setup
+    first = listener("a", 10001)
+    manager.apply_sotw("v1", [first])
+    second = listener_pb2.Listener()
+    second.CopyFrom(first)
+    any_value = second.filter_chains[0].filters[0].typed_config
+    # Re-encode the inner message with an unknown-order-insensitive equal payload: append a
+    # duplicate of a scalar field (protobuf keeps the last), which changes the bytes only.
+    any_value.value = any_value.value + b"\x12\x07ingress"  # field 2 stat_prefix again
+    assert second.SerializeToString() != first.SerializeToString()
+    assert manager.apply_sotw("v2", [second]).actions == []
+
+
+def test_full_update_shares_socket_then_drains_old(setup):
+    manager, stats, pool = setup
+    manager.apply_sotw("v1", [listener("a", 10001, body="one")])
+    old = manager.active["a"]
+    updated = listener(
+        "a", 10001, body="two", per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=9)
+    )
+    result = manager.apply_sotw("v2", [updated])
+    assert kinds(result.actions) == ["StartListener", "StopAccepting", "DrainListener"]
+    new = manager.active["a"]
+    assert result.actions[0] == StartListener(new)
+    assert result.actions[1] == StopAccepting(old.id)
+    assert result.actions[2] == DrainListener(old.id, DrainTrigger.LDS_UPDATE)
+    assert pool.by_version[new.id] == [("127.0.0.1", 10001)]
+    assert pool.binds == [("127.0.0.1", 10001)]  # no re-bind
+    assert counter(stats, "listener_modified") == 1
+    assert counter(stats, "listener_in_place_updated") == 0
+    assert stats.value("listener_manager.total_listeners_draining") == 1
+    manager.drain_finished(old.id)
+    assert stats.value("listener_manager.total_listeners_draining") == 0
+
+
+def test_in_place_update_drains_only_changed_chains(setup):
+    manager, stats, _ = setup
+    chains_v1 = [chain("a", "c1", "10.0.0.0/8"), chain("b", "c2", "127.0.0.0/8")]
+    manager.apply_sotw("v1", [listener("l", 10001, chains=chains_v1)])
+    old = manager.active["l"]
+    chains_v2 = [chain("b", "c2", "127.0.0.0/8"), chain("new", "c1", "10.0.0.0/8")]
+    result = manager.apply_sotw("v2", [listener("l", 10001, chains=chains_v2)])
+    assert kinds(result.actions) == ["UpdateFilterChains"]
+    action: UpdateFilterChains = result.actions[0]
+    assert action.old_version_id == old.id
+    assert action.draining_chains == (0,)
+    assert counter(stats, "listener_in_place_updated") == 1
+    assert counter(stats, "listener_modified") == 1
+    assert stats.value("listener_manager.total_filter_chains_draining") == 1
+    assert stats.value("listener_manager.total_listeners_draining") == 0
+    assert manager.active["l"].version_info == "v1"  # the listener keeps its version
+    manager.chains_drain_finished(action.group_id)
+    assert stats.value("listener_manager.total_filter_chains_draining") == 0
+
+
+def test_reordering_or_adding_chains_drains_nothing(setup):
+    manager, _, _ = setup
+    c1, c2 = chain("a", "c1", "10.0.0.0/8"), chain("b", "c2", "127.0.0.0/8")
+    manager.apply_sotw("v1", [listener("l", 10001, chains=[c1, c2])])
+    result = manager.apply_sotw(
+        "v2", [listener("l", 10001, chains=[c2, c1, chain("c", "c3", "192.168.0.0/16")])]
+    )
+    assert result.actions[0].draining_chains == ()
+
+
+def test_removed_default_chain_drains(setup):
+    manager, _, _ = setup
+    with_default = listener("l", 10001, chains=[chain("a", "c1")])
+    with_default.default_filter_chain.CopyFrom(chain("d", "default"))
+    manager.apply_sotw("v1", [with_default])
+    result = manager.apply_sotw("v2", [listener("l", 10001, chains=[chain("a", "c1")])])
+    assert result.actions[0].draining_chains == (DEFAULT_CHAIN,)
+
+
+def test_only_default_chain_means_full_update(setup):
+    manager, _, _ = setup
+    first = listener("l", 10001, chains=[])
+    first.default_filter_chain.CopyFrom(chain("one"))
+    manager.apply_sotw("v1", [first])
+    second = listener("l", 10001, chains=[])
+    second.default_filter_chain.CopyFrom(chain("two"))
+    assert kinds(manager.apply_sotw("v2", [second]).actions) == [
+        "StartListener",
+        "StopAccepting",
+        "DrainListener",
+    ]
+
+
+def test_remove_stops_accepting_and_drains(setup):
+    manager, stats, pool = setup
+    manager.apply_sotw("v1", [listener("a", 10001), listener("b", 10002)])
+    a = manager.active["a"]
+    result = manager.apply_sotw("v2", [listener("b", 10002)])
+    assert result.actions == [StopAccepting(a.id), DrainListener(a.id, DrainTrigger.LDS_REMOVE)]
+    assert counter(stats, "listener_removed") == 1
+    pool.flush()
+    assert ("127.0.0.1", 10001) not in pool.holders
+
+
+def test_remove_and_add_on_one_address_hands_socket_over(setup):
+    manager, _, pool = setup
+    manager.apply_sotw("v1", [listener("a", 10001)])
+    result = manager.apply_sotw("v2", [listener("b", 10001)])
+    assert result.nack_message is None
+    assert kinds(result.actions) == ["StopAccepting", "DrainListener", "StartListener"]
+    assert pool.binds == [("127.0.0.1", 10001)]  # taken over, not re-bound
+
+
+def test_duplicate_name_first_wins_and_nacks(setup):
+    manager, stats, _ = setup
+    result = manager.apply_sotw("v1", [listener("a", 10001), listener("a", 10002)])
+    assert (
+        result.nack_message == "Error adding/updating listener(s) a: duplicate listener a found\n"
+    )
+    assert manager.active["a"].addresses == [("127.0.0.1", 10001)]
+    assert manager.version_info == "v1"  # something was applied
+    assert counter(stats, "listener_added") == 1
+    assert [e.details for e in manager.overall_errors] == ["duplicate listener a found"]
+
+
+def test_duplicate_address_is_partial_apply(setup):
+    manager, _, _ = setup
+    result = manager.apply_sotw(
+        "v1", [listener("a", 10001), listener("b", 10001), listener("c", 10003)]
+    )
+    assert result.nack_message == (
+        "Error adding/updating listener(s) b: error adding listener: 'b' has duplicate address "
+        "'127.0.0.1:10001' as existing listener, to check if the listener has duplicated "
+        "addresses with other listeners or 'enable_reuse_port' is set to 'false' for the "
+        "listener\n"
+    )
+    assert sorted(manager.active) == ["a", "c"]
+    assert "b" in manager.errors
+
+
+def test_swap_of_two_addresses_nacks_both(setup):
+    manager, _, _ = setup
+    manager.apply_sotw("v1", [listener("a", 10001), listener("b", 10002)])
+    result = manager.apply_sotw("v2", [listener("a", 10002), listener("b", 10001)])
+    assert result.nack_message.count("has duplicate address") == 2
+    assert manager.active["a"].addresses == [("127.0.0.1", 10001)]
+    assert manager.active["b"].addresses == [("127.0.0.1", 10002)]
+    assert result.actions == []
+
+
+def test_bind_failure_nacks_and_counts(setup):
+    manager, stats, pool = setup
+    pool.taken_elsewhere.add(("127.0.0.1", 10009))
+    result = manager.apply_sotw("v1", [listener("a", 10009), listener("b", 10002)])
+    assert result.nack_message == (
+        "Error adding/updating listener(s) a: cannot bind '127.0.0.1:10009': Address in use\n"
+    )
+    assert list(manager.active) == ["b"]
+    assert counter(stats, "listener_create_failure") == 1
+
+
+def test_compile_error_nacks_that_listener_only(setup):
+    manager, _, _ = setup
+    bad = listener("bad", 10001)
+    bad.filter_chains[0].filters[0].name = "bad"
+    result = manager.apply_sotw("v1", [bad, listener("good", 10002)])
+    assert result.nack_message == "Error adding/updating listener(s) bad: bad filter\n"
+    assert list(manager.active) == ["good"]
+
+
+def test_malformed_ip_and_missing_address(setup):
+    manager, _, _ = setup
+    no_address = listener_pb2.Listener(name="x")
+    no_address.filter_chains.add().CopyFrom(chain("a"))
+    result = manager.apply_sotw("v1", [listener("m", 1, ip="not-an-ip"), no_address])
+    assert result.nack_message == (
+        "Error adding/updating listener(s) m: malformed IP address: not-an-ip\n"
+        "x: error adding listener named 'x': address is necessary\n"
+    )
+
+
+def test_static_listeners_are_immutable(setup):
+    manager, stats, _ = setup
+    manager.add_static(listener("static", 10001))
+    result = manager.apply_sotw("v1", [listener("static", 10001, body="changed")])
+    assert result.actions == [] and result.nack_message is None
+    result = manager.apply_sotw("v2", [])
+    assert result.actions == []
+    assert manager.active["static"].static
+
+
+def test_address_change_binds_new_and_drains_old(setup):
+    manager, _, pool = setup
+    manager.apply_sotw("v1", [listener("a", 10001)])
+    old = manager.active["a"]
+    result = manager.apply_sotw("v2", [listener("a", 10005)])
+    assert kinds(result.actions) == ["StartListener", "StopAccepting", "DrainListener"]
+    assert pool.by_version[manager.active["a"].id] == [("127.0.0.1", 10005)]
+    pool.flush()
+    assert ("127.0.0.1", 10001) not in pool.holders
+    assert old.draining
+
+
+def test_reuse_port_change_is_rejected(setup):
+    manager, _, _ = setup
+    manager.apply_sotw("v1", [listener("a", 10001)])
+    changed = listener("a", 10001, enable_reuse_port=wrappers_pb2.BoolValue(value=False))
+    result = manager.apply_sotw("v2", [changed])
+    assert result.nack_message == (
+        "Error adding/updating listener(s) a: Listener a: reuse port cannot be changed during an "
+        "update\n"
+    )
+
+
+def test_port_zero_listeners_never_conflict(setup):
+    manager, _, pool = setup
+    result = manager.apply_sotw("v1", [listener("a", 0), listener("b", 0)])
+    assert result.nack_message is None
+    assert pool.by_version[manager.active["a"].id] != pool.by_version[manager.active["b"].id]
+    # an update of a port-0 listener keeps its port
+    before = pool.by_version[manager.active["a"].id]
+    manager.apply_sotw("v2", [listener("a", 0, body="x"), listener("b", 0)])
+    assert pool.by_version[manager.active["a"].id] == before
+
+
+def test_errors_are_cleared_by_the_next_update(setup):
+    manager, _, _ = setup
+    manager.apply_sotw("v1", [listener("a", 10001), listener("a", 10002)])
+    assert manager.errors
+    manager.apply_sotw("v2", [listener("a", 10001)])
+    assert not manager.errors and not manager.overall_errors
+
+
+def test_stopped_manager_acks_and_ignores(setup):
+    manager, _, _ = setup
+    manager.stopped = True
+    result = manager.apply_sotw("v1", [listener("a", 10001)])
+    assert result.actions == [] and result.nack_message is None
+    assert not manager.active

@@ -252,7 +252,7 @@ def test_malformed_ip_and_missing_address(setup):
 
 
 def test_static_listeners_are_immutable(setup):
-    manager, stats, _ = setup
+    manager, _, _ = setup
     manager.add_static(listener("static", 10001))
     result = manager.apply_sotw("v1", [listener("static", 10001, body="changed")])
     assert result.actions == [] and result.nack_message is None

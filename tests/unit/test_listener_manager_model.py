@@ -57,10 +57,10 @@ class Model:
             if spec.name in self.static or old == spec:
                 continue
             moved = old is None or old.port != spec.port
-            if moved and spec.port != 0:
-                if any(o.port == spec.port for n, o in self.active.items() if n != spec.name):
-                    failed.append(spec.name)
-                    continue
+            others = [o.port for n, o in self.active.items() if n != spec.name]
+            if moved and spec.port != 0 and spec.port in others:
+                failed.append(spec.name)
+                continue
             if old is None:
                 self.counts["added"] += 1
             else:

@@ -1,0 +1,159 @@
+"""Reading the LDS server from the bootstrap, with one-line `FIELD_PATH: reason` errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from google.protobuf import json_format
+
+from xds_proxy.errors import ConfigError
+from xds_proxy.xds.client import LdsClient
+from xds_proxy.xds.source import lds_server
+
+CLUSTER = """
+static_resources:
+  clusters:
+  - name: other
+    load_assignment:
+      cluster_name: other
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 10.0.0.1, port_value: 1}}}
+  - name: xds
+    type: %s
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: "%s", port_value: 18000}}}
+"""
+LDS = """
+dynamic_resources:
+  lds_config:
+    resource_api_version: V3
+    api_config_source:
+      api_type: %s
+      transport_api_version: V3
+      grpc_services: [{envoy_grpc: {cluster_name: xds}}]
+"""
+ADS = """
+dynamic_resources:
+  lds_config: {resource_api_version: V3, ads: {}}
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {cluster_name: xds, authority: cp.example}
+      initial_metadata: [{key: X-Token, value: abc}]
+"""
+
+
+def bootstrap(text: str) -> bootstrap_pb2.Bootstrap:
+    return json_format.ParseDict(yaml.safe_load(text), bootstrap_pb2.Bootstrap())
+
+
+def lds(api_type: str = "GRPC", kind: str = "STATIC", host: str = "127.0.0.1", extra: str = ""):
+    return bootstrap(CLUSTER % (kind, host) + LDS % api_type + extra)
+
+
+def test_plain_lds_on_a_static_cluster() -> None:
+    server = lds_server(lds())
+    assert server.aggregated is False
+    assert server.target == "127.0.0.1:18000"
+    assert server.authority == "xds"
+    assert server.initial_fetch_timeout_s == 15.0
+    assert server.node_on_first_request_only is False
+    assert server.initial_metadata == ()
+
+
+def test_ads() -> None:
+    server = lds_server(bootstrap(CLUSTER % ("STRICT_DNS", "localhost") + ADS))
+    assert server.aggregated is True
+    assert server.target == "localhost:18000"
+    assert server.authority == "cp.example"
+    assert server.node_on_first_request_only is True
+    assert server.initial_metadata == (("x-token", "abc"),)
+
+
+def test_ipv6_endpoint_is_bracketed() -> None:
+    assert lds_server(lds(host="::1")).target == "[::1]:18000"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0s", None), ("0.25s", 0.25), ("3s", 3.0)])
+def test_initial_fetch_timeout(value: str, expected: float | None) -> None:
+    config = lds()
+    config.dynamic_resources.lds_config.initial_fetch_timeout.FromJsonString(value)
+    assert lds_server(config).initial_fetch_timeout_s == expected
+
+
+def test_configured() -> None:
+    assert LdsClient.configured(lds())
+    assert not LdsClient.configured(bootstrap(CLUSTER % ("STATIC", "127.0.0.1")))
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        (
+            lambda: lds("DELTA_GRPC"),
+            "dynamic_resources.lds_config.api_config_source.api_type: DELTA_GRPC not supported yet",
+        ),
+        (
+            lambda: lds("REST"),
+            "dynamic_resources.lds_config.api_config_source.api_type: REST not supported "
+            "(use GRPC)",
+        ),
+        (
+            lambda: lds(kind="EDS"),
+            "static_resources.clusters[1].type: EDS not supported for the xDS cluster",
+        ),
+        (
+            lambda: bootstrap(
+                CLUSTER % ("STATIC", "127.0.0.1") + "dynamic_resources: {lds_config: {ads: {}}}"
+            ),
+            "dynamic_resources.ads_config: required when dynamic_resources.lds_config.ads is set",
+        ),
+        (
+            lambda: bootstrap(LDS % "GRPC"),
+            "dynamic_resources.lds_config.api_config_source.grpc_services[0].envoy_grpc"
+            ".cluster_name: unknown static cluster 'xds'",
+        ),
+        (
+            lambda: bootstrap(
+                CLUSTER % ("STATIC", "127.0.0.1")
+                + "dynamic_resources: {lds_config: {path_config_source: {path: /x}}}"
+            ),
+            "dynamic_resources.lds_config.path_config_source: not supported",
+        ),
+        (
+            lambda: bootstrap(
+                CLUSTER % ("STATIC", "127.0.0.1")
+                + "dynamic_resources: {lds_config: {api_config_source: {api_type: GRPC}}}"
+            ),
+            "dynamic_resources.lds_config.api_config_source.grpc_services: exactly one gRPC "
+            "service is supported",
+        ),
+    ],
+)
+def test_errors_name_the_field(config, error: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        lds_server(config())
+    assert str(caught.value) == error
+
+
+def test_tls_to_the_xds_server_is_not_supported_yet() -> None:
+    config = lds()
+    config.static_resources.clusters[1].transport_socket.name = "envoy.transport_sockets.tls"
+    with pytest.raises(
+        ConfigError, match=r"clusters\[1\]\.transport_socket: TLS .* not supported yet"
+    ):
+        lds_server(config)
+
+
+def test_cluster_without_endpoint() -> None:
+    config = lds()
+    config.static_resources.clusters[1].ClearField("load_assignment")
+    with pytest.raises(ConfigError, match=r"clusters\[1\]\.load_assignment: needs one endpoint"):
+        lds_server(config)

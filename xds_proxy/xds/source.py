@@ -1,0 +1,129 @@
+"""Where the LDS subscription connects: read from the bootstrap, checked with field paths.
+
+Two shapes are supported, as in Envoy:
+- `lds_config.api_config_source {api_type: GRPC, grpc_services[0].envoy_grpc.cluster_name}`:
+  `ListenerDiscoveryService.StreamListeners`;
+- `lds_config.ads {}` with `dynamic_resources.ads_config {api_type: GRPC, ...}`:
+  `AggregatedDiscoveryService.StreamAggregatedResources`.
+The named cluster must be a static cluster of the bootstrap with a `load_assignment`
+endpoint; STRICT_DNS/LOGICAL_DNS hosts are resolved by gRPC through the `host:port` target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2
+
+from xds_proxy.errors import ConfigError
+
+DEFAULT_INITIAL_FETCH_TIMEOUT_S = 15.0
+_DYN = "dynamic_resources"
+_API = config_source_pb2.ApiConfigSource
+_SUPPORTED_DISCOVERY = {
+    cluster_pb2.Cluster.STATIC,
+    cluster_pb2.Cluster.STRICT_DNS,
+    cluster_pb2.Cluster.LOGICAL_DNS,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class XdsServer:
+    """One gRPC xDS server as the LDS client needs it."""
+
+    aggregated: bool  # True: ADS StreamAggregatedResources; False: LDS StreamListeners
+    cluster_name: str
+    target: str  # gRPC channel target, "host:port" ("[v6]:port")
+    authority: str  # Envoy sends the cluster name as :authority unless configured
+    initial_metadata: tuple[tuple[str, str], ...]
+    initial_fetch_timeout_s: float | None  # None: wait forever
+    node_on_first_request_only: bool
+
+
+def lds_configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:
+    return bootstrap.HasField(_DYN) and bootstrap.dynamic_resources.HasField("lds_config")
+
+
+def lds_server(bootstrap: bootstrap_pb2.Bootstrap) -> XdsServer:
+    """The LDS server of `bootstrap`; raises ConfigError (`FIELD_PATH: reason`)."""
+    lds = bootstrap.dynamic_resources.lds_config
+    path = f"{_DYN}.lds_config"
+    kind = lds.WhichOneof("config_source_specifier")
+    if kind == "ads":
+        if not bootstrap.dynamic_resources.HasField("ads_config"):
+            raise ConfigError(f"{_DYN}.ads_config: required when {path}.ads is set")
+        api, api_path = bootstrap.dynamic_resources.ads_config, f"{_DYN}.ads_config"
+        aggregated = True
+    elif kind == "api_config_source":
+        api, api_path, aggregated = lds.api_config_source, f"{path}.api_config_source", False
+    elif kind is None:
+        raise ConfigError(f"{path}: one of ads or api_config_source is required")
+    else:
+        raise ConfigError(f"{path}.{kind}: not supported")
+    _check_api_type(api, api_path, aggregated)
+    if len(api.grpc_services) != 1:
+        raise ConfigError(f"{api_path}.grpc_services: exactly one gRPC service is supported")
+    service = api.grpc_services[0]
+    service_path = f"{api_path}.grpc_services[0]"
+    if not service.HasField("envoy_grpc"):
+        raise ConfigError(f"{service_path}.envoy_grpc: required (google_grpc is not supported)")
+    cluster_name = service.envoy_grpc.cluster_name
+    target = _cluster_target(bootstrap, cluster_name, f"{service_path}.envoy_grpc.cluster_name")
+    timeout_s = DEFAULT_INITIAL_FETCH_TIMEOUT_S
+    if lds.HasField("initial_fetch_timeout"):
+        timeout_s = lds.initial_fetch_timeout.ToNanoseconds() / 1e9
+    return XdsServer(
+        aggregated=aggregated,
+        cluster_name=cluster_name,
+        target=target,
+        authority=service.envoy_grpc.authority or cluster_name,
+        initial_metadata=tuple((h.key.lower(), h.value) for h in service.initial_metadata),
+        initial_fetch_timeout_s=timeout_s if timeout_s > 0 else None,
+        node_on_first_request_only=api.set_node_on_first_message_only,
+    )
+
+
+def _check_api_type(api: config_source_pb2.ApiConfigSource, path: str, aggregated: bool) -> None:
+    if api.api_type == _API.GRPC:
+        return
+    name = _API.ApiType.Name(api.api_type)
+    if api.api_type in (_API.DELTA_GRPC, _API.AGGREGATED_DELTA_GRPC):
+        raise ConfigError(f"{path}.api_type: {name} not supported yet")
+    if aggregated and api.api_type == _API.AGGREGATED_GRPC:
+        return
+    raise ConfigError(f"{path}.api_type: {name} not supported (use GRPC)")
+
+
+def _cluster_target(bootstrap: bootstrap_pb2.Bootstrap, name: str, name_path: str) -> str:
+    if not name:
+        raise ConfigError(f"{name_path}: must not be empty")
+    for index, cluster in enumerate(bootstrap.static_resources.clusters):
+        if cluster.name == name:
+            return _endpoint_target(cluster, f"static_resources.clusters[{index}]")
+    raise ConfigError(f"{name_path}: unknown static cluster '{name}'")
+
+
+def _endpoint_target(cluster: cluster_pb2.Cluster, path: str) -> str:
+    if cluster.WhichOneof("cluster_discovery_type") == "cluster_type":
+        raise ConfigError(f"{path}.cluster_type: not supported for the xDS cluster")
+    if cluster.type not in _SUPPORTED_DISCOVERY:
+        kind = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
+        raise ConfigError(f"{path}.type: {kind} not supported for the xDS cluster")
+    if cluster.HasField("transport_socket"):
+        raise ConfigError(f"{path}.transport_socket: TLS to the xDS server not supported yet")
+    for e_index, locality in enumerate(cluster.load_assignment.endpoints):
+        for l_index, lb_endpoint in enumerate(locality.lb_endpoints):
+            address = lb_endpoint.endpoint.address
+            where = f"{path}.load_assignment.endpoints[{e_index}].lb_endpoints[{l_index}]"
+            if not address.HasField("socket_address"):
+                raise ConfigError(f"{where}.endpoint.address.socket_address: required")
+            socket_address = address.socket_address
+            if socket_address.WhichOneof("port_specifier") != "port_value":
+                raise ConfigError(f"{where}.endpoint.address.socket_address.port_value: required")
+            host = socket_address.address
+            if ":" in host:
+                host = f"[{host}]"
+            return f"{host}:{socket_address.port_value}"
+    raise ConfigError(f"{path}.load_assignment: needs one endpoint for the xDS server")

@@ -1,0 +1,23 @@
+"""Run the real `xds-proxy` process for tests, with the same admin helpers as EnvoyProcess.
+
+Both take the same bootstrap and flags, so a scenario can run against either:
+
+    proxy = ProxyProcess(bootstrap, tmp_path, extra_args=["--drain-time-s", "2"]).start()
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.stub import stub_env
+
+
+class ProxyProcess(EnvoyProcess):
+    name = "xds-proxy"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "xds_proxy", "-c", str(self.config_path)]
+
+    def environment(self) -> dict[str, str]:
+        return stub_env()

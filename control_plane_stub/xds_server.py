@@ -1,0 +1,105 @@
+"""gRPC servicers for LDS (SotW and Delta) and ADS (SotW and Delta) on grpc.aio.
+
+Each stream gets a reader task that feeds requests to the hub, while the handler itself
+yields whatever lands in the stream's outbox; pushes from the control API land there too.
+When the client goes away the reader ends, the outbox is closed and the stream forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.listener.v3 import lds_pb2_grpc
+
+from control_plane_stub.cache import Mode
+from control_plane_stub.hub import CLOSE, StubHub
+from control_plane_stub.resources import LISTENER_TYPE
+
+log = logging.getLogger("control_plane_stub")
+
+
+async def serve_stream(
+    hub: StubHub,
+    mode: Mode,
+    fixed_type: str | None,
+    requests: AsyncIterator,
+    context: grpc.aio.ServicerContext,
+) -> AsyncIterator:
+    stream_id, outbox = hub.open_stream(mode, fixed_type)
+    peer = context.peer()
+    failure: list[str] = []  # why reading ended, when the client sent something unreadable
+    log.info("stream %d opened (%s, %s) from %s", stream_id, mode, fixed_type or "ADS", peer)
+
+    async def read_requests() -> None:
+        try:
+            async for request in requests:
+                try:
+                    hub.handle_request(stream_id, request)
+                except Exception:  # a bug for one request must not end the others
+                    log.exception("stream %d: request not handled", stream_id)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception as error:
+            log.info("stream %d: read ended: %s", stream_id, error)
+            failure.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        finally:
+            outbox.put_nowait(CLOSE)
+
+    reader = asyncio.create_task(read_requests())
+    try:
+        while True:
+            response = await outbox.get()
+            if response is CLOSE:
+                break
+            yield response
+        if failure:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, failure[0])
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        hub.close_stream(stream_id)
+        log.info("stream %d closed", stream_id)
+
+
+class ListenerDiscovery(lds_pb2_grpc.ListenerDiscoveryServiceServicer):
+    def __init__(self, hub: StubHub):
+        self._hub = hub
+
+    async def StreamListeners(self, request_iterator, context):
+        async for response in serve_stream(
+            self._hub, "sotw", LISTENER_TYPE, request_iterator, context
+        ):
+            yield response
+
+    async def DeltaListeners(self, request_iterator, context):
+        async for response in serve_stream(
+            self._hub, "delta", LISTENER_TYPE, request_iterator, context
+        ):
+            yield response
+
+    async def FetchListeners(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "REST-style fetch is not served")
+
+
+class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def __init__(self, hub: StubHub):
+        self._hub = hub
+
+    async def StreamAggregatedResources(self, request_iterator, context):
+        async for response in serve_stream(self._hub, "sotw", None, request_iterator, context):
+            yield response
+
+    async def DeltaAggregatedResources(self, request_iterator, context):
+        async for response in serve_stream(self._hub, "delta", None, request_iterator, context):
+            yield response
+
+
+def add_xds_servicers(server: grpc.aio.Server, hub: StubHub) -> None:
+    lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(ListenerDiscovery(hub), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscovery(hub), server)

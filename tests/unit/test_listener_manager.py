@@ -309,3 +309,15 @@ def test_stopped_manager_acks_and_ignores(setup):
     result = manager.apply_sotw("v1", [listener("a", 10001)])
     assert result.actions == [] and result.nack_message is None
     assert not manager.active
+
+
+def test_delta_removes_named_then_adds(setup):
+    manager, stats, _ = setup
+    manager.apply_sotw("v1", [listener("a", 10001), listener("b", 10002)])
+    a = manager.active["a"]
+    result = manager.apply_delta("d1", [listener("c", 10003)], removed=["a", "unknown"])
+    assert result.nack_message is None
+    assert kinds(result.actions) == ["StopAccepting", "DrainListener", "StartListener"]
+    assert result.actions[0] == StopAccepting(a.id)
+    assert sorted(manager.active) == ["b", "c"]  # b is not named: it stays
+    assert counter(stats, "listener_removed") == 1

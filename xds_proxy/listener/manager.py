@@ -186,14 +186,29 @@ class ListenerManager:
     # -- LDS, state of the world -----------------------------------------------------------
 
     def apply_sotw(self, version_info: str, listeners: list[listener_pb2.Listener]) -> ApplyResult:
+        """A state-of-the-world response: every dynamic listener not named in it is removed."""
+        wanted = {listener.name for listener in listeners}
+        removed = [n for n, v in self.active.items() if not v.static and n not in wanted]
+        return self._apply(version_info, listeners, removed)
+
+    def apply_delta(
+        self, version_info: str, listeners: list[listener_pb2.Listener], removed: list[str]
+    ) -> ApplyResult:
+        """A delta response: `removed_resources` first (unknown names ignored), then the
+        added/updated listeners, through the same path as state of the world."""
+        known = [n for n in removed if n in self.active and not self.active[n].static]
+        return self._apply(version_info, listeners, list(dict.fromkeys(known)))
+
+    def _apply(
+        self, version_info: str, listeners: list[listener_pb2.Listener], removed: list[str]
+    ) -> ApplyResult:
         result = ApplyResult()
         if self.stopped:
             return result  # after /drain_listeners: ACK and ignore
         self.errors.clear()
         self.overall_errors.clear()
-        wanted = {listener.name for listener in listeners}
         any_applied = False
-        for name in [n for n, v in self.active.items() if not v.static and n not in wanted]:
+        for name in removed:
             self._remove(name, result.actions)
             any_applied = True
         failures: list[tuple[listener_pb2.Listener, str]] = []

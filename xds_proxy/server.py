@@ -138,6 +138,28 @@ class Server:
             self.manager.workers_started()
             log.info("all dependencies initialized. starting workers")
 
+    # -- admin-triggered drains and health --------------------------------------------------
+
+    def set_health(self, failed: bool) -> None:
+        """`/healthcheck/fail` (DRAINING, `server.live` 0) and `/healthcheck/ok`."""
+        self.healthy = not failed
+        self.stats.gauge("server.live").set(0 if failed else 1)
+        if self.state in (ServerState.LIVE, ServerState.DRAINING):
+            self._set_state(ServerState.DRAINING if failed else ServerState.LIVE)
+        self.runtime.set_health(failed)
+
+    def drain_listeners(self, graceful: bool, inbound_only: bool, skip_exit: bool) -> None:
+        """`/drain_listeners` (spec/draining.md section 3): connections drain; listeners stop
+        at DT (graceful), at once (plain), or never (skip_exit). The process never exits."""
+
+        def stop() -> None:
+            self.runtime.submit(self.manager.stop_listeners(inbound_only))
+
+        stop_at_deadline = graceful and not skip_exit
+        self.runtime.start_admin_drain(inbound_only, stop if stop_at_deadline else lambda: None)
+        if not graceful and not skip_exit:
+            stop()
+
     # -- shutdown ---------------------------------------------------------------------------
 
     def request_shutdown(self) -> None:

@@ -51,6 +51,21 @@ class AdminHandlers:
             ),
             "/drain_status": ("GET", self.drain_status, "every drain in progress (xds-proxy)"),
             "/quitquitquit": ("POST", self.quit, "exit the server"),
+            "/healthcheck/fail": (
+                "POST",
+                self.healthcheck_fail,
+                "cause the server to fail health checks",
+            ),
+            "/healthcheck/ok": (
+                "POST",
+                self.healthcheck_ok,
+                "cause the server to pass health checks",
+            ),
+            "/drain_listeners": (
+                "POST",
+                self.drain_listeners,
+                "drain listeners (flags: graceful, inboundonly, skip_exit)",
+            ),
             "/help": ("GET", self.help, "print out list of admin commands"),
         }
 
@@ -71,6 +86,22 @@ class AdminHandlers:
 
     def quit(self, query: Query) -> AdminResponse:
         self.server.request_shutdown()
+        return AdminResponse(200, "OK\n")
+
+    def healthcheck_fail(self, query: Query) -> AdminResponse:
+        self.server.set_health(failed=True)
+        return AdminResponse(200, "OK\n")
+
+    def healthcheck_ok(self, query: Query) -> AdminResponse:
+        self.server.set_health(failed=False)
+        return AdminResponse(200, "OK\n")
+
+    def drain_listeners(self, query: Query) -> AdminResponse:
+        self.server.drain_listeners(
+            graceful="graceful" in query,
+            inbound_only="inboundonly" in query,
+            skip_exit="skip_exit" in query,
+        )
         return AdminResponse(200, "OK\n")
 
     def ready(self, query: Query) -> AdminResponse:

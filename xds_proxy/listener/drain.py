@@ -29,6 +29,18 @@ class Drain:
         elapsed = max(0.0, now - self.started_at)
         return min(1.0, math.floor(elapsed) / (self.drain_time_s / 2))
 
+    def tell_delay(self, now: float, rng: random.Random) -> float:
+        """Seconds from now until a connection is told to leave (the idle schedule): 0 with
+        `immediate`; with `gradual`, uniform over what is left of [start, start + DT/2), and
+        0 once DT/2 has passed."""
+        if self.strategy == "immediate" or self.drain_time_s <= 0:
+            return 0.0
+        latest = self.started_at + self.drain_time_s / 2
+        earliest = max(now, self.started_at)
+        if earliest >= latest:
+            return 0.0
+        return rng.uniform(earliest, latest) - now
+
     def drain_close(self, now: float, rng: random.Random) -> bool:
         probability = self.close_probability(now)
         return probability >= 1.0 or (probability > 0.0 and rng.random() < probability)

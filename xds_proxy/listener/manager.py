@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from envoy.config.core.v3 import address_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_pb2
 
 from xds_proxy.config_key import config_key
@@ -84,6 +84,7 @@ class ListenerVersion:
     addresses: list[SocketAddress]
     compiled: Any
     draining: bool = False
+    stopped: bool = False  # by /drain_listeners: listed, not accepting
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class ListenerManager:
         self.overall_errors: list[ErrorState] = []
         self.version_info = ""  # ListenersConfigDump.version_info (system version)
         self.stopped = False  # after /drain_listeners stopped every listener
+        self.stopped_inbound = False  # ... or only the inbound ones
         for name in (
             "listener_added",
             "listener_modified",
@@ -238,6 +240,8 @@ class ListenerManager:
     def _add_or_update(
         self, listener: listener_pb2.Listener, version_info: str, actions: list[Action]
     ) -> bool:
+        if self.stopped_inbound and _inbound(listener):
+            return False  # inbound listeners were stopped by /drain_listeners?inboundonly
         key = config_key(listener)
         existing = self.active.get(listener.name)
         if existing is not None and (existing.static or existing.key == key):
@@ -307,6 +311,24 @@ class ListenerManager:
             actions.append(StartListener(started))
         actions.append(StopAccepting(old.id))
         actions.append(DrainListener(old.id, trigger))
+
+    # -- admin ---------------------------------------------------------------------------
+
+    def stop_listeners(self, inbound_only: bool) -> list[Action]:
+        """`/drain_listeners`: active listeners (or inbound ones) stop accepting; they stay
+        listed, and later LDS updates for them are ACKed and ignored."""
+        if inbound_only:
+            self.stopped_inbound = True
+        else:
+            self.stopped = True
+        actions: list[Action] = []
+        for version in self.active.values():
+            if version.stopped or (inbound_only and not _inbound(version.config)):
+                continue
+            version.stopped = True
+            actions.append(StopAccepting(version.id))
+            self._stats.counter("listener_manager.listener_stopped").inc()
+        return actions
 
     # -- reports from the runtime ------------------------------------------------------------
 
@@ -427,6 +449,10 @@ def _config_addresses(listener: listener_pb2.Listener) -> list[bytes]:
     return [listener.address.SerializeToString(deterministic=True)] + [
         extra.SerializeToString(deterministic=True) for extra in listener.additional_addresses
     ]
+
+
+def _inbound(listener: listener_pb2.Listener) -> bool:
+    return listener.traffic_direction == base_pb2.INBOUND
 
 
 def _reuse_port(listener: listener_pb2.Listener) -> bool:

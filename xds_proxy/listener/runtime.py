@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from xds_proxy.config_key import config_key
@@ -57,6 +58,7 @@ class ChainRuntime:
         self.connections: set[DrainableConnection] = set()
         self.drain: Drain | None = None
         self.on_empty: Callable[[], None] | None = None
+        self._told: dict[DrainableConnection, asyncio.TimerHandle | None] = {}
         runtime = listener.runtime
         context = FilterChainContext(
             stats=runtime.stats,
@@ -68,24 +70,57 @@ class ChainRuntime:
         )
         self.factory = build_filter_chain(config.filters, context)
 
+    def drains(self) -> list[Drain]:
+        """Every drain that covers this chain now: its own, its listener's, the server's."""
+        covering = [d for d in (self.drain, self.listener.drain) if d is not None]
+        admin = self.listener.runtime.admin_drain
+        if admin is not None and admin.covers(self.listener):
+            covering.append(admin.drain)
+        return covering
+
     def drain_close(self) -> bool:
-        drain = self.drain or self.listener.drain
-        if drain is None:
+        runtime = self.listener.runtime
+        if runtime.health_failed and self.listener.drains_on_health_failure:
+            return True  # /healthcheck/fail: DEFAULT listeners close on every response
+        if self.drain is None and self.listener.drain is None and runtime.admin_drain is None:
             return False
-        return drain.drain_close(self.listener.runtime.clock(), self.listener.runtime.rng)
+        now = runtime.clock()
+        return any(drain.drain_close(now, runtime.rng) for drain in self.drains())
 
     def start_drain(self, drain: Drain) -> None:
         self.drain = drain
+        self.tell_connections(drain)
+
+    def tell_connections(self, drain: Drain) -> None:
         for conn in list(self.connections):
+            self._schedule_told(conn, drain)
+
+    def _schedule_told(self, conn: DrainableConnection, drain: Drain) -> None:
+        """Push the drain to a connection on the idle schedule (spec section 4): at once with
+        `immediate`; with `gradual`, at its own moment drawn in [now, start + DT/2)."""
+        if conn in self._told:
+            return
+        runtime = self.listener.runtime
+        delay = drain.tell_delay(runtime.clock(), runtime.rng)
+        if delay <= 0:
+            self._told[conn] = None
             conn.on_drain()
+        else:
+            self._told[conn] = asyncio.get_running_loop().call_later(delay, conn.on_drain)
 
     def _register(self, conn: DrainableConnection) -> None:
         self.connections.add(conn)
         self.listener.connection_opened()
+        drains = self.drains()
+        if drains:
+            self._schedule_told(conn, min(drains, key=lambda d: d.started_at))
 
     def _unregister(self, conn: DrainableConnection) -> None:
         if conn in self.connections:
             self.connections.remove(conn)
+            timer = self._told.pop(conn, None)
+            if timer is not None:
+                timer.cancel()
             self.listener.connection_closed()
             if not self.connections and self.on_empty is not None:
                 self.on_empty()
@@ -132,7 +167,8 @@ class ListenerInstance:
             else None
         )
         self.matcher = FilterChainMatcher(config.filter_chains)
-        self._deadline: asyncio.TimerHandle | None = None
+        self.drains_on_health_failure = config.drain_type == listener_pb2.Listener.DEFAULT
+        self.inbound = config.traffic_direction == base_pb2.INBOUND
 
     def all_chains(self) -> list[ChainRuntime]:
         return self.chains + ([self.default_chain] if self.default_chain else [])
@@ -189,6 +225,9 @@ class ListenerRuntime:
         self.manager: ListenerManager | None = None
         self.instances: dict[int, ListenerInstance] = {}
         self.drains: dict[int, DrainRecord] = {}
+        self.admin_drain: AdminDrain | None = None
+        self.health_failed = False
+        self._health_record: DrainRecord | None = None
         self._queue: asyncio.Queue[list[Action]] = asyncio.Queue()
         stats.gauge("server.total_connections")
 
@@ -278,13 +317,12 @@ class ListenerRuntime:
             instance.version_info,
             None,
             instance.drain,
-            chains,
-            time.time() - self.clock(),
+            _count(chains),
+            self._wall_offset(),
         )
         self._track_drain(record, chains, lambda: self._listener_drained(instance))
         for chain in chains:
-            for conn in list(chain.connections):
-                conn.on_drain()
+            chain.tell_connections(instance.drain)
 
     async def _update_chains(
         self,
@@ -327,12 +365,83 @@ class ListenerRuntime:
             instance.version_info,
             ",".join(chain.name for chain in chains),
             drain,
-            chains,
-            time.time() - self.clock(),
+            _count(chains),
+            self._wall_offset(),
         )
         self._track_drain(record, chains, lambda: self._chains_drained(group_id))
         for chain in chains:
             chain.start_drain(drain)
+
+    # -- server-wide drains (admin) ---------------------------------------------------------
+
+    def start_admin_drain(self, inbound_only: bool, at_deadline: Callable[[], None]) -> bool:
+        """`/drain_listeners`: every (inbound) listener's connections drain on the configured
+        strategy; `at_deadline` runs after DT. A second drain while one exists is a no-op."""
+        if self.admin_drain is not None:
+            return False
+        drain = Drain("drain_listeners", self.drain_strategy, self.drain_time_s, self.clock())
+        admin = self.admin_drain = AdminDrain(drain, inbound_only)
+
+        record = DrainRecord(
+            "server",
+            None,
+            "",
+            None,
+            drain,
+            lambda: self._connections_where(admin.covers),
+            self._wall_offset(),
+            "inbound_only" if inbound_only else "all",
+        )
+        self.drains[id(record)] = record
+        for chain in self._chains_where(admin.covers):
+            chain.tell_connections(drain)
+
+        def deadline() -> None:
+            self._finish_record(record, "deadline")
+            at_deadline()
+
+        asyncio.get_running_loop().call_later(self.drain_time_s, deadline)
+        return True
+
+    def set_health(self, failed: bool) -> None:
+        """`/healthcheck/fail` and `/healthcheck/ok`: DEFAULT listeners drain-close every
+        response while failed; connections already told to leave stay told."""
+        if failed == self.health_failed:
+            return
+        self.health_failed = failed
+        if failed:
+            drain = Drain("healthcheck_fail", "immediate", self.drain_time_s, self.clock())
+            record = DrainRecord(
+                "server",
+                None,
+                "",
+                None,
+                drain,
+                lambda: self._connections_where(lambda i: i.drains_on_health_failure),
+                self._wall_offset(),
+            )
+            self._health_record = record
+            self.drains[id(record)] = record
+        elif self._health_record is not None:
+            self._finish_record(self._health_record, "healthcheck ok")
+
+    def _chains_where(self, covers: Callable[[ListenerInstance], bool]) -> list[ChainRuntime]:
+        return [
+            chain
+            for instance in self.instances.values()
+            if covers(instance)
+            for chain in instance.all_chains()
+        ]
+
+    def _connections_where(self, covers: Callable[[ListenerInstance], bool]) -> int:
+        return sum(len(chain.connections) for chain in self._chains_where(covers))
+
+    def _finish_record(self, record: DrainRecord, outcome: str) -> None:
+        if self.drains.pop(id(record), None) is not None:
+            log.info("drain complete: %s", json.dumps(record.report(self.clock(), outcome)))
+
+    def _wall_offset(self) -> float:
+        return time.time() - self.clock()
 
     # -- finishing drains ------------------------------------------------------------------
 
@@ -347,12 +456,12 @@ class ListenerRuntime:
         self.drains[id(record)] = record
 
         def finish(reason: str) -> None:
-            if self.drains.pop(id(record), None) is None:
+            if id(record) not in self.drains:
                 return
             timer.cancel()
             for chain in chains:
                 chain.on_empty = None
-            log.info("drain complete: %s", json.dumps(record.report(self.clock(), reason)))
+            self._finish_record(record, reason)
             finished()
 
         def check_empty() -> None:
@@ -389,13 +498,14 @@ class ListenerRuntime:
 class DrainRecord:
     """What `/drain_status` and the `drain complete` log line say about one drain."""
 
-    kind: str  # "listener" | "filter_chain"
-    listener: str
+    kind: str  # "listener" | "filter_chain" | "server"
+    listener: str | None
     version_info: str
     filter_chain: str | None
     drain: Drain
-    chains: list[ChainRuntime]
-    wall_offset: float  # time.time() - monotonic clock at the start, for RFC 3339 output
+    connections: Callable[[], int]
+    wall_offset: float  # time.time() minus the monotonic clock, for RFC 3339 output
+    direction: str = "all"
 
     def report(self, now: float, outcome: str | None = None) -> dict:
         doc = {
@@ -404,16 +514,31 @@ class DrainRecord:
             "version_info": self.version_info,
             "filter_chain": self.filter_chain,
             "trigger": self.drain.trigger,
-            "direction": "all",
+            "direction": self.direction,
             "strategy": self.drain.strategy,
             "started_at": _rfc3339(self.drain.started_at + self.wall_offset),
             "deadline": _rfc3339(self.drain.deadline + self.wall_offset),
             "elapsed_s": round(now - self.drain.started_at, 3),
-            "connections": sum(len(chain.connections) for chain in self.chains),
+            "connections": self.connections(),
         }
         if outcome is not None:
             doc["outcome"] = outcome
         return doc
+
+
+@dataclass(frozen=True)
+class AdminDrain:
+    """A server-wide drain from `/drain_listeners`, all listeners or inbound ones only."""
+
+    drain: Drain
+    inbound_only: bool
+
+    def covers(self, listener: ListenerInstance) -> bool:
+        return not self.inbound_only or listener.inbound
+
+
+def _count(chains: list[ChainRuntime]) -> Callable[[], int]:
+    return lambda: sum(len(chain.connections) for chain in chains)
 
 
 def _rfc3339(seconds: float) -> str:

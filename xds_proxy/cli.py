@@ -1,0 +1,247 @@
+"""The `xds-proxy` command line: Envoy's flag names and defaults (INTERFACE.md section 2).
+
+A flag whose feature is not built yet is parsed, and a non-default value of it is refused with
+`--FLAG: not supported yet` rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from xds_proxy.errors import ConfigError
+
+log = logging.getLogger("xds_proxy")
+
+TRACE = 5
+LOG_LEVELS: dict[str, int] = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "off": logging.CRITICAL + 100,
+}
+_LEVEL_NAMES = {
+    TRACE: "trace",
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    config_path: str | None = None
+    config_yaml: str | None = None
+    mode: str = "serve"  # "serve" | "validate"
+    drain_time_s: int = 600
+    drain_strategy: str = "gradual"  # "gradual" | "immediate"
+    parent_shutdown_time_s: int = 900
+    restart_epoch: int = 0
+    base_id: int = 0
+    disable_hot_restart: bool = False
+    concurrency: int = 1
+    log_level: str = "info"
+    log_path: str | None = None
+    service_node: str | None = None
+    service_cluster: str | None = None
+    admin_address_path: str | None = None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises one-line `--FLAG: reason` errors instead of printing usage."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("argument "):
+            flag, _, reason = message[len("argument ") :].partition(": ")
+            flag = flag.split("/")[-1]
+            raise ConfigError(f"{flag}: {reason}")
+        if message.startswith("unrecognized arguments: "):
+            first = message[len("unrecognized arguments: ") :].split(" ")[0]
+            raise ConfigError(f"{first}: unknown flag")
+        raise ConfigError(f"error: {message}")
+
+
+def _uint32(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 4294967295, got {value}")
+    return value
+
+
+def _choice(name: str, allowed: Sequence[str]):
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    parse.__name__ = name
+    return parse
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(
+        prog="xds-proxy",
+        description="An Envoy-compatible, LDS-driven proxy.",
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add("-c", "--config-path", help="v3 bootstrap file, YAML or JSON")
+    add("--config-yaml", help="bootstrap YAML merged over the --config-path file")
+    add("--mode", type=_choice("mode", ["serve", "validate", "init_only"]), default="serve")
+    add("--drain-time-s", type=_uint32, default=600)
+    add("--drain-strategy", type=_choice("strategy", ["gradual", "immediate"]), default="gradual")
+    add("--parent-shutdown-time-s", type=_uint32, default=900)
+    add("--restart-epoch", type=_uint32, default=0)
+    add("--base-id", type=_uint32, default=0)
+    add("--disable-hot-restart", action="store_true")
+    add("--concurrency", type=_uint32, default=1)
+    add("-l", "--log-level", type=_choice("level", list(LOG_LEVELS)), default="info")
+    add("--log-path")
+    add("--service-node")
+    add("--service-cluster")
+    add("--admin-address-path")
+    add("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """Flags -> Options; raises ConfigError (one line) for bad or not-yet-supported flags.
+
+    `-h`/`--help` and `--version` print and raise SystemExit(0).
+    """
+    args = _build_parser().parse_args(list(argv))
+    if args.version:
+        print(f"xds-proxy version: {_version()}")
+        raise SystemExit(0)
+    if args.mode == "init_only":
+        raise ConfigError("--mode: init_only not supported")
+    if args.concurrency > 1:
+        raise ConfigError("--concurrency: not supported yet")
+    level = "warning" if args.log_level == "warn" else args.log_level
+    return Options(
+        config_path=args.config_path or None,
+        config_yaml=args.config_yaml or None,
+        mode=args.mode,
+        drain_time_s=args.drain_time_s,
+        drain_strategy=args.drain_strategy,
+        parent_shutdown_time_s=args.parent_shutdown_time_s,
+        restart_epoch=args.restart_epoch,
+        base_id=args.base_id,
+        disable_hot_restart=args.disable_hot_restart,
+        concurrency=max(args.concurrency, 1),
+        log_level=level,
+        log_path=args.log_path or None,
+        service_node=args.service_node or None,
+        service_cluster=args.service_cluster or None,
+        admin_address_path=args.admin_address_path or None,
+    )
+
+
+def _version() -> str:
+    import importlib.metadata  # only here: it costs ~50 ms at start-up
+
+    try:
+        return importlib.metadata.version("xds-proxy")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "dev"
+
+
+class EnvoyLogFormatter(logging.Formatter):
+    """`[2026-11-27 23:59:59.123][12][info][main] message`, as Envoy's default log format."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        millis = int(record.msecs)
+        level = _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
+        component = _component(record.name)
+        line = (
+            f"[{stamp}.{millis:03d}][{record.process}][{level}][{component}] {record.getMessage()}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _component(logger_name: str) -> str:
+    if logger_name in ("xds_proxy", "root"):
+        return "main"
+    return logger_name.rsplit(".", 1)[-1]
+
+
+def configure_logging(options: Options) -> None:
+    """Root logging per --log-level / --log-path (stderr when no path)."""
+    logging.addLevelName(TRACE, "TRACE")
+    if options.log_path:
+        try:
+            handler: logging.Handler = logging.FileHandler(options.log_path, encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(
+                f"--log-path: cannot open {options.log_path!r}: {error.strerror or error}"
+            ) from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EnvoyLogFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LOG_LEVELS[options.log_level])
+
+
+def _fail(message: str, options: Options | None = None) -> int:
+    """The one error line on stderr (and in the log file when logging goes to a file)."""
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    print(message, file=sys.stderr, flush=True)
+    if options is not None and options.log_path:
+        log.critical("%s", message)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, load and check the bootstrap, then validate-and-exit or serve."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    try:
+        options = parse_args(arguments)
+    except ConfigError as error:
+        return _fail(str(error))
+    except SystemExit as done:  # --help / --version
+        return done.code if isinstance(done.code, int) else 0
+    try:
+        configure_logging(options)
+    except ConfigError as error:
+        return _fail(str(error))
+    from xds_proxy.bootstrap import load_bootstrap
+
+    try:
+        bootstrap = load_bootstrap(options)
+    except ConfigError as error:
+        return _fail(str(error), options)
+    except Exception as error:  # a bug of ours: still one line for the user, details in debug
+        log.debug("loading the bootstrap failed", exc_info=True)
+        return _fail(f"error: internal error while loading the bootstrap: {error!r}", options)
+    if options.mode == "validate":
+        print(f"configuration '{options.config_path or ''}' OK", flush=True)
+        return 0
+    try:
+        from xds_proxy.server import run
+    except ModuleNotFoundError as error:
+        if error.name != "xds_proxy.server":
+            raise
+        return _fail("--mode: serve is not built yet (only --mode validate)", options)
+    log.info("xds-proxy starting, pid %d", os.getpid())
+    return run(options, bootstrap)

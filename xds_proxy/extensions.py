@@ -1,0 +1,182 @@
+"""The one registry of the `@type`s xds-proxy understands, shared by the bootstrap and LDS.
+
+Envoy picks an extension by the type URL of its `typed_config`; so do we. Each category maps a
+type name to the canonical extension name. `LATER` holds the types that a later issue builds:
+the support policy answers `not supported yet` for them instead of `not supported`.
+Importing the xds-protos modules below registers their messages in the protobuf descriptor
+pool, which the JSON/YAML loader and `Any` unpacking rely on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+from functools import cache
+
+from envoy.config.core.v3 import base_pb2  # noqa: F401 - registers core types
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+
+from xds_proxy.errors import ConfigError
+
+TYPE_URL_PREFIX = "type.googleapis.com/"
+
+
+def _name(message_class: type[Message]) -> str:
+    return message_class.DESCRIPTOR.full_name
+
+
+HCM = _name(hcm_pb2.HttpConnectionManager)
+TCP_PROXY = _name(tcp_proxy_pb2.TcpProxy)
+DIRECT_RESPONSE = _name(direct_response_pb2.Config)
+ROUTER = _name(router_pb2.Router)
+TLS_INSPECTOR = _name(tls_inspector_pb2.TlsInspector)
+HTTP_INSPECTOR = _name(http_inspector_pb2.HttpInspector)
+DOWNSTREAM_TLS = _name(tls_pb2.DownstreamTlsContext)
+UPSTREAM_TLS = _name(tls_pb2.UpstreamTlsContext)
+UPSTREAM_HTTP_PROTOCOL_OPTIONS = _name(http_protocol_options_pb2.HttpProtocolOptions)
+
+# type name (without the type.googleapis.com/ prefix) -> canonical extension name
+SUPPORTED_NETWORK_FILTERS: dict[str, str] = {
+    HCM: "envoy.filters.network.http_connection_manager",
+    TCP_PROXY: "envoy.filters.network.tcp_proxy",
+    DIRECT_RESPONSE: "envoy.filters.network.direct_response",
+}
+SUPPORTED_HTTP_FILTERS: dict[str, str] = {ROUTER: "envoy.filters.http.router"}
+SUPPORTED_LISTENER_FILTERS: dict[str, str] = {
+    TLS_INSPECTOR: "envoy.filters.listener.tls_inspector",
+    HTTP_INSPECTOR: "envoy.filters.listener.http_inspector",
+}
+SUPPORTED_TRANSPORT_SOCKETS: dict[str, str] = {
+    DOWNSTREAM_TLS: "envoy.transport_sockets.tls",
+    UPSTREAM_TLS: "envoy.transport_sockets.tls",
+}
+SUPPORTED_UPSTREAM_PROTOCOL_OPTIONS: dict[str, str] = {
+    UPSTREAM_HTTP_PROTOCOL_OPTIONS: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+}
+
+CATEGORIES: dict[str, dict[str, str]] = {
+    "network_filter": SUPPORTED_NETWORK_FILTERS,
+    "http_filter": SUPPORTED_HTTP_FILTERS,
+    "listener_filter": SUPPORTED_LISTENER_FILTERS,
+    "transport_socket": SUPPORTED_TRANSPORT_SOCKETS,
+    "upstream_protocol_options": SUPPORTED_UPSTREAM_PROTOCOL_OPTIONS,
+}
+
+# Registered types that a later issue implements (type name -> issue number).
+LATER: dict[str, int] = {
+    TCP_PROXY: 9,
+    HTTP_INSPECTOR: 9,
+    TLS_INSPECTOR: 12,
+    DOWNSTREAM_TLS: 12,
+    UPSTREAM_TLS: 12,
+}
+
+_CLASSES: dict[str, type[Message]] = {
+    _name(cls): cls
+    for cls in (
+        hcm_pb2.HttpConnectionManager,
+        tcp_proxy_pb2.TcpProxy,
+        direct_response_pb2.Config,
+        router_pb2.Router,
+        tls_inspector_pb2.TlsInspector,
+        http_inspector_pb2.HttpInspector,
+        tls_pb2.DownstreamTlsContext,
+        tls_pb2.UpstreamTlsContext,
+        http_protocol_options_pb2.HttpProtocolOptions,
+    )
+}
+
+
+def type_name(type_url: str) -> str:
+    """`type.googleapis.com/a.b.C` -> `a.b.C` (any prefix up to the last slash, as protobuf)."""
+    return type_url.rsplit("/", 1)[-1]
+
+
+def message_class(type_url: str) -> type[Message] | None:
+    """The generated class of a registered `@type`, or None when we do not know it."""
+    return _CLASSES.get(type_name(type_url))
+
+
+def category_of(type_url: str) -> str | None:
+    name = type_name(type_url)
+    for category, types in CATEGORIES.items():
+        if name in types:
+            return category
+    return None
+
+
+def is_implemented(type_url: str) -> bool:
+    """Registered and built now (not waiting for a later issue)."""
+    name = type_name(type_url)
+    return name in _CLASSES and name not in LATER
+
+
+def unpack(any_msg: any_pb2.Any, path: str) -> Message:
+    """Decode a registered `Any`; errors name `path` (the field holding the Any)."""
+    cls = message_class(any_msg.type_url)
+    if cls is None:
+        raise ConfigError(f"{path}: unknown @type '{any_msg.type_url}'")
+    message = cls()
+    try:
+        message.ParseFromString(any_msg.value)
+    except DecodeError:
+        raise ConfigError(
+            f"{path}: cannot decode the value of @type '{any_msg.type_url}'"
+        ) from None
+    return message
+
+
+@cache
+def resolve_message_class(full_name: str) -> type[Message] | None:
+    """Any message class of the installed protos by full name, importing its package on demand.
+
+    The loader needs this for `@type`s outside the registry (to parse them, then say `not
+    supported` by name rather than fail on an unknown type).
+    """
+    found = _class_in_pool(full_name)
+    if found is not None:
+        return found
+    parts = full_name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        if _import_proto_package(".".join(parts[:cut])):
+            return _class_in_pool(full_name)
+    return None
+
+
+def _class_in_pool(full_name: str) -> type[Message] | None:
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(full_name)
+    except KeyError:
+        return None
+    return message_factory.GetMessageClass(descriptor)
+
+
+def _import_proto_package(package: str) -> bool:
+    """Import every `*_pb2` module of a Python package; False if there is no such package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    found = False
+    for module in pkgutil.iter_modules(spec.submodule_search_locations):
+        if module.name.endswith("_pb2"):
+            try:
+                importlib.import_module(f"{package}.{module.name}")
+            except Exception:  # a broken generated module: leave the type unknown
+                continue
+            found = True
+    return found

@@ -251,3 +251,21 @@ def test_connect_loop_sees_no_refusal_during_100_modifications(stub, proxy):
     assert answered > 100
     assert stat(proxy, "listener_manager.listener_modified") == 100
     assert get(port).text == "100"
+
+
+def test_invalid_and_unsupported_listeners_are_nacked_by_field(stub, proxy):
+    good = free_port()
+    nameless_filter = http_listener("pgv", free_port())
+    nameless_filter["filter_chains"][0]["filters"][0]["name"] = ""
+    unsupported = http_listener("unsupported", free_port(), use_original_dst=True)
+    stub.client.set_resources(
+        listeners=[nameless_filter, http_listener("good", good, body="ok"), unsupported],
+        version="v1",
+    )
+    with pytest.raises(StubNack) as nack:
+        stub.client.wait("v1", timeout=10)
+    lines = nack.value.detail.split("Error adding/updating listener(s) ", 1)[1].splitlines()
+    assert lines[0].startswith("pgv: filter_chains[0].filters[0].name: ")
+    assert lines[1].startswith("unsupported: use_original_dst: not supported")
+    assert get(good).text == "ok"
+    assert sorted(proxy.listeners()) == ["good"]

@@ -23,6 +23,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from xds_proxy.config_key import config_key
+from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
 from xds_proxy.listener.drain import Drain
 from xds_proxy.listener.filter_chain import ConnectionInfo, FilterChainMatcher
@@ -37,6 +38,8 @@ from xds_proxy.listener.manager import (
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats, listener_stat_prefix
+from xds_proxy.support_policy import check_listener
+from xds_proxy.validation import validate_message
 
 if TYPE_CHECKING:
     from xds_proxy.listener.manager import ListenerManager, ListenerVersion
@@ -234,6 +237,11 @@ class ListenerRuntime:
     # -- the manager's hooks ---------------------------------------------------------------
 
     def compile(self, config: listener_pb2.Listener) -> ListenerInstance:
+        """Validate (proto constraints, then what we support) and build the filter chains;
+        nothing is bound yet. A ConfigError here NACKs this listener only."""
+        errors = validate_message(config) or check_listener(config)
+        if errors:
+            raise ConfigError(errors[0])
         return ListenerInstance(self, config)
 
     def submit(self, actions: list[Action]) -> None:
@@ -374,12 +382,18 @@ class ListenerRuntime:
 
     # -- server-wide drains (admin) ---------------------------------------------------------
 
-    def start_admin_drain(self, inbound_only: bool, at_deadline: Callable[[], None]) -> bool:
-        """`/drain_listeners`: every (inbound) listener's connections drain on the configured
-        strategy; `at_deadline` runs after DT. A second drain while one exists is a no-op."""
+    def start_admin_drain(
+        self,
+        inbound_only: bool,
+        at_deadline: Callable[[], None],
+        trigger: str = "drain_listeners",
+    ) -> bool:
+        """`/drain_listeners` (and the parent side of a hot restart, trigger "hot_restart"):
+        every (inbound) listener's connections drain on the configured strategy; `at_deadline`
+        runs after DT. A second drain while one exists is a no-op."""
         if self.admin_drain is not None:
             return False
-        drain = Drain("drain_listeners", self.drain_strategy, self.drain_time_s, self.clock())
+        drain = Drain(trigger, self.drain_strategy, self.drain_time_s, self.clock())
         admin = self.admin_drain = AdminDrain(drain, inbound_only)
 
         record = DrainRecord(

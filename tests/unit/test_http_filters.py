@@ -1,0 +1,171 @@
+"""build_filter_chain: which network filter chains are accepted, and the one-line errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from envoy.config.listener.v3 import listener_components_pb2
+from google.protobuf import any_pb2, json_format
+
+from xds_proxy.errors import ConfigError
+from xds_proxy.listener.context import FilterChainContext
+from xds_proxy.network_filters import build_filter_chain
+from xds_proxy.stats import Stats
+
+HCM_TYPE = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+DIRECT_TYPE = "type.googleapis.com/envoy.extensions.filters.network.direct_response.v3.Config"
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ROUTER = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+HCM = {
+    "name": "envoy.filters.network.http_connection_manager",
+    "typed_config": {
+        "@type": HCM_TYPE,
+        "stat_prefix": "web",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "v",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+                }
+            ]
+        },
+        "http_filters": [ROUTER],
+    },
+}
+
+
+def build(filters: list[dict], path: str = "filters"):
+    messages = [json_format.ParseDict(f, listener_components_pb2.Filter()) for f in filters]
+    return build_filter_chain(messages, FilterChainContext(Stats(), "l"), path)
+
+
+def hcm(**changes: object) -> dict:
+    config = copy.deepcopy(HCM)
+    for key, value in changes.items():
+        if value is None:
+            del config["typed_config"][key]
+        else:
+            config["typed_config"][key] = value
+    return config
+
+
+def test_valid_chains_build() -> None:
+    assert callable(build([hcm()]))
+    assert callable(build([hcm(codec_type="HTTP1")]))
+    assert callable(build([{"name": "d", "typed_config": {"@type": DIRECT_TYPE}}]))
+    assert callable(build([]))
+
+
+def test_build_is_cheap_and_gives_fresh_protocols() -> None:
+    factory = build([hcm()])
+    assert factory() is not factory()
+
+
+TYPE_TAIL = HCM_TYPE.split("/")[-1]
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        (
+            [hcm(route_config=None)],
+            "filters[0].typed_config.route_specifier: value is required",
+        ),
+        (
+            [hcm(rds={"route_config_name": "r", "config_source": {"ads": {}}}, route_config=None)],
+            "filters[0].typed_config.rds: not supported yet",
+        ),
+        (
+            [hcm(stat_prefix=None)],
+            "filters[0].typed_config.stat_prefix: value length must be at least 1 characters",
+        ),
+        ([hcm(codec_type="HTTP2")], "filters[0].typed_config.codec_type: HTTP2 not supported yet"),
+        ([hcm(codec_type="HTTP3")], "filters[0].typed_config.codec_type: not supported"),
+        ([hcm(access_log=[{"name": "x"}])], "filters[0].typed_config.access_log: not supported"),
+        (
+            [hcm(max_request_headers_kb=9000)],
+            "filters[0].typed_config.max_request_headers_kb: value must be inside range "
+            "(0, 8192], got 9000",
+        ),
+        (
+            [hcm(http_filters=[])],
+            "filters[0].typed_config.http_filters: without envoy.filters.http.router nothing "
+            "answers: not supported",
+        ),
+        (
+            [hcm(http_filters=[ROUTER, ROUTER])],
+            "filters[0].typed_config.http_filters[0]: Error: terminal filter named "
+            "envoy.filters.http.router of type envoy.filters.http.router must be the last "
+            "filter in a http filter chain.",
+        ),
+        (
+            [hcm(http_filters=[{"name": "x", "typed_config": {"@type": DIRECT_TYPE}}, ROUTER])],
+            "filters[0].typed_config.http_filters[0]: Didn't find a registered implementation "
+            "for 'x' with type URL: 'envoy.extensions.filters.network.direct_response.v3.Config'",
+        ),
+        (
+            [hcm(common_http_protocol_options={"max_requests_per_connection": 3})],
+            "filters[0].typed_config.common_http_protocol_options.max_requests_per_connection: "
+            "not supported yet",
+        ),
+        (
+            [hcm(), hcm()],
+            "filters[0]: Error: terminal filter named envoy.filters.network.http_connection_"
+            f"manager of type {TYPE_TAIL} must be the last filter in a network filter chain.",
+        ),
+        (
+            [{"name": "t", "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": "t"}}],
+            "filters[0]: t not supported yet",
+        ),
+        (
+            [{"name": "foo", "typed_config": {"@type": ROUTER_TYPE}}],
+            "filters[0]: Didn't find a registered implementation for 'foo' with type URL: "
+            "'envoy.extensions.filters.http.router.v3.Router'",
+        ),
+        ([{"name": "nothing"}], "filters[0].typed_config: value is required"),
+    ],
+)
+def test_chain_errors(filters: list[dict], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        build(filters)
+    assert str(error.value) == message
+
+
+def test_error_path_prefix_is_the_callers() -> None:
+    with pytest.raises(ConfigError, match=r"^filter_chains\[2\]\.filters\[0\]\.typed_config\."):
+        build([hcm(route_config=None)], path="filter_chains[2].filters")
+
+
+def test_undecodable_typed_config() -> None:
+    broken = listener_components_pb2.Filter(
+        name="hcm", typed_config=any_pb2.Any(type_url=HCM_TYPE, value=b"\xff\xff\xff")
+    )
+    with pytest.raises(ConfigError, match=r"^filters\[0\]\.typed_config: cannot decode "):
+        build_filter_chain([broken], FilterChainContext(Stats(), "l"))
+
+
+def test_direct_response_body_sources(tmp_path, monkeypatch) -> None:
+    body_file = tmp_path / "body"
+    body_file.write_bytes(b"from a file")
+    assert callable(
+        build(
+            [
+                {
+                    "name": "d",
+                    "typed_config": {
+                        "@type": DIRECT_TYPE,
+                        "response": {"filename": str(body_file)},
+                    },
+                }
+            ]
+        )
+    )
+    missing = {"filename": str(tmp_path / "missing")}
+    with pytest.raises(ConfigError, match=r"^filters\[0\]\.typed_config\.response\.filename: "):
+        build([{"name": "d", "typed_config": {"@type": DIRECT_TYPE, "response": missing}}])

@@ -1,0 +1,146 @@
+"""The admin HTTP transport: a small HTTP/1.1 server (httptools, keep-alive) that parses the
+query string and hands `(method, path, query)` to a handler.
+
+Only the transport lives here; `xds_proxy/admin/handlers.py` decides what each path answers.
+Requests on one connection are handled one at a time, so pipelined requests keep their order
+even when the handler is async. Query flags count by presence, as in Envoy: `?graceful`
+gives `{"graceful": [""]}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import httptools
+
+from xds_proxy.http.responses import HTTP_DATE, reason_phrase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdminResponse:
+    status: int
+    body: bytes | str
+    content_type: str = "text/plain; charset=UTF-8"
+    headers: Sequence[tuple[str, str]] = ()
+
+
+Query = dict[str, list[str]]
+AdminHandler = Callable[[str, str, Query], Awaitable[AdminResponse] | AdminResponse]
+
+
+def parse_query(raw: str) -> Query:
+    """Envoy's admin query parsing: every name is kept, even without a value."""
+    return parse_qs(raw, keep_blank_values=True)
+
+
+def render_admin_response(response: AdminResponse, keep_alive: bool, head_only: bool) -> bytes:
+    body = response.body.encode() if isinstance(response.body, str) else response.body
+    lines = [
+        f"HTTP/1.1 {response.status} {reason_phrase(response.status)}",
+        f"content-type: {response.content_type}",
+        "cache-control: no-cache, max-age=0",
+        "x-content-type-options: nosniff",
+        *(f"{name}: {value}" for name, value in response.headers),
+        f"date: {HTTP_DATE.now().decode()}",
+        "server: envoy",
+        f"content-length: {len(body)}",
+    ]
+    if not keep_alive:
+        lines.append("connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + body
+
+
+@dataclass
+class _Request:
+    method: str
+    url: str
+    keep_alive: bool
+
+
+class AdminConnection(asyncio.Protocol):
+    def __init__(self, handler: AdminHandler) -> None:
+        self._handler = handler
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._failed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._worker = asyncio.get_running_loop().create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # the request was queued; nothing after it is read
+        except httptools.HttpParserError:
+            self._failed = True
+            self._queue.put_nowait(_Request("", "", False))  # -> 400, then close
+
+    def eof_received(self) -> bool:
+        self._queue.put_nowait(None)  # answer what is queued, then close
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_message_complete(self) -> None:
+        method = self._parser.get_method().decode("latin-1")
+        keep_alive = self._parser.should_keep_alive()
+        self._queue.put_nowait(_Request(method, self._url.decode("latin-1"), keep_alive))
+        self._url = b""
+
+    async def _serve(self) -> None:
+        while True:
+            request = await self._queue.get()
+            if request is None or self._transport is None:
+                break
+            if not request.method:
+                response = AdminResponse(400, "Bad Request")
+                request.keep_alive = False
+            else:
+                response = await self._call(request)
+            if self._transport is None:
+                break
+            self._transport.write(
+                render_admin_response(response, request.keep_alive, request.method == "HEAD")
+            )
+            if not request.keep_alive:
+                break
+        if self._transport is not None:
+            self._transport.close()
+
+    async def _call(self, request: _Request) -> AdminResponse:
+        parts = urlsplit(request.url)
+        try:
+            result = self._handler(request.method, parts.path, parse_query(parts.query))
+            if inspect.isawaitable(result):
+                result = await result
+            return result  # type: ignore[return-value]
+        except Exception as error:
+            log.exception("admin handler failed for %s %s", request.method, request.url)
+            return AdminResponse(500, f"{type(error).__name__}: {error}\n")
+
+
+async def start_admin_server(host: str, port: int, handler: AdminHandler) -> asyncio.Server:
+    """Listen on host:port (0 picks a free port: read it from the returned server's sockets)."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: AdminConnection(handler), host, port)

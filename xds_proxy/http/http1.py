@@ -1,0 +1,548 @@
+"""HTTP/1.1 server connection (httptools) for the HTTP connection manager.
+
+Requests are answered when they are complete, in order, so pipelined requests get their
+responses in sequence; responses produced while one read chunk is parsed go out in one write.
+Drain behaviour follows spec/draining.md section 4: a response that tells the client to go
+away carries `connection: close`, then our side is half-closed once flushed and we linger up
+to `delayed_close_timeout` for the client's FIN.
+
+The per-request path is kept short on purpose (`make bench` compares it with Envoy): no
+per-request timers (one lazy timer per connection covers the idle and request timeouts),
+cached routing by raw host and URL, pre-rendered responses, plain attribute counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httptools
+
+from xds_proxy.http.conn_manager import Codec, DrainState, HcmConfig
+from xds_proxy.http.responses import HTTP_DATE, LocalResponse
+from xds_proxy.http.router import DirectResponseAction, RequestView
+from xds_proxy.listener.context import FilterChainContext
+
+H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Envoy limits the raw header block: request line, header lines, final CRLF. httptools hides
+# the separators: " HTTP/1.1\r\n" plus the space after the method, ": " and CRLF per header.
+_REQUEST_LINE_OVERHEAD = 12
+_HEADER_LINE_OVERHEAD = 4
+
+# DrainState as plain ints: cheaper to compare on the per-request path.
+_OPEN = int(DrainState.NOT_DRAINING)
+_DRAINING = int(DrainState.DRAINING)
+_CLOSING = int(DrainState.CLOSING)
+
+
+def _as_http10(response: bytes, close: bool) -> bytes:
+    """An HTTP/1.0 client gets an HTTP/1.0 status line and `connection: keep-alive` when the
+    connection stays open (rendered with `connection: close` first; the rare path)."""
+    response = b"HTTP/1.0" + response[8:]
+    if close:
+        return response
+    return response.replace(b"\r\nconnection: close\r\n", b"\r\nconnection: keep-alive\r\n", 1)
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback once the connection must not parse further."""
+
+
+class Http1Connection(asyncio.Protocol):
+    """One downstream HTTP/1.1 connection."""
+
+    __slots__ = (
+        "_close_timer",
+        "_config",
+        "_ctx",
+        "_drain_counted",
+        "_expect_continue",
+        "_header_bytes",
+        "_header_count",
+        "_header_pairs",
+        "_headers_done",
+        "_host",
+        "_http10",
+        "_in_request",
+        "_last_idle_at",
+        "_last_rx",
+        "_loop",
+        "_out",
+        "_phase_bytes",
+        "_phase_first_chunk",
+        "_reject",
+        "_request_started",
+        "_sniff_buffer",
+        "_sniffing",
+        "_state",
+        "_stop_after_response",
+        "_timer",
+        "_timer_at",
+        "_url",
+        "parser",
+        "transport",
+    )
+
+    def __init__(self, config: HcmConfig, ctx: FilterChainContext) -> None:
+        self._config = config
+        self._ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._out: list[bytes] = []
+        self._state = _OPEN
+        self._drain_counted = False
+        self._sniffing = config.codec is Codec.AUTO
+        self._sniff_buffer = b""
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._last_idle_at = 0.0
+        self._last_rx = 0.0
+        self._request_started = 0.0
+        self._stop_after_response = False
+        self._reject: LocalResponse | None = None
+        self._in_request = False
+        self._http10 = False
+        self._url = b""
+        self._host: bytes | None = None
+        self._header_pairs: list[tuple[str, str]] | None = None
+        self._header_bytes = 0
+        self._header_count = 0
+        self._expect_continue = False
+        self._headers_done = False
+        self._phase_bytes = 0
+        self._phase_first_chunk = 0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        stats = self._config.stats
+        stats.cx_total.value += 1
+        stats.cx_active.value += 1
+        stats.cx_http1_total.value += 1
+        stats.cx_http1_active.value += 1
+        self._loop = loop = asyncio.get_running_loop()
+        self._ctx.register(self)
+        idle = self._config.idle_timeout_s
+        if idle:
+            self._last_idle_at = loop.time()
+            self._arm_timer(self._last_idle_at + idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == _CLOSING:
+            return  # lingering close: discard what the client still sends
+        if self._sniffing:
+            sniffed = self._sniff(data)
+            if sniffed is None:
+                return
+            data = sniffed
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if self._reject is not None:
+                self._reply_error(self._reject)
+            elif not self._stop_after_response:
+                raise
+        except httptools.HttpParserUpgrade:
+            # Answered already (403 / 404 above); what follows is not HTTP/1.1 any more.
+            self._stop_after_response = True
+        except httptools.HttpParserError:
+            self._config.stats.cx_protocol_error.value += 1
+            self._reply_error(self._config.bad_request)
+        else:
+            if self._in_request:
+                self._partial_request(len(data))
+        out = self._out
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+            out.clear()
+        if self._stop_after_response:
+            self._begin_close()
+
+    def eof_received(self) -> bool:
+        # Every complete request has been answered in data_received; a half-closed client
+        # sends nothing more, so close once our writes are flushed.
+        return False
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self._state != _CLOSING:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._close_timer, self._timer):
+            if timer is not None:
+                timer.cancel()
+        self._close_timer = self._timer = None
+        stats = self._config.stats
+        stats.cx_active.value -= 1
+        stats.cx_http1_active.value -= 1
+        stats.cx_destroy.value += 1
+        if self._in_request:
+            self._in_request = False
+            stats.rq_active.value -= 1
+        self._ctx.unregister(self)
+        self.transport = None
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        # Envoy counts a request (and its stream as active) from its first byte.
+        self._in_request = True
+        stats = self._config.stats
+        stats.rq_total.value += 1
+        stats.rq_http1_total.value += 1
+        stats.rq_active.value += 1
+        self._url = b""
+        self._host = None
+        self._header_bytes = 0
+        self._header_count = 0
+        self._expect_continue = False
+        self._headers_done = False
+        self._phase_first_chunk = 0
+        if self._config.routes.needs_headers:
+            self._header_pairs = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) + _REQUEST_LINE_OVERHEAD > self._config.max_request_headers_bytes:
+            self._reject = self._config.headers_too_large
+            raise _StopParsing
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + _HEADER_LINE_OVERHEAD
+        self._header_count += 1
+        config = self._config
+        if (
+            self._header_bytes + len(self._url) + _REQUEST_LINE_OVERHEAD
+            > config.max_request_headers_bytes
+            or self._header_count > config.max_headers_count
+        ):
+            self._reject = config.headers_too_large
+            raise _StopParsing
+        size = len(name)
+        if size == 4 and name.lower() == b"host":
+            self._host = value if self._host is None else self._host + b"," + value
+        elif size == 6 and name.lower() == b"expect":
+            self._expect_continue = value.lower() == b"100-continue"
+        if self._header_pairs is not None:
+            self._header_pairs.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        config = self._config
+        parser = self.parser
+        method = parser.get_method()
+        size = self._header_bytes + len(self._url) + _REQUEST_LINE_OVERHEAD + len(method) + 2
+        if size > config.max_request_headers_bytes:
+            self._reject = config.headers_too_large
+            raise _StopParsing
+        if (
+            self._url[:1] != b"/"
+            and self._url != b"*"
+            and method != b"CONNECT"
+            and not self._absolute_url()
+        ):
+            self._reject = config.bad_request
+            raise _StopParsing
+        if parser.get_http_version() != "1.1":
+            if not config.accept_http_10:
+                self._reject = config.upgrade_required
+                raise _StopParsing
+            self._http10 = True
+            if self._host is None and config.default_host_for_http_10:
+                self._host = config.default_host_for_http_10.encode("latin-1")
+        elif self._host is None:
+            self._reject = config.bad_request_no_body
+            raise _StopParsing
+        if parser.should_upgrade():
+            # No upgrade_configs and no CONNECT routes: Envoy answers 403 / 404 and closes.
+            self._reject = (
+                config.routes.not_found if method == b"CONNECT" else config.upgrade_forbidden
+            )
+            raise _StopParsing
+        if self._expect_continue:
+            self._out.append(_CONTINUE)
+
+    def on_message_complete(self) -> None:
+        config = self._config
+        parser = self.parser
+        close = (
+            self._stop_after_response or not parser.should_keep_alive() or self._wants_drain_close()
+        )
+        # HTTP/1.0 responses always say what happens to the connection, as in Envoy.
+        render_close = close or self._http10
+        routes = config.routes
+        host = self._host if self._host is not None else b""
+        if self._header_pairs is None:
+            action = routes.route_raw(host, self._url)
+        else:
+            action = routes.route(
+                host.decode("latin-1"), self._url.decode("latin-1"), self._request_headers()
+            )
+        head_only = parser.get_method() == b"HEAD"
+        stats = config.stats
+        if action is None:
+            stats.no_route.value += 1
+            response = routes.not_found
+            stats.rq_by_class[4].value += 1
+            self._out.append(response.render(HTTP_DATE.now(), render_close, head_only))
+        elif type(action) is DirectResponseAction:
+            response = action.response
+            stats.rq_direct_response.value += 1
+            stats.rq_by_class[response.status // 100].value += 1
+            self._out.append(response.render(HTTP_DATE.now(), render_close, head_only))
+        else:
+            request = RequestView(
+                parser.get_method().decode("latin-1"),
+                host.decode("latin-1"),
+                self._url.decode("latin-1"),
+                head_only,
+            )
+            status, payload = action.render(request, HTTP_DATE.now(), render_close)
+            stats.rq_redirect.value += 1
+            stats.rq_by_class[status // 100].value += 1
+            self._out.append(payload)
+        if self._http10:
+            self._http10 = False
+            self._out[-1] = _as_http10(self._out[-1], close)
+        self._in_request = False
+        stats.rq_active.value -= 1
+        self._header_pairs = None
+        if self._request_started:
+            self._request_started = 0.0
+        if close:
+            self._stop_after_response = True
+            raise _StopParsing
+        if self._timer is not None:
+            self._last_idle_at = self._loop.time()  # type: ignore[union-attr]
+
+    def _absolute_url(self) -> bool:
+        """`GET http://host/path`: the URL's authority replaces Host, as in Envoy."""
+        scheme, separator, rest = self._url.partition(b"://")
+        if not separator or scheme.lower() not in (b"http", b"https"):
+            return False
+        end = len(rest)
+        for mark in (b"/", b"?"):
+            found = rest.find(mark)
+            if found != -1 and found < end:
+                end = found
+        authority, path = rest[:end], rest[end:]
+        if not authority:
+            return False
+        self._host = authority
+        self._url = path if path.startswith(b"/") else b"/" + path
+        return True
+
+    def _request_headers(self) -> dict[str, str]:
+        """Headers as route matchers see them (only built when some route matches headers)."""
+        headers: dict[str, str] = {}
+        for name, value in self._header_pairs or ():
+            previous = headers.get(name)
+            headers[name] = value if previous is None else f"{previous},{value}"
+        headers[":method"] = self.parser.get_method().decode("latin-1")
+        headers[":path"] = self._url.decode("latin-1")
+        headers[":scheme"] = "http"
+        return headers
+
+    # -- drain hooks (DrainableConnection) -------------------------------------------------
+
+    @property
+    def is_idle(self) -> bool:
+        """No byte of a request is pending: a drain may close this connection at once."""
+        return not self._in_request and self._state != _CLOSING
+
+    def on_drain(self) -> None:
+        if self._state != _OPEN or self.transport is None:
+            return
+        if self.is_idle and not self._out:
+            self._count_drain_close()
+            self._begin_close()
+        else:
+            self._state = _DRAINING
+
+    def close_at_deadline(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self._out:
+            transport.write(b"".join(self._out))
+            self._out.clear()
+        self._state = _CLOSING
+        transport.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _wants_drain_close(self) -> bool:
+        if self._state == _DRAINING or self._ctx.drain_decision.drain_close():
+            self._count_drain_close()
+            return True
+        return False
+
+    def _count_drain_close(self) -> None:
+        if not self._drain_counted:
+            self._drain_counted = True
+            self._config.stats.cx_drain_close.value += 1
+
+    def _sniff(self, data: bytes) -> bytes | None:
+        """Codec AUTO: close an HTTP/2 prior-knowledge connection cleanly (HTTP/2 comes later).
+
+        Returns the bytes for the HTTP/1.1 parser, or None to wait for more (or when closed)."""
+        buffered = self._sniff_buffer + data if self._sniff_buffer else data
+        if len(buffered) < len(H2_PREFACE_START) and H2_PREFACE_START.startswith(buffered):
+            self._sniff_buffer = buffered
+            return None
+        self._sniffing = False
+        self._sniff_buffer = b""
+        if buffered.startswith(H2_PREFACE_START):
+            self._config.stats.cx_protocol_error.value += 1
+            self._state = _CLOSING
+            self.transport.close()  # type: ignore[union-attr]
+            return None
+        return buffered
+
+    def _partial_request(self, size: int) -> None:
+        """A request is still incomplete after a read: bound its header block and start the
+        request timeouts (the rare path; complete requests never come here)."""
+        if not self._headers_done:
+            # httptools buffers a header line whole. Bytes fed after the chunk in which the
+            # request began are all header bytes: a lower bound of the real size.
+            if not self._phase_first_chunk:
+                self._phase_first_chunk = self._phase_bytes = size
+            else:
+                self._phase_bytes += size
+                if (
+                    self._phase_bytes - self._phase_first_chunk
+                    > self._config.max_request_headers_bytes
+                ):
+                    self._reply_error(self._config.headers_too_large)
+                    return
+        else:
+            self._phase_first_chunk = 0
+        config = self._config
+        if not (
+            config.request_headers_timeout_s
+            or config.request_timeout_s
+            or config.stream_idle_timeout_s
+        ):
+            return
+        now = self._loop.time()  # type: ignore[union-attr]
+        self._last_rx = now
+        if not self._request_started:
+            self._request_started = now
+        deadline = self._request_deadline()
+        if deadline is not None:
+            self._arm_timer(deadline)
+
+    def _request_deadline(self) -> float | None:
+        config = self._config
+        deadlines = []
+        if config.request_headers_timeout_s and not self._headers_done:
+            deadlines.append(self._request_started + config.request_headers_timeout_s)
+        if config.request_timeout_s:
+            deadlines.append(self._request_started + config.request_timeout_s)
+        if config.stream_idle_timeout_s:
+            deadlines.append(self._last_rx + config.stream_idle_timeout_s)
+        return min(deadlines) if deadlines else None
+
+    def _arm_timer(self, when: float) -> None:
+        """One timer per connection, moved only when a deadline comes earlier than it."""
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)  # type: ignore[union-attr]
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.transport is None or self._state == _CLOSING:
+            return
+        config = self._config
+        now = self._loop.time()  # type: ignore[union-attr]
+        if self._in_request and self._request_started:
+            stats = config.stats
+            started = self._request_started
+            if (
+                config.request_headers_timeout_s
+                and not self._headers_done
+                and now >= started + config.request_headers_timeout_s
+            ):
+                stats.rq_header_timeout.value += 1
+                self._timeout_reply(config.request_header_timeout_reply)
+                return
+            if config.request_timeout_s and now >= started + config.request_timeout_s:
+                stats.rq_timeout.value += 1
+                self._timeout_reply(config.request_timeout_reply)
+                return
+            if config.stream_idle_timeout_s and now >= self._last_rx + config.stream_idle_timeout_s:
+                stats.rq_idle_timeout.value += 1
+                self._timeout_reply(config.stream_timeout_reply)
+                return
+            deadline = self._request_deadline()
+            if deadline is not None:
+                self._arm_timer(deadline)
+                return
+        idle = config.idle_timeout_s
+        if not idle:
+            return
+        if self._in_request:
+            self._arm_timer(now + idle)  # a request without timeouts of its own
+            return
+        if now < self._last_idle_at + idle:
+            self._arm_timer(self._last_idle_at + idle)
+            return
+        config.stats.cx_idle_timeout.value += 1
+        self._begin_close()
+
+    def _timeout_reply(self, response: LocalResponse) -> None:
+        self._reply_error(response)
+        if self._out and self.transport is not None:
+            self.transport.write(b"".join(self._out))
+            self._out.clear()
+        self._begin_close()
+
+    def _reply_error(self, response: LocalResponse) -> None:
+        """A local error reply: always the last response on this connection."""
+        stats = self._config.stats
+        if self._in_request:
+            self._in_request = False
+            stats.rq_active.value -= 1
+        else:  # the parser failed before it saw a request begin
+            stats.rq_total.value += 1
+            stats.rq_http1_total.value += 1
+        stats.rq_by_class[response.status // 100].value += 1
+        self._out.append(response.render(HTTP_DATE.now(), True))
+        self._stop_after_response = True
+
+    def _begin_close(self) -> None:
+        """Half-close once flushed, then wait for the client's FIN (lingering close)."""
+        transport = self.transport
+        if transport is None or self._state == _CLOSING:
+            return
+        self._state = _CLOSING
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        delay = self._config.delayed_close_timeout_s
+        if delay <= 0 or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._close_timer = self._loop.call_later(delay, self._on_delayed_close_timeout)  # type: ignore[union-attr]
+
+    def _on_delayed_close_timeout(self) -> None:
+        self._close_timer = None
+        transport = self.transport
+        if transport is None:
+            return
+        self._config.stats.cx_delayed_close_timeout.value += 1
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()

@@ -531,8 +531,9 @@ async def test_on_drain_closes_idle_connections_at_once(serve) -> None:
     assert (await idle.response()).status == 200
     busy = await Client.connect(served.port)
     await busy.send(b"GET /hello HTTP/1.1\r\nHo")  # part of a request: not idle
-    await wait_until(lambda: sum(not c.is_idle for c in served.connections) == 1)
-    assert served.stat("downstream_rq_active") == 1  # counted from its first byte, as Envoy
+    # counted from its first byte, as Envoy
+    await wait_until(lambda: served.stat("downstream_rq_active") == 1)
+    assert sum(not c.is_idle for c in served.connections) == 1
     for connection in list(served.connections):
         connection.on_drain()
     assert await idle.at_eof()
@@ -548,10 +549,22 @@ async def test_close_at_deadline_flushes_and_closes(serve) -> None:
     served = await serve()
     client = await Client.connect(served.port)
     await client.send(b"GET /hello HTTP/1.1\r\nHost: h\r\n")  # never finished
-    await wait_until(lambda: len(served.connections) == 1 and not served.connections[0].is_idle)
+    await wait_until(lambda: served.stat("downstream_rq_active") == 1)
     served.connections[0].close_at_deadline()
     assert await client.at_eof()
     await wait_until(lambda: served.stat("downstream_cx_active") == 0)
+
+
+async def test_a_connection_before_its_first_request_is_not_closed_by_a_drain(serve) -> None:
+    """Its client is about to send: the request is answered, with `connection: close`."""
+    served = await serve()
+    fresh = await Client.connect(served.port)
+    await wait_until(lambda: len(served.connections) == 1)
+    served.connections[0].on_drain()
+    await fresh.send(get())
+    response = await fresh.response()
+    assert response.status == 200 and response.header("connection") == "close"
+    assert await fresh.at_eof()
 
 
 async def test_half_closed_client_gets_its_answer(serve) -> None:

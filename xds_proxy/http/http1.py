@@ -52,6 +52,7 @@ class Http1Connection(asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
 
     __slots__ = (
+        "_answered",
         "_close_timer",
         "_config",
         "_ctx",
@@ -103,6 +104,7 @@ class Http1Connection(asyncio.Protocol):
         self._stop_after_response = False
         self._reject: LocalResponse | None = None
         self._in_request = False
+        self._answered = False  # at least one response written
         self._http10 = False
         self._url = b""
         self._host: bytes | None = None
@@ -312,6 +314,7 @@ class Http1Connection(asyncio.Protocol):
             self._http10 = False
             self._out[-1] = _as_http10(self._out[-1], close)
         self._in_request = False
+        self._answered = True
         stats.rq_active.value -= 1
         self._header_pairs = None
         if self._request_started:
@@ -354,8 +357,12 @@ class Http1Connection(asyncio.Protocol):
 
     @property
     def is_idle(self) -> bool:
-        """No byte of a request is pending: a drain may close this connection at once."""
-        return not self._in_request and self._state != _CLOSING
+        """Between requests of a keep-alive connection: a drain may close it at once.
+
+        A connection that has not sent its first request yet is not idle: its client has just
+        connected and is about to send, and closing it would lose that request; it is answered
+        with `connection: close` instead."""
+        return self._answered and not self._in_request and self._state != _CLOSING
 
     def on_drain(self) -> None:
         if self._state != _OPEN or self.transport is None:

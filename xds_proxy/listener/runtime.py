@@ -54,6 +54,7 @@ class ChainRuntime:
         self,
         listener: ListenerInstance,
         config: listener_components_pb2.FilterChain,
+        path: str,
     ) -> None:
         self.listener = listener
         self.key = config_key(config)
@@ -71,7 +72,7 @@ class ChainRuntime:
             unregister=self._unregister,
             drain_time_s=runtime.drain_time_s,
         )
-        self.factory = build_filter_chain(config.filters, context)
+        self.factory = build_filter_chain(config.filters, context, f"{path}.filters")
 
     def drains(self) -> list[Drain]:
         """Every drain that covers this chain now: its own, its listener's, the server's."""
@@ -163,9 +164,12 @@ class ListenerInstance:
         self.servers: list[asyncio.Server] = []
         self.drain: Drain | None = None
         self.active_connections = 0
-        self.chains = [ChainRuntime(self, chain) for chain in config.filter_chains]
+        self.chains = [
+            ChainRuntime(self, chain, f"filter_chains[{i}]")
+            for i, chain in enumerate(config.filter_chains)
+        ]
         self.default_chain = (
-            ChainRuntime(self, config.default_filter_chain)
+            ChainRuntime(self, config.default_filter_chain, "default_filter_chain")
             if config.HasField("default_filter_chain")
             else None
         )

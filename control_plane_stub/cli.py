@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ready-file", type=Path, help='write {"xds": ..., "control": ...} once serving'
     )
+    serve.add_argument("--tls-cert", type=Path, help="serve xDS over TLS with this certificate")
+    serve.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
+    serve.add_argument(
+        "--tls-ca", type=Path, help="require client certificates signed by this CA (mTLS)"
+    )
     serve.add_argument(
         "-l", "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
@@ -104,9 +109,19 @@ class _ServeError(Exception):
 
 async def _serve(arguments: argparse.Namespace) -> int:
     from control_plane_stub.resources import ResourceError
-    from control_plane_stub.server import AddressError, StubServer
+    from control_plane_stub.server import AddressError, ServerTls, StubServer
 
-    server = StubServer(arguments.xds, arguments.control)
+    xds_tls = None
+    if arguments.tls_cert is not None or arguments.tls_key is not None:
+        if arguments.tls_cert is None or arguments.tls_key is None:
+            raise _ServeError("--tls-cert and --tls-key go together")
+        try:
+            xds_tls = ServerTls.from_files(arguments.tls_cert, arguments.tls_key, arguments.tls_ca)
+        except AddressError as error:
+            raise _ServeError(str(error)) from None
+    elif arguments.tls_ca is not None:
+        raise _ServeError("--tls-ca needs --tls-cert and --tls-key")
+    server = StubServer(arguments.xds, arguments.control, xds_tls=xds_tls)
     if arguments.resources is not None:
         try:
             server.load(arguments.resources, raw=arguments.raw)

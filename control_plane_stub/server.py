@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -41,6 +42,38 @@ def split_address(address: str) -> tuple[str, int]:
     return host, port
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for the xDS port; with `client_ca` the stub requires client certificates (mTLS)."""
+
+    certificate_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert: Path, key: Path, ca: Path | None = None) -> ServerTls:
+        """Raises AddressError naming the flag when a file cannot be read."""
+        return cls(
+            certificate_chain=_read(cert, "--tls-cert"),
+            private_key=_read(key, "--tls-key"),
+            client_ca=_read(ca, "--tls-ca") if ca is not None else None,
+        )
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.certificate_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
+def _read(path: Path, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise AddressError(f"{flag} {path}: cannot read: {error.strerror}") from None
+
+
 def join_address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
@@ -51,8 +84,15 @@ def file_sections(resource_file: ResourceFile) -> dict:
 
 
 class StubServer:
-    def __init__(self, xds_address: str, control_address: str, hub: StubHub | None = None):
+    def __init__(
+        self,
+        xds_address: str,
+        control_address: str,
+        hub: StubHub | None = None,
+        xds_tls: ServerTls | None = None,
+    ):
         self.hub = hub or StubHub()
+        self.xds_tls = xds_tls
         self._requested = {"xds": xds_address, "control": control_address}
         self.bound: dict[str, str] = {}
         self._servers: list[grpc.aio.Server] = []
@@ -65,7 +105,10 @@ class StubServer:
             server = grpc.aio.server(options=GRPC_OPTIONS)
             adders[role](server, self.hub)
             try:
-                port = server.add_insecure_port(address)
+                if role == "xds" and self.xds_tls is not None:
+                    port = server.add_secure_port(address, self.xds_tls.credentials())
+                else:
+                    port = server.add_insecure_port(address)
             except RuntimeError as error:
                 raise AddressError(f"--{role} {address}: cannot bind: {error}") from None
             if port == 0:

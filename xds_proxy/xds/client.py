@@ -1,17 +1,25 @@
-"""The proxy's LDS client: a thin `grpc.aio` transport around the pure SotW subscription.
+"""The proxy's LDS client: a thin `grpc.aio` transport around the pure subscriptions.
 
-It opens `ListenerDiscoveryService.StreamListeners` (plain LDS) or
-`AggregatedDiscoveryService.StreamAggregatedResources` (ADS, listeners only) to the static
-cluster named in the bootstrap, feeds each response to `SotwSubscription` and writes back the
-ACK or NACK it produces. When the stream is lost, everything applied stays as it is (the apply
-callback is simply not called), `connected_state` drops to 0, `update_failure` counts, and the
+It opens `ListenerDiscoveryService.StreamListeners` / `DeltaListeners` (plain LDS) or
+`AggregatedDiscoveryService.StreamAggregatedResources` / `DeltaAggregatedResources` (ADS,
+listeners only) to the static cluster named in the bootstrap -- over TLS or mTLS when the
+cluster has a `transport_socket` -- feeds each response to `SotwSubscription` or
+`DeltaSubscription` and writes back the ACK or NACK it produces. When the stream is lost,
+everything applied stays as it is (the apply callback is simply not called),
+`connected_state` drops to 0, `update_failure` counts, and the
 stream is re-opened after a jittered exponential back-off (500 ms doubling to 30 s, reset after
 a stream that delivered a response); the new stream's first request carries the last accepted
 version. Initialisation ends (`on_initialized`, once) on the first listener response, accepted
 or rejected, or when `initial_fetch_timeout` (default 15 s, 0 = wait forever) expires.
 
 Every stream attempt uses a fresh channel so that gRPC's own reconnect back-off (up to 120 s)
-never adds to ours.
+never adds to ours (and so that TLS files are read afresh).
+
+Resource TTL: one timer for the earliest deadline; when it fires the expired listeners are
+removed (`apply_delta(version "", [], expired)`), counted as an accepted update like Envoy.
+In SotW a `Resource` without a body whose version is the one held is a heartbeat: it
+refreshes the TTL and the held listener is applied unchanged (Envoy 1.40 decodes it as an
+empty listener and NACKs, keeping the old one and refreshing the TTL all the same).
 """
 
 from __future__ import annotations
@@ -29,11 +37,20 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.listener.v3 import lds_pb2_grpc
 
+from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.xds.backoff import JitteredBackoff
-from xds_proxy.xds.decode import LISTENER_TYPE_URL, ListenerValidator, decode_listeners
-from xds_proxy.xds.sotw import SotwSubscription, SubscriptionStats
+from xds_proxy.xds.decode import (
+    LISTENER_TYPE_URL,
+    DecodedListener,
+    ListenerValidator,
+    decode_delta_listeners,
+    decode_sotw_listeners,
+)
+from xds_proxy.xds.delta import ApplyDelta, DeltaSubscription, safe_apply
+from xds_proxy.xds.sotw import SotwSubscription, SubscriptionStats, count_update
 from xds_proxy.xds.source import XdsServer, lds_configured, lds_server
+from xds_proxy.xds.ttl import TtlTracker
 
 log = logging.getLogger("xds_proxy.xds")
 
@@ -56,28 +73,52 @@ class LdsClient:
         on_initialized: Callable[[], None],
         rng: random.Random | None = None,
         validate: ListenerValidator | None = None,
+        apply_delta: ApplyDelta | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Raises ConfigError (`FIELD_PATH: reason`) if the LDS source is not usable.
 
-        `validate` (optional) checks each decoded listener's proto constraints; a listener it
-        rejects rejects the whole response, as Envoy's resource decoder does.
+        `apply_delta(version, listeners, removed_names)` applies Delta responses and TTL
+        expiries; it is required for a Delta source. `validate` (optional) checks each decoded
+        listener's proto constraints; a listener it rejects rejects the whole response, as
+        Envoy's resource decoder does. `clock` (seconds) times resource TTLs.
         """
         self.server: XdsServer = lds_server(bootstrap)
+        if self.server.delta and apply_delta is None:
+            raise ConfigError("dynamic_resources: DELTA_GRPC needs the server's apply_delta")
         control_plane_prefix = (
             "control_plane." if self.server.aggregated else LDS_STATS_PREFIX + "control_plane."
         )
         self._stats = SubscriptionStats.create(stats, LDS_STATS_PREFIX, control_plane_prefix)
-        self._subscription: SotwSubscription[listener_pb2.Listener] = SotwSubscription(
-            LISTENER_TYPE_URL,
-            client_node(bootstrap.node),
-            self._stats,
-            decode=lambda response: decode_listeners(response, validate),
-            node_on_first_request_only=self.server.node_on_first_request_only,
-        )
+        node = client_node(bootstrap.node)
+        first_only = self.server.node_on_first_request_only
+        self._subscription: SotwSubscription[DecodedListener] | DeltaSubscription
+        if self.server.delta:
+            self._subscription = DeltaSubscription(
+                LISTENER_TYPE_URL,
+                node,
+                self._stats,
+                decode=lambda response: decode_delta_listeners(response, validate),
+                node_on_first_request_only=first_only,
+            )
+        else:
+            self._subscription = SotwSubscription(
+                LISTENER_TYPE_URL,
+                node,
+                self._stats,
+                decode=lambda response: decode_sotw_listeners(response, validate),
+                node_on_first_request_only=first_only,
+            )
         self._apply = apply
+        self._apply_delta = apply_delta
         self._on_initialized = on_initialized
         self._initialized = False
         self._backoff = JitteredBackoff(rng or random.Random())
+        self._clock = clock
+        # SotW TTL bookkeeping (Delta keeps its own in the subscription).
+        self._sotw_ttl = TtlTracker()
+        self._sotw_held: dict[str, tuple[str, listener_pb2.Listener]] = {}
+        self._ttl_timer: asyncio.TimerHandle | None = None
 
     @staticmethod
     def configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:
@@ -86,7 +127,15 @@ class LdsClient:
 
     @property
     def last_accepted_version(self) -> str:
+        """SotW: the last ACKed version_info; Delta: the last ACKed system_version_info."""
         return self._subscription.last_accepted_version
+
+    @property
+    def resource_versions(self) -> dict[str, str]:
+        """Delta: the listeners held, name -> version (sent on reconnect); SotW: empty."""
+        if isinstance(self._subscription, DeltaSubscription):
+            return dict(self._subscription.resource_versions)
+        return {}
 
     @property
     def connected(self) -> bool:
@@ -114,6 +163,8 @@ class LdsClient:
         finally:
             if timer is not None:
                 timer.cancel()
+            if self._ttl_timer is not None:
+                self._ttl_timer.cancel()
             self._stats.connected_state.set(0)
 
     # -- one stream ---------------------------------------------------------------------------
@@ -121,17 +172,10 @@ class LdsClient:
     async def _run_stream(self) -> bool:
         """One stream from open to loss; True if it delivered at least one response."""
         delivered = False
-        channel = grpc.aio.insecure_channel(
-            self.server.target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.default_authority", self.server.authority),
-                ("grpc.enable_retries", 0),
-            ],
-        )
         call = None
+        channel = None
         try:
+            channel = self._channel()
             call = self._open(channel)
             await call.write(self._subscription.on_stream_established())
             while True:
@@ -153,21 +197,50 @@ class LdsClient:
         finally:
             if call is not None:
                 call.cancel()
-            await channel.close(grace=None)
+            if channel is not None:
+                await channel.close(grace=None)
         self._subscription.on_stream_lost()
         return delivered
+
+    def _channel(self) -> grpc.aio.Channel:
+        options: list[tuple[str, object]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.default_authority", self.server.authority),
+            ("grpc.enable_retries", 0),
+        ]
+        tls = self.server.tls
+        if tls is None:
+            return grpc.aio.insecure_channel(self.server.target, options=options)
+        options += tls.channel_options(self.server.target)
+        return grpc.aio.secure_channel(self.server.target, tls.credentials(), options=options)
 
     def _open(self, channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
         metadata = self.server.initial_metadata or None
         if self.server.aggregated:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            if self.server.delta:
+                return stub.DeltaAggregatedResources(metadata=metadata)
             return stub.StreamAggregatedResources(metadata=metadata)
-        return lds_pb2_grpc.ListenerDiscoveryServiceStub(channel).StreamListeners(metadata=metadata)
+        lds = lds_pb2_grpc.ListenerDiscoveryServiceStub(channel)
+        if self.server.delta:
+            return lds.DeltaListeners(metadata=metadata)
+        return lds.StreamListeners(metadata=metadata)
 
     async def _handle(
-        self, call: grpc.aio.StreamStreamCall, response: discovery_pb2.DiscoveryResponse
+        self,
+        call: grpc.aio.StreamStreamCall,
+        response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse,
     ) -> None:
-        outcome = self._subscription.on_response(response, self._apply, time.time_ns() // 1_000_000)
+        now_ms = time.time_ns() // 1_000_000
+        if isinstance(self._subscription, DeltaSubscription):
+            assert self._apply_delta is not None
+            outcome = self._subscription.on_response(
+                response, self._apply_delta, now_ms, self._clock()
+            )
+        else:
+            outcome = self._subscription.on_response(response, self._apply_sotw, now_ms)
+        self._arm_ttl_timer()
         if outcome.request is None:
             log.warning(
                 "lds: ignoring a response for type URL %s (not subscribed)", response.type_url
@@ -177,6 +250,73 @@ class LdsClient:
             log.warning("lds: gRPC config for %s rejected: %s", LISTENER_TYPE_URL, outcome.error)
         self._mark_initialized()
         await call.write(outcome.request)
+
+    # -- SotW apply and resource TTL ----------------------------------------------------------
+
+    def _apply_sotw(self, version_info: str, decoded: list[DecodedListener]) -> str | None:
+        """TTLs move as the resources are read (Envoy: even if the response is then
+        rejected); heartbeats stand for the listener held; then the server's apply."""
+        now = self._clock()
+        listeners: list[listener_pb2.Listener] = []
+        for resource in decoded:
+            self._sotw_ttl.refresh(resource.name, resource.ttl_s, now)
+            if resource.listener is not None:
+                listeners.append(resource.listener)
+                continue
+            held = self._sotw_held.get(resource.name)
+            if held is not None and held[0] == resource.version:
+                listeners.append(held[1])  # a heartbeat: unchanged
+            else:
+                listeners.append(listener_pb2.Listener(name=resource.name))  # rejected later
+        present = {resource.name for resource in decoded}
+        self._sotw_ttl.clear([name for name in list(self._sotw_held) if name not in present])
+        error = self._apply(version_info, listeners)
+        if error is None:
+            self._sotw_held = {
+                resource.name: (resource.version, listener)
+                for resource, listener in zip(decoded, listeners, strict=True)
+            }
+        return error
+
+    def _arm_ttl_timer(self) -> None:
+        if self._ttl_timer is not None:
+            self._ttl_timer.cancel()
+            self._ttl_timer = None
+        tracker = (
+            self._subscription.ttl
+            if isinstance(self._subscription, DeltaSubscription)
+            else self._sotw_ttl
+        )
+        deadline = tracker.next_deadline()
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock())
+            self._ttl_timer = asyncio.get_running_loop().call_later(delay, self._ttl_expired)
+
+    def _ttl_expired(self) -> None:
+        self._ttl_timer = None
+        now, now_ms = self._clock(), time.time_ns() // 1_000_000
+        if isinstance(self._subscription, DeltaSubscription):
+            assert self._apply_delta is not None
+            expired = self._subscription.on_ttl_expired(self._apply_delta, now_ms, now)
+        else:
+            expired = self._expire_sotw(now, now_ms)
+        if expired:
+            log.info("lds: TTL expired for listener(s) %s: removing", ", ".join(expired))
+        self._arm_ttl_timer()
+
+    def _expire_sotw(self, now: float, now_ms: int) -> list[str]:
+        expired = self._sotw_ttl.pop_expired(now)
+        if not expired:
+            return []
+        for name in expired:
+            self._sotw_held.pop(name, None)
+        if self._apply_delta is not None:
+            error = safe_apply(self._apply_delta, "", [], expired)
+        else:  # without the Delta path: the held set minus the expired, as a SotW update
+            remaining = [listener for _, listener in self._sotw_held.values()]
+            error = safe_apply(lambda v, added, _removed: self._apply(v, added), "", remaining, [])
+        count_update(self._stats, "", error, now_ms)
+        return expired
 
     # -- initialisation -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ says why in the same words as Envoy's `GrpcMuxImpl`. A resource may also come wr
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 # Imported so that the Cluster and Listener types are in the default pool: Envoy's messages
 # print Anys of these types expanded, and a control plane that sends a Cluster on the listener
@@ -34,6 +35,21 @@ class ResponseDecodeError(Exception):
     """The response cannot be decoded; the text is the NACK's error_detail message."""
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedListener:
+    """One listener resource of a response, with what the TTL bookkeeping needs.
+
+    `listener` is None for a body-less `Resource` (a heartbeat if its version is the one
+    held); `version` is the `Resource` wrapper's (SotW: "" when not wrapped); `ttl_s` is
+    None when the resource carries no TTL.
+    """
+
+    name: str
+    listener: listener_pb2.Listener | None
+    version: str = ""
+    ttl_s: float | None = None
+
+
 def debug_string(msg: message.Message) -> str:
     """Text format close to C++ `DebugString()` (which Envoy's messages embed).
 
@@ -52,30 +68,83 @@ def decode_listeners(
     response: discovery_pb2.DiscoveryResponse, validate: ListenerValidator | None = None
 ) -> list[listener_pb2.Listener]:
     """All listeners of `response`, in order; raises `ResponseDecodeError` if any is bad."""
-    listeners: list[listener_pb2.Listener] = []
+    return [d.listener for d in decode_sotw_listeners(response, validate) if d.listener]
+
+
+def decode_sotw_listeners(
+    response: discovery_pb2.DiscoveryResponse, validate: ListenerValidator | None = None
+) -> list[DecodedListener]:
+    """Every resource of a SotW response, wrapped or not, in order (heartbeats included)."""
+    decoded: list[DecodedListener] = []
     for resource in response.resources:
-        payload = resource
         if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
             wrapper = discovery_pb2.Resource()
             _unpack(resource, wrapper)
-            if not wrapper.HasField("resource"):
-                continue  # a heartbeat: nothing to apply
-            payload = wrapper.resource
-        elif resource.type_url != response.type_url:
+            decoded.append(_decode_wrapper(wrapper, validate))
+            continue
+        if resource.type_url != response.type_url:
             raise ResponseDecodeError(
                 f"{resource.type_url} does not match the message-wide type URL "
                 f"{response.type_url} in DiscoveryResponse {debug_string(response)}"
             )
-        listener = listener_pb2.Listener()
-        _unpack(payload, listener)
-        if validate is not None:
-            violation = validate(listener)
-            if violation is not None:
-                raise ResponseDecodeError(
-                    f"{debug_string(listener)}: Proto constraint validation failed ({violation})"
-                )
-        listeners.append(listener)
-    return listeners
+        listener = _decode_listener(resource, validate)
+        decoded.append(DecodedListener(name=listener.name, listener=listener))
+    return decoded
+
+
+def decode_delta_listeners(
+    response: discovery_pb2.DeltaDiscoveryResponse, validate: ListenerValidator | None = None
+) -> list[DecodedListener]:
+    """The added/updated resources of a Delta response, in order (heartbeats included).
+
+    A name twice among them, or both added and removed, rejects the response (the server
+    contradicts itself), as Envoy's `DeltaSubscriptionState` does.
+    """
+    seen: set[str] = set()
+    removed = set(response.removed_resources)
+    decoded: list[DecodedListener] = []
+    for resource in response.resources:
+        if resource.name in seen:
+            raise ResponseDecodeError(
+                f"duplicate name {resource.name} found among added/updated resources"
+            )
+        if resource.name in removed:
+            raise ResponseDecodeError(
+                f"duplicate name {resource.name} found in the union of added+removed resources"
+            )
+        seen.add(resource.name)
+        if resource.HasField("resource") and resource.resource.type_url != response.type_url:
+            raise ResponseDecodeError(
+                f"{resource.resource.type_url} does not match the message-wide type URL "
+                f"{response.type_url} in DeltaDiscoveryResponse {debug_string(response)}"
+            )
+        decoded.append(_decode_wrapper(resource, validate))
+    return decoded
+
+
+def _decode_wrapper(
+    wrapper: discovery_pb2.Resource, validate: ListenerValidator | None
+) -> DecodedListener:
+    ttl_s = wrapper.ttl.ToNanoseconds() / 1e9 if wrapper.HasField("ttl") else None
+    listener = None
+    if wrapper.HasField("resource"):
+        listener = _decode_listener(wrapper.resource, validate)
+    name = wrapper.name or (listener.name if listener is not None else "")
+    return DecodedListener(name=name, listener=listener, version=wrapper.version, ttl_s=ttl_s)
+
+
+def _decode_listener(
+    payload: any_pb2.Any, validate: ListenerValidator | None
+) -> listener_pb2.Listener:
+    listener = listener_pb2.Listener()
+    _unpack(payload, listener)
+    if validate is not None:
+        violation = validate(listener)
+        if violation is not None:
+            raise ResponseDecodeError(
+                f"{debug_string(listener)}: Proto constraint validation failed ({violation})"
+            )
+    return listener
 
 
 def _unpack(resource: any_pb2.Any, target: message.Message) -> None:

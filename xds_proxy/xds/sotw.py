@@ -101,6 +101,21 @@ def truncate_error_message(text: str) -> str:
     return raw[:MAX_ERROR_MESSAGE_BYTES].decode(errors="ignore") + "...(truncated)"
 
 
+def count_update(
+    stats: SubscriptionStats, version_info: str, error: str | None, now_ms: int
+) -> None:
+    """One update outcome, as Envoy's `GrpcSubscriptionImpl` counts it (also for the local
+    update a TTL expiry makes, whose version is "")."""
+    stats.update_attempt.inc()
+    if error is not None:
+        stats.update_rejected.inc()
+        return
+    stats.update_success.inc()
+    stats.update_time.set(now_ms)
+    stats.version.set(xxhash64(version_info))
+    stats.version_text.set(version_info)
+
+
 class SotwSubscription(Generic[R]):
     """One wildcard SotW subscription of one type URL, across any number of streams."""
 
@@ -170,16 +185,10 @@ class SotwSubscription(Generic[R]):
             except Exception as apply_error:  # reject, never crash the stream
                 error = str(apply_error) or type(apply_error).__name__
         self.nonce = response.nonce
+        count_update(self._stats, response.version_info, error, now_ms)
         if error is None:
             self.last_accepted_version = response.version_info
-            self._stats.update_success.inc()
-            self._stats.update_attempt.inc()
-            self._stats.update_time.set(now_ms)
-            self._stats.version.set(xxhash64(response.version_info))
-            self._stats.version_text.set(response.version_info)
             return ResponseOutcome(request=self._request(), accepted=True)
-        self._stats.update_rejected.inc()
-        self._stats.update_attempt.inc()
         message_text = truncate_error_message(error)
         return ResponseOutcome(
             request=self._request(error_message=message_text), accepted=False, error=message_text

@@ -1,12 +1,15 @@
 """Where the LDS subscription connects: read from the bootstrap, checked with field paths.
 
-Two shapes are supported, as in Envoy:
-- `lds_config.api_config_source {api_type: GRPC, grpc_services[0].envoy_grpc.cluster_name}`:
-  `ListenerDiscoveryService.StreamListeners`;
-- `lds_config.ads {}` with `dynamic_resources.ads_config {api_type: GRPC, ...}`:
-  `AggregatedDiscoveryService.StreamAggregatedResources`.
+Two shapes are supported, as in Envoy, each state of the world (`GRPC`) or Delta
+(`DELTA_GRPC`):
+- `lds_config.api_config_source {api_type, grpc_services[0].envoy_grpc.cluster_name}`:
+  `ListenerDiscoveryService.StreamListeners` / `DeltaListeners`;
+- `lds_config.ads {}` with `dynamic_resources.ads_config {api_type, ...}`:
+  `AggregatedDiscoveryService.StreamAggregatedResources` / `DeltaAggregatedResources`.
 The named cluster must be a static cluster of the bootstrap with a `load_assignment`
 endpoint; STRICT_DNS/LOGICAL_DNS hosts are resolved by gRPC through the `host:port` target.
+Its `transport_socket` (`envoy.transport_sockets.tls`) makes the channel TLS or mTLS
+(`xds.tls`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
 
 from xds_proxy.errors import ConfigError
+from xds_proxy.xds.tls import ChannelTls, channel_tls
 
 DEFAULT_INITIAL_FETCH_TIMEOUT_S = 15.0
 _DYN = "dynamic_resources"
@@ -34,12 +38,14 @@ class XdsServer:
     """One gRPC xDS server as the LDS client needs it."""
 
     aggregated: bool  # True: ADS StreamAggregatedResources; False: LDS StreamListeners
+    delta: bool  # True: the Delta variant of either (DELTA_GRPC)
     cluster_name: str
     target: str  # gRPC channel target, "host:port" ("[v6]:port")
     authority: str  # Envoy sends the cluster name as :authority unless configured
     initial_metadata: tuple[tuple[str, str], ...]
     initial_fetch_timeout_s: float | None  # None: wait forever
     node_on_first_request_only: bool
+    tls: ChannelTls | None = None  # None: plaintext
 
 
 def lds_configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:
@@ -62,7 +68,7 @@ def lds_server(bootstrap: bootstrap_pb2.Bootstrap) -> XdsServer:
         raise ConfigError(f"{path}: one of ads or api_config_source is required")
     else:
         raise ConfigError(f"{path}.{kind}: not supported")
-    _check_api_type(api, api_path, aggregated)
+    delta = _check_api_type(api, api_path, aggregated)
     if len(api.grpc_services) != 1:
         raise ConfigError(f"{api_path}.grpc_services: exactly one gRPC service is supported")
     service = api.grpc_services[0]
@@ -70,38 +76,51 @@ def lds_server(bootstrap: bootstrap_pb2.Bootstrap) -> XdsServer:
     if not service.HasField("envoy_grpc"):
         raise ConfigError(f"{service_path}.envoy_grpc: required (google_grpc is not supported)")
     cluster_name = service.envoy_grpc.cluster_name
-    target = _cluster_target(bootstrap, cluster_name, f"{service_path}.envoy_grpc.cluster_name")
+    target, tls = _cluster_target(
+        bootstrap, cluster_name, f"{service_path}.envoy_grpc.cluster_name"
+    )
     timeout_s = DEFAULT_INITIAL_FETCH_TIMEOUT_S
     if lds.HasField("initial_fetch_timeout"):
         timeout_s = lds.initial_fetch_timeout.ToNanoseconds() / 1e9
     return XdsServer(
         aggregated=aggregated,
+        delta=delta,
         cluster_name=cluster_name,
         target=target,
         authority=service.envoy_grpc.authority or cluster_name,
         initial_metadata=tuple((h.key.lower(), h.value) for h in service.initial_metadata),
         initial_fetch_timeout_s=timeout_s if timeout_s > 0 else None,
         node_on_first_request_only=api.set_node_on_first_message_only,
+        tls=tls,
     )
 
 
-def _check_api_type(api: config_source_pb2.ApiConfigSource, path: str, aggregated: bool) -> None:
+def _check_api_type(api: config_source_pb2.ApiConfigSource, path: str, aggregated: bool) -> bool:
+    """True for Delta, False for state of the world."""
     if api.api_type == _API.GRPC:
-        return
-    name = _API.ApiType.Name(api.api_type)
-    if api.api_type in (_API.DELTA_GRPC, _API.AGGREGATED_DELTA_GRPC):
-        raise ConfigError(f"{path}.api_type: {name} not supported yet")
+        return False
+    if api.api_type == _API.DELTA_GRPC:
+        return True
     if aggregated and api.api_type == _API.AGGREGATED_GRPC:
-        return
-    raise ConfigError(f"{path}.api_type: {name} not supported (use GRPC)")
+        return False
+    if aggregated and api.api_type == _API.AGGREGATED_DELTA_GRPC:
+        return True
+    name = _API.ApiType.Name(api.api_type)
+    raise ConfigError(f"{path}.api_type: {name} not supported (use GRPC or DELTA_GRPC)")
 
 
-def _cluster_target(bootstrap: bootstrap_pb2.Bootstrap, name: str, name_path: str) -> str:
+def _cluster_target(
+    bootstrap: bootstrap_pb2.Bootstrap, name: str, name_path: str
+) -> tuple[str, ChannelTls | None]:
     if not name:
         raise ConfigError(f"{name_path}: must not be empty")
     for index, cluster in enumerate(bootstrap.static_resources.clusters):
         if cluster.name == name:
-            return _endpoint_target(cluster, f"static_resources.clusters[{index}]")
+            path = f"static_resources.clusters[{index}]"
+            tls = None
+            if cluster.HasField("transport_socket"):
+                tls = channel_tls(cluster.transport_socket, f"{path}.transport_socket")
+            return _endpoint_target(cluster, path), tls
     raise ConfigError(f"{name_path}: unknown static cluster '{name}'")
 
 
@@ -111,8 +130,6 @@ def _endpoint_target(cluster: cluster_pb2.Cluster, path: str) -> str:
     if cluster.type not in _SUPPORTED_DISCOVERY:
         kind = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
         raise ConfigError(f"{path}.type: {kind} not supported for the xDS cluster")
-    if cluster.HasField("transport_socket"):
-        raise ConfigError(f"{path}.transport_socket: TLS to the xDS server not supported yet")
     for e_index, locality in enumerate(cluster.load_assignment.endpoints):
         for l_index, lb_endpoint in enumerate(locality.lb_endpoints):
             address = lb_endpoint.endpoint.address

@@ -22,6 +22,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from xds_proxy.cli import Options
 from xds_proxy.errors import ConfigError
+from xds_proxy.hot_restart import HotRestart, ParentHooks
 from xds_proxy.listener.manager import BindError, ListenerManager
 from xds_proxy.listener.runtime import ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
@@ -66,6 +67,16 @@ class Server:
         self.stats.gauge("server.hot_restart_epoch").set(self.options.restart_epoch)
         self.stats.gauge("server.parent_connections").set(0)
         self.stats.gauge("server.concurrency").set(self.options.concurrency)
+        self.hot_restart = HotRestart(  # hot restart (xds_proxy/hot_restart.py)
+            self.options.base_id,
+            self.options.restart_epoch,
+            self.options.disable_hot_restart,
+            self.options.parent_shutdown_time_s,
+            self.stats,
+            self.pool,
+            self.started_at,
+        )
+        self._admin_server: asyncio.Server | None = None
 
     def _set_state(self, state: ServerState) -> None:
         self.state = state
@@ -77,6 +88,16 @@ class Server:
     # -- start-up ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.hot_restart.start(  # before binding: a child takes its parent's sockets
+            ParentHooks(
+                listen_sockets=self.pool.listen_sockets,
+                drain=self.drain_for_hot_restart,
+                terminate=self.request_shutdown,
+                shutdown_admin=self.shutdown_admin,
+                connections=lambda: self.stats.gauge("server.total_connections").value,
+                started_at_all_epochs=lambda: self.hot_restart.started_at_all_epochs,
+            )
+        )
         actions = []
         for index, listener in enumerate(self.bootstrap.static_resources.listeners):
             try:
@@ -106,6 +127,7 @@ class Server:
             ) from None
         host, port = server.sockets[0].getsockname()[:2]
         self.admin_address = (host, port)
+        self._admin_server = server  # closed for a hot-restart child: shutdown_admin()
         log.info("admin address: %s:%d", host, port)
         if self.options.admin_address_path:
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -137,6 +159,7 @@ class Server:
             self._set_state(ServerState.LIVE if self.healthy else ServerState.DRAINING)
             self.manager.workers_started()
             log.info("all dependencies initialized. starting workers")
+            self.hot_restart.initialized(self._accepting_everywhere)
 
     # -- admin-triggered drains and health --------------------------------------------------
 
@@ -160,6 +183,45 @@ class Server:
         if not graceful and not skip_exit:
             stop()
 
+    # -- hot restart (xds_proxy/hot_restart.py) ---------------------------------------------
+
+    def shutdown_admin(self) -> None:
+        """A hot-restart child starts: it binds the admin address next (as in Envoy)."""
+        if self._admin_server is not None:
+            log.info("shutting down admin due to child startup")
+            self._admin_server.close()
+            self._admin_server = None
+
+    def uptime_all_epochs(self) -> int:
+        """`/server_info` `uptime_all_epochs`: since the first epoch started."""
+        return int(time.time() - self.hot_restart.started_at_all_epochs)
+
+    def drain_for_hot_restart(self) -> None:
+        """The parent of a hot restart (spec/draining.md sections 3 and 5): every listener
+        stops accepting at once (the child accepts on the same kernel sockets), and every
+        listener drains, both drain types, over DT; then our copies of the sockets close."""
+        self.runtime.submit(self.manager.stop_listeners(inbound_only=False))
+        self.runtime.start_admin_drain(False, lambda: None, trigger="hot_restart")
+
+        async def close_sockets_once_stopped() -> None:
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and any(
+                instance.servers for instance in self.runtime.instances.values()
+            ):
+                await asyncio.sleep(0.005)  # the runtime runs the StopAccepting actions
+            self.pool.close_after_hand_over()
+
+        self._tasks.append(asyncio.create_task(close_sockets_once_stopped()))
+
+    def _accepting_everywhere(self) -> bool:
+        """Every active listener accepts: only then may a hot-restart parent stop."""
+        return all(
+            (instance := self.runtime.instances.get(version.id)) is not None
+            and bool(instance.servers)
+            for version in self.manager.active.values()
+            if not version.stopped
+        )
+
     # -- shutdown ---------------------------------------------------------------------------
 
     def request_shutdown(self) -> None:
@@ -172,6 +234,7 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.runtime.close()
+        await self.hot_restart.close()
 
 
 async def serve(options: Options, bootstrap: bootstrap_pb2.Bootstrap) -> int:

@@ -22,11 +22,13 @@ class _SharedSocket:
     sock: socket.socket
     config_address: SocketAddress
     holders: set[int] = field(default_factory=set)
+    # Cached (hot restart): the kernel socket may be closed after the hand-over to a child
+    # while draining versions still hold the entry.
+    bound_address: SocketAddress = field(init=False)
 
-    @property
-    def bound_address(self) -> SocketAddress:
+    def __post_init__(self) -> None:
         ip, port = self.sock.getsockname()[:2]
-        return (ip, port)
+        self.bound_address = (ip, port)
 
 
 class ListenSocketPool:
@@ -34,6 +36,7 @@ class ListenSocketPool:
         self._by_address: dict[SocketAddress, _SharedSocket] = {}
         self._by_version: dict[int, list[_SharedSocket]] = {}
         self._unheld: list[_SharedSocket] = []
+        self._inherited: dict[SocketAddress, socket.socket] = {}  # hot restart, not yet taken
 
     def reserve(
         self, version_id: int, addresses: list[SocketAddress], share_from: int | None
@@ -81,13 +84,54 @@ class ListenSocketPool:
         self._by_address.clear()
         self._by_version.clear()
         self._unheld.clear()
+        self.close_unclaimed_inherited()
+
+    # -- hot restart (xds_proxy/hot_restart.py) ---------------------------------------------
+
+    def adopt(self, sockets: dict[SocketAddress, socket.socket]) -> None:
+        """Listen sockets inherited from the parent process: a later reservation of one of
+        these addresses takes the inherited socket instead of binding."""
+        for address, sock in sockets.items():
+            sock.setblocking(False)
+            previous = self._inherited.pop(address, None)
+            if previous is not None:
+                previous.close()
+            self._inherited[address] = sock
+
+    def close_unclaimed_inherited(self) -> list[SocketAddress]:
+        """Once initialized, close the inherited sockets no listener took; returns them."""
+        unclaimed = list(self._inherited)
+        for sock in self._inherited.values():
+            sock.close()
+        self._inherited.clear()
+        return unclaimed
+
+    def listen_sockets(self) -> dict[SocketAddress, socket.socket]:
+        """Every open listen socket by bound address, for a hot-restart child. Port-0 binds
+        are left out: a child's port-0 listener binds afresh, as in Envoy."""
+        found = dict(self._inherited)
+        for address, entry in self._by_address.items():
+            if entry.config_address[1] != 0 and entry.sock.fileno() >= 0:
+                found[address] = entry.sock
+        return found
+
+    def close_after_hand_over(self) -> None:
+        """The parent of a hot restart: close our copy of every listen socket (a child that
+        took one keeps it listening; addresses nobody took refuse from now). The holders'
+        bookkeeping stays, so draining versions finish as usual."""
+        for entry in self._by_address.values():
+            entry.sock.close()
+        for entry in self._unheld:
+            entry.sock.close()
+        self.close_unclaimed_inherited()
 
     def _open_or_reuse(self, address: SocketAddress) -> _SharedSocket:
         if address[1] != 0:
             existing = self._by_address.get(address)
             if existing is not None:
                 return existing  # still open (held by a draining version or pending close)
-        sock = bind_listen_socket(address)
+        inherited = self._inherited.pop(address, None) if address[1] != 0 else None
+        sock = inherited if inherited is not None else bind_listen_socket(address)
         entry = _SharedSocket(sock, address)
         self._by_address[entry.bound_address] = entry
         return entry

@@ -23,7 +23,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from xds_proxy.cli import Options
 from xds_proxy.errors import ConfigError
 from xds_proxy.hot_restart import HotRestart, ParentHooks
-from xds_proxy.listener.manager import BindError, ListenerManager
+from xds_proxy.listener.manager import ApplyResult, BindError, ListenerManager
 from xds_proxy.listener.runtime import ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.stats import Stats
@@ -142,13 +142,25 @@ class Server:
             return
         self._set_state(ServerState.INITIALIZING)
         self.lds_client = LdsClient(
-            self.bootstrap, self.stats, self.apply_listeners, self._initialized
+            self.bootstrap,
+            self.stats,
+            self.apply_listeners,
+            self._initialized,
+            apply_delta=self.apply_delta,
         )
         self._tasks.append(asyncio.create_task(self.lds_client.run(), name="lds-client"))
 
     def apply_listeners(self, version_info: str, listeners: list) -> str | None:
         """The LDS client's callback: apply one SotW response; None means ACK."""
-        result = self.manager.apply_sotw(version_info, listeners)
+        return self._submit(version_info, self.manager.apply_sotw(version_info, listeners))
+
+    def apply_delta(self, version_info: str, listeners: list, removed: list[str]) -> str | None:
+        """The LDS client's Delta (and TTL expiry) callback: removed first, then added."""
+        return self._submit(
+            version_info, self.manager.apply_delta(version_info, listeners, removed)
+        )
+
+    def _submit(self, version_info: str, result: ApplyResult) -> str | None:
         self.runtime.submit(result.actions)
         if result.nack_message:
             log.warning("lds: NACK version '%s': %s", version_info, result.nack_message.strip())

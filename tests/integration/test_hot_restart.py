@@ -109,11 +109,6 @@ def test_three_hot_restarts_under_load_lose_nothing(tmp_path, stub):
     assert run.log().count("exited with status 0") == 4  # epoch 3 on SIGTERM too
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admin/handlers.py must read server.hot_restart.version and "
-    "server.uptime_all_epochs() (h7 report); remove this marker with that change",
-)
 def test_server_info_tells_hot_restart_version_and_uptime_of_all_epochs(tmp_path, stub):
     bootstrap = bootstrap_with_static(stub.xds_address, free_port(), BODY)
     run = RestarterRun(tmp_path, bootstrap, parent_shutdown_time_s=1)

@@ -9,7 +9,6 @@ listener-manager stats. The proxy runs through `main()` below, which passes the 
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from concurrent import futures
 from typing import Any
@@ -56,40 +55,6 @@ def bootstrap_for(mode: str, xds_address: str, **kwargs: Any) -> dict:
     return bootstrap
 
 
-class DeltaWiredProxy(ProxyProcess):
-    """The real xds-proxy, started through this module's `main()` (the Delta wiring)."""
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", __name__, "-c", str(self.config_path)]
-
-
-def main() -> int:
-    """`python -m tests.integration.test_xds_delta_proxy ARGS`: xds-proxy with `apply_delta`
-    passed to `LdsClient`, exactly as server.py will once the lead adds it."""
-    from xds_proxy import cli
-    from xds_proxy import server as server_module
-    from xds_proxy.xds import client as client_module
-
-    server_class = server_module.Server
-    if not hasattr(server_class, "apply_delta"):
-
-        def apply_delta(self, version_info: str, listeners: list, removed: list[str]):
-            result = self.manager.apply_delta(version_info, listeners, removed)
-            self.runtime.submit(result.actions)
-            return result.nack_message
-
-        server_class.apply_delta = apply_delta  # type: ignore[attr-defined]
-        original = client_module.LdsClient
-
-        class WiredLdsClient(original):  # type: ignore[misc, valid-type]
-            def __init__(self, bootstrap, stats, apply, on_initialized, **options):
-                options.setdefault("apply_delta", apply.__self__.apply_delta)
-                super().__init__(bootstrap, stats, apply, on_initialized, **options)
-
-        client_module.LdsClient = WiredLdsClient  # type: ignore[misc]
-    return cli.main(sys.argv[1:])
-
-
 @pytest.fixture
 def stub(tmp_path):
     process = StubProcess(tmp_path / "stub").start()
@@ -115,7 +80,7 @@ def scenario(p1: int, p2: int) -> list[tuple[str, list[dict]]]:
 def run_scenario(mode: str, stub: StubProcess, tmp_path) -> list[dict]:
     p1, p2 = free_port(), free_port()
     names = {p1: "P1", p2: "P2"}
-    proxy = DeltaWiredProxy(
+    proxy = ProxyProcess(
         bootstrap_for(mode, stub.xds_address, node_id=f"node-{mode}"),
         tmp_path / mode,
         extra_args=DRAIN_ARGS,
@@ -213,7 +178,7 @@ def test_delta_reconnect_keeps_the_listeners(tmp_path) -> None:
     )
     stub = StubProcess(tmp_path / "stub", resources=resources, xds=f"127.0.0.1:{free_port()}")
     stub.start()
-    proxy = DeltaWiredProxy(
+    proxy = ProxyProcess(
         bootstrap_for("delta", stub.xds_address), tmp_path / "proxy", extra_args=DRAIN_ARGS
     )
     try:
@@ -327,7 +292,7 @@ def run_ttl_scenario(make_process, mode: str, tmp_path) -> dict:
 @pytest.mark.parametrize("mode", ["sotw", "delta"])
 def test_ttl_expiry_removes_the_listener(mode: str, tmp_path) -> None:
     observed = run_ttl_scenario(
-        lambda bootstrap, workdir: DeltaWiredProxy(bootstrap, workdir, extra_args=DRAIN_ARGS),
+        lambda bootstrap, workdir: ProxyProcess(bootstrap, workdir, extra_args=DRAIN_ARGS),
         mode,
         tmp_path,
     )
@@ -337,7 +302,3 @@ def test_ttl_expiry_removes_the_listener(mode: str, tmp_path) -> None:
     assert observed["stats"]["listener_manager.listener_removed"] == 1
     assert observed["stats"]["listener_manager.lds.update_success"] == 2  # v1, the expiry
     assert observed["version_text"] == '""'
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

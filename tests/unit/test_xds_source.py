@@ -97,13 +97,9 @@ def test_configured() -> None:
     ("config", "error"),
     [
         (
-            lambda: lds("DELTA_GRPC"),
-            "dynamic_resources.lds_config.api_config_source.api_type: DELTA_GRPC not supported yet",
-        ),
-        (
             lambda: lds("REST"),
             "dynamic_resources.lds_config.api_config_source.api_type: REST not supported "
-            "(use GRPC)",
+            "(use GRPC or DELTA_GRPC)",
         ),
         (
             lambda: lds(kind="EDS"),
@@ -143,13 +139,20 @@ def test_errors_name_the_field(config, error: str) -> None:
     assert str(caught.value) == error
 
 
-def test_tls_to_the_xds_server_is_not_supported_yet() -> None:
+def test_delta_grpc_is_a_delta_source() -> None:
+    assert lds_server(lds("DELTA_GRPC")).delta
+    assert not lds_server(lds("GRPC")).delta
+
+
+def test_tls_transport_socket_without_its_config_is_named() -> None:
     config = lds()
     config.static_resources.clusters[1].transport_socket.name = "envoy.transport_sockets.tls"
-    with pytest.raises(
-        ConfigError, match=r"clusters\[1\]\.transport_socket: TLS .* not supported yet"
-    ):
+    with pytest.raises(ConfigError) as caught:
         lds_server(config)
+    assert str(caught.value) == (
+        "static_resources.clusters[1].transport_socket.typed_config: required "
+        "(envoy.transport_sockets.tls)"
+    )
 
 
 def test_cluster_without_endpoint() -> None:

@@ -113,10 +113,10 @@ class AdminHandlers:
         info = server_info_pb2.ServerInfo(
             version=f"xds-proxy/{_version()}",
             state=server_info_pb2.ServerInfo.State.Value(self.server.state.name),
-            hot_restart_version="disabled",
+            hot_restart_version=self.server.hot_restart.version,
         )
         info.uptime_current_epoch.seconds = self.server.uptime()
-        info.uptime_all_epochs.seconds = self.server.uptime()
+        info.uptime_all_epochs.seconds = self.server.uptime_all_epochs()
         cli = info.command_line_options
         cli.base_id = options.base_id
         cli.concurrency = options.concurrency

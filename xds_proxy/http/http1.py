@@ -14,6 +14,7 @@ cached routing by raw host and URL, pre-rendered responses, plain attribute coun
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import httptools
 
@@ -367,7 +368,7 @@ class Http1Connection(asyncio.Protocol):
     def on_drain(self) -> None:
         if self._state != _OPEN or self.transport is None:
             return
-        if self.is_idle and not self._out:
+        if self.is_idle and not self._out and not _request_bytes_waiting(self.transport):
             self._count_drain_close()
             self._begin_close()
         else:
@@ -553,3 +554,16 @@ class Http1Connection(asyncio.Protocol):
             transport.abort()
         else:
             transport.close()
+
+
+def _request_bytes_waiting(transport: asyncio.BaseTransport) -> bool:
+    """Has the client already sent bytes that the event loop has not read yet? Closing then
+    would lose a request that is on its way; it is answered with `connection: close` instead."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        with socket.fromfd(sock.fileno(), sock.family, sock.type) as peek:
+            return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, OSError):
+        return False

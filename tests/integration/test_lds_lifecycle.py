@@ -121,7 +121,7 @@ def test_remove_refuses_new_connections_at_once(stub, proxy):
     port, other = free_port(), free_port()
     push(stub, [http_listener("web", port), http_listener("api", other)])
     push(stub, [http_listener("api", other)])
-    wait_for(lambda: refused(port), timeout=1, what='refused connects')
+    wait_for(lambda: refused(port), timeout=1, what="refused connects")
     assert get(other).status == 200
     assert proxy.listeners() == {"api": f"127.0.0.1:{other}"}
     assert stat(proxy, "listener_manager.listener_removed") == 1
@@ -131,7 +131,7 @@ def test_remove_then_add_again_binds_afresh(stub, proxy):
     port = free_port()
     push(stub, [http_listener("web", port, body="first")])
     push(stub, [])
-    wait_for(lambda: refused(port), timeout=1, what='refused connects')
+    wait_for(lambda: refused(port), timeout=1, what="refused connects")
     push(stub, [http_listener("web", port, body="again")])
     assert get(port).text == "again"
 
@@ -150,7 +150,7 @@ def test_address_change_stops_the_old_address(stub, proxy):
     conn = HttpConnection(first)
     assert conn.request().text == "a"
     push(stub, [http_listener("web", second, body="b")])
-    wait_for(lambda: refused(first), timeout=1, what='refused connects')
+    wait_for(lambda: refused(first), timeout=1, what="refused connects")
     assert get(second).text == "b"
     assert conn.closed_by_peer()  # the idle connection of the old version is told to leave
 

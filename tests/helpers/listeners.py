@@ -128,3 +128,14 @@ def lds_bootstrap(xds_address: str, node_id: str = "test-node", ads: bool = Fals
             ]
         },
     }
+
+
+def bootstrap_for(mode: str, xds_address: str, **kwargs: Any) -> dict:
+    """`lds_bootstrap` for "sotw", "ads", "delta" (DELTA_GRPC LDS) or "delta-ads"."""
+    bootstrap = lds_bootstrap(xds_address, ads=mode in ("ads", "delta-ads"), **kwargs)
+    dynamic = bootstrap["dynamic_resources"]
+    if mode == "delta":
+        dynamic["lds_config"]["api_config_source"]["api_type"] = "DELTA_GRPC"
+    elif mode == "delta-ads":
+        dynamic["ads_config"]["api_type"] = "DELTA_GRPC"
+    return bootstrap

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 from concurrent import futures
-from typing import Any
 
 import grpc
 import pytest
@@ -26,7 +25,7 @@ from google.protobuf import json_format
 
 from control_plane_stub.client import StubNack
 from tests.helpers.http_client import get, refused
-from tests.helpers.listeners import http_listener, lds_bootstrap
+from tests.helpers.listeners import bootstrap_for, http_listener
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
 from tests.helpers.stub import StubProcess
@@ -42,17 +41,6 @@ STATS = [
     "listener_manager.lds.update_rejected",
 ]
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-
-
-def bootstrap_for(mode: str, xds_address: str, **kwargs: Any) -> dict:
-    """`lds_bootstrap` for "sotw", "ads", "delta" (DELTA_GRPC LDS) or "delta-ads"."""
-    bootstrap = lds_bootstrap(xds_address, ads=mode in ("ads", "delta-ads"), **kwargs)
-    dynamic = bootstrap["dynamic_resources"]
-    if mode == "delta":
-        dynamic["lds_config"]["api_config_source"]["api_type"] = "DELTA_GRPC"
-    elif mode == "delta-ads":
-        dynamic["ads_config"]["api_type"] = "DELTA_GRPC"
-    return bootstrap
 
 
 @pytest.fixture

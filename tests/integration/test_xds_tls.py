@@ -22,10 +22,10 @@ from google.protobuf import json_format
 
 from tests.helpers.envoy import EnvoyProcess
 from tests.helpers.http_client import get
-from tests.helpers.listeners import http_listener
+from tests.helpers.listeners import bootstrap_for, http_listener
 from tests.helpers.procs import free_port, wait_for
+from tests.helpers.proxy import ProxyProcess
 from tests.helpers.stub import StubProcess, run_cli
-from tests.integration.test_xds_delta_proxy import DeltaWiredProxy, bootstrap_for
 from xds_proxy.errors import ConfigError
 from xds_proxy.xds.tls import channel_tls
 
@@ -173,7 +173,7 @@ def serve_one_listener(stub: StubProcess, proxy: EnvoyProcess, version: str) -> 
 def test_proxy_over_mtls(mode: str, pki: Pki, tmp_path: Path) -> None:
     stub = tls_stub(tmp_path, pki, mutual=True)
     socket = tls_socket({"filename": str(pki.ca.issued.cert)}, client=pki.client)
-    proxy = DeltaWiredProxy(tls_bootstrap(mode, stub.xds_address, socket), tmp_path / "proxy")
+    proxy = ProxyProcess(tls_bootstrap(mode, stub.xds_address, socket), tmp_path / "proxy")
     try:
         proxy.start()
         proxy.wait_ready()
@@ -188,7 +188,7 @@ def test_proxy_over_tls_with_an_inline_ca_and_no_sni(pki: Pki, tmp_path: Path) -
     """Without `sni` the server's certificate must name the target host (127.0.0.1)."""
     stub = tls_stub(tmp_path, pki, mutual=False)
     socket = tls_socket({"inline_string": pki.ca.issued.cert.read_text()}, sni="")
-    proxy = DeltaWiredProxy(tls_bootstrap("delta", stub.xds_address, socket), tmp_path / "proxy")
+    proxy = ProxyProcess(tls_bootstrap("delta", stub.xds_address, socket), tmp_path / "proxy")
     try:
         proxy.start()
         proxy.wait_ready()
@@ -205,7 +205,7 @@ def test_mtls_stub_refuses_a_proxy_without_a_good_certificate(
     stub = tls_stub(tmp_path, pki, mutual=True)
     issued = pki.stranger if client else None
     socket = tls_socket({"filename": str(pki.ca.issued.cert)}, client=issued)
-    proxy = DeltaWiredProxy(
+    proxy = ProxyProcess(
         tls_bootstrap("sotw", stub.xds_address, socket, node_id="refused"), tmp_path / "proxy"
     )
     try:
@@ -276,7 +276,7 @@ def test_stub_tls_flag_errors(args: list[str], message: str) -> None:
 def test_missing_client_key_file_is_a_startup_error(pki: Pki, tmp_path: Path) -> None:
     missing = Issued(cert=pki.client.cert, key=tmp_path / "missing.key")
     socket = tls_socket({"filename": str(pki.ca.issued.cert)}, client=missing)
-    proxy = DeltaWiredProxy(tls_bootstrap("sotw", "127.0.0.1:1", socket), tmp_path / "proxy")
+    proxy = ProxyProcess(tls_bootstrap("sotw", "127.0.0.1:1", socket), tmp_path / "proxy")
     try:
         with contextlib.suppress(Exception):  # it may exit before or after its admin is up
             proxy.start(timeout=10)

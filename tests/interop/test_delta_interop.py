@@ -9,13 +9,11 @@ import pytest
 from control_plane_stub.client import StubNack
 from tests.helpers.envoy import EnvoyProcess
 from tests.helpers.http_client import get, refused
+from tests.helpers.listeners import bootstrap_for
 from tests.helpers.procs import free_port, wait_for
+from tests.helpers.proxy import ProxyProcess
 from tests.helpers.stub import StubProcess
-from tests.integration.test_xds_delta_proxy import (
-    DeltaWiredProxy,
-    bootstrap_for,
-    run_ttl_scenario,
-)
+from tests.integration.test_xds_delta_proxy import run_ttl_scenario
 from tests.interop.test_lds_interop import COUNTERS, normalise, scenario
 
 pytestmark = pytest.mark.envoy
@@ -75,7 +73,7 @@ def test_same_delta_pushes_same_outcome(mode: str, tmp_path) -> None:
         tmp_path / "envoy",
     )
     ours = run_scenario(
-        lambda bootstrap, workdir: DeltaWiredProxy(bootstrap, workdir, extra_args=DRAIN_ARGS),
+        lambda bootstrap, workdir: ProxyProcess(bootstrap, workdir, extra_args=DRAIN_ARGS),
         mode,
         tmp_path / "ours",
     )
@@ -97,7 +95,7 @@ def test_ttl_expiry_same_as_envoy(mode: str, tmp_path) -> None:
         tmp_path / "envoy",
     )
     ours = run_ttl_scenario(
-        lambda bootstrap, workdir: DeltaWiredProxy(bootstrap, workdir, extra_args=DRAIN_ARGS),
+        lambda bootstrap, workdir: ProxyProcess(bootstrap, workdir, extra_args=DRAIN_ARGS),
         mode,
         tmp_path / "ours",
     )

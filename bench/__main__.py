@@ -9,7 +9,13 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ["bench.http1", "bench.stub_push", "bench.lds_push", "bench.hot_restart"]
+BENCHMARKS = [
+    "bench.http1",
+    "bench.proxied",
+    "bench.stub_push",
+    "bench.lds_push",
+    "bench.hot_restart",
+]
 
 
 def main() -> int:

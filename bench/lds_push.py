@@ -3,6 +3,7 @@ xds-proxy and Envoy 1.40 against the same control-plane-stub, side by side."""
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -14,11 +15,26 @@ from tests.helpers.proxy import ProxyProcess
 from tests.helpers.stub import StubProcess
 
 
-def _listeners(prefix: str, count: int, body: str = "ok", modified: int = -1) -> list[dict]:
+def _listeners(
+    prefix: str, count: int, body: str = "ok", modified: int = -1, ports: list[int] | None = None
+) -> list[dict]:
     return [
-        http_listener(f"{prefix}-{i}", 0, body=("changed" if i == modified else body))
+        http_listener(
+            f"{prefix}-{i}", ports[i] if ports else 0, body=("changed" if i == modified else body)
+        )
         for i in range(count)
     ]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _port_of(process, name: str) -> int | None:
@@ -26,7 +42,7 @@ def _port_of(process, name: str) -> int | None:
     return None if address is None else int(address.rpartition(":")[2])
 
 
-def _until(condition, timeout: float = 120.0) -> float:
+def _until(condition, what: str, timeout: float = 120.0) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -35,7 +51,16 @@ def _until(condition, timeout: float = 120.0) -> float:
         except OSError:
             pass
         time.sleep(0.002)
-    raise TimeoutError("condition not met")
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _settle(process) -> None:
+    """Wait until the listeners replaced by the last round have finished draining."""
+    _until(
+        lambda: process.stat("listener_manager.total_listeners_draining") == 0,
+        "drains to finish",
+        timeout=30,
+    )
 
 
 def _measure(process, stub, counts: list[int]) -> dict[str, float]:
@@ -49,22 +74,36 @@ def _measure(process, stub, counts: list[int]) -> dict[str, float]:
         acked = time.monotonic()
         last = f"{prefix}-{count - 1}"
         served = _until(
-            lambda last=last: (port := _port_of(process, last)) and get(port).status == 200
+            lambda last=last: (port := _port_of(process, last)) and get(port).status == 200,
+            f"{type(process).__name__}: {last} serving",
         )
         results[f"push {count:>5} -> ACK"] = acked - started
         results[f"push {count:>5} -> serving"] = served - started
+        _settle(process)
     # one modified listener among 1,000 (an in-place filter-chain update)
-    base = _listeners("m", 1000)
+    # Fixed ports: Envoy 1.40 was seen to keep serving the old chain of an in-place-updated
+    # port-0 listener after earlier rounds had removed other port-0 listeners.
+    ports = _free_ports(1000)
+    base = _listeners("m", 1000, ports=ports)
     version = stub.client.set_resources(listeners=base)["listeners"]
     stub.client.wait(version, timeout=120)
-    port = _until(lambda: _port_of(process, "m-500")) and _port_of(process, "m-500")
+    _until(lambda: _port_of(process, "m-500"), "m-500 listed")
+    _settle(process)
+    port = _port_of(process, "m-500")
     started = time.monotonic()
-    version = stub.client.set_resources(listeners=_listeners("m", 1000, modified=500))["listeners"]
+    version = stub.client.set_resources(listeners=_listeners("m", 1000, modified=500, ports=ports))[
+        "listeners"
+    ]
     stub.client.wait(version, timeout=120)
     acked = time.monotonic()
-    served = _until(lambda: get(port).text == "changed")
+    served = _until(
+        lambda: get(_port_of(process, "m-500")).text == "changed",
+        f"{type(process).__name__}: m-500 changed",
+    )
+    same_port = _port_of(process, "m-500") == port
     results["modify 1 of 1000 -> ACK"] = acked - started
     results["modify 1 of 1000 -> serving"] = served - started
+    print(f"   {type(process).__name__}: modified port-0 listener kept its port: {same_port}")
     stub.client.set_resources(listeners=[])
     return results
 

@@ -76,7 +76,6 @@ CATEGORIES: dict[str, dict[str, str]] = {
 
 # Registered types that a later issue implements (type name -> issue number).
 LATER: dict[str, int] = {
-    TCP_PROXY: 9,
     HTTP_INSPECTOR: 9,
     TLS_INSPECTOR: 12,
     DOWNSTREAM_TLS: 12,

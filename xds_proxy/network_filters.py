@@ -19,11 +19,13 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import DecodeError, Message
 
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.conn_manager import HCM_TYPE_URL, build_http_connection_manager
+from xds_proxy.http.conn_manager import HCM_TYPE_URL, Codec, build_http_connection_manager
 from xds_proxy.http.fields import check_fields
 from xds_proxy.http.http1 import Http1Connection
+from xds_proxy.http.http2 import Http2Connection
 from xds_proxy.http.router import data_source_bytes
 from xds_proxy.listener.context import FilterChainContext
+from xds_proxy.tcp_proxy import build_tcp_proxy
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 TerminalBuilder = Callable[[Message, FilterChainContext, str], ProtocolFactory]
@@ -38,6 +40,14 @@ _DIRECT_RESPONSE_LINGER_S = 1.0
 
 def _build_hcm(message: Message, ctx: FilterChainContext, path: str) -> ProtocolFactory:
     config = build_http_connection_manager(message, path, ctx.stats)  # type: ignore[arg-type]
+    routes = config.routes
+    if ctx.clusters is not None and routes.validate_clusters:
+        # Envoy checks an inline route table's clusters when it loads.
+        for name in sorted(routes.cluster_names):
+            if ctx.clusters.get(name) is None:
+                raise ConfigError(f"{path}.route_config: route: unknown cluster '{name}'")
+    if config.codec is Codec.HTTP2:
+        return lambda: Http2Connection(config, ctx)
     return lambda: Http1Connection(config, ctx)
 
 
@@ -49,12 +59,16 @@ def _build_direct_response(message: Message, ctx: FilterChainContext, path: str)
     return lambda: DirectResponseConnection(response, ctx)
 
 
+def _build_tcp_proxy(message: Message, ctx: FilterChainContext, path: str) -> ProtocolFactory:
+    return build_tcp_proxy(message, ctx, path, ctx.clusters)  # type: ignore[arg-type]
+
+
 # type URL -> (message class, builder); the one place that says which terminal network filters
 # exist. `None` as builder: a later part of the project brings it.
 NETWORK_FILTERS: dict[str, tuple[type[Message], TerminalBuilder | None]] = {
     HCM_TYPE_URL: (hcm_pb2.HttpConnectionManager, _build_hcm),
     DIRECT_RESPONSE_TYPE_URL: (direct_response_pb2.Config, _build_direct_response),
-    TCP_PROXY_TYPE_URL: (tcp_proxy_pb2.TcpProxy, None),
+    TCP_PROXY_TYPE_URL: (tcp_proxy_pb2.TcpProxy, _build_tcp_proxy),
 }
 
 

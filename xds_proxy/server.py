@@ -27,6 +27,7 @@ from xds_proxy.listener.manager import ApplyResult, BindError, ListenerManager
 from xds_proxy.listener.runtime import ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.stats import Stats
+from xds_proxy.upstream.manager import ClusterManager
 
 log = logging.getLogger("xds_proxy.main")
 
@@ -58,6 +59,8 @@ class Server:
         )
         self.manager = ListenerManager(self.stats, self.pool, self.runtime.compile, time.time)
         self.runtime.manager = self.manager
+        self.clusters = ClusterManager(self.stats)
+        self.runtime.clusters = self.clusters
         self.shutdown_requested = asyncio.Event()
         self.lds_client = None
         self.admin_address: tuple[str, int] | None = None
@@ -98,6 +101,8 @@ class Server:
                 started_at_all_epochs=lambda: self.hot_restart.started_at_all_epochs,
             )
         )
+        self.clusters.add_static(self.bootstrap)  # ConfigError names the cluster's field
+        self.clusters.start()
         actions = []
         for index, listener in enumerate(self.bootstrap.static_resources.listeners):
             try:
@@ -147,6 +152,7 @@ class Server:
             self.apply_listeners,
             self._initialized,
             apply_delta=self.apply_delta,
+            applied=self.runtime.applied,
         )
         self._tasks.append(asyncio.create_task(self.lds_client.run(), name="lds-client"))
 
@@ -188,7 +194,15 @@ class Server:
         at DT (graceful), at once (plain), or never (skip_exit). The process never exits."""
 
         def stop() -> None:
-            self.runtime.submit(self.manager.stop_listeners(inbound_only))
+            actions = self.manager.stop_listeners(inbound_only)
+            for action in actions:
+                # As Envoy, close the stopped listeners' sockets so that new connects are
+                # refused instead of queueing on a socket nobody accepts on. The pool keeps
+                # its bookkeeping (stopped listeners stay listed with their address); the
+                # accept loops' dups close when the StopAccepting actions run.
+                for sock in self.pool.sockets_for(action.version_id):
+                    sock.close()
+            self.runtime.submit(actions)
 
         stop_at_deadline = graceful and not skip_exit
         self.runtime.start_admin_drain(inbound_only, stop if stop_at_deadline else lambda: None)
@@ -246,6 +260,7 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.runtime.close()
+        self.clusters.close()
         await self.hot_restart.close()
 
 

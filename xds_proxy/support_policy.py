@@ -93,7 +93,15 @@ _TLS = "envoy.extensions.transport_sockets.tls.v3."
 
 # Extensions built ahead of their issue: UpstreamTlsContext is the xDS channel's TLS (issue 12
 # item 3), usable while the rest of issue 12 (downstream TLS) is not.
-BUILT_AHEAD: frozenset[str] = frozenset({extensions.UPSTREAM_TLS})
+# Downstream TLS and the two inspectors (issue 12 item 4, issue 9 item 2) are built too.
+BUILT_AHEAD: frozenset[str] = frozenset(
+    {
+        extensions.UPSTREAM_TLS,
+        extensions.DOWNSTREAM_TLS,
+        extensions.TLS_INSPECTOR,
+        extensions.HTTP_INSPECTOR,
+    }
+)
 
 # message full name -> {field name -> rule}; a set field absent here is `not supported`.
 TABLE: dict[str, dict[str, Rule]] = {
@@ -154,8 +162,8 @@ TABLE: dict[str, dict[str, Rule]] = {
         "metadata": OPAQUE,
         "drain_type": Later(4),
         "listener_filters": OK,
-        "listener_filters_timeout": Later(12),
-        "continue_on_listener_filters_timeout": Later(12),
+        "listener_filters_timeout": OK,
+        "continue_on_listener_filters_timeout": OK,
         "traffic_direction": Later(4),
         "enable_reuse_port": Later(4),
     },
@@ -164,19 +172,19 @@ TABLE: dict[str, dict[str, Rule]] = {
         "filter_chain_match": Later(4),
         "filters": OK,
         "metadata": OPAQUE,
-        "transport_socket": Later(12),
-        "transport_socket_connect_timeout": Later(12),
+        "transport_socket": OK,  # DownstreamTlsContext, checked by tls.py
+        "transport_socket_connect_timeout": OK,
         "name": OK,
     },
     _LISTENER + "FilterChainMatch": {
         "destination_port": OK,
         "prefix_ranges": OK,
-        "source_type": Later(9),
+        "source_type": OK,
         "source_prefix_ranges": OK,
         "source_ports": OK,
-        "server_names": Later(9),
-        "transport_protocol": Later(9),
-        "application_protocols": Later(9),
+        "server_names": OK,
+        "transport_protocol": OK,
+        "application_protocols": OK,
     },
     _LISTENER + "Filter": {"name": OK, "typed_config": Extension("network_filter")},
     _LISTENER + "ListenerFilter": {"name": OK, "typed_config": Extension("listener_filter")},
@@ -230,31 +238,60 @@ TABLE: dict[str, dict[str, Rule]] = {
         "validate_clusters": OK,
         "max_direct_response_body_size_bytes": OK,
         "ignore_port_in_host_matching": OK,
-        "request_headers_to_add": Later(8),
-        "request_headers_to_remove": Later(8),
-        "response_headers_to_add": Later(8),
-        "response_headers_to_remove": Later(8),
+        "request_headers_to_add": OK,
+        "request_headers_to_remove": OK,
+        "response_headers_to_add": OK,
+        "response_headers_to_remove": OK,
     },
     _ROUTE + "VirtualHost": {
         "name": OK,
         "domains": OK,
         "routes": OK,
-        "request_headers_to_add": Later(8),
-        "request_headers_to_remove": Later(8),
-        "response_headers_to_add": Later(8),
-        "response_headers_to_remove": Later(8),
+        "request_headers_to_add": OK,
+        "request_headers_to_remove": OK,
+        "response_headers_to_add": OK,
+        "response_headers_to_remove": OK,
     },
     _ROUTE + "Route": {
         "name": OK,
         "match": OK,
-        "route": Later(8),
+        "route": OK,
         "redirect": OK,
         "direct_response": OK,
         "metadata": OPAQUE,
-        "request_headers_to_add": Later(8),
-        "request_headers_to_remove": Later(8),
-        "response_headers_to_add": Later(8),
-        "response_headers_to_remove": Later(8),
+        "request_headers_to_add": OK,
+        "request_headers_to_remove": OK,
+        "response_headers_to_add": OK,
+        "response_headers_to_remove": OK,
+    },
+    _ROUTE + "RouteAction": {
+        "cluster": OK,
+        "weighted_clusters": OK,
+        "cluster_not_found_response_code": OK,
+        "prefix_rewrite": OK,
+        "host_rewrite_literal": OK,
+        "timeout": OK,
+    },
+    _ROUTE + "WeightedCluster": {"clusters": OK, "total_weight": OK},
+    _ROUTE + "WeightedCluster.ClusterWeight": {"name": OK, "weight": OK},
+    _CORE + "HeaderValueOption": {
+        "header": OK,
+        "append": OK,
+        "append_action": OK,
+        "keep_empty_value": OK,
+    },
+    _CORE + "HeaderValue": {"key": OK, "value": OK, "raw_value": OK},
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": {
+        "stat_prefix": OK,
+        "cluster": OK,
+        "weighted_clusters": OK,
+        "idle_timeout": OK,
+        "max_connect_attempts": OK,
+    },
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": {"clusters": OK},
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": {
+        "name": OK,
+        "weight": OK,
     },
     _ROUTE + "RouteMatch": {
         "prefix": OK,
@@ -329,10 +366,23 @@ TABLE: dict[str, dict[str, Rule]] = {
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": {"choice_count": OK},
     # --- TLS to the xDS server (issue 12 item 3; the xDS cluster's transport_socket)
     _TLS + "UpstreamTlsContext": {"common_tls_context": OK, "sni": OK},
+    # --- downstream TLS and listener filters (tls.py, listener/inspectors.py)
+    _TLS + "DownstreamTlsContext": {"common_tls_context": OK, "require_client_certificate": OK},
+    _TLS + "TlsParameters": {
+        "tls_minimum_protocol_version": OK,
+        "tls_maximum_protocol_version": OK,
+    },
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": {
+        "initial_read_buffer_size": OK,
+        "max_client_hello_size": OK,
+        "close_connection_on_client_hello_parsing_errors": OK,
+    },
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": {},
     _TLS + "CommonTlsContext": {
         "tls_certificates": OK,
         "validation_context": OK,
         "alpn_protocols": OK,
+        "tls_params": OK,
     },
     # The certificates' DataSources are checked by xds/tls.py (filename / inline only).
     _TLS + "TlsCertificate": {"certificate_chain": OPAQUE, "private_key": OPAQUE},

@@ -121,7 +121,7 @@ TYPE_TAIL = HCM_TYPE.split("/")[-1]
         ),
         (
             [{"name": "t", "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": "t"}}],
-            "filters[0]: t not supported yet",
+            "filters[0].typed_config.cluster_specifier: value is required",
         ),
         (
             [{"name": "foo", "typed_config": {"@type": ROUTER_TYPE}}],

@@ -366,10 +366,6 @@ def test_prefix_rewrite_redirect() -> None:
     ("routes", "message"),
     [
         (
-            [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}],
-            "route_config.virtual_hosts[0].routes[0].route: not supported yet",
-        ),
-        (
             [{"match": {"prefix": "/"}}],
             "route_config.virtual_hosts[0].routes[0]: one of route, redirect, direct_response "
             "required",

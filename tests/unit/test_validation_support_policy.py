@@ -158,21 +158,15 @@ def test_implemented_issue_switches_later_features_on(monkeypatch: pytest.Monkey
     assert check_listener(listener) == []
 
 
-def test_tcp_proxy_is_checked_inside_once_built(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tcp_proxy_fields_are_checked() -> None:
     listener = direct_listener()
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix="t", cluster="c")
     listener.filter_chains[0].filters[0].typed_config.Pack(proxy)
+    assert check_listener(listener) == []
+    proxy.hash_policy.add().source_ip.SetInParent()
+    listener.filter_chains[0].filters[0].typed_config.Pack(proxy)
     assert check_listener(listener) == [
-        "filter_chains[0].filters[0].typed_config: @type 'type.googleapis.com/envoy.extensions."
-        "filters.network.tcp_proxy.v3.TcpProxy' not supported yet"
-    ]
-    monkeypatch.setattr(
-        support_policy, "IMPLEMENTED_ISSUES", support_policy.IMPLEMENTED_ISSUES | {9}
-    )
-    # no table for TcpProxy yet: its set fields are named, so issue 9 knows what to add
-    assert check_listener(listener) == [
-        "filter_chains[0].filters[0].typed_config.stat_prefix: not supported",
-        "filter_chains[0].filters[0].typed_config.cluster: not supported",
+        "filter_chains[0].filters[0].typed_config.hash_policy: not supported"
     ]
 
 
@@ -227,7 +221,7 @@ def test_is_implemented() -> None:
     hcm = extensions.TYPE_URL_PREFIX + extensions.HCM
     tcp = extensions.TYPE_URL_PREFIX + extensions.TCP_PROXY
     assert extensions.is_implemented(hcm)
-    assert not extensions.is_implemented(tcp)
+    assert extensions.is_implemented(tcp)
     assert extensions.category_of(tcp) == "network_filter"
     assert extensions.category_of("type.googleapis.com/x.Y") is None
 

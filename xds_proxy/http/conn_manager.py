@@ -20,6 +20,7 @@ from xds_proxy.http.fields import check_fields, duration_seconds
 from xds_proxy.http.responses import LocalResponse
 from xds_proxy.http.router import RouteTable
 from xds_proxy.stats import Counter, Gauge, Stats
+from xds_proxy.upstream.forward import ProxyPolicy
 
 HCM_TYPE_URL = (
     "type.googleapis.com/"
@@ -62,6 +63,8 @@ class HcmStats:
         "cx_drain_close",
         "cx_http1_active",
         "cx_http1_total",
+        "cx_http2_active",
+        "cx_http2_total",
         "cx_idle_timeout",
         "cx_protocol_error",
         "cx_total",
@@ -71,6 +74,7 @@ class HcmStats:
         "rq_direct_response",
         "rq_header_timeout",
         "rq_http1_total",
+        "rq_http2_total",
         "rq_idle_timeout",
         "rq_redirect",
         "rq_timeout",
@@ -90,6 +94,8 @@ class HcmStats:
         self.cx_active = gauge("downstream_cx_active")
         self.cx_http1_total = counter("downstream_cx_http1_total")
         self.cx_http1_active = gauge("downstream_cx_http1_active")
+        self.cx_http2_total = counter("downstream_cx_http2_total")
+        self.cx_http2_active = gauge("downstream_cx_http2_active")
         self.cx_destroy = counter("downstream_cx_destroy")
         self.cx_drain_close = counter("downstream_cx_drain_close")
         self.cx_delayed_close_timeout = counter("downstream_cx_delayed_close_timeout")
@@ -97,6 +103,7 @@ class HcmStats:
         self.cx_protocol_error = counter("downstream_cx_protocol_error")
         self.rq_total = counter("downstream_rq_total")
         self.rq_http1_total = counter("downstream_rq_http1_total")
+        self.rq_http2_total = counter("downstream_rq_http2_total")
         self.rq_active = gauge("downstream_rq_active")
         # Index by status // 100; 0 and 6+ never happen for valid statuses.
         by_class = [counter(f"downstream_rq_{n}xx") for n in range(1, 6)]
@@ -112,6 +119,7 @@ class HcmStats:
 class Codec(enum.Enum):
     AUTO = 0
     HTTP1 = 1
+    HTTP2 = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +147,10 @@ class HcmConfig:
     request_header_timeout_reply: LocalResponse
     request_timeout_reply: LocalResponse
     stream_timeout_reply: LocalResponse
+    http2_max_concurrent_streams: int
+    http2_initial_stream_window: int
+    http2_initial_connection_window: int
+    proxy_policy: ProxyPolicy
 
 
 _DEFAULT_IDLE_TIMEOUT_S = 3600.0
@@ -147,6 +159,8 @@ _DEFAULT_DELAYED_CLOSE_TIMEOUT_S = 1.0
 _DEFAULT_MAX_HEADERS_KB = 60
 _DEFAULT_STREAM_IDLE_TIMEOUT_S = 300.0
 _DEFAULT_MAX_HEADERS_COUNT = 100
+_DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS = 2147483647
+_DEFAULT_HTTP2_WINDOW = 268435456  # Envoy's default stream and connection windows
 
 
 def build_http_connection_manager(
@@ -154,14 +168,14 @@ def build_http_connection_manager(
 ) -> HcmConfig:
     """Validate and translate one HCM; raises `ConfigError("PATH: reason")`."""
     check_fields(hcm, path, _HANDLED_FIELDS, later=_LATER_FIELDS)
-    if hcm.codec_type == hcm_pb2.HttpConnectionManager.HTTP2:
-        raise ConfigError(f"{path}.codec_type: HTTP2 not supported yet")
-    if hcm.codec_type not in (
-        hcm_pb2.HttpConnectionManager.AUTO,
-        hcm_pb2.HttpConnectionManager.HTTP1,
-    ):
+    codecs = {
+        hcm_pb2.HttpConnectionManager.AUTO: Codec.AUTO,
+        hcm_pb2.HttpConnectionManager.HTTP1: Codec.HTTP1,
+        hcm_pb2.HttpConnectionManager.HTTP2: Codec.HTTP2,
+    }
+    codec = codecs.get(hcm.codec_type)
+    if codec is None:
         raise ConfigError(f"{path}.codec_type: not supported")
-    codec = Codec.HTTP1 if hcm.codec_type == hcm_pb2.HttpConnectionManager.HTTP1 else Codec.AUTO
     if not hcm.stat_prefix:
         raise ConfigError(f"{path}.stat_prefix: value length must be at least 1 characters")
     if not hcm.HasField("route_config"):
@@ -187,8 +201,28 @@ def build_http_connection_manager(
         http1, f"{path}.http_protocol_options", ("accept_http_10", "default_host_for_http_10")
     )
     http2 = hcm.http2_protocol_options
-    # Only read by the HTTP/2 codec, which a later part brings; harmless for HTTP/1.1.
-    check_fields(http2, f"{path}.http2_protocol_options", ("max_concurrent_streams",))
+    check_fields(
+        http2,
+        f"{path}.http2_protocol_options",
+        ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"),
+    )
+    http2_windows = [_DEFAULT_HTTP2_WINDOW, _DEFAULT_HTTP2_WINDOW]
+    for index, name in enumerate(("initial_stream_window_size", "initial_connection_window_size")):
+        if http2.HasField(name):
+            http2_windows[index] = getattr(http2, name).value
+            if not 65535 <= http2_windows[index] <= 2147483647:
+                raise ConfigError(
+                    f"{path}.http2_protocol_options.{name}: value must be inside range "
+                    f"[65535, 2147483647], got {http2_windows[index]}"
+                )
+    max_concurrent_streams = _DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS
+    if http2.HasField("max_concurrent_streams"):
+        max_concurrent_streams = http2.max_concurrent_streams.value
+        if not 1 <= max_concurrent_streams <= 2147483647:
+            raise ConfigError(
+                f"{path}.http2_protocol_options.max_concurrent_streams: value must be inside "
+                f"range [1, 2147483647], got {max_concurrent_streams}"
+            )
 
     max_kb = _DEFAULT_MAX_HEADERS_KB
     if hcm.HasField("max_request_headers_kb"):
@@ -235,6 +269,17 @@ def build_http_connection_manager(
         request_header_timeout_reply=LocalResponse(408, b"request header timeout", server_name),
         request_timeout_reply=LocalResponse(408, b"request timeout", server_name),
         stream_timeout_reply=LocalResponse(408, b"stream timeout", server_name),
+        http2_max_concurrent_streams=max_concurrent_streams,
+        http2_initial_stream_window=http2_windows[0],
+        http2_initial_connection_window=http2_windows[1],
+        proxy_policy=ProxyPolicy(
+            server_name=server_name.encode(),
+            use_remote_address=hcm.use_remote_address.value,
+            skip_xff_append=hcm.skip_xff_append,
+            generate_request_id=(
+                hcm.generate_request_id.value if hcm.HasField("generate_request_id") else True
+            ),
+        ),
     )
 
 

@@ -9,19 +9,29 @@ to `delayed_close_timeout` for the client's FIN.
 The per-request path is kept short on purpose (`make bench` compares it with Envoy): no
 per-request timers (one lazy timer per connection covers the idle and request timeouts),
 cached routing by raw host and URL, pre-rendered responses, plain attribute counters.
+
+Requests routed to clusters (`route` actions) are matched when their headers are complete
+and forwarded through an `Exchange` (xds_proxy/upstream/forward.py) whose body streams both
+ways with back-pressure; their responses (`Http1ForwardSink`) keep request order with the
+local ones through a small output queue, and no pipelined request is parsed before a pending
+forwarded response is out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 
 import httptools
 
 from xds_proxy.http.conn_manager import Codec, DrainState, HcmConfig
+from xds_proxy.http.http2 import Http2Connection
 from xds_proxy.http.responses import HTTP_DATE, LocalResponse
 from xds_proxy.http.router import DirectResponseAction, RequestView
 from xds_proxy.listener.context import FilterChainContext
+from xds_proxy.upstream.forward import DownstreamRequest, Exchange, ForwardAction
+from xds_proxy.upstream.http1_response import Http1ForwardSink
 
 H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -49,20 +59,45 @@ class _StopParsing(Exception):
     """Raised from a parser callback once the connection must not parse further."""
 
 
+class _Queued:
+    """A response in the connection's output queue while a forwarded one is in flight:
+    responses go out in request order, so later ones wait here."""
+
+    __slots__ = ("chunks", "close", "done", "sink")
+
+    def __init__(self, sink: Http1ForwardSink | None, chunks: list[bytes], done: bool) -> None:
+        self.sink = sink
+        self.chunks = chunks
+        self.done = done
+        self.close = False
+
+
+# Why reading is paused (bits): the client's socket is full, the upstream is not keeping up
+# with a request body, too many pipelined bytes wait behind a pending forwarded response.
+_PAUSE_WRITING, _PAUSE_UPSTREAM, _PAUSE_PIPELINE = 1, 2, 4
+# Pipelined bytes kept while a forwarded response is pending, before reading pauses.
+_HELD_INPUT_LIMIT = 64 * 1024
+
+
 class Http1Connection(asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
 
     __slots__ = (
+        "_action",
         "_answered",
+        "_body_expected",
         "_close_timer",
         "_config",
         "_ctx",
         "_drain_counted",
+        "_exchange",
         "_expect_continue",
         "_header_bytes",
         "_header_count",
         "_header_pairs",
         "_headers_done",
+        "_held",
+        "_held_size",
         "_host",
         "_http10",
         "_in_request",
@@ -72,6 +107,9 @@ class Http1Connection(asyncio.Protocol):
         "_out",
         "_phase_bytes",
         "_phase_first_chunk",
+        "_queue",
+        "_raw_headers",
+        "_read_paused",
         "_reject",
         "_request_started",
         "_sniff_buffer",
@@ -116,6 +154,15 @@ class Http1Connection(asyncio.Protocol):
         self._headers_done = False
         self._phase_bytes = 0
         self._phase_first_chunk = 0
+        # Forwarding to clusters (used only when the route table has `route` actions).
+        self._action: object | None = None
+        self._exchange: Exchange | None = None
+        self._raw_headers: list[tuple[bytes, bytes]] | None = None
+        self._body_expected = False
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._read_paused = 0
+        self._held: list[bytes] | None = None  # input held while a response is pending
+        self._held_size = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -136,6 +183,14 @@ class Http1Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._state == _CLOSING:
             return  # lingering close: discard what the client still sends
+        if self._held is not None:
+            # A forwarded response is pending: pipelined bytes wait (reading goes on, so a
+            # client that goes away is still noticed, up to a bound).
+            self._held.append(data)
+            self._held_size += len(data)
+            if self._held_size > _HELD_INPUT_LIMIT:
+                self._pause_reading(_PAUSE_PIPELINE)
+            return
         if self._sniffing:
             sniffed = self._sniff(data)
             if sniffed is None:
@@ -159,9 +214,12 @@ class Http1Connection(asyncio.Protocol):
                 self._partial_request(len(data))
         out = self._out
         if out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+            if self._queue:
+                self._queue.append(_Queued(None, out[:], True))
+            else:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
             out.clear()
-        if self._stop_after_response:
+        if self._stop_after_response and not self._queue:
             self._begin_close()
 
     def eof_received(self) -> bool:
@@ -170,11 +228,29 @@ class Http1Connection(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._pause_reading(_PAUSE_WRITING)
+        if self._queue and self._queue[0].sink is not None:
+            exchange = self._queue[0].sink.exchange
+            if exchange is not None:
+                exchange.pause_response()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and self._state != _CLOSING:
+        if self._state != _CLOSING:
+            self._resume_reading(_PAUSE_WRITING)
+        if self._queue and self._queue[0].sink is not None:
+            exchange = self._queue[0].sink.exchange
+            if exchange is not None:
+                exchange.resume_response()
+
+    def _pause_reading(self, reason: int) -> None:
+        if not self._read_paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._read_paused |= reason
+
+    def _resume_reading(self, reason: int) -> None:
+        was = self._read_paused
+        self._read_paused &= ~reason
+        if was and not self._read_paused and self.transport is not None:
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -189,6 +265,7 @@ class Http1Connection(asyncio.Protocol):
         if self._in_request:
             self._in_request = False
             stats.rq_active.value -= 1
+        self._reset_forwards()
         self._ctx.unregister(self)
         self.transport = None
 
@@ -210,6 +287,10 @@ class Http1Connection(asyncio.Protocol):
         self._phase_first_chunk = 0
         if self._config.routes.needs_headers:
             self._header_pairs = []
+        if self._config.routes.forwards:
+            self._raw_headers = []
+            self._body_expected = False
+            self._action = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -235,6 +316,16 @@ class Http1Connection(asyncio.Protocol):
             self._expect_continue = value.lower() == b"100-continue"
         if self._header_pairs is not None:
             self._header_pairs.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if self._raw_headers is not None:
+            name = name.lower()
+            if name == b"content-length":
+                self._body_expected = value.strip() not in (b"0", b"")
+            elif name == b"transfer-encoding":
+                self._body_expected = True
+            elif name == b"expect" and self._expect_continue:
+                return  # answered here with 100 Continue, as Envoy does
+            if name != b"host":
+                self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
@@ -271,8 +362,17 @@ class Http1Connection(asyncio.Protocol):
             raise _StopParsing
         if self._expect_continue:
             self._out.append(_CONTINUE)
+        if config.routes.forwards:
+            self._route_early()
+
+    def on_body(self, body: bytes) -> None:
+        if self._exchange is not None:
+            self._exchange.request_data(body, False)
 
     def on_message_complete(self) -> None:
+        if self._exchange is not None or type(self._action) is ForwardAction:
+            self._forwarded_request_complete()
+            return
         config = self._config
         parser = self.parser
         close = (
@@ -282,7 +382,9 @@ class Http1Connection(asyncio.Protocol):
         render_close = close or self._http10
         routes = config.routes
         host = self._host if self._host is not None else b""
-        if self._header_pairs is None:
+        if routes.forwards:
+            action = self._action  # matched when the headers were complete
+        elif self._header_pairs is None:
             action = routes.route_raw(host, self._url)
         else:
             action = routes.route(
@@ -363,7 +465,9 @@ class Http1Connection(asyncio.Protocol):
         A connection that has not sent its first request yet is not idle: its client has just
         connected and is about to send, and closing it would lose that request; it is answered
         with `connection: close` instead."""
-        return self._answered and not self._in_request and self._state != _CLOSING
+        return (
+            self._answered and not self._in_request and not self._queue and self._state != _CLOSING
+        )
 
     def on_drain(self) -> None:
         if self._state != _OPEN or self.transport is None:
@@ -381,8 +485,160 @@ class Http1Connection(asyncio.Protocol):
         if self._out:
             transport.write(b"".join(self._out))
             self._out.clear()
+        self._reset_forwards()
         self._state = _CLOSING
         transport.close()
+
+    # -- forwarding to clusters (the Http1Owner of Http1ForwardSink) ----------------------
+
+    def _route_early(self) -> None:
+        """Tables with `route` actions are matched once the headers are in, so that a
+        forwarded request's body streams upstream as it arrives."""
+        routes = self._config.routes
+        host = self._host if self._host is not None else b""
+        if self._header_pairs is None:
+            action = routes.route_raw(host, self._url)
+        else:
+            action = routes.route(
+                host.decode("latin-1"), self._url.decode("latin-1"), self._request_headers()
+            )
+        self._action = action
+        if type(action) is not ForwardAction:
+            return
+        parser = self.parser
+        config = self._config
+        sink = Http1ForwardSink(
+            self, parser.get_method() == b"HEAD", self._http10, config.server_name.encode()
+        )
+        sink.close_requested = not parser.should_keep_alive()
+        exchange = Exchange(action, sink)
+        sink.exchange = exchange
+        if self._out:  # responses (and 100 Continue) produced before this request go first
+            if self._queue:
+                self._queue.append(_Queued(None, self._out[:], True))
+            elif self.transport is not None:
+                self.transport.write(b"".join(self._out))
+            self._out.clear()
+        self._queue.append(_Queued(sink, [], False))
+        self._exchange = exchange
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        request = DownstreamRequest(
+            parser.get_method(),
+            self._url,
+            host,
+            self._raw_headers or [],
+            peer[0] if peer else "",
+        )
+        exchange.start(
+            request,
+            not self._body_expected,
+            self._ctx.clusters,
+            config.proxy_policy,
+            action.mutations,
+        )
+
+    def _forwarded_request_complete(self) -> None:
+        exchange = self._exchange
+        self._exchange = None
+        if exchange is not None and self._body_expected:
+            exchange.request_data(b"", True)
+        self._in_request = False
+        self._answered = True
+        self._config.stats.rq_active.value -= 1
+        self._header_pairs = None
+        self._raw_headers = None
+        self._action = None
+        if self._request_started:
+            self._request_started = 0.0
+        if self._queue and self._held is None:
+            # The response is still coming: parse no further request until it is out.
+            self._held = []
+            self._held_size = 0
+        if not self.parser.should_keep_alive() or self._http10:
+            self._stop_after_response = True
+            raise _StopParsing
+
+    def forward_write(self, response: Http1ForwardSink, data: bytes) -> None:
+        queue = self._queue
+        if queue and queue[0].sink is response:
+            if self.transport is not None:
+                self.transport.write(data)
+            return
+        for entry in queue:
+            if entry.sink is response:
+                entry.chunks.append(data)
+                return
+
+    def forward_done(self, response: Http1ForwardSink, close: bool) -> None:
+        for entry in self._queue:
+            if entry.sink is response:
+                entry.done = True
+                entry.close = close
+                break
+        self._advance_queue()
+
+    def forward_reset(self, response: Http1ForwardSink) -> None:
+        self._reset_forwards(except_sink=response)
+        self._queue.clear()
+        transport = self.transport
+        if transport is not None:
+            self._state = _CLOSING
+            transport.close()
+
+    def forward_close_decision(self, response: Http1ForwardSink) -> bool:
+        if response.close_requested or self._wants_drain_close():
+            return True
+        # A later request already ended the connection: the last response says so.
+        return self._stop_after_response and bool(self._queue) and self._queue[-1].sink is response
+
+    def forward_pause_reading(self) -> None:
+        self._pause_reading(_PAUSE_UPSTREAM)
+
+    def forward_resume_reading(self) -> None:
+        self._resume_reading(_PAUSE_UPSTREAM)
+
+    def forward_count(self, status: int) -> None:
+        self._config.stats.rq_by_class[status // 100].value += 1
+
+    def _advance_queue(self) -> None:
+        """Write every finished response at the head of the queue, in order."""
+        queue = self._queue
+        transport = self.transport
+        while queue and queue[0].done:
+            entry = queue.popleft()
+            if transport is not None and entry.chunks:
+                transport.write(b"".join(entry.chunks))
+            if entry.close:
+                self._stop_after_response = True
+                self._reset_forwards()
+                queue.clear()
+                break
+        if queue:
+            head = queue[0]
+            if head.chunks and transport is not None:
+                transport.write(b"".join(head.chunks))
+                head.chunks.clear()
+            return
+        if self._stop_after_response:
+            self._begin_close()
+            return
+        if self._timer is not None and self._loop is not None:
+            self._last_idle_at = self._loop.time()
+        held = self._held
+        self._held = None
+        self._resume_reading(_PAUSE_PIPELINE)
+        if held:
+            self.data_received(b"".join(held))
+
+    def _reset_forwards(self, except_sink: Http1ForwardSink | None = None) -> None:
+        """The connection is going away: cancel every forwarded request still in flight."""
+        if self._exchange is not None:
+            self._exchange.downstream_reset()
+            self._exchange = None
+        for entry in list(self._queue):
+            sink = entry.sink
+            if sink is not None and sink is not except_sink and sink.exchange is not None:
+                sink.exchange.downstream_reset()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -398,9 +654,10 @@ class Http1Connection(asyncio.Protocol):
             self._config.stats.cx_drain_close.value += 1
 
     def _sniff(self, data: bytes) -> bytes | None:
-        """Codec AUTO: close an HTTP/2 prior-knowledge connection cleanly (HTTP/2 comes later).
+        """Codec AUTO: a connection that starts with the HTTP/2 preface becomes HTTP/2.
 
-        Returns the bytes for the HTTP/1.1 parser, or None to wait for more (or when closed)."""
+        Returns the bytes for the HTTP/1.1 parser, or None to wait for more (or when handed
+        over)."""
         buffered = self._sniff_buffer + data if self._sniff_buffer else data
         if len(buffered) < len(H2_PREFACE_START) and H2_PREFACE_START.startswith(buffered):
             self._sniff_buffer = buffered
@@ -408,11 +665,30 @@ class Http1Connection(asyncio.Protocol):
         self._sniffing = False
         self._sniff_buffer = b""
         if buffered.startswith(H2_PREFACE_START):
-            self._config.stats.cx_protocol_error.value += 1
-            self._state = _CLOSING
-            self.transport.close()  # type: ignore[union-attr]
+            self._hand_over_to_http2(buffered)
             return None
         return buffered
+
+    def _hand_over_to_http2(self, data: bytes) -> None:
+        """The transport moves to an `Http2Connection`, which counts and registers itself
+        (before this one unregisters, so a draining chain never looks empty meanwhile)."""
+        stats = self._config.stats
+        stats.cx_total.value -= 1
+        stats.cx_active.value -= 1
+        stats.cx_http1_total.value -= 1
+        stats.cx_http1_active.value -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport = self.transport
+        assert transport is not None
+        self.transport = None
+        self._state = _CLOSING
+        successor = Http2Connection(self._config, self._ctx)
+        transport.set_protocol(successor)
+        successor.connection_made(transport)
+        self._ctx.unregister(self)
+        successor.data_received(data)
 
     def _partial_request(self, size: int) -> None:
         """A request is still incomplete after a read: bound its header block and start the
@@ -499,8 +775,8 @@ class Http1Connection(asyncio.Protocol):
         idle = config.idle_timeout_s
         if not idle:
             return
-        if self._in_request:
-            self._arm_timer(now + idle)  # a request without timeouts of its own
+        if self._in_request or self._queue:
+            self._arm_timer(now + idle)  # a request or a forwarded response in flight
             return
         if now < self._last_idle_at + idle:
             self._arm_timer(self._last_idle_at + idle)

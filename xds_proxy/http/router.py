@@ -22,6 +22,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.fields import check_fields
 from xds_proxy.http.responses import LocalResponse, redirect_bytes
+from xds_proxy.upstream.forward import ForwardAction, HeaderMutations
 
 StringPredicate = Callable[[str], bool]
 # Request headers as the router sees them: lowercase name -> values joined with ",".
@@ -29,13 +30,7 @@ Headers = Mapping[str, str]
 
 _DEFAULT_MAX_DIRECT_RESPONSE_BODY = 4096
 _MISSING = object()
-# Header mutations come with routing to clusters (a later part of the project).
-_HEADER_MUTATIONS = (
-    "request_headers_to_add",
-    "request_headers_to_remove",
-    "response_headers_to_add",
-    "response_headers_to_remove",
-)
+_HEADER_MUTATIONS = HeaderMutations.FIELDS
 _NO_HEADERS: dict[str, str] = {}
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 
@@ -261,7 +256,7 @@ class RedirectAction:
         )
 
 
-RouteAction = DirectResponseAction | RedirectAction
+RouteAction = DirectResponseAction | RedirectAction | ForwardAction
 
 
 def _strip_port(host: str) -> str:
@@ -299,12 +294,20 @@ class Route:
         path: str,
         server: str,
         max_body: int,
+        outer_mutations: tuple[HeaderMutations, ...] = (),
     ) -> None:
         check_fields(
             route,
             path,
-            ("name", "match", "direct_response", "redirect", "route", "metadata"),
-            later=("route", *_HEADER_MUTATIONS),
+            (
+                "name",
+                "match",
+                "direct_response",
+                "redirect",
+                "route",
+                "metadata",
+                *_HEADER_MUTATIONS,
+            ),
         )
         self.name = route.name
         match = route.match
@@ -336,6 +339,11 @@ class Route:
             for index, header in enumerate(match.headers)
         )
         action_kind = route.WhichOneof("action")
+        if action_kind != "route":
+            # Response header mutations on local replies are not built yet.
+            for level in (HeaderMutations(route, path), *outer_mutations):
+                if level.has_response:
+                    raise ConfigError(f"{level.response_field}: not supported yet")
         if action_kind == "direct_response":
             self.action: RouteAction = DirectResponseAction(
                 _direct_response(route.direct_response, f"{path}.direct_response", server, max_body)
@@ -348,8 +356,12 @@ class Route:
                 server,
             )
         elif action_kind == "route":
-            # Forwarding to clusters is a later part of the project.
-            raise ConfigError(f"{path}.route: not supported yet")
+            matched = match.prefix if kind == "prefix" else match.path if kind == "path" else ""
+            forward = ForwardAction(route.route, f"{path}.route", kind, matched)
+            # Most specific first: route, virtual host, route configuration (Envoy's order).
+            levels = (HeaderMutations(route, path), *outer_mutations)
+            forward.mutations = tuple(level for level in levels if not level.empty)
+            self.action = forward
         else:
             raise ConfigError(f"{path}: one of route, redirect, direct_response required")
 
@@ -414,23 +426,36 @@ def data_source_bytes(source: base_pb2.DataSource, path: str) -> bytes:
     return b""
 
 
+def _route_cluster_names(action: route_components_pb2.RouteAction) -> list[str]:
+    if action.WhichOneof("cluster_specifier") == "weighted_clusters":
+        return [entry.name for entry in action.weighted_clusters.clusters]
+    return [action.cluster]
+
+
 class VirtualHost:
-    __slots__ = ("name", "needs_headers", "routes")
+    __slots__ = ("forwards", "name", "needs_headers", "routes")
 
     def __init__(
-        self, vhost: route_components_pb2.VirtualHost, path: str, server: str, max_body: int
+        self,
+        vhost: route_components_pb2.VirtualHost,
+        path: str,
+        server: str,
+        max_body: int,
+        outer_mutations: tuple[HeaderMutations, ...] = (),
     ) -> None:
-        check_fields(vhost, path, ("name", "domains", "routes"), later=_HEADER_MUTATIONS)
+        check_fields(vhost, path, ("name", "domains", "routes", *_HEADER_MUTATIONS))
         if not vhost.name:
             raise ConfigError(f"{path}.name: value length must be at least 1 characters")
         if not vhost.domains:
             raise ConfigError(f"{path}.domains: value must contain at least 1 item(s)")
         self.name = vhost.name
+        mutations = (HeaderMutations(vhost, path), *outer_mutations)
         self.routes = tuple(
-            Route(route, f"{path}.routes[{index}]", server, max_body)
+            Route(route, f"{path}.routes[{index}]", server, max_body, mutations)
             for index, route in enumerate(vhost.routes)
         )
         self.needs_headers = any(route.headers for route in self.routes)
+        self.forwards = any(type(route.action) is ForwardAction for route in self.routes)
 
     def find(self, path: str, headers: Headers) -> RouteAction | None:
         path = path_without_query(path)
@@ -462,9 +487,10 @@ class RouteTable:
                 "validate_clusters",
                 "max_direct_response_body_size_bytes",
                 "ignore_port_in_host_matching",
+                *_HEADER_MUTATIONS,
             ),
-            later=_HEADER_MUTATIONS,
         )
+        config_mutations = (HeaderMutations(config, path),)
         max_body = _DEFAULT_MAX_DIRECT_RESPONSE_BODY
         if config.HasField("max_direct_response_body_size_bytes"):
             max_body = config.max_direct_response_body_size_bytes.value
@@ -478,7 +504,7 @@ class RouteTable:
         seen: set[str] = set()
         for index, proto in enumerate(config.virtual_hosts):
             vhost_path = f"{path}.virtual_hosts[{index}]"
-            vhost = VirtualHost(proto, vhost_path, server, max_body)
+            vhost = VirtualHost(proto, vhost_path, server, max_body, config_mutations)
             for domain in proto.domains:
                 domain = domain.lower()
                 if domain in seen:
@@ -508,6 +534,27 @@ class RouteTable:
                 *(v for _, table in self._prefixes for v in table.values()),
                 *((self._default,) if self._default else ()),
             )
+        )
+        self.forwards = any(
+            vhost.forwards
+            for vhost in (
+                *self._exact.values(),
+                *(v for _, table in self._suffixes for v in table.values()),
+                *(v for _, table in self._prefixes for v in table.values()),
+                *((self._default,) if self._default else ()),
+            )
+        )
+        # Envoy checks an inline route table's clusters when it loads (validate_clusters
+        # defaults to true there); the HCM builder does, with the cluster manager at hand.
+        self.validate_clusters = (
+            config.validate_clusters.value if config.HasField("validate_clusters") else True
+        )
+        self.cluster_names = frozenset(
+            name
+            for vhost in config.virtual_hosts
+            for route in vhost.routes
+            if route.WhichOneof("action") == "route"
+            for name in _route_cluster_names(route.route)
         )
 
     def virtual_host(self, host: str) -> VirtualHost | None:

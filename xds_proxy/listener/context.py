@@ -21,9 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from xds_proxy.stats import Stats
+
+if TYPE_CHECKING:
+    from xds_proxy.upstream.manager import ClusterManager
 
 
 class DrainDecision(Protocol):
@@ -59,3 +62,5 @@ class FilterChainContext:
     # Seconds a drained HTTP connection may live after its final drain signal; set from
     # --drain-time-s by the runtime.
     drain_time_s: float = 600.0
+    # The clusters that routes and tcp_proxy forward to (None: no upstreams, e.g. in tests).
+    clusters: ClusterManager | None = None

@@ -27,6 +27,13 @@ from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
 from xds_proxy.listener.drain import Drain
 from xds_proxy.listener.filter_chain import ConnectionInfo, FilterChainMatcher
+from xds_proxy.listener.inspectors import (
+    NOTHING_DETECTED,
+    Detected,
+    Inspection,
+    hand_over,
+    listener_filters,
+)
 from xds_proxy.listener.manager import (
     DEFAULT_CHAIN,
     Action,
@@ -39,10 +46,12 @@ from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats, listener_stat_prefix
 from xds_proxy.support_policy import check_listener
+from xds_proxy.tls import DownstreamTls, downstream_tls
 from xds_proxy.validation import validate_message
 
 if TYPE_CHECKING:
     from xds_proxy.listener.manager import ListenerManager, ListenerVersion
+    from xds_proxy.upstream.manager import ClusterManager
 
 log = logging.getLogger("xds_proxy.listener")
 
@@ -71,22 +80,31 @@ class ChainRuntime:
             register=self._register,
             unregister=self._unregister,
             drain_time_s=runtime.drain_time_s,
+            clusters=runtime.clusters,
         )
         self.factory = build_filter_chain(config.filters, context, f"{path}.filters")
+        self.tls: DownstreamTls | None = None
+        if config.HasField("transport_socket"):
+            self.tls = downstream_tls(config.transport_socket, f"{path}.transport_socket")
+        self.handshake_timeout_s: float | None = None
+        if config.HasField("transport_socket_connect_timeout"):
+            self.handshake_timeout_s = (
+                config.transport_socket_connect_timeout.ToNanoseconds() / 1e9 or None
+            )
 
     def drains(self) -> list[Drain]:
         """Every drain that covers this chain now: its own, its listener's, the server's."""
         covering = [d for d in (self.drain, self.listener.drain) if d is not None]
-        admin = self.listener.runtime.admin_drain
-        if admin is not None and admin.covers(self.listener):
-            covering.append(admin.drain)
+        for admin in self.listener.runtime.admin_drains:
+            if admin.covers(self.listener):
+                covering.append(admin.drain)
         return covering
 
     def drain_close(self) -> bool:
         runtime = self.listener.runtime
         if runtime.health_failed and self.listener.drains_on_health_failure:
             return True  # /healthcheck/fail: DEFAULT listeners close on every response
-        if self.drain is None and self.listener.drain is None and runtime.admin_drain is None:
+        if self.drain is None and self.listener.drain is None and not runtime.admin_drains:
             return False
         now = runtime.clock()
         return any(drain.drain_close(now, runtime.rng) for drain in self.drains())
@@ -131,7 +149,8 @@ class ChainRuntime:
 
 
 class _Acceptor(asyncio.Protocol):
-    """Lives for one call: matches a chain and hands the transport to its protocol."""
+    """Lives for one call: runs the listener filters (if any), then matches a chain and hands
+    the transport to it (inspectors.py)."""
 
     __slots__ = ("instance",)
 
@@ -139,16 +158,18 @@ class _Acceptor(asyncio.Protocol):
         self.instance = instance
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        chain = self.instance.match(transport)
-        if chain is None:
-            self.instance.runtime.stats.counter(
-                self.instance.stat_prefix + "no_filter_chain_match"
-            ).inc()
-            transport.close()
+        instance = self.instance
+        if instance.listener_filters is None:
+            instance.dispatch(transport, NOTHING_DETECTED, b"")  # type: ignore[arg-type]
             return
-        protocol = chain.factory()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+        inspection = Inspection(
+            instance.listener_filters,
+            instance.runtime.stats,
+            instance.stat_prefix,
+            instance.dispatch,
+        )
+        transport.set_protocol(inspection)
+        inspection.connection_made(transport)
 
 
 class ListenerInstance:
@@ -174,13 +195,37 @@ class ListenerInstance:
             else None
         )
         self.matcher = FilterChainMatcher(config.filter_chains)
+        self.listener_filters = listener_filters(config)
         self.drains_on_health_failure = config.drain_type == listener_pb2.Listener.DEFAULT
         self.inbound = config.traffic_direction == base_pb2.INBOUND
 
     def all_chains(self) -> list[ChainRuntime]:
         return self.chains + ([self.default_chain] if self.default_chain else [])
 
-    def match(self, transport: asyncio.BaseTransport) -> ChainRuntime | None:
+    def dispatch(
+        self, transport: asyncio.Transport, detected: Detected, already_read: bytes
+    ) -> None:
+        """Match a chain on the addresses and what the listener filters found; hand it the
+        connection, or close it (`no_filter_chain_match`)."""
+        chain = self.match(transport, detected)
+        stats = self.runtime.stats
+        if chain is None:
+            stats.counter(self.stat_prefix + "no_filter_chain_match").inc()
+            transport.close()
+            return
+        hand_over(
+            transport,
+            already_read,
+            chain.factory,
+            chain.tls,
+            stats,
+            self.stat_prefix,
+            chain.handshake_timeout_s,
+        )
+
+    def match(
+        self, transport: asyncio.BaseTransport, detected: Detected = NOTHING_DETECTED
+    ) -> ChainRuntime | None:
         local = transport.get_extra_info("sockname")
         peer = transport.get_extra_info("peername")
         if not self.chains:
@@ -191,6 +236,9 @@ class ListenerInstance:
                 destination_port=local[1],
                 source_ip=ipaddress.ip_address(peer[0]),
                 source_port=peer[1],
+                server_name=detected.server_name,
+                transport_protocol=detected.transport_protocol,
+                application_protocols=detected.application_protocols,
             )
         except (TypeError, ValueError, IndexError):
             return self.default_chain
@@ -230,9 +278,10 @@ class ListenerRuntime:
         self.clock = clock
         self.rng = rng or random.Random()
         self.manager: ListenerManager | None = None
+        self.clusters: ClusterManager | None = None
         self.instances: dict[int, ListenerInstance] = {}
         self.drains: dict[int, DrainRecord] = {}
-        self.admin_drain: AdminDrain | None = None
+        self.admin_drains: list[AdminDrain] = []  # inbound-only, then possibly all
         self.health_failed = False
         self._health_record: DrainRecord | None = None
         self._queue: asyncio.Queue[list[Action]] = asyncio.Queue()
@@ -259,6 +308,12 @@ class ListenerRuntime:
                 await self.execute(actions)
             except Exception:
                 log.exception("applying listener actions failed")
+            finally:
+                self._queue.task_done()
+
+    async def applied(self) -> None:
+        """Returns once every submitted update has been carried out (sockets accepting)."""
+        await self._queue.join()
 
     async def execute(self, actions: list[Action]) -> None:
         try:
@@ -394,11 +449,14 @@ class ListenerRuntime:
     ) -> bool:
         """`/drain_listeners` (and the parent side of a hot restart, trigger "hot_restart"):
         every (inbound) listener's connections drain on the configured strategy; `at_deadline`
-        runs after DT. A second drain while one exists is a no-op."""
-        if self.admin_drain is not None:
+        runs after DT. A second drain is a no-op unless it widens an inbound-only drain to
+        all listeners (as Envoy's `draining(direction)` check); the inbound listeners then
+        keep the ramp of the drain that started first."""
+        if any(inbound_only or not running.inbound_only for running in self.admin_drains):
             return False
         drain = Drain(trigger, self.drain_strategy, self.drain_time_s, self.clock())
-        admin = self.admin_drain = AdminDrain(drain, inbound_only)
+        admin = AdminDrain(drain, inbound_only)
+        self.admin_drains.append(admin)
 
         record = DrainRecord(
             "server",

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -75,13 +75,15 @@ class LdsClient:
         validate: ListenerValidator | None = None,
         apply_delta: ApplyDelta | None = None,
         clock: Callable[[], float] = time.monotonic,
+        applied: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Raises ConfigError (`FIELD_PATH: reason`) if the LDS source is not usable.
 
         `apply_delta(version, listeners, removed_names)` applies Delta responses and TTL
         expiries; it is required for a Delta source. `validate` (optional) checks each decoded
         listener's proto constraints; a listener it rejects rejects the whole response, as
-        Envoy's resource decoder does. `clock` (seconds) times resource TTLs.
+        Envoy's resource decoder does. `clock` (seconds) times resource TTLs. `applied()`
+        (optional) is awaited before an ACK or NACK goes out, so that the ACK means "serving".
         """
         self.server: XdsServer = lds_server(bootstrap)
         if self.server.delta and apply_delta is None:
@@ -111,6 +113,7 @@ class LdsClient:
             )
         self._apply = apply
         self._apply_delta = apply_delta
+        self._applied = applied
         self._on_initialized = on_initialized
         self._initialized = False
         self._backoff = JitteredBackoff(rng or random.Random())
@@ -248,6 +251,8 @@ class LdsClient:
             return
         if outcome.error is not None:
             log.warning("lds: gRPC config for %s rejected: %s", LISTENER_TYPE_URL, outcome.error)
+        if self._applied is not None:
+            await self._applied()
         self._mark_initialized()
         await call.write(outcome.request)
 

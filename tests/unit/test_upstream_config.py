@@ -1,0 +1,182 @@
+"""Cluster config translation (pure): defaults, protocols, limits and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import json_format
+
+from tests.helpers.upstreams import cluster_dict
+from xds_proxy.errors import ConfigError
+from xds_proxy.upstream.config import (
+    CircuitBreakers,
+    DiscoveryType,
+    DnsFamily,
+    EndpointAddress,
+    LbPolicy,
+    UpstreamProtocol,
+    build_cluster_config,
+)
+
+PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/" + PROTOCOL_OPTIONS_KEY
+
+
+def parse(document: dict) -> cluster_pb2.Cluster:
+    return json_format.ParseDict(document, cluster_pb2.Cluster())
+
+
+def build(document: dict):
+    return build_cluster_config(parse(document), "clusters[0]")
+
+
+def test_static_defaults() -> None:
+    config = build(cluster_dict("web", [8080, 8081]))
+    assert config.name == "web"
+    assert config.discovery is DiscoveryType.STATIC
+    assert config.endpoints == (
+        EndpointAddress("127.0.0.1", 8080),
+        EndpointAddress("127.0.0.1", 8081),
+    )
+    assert config.connect_timeout_s == 1.0
+    assert config.lb_policy is LbPolicy.ROUND_ROBIN
+    assert config.protocol is UpstreamProtocol.HTTP1
+    assert config.circuit_breakers == CircuitBreakers(1024, 1024, 1024)
+    assert config.idle_timeout_s == 3600.0
+    assert config.dns_family is DnsFamily.AUTO
+
+
+def test_connect_timeout_default_is_five_seconds() -> None:
+    document = cluster_dict("web", [1])
+    del document["connect_timeout"]
+    assert build(document).connect_timeout_s == 5.0
+
+
+def test_http2_by_typed_extension_protocol_options() -> None:
+    config = build(cluster_dict("grpc", [1], http2=True))
+    assert config.protocol is UpstreamProtocol.HTTP2
+
+
+def test_http2_by_legacy_field_and_stream_limit() -> None:
+    document = cluster_dict("grpc", [1])
+    document["http2_protocol_options"] = {"max_concurrent_streams": 7}
+    config = build(document)
+    assert config.protocol is UpstreamProtocol.HTTP2
+    assert config.h2_max_concurrent_streams == 7
+
+
+def test_explicit_http1_and_common_options() -> None:
+    document = cluster_dict("web", [1])
+    document["typed_extension_protocol_options"] = {
+        PROTOCOL_OPTIONS_KEY: {
+            "@type": PROTOCOL_OPTIONS_TYPE,
+            "explicit_http_config": {"http_protocol_options": {}},
+            "common_http_protocol_options": {
+                "idle_timeout": "2s",
+                "max_requests_per_connection": 3,
+            },
+        }
+    }
+    config = build(document)
+    assert config.protocol is UpstreamProtocol.HTTP1
+    assert config.idle_timeout_s == 2.0
+    assert config.max_requests_per_connection == 3
+
+
+def test_circuit_breakers_default_priority_only() -> None:
+    document = cluster_dict("web", [1])
+    document["circuit_breakers"] = {
+        "thresholds": [
+            {"priority": "HIGH", "max_connections": 1},
+            {"max_connections": 2, "max_pending_requests": 3, "max_requests": 4},
+        ]
+    }
+    assert build(document).circuit_breakers == CircuitBreakers(2, 3, 4)
+
+
+def test_least_request_with_choice_count() -> None:
+    document = cluster_dict("web", [1], lb_policy="LEAST_REQUEST")
+    document["least_request_lb_config"] = {"choice_count": 3}
+    config = build(document)
+    assert config.lb_policy is LbPolicy.LEAST_REQUEST
+    assert config.least_request_choices == 3
+
+
+def test_dns_types_take_host_names() -> None:
+    document = cluster_dict("dns", [80], host="localhost", type="STRICT_DNS")
+    document["dns_lookup_family"] = "V4_ONLY"
+    document["dns_refresh_rate"] = "0.5s"
+    config = build(document)
+    assert config.discovery is DiscoveryType.STRICT_DNS
+    assert config.endpoints == (EndpointAddress("localhost", 80),)
+    assert config.dns_family is DnsFamily.V4_ONLY
+    assert config.dns_refresh_s == 0.5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {
+                "load_assignment": {
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {
+                                            "socket_address": {
+                                                "address": "not-an-ip",
+                                                "port_value": 1,
+                                            }
+                                        }
+                                    }
+                                }
+                            ]
+                        }
+                    ]
+                }
+            },
+            r"^clusters\[0\]\.load_assignment\.endpoints\[0\]\.lb_endpoints\[0\]\.endpoint"
+            r"\.address\.socket_address\.address: malformed IP address: not-an-ip$",
+        ),
+        ({"lb_policy": "RING_HASH"}, r"^clusters\[0\]\.lb_policy: RING_HASH not supported$"),
+        ({"type": "EDS"}, r"^clusters\[0\]\.type: EDS not supported$"),
+        ({"outlier_detection": {}}, r"^clusters\[0\]\.outlier_detection: not supported$"),
+        (
+            {"circuit_breakers": {"thresholds": [{"retry_budget": {}}]}},
+            r"^clusters\[0\]\.circuit_breakers\.thresholds\[0\]\.retry_budget: not supported$",
+        ),
+        (
+            {"least_request_lb_config": {"choice_count": 1}},
+            r"^clusters\[0\]\.least_request_lb_config\.choice_count: value must be greater",
+        ),
+        ({"connect_timeout": "0s"}, r"^clusters\[0\]\.connect_timeout: value must be greater"),
+    ],
+)
+def test_errors_are_one_line_with_the_field_path(change: dict, message: str) -> None:
+    document = {**cluster_dict("web", [1]), **change}
+    with pytest.raises(ConfigError, match=message):
+        build(document)
+
+
+def test_logical_dns_needs_exactly_one_endpoint() -> None:
+    document = cluster_dict("dns", [80, 81], host="localhost", type="LOGICAL_DNS")
+    with pytest.raises(ConfigError, match=r"single lb_endpoint$"):
+        build(document)
+
+
+def test_unsupported_protocol_options_type() -> None:
+    document = cluster_dict("web", [1])
+    document["typed_extension_protocol_options"] = {
+        PROTOCOL_OPTIONS_KEY: {
+            "@type": PROTOCOL_OPTIONS_TYPE,
+            "use_downstream_protocol_config": {},
+        }
+    }
+    with pytest.raises(
+        ConfigError,
+        match=r"^clusters\[0\]\.typed_extension_protocol_options\['envoy\.extensions\.upstreams"
+        r"\.http\.v3\.HttpProtocolOptions'\]\.use_downstream_protocol_config: not supported$",
+    ):
+        build(document)

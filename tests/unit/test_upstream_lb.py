@@ -1,0 +1,107 @@
+"""Load balancers (pure) and the cluster manager's add/update/remove."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from tests.helpers.upstreams import cluster_message
+from xds_proxy.errors import ConfigError
+from xds_proxy.stats import Stats
+from xds_proxy.upstream.lb import LeastRequest, RoundRobin
+from xds_proxy.upstream.manager import ClusterManager
+
+
+@dataclass
+class FakeHost:
+    name: str
+    active_requests: int = 0
+
+
+HOSTS = [FakeHost("a"), FakeHost("b"), FakeHost("c")]
+
+
+def test_round_robin_rotates_strictly() -> None:
+    lb = RoundRobin(random.Random(7))
+    picks = [lb.pick(HOSTS).name for _ in range(9)]  # type: ignore[union-attr]
+    assert Counter(picks) == {"a": 3, "b": 3, "c": 3}
+    for first, second in itertools.pairwise(picks):
+        assert HOSTS.index(FakeHost(second)) == (HOSTS.index(FakeHost(first)) + 1) % 3
+
+
+def test_round_robin_survives_a_shrinking_host_list() -> None:
+    lb = RoundRobin(random.Random(1))
+    for _ in range(5):
+        lb.pick(HOSTS)
+    assert lb.pick(HOSTS[:1]) is HOSTS[0]
+    assert lb.pick([]) is None
+
+
+def test_round_robin_start_is_random_per_instance() -> None:
+    firsts = {RoundRobin(random.Random(seed)).pick(HOSTS).name for seed in range(30)}  # type: ignore[union-attr]
+    assert firsts == {"a", "b", "c"}
+
+
+def test_least_request_prefers_the_less_loaded_of_two_choices() -> None:
+    busy, idle = FakeHost("busy", 10), FakeHost("idle", 0)
+    lb = LeastRequest(2, random.Random(3))
+    picks = Counter(lb.pick([busy, idle]).name for _ in range(1000))  # type: ignore[union-attr]
+    # Only when both random choices are `busy` (1 in 4) does it win.
+    assert 150 < picks["busy"] < 350
+    assert picks["idle"] > 650
+
+
+def test_least_request_with_more_choices_is_stricter() -> None:
+    hosts = [FakeHost(str(i), i) for i in range(10)]
+    lb = LeastRequest(10, random.Random(5))
+    picks = Counter(lb.pick(hosts).name for _ in range(300))  # type: ignore[union-attr]
+    assert picks.most_common(1)[0][0] == "0"
+
+
+def test_least_request_single_host() -> None:
+    only = FakeHost("only")
+    assert LeastRequest().pick([only]) is only
+    assert LeastRequest().pick([]) is None
+
+
+def test_manager_add_update_remove_and_identical_update_is_a_no_op() -> None:
+    stats = Stats()
+    manager = ClusterManager(stats)
+    assert manager.add_or_update(cluster_message("web", [1000]))
+    first = manager.get("web")
+    assert not manager.add_or_update(cluster_message("web", [1000]))
+    assert manager.get("web") is first
+    assert manager.add_or_update(cluster_message("web", [1001]))
+    second = manager.get("web")
+    assert second is not first and first.retired  # type: ignore[union-attr]
+    assert second.hosts[0].address == ("127.0.0.1", 1001)  # type: ignore[union-attr]
+    assert manager.remove("web")
+    assert manager.get("web") is None and second.retired  # type: ignore[union-attr]
+    assert not manager.remove("web")
+    assert stats.value("cluster_manager.cluster_added") == 1
+    assert stats.value("cluster_manager.cluster_modified") == 1
+    assert stats.value("cluster_manager.cluster_removed") == 1
+    assert stats.value("cluster_manager.active_clusters") == 0
+
+
+def test_manager_static_clusters_are_not_replaced_by_dynamic_updates() -> None:
+    manager = ClusterManager(Stats())
+    manager.add_or_update(cluster_message("xds", [1]), static=True)
+    with pytest.raises(ConfigError, match="static cluster"):
+        manager.add_or_update(cluster_message("xds", [2]), "resources[0]")
+    assert not manager.remove("xds")
+
+
+def test_manager_refuses_a_bad_cluster_and_keeps_the_old_one() -> None:
+    manager = ClusterManager(Stats())
+    manager.add_or_update(cluster_message("web", [1]))
+    old = manager.get("web")
+    bad = cluster_message("web", [1])
+    bad.lb_policy = bad.RING_HASH
+    with pytest.raises(ConfigError, match=r"^c\.lb_policy: RING_HASH not supported$"):
+        manager.add_or_update(bad, "c")
+    assert manager.get("web") is old

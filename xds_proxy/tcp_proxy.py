@@ -1,0 +1,435 @@
+"""`envoy.filters.network.tcp_proxy`: bytes both ways between a downstream connection and a
+host of a cluster.
+
+- Back-pressure both ways: when one side's write buffer is full, the other side stops reading.
+- Half-close: a FIN from one side becomes a FIN to the other; the connection ends when both
+  directions are closed (or either side closes entirely).
+- `idle_timeout` (default 1 h, 0 disables): no byte either way for that long closes both.
+- Drain: TCP has nothing in-band, so `on_drain` changes nothing; `close_at_deadline` flushes
+  and sends FIN both ways, then waits briefly for the peers' FINs, so unread bytes never turn
+  the close into a reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from xds_proxy.errors import ConfigError
+from xds_proxy.http.fields import check_fields, duration_seconds
+from xds_proxy.listener.context import FilterChainContext
+from xds_proxy.stats import Stats
+from xds_proxy.upstream.cluster import Cluster
+from xds_proxy.upstream.manager import ClusterManager
+
+TCP_PROXY_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+_DEFAULT_IDLE_TIMEOUT_S = 3600.0
+# After our FIN at a drain deadline, how long we wait for the peer's before closing anyway.
+_CLOSE_LINGER_S = 1.0
+
+
+class TcpProxyStats:
+    """Handles on `tcp.<stat_prefix>.*` (Envoy's names)."""
+
+    __slots__ = (
+        "downstream_cx_no_route",
+        "downstream_cx_rx_bytes_total",
+        "downstream_cx_total",
+        "downstream_cx_tx_bytes_total",
+        "downstream_flow_control_paused_reading_total",
+        "downstream_flow_control_resumed_reading_total",
+        "idle_timeout",
+        "upstream_flush_active",
+        "upstream_flush_total",
+    )
+
+    def __init__(self, stats: Stats, stat_prefix: str) -> None:
+        base = f"tcp.{stat_prefix}."
+        for name in self.__slots__:
+            if name == "upstream_flush_active":
+                setattr(self, name, stats.gauge(base + name))
+            else:
+                setattr(self, name, stats.counter(base + name))
+
+
+@dataclass(frozen=True)
+class TcpProxyConfig:
+    stat_prefix: str
+    clusters: tuple[tuple[str, int], ...]  # (name, weight); one entry for `cluster`
+    idle_timeout_s: float | None
+    max_connect_attempts: int
+    stats: TcpProxyStats
+
+    def pick_cluster(self, rng: random.Random) -> str:
+        if len(self.clusters) == 1:
+            return self.clusters[0][0]
+        total = sum(weight for _, weight in self.clusters)
+        point = rng.randrange(total)
+        for name, weight in self.clusters:
+            if point < weight:
+                return name
+            point -= weight
+        return self.clusters[-1][0]
+
+
+def build_tcp_proxy_config(
+    message: tcp_proxy_pb2.TcpProxy, path: str, stats: Stats
+) -> TcpProxyConfig:
+    check_fields(
+        message,
+        path,
+        ("stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"),
+    )
+    if not message.stat_prefix:
+        raise ConfigError(f"{path}.stat_prefix: value length must be at least 1 characters")
+    kind = message.WhichOneof("cluster_specifier")
+    if kind == "cluster":
+        clusters: tuple[tuple[str, int], ...] = ((message.cluster, 1),)
+    elif kind == "weighted_clusters":
+        weighted = message.weighted_clusters
+        weighted_path = f"{path}.weighted_clusters"
+        check_fields(weighted, weighted_path, ("clusters",))
+        if not weighted.clusters:
+            raise ConfigError(f"{weighted_path}.clusters: value must contain at least 1 item(s)")
+        entries = []
+        for index, entry in enumerate(weighted.clusters):
+            entry_path = f"{weighted_path}.clusters[{index}]"
+            check_fields(entry, entry_path, ("name", "weight"))
+            if not entry.name:
+                raise ConfigError(f"{entry_path}.name: value length must be at least 1 characters")
+            if entry.weight < 1:
+                raise ConfigError(f"{entry_path}.weight: value must be greater than or equal to 1")
+            entries.append((entry.name, entry.weight))
+        clusters = tuple(entries)
+    else:
+        raise ConfigError(f"{path}.cluster_specifier: value is required")
+    idle_timeout_s: float | None = _DEFAULT_IDLE_TIMEOUT_S
+    if message.HasField("idle_timeout"):
+        idle_timeout_s = duration_seconds(message.idle_timeout) or None
+    attempts = 1
+    if message.HasField("max_connect_attempts"):
+        attempts = message.max_connect_attempts.value
+        if attempts < 1:
+            raise ConfigError(
+                f"{path}.max_connect_attempts: value must be greater than or equal to 1"
+            )
+    return TcpProxyConfig(
+        stat_prefix=message.stat_prefix,
+        clusters=clusters,
+        idle_timeout_s=idle_timeout_s,
+        max_connect_attempts=attempts,
+        stats=TcpProxyStats(stats, message.stat_prefix),
+    )
+
+
+def build_tcp_proxy(
+    message: tcp_proxy_pb2.TcpProxy,
+    ctx: FilterChainContext,
+    path: str,
+    clusters: ClusterManager | None,
+    rng: random.Random | None = None,
+):
+    """The network filter registry's builder: validate once, one protocol per connection."""
+    config = build_tcp_proxy_config(message, path, ctx.stats)
+    chooser = rng or random.Random()
+    return lambda: TcpProxyConnection(config, ctx, clusters, chooser)
+
+
+async def _open(
+    loop: asyncio.AbstractEventLoop,
+    side: asyncio.Protocol,
+    address: tuple[str, int],
+    cluster: Cluster,
+) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+    tls = cluster.config.tls
+    if tls is None:
+        return await loop.create_connection(lambda: side, *address)
+    return await loop.create_connection(
+        lambda: side, *address, ssl=tls.context, server_hostname=tls.server_hostname
+    )
+
+
+class _UpstreamSide(asyncio.Protocol):
+    """The upstream connection's protocol: forwards everything to the session."""
+
+    def __init__(self, session: TcpProxyConnection) -> None:
+        self.session = session
+
+    def data_received(self, data: bytes) -> None:
+        self.session.upstream_data(data)
+
+    def eof_received(self) -> bool:
+        self.session.upstream_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        self.session.pause_downstream_reading()
+
+    def resume_writing(self) -> None:
+        self.session.resume_downstream_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_lost()
+
+
+class TcpProxyConnection(asyncio.Protocol):
+    """One downstream connection and its upstream connection."""
+
+    def __init__(
+        self,
+        config: TcpProxyConfig,
+        ctx: FilterChainContext,
+        clusters: ClusterManager | None,
+        rng: random.Random,
+    ) -> None:
+        self._config = config
+        self._ctx = ctx
+        self._clusters = clusters
+        self._rng = rng
+        self.downstream: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self._cluster: Cluster | None = None
+        self._early: list[bytes] = []
+        self._early_eof = False
+        self._downstream_eof = False
+        self._upstream_eof = False
+        self._downstream_paused = False
+        self._upstream_paused = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._closing = False
+        self._linger: asyncio.TimerHandle | None = None
+        self._connect_task: asyncio.Task | None = None
+        self._flushing = False
+
+    # -- downstream (asyncio.Protocol) ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.downstream = transport  # type: ignore[assignment]
+        self._ctx.register(self)
+        self._config.stats.downstream_cx_total.inc()
+        name = self._config.pick_cluster(self._rng)
+        cluster = self._clusters.get(name) if self._clusters is not None else None
+        if cluster is None:
+            self._config.stats.downstream_cx_no_route.inc()
+            self.downstream.close()  # type: ignore[union-attr]
+            return
+        self._cluster = cluster
+        self.downstream.pause_reading()  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        self._connect_task = loop.create_task(self._connect(cluster))
+
+    def data_received(self, data: bytes) -> None:
+        self._config.stats.downstream_cx_rx_bytes_total.inc(len(data))
+        if self._closing:
+            return  # after our FIN at a drain deadline: read and drop, so no RST
+        if self.upstream is None:
+            # Held until the upstream connects; reading stops meanwhile (uvloop may deliver
+            # a first read despite the pause in connection_made).
+            self._early.append(data)
+            if self.downstream is not None:
+                self.downstream.pause_reading()
+            return
+        self._touch()
+        if self._cluster is not None:
+            self._cluster.stats.upstream_cx_tx_bytes_total.inc(len(data))
+        self.upstream.write(data)
+
+    def eof_received(self) -> bool:
+        self._downstream_eof = True
+        if self._closing:
+            pass
+        elif self.upstream is None:
+            self._early_eof = True
+        elif self.upstream.can_write_eof():
+            self.upstream.write_eof()
+        self._maybe_finish()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and not self._upstream_paused:
+            self._upstream_paused = True
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self._upstream_paused:
+            self._upstream_paused = False
+            self.upstream.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.downstream = None
+        self._ctx.unregister(self)
+        self._cancel_timers()
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        upstream = self.upstream
+        if upstream is not None and not upstream.is_closing():
+            if upstream.get_write_buffer_size():
+                self._flushing = True
+                self._config.stats.upstream_flush_total.inc()
+                self._config.stats.upstream_flush_active.inc()
+            upstream.close()  # flushes what the client sent, then FIN
+
+    # -- upstream ---------------------------------------------------------------------------
+
+    async def _connect(self, cluster: Cluster) -> None:
+        loop = asyncio.get_running_loop()
+        stats = cluster.stats
+        attempts = self._config.max_connect_attempts
+        for _attempt in range(attempts):
+            host = cluster.pick_host()
+            if host is None:
+                stats.upstream_cx_none_healthy.inc()
+                break
+            limits = cluster.config.circuit_breakers
+            if cluster.resources.connections >= limits.max_connections:
+                stats.upstream_cx_overflow.inc()
+                break
+            cluster.resources.connections += 1
+            stats.upstream_cx_total.inc()
+            stats.upstream_cx_active.inc()
+            side = _UpstreamSide(self)
+            try:
+                async with asyncio.timeout(cluster.config.connect_timeout_s):
+                    transport, _ = await _open(loop, side, host.address, cluster)
+            except (OSError, TimeoutError) as error:
+                cluster.resources.connections -= 1
+                stats.upstream_cx_active.dec()
+                stats.upstream_cx_destroy.inc()
+                stats.upstream_cx_connect_fail.inc()
+                if isinstance(error, TimeoutError):
+                    stats.upstream_cx_connect_timeout.inc()
+                continue
+            self._upstream_connected(transport)  # type: ignore[arg-type]
+            return
+        if self.downstream is not None:
+            self.downstream.close()
+
+    def _upstream_connected(self, transport: asyncio.Transport) -> None:
+        self.upstream = transport
+        if self.downstream is None:
+            transport.close()
+            return
+        if self._early:
+            data = b"".join(self._early)
+            self._early.clear()
+            if self._cluster is not None:
+                self._cluster.stats.upstream_cx_tx_bytes_total.inc(len(data))
+            transport.write(data)
+        if self._early_eof and transport.can_write_eof():
+            transport.write_eof()
+        if not self._downstream_eof:
+            self.downstream.resume_reading()
+        self._touch()
+
+    def upstream_data(self, data: bytes) -> None:
+        if self._cluster is not None:
+            self._cluster.stats.upstream_cx_rx_bytes_total.inc(len(data))
+        if self.downstream is None or self._closing:
+            return
+        self._touch()
+        self._config.stats.downstream_cx_tx_bytes_total.inc(len(data))
+        self.downstream.write(data)
+
+    def upstream_eof(self) -> None:
+        self._upstream_eof = True
+        if self.downstream is not None and not self._closing and self.downstream.can_write_eof():
+            self.downstream.write_eof()
+        self._maybe_finish()
+
+    def upstream_lost(self) -> None:
+        cluster = self._cluster
+        if cluster is not None:
+            cluster.resources.connections -= 1
+            cluster.stats.upstream_cx_active.dec()
+            cluster.stats.upstream_cx_destroy.inc()
+        if self._flushing:
+            self._flushing = False
+            self._config.stats.upstream_flush_active.dec()
+        self.upstream = None
+        if self.downstream is not None and not self.downstream.is_closing():
+            self.downstream.close()  # flushes what the upstream sent, then FIN
+
+    def pause_downstream_reading(self) -> None:
+        if self.downstream is not None and not self._downstream_paused:
+            self._downstream_paused = True
+            self._config.stats.downstream_flow_control_paused_reading_total.inc()
+            self.downstream.pause_reading()
+
+    def resume_downstream_reading(self) -> None:
+        if self.downstream is not None and self._downstream_paused:
+            self._downstream_paused = False
+            self._config.stats.downstream_flow_control_resumed_reading_total.inc()
+            if not self._downstream_eof:
+                self.downstream.resume_reading()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _maybe_finish(self) -> None:
+        """Both directions closed: close both transports (their buffers flush first)."""
+        if self._downstream_eof and self._upstream_eof:
+            for transport in (self.downstream, self.upstream):
+                if transport is not None:
+                    transport.close()
+
+    def _touch(self) -> None:
+        timeout = self._config.idle_timeout_s
+        if not timeout:
+            return
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_later(timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        timeout = self._config.idle_timeout_s
+        assert timeout
+        loop = asyncio.get_running_loop()
+        remaining = self._last_activity + timeout - loop.time()
+        if remaining > 0:
+            self._idle_timer = loop.call_later(remaining, self._on_idle)
+            return
+        self._config.stats.idle_timeout.inc()
+        for transport in (self.downstream, self.upstream):
+            if transport is not None:
+                transport.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._idle_timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._linger = None
+
+    # -- DrainableConnection ----------------------------------------------------------------
+
+    def on_drain(self) -> None:
+        """Nothing in-band exists for TCP: keep forwarding until the drain deadline."""
+
+    def close_at_deadline(self) -> None:
+        """Flush, FIN both ways, then close once the peers answered with FIN (or after a
+        short linger): a close with unread bytes would send RST instead of FIN."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        for transport in (self.downstream, self.upstream):
+            if transport is None or transport.is_closing():
+                continue
+            if transport.can_write_eof():
+                transport.write_eof()
+                transport.resume_reading()
+            else:
+                transport.close()
+        loop = asyncio.get_running_loop()
+        self._linger = loop.call_later(_CLOSE_LINGER_S, self._close_now)
+
+    def _close_now(self) -> None:
+        self._linger = None
+        for transport in (self.downstream, self.upstream):
+            if transport is not None:
+                transport.close()

@@ -1,0 +1,243 @@
+"""A cluster at run time: its hosts (resolved for DNS types), load balancer, circuit-breaker
+accounting and one connection pool per host.
+
+Hosts keep their identity (and their pools) across DNS refreshes, so a refresh that returns
+the same addresses changes nothing. A cluster that is replaced or removed is `retire()`d: its
+idle connections close at once, busy ones when their last stream ends; new streams go to the
+replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from xds_proxy.upstream.config import (
+    ClusterConfig,
+    DiscoveryType,
+    DnsFamily,
+    EndpointAddress,
+    LbPolicy,
+    UpstreamProtocol,
+)
+from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, RoundRobin
+from xds_proxy.upstream.stats import ClusterStats
+from xds_proxy.upstream.stream import OVERFLOW, RequestHead, ResponseHandler, UpstreamStream
+
+if TYPE_CHECKING:
+    from xds_proxy.stats import Stats
+    from xds_proxy.upstream.http1_pool import Http1Pool
+    from xds_proxy.upstream.http2_pool import Http2Pool
+
+log = logging.getLogger("xds_proxy.upstream")
+
+
+class Host:
+    """One upstream address of a cluster."""
+
+    __slots__ = ("active_requests", "address", "pool")
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self.active_requests = 0
+        self.pool: Http1Pool | Http2Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"Host({self.address[0]}:{self.address[1]})"
+
+
+class Resources:
+    """Circuit-breaker accounting for one cluster (DEFAULT priority)."""
+
+    __slots__ = ("connections", "pending", "requests")
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.pending = 0
+        self.requests = 0
+
+
+class Cluster:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        stats: Stats,
+        rng: random.Random | None = None,
+        resolve: Callable[[EndpointAddress, DnsFamily], asyncio.Future] | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.stats = ClusterStats(stats, config.name)
+        self.resources = Resources()
+        self.hosts: list[Host] = []
+        self.retired = False
+        self._resolve = resolve or resolve_endpoint
+        self._dns_task: asyncio.Task | None = None
+        self.resolved = asyncio.Event() if config.discovery is not DiscoveryType.STATIC else None
+        self.lb: LoadBalancer = (
+            LeastRequest(config.least_request_choices, rng)
+            if config.lb_policy is LbPolicy.LEAST_REQUEST
+            else RoundRobin(rng)
+        )
+        if config.discovery is DiscoveryType.STATIC:
+            self._set_hosts([(e.host, e.port) for e in config.endpoints])
+
+    # -- hosts ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start DNS resolution (DNS types); needs the running loop."""
+        if self.config.discovery is not DiscoveryType.STATIC and self._dns_task is None:
+            self._dns_task = asyncio.get_running_loop().create_task(
+                self._dns_loop(), name=f"dns:{self.name}"
+            )
+
+    async def _dns_loop(self) -> None:
+        config = self.config
+        while not self.retired:
+            addresses: list[tuple[str, int]] = []
+            for endpoint in config.endpoints:
+                try:
+                    found = await self._resolve(endpoint, config.dns_family)
+                except OSError as error:
+                    log.warning(
+                        "cluster %s: cannot resolve %s: %s", self.name, endpoint.host, error
+                    )
+                    found = None
+                if found is None:
+                    # Envoy keeps the last good answer of an endpoint whose lookup failed.
+                    found = [h.address for h in self.hosts if h.address[1] == endpoint.port]
+                if config.discovery is DiscoveryType.LOGICAL_DNS:
+                    found = found[:1]
+                addresses += [a for a in found if a not in addresses]
+            self._set_hosts(addresses)
+            if self.resolved is not None:
+                self.resolved.set()
+            await asyncio.sleep(config.dns_refresh_s)
+
+    def _set_hosts(self, addresses: list[tuple[str, int]]) -> None:
+        current = {host.address: host for host in self.hosts}
+        if [h.address for h in self.hosts] == addresses:
+            return
+        hosts = [current.get(address) or Host(address) for address in addresses]
+        kept = {h.address for h in hosts}
+        for host in self.hosts:
+            if host.address not in kept and host.pool is not None:
+                host.pool.retire()
+        self.hosts = hosts
+        self.stats.membership_change.value += 1
+        self.stats.membership_total.value = len(hosts)
+        self.stats.membership_healthy.value = len(hosts)
+
+    def pick_host(self) -> Host | None:
+        return self.lb.pick(self.hosts)
+
+    # -- HTTP streams -----------------------------------------------------------------------
+
+    def new_stream(
+        self, head: RequestHead, handler: ResponseHandler, end_stream: bool
+    ) -> UpstreamStream | None:
+        """Start a request to a host chosen by the load balancer. None: no host at all (the
+        router answers 503 `no healthy upstream`). Failures after this (connect errors,
+        overflow, resets) arrive as `handler.on_reset(reason)`, never synchronously."""
+        host = self.pick_host()
+        if host is None:
+            self.stats.upstream_cx_none_healthy.value += 1
+            return None
+        pool = host.pool
+        if pool is None:
+            pool = host.pool = self._new_pool(host)
+        if self.resources.requests >= self.config.circuit_breakers.max_requests:
+            self.stats.upstream_rq_pending_overflow.value += 1
+            return FailedStream(handler, OVERFLOW)
+        return pool.new_stream(head, handler, end_stream)
+
+    def _new_pool(self, host: Host) -> Http1Pool | Http2Pool:
+        if self.config.protocol is UpstreamProtocol.HTTP2:
+            from xds_proxy.upstream.http2_pool import Http2Pool
+
+            return Http2Pool(self, host)
+        from xds_proxy.upstream.http1_pool import Http1Pool
+
+        return Http1Pool(self, host)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def retire(self) -> None:
+        """This cluster was replaced or removed: no new streams; connections close when idle."""
+        self.retired = True
+        if self._dns_task is not None:
+            self._dns_task.cancel()
+            self._dns_task = None
+        for host in self.hosts:
+            if host.pool is not None:
+                host.pool.retire()
+
+    def close(self) -> None:
+        """Shutdown: every connection closes now."""
+        self.retire()
+        for host in self.hosts:
+            if host.pool is not None:
+                host.pool.close()
+
+
+class FailedStream:
+    """A stream that failed before it started (overflow): reports the reset on the next loop
+    iteration, so the caller never sees a callback inside `new_stream`."""
+
+    def __init__(self, handler: ResponseHandler, reason: str) -> None:
+        self._handle: asyncio.Handle | None = asyncio.get_running_loop().call_soon(
+            handler.on_reset, reason
+        )
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        pass
+
+    def send_trailers(self, trailers: list) -> None:
+        pass
+
+    def reset(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def pause_response(self) -> None:
+        pass
+
+    def resume_response(self) -> None:
+        pass
+
+
+_FAMILIES = {
+    DnsFamily.V4_ONLY: (socket.AF_INET,),
+    DnsFamily.V6_ONLY: (socket.AF_INET6,),
+    DnsFamily.AUTO: (socket.AF_INET6, socket.AF_INET),
+    DnsFamily.V4_PREFERRED: (socket.AF_INET, socket.AF_INET6),
+}
+
+
+async def resolve_endpoint(
+    endpoint: EndpointAddress, family: DnsFamily
+) -> list[tuple[str, int]] | None:
+    """Addresses of a DNS endpoint in Envoy's family order; None when the lookup failed."""
+    loop = asyncio.get_running_loop()
+    families = _FAMILIES.get(family, (socket.AF_INET6, socket.AF_INET))
+    found: list[tuple[str, int]] = []
+    for one_family in families:
+        with contextlib.suppress(socket.gaierror):
+            infos = await loop.getaddrinfo(
+                endpoint.host, endpoint.port, family=one_family, type=socket.SOCK_STREAM
+            )
+            for info in infos:
+                address = (info[4][0], endpoint.port)
+                if address not in found:
+                    found.append(address)
+        if found and family is not DnsFamily.ALL:
+            break
+    if family is DnsFamily.ALL and not found:
+        return None
+    return found or None

@@ -1,0 +1,321 @@
+"""A `Cluster` message translated once into what the pools and load balancers need.
+
+Pure: no sockets, no DNS. Every field that changes behaviour in Envoy is either handled here or
+refused with `PATH: not supported`, so a cluster never silently behaves differently.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.core.v3 import protocol_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+from xds_proxy.errors import ConfigError
+from xds_proxy.http.fields import check_fields, duration_seconds
+from xds_proxy.upstream.tls import UpstreamTls, upstream_tls
+
+HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_HTTP_PROTOCOL_OPTIONS_TYPE = http_protocol_options_pb2.HttpProtocolOptions.DESCRIPTOR.full_name
+
+# Envoy's defaults.
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_DNS_REFRESH_S = 5.0
+DEFAULT_CIRCUIT_BREAKER_LIMIT = 1024
+DEFAULT_UPSTREAM_IDLE_TIMEOUT_S = 3600.0
+DEFAULT_H2_MAX_CONCURRENT_STREAMS = 2**31 - 1
+DEFAULT_LEAST_REQUEST_CHOICES = 2
+DEFAULT_BUFFER_LIMIT = 1024 * 1024
+
+_HANDLED = (
+    "name",
+    "type",
+    "connect_timeout",
+    "load_assignment",
+    "lb_policy",
+    "circuit_breakers",
+    "typed_extension_protocol_options",
+    "http2_protocol_options",
+    "http_protocol_options",
+    "common_http_protocol_options",
+    "dns_lookup_family",
+    "dns_refresh_rate",
+    "per_connection_buffer_limit_bytes",
+    "max_requests_per_connection",
+    "least_request_lb_config",
+    "transport_socket",
+    "metadata",
+)
+
+
+class DiscoveryType(enum.Enum):
+    STATIC = cluster_pb2.Cluster.STATIC
+    STRICT_DNS = cluster_pb2.Cluster.STRICT_DNS
+    LOGICAL_DNS = cluster_pb2.Cluster.LOGICAL_DNS
+
+
+class LbPolicy(enum.Enum):
+    ROUND_ROBIN = cluster_pb2.Cluster.ROUND_ROBIN
+    LEAST_REQUEST = cluster_pb2.Cluster.LEAST_REQUEST
+
+
+class UpstreamProtocol(enum.Enum):
+    HTTP1 = 1
+    HTTP2 = 2
+
+
+class DnsFamily(enum.Enum):
+    """Envoy's `dns_lookup_family`; AUTO prefers IPv6 and falls back to IPv4."""
+
+    AUTO = cluster_pb2.Cluster.AUTO
+    V4_ONLY = cluster_pb2.Cluster.V4_ONLY
+    V6_ONLY = cluster_pb2.Cluster.V6_ONLY
+    V4_PREFERRED = cluster_pb2.Cluster.V4_PREFERRED
+    ALL = cluster_pb2.Cluster.ALL
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointAddress:
+    """One `lb_endpoint` as configured: an IP (STATIC) or a host name to resolve (DNS types)."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakers:
+    """The DEFAULT priority thresholds; the router sends everything at DEFAULT priority."""
+
+    max_connections: int = DEFAULT_CIRCUIT_BREAKER_LIMIT
+    max_pending_requests: int = DEFAULT_CIRCUIT_BREAKER_LIMIT
+    max_requests: int = DEFAULT_CIRCUIT_BREAKER_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    name: str
+    discovery: DiscoveryType
+    endpoints: tuple[EndpointAddress, ...]
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    least_request_choices: int = DEFAULT_LEAST_REQUEST_CHOICES
+    protocol: UpstreamProtocol = UpstreamProtocol.HTTP1
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    dns_family: DnsFamily = DnsFamily.AUTO
+    dns_refresh_s: float = DEFAULT_DNS_REFRESH_S
+    idle_timeout_s: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT_S
+    max_requests_per_connection: int | None = None
+    h2_max_concurrent_streams: int = DEFAULT_H2_MAX_CONCURRENT_STREAMS
+    buffer_limit: int = DEFAULT_BUFFER_LIMIT
+    tls: UpstreamTls | None = None
+
+
+def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConfig:
+    """Validate one `Cluster`; raises `ConfigError("PATH.FIELD: reason")`."""
+    check_fields(cluster, path, _HANDLED)
+    if not cluster.name:
+        raise ConfigError(f"{path}.name: value length must be at least 1 characters")
+    if cluster.WhichOneof("cluster_discovery_type") == "cluster_type":
+        raise ConfigError(f"{path}.cluster_type: not supported")
+    try:
+        discovery = DiscoveryType(cluster.type)
+    except ValueError:
+        kind = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
+        raise ConfigError(f"{path}.type: {kind} not supported") from None
+    try:
+        lb_policy = LbPolicy(cluster.lb_policy)
+    except ValueError:
+        kind = cluster_pb2.Cluster.LbPolicy.Name(cluster.lb_policy)
+        raise ConfigError(f"{path}.lb_policy: {kind} not supported") from None
+    choices = DEFAULT_LEAST_REQUEST_CHOICES
+    if cluster.HasField("least_request_lb_config"):
+        lr = cluster.least_request_lb_config
+        check_fields(lr, f"{path}.least_request_lb_config", ("choice_count",))
+        if lr.HasField("choice_count"):
+            choices = lr.choice_count.value
+            if choices < 2:
+                raise ConfigError(
+                    f"{path}.least_request_lb_config.choice_count: value must be greater than "
+                    f"or equal to 2, got {choices}"
+                )
+    endpoints = _endpoints(cluster, path, discovery)
+    protocol, idle_timeout_s, max_requests, h2_streams = _protocol(cluster, path)
+    connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S
+    if cluster.HasField("connect_timeout"):
+        connect_timeout_s = duration_seconds(cluster.connect_timeout)
+        if connect_timeout_s <= 0:
+            raise ConfigError(f"{path}.connect_timeout: value must be greater than 0s")
+    dns_refresh_s = DEFAULT_DNS_REFRESH_S
+    if cluster.HasField("dns_refresh_rate"):
+        dns_refresh_s = duration_seconds(cluster.dns_refresh_rate)
+        if dns_refresh_s < 0.001:
+            raise ConfigError(f"{path}.dns_refresh_rate: value must be greater than 1ms")
+    buffer_limit = DEFAULT_BUFFER_LIMIT
+    if cluster.HasField("per_connection_buffer_limit_bytes"):
+        buffer_limit = cluster.per_connection_buffer_limit_bytes.value
+    if cluster.max_requests_per_connection.value:
+        max_requests = cluster.max_requests_per_connection.value
+    tls = None
+    if cluster.HasField("transport_socket"):
+        tls = upstream_tls(cluster.transport_socket, f"{path}.transport_socket")
+    return ClusterConfig(
+        name=cluster.name,
+        discovery=discovery,
+        endpoints=endpoints,
+        connect_timeout_s=connect_timeout_s,
+        lb_policy=lb_policy,
+        least_request_choices=choices,
+        protocol=protocol,
+        circuit_breakers=_circuit_breakers(cluster, path),
+        dns_family=DnsFamily(cluster.dns_lookup_family),
+        dns_refresh_s=dns_refresh_s,
+        idle_timeout_s=idle_timeout_s,
+        max_requests_per_connection=max_requests,
+        h2_max_concurrent_streams=h2_streams,
+        buffer_limit=buffer_limit,
+        tls=tls,
+    )
+
+
+def _endpoints(
+    cluster: cluster_pb2.Cluster, path: str, discovery: DiscoveryType
+) -> tuple[EndpointAddress, ...]:
+    assignment = cluster.load_assignment
+    assignment_path = f"{path}.load_assignment"
+    check_fields(assignment, assignment_path, ("cluster_name", "endpoints"))
+    found: list[EndpointAddress] = []
+    for l_index, locality in enumerate(assignment.endpoints):
+        locality_path = f"{assignment_path}.endpoints[{l_index}]"
+        check_fields(locality, locality_path, ("locality", "lb_endpoints"))
+        for e_index, lb_endpoint in enumerate(locality.lb_endpoints):
+            endpoint_path = f"{locality_path}.lb_endpoints[{e_index}]"
+            check_fields(lb_endpoint, endpoint_path, ("endpoint", "metadata"))
+            endpoint = lb_endpoint.endpoint
+            check_fields(endpoint, f"{endpoint_path}.endpoint", ("address",))
+            address_path = f"{endpoint_path}.endpoint.address"
+            address = endpoint.address
+            check_fields(address, address_path, ("socket_address",))
+            socket_address = address.socket_address
+            socket_path = f"{address_path}.socket_address"
+            check_fields(socket_address, socket_path, ("address", "port_value", "protocol"))
+            if socket_address.protocol != 0:
+                raise ConfigError(f"{socket_path}.protocol: UDP not supported")
+            host = socket_address.address
+            if not host:
+                raise ConfigError(f"{socket_path}.address: value length must be at least 1")
+            if discovery is DiscoveryType.STATIC:
+                try:
+                    ipaddress.ip_address(host)
+                except ValueError:
+                    raise ConfigError(
+                        f"{socket_path}.address: malformed IP address: {host}"
+                    ) from None
+            found.append(EndpointAddress(host, socket_address.port_value))
+    if discovery is DiscoveryType.LOGICAL_DNS and len(found) != 1:
+        raise ConfigError(
+            f"{assignment_path}: LOGICAL_DNS clusters must have a single locality_lb_endpoint "
+            "and a single lb_endpoint"
+        )
+    return tuple(found)
+
+
+def _circuit_breakers(cluster: cluster_pb2.Cluster, path: str) -> CircuitBreakers:
+    breakers = cluster.circuit_breakers
+    breakers_path = f"{path}.circuit_breakers"
+    check_fields(breakers, breakers_path, ("thresholds",))
+    for index, thresholds in enumerate(breakers.thresholds):
+        if thresholds.priority != 0:  # only DEFAULT traffic exists here
+            continue
+        return _thresholds(thresholds, f"{breakers_path}.thresholds[{index}]")
+    return CircuitBreakers()
+
+
+def _thresholds(
+    thresholds: circuit_breaker_pb2.CircuitBreakers.Thresholds, path: str
+) -> CircuitBreakers:
+    check_fields(
+        thresholds,
+        path,
+        ("priority", "max_connections", "max_pending_requests", "max_requests", "max_retries"),
+    )
+
+    def limit(name: str) -> int:
+        if thresholds.HasField(name):
+            return getattr(thresholds, name).value
+        return DEFAULT_CIRCUIT_BREAKER_LIMIT
+
+    return CircuitBreakers(
+        max_connections=limit("max_connections"),
+        max_pending_requests=limit("max_pending_requests"),
+        max_requests=limit("max_requests"),
+    )
+
+
+def _protocol(
+    cluster: cluster_pb2.Cluster, path: str
+) -> tuple[UpstreamProtocol, float | None, int | None, int]:
+    """(protocol, idle timeout, max requests per connection, HTTP/2 max concurrent streams)
+    from `typed_extension_protocol_options` or the legacy cluster fields."""
+    protocol = UpstreamProtocol.HTTP1
+    h2_options: protocol_pb2.Http2ProtocolOptions | None = None
+    common: protocol_pb2.HttpProtocolOptions | None = None
+    if cluster.HasField("http2_protocol_options"):
+        protocol = UpstreamProtocol.HTTP2
+        h2_options = cluster.http2_protocol_options
+        h2_path = f"{path}.http2_protocol_options"
+    if cluster.HasField("http_protocol_options"):
+        check_fields(cluster.http_protocol_options, f"{path}.http_protocol_options", ())
+    if cluster.HasField("common_http_protocol_options"):
+        common = cluster.common_http_protocol_options
+        common_path = f"{path}.common_http_protocol_options"
+    for key in sorted(cluster.typed_extension_protocol_options):
+        any_path = f"{path}.typed_extension_protocol_options['{key}']"
+        packed = cluster.typed_extension_protocol_options[key]
+        if packed.TypeName() != _HTTP_PROTOCOL_OPTIONS_TYPE:
+            raise ConfigError(f"{any_path}: @type '{packed.type_url}' not supported")
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        if not packed.Unpack(options):
+            raise ConfigError(f"{any_path}: cannot decode {_HTTP_PROTOCOL_OPTIONS_TYPE}")
+        check_fields(options, any_path, ("explicit_http_config", "common_http_protocol_options"))
+        if options.HasField("common_http_protocol_options"):
+            common = options.common_http_protocol_options
+            common_path = f"{any_path}.common_http_protocol_options"
+        if options.HasField("explicit_http_config"):
+            explicit = options.explicit_http_config
+            explicit_path = f"{any_path}.explicit_http_config"
+            kind = explicit.WhichOneof("protocol_config")
+            if kind == "http2_protocol_options":
+                protocol = UpstreamProtocol.HTTP2
+                h2_options = explicit.http2_protocol_options
+                h2_path = f"{explicit_path}.http2_protocol_options"
+            elif kind == "http_protocol_options":
+                protocol = UpstreamProtocol.HTTP1
+                h2_options = None
+                check_fields(explicit.http_protocol_options, f"{explicit_path}.{kind}", ())
+            else:
+                raise ConfigError(f"{explicit_path}: {kind or 'protocol_config'} not supported")
+    h2_streams = DEFAULT_H2_MAX_CONCURRENT_STREAMS
+    if h2_options is not None:
+        check_fields(
+            h2_options,
+            h2_path,
+            (
+                "max_concurrent_streams",
+                "initial_stream_window_size",
+                "initial_connection_window_size",
+            ),
+        )
+        if h2_options.HasField("max_concurrent_streams"):
+            h2_streams = h2_options.max_concurrent_streams.value
+    idle_timeout_s: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT_S
+    max_requests: int | None = None
+    if common is not None:
+        check_fields(common, common_path, ("idle_timeout", "max_requests_per_connection"))
+        if common.HasField("idle_timeout"):
+            idle_timeout_s = duration_seconds(common.idle_timeout) or None
+        if common.HasField("max_requests_per_connection"):
+            max_requests = common.max_requests_per_connection.value or None
+    return protocol, idle_timeout_s, max_requests, h2_streams

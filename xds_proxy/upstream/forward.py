@@ -1,0 +1,574 @@
+"""Forwarding a request to a cluster: the route's `route` action and one exchange per request.
+
+`ForwardAction` is built once per route from a `RouteAction` (cluster or weighted clusters,
+`prefix_rewrite`, `host_rewrite_literal`, `timeout`, `cluster_not_found_response_code`).
+`Exchange` carries one request from a downstream codec to an upstream stream and the response
+back, doing what Envoy's connection manager and router do to the headers on the way
+(hop-by-hop removal, `x-forwarded-proto`, `x-forwarded-for`, `x-request-id`,
+`x-envoy-expected-rq-timeout-ms`, `x-envoy-original-path`, header mutations,
+`x-envoy-upstream-service-time`, `date`, `server`) and answering failures as Envoy does (503
+with `upstream connect error or disconnect/reset before headers. reset reason: ...`, 504
+`upstream request timeout`). The downstream codec implements `DownstreamSink`, so the same
+exchange serves HTTP/1.1 and HTTP/2 downstreams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2
+from google.protobuf.message import Message
+
+from xds_proxy.errors import ConfigError
+from xds_proxy.http.fields import check_fields, duration_seconds
+from xds_proxy.upstream.manager import ClusterManager
+from xds_proxy.upstream.stream import (
+    HOP_BY_HOP,
+    OVERFLOW,
+    Header,
+    RequestHead,
+    ResponseHandler,
+    UpstreamStream,
+)
+
+DEFAULT_ROUTE_TIMEOUT_S = 15.0
+RESET_BODY_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
+TIMEOUT_BODY = b"upstream request timeout"
+NO_HEALTHY_UPSTREAM_BODY = b"no healthy upstream"
+_NOT_FOUND_CODES = {0: 503, 1: 404, 2: 500}
+_RESPONSE_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+# HeaderValueOption.append_action
+_APPEND, _ADD_IF_ABSENT, _OVERWRITE_OR_ADD, _OVERWRITE_IF_EXISTS = 0, 1, 2, 3
+
+
+# ----------------------------------------------------------------------------- header mutations
+
+
+@dataclass(frozen=True, slots=True)
+class _HeaderAdd:
+    name: bytes
+    value: bytes
+    action: int
+    keep_empty: bool
+
+
+def _header_adds(
+    options: Sequence[base_pb2.HeaderValueOption], path: str
+) -> tuple[_HeaderAdd, ...]:
+    adds = []
+    for index, option in enumerate(options):
+        option_path = f"{path}[{index}]"
+        check_fields(option, option_path, ("header", "append", "append_action", "keep_empty_value"))
+        header = option.header
+        check_fields(header, f"{option_path}.header", ("key", "value", "raw_value"))
+        name = header.key.lower()
+        if not name:
+            raise ConfigError(
+                f"{option_path}.header.key: value length must be at least 1 characters"
+            )
+        if name.startswith(":") or name == "host":
+            raise ConfigError(
+                f"{option_path}.header.key: ':-prefixed' or host headers may not be modified"
+            )
+        value = header.raw_value if header.raw_value else header.value.encode()
+        if b"%" in value.replace(b"%%", b""):
+            raise ConfigError(f"{option_path}.header.value: format specifiers not supported")
+        value = value.replace(b"%%", b"%")
+        action = option.append_action
+        if option.HasField("append"):
+            if action != _APPEND:
+                raise ConfigError(
+                    f"{option_path}: Both append and append_action are set and it's not allowed"
+                )
+            action = _APPEND if option.append.value else _OVERWRITE_OR_ADD
+        adds.append(_HeaderAdd(name.encode(), value, action, option.keep_empty_value))
+    return tuple(adds)
+
+
+def _apply(headers: list[Header], removes: frozenset[bytes], adds: tuple[_HeaderAdd, ...]) -> None:
+    if removes:
+        headers[:] = [(n, v) for n, v in headers if n not in removes]
+    for add in adds:
+        if not add.value and not add.keep_empty:
+            continue
+        present = any(n == add.name for n, _ in headers)
+        if add.action == _ADD_IF_ABSENT and present:
+            continue
+        if add.action == _OVERWRITE_IF_EXISTS and not present:
+            continue
+        if add.action in (_OVERWRITE_OR_ADD, _OVERWRITE_IF_EXISTS) and present:
+            headers[:] = [(n, v) for n, v in headers if n != add.name]
+        headers.append((add.name, add.value))
+
+
+class HeaderMutations:
+    """`request_headers_to_add/remove` and `response_headers_to_add/remove` of one level
+    (route, virtual host or route configuration: the same four field names)."""
+
+    __slots__ = (
+        "path",
+        "request_adds",
+        "request_removes",
+        "response_adds",
+        "response_removes",
+    )
+
+    FIELDS = (
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "response_headers_to_add",
+        "response_headers_to_remove",
+    )
+
+    def __init__(self, message: Message, path: str) -> None:
+        self.path = path
+        self.request_adds = _header_adds(
+            message.request_headers_to_add,  # type: ignore[attr-defined]
+            f"{path}.request_headers_to_add",
+        )
+        self.response_adds = _header_adds(
+            message.response_headers_to_add,  # type: ignore[attr-defined]
+            f"{path}.response_headers_to_add",
+        )
+        self.request_removes = _removes(
+            message.request_headers_to_remove,  # type: ignore[attr-defined]
+            f"{path}.request_headers_to_remove",
+        )
+        self.response_removes = _removes(
+            message.response_headers_to_remove,  # type: ignore[attr-defined]
+            f"{path}.response_headers_to_remove",
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.request_adds or self.request_removes or self.response_adds or self.response_removes
+        )
+
+    @property
+    def has_response(self) -> bool:
+        return bool(self.response_adds or self.response_removes)
+
+    @property
+    def response_field(self) -> str:
+        """The path of this level's first response mutation field (for errors)."""
+        name = "response_headers_to_add" if self.response_adds else "response_headers_to_remove"
+        return f"{self.path}.{name}"
+
+    def apply_request(self, headers: list[Header]) -> None:
+        _apply(headers, self.request_removes, self.request_adds)
+
+    def apply_response(self, headers: list[Header]) -> None:
+        _apply(headers, self.response_removes, self.response_adds)
+
+
+def _removes(names: Sequence[str], path: str) -> frozenset[bytes]:
+    for index, name in enumerate(names):
+        if name.startswith(":") or name.lower() == "host":
+            raise ConfigError(f"{path}[{index}]: ':-prefixed' or host headers may not be removed")
+    return frozenset(name.lower().encode() for name in names)
+
+
+# ----------------------------------------------------------------------------- the route action
+
+
+class ForwardAction:
+    """A route's `route` action, ready for per-request use."""
+
+    __slots__ = (
+        "clusters",
+        "host_rewrite",
+        "mutations",
+        "not_found_status",
+        "path_rewrite",
+        "prefix",
+        "prefix_rewrite",
+        "timeout_s",
+        "total_weight",
+    )
+
+    _HANDLED = (
+        "cluster",
+        "weighted_clusters",
+        "cluster_not_found_response_code",
+        "prefix_rewrite",
+        "host_rewrite_literal",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        action: route_components_pb2.RouteAction,
+        path: str,
+        match_kind: str,
+        match_value: str,
+    ) -> None:
+        check_fields(action, path, self._HANDLED)
+        kind = action.WhichOneof("cluster_specifier")
+        if kind == "cluster":
+            if not action.cluster:
+                raise ConfigError(f"{path}.cluster: value length must be at least 1 characters")
+            self.clusters: tuple[tuple[str, int], ...] = ((action.cluster, 1),)
+        elif kind == "weighted_clusters":
+            self.clusters = _weighted(action.weighted_clusters, f"{path}.weighted_clusters")
+        else:
+            raise ConfigError(f"{path}.cluster_specifier: value is required")
+        self.total_weight = sum(weight for _, weight in self.clusters)
+        self.not_found_status = _NOT_FOUND_CODES[action.cluster_not_found_response_code]
+        self.prefix_rewrite: bytes | None = None
+        self.prefix = b""
+        self.path_rewrite = False
+        if action.prefix_rewrite:
+            if match_kind not in ("prefix", "path"):
+                raise ConfigError(
+                    f"{path}.prefix_rewrite: Cannot use prefix_rewrite with {match_kind} match"
+                )
+            self.prefix_rewrite = action.prefix_rewrite.encode()
+            self.prefix = match_value.encode()
+        self.host_rewrite = action.host_rewrite_literal.encode() or None
+        self.timeout_s: float | None = DEFAULT_ROUTE_TIMEOUT_S
+        if action.HasField("timeout"):
+            self.timeout_s = duration_seconds(action.timeout) or None
+        self.mutations: tuple[HeaderMutations, ...] = ()
+
+    def pick_cluster(self, rng: random.Random) -> str:
+        clusters = self.clusters
+        if len(clusters) == 1:
+            return clusters[0][0]
+        point = rng.randrange(self.total_weight)
+        for name, weight in clusters:
+            if point < weight:
+                return name
+            point -= weight
+        return clusters[-1][0]
+
+    def rewrite_path(self, url: bytes) -> bytes | None:
+        """The upstream path after `prefix_rewrite`, or None when unchanged. Envoy replaces
+        the matched prefix (case as configured) and keeps the query string."""
+        if self.prefix_rewrite is None:
+            return None
+        return self.prefix_rewrite + url[len(self.prefix) :]
+
+
+def _weighted(
+    weighted: route_components_pb2.WeightedCluster, path: str
+) -> tuple[tuple[str, int], ...]:
+    check_fields(weighted, path, ("clusters", "total_weight"))
+    if not weighted.clusters:
+        raise ConfigError(f"{path}.clusters: value must contain at least 1 item(s)")
+    found = []
+    for index, entry in enumerate(weighted.clusters):
+        entry_path = f"{path}.clusters[{index}]"
+        check_fields(entry, entry_path, ("name", "weight"))
+        if not entry.name:
+            raise ConfigError(f"{entry_path}.name: value length must be at least 1 characters")
+        found.append((entry.name, entry.weight.value if entry.HasField("weight") else 0))
+    total = sum(weight for _, weight in found)
+    if weighted.HasField("total_weight") and weighted.total_weight.value != total:
+        raise ConfigError(
+            f"{path}.total_weight: Sum of weights in the weighted_cluster must equal "
+            f"total_weight, got {total} and {weighted.total_weight.value}"
+        )
+    if total == 0:
+        raise ConfigError(f"{path}: Sum of weights in the weighted_cluster must be greater than 0")
+    return tuple((name, weight) for name, weight in found if weight > 0)
+
+
+# ----------------------------------------------------------------------------- per request
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPolicy:
+    """The connection manager's settings that shape forwarded requests and responses."""
+
+    server_name: bytes = b"envoy"
+    use_remote_address: bool = False
+    skip_xff_append: bool = False
+    generate_request_id: bool = True
+
+
+@dataclass(slots=True)
+class DownstreamRequest:
+    method: bytes
+    url: bytes  # path and query as received
+    host: bytes
+    headers: list[Header]  # lowercase names, as received, `host` excluded
+    remote_ip: str = ""
+    scheme: bytes = b"http"
+
+
+class DownstreamSink(Protocol):
+    """What an exchange needs from the downstream codec for one request."""
+
+    def send_response_headers(self, status: int, headers: list[Header], end_stream: bool) -> None:
+        """Headers as they go on the wire, minus framing (`content-length` is passed through
+        when the upstream sent one; the codec chunks otherwise)."""
+        ...
+
+    def send_response_data(self, data: bytes, end_stream: bool) -> None: ...
+
+    def send_response_trailers(self, trailers: list[Header]) -> None: ...
+
+    def send_local_reply(self, status: int, body: bytes, headers: list[Header]) -> None:
+        """An Envoy-formatted local reply (content-type text/plain when there is a body)."""
+        ...
+
+    def reset_downstream(self) -> None:
+        """The response cannot complete (the upstream failed after its headers)."""
+        ...
+
+    def pause_request_body(self) -> None: ...
+
+    def resume_request_body(self) -> None: ...
+
+
+_rng = random.Random()
+
+
+def _request_id() -> bytes:
+    """A random (version 4) UUID, as Envoy generates for `x-request-id`; uuid.uuid4() costs
+    several times more."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex().encode()
+    return b"%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
+
+
+class Exchange(ResponseHandler):
+    """One request forwarded upstream. The codec calls `start()`, then `request_data()` /
+    `request_trailers()`, `downstream_reset()` if the client went away, and
+    `pause_response()` / `resume_response()` for its own write back-pressure."""
+
+    __slots__ = (
+        "_action",
+        "_cluster",
+        "_done",
+        "_headers_sent",
+        "_mutations",
+        "_request_ended",
+        "_sink",
+        "_started_at",
+        "_stream",
+        "_timer",
+    )
+
+    def __init__(self, action: ForwardAction, sink: DownstreamSink) -> None:
+        self._action = action
+        self._sink = sink
+        self._stream: UpstreamStream | None = None
+        self._cluster = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._headers_sent = False
+        self._request_ended = False
+        self._done = False
+        self._started_at = 0.0
+        self._mutations: Sequence[HeaderMutations] = ()
+
+    # -- from the downstream codec ----------------------------------------------------------
+
+    def start(
+        self,
+        request: DownstreamRequest,
+        end_stream: bool,
+        clusters: ClusterManager | None,
+        policy: ProxyPolicy,
+        mutations: Sequence[HeaderMutations] = (),
+    ) -> None:
+        action = self._action
+        name = action.pick_cluster(_rng)
+        cluster = clusters.get(name) if clusters is not None else None
+        if cluster is None:
+            self._local_reply(action.not_found_status, b"")
+            return
+        self._cluster = cluster
+        head = self._request_head(request, policy, mutations)
+        self._started_at = time.monotonic()
+        stream = cluster.new_stream(head, self, end_stream)
+        if stream is None:
+            self._local_reply(503, NO_HEALTHY_UPSTREAM_BODY)
+            return
+        self._stream = stream
+        if end_stream:
+            self._request_complete()
+
+    def request_data(self, data: bytes, end_stream: bool) -> None:
+        if self._stream is not None and not self._done:
+            self._stream.send_data(data, end_stream)
+        if end_stream:
+            self._request_complete()
+
+    def request_trailers(self, trailers: list[Header]) -> None:
+        if self._stream is not None and not self._done:
+            self._stream.send_trailers(trailers)
+        self._request_complete()
+
+    def downstream_reset(self) -> None:
+        """The client went away: cancel the upstream stream."""
+        if self._done:
+            return
+        self._finish()
+        if self._stream is not None:
+            self._stream.reset()
+
+    def pause_response(self) -> None:
+        if self._stream is not None:
+            self._stream.pause_response()
+
+    def resume_response(self) -> None:
+        if self._stream is not None:
+            self._stream.resume_response()
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    # -- ResponseHandler --------------------------------------------------------------------
+
+    def on_response_headers(self, status: int, headers: list[Header], end_stream: bool) -> None:
+        if self._done:
+            return
+        cluster = self._cluster
+        if cluster is not None:
+            cluster.stats.count_response(status)
+        elapsed_ms = int((time.monotonic() - self._started_at) * 1000)
+        out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
+        out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
+        for mutations in self._mutations:
+            mutations.apply_response(out)
+        self._headers_sent = True
+        if end_stream:
+            self._finish()
+        self._sink.send_response_headers(status, out, end_stream)
+
+    def on_response_data(self, data: bytes, end_stream: bool) -> None:
+        if self._done:
+            return
+        if end_stream:
+            self._finish()
+        self._sink.send_response_data(data, end_stream)
+
+    def on_response_trailers(self, trailers: list[Header]) -> None:
+        if self._done:
+            return
+        self._finish()
+        self._sink.send_response_trailers(trailers)
+
+    def on_reset(self, reason: str) -> None:
+        if self._done:
+            return
+        if self._headers_sent:
+            self._finish()
+            self._sink.reset_downstream()
+            return
+        extra = [(b"x-envoy-overloaded", b"true")] if reason == OVERFLOW else []
+        if self._cluster is not None:
+            self._cluster.stats.count_response(503)
+        self._local_reply(503, RESET_BODY_PREFIX + reason.encode(), extra)
+
+    def pause_request_body(self) -> None:
+        self._sink.pause_request_body()
+
+    def resume_request_body(self) -> None:
+        self._sink.resume_request_body()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _request_head(
+        self,
+        request: DownstreamRequest,
+        policy: ProxyPolicy,
+        mutations: Sequence[HeaderMutations],
+    ) -> RequestHead:
+        action = self._action
+        headers: list[Header] = []
+        has_proto = has_request_id = False
+        xff_index = -1
+        for name, value in request.headers:
+            if name in HOP_BY_HOP:
+                continue
+            if name == b"te" and value.lower() != b"trailers":
+                continue
+            if name == b"x-forwarded-proto":
+                if policy.use_remote_address:
+                    continue
+                has_proto = True
+            elif name == b"x-request-id":
+                has_request_id = True
+            elif name == b"x-forwarded-for":
+                xff_index = len(headers)
+            headers.append((name, value))
+        if policy.use_remote_address and not policy.skip_xff_append and request.remote_ip:
+            ip = request.remote_ip.encode()
+            if xff_index >= 0:
+                name, value = headers[xff_index]
+                headers[xff_index] = (name, value + b"," + ip)
+            else:
+                headers.append((b"x-forwarded-for", ip))
+        if not has_proto:
+            headers.append((b"x-forwarded-proto", request.scheme))
+        if not has_request_id and policy.generate_request_id:
+            headers.append((b"x-request-id", _request_id()))
+        if action.timeout_s:
+            headers.append(
+                (b"x-envoy-expected-rq-timeout-ms", b"%d" % int(action.timeout_s * 1000))
+            )
+        # Most specific first, as Envoy: route, then virtual host, then route configuration.
+        self._mutations = mutations
+        for level in mutations:
+            level.apply_request(headers)
+        authority = request.host
+        if action.host_rewrite is not None:
+            headers.append((b"x-envoy-original-host", request.host))
+            authority = action.host_rewrite
+        path = request.url
+        rewritten = action.rewrite_path(path)
+        if rewritten is not None:
+            headers.append((b"x-envoy-original-path", path))
+            path = rewritten
+        return RequestHead(request.method, path, authority, headers, request.scheme)
+
+    def _request_complete(self) -> None:
+        if self._request_ended:
+            return
+        self._request_ended = True
+        timeout = self._action.timeout_s
+        if timeout and not self._done:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(timeout, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._done:
+            return
+        if self._cluster is not None:
+            self._cluster.stats.upstream_rq_timeout.inc()
+        if self._stream is not None:
+            self._stream.reset()
+        if self._headers_sent:
+            self._finish()
+            self._sink.reset_downstream()
+            return
+        if self._cluster is not None:
+            self._cluster.stats.count_response(504)
+        self._local_reply(504, TIMEOUT_BODY)
+
+    def _local_reply(self, status: int, body: bytes, headers: list[Header] | None = None) -> None:
+        self._finish()
+        self._sink.send_local_reply(status, body, headers or [])
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,581 @@
+"""HTTP/1.1 connection pool to one upstream host: one request at a time per connection,
+keep-alive reuse, circuit-breaker limits, connect timeout, idle timeout.
+
+A request waits in `pending` until a connection is free; each pending request beyond what
+the connecting connections will serve opens a new connection (up to `max_connections` for
+the cluster; a pool with no connection at all may always open one, as in Envoy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING
+
+import httptools
+
+from xds_proxy.upstream.stream import (
+    CONNECTION_FAILURE,
+    CONNECTION_TERMINATION,
+    CONNECTION_TIMEOUT,
+    OVERFLOW,
+    PROTOCOL_ERROR,
+    Header,
+    RequestHead,
+    ResponseHandler,
+)
+
+if TYPE_CHECKING:
+    from xds_proxy.upstream.cluster import Cluster, Host
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
+
+
+class _SkipBody(Exception):
+    """Raised from the parser's headers callback when the response has no body (HEAD)."""
+
+
+class Http1Stream:
+    """One request/response exchange. Created pending; attached to a connection later."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunked",
+        "_conn",
+        "_done",
+        "_paused",
+        "_pool",
+        "_request_ended",
+        "handler",
+        "head",
+        "response_ended",
+    )
+
+    def __init__(
+        self, pool: Http1Pool, head: RequestHead, handler: ResponseHandler, end_stream: bool
+    ) -> None:
+        self._pool = pool
+        self.head = head
+        self.handler = handler
+        self._conn: Http1ClientConnection | None = None
+        self._request_ended = end_stream
+        self.response_ended = False
+        self._done = False
+        self._paused = False
+        has_length = any(name == b"content-length" for name, _ in head.headers)
+        self._chunked = not end_stream and not has_length
+        self._buffered: list[bytes] = [self._encode_head(end_stream)]
+
+    def _encode_head(self, end_stream: bool) -> bytes:
+        head = self.head
+        lines = [head.method, b" ", head.path, b" HTTP/1.1\r\nhost: ", head.authority, b"\r\n"]
+        for name, value in head.headers:
+            lines += (name, b": ", value, b"\r\n")
+        if self._chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    # -- UpstreamStream ---------------------------------------------------------------------
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        if self._done or self._request_ended:
+            return
+        pieces: list[bytes] = []
+        if self._chunked:
+            if data:
+                pieces += (b"%x\r\n" % len(data), data, b"\r\n")
+            if end_stream:
+                pieces.append(b"0\r\n\r\n")
+        elif data:
+            pieces.append(data)
+        if end_stream:
+            self._request_ended = True
+        payload = b"".join(pieces)
+        if self._conn is None:
+            self._buffered.append(payload)
+        elif payload:
+            self._conn.write(payload)
+        if end_stream and self._conn is not None:
+            self._conn.request_sent()
+
+    def send_trailers(self, trailers: list[Header]) -> None:
+        if self._done or self._request_ended:
+            return
+        self._request_ended = True
+        if not self._chunked:
+            payload = b""
+        else:
+            lines = [b"0\r\n"]
+            for name, value in trailers:
+                lines += (name, b": ", value, b"\r\n")
+            lines.append(b"\r\n")
+            payload = b"".join(lines)
+        if self._conn is None:
+            self._buffered.append(payload)
+        else:
+            self._conn.write(payload)
+            self._conn.request_sent()
+
+    def reset(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._pool.cluster.stats.upstream_rq_tx_reset.value += 1
+        if self._conn is None:
+            self._pool.cancel_pending(self)
+        else:
+            self._conn.abort_stream(self)
+
+    def pause_response(self) -> None:
+        self._paused = True
+        if self._conn is not None:
+            self._conn.pause_reading()
+
+    def resume_response(self) -> None:
+        self._paused = False
+        if self._conn is not None:
+            self._conn.resume_reading()
+
+    # -- called by the connection -----------------------------------------------------------
+
+    def attach(self, conn: Http1ClientConnection) -> None:
+        self._conn = conn
+        conn.write(b"".join(self._buffered))
+        self._buffered = []
+        if self._paused:
+            conn.pause_reading()
+        if self._request_ended:
+            conn.request_sent()
+
+    @property
+    def request_ended(self) -> bool:
+        return self._request_ended
+
+    def fail(self, reason: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.handler.on_reset(reason)
+
+    def finish(self) -> None:
+        self._done = True
+        self.response_ended = True
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+
+class Http1ClientConnection(asyncio.Protocol):
+    """One keep-alive connection to the host; serves one stream at a time."""
+
+    def __init__(self, pool: Http1Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.stream: Http1Stream | None = None
+        self.requests_served = 0
+        self._parser = httptools.HttpResponseParser(self)
+        self._status = 0
+        self._headers: list[Header] = []
+        self._headers_done = False
+        self._until_eof = False
+        self._request_sent = False
+        self._response_done = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
+        self._closing = False
+        self._reading_paused = False
+        self._body: list[bytes] = []
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.stream is None:
+            # Bytes on an idle connection: the upstream broke the protocol; do not reuse it.
+            self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+            if self._body:
+                self._deliver_body(False)
+        except httptools.HttpParserCallbackError as error:
+            if not isinstance(error.__context__, _SkipBody):
+                raise
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete_response()
+        except httptools.HttpParserError:
+            self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
+            stream = self.stream
+            self.stream = None
+            self.close()
+            if stream is not None:
+                stream.fail(PROTOCOL_ERROR)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        if self.stream is not None and not self.stream.done:
+            self.stream.handler.pause_request_body()
+
+    def resume_writing(self) -> None:
+        if self.stream is not None and not self.stream.done:
+            self.stream.handler.resume_request_body()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        stream = self.stream
+        self.stream = None
+        stats = self.pool.cluster.stats
+        stats.upstream_cx_destroy.value += 1
+        if self._closing:
+            stats.upstream_cx_destroy_local.value += 1
+        else:
+            stats.upstream_cx_destroy_remote.value += 1
+        self.pool.connection_closed(self)
+        if stream is not None and not stream.done:
+            if self._until_eof and self._headers_done:
+                stream.finish()
+                self.pool.stream_done(stream)
+                data = b"".join(self._body)
+                self._body.clear()
+                stream.handler.on_response_data(data, True)
+            else:
+                self.pool.stream_done(stream)
+                stream.fail(CONNECTION_TERMINATION)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._headers_done = False
+        self._until_eof = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._headers_done:
+            self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        self._status = status
+        self._headers_done = True
+        if 100 <= status < 200:
+            return  # informational: the real response follows
+        stream = self.stream
+        assert stream is not None
+        headers = self._headers
+        no_body = stream.head.method == b"HEAD" or status in _NO_BODY_STATUSES
+        if not no_body:
+            has_length = chunked = False
+            for name, value in headers:
+                if name == b"content-length":
+                    has_length = True
+                    no_body = value.strip() == b"0"
+                elif name == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+            self._until_eof = not has_length and not chunked
+        forwarded = [(n, v) for n, v in headers if n not in _DROPPED_RESPONSE_HEADERS]
+        stream.handler.on_response_headers(status, forwarded, no_body)
+        if no_body:
+            raise _SkipBody
+
+    def on_body(self, body: bytes) -> None:
+        # Pieces of one read go on as one (Envoy forwards what one read gave it).
+        self._body.append(body)
+
+    def _deliver_body(self, end_stream: bool) -> None:
+        data = b"".join(self._body)
+        self._body.clear()
+        stream = self.stream
+        if stream is not None and not stream.done:
+            stream.handler.on_response_data(data, end_stream)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._status < 200:
+            return
+        stream = self.stream
+        keep_alive = self._parser.should_keep_alive()
+        data = b"".join(self._body)
+        self._body.clear()
+        self._complete_response(keep_alive)
+        if stream is not None and stream.response_ended:
+            stream.handler.on_response_data(data, True)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _complete_response(self, keep_alive: bool = True) -> None:
+        """The response ended (body complete, or none): free the connection for the next."""
+        stream = self.stream
+        if stream is None or stream.done:
+            return
+        stream.finish()
+        self._response_done = True
+        self.pool.stream_done(stream)
+        reusable = (
+            keep_alive
+            and stream.request_ended
+            and self._request_sent
+            and not self._until_eof
+            and not self._closing
+        )
+        self.stream = None
+        if not reusable:
+            self.close()
+        else:
+            self.pool.connection_idle(self)
+
+    def attach(self, stream: Http1Stream) -> None:
+        self.stream = stream
+        self.requests_served += 1
+        self._request_sent = False
+        self._response_done = False
+        self._until_eof = False
+        stream.attach(self)
+
+    def request_sent(self) -> None:
+        self._request_sent = True
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and data:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.pool.cluster.stats.upstream_flow_control_paused_reading_total.value += 1
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self._reading_paused:
+            self._reading_paused = False
+            self.pool.cluster.stats.upstream_flow_control_resumed_reading_total.value += 1
+            self.transport.resume_reading()
+
+    def abort_stream(self, stream: Http1Stream) -> None:
+        """The caller reset its stream: an HTTP/1.1 exchange cannot be cut short in-band."""
+        if self.stream is stream:
+            self.stream = None
+            self.pool.stream_done(stream)
+            self.abort()
+
+    def arm_idle_timer(self, timeout: float | None) -> None:
+        """The connection went idle. One lazy timer per connection: it is not moved per
+        request, it re-arms itself when it fires early."""
+        if not timeout or self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_since = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
+
+    def _on_idle_timeout(self, timeout: float) -> None:
+        self._idle_timer = None
+        if self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self.stream is not None:
+            self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
+            return
+        remaining = self._idle_since + timeout - loop.time()
+        if remaining > 0:
+            self._idle_timer = loop.call_later(remaining, self._on_idle_timeout, timeout)
+            return
+        self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
+        self.close()
+
+    def close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Http1Pool:
+    def __init__(self, cluster: Cluster, host: Host) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.idle: list[Http1ClientConnection] = []
+        self.busy: set[Http1ClientConnection] = set()
+        self.connecting = 0
+        self.pending: collections.deque[Http1Stream] = collections.deque()
+        self.retired = False
+        self._connect_tasks: set[asyncio.Task] = set()
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def new_stream(
+        self, head: RequestHead, handler: ResponseHandler, end_stream: bool
+    ) -> Http1Stream:
+        stream = Http1Stream(self, head, handler, end_stream)
+        cluster = self.cluster
+        stats = cluster.stats
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                self._attach(conn, stream)
+                return stream
+        limits = cluster.config.circuit_breakers
+        resources = cluster.resources
+        if resources.pending >= limits.max_pending_requests:
+            stats.upstream_rq_pending_overflow.value += 1
+            asyncio.get_running_loop().call_soon(stream.fail, OVERFLOW)
+            return stream
+        stats.upstream_rq_pending_total.value += 1
+        stats.upstream_rq_pending_active.value += 1
+        resources.pending += 1
+        resources.requests += 1
+        self.pending.append(stream)
+        if self.connecting < len(self.pending):
+            self._maybe_connect()
+        return stream
+
+    def _attach(self, conn: Http1ClientConnection, stream: Http1Stream) -> None:
+        stats = self.cluster.stats
+        stats.upstream_rq_total.value += 1
+        stats.upstream_rq_active.value += 1
+        self.cluster.resources.requests += 1
+        self.host.active_requests += 1
+        self.busy.add(conn)
+        conn.attach(stream)
+
+    def _dequeue(self, stream: Http1Stream) -> None:
+        resources = self.cluster.resources
+        resources.pending -= 1
+        resources.requests -= 1
+        self.cluster.stats.upstream_rq_pending_active.value -= 1
+
+    def cancel_pending(self, stream: Http1Stream) -> None:
+        if stream in self.pending:
+            self.pending.remove(stream)
+            self._dequeue(stream)
+            self.cluster.stats.upstream_rq_cancelled.value += 1
+
+    def stream_done(self, stream: Http1Stream) -> None:
+        """An attached stream ended (complete, failed or reset)."""
+        stats = self.cluster.stats
+        stats.upstream_rq_active.value -= 1
+        stats.upstream_rq_completed.value += 1
+        self.cluster.resources.requests -= 1
+        self.host.active_requests -= 1
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _maybe_connect(self) -> None:
+        cluster = self.cluster
+        resources = cluster.resources
+        has_any = self.connecting or self.idle or self.busy
+        if resources.connections >= cluster.config.circuit_breakers.max_connections:
+            if has_any:
+                cluster.stats.upstream_cx_overflow.value += 1
+                return
+            cluster.stats.upstream_cx_overflow.value += 1  # Envoy opens one anyway
+        self.connecting += 1
+        resources.connections += 1
+        stats = cluster.stats
+        stats.upstream_cx_total.value += 1
+        stats.upstream_cx_http1_total.value += 1
+        stats.upstream_cx_active.value += 1
+        task = asyncio.get_running_loop().create_task(self._connect())
+        self._connect_tasks.add(task)
+        task.add_done_callback(self._connect_tasks.discard)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        conn = Http1ClientConnection(self)
+        ip, port = self.host.address
+        tls = self.cluster.config.tls
+        try:
+            async with asyncio.timeout(self.cluster.config.connect_timeout_s):
+                if tls is None:
+                    await loop.create_connection(lambda: conn, ip, port)
+                else:
+                    await loop.create_connection(
+                        lambda: conn,
+                        ip,
+                        port,
+                        ssl=tls.context,
+                        server_hostname=tls.server_hostname,
+                    )
+        except TimeoutError:
+            self._connect_failed(CONNECTION_TIMEOUT)
+            return
+        except OSError:
+            self._connect_failed(CONNECTION_FAILURE)
+            return
+        self.connecting -= 1
+        self.connection_idle(conn)
+
+    def _connect_failed(self, reason: str) -> None:
+        stats = self.cluster.stats
+        self.connecting -= 1
+        self.cluster.resources.connections -= 1
+        stats.upstream_cx_active.value -= 1
+        stats.upstream_cx_destroy.value += 1
+        stats.upstream_cx_connect_fail.value += 1
+        if reason == CONNECTION_TIMEOUT:
+            stats.upstream_cx_connect_timeout.value += 1
+        # Fail the pending requests that the remaining connecting connections will not serve.
+        while len(self.pending) > self.connecting:
+            stream = self.pending.popleft()
+            self._dequeue(stream)
+            stats.upstream_rq_pending_failure_eject.value += 1
+            stream.fail(reason)
+
+    def connection_idle(self, conn: Http1ClientConnection) -> None:
+        """A connection is ready for its next request (newly connected, or done with one)."""
+        self.busy.discard(conn)
+        if conn.transport is None:
+            return
+        max_requests = self.cluster.config.max_requests_per_connection
+        if max_requests and conn.requests_served >= max_requests:
+            self.cluster.stats.upstream_cx_max_requests.value += 1
+            conn.close()
+            return
+        if self.pending:  # served even by a retired pool: they were accepted
+            stream = self.pending.popleft()
+            self._dequeue(stream)
+            self._attach(conn, stream)
+            return
+        if self.retired:
+            conn.close()
+            return
+        self.idle.append(conn)
+        conn.arm_idle_timer(self.cluster.config.idle_timeout_s)
+
+    def connection_closed(self, conn: Http1ClientConnection) -> None:
+        self.busy.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self.cluster.resources.connections -= 1
+        self.cluster.stats.upstream_cx_active.value -= 1
+        if self.pending and self.connecting < len(self.pending):
+            self._maybe_connect()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def retire(self) -> None:
+        """No new streams go here; idle connections close now, busy ones when done."""
+        self.retired = True
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
+
+    def close(self) -> None:
+        self.retire()
+        for task in self._connect_tasks:
+            task.cancel()
+        for conn in list(self.busy):
+            conn.abort()

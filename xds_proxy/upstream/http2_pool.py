@@ -1,0 +1,728 @@
+"""HTTP/2 connection pool to one upstream host: many streams per connection, a new
+connection when the current ones are full or going away.
+
+h2 drives the frames, with one exception (DESIGN.md, Known traps): h2 as a client treats a
+received GOAWAY as the end of the connection and raises on the responses of streams that the
+server still answers. So GOAWAY frames are cut out of the byte stream before h2 sees them and
+handled here: streams up to `last_stream_id` complete normally, later ones fail with
+`remote refused stream reset` (the server never processed them), new streams go to another
+connection, and the connection closes once its last stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hpack import NeverIndexedHeaderTuple
+
+from xds_proxy.upstream.stream import (
+    CONNECTION_FAILURE,
+    CONNECTION_TERMINATION,
+    CONNECTION_TIMEOUT,
+    OVERFLOW,
+    PROTOCOL_ERROR,
+    REMOTE_REFUSED_STREAM_RESET,
+    REMOTE_RESET,
+    Header,
+    RequestHead,
+    ResponseHandler,
+)
+
+if TYPE_CHECKING:
+    from xds_proxy.upstream.cluster import Cluster, Host
+
+_FRAME_HEADER = 9
+_GOAWAY = 0x7
+_REFUSED_STREAM = 0x7
+_CANCEL = 0x8
+_STREAM_WINDOW = 1 << 20
+_CONNECTION_WINDOW = 16 << 20
+# Request body bytes a stream holds back (peer's window closed) before it pauses its source.
+_SEND_HIGH_WATER = 1 << 20
+_FORBIDDEN_REQUEST_HEADERS = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
+)
+
+
+class Http2Stream:
+    __slots__ = (
+        "_conn",
+        "_outbuf",
+        "_outbuf_size",
+        "_paused_source",
+        "_pool",
+        "_request_ended",
+        "_trailers",
+        "_unacked",
+        "done",
+        "handler",
+        "head",
+        "paused",
+        "request_end_pending",
+        "stream_id",
+    )
+
+    def __init__(
+        self, pool: Http2Pool, head: RequestHead, handler: ResponseHandler, end_stream: bool
+    ) -> None:
+        self._pool = pool
+        self.head = head
+        self.handler = handler
+        self._conn: Http2ClientConnection | None = None
+        self.stream_id = 0
+        self._request_ended = end_stream
+        self.request_end_pending = end_stream  # END_STREAM not written yet
+        self._outbuf: collections.deque[bytes] = collections.deque()
+        self._outbuf_size = 0
+        self._trailers: list[Header] | None = None
+        self._paused_source = False
+        self._unacked = 0
+        self.paused = False
+        self.done = False
+
+    # -- UpstreamStream ---------------------------------------------------------------------
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        if self.done or self._request_ended:
+            return
+        if data:
+            self._outbuf.append(data)
+            self._outbuf_size += len(data)
+        if end_stream:
+            self._request_ended = True
+            self.request_end_pending = True
+        if self._conn is not None:
+            self._conn.flush_stream(self)
+        if self._outbuf_size > _SEND_HIGH_WATER and not self._paused_source:
+            self._paused_source = True
+            self.handler.pause_request_body()
+
+    def send_trailers(self, trailers: list[Header]) -> None:
+        if self.done or self._request_ended:
+            return
+        self._request_ended = True
+        self.request_end_pending = True
+        self._trailers = trailers
+        if self._conn is not None:
+            self._conn.flush_stream(self)
+
+    def reset(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._pool.cluster.stats.upstream_rq_tx_reset.value += 1
+        if self._conn is None:
+            self._pool.cancel_pending(self)
+        else:
+            self._conn.cancel_stream(self)
+
+    def pause_response(self) -> None:
+        self.paused = True
+
+    def resume_response(self) -> None:
+        self.paused = False
+        if self._conn is not None and self._unacked:
+            unacked, self._unacked = self._unacked, 0
+            self._conn.acknowledge(self, unacked)
+
+    # -- called by the connection -----------------------------------------------------------
+
+    def take_output(self, window: int) -> tuple[bytes, bool]:
+        """Up to `window` buffered bytes, and whether the stream may end after them."""
+        pieces = []
+        size = 0
+        while self._outbuf and size < window:
+            piece = self._outbuf.popleft()
+            room = window - size
+            if len(piece) > room:
+                self._outbuf.appendleft(piece[room:])
+                piece = piece[:room]
+            pieces.append(piece)
+            size += len(piece)
+        self._outbuf_size -= size
+        if self._paused_source and self._outbuf_size <= _SEND_HIGH_WATER // 2:
+            self._paused_source = False
+            self.handler.resume_request_body()
+        return b"".join(pieces), not self._outbuf
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._outbuf) or self.request_end_pending
+
+    def has_body_or_trailers(self) -> bool:
+        return bool(self._outbuf) or self._trailers is not None
+
+    def take_trailers(self) -> list[Header] | None:
+        trailers, self._trailers = self._trailers, None
+        return trailers
+
+    def note_received(self, size: int) -> bool:
+        """Flow-controlled bytes arrived; True when they may be acknowledged now."""
+        if self.paused:
+            self._unacked += size
+            return False
+        return True
+
+    def fail(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.handler.on_reset(reason)
+
+
+class Http2ClientConnection(asyncio.Protocol):
+    def __init__(self, pool: Http2Pool) -> None:
+        self.pool = pool
+        # Request headers come from our own codec (already validated); skipping h2's checks
+        # of them is a large part of the per-request cost.
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, Http2Stream] = {}
+        self.ready = False  # connected and the preface written
+        self.going_away = False
+        self.goaway_last_stream_id: int | None = None
+        self._pending_bytes = b""
+        self._frame_left = 0
+        self._blocked: dict[int, Http2Stream] = {}
+        self._closing = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self.streams_started = 0
+
+    # -- capacity ---------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        if not self.ready or self.going_away or self._closing:
+            return 0
+        limit = min(
+            self.pool.cluster.config.h2_max_concurrent_streams,
+            self.h2.remote_settings.max_concurrent_streams,
+        )
+        max_requests = self.pool.cluster.config.max_requests_per_connection
+        if max_requests:
+            limit = min(limit, max_requests - self.streams_started + len(self.streams))
+        return max(0, limit - len(self.streams))
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW,
+            },
+        )
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(_CONNECTION_WINDOW)
+        self.ready = True
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self._pending_bytes:
+            data = self._pending_bytes + data
+            self._pending_bytes = b""
+        start = 0
+        position = 0
+        size = len(data)
+        while position < size:
+            if self._frame_left:
+                step = min(self._frame_left, size - position)
+                self._frame_left -= step
+                position += step
+                continue
+            if size - position < _FRAME_HEADER:
+                break
+            length = int.from_bytes(data[position : position + 3], "big")
+            if data[position + 3] != _GOAWAY:
+                self._frame_left = _FRAME_HEADER + length
+                continue
+            end = position + _FRAME_HEADER + length
+            if end > size:
+                break
+            if position > start and not self._receive(data[start:position]):
+                return
+            self._on_goaway(data[position + _FRAME_HEADER : end])
+            start = position = end
+        if position < size:
+            self._pending_bytes = data[position:]
+        if position > start:
+            self._receive(data[start:position])
+        self._flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        for stream in list(self.streams.values()):
+            if not stream.done:
+                stream.handler.pause_request_body()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for stream in list(self.streams.values()):
+            if not stream.done:
+                stream.handler.resume_request_body()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.ready = False
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        stats = self.pool.cluster.stats
+        stats.upstream_cx_destroy.value += 1
+        if self._closing:
+            stats.upstream_cx_destroy_local.value += 1
+        else:
+            stats.upstream_cx_destroy_remote.value += 1
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self.pool.connection_closed(self)
+        for stream in streams:
+            self.pool.stream_done(stream)
+            stream.fail(CONNECTION_TERMINATION)
+
+    # -- frames in --------------------------------------------------------------------------
+
+    def _receive(self, data: bytes) -> bool:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
+            self._fail_all(PROTOCOL_ERROR)
+            return False
+        for event in events:
+            handler = _EVENT_HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+        return True
+
+    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None or stream.done:
+            return
+        status = 0
+        headers: list[Header] = []
+        for name, value in event.headers:
+            if name == b":status":
+                status = int(value)
+            elif not name.startswith(b":"):
+                headers.append((name, value))
+        ended = event.stream_ended is not None
+        if ended:
+            self._finish(stream)
+        stream.handler.on_response_headers(status, headers, ended)
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        size = event.flow_controlled_length
+        if stream is None or stream.done:
+            if size:
+                self.h2.acknowledge_received_data(size, event.stream_id)
+            return
+        if size and stream.note_received(size):
+            self.h2.acknowledge_received_data(size, event.stream_id)
+        ended = event.stream_ended is not None
+        if ended:
+            self._finish(stream)
+        stream.handler.on_response_data(event.data, ended)
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None or stream.done:
+            return
+        self._finish(stream)
+        stream.handler.on_response_trailers(list(event.headers))
+
+    def _on_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        self._blocked.pop(event.stream_id, None)
+        if stream is None:
+            return
+        self.pool.stream_done(stream)
+        self.pool.cluster.stats.upstream_rq_rx_reset.value += 1
+        refused = event.error_code == _REFUSED_STREAM
+        stream.fail(REMOTE_REFUSED_STREAM_RESET if refused else REMOTE_RESET)
+        self._after_stream_end()
+
+    def _on_window(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id:
+            stream = self._blocked.pop(event.stream_id, None)
+            if stream is not None:
+                self.flush_stream(stream, write=False)
+        else:
+            self._unblock_all()
+
+    def _unblock_all(self) -> None:
+        blocked = list(self._blocked.values())
+        self._blocked.clear()
+        for stream in blocked:
+            self.flush_stream(stream, write=False)
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        # A larger initial window or stream limit may unblock streams and pending requests.
+        self._unblock_all()
+        self.pool.connection_has_capacity(self)
+
+    def _on_goaway(self, payload: bytes) -> None:
+        last_stream_id = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+        self.going_away = True
+        self.goaway_last_stream_id = last_stream_id
+        self.pool.cluster.stats.upstream_cx_close_notify.value += 1
+        for stream_id in sorted(self.streams):
+            if stream_id > last_stream_id:
+                stream = self.streams.pop(stream_id)
+                self._blocked.pop(stream_id, None)
+                self.pool.stream_done(stream)
+                stream.fail(REMOTE_REFUSED_STREAM_RESET)
+        self.pool.connection_going_away(self)
+        self._after_stream_end()
+
+    # -- frames out -------------------------------------------------------------------------
+
+    def start_stream(self, stream: Http2Stream) -> None:
+        stream_id = self.h2.get_next_available_stream_id()
+        stream.stream_id = stream_id
+        stream._conn = self
+        self.streams[stream_id] = stream
+        self.streams_started += 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        head = stream.head
+        # Envoy's order of the pseudo-headers.
+        headers: list[Header] = [
+            (b":authority", head.authority),
+            (b":path", head.path),
+            (b":method", head.method),
+            (b":scheme", head.scheme),
+        ]
+        for name, value in head.headers:
+            if name in _FORBIDDEN_REQUEST_HEADERS or (name == b"te" and value != b"trailers"):
+                continue
+            if name == b"x-request-id":
+                # Unique per request: indexing it would only churn the HPACK table.
+                headers.append(NeverIndexedHeaderTuple(name, value))
+            else:
+                headers.append((name, value))
+        end_now = stream.request_end_pending and not stream.has_body_or_trailers()
+        self.h2.send_headers(stream_id, headers, end_stream=end_now)
+        if end_now:
+            stream.request_end_pending = False
+        else:
+            self.flush_stream(stream, write=False)
+        if self._write_paused:
+            stream.handler.pause_request_body()
+        self._flush()
+
+    def flush_stream(self, stream: Http2Stream, write: bool = True) -> None:
+        """Send what the stream has buffered, as far as flow control allows."""
+        if stream.done or stream.stream_id not in self.streams:
+            return
+        h2conn = self.h2
+        stream_id = stream.stream_id
+        try:
+            while stream.has_output:
+                window = min(
+                    h2conn.local_flow_control_window(stream_id), h2conn.max_outbound_frame_size
+                )
+                if stream._outbuf and window <= 0:
+                    self._blocked[stream_id] = stream
+                    break
+                data, drained = stream.take_output(window)
+                end = drained and stream.request_end_pending and stream._trailers is None
+                if data or end:
+                    h2conn.send_data(stream_id, data, end_stream=end)
+                if drained and stream.request_end_pending:
+                    trailers = stream.take_trailers()
+                    if trailers is not None:
+                        h2conn.send_headers(stream_id, trailers, end_stream=True)
+                    stream.request_end_pending = False
+                    break
+                if drained:
+                    break
+        except h2.exceptions.StreamClosedError:
+            pass  # the server already ended the stream (e.g. it answered before the body)
+        if write:
+            self._flush()
+
+    def acknowledge(self, stream: Http2Stream, size: int) -> None:
+        if stream.stream_id in self.streams:
+            self.h2.acknowledge_received_data(size, stream.stream_id)
+            self._flush()
+
+    def cancel_stream(self, stream: Http2Stream) -> None:
+        if self.streams.pop(stream.stream_id, None) is None:
+            return
+        self._blocked.pop(stream.stream_id, None)
+        self.pool.stream_done(stream)
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self.h2.reset_stream(stream.stream_id, _CANCEL)
+        self._flush()
+        self._after_stream_end()
+
+    def _finish(self, stream: Http2Stream) -> None:
+        """The response ended: the stream is over for us (a request body still unsent is
+        dropped, as the server needs no more of it)."""
+        stream.done = True
+        if self.streams.pop(stream.stream_id, None) is not None:
+            self._blocked.pop(stream.stream_id, None)
+            self.pool.stream_done(stream)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._after_stream_end)
+
+    def _after_stream_end(self) -> None:
+        if self.streams or self.transport is None:
+            return
+        if self.going_away or self.pool.retired:
+            self.close()
+            return
+        max_requests = self.pool.cluster.config.max_requests_per_connection
+        if max_requests and self.streams_started >= max_requests:
+            self.pool.cluster.stats.upstream_cx_max_requests.value += 1
+            self.close()
+            return
+        self.pool.connection_has_capacity(self)
+        if not self.streams and self._idle_timer is None:
+            timeout = self.pool.cluster.config.idle_timeout_s
+            if timeout:
+                loop = asyncio.get_running_loop()
+                self._idle_timer = loop.call_later(timeout, self._on_idle_timeout)
+
+    def _on_idle_timeout(self) -> None:
+        self._idle_timer = None
+        if not self.streams:
+            self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
+            self.close()
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def _fail_all(self, reason: str) -> None:
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            self.pool.stream_done(stream)
+            stream.fail(reason)
+        self.abort()
+
+    def close(self) -> None:
+        """Close with a GOAWAY of our own once nothing is in flight."""
+        if self._closing:
+            return
+        self._closing = True
+        self.pool.connection_going_away(self)
+        if self.transport is None:
+            return
+        try:
+            self.h2.close_connection()
+            self._flush()
+        except h2.exceptions.ProtocolError:
+            pass
+        self.transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+_EVENT_HANDLERS = {
+    h2.events.ResponseReceived: Http2ClientConnection._on_response,
+    h2.events.DataReceived: Http2ClientConnection._on_data,
+    h2.events.TrailersReceived: Http2ClientConnection._on_trailers,
+    h2.events.StreamReset: Http2ClientConnection._on_reset,
+    h2.events.WindowUpdated: Http2ClientConnection._on_window,
+    h2.events.RemoteSettingsChanged: Http2ClientConnection._on_settings,
+}
+
+
+class Http2Pool:
+    def __init__(self, cluster: Cluster, host: Host) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.connections: list[Http2ClientConnection] = []  # usable (not going away)
+        self.draining: set[Http2ClientConnection] = set()
+        self.connecting = 0
+        self.pending: collections.deque[Http2Stream] = collections.deque()
+        self.retired = False
+        self._connect_tasks: set[asyncio.Task] = set()
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def new_stream(
+        self, head: RequestHead, handler: ResponseHandler, end_stream: bool
+    ) -> Http2Stream:
+        stream = Http2Stream(self, head, handler, end_stream)
+        for conn in self.connections:
+            if conn.capacity > 0:
+                self._attach(conn, stream)
+                return stream
+        cluster = self.cluster
+        resources = cluster.resources
+        stats = cluster.stats
+        if resources.pending >= cluster.config.circuit_breakers.max_pending_requests:
+            stats.upstream_rq_pending_overflow.value += 1
+            asyncio.get_running_loop().call_soon(stream.fail, OVERFLOW)
+            return stream
+        stats.upstream_rq_pending_total.value += 1
+        stats.upstream_rq_pending_active.value += 1
+        resources.pending += 1
+        resources.requests += 1
+        self.pending.append(stream)
+        if not self.connecting:
+            self._maybe_connect()
+        return stream
+
+    def _attach(self, conn: Http2ClientConnection, stream: Http2Stream) -> None:
+        stats = self.cluster.stats
+        stats.upstream_rq_total.value += 1
+        stats.upstream_rq_active.value += 1
+        self.cluster.resources.requests += 1
+        self.host.active_requests += 1
+        conn.start_stream(stream)
+
+    def _dequeue(self) -> Http2Stream:
+        stream = self.pending.popleft()
+        resources = self.cluster.resources
+        resources.pending -= 1
+        resources.requests -= 1
+        self.cluster.stats.upstream_rq_pending_active.value -= 1
+        return stream
+
+    def cancel_pending(self, stream: Http2Stream) -> None:
+        if stream in self.pending:
+            self.pending.remove(stream)
+            self.pending.appendleft(stream)
+            self._dequeue()
+            self.cluster.stats.upstream_rq_cancelled.value += 1
+
+    def stream_done(self, stream: Http2Stream) -> None:
+        stats = self.cluster.stats
+        stats.upstream_rq_active.value -= 1
+        stats.upstream_rq_completed.value += 1
+        self.cluster.resources.requests -= 1
+        self.host.active_requests -= 1
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _maybe_connect(self) -> None:
+        cluster = self.cluster
+        resources = cluster.resources
+        has_any = self.connecting or self.connections or self.draining
+        if resources.connections >= cluster.config.circuit_breakers.max_connections:
+            cluster.stats.upstream_cx_overflow.value += 1
+            if has_any:
+                return
+        self.connecting += 1
+        resources.connections += 1
+        stats = cluster.stats
+        stats.upstream_cx_total.value += 1
+        stats.upstream_cx_http2_total.value += 1
+        stats.upstream_cx_active.value += 1
+        task = asyncio.get_running_loop().create_task(self._connect())
+        self._connect_tasks.add(task)
+        task.add_done_callback(self._connect_tasks.discard)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        conn = Http2ClientConnection(self)
+        ip, port = self.host.address
+        tls = self.cluster.config.tls
+        try:
+            async with asyncio.timeout(self.cluster.config.connect_timeout_s):
+                if tls is None:
+                    await loop.create_connection(lambda: conn, ip, port)
+                else:
+                    await loop.create_connection(
+                        lambda: conn,
+                        ip,
+                        port,
+                        ssl=tls.context,
+                        server_hostname=tls.server_hostname,
+                    )
+        except TimeoutError:
+            self._connect_failed(CONNECTION_TIMEOUT)
+            return
+        except OSError:
+            self._connect_failed(CONNECTION_FAILURE)
+            return
+        self.connecting -= 1
+        self.connections.append(conn)
+        self.connection_has_capacity(conn)
+
+    def _connect_failed(self, reason: str) -> None:
+        stats = self.cluster.stats
+        self.connecting -= 1
+        self.cluster.resources.connections -= 1
+        stats.upstream_cx_active.value -= 1
+        stats.upstream_cx_destroy.value += 1
+        stats.upstream_cx_connect_fail.value += 1
+        if reason == CONNECTION_TIMEOUT:
+            stats.upstream_cx_connect_timeout.value += 1
+        if self.connecting:
+            return
+        while self.pending:
+            stream = self._dequeue()
+            stats.upstream_rq_pending_failure_eject.value += 1
+            stream.fail(reason)
+
+    def connection_has_capacity(self, conn: Http2ClientConnection) -> None:
+        while self.pending and conn.capacity > 0:
+            self._attach(conn, self._dequeue())
+        if self.pending and not self.connecting:
+            self._maybe_connect()
+        if self.retired and not conn.streams:
+            conn.close()
+
+    def connection_going_away(self, conn: Http2ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+            self.draining.add(conn)
+        if self.pending and not self.connecting:
+            self._maybe_connect()
+
+    def connection_closed(self, conn: Http2ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+        self.draining.discard(conn)
+        self.cluster.resources.connections -= 1
+        self.cluster.stats.upstream_cx_active.value -= 1
+        if self.pending and not self.connecting:
+            self._maybe_connect()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def retire(self) -> None:
+        self.retired = True
+        for conn in list(self.connections):
+            if not conn.streams:
+                conn.close()
+
+    def close(self) -> None:
+        self.retired = True
+        for task in self._connect_tasks:
+            task.cancel()
+        for conn in [*self.connections, *self.draining]:
+            conn.abort()

@@ -1,0 +1,48 @@
+"""TLS to upstream hosts from a cluster's `transport_socket` (`UpstreamTlsContext`).
+
+The same subset and validation as the xDS cluster's TLS (xds/tls.py), with Envoy's data-plane
+semantics: the server certificate is verified against `trusted_ca` when one is given and not
+at all otherwise; SNI is sent only when `sni` is set; names are not checked.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+
+from xds_proxy.xds.tls import channel_tls
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    context: ssl.SSLContext
+    server_hostname: str  # "" sends no SNI
+
+
+def upstream_tls(socket: base_pb2.TransportSocket, path: str) -> UpstreamTls:
+    """Raises ConfigError (`FIELD_PATH: reason`)."""
+    settings = channel_tls(socket, path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    if settings.trusted_ca is not None:
+        context.load_verify_locations(cadata=settings.trusted_ca.read().decode())
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    if settings.certificate_chain is not None and settings.private_key is not None:
+        chain = settings.certificate_chain.read()
+        key = settings.private_key.read()
+        # ssl loads certificates from files only.
+        with tempfile.TemporaryDirectory(prefix="xds-proxy-tls-") as folder:
+            chain_path = os.path.join(folder, "chain.pem")
+            key_path = os.path.join(folder, "key.pem")
+            with open(chain_path, "wb") as out:
+                out.write(chain)
+            with open(key_path, "wb") as out:
+                out.write(key)
+            context.load_cert_chain(chain_path, key_path)
+    return UpstreamTls(context, settings.sni)

@@ -1,18 +1,93 @@
 """Push-to-ACK and push-to-serving for N listeners, and for one modified listener among 1,000:
-xds-proxy and Envoy 1.40 against the same control-plane-stub, side by side."""
+xds-proxy and Envoy 1.40 side by side, each fed by the same minimal LDS server.
+
+The server here pre-builds every DiscoveryResponse and timestamps the moment it hands one to
+gRPC and the moment the ACK (the request carrying its nonce) comes back, so the numbers are
+the proxy's, not the control plane's.
+"""
 
 from __future__ import annotations
 
+import queue
 import socket
 import tempfile
+import threading
 import time
+from concurrent import futures
 from pathlib import Path
 
+import grpc
+from envoy.config.listener.v3 import listener_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.listener.v3 import lds_pb2_grpc
+from google.protobuf import any_pb2, json_format
+
+import xds_proxy.extensions  # noqa: F401 - registers the typed_config types for ParseDict
 from tests.helpers.envoy import EnvoyProcess
 from tests.helpers.http_client import get
 from tests.helpers.listeners import http_listener, lds_bootstrap
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.stub import StubProcess
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+class MinimalLds(lds_pb2_grpc.ListenerDiscoveryServiceServicer):
+    """One SotW LDS stream at a time; `push()` returns (sent, acked) monotonic times."""
+
+    def __init__(self) -> None:
+        self._outbox: queue.Queue[discovery_pb2.DiscoveryResponse] = queue.Queue()
+        self._requests: queue.Queue[discovery_pb2.DiscoveryRequest] = queue.Queue()
+        self._nonce = 0
+        self._sent_at = 0.0
+
+    def StreamListeners(self, request_iterator, context):
+        def read() -> None:
+            for request in request_iterator:
+                self._requests.put(request)
+
+        threading.Thread(target=read, daemon=True).start()
+        while context.is_active():
+            try:
+                response = self._outbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            self._sent_at = time.monotonic()
+            yield response
+
+    def response(self, version: str, listeners: list[listener_pb2.Listener]):
+        self._nonce += 1
+        resources = []
+        for listener in listeners:
+            packed = any_pb2.Any()
+            packed.Pack(listener)
+            resources.append(packed)
+        return discovery_pb2.DiscoveryResponse(
+            version_info=version,
+            type_url=LISTENER_TYPE,
+            nonce=str(self._nonce),
+            resources=resources,
+        )
+
+    def push(self, response: discovery_pb2.DiscoveryResponse) -> tuple[float, float]:
+        self._outbox.put(response)
+        while True:
+            request = self._requests.get(timeout=120)
+            if request.response_nonce == response.nonce:
+                if request.HasField("error_detail"):
+                    raise RuntimeError(f"NACK: {request.error_detail.message}")
+                return self._sent_at, time.monotonic()
+
+    def wait_subscribed(self) -> None:
+        self._requests.get(timeout=30)
+
+
+def _messages(dicts: list[dict]) -> list[listener_pb2.Listener]:
+    result = []
+    for doc in dicts:
+        message = listener_pb2.Listener()
+        json_format.ParseDict(doc, message)
+        result.append(message)
+    return result
 
 
 def _listeners(
@@ -54,82 +129,72 @@ def _until(condition, what: str, timeout: float = 120.0) -> float:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def _settle(process) -> None:
-    """Wait until the listeners replaced by the last round have finished draining."""
-    _until(
-        lambda: process.stat("listener_manager.total_listeners_draining") == 0,
-        "drains to finish",
-        timeout=30,
-    )
-
-
-def _measure(process, stub, counts: list[int]) -> dict[str, float]:
-    results: dict[str, float] = {}
-    for count in counts:
-        prefix = f"n{count}"
-        listeners = _listeners(prefix, count)
-        started = time.monotonic()
-        version = stub.client.set_resources(listeners=listeners)["listeners"]
-        stub.client.wait(version, timeout=120)
-        acked = time.monotonic()
-        last = f"{prefix}-{count - 1}"
-        served = _until(
-            lambda last=last: (port := _port_of(process, last)) and get(port).status == 200,
-            f"{type(process).__name__}: {last} serving",
-        )
-        results[f"push {count:>5} -> ACK"] = acked - started
-        results[f"push {count:>5} -> serving"] = served - started
-        _settle(process)
-    # one modified listener among 1,000 (an in-place filter-chain update)
-    # Fixed ports: Envoy 1.40 was seen to keep serving the old chain of an in-place-updated
-    # port-0 listener after earlier rounds had removed other port-0 listeners.
-    ports = _free_ports(1000)
-    base = _listeners("m", 1000, ports=ports)
-    version = stub.client.set_resources(listeners=base)["listeners"]
-    stub.client.wait(version, timeout=120)
-    _until(lambda: _port_of(process, "m-500"), "m-500 listed")
-    _settle(process)
-    port = _port_of(process, "m-500")
-    started = time.monotonic()
-    version = stub.client.set_resources(listeners=_listeners("m", 1000, modified=500, ports=ports))[
-        "listeners"
-    ]
-    stub.client.wait(version, timeout=120)
-    acked = time.monotonic()
+def _push(process, plane: MinimalLds, count: int) -> dict[str, float]:
+    prefix = f"n{count}"
+    response = plane.response(prefix, _messages(_listeners(prefix, count)))
+    sent, acked = plane.push(response)
+    last = f"{prefix}-{count - 1}"
     served = _until(
-        lambda: get(_port_of(process, "m-500")).text == "changed",
-        f"{type(process).__name__}: m-500 changed",
+        lambda: (port := _port_of(process, last)) and get(port).status == 200,
+        f"{type(process).__name__}: {last} serving",
     )
-    same_port = _port_of(process, "m-500") == port
-    results["modify 1 of 1000 -> ACK"] = acked - started
-    results["modify 1 of 1000 -> serving"] = served - started
-    print(f"   {type(process).__name__}: modified port-0 listener kept its port: {same_port}")
-    stub.client.set_resources(listeners=[])
-    return results
+    return {
+        f"push {count:>5} -> ACK": acked - sent,
+        f"push {count:>5} -> serving": served - sent,
+    }
 
 
-def _run_one(make, workdir: Path, counts: list[int]) -> dict[str, float]:
-    stub = StubProcess(workdir / "stub").start()
-    process = make(lds_bootstrap(stub.xds_address), workdir / "proc")
+def _modify_one_of_1000(process, plane: MinimalLds) -> dict[str, float]:
+    """An in-place filter-chain update of one listener among 1,000."""
+    ports = _free_ports(1000)
+    plane.push(plane.response("m1", _messages(_listeners("m", 1000, ports=ports))))
+    _until(lambda: get(ports[500]).text == "ok", "m-500 serving")
+    changed = plane.response("m2", _messages(_listeners("m", 1000, modified=500, ports=ports)))
+    sent, acked = plane.push(changed)
+    served = _until(
+        lambda: get(ports[500]).text == "changed", f"{type(process).__name__}: m-500 changed"
+    )
+    return {
+        "modify 1 of 1000 -> ACK": acked - sent,
+        "modify 1 of 1000 -> serving": served - sent,
+    }
+
+
+def _run_one(make, workdir: Path, scenario) -> dict[str, float]:
+    """One scenario on a fresh LDS server and a fresh proxy."""
+    plane = MinimalLds()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
+    )
+    lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(plane, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    process = make(lds_bootstrap(f"127.0.0.1:{port}"), workdir)
     try:
         process.start()
-        process.wait_ready()
-        return _measure(process, stub, counts)
+        plane.wait_subscribed()
+        plane.push(plane.response("empty", []))
+        return scenario(process, plane)
     finally:
         process.stop()
-        stub.stop()
+        server.stop(0)
 
 
 def run(large: bool) -> list[str]:
     counts = [1, 100, 1000] + ([10000] if large else [])
+    scenarios = [lambda p, s, n=n: _push(p, s, n) for n in counts] + [_modify_one_of_1000]
+    envoy: dict[str, float] = {}
+    ours: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-lds-") as scratch:
         workdir = Path(scratch)
-        envoy = _run_one(
-            lambda b, w: EnvoyProcess(b, w, log_level="error"), workdir / "envoy", counts
-        )
-        ours = _run_one(
-            lambda b, w: ProxyProcess(b, w, log_level="error"), workdir / "ours", counts
-        )
+        for i, scenario in enumerate(scenarios):
+            envoy |= _run_one(
+                lambda b, w: EnvoyProcess(b, w, log_level="error"), workdir / f"e{i}", scenario
+            )
+            ours |= _run_one(
+                lambda b, w: ProxyProcess(b, w, log_level="error"), workdir / f"o{i}", scenario
+            )
     lines = [f"   {'':32} {'envoy':>10} {'xds-proxy':>10} {'envoy/ours':>10}"]
     for key in envoy:
         ratio = envoy[key] / ours[key] if ours[key] else float("inf")

@@ -77,7 +77,7 @@ class ListenerVersion:
     id: int
     name: str
     config: listener_pb2.Listener
-    key: bytes  # config_key(config)
+    raw: bytes  # the config as serialized: equal bytes, equal config (the fast check)
     version_info: str
     last_updated: float
     static: bool
@@ -85,6 +85,16 @@ class ListenerVersion:
     compiled: Any
     draining: bool = False
     stopped: bool = False  # by /drain_listeners: listed, not accepting
+    _key: bytes | None = None
+
+    def key(self) -> bytes:
+        """config_key(config), computed once and only when bytes alone cannot tell."""
+        if self._key is None:
+            self._key = config_key(self.config)
+        return self._key
+
+    def same_config(self, other: listener_pb2.Listener, other_raw: bytes) -> bool:
+        return self.raw == other_raw or self.key() == config_key(other)
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,7 @@ class ListenerManager:
         self._ids = itertools.count(1)
         self.active: dict[str, ListenerVersion] = {}
         self.draining: list[ListenerVersion] = []
+        self._owners: dict[SocketAddress, ListenerVersion] = {}  # fixed-port addresses in use
         self.draining_chains: list[DrainingChains] = []
         self.errors: dict[str, ErrorState] = {}
         self.overall_errors: list[ErrorState] = []
@@ -242,11 +253,11 @@ class ListenerManager:
     ) -> bool:
         if self.stopped_inbound and _inbound(listener):
             return False  # inbound listeners were stopped by /drain_listeners?inboundonly
-        key = config_key(listener)
+        raw = listener.SerializeToString()
         existing = self.active.get(listener.name)
-        if existing is not None and (existing.static or existing.key == key):
+        if existing is not None and (existing.static or existing.same_config(listener, raw)):
             return False  # identical, or static: skipped
-        version = self._build(listener, version_info, key=key)
+        version = self._build(listener, version_info, raw=raw)
         if existing is None:
             self._check_duplicate_address(version)
             self._reserve(version, share_from=None)
@@ -272,7 +283,7 @@ class ListenerManager:
         version.version_info = existing.version_info  # as Envoy: the listener keeps its version
         self._reserve(version, share_from=existing.id)
         self._sockets.release(existing.id)
-        self.active[version.name] = version
+        self._set_active(version)
         chains = _draining_chains(existing.config, version.config)
         group_id = next(self._ids)
         if chains:
@@ -294,7 +305,7 @@ class ListenerManager:
         self._start_draining(existing, DrainTrigger.LDS_UPDATE, actions, started=version)
 
     def _remove(self, name: str, actions: list[Action]) -> None:
-        self._start_draining(self.active.pop(name), DrainTrigger.LDS_REMOVE, actions)
+        self._start_draining(self._pop_active(name), DrainTrigger.LDS_REMOVE, actions)
         self._stats.counter("listener_manager.listener_removed").inc()
 
     def _start_draining(
@@ -345,7 +356,7 @@ class ListenerManager:
         """The runtime could not start a version it was told to start (listen() failed)."""
         for name, version in list(self.active.items()):
             if version.id == version_id:
-                del self.active[name]
+                self._pop_active(name)
                 self._sockets.release(version_id)
         self._stats.counter("listener_manager.listener_create_failure").inc()
         self._update_gauges()
@@ -363,7 +374,7 @@ class ListenerManager:
         listener: listener_pb2.Listener,
         version_info: str,
         static: bool = False,
-        key: bytes | None = None,
+        raw: bytes | None = None,
     ) -> ListenerVersion:
         addresses = listener_addresses(listener)
         compiled = self._compile(listener)
@@ -371,7 +382,7 @@ class ListenerManager:
             id=next(self._ids),
             name=listener.name,
             config=listener,
-            key=key if key is not None else config_key(listener),
+            raw=raw if raw is not None else listener.SerializeToString(),
             version_info=version_info,
             last_updated=self._clock(),
             static=static,
@@ -380,8 +391,27 @@ class ListenerManager:
         )
 
     def _activate(self, version: ListenerVersion) -> None:
-        self.active[version.name] = version
+        self._set_active(version)
         self._stats.counter("listener_manager.listener_create_success").inc()
+
+    def _set_active(self, version: ListenerVersion) -> None:
+        previous = self.active.get(version.name)
+        if previous is not None:
+            self._forget_addresses(previous)
+        self.active[version.name] = version
+        for address in version.addresses:
+            if address[1] != 0:
+                self._owners[address] = version
+
+    def _pop_active(self, name: str) -> ListenerVersion:
+        version = self.active.pop(name)
+        self._forget_addresses(version)
+        return version
+
+    def _forget_addresses(self, version: ListenerVersion) -> None:
+        for address in version.addresses:
+            if self._owners.get(address) is version:
+                del self._owners[address]
 
     def _reserve(self, version: ListenerVersion, share_from: int | None) -> None:
         try:
@@ -392,11 +422,9 @@ class ListenerManager:
 
     def _check_duplicate_address(self, version: ListenerVersion, ignore_name: str = "") -> None:
         """Two active listeners may not share an address (port 0 always binds anew)."""
-        wanted = {a for a in version.addresses if a[1] != 0}
-        for other in self.active.values():
-            if other.name == ignore_name:
-                continue
-            if wanted & set(other.addresses):
+        for address in version.addresses:
+            owner = self._owners.get(address)
+            if owner is not None and owner.name != ignore_name:
                 shown = ",".join(_format_address(a) for a in version.addresses)
                 raise ConfigError(
                     f"error adding listener: '{version.name}' has duplicate address '{shown}' "

@@ -66,11 +66,12 @@ class ChainRuntime:
         path: str,
     ) -> None:
         self.listener = listener
-        self.key = config_key(config)
+        self.config = config
         self.name = config.name
         self.connections: set[DrainableConnection] = set()
         self.drain: Drain | None = None
         self.on_empty: Callable[[], None] | None = None
+        self._key: bytes | None = None
         self._told: dict[DrainableConnection, asyncio.TimerHandle | None] = {}
         runtime = listener.runtime
         context = FilterChainContext(
@@ -91,6 +92,13 @@ class ChainRuntime:
             self.handshake_timeout_s = (
                 config.transport_socket_connect_timeout.ToNanoseconds() / 1e9 or None
             )
+
+    @property
+    def key(self) -> bytes:
+        """config_key of the chain, computed only when an in-place update compares chains."""
+        if self._key is None:
+            self._key = config_key(self.config)
+        return self._key
 
     def drains(self) -> list[Drain]:
         """Every drain that covers this chain now: its own, its listener's, the server's."""

@@ -42,8 +42,11 @@ class MinimalLds(lds_pb2_grpc.ListenerDiscoveryServiceServicer):
 
     def StreamListeners(self, request_iterator, context):
         def read() -> None:
-            for request in request_iterator:
-                self._requests.put(request)
+            try:
+                for request in request_iterator:
+                    self._requests.put(request)
+            except grpc.RpcError:
+                pass  # the proxy went away at the end of the run
 
         threading.Thread(target=read, daemon=True).start()
         while context.is_active():

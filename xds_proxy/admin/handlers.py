@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2, listeners_pb2, server_info_pb2
 from google.protobuf import json_format, timestamp_pb2
 
+from xds_proxy.admin.page import AdminPage
 from xds_proxy.admin.server import AdminResponse
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def _to_json(message) -> str:
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
+    stamp.FromMilliseconds(int(seconds * 1000))  # Envoy prints milliseconds
     return stamp
 
 
@@ -39,6 +40,7 @@ class AdminHandlers:
         self.server = server
         # path -> (method, handler, help text); method None: any.
         self.routes: dict[str, tuple[str, Callable[[Query], AdminResponse], str]] = {
+            "/": ("GET", AdminPage(server).handle, "admin home page (HTML; ?format=json: LDS log)"),
             "/ready": ("GET", self.ready, "print server state, return 200 if LIVE, otherwise 503"),
             "/server_info": ("GET", self.server_info, "print server version/status information"),
             "/listeners": ("GET", self.listeners, "print listener info"),

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from xds_proxy.upstream.connect import open_connection
 from xds_proxy.upstream.stream import (
-    CONNECTION_FAILURE,
     CONNECTION_TERMINATION,
     CONNECTION_TIMEOUT,
     OVERFLOW,
@@ -493,27 +493,10 @@ class Http1Pool:
         task.add_done_callback(self._connect_tasks.discard)
 
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
         conn = Http1ClientConnection(self)
-        ip, port = self.host.address
-        tls = self.cluster.config.tls
-        try:
-            async with asyncio.timeout(self.cluster.config.connect_timeout_s):
-                if tls is None:
-                    await loop.create_connection(lambda: conn, ip, port)
-                else:
-                    await loop.create_connection(
-                        lambda: conn,
-                        ip,
-                        port,
-                        ssl=tls.context,
-                        server_hostname=tls.server_hostname,
-                    )
-        except TimeoutError:
-            self._connect_failed(CONNECTION_TIMEOUT)
-            return
-        except OSError:
-            self._connect_failed(CONNECTION_FAILURE)
+        failure = await open_connection(self.cluster, self.host, conn)
+        if failure is not None:
+            self._connect_failed(failure)
             return
         self.connecting -= 1
         self.connection_idle(conn)

@@ -1,0 +1,32 @@
+"""Opening one upstream connection, the same way for every pool."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from xds_proxy.upstream.stream import CONNECTION_FAILURE, CONNECTION_TIMEOUT
+
+if TYPE_CHECKING:
+    from xds_proxy.upstream.cluster import Cluster, Host
+
+
+async def open_connection(cluster: Cluster, host: Host, conn: asyncio.Protocol) -> str | None:
+    """Connect `conn` to `host` within the cluster's `connect_timeout`, over TLS when the
+    cluster has a transport socket; None once connected, else Envoy's reset reason."""
+    loop = asyncio.get_running_loop()
+    ip, port = host.address
+    tls = cluster.config.tls
+    try:
+        async with asyncio.timeout(cluster.config.connect_timeout_s):
+            if tls is None:
+                await loop.create_connection(lambda: conn, ip, port)
+            else:
+                await loop.create_connection(
+                    lambda: conn, ip, port, ssl=tls.context, server_hostname=tls.server_hostname
+                )
+    except TimeoutError:
+        return CONNECTION_TIMEOUT
+    except OSError:
+        return CONNECTION_FAILURE
+    return None

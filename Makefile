@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint proto bench venv
+.PHONY: run test lint proto bench venv test-compose
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,8 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(LARGE),--large,)
+
+# Builds the images (local debootstrap base, wheels from the host) and runs the compose `tests`
+# service against the other services; starts a private dockerd when none runs, stops it after.
+test-compose: $(STAMP)
+	docker/test-compose.sh

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import uvloop
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
+from xds_proxy.admin.update_log import LdsUpdateLog
 from xds_proxy.cli import Options
 from xds_proxy.errors import ConfigError
 from xds_proxy.hot_restart import HotRestart, ParentHooks
@@ -63,6 +64,7 @@ class Server:
         self.runtime.clusters = self.clusters
         self.shutdown_requested = asyncio.Event()
         self.lds_client = None
+        self.lds_updates = LdsUpdateLog()  # the admin page's recent LDS updates
         self.admin_address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task] = []
         self._set_state(ServerState.PRE_INITIALIZING)
@@ -158,13 +160,18 @@ class Server:
 
     def apply_listeners(self, version_info: str, listeners: list) -> str | None:
         """The LDS client's callback: apply one SotW response; None means ACK."""
-        return self._submit(version_info, self.manager.apply_sotw(version_info, listeners))
+        result = self.manager.apply_sotw(version_info, listeners)
+        self.lds_updates.record("sotw", version_info, result.nack_message, len(listeners))
+        return self._submit(version_info, result)
 
     def apply_delta(self, version_info: str, listeners: list, removed: list[str]) -> str | None:
         """The LDS client's Delta (and TTL expiry) callback: removed first, then added."""
-        return self._submit(
-            version_info, self.manager.apply_delta(version_info, listeners, removed)
+        result = self.manager.apply_delta(version_info, listeners, removed)
+        kind = "ttl" if version_info == "" and not listeners else "delta"
+        self.lds_updates.record(
+            kind, version_info, result.nack_message, len(listeners), len(removed)
         )
+        return self._submit(version_info, result)
 
     def _submit(self, version_info: str, result: ApplyResult) -> str | None:
         self.runtime.submit(result.actions)

@@ -19,7 +19,7 @@ from tests.helpers.listeners import http_listener, lds_bootstrap
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
 from tests.helpers.stub import StubProcess
-from xds_proxy.admin.page import LdsUpdateLog
+from xds_proxy.admin.update_log import LdsUpdateLog
 
 DRAIN_SECONDS = 30  # long enough to be in progress while Chromium looks; the test ends it
 

@@ -10,11 +10,7 @@ error text), kept in a small ring buffer because no other endpoint remembers the
 from __future__ import annotations
 
 import json
-import time
-from collections import deque
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from xds_proxy.admin.server import AdminResponse
 
@@ -25,80 +21,15 @@ Query = dict[str, list[str]]
 UPDATE_LOG_SIZE = 32
 
 
-class LdsUpdateLog:
-    """The last `size` LDS update outcomes, newest last (a ring buffer: old ones fall off)."""
-
-    def __init__(self, size: int = UPDATE_LOG_SIZE, clock: Callable[[], float] = time.time):
-        self._entries: deque[dict[str, Any]] = deque(maxlen=size)
-        self._clock = clock
-
-    def record(
-        self,
-        kind: str,
-        version_info: str,
-        error: str | None,
-        updated: int,
-        removed: int = 0,
-    ) -> None:
-        """One applied response: `kind` is "sotw", "delta" or "ttl" (a local TTL expiry)."""
-        self._entries.append(
-            {
-                "at": datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="milliseconds"),
-                "kind": kind,
-                "version_info": version_info,
-                "outcome": "ACK" if error is None else "NACK",
-                "error": (error or "").strip(),
-                "updated": updated,
-                "removed": removed,
-            }
-        )
-
-    def entries(self) -> list[dict[str, Any]]:
-        return list(self._entries)
-
-
-def install_update_log(server: Server) -> LdsUpdateLog:
-    """Record every LDS update the server applies.
-
-    The LDS client calls `server.apply_listeners` / `server.apply_delta` (bound when it is
-    created, after the admin handlers), so wrapping them here sees every outcome of an applied
-    response. Responses that fail to decode never reach them and are not recorded (their NACK
-    still shows in the `update_rejected` counter the page prints).
-    """
-    existing = getattr(server, "lds_update_log", None)
-    if isinstance(existing, LdsUpdateLog):
-        return existing
-    log = LdsUpdateLog()
-    server.lds_update_log = log  # type: ignore[attr-defined]
-    apply_sotw = server.apply_listeners
-    apply_delta = server.apply_delta
-
-    def recorded_sotw(version_info: str, listeners: list) -> str | None:
-        error = apply_sotw(version_info, listeners)
-        log.record("sotw", version_info, error, len(listeners))
-        return error
-
-    def recorded_delta(version_info: str, listeners: list, removed: list[str]) -> str | None:
-        error = apply_delta(version_info, listeners, removed)
-        kind = "ttl" if version_info == "" and not listeners else "delta"
-        log.record(kind, version_info, error, len(listeners), len(removed))
-        return error
-
-    server.apply_listeners = recorded_sotw  # type: ignore[method-assign]
-    server.apply_delta = recorded_delta  # type: ignore[method-assign]
-    return log
-
-
 class AdminPage:
     """`GET /`: the HTML page; `GET /?format=json`: the LDS update log it shows."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.update_log = install_update_log(server)
 
     def handle(self, query: Query) -> AdminResponse:
         if query.get("format", [""])[0] == "json":
-            body = json.dumps({"lds_updates": self.update_log.entries()}, indent=1) + "\n"
+            body = json.dumps({"lds_updates": self.server.lds_updates.entries()}, indent=1) + "\n"
             return AdminResponse(200, body, "application/json")
         return AdminResponse(
             200, PAGE, "text/html; charset=UTF-8", headers=(("cache-control", "no-store"),)

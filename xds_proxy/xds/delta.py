@@ -34,6 +34,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from xds_proxy.xds.decode import DecodedListener, ResponseDecodeError
 from xds_proxy.xds.sotw import (
     GRPC_INTERNAL,
+    SubscriptionLifecycle,
     SubscriptionStats,
     count_update,
     truncate_error_message,
@@ -62,7 +63,7 @@ def safe_apply(apply: ApplyDelta, version: str, listeners: list, removed: list[s
         return str(apply_error) or type(apply_error).__name__
 
 
-class DeltaSubscription:
+class DeltaSubscription(SubscriptionLifecycle):
     """One wildcard Delta subscription of one type URL, across any number of streams."""
 
     def __init__(
@@ -73,35 +74,17 @@ class DeltaSubscription:
         decode: DecodeDelta,
         node_on_first_request_only: bool = False,
     ) -> None:
-        self.type_url = type_url
-        self._node = node
-        self._stats = stats
+        super().__init__(type_url, node, stats, node_on_first_request_only)
         self._decode = decode
-        self._node_on_first_request_only = node_on_first_request_only
         self.resource_versions: dict[str, str] = {}  # what we hold: name -> version
         self.last_accepted_version = ""  # system_version_info: informational in Delta
         self.ttl = TtlTracker()
-        self.nonce = ""
-        self.stream_up = False
-        self.responses_handled = 0
-        self._requests_on_stream = 0
-        self._started = False
 
     # -- events -------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """The subscription begins (once, before the first stream); Envoy counts an attempt."""
-        if not self._started:
-            self._started = True
-            self._stats.update_attempt.inc()
-
     def on_stream_established(self) -> discovery_pb2.DeltaDiscoveryRequest:
         """A new stream is open: its first request names every resource held, with version."""
-        self.start()
-        self.stream_up = True
-        self.nonce = ""
-        self._requests_on_stream = 0
-        self._stats.connected_state.set(1)
+        self._stream_opened()
         request = self._request()
         for name in sorted(self.resource_versions):
             request.initial_resource_versions[name] = self.resource_versions[name]
@@ -160,20 +143,6 @@ class DeltaSubscription:
         count_update(self._stats, "", safe_apply(apply, "", [], expired), now_ms)
         return expired
 
-    def on_stream_lost(self) -> None:
-        """The stream failed or was closed by the server: keep everything, count a failure."""
-        self.start()
-        self.stream_up = False
-        self.nonce = ""
-        self._stats.connected_state.set(0)
-        self._stats.update_failure.inc()
-        self._stats.update_attempt.inc()
-
-    def on_initial_fetch_timeout(self) -> None:
-        """No response within `initial_fetch_timeout` of the start."""
-        self._stats.init_fetch_timeout.inc()
-        self._stats.update_attempt.inc()
-
     # -- helpers ------------------------------------------------------------------------------
 
     def _updates(self, decoded: list[DecodedListener]) -> list[listener_pb2.Listener]:
@@ -195,10 +164,8 @@ class DeltaSubscription:
         request = discovery_pb2.DeltaDiscoveryRequest(
             type_url=self.type_url, response_nonce=self.nonce
         )
-        if not self._node_on_first_request_only or self._requests_on_stream == 0:
-            request.node.CopyFrom(self._node)
+        self._stamp(request)
         if error_message is not None:
             request.error_detail.code = GRPC_INTERNAL
             request.error_detail.message = error_message
-        self._requests_on_stream += 1
         return request

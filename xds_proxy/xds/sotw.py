@@ -116,7 +116,62 @@ def count_update(
     stats.version_text.set(version_info)
 
 
-class SotwSubscription(Generic[R]):
+class SubscriptionLifecycle:
+    """What SotW and Delta subscriptions share: the node on requests, streams coming and
+    going, and how Envoy counts attempts and failures across them."""
+
+    def __init__(
+        self,
+        type_url: str,
+        node: base_pb2.Node,
+        stats: SubscriptionStats,
+        node_on_first_request_only: bool,
+    ) -> None:
+        self.type_url = type_url
+        self._node = node
+        self._stats = stats
+        self._node_on_first_request_only = node_on_first_request_only
+        self.nonce = ""
+        self.stream_up = False
+        self.responses_handled = 0
+        self._requests_on_stream = 0
+        self._started = False
+
+    def start(self) -> None:
+        """The subscription begins (once, before the first stream); Envoy counts an attempt."""
+        if not self._started:
+            self._started = True
+            self._stats.update_attempt.inc()
+
+    def _stream_opened(self) -> None:
+        self.start()
+        self.stream_up = True
+        self.nonce = ""
+        self._requests_on_stream = 0
+        self._stats.connected_state.set(1)
+
+    def _stamp(self, request) -> None:
+        """The node goes on every request (or only the stream's first, when configured)."""
+        if not self._node_on_first_request_only or self._requests_on_stream == 0:
+            request.node.CopyFrom(self._node)
+        self._requests_on_stream += 1
+
+    def on_stream_lost(self) -> None:
+        """The stream failed or was closed by the server: keep everything, count a failure."""
+        self.start()
+        self.stream_up = False
+        self.nonce = ""
+        self._stats.connected_state.set(0)
+        self._stats.update_failure.inc()
+        self._stats.update_attempt.inc()
+
+    def on_initial_fetch_timeout(self) -> None:
+        """No response within `initial_fetch_timeout` of the start."""
+        self._stats.init_fetch_timeout.inc()
+        self._stats.update_attempt.inc()
+
+
+class SotwSubscription(SubscriptionLifecycle, Generic[R]):
     """One wildcard SotW subscription of one type URL, across any number of streams."""
 
     def __init__(
@@ -127,33 +182,15 @@ class SotwSubscription(Generic[R]):
         decode: DecodeResources[R],
         node_on_first_request_only: bool = False,
     ) -> None:
-        self.type_url = type_url
-        self._node = node
-        self._stats = stats
+        super().__init__(type_url, node, stats, node_on_first_request_only)
         self._decode = decode
-        self._node_on_first_request_only = node_on_first_request_only
         self.last_accepted_version = ""
-        self.nonce = ""
-        self.stream_up = False
-        self.responses_handled = 0
-        self._requests_on_stream = 0
-        self._started = False
 
     # -- events -------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """The subscription begins (once, before the first stream); Envoy counts an attempt."""
-        if not self._started:
-            self._started = True
-            self._stats.update_attempt.inc()
-
     def on_stream_established(self) -> discovery_pb2.DiscoveryRequest:
         """A new stream is open: returns its first request (last accepted version, no nonce)."""
-        self.start()
-        self.stream_up = True
-        self.nonce = ""
-        self._requests_on_stream = 0
-        self._stats.connected_state.set(1)
+        self._stream_opened()
         return self._request()
 
     def on_response(
@@ -194,20 +231,6 @@ class SotwSubscription(Generic[R]):
             request=self._request(error_message=message_text), accepted=False, error=message_text
         )
 
-    def on_stream_lost(self) -> None:
-        """The stream failed or was closed by the server: keep everything, count a failure."""
-        self.start()
-        self.stream_up = False
-        self.nonce = ""
-        self._stats.connected_state.set(0)
-        self._stats.update_failure.inc()
-        self._stats.update_attempt.inc()
-
-    def on_initial_fetch_timeout(self) -> None:
-        """No response within `initial_fetch_timeout` of the start."""
-        self._stats.init_fetch_timeout.inc()
-        self._stats.update_attempt.inc()
-
     # -- requests -----------------------------------------------------------------------------
 
     def _request(self, error_message: str | None = None) -> discovery_pb2.DiscoveryRequest:
@@ -216,10 +239,8 @@ class SotwSubscription(Generic[R]):
             response_nonce=self.nonce,
             type_url=self.type_url,
         )
-        if not self._node_on_first_request_only or self._requests_on_stream == 0:
-            request.node.CopyFrom(self._node)
+        self._stamp(request)
         if error_message is not None:
             request.error_detail.code = GRPC_INTERNAL
             request.error_detail.message = error_message
-        self._requests_on_stream += 1
         return request

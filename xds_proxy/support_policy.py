@@ -28,7 +28,7 @@ from xds_proxy.errors import ConfigError
 from xds_proxy.validation import join_path, map_key_path
 
 # Issues whose features count as built. 4 and 5 (LDS core, drain) are built alongside this one.
-IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 4, 5})
+IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 4, 5, 6})
 
 
 @dataclass(frozen=True)

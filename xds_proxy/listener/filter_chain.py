@@ -10,10 +10,13 @@ connection falls to `default_filter_chain` (or is closed: `no_filter_chain_match
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from envoy.config.listener.v3 import listener_components_pb2
+
+from xds_proxy.errors import ConfigError
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -80,6 +83,7 @@ def _longest_prefix(networks: tuple[IpNetwork, ...], ip: IpAddress) -> int:
 
 def _server_name_score(names: tuple[str, ...], sni: str) -> int:
     best = -1
+    sni = sni.lower()
     for name in names:
         if name == sni:
             return 1_000
@@ -106,9 +110,9 @@ _CRITERIA: tuple[Criterion, ...] = (
         else (0 if m.transport_protocol == c.transport_protocol else -1)
     ),
     lambda m, c: (
-        None
-        if not m.application_protocols
-        else (0 if set(m.application_protocols) & set(c.application_protocols) else -1)
+        _application_protocol_score(m.application_protocols, c.application_protocols)
+        if m.application_protocols
+        else None
     ),
     lambda m, c: None if m.source_type == SourceType.ANY else _source_type_score(m, c),
     lambda m, c: (
@@ -118,16 +122,80 @@ _CRITERIA: tuple[Criterion, ...] = (
 )
 
 
+def _application_protocol_score(names: tuple[str, ...], offered: tuple[str, ...]) -> int:
+    """Envoy tries the connection's protocols in the client's order: a chain naming an earlier
+    one is more specific than a chain naming only a later one."""
+    for position, protocol in enumerate(offered):
+        if protocol in names:
+            return len(offered) - position
+    return -1
+
+
+_LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+
+
 def _source_type_score(match: _CompiledMatch, conn: ConnectionInfo) -> int:
-    local = conn.source_ip == conn.destination_ip or conn.source_ip.is_loopback
+    # Envoy's isSameIpOrLoopback: loopback means exactly 127.0.0.1 or ::1, not 127.0.0.0/8.
+    local = conn.source_ip == conn.destination_ip or conn.source_ip in _LOOPBACK
     if match.source_type == SourceType.SAME_IP_OR_LOOPBACK:
         return 0 if local else -1
     return 0 if not local else -1  # EXTERNAL
 
 
+def _match_points(match: _CompiledMatch) -> set[tuple]:
+    """Every combination of values a chain's match names (Envoy's match tree leaves)."""
+    return set(
+        itertools.product(
+            [match.destination_port or 0],
+            [str(n) for n in match.prefix_ranges] or [""],
+            list(match.server_names) or [""],
+            [match.transport_protocol],
+            list(match.application_protocols) or [""],
+            [match.source_type],
+            [str(n) for n in match.source_prefix_ranges] or [""],
+            sorted(match.source_ports) or [0],
+        )
+    )
+
+
+def _check_unambiguous(
+    chains: Sequence[listener_components_pb2.FilterChain], matches: list[_CompiledMatch]
+) -> None:
+    """What Envoy refuses when it adds a listener: partial wildcards in server names, two
+    chains with equal matches, two chains that share one combination of values."""
+    for index, chain in enumerate(chains):
+        for position, name in enumerate(chain.filter_chain_match.server_names):
+            if "*" in name and not name.startswith("*."):
+                raise ConfigError(
+                    f"filter_chains[{index}].filter_chain_match.server_names[{position}]:"
+                    ' partial wildcards are not supported in "server_names"'
+                )
+    seen: dict[bytes, int] = {}
+    for index, chain in enumerate(chains):
+        key = chain.filter_chain_match.SerializeToString(deterministic=True)
+        if key in seen:
+            raise ConfigError(
+                f"filter_chains[{index}].filter_chain_match: filter chain '{chain.name}' has the"
+                f" same matching rules defined as '{chains[seen[key]].name}'"
+            )
+        seen[key] = index
+    owners: dict[tuple, int] = {}
+    for match in matches:
+        for point in _match_points(match):
+            if point in owners:
+                raise ConfigError(
+                    f"filter_chains[{match.index}].filter_chain_match: multiple filter chains"
+                    f" with overlapping matching rules are defined (with"
+                    f" filter_chains[{owners[point]}])"
+                )
+            owners[point] = match.index
+
+
 class FilterChainMatcher:
     def __init__(self, chains: Sequence[listener_components_pb2.FilterChain]) -> None:
+        """Raises ConfigError for chains Envoy refuses as ambiguous."""
         self._matches = [_compile(i, chain.filter_chain_match) for i, chain in enumerate(chains)]
+        _check_unambiguous(chains, self._matches)
 
     def match(self, conn: ConnectionInfo) -> int | None:
         """The index of the chain that serves this connection, or None (use the default)."""

@@ -564,7 +564,8 @@ def test_map_values_have_quoted_key_paths() -> None:
             lambda d: listener_doc(d)["filter_chains"][0].update(
                 transport_socket={"name": "envoy.transport_sockets.tls"}
             ),
-            "static_resources.listeners[0].filter_chains[0].transport_socket: not supported yet",
+            "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config: "
+            "is required",
         ),
         (
             lambda d: listener_doc(d)["filter_chains"][0]["filters"][0].update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -139,23 +140,21 @@ def test_listener_filters() -> None:
         ]
     )
     assert check_listener(listener) == [
-        "listener_filters[0].typed_config: @type 'type.googleapis.com/envoy.extensions.filters."
-        "listener.tls_inspector.v3.TlsInspector' not supported yet",
         "listener_filters[1].typed_config: @type 'type.googleapis.com/envoy.extensions.filters."
         "listener.original_dst.v3.OriginalDst' not supported",
     ]
 
 
 def test_implemented_issue_switches_later_features_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    listener = direct_listener()
-    listener.filter_chains[0].filter_chain_match.server_names.append("a.example")
-    assert check_listener(listener) == [
-        "filter_chains[0].filter_chain_match.server_names: not supported yet"
-    ]
+    bootstrap = bootstrap_pb2.Bootstrap()
+    bootstrap.dynamic_resources.cds_config.ads.SetInParent()
+    errors, _ = support_policy.check_bootstrap(bootstrap)
+    assert "dynamic_resources.cds_config: not supported yet" in errors
     monkeypatch.setattr(
-        support_policy, "IMPLEMENTED_ISSUES", support_policy.IMPLEMENTED_ISSUES | {9}
+        support_policy, "IMPLEMENTED_ISSUES", support_policy.IMPLEMENTED_ISSUES | {8}
     )
-    assert check_listener(listener) == []
+    errors, _ = support_policy.check_bootstrap(bootstrap)
+    assert "dynamic_resources.cds_config: not supported yet" not in errors
 
 
 def test_tcp_proxy_fields_are_checked() -> None:

@@ -91,17 +91,6 @@ _MATCHER = "envoy.type.matcher.v3."
 _UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _TLS = "envoy.extensions.transport_sockets.tls.v3."
 
-# Extensions built ahead of their issue: UpstreamTlsContext is the xDS channel's TLS (issue 12
-# item 3), usable while the rest of issue 12 (downstream TLS) is not.
-# Downstream TLS and the two inspectors (issue 12 item 4, issue 9 item 2) are built too.
-BUILT_AHEAD: frozenset[str] = frozenset(
-    {
-        extensions.UPSTREAM_TLS,
-        extensions.DOWNSTREAM_TLS,
-        extensions.TLS_INSPECTOR,
-        extensions.HTTP_INSPECTOR,
-    }
-)
 
 # message full name -> {field name -> rule}; a set field absent here is `not supported`.
 TABLE: dict[str, dict[str, Rule]] = {
@@ -536,7 +525,7 @@ def _check_any(
         findings.errors.append(f"{path}: @type '{type_url}' not supported")
         return
     later = extensions.LATER.get(name)
-    if later is not None and later not in IMPLEMENTED_ISSUES and name not in BUILT_AHEAD:
+    if later is not None and later not in IMPLEMENTED_ISSUES:
         findings.errors.append(f"{path}: @type '{type_url}' not supported yet")
         return
     try:

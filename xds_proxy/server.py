@@ -203,12 +203,8 @@ class Server:
         def stop() -> None:
             actions = self.manager.stop_listeners(inbound_only)
             for action in actions:
-                # As Envoy, close the stopped listeners' sockets so that new connects are
-                # refused instead of queueing on a socket nobody accepts on. The pool keeps
-                # its bookkeeping (stopped listeners stay listed with their address); the
-                # accept loops' dups close when the StopAccepting actions run.
-                for sock in self.pool.sockets_for(action.version_id):
-                    sock.close()
+                # As Envoy: new connects are refused, not queued on a socket nobody accepts on.
+                self.pool.close_sockets(action.version_id)
             self.runtime.submit(actions)
 
         stop_at_deadline = graceful and not skip_exit

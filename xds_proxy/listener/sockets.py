@@ -72,6 +72,15 @@ class ListenSocketPool:
             entry.sock.close()
         self._unheld.clear()
 
+    def close_sockets(self, version_id: int) -> None:
+        """`/drain_listeners` stopped this version: close its listen sockets now, so new
+        connects are refused, and forget them by address, so a later listener on the same
+        address binds afresh. The version keeps its bookkeeping (it stays listed)."""
+        for entry in self._by_version.get(version_id, []):
+            entry.sock.close()
+            if self._by_address.get(entry.bound_address) is entry:
+                del self._by_address[entry.bound_address]
+
     def sockets_for(self, version_id: int) -> list[socket.socket]:
         return [entry.sock for entry in self._by_version.get(version_id, [])]
 

@@ -11,6 +11,7 @@ import time
 
 BENCHMARKS = [
     "bench.http1",
+    "bench.http2",
     "bench.proxied",
     "bench.stub_push",
     "bench.lds_push",

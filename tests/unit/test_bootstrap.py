@@ -538,10 +538,6 @@ def test_map_values_have_quoted_key_paths() -> None:
             f"{HCM_PATH}.via: not supported",
         ),
         (
-            lambda d: hcm_doc(d).update(codec_type="HTTP2"),
-            f"{HCM_PATH}.codec_type: HTTP2 not supported yet",
-        ),
-        (
             lambda d: hcm_doc(d).update(codec_type="HTTP3"),
             f"{HCM_PATH}.codec_type: HTTP3 not supported",
         ),

@@ -465,22 +465,22 @@ async def test_too_many_headers(serve) -> None:
     assert (await client.response()).status == 431
 
 
-async def test_http2_preface_is_closed_cleanly(serve) -> None:
+async def test_http2_preface_is_handed_to_http2(serve) -> None:
+    """Codec AUTO: a prior-knowledge HTTP/2 client (whole or split preface) gets the
+    server's SETTINGS frame; anything else stays HTTP/1.1."""
     served = await serve()
-    client = await Client.connect(served.port)
-    await client.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-    assert await client.at_eof()
-    other = await Client.connect(served.port)
-    await other.send(b"PRI * HT")  # a prefix of it: wait, then decide
-    await other.send(b"TP/2.0\r\n\r\nSM\r\n\r\n")
-    assert await other.at_eof()
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    for pieces in ([preface], [preface[:8], preface[8:]]):
+        client = await Client.connect(served.port)
+        for piece in pieces:
+            await client.send(piece)
+        header = await asyncio.wait_for(client.reader.readexactly(9), TIMEOUT)
+        assert header[3] == 0x4 and header[4] == 0  # SETTINGS, not an ACK
+        client.close()
     third = await Client.connect(served.port)
     await third.send(b"GE")
     await third.send(b"T /hello HTTP/1.1\r\nHost: h\r\n\r\n")
     assert (await third.response()).status == 200
-
-
-# -- timeouts and drain --------------------------------------------------------------------
 
 
 async def test_idle_timeout_closes_idle_connections(serve) -> None:

@@ -85,7 +85,6 @@ TYPE_TAIL = HCM_TYPE.split("/")[-1]
             [hcm(stat_prefix=None)],
             "filters[0].typed_config.stat_prefix: value length must be at least 1 characters",
         ),
-        ([hcm(codec_type="HTTP2")], "filters[0].typed_config.codec_type: HTTP2 not supported yet"),
         ([hcm(codec_type="HTTP3")], "filters[0].typed_config.codec_type: not supported"),
         ([hcm(access_log=[{"name": "x"}])], "filters[0].typed_config.access_log: not supported"),
         (

@@ -16,6 +16,7 @@ BENCHMARKS = [
     "bench.stub_push",
     "bench.lds_push",
     "bench.hot_restart",
+    "bench.churn",
 ]
 
 

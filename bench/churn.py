@@ -1,0 +1,1080 @@
+"""Zero-downtime proof under churn (issue 10): xds-proxy and Envoy 1.40 side by side.
+
+One run per proxy: control-plane-stub, a backend (an Envoy answering with `direct_response`),
+the proxy under test with the same bootstrap and flags (`--drain-time-s 2`, gradual), steady
+load from well-behaved HTTP/1.1 and HTTP/2 clients, while the listener set churns, one push
+every 500 ms, in four phases:
+
+1. full modify of listener `main` (a listener-level field changes: a new version takes over
+   the listen socket and the old one drains);
+2. in-place filter-chain changes of `main` (a route inside its only chain changes);
+3. remove / re-add of listener `second` (no load on it: a removed listener refuses by design);
+4. a 100-listener fleet, 10 % of it fully modified per push (load on three of them).
+
+The control plane is killed (SIGKILL) between phases 2 and 3 and restarted on the same address
+with the current set after `outage_s`; `POST /drain_listeners?graceful` ends the run under
+load (the load stops before the drain time, when the listeners stop accepting by design).
+
+The clients behave like well-written ones: a new connection after `connection: close` or a
+GOAWAY; a request is retried only when the protocol says it was not processed (HTTP/1.1: the
+connection closed before any byte of the response, RFC 9112 9.3.1; HTTP/2: RST_STREAM
+REFUSED_STREAM, or a stream above a GOAWAY's last_stream_id), and those retries are counted
+apart. Everything else is a failure: `refused` (ECONNREFUSED), `reset` (closed or reset after
+the request was processed or may have been), `5xx`, `timeout`, `other` (a wrong status or
+body).
+
+fds and RSS of the proxy are read from /proc with no client connected and nothing draining,
+after a warm-up (before) and after the churn (after), with the same listener set. The
+benchmark pins the proxy to CPU 0 and everything else (load, backend, stub) to CPU 1.
+
+    python -m bench.churn [--seconds N]       (default 20 s of churn per proxy)
+
+A PNG plot (requests/s, failures and pushes over time, ours above Envoy) and the table go to
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import httptools
+from hyperframe.frame import Frame, GoAwayFrame
+
+from control_plane_stub.client import StubNack
+from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.h2_client import H2Client
+from tests.helpers.listeners import HCM, ROUTER, lds_bootstrap
+from tests.helpers.procs import free_port, wait_for
+from tests.helpers.proxy import ProxyProcess
+from tests.helpers.stub import StubProcess
+from tests.helpers.upstreams import cluster_dict
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DRAIN_TIME_S = 2
+PUSH_INTERVAL_S = 0.5
+REQUEST_TIMEOUT_S = 3.0
+MAX_ATTEMPTS = 3
+FLEET_SIZE = 100
+FLEET_CHURN = FLEET_SIZE // 10
+FLEET_LOADED = (0, 37, 73)
+BACKEND_BODY = b"churn backend\n"
+STAT_PREFIX = "churn"
+FAILURE_REASONS = ("refused", "reset", "5xx", "timeout", "other")
+PROXY_CPU, LOAD_CPU = 0, 1
+REFUSED_STREAM = 7
+PHASES = ("full modify", "in-place chains", "remove/re-add", "fleet 10 %")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def routed_listener(name: str, port: int, revision: int, chain_revision: int) -> dict[str, Any]:
+    """`/` goes to cluster `backend`. `revision` is a listener-level field (a change is a
+    full update); `chain_revision` is a route inside the chain (an in-place chain update)."""
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": STAT_PREFIX,
+        "drain_timeout": "1s",
+        "route_config": {
+            "name": "routes",
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"path": f"/churn-marker/{chain_revision}"},
+                            "direct_response": {"status": 204},
+                        },
+                        {"match": {"prefix": "/"}, "route": {"cluster": "backend"}},
+                    ],
+                }
+            ],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "per_connection_buffer_limit_bytes": (1 << 20) + revision,
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+
+
+def backend_bootstrap(port: int) -> dict[str, Any]:
+    """The backend: a static Envoy listener answering 200 with BACKEND_BODY."""
+    route = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": BACKEND_BODY.decode()}},
+    }
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": "backend",
+        "route_config": {
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    listener = {
+        "name": "backend",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+    admin = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+    return {"admin": admin, "static_resources": {"listeners": [listener]}}
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` different ports that were free a moment ago (all held while choosing, so
+    that no two are the same)."""
+    held = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+class ListenerSet:
+    """The listener set being churned: `main`, `second` and the fleet, with revisions."""
+
+    def __init__(self) -> None:
+        names = ["main", "second", *(f"fleet-{i:03d}" for i in range(FLEET_SIZE))]
+        self.ports = dict(zip(names, distinct_free_ports(len(names)), strict=True))
+        self.revisions = dict.fromkeys(names, 0)
+        self.chain_revisions = dict.fromkeys(names, 0)
+        self.second_present = True
+        self.version_number = 0
+
+    def fleet_name(self, index: int) -> str:
+        return f"fleet-{index % FLEET_SIZE:03d}"
+
+    def listeners(self) -> list[dict[str, Any]]:
+        return [
+            routed_listener(name, port, self.revisions[name], self.chain_revisions[name])
+            for name, port in self.ports.items()
+            if name != "second" or self.second_present
+        ]
+
+    def next_version(self) -> str:
+        self.version_number += 1
+        return f"v{self.version_number}"
+
+    # The four kinds of push; `step` counts the pushes of a phase.
+    def full_modify(self, step: int) -> None:
+        self.revisions["main"] += 1
+
+    def in_place(self, step: int) -> None:
+        self.chain_revisions["main"] += 1
+
+    def remove_readd(self, step: int) -> None:
+        self.second_present = not self.second_present
+
+    def fleet_churn(self, step: int) -> None:
+        for offset in range(FLEET_CHURN):
+            self.revisions[self.fleet_name(step * FLEET_CHURN + offset)] += 1
+
+
+# ----------------------------------------------------------------------------- load
+
+
+@dataclass
+class Tally:
+    """What one client (or a sum of them) saw."""
+
+    sent: int = 0  # attempts written, retries included
+    ok: int = 0
+    retried: int = 0  # attempts the protocol says were not processed, sent again
+    connections: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    events: list[tuple[float, str]] = field(default_factory=list)  # (end, outcome) for the plot
+    errors: list[str] = field(default_factory=list)
+    retry_notes: list[str] = field(default_factory=list)
+
+    def add(self, other: Tally) -> None:
+        self.sent += other.sent
+        self.ok += other.ok
+        self.retried += other.retried
+        self.connections += other.connections
+        self.failures.update(other.failures)
+        self.latencies += other.latencies
+        self.events += other.events
+        self.errors += other.errors[:5]
+        self.retry_notes += other.retry_notes[:5]
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def succeed(self, started: float) -> None:
+        now = time.monotonic()
+        self.ok += 1
+        self.latencies.append(now - started)
+        self.events.append((now, "ok"))
+
+    def fail(self, reason: str, detail: str) -> None:
+        self.failures[reason] += 1
+        self.events.append((time.monotonic(), reason))
+        if len(self.errors) < 20:
+            self.errors.append(f"{reason}: {detail}")
+
+    def retry(self, detail: str) -> None:
+        self.retried += 1
+        self.events.append((time.monotonic(), "retried"))
+        if len(self.retry_notes) < 20:
+            self.retry_notes.append(detail)
+
+
+class _Unprocessed(Exception):
+    """The connection closed before any byte of the response: safe to retry. `how` says
+    whether the server's FIN or a reset came first."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how
+
+
+class _Reset(Exception):
+    """The connection closed or was reset after part of the response."""
+
+
+class _Parsed:
+    """httptools callbacks for one response."""
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.complete = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
+
+    def on_headers_complete(self) -> None:
+        # llhttp forgets keep-alive once the message is complete: read it here.
+        assert self.parser is not None
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class Http1Client:
+    """A keep-alive HTTP/1.1 client in a thread: one request at a time, reconnects after
+    `connection: close`, retries only requests the server provably did not process."""
+
+    def __init__(self, port: int, stop: threading.Event) -> None:
+        self.port = port
+        self.stop = stop
+        self.tally = Tally()
+        self.request = f"GET / HTTP/1.1\r\nhost: churn-{port}\r\n\r\n".encode()
+        self._sock: socket.socket | None = None
+        self._requests_on_connection = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self._one_request()
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _connect(self) -> bool:
+        try:
+            self._sock = socket.create_connection(("127.0.0.1", self.port), REQUEST_TIMEOUT_S)
+        except ConnectionRefusedError:
+            self.tally.fail("refused", f"connect to {self.port}")
+            self.stop.wait(0.01)  # pacing: a refused port must not spin the loop
+            return False
+        except TimeoutError:
+            self.tally.fail("timeout", f"connect to {self.port}")
+            return False
+        except OSError as error:
+            self.tally.fail("other", f"connect to {self.port}: {error!r}")
+            self.stop.wait(0.01)
+            return False
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.tally.connections += 1
+        self._requests_on_connection = 0
+        return True
+
+    def _one_request(self) -> None:
+        started = time.monotonic()
+        for _ in range(MAX_ATTEMPTS):
+            if self._sock is None and not self._connect():
+                return
+            self.tally.sent += 1
+            try:
+                status, body, keep_alive = self._exchange()
+            except _Unprocessed as unprocessed:
+                self._drop()
+                reused = "reused" if self._requests_on_connection else "fresh"
+                self.tally.retry(
+                    f"h1: {reused} connection closed ({unprocessed.how}) before any response byte"
+                )
+                continue
+            except TimeoutError:
+                self._drop()
+                self.tally.fail("timeout", f"no response within {REQUEST_TIMEOUT_S} s")
+                return
+            except (_Reset, OSError, httptools.HttpParserError) as error:
+                self._drop()
+                self.tally.fail("reset", repr(error))
+                return
+            self._requests_on_connection += 1
+            if not keep_alive:
+                self._drop()
+            if status >= 500:
+                self.tally.fail("5xx", f"status {status} {body[:60]!r}")
+            elif status != 200 or body != BACKEND_BODY:
+                self.tally.fail("other", f"status {status} {body[:60]!r}")
+            else:
+                self.tally.succeed(started)
+            return
+        self.tally.fail("reset", f"not processed {MAX_ATTEMPTS} times in a row")
+
+    def _exchange(self) -> tuple[int, bytes, bool]:
+        sock = self._sock
+        assert sock is not None
+        try:
+            sock.sendall(self.request)
+        except (BrokenPipeError, ConnectionResetError) as error:
+            raise _Unprocessed(f"{type(error).__name__} on send") from None
+        parsed = _Parsed()
+        parser = httptools.HttpResponseParser(parsed)
+        parsed.parser = parser
+        received = 0
+        while not parsed.complete:
+            how = "FIN"
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                data, how = b"", "RST"
+            if not data:
+                if received == 0:
+                    raise _Unprocessed(how)
+                raise _Reset(f"{how} after {received} bytes of the response")
+            received += len(data)
+            parser.feed_data(data)
+        return parser.get_status_code(), bytes(parsed.body), parsed.keep_alive
+
+
+class _H2Connection(H2Client):
+    """H2Client that keeps the lowest GOAWAY last_stream_id and forgets old frames (a
+    connection that lives for thousands of requests would otherwise keep them all)."""
+
+    def __init__(self, port: int) -> None:
+        self.goaway_last: int | None = None
+        super().__init__(port, timeout=REQUEST_TIMEOUT_S)
+
+    def _on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, GoAwayFrame):
+            with self._condition:
+                last = frame.last_stream_id
+                self.goaway_last = last if self.goaway_last is None else min(self.goaway_last, last)
+        super()._on_frame(frame)
+        with self._condition:
+            if len(self.frames) > 512:
+                del self.frames[:-64]
+
+    def forget(self, stream_id: int) -> None:
+        with self._condition:
+            self._responses.pop(stream_id, None)
+
+    def unprocessed(self, stream_id: int) -> bool:
+        """Above a GOAWAY's last_stream_id: the server says it never processed the stream."""
+        return self.goaway_last is not None and stream_id > self.goaway_last
+
+
+class Http2Client:
+    """An HTTP/2 (prior knowledge) client in a thread: one stream at a time; after a GOAWAY it
+    opens no more streams on that connection; retries refused streams and streams above a
+    GOAWAY's last_stream_id on a new connection."""
+
+    def __init__(self, port: int, stop: threading.Event) -> None:
+        self.port = port
+        self.stop = stop
+        self.tally = Tally()
+        self._conn: _H2Connection | None = None
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self._one_request()
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connect(self) -> bool:
+        try:
+            self._conn = _H2Connection(self.port)
+        except ConnectionRefusedError:
+            self.tally.fail("refused", f"connect to {self.port}")
+            self.stop.wait(0.01)  # pacing: a refused port must not spin the loop
+            return False
+        except TimeoutError:
+            self.tally.fail("timeout", f"connect to {self.port}")
+            return False
+        except OSError as error:
+            self.tally.fail("other", f"connect to {self.port}: {error!r}")
+            self.stop.wait(0.01)
+            return False
+        self.tally.connections += 1
+        return True
+
+    def _one_request(self) -> None:
+        started = time.monotonic()
+        for _ in range(MAX_ATTEMPTS):
+            conn = self._conn
+            if conn is not None and (conn.goaway_last is not None or conn.closed_at is not None):
+                self._drop()  # told to go away (or gone): no new stream on it
+            if self._conn is None and not self._connect():
+                return
+            conn = self._conn
+            assert conn is not None
+            self.tally.sent += 1
+            try:
+                stream_id = conn.request("/", authority=f"churn-{self.port}")
+            except OSError:
+                self._drop()  # nothing reached the server
+                self.tally.retry("h2: the connection was gone before the request was written")
+                continue
+            try:
+                response = conn.response(stream_id, timeout=REQUEST_TIMEOUT_S)
+            except TimeoutError:
+                closed = conn.closed_at is not None
+                if closed and conn.unprocessed(stream_id):
+                    self._drop()
+                    self.tally.retry(f"h2: stream {stream_id} above GOAWAY {conn.goaway_last}")
+                    continue
+                self._drop()
+                if closed:
+                    self.tally.fail("reset", f"connection closed under stream {stream_id}")
+                else:
+                    self.tally.fail("timeout", f"no response within {REQUEST_TIMEOUT_S} s")
+                return
+            conn.forget(stream_id)
+            if response.reset_code is not None:
+                if response.reset_code == REFUSED_STREAM or conn.unprocessed(stream_id):
+                    self._drop()
+                    self.tally.retry(
+                        f"h2: stream {stream_id} reset {response.reset_code},"
+                        f" GOAWAY last {conn.goaway_last}"
+                    )
+                    continue
+                self._drop()
+                self.tally.fail("reset", f"RST_STREAM code {response.reset_code}")
+                return
+            if response.status >= 500:
+                self.tally.fail("5xx", f"status {response.status} {response.body[:60]!r}")
+            elif response.status != 200 or response.body != BACKEND_BODY:
+                self.tally.fail("other", f"status {response.status} {response.body[:60]!r}")
+            else:
+                self.tally.succeed(started)
+            return
+        self.tally.fail("reset", f"not processed {MAX_ATTEMPTS} times in a row")
+
+
+class Load:
+    """HTTP/1.1 and HTTP/2 clients on the given ports, each in its own thread."""
+
+    def __init__(self, h1_ports: list[int], h2_ports: list[int]) -> None:
+        self._stop = threading.Event()
+        self.h1 = [Http1Client(port, self._stop) for port in h1_ports]
+        self.h2 = [Http2Client(port, self._stop) for port in h2_ports]
+        self._threads = [
+            threading.Thread(target=client.run, daemon=True) for client in (*self.h1, *self.h2)
+        ]
+
+    def start(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def ok(self) -> int:
+        return sum(client.tally.ok for client in (*self.h1, *self.h2))
+
+    def stop(self) -> tuple[Tally, Tally]:
+        """Stop every client (each finishes its request first); the HTTP/1.1 and HTTP/2 sums."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(REQUEST_TIMEOUT_S * MAX_ATTEMPTS + 5)
+        return _sum(client.tally for client in self.h1), _sum(client.tally for client in self.h2)
+
+
+def _sum(tallies: Any) -> Tally:
+    total = Tally()
+    for tally in tallies:
+        total.add(tally)
+    return total
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+class _PinnedMixin:
+    """Runs the program under `taskset -c CPU` when `cpu` is set (taskset execs: same pid)."""
+
+    cpu: int | None = None
+
+    def command(self) -> list[str]:
+        command = super().command()  # type: ignore[misc]
+        return command if self.cpu is None else ["taskset", "-c", str(self.cpu), *command]
+
+
+class PinnedEnvoy(_PinnedMixin, EnvoyProcess):
+    pass
+
+
+class PinnedProxy(_PinnedMixin, ProxyProcess):
+    pass
+
+
+def process_usage(pid: int) -> tuple[int, int]:
+    """(open fds, RSS in KiB) of a process, from /proc."""
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return fds, int(line.split()[1])
+    return fds, 0
+
+
+class DrainWatcher:
+    """Polls the proxy's draining gauges every 100 ms and keeps their peaks."""
+
+    NAMES = (
+        "listener_manager.total_listeners_draining",
+        "listener_manager.total_filter_chains_draining",
+    )
+
+    def __init__(self, proxy: EnvoyProcess) -> None:
+        self.proxy = proxy
+        self.peaks = dict.fromkeys(self.NAMES, 0)
+        self.samples: list[tuple[float, int]] = []  # (time, listeners draining)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def start(self) -> DrainWatcher:
+        self._thread.start()
+        return self
+
+    def current(self) -> dict[str, int]:
+        stats = self.proxy.stats(r"^listener_manager\.total_(listeners|filter_chains)_draining$")
+        return {name: int(stats.get(name, "0")) for name in self.NAMES}
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                values = self.current()
+            except OSError:
+                continue
+            for name, value in values.items():
+                self.peaks[name] = max(self.peaks[name], value)
+            self.samples.append((time.monotonic(), values[self.NAMES[0]]))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Push:
+    at: float
+    phase: str
+    version: str
+    ack_s: float | None  # None: not ACKed before the next push
+    nack: str | None = None
+
+
+@dataclass
+class ChurnResult:
+    proxy: str
+    h1: Tally
+    h2: Tally
+    started: float
+    seconds: float
+    pushes: list[Push]
+    phase_starts: list[tuple[float, str]]
+    outage: tuple[float, float]
+    reconnect_s: float
+    graceful_at: float
+    peak_listeners_draining: int
+    peak_chains_draining: int
+    fds_before: int
+    fds_after: int
+    rss_before_kib: int
+    rss_after_kib: int
+    backend_requests: int  # what the backend answered while the load ran
+
+    @property
+    def answered_but_lost(self) -> int:
+        """Requests the backend answered whose response no client got: a retried request
+        that had in fact been processed, or a failure after forwarding."""
+        return self.backend_requests - self.total().ok
+
+    def total(self) -> Tally:
+        return _sum([self.h1, self.h2])
+
+
+class ChurnRun:
+    """One proxy under churn; `run()` returns the ChurnResult."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        envoy: bool,
+        seconds: float,
+        outage_s: float,
+        http2: bool = True,
+        pin: bool = False,
+        warmup_s: float = 1.0,
+    ) -> None:
+        self.workdir = workdir
+        self.envoy = envoy
+        self.seconds = seconds
+        self.outage_s = outage_s
+        self.http2 = http2
+        self.pin = pin
+        self.warmup_s = warmup_s
+        self.listeners = ListenerSet()
+        self.pushes: list[Push] = []
+        self.phase_starts: list[tuple[float, str]] = []
+        self.stub = StubProcess(workdir / "stub", xds=f"127.0.0.1:{free_port()}")
+        self.proxy: EnvoyProcess | None = None
+        self.backend: PinnedEnvoy | None = None
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def _start_backend(self) -> int:
+        port = free_port()
+        self.backend = PinnedEnvoy(backend_bootstrap(port), self.workdir, log_level="warning")
+        self.backend.start()
+        wait_for(lambda: _connects(port), what="backend listening")
+        return port
+
+    def _start_proxy(self, backend_port: int) -> EnvoyProcess:
+        bootstrap = lds_bootstrap(self.stub.xds_address, node_id="churn")
+        bootstrap["static_resources"]["clusters"].append(cluster_dict("backend", [backend_port]))
+        flags = ["--drain-time-s", str(DRAIN_TIME_S), "--drain-strategy", "gradual"]
+        kind = PinnedEnvoy if self.envoy else PinnedProxy
+        proxy = kind(bootstrap, self.workdir, log_level="warning", extra_args=flags)
+        proxy.cpu = PROXY_CPU if self.pin else None
+        self.proxy = proxy.start()
+        return proxy
+
+    def _push(self, phase: str, deadline: float) -> None:
+        version = self.listeners.next_version()
+        at = time.monotonic()
+        self.stub.client.set_resources(listeners=self.listeners.listeners(), version=version)
+        push = Push(at, phase, version, None)
+        try:
+            self.stub.client.wait(version, timeout=max(0.05, deadline - time.monotonic()))
+            push.ack_s = time.monotonic() - at
+        except StubNack as nack:
+            push.nack = nack.detail
+        except TimeoutError:
+            pass
+        self.pushes.append(push)
+
+    def _phase(self, name: str, change: Callable[[int], None], seconds: float) -> None:
+        self.phase_starts.append((time.monotonic(), name))
+        end = time.monotonic() + seconds
+        step = 0
+        while time.monotonic() < end:
+            tick = time.monotonic() + PUSH_INTERVAL_S
+            change(step)
+            self._push(name, tick)
+            step += 1
+            _sleep_until(tick)  # pacing of the pushes, not synchronisation
+
+    def _outage(self) -> tuple[tuple[float, float], float]:
+        """SIGKILL the stub, wait `outage_s`, restart it on the same xDS address with the
+        current set from a file; returns (outage span, restart -> ACK seconds)."""
+        down = time.monotonic()
+        assert self.stub.process is not None
+        self.stub.process.popen.send_signal(signal.SIGKILL)
+        self.stub.stop()
+        version = self.listeners.next_version()
+        resources = self.workdir / f"resources-{version}.json"
+        resources.write_text(
+            json.dumps({"version": version, "listeners": self.listeners.listeners()})
+        )
+        self.stub.resources = resources
+        _sleep_until(down + self.outage_s)  # the outage itself
+        self.stub.start()
+        up = time.monotonic()
+        self.stub.client.wait(version, timeout=60)
+        return (down, up), time.monotonic() - up
+
+    def _wait_quiet(self, proxy: EnvoyProcess, watcher: DrainWatcher) -> None:
+        """Nothing draining and no client connection left (before measuring fds/RSS)."""
+        active = f"http.{STAT_PREFIX}.downstream_cx_active"
+        wait_for(
+            lambda: not any(watcher.current().values()) and proxy.stat(active) == 0,
+            timeout=DRAIN_TIME_S + 15,
+            interval=0.1,
+            what="no draining listener and no downstream connection",
+        )
+
+    def _backend_requests(self) -> int:
+        assert self.backend is not None
+        return self.backend.stat("http.backend.downstream_rq_total") or 0
+
+    def _load(self) -> Load:
+        ports = self.listeners.ports
+        main = ports["main"]
+        loaded_fleet = [ports[self.listeners.fleet_name(i)] for i in FLEET_LOADED]
+        h2_ports = [main, main, loaded_fleet[0]] if self.http2 else []
+        return Load([main, main, main, *loaded_fleet], h2_ports).start()
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self) -> ChurnResult:
+        try:
+            return self._run()
+        finally:
+            for process in (self.proxy, self.backend, self.stub):
+                if process is not None:
+                    process.stop()
+
+    def _run(self) -> ChurnResult:
+        self.stub.start()
+        backend_port = self._start_backend()
+        first = self.listeners.next_version()
+        self.stub.client.set_resources(listeners=self.listeners.listeners(), version=first)
+        proxy = self._start_proxy(backend_port)
+        pid = proxy.process.popen.pid if proxy.process is not None else 0
+        proxy.wait_ready(timeout=20)
+        self.stub.client.wait(first, timeout=20)
+        wanted = len(self.listeners.ports)
+        wait_for(lambda: len(proxy.listeners()) == wanted, timeout=20, what="every listener")
+        watcher = DrainWatcher(proxy)
+
+        warmup = self._load()
+        wait_for(lambda: warmup.ok() > 0, timeout=10, what="warm-up traffic flowing")
+        time.sleep(self.warmup_s)  # warm-up length, not synchronisation
+        warmup.stop()
+        self._wait_quiet(proxy, watcher)
+        fds_before, rss_before = process_usage(pid)
+        backend_before = self._backend_requests()
+
+        started = time.monotonic()
+        watcher.start()
+        load = self._load()
+        phase_s = self.seconds / len(PHASES)
+        ls = self.listeners
+        self._phase(PHASES[0], ls.full_modify, phase_s)
+        self._phase(PHASES[1], ls.in_place, phase_s)
+        outage, reconnect_s = self._outage()
+        self._phase(PHASES[2], ls.remove_readd, phase_s)
+        if not ls.second_present:
+            ls.remove_readd(0)
+            self._push(PHASES[2], time.monotonic() + PUSH_INTERVAL_S)
+        self._phase(PHASES[3], ls.fleet_churn, phase_s)
+        churned = load.stop()
+        churn_end = time.monotonic()
+        self._wait_quiet(proxy, watcher)
+        fds_after, rss_after = process_usage(pid)
+
+        final = self._load()
+        wait_for(lambda: final.ok() > 0, timeout=10, what="traffic flowing before the drain")
+        graceful_at = time.monotonic()
+        status, body = proxy.post("/drain_listeners?graceful")
+        if status != 200:
+            raise RuntimeError(f"/drain_listeners?graceful: {status} {body.strip()}")
+        # Keep the load for half the drain time: connections are told to go away and
+        # reconnect; the listeners stop accepting only at the drain time.
+        _sleep_until(graceful_at + DRAIN_TIME_S / 2)
+        drained = final.stop()
+        watcher.stop()
+        backend_requests = self._backend_requests() - backend_before
+        h1, h2 = churned
+        h1.add(drained[0])
+        h2.add(drained[1])
+        return ChurnResult(
+            proxy="envoy 1.40" if self.envoy else "xds-proxy",
+            h1=h1,
+            h2=h2,
+            started=started,
+            seconds=churn_end - started,
+            pushes=self.pushes,
+            phase_starts=self.phase_starts,
+            outage=outage,
+            reconnect_s=reconnect_s,
+            graceful_at=graceful_at,
+            peak_listeners_draining=watcher.peaks[DrainWatcher.NAMES[0]],
+            peak_chains_draining=watcher.peaks[DrainWatcher.NAMES[1]],
+            fds_before=fds_before,
+            fds_after=fds_after,
+            rss_before_kib=rss_before,
+            rss_after_kib=rss_after,
+            backend_requests=backend_requests,
+        )
+
+
+def _connects(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _sleep_until(moment: float) -> None:
+    remaining = moment - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def table(results: list[ChurnResult]) -> list[str]:
+    """One column per proxy; HTTP/1.1 and HTTP/2 rows apart where they differ."""
+
+    def pushes(kind: str) -> Callable[[ChurnResult], str]:
+        def shown(result: ChurnResult) -> str:
+            mine = [p for p in result.pushes if p.phase == kind]
+            acked = sum(p.ack_s is not None for p in mine)
+            return f"{len(mine)} ({acked} acked)"
+
+        return shown
+
+    def ack_p99(result: ChurnResult) -> str:
+        acks = [p.ack_s for p in result.pushes if p.ack_s is not None]
+        return f"{1000 * _percentile(acks, 0.99):.0f}"
+
+    rows: list[tuple[str, Callable[[ChurnResult], Any]]] = [
+        ("churn seconds (load on)", lambda r: f"{r.seconds:.1f}"),
+    ]
+    for label, pick in (("h1", lambda r: r.h1), ("h2", lambda r: r.h2), ("all", ChurnResult.total)):
+        rows += [
+            (f"{label} requests sent", lambda r, p=pick: p(r).sent),
+            (f"{label} succeeded", lambda r, p=pick: p(r).ok),
+            (f"{label} failed", lambda r, p=pick: p(r).failed),
+        ]
+        if label == "all":
+            rows += [
+                (f"all failed: {reason}", lambda r, reason=reason: r.total().failures[reason])
+                for reason in FAILURE_REASONS
+            ]
+        rows += [
+            (f"{label} retried (not processed)", lambda r, p=pick: p(r).retried),
+            (f"{label} connections opened", lambda r, p=pick: p(r).connections),
+            (
+                f"{label} p50 latency ms",
+                lambda r, p=pick: f"{1000 * _percentile(p(r).latencies, 0.5):.2f}",
+            ),
+            (
+                f"{label} p99 latency ms",
+                lambda r, p=pick: f"{1000 * _percentile(p(r).latencies, 0.99):.2f}",
+            ),
+        ]
+    rows += [(f"pushes: {kind}", pushes(kind)) for kind in PHASES]
+    rows += [
+        ("backend answered", lambda r: r.backend_requests),
+        ("answered, response lost", lambda r: r.answered_but_lost),
+        ("push -> ACK p99 ms", ack_p99),
+        ("stub restart -> ACK s", lambda r: f"{r.reconnect_s:.2f}"),
+        ("peak listeners draining", lambda r: r.peak_listeners_draining),
+        ("peak filter chains draining", lambda r: r.peak_chains_draining),
+        ("fds before / after", lambda r: f"{r.fds_before} / {r.fds_after}"),
+        (
+            "RSS MiB before / after",
+            lambda r: f"{r.rss_before_kib / 1024:.1f} / {r.rss_after_kib / 1024:.1f}",
+        ),
+    ]
+    lines = ["   " + f"{'':34}" + "".join(f"{r.proxy:>20}" for r in results)]
+    for label, value in rows:
+        lines.append("   " + f"{label:34}" + "".join(f"{value(r)!s:>20}" for r in results))
+    for result in results:
+        for error in result.total().errors[:5]:
+            lines.append(f"   {result.proxy} error: {error}")
+        for note, count in Counter(result.total().retry_notes).most_common(3):
+            lines.append(f"   {result.proxy} retried: {note} (x{count} among the first noted)")
+    return lines
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def _png(width: int, height: int, pixels: bytearray) -> bytes:
+    """A truecolour PNG (no dependency: zlib and struct)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    stride = width * 3
+    raw = b"".join(b"\x00" + pixels[y * stride : (y + 1) * stride] for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+class _Canvas:
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.pixels = bytearray(b"\xff" * (width * height * 3))
+
+    def rect(self, x0: int, y0: int, x1: int, y1: int, colour: tuple[int, int, int]) -> None:
+        x0, x1 = max(0, min(x0, x1)), min(self.width, max(x0, x1))
+        y0, y1 = max(0, min(y0, y1)), min(self.height, max(y0, y1))
+        row = bytes(colour) * (x1 - x0)
+        for y in range(y0, y1):
+            start = (y * self.width + x0) * 3
+            self.pixels[start : start + len(row)] = row
+
+
+PLOT_LEGEND = (
+    "plot: one panel per proxy (xds-proxy on top); grey = requests/s (250 ms buckets, same "
+    "scale), red = buckets with a failure, orange ticks = retries, blue ticks = pushes, "
+    "black lines = phase starts, yellow = control plane down, green = graceful drain"
+)
+
+
+def plot(results: list[ChurnResult], path: Path, bucket_s: float = 0.25) -> None:
+    width, panel, margin = 1000, 180, 10
+    span = max(r.graceful_at - r.started + DRAIN_TIME_S for r in results)
+    buckets = int(span / bucket_s) + 1
+    counts = []
+    for result in results:
+        ok = [0] * buckets
+        bad = [0] * buckets
+        retried = [0] * buckets
+        for at, outcome in result.total().events:
+            index = int((at - result.started) / bucket_s)
+            if 0 <= index < buckets:
+                target = ok if outcome == "ok" else retried if outcome == "retried" else bad
+                target[index] += 1
+        counts.append((ok, bad, retried))
+    peak = max((max(ok) for ok, _, _ in counts), default=1) or 1
+    canvas = _Canvas(width, len(results) * (panel + margin) + margin)
+
+    def x_of(seconds: float) -> int:
+        return int(seconds / span * (width - 1))
+
+    for index, (result, (ok, bad, retried)) in enumerate(zip(results, counts, strict=True)):
+        top = margin + index * (panel + margin)
+        bottom = top + panel
+        base = result.started
+        canvas.rect(0, top, width, bottom, (245, 245, 245))
+        down, up = result.outage
+        canvas.rect(x_of(down - base), top, x_of(up - base), bottom, (255, 240, 170))
+        canvas.rect(x_of(result.graceful_at - base), top, width, bottom, (205, 240, 205))
+        for bucket, value in enumerate(ok):
+            x0, x1 = x_of(bucket * bucket_s), x_of((bucket + 1) * bucket_s)
+            height = int(value / peak * (panel - 20))
+            canvas.rect(x0, bottom - height, max(x1 - 1, x0 + 1), bottom, (150, 150, 150))
+            if bad[bucket]:
+                canvas.rect(x0, top, max(x1 - 1, x0 + 2), bottom, (220, 30, 30))
+            if retried[bucket]:
+                canvas.rect(x0, top, max(x1 - 1, x0 + 2), top + 8, (255, 140, 0))
+        for push in result.pushes:
+            x = x_of(push.at - base)
+            canvas.rect(x, bottom - 10, x + 1, bottom, (30, 60, 220))
+        for at, _ in result.phase_starts:
+            x = x_of(at - base)
+            canvas.rect(x, top, x + 1, bottom, (0, 0, 0))
+    path.write_bytes(_png(canvas.width, canvas.height, canvas.pixels))
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def churn_both(seconds: float, outage_s: float, pin: bool = True) -> list[ChurnResult]:
+    """Ours, then Envoy, with the same scenario; pinned like every benchmark here."""
+    results = []
+    saved = os.sched_getaffinity(0)
+    if pin:
+        os.sched_setaffinity(0, {LOAD_CPU})  # children (stub, backend) inherit it
+    try:
+        for envoy in (False, True):
+            with TemporaryDirectory(prefix="bench-churn-") as tmp:
+                run = ChurnRun(Path(tmp), envoy=envoy, seconds=seconds, outage_s=outage_s, pin=pin)
+                results.append(run.run())
+    finally:
+        os.sched_setaffinity(0, saved)
+    return results
+
+
+def run(large: bool = False, seconds: float | None = None) -> list[str]:
+    seconds = seconds or (60.0 if large else 20.0)
+    outage_s = 10.0 if seconds >= 60 else max(1.0, seconds / 8)
+    results = churn_both(seconds, outage_s, pin=len(os.sched_getaffinity(0)) > 1)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    lines = [
+        f"   churn: {seconds:.0f} s of pushes every {PUSH_INTERVAL_S * 1000:.0f} ms in 4 phases,"
+        f" control plane down {outage_s:.0f} s, DT {DRAIN_TIME_S} s gradual, graceful drain"
+        " at the end; HTTP/1.1 and HTTP/2 clients",
+        *table(results),
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    picture = RESULTS / f"churn-{stamp}.png"
+    plot(results, picture)
+    lines += [f"   {PLOT_LEGEND}", f"   plot: {picture}"]
+    (RESULTS / f"churn-{stamp}.txt").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.churn")
+    parser.add_argument("--seconds", type=float, default=None, help="churn per proxy (20)")
+    parser.add_argument("--large", action="store_true", help="the issue's full 60 s")
+    args = parser.parse_args()
+    for line in run(args.large, args.seconds):
+        print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -470,13 +470,28 @@ class Http1Connection(asyncio.Protocol):
         )
 
     def on_drain(self) -> None:
+        """Told to leave: the next response carries `connection: close`; an idle connection is
+        closed with a FIN once it has stayed idle for IDLE_CLOSE_GRACE_S more. A busy client
+        is idle only between a response and its next request: closing at once would cross that
+        request on the wire (the client sees EOF and must retry); within the grace it arrives
+        and is answered with `connection: close` instead."""
         if self._state != _OPEN or self.transport is None:
             return
-        if self.is_idle and not self._out and not _request_bytes_waiting(self.transport):
+        self._state = _DRAINING
+        if self.is_idle and not self._out:
+            self._loop.call_later(IDLE_CLOSE_GRACE_S, self._close_if_still_idle)  # type: ignore[union-attr]
+
+    def _close_if_still_idle(self) -> None:
+        transport = self.transport
+        if (
+            transport is not None
+            and self._state == _DRAINING
+            and self.is_idle
+            and not self._out
+            and not _request_bytes_waiting(transport)
+        ):
             self._count_drain_close()
             self._begin_close()
-        else:
-            self._state = _DRAINING
 
     def close_at_deadline(self) -> None:
         transport = self.transport
@@ -830,6 +845,9 @@ class Http1Connection(asyncio.Protocol):
             transport.abort()
         else:
             transport.close()
+
+
+IDLE_CLOSE_GRACE_S = 0.05
 
 
 def _request_bytes_waiting(transport: asyncio.BaseTransport) -> bool:

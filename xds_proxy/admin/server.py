@@ -58,11 +58,21 @@ def render_admin_response(response: AdminResponse, keep_alive: bool, head_only: 
     return head if head_only else head + body
 
 
+# Envoy's admin listener keeps the HCM default max_request_headers_kb (60): a longer request
+# line is answered 431 instead of being buffered without end.
+MAX_URL_BYTES = 60 * 1024
+
+
+class _UrlTooLong(Exception):
+    pass
+
+
 @dataclass
 class _Request:
-    method: str
+    method: str  # "" for a request that could not be parsed: answered `error_status`, closed
     url: str
     keep_alive: bool
+    error_status: int = 400
 
 
 class AdminConnection(asyncio.Protocol):
@@ -86,9 +96,10 @@ class AdminConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # the request was queued; nothing after it is read
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as error:
             self._failed = True
-            self._queue.put_nowait(_Request("", "", False))  # -> 400, then close
+            too_long = isinstance(error.__context__, _UrlTooLong)
+            self._queue.put_nowait(_Request("", "", False, 431 if too_long else 400))
 
     def eof_received(self) -> bool:
         self._queue.put_nowait(None)  # answer what is queued, then close
@@ -101,6 +112,8 @@ class AdminConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > MAX_URL_BYTES:
+            raise _UrlTooLong
 
     def on_message_complete(self) -> None:
         method = self._parser.get_method().decode("latin-1")
@@ -114,7 +127,7 @@ class AdminConnection(asyncio.Protocol):
             if request is None or self._transport is None:
                 break
             if not request.method:
-                response = AdminResponse(400, "Bad Request")
+                response = AdminResponse(request.error_status, reason_phrase(request.error_status))
                 request.keep_alive = False
             else:
                 response = await self._call(request)

@@ -48,11 +48,17 @@ class _CompiledMatch:
 
 
 def _networks(ranges) -> tuple[IpNetwork, ...]:
+    """CIDR ranges as Envoy reads them: a prefix that is not an IP address is an error; a
+    length beyond the address's bits means the whole address (Envoy clamps it too)."""
     networks = []
     for cidr in ranges:
-        full = 128 if ":" in cidr.address_prefix else 32
-        length = cidr.prefix_len.value if cidr.HasField("prefix_len") else full
-        networks.append(ipaddress.ip_network(f"{cidr.address_prefix}/{length}", strict=False))
+        try:
+            address = ipaddress.ip_address(cidr.address_prefix)
+        except ValueError:
+            raise ConfigError(f"malformed IP address: {cidr.address_prefix}") from None
+        full = address.max_prefixlen
+        length = min(cidr.prefix_len.value, full) if cidr.HasField("prefix_len") else full
+        networks.append(ipaddress.ip_network((address, length), strict=False))
     return tuple(networks)
 
 

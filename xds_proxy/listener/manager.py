@@ -235,6 +235,8 @@ class ListenerManager:
                 any_applied |= self._add_or_update(listener, version_info, result.actions)
             except (ConfigError, BindError) as error:
                 failures.append((listener, str(error)))
+            except Exception as error:  # a bug in one listener must not lose the update's
+                failures.append((listener, f"internal error: {error!r}"))  # other actions
         if any_applied:
             self.version_info = version_info
         if failures:

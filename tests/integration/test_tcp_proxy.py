@@ -7,10 +7,10 @@ import random
 import socket
 
 import pytest
-import uvloop
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import json_format
 
+from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from tests.helpers.upstreams import Stall, TcpEcho, cluster_message
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import FilterChainContext
@@ -70,16 +70,6 @@ async def _until(condition, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(poll(), timeout)
-
-
-@pytest.fixture(
-    scope="module",
-    params=[asyncio.DefaultEventLoopPolicy, uvloop.EventLoopPolicy],
-    ids=["asyncio", "uvloop"],
-)
-def event_loop_policy(request):
-    """Every test runs on both loops: the proxy runs on uvloop, whose transports differ."""
-    return request.param()
 
 
 @pytest.fixture

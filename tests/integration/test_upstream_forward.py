@@ -7,10 +7,10 @@ import asyncio
 import json
 
 import pytest
-import uvloop
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import json_format
 
+from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from tests.helpers.upstreams import Http1Echo, Http2Echo, Resetter, cluster_message, grpc_frame
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.forward import (
@@ -79,16 +79,6 @@ def forward(document: dict, kind: str = "prefix", value: str = "/") -> ForwardAc
 
 def request(url: bytes = b"/", headers: list | None = None, method: bytes = b"GET"):
     return DownstreamRequest(method, url, b"front.example", headers or [], "127.0.0.9")
-
-
-@pytest.fixture(
-    scope="module",
-    params=[asyncio.DefaultEventLoopPolicy, uvloop.EventLoopPolicy],
-    ids=["asyncio", "uvloop"],
-)
-def event_loop_policy(request):
-    """Every test runs on both loops: the proxy runs on uvloop, whose transports differ."""
-    return request.param()
 
 
 @pytest.fixture

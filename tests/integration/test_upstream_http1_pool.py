@@ -6,23 +6,13 @@ import asyncio
 import json
 
 import pytest
-import uvloop
 
+from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from tests.helpers.upstreams import Collector, Http1Echo, Resetter, cluster_message
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.upstream.config import build_cluster_config
 from xds_proxy.upstream.stream import RequestHead
-
-
-@pytest.fixture(
-    scope="module",
-    params=[asyncio.DefaultEventLoopPolicy, uvloop.EventLoopPolicy],
-    ids=["asyncio", "uvloop"],
-)
-def event_loop_policy(request):
-    """Every test runs on both loops: the proxy runs on uvloop, whose transports differ."""
-    return request.param()
 
 
 @pytest.fixture

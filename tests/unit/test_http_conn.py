@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-import uvloop
 from envoy.config.listener.v3 import listener_components_pb2
 from google.protobuf import json_format
 
+from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats
@@ -62,11 +62,6 @@ ROUTES = {
     ]
 }
 TIMEOUT = 3.0
-# pytest-asyncio 1.x deprecates overriding event_loop_policy (its replacement is a conftest
-# hook); until the suite has one, this module runs every test on both loops this way.
-pytestmark = pytest.mark.filterwarnings(
-    'ignore:Overriding the "event_loop_policy" fixture:DeprecationWarning'
-)
 
 
 def hcm_filter(**overrides: object) -> dict:
@@ -104,16 +99,6 @@ class Served:
 
     def stat(self, name: str) -> int | str | None:
         return self.stats.value(f"http.web.{name}")
-
-
-@pytest.fixture(
-    scope="module",
-    params=[asyncio.DefaultEventLoopPolicy, uvloop.EventLoopPolicy],
-    ids=["asyncio", "uvloop"],
-)
-def event_loop_policy(request):
-    """Every test runs on both loops: the proxy serves on uvloop, whose transports differ."""
-    return request.param()
 
 
 @pytest.fixture

@@ -294,9 +294,10 @@ class Http1Client:
     """A keep-alive HTTP/1.1 client in a thread: one request at a time, reconnects after
     `connection: close`, retries only requests the server provably did not process."""
 
-    def __init__(self, port: int, stop: threading.Event) -> None:
+    def __init__(self, port: int, stop: threading.Event, body: bytes = BACKEND_BODY) -> None:
         self.port = port
         self.stop = stop
+        self.body = body
         self.tally = Tally()
         self.request = f"GET / HTTP/1.1\r\nhost: churn-{port}\r\n\r\n".encode()
         self._sock: socket.socket | None = None
@@ -359,7 +360,7 @@ class Http1Client:
                 self._drop()
             if status >= 500:
                 self.tally.fail("5xx", f"status {status} {body[:60]!r}")
-            elif status != 200 or body != BACKEND_BODY:
+            elif status != 200 or body != self.body:
                 self.tally.fail("other", f"status {status} {body[:60]!r}")
             else:
                 self.tally.succeed(started)
@@ -424,9 +425,10 @@ class Http2Client:
     opens no more streams on that connection; retries refused streams and streams above a
     GOAWAY's last_stream_id on a new connection."""
 
-    def __init__(self, port: int, stop: threading.Event) -> None:
+    def __init__(self, port: int, stop: threading.Event, body: bytes = BACKEND_BODY) -> None:
         self.port = port
         self.stop = stop
+        self.body = body
         self.tally = Tally()
         self._conn: _H2Connection | None = None
 
@@ -502,7 +504,7 @@ class Http2Client:
                 return
             if response.status >= 500:
                 self.tally.fail("5xx", f"status {response.status} {response.body[:60]!r}")
-            elif response.status != 200 or response.body != BACKEND_BODY:
+            elif response.status != 200 or response.body != self.body:
                 self.tally.fail("other", f"status {response.status} {response.body[:60]!r}")
             else:
                 self.tally.succeed(started)
@@ -513,10 +515,13 @@ class Http2Client:
 class Load:
     """HTTP/1.1 and HTTP/2 clients on the given ports, each in its own thread."""
 
-    def __init__(self, h1_ports: list[int], h2_ports: list[int]) -> None:
+    def __init__(
+        self, h1_ports: list[int], h2_ports: list[int], body: bytes = BACKEND_BODY
+    ) -> None:
+        """`body`: what every response must carry (the backend's, unless given)."""
         self._stop = threading.Event()
-        self.h1 = [Http1Client(port, self._stop) for port in h1_ports]
-        self.h2 = [Http2Client(port, self._stop) for port in h2_ports]
+        self.h1 = [Http1Client(port, self._stop, body) for port in h1_ports]
+        self.h2 = [Http2Client(port, self._stop, body) for port in h2_ports]
         self._threads = [
             threading.Thread(target=client.run, daemon=True) for client in (*self.h1, *self.h2)
         ]

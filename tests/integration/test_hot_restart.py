@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from bench.churn import Load
 from bench.hot_restart import (
     HttpLoad,
     RestarterRun,
@@ -52,7 +53,7 @@ def test_three_hot_restarts_under_load_lose_nothing(tmp_path, stub):
     run = RestarterRun(
         tmp_path, bootstrap, drain_time_s=DRAIN_TIME_S, parent_shutdown_time_s=PARENT_SHUTDOWN_S
     )
-    load = None
+    load = h2_load = None
     try:
         run.wait_live(0)
         wait_for(lambda: lds_port in listen_inodes(), what="the LDS listener bound")
@@ -60,6 +61,8 @@ def test_three_hot_restarts_under_load_lose_nothing(tmp_path, stub):
         assert all(len(found) == 1 for found in inodes.values())
         assert all(found <= socket_inodes(run.pid(0)) for found in inodes.values())
         load = HttpLoad([static_port, lds_port], BODY.encode()).start()
+        # HTTP/2 clients that honour GOAWAY, on both listeners too
+        h2_load = Load([], [static_port, lds_port], body=BODY.encode()).start()
         wait_for(lambda: served(run, 0) >= 20, what="epoch 0 serving the load")
 
         for epoch in (1, 2, 3):
@@ -94,6 +97,10 @@ def test_three_hot_restarts_under_load_lose_nothing(tmp_path, stub):
         assert run.exit_status(3) is None
         counts = load.stop()
         load = None
+        _, h2_counts = h2_load.stop()
+        h2_load = None
+        assert h2_counts.failed == 0, h2_counts
+        assert h2_counts.ok >= 100
         assert counts.refused == 0, counts.errors
         assert counts.failed == 0, counts.errors
         assert counts.ok >= 200
@@ -102,8 +109,9 @@ def test_three_hot_restarts_under_load_lose_nothing(tmp_path, stub):
         assert log.count("hot restart: told the parent to drain") == 3
         assert log.count("shutting down admin due to child startup") == 3
     finally:
-        if load is not None:
-            load.stop()
+        for running in (load, h2_load):
+            if running is not None:
+                running.stop()
         status = run.stop()
     assert status == 0, run.log()[-3000:]
     assert run.log().count("exited with status 0") == 4  # epoch 3 on SIGTERM too

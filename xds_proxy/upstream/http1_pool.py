@@ -9,16 +9,13 @@ the cluster; a pool with no connection at all may always open one, as in Envoy).
 from __future__ import annotations
 
 import asyncio
-import collections
 from typing import TYPE_CHECKING
 
 import httptools
 
-from xds_proxy.upstream.connect import open_connection
+from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
-    CONNECTION_TIMEOUT,
-    OVERFLOW,
     PROTOCOL_ERROR,
     Header,
     RequestHead,
@@ -27,6 +24,7 @@ from xds_proxy.upstream.stream import (
 
 if TYPE_CHECKING:
     from xds_proxy.upstream.cluster import Cluster, Host
+    from xds_proxy.upstream.stats import ClusterStats
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
@@ -36,32 +34,18 @@ class _SkipBody(Exception):
     """Raised from the parser's headers callback when the response has no body (HEAD)."""
 
 
-class Http1Stream:
+class Http1Stream(PooledStream):
     """One request/response exchange. Created pending; attached to a connection later."""
 
-    __slots__ = (
-        "_buffered",
-        "_chunked",
-        "_conn",
-        "_done",
-        "_paused",
-        "_pool",
-        "_request_ended",
-        "handler",
-        "head",
-        "response_ended",
-    )
+    __slots__ = ("_buffered", "_chunked", "_paused", "response_ended")
+
+    _conn: Http1ClientConnection | None
 
     def __init__(
         self, pool: Http1Pool, head: RequestHead, handler: ResponseHandler, end_stream: bool
     ) -> None:
-        self._pool = pool
-        self.head = head
-        self.handler = handler
-        self._conn: Http1ClientConnection | None = None
-        self._request_ended = end_stream
+        super().__init__(pool, head, handler, end_stream)
         self.response_ended = False
-        self._done = False
         self._paused = False
         has_length = any(name == b"content-length" for name, _ in head.headers)
         self._chunked = not end_stream and not has_length
@@ -80,7 +64,7 @@ class Http1Stream:
     # -- UpstreamStream ---------------------------------------------------------------------
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
-        if self._done or self._request_ended:
+        if self.done or self._request_ended:
             return
         pieces: list[bytes] = []
         if self._chunked:
@@ -101,7 +85,7 @@ class Http1Stream:
             self._conn.request_sent()
 
     def send_trailers(self, trailers: list[Header]) -> None:
-        if self._done or self._request_ended:
+        if self.done or self._request_ended:
             return
         self._request_ended = True
         if not self._chunked:
@@ -117,16 +101,6 @@ class Http1Stream:
         else:
             self._conn.write(payload)
             self._conn.request_sent()
-
-    def reset(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._pool.cluster.stats.upstream_rq_tx_reset.value += 1
-        if self._conn is None:
-            self._pool.cancel_pending(self)
-        else:
-            self._conn.abort_stream(self)
 
     def pause_response(self) -> None:
         self._paused = True
@@ -153,27 +127,17 @@ class Http1Stream:
     def request_ended(self) -> bool:
         return self._request_ended
 
-    def fail(self, reason: str) -> None:
-        if self._done:
-            return
-        self._done = True
-        self.handler.on_reset(reason)
-
     def finish(self) -> None:
-        self._done = True
+        self.done = True
         self.response_ended = True
 
-    @property
-    def done(self) -> bool:
-        return self._done
 
-
-class Http1ClientConnection(asyncio.Protocol):
+class Http1ClientConnection(PooledConnection):
     """One keep-alive connection to the host; serves one stream at a time."""
 
     def __init__(self, pool: Http1Pool) -> None:
+        super().__init__()
         self.pool = pool
-        self.transport: asyncio.Transport | None = None
         self.stream: Http1Stream | None = None
         self.requests_served = 0
         self._parser = httptools.HttpResponseParser(self)
@@ -183,16 +147,11 @@ class Http1ClientConnection(asyncio.Protocol):
         self._until_eof = False
         self._request_sent = False
         self._response_done = False
-        self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
-        self._closing = False
         self._reading_paused = False
         self._body: list[bytes] = []
 
     # -- asyncio.Protocol -------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self.stream is None:
@@ -217,9 +176,6 @@ class Http1ClientConnection(asyncio.Protocol):
             if stream is not None:
                 stream.fail(PROTOCOL_ERROR)
 
-    def eof_received(self) -> bool:
-        return False
-
     def pause_writing(self) -> None:
         if self.stream is not None and not self.stream.done:
             self.stream.handler.pause_request_body()
@@ -229,18 +185,9 @@ class Http1ClientConnection(asyncio.Protocol):
             self.stream.handler.resume_request_body()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._count_lost(self.pool.cluster.stats)
         stream = self.stream
         self.stream = None
-        stats = self.pool.cluster.stats
-        stats.upstream_cx_destroy.value += 1
-        if self._closing:
-            stats.upstream_cx_destroy_local.value += 1
-        else:
-            stats.upstream_cx_destroy_remote.value += 1
         self.pool.connection_closed(self)
         if stream is not None and not stream.done:
             if self._until_eof and self._headers_done:
@@ -360,7 +307,7 @@ class Http1ClientConnection(asyncio.Protocol):
             self.pool.cluster.stats.upstream_flow_control_resumed_reading_total.value += 1
             self.transport.resume_reading()
 
-    def abort_stream(self, stream: Http1Stream) -> None:
+    def cancel_stream(self, stream: Http1Stream) -> None:
         """The caller reset its stream: an HTTP/1.1 exchange cannot be cut short in-band."""
         if self.stream is stream:
             self.stream = None
@@ -397,125 +344,53 @@ class Http1ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def abort(self) -> None:
-        self._closing = True
-        if self.transport is not None:
-            self.transport.abort()
 
+class Http1Pool(ConnectionPool[Http1Stream, Http1ClientConnection]):
+    stream_class = Http1Stream
+    connection_class = Http1ClientConnection
 
-class Http1Pool:
     def __init__(self, cluster: Cluster, host: Host) -> None:
-        self.cluster = cluster
-        self.host = host
+        super().__init__(cluster, host)
         self.idle: list[Http1ClientConnection] = []
         self.busy: set[Http1ClientConnection] = set()
-        self.connecting = 0
-        self.pending: collections.deque[Http1Stream] = collections.deque()
-        self.retired = False
-        self._connect_tasks: set[asyncio.Task] = set()
 
-    # -- streams ----------------------------------------------------------------------------
+    # -- ConnectionPool hooks ---------------------------------------------------------------
 
-    def new_stream(
-        self, head: RequestHead, handler: ResponseHandler, end_stream: bool
-    ) -> Http1Stream:
-        stream = Http1Stream(self, head, handler, end_stream)
-        cluster = self.cluster
-        stats = cluster.stats
+    def _free_connection(self) -> Http1ClientConnection | None:
         while self.idle:
             conn = self.idle.pop()
             if conn.transport is not None and not conn.transport.is_closing():
-                self._attach(conn, stream)
-                return stream
-        limits = cluster.config.circuit_breakers
-        resources = cluster.resources
-        if resources.pending >= limits.max_pending_requests:
-            stats.upstream_rq_pending_overflow.value += 1
-            asyncio.get_running_loop().call_soon(stream.fail, OVERFLOW)
-            return stream
-        stats.upstream_rq_pending_total.value += 1
-        stats.upstream_rq_pending_active.value += 1
-        resources.pending += 1
-        resources.requests += 1
-        self.pending.append(stream)
-        if self.connecting < len(self.pending):
-            self._maybe_connect()
-        return stream
+                return conn
+        return None
 
-    def _attach(self, conn: Http1ClientConnection, stream: Http1Stream) -> None:
-        stats = self.cluster.stats
-        stats.upstream_rq_total.value += 1
-        stats.upstream_rq_active.value += 1
-        self.cluster.resources.requests += 1
-        self.host.active_requests += 1
+    def _start(self, conn: Http1ClientConnection, stream: Http1Stream) -> None:
         self.busy.add(conn)
         conn.attach(stream)
 
-    def _dequeue(self, stream: Http1Stream) -> None:
-        resources = self.cluster.resources
-        resources.pending -= 1
-        resources.requests -= 1
-        self.cluster.stats.upstream_rq_pending_active.value -= 1
+    def _wants_connection(self) -> bool:
+        # One connection per pending request: each serves one request at a time.
+        return self.connecting < len(self.pending)
 
-    def cancel_pending(self, stream: Http1Stream) -> None:
-        if stream in self.pending:
-            self.pending.remove(stream)
-            self._dequeue(stream)
-            self.cluster.stats.upstream_rq_cancelled.value += 1
+    def _open_connections(self) -> list[Http1ClientConnection]:
+        return [*self.idle, *self.busy]
 
-    def stream_done(self, stream: Http1Stream) -> None:
-        """An attached stream ended (complete, failed or reset)."""
-        stats = self.cluster.stats
-        stats.upstream_rq_active.value -= 1
-        stats.upstream_rq_completed.value += 1
-        self.cluster.resources.requests -= 1
-        self.host.active_requests -= 1
-
-    # -- connections ------------------------------------------------------------------------
-
-    def _maybe_connect(self) -> None:
-        cluster = self.cluster
-        resources = cluster.resources
-        has_any = self.connecting or self.idle or self.busy
-        if resources.connections >= cluster.config.circuit_breakers.max_connections:
-            if has_any:
-                cluster.stats.upstream_cx_overflow.value += 1
-                return
-            cluster.stats.upstream_cx_overflow.value += 1  # Envoy opens one anyway
-        self.connecting += 1
-        resources.connections += 1
-        stats = cluster.stats
-        stats.upstream_cx_total.value += 1
+    def _count_protocol_connection(self, stats: ClusterStats) -> None:
         stats.upstream_cx_http1_total.value += 1
-        stats.upstream_cx_active.value += 1
-        task = asyncio.get_running_loop().create_task(self._connect())
-        self._connect_tasks.add(task)
-        task.add_done_callback(self._connect_tasks.discard)
 
-    async def _connect(self) -> None:
-        conn = Http1ClientConnection(self)
-        failure = await open_connection(self.cluster, self.host, conn)
-        if failure is not None:
-            self._connect_failed(failure)
-            return
-        self.connecting -= 1
+    def _connected(self, conn: Http1ClientConnection) -> None:
         self.connection_idle(conn)
 
-    def _connect_failed(self, reason: str) -> None:
-        stats = self.cluster.stats
-        self.connecting -= 1
-        self.cluster.resources.connections -= 1
-        stats.upstream_cx_active.value -= 1
-        stats.upstream_cx_destroy.value += 1
-        stats.upstream_cx_connect_fail.value += 1
-        if reason == CONNECTION_TIMEOUT:
-            stats.upstream_cx_connect_timeout.value += 1
+    def _eject_pending(self, reason: str) -> None:
         # Fail the pending requests that the remaining connecting connections will not serve.
         while len(self.pending) > self.connecting:
-            stream = self.pending.popleft()
-            self._dequeue(stream)
-            stats.upstream_rq_pending_failure_eject.value += 1
-            stream.fail(reason)
+            self._eject_one(reason)
+
+    def _forget_connection(self, conn: Http1ClientConnection) -> None:
+        self.busy.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    # -- connections ------------------------------------------------------------------------
 
     def connection_idle(self, conn: Http1ClientConnection) -> None:
         """A connection is ready for its next request (newly connected, or done with one)."""
@@ -528,24 +403,13 @@ class Http1Pool:
             conn.close()
             return
         if self.pending:  # served even by a retired pool: they were accepted
-            stream = self.pending.popleft()
-            self._dequeue(stream)
-            self._attach(conn, stream)
+            self._attach(conn, self._dequeue())
             return
         if self.retired:
             conn.close()
             return
         self.idle.append(conn)
         conn.arm_idle_timer(self.cluster.config.idle_timeout_s)
-
-    def connection_closed(self, conn: Http1ClientConnection) -> None:
-        self.busy.discard(conn)
-        if conn in self.idle:
-            self.idle.remove(conn)
-        self.cluster.resources.connections -= 1
-        self.cluster.stats.upstream_cx_active.value -= 1
-        if self.pending and self.connecting < len(self.pending):
-            self._maybe_connect()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -558,7 +422,4 @@ class Http1Pool:
 
     def close(self) -> None:
         self.retire()
-        for task in self._connect_tasks:
-            task.cancel()
-        for conn in list(self.busy):
-            conn.abort()
+        super().close()

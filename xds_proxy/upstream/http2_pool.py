@@ -24,11 +24,9 @@ import h2.exceptions
 import h2.settings
 from hpack import NeverIndexedHeaderTuple
 
-from xds_proxy.upstream.connect import open_connection
+from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
-    CONNECTION_TIMEOUT,
-    OVERFLOW,
     PROTOCOL_ERROR,
     REMOTE_REFUSED_STREAM_RESET,
     REMOTE_RESET,
@@ -39,6 +37,7 @@ from xds_proxy.upstream.stream import (
 
 if TYPE_CHECKING:
     from xds_proxy.upstream.cluster import Cluster, Host
+    from xds_proxy.upstream.stats import ClusterStats
 
 _FRAME_HEADER = 9
 _GOAWAY = 0x7
@@ -53,33 +52,25 @@ _FORBIDDEN_REQUEST_HEADERS = frozenset(
 )
 
 
-class Http2Stream:
+class Http2Stream(PooledStream):
     __slots__ = (
-        "_conn",
         "_outbuf",
         "_outbuf_size",
         "_paused_source",
-        "_pool",
-        "_request_ended",
         "_trailers",
         "_unacked",
-        "done",
-        "handler",
-        "head",
         "paused",
         "request_end_pending",
         "stream_id",
     )
 
+    _conn: Http2ClientConnection | None
+
     def __init__(
         self, pool: Http2Pool, head: RequestHead, handler: ResponseHandler, end_stream: bool
     ) -> None:
-        self._pool = pool
-        self.head = head
-        self.handler = handler
-        self._conn: Http2ClientConnection | None = None
+        super().__init__(pool, head, handler, end_stream)
         self.stream_id = 0
-        self._request_ended = end_stream
         self.request_end_pending = end_stream  # END_STREAM not written yet
         self._outbuf: collections.deque[bytes] = collections.deque()
         self._outbuf_size = 0
@@ -87,7 +78,6 @@ class Http2Stream:
         self._paused_source = False
         self._unacked = 0
         self.paused = False
-        self.done = False
 
     # -- UpstreamStream ---------------------------------------------------------------------
 
@@ -114,16 +104,6 @@ class Http2Stream:
         self._trailers = trailers
         if self._conn is not None:
             self._conn.flush_stream(self)
-
-    def reset(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        self._pool.cluster.stats.upstream_rq_tx_reset.value += 1
-        if self._conn is None:
-            self._pool.cancel_pending(self)
-        else:
-            self._conn.cancel_stream(self)
 
     def pause_response(self) -> None:
         self.paused = True
@@ -172,15 +152,10 @@ class Http2Stream:
             return False
         return True
 
-    def fail(self, reason: str) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.handler.on_reset(reason)
 
-
-class Http2ClientConnection(asyncio.Protocol):
+class Http2ClientConnection(PooledConnection):
     def __init__(self, pool: Http2Pool) -> None:
+        super().__init__()
         self.pool = pool
         # Request headers come from our own codec (already validated); skipping h2's checks
         # of them is a large part of the per-request cost.
@@ -191,7 +166,6 @@ class Http2ClientConnection(asyncio.Protocol):
             normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config=config)
-        self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Http2Stream] = {}
         self.ready = False  # connected and the preface written
         self.going_away = False
@@ -199,8 +173,6 @@ class Http2ClientConnection(asyncio.Protocol):
         self._pending_bytes = b""
         self._frame_left = 0
         self._blocked: dict[int, Http2Stream] = {}
-        self._closing = False
-        self._idle_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self.streams_started = 0
 
@@ -222,7 +194,7 @@ class Http2ClientConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        super().connection_made(transport)
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -267,9 +239,6 @@ class Http2ClientConnection(asyncio.Protocol):
             self._receive(data[start:position])
         self._flush()
 
-    def eof_received(self) -> bool:
-        return False
-
     def pause_writing(self) -> None:
         self._write_paused = True
         for stream in list(self.streams.values()):
@@ -283,17 +252,8 @@ class Http2ClientConnection(asyncio.Protocol):
                 stream.handler.resume_request_body()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
         self.ready = False
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        stats = self.pool.cluster.stats
-        stats.upstream_cx_destroy.value += 1
-        if self._closing:
-            stats.upstream_cx_destroy_local.value += 1
-        else:
-            stats.upstream_cx_destroy_remote.value += 1
+        self._count_lost(self.pool.cluster.stats)
         streams = list(self.streams.values())
         self.streams.clear()
         self.pool.connection_closed(self)
@@ -542,11 +502,6 @@ class Http2ClientConnection(asyncio.Protocol):
             pass
         self.transport.close()
 
-    def abort(self) -> None:
-        self._closing = True
-        if self.transport is not None:
-            self.transport.abort()
-
 
 _EVENT_HANDLERS = {
     h2.events.ResponseReceived: Http2ClientConnection._on_response,
@@ -558,123 +513,58 @@ _EVENT_HANDLERS = {
 }
 
 
-class Http2Pool:
+class Http2Pool(ConnectionPool[Http2Stream, Http2ClientConnection]):
+    stream_class = Http2Stream
+    connection_class = Http2ClientConnection
+
     def __init__(self, cluster: Cluster, host: Host) -> None:
-        self.cluster = cluster
-        self.host = host
+        super().__init__(cluster, host)
         self.connections: list[Http2ClientConnection] = []  # usable (not going away)
         self.draining: set[Http2ClientConnection] = set()
-        self.connecting = 0
-        self.pending: collections.deque[Http2Stream] = collections.deque()
-        self.retired = False
-        self._connect_tasks: set[asyncio.Task] = set()
 
-    # -- streams ----------------------------------------------------------------------------
+    # -- ConnectionPool hooks ---------------------------------------------------------------
 
-    def new_stream(
-        self, head: RequestHead, handler: ResponseHandler, end_stream: bool
-    ) -> Http2Stream:
-        stream = Http2Stream(self, head, handler, end_stream)
+    def _free_connection(self) -> Http2ClientConnection | None:
         for conn in self.connections:
             if conn.capacity > 0:
-                self._attach(conn, stream)
-                return stream
-        cluster = self.cluster
-        resources = cluster.resources
-        stats = cluster.stats
-        if resources.pending >= cluster.config.circuit_breakers.max_pending_requests:
-            stats.upstream_rq_pending_overflow.value += 1
-            asyncio.get_running_loop().call_soon(stream.fail, OVERFLOW)
-            return stream
-        stats.upstream_rq_pending_total.value += 1
-        stats.upstream_rq_pending_active.value += 1
-        resources.pending += 1
-        resources.requests += 1
-        self.pending.append(stream)
-        if not self.connecting:
-            self._maybe_connect()
-        return stream
+                return conn
+        return None
 
-    def _attach(self, conn: Http2ClientConnection, stream: Http2Stream) -> None:
-        stats = self.cluster.stats
-        stats.upstream_rq_total.value += 1
-        stats.upstream_rq_active.value += 1
-        self.cluster.resources.requests += 1
-        self.host.active_requests += 1
+    def _start(self, conn: Http2ClientConnection, stream: Http2Stream) -> None:
         conn.start_stream(stream)
 
-    def _dequeue(self) -> Http2Stream:
-        stream = self.pending.popleft()
-        resources = self.cluster.resources
-        resources.pending -= 1
-        resources.requests -= 1
-        self.cluster.stats.upstream_rq_pending_active.value -= 1
-        return stream
+    def _wants_connection(self) -> bool:
+        # One connection at a time: once up, it takes as many pending streams as it may.
+        return bool(self.pending) and not self.connecting
 
-    def cancel_pending(self, stream: Http2Stream) -> None:
-        if stream in self.pending:
-            self.pending.remove(stream)
-            self.pending.appendleft(stream)
-            self._dequeue()
-            self.cluster.stats.upstream_rq_cancelled.value += 1
+    def _open_connections(self) -> list[Http2ClientConnection]:
+        return [*self.connections, *self.draining]
 
-    def stream_done(self, stream: Http2Stream) -> None:
-        stats = self.cluster.stats
-        stats.upstream_rq_active.value -= 1
-        stats.upstream_rq_completed.value += 1
-        self.cluster.resources.requests -= 1
-        self.host.active_requests -= 1
-
-    # -- connections ------------------------------------------------------------------------
-
-    def _maybe_connect(self) -> None:
-        cluster = self.cluster
-        resources = cluster.resources
-        has_any = self.connecting or self.connections or self.draining
-        if resources.connections >= cluster.config.circuit_breakers.max_connections:
-            cluster.stats.upstream_cx_overflow.value += 1
-            if has_any:
-                return
-        self.connecting += 1
-        resources.connections += 1
-        stats = cluster.stats
-        stats.upstream_cx_total.value += 1
+    def _count_protocol_connection(self, stats: ClusterStats) -> None:
         stats.upstream_cx_http2_total.value += 1
-        stats.upstream_cx_active.value += 1
-        task = asyncio.get_running_loop().create_task(self._connect())
-        self._connect_tasks.add(task)
-        task.add_done_callback(self._connect_tasks.discard)
 
-    async def _connect(self) -> None:
-        conn = Http2ClientConnection(self)
-        failure = await open_connection(self.cluster, self.host, conn)
-        if failure is not None:
-            self._connect_failed(failure)
-            return
-        self.connecting -= 1
+    def _connected(self, conn: Http2ClientConnection) -> None:
         self.connections.append(conn)
         self.connection_has_capacity(conn)
 
-    def _connect_failed(self, reason: str) -> None:
-        stats = self.cluster.stats
-        self.connecting -= 1
-        self.cluster.resources.connections -= 1
-        stats.upstream_cx_active.value -= 1
-        stats.upstream_cx_destroy.value += 1
-        stats.upstream_cx_connect_fail.value += 1
-        if reason == CONNECTION_TIMEOUT:
-            stats.upstream_cx_connect_timeout.value += 1
+    def _eject_pending(self, reason: str) -> None:
+        # Another connect still under way will serve them all.
         if self.connecting:
             return
         while self.pending:
-            stream = self._dequeue()
-            stats.upstream_rq_pending_failure_eject.value += 1
-            stream.fail(reason)
+            self._eject_one(reason)
+
+    def _forget_connection(self, conn: Http2ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+        self.draining.discard(conn)
+
+    # -- connections ------------------------------------------------------------------------
 
     def connection_has_capacity(self, conn: Http2ClientConnection) -> None:
         while self.pending and conn.capacity > 0:
             self._attach(conn, self._dequeue())
-        if self.pending and not self.connecting:
+        if self._wants_connection():
             self._maybe_connect()
         if self.retired and not conn.streams:
             conn.close()
@@ -683,16 +573,7 @@ class Http2Pool:
         if conn in self.connections:
             self.connections.remove(conn)
             self.draining.add(conn)
-        if self.pending and not self.connecting:
-            self._maybe_connect()
-
-    def connection_closed(self, conn: Http2ClientConnection) -> None:
-        if conn in self.connections:
-            self.connections.remove(conn)
-        self.draining.discard(conn)
-        self.cluster.resources.connections -= 1
-        self.cluster.stats.upstream_cx_active.value -= 1
-        if self.pending and not self.connecting:
+        if self._wants_connection():
             self._maybe_connect()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -702,10 +583,3 @@ class Http2Pool:
         for conn in list(self.connections):
             if not conn.streams:
                 conn.close()
-
-    def close(self) -> None:
-        self.retired = True
-        for task in self._connect_tasks:
-            task.cancel()
-        for conn in [*self.connections, *self.draining]:
-            conn.abort()

@@ -1,7 +1,8 @@
 """Wires the parts together and owns the process lifecycle.
 
 Start-up: static listeners bound (a failure exits 1 with nothing left listening), admin up,
-LDS subscription started; the server is INITIALIZING until the first LDS response (or
+CDS then LDS subscriptions started (LDS once CDS has its first response or
+`initial_fetch_timeout`); the server is INITIALIZING until the first LDS response (or
 `initial_fetch_timeout`), then LIVE. SIGTERM/SIGINT and `/quitquitquit` shut down without
 draining, as Envoy does; SIGHUP is ignored.
 """
@@ -64,6 +65,7 @@ class Server:
         self.runtime.clusters = self.clusters
         self.shutdown_requested = asyncio.Event()
         self.lds_client = None
+        self.cds_client = None
         self.lds_updates = LdsUpdateLog()  # the admin page's recent LDS updates
         self.admin_address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task] = []
@@ -115,7 +117,7 @@ class Server:
         await self.runtime.execute(actions)
         self._tasks.append(asyncio.create_task(self.runtime.run(), name="listener-runtime"))
         await self._start_admin()
-        self._start_lds()
+        self._start_cds()  # then LDS, once CDS has initialised (as Envoy)
 
     async def _start_admin(self) -> None:
         from xds_proxy.admin.handlers import AdminHandlers
@@ -140,6 +142,19 @@ class Server:
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             with open(self.options.admin_address_path, "w") as out:
                 out.write(shown)
+
+    def _start_cds(self) -> None:
+        from xds_proxy.xds.cds import CdsClient
+        from xds_proxy.xds.source import lds_configured, lds_server
+
+        if not CdsClient.configured(self.bootstrap):
+            self._start_lds()
+            return
+        if lds_configured(self.bootstrap):
+            lds_server(self.bootstrap)  # a bad LDS source fails start-up now, not after CDS
+        self._set_state(ServerState.INITIALIZING)
+        self.cds_client = CdsClient(self.bootstrap, self.stats, self.clusters, self._start_lds)
+        self._tasks.append(asyncio.create_task(self.cds_client.run(), name="cds-client"))
 
     def _start_lds(self) -> None:
         from xds_proxy.xds.client import LdsClient

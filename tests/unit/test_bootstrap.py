@@ -787,12 +787,6 @@ SOURCE = "dynamic_resources.lds_config.api_config_source"
             " ads, self is required",
         ),
         (
-            lambda d: d["dynamic_resources"].update(
-                cds_config={"ads": {}, "resource_api_version": "V3"}
-            ),
-            "dynamic_resources.cds_config: not supported yet",
-        ),
-        (
             lambda d: d["static_resources"]["clusters"][0].update(type="EDS"),
             "static_resources.clusters[0].type: EDS not supported",
         ),

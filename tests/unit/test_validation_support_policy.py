@@ -7,6 +7,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2
 
 from xds_proxy import extensions, support_policy
@@ -147,14 +148,24 @@ def test_listener_filters() -> None:
 
 def test_implemented_issue_switches_later_features_on(monkeypatch: pytest.MonkeyPatch) -> None:
     bootstrap = bootstrap_pb2.Bootstrap()
-    bootstrap.dynamic_resources.cds_config.ads.SetInParent()
+    options = bootstrap.static_resources.clusters.add(name="c").typed_extension_protocol_options
+    options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(
+        http_protocol_options_pb2.HttpProtocolOptions(
+            use_downstream_protocol_config=http_protocol_options_pb2.HttpProtocolOptions.UseDownstreamHttpConfig()
+        )
+    )
+    later = (
+        "static_resources.clusters[0].typed_extension_protocol_options"
+        "['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']"
+        ".use_downstream_protocol_config: not supported yet"
+    )
     errors, _ = support_policy.check_bootstrap(bootstrap)
-    assert "dynamic_resources.cds_config: not supported yet" in errors
+    assert later in errors
     monkeypatch.setattr(
         support_policy, "IMPLEMENTED_ISSUES", support_policy.IMPLEMENTED_ISSUES | {8}
     )
     errors, _ = support_policy.check_bootstrap(bootstrap)
-    assert "dynamic_resources.cds_config: not supported yet" not in errors
+    assert later not in errors
 
 
 def test_tcp_proxy_fields_are_checked() -> None:

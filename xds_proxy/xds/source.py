@@ -1,4 +1,5 @@
-"""Where the LDS subscription connects: read from the bootstrap, checked with field paths.
+"""Where the LDS (and CDS) subscription connects: read from the bootstrap, checked with
+field paths.
 
 Two shapes are supported, as in Envoy, each state of the world (`GRPC`) or Delta
 (`DELTA_GRPC`):
@@ -52,18 +53,32 @@ def lds_configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:
     return bootstrap.HasField(_DYN) and bootstrap.dynamic_resources.HasField("lds_config")
 
 
+def cds_configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:
+    return bootstrap.HasField(_DYN) and bootstrap.dynamic_resources.HasField("cds_config")
+
+
 def lds_server(bootstrap: bootstrap_pb2.Bootstrap) -> XdsServer:
     """The LDS server of `bootstrap`; raises ConfigError (`FIELD_PATH: reason`)."""
-    lds = bootstrap.dynamic_resources.lds_config
-    path = f"{_DYN}.lds_config"
-    kind = lds.WhichOneof("config_source_specifier")
+    return config_server(bootstrap, "lds_config")
+
+
+def cds_server(bootstrap: bootstrap_pb2.Bootstrap) -> XdsServer:
+    """The CDS server of `bootstrap`; raises ConfigError (`FIELD_PATH: reason`)."""
+    return config_server(bootstrap, "cds_config")
+
+
+def config_server(bootstrap: bootstrap_pb2.Bootstrap, source_field: str) -> XdsServer:
+    """The server of `dynamic_resources.<source_field>` (a ConfigSource)."""
+    source = getattr(bootstrap.dynamic_resources, source_field)
+    path = f"{_DYN}.{source_field}"
+    kind = source.WhichOneof("config_source_specifier")
     if kind == "ads":
         if not bootstrap.dynamic_resources.HasField("ads_config"):
             raise ConfigError(f"{_DYN}.ads_config: required when {path}.ads is set")
         api, api_path = bootstrap.dynamic_resources.ads_config, f"{_DYN}.ads_config"
         aggregated = True
     elif kind == "api_config_source":
-        api, api_path, aggregated = lds.api_config_source, f"{path}.api_config_source", False
+        api, api_path, aggregated = source.api_config_source, f"{path}.api_config_source", False
     elif kind is None:
         raise ConfigError(f"{path}: one of ads or api_config_source is required")
     else:
@@ -80,8 +95,8 @@ def lds_server(bootstrap: bootstrap_pb2.Bootstrap) -> XdsServer:
         bootstrap, cluster_name, f"{service_path}.envoy_grpc.cluster_name"
     )
     timeout_s = DEFAULT_INITIAL_FETCH_TIMEOUT_S
-    if lds.HasField("initial_fetch_timeout"):
-        timeout_s = lds.initial_fetch_timeout.ToNanoseconds() / 1e9
+    if source.HasField("initial_fetch_timeout"):
+        timeout_s = source.initial_fetch_timeout.ToNanoseconds() / 1e9
     return XdsServer(
         aggregated=aggregated,
         delta=delta,

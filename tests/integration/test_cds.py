@@ -1,0 +1,249 @@
+"""CDS through the real stub, the real proxy and real upstreams: a cluster and a listener
+routing to it pushed in one resource set (the listener validates its clusters, so it is only
+accepted if CDS is applied before LDS), then the cluster modified, an invalid one NACKed
+while the valid ones still apply, and the cluster removed.
+
+`run_scenario` takes the process class so the interop test runs the same with Envoy 1.40.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.listeners import lds_bootstrap
+from tests.helpers.procs import free_port, wait_for
+from tests.helpers.proxy import ProxyProcess
+from tests.helpers.stub import StubProcess, stub_env
+from tests.helpers.upstreams import Http1Echo, cluster_dict
+
+HCM_TYPE = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+CDS = "cluster_manager.cds."
+CLUSTER_TYPE_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+
+def routed_listener(port: int, cluster: str) -> dict[str, Any]:
+    """An HTTP listener whose inline route table names `cluster` (validate_clusters is on
+    by default for inline tables: an unknown cluster rejects the listener)."""
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": "ingress",
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+                }
+            ],
+        },
+        "http_filters": [
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+        ],
+    }
+    return {
+        "name": f"http_{port}",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+
+
+def cds_bootstrap(xds_address: str) -> dict[str, Any]:
+    """LDS and CDS both over ADS (SotW), as Envoy is most often configured."""
+    document = lds_bootstrap(xds_address, ads=True)
+    document["dynamic_resources"]["cds_config"] = {
+        "ads": {},
+        "resource_api_version": "V3",
+        "initial_fetch_timeout": "5s",
+    }
+    return document
+
+
+def get_upstream(port: int) -> tuple[int, str]:
+    """One GET /; returns (status, the answering upstream's label or "")."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head = received.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    label = next(
+        (line.split(":", 1)[1].strip() for line in head if line.lower().startswith("x-upstream:")),
+        "",
+    )
+    return status, label
+
+
+def cds_counts(process: EnvoyProcess) -> tuple[int | None, int | None]:
+    return process.stat(CDS + "update_success"), process.stat(CDS + "update_rejected")
+
+
+def wait_counts(process: EnvoyProcess, success: int, rejected: int) -> None:
+    wait_for(
+        lambda: cds_counts(process) == (success, rejected),
+        timeout=5,
+        what=f"{process.name} CDS success={success} rejected={rejected}",
+    )
+
+
+def nack_head(stub: StubProcess) -> tuple[int, str]:
+    """The cluster NACK the stub holds: its code and the text up to the cluster's reason
+    (Envoy's per-cluster reasons are worded differently from ours after that point)."""
+    for node in stub.client.status()["nodes"]:
+        for stream in node["streams"]:
+            if stream["type_url"] == CLUSTER_TYPE_URL and stream["nack"]:
+                nack = stream["nack"]
+                return nack["code"], nack["message"].split(": ")[0]
+    return 0, ""
+
+
+def run_scenario(process_class: type[EnvoyProcess], workdir: Path) -> list[Any]:
+    """Returns what was observed at each step (compared between Envoy and ours)."""
+    seen: list[Any] = []
+    with Http1Echo("a") as first, Http1Echo("b") as second:
+        stub = StubProcess(workdir, xds=f"127.0.0.1:{free_port()}").start()
+        process = None
+        try:
+            port = free_port()
+            listeners = stub.client.set_resources(
+                listeners=[routed_listener(port, "dyn")],
+                clusters=[cluster_dict("dyn", [first.port])],
+            )["listeners"]
+            process = process_class(cds_bootstrap(stub.xds_address), workdir, "warning")
+            process.start()
+            process.wait_ready()
+            stub.client.wait(listeners, timeout=5)  # accepted: CDS came first
+            wait_counts(process, 1, 0)
+            seen.append(
+                ("pushed", get_upstream(port), process.stat("cluster_manager.active_clusters"))
+            )
+
+            accepted = stub.client.set_resources(clusters=[cluster_dict("dyn", [second.port])])[
+                "clusters"
+            ]
+            wait_counts(process, 2, 0)
+            seen.append(
+                ("modified", get_upstream(port), process.stat("cluster_manager.cluster_modified"))
+            )
+
+            bad = cluster_dict("bad", [first.port], host="not-an-ip")
+            extra = cluster_dict("extra", [first.port])
+            stub.client.set_resources(clusters=[cluster_dict("dyn", [first.port]), bad, extra])
+            wait_counts(process, 2, 1)
+            seen.append(
+                (
+                    "nacked",
+                    get_upstream(port),  # the valid clusters of the rejected set still apply
+                    process.stat("cluster_manager.active_clusters"),
+                    process.stats("^" + CDS + "version_text$")[CDS + "version_text"]
+                    == f'"{accepted}"',  # the NACK keeps the last accepted version
+                    nack_head(stub),
+                )
+            )
+
+            stub.client.set_resources(clusters=[])
+            wait_counts(process, 3, 1)
+            seen.append(
+                (
+                    "removed",
+                    get_upstream(port)[0],
+                    process.stat("cluster_manager.active_clusters"),
+                    process.stat("cluster_manager.cluster_removed"),
+                )
+            )
+        finally:
+            if process is not None:
+                process.stop()
+            stub.stop()
+    return seen
+
+
+def test_cds_pushes_modifies_rejects_and_removes_clusters(tmp_path: Path) -> None:
+    seen = run_scenario(ProxyProcess, tmp_path)
+    assert seen[0] == ("pushed", (200, "a"), 2)
+    assert seen[1] == ("modified", (200, "b"), 1)
+    assert seen[2] == (
+        "nacked",
+        (200, "a"),
+        3,
+        True,
+        (13, "Error adding/updating cluster(s) bad"),
+    )
+    assert seen[3] == ("removed", 503, 1, 2)
+
+
+def run_unanswered_cds(process_class: type[EnvoyProcess], workdir: Path) -> list[Any]:
+    """CDS from a source that never answers (the stub serves no ClusterDiscoveryService):
+    LDS starts once CDS's initial_fetch_timeout passes, and its listener serves."""
+    with Http1Echo("static") as backend:
+        stub = StubProcess(workdir, xds=f"127.0.0.1:{free_port()}").start()
+        process = None
+        try:
+            port = free_port()
+            listeners = stub.client.set_resources(listeners=[routed_listener(port, "fixed")])
+            document = lds_bootstrap(stub.xds_address)
+            document["static_resources"]["clusters"].append(cluster_dict("fixed", [backend.port]))
+            document["dynamic_resources"]["cds_config"] = {
+                "api_config_source": document["dynamic_resources"]["lds_config"][
+                    "api_config_source"
+                ],
+                "resource_api_version": "V3",
+                "initial_fetch_timeout": "0.3s",
+            }
+            process = process_class(document, workdir, "warning")
+            process.start()
+            process.wait_ready()
+            stub.client.wait(listeners["listeners"], timeout=5)
+            return [
+                get_upstream(port),
+                process.stat(CDS + "init_fetch_timeout"),
+                process.stat(CDS + "update_success"),
+                (process.stat(CDS + "update_failure") or 0) > 0,
+                process.stat(CDS + "control_plane.connected_state"),
+            ]
+        finally:
+            if process is not None:
+                process.stop()
+            stub.stop()
+
+
+def test_cds_initial_fetch_timeout_lets_lds_start(tmp_path: Path) -> None:
+    assert run_unanswered_cds(ProxyProcess, tmp_path) == [(200, "static"), 1, 0, True, 0]
+
+
+def test_delta_cds_is_refused_at_start_with_one_line(tmp_path: Path) -> None:
+    """Delta CDS is not built yet: start-up fails with the field path, not a traceback."""
+    document = cds_bootstrap(f"127.0.0.1:{free_port()}")
+    document["dynamic_resources"]["ads_config"]["api_type"] = "DELTA_GRPC"
+    config = tmp_path / "delta.yaml"
+    config.write_text(yaml.safe_dump(document))
+    done = subprocess.run(
+        [sys.executable, "-m", "xds_proxy", "-c", str(config), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, **stub_env()},
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: dynamic_resources.cds_config: DELTA_GRPC CDS not supported yet"
+    )

@@ -1,0 +1,280 @@
+"""The proxy's CDS client: dynamic clusters from the control plane (state of the world).
+
+`dynamic_resources.cds_config` names the source: its own `api_config_source`
+(`ClusterDiscoveryService.StreamClusters`) or `ads {}` (`StreamAggregatedResources` with the
+Cluster type URL). Over ADS this client opens its own aggregated stream next to the LDS one
+(Envoy multiplexes both types on one stream; a control plane keeps per-stream, per-type
+state, so two streams get the same answers). Delta CDS is not built yet (ConfigError).
+
+Apply (Envoy's `CdsApiImpl` + `CdsApiHelper`): every dynamic cluster not in the response is
+removed; each cluster of the response is added or updated in order (an identical one is a
+no-op; a static cluster of the same name is skipped silently, as `blockUpdate` does); a
+cluster named twice or one that does not build is reported and the others still apply; any
+report NACKs the response with `Error adding/updating cluster(s) <name>: <why>, ...`.
+
+Initialisation: `on_initialized` runs once, on the first response (accepted or not) or when
+`initial_fetch_timeout` expires; the server starts LDS only then, as Envoy initialises CDS
+before LDS so that listeners naming pushed clusters are accepted.
+Stats: `cluster_manager.cds.*` and `cluster_manager.cds.control_plane.*` (plain gRPC) or
+`control_plane.*` (ADS), as Envoy names them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import grpc
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.service.cluster.v3 import cds_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2, message
+
+from xds_proxy.errors import ConfigError
+from xds_proxy.stats import Stats
+from xds_proxy.upstream.manager import ClusterManager
+from xds_proxy.xds.backoff import JitteredBackoff
+from xds_proxy.xds.client import MAX_MESSAGE_BYTES, client_node
+from xds_proxy.xds.decode import RESOURCE_WRAPPER_TYPE_URL, ResponseDecodeError, debug_string
+from xds_proxy.xds.sotw import SotwSubscription, SubscriptionStats
+from xds_proxy.xds.source import XdsServer, cds_configured, cds_server
+
+log = logging.getLogger("xds_proxy.xds")
+
+CLUSTER_TYPE_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+CDS_STATS_PREFIX = "cluster_manager.cds."
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+def decode_sotw_clusters(response: discovery_pb2.DiscoveryResponse) -> list[cluster_pb2.Cluster]:
+    """Every cluster of a SotW response, in order; one bad resource rejects them all."""
+    clusters: list[cluster_pb2.Cluster] = []
+    for resource in response.resources:
+        payload = resource
+        if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
+            wrapper = discovery_pb2.Resource()
+            _unpack(resource, wrapper)
+            if not wrapper.HasField("resource"):
+                raise ResponseDecodeError(f"{wrapper.name}: a Cluster resource without a body")
+            payload = wrapper.resource
+        if payload.type_url != response.type_url:
+            raise ResponseDecodeError(
+                f"{payload.type_url} does not match the message-wide type URL "
+                f"{response.type_url} in DiscoveryResponse {debug_string(response)}"
+            )
+        cluster = cluster_pb2.Cluster()
+        _unpack(payload, cluster)
+        clusters.append(cluster)
+    return clusters
+
+
+def _unpack(resource: any_pb2.Any, target: message.Message) -> None:
+    try:
+        unpacked = resource.Unpack(target)
+    except message.DecodeError:
+        unpacked = False
+    if not unpacked:
+        raise ResponseDecodeError(
+            f"Unable to unpack as {target.DESCRIPTOR.full_name}: {debug_string(resource)}"
+        )
+
+
+# -- applying -------------------------------------------------------------------------------
+
+
+def apply_sotw_clusters(
+    manager: ClusterManager, clusters: list[cluster_pb2.Cluster]
+) -> tuple[bool, str | None]:
+    """One SotW update: returns (anything changed, None or the NACK message)."""
+    wanted = {cluster.name for cluster in clusters}
+    dynamic = [name for name in manager.clusters if name not in manager.static_names]
+    to_remove = [name for name in dynamic if name not in wanted]
+    return apply_cluster_changes(manager, clusters, to_remove)
+
+
+def apply_cluster_changes(
+    manager: ClusterManager, added: list[cluster_pb2.Cluster], removed: list[str]
+) -> tuple[bool, str | None]:
+    """Adds/updates in order, then removals (Envoy's `CdsApiHelper::onConfigUpdate`)."""
+    failures: list[str] = []
+    seen: set[str] = set()
+    any_applied = False
+    for index, cluster in enumerate(added):
+        name = cluster.name
+        if name in seen:
+            failures.append(f"{name}: duplicate cluster {name} found")
+            continue
+        seen.add(name)
+        if name in manager.static_names:
+            continue  # Envoy: a static cluster blocks the update, silently
+        try:
+            changed = manager.add_or_update(cluster, f"resources[{index}]")
+        except ConfigError as error:
+            failures.append(f"{name}: {error}")
+            continue
+        any_applied = any_applied or changed
+    for name in removed:
+        if manager.remove(name):
+            any_applied = True
+    if failures:
+        return any_applied, "Error adding/updating cluster(s) " + ", ".join(failures)
+    return any_applied, None
+
+
+# -- transport ------------------------------------------------------------------------------
+
+
+class CdsClient:
+    """Subscribes to clusters and keeps the subscription alive until cancelled."""
+
+    def __init__(
+        self,
+        bootstrap: bootstrap_pb2.Bootstrap,
+        stats: Stats,
+        manager: ClusterManager,
+        on_initialized: Callable[[], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        """Raises ConfigError (`FIELD_PATH: reason`) if the CDS source is not usable."""
+        self.server: XdsServer = cds_server(bootstrap)
+        if self.server.delta:
+            raise ConfigError("dynamic_resources.cds_config: DELTA_GRPC CDS not supported yet")
+        control_plane_prefix = (
+            "control_plane." if self.server.aggregated else CDS_STATS_PREFIX + "control_plane."
+        )
+        self._stats = SubscriptionStats.create(stats, CDS_STATS_PREFIX, control_plane_prefix)
+        self._subscription: SotwSubscription[cluster_pb2.Cluster] = SotwSubscription(
+            CLUSTER_TYPE_URL,
+            client_node(bootstrap.node),
+            self._stats,
+            decode=decode_sotw_clusters,
+            node_on_first_request_only=self.server.node_on_first_request_only,
+        )
+        self._manager = manager
+        self._on_initialized = on_initialized
+        self._initialized = False
+        self._backoff = JitteredBackoff(rng or random.Random())
+        self.system_version_info = ""  # moves when a response changed something (config dump)
+
+    @staticmethod
+    def configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:
+        """True when the bootstrap sets `dynamic_resources.cds_config`."""
+        return cds_configured(bootstrap)
+
+    @property
+    def last_accepted_version(self) -> str:
+        return self._subscription.last_accepted_version
+
+    @property
+    def connected(self) -> bool:
+        return self._subscription.stream_up
+
+    @property
+    def initialized(self) -> bool:
+        return self._initialized
+
+    async def run(self) -> None:
+        """Subscribe, and re-subscribe after every loss, until cancelled."""
+        self._subscription.start()
+        timer = None
+        if self.server.initial_fetch_timeout_s is not None:
+            timer = asyncio.get_running_loop().call_later(
+                self.server.initial_fetch_timeout_s, self._initial_fetch_timed_out
+            )
+        try:
+            while True:
+                if await self._run_stream():
+                    self._backoff.reset()
+                await asyncio.sleep(self._backoff.next_delay())
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._stats.connected_state.set(0)
+
+    async def _run_stream(self) -> bool:
+        """One stream from open to loss; True if it delivered at least one response."""
+        delivered = False
+        call = None
+        channel = None
+        try:
+            channel = self._channel()
+            call = self._open(channel)
+            await call.write(self._subscription.on_stream_established())
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    log.warning("cds: gRPC config stream closed by the server")
+                    break
+                delivered = True
+                outcome = self._subscription.on_response(
+                    response, self._apply, time.time_ns() // 1_000_000
+                )
+                if outcome.request is None:
+                    log.warning("cds: ignoring a response for type URL %s", response.type_url)
+                    continue
+                if outcome.error is not None:
+                    log.warning(
+                        "cds: gRPC config for %s rejected: %s", CLUSTER_TYPE_URL, outcome.error
+                    )
+                self._mark_initialized()
+                await call.write(outcome.request)
+        except grpc.aio.AioRpcError as error:
+            log.warning("cds: gRPC config stream closed: %s, %s", error.code(), error.details())
+        except Exception as error:  # whatever ends the stream, keep the subscription alive
+            log.warning("cds: gRPC config stream failed: %r", error)
+        finally:
+            if call is not None:
+                call.cancel()
+            if channel is not None:
+                await channel.close(grace=None)
+        self._subscription.on_stream_lost()
+        return delivered
+
+    def _apply(self, version_info: str, clusters: list[cluster_pb2.Cluster]) -> str | None:
+        changed, error = apply_sotw_clusters(self._manager, clusters)
+        if changed:
+            self.system_version_info = version_info
+        return error
+
+    def _channel(self) -> grpc.aio.Channel:
+        options: list[tuple[str, object]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.default_authority", self.server.authority),
+            ("grpc.enable_retries", 0),
+        ]
+        tls = self.server.tls
+        if tls is None:
+            return grpc.aio.insecure_channel(self.server.target, options=options)
+        options += tls.channel_options(self.server.target)
+        return grpc.aio.secure_channel(self.server.target, tls.credentials(), options=options)
+
+    def _open(self, channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
+        metadata = self.server.initial_metadata or None
+        if self.server.aggregated:
+            return ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+                metadata=metadata
+            )
+        return cds_pb2_grpc.ClusterDiscoveryServiceStub(channel).StreamClusters(metadata=metadata)
+
+    def _initial_fetch_timed_out(self) -> None:
+        if self._initialized or self._subscription.responses_handled:
+            return
+        log.warning("cds: initial fetch timed out for %s", CLUSTER_TYPE_URL)
+        self._subscription.on_initial_fetch_timeout()
+        self._mark_initialized()
+
+    def _mark_initialized(self) -> None:
+        if self._initialized:
+            return
+        self._initialized = True
+        try:
+            self._on_initialized()
+        except Exception:  # the server's bug must not end the subscription
+            log.exception("cds: on_initialized callback failed")

@@ -197,20 +197,28 @@ def test_control_plane_restart_keeps_everything_serving(tmp_path, stub, proxy):
     push(stub, listeners)
     conn = HttpConnection(port)
     assert conn.request().text == "kept"
+    accepted = stat(proxy, "listener_manager.lds.update_success")
     stub.stop()
     wait_for(
         lambda: stat(proxy, "listener_manager.lds.control_plane.connected_state") == 0,
         timeout=5,
     )
     assert get(port).text == "kept"
+    # A control plane comes back with its state: the same set, served from its first response.
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"listeners": listeners}))
+    stub.resources = state
     stub.start()
-    push(stub, listeners)
     wait_for(
         lambda: stat(proxy, "listener_manager.lds.control_plane.connected_state") == 1,
         timeout=10,
     )
+    wait_for(
+        lambda: stat(proxy, "listener_manager.lds.update_success") > accepted, timeout=10
+    )
     assert not conn.request().closes
     assert stat(proxy, "listener_manager.listener_modified") == 0
+    assert stat(proxy, "listener_manager.listener_removed") == 0
     assert stat(proxy, "listener_manager.lds.update_failure") >= 1
 
 

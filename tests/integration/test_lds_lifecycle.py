@@ -213,9 +213,7 @@ def test_control_plane_restart_keeps_everything_serving(tmp_path, stub, proxy):
         lambda: stat(proxy, "listener_manager.lds.control_plane.connected_state") == 1,
         timeout=10,
     )
-    wait_for(
-        lambda: stat(proxy, "listener_manager.lds.update_success") > accepted, timeout=10
-    )
+    wait_for(lambda: stat(proxy, "listener_manager.lds.update_success") > accepted, timeout=10)
     assert not conn.request().closes
     assert stat(proxy, "listener_manager.listener_modified") == 0
     assert stat(proxy, "listener_manager.listener_removed") == 0

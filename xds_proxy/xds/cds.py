@@ -21,7 +21,6 @@ Stats: `cluster_manager.cds.*` and `cluster_manager.cds.control_plane.*` (plain 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -37,11 +36,11 @@ from google.protobuf import any_pb2, message
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
-from xds_proxy.xds.backoff import JitteredBackoff
-from xds_proxy.xds.client import MAX_MESSAGE_BYTES, client_node
+from xds_proxy.xds.client import client_node
 from xds_proxy.xds.decode import RESOURCE_WRAPPER_TYPE_URL, ResponseDecodeError, debug_string
 from xds_proxy.xds.sotw import SotwSubscription, SubscriptionStats
-from xds_proxy.xds.source import XdsServer, cds_configured, cds_server
+from xds_proxy.xds.source import cds_configured, cds_server
+from xds_proxy.xds.transport import SubscriptionClient
 
 log = logging.getLogger("xds_proxy.xds")
 
@@ -130,8 +129,10 @@ def apply_cluster_changes(
 # -- transport ------------------------------------------------------------------------------
 
 
-class CdsClient:
+class CdsClient(SubscriptionClient):
     """Subscribes to clusters and keeps the subscription alive until cancelled."""
+
+    name = "cds"
 
     def __init__(
         self,
@@ -142,24 +143,22 @@ class CdsClient:
         rng: random.Random | None = None,
     ) -> None:
         """Raises ConfigError (`FIELD_PATH: reason`) if the CDS source is not usable."""
-        self.server: XdsServer = cds_server(bootstrap)
-        if self.server.delta:
+        server = cds_server(bootstrap)
+        if server.delta:
             raise ConfigError("dynamic_resources.cds_config: DELTA_GRPC CDS not supported yet")
         control_plane_prefix = (
-            "control_plane." if self.server.aggregated else CDS_STATS_PREFIX + "control_plane."
+            "control_plane." if server.aggregated else CDS_STATS_PREFIX + "control_plane."
         )
-        self._stats = SubscriptionStats.create(stats, CDS_STATS_PREFIX, control_plane_prefix)
-        self._subscription: SotwSubscription[cluster_pb2.Cluster] = SotwSubscription(
+        stats_handles = SubscriptionStats.create(stats, CDS_STATS_PREFIX, control_plane_prefix)
+        subscription: SotwSubscription[cluster_pb2.Cluster] = SotwSubscription(
             CLUSTER_TYPE_URL,
             client_node(bootstrap.node),
-            self._stats,
+            stats_handles,
             decode=decode_sotw_clusters,
-            node_on_first_request_only=self.server.node_on_first_request_only,
+            node_on_first_request_only=server.node_on_first_request_only,
         )
+        super().__init__(server, stats_handles, subscription, on_initialized, rng)
         self._manager = manager
-        self._on_initialized = on_initialized
-        self._initialized = False
-        self._backoff = JitteredBackoff(rng or random.Random())
         self.system_version_info = ""  # moves when a response changed something (config dump)
 
     @staticmethod
@@ -167,93 +166,21 @@ class CdsClient:
         """True when the bootstrap sets `dynamic_resources.cds_config`."""
         return cds_configured(bootstrap)
 
-    @property
-    def last_accepted_version(self) -> str:
-        return self._subscription.last_accepted_version
-
-    @property
-    def connected(self) -> bool:
-        return self._subscription.stream_up
-
-    @property
-    def initialized(self) -> bool:
-        return self._initialized
-
-    async def run(self) -> None:
-        """Subscribe, and re-subscribe after every loss, until cancelled."""
-        self._subscription.start()
-        timer = None
-        if self.server.initial_fetch_timeout_s is not None:
-            timer = asyncio.get_running_loop().call_later(
-                self.server.initial_fetch_timeout_s, self._initial_fetch_timed_out
-            )
-        try:
-            while True:
-                if await self._run_stream():
-                    self._backoff.reset()
-                await asyncio.sleep(self._backoff.next_delay())
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._stats.connected_state.set(0)
-
-    async def _run_stream(self) -> bool:
-        """One stream from open to loss; True if it delivered at least one response."""
-        delivered = False
-        call = None
-        channel = None
-        try:
-            channel = self._channel()
-            call = self._open(channel)
-            await call.write(self._subscription.on_stream_established())
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    log.warning("cds: gRPC config stream closed by the server")
-                    break
-                delivered = True
-                outcome = self._subscription.on_response(
-                    response, self._apply, time.time_ns() // 1_000_000
-                )
-                if outcome.request is None:
-                    log.warning("cds: ignoring a response for type URL %s", response.type_url)
-                    continue
-                if outcome.error is not None:
-                    log.warning(
-                        "cds: gRPC config for %s rejected: %s", CLUSTER_TYPE_URL, outcome.error
-                    )
-                self._mark_initialized()
-                await call.write(outcome.request)
-        except grpc.aio.AioRpcError as error:
-            log.warning("cds: gRPC config stream closed: %s, %s", error.code(), error.details())
-        except Exception as error:  # whatever ends the stream, keep the subscription alive
-            log.warning("cds: gRPC config stream failed: %r", error)
-        finally:
-            if call is not None:
-                call.cancel()
-            if channel is not None:
-                await channel.close(grace=None)
-        self._subscription.on_stream_lost()
-        return delivered
+    async def _handle(self, call: grpc.aio.StreamStreamCall, response) -> None:
+        outcome = self._subscription.on_response(response, self._apply, time.time_ns() // 1_000_000)
+        if outcome.request is None:
+            log.warning("cds: ignoring a response for type URL %s", response.type_url)
+            return
+        if outcome.error is not None:
+            log.warning("cds: gRPC config for %s rejected: %s", CLUSTER_TYPE_URL, outcome.error)
+        self._mark_initialized()
+        await call.write(outcome.request)
 
     def _apply(self, version_info: str, clusters: list[cluster_pb2.Cluster]) -> str | None:
         changed, error = apply_sotw_clusters(self._manager, clusters)
         if changed:
             self.system_version_info = version_info
         return error
-
-    def _channel(self) -> grpc.aio.Channel:
-        options: list[tuple[str, object]] = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.default_authority", self.server.authority),
-            ("grpc.enable_retries", 0),
-        ]
-        tls = self.server.tls
-        if tls is None:
-            return grpc.aio.insecure_channel(self.server.target, options=options)
-        options += tls.channel_options(self.server.target)
-        return grpc.aio.secure_channel(self.server.target, tls.credentials(), options=options)
 
     def _open(self, channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
         metadata = self.server.initial_metadata or None
@@ -262,19 +189,3 @@ class CdsClient:
                 metadata=metadata
             )
         return cds_pb2_grpc.ClusterDiscoveryServiceStub(channel).StreamClusters(metadata=metadata)
-
-    def _initial_fetch_timed_out(self) -> None:
-        if self._initialized or self._subscription.responses_handled:
-            return
-        log.warning("cds: initial fetch timed out for %s", CLUSTER_TYPE_URL)
-        self._subscription.on_initial_fetch_timeout()
-        self._mark_initialized()
-
-    def _mark_initialized(self) -> None:
-        if self._initialized:
-            return
-        self._initialized = True
-        try:
-            self._on_initialized()
-        except Exception:  # the server's bug must not end the subscription
-            log.exception("cds: on_initialized callback failed")

@@ -12,8 +12,7 @@ a stream that delivered a response); the new stream's first request carries the 
 version. Initialisation ends (`on_initialized`, once) on the first listener response, accepted
 or rejected, or when `initial_fetch_timeout` (default 15 s, 0 = wait forever) expires.
 
-Every stream attempt uses a fresh channel so that gRPC's own reconnect back-off (up to 120 s)
-never adds to ours (and so that TLS files are read afresh).
+The stream handling, back-off and initialisation are `transport.SubscriptionClient`'s.
 
 Resource TTL: one timer for the earliest deadline; when it fires the expired listeners are
 removed (`apply_delta(version "", [], expired)`), counted as an accepted update like Envoy.
@@ -39,7 +38,6 @@ from envoy.service.listener.v3 import lds_pb2_grpc
 
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
-from xds_proxy.xds.backoff import JitteredBackoff
 from xds_proxy.xds.decode import (
     LISTENER_TYPE_URL,
     DecodedListener,
@@ -49,7 +47,8 @@ from xds_proxy.xds.decode import (
 )
 from xds_proxy.xds.delta import ApplyDelta, DeltaSubscription, safe_apply
 from xds_proxy.xds.sotw import SotwSubscription, SubscriptionStats, count_update
-from xds_proxy.xds.source import XdsServer, lds_configured, lds_server
+from xds_proxy.xds.source import lds_configured, lds_server
+from xds_proxy.xds.transport import SubscriptionClient
 from xds_proxy.xds.ttl import TtlTracker
 
 log = logging.getLogger("xds_proxy.xds")
@@ -57,13 +56,14 @@ log = logging.getLogger("xds_proxy.xds")
 ApplyListeners = Callable[[str, list[listener_pb2.Listener]], str | None]
 """(version_info, listeners in response order) -> None to ACK, or the NACK message."""
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # SotW responses with many listeners exceed gRPC's 4 MiB
 USER_AGENT_NAME = "xds-proxy"
 LDS_STATS_PREFIX = "listener_manager.lds."
 
 
-class LdsClient:
+class LdsClient(SubscriptionClient):
     """Subscribes to listeners and keeps the subscription alive until cancelled."""
+
+    name = "lds"
 
     def __init__(
         self,
@@ -85,38 +85,36 @@ class LdsClient:
         Envoy's resource decoder does. `clock` (seconds) times resource TTLs. `applied()`
         (optional) is awaited before an ACK or NACK goes out, so that the ACK means "serving".
         """
-        self.server: XdsServer = lds_server(bootstrap)
-        if self.server.delta and apply_delta is None:
+        server = lds_server(bootstrap)
+        if server.delta and apply_delta is None:
             raise ConfigError("dynamic_resources: DELTA_GRPC needs the server's apply_delta")
         control_plane_prefix = (
-            "control_plane." if self.server.aggregated else LDS_STATS_PREFIX + "control_plane."
+            "control_plane." if server.aggregated else LDS_STATS_PREFIX + "control_plane."
         )
-        self._stats = SubscriptionStats.create(stats, LDS_STATS_PREFIX, control_plane_prefix)
+        stats_handles = SubscriptionStats.create(stats, LDS_STATS_PREFIX, control_plane_prefix)
         node = client_node(bootstrap.node)
-        first_only = self.server.node_on_first_request_only
-        self._subscription: SotwSubscription[DecodedListener] | DeltaSubscription
-        if self.server.delta:
-            self._subscription = DeltaSubscription(
+        first_only = server.node_on_first_request_only
+        subscription: SotwSubscription[DecodedListener] | DeltaSubscription
+        if server.delta:
+            subscription = DeltaSubscription(
                 LISTENER_TYPE_URL,
                 node,
-                self._stats,
+                stats_handles,
                 decode=lambda response: decode_delta_listeners(response, validate),
                 node_on_first_request_only=first_only,
             )
         else:
-            self._subscription = SotwSubscription(
+            subscription = SotwSubscription(
                 LISTENER_TYPE_URL,
                 node,
-                self._stats,
+                stats_handles,
                 decode=lambda response: decode_sotw_listeners(response, validate),
                 node_on_first_request_only=first_only,
             )
+        super().__init__(server, stats_handles, subscription, on_initialized, rng)
         self._apply = apply
         self._apply_delta = apply_delta
         self._applied = applied
-        self._on_initialized = on_initialized
-        self._initialized = False
-        self._backoff = JitteredBackoff(rng or random.Random())
         self._clock = clock
         # SotW TTL bookkeeping (Delta keeps its own in the subscription).
         self._sotw_ttl = TtlTracker()
@@ -129,94 +127,15 @@ class LdsClient:
         return lds_configured(bootstrap)
 
     @property
-    def last_accepted_version(self) -> str:
-        """SotW: the last ACKed version_info; Delta: the last ACKed system_version_info."""
-        return self._subscription.last_accepted_version
-
-    @property
     def resource_versions(self) -> dict[str, str]:
         """Delta: the listeners held, name -> version (sent on reconnect); SotW: empty."""
         if isinstance(self._subscription, DeltaSubscription):
             return dict(self._subscription.resource_versions)
         return {}
 
-    @property
-    def connected(self) -> bool:
-        return self._subscription.stream_up
-
-    @property
-    def initialized(self) -> bool:
-        return self._initialized
-
-    async def run(self) -> None:
-        """Subscribe, and re-subscribe after every loss, until cancelled."""
-        self._subscription.start()
-        timer = None
-        if self.server.initial_fetch_timeout_s is not None:
-            timer = asyncio.get_running_loop().call_later(
-                self.server.initial_fetch_timeout_s, self._initial_fetch_timed_out
-            )
-        try:
-            while True:
-                if await self._run_stream():
-                    self._backoff.reset()
-                delay = self._backoff.next_delay()
-                log.debug("lds: reconnecting to %s in %.3f s", self.server.target, delay)
-                await asyncio.sleep(delay)
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if self._ttl_timer is not None:
-                self._ttl_timer.cancel()
-            self._stats.connected_state.set(0)
-
-    # -- one stream ---------------------------------------------------------------------------
-
-    async def _run_stream(self) -> bool:
-        """One stream from open to loss; True if it delivered at least one response."""
-        delivered = False
-        call = None
-        channel = None
-        try:
-            channel = self._channel()
-            call = self._open(channel)
-            await call.write(self._subscription.on_stream_established())
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    log.warning("lds: gRPC config stream to %s closed by the server", self._peer())
-                    break
-                delivered = True
-                await self._handle(call, response)
-        except grpc.aio.AioRpcError as error:
-            log.warning(
-                "lds: gRPC config stream to %s closed: %s, %s",
-                self._peer(),
-                error.code().value[0],
-                error.details(),
-            )
-        except Exception as error:  # whatever ends the stream, keep the subscription alive
-            log.warning("lds: gRPC config stream to %s failed: %r", self._peer(), error)
-        finally:
-            if call is not None:
-                call.cancel()
-            if channel is not None:
-                await channel.close(grace=None)
-        self._subscription.on_stream_lost()
-        return delivered
-
-    def _channel(self) -> grpc.aio.Channel:
-        options: list[tuple[str, object]] = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.default_authority", self.server.authority),
-            ("grpc.enable_retries", 0),
-        ]
-        tls = self.server.tls
-        if tls is None:
-            return grpc.aio.insecure_channel(self.server.target, options=options)
-        options += tls.channel_options(self.server.target)
-        return grpc.aio.secure_channel(self.server.target, tls.credentials(), options=options)
+    def _stopped(self) -> None:
+        if self._ttl_timer is not None:
+            self._ttl_timer.cancel()
 
     def _open(self, channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
         metadata = self.server.initial_metadata or None
@@ -322,27 +241,6 @@ class LdsClient:
             error = safe_apply(lambda v, added, _removed: self._apply(v, added), "", remaining, [])
         count_update(self._stats, "", error, now_ms)
         return expired
-
-    # -- initialisation -----------------------------------------------------------------------
-
-    def _initial_fetch_timed_out(self) -> None:
-        if self._initialized or self._subscription.responses_handled:
-            return
-        log.warning("lds: initial fetch timed out for %s", LISTENER_TYPE_URL)
-        self._subscription.on_initial_fetch_timeout()
-        self._mark_initialized()
-
-    def _mark_initialized(self) -> None:
-        if self._initialized:
-            return
-        self._initialized = True
-        try:
-            self._on_initialized()
-        except Exception:  # the server's bug must not end the subscription
-            log.exception("lds: on_initialized callback failed")
-
-    def _peer(self) -> str:
-        return f"{self.server.cluster_name} ({self.server.target})"
 
 
 def client_node(node: base_pb2.Node) -> base_pb2.Node:

@@ -31,13 +31,17 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2, message
 
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.client import client_node
-from xds_proxy.xds.decode import RESOURCE_WRAPPER_TYPE_URL, ResponseDecodeError, debug_string
+from xds_proxy.xds.decode import (
+    RESOURCE_WRAPPER_TYPE_URL,
+    ResponseDecodeError,
+    debug_string,
+    unpack,
+)
 from xds_proxy.xds.sotw import SotwSubscription, SubscriptionStats
 from xds_proxy.xds.source import cds_configured, cds_server
 from xds_proxy.xds.transport import SubscriptionClient
@@ -58,7 +62,7 @@ def decode_sotw_clusters(response: discovery_pb2.DiscoveryResponse) -> list[clus
         payload = resource
         if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
             wrapper = discovery_pb2.Resource()
-            _unpack(resource, wrapper)
+            unpack(resource, wrapper)
             if not wrapper.HasField("resource"):
                 raise ResponseDecodeError(f"{wrapper.name}: a Cluster resource without a body")
             payload = wrapper.resource
@@ -68,20 +72,9 @@ def decode_sotw_clusters(response: discovery_pb2.DiscoveryResponse) -> list[clus
                 f"{response.type_url} in DiscoveryResponse {debug_string(response)}"
             )
         cluster = cluster_pb2.Cluster()
-        _unpack(payload, cluster)
+        unpack(payload, cluster)
         clusters.append(cluster)
     return clusters
-
-
-def _unpack(resource: any_pb2.Any, target: message.Message) -> None:
-    try:
-        unpacked = resource.Unpack(target)
-    except message.DecodeError:
-        unpacked = False
-    if not unpacked:
-        raise ResponseDecodeError(
-            f"Unable to unpack as {target.DESCRIPTOR.full_name}: {debug_string(resource)}"
-        )
 
 
 # -- applying -------------------------------------------------------------------------------

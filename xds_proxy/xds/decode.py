@@ -79,7 +79,7 @@ def decode_sotw_listeners(
     for resource in response.resources:
         if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
             wrapper = discovery_pb2.Resource()
-            _unpack(resource, wrapper)
+            unpack(resource, wrapper)
             decoded.append(_decode_wrapper(wrapper, validate))
             continue
         if resource.type_url != response.type_url:
@@ -137,7 +137,7 @@ def _decode_listener(
     payload: any_pb2.Any, validate: ListenerValidator | None
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener()
-    _unpack(payload, listener)
+    unpack(payload, listener)
     if validate is not None:
         violation = validate(listener)
         if violation is not None:
@@ -147,7 +147,8 @@ def _decode_listener(
     return listener
 
 
-def _unpack(resource: any_pb2.Any, target: message.Message) -> None:
+def unpack(resource: any_pb2.Any, target: message.Message) -> None:
+    """Unpack or reject the whole response, in Envoy's words."""
     try:
         unpacked = resource.Unpack(target)
     except message.DecodeError:

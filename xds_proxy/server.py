@@ -248,11 +248,7 @@ class Server:
         self.runtime.start_admin_drain(False, lambda: None, trigger="hot_restart")
 
         async def close_sockets_once_stopped() -> None:
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline and any(
-                instance.servers for instance in self.runtime.instances.values()
-            ):
-                await asyncio.sleep(0.005)  # the runtime runs the StopAccepting actions
+            await self.runtime.applied()  # the StopAccepting actions have run
             self.pool.close_after_hand_over()
 
         self._tasks.append(asyncio.create_task(close_sockets_once_stopped()))

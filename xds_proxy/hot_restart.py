@@ -33,8 +33,7 @@ import logging
 import os
 import socket
 import struct
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -487,21 +486,22 @@ class HotRestart:
 
         self._tasks.append(asyncio.create_task(terminate()))
 
-    def initialized(self, accepting: Callable[[], bool]) -> None:
-        """The server is initialized: once `accepting()` says every listener accepts, close the
-        inherited sockets nobody took, tell the parent to drain, and to exit after the parent
-        shutdown time."""
+    def initialized(self, applied: Callable[[], Awaitable[None]]) -> None:
+        """The server is initialized: once `applied()` returns (every listener update carried
+        out, so every listener accepts), close the inherited sockets nobody took, tell the
+        parent to drain, and to exit after the parent shutdown time."""
         if self.parent is None or self._taking_over:
             return
         self._taking_over = True
-        self._tasks.append(asyncio.create_task(self._take_over(accepting), name="hot-restart"))
+        self._tasks.append(asyncio.create_task(self._take_over(applied), name="hot-restart"))
 
-    async def _take_over(self, accepting: Callable[[], bool]) -> None:
+    async def _take_over(self, applied: Callable[[], Awaitable[None]]) -> None:
         assert self.parent is not None
         parent = self.parent
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not accepting() and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)  # the runtime applies the first listeners on the loop
+        try:
+            await asyncio.wait_for(applied(), READY_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("hot restart: listeners not all started in time; taking over anyway")
         unclaimed = self.pool.close_unclaimed_inherited()
         if unclaimed:
             shown = ", ".join(f"{ip}:{port}" for ip, port in unclaimed)

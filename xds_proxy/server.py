@@ -199,7 +199,7 @@ class Server:
             self._set_state(ServerState.LIVE if self.healthy else ServerState.DRAINING)
             self.manager.workers_started()
             log.info("all dependencies initialized. starting workers")
-            self.hot_restart.initialized(self._accepting_everywhere)
+            self.hot_restart.initialized(self.runtime.applied)
 
     # -- admin-triggered drains and health --------------------------------------------------
 
@@ -252,15 +252,6 @@ class Server:
             self.pool.close_after_hand_over()
 
         self._tasks.append(asyncio.create_task(close_sockets_once_stopped()))
-
-    def _accepting_everywhere(self) -> bool:
-        """Every active listener accepts: only then may a hot-restart parent stop."""
-        return all(
-            (instance := self.runtime.instances.get(version.id)) is not None
-            and bool(instance.servers)
-            for version in self.manager.active.values()
-            if not version.stopped
-        )
 
     # -- shutdown ---------------------------------------------------------------------------
 

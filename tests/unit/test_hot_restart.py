@@ -220,8 +220,8 @@ async def test_child_takes_over_drains_and_terminates_the_parent(parent) -> None
         taken = child_pool.sockets_for(1)[0]
         assert inode(taken) == inode(server.pool.listen_sockets()[addresses[0]])
         accepting = asyncio.Event()
-        child.initialized(accepting.is_set)
-        await asyncio.sleep(0.05)
+        child.initialized(accepting.wait)
+        await asyncio.sleep(0.05)  # a moment in which a wrong child would already have told
         assert not server.drained.is_set()  # not before the child's listeners accept
         accepting.set()
         await asyncio.wait_for(server.drained.wait(), TIMEOUT)
@@ -247,7 +247,7 @@ async def test_parent_not_running_child_goes_on_alone(caplog) -> None:
     assert child.parent is None
     assert "parent (epoch 2" in caplog.text and "going on alone" in caplog.text
     assert child.endpoint is not None  # it still serves its own child later
-    child.initialized(lambda: True)  # nothing to tell anybody
+    child.initialized(lambda: asyncio.sleep(0))  # nothing to tell anybody
     await child.close()
 
 

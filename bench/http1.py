@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.tools import ensure_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -63,19 +64,7 @@ def _free_port() -> int:
 
 
 def _ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    print("   wrk not found: installing it with `apt-get install -y wrk`", flush=True)
-    sudo = [] if shutil.which("sudo") is None else ["sudo"]
-    install = [*sudo, "apt-get", "install", "-y", "wrk"]
-    if subprocess.run(install, capture_output=True).returncode != 0:
-        subprocess.run([*sudo, "apt-get", "update"], capture_output=True)
-        subprocess.run(install, capture_output=True)
-    found = shutil.which("wrk")
-    if not found:
-        raise RuntimeError("wrk is missing and `apt-get install -y wrk` did not install it")
-    return found
+    return ensure_tool("wrk", "wrk")
 
 
 def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,25 +42,14 @@ from bench.http1 import (
     _free_port,
     _wait_listening,
 )
+from bench.tools import ensure_tool
 
 ROUNDS = 2
 BODY = b"hello\n"
 
 
 def _ensure_h2load() -> str:
-    found = shutil.which("h2load")
-    if found:
-        return found
-    print("   h2load not found: installing `apt-get install -y nghttp2-client`", flush=True)
-    sudo = [] if shutil.which("sudo") is None else ["sudo"]
-    install = [*sudo, "apt-get", "install", "-y", "nghttp2-client"]
-    if subprocess.run(install, capture_output=True).returncode != 0:
-        subprocess.run([*sudo, "apt-get", "update"], capture_output=True)
-        subprocess.run(install, capture_output=True)
-    found = shutil.which("h2load")
-    if not found:
-        raise RuntimeError("h2load is missing and `apt-get install -y nghttp2-client` failed")
-    return found
+    return ensure_tool("h2load", "nghttp2-client")
 
 
 def _h2load(h2load: str, port: int, clients: int, streams: int, seconds: int) -> tuple[float, int]:

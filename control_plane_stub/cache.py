@@ -26,6 +26,8 @@ from google.protobuf import timestamp_pb2
 from control_plane_stub.resources import CLUSTER_TYPE, LISTENER_TYPE, NamedResource, type_name_of
 
 SERVED_TYPES: dict[str, str] = {"listeners": LISTENER_TYPE, "clusters": CLUSTER_TYPE}
+# The order a push reaches an ADS stream: the clusters a listener names arrive first.
+ADS_ORDER = [CLUSTER_TYPE, LISTENER_TYPE]
 Mode = Literal["sotw", "delta"]
 NONCE_MEMORY = 32  # recent nonces remembered per stream and type, to match late ACKs/NACKs
 
@@ -199,6 +201,7 @@ class XdsCache:
             scope[type_url] = new_set
             if old_set is None or old_set.key != new_set.key:
                 changed.append(type_url)
+        changed.sort(key=ADS_ORDER.index)  # one ADS stream: clusters before the listeners
         outgoing: list[tuple[int, Response]] = []
         for stream in list(self._streams.values()):
             if stream.node is None:

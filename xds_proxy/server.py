@@ -2,9 +2,10 @@
 
 Start-up: static listeners bound (a failure exits 1 with nothing left listening), admin up,
 CDS then LDS subscriptions started (LDS once CDS has its first response or
-`initial_fetch_timeout`); the server is INITIALIZING until the first LDS response (or
-`initial_fetch_timeout`), then LIVE. SIGTERM/SIGINT and `/quitquitquit` shut down without
-draining, as Envoy does; SIGHUP is ignored.
+`initial_fetch_timeout`; over ADS both share one stream, clusters first); the server is
+INITIALIZING until the first LDS response (or `initial_fetch_timeout`), then LIVE.
+SIGTERM/SIGINT and `/quitquitquit` shut down without draining, as Envoy does; SIGHUP is
+ignored.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from xds_proxy.listener.runtime import ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
+from xds_proxy.xds.transport import XdsStream
 
 log = logging.getLogger("xds_proxy.main")
 
@@ -66,6 +68,7 @@ class Server:
         self.shutdown_requested = asyncio.Event()
         self.lds_client = None
         self.cds_client = None
+        self._ads_stream: XdsStream | None = None  # LDS and CDS over one ADS stream
         self.lds_updates = LdsUpdateLog()  # the admin page's recent LDS updates
         self.admin_address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task] = []
@@ -154,6 +157,11 @@ class Server:
             lds_server(self.bootstrap)  # a bad LDS source fails start-up now, not after CDS
         self._set_state(ServerState.INITIALIZING)
         self.cds_client = CdsClient(self.bootstrap, self.stats, self.clusters, self._start_lds)
+        if self.cds_client.server.aggregated:  # LDS joins this stream later, as Envoy's mux
+            self._ads_stream = XdsStream(self.cds_client.server)
+            self._ads_stream.add(self.cds_client)
+            self._tasks.append(asyncio.create_task(self._ads_stream.run(), name="ads-stream"))
+            return
         self._tasks.append(asyncio.create_task(self.cds_client.run(), name="cds-client"))
 
     def _start_lds(self) -> None:
@@ -171,6 +179,9 @@ class Server:
             apply_delta=self.apply_delta,
             applied=self.runtime.applied,
         )
+        if self._ads_stream is not None and self.lds_client.server.aggregated:
+            self._ads_stream.add(self.lds_client)  # after CDS, on the same stream
+            return
         self._tasks.append(asyncio.create_task(self.lds_client.run(), name="lds-client"))
 
     def apply_listeners(self, version_info: str, listeners: list) -> str | None:

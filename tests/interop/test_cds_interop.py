@@ -14,9 +14,10 @@ from tests.integration.test_cds import run_scenario, run_unanswered_cds
 pytestmark = pytest.mark.envoy
 
 
-def test_cds_steps_match_envoy(tmp_path: Path) -> None:
-    envoy = run_scenario(EnvoyProcess, tmp_path / "envoy")
-    ours = run_scenario(ProxyProcess, tmp_path / "ours")
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_cds_steps_match_envoy(tmp_path: Path, delta: bool) -> None:
+    envoy = run_scenario(EnvoyProcess, tmp_path / "envoy", delta)
+    ours = run_scenario(ProxyProcess, tmp_path / "ours", delta)
     assert ours == envoy
 
 

@@ -10,7 +10,6 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
-from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.cds import (
@@ -203,6 +202,8 @@ def test_client_reads_its_source_and_names_stats_as_envoy(ads: bool) -> None:
     assert not CdsClient.configured(bootstrap_pb2.Bootstrap())
 
 
-def test_delta_cds_is_refused_with_the_field_path() -> None:
-    with pytest.raises(ConfigError, match=r"^dynamic_resources\.cds_config: DELTA_GRPC"):
-        CdsClient(cds_bootstrap("DELTA_GRPC"), Stats(), ClusterManager(Stats()), lambda: None)
+def test_delta_cds_client_opens_the_delta_streams() -> None:
+    stats = Stats()
+    client = CdsClient(cds_bootstrap("DELTA_GRPC"), stats, ClusterManager(stats), lambda: None)
+    assert client.server.delta
+    assert client.type_url == "type.googleapis.com/envoy.config.cluster.v3.Cluster"

@@ -302,7 +302,7 @@ class InProcessLds:
             decoded = decode_sotw_listeners(response)
         except ResponseDecodeError as error:
             return str(error)
-        listeners = [d.listener for d in decoded if d.listener is not None]
+        listeners = [d.body for d in decoded if d.body is not None]
         return self.manager.apply_sotw(response.version_info, listeners).nack_message
 
     def push_delta(self, resources: list[any_pb2.Any], names: list[str], removed: list[str]):
@@ -319,7 +319,7 @@ class InProcessLds:
             decoded = decode_delta_listeners(response)
         except ResponseDecodeError as error:
             return str(error)
-        listeners = [d.listener for d in decoded if d.listener is not None]
+        listeners = [d.body for d in decoded if d.body is not None]
         return self.manager.apply_delta(str(self.versions), listeners, removed).nack_message
 
     def assert_sentinel_serving(self) -> None:

@@ -2,9 +2,9 @@
 
 `dynamic_resources.cds_config` names the source: its own `api_config_source`
 (`ClusterDiscoveryService.StreamClusters`) or `ads {}` (`StreamAggregatedResources` with the
-Cluster type URL). Over ADS this client opens its own aggregated stream next to the LDS one
-(Envoy multiplexes both types on one stream; a control plane keeps per-stream, per-type
-state, so two streams get the same answers). Delta CDS is not built yet (ConfigError).
+Cluster type URL), state of the world or Delta (`DELTA_GRPC`: `DeltaClusters` /
+`DeltaAggregatedResources`, removals by name). Over ADS it shares one stream with LDS
+(`transport.XdsStream`), clusters first, as Envoy's mux does.
 
 Apply (Envoy's `CdsApiImpl` + `CdsApiHelper`): every dynamic cluster not in the response is
 removed; each cluster of the response is added or updated in order (an identical one is a
@@ -31,17 +31,20 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2
 
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.client import client_node
 from xds_proxy.xds.decode import (
-    RESOURCE_WRAPPER_TYPE_URL,
+    DecodedResource,
     ResponseDecodeError,
-    debug_string,
+    decode_delta_resources,
+    decode_sotw_resources,
     unpack,
 )
+from xds_proxy.xds.delta import DeltaSubscription
 from xds_proxy.xds.sotw import SotwSubscription, SubscriptionStats
 from xds_proxy.xds.source import cds_configured, cds_server
 from xds_proxy.xds.transport import SubscriptionClient
@@ -58,23 +61,24 @@ CDS_STATS_PREFIX = "cluster_manager.cds."
 def decode_sotw_clusters(response: discovery_pb2.DiscoveryResponse) -> list[cluster_pb2.Cluster]:
     """Every cluster of a SotW response, in order; one bad resource rejects them all."""
     clusters: list[cluster_pb2.Cluster] = []
-    for resource in response.resources:
-        payload = resource
-        if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
-            wrapper = discovery_pb2.Resource()
-            unpack(resource, wrapper)
-            if not wrapper.HasField("resource"):
-                raise ResponseDecodeError(f"{wrapper.name}: a Cluster resource without a body")
-            payload = wrapper.resource
-        if payload.type_url != response.type_url:
-            raise ResponseDecodeError(
-                f"{payload.type_url} does not match the message-wide type URL "
-                f"{response.type_url} in DiscoveryResponse {debug_string(response)}"
-            )
-        cluster = cluster_pb2.Cluster()
-        unpack(payload, cluster)
-        clusters.append(cluster)
+    for resource in decode_sotw_resources(response, _decode_cluster):
+        if resource.body is None:
+            raise ResponseDecodeError(f"{resource.name}: a Cluster resource without a body")
+        clusters.append(resource.body)
     return clusters
+
+
+def decode_delta_clusters(
+    response: discovery_pb2.DeltaDiscoveryResponse,
+) -> list[DecodedResource[cluster_pb2.Cluster]]:
+    """The added/updated clusters of a Delta response, in order (heartbeats included)."""
+    return decode_delta_resources(response, _decode_cluster)
+
+
+def _decode_cluster(payload: any_pb2.Any) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster()
+    unpack(payload, cluster)
+    return cluster
 
 
 # -- applying -------------------------------------------------------------------------------
@@ -123,7 +127,7 @@ def apply_cluster_changes(
 
 
 class CdsClient(SubscriptionClient):
-    """Subscribes to clusters and keeps the subscription alive until cancelled."""
+    """Subscribes to clusters (state of the world or Delta)."""
 
     name = "cds"
 
@@ -137,19 +141,21 @@ class CdsClient(SubscriptionClient):
     ) -> None:
         """Raises ConfigError (`FIELD_PATH: reason`) if the CDS source is not usable."""
         server = cds_server(bootstrap)
-        if server.delta:
-            raise ConfigError("dynamic_resources.cds_config: DELTA_GRPC CDS not supported yet")
         control_plane_prefix = (
             "control_plane." if server.aggregated else CDS_STATS_PREFIX + "control_plane."
         )
         stats_handles = SubscriptionStats.create(stats, CDS_STATS_PREFIX, control_plane_prefix)
-        subscription: SotwSubscription[cluster_pb2.Cluster] = SotwSubscription(
-            CLUSTER_TYPE_URL,
-            client_node(bootstrap.node),
-            stats_handles,
-            decode=decode_sotw_clusters,
-            node_on_first_request_only=server.node_on_first_request_only,
-        )
+        node = client_node(bootstrap.node)
+        first_only = server.node_on_first_request_only
+        subscription: SotwSubscription[cluster_pb2.Cluster] | DeltaSubscription
+        if server.delta:
+            subscription = DeltaSubscription(
+                CLUSTER_TYPE_URL, node, stats_handles, decode_delta_clusters, first_only
+            )
+        else:
+            subscription = SotwSubscription(
+                CLUSTER_TYPE_URL, node, stats_handles, decode_sotw_clusters, first_only
+            )
         super().__init__(server, stats_handles, subscription, on_initialized, rng)
         self._manager = manager
         self.system_version_info = ""  # moves when a response changed something (config dump)
@@ -159,18 +165,33 @@ class CdsClient(SubscriptionClient):
         """True when the bootstrap sets `dynamic_resources.cds_config`."""
         return cds_configured(bootstrap)
 
-    async def _handle(self, call: grpc.aio.StreamStreamCall, response) -> None:
-        outcome = self._subscription.on_response(response, self._apply, time.time_ns() // 1_000_000)
+    async def _handle(self, response):
+        now_ms = time.time_ns() // 1_000_000
+        if isinstance(self._subscription, DeltaSubscription):
+            outcome = self._subscription.on_response(
+                response, self._apply_delta, now_ms, time.monotonic()
+            )
+        else:
+            outcome = self._subscription.on_response(response, self._apply_sotw, now_ms)
         if outcome.request is None:
             log.warning("cds: ignoring a response for type URL %s", response.type_url)
-            return
+            return None
         if outcome.error is not None:
             log.warning("cds: gRPC config for %s rejected: %s", CLUSTER_TYPE_URL, outcome.error)
         self._mark_initialized()
-        await call.write(outcome.request)
+        return outcome.request
 
-    def _apply(self, version_info: str, clusters: list[cluster_pb2.Cluster]) -> str | None:
+    def _apply_sotw(self, version_info: str, clusters: list[cluster_pb2.Cluster]) -> str | None:
         changed, error = apply_sotw_clusters(self._manager, clusters)
+        if changed:
+            self.system_version_info = version_info
+        return error
+
+    def _apply_delta(
+        self, version_info: str, clusters: list[cluster_pb2.Cluster], removed: list[str]
+    ) -> str | None:
+        dynamic_removed = [name for name in removed if name not in self._manager.static_names]
+        changed, error = apply_cluster_changes(self._manager, clusters, dynamic_removed)
         if changed:
             self.system_version_info = version_info
         return error
@@ -178,7 +199,11 @@ class CdsClient(SubscriptionClient):
     def _open(self, channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
         metadata = self.server.initial_metadata or None
         if self.server.aggregated:
-            return ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
-                metadata=metadata
-            )
-        return cds_pb2_grpc.ClusterDiscoveryServiceStub(channel).StreamClusters(metadata=metadata)
+            ads = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            if self.server.delta:
+                return ads.DeltaAggregatedResources(metadata=metadata)
+            return ads.StreamAggregatedResources(metadata=metadata)
+        cds = cds_pb2_grpc.ClusterDiscoveryServiceStub(channel)
+        if self.server.delta:
+            return cds.DeltaClusters(metadata=metadata)
+        return cds.StreamClusters(metadata=metadata)

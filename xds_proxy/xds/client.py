@@ -150,10 +150,8 @@ class LdsClient(SubscriptionClient):
         return lds.StreamListeners(metadata=metadata)
 
     async def _handle(
-        self,
-        call: grpc.aio.StreamStreamCall,
-        response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse,
-    ) -> None:
+        self, response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse
+    ) -> discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest | None:
         now_ms = time.time_ns() // 1_000_000
         if isinstance(self._subscription, DeltaSubscription):
             assert self._apply_delta is not None
@@ -167,13 +165,13 @@ class LdsClient(SubscriptionClient):
             log.warning(
                 "lds: ignoring a response for type URL %s (not subscribed)", response.type_url
             )
-            return
+            return None
         if outcome.error is not None:
             log.warning("lds: gRPC config for %s rejected: %s", LISTENER_TYPE_URL, outcome.error)
         if self._applied is not None:
             await self._applied()
         self._mark_initialized()
-        await call.write(outcome.request)
+        return outcome.request
 
     # -- SotW apply and resource TTL ----------------------------------------------------------
 
@@ -184,8 +182,8 @@ class LdsClient(SubscriptionClient):
         listeners: list[listener_pb2.Listener] = []
         for resource in decoded:
             self._sotw_ttl.refresh(resource.name, resource.ttl_s, now)
-            if resource.listener is not None:
-                listeners.append(resource.listener)
+            if resource.body is not None:
+                listeners.append(resource.body)
                 continue
             held = self._sotw_held.get(resource.name)
             if held is not None and held[0] == resource.version:

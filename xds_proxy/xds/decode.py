@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 # Imported so that the Cluster and Listener types are in the default pool: Envoy's messages
 # print Anys of these types expanded, and a control plane that sends a Cluster on the listener
@@ -29,6 +30,7 @@ RESOURCE_WRAPPER_TYPE_URL = "type.googleapis.com/envoy.service.discovery.v3.Reso
 ListenerValidator = Callable[[listener_pb2.Listener], str | None]
 
 _EMPTY_POOL = descriptor_pool.DescriptorPool()
+M = TypeVar("M", bound=message.Message)
 
 
 class ResponseDecodeError(Exception):
@@ -36,18 +38,22 @@ class ResponseDecodeError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class DecodedListener:
-    """One listener resource of a response, with what the TTL bookkeeping needs.
+class DecodedResource(Generic[M]):
+    """One resource of a response (a Listener or a Cluster), with what the TTL bookkeeping needs.
 
-    `listener` is None for a body-less `Resource` (a heartbeat if its version is the one
-    held); `version` is the `Resource` wrapper's (SotW: "" when not wrapped); `ttl_s` is
-    None when the resource carries no TTL.
+    `body` is None for a body-less `Resource` (a heartbeat if its version is the one held);
+    `version` is the `Resource` wrapper's (SotW: "" when not wrapped); `ttl_s` is None when the
+    resource carries no TTL.
     """
 
     name: str
-    listener: listener_pb2.Listener | None
+    body: M | None
     version: str = ""
     ttl_s: float | None = None
+
+
+DecodedListener = DecodedResource[listener_pb2.Listener]
+DecodeBody = Callable[[any_pb2.Any], M]  # one resource's Any -> its message (may raise)
 
 
 def debug_string(msg: message.Message) -> str:
@@ -68,33 +74,47 @@ def decode_listeners(
     response: discovery_pb2.DiscoveryResponse, validate: ListenerValidator | None = None
 ) -> list[listener_pb2.Listener]:
     """All listeners of `response`, in order; raises `ResponseDecodeError` if any is bad."""
-    return [d.listener for d in decode_sotw_listeners(response, validate) if d.listener]
+    return [d.body for d in decode_sotw_listeners(response, validate) if d.body]
 
 
 def decode_sotw_listeners(
     response: discovery_pb2.DiscoveryResponse, validate: ListenerValidator | None = None
 ) -> list[DecodedListener]:
     """Every resource of a SotW response, wrapped or not, in order (heartbeats included)."""
-    decoded: list[DecodedListener] = []
+    return decode_sotw_resources(response, lambda payload: _decode_listener(payload, validate))
+
+
+def decode_sotw_resources(
+    response: discovery_pb2.DiscoveryResponse, decode_body: DecodeBody[M]
+) -> list[DecodedResource[M]]:
+    """Every resource of a SotW response, wrapped or not, in order (heartbeats included)."""
+    decoded: list[DecodedResource[M]] = []
     for resource in response.resources:
         if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
             wrapper = discovery_pb2.Resource()
             unpack(resource, wrapper)
-            decoded.append(_decode_wrapper(wrapper, validate))
+            decoded.append(_decode_wrapper(wrapper, decode_body))
             continue
         if resource.type_url != response.type_url:
             raise ResponseDecodeError(
                 f"{resource.type_url} does not match the message-wide type URL "
                 f"{response.type_url} in DiscoveryResponse {debug_string(response)}"
             )
-        listener = _decode_listener(resource, validate)
-        decoded.append(DecodedListener(name=listener.name, listener=listener))
+        body = decode_body(resource)
+        decoded.append(DecodedResource(name=body.name, body=body))
     return decoded
 
 
 def decode_delta_listeners(
     response: discovery_pb2.DeltaDiscoveryResponse, validate: ListenerValidator | None = None
 ) -> list[DecodedListener]:
+    """The added/updated listeners of a Delta response, in order (heartbeats included)."""
+    return decode_delta_resources(response, lambda payload: _decode_listener(payload, validate))
+
+
+def decode_delta_resources(
+    response: discovery_pb2.DeltaDiscoveryResponse, decode_body: DecodeBody[M]
+) -> list[DecodedResource[M]]:
     """The added/updated resources of a Delta response, in order (heartbeats included).
 
     A name twice among them, or both added and removed, rejects the response (the server
@@ -102,7 +122,7 @@ def decode_delta_listeners(
     """
     seen: set[str] = set()
     removed = set(response.removed_resources)
-    decoded: list[DecodedListener] = []
+    decoded: list[DecodedResource[M]] = []
     for resource in response.resources:
         if resource.name in seen:
             raise ResponseDecodeError(
@@ -118,19 +138,17 @@ def decode_delta_listeners(
                 f"{resource.resource.type_url} does not match the message-wide type URL "
                 f"{response.type_url} in DeltaDiscoveryResponse {debug_string(response)}"
             )
-        decoded.append(_decode_wrapper(resource, validate))
+        decoded.append(_decode_wrapper(resource, decode_body))
     return decoded
 
 
 def _decode_wrapper(
-    wrapper: discovery_pb2.Resource, validate: ListenerValidator | None
-) -> DecodedListener:
+    wrapper: discovery_pb2.Resource, decode_body: DecodeBody[M]
+) -> DecodedResource[M]:
     ttl_s = wrapper.ttl.ToNanoseconds() / 1e9 if wrapper.HasField("ttl") else None
-    listener = None
-    if wrapper.HasField("resource"):
-        listener = _decode_listener(wrapper.resource, validate)
-    name = wrapper.name or (listener.name if listener is not None else "")
-    return DecodedListener(name=name, listener=listener, version=wrapper.version, ttl_s=ttl_s)
+    body = decode_body(wrapper.resource) if wrapper.HasField("resource") else None
+    name = wrapper.name or (body.name if body is not None else "")
+    return DecodedResource(name=name, body=body, version=wrapper.version, ttl_s=ttl_s)
 
 
 def _decode_listener(

@@ -1,8 +1,8 @@
 """Delta xDS subscription: the pure state machine (no I/O, no clock of its own).
 
-It produces exactly the `DeltaDiscoveryRequest`s Envoy 1.40 sends for a wildcard listener
-subscription (recorded from the real binary against a fake server, DELTA_GRPC and delta ADS
-alike):
+It produces exactly the `DeltaDiscoveryRequest`s Envoy 1.40 sends for a wildcard listener (or
+cluster) subscription (recorded from the real binary against a fake server, DELTA_GRPC and
+delta ADS alike):
 
 - the first request of every stream: the node, the type URL, no resource names (the legacy
   wildcard form: neither `*` nor a name) and `initial_resource_versions` = every resource held,
@@ -13,7 +13,7 @@ alike):
 - the node on every request unless `set_node_on_first_message_only`.
 
 Applying a response: `removed_resources` first, then the added/updated ones, in one call of
-`apply(system_version_info, listeners, removed_names)`. A resource without a body whose version
+`apply(system_version_info, resources, removed_names)`. A resource without a body whose version
 is the one held is a heartbeat: it refreshes its TTL and is not applied. TTL deadlines move on
 accepted responses only; an expiry removes the resources as a local update with version "",
 counted as an accepted update (Envoy: `update_success` +1, `version_text` "").
@@ -28,10 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_proxy.xds.decode import DecodedListener, ResponseDecodeError
+from xds_proxy.xds.decode import DecodedResource, ResponseDecodeError
 from xds_proxy.xds.sotw import (
     GRPC_INTERNAL,
     SubscriptionLifecycle,
@@ -41,9 +40,9 @@ from xds_proxy.xds.sotw import (
 )
 from xds_proxy.xds.ttl import TtlTracker
 
-DecodeDelta = Callable[[discovery_pb2.DeltaDiscoveryResponse], list[DecodedListener]]
-# (system_version_info, added/updated listeners in order, removed names) -> None or NACK text.
-ApplyDelta = Callable[[str, list[listener_pb2.Listener], list[str]], str | None]
+DecodeDelta = Callable[[discovery_pb2.DeltaDiscoveryResponse], list[DecodedResource]]
+# (system_version_info, added/updated resources in order, removed names) -> None or NACK text.
+ApplyDelta = Callable[[str, list, list[str]], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +54,10 @@ class DeltaOutcome:
     error: str | None = None
 
 
-def safe_apply(apply: ApplyDelta, version: str, listeners: list, removed: list[str]) -> str | None:
+def safe_apply(apply: ApplyDelta, version: str, resources: list, removed: list[str]) -> str | None:
     """Run the callback; an exception becomes the NACK text (it must not end the stream)."""
     try:
-        return apply(version, listeners, removed)
+        return apply(version, resources, removed)
     except Exception as apply_error:
         return str(apply_error) or type(apply_error).__name__
 
@@ -145,12 +144,12 @@ class DeltaSubscription(SubscriptionLifecycle):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _updates(self, decoded: list[DecodedListener]) -> list[listener_pb2.Listener]:
-        """The listeners to apply: heartbeats left out, a body-less non-heartbeat refused."""
-        listeners: list[listener_pb2.Listener] = []
+    def _updates(self, decoded: list[DecodedResource]) -> list:
+        """The resources to apply: heartbeats left out, a body-less non-heartbeat refused."""
+        bodies: list = []
         for resource in decoded:
-            if resource.listener is not None:
-                listeners.append(resource.listener)
+            if resource.body is not None:
+                bodies.append(resource.body)
                 continue
             held = self.resource_versions.get(resource.name)
             if held is None or held != resource.version:
@@ -158,7 +157,7 @@ class DeltaSubscription(SubscriptionLifecycle):
                     f"resource {resource.name} has no body and is not a heartbeat "
                     f"(version '{resource.version}', held '{held or ''}')"
                 )
-        return listeners
+        return bodies
 
     def _request(self, error_message: str | None = None) -> discovery_pb2.DeltaDiscoveryRequest:
         request = discovery_pb2.DeltaDiscoveryRequest(

@@ -1,9 +1,16 @@
 """The gRPC side every subscription client shares (LDS, CDS): a stream per attempt, re-opened
 after a jittered back-off, initialisation on the first response or `initial_fetch_timeout`.
 
-A subclass says which stream to open (`_open`) and what to do with each response
-(`_handle`, which writes the ACK or NACK). Every attempt uses a fresh channel, so that gRPC's
-own reconnect back-off (up to 120 s) never adds to ours and TLS files are read afresh.
+An `XdsStream` carries one subscription (plain LDS or CDS) or several (ADS: Envoy multiplexes
+every type on one aggregated stream). Over ADS the subscriptions go in the order they were
+added -- CDS, then LDS once CDS has initialised -- so each new stream asks for clusters first
+and a response is handled only after every earlier response on the stream, whatever its type:
+a listener pushed together with the cluster it names finds that cluster applied.
+
+A subscription (`SubscriptionClient` subclass) says which stream to open (`_open`) and what to
+do with each response (`_handle`, which returns the ACK or NACK). Every attempt uses a fresh
+channel, so that gRPC's own reconnect back-off (up to 120 s) never adds to ours and TLS files
+are read afresh.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # SotW responses with many resources excee
 
 
 class SubscriptionClient:
-    """Keeps one subscription alive until cancelled; `name` prefixes its log lines."""
+    """One type URL's subscription; `name` prefixes its log lines."""
 
     name = "xds"
 
@@ -43,7 +50,12 @@ class SubscriptionClient:
         self._subscription: Any = subscription
         self._on_initialized = on_initialized
         self._initialized = False
-        self._backoff = JitteredBackoff(rng or random.Random())
+        self._rng = rng
+        self._fetch_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def type_url(self) -> str:
+        return self._subscription.type_url
 
     @property
     def last_accepted_version(self) -> str:
@@ -58,90 +70,38 @@ class SubscriptionClient:
         return self._initialized
 
     async def run(self) -> None:
-        """Subscribe, and re-subscribe after every loss, until cancelled."""
-        self._subscription.start()
-        timer = None
-        if self.server.initial_fetch_timeout_s is not None:
-            timer = asyncio.get_running_loop().call_later(
-                self.server.initial_fetch_timeout_s, self._initial_fetch_timed_out
-            )
-        try:
-            while True:
-                if await self._run_stream():
-                    self._backoff.reset()
-                delay = self._backoff.next_delay()
-                log.debug("%s: reconnecting to %s in %.3f s", self.name, self.server.target, delay)
-                await asyncio.sleep(delay)
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._stopped()
-            self._stats.connected_state.set(0)
+        """Subscribe on a stream of its own, re-subscribing after every loss, until cancelled."""
+        stream = XdsStream(self.server, self._rng)
+        stream.add(self)
+        await stream.run()
 
     # -- what a subclass provides --------------------------------------------------------------
 
     def _open(self, channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
         raise NotImplementedError
 
-    async def _handle(self, call: grpc.aio.StreamStreamCall, response: Any) -> None:
+    async def _handle(self, response: Any) -> Any:
+        """Apply one response of this type; returns the ACK/NACK to send (None: nothing)."""
         raise NotImplementedError
 
     def _stopped(self) -> None:
         """The subscription ends (cancelled): cancel the subclass's own timers."""
 
-    # -- one stream ---------------------------------------------------------------------------
+    # -- lifecycle, driven by the stream ------------------------------------------------------
 
-    async def _run_stream(self) -> bool:
-        """One stream from open to loss; True if it delivered at least one response."""
-        delivered = False
-        call = None
-        channel = None
-        try:
-            channel = self._channel()
-            call = self._open(channel)
-            await call.write(self._subscription.on_stream_established())
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    log.warning(
-                        "%s: gRPC config stream to %s closed by the server", self.name, self._peer()
-                    )
-                    break
-                delivered = True
-                await self._handle(call, response)
-        except grpc.aio.AioRpcError as error:
-            log.warning(
-                "%s: gRPC config stream to %s closed: %s, %s",
-                self.name,
-                self._peer(),
-                error.code().value[0],
-                error.details(),
+    def started(self) -> None:
+        """The subscription begins: Envoy counts an attempt and starts the initial fetch timer."""
+        self._subscription.start()
+        if self.server.initial_fetch_timeout_s is not None:
+            self._fetch_timer = asyncio.get_running_loop().call_later(
+                self.server.initial_fetch_timeout_s, self._initial_fetch_timed_out
             )
-        except Exception as error:  # whatever ends the stream, keep the subscription alive
-            log.warning("%s: gRPC config stream to %s failed: %r", self.name, self._peer(), error)
-        finally:
-            if call is not None:
-                call.cancel()
-            if channel is not None:
-                await channel.close(grace=None)
-        self._subscription.on_stream_lost()
-        return delivered
 
-    def _channel(self) -> grpc.aio.Channel:
-        options: list[tuple[str, object]] = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.default_authority", self.server.authority),
-            ("grpc.enable_retries", 0),
-        ]
-        tls = self.server.tls
-        if tls is None:
-            return grpc.aio.insecure_channel(self.server.target, options=options)
-        options += tls.channel_options(self.server.target)
-        return grpc.aio.secure_channel(self.server.target, tls.credentials(), options=options)
-
-    def _peer(self) -> str:
-        return f"{self.server.cluster_name} ({self.server.target})"
+    def stopped(self) -> None:
+        if self._fetch_timer is not None:
+            self._fetch_timer.cancel()
+        self._stopped()
+        self._stats.connected_state.set(0)
 
     # -- initialisation -----------------------------------------------------------------------
 
@@ -160,3 +120,116 @@ class SubscriptionClient:
             self._on_initialized()
         except Exception:  # the server's bug must not end the subscription
             log.exception("%s: on_initialized callback failed", self.name)
+
+
+class XdsStream:
+    """One gRPC stream (re-opened after every loss) carrying one or more subscriptions."""
+
+    def __init__(self, server: XdsServer, rng: random.Random | None = None) -> None:
+        self.server = server
+        self._subscriptions: list[SubscriptionClient] = []
+        self._backoff = JitteredBackoff(rng or random.Random())
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._write_lock = asyncio.Lock()  # one write at a time, in the order asked
+        self._writes: set[asyncio.Task] = set()
+
+    @property
+    def name(self) -> str:
+        return "ads" if len(self._subscriptions) > 1 else self._subscriptions[0].name
+
+    def add(self, subscription: SubscriptionClient) -> None:
+        """Start `subscription` on this stream; if a stream is up, its first request goes now."""
+        subscription.started()
+        self._subscriptions.append(subscription)
+        call = self._call
+        if call is not None:
+            first = subscription._subscription.on_stream_established()
+            task = asyncio.ensure_future(self._write(call, first))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def run(self) -> None:
+        """Subscribe, and re-subscribe after every loss, until cancelled."""
+        try:
+            while True:
+                if await self._run_stream():
+                    self._backoff.reset()
+                delay = self._backoff.next_delay()
+                log.debug("%s: reconnecting to %s in %.3f s", self.name, self.server.target, delay)
+                await asyncio.sleep(delay)
+        finally:
+            for subscription in self._subscriptions:
+                subscription.stopped()
+
+    async def _write(self, call: grpc.aio.StreamStreamCall, request: Any) -> None:
+        async with self._write_lock:
+            try:
+                await call.write(request)
+            except Exception as error:  # the reader sees the stream end and reconnects
+                log.debug("%s: write failed: %r", self.name, error)
+
+    async def _run_stream(self) -> bool:
+        """One stream from open to loss; True if it delivered at least one response."""
+        delivered = False
+        call = None
+        channel = None
+        try:
+            channel = self._channel()
+            call = self._subscriptions[0]._open(channel)
+            self._call = call
+            for subscription in list(self._subscriptions):  # in order: CDS before LDS
+                await self._write(call, subscription._subscription.on_stream_established())
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    log.warning(
+                        "%s: gRPC config stream to %s closed by the server", self.name, self._peer()
+                    )
+                    break
+                delivered = True
+                request = await self._subscription_for(response.type_url)._handle(response)
+                if request is not None:
+                    await self._write(call, request)
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "%s: gRPC config stream to %s closed: %s, %s",
+                self.name,
+                self._peer(),
+                error.code().value[0],
+                error.details(),
+            )
+        except Exception as error:  # whatever ends the stream, keep the subscription alive
+            log.warning("%s: gRPC config stream to %s failed: %r", self.name, self._peer(), error)
+        finally:
+            self._call = None
+            if call is not None:
+                call.cancel()
+            if channel is not None:
+                await channel.close(grace=None)
+        for subscription in self._subscriptions:
+            subscription._subscription.on_stream_lost()
+        return delivered
+
+    def _subscription_for(self, type_url: str) -> SubscriptionClient:
+        """The subscription of `type_url`; an unknown type goes to the first, which ignores it
+        with a warning (as Envoy's mux does for a type nobody watches)."""
+        for subscription in self._subscriptions:
+            if subscription.type_url == type_url:
+                return subscription
+        return self._subscriptions[0]
+
+    def _channel(self) -> grpc.aio.Channel:
+        options: list[tuple[str, object]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.default_authority", self.server.authority),
+            ("grpc.enable_retries", 0),
+        ]
+        tls = self.server.tls
+        if tls is None:
+            return grpc.aio.insecure_channel(self.server.target, options=options)
+        options += tls.channel_options(self.server.target)
+        return grpc.aio.secure_channel(self.server.target, tls.credentials(), options=options)
+
+    def _peer(self) -> str:
+        return f"{self.server.cluster_name} ({self.server.target})"

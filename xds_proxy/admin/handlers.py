@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2, listeners_pb2, server_info_pb2
 from google.protobuf import json_format, timestamp_pb2
 
+from xds_proxy.admin.clusters import clusters_dump, clusters_message, clusters_text
 from xds_proxy.admin.page import AdminPage
 from xds_proxy.admin.server import AdminResponse
 
@@ -44,6 +45,7 @@ class AdminHandlers:
             "/ready": ("GET", self.ready, "print server state, return 200 if LIVE, otherwise 503"),
             "/server_info": ("GET", self.server_info, "print server version/status information"),
             "/listeners": ("GET", self.listeners, "print listener info"),
+            "/clusters": ("GET", self.clusters, "upstream cluster status"),
             "/config_dump": ("GET", self.config_dump, "dump current Envoy configs"),
             "/stats": ("GET", self.stats, "print server stats"),
             "/stats/prometheus": (
@@ -228,11 +230,18 @@ class AdminHandlers:
             return AdminResponse(400, f"Invalid regex: {error}\n")
         resource = query.get("resource", [""])[0]
         listeners = self._listeners_dump(name_regex)
+        clusters = self._clusters_dump(name_regex)
         if resource:
-            if resource not in ("dynamic_listeners", "static_listeners"):
+            section = {
+                "dynamic_listeners": listeners,
+                "static_listeners": listeners,
+                "static_clusters": clusters,
+                "dynamic_active_clusters": clusters,
+            }.get(resource)
+            if section is None:
                 return AdminResponse(404, f"{resource} not found in config dump\n")
             wrapper = config_dump_pb2.ConfigDump()
-            for item in getattr(listeners, resource):
+            for item in getattr(section, resource):
                 wrapper.configs.add().Pack(item)
             return AdminResponse(200, _to_json(wrapper), JSON)
         dump = config_dump_pb2.ConfigDump()
@@ -240,8 +249,21 @@ class AdminHandlers:
         bootstrap.bootstrap.CopyFrom(self.server.bootstrap)
         bootstrap.last_updated.CopyFrom(_timestamp(self.server.started_at))
         dump.configs.add().Pack(bootstrap)
+        dump.configs.add().Pack(clusters)
         dump.configs.add().Pack(listeners)
         return AdminResponse(200, _to_json(dump), JSON)
+
+    def _clusters_dump(
+        self, name_regex: re.Pattern[str] | None
+    ) -> config_dump_shared_pb2.ClustersConfigDump:
+        cds = self.server.cds_client
+        version_info = cds.system_version_info if cds else ""
+        return clusters_dump(self.server.clusters, version_info, name_regex)
+
+    def clusters(self, query: Query) -> AdminResponse:
+        if query.get("format", [""])[0] == "json":
+            return AdminResponse(200, _to_json(clusters_message(self.server.clusters)), JSON)
+        return AdminResponse(200, clusters_text(self.server.clusters))
 
     # -- stats and drains -----------------------------------------------------------------
 

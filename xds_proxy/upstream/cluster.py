@@ -36,16 +36,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xds_proxy.upstream")
 
+# Envoy's host stats, counters first then gauges (the order of `/clusters?format=json`).
+HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total")
+HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
+HOST_STAT_NAMES = HOST_COUNTERS + HOST_GAUGES
+
+
+class HostStats:
+    """Envoy's per-host stats (`/clusters`): plain numbers, not in the stats store."""
+
+    __slots__ = HOST_STAT_NAMES
+
+    def __init__(self) -> None:
+        for name in HOST_STAT_NAMES:
+            setattr(self, name, 0)
+
 
 class Host:
-    """One upstream address of a cluster."""
+    """One upstream address of a cluster; `hostname` is the DNS name it was resolved from."""
 
-    __slots__ = ("active_requests", "address", "pool")
+    __slots__ = ("active_requests", "address", "hostname", "pool", "stats")
 
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(self, address: tuple[str, int], hostname: str = "") -> None:
         self.address = address
+        self.hostname = hostname
         self.active_requests = 0
         self.pool: Http1Pool | Http2Pool | None = None
+        self.stats = HostStats()
 
     def __repr__(self) -> str:
         return f"Host({self.address[0]}:{self.address[1]})"
@@ -85,7 +102,7 @@ class Cluster:
             else RoundRobin(rng)
         )
         if config.discovery is DiscoveryType.STATIC:
-            self._set_hosts([(e.host, e.port) for e in config.endpoints])
+            self._set_hosts([((e.host, e.port), "") for e in config.endpoints])
 
     # -- hosts ------------------------------------------------------------------------------
 
@@ -99,7 +116,7 @@ class Cluster:
     async def _dns_loop(self) -> None:
         config = self.config
         while not self.retired:
-            addresses: list[tuple[str, int]] = []
+            addresses: list[tuple[tuple[str, int], str]] = []  # (address, DNS name)
             for endpoint in config.endpoints:
                 try:
                     found = await self._resolve(endpoint, config.dns_family)
@@ -113,17 +130,19 @@ class Cluster:
                     found = [h.address for h in self.hosts if h.address[1] == endpoint.port]
                 if config.discovery is DiscoveryType.LOGICAL_DNS:
                     found = found[:1]
-                addresses += [a for a in found if a not in addresses]
+                known = {address for address, _ in addresses}
+                addresses += [(a, endpoint.host) for a in found if a not in known]
             self._set_hosts(addresses)
             if self.resolved is not None:
                 self.resolved.set()
             await asyncio.sleep(config.dns_refresh_s)
 
-    def _set_hosts(self, addresses: list[tuple[str, int]]) -> None:
+    def _set_hosts(self, addresses: list[tuple[tuple[str, int], str]]) -> None:
+        """The hosts are now `addresses` ((ip, port), DNS name), in order."""
         current = {host.address: host for host in self.hosts}
-        if [h.address for h in self.hosts] == addresses:
+        if [h.address for h in self.hosts] == [address for address, _ in addresses]:
             return
-        hosts = [current.get(address) or Host(address) for address in addresses]
+        hosts = [current.get(address) or Host(address, name) for address, name in addresses]
         kept = {h.address for h in hosts}
         for host in self.hosts:
             if host.address not in kept and host.pool is not None:

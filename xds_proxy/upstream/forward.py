@@ -441,6 +441,7 @@ class Exchange(ResponseHandler):
         cluster = self._cluster
         if cluster is not None:
             cluster.stats.count_response(status)
+            self._count_host("rq_error" if status >= 500 else "rq_success")
         elapsed_ms = int((time.monotonic() - self._started_at) * 1000)
         out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
         out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
@@ -474,6 +475,7 @@ class Exchange(ResponseHandler):
         extra = [(b"x-envoy-overloaded", b"true")] if reason == OVERFLOW else []
         if self._cluster is not None:
             self._cluster.stats.count_response(503)
+            self._count_host("rq_error")
         self._local_reply(503, RESET_BODY_PREFIX + reason.encode(), extra)
 
     def pause_request_body(self) -> None:
@@ -553,6 +555,7 @@ class Exchange(ResponseHandler):
             return
         if self._cluster is not None:
             self._cluster.stats.upstream_rq_timeout.inc()
+            self._count_host("rq_timeout")
         if self._stream is not None:
             self._stream.reset()
         if self._headers_sent:
@@ -562,6 +565,12 @@ class Exchange(ResponseHandler):
         if self._cluster is not None:
             self._cluster.stats.count_response(504)
         self._local_reply(504, TIMEOUT_BODY)
+
+    def _count_host(self, stat: str) -> None:
+        """A per-host outcome (`/clusters`), when the stream reached a host's pool."""
+        host = getattr(self._stream, "host", None)
+        if host is not None:
+            setattr(host.stats, stat, getattr(host.stats, stat) + 1)
 
     def _local_reply(self, status: int, body: bytes, headers: list[Header] | None = None) -> None:
         self._finish()

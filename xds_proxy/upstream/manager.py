@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from dataclasses import dataclass
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -22,12 +24,24 @@ from xds_proxy.upstream.config import build_cluster_config
 log = logging.getLogger("xds_proxy.upstream")
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterRecord:
+    """How a cluster got here, for `/config_dump` and `/clusters`."""
+
+    message: bytes  # the Cluster, serialized deterministically (also the identity check)
+    version_info: str  # the CDS response that added or last changed it ("" for static)
+    last_updated: float  # wall clock, seconds
+
+    def cluster(self) -> cluster_pb2.Cluster:
+        return cluster_pb2.Cluster.FromString(self.message)
+
+
 class ClusterManager:
     def __init__(self, stats: Stats, rng: random.Random | None = None) -> None:
         self.stats = stats
         self._rng = rng
         self.clusters: dict[str, Cluster] = {}
-        self._messages: dict[str, bytes] = {}
+        self.records: dict[str, ClusterRecord] = {}
         self.static_names: set[str] = set()
         self._started = False
         self._active_gauge = stats.gauge("cluster_manager.active_clusters")
@@ -39,13 +53,18 @@ class ClusterManager:
         return self.clusters.get(name)
 
     def add_or_update(
-        self, cluster: cluster_pb2.Cluster, path: str = "cluster", static: bool = False
+        self,
+        cluster: cluster_pb2.Cluster,
+        path: str = "cluster",
+        static: bool = False,
+        version_info: str = "",
     ) -> bool:
         """Add or replace a cluster; False when an identical one exists. Raises ConfigError
         (nothing changes then)."""
         key = cluster.SerializeToString(deterministic=True)
         name = cluster.name
-        if self._messages.get(name) == key:
+        held = self.records.get(name)
+        if held is not None and held.message == key:
             return False
         if name in self.static_names and not static:
             raise ConfigError(f"{path}.name: '{name}' is a static cluster and cannot be updated")
@@ -53,7 +72,7 @@ class ClusterManager:
         new = Cluster(config, self.stats, self._rng)
         old = self.clusters.get(name)
         self.clusters[name] = new
-        self._messages[name] = key
+        self.records[name] = ClusterRecord(key, version_info, time.time())
         if static:
             self.static_names.add(name)
         if old is not None:
@@ -70,7 +89,7 @@ class ClusterManager:
         if name in self.static_names:
             return False
         cluster = self.clusters.pop(name, None)
-        self._messages.pop(name, None)
+        self.records.pop(name, None)
         if cluster is None:
             return False
         cluster.retire()

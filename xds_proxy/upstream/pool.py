@@ -47,6 +47,10 @@ class PooledStream:
         self._request_ended = end_stream
         self.done = False
 
+    @property
+    def host(self) -> Host:
+        return self._pool.host
+
     def reset(self) -> None:
         if self.done:
             return
@@ -170,6 +174,7 @@ class ConnectionPool(Generic[StreamT, ConnT]):
             return stream
         stats.upstream_rq_pending_total.value += 1
         stats.upstream_rq_pending_active.value += 1
+        self.host.stats.rq_pending_active += 1
         resources.pending += 1
         resources.requests += 1
         self.pending.append(stream)
@@ -183,6 +188,8 @@ class ConnectionPool(Generic[StreamT, ConnT]):
         stats.upstream_rq_active.value += 1
         self.cluster.resources.requests += 1
         self.host.active_requests += 1
+        self.host.stats.rq_total += 1
+        self.host.stats.rq_active += 1
         self._start(conn, stream)
 
     def _dequeue(self) -> StreamT:
@@ -196,6 +203,7 @@ class ConnectionPool(Generic[StreamT, ConnT]):
         resources.pending -= 1
         resources.requests -= 1
         self.cluster.stats.upstream_rq_pending_active.value -= 1
+        self.host.stats.rq_pending_active -= 1
 
     def _eject_one(self, reason: str) -> None:
         stream = self._dequeue()
@@ -215,6 +223,7 @@ class ConnectionPool(Generic[StreamT, ConnT]):
         stats.upstream_rq_completed.value += 1
         self.cluster.resources.requests -= 1
         self.host.active_requests -= 1
+        self.host.stats.rq_active -= 1
 
     # -- connections ------------------------------------------------------------------------
 
@@ -232,6 +241,8 @@ class ConnectionPool(Generic[StreamT, ConnT]):
         stats.upstream_cx_total.value += 1
         self._count_protocol_connection(stats)
         stats.upstream_cx_active.value += 1
+        self.host.stats.cx_total += 1
+        self.host.stats.cx_active += 1
         task = asyncio.get_running_loop().create_task(self._connect())
         self._connect_tasks.add(task)
         task.add_done_callback(self._connect_tasks.discard)
@@ -252,6 +263,8 @@ class ConnectionPool(Generic[StreamT, ConnT]):
         stats.upstream_cx_active.value -= 1
         stats.upstream_cx_destroy.value += 1
         stats.upstream_cx_connect_fail.value += 1
+        self.host.stats.cx_active -= 1
+        self.host.stats.cx_connect_fail += 1
         if reason == CONNECTION_TIMEOUT:
             stats.upstream_cx_connect_timeout.value += 1
         self._eject_pending(reason)
@@ -260,6 +273,7 @@ class ConnectionPool(Generic[StreamT, ConnT]):
         self._forget_connection(conn)
         self.cluster.resources.connections -= 1
         self.cluster.stats.upstream_cx_active.value -= 1
+        self.host.stats.cx_active -= 1
         if self._wants_connection():
             self._maybe_connect()
 

@@ -85,17 +85,20 @@ def _decode_cluster(payload: any_pb2.Any) -> cluster_pb2.Cluster:
 
 
 def apply_sotw_clusters(
-    manager: ClusterManager, clusters: list[cluster_pb2.Cluster]
+    manager: ClusterManager, clusters: list[cluster_pb2.Cluster], version_info: str = ""
 ) -> tuple[bool, str | None]:
     """One SotW update: returns (anything changed, None or the NACK message)."""
     wanted = {cluster.name for cluster in clusters}
     dynamic = [name for name in manager.clusters if name not in manager.static_names]
     to_remove = [name for name in dynamic if name not in wanted]
-    return apply_cluster_changes(manager, clusters, to_remove)
+    return apply_cluster_changes(manager, clusters, to_remove, version_info)
 
 
 def apply_cluster_changes(
-    manager: ClusterManager, added: list[cluster_pb2.Cluster], removed: list[str]
+    manager: ClusterManager,
+    added: list[cluster_pb2.Cluster],
+    removed: list[str],
+    version_info: str = "",
 ) -> tuple[bool, str | None]:
     """Adds/updates in order, then removals (Envoy's `CdsApiHelper::onConfigUpdate`)."""
     failures: list[str] = []
@@ -110,7 +113,9 @@ def apply_cluster_changes(
         if name in manager.static_names:
             continue  # Envoy: a static cluster blocks the update, silently
         try:
-            changed = manager.add_or_update(cluster, f"resources[{index}]")
+            changed = manager.add_or_update(
+                cluster, f"resources[{index}]", version_info=version_info
+            )
         except ConfigError as error:
             failures.append(f"{name}: {error}")
             continue
@@ -182,7 +187,7 @@ class CdsClient(SubscriptionClient):
         return outcome.request
 
     def _apply_sotw(self, version_info: str, clusters: list[cluster_pb2.Cluster]) -> str | None:
-        changed, error = apply_sotw_clusters(self._manager, clusters)
+        changed, error = apply_sotw_clusters(self._manager, clusters, version_info)
         if changed:
             self.system_version_info = version_info
         return error
@@ -191,7 +196,9 @@ class CdsClient(SubscriptionClient):
         self, version_info: str, clusters: list[cluster_pb2.Cluster], removed: list[str]
     ) -> str | None:
         dynamic_removed = [name for name in removed if name not in self._manager.static_names]
-        changed, error = apply_cluster_changes(self._manager, clusters, dynamic_removed)
+        changed, error = apply_cluster_changes(
+            self._manager, clusters, dynamic_removed, version_info
+        )
         if changed:
             self.system_version_info = version_info
         return error

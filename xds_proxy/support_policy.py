@@ -383,7 +383,11 @@ TABLE: dict[str, dict[str, Rule]] = {
     _UPSTREAM_HTTP: {
         "explicit_http_config": OK,
         "common_http_protocol_options": OK,
-        "use_downstream_protocol_config": Later(8),
+        "use_downstream_protocol_config": OK,
+    },
+    _UPSTREAM_HTTP + ".UseDownstreamHttpConfig": {
+        "http_protocol_options": OK,
+        "http2_protocol_options": OK,
     },
     _UPSTREAM_HTTP + ".ExplicitHttpConfig": {
         "http_protocol_options": OK,

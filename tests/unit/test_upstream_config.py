@@ -169,14 +169,26 @@ def test_logical_dns_needs_exactly_one_endpoint() -> None:
 def test_unsupported_protocol_options_type() -> None:
     document = cluster_dict("web", [1])
     document["typed_extension_protocol_options"] = {
-        PROTOCOL_OPTIONS_KEY: {
-            "@type": PROTOCOL_OPTIONS_TYPE,
-            "use_downstream_protocol_config": {},
-        }
+        PROTOCOL_OPTIONS_KEY: {"@type": PROTOCOL_OPTIONS_TYPE, "auto_config": {}}
     }
     with pytest.raises(
         ConfigError,
         match=r"^clusters\[0\]\.typed_extension_protocol_options\['envoy\.extensions\.upstreams"
-        r"\.http\.v3\.HttpProtocolOptions'\]\.use_downstream_protocol_config: not supported$",
+        r"\.http\.v3\.HttpProtocolOptions'\]\.auto_config: not supported$",
     ):
         build(document)
+
+
+def test_use_downstream_protocol_config() -> None:
+    document = cluster_dict("web", [1])
+    document["typed_extension_protocol_options"] = {
+        PROTOCOL_OPTIONS_KEY: {
+            "@type": PROTOCOL_OPTIONS_TYPE,
+            "use_downstream_protocol_config": {
+                "http2_protocol_options": {"max_concurrent_streams": 7}
+            },
+        }
+    }
+    config = build(document)
+    assert config.protocol is UpstreamProtocol.DOWNSTREAM
+    assert config.h2_max_concurrent_streams == 7

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2
 
 from xds_proxy import extensions, support_policy
@@ -147,25 +148,19 @@ def test_listener_filters() -> None:
 
 
 def test_implemented_issue_switches_later_features_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    bootstrap = bootstrap_pb2.Bootstrap()
-    options = bootstrap.static_resources.clusters.add(name="c").typed_extension_protocol_options
-    options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(
-        http_protocol_options_pb2.HttpProtocolOptions(
-            use_downstream_protocol_config=http_protocol_options_pb2.HttpProtocolOptions.UseDownstreamHttpConfig()
-        )
-    )
+    hcm = http_connection_manager_pb2.HttpConnectionManager(stat_prefix="s")
+    hcm.common_http_protocol_options.max_stream_duration.seconds = 5
+    listener = direct_listener()
+    listener.filter_chains[0].filters[0].typed_config.Pack(hcm)
     later = (
-        "static_resources.clusters[0].typed_extension_protocol_options"
-        "['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']"
-        ".use_downstream_protocol_config: not supported yet"
+        "filter_chains[0].filters[0].typed_config.common_http_protocol_options"
+        ".max_stream_duration: not supported yet"
     )
-    errors, _ = support_policy.check_bootstrap(bootstrap)
-    assert later in errors
+    assert later in check_listener(listener)
     monkeypatch.setattr(
-        support_policy, "IMPLEMENTED_ISSUES", support_policy.IMPLEMENTED_ISSUES | {8}
+        support_policy, "IMPLEMENTED_ISSUES", support_policy.IMPLEMENTED_ISSUES | {14}
     )
-    errors, _ = support_policy.check_bootstrap(bootstrap)
-    assert later not in errors
+    assert later not in check_listener(listener)
 
 
 def test_tcp_proxy_fields_are_checked() -> None:

@@ -363,7 +363,12 @@ class Http2Connection(asyncio.Protocol):
         ]
         peer = self.transport.get_extra_info("peername") if self.transport else None
         request = DownstreamRequest(
-            stream.method, stream.path, stream.authority, headers, peer[0] if peer else ""
+            stream.method,
+            stream.path,
+            stream.authority,
+            headers,
+            peer[0] if peer else "",
+            http2=True,
         )
         config = self._config
         exchange.start(

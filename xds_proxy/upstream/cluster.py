@@ -55,13 +55,14 @@ class HostStats:
 class Host:
     """One upstream address of a cluster; `hostname` is the DNS name it was resolved from."""
 
-    __slots__ = ("active_requests", "address", "hostname", "pool", "stats")
+    __slots__ = ("active_requests", "address", "hostname", "pools", "stats")
 
     def __init__(self, address: tuple[str, int], hostname: str = "") -> None:
         self.address = address
         self.hostname = hostname
         self.active_requests = 0
-        self.pool: Http1Pool | Http2Pool | None = None
+        # One pool per upstream protocol in use (two with `use_downstream_protocol_config`).
+        self.pools: dict[UpstreamProtocol, Http1Pool | Http2Pool] = {}
         self.stats = HostStats()
 
     def __repr__(self) -> str:
@@ -145,8 +146,9 @@ class Cluster:
         hosts = [current.get(address) or Host(address, name) for address, name in addresses]
         kept = {h.address for h in hosts}
         for host in self.hosts:
-            if host.address not in kept and host.pool is not None:
-                host.pool.retire()
+            if host.address not in kept:
+                for pool in host.pools.values():
+                    pool.retire()
         self.hosts = hosts
         self.stats.membership_change.value += 1
         self.stats.membership_total.value = len(hosts)
@@ -158,7 +160,11 @@ class Cluster:
     # -- HTTP streams -----------------------------------------------------------------------
 
     def new_stream(
-        self, head: RequestHead, handler: ResponseHandler, end_stream: bool
+        self,
+        head: RequestHead,
+        handler: ResponseHandler,
+        end_stream: bool,
+        downstream_http2: bool = False,
     ) -> UpstreamStream | None:
         """Start a request to a host chosen by the load balancer. None: no host at all (the
         router answers 503 `no healthy upstream`). Failures after this (connect errors,
@@ -167,16 +173,19 @@ class Cluster:
         if host is None:
             self.stats.upstream_cx_none_healthy.value += 1
             return None
-        pool = host.pool
+        protocol = self.config.protocol
+        if protocol is UpstreamProtocol.DOWNSTREAM:
+            protocol = UpstreamProtocol.HTTP2 if downstream_http2 else UpstreamProtocol.HTTP1
+        pool = host.pools.get(protocol)
         if pool is None:
-            pool = host.pool = self._new_pool(host)
+            pool = host.pools[protocol] = self._new_pool(host, protocol)
         if self.resources.requests >= self.config.circuit_breakers.max_requests:
             self.stats.upstream_rq_pending_overflow.value += 1
             return FailedStream(handler, OVERFLOW)
         return pool.new_stream(head, handler, end_stream)
 
-    def _new_pool(self, host: Host) -> Http1Pool | Http2Pool:
-        if self.config.protocol is UpstreamProtocol.HTTP2:
+    def _new_pool(self, host: Host, protocol: UpstreamProtocol) -> Http1Pool | Http2Pool:
+        if protocol is UpstreamProtocol.HTTP2:
             from xds_proxy.upstream.http2_pool import Http2Pool
 
             return Http2Pool(self, host)
@@ -193,15 +202,15 @@ class Cluster:
             self._dns_task.cancel()
             self._dns_task = None
         for host in self.hosts:
-            if host.pool is not None:
-                host.pool.retire()
+            for pool in host.pools.values():
+                pool.retire()
 
     def close(self) -> None:
         """Shutdown: every connection closes now."""
         self.retire()
         for host in self.hosts:
-            if host.pool is not None:
-                host.pool.close()
+            for pool in host.pools.values():
+                pool.close()
 
 
 class FailedStream:

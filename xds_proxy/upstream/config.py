@@ -65,6 +65,7 @@ class LbPolicy(enum.Enum):
 class UpstreamProtocol(enum.Enum):
     HTTP1 = 1
     HTTP2 = 2
+    DOWNSTREAM = 3  # `use_downstream_protocol_config`: the protocol each request came in on
 
 
 class DnsFamily(enum.Enum):
@@ -279,7 +280,15 @@ def _protocol(
         options = http_protocol_options_pb2.HttpProtocolOptions()
         if not packed.Unpack(options):
             raise ConfigError(f"{any_path}: cannot decode {_HTTP_PROTOCOL_OPTIONS_TYPE}")
-        check_fields(options, any_path, ("explicit_http_config", "common_http_protocol_options"))
+        check_fields(
+            options,
+            any_path,
+            (
+                "explicit_http_config",
+                "use_downstream_protocol_config",
+                "common_http_protocol_options",
+            ),
+        )
         if options.HasField("common_http_protocol_options"):
             common = options.common_http_protocol_options
             common_path = f"{any_path}.common_http_protocol_options"
@@ -297,6 +306,18 @@ def _protocol(
                 check_fields(explicit.http_protocol_options, f"{explicit_path}.{kind}", ())
             else:
                 raise ConfigError(f"{explicit_path}: {kind or 'protocol_config'} not supported")
+        if options.HasField("use_downstream_protocol_config"):
+            downstream = options.use_downstream_protocol_config
+            downstream_path = f"{any_path}.use_downstream_protocol_config"
+            check_fields(
+                downstream, downstream_path, ("http_protocol_options", "http2_protocol_options")
+            )
+            check_fields(
+                downstream.http_protocol_options, f"{downstream_path}.http_protocol_options", ()
+            )
+            protocol = UpstreamProtocol.DOWNSTREAM
+            h2_options = downstream.http2_protocol_options
+            h2_path = f"{downstream_path}.http2_protocol_options"
     h2_streams = DEFAULT_H2_MAX_CONCURRENT_STREAMS
     if h2_options is not None:
         check_fields(

@@ -32,6 +32,7 @@ from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.stream import (
     HOP_BY_HOP,
     OVERFLOW,
+    PROTOCOL_ERROR,
     Header,
     RequestHead,
     ResponseHandler,
@@ -305,6 +306,7 @@ class DownstreamRequest:
     headers: list[Header]  # lowercase names, as received, `host` excluded
     remote_ip: str = ""
     scheme: bytes = b"http"
+    http2: bool = False  # came in over HTTP/2 (`use_downstream_protocol_config`)
 
 
 class DownstreamSink(Protocol):
@@ -394,7 +396,7 @@ class Exchange(ResponseHandler):
         self._cluster = cluster
         head = self._request_head(request, policy, mutations)
         self._started_at = time.monotonic()
-        stream = cluster.new_stream(head, self, end_stream)
+        stream = cluster.new_stream(head, self, end_stream, request.http2)
         if stream is None:
             self._local_reply(503, NO_HEALTHY_UPSTREAM_BODY)
             return
@@ -473,10 +475,11 @@ class Exchange(ResponseHandler):
             self._sink.reset_downstream()
             return
         extra = [(b"x-envoy-overloaded", b"true")] if reason == OVERFLOW else []
+        status = 502 if reason == PROTOCOL_ERROR else 503  # Envoy's UPE is a bad gateway
         if self._cluster is not None:
-            self._cluster.stats.count_response(503)
+            self._cluster.stats.count_response(status)
             self._count_host("rq_error")
-        self._local_reply(503, RESET_BODY_PREFIX + reason.encode(), extra)
+        self._local_reply(status, RESET_BODY_PREFIX + reason.encode(), extra)
 
     def pause_request_body(self) -> None:
         self._sink.pause_request_body()

@@ -150,10 +150,16 @@ class Http1ClientConnection(PooledConnection):
         self._idle_since = 0.0
         self._reading_paused = False
         self._body: list[bytes] = []
+        # Bytes a new connection got before its first request was attached (e.g. an HTTP/2
+        # server's SETTINGS): they are that request's response, parsed once it is attached.
+        self._early: bytes = b""
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.stream is None and self.requests_served == 0:
+            self._early += data
+            return
         if self.stream is None:
             # Bytes on an idle connection: the upstream broke the protocol; do not reuse it.
             self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
@@ -185,6 +191,8 @@ class Http1ClientConnection(PooledConnection):
             self.stream.handler.resume_request_body()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._early and self.stream is not None:
+            self._parse_early()  # what came before the close is the response (or garbage)
         self._count_lost(self.pool.cluster.stats)
         stream = self.stream
         self.stream = None
@@ -287,6 +295,13 @@ class Http1ClientConnection(PooledConnection):
         self._response_done = False
         self._until_eof = False
         stream.attach(self)
+        if self._early:  # parsed on the next iteration: never a callback inside new_stream
+            asyncio.get_running_loop().call_soon(self._parse_early)
+
+    def _parse_early(self) -> None:
+        data, self._early = self._early, b""
+        if data and self.stream is not None:
+            self.data_received(data)
 
     def request_sent(self) -> None:
         self._request_sent = True

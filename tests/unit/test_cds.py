@@ -129,7 +129,7 @@ def test_invalid_and_duplicate_clusters_nack_but_the_others_apply(
     assert error.startswith("Error adding/updating cluster(s) bad: ")
     assert error.endswith(", good: duplicate cluster good found")
     assert set(manager.clusters) == {"static", "good"}
-    kept = manager._messages["good"]  # the first 'good' stays, as in Envoy
+    kept = manager.records["good"].message  # the first 'good' stays, as in Envoy
     assert kept == cluster("good").SerializeToString(deterministic=True)
 
 

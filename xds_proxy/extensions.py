@@ -18,11 +18,15 @@ from envoy.config.core.v3 import base_pb2  # noqa: F401 - registers core types
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.resource_monitors.downstream_connections.v3 import (
+    downstream_connections_pb2,
+)
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, descriptor_pool, message_factory
@@ -40,6 +44,8 @@ def _name(message_class: type[Message]) -> str:
 HCM = _name(hcm_pb2.HttpConnectionManager)
 TCP_PROXY = _name(tcp_proxy_pb2.TcpProxy)
 DIRECT_RESPONSE = _name(direct_response_pb2.Config)
+CONNECTION_LIMIT = _name(connection_limit_pb2.ConnectionLimit)
+DOWNSTREAM_CONNECTIONS = _name(downstream_connections_pb2.DownstreamConnectionsConfig)
 ROUTER = _name(router_pb2.Router)
 TLS_INSPECTOR = _name(tls_inspector_pb2.TlsInspector)
 HTTP_INSPECTOR = _name(http_inspector_pb2.HttpInspector)
@@ -52,6 +58,7 @@ SUPPORTED_NETWORK_FILTERS: dict[str, str] = {
     HCM: "envoy.filters.network.http_connection_manager",
     TCP_PROXY: "envoy.filters.network.tcp_proxy",
     DIRECT_RESPONSE: "envoy.filters.network.direct_response",
+    CONNECTION_LIMIT: "envoy.filters.network.connection_limit",
 }
 SUPPORTED_HTTP_FILTERS: dict[str, str] = {ROUTER: "envoy.filters.http.router"}
 SUPPORTED_LISTENER_FILTERS: dict[str, str] = {
@@ -66,12 +73,19 @@ SUPPORTED_UPSTREAM_PROTOCOL_OPTIONS: dict[str, str] = {
     UPSTREAM_HTTP_PROTOCOL_OPTIONS: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
 }
 
+# The overload manager's resource monitors we implement (listener/limits.py); the others are
+# accepted and inert (support_policy.py).
+SUPPORTED_RESOURCE_MONITORS: dict[str, str] = {
+    DOWNSTREAM_CONNECTIONS: "envoy.resource_monitors.global_downstream_max_connections",
+}
+
 CATEGORIES: dict[str, dict[str, str]] = {
     "network_filter": SUPPORTED_NETWORK_FILTERS,
     "http_filter": SUPPORTED_HTTP_FILTERS,
     "listener_filter": SUPPORTED_LISTENER_FILTERS,
     "transport_socket": SUPPORTED_TRANSPORT_SOCKETS,
     "upstream_protocol_options": SUPPORTED_UPSTREAM_PROTOCOL_OPTIONS,
+    "resource_monitor": SUPPORTED_RESOURCE_MONITORS,
 }
 
 # Registered types that a later issue implements (type name -> issue number).
@@ -83,6 +97,8 @@ _CLASSES: dict[str, type[Message]] = {
         hcm_pb2.HttpConnectionManager,
         tcp_proxy_pb2.TcpProxy,
         direct_response_pb2.Config,
+        connection_limit_pb2.ConnectionLimit,
+        downstream_connections_pb2.DownstreamConnectionsConfig,
         router_pb2.Router,
         tls_inspector_pb2.TlsInspector,
         http_inspector_pb2.HttpInspector,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from envoy.config.listener.v3 import listener_components_pb2
+from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -18,6 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import DecodeError, Message
 
+from xds_proxy import extensions
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.conn_manager import HCM_TYPE_URL, Codec, build_http_connection_manager
 from xds_proxy.http.fields import check_fields
@@ -25,6 +28,7 @@ from xds_proxy.http.http1 import Http1Connection
 from xds_proxy.http.http2 import Http2Connection
 from xds_proxy.http.router import data_source_bytes
 from xds_proxy.listener.context import FilterChainContext
+from xds_proxy.listener.limits import CONNECTION_LIMIT_TYPE_URL, build_connection_limit
 from xds_proxy.tcp_proxy import build_tcp_proxy
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
@@ -72,6 +76,40 @@ NETWORK_FILTERS: dict[str, tuple[type[Message], TerminalBuilder | None]] = {
 }
 
 
+class FilterStage(Protocol):
+    """A non-terminal network filter of a chain being built."""
+
+    def next_context(self) -> FilterChainContext:
+        """The context the filters after this one are built with."""
+        ...
+
+    def wrap(self, factory: ProtocolFactory) -> ProtocolFactory:
+        """The per-connection factory, given the factory of the filters after this one."""
+        ...
+
+
+StageBuilder = Callable[[Message, FilterChainContext, str], FilterStage]
+
+# type URL -> (message class, builder): the network filters that come before the terminal one.
+NON_TERMINAL_FILTERS: dict[str, tuple[type[Message], StageBuilder]] = {
+    CONNECTION_LIMIT_TYPE_URL: (
+        connection_limit_pb2.ConnectionLimit,
+        build_connection_limit,  # type: ignore[dict-item]
+    ),
+}
+
+
+def _decode(network_filter: listener_components_pb2.Filter, cls: type[Message], path: str):
+    message = cls()
+    try:
+        message.ParseFromString(network_filter.typed_config.value)
+    except DecodeError:
+        raise ConfigError(
+            f"{path}.typed_config: cannot decode {cls.DESCRIPTOR.full_name}"
+        ) from None
+    return message
+
+
 def build_filter_chain(
     filters: Sequence[listener_components_pb2.Filter],
     ctx: FilterChainContext,
@@ -84,6 +122,7 @@ def build_filter_chain(
         # Envoy accepts an empty chain and closes its connections at once.
         return lambda: ClosingConnection(ctx)
     factory: ProtocolFactory | None = None
+    stages: list[FilterStage] = []
     for index, network_filter in enumerate(filters):
         filter_path = f"{path}[{index}]"
         check_fields(network_filter, filter_path, ("name", "typed_config"))
@@ -92,6 +131,20 @@ def build_filter_chain(
         if not network_filter.HasField("typed_config"):
             raise ConfigError(f"{filter_path}.typed_config: value is required")
         type_url = network_filter.typed_config.type_url
+        stage_entry = NON_TERMINAL_FILTERS.get(type_url)
+        if stage_entry is not None:
+            if index == len(filters) - 1:
+                kind = extensions.SUPPORTED_NETWORK_FILTERS[extensions.type_name(type_url)]
+                raise ConfigError(
+                    f"{filter_path}: Error: non-terminal filter named {network_filter.name} of "
+                    f"type {kind} is the last filter in a network filter chain."
+                )
+            stage_class, stage_builder = stage_entry
+            message = _decode(network_filter, stage_class, filter_path)
+            stage = stage_builder(message, ctx, f"{filter_path}.typed_config")
+            stages.append(stage)
+            ctx = stage.next_context()
+            continue
         entry = NETWORK_FILTERS.get(type_url)
         if entry is None:
             raise ConfigError(
@@ -106,15 +159,11 @@ def build_filter_chain(
                 f"{filter_path}: Error: terminal filter named {network_filter.name} of type "
                 f"{type_url.split('/')[-1]} must be the last filter in a network filter chain."
             )
-        message = message_class()
-        try:
-            message.ParseFromString(network_filter.typed_config.value)
-        except DecodeError:
-            raise ConfigError(
-                f"{filter_path}.typed_config: cannot decode {message_class.DESCRIPTOR.full_name}"
-            ) from None
+        message = _decode(network_filter, message_class, filter_path)
         factory = builder(message, ctx, f"{filter_path}.typed_config")
     assert factory is not None
+    for stage in reversed(stages):
+        factory = stage.wrap(factory)
     return factory
 
 

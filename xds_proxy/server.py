@@ -26,6 +26,7 @@ from xds_proxy.admin.update_log import LdsUpdateLog
 from xds_proxy.cli import Options
 from xds_proxy.errors import ConfigError
 from xds_proxy.hot_restart import HotRestart, ParentHooks
+from xds_proxy.listener.limits import global_limit_from_bootstrap
 from xds_proxy.listener.manager import ApplyResult, BindError, ListenerManager
 from xds_proxy.listener.runtime import ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
@@ -61,6 +62,7 @@ class Server:
         self.runtime = ListenerRuntime(
             self.stats, self.pool, self.options.drain_time_s, self.options.drain_strategy
         )
+        self.runtime.global_limit = global_limit_from_bootstrap(self.bootstrap, self.stats)
         self.manager = ListenerManager(self.stats, self.pool, self.runtime.compile, time.time)
         self.runtime.manager = self.manager
         self.clusters = ClusterManager(self.stats)

@@ -12,7 +12,7 @@ To switch on a feature when its issue lands, add the issue's number to IMPLEMENT
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from xds_proxy import extensions
 from xds_proxy.errors import ConfigError
+from xds_proxy.listener import limits
 from xds_proxy.validation import join_path, map_key_path
 
 # Issues whose features count as built. 4 and 5 (LDS core, drain) are built alongside this one.
@@ -52,6 +53,15 @@ class Inert:
 
 
 @dataclass(frozen=True)
+class InertExcept:
+    """A repeated field whose items are inert (one warning names each) except those `active`
+    selects, which are checked against their type's table: e.g. the one resource monitor of
+    the overload manager that xds-proxy implements."""
+
+    active: Callable[[Message], bool]
+
+
+@dataclass(frozen=True)
 class Values:
     """An enum (by value name) or scalar field: each allowed value has its own rule."""
 
@@ -71,7 +81,7 @@ class Opaque:
     """Accepted with whatever is inside (metadata, free-form structs)."""
 
 
-Rule = Supported | Later | Inert | Values | Extension | Opaque
+Rule = Supported | Later | Inert | InertExcept | Values | Extension | Opaque
 
 OK = Supported()
 # A DataSource as the router and direct_response read it (http/router.py data_source_bytes).
@@ -102,12 +112,31 @@ TABLE: dict[str, dict[str, Rule]] = {
         "admin": OK,
         "layered_runtime": INERT,
         "stats_config": INERT,
-        "overload_manager": INERT,
+        "overload_manager": OK,  # only the global connection limit acts (listener/limits.py)
         "stats_sinks": INERT,
         "stats_flush_interval": INERT,
         "stats_flush_on_admin": INERT,
     },
-    _BOOTSTRAP + "Admin": {"address": OK, "access_log": INERT, "access_log_path": INERT},
+    _BOOTSTRAP + "Admin": {
+        "address": OK,
+        "access_log": INERT,
+        "access_log_path": INERT,
+        "ignore_global_conn_limit": OK,  # the admin listener never counts here (as Envoy 1.40)
+    },
+    "envoy.config.overload.v3.OverloadManager": {
+        "refresh_interval": INERT,
+        "resource_monitors": InertExcept(limits.is_global_monitor),
+        "actions": INERT,
+        "loadshed_points": INERT,
+        "buffer_factory_config": INERT,
+    },
+    "envoy.config.overload.v3.ResourceMonitor": {
+        "name": OK,
+        "typed_config": Extension("resource_monitor"),
+    },
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": {
+        "max_active_downstream_connections": OK,
+    },
     _BOOTSTRAP + "Bootstrap.StaticResources": {"listeners": OK, "clusters": OK},
     _BOOTSTRAP + "Bootstrap.DynamicResources": {
         "lds_config": OK,
@@ -155,6 +184,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "continue_on_listener_filters_timeout": OK,
         "traffic_direction": Later(4),
         "enable_reuse_port": Later(4),
+        "ignore_global_conn_limit": OK,
     },
     _LISTENER + "AdditionalAddress": {"address": OK},
     _LISTENER + "FilterChain": {
@@ -179,6 +209,13 @@ TABLE: dict[str, dict[str, Rule]] = {
     _LISTENER + "ListenerFilter": {"name": OK, "typed_config": Extension("listener_filter")},
     # --- network filters
     "envoy.extensions.filters.network.direct_response.v3.Config": {"response": DATA_SOURCE},
+    "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit": {
+        "stat_prefix": OK,
+        "max_connections": OK,
+        "delay": OK,
+        "runtime_enabled": OK,
+    },
+    _CORE + "RuntimeFeatureFlag": {"default_value": OK, "runtime_key": OK},
     _HCM + "HttpConnectionManager": {
         "codec_type": Values({"AUTO": OK, "HTTP1": OK, "HTTP2": Later(6)}),
         "stat_prefix": OK,
@@ -448,6 +485,13 @@ def _check(
                 _descend(descriptor, value, field_path, findings)
         elif isinstance(rule, Inert):
             findings.inert.append(field_path)
+        elif isinstance(rule, InertExcept):
+            for position, item in enumerate(value):
+                item_path = f"{field_path}[{position}]"
+                if rule.active(item):
+                    _check(item, item_path, findings)
+                else:
+                    findings.inert.append(item_path)
         elif isinstance(rule, Values):
             _check_value(descriptor, value, rule, field_path, findings)
         elif isinstance(rule, Extension):
@@ -604,6 +648,7 @@ def _cross_references(b: bootstrap_pb2.Bootstrap) -> list[str]:
     cluster_names = [cluster.name for cluster in b.static_resources.clusters]
     errors += _duplicates(cluster_names, "clusters")
     errors += _static_cluster_ips(b.static_resources.clusters)
+    errors += limits.global_limit_errors(b)
     dynamic = b.dynamic_resources
     sources: list[tuple[str, object]] = []
     if dynamic.HasField("lds_config"):

@@ -34,6 +34,11 @@ from xds_proxy.listener.inspectors import (
     hand_over,
     listener_filters,
 )
+from xds_proxy.listener.limits import (
+    GLOBAL_OVERFLOW_STAT,
+    GlobalConnectionLimit,
+    guard_transport,
+)
 from xds_proxy.listener.manager import (
     DEFAULT_CHAIN,
     Action,
@@ -157,8 +162,9 @@ class ChainRuntime:
 
 
 class _Acceptor(asyncio.Protocol):
-    """Lives for one call: runs the listener filters (if any), then matches a chain and hands
-    the transport to it (inspectors.py)."""
+    """Lives for one call: takes a slot of the global connection limit (or closes the socket
+    at once, `downstream_global_cx_overflow`), runs the listener filters (if any), then
+    matches a chain and hands the transport to it (inspectors.py)."""
 
     __slots__ = ("instance",)
 
@@ -167,6 +173,14 @@ class _Acceptor(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         instance = self.instance
+        limit = instance.runtime.global_limit
+        if limit is not None and not instance.config.ignore_global_conn_limit:
+            guarded = guard_transport(transport, limit)  # type: ignore[arg-type]
+            if guarded is None:
+                instance.runtime.stats.counter(instance.stat_prefix + GLOBAL_OVERFLOW_STAT).inc()
+                transport.close()
+                return
+            transport = guarded
         if instance.listener_filters is None:
             instance.dispatch(transport, NOTHING_DETECTED, b"")  # type: ignore[arg-type]
             return
@@ -291,6 +305,8 @@ class ListenerRuntime:
         self.drains: dict[int, DrainRecord] = {}
         self.admin_drains: list[AdminDrain] = []  # inbound-only, then possibly all
         self.health_failed = False
+        # The overload manager's global connection limit (listener/limits.py), set by the server.
+        self.global_limit: GlobalConnectionLimit | None = None
         self._health_record: DrainRecord | None = None
         self._queue: asyncio.Queue[list[Action]] = asyncio.Queue()
         stats.gauge("server.total_connections")

@@ -374,6 +374,7 @@ class ListenerRuntime:
             self.stats.counter(instance.stat_prefix + "downstream_cx_total")
             self.stats.gauge(instance.stat_prefix + "downstream_cx_active")
             self.stats.counter(instance.stat_prefix + "no_filter_chain_match")
+            self.stats.counter(instance.stat_prefix + GLOBAL_OVERFLOW_STAT)
         loop = asyncio.get_running_loop()
         try:
             for sock in self.pool.sockets_for(version_id):

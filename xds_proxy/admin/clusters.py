@@ -114,13 +114,12 @@ def _added_via_api(manager: ClusterManager, name: str) -> bool:
 def clusters_dump(
     manager: ClusterManager, version_info: str, name_regex: re.Pattern[str] | None = None
 ) -> config_dump_shared_pb2.ClustersConfigDump:
-    """The `ClustersConfigDump` of `/config_dump`: static, then CDS clusters."""
+    """The `ClustersConfigDump` of `/config_dump`: static, CDS active, then CDS warming."""
     dump = config_dump_shared_pb2.ClustersConfigDump(version_info=version_info)
     for name, record in manager.records.items():
         if name_regex is not None and not name_regex.search(name):
             continue
-        stamp = timestamp_pb2.Timestamp()
-        stamp.FromMilliseconds(int(record.last_updated * 1000))
+        stamp = _stamp(record.last_updated)
         if name in manager.static_names:
             entry = dump.static_clusters.add(last_updated=stamp)
         else:
@@ -128,4 +127,16 @@ def clusters_dump(
                 version_info=record.version_info, last_updated=stamp
             )
         entry.cluster.Pack(record.cluster())
+    for name, (_, record) in manager.warming.items():
+        if name_regex is None or name_regex.search(name):
+            warming = dump.dynamic_warming_clusters.add(
+                version_info=record.version_info, last_updated=_stamp(record.last_updated)
+            )
+            warming.cluster.Pack(record.cluster())
     return dump
+
+
+def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromMilliseconds(int(seconds * 1000))
+    return stamp

@@ -1,8 +1,12 @@
-"""The cluster manager: every cluster by name, from the bootstrap and (later) CDS.
+"""The cluster manager: every cluster by name, from the bootstrap and CDS.
 
 Add/update/remove are by name and content, as for listeners: an update with an identical
 `Cluster` changes nothing (connections and DNS state are kept); a changed one replaces the
 cluster (the old one retires: its busy connections finish their streams, idle ones close).
+
+A changed DNS cluster warms first, as in Envoy: the old version keeps serving until the new
+one has its first DNS answer (`cluster_manager.warming_clusters`), so that a push never leaves
+a route without hosts for the time of a lookup.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -19,7 +24,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
-from xds_proxy.upstream.config import build_cluster_config
+from xds_proxy.upstream.config import DnsFamily, EndpointAddress, build_cluster_config
 
 log = logging.getLogger("xds_proxy.upstream")
 
@@ -37,17 +42,27 @@ class ClusterRecord:
 
 
 class ClusterManager:
-    def __init__(self, stats: Stats, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        stats: Stats,
+        rng: random.Random | None = None,
+        resolve: Callable[[EndpointAddress, DnsFamily], Awaitable] | None = None,
+    ) -> None:
         self.stats = stats
         self._rng = rng
+        self._resolve = resolve  # tests inject a resolver; None: the system's
         self.clusters: dict[str, Cluster] = {}
         self.records: dict[str, ClusterRecord] = {}
+        # Replacements waiting for their first DNS answer; the old version serves meanwhile.
+        self.warming: dict[str, tuple[Cluster, ClusterRecord]] = {}
+        self._warming_tasks: set[asyncio.Task] = set()
         self.static_names: set[str] = set()
         self._started = False
         self._active_gauge = stats.gauge("cluster_manager.active_clusters")
         self._added = stats.counter("cluster_manager.cluster_added")
         self._modified = stats.counter("cluster_manager.cluster_modified")
         self._removed = stats.counter("cluster_manager.cluster_removed")
+        self._warming_gauge = stats.gauge("cluster_manager.warming_clusters")
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
@@ -63,31 +78,63 @@ class ClusterManager:
         (nothing changes then)."""
         key = cluster.SerializeToString(deterministic=True)
         name = cluster.name
-        held = self.records.get(name)
+        warming = self.warming.get(name)
+        held = warming[1] if warming is not None else self.records.get(name)
         if held is not None and held.message == key:
             return False
         if name in self.static_names and not static:
             raise ConfigError(f"{path}.name: '{name}' is a static cluster and cannot be updated")
         config = build_cluster_config(cluster, path)
-        new = Cluster(config, self.stats, self._rng)
+        new = Cluster(config, self.stats, self._rng, self._resolve)
+        record = ClusterRecord(key, version_info, time.time())
         old = self.clusters.get(name)
-        self.clusters[name] = new
-        self.records[name] = ClusterRecord(key, version_info, time.time())
         if static:
             self.static_names.add(name)
         if old is not None:
-            old.retire()
             self._modified.inc()
         else:
             self._added.inc()
-        self._active_gauge.set(len(self.clusters))
-        if self._started:
+        if warming is not None:  # a newer version replaces the one still warming
+            warming[0].retire()
+            del self.warming[name]
+        if old is not None and new.resolved is not None and self._started:
+            self.warming[name] = (new, record)
             new.start()
+            task = asyncio.get_running_loop().create_task(self._activate_when_resolved(new))
+            self._warming_tasks.add(task)
+            task.add_done_callback(self._warming_tasks.discard)
+        else:
+            self._activate(new, record)
+            if self._started:
+                new.start()
+        self._warming_gauge.set(len(self.warming))
         return True
+
+    def _activate(self, new: Cluster, record: ClusterRecord) -> None:
+        old = self.clusters.get(new.name)
+        self.clusters[new.name] = new
+        self.records[new.name] = record
+        if old is not None:
+            old.retire()
+        self._active_gauge.set(len(self.clusters))
+
+    async def _activate_when_resolved(self, new: Cluster) -> None:
+        assert new.resolved is not None
+        await new.resolved.wait()  # set after the first lookup, answered or failed
+        warming = self.warming.get(new.name)
+        if warming is None or warming[0] is not new:
+            return  # replaced or removed meanwhile
+        del self.warming[new.name]
+        self._activate(new, warming[1])
+        self._warming_gauge.set(len(self.warming))
 
     def remove(self, name: str) -> bool:
         if name in self.static_names:
             return False
+        warming = self.warming.pop(name, None)
+        if warming is not None:
+            warming[0].retire()
+            self._warming_gauge.set(len(self.warming))
         cluster = self.clusters.pop(name, None)
         self.records.pop(name, None)
         if cluster is None:
@@ -120,6 +167,10 @@ class ClusterManager:
                 log.warning("some DNS clusters did not resolve within %.1f s", timeout)
 
     def close(self) -> None:
+        for task in self._warming_tasks:
+            task.cancel()
+        for cluster, _ in self.warming.values():
+            cluster.close()
         for cluster in self.clusters.values():
             cluster.close()
 

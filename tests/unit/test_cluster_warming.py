@@ -1,0 +1,130 @@
+"""A changed DNS cluster warms: the old version serves until the new one's first DNS answer
+(as Envoy's cluster warming), with `cluster_manager.warming_clusters` counting it. The
+resolver is the test's, so each lookup ends when the test says."""
+
+from __future__ import annotations
+
+import asyncio
+
+from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import json_format
+
+from xds_proxy.admin.clusters import clusters_dump
+from xds_proxy.stats import Stats
+from xds_proxy.upstream.config import DnsFamily, EndpointAddress
+from xds_proxy.upstream.manager import ClusterManager
+
+
+def dns_cluster(port: int, name: str = "web") -> cluster_pb2.Cluster:
+    return json_format.ParseDict(
+        {
+            "name": name,
+            "type": "STRICT_DNS",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": "backend.test",
+                                            "port_value": port,
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        },
+        cluster_pb2.Cluster(),
+    )
+
+
+class ControlledResolver:
+    """Every lookup waits until `answer(port)` is called for its port."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, list[asyncio.Future]] = {}
+
+    def __call__(self, endpoint: EndpointAddress, family: DnsFamily) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(endpoint.port, []).append(future)
+        return future
+
+    async def answer(self, port: int) -> None:
+        while not self.waiting.get(port):
+            await asyncio.sleep(0)
+        for future in self.waiting.pop(port):
+            future.set_result([("127.0.0.1", port)])
+        for _ in range(5):  # let the cluster and the manager see it
+            await asyncio.sleep(0)
+
+
+def ports(manager: ClusterManager, name: str = "web") -> list[int]:
+    return [host.address[1] for host in manager.clusters[name].hosts]
+
+
+async def test_a_changed_dns_cluster_serves_the_old_hosts_until_the_new_ones_resolve() -> None:
+    stats = Stats()
+    resolver = ControlledResolver()
+    manager = ClusterManager(stats, resolve=resolver)
+    manager.start()
+    manager.add_or_update(dns_cluster(1001), version_info="v1")
+    await resolver.answer(1001)
+    first = manager.clusters["web"]
+    assert ports(manager) == [1001]
+
+    assert manager.add_or_update(dns_cluster(1002), version_info="v2")
+    assert manager.clusters["web"] is first  # still serving
+    assert stats.gauge("cluster_manager.warming_clusters").value == 1
+    dump = clusters_dump(manager, "v2")
+    assert [c.version_info for c in dump.dynamic_active_clusters] == ["v1"]
+    assert [c.version_info for c in dump.dynamic_warming_clusters] == ["v2"]
+    assert not manager.add_or_update(dns_cluster(1002))  # the same again: nothing to do
+
+    await resolver.answer(1002)
+    assert ports(manager) == [1002]
+    assert first.retired
+    assert stats.gauge("cluster_manager.warming_clusters").value == 0
+    assert stats.counter("cluster_manager.cluster_modified").value == 1
+    assert [c.version_info for c in clusters_dump(manager, "v2").dynamic_active_clusters] == ["v2"]
+    manager.close()
+
+
+async def test_a_newer_version_replaces_the_warming_one_and_removal_ends_warming() -> None:
+    stats = Stats()
+    resolver = ControlledResolver()
+    manager = ClusterManager(stats, resolve=resolver)
+    manager.start()
+    manager.add_or_update(dns_cluster(2001))
+    await resolver.answer(2001)
+    manager.add_or_update(dns_cluster(2002))
+    warming_first = manager.warming["web"][0]
+    manager.add_or_update(dns_cluster(2003))
+    assert warming_first.retired
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert ports(manager) == [2001]  # neither warming version has answered yet
+    await resolver.answer(2003)
+    assert ports(manager) == [2003]
+
+    manager.add_or_update(dns_cluster(2004))
+    assert manager.remove("web")
+    assert "web" not in manager.clusters and not manager.warming
+    assert stats.gauge("cluster_manager.warming_clusters").value == 0
+    manager.close()
+
+
+async def test_a_new_dns_cluster_is_active_at_once() -> None:
+    """Nothing to keep serving: the new cluster is there (no hosts until its answer)."""
+    manager = ClusterManager(Stats(), resolve=ControlledResolver())
+    manager.start()
+    manager.add_or_update(dns_cluster(3001, "fresh"))
+    assert manager.clusters["fresh"].hosts == []
+    assert not manager.warming
+    manager.close()

@@ -1,4 +1,4 @@
-"""gRPC servicers for LDS (SotW and Delta) and ADS (SotW and Delta) on grpc.aio.
+"""gRPC servicers for LDS, CDS and ADS (each SotW and Delta) on grpc.aio.
 
 Each stream gets a reader task that feeds requests to the hub, while the handler itself
 yields whatever lands in the stream's outbox; pushes from the control API land there too.
@@ -13,12 +13,13 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
 
 from control_plane_stub.cache import Mode
 from control_plane_stub.hub import CLOSE, StubHub
-from control_plane_stub.resources import LISTENER_TYPE
+from control_plane_stub.resources import CLUSTER_TYPE, LISTENER_TYPE
 
 log = logging.getLogger("control_plane_stub")
 
@@ -87,6 +88,26 @@ class ListenerDiscovery(lds_pb2_grpc.ListenerDiscoveryServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "REST-style fetch is not served")
 
 
+class ClusterDiscovery(cds_pb2_grpc.ClusterDiscoveryServiceServicer):
+    def __init__(self, hub: StubHub):
+        self._hub = hub
+
+    async def StreamClusters(self, request_iterator, context):
+        async for response in serve_stream(
+            self._hub, "sotw", CLUSTER_TYPE, request_iterator, context
+        ):
+            yield response
+
+    async def DeltaClusters(self, request_iterator, context):
+        async for response in serve_stream(
+            self._hub, "delta", CLUSTER_TYPE, request_iterator, context
+        ):
+            yield response
+
+    async def FetchClusters(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "REST-style fetch is not served")
+
+
 class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, hub: StubHub):
         self._hub = hub
@@ -102,4 +123,5 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 def add_xds_servicers(server: grpc.aio.Server, hub: StubHub) -> None:
     lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(ListenerDiscovery(hub), server)
+    cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(ClusterDiscovery(hub), server)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscovery(hub), server)

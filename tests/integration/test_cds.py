@@ -63,16 +63,19 @@ def routed_listener(port: int, cluster: str) -> dict[str, Any]:
     }
 
 
-def cds_bootstrap(xds_address: str, delta: bool = False) -> dict[str, Any]:
-    """LDS and CDS both over ADS (SotW or Delta), as Envoy is most often configured."""
-    document = lds_bootstrap(xds_address, ads=True)
+def cds_bootstrap(xds_address: str, delta: bool = False, ads: bool = True) -> dict[str, Any]:
+    """LDS and CDS (SotW or Delta) over ADS, as Envoy is most often configured, or each over
+    its own `api_config_source` (`ads=False`)."""
+    document = lds_bootstrap(xds_address, ads=ads)
+    dynamic = document["dynamic_resources"]
+    source = dynamic["ads_config"] if ads else dynamic["lds_config"]["api_config_source"]
     if delta:
-        document["dynamic_resources"]["ads_config"]["api_type"] = "DELTA_GRPC"
-    document["dynamic_resources"]["cds_config"] = {
-        "ads": {},
-        "resource_api_version": "V3",
-        "initial_fetch_timeout": "5s",
-    }
+        source["api_type"] = "DELTA_GRPC"
+    dynamic["cds_config"] = {"resource_api_version": "V3", "initial_fetch_timeout": "5s"}
+    if ads:
+        dynamic["cds_config"]["ads"] = {}
+    else:
+        dynamic["cds_config"]["api_config_source"] = dict(source)
     return document
 
 
@@ -125,7 +128,7 @@ def stream_types(stub: StubProcess) -> list[list[str]]:
 
 
 def run_scenario(
-    process_class: type[EnvoyProcess], workdir: Path, delta: bool = False
+    process_class: type[EnvoyProcess], workdir: Path, delta: bool = False, ads: bool = True
 ) -> list[Any]:
     """Returns what was observed at each step (compared between Envoy and ours)."""
     seen: list[Any] = []
@@ -138,7 +141,8 @@ def run_scenario(
                 listeners=[routed_listener(port, "dyn")],
                 clusters=[cluster_dict("dyn", [first.port])],
             )["listeners"]
-            process = process_class(cds_bootstrap(stub.xds_address, delta), workdir, "warning")
+            document = cds_bootstrap(stub.xds_address, delta, ads)
+            process = process_class(document, workdir, "warning")
             process.start()
             process.wait_ready()
             stub.client.wait(listeners, timeout=5)  # accepted: CDS came first
@@ -146,10 +150,11 @@ def run_scenario(
             seen.append(
                 ("pushed", get_upstream(port), process.stat("cluster_manager.active_clusters"))
             )
-            seen.append(("one ADS stream", stream_types(stub)))
+            seen.append(("streams", stream_types(stub)))
 
             # A listener and the new cluster it routes to, in one push: over one ADS stream
-            # the cluster is applied first, so the listener is accepted.
+            # the cluster is applied first, so the listener is accepted (over two streams
+            # the stub sends the clusters first too; their order is then not guaranteed).
             other = free_port()
             together = stub.client.set_resources(
                 listeners=[routed_listener(port, "dyn"), routed_listener(other, "dyn2")],
@@ -200,12 +205,18 @@ def run_scenario(
     return seen
 
 
-@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
-def test_cds_pushes_modifies_rejects_and_removes_clusters(tmp_path: Path, delta: bool) -> None:
-    seen = run_scenario(ProxyProcess, tmp_path, delta)
+@pytest.mark.parametrize(
+    ("delta", "ads"),
+    [(False, True), (True, True), (False, False), (True, False)],
+    ids=["sotw-ads", "delta-ads", "sotw-plain", "delta-plain"],
+)
+def test_cds_pushes_modifies_rejects_and_removes_clusters(
+    tmp_path: Path, delta: bool, ads: bool
+) -> None:
+    seen = run_scenario(ProxyProcess, tmp_path, delta, ads)
     assert seen == [
         ("pushed", (200, "a"), 2),
-        ("one ADS stream", [["Cluster", "Listener"]]),
+        ("streams", [["Cluster", "Listener"]] if ads else [["Cluster"], ["Listener"]]),
         ("together", (200, "b"), (0, "")),
         ("modified", (200, "b"), 1),
         ("nacked", (200, "a"), 3, True, (13, "Error adding/updating cluster(s) bad")),
@@ -216,8 +227,8 @@ def test_cds_pushes_modifies_rejects_and_removes_clusters(tmp_path: Path, delta:
 
 
 def run_unanswered_cds(process_class: type[EnvoyProcess], workdir: Path) -> list[Any]:
-    """CDS from a source that never answers (the stub serves no ClusterDiscoveryService):
-    LDS starts once CDS's initial_fetch_timeout passes, and its listener serves."""
+    """CDS from a source that never answers (nothing listens on its port): LDS starts once
+    CDS's initial_fetch_timeout passes, and its listener serves."""
     with Http1Echo("static") as backend:
         stub = StubProcess(workdir, xds=f"127.0.0.1:{free_port()}").start()
         process = None
@@ -225,11 +236,13 @@ def run_unanswered_cds(process_class: type[EnvoyProcess], workdir: Path) -> list
             port = free_port()
             listeners = stub.client.set_resources(listeners=[routed_listener(port, "fixed")])
             document = lds_bootstrap(stub.xds_address)
-            document["static_resources"]["clusters"].append(cluster_dict("fixed", [backend.port]))
+            clusters = document["static_resources"]["clusters"]
+            clusters.append(cluster_dict("fixed", [backend.port]))
+            clusters.append(cluster_dict("nobody", [free_port()], http2=True))
+            source = dict(document["dynamic_resources"]["lds_config"]["api_config_source"])
+            source["grpc_services"] = [{"envoy_grpc": {"cluster_name": "nobody"}}]
             document["dynamic_resources"]["cds_config"] = {
-                "api_config_source": document["dynamic_resources"]["lds_config"][
-                    "api_config_source"
-                ],
+                "api_config_source": source,
                 "resource_api_version": "V3",
                 "initial_fetch_timeout": "0.3s",
             }

@@ -14,10 +14,14 @@ from tests.integration.test_cds import run_scenario, run_unanswered_cds
 pytestmark = pytest.mark.envoy
 
 
-@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
-def test_cds_steps_match_envoy(tmp_path: Path, delta: bool) -> None:
-    envoy = run_scenario(EnvoyProcess, tmp_path / "envoy", delta)
-    ours = run_scenario(ProxyProcess, tmp_path / "ours", delta)
+@pytest.mark.parametrize(
+    ("delta", "ads"),
+    [(False, True), (True, True), (False, False)],
+    ids=["sotw-ads", "delta-ads", "sotw-plain"],
+)
+def test_cds_steps_match_envoy(tmp_path: Path, delta: bool, ads: bool) -> None:
+    envoy = run_scenario(EnvoyProcess, tmp_path / "envoy", delta, ads)
+    ours = run_scenario(ProxyProcess, tmp_path / "ours", delta, ads)
     assert ours == envoy
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import socket
@@ -17,12 +18,22 @@ T = TypeVar("T")
 VENV_BIN = Path(sys.executable).parent
 
 
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=2048)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (prefer port 0 in configs where the program reports it)."""
+    """A port that was free a moment ago (prefer port 0 in configs where the program reports it),
+    and not one this process handed out recently: the kernel may offer a just-closed port
+    again, and two listeners of one test must not get the same one."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    for _ in range(100):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
+    raise RuntimeError("no fresh free port")
 
 
 def wait_for(

@@ -77,6 +77,11 @@ class _Queued:
 _PAUSE_WRITING, _PAUSE_UPSTREAM, _PAUSE_PIPELINE = 1, 2, 4
 # Pipelined bytes kept while a forwarded response is pending, before reading pauses.
 _HELD_INPUT_LIMIT = 64 * 1024
+# One read can hold thousands of pipelined requests: the parser is fed this much at a time, and
+# no more once the client's socket is full (the write side is above its high watermark, which
+# the listener sets from `per_connection_buffer_limit_bytes`). The rest waits, unparsed, until
+# the client reads: the answers one connection makes stay bounded by the limit plus one slice.
+PARSE_SLICE = 4 * 1024
 
 
 class Http1Connection(asyncio.Protocol):
@@ -119,6 +124,7 @@ class Http1Connection(asyncio.Protocol):
         "_timer",
         "_timer_at",
         "_url",
+        "_write_paused",
         "parser",
         "transport",
     )
@@ -163,6 +169,7 @@ class Http1Connection(asyncio.Protocol):
         self._read_paused = 0
         self._held: list[bytes] | None = None  # input held while a response is pending
         self._held_size = 0
+        self._write_paused = False  # the transport is above its high watermark
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -184,18 +191,52 @@ class Http1Connection(asyncio.Protocol):
         if self._state == _CLOSING:
             return  # lingering close: discard what the client still sends
         if self._held is not None:
-            # A forwarded response is pending: pipelined bytes wait (reading goes on, so a
-            # client that goes away is still noticed, up to a bound).
-            self._held.append(data)
-            self._held_size += len(data)
-            if self._held_size > _HELD_INPUT_LIMIT:
-                self._pause_reading(_PAUSE_PIPELINE)
+            # A forwarded response is pending, or the client is not reading our answers:
+            # pipelined bytes wait (reading goes on, so a client that goes away is still
+            # noticed, up to a bound).
+            self._hold(data)
             return
         if self._sniffing:
             sniffed = self._sniff(data)
             if sniffed is None:
                 return
             data = sniffed
+        if self._write_paused:
+            self._hold(data)
+            return
+        if len(data) <= PARSE_SLICE:
+            self._parse(data)
+            return
+        view = memoryview(data)
+        self._parse(view[:PARSE_SLICE])
+        for start in range(PARSE_SLICE, len(data), PARSE_SLICE):
+            if self._state == _CLOSING or self.transport is None or self._stop_after_response:
+                return  # the parser has stopped: what follows is never read
+            if self._held is not None or self._write_paused:
+                self._hold(data[start:])
+                return
+            self._parse(view[start : start + PARSE_SLICE])
+
+    def _hold(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = []
+            self._held_size = 0
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size > _HELD_INPUT_LIMIT:
+            self._pause_reading(_PAUSE_PIPELINE)
+
+    def _release_held(self) -> None:
+        """Parse what was held back (it may be held again at once)."""
+        held = self._held
+        self._held = None
+        self._held_size = 0
+        self._resume_reading(_PAUSE_PIPELINE)
+        if held:
+            self.data_received(held[0] if len(held) == 1 else b"".join(held))
+
+    def _parse(self, data: bytes | memoryview) -> None:
+        """Feed the parser; write the answers it produced in one go."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -228,6 +269,7 @@ class Http1Connection(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         self._pause_reading(_PAUSE_WRITING)
         if self._queue and self._queue[0].sink is not None:
             exchange = self._queue[0].sink.exchange
@@ -235,9 +277,12 @@ class Http1Connection(asyncio.Protocol):
                 exchange.pause_response()
 
     def resume_writing(self) -> None:
-        if self._state != _CLOSING:
+        self._write_paused = False
+        if self._held is not None and not self._queue and self._state != _CLOSING:
+            self._release_held()  # may fill the client's socket (and pause writing) again
+        if self._state != _CLOSING and not self._write_paused:
             self._resume_reading(_PAUSE_WRITING)
-        if self._queue and self._queue[0].sink is not None:
+        if self._queue and self._queue[0].sink is not None and not self._write_paused:
             exchange = self._queue[0].sink.exchange
             if exchange is not None:
                 exchange.resume_response()
@@ -466,7 +511,11 @@ class Http1Connection(asyncio.Protocol):
         connected and is about to send, and closing it would lose that request; it is answered
         with `connection: close` instead."""
         return (
-            self._answered and not self._in_request and not self._queue and self._state != _CLOSING
+            self._answered
+            and not self._in_request
+            and not self._queue
+            and self._held is None  # requests read but not parsed yet are not idle
+            and self._state != _CLOSING
         )
 
     def on_drain(self) -> None:
@@ -639,11 +688,8 @@ class Http1Connection(asyncio.Protocol):
             return
         if self._timer is not None and self._loop is not None:
             self._last_idle_at = self._loop.time()
-        held = self._held
-        self._held = None
-        self._resume_reading(_PAUSE_PIPELINE)
-        if held:
-            self.data_received(b"".join(held))
+        if self._held is not None:
+            self._release_held()
 
     def _reset_forwards(self, except_sink: Http1ForwardSink | None = None) -> None:
         """The connection is going away: cancel every forwarded request still in flight."""

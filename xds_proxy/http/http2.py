@@ -35,6 +35,7 @@ import h2.settings
 from hyperframe.frame import GoAwayFrame
 
 from xds_proxy.http.conn_manager import DrainState, HcmConfig
+from xds_proxy.http.h2_connection import BoundedH2Connection
 from xds_proxy.http.h2_frames import GoAwayCutter
 from xds_proxy.http.responses import HTTP_DATE
 from xds_proxy.http.router import (
@@ -76,6 +77,13 @@ _NOT_ROUTED = object()
 # A forwarded response body buffered beyond this (the client's windows are closed) pauses
 # the upstream until it drains.
 RESPONSE_BUFFER_LIMIT = 1 << 20
+# One read can hold thousands of HEADERS frames: the connection is fed this much at a time,
+# and no more while the client's socket is full (the rest waits, unparsed, as in http1.py).
+PARSE_SLICE = 4 * 1024
+# What a stream whose response waits for the client's flow-control windows is charged against
+# the connection's buffer limit: its state here and in h2 (a local reply's body is shared by
+# all its streams; a forwarded one pauses its upstream at RESPONSE_BUFFER_LIMIT).
+BLOCKED_STREAM_COST = 4 * 1024
 
 _LocalReply = tuple[int, bytes, tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...]]
 
@@ -134,7 +142,7 @@ class Http2Connection(asyncio.Protocol):
         self._ctx = ctx
         self.transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._h2 = h2.connection.H2Connection(_H2_CONFIG)
+        self._h2 = BoundedH2Connection(_H2_CONFIG)
         self._streams: dict[int, _Stream] = {}
         self._replies: dict[object, _LocalReply] = {}
         self._state = _OPEN
@@ -154,12 +162,20 @@ class Http2Connection(asyncio.Protocol):
         self._max_concurrent = config.http2_max_concurrent_streams
         self._max_header_bytes = config.max_request_headers_bytes
         self._max_header_count = config.max_headers_count
+        # Streams whose responses wait for flow-control credit: a client that opens streams
+        # and never grants credit gets REFUSED_STREAM once they cost more than the
+        # connection's buffer limit, instead of an ever larger pile of pending responses.
+        self._blocked: set[int] = set()
+        self._buffer_limit = 1 << 20  # the transport's high watermark, read at connection_made
+        self._held: list[bytes] | None = None  # input read while the client's socket is full
+        self._write_paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self._loop = asyncio.get_running_loop()
+        self._buffer_limit = transport.get_write_buffer_limits()[1]  # type: ignore[attr-defined]
         stats = self._config.stats
         stats.cx_total.value += 1
         stats.cx_active.value += 1
@@ -192,6 +208,22 @@ class Http2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        if self._held is not None or self._write_paused:
+            self._held = [*(self._held or ()), data]
+            return
+        if len(data) <= PARSE_SLICE:
+            self._receive(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), PARSE_SLICE):
+            if self.transport is None or self.transport.is_closing():
+                return
+            if self._write_paused:
+                self._held = [data[start:]]  # parsed once the client reads again
+                return
+            self._receive(bytes(view[start : start + PARSE_SLICE]))
+
+    def _receive(self, data: bytes) -> None:
         cutter = self._goaway_cutter
         data, goaways = cutter.feed(data)
         if cutter.control_frames:
@@ -237,6 +269,7 @@ class Http2Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The client does not read: stop reading it, and stop the upstreams' responses."""
+        self._write_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
         for stream in self._streams.values():
@@ -244,6 +277,13 @@ class Http2Connection(asyncio.Protocol):
                 stream.exchange.pause_response()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
+        held = self._held
+        if held is not None:
+            self._held = None
+            self.data_received(b"".join(held))  # may fill the client's socket again
+            if self._write_paused:
+                return
         if self.transport is not None:
             self.transport.resume_reading()
         for stream in list(self._streams.values()):
@@ -276,6 +316,12 @@ class Http2Connection(asyncio.Protocol):
         conn = self._h2
         if stream_id > self._last_stream_id or len(self._streams) >= self._max_concurrent:
             # Above the final GOAWAY's last_stream_id, or above max_concurrent_streams.
+            conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self._blocked) * BLOCKED_STREAM_COST >= self._buffer_limit:
+            # The client grants no credit for what it already asked: refuse more (it may
+            # retry: REFUSED_STREAM means nothing was processed).
+            self._count("downstream_rq_refused_flow_control")
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         method = authority = path = b""
@@ -473,6 +519,10 @@ class Http2Connection(asyncio.Protocol):
             ended = complete and not pending
             conn.send_data(stream_id, chunk, end_stream=ended)
         stream.pending = pending
+        if pending:
+            self._blocked.add(stream_id)
+        else:
+            self._blocked.discard(stream_id)
         exchange = stream.exchange
         if pending:
             if (
@@ -508,6 +558,7 @@ class Http2Connection(asyncio.Protocol):
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
+        self._blocked.discard(stream_id)
         if stream.exchange is not None:
             stream.exchange.downstream_reset()
         self._config.stats.rq_active.value -= 1
@@ -525,6 +576,7 @@ class Http2Connection(asyncio.Protocol):
     def _stream_done(self, stream_id: int) -> None:
         if self._streams.pop(stream_id, None) is None:
             return
+        self._blocked.discard(stream_id)
         self._config.stats.rq_active.value -= 1
         self._closed_streams += 1
         self._after_stream()

@@ -220,6 +220,7 @@ class ListenerInstance:
         self.listener_filters = listener_filters(config)
         self.drains_on_health_failure = config.drain_type == listener_pb2.Listener.DEFAULT
         self.inbound = config.traffic_direction == base_pb2.INBOUND
+        self.buffer_limit_bytes = connection_buffer_limit(config)
 
     def all_chains(self) -> list[ChainRuntime]:
         return self.chains + ([self.default_chain] if self.default_chain else [])
@@ -235,6 +236,8 @@ class ListenerInstance:
             stats.counter(self.stat_prefix + "no_filter_chain_match").inc()
             transport.close()
             return
+        limit = self.buffer_limit_bytes
+        transport.set_write_buffer_limits(high=limit, low=limit // 2)
         hand_over(
             transport,
             already_read,
@@ -636,6 +639,18 @@ class AdminDrain:
 
     def covers(self, listener: ListenerInstance) -> bool:
         return not self.inbound_only or listener.inbound
+
+
+DEFAULT_BUFFER_LIMIT_BYTES = 1024 * 1024  # Envoy's default per_connection_buffer_limit_bytes
+
+
+def connection_buffer_limit(config: listener_pb2.Listener) -> int:
+    """The high watermark of each connection's write buffer: once that much is waiting for the
+    client, the protocol stops reading it (and parsing what it sent). Envoy's 0 means "no
+    limit"; here it keeps the default, so that no setting lets one client grow us unbounded."""
+    if config.HasField("per_connection_buffer_limit_bytes"):
+        return config.per_connection_buffer_limit_bytes.value or DEFAULT_BUFFER_LIMIT_BYTES
+    return DEFAULT_BUFFER_LIMIT_BYTES
 
 
 def _count(chains: list[ChainRuntime]) -> Callable[[], int]:

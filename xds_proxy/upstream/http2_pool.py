@@ -24,6 +24,7 @@ import h2.exceptions
 import h2.settings
 from hpack import NeverIndexedHeaderTuple
 
+from xds_proxy.http.h2_connection import BoundedH2Connection
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
@@ -165,7 +166,7 @@ class Http2ClientConnection(PooledConnection):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = BoundedH2Connection(config=config)
         self.streams: dict[int, Http2Stream] = {}
         self.ready = False  # connected and the preface written
         self.going_away = False

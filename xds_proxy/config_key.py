@@ -13,6 +13,8 @@ from google.protobuf import any_pb2, symbol_database
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from xds_proxy.bounded_cache import BoundedCache
+
 _ANY_FULL_NAME = any_pb2.Any.DESCRIPTOR.full_name
 _symbols = symbol_database.Default()
 
@@ -50,19 +52,34 @@ def _canonicalize_in_place(message: Message) -> None:
             _canonicalize_in_place(value)
 
 
+# (type URL, packed bytes) -> canonical bytes: the same HCM in 10,000 chains is unpacked once.
+_canonical_anys: BoundedCache[tuple[str, bytes], bytes] = BoundedCache(
+    max_entries=1024, max_bytes=32 * 1024 * 1024
+)
+
+
 def _canonicalize_any(packed: any_pb2.Any) -> None:
+    key = (packed.type_url, packed.value)
+    cached = _canonical_anys.get(key)
+    if cached is None:
+        cached = _canonical_any_bytes(packed)
+        _canonical_anys.put(key, cached, len(packed.value))
+    packed.value = cached
+
+
+def _canonical_any_bytes(packed: any_pb2.Any) -> bytes:
     type_name = packed.type_url.rpartition("/")[2]
     try:
         message_class = _symbols.GetSymbol(type_name)
     except KeyError:
-        return  # unknown type: compare its bytes as they are
+        return packed.value  # unknown type: compare its bytes as they are
     inner = message_class()
     try:
         inner.ParseFromString(packed.value)
     except DecodeError:
-        return
+        return packed.value
     _canonicalize_in_place(inner)
-    packed.value = inner.SerializeToString(deterministic=True)
+    return inner.SerializeToString(deterministic=True)
 
 
 _contains_any_cache: dict[str, bool] = {}

@@ -11,7 +11,6 @@ To switch on a feature when its issue lands, add the issue's number to IMPLEMENT
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -24,9 +23,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from xds_proxy import extensions
+from xds_proxy.bounded_cache import RELATIVE_ROOT, BoundedCache, cached, relocate
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener import limits
-from xds_proxy.validation import join_path, map_key_path
+from xds_proxy.validation import CACHED_SUBTREES, canonical_ip, join_path, map_key_path
 
 # Issues whose features count as built. 4 and 5 (LDS core, drain) are built alongside this one.
 IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 4, 5, 6})
@@ -459,6 +459,19 @@ class _Findings:
     errors: list[str] = field(default_factory=list)
     inert: list[str] = field(default_factory=list)
 
+    def add_relocated(self, found: tuple[tuple[str, ...], tuple[str, ...]], path: str) -> None:
+        """Findings computed under RELATIVE_ROOT, as if found under `path`."""
+        self.errors += relocate(found[0], path)
+        self.inert += relocate(found[1], path)
+
+
+def _relative_findings(
+    check: Callable[[_Findings], None],
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    relative = _Findings()
+    check(relative)
+    return tuple(relative.errors), tuple(relative.inert)
+
 
 def _status(rule: Later) -> str | None:
     return None if rule.issue in IMPLEMENTED_ISSUES else "not supported yet"
@@ -471,7 +484,29 @@ def _check(
     if name in LEAF_TYPES:
         return
     if table is None:
+        if path and name in CACHED_SUBTREES:
+            _check_cached(message, name, path, findings)
+            return
         table = TABLE.get(name, {})
+    _check_fields(message, path, findings, table)
+
+
+def _check_cached(message: Message, name: str, path: str, findings: _Findings) -> None:
+    """A message that repeats byte for byte (a filter chain): checked once per content."""
+    packed = message.SerializeToString()
+    table = TABLE.get(name, {})
+    found = cached(
+        _packed_findings,
+        (name, packed, IMPLEMENTED_ISSUES),
+        len(packed),
+        lambda: _relative_findings(lambda f: _check_fields(message, RELATIVE_ROOT, f, table)),
+    )
+    findings.add_relocated(found, path)
+
+
+def _check_fields(
+    message: Message, path: str, findings: _Findings, table: Mapping[str, Rule]
+) -> None:
     for descriptor, value in message.ListFields():
         field_path = join_path(path, descriptor.name)
         rule = table.get(descriptor.name)
@@ -576,12 +611,34 @@ def _check_any(
     if later is not None and later not in IMPLEMENTED_ISSUES:
         findings.errors.append(f"{path}: @type '{type_url}' not supported yet")
         return
+    if not path:
+        _check_packed(any_msg, path, findings)
+        return
+    # What is inside depends on the bytes only: checked once per distinct content.
+    packed = any_msg.value
+    found = cached(
+        _packed_findings,
+        (type_url, packed, IMPLEMENTED_ISSUES),
+        len(packed),
+        lambda: _relative_findings(lambda f: _check_packed(any_msg, RELATIVE_ROOT, f)),
+    )
+    findings.add_relocated(found, path)
+
+
+def _check_packed(any_msg: any_pb2.Any, path: str, findings: _Findings) -> None:
     try:
         inner = extensions.unpack(any_msg, path)
     except ConfigError as error:
         findings.errors.append(str(error))
         return
     _check(inner, path, findings)
+
+
+# (type URL or type name, bytes, IMPLEMENTED_ISSUES) -> (errors, inert paths), under
+# RELATIVE_ROOT: an Any's content, or a message of CACHED_SUBTREES.
+_packed_findings: BoundedCache[tuple[str, bytes, frozenset[int]], tuple[tuple[str, ...], ...]] = (
+    BoundedCache(max_entries=1024, max_bytes=32 * 1024 * 1024)
+)
 
 
 def check_listener(listener: listener_pb2.Listener, path: str = "") -> list[str]:
@@ -609,9 +666,7 @@ def _listener_semantics(listener: listener_pb2.Listener, path: str) -> list[str]
 
 
 def _ip_literal(socket_address: address_pb2.SocketAddress, path: str) -> list[str]:
-    try:
-        ipaddress.ip_address(socket_address.address)
-    except ValueError:
+    if canonical_ip(socket_address.address) is None:
         return [f"{path}.address: must be an IP address, got {socket_address.address!r}"]
     return []
 

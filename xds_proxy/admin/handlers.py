@@ -202,7 +202,7 @@ class AdminHandlers:
                 static.last_updated.CopyFrom(_timestamp(version.last_updated))
             else:
                 fill(entry(version.name).active_state, version)
-        for version in manager.draining:
+        for version in manager.draining.values():
             if name_regex is None or name_regex.search(version.name):
                 fill(entry(version.name).draining_state, version)
         for name, error in manager.errors.items():

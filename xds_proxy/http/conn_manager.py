@@ -3,6 +3,9 @@
 `build_http_connection_manager` turns an `HttpConnectionManager` message into an `HcmConfig`
 once per filter chain version; every connection of that chain shares it (route table,
 pre-rendered local replies, stat handles), so the per-request path does no config work.
+Chains with byte-identical HCMs (a listener with 10,000 chains that differ only in their
+match) share one `HcmConfig` too, within one listener and across updates: it holds nothing
+per chain or per connection (drain state and connections live in the chain's runtime).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from xds_proxy.bounded_cache import BoundedCache
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.fields import check_fields, duration_seconds
 from xds_proxy.http.responses import LocalResponse
@@ -163,10 +167,28 @@ _DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS = 2147483647
 _DEFAULT_HTTP2_WINDOW = 268435456  # Envoy's default stream and connection windows
 
 
+# Serialized HCM -> (the stats store it was built against, its config). Only successes are
+# kept: a failure is reported once, at the path of the chain that has it.
+HCM_CONFIGS: BoundedCache[bytes, tuple[Stats, HcmConfig]] = BoundedCache(
+    max_entries=256, max_bytes=16 * 1024 * 1024
+)
+
+
 def build_http_connection_manager(
     hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats
 ) -> HcmConfig:
-    """Validate and translate one HCM; raises `ConfigError("PATH: reason")`."""
+    """Validate and translate one HCM (or reuse the config of an identical one); raises
+    `ConfigError("PATH: reason")`."""
+    key = hcm.SerializeToString()
+    cached = HCM_CONFIGS.get(key)
+    if cached is not None and cached[0] is stats:
+        return cached[1]
+    config = _build(hcm, path, stats)
+    HCM_CONFIGS.put(key, (stats, config), len(key))
+    return config
+
+
+def _build(hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats) -> HcmConfig:
     check_fields(hcm, path, _HANDLED_FIELDS, later=_LATER_FIELDS)
     codecs = {
         hcm_pb2.HttpConnectionManager.AUTO: Codec.AUTO,

@@ -30,7 +30,6 @@ a version (binding, or sharing the socket of the version it replaces) and raises
 from __future__ import annotations
 
 import enum
-import ipaddress
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from envoy.config.listener.v3 import listener_pb2
 from xds_proxy.config_key import config_key
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
+from xds_proxy.validation import canonical_ip
 
 DEFAULT_CHAIN = -1  # the index that names `default_filter_chain` in UpdateFilterChains
 
@@ -159,7 +159,7 @@ class ListenerManager:
         self._clock = clock
         self._ids = itertools.count(1)
         self.active: dict[str, ListenerVersion] = {}
-        self.draining: list[ListenerVersion] = []
+        self.draining: dict[int, ListenerVersion] = {}  # by version id, oldest first
         self._owners: dict[SocketAddress, ListenerVersion] = {}  # fixed-port addresses in use
         self.draining_chains: list[DrainingChains] = []
         self.errors: dict[str, ErrorState] = {}
@@ -318,7 +318,7 @@ class ListenerManager:
         started: ListenerVersion | None = None,
     ) -> None:
         old.draining = True
-        self.draining.append(old)
+        self.draining[old.id] = old
         self._sockets.release(old.id)
         if started is not None:
             actions.append(StartListener(started))
@@ -347,7 +347,7 @@ class ListenerManager:
 
     def drain_finished(self, version_id: int) -> None:
         """The version's last connection closed, or its drain window ended."""
-        self.draining = [v for v in self.draining if v.id != version_id]
+        self.draining.pop(version_id, None)
         self._update_gauges()
 
     def chains_drain_finished(self, group_id: int) -> None:
@@ -364,7 +364,7 @@ class ListenerManager:
         self._update_gauges()
 
     def find(self, version_id: int) -> ListenerVersion | None:
-        for version in itertools.chain(self.active.values(), self.draining):
+        for version in itertools.chain(self.active.values(), self.draining.values()):
             if version.id == version_id:
                 return version
         return None
@@ -458,11 +458,10 @@ def _socket_address(address: address_pb2.Address, name: str) -> SocketAddress:
     socket_address = address.socket_address
     if socket_address.protocol != address_pb2.SocketAddress.TCP:
         raise ConfigError(f"error adding listener named '{name}': UDP listeners are not supported")
-    try:
-        ip = ipaddress.ip_address(socket_address.address)
-    except ValueError:
-        raise ConfigError(f"malformed IP address: {socket_address.address}") from None
-    return (ip.compressed, socket_address.port_value)
+    ip = canonical_ip(socket_address.address)
+    if ip is None:
+        raise ConfigError(f"malformed IP address: {socket_address.address}")
+    return (ip, socket_address.port_value)
 
 
 def listener_addresses(listener: listener_pb2.Listener) -> list[SocketAddress]:

@@ -24,10 +24,19 @@ the request was processed or may have been), `5xx`, `timeout`, `other` (a wrong 
 body).
 
 fds and RSS of the proxy are read from /proc with no client connected and nothing draining,
-after a warm-up (before) and after the churn (after), with the same listener set. The
-benchmark pins the proxy to CPU 0 and everything else (load, backend, stub) to CPU 1.
+before and after the churn, with the same listener set. "Before" comes after two warm-ups: load
+alone (its RSS is shown too), then a short churn under load through every kind of push (not
+counted). The second one matters: the first drains, in-place updates and fleet pushes raise
+the allocators' high-water marks (pymalloc keeps free pools inside arenas that still hold live
+blocks; glibc keeps freed heap) and fill the bounded compile caches. That growth is not per
+push (after hundreds of pushes the proxy holds the same objects as before) and it flattens; a
+leak does not. So RSS is also sampled every second while churning: the peak is in the table
+and the curve follows it. The benchmark pins the proxy to CPU 0 and everything else (load,
+backend, stub) to CPU 1.
 
-    python -m bench.churn [--seconds N]       (default 20 s of churn per proxy)
+    python -m bench.churn [--seconds N] [--warmup-churn S]
+        (default 20 s of churn per proxy after an 8 s churn warm-up; --warmup-churn 0 measures
+        "before" after the load alone, as earlier runs did)
 
 A PNG plot (requests/s, failures and pushes over time, ours above Envoy) and the table go to
 bench/results/.
@@ -77,6 +86,8 @@ FAILURE_REASONS = ("refused", "reset", "5xx", "timeout", "other")
 PROXY_CPU, LOAD_CPU = 0, 1
 REFUSED_STREAM = 7
 PHASES = ("full modify", "in-place chains", "remove/re-add", "fleet 10 %")
+WARMUP_S = 1.0  # load alone before measuring
+WARMUP_CHURN_S = 8.0  # every phase's pushes under load before "before" (see the docstring)
 
 
 # ----------------------------------------------------------------------------- config
@@ -587,10 +598,14 @@ class DrainWatcher:
         "listener_manager.total_filter_chains_draining",
     )
 
-    def __init__(self, proxy: EnvoyProcess) -> None:
+    RSS_EVERY = 10  # polls between two RSS samples: one a second
+
+    def __init__(self, proxy: EnvoyProcess, pid: int = 0) -> None:
         self.proxy = proxy
+        self.pid = pid
         self.peaks = dict.fromkeys(self.NAMES, 0)
         self.samples: list[tuple[float, int]] = []  # (time, listeners draining)
+        self.rss_samples: list[tuple[float, int]] = []  # (time, RSS KiB) of `pid`
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -603,7 +618,11 @@ class DrainWatcher:
         return {name: int(stats.get(name, "0")) for name in self.NAMES}
 
     def _poll(self) -> None:
+        polls = 0
         while not self._stop.wait(0.1):
+            if self.pid and polls % self.RSS_EVERY == 0:
+                self.rss_samples.append((time.monotonic(), process_usage(self.pid)[1]))
+            polls += 1
             try:
                 values = self.current()
             except OSError:
@@ -648,6 +667,12 @@ class ChurnResult:
     rss_before_kib: int
     rss_after_kib: int
     backend_requests: int  # what the backend answered while the load ran
+    rss_load_warm_kib: int = 0  # after the load-only warm-up, before the churn warm-up
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (time, KiB), churning
+
+    @property
+    def rss_peak_kib(self) -> int:
+        return max((kib for _, kib in self.rss_samples), default=0)
 
     @property
     def answered_but_lost(self) -> int:
@@ -670,8 +695,11 @@ class ChurnRun:
         outage_s: float,
         http2: bool = True,
         pin: bool = False,
-        warmup_s: float = 1.0,
+        warmup_s: float = WARMUP_S,
+        warmup_churn_s: float = 0.0,
     ) -> None:
+        """`warmup_s`: load alone before measuring; `warmup_churn_s`: then every phase's
+        pushes under load for that long in all (not counted), before "before"."""
         self.workdir = workdir
         self.envoy = envoy
         self.seconds = seconds
@@ -679,6 +707,7 @@ class ChurnRun:
         self.http2 = http2
         self.pin = pin
         self.warmup_s = warmup_s
+        self.warmup_churn_s = warmup_churn_s
         self.listeners = ListenerSet()
         self.pushes: list[Push] = []
         self.phase_starts: list[tuple[float, str]] = []
@@ -791,13 +820,17 @@ class ChurnRun:
         self.stub.client.wait(first, timeout=20)
         wanted = len(self.listeners.ports)
         wait_for(lambda: len(proxy.listeners()) == wanted, timeout=20, what="every listener")
-        watcher = DrainWatcher(proxy)
+        watcher = DrainWatcher(proxy, pid)
 
         warmup = self._load()
         wait_for(lambda: warmup.ok() > 0, timeout=10, what="warm-up traffic flowing")
         time.sleep(self.warmup_s)  # warm-up length, not synchronisation
         warmup.stop()
         self._wait_quiet(proxy, watcher)
+        rss_load_warm = process_usage(pid)[1]
+        if self.warmup_churn_s > 0:
+            self._churn_warmup()
+            self._wait_quiet(proxy, watcher)
         fds_before, rss_before = process_usage(pid)
         backend_before = self._backend_requests()
 
@@ -852,7 +885,25 @@ class ChurnRun:
             rss_before_kib=rss_before,
             rss_after_kib=rss_after,
             backend_requests=backend_requests,
+            rss_load_warm_kib=rss_load_warm,
+            rss_samples=[sample for sample in watcher.rss_samples if sample[0] <= churn_end],
         )
+
+    def _churn_warmup(self) -> None:
+        """Every phase's pushes under load, briefly, then the same listener set as before;
+        neither the pushes nor the load count in the result."""
+        load = self._load()
+        wait_for(lambda: load.ok() > 0, timeout=10, what="warm-up traffic flowing")
+        ls = self.listeners
+        changes = (ls.full_modify, ls.in_place, ls.remove_readd, ls.fleet_churn)
+        for name, change in zip(PHASES, changes, strict=True):
+            self._phase(name, change, self.warmup_churn_s / len(PHASES))
+        if not ls.second_present:
+            ls.remove_readd(0)
+            self._push(PHASES[2], time.monotonic() + PUSH_INTERVAL_S)
+        load.stop()
+        self.pushes.clear()
+        self.phase_starts.clear()
 
 
 def _connects(port: int) -> bool:
@@ -870,6 +921,15 @@ def _sleep_until(moment: float) -> None:
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def rss_curve(result: ChurnResult) -> str:
+    """The RSS samples, to tell a warm-up that flattens from a leak that keeps growing."""
+    return " ".join(f"{kib / 1024:.1f}" for _, kib in result.rss_samples)
+
+
+def _growth(before: int, after: int) -> float:
+    return 100.0 * (after - before) / before if before else 0.0
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -929,10 +989,13 @@ def table(results: list[ChurnResult]) -> list[str]:
         ("peak listeners draining", lambda r: r.peak_listeners_draining),
         ("peak filter chains draining", lambda r: r.peak_chains_draining),
         ("fds before / after", lambda r: f"{r.fds_before} / {r.fds_after}"),
+        ("RSS MiB after load-only warm-up", lambda r: f"{r.rss_load_warm_kib / 1024:.1f}"),
         (
             "RSS MiB before / after",
             lambda r: f"{r.rss_before_kib / 1024:.1f} / {r.rss_after_kib / 1024:.1f}",
         ),
+        ("RSS after vs before %", lambda r: f"{_growth(r.rss_before_kib, r.rss_after_kib):+.1f}"),
+        ("RSS MiB peak while churning", lambda r: f"{r.rss_peak_kib / 1024:.1f}"),
     ]
     lines = ["   " + f"{'':34}" + "".join(f"{r.proxy:>20}" for r in results)]
     for label, value in rows:
@@ -1036,7 +1099,9 @@ def plot(results: list[ChurnResult], path: Path, bucket_s: float = 0.25) -> None
 # ----------------------------------------------------------------------------- entry points
 
 
-def churn_both(seconds: float, outage_s: float, pin: bool = True) -> list[ChurnResult]:
+def churn_both(
+    seconds: float, outage_s: float, pin: bool = True, warmup_churn_s: float = WARMUP_CHURN_S
+) -> list[ChurnResult]:
     """Ours, then Envoy, with the same scenario; pinned like every benchmark here."""
     results = []
     saved = os.sched_getaffinity(0)
@@ -1045,23 +1110,39 @@ def churn_both(seconds: float, outage_s: float, pin: bool = True) -> list[ChurnR
     try:
         for envoy in (False, True):
             with TemporaryDirectory(prefix="bench-churn-") as tmp:
-                run = ChurnRun(Path(tmp), envoy=envoy, seconds=seconds, outage_s=outage_s, pin=pin)
+                run = ChurnRun(
+                    Path(tmp),
+                    envoy=envoy,
+                    seconds=seconds,
+                    outage_s=outage_s,
+                    pin=pin,
+                    warmup_churn_s=warmup_churn_s,
+                )
                 results.append(run.run())
     finally:
         os.sched_setaffinity(0, saved)
     return results
 
 
-def run(large: bool = False, seconds: float | None = None) -> list[str]:
+def run(
+    large: bool = False, seconds: float | None = None, warmup_churn_s: float = WARMUP_CHURN_S
+) -> list[str]:
     seconds = seconds or (60.0 if large else 20.0)
     outage_s = 10.0 if seconds >= 60 else max(1.0, seconds / 8)
-    results = churn_both(seconds, outage_s, pin=len(os.sched_getaffinity(0)) > 1)
+    pin = len(os.sched_getaffinity(0)) > 1
+    results = churn_both(seconds, outage_s, pin=pin, warmup_churn_s=warmup_churn_s)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     lines = [
         f"   churn: {seconds:.0f} s of pushes every {PUSH_INTERVAL_S * 1000:.0f} ms in 4 phases,"
         f" control plane down {outage_s:.0f} s, DT {DRAIN_TIME_S} s gradual, graceful drain"
         " at the end; HTTP/1.1 and HTTP/2 clients",
+        f"   before = after {WARMUP_S:.0f} s of load, then {warmup_churn_s:.0f} s of every"
+        " push kind under load (not counted)",
         *table(results),
+    ]
+    lines += [
+        f"   {result.proxy} RSS MiB each second while churning: {rss_curve(result)}"
+        for result in results
     ]
     RESULTS.mkdir(exist_ok=True)
     picture = RESULTS / f"churn-{stamp}.png"
@@ -1075,8 +1156,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.churn")
     parser.add_argument("--seconds", type=float, default=None, help="churn per proxy (20)")
     parser.add_argument("--large", action="store_true", help="the issue's full 60 s")
+    parser.add_argument(
+        "--warmup-churn",
+        type=float,
+        default=WARMUP_CHURN_S,
+        help=f"seconds of pushes under load before 'before' ({WARMUP_CHURN_S:.0f}; 0: load only)",
+    )
     args = parser.parse_args()
-    for line in run(args.large, args.seconds):
+    for line in run(args.large, args.seconds, args.warmup_churn):
         print(line, flush=True)
     return 0
 

@@ -7,7 +7,7 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
-from bench.churn import PHASES, ChurnResult, Push, Tally, plot, table
+from bench.churn import PHASES, ChurnResult, Push, Tally, plot, rss_curve, table
 
 
 def made_up_result() -> ChurnResult:
@@ -35,6 +35,8 @@ def made_up_result() -> ChurnResult:
         rss_before_kib=2048,
         rss_after_kib=3072,
         backend_requests=5,
+        rss_load_warm_kib=1024,
+        rss_samples=[(start + 1, 2560), (start + 2, 4096), (start + 3, 3584)],
     )
 
 
@@ -48,6 +50,10 @@ def test_table_counts_by_protocol_and_reason() -> None:
     assert rows["answered, response lost"] == "1"
     assert rows["pushes: full modify"] == "2 (2 acked)"
     assert rows["RSS MiB before / after"] == "2.0 / 3.0"
+    assert rows["RSS after vs before %"] == "+50.0"
+    assert rows["RSS MiB after load-only warm-up"] == "1.0"
+    assert rows["RSS MiB peak while churning"] == "4.0"
+    assert rss_curve(made_up_result()) == "2.5 4.0 3.5"
 
 
 def png_pixels(data: bytes) -> tuple[int, int, bytes]:

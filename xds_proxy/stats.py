@@ -54,6 +54,7 @@ _PROMETHEUS_TAGS: tuple[tuple[re.Pattern[str], str], ...] = (
         "envoy_listener_address",
     ),
     (re.compile(r"^cluster\.((.*?)\.)"), "envoy_cluster_name"),
+    (re.compile(r"^connection_limit\.((.*?)\.)"), "envoy_connection_limit_prefix"),
 )
 _PROMETHEUS_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 

@@ -165,6 +165,9 @@ class _CountingTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (512 * 1024, 1024 * 1024)  # (low, high), as a listener's default sets them
+
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
 

@@ -19,6 +19,13 @@ V = TypeVar("V")
 class BoundedCache(Generic[K, V]):
     """A least-recently-used map bounded in entries and in the bytes its keys hold."""
 
+    @classmethod
+    def for_config_bytes(cls) -> BoundedCache:
+        """The bounds every compile cache uses: 256 distinct contents, keys of 8 MiB in all.
+        Enough for the chains of one update and the next; small enough that endless distinct
+        pushes cannot grow the process by more than a few MiB per cache."""
+        return cls(max_entries=256, max_bytes=8 * 1024 * 1024)
+
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes

@@ -53,9 +53,7 @@ def _canonicalize_in_place(message: Message) -> None:
 
 
 # (type URL, packed bytes) -> canonical bytes: the same HCM in 10,000 chains is unpacked once.
-_canonical_anys: BoundedCache[tuple[str, bytes], bytes] = BoundedCache(
-    max_entries=1024, max_bytes=32 * 1024 * 1024
-)
+_canonical_anys: BoundedCache[tuple[str, bytes], bytes] = BoundedCache.for_config_bytes()
 
 
 def _canonicalize_any(packed: any_pb2.Any) -> None:

@@ -637,7 +637,7 @@ def _check_packed(any_msg: any_pb2.Any, path: str, findings: _Findings) -> None:
 # (type URL or type name, bytes, IMPLEMENTED_ISSUES) -> (errors, inert paths), under
 # RELATIVE_ROOT: an Any's content, or a message of CACHED_SUBTREES.
 _packed_findings: BoundedCache[tuple[str, bytes, frozenset[int]], tuple[tuple[str, ...], ...]] = (
-    BoundedCache(max_entries=1024, max_bytes=32 * 1024 * 1024)
+    BoundedCache.for_config_bytes()
 )
 
 

@@ -766,14 +766,12 @@ def _apply(checks: list[Check], value: Any, path: str, errors: list[str]) -> Non
 
 
 # (type URL, packed bytes) of an Any -> its violations, under RELATIVE_ROOT.
-_any_violations: BoundedCache[tuple[str, bytes], tuple[str, ...]] = BoundedCache(
-    max_entries=1024, max_bytes=32 * 1024 * 1024
-)
+_any_violations: BoundedCache[tuple[str, bytes], tuple[str, ...]] = BoundedCache.for_config_bytes()
 # Messages that repeat byte for byte across listeners (1,000 listeners with one chain each
 # differ in name and address only): their violations are cached by their bytes too.
 CACHED_SUBTREES = frozenset({"envoy.config.listener.v3.FilterChain"})
-_subtree_violations: BoundedCache[tuple[str, bytes], tuple[str, ...]] = BoundedCache(
-    max_entries=1024, max_bytes=32 * 1024 * 1024
+_subtree_violations: BoundedCache[tuple[str, bytes], tuple[str, ...]] = (
+    BoundedCache.for_config_bytes()
 )
 
 

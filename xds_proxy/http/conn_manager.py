@@ -169,9 +169,7 @@ _DEFAULT_HTTP2_WINDOW = 268435456  # Envoy's default stream and connection windo
 
 # Serialized HCM -> (the stats store it was built against, its config). Only successes are
 # kept: a failure is reported once, at the path of the chain that has it.
-HCM_CONFIGS: BoundedCache[bytes, tuple[Stats, HcmConfig]] = BoundedCache(
-    max_entries=256, max_bytes=16 * 1024 * 1024
-)
+HCM_CONFIGS: BoundedCache[bytes, tuple[Stats, HcmConfig]] = BoundedCache.for_config_bytes()
 
 
 def build_http_connection_manager(

@@ -68,44 +68,42 @@ async def serve_stream(
         log.info("stream %d closed", stream_id)
 
 
-class ListenerDiscovery(lds_pb2_grpc.ListenerDiscoveryServiceServicer):
+class _OneType:
+    """The SotW and Delta streams of a plain (one-type) discovery service."""
+
+    type_url: str
+
     def __init__(self, hub: StubHub):
         self._hub = hub
 
-    async def StreamListeners(self, request_iterator, context):
+    async def _sotw(self, request_iterator, context):
         async for response in serve_stream(
-            self._hub, "sotw", LISTENER_TYPE, request_iterator, context
+            self._hub, "sotw", self.type_url, request_iterator, context
         ):
             yield response
 
-    async def DeltaListeners(self, request_iterator, context):
+    async def _delta(self, request_iterator, context):
         async for response in serve_stream(
-            self._hub, "delta", LISTENER_TYPE, request_iterator, context
+            self._hub, "delta", self.type_url, request_iterator, context
         ):
             yield response
 
-    async def FetchListeners(self, request, context):
+    async def _fetch(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "REST-style fetch is not served")
 
 
-class ClusterDiscovery(cds_pb2_grpc.ClusterDiscoveryServiceServicer):
-    def __init__(self, hub: StubHub):
-        self._hub = hub
+class ListenerDiscovery(_OneType, lds_pb2_grpc.ListenerDiscoveryServiceServicer):
+    type_url = LISTENER_TYPE
+    StreamListeners = _OneType._sotw
+    DeltaListeners = _OneType._delta
+    FetchListeners = _OneType._fetch
 
-    async def StreamClusters(self, request_iterator, context):
-        async for response in serve_stream(
-            self._hub, "sotw", CLUSTER_TYPE, request_iterator, context
-        ):
-            yield response
 
-    async def DeltaClusters(self, request_iterator, context):
-        async for response in serve_stream(
-            self._hub, "delta", CLUSTER_TYPE, request_iterator, context
-        ):
-            yield response
-
-    async def FetchClusters(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "REST-style fetch is not served")
+class ClusterDiscovery(_OneType, cds_pb2_grpc.ClusterDiscoveryServiceServicer):
+    type_url = CLUSTER_TYPE
+    StreamClusters = _OneType._sotw
+    DeltaClusters = _OneType._delta
+    FetchClusters = _OneType._fetch
 
 
 class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):

@@ -26,11 +26,10 @@ import random
 import time
 from collections.abc import Callable
 
-import grpc
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.cluster.v3 import cds_pb2_grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from xds_proxy.errors import ConfigError
@@ -135,6 +134,9 @@ class CdsClient(SubscriptionClient):
     """Subscribes to clusters (state of the world or Delta)."""
 
     name = "cds"
+    plain_stub = cds_pb2_grpc.ClusterDiscoveryServiceStub
+    sotw_method = "StreamClusters"
+    delta_method = "DeltaClusters"
 
     def __init__(
         self,
@@ -202,15 +204,3 @@ class CdsClient(SubscriptionClient):
         if changed:
             self.system_version_info = version_info
         return error
-
-    def _open(self, channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
-        metadata = self.server.initial_metadata or None
-        if self.server.aggregated:
-            ads = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-            if self.server.delta:
-                return ads.DeltaAggregatedResources(metadata=metadata)
-            return ads.StreamAggregatedResources(metadata=metadata)
-        cds = cds_pb2_grpc.ClusterDiscoveryServiceStub(channel)
-        if self.server.delta:
-            return cds.DeltaClusters(metadata=metadata)
-        return cds.StreamClusters(metadata=metadata)

@@ -29,11 +29,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-import grpc
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.listener.v3 import lds_pb2_grpc
 
 from xds_proxy.errors import ConfigError
@@ -64,6 +63,9 @@ class LdsClient(SubscriptionClient):
     """Subscribes to listeners and keeps the subscription alive until cancelled."""
 
     name = "lds"
+    plain_stub = lds_pb2_grpc.ListenerDiscoveryServiceStub
+    sotw_method = "StreamListeners"
+    delta_method = "DeltaListeners"
 
     def __init__(
         self,
@@ -136,18 +138,6 @@ class LdsClient(SubscriptionClient):
     def _stopped(self) -> None:
         if self._ttl_timer is not None:
             self._ttl_timer.cancel()
-
-    def _open(self, channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
-        metadata = self.server.initial_metadata or None
-        if self.server.aggregated:
-            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-            if self.server.delta:
-                return stub.DeltaAggregatedResources(metadata=metadata)
-            return stub.StreamAggregatedResources(metadata=metadata)
-        lds = lds_pb2_grpc.ListenerDiscoveryServiceStub(channel)
-        if self.server.delta:
-            return lds.DeltaListeners(metadata=metadata)
-        return lds.StreamListeners(metadata=metadata)
 
     async def _handle(
         self, response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse

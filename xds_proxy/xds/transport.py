@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from xds_proxy.xds.backoff import JitteredBackoff
 from xds_proxy.xds.sotw import SubscriptionLifecycle, SubscriptionStats
@@ -75,10 +76,25 @@ class SubscriptionClient:
         stream.add(self)
         await stream.run()
 
-    # -- what a subclass provides --------------------------------------------------------------
+    # -- what a subclass provides (and the stream it opens) ------------------------------------
+
+    # The plain (non-ADS) service: its stub class and its SotW and Delta methods.
+    plain_stub: Callable[[grpc.aio.Channel], Any]
+    sotw_method: str
+    delta_method: str
 
     def _open(self, channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
-        raise NotImplementedError
+        """The stream this subscription's source names: ADS or the plain service, SotW or
+        Delta."""
+        if self.server.aggregated:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            method = (
+                "DeltaAggregatedResources" if self.server.delta else "StreamAggregatedResources"
+            )
+        else:
+            stub = self.plain_stub(channel)
+            method = self.delta_method if self.server.delta else self.sotw_method
+        return getattr(stub, method)(metadata=self.server.initial_metadata or None)
 
     async def _handle(self, response: Any) -> Any:
         """Apply one response of this type; returns the ACK/NACK to send (None: nothing)."""

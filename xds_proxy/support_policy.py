@@ -26,7 +26,13 @@ from xds_proxy import extensions
 from xds_proxy.bounded_cache import RELATIVE_ROOT, BoundedCache, cached, relocate
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener import limits
-from xds_proxy.validation import CACHED_SUBTREES, canonical_ip, join_path, map_key_path
+from xds_proxy.validation import (
+    CACHED_SUBTREES,
+    canonical_ip,
+    join_path,
+    map_key_path,
+    validate_message,
+)
 
 # Issues whose features count as built. 4 and 5 (LDS core, drain) are built alongside this one.
 IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 4, 5, 6})
@@ -637,6 +643,39 @@ def _check_packed(any_msg: any_pb2.Any, path: str, findings: _Findings) -> None:
 # (type URL or type name, bytes, IMPLEMENTED_ISSUES) -> (errors, inert paths), under
 # RELATIVE_ROOT: an Any's content, or a message of CACHED_SUBTREES.
 _packed_findings: BoundedCache[tuple[str, bytes, frozenset[int]], tuple[tuple[str, ...], ...]] = (
+    BoundedCache.for_config_bytes()
+)
+
+
+def listener_errors(listener: listener_pb2.Listener) -> list[str]:
+    """Proto constraint violations, else what we do not support: the LDS path's check.
+
+    The listeners of a fleet differ in name and address only, so everything else is checked
+    once per content: keyed by the listener's bytes without those two fields."""
+    if not listener.HasField("address"):
+        return validate_message(listener) or check_listener(listener)
+    shape = listener_pb2.Listener()
+    shape.CopyFrom(listener)
+    shape.ClearField("name")
+    shape.ClearField("address")
+    key = shape.SerializeToString()
+    violations, unsupported = cached(_listener_shapes, key, len(key), lambda: _shape_errors(shape))
+    address_violations = validate_message(listener.address, "address")
+    if address_violations or violations:
+        return address_violations + list(violations)
+    findings = _Findings()
+    _check(listener.address, "address", findings)
+    return _listener_semantics(listener, "") + findings.errors + list(unsupported)
+
+
+def _shape_errors(shape: listener_pb2.Listener) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    findings = _Findings()
+    _check(shape, "", findings)
+    return tuple(validate_message(shape)), tuple(findings.errors)
+
+
+# A listener's bytes without name and address -> (violations, unsupported fields).
+_listener_shapes: BoundedCache[bytes, tuple[tuple[str, ...], tuple[str, ...]]] = (
     BoundedCache.for_config_bytes()
 )
 

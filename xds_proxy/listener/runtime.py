@@ -50,9 +50,8 @@ from xds_proxy.listener.manager import (
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats, listener_stat_prefix
-from xds_proxy.support_policy import check_listener
+from xds_proxy.support_policy import listener_errors
 from xds_proxy.tls import DownstreamTls, downstream_tls
-from xds_proxy.validation import validate_message
 
 if TYPE_CHECKING:
     from xds_proxy.listener.manager import ListenerManager, ListenerVersion
@@ -319,7 +318,7 @@ class ListenerRuntime:
     def compile(self, config: listener_pb2.Listener) -> ListenerInstance:
         """Validate (proto constraints, then what we support) and build the filter chains;
         nothing is bound yet. A ConfigError here NACKs this listener only."""
-        errors = validate_message(config) or check_listener(config)
+        errors = listener_errors(config)
         if errors:
             raise ConfigError(errors[0])
         return ListenerInstance(self, config)

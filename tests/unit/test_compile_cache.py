@@ -13,8 +13,10 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from hypothesis import HealthCheck, given, settings
 
 from tests.unit.listener_fixtures import hcm_filter, listener
+from tests.unit.test_hostile_listeners import FUZZ_PORT, SENTINEL_PORT, listener_messages
 from xds_proxy import support_policy, validation
 from xds_proxy.bounded_cache import BoundedCache
 from xds_proxy.errors import ConfigError
@@ -24,13 +26,15 @@ from xds_proxy.listener.manager import ListenerVersion
 from xds_proxy.listener.runtime import ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.stats import Stats
-from xds_proxy.support_policy import check_listener
+from xds_proxy.support_policy import check_listener, listener_errors
 from xds_proxy.validation import validate_message
 
 
 def clear_caches() -> None:
     validation._any_violations.clear()
+    validation._subtree_violations.clear()
     support_policy._packed_findings.clear()
+    support_policy._listener_shapes.clear()
     conn_manager.HCM_CONFIGS.clear()
 
 
@@ -276,3 +280,22 @@ async def test_in_place_update_of_one_identical_chain_keeps_the_others() -> None
     assert old.chains[1].drain is not None
     assert [chain.drain for chain in new.chains] == [None, None, None]
     assert hcm_config_of(new.chains[1]) is not hcm_config_of(new.chains[0])
+
+
+# -- a listener's checks, cached by its shape -------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(listener_messages(FUZZ_PORT, SENTINEL_PORT), listener_messages(FUZZ_PORT, SENTINEL_PORT))
+def test_cached_listener_checks_equal_the_uncached_ones(
+    first: listener_pb2.Listener, second: listener_pb2.Listener
+) -> None:
+    """Fuzzed listeners, and the second one's shape under the first one's name and address
+    (a cache hit with another address): the same lines, in the same order, as without cache."""
+    renamed = listener_pb2.Listener()
+    renamed.CopyFrom(second)
+    renamed.name = first.name
+    if first.HasField("address"):
+        renamed.address.CopyFrom(first.address)
+    for one in (first, second, renamed, second):
+        assert listener_errors(one) == (validate_message(one) or check_listener(one))

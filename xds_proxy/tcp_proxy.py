@@ -22,7 +22,7 @@ from xds_proxy.errors import ConfigError
 from xds_proxy.http.fields import check_fields, duration_seconds
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
-from xds_proxy.upstream.cluster import Cluster
+from xds_proxy.upstream.cluster import Cluster, Host
 from xds_proxy.upstream.manager import ClusterManager
 
 TCP_PROXY_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -192,6 +192,7 @@ class TcpProxyConnection(asyncio.Protocol):
         self.downstream: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
         self._cluster: Cluster | None = None
+        self._host: Host | None = None  # the upstream host once connected (`/clusters` stats)
         self._early: list[bytes] = []
         self._early_eof = False
         self._downstream_eof = False
@@ -291,6 +292,8 @@ class TcpProxyConnection(asyncio.Protocol):
             cluster.resources.connections += 1
             stats.upstream_cx_total.inc()
             stats.upstream_cx_active.inc()
+            host.stats.cx_total += 1
+            host.stats.cx_active += 1
             side = _UpstreamSide(self)
             try:
                 async with asyncio.timeout(cluster.config.connect_timeout_s):
@@ -300,9 +303,12 @@ class TcpProxyConnection(asyncio.Protocol):
                 stats.upstream_cx_active.dec()
                 stats.upstream_cx_destroy.inc()
                 stats.upstream_cx_connect_fail.inc()
+                host.stats.cx_active -= 1
+                host.stats.cx_connect_fail += 1
                 if isinstance(error, TimeoutError):
                     stats.upstream_cx_connect_timeout.inc()
                 continue
+            self._host = host
             self._upstream_connected(transport)  # type: ignore[arg-type]
             return
         if self.downstream is not None:
@@ -346,6 +352,8 @@ class TcpProxyConnection(asyncio.Protocol):
             cluster.resources.connections -= 1
             cluster.stats.upstream_cx_active.dec()
             cluster.stats.upstream_cx_destroy.inc()
+        if self._host is not None:
+            self._host.stats.cx_active -= 1
         if self._flushing:
             self._flushing = False
             self._config.stats.upstream_flush_active.dec()

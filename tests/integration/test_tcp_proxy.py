@@ -93,6 +93,8 @@ async def test_round_trip_and_half_close(echo: TcpEcho) -> None:
         assert proxy.stat("tcp.tcp_in.downstream_cx_tx_bytes_total") == 5 + len(b"after-eof:5")
         assert proxy.stat("cluster.backend.upstream_cx_total") == 1
         assert echo.eofs == 1
+        host = proxy.manager.clusters["backend"].hosts[0].stats  # `/clusters`
+        assert (host.cx_total, host.cx_active, host.cx_connect_fail) == (1, 0, 0)
 
 
 async def test_bytes_sent_before_the_upstream_connects_are_kept(echo: TcpEcho) -> None:
@@ -173,6 +175,8 @@ async def test_connect_failure_closes_the_downstream() -> None:
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert proxy.stat("cluster.down.upstream_cx_connect_fail") == 1
         assert proxy.stat("cluster.down.upstream_cx_active") == 0
+        host = proxy.manager.clusters["down"].hosts[0].stats
+        assert (host.cx_total, host.cx_active, host.cx_connect_fail) == (1, 0, 1)
         writer.close()
 
 

@@ -10,6 +10,7 @@ per chain or per connection (drain state and connections live in the chain's run
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass
 
@@ -118,6 +119,18 @@ class HcmStats:
         self.rq_direct_response = counter("rq_direct_response")
         self.rq_redirect = counter("rq_redirect")
         self.no_route = counter("no_route")
+
+
+def close_after_delayed_close_timeout(transport: asyncio.Transport | None, stats: HcmStats) -> None:
+    """`delayed_close_timeout` expired before the client closed: count it, then close (abort
+    if our answer is still unsent, as Envoy does)."""
+    if transport is None:
+        return
+    stats.cx_delayed_close_timeout.value += 1
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
 
 
 class Codec(enum.Enum):

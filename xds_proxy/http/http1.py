@@ -25,7 +25,12 @@ import socket
 
 import httptools
 
-from xds_proxy.http.conn_manager import Codec, DrainState, HcmConfig
+from xds_proxy.http.conn_manager import (
+    Codec,
+    DrainState,
+    HcmConfig,
+    close_after_delayed_close_timeout,
+)
 from xds_proxy.http.http2 import Http2Connection
 from xds_proxy.http.responses import HTTP_DATE, LocalResponse
 from xds_proxy.http.router import DirectResponseAction, RequestView
@@ -883,14 +888,7 @@ class Http1Connection(asyncio.Protocol):
 
     def _on_delayed_close_timeout(self) -> None:
         self._close_timer = None
-        transport = self.transport
-        if transport is None:
-            return
-        self._config.stats.cx_delayed_close_timeout.value += 1
-        if transport.get_write_buffer_size():
-            transport.abort()
-        else:
-            transport.close()
+        close_after_delayed_close_timeout(self.transport, self._config.stats)
 
 
 IDLE_CLOSE_GRACE_S = 0.05

@@ -34,7 +34,11 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
-from xds_proxy.http.conn_manager import DrainState, HcmConfig
+from xds_proxy.http.conn_manager import (
+    DrainState,
+    HcmConfig,
+    close_after_delayed_close_timeout,
+)
 from xds_proxy.http.h2_connection import BoundedH2Connection
 from xds_proxy.http.h2_frames import GoAwayCutter
 from xds_proxy.http.responses import HTTP_DATE
@@ -648,14 +652,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _on_delayed_close(self) -> None:
         self._close_timer = None
-        transport = self.transport
-        if transport is None:
-            return
-        self._config.stats.cx_delayed_close_timeout.value += 1
-        if transport.get_write_buffer_size():
-            transport.abort()
-        else:
-            transport.close()
+        close_after_delayed_close_timeout(self.transport, self._config.stats)
 
     # -- stream timeouts -------------------------------------------------------------------
 

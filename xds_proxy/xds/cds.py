@@ -35,7 +35,6 @@ from google.protobuf import any_pb2
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
-from xds_proxy.xds.client import client_node
 from xds_proxy.xds.decode import (
     DecodedResource,
     ResponseDecodeError,
@@ -44,9 +43,8 @@ from xds_proxy.xds.decode import (
     unpack,
 )
 from xds_proxy.xds.delta import DeltaSubscription
-from xds_proxy.xds.sotw import SotwSubscription, SubscriptionStats
 from xds_proxy.xds.source import cds_configured, cds_server
-from xds_proxy.xds.transport import SubscriptionClient
+from xds_proxy.xds.transport import SubscriptionClient, new_subscription
 
 log = logging.getLogger("xds_proxy.xds")
 
@@ -148,21 +146,15 @@ class CdsClient(SubscriptionClient):
     ) -> None:
         """Raises ConfigError (`FIELD_PATH: reason`) if the CDS source is not usable."""
         server = cds_server(bootstrap)
-        control_plane_prefix = (
-            "control_plane." if server.aggregated else CDS_STATS_PREFIX + "control_plane."
+        stats_handles, subscription = new_subscription(
+            server,
+            bootstrap.node,
+            stats,
+            CDS_STATS_PREFIX,
+            CLUSTER_TYPE_URL,
+            decode_sotw=decode_sotw_clusters,
+            decode_delta=decode_delta_clusters,
         )
-        stats_handles = SubscriptionStats.create(stats, CDS_STATS_PREFIX, control_plane_prefix)
-        node = client_node(bootstrap.node)
-        first_only = server.node_on_first_request_only
-        subscription: SotwSubscription[cluster_pb2.Cluster] | DeltaSubscription
-        if server.delta:
-            subscription = DeltaSubscription(
-                CLUSTER_TYPE_URL, node, stats_handles, decode_delta_clusters, first_only
-            )
-        else:
-            subscription = SotwSubscription(
-                CLUSTER_TYPE_URL, node, stats_handles, decode_sotw_clusters, first_only
-            )
         super().__init__(server, stats_handles, subscription, on_initialized, rng)
         self._manager = manager
         self.system_version_info = ""  # moves when a response changed something (config dump)

@@ -30,7 +30,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.listener.v3 import lds_pb2_grpc
@@ -45,9 +44,9 @@ from xds_proxy.xds.decode import (
     decode_sotw_listeners,
 )
 from xds_proxy.xds.delta import ApplyDelta, DeltaSubscription, safe_apply
-from xds_proxy.xds.sotw import SotwSubscription, SubscriptionStats, count_update
+from xds_proxy.xds.sotw import count_update
 from xds_proxy.xds.source import lds_configured, lds_server
-from xds_proxy.xds.transport import SubscriptionClient
+from xds_proxy.xds.transport import SubscriptionClient, new_subscription
 from xds_proxy.xds.ttl import TtlTracker
 
 log = logging.getLogger("xds_proxy.xds")
@@ -55,7 +54,6 @@ log = logging.getLogger("xds_proxy.xds")
 ApplyListeners = Callable[[str, list[listener_pb2.Listener]], str | None]
 """(version_info, listeners in response order) -> None to ACK, or the NACK message."""
 
-USER_AGENT_NAME = "xds-proxy"
 LDS_STATS_PREFIX = "listener_manager.lds."
 
 
@@ -90,29 +88,15 @@ class LdsClient(SubscriptionClient):
         server = lds_server(bootstrap)
         if server.delta and apply_delta is None:
             raise ConfigError("dynamic_resources: DELTA_GRPC needs the server's apply_delta")
-        control_plane_prefix = (
-            "control_plane." if server.aggregated else LDS_STATS_PREFIX + "control_plane."
+        stats_handles, subscription = new_subscription(
+            server,
+            bootstrap.node,
+            stats,
+            LDS_STATS_PREFIX,
+            LISTENER_TYPE_URL,
+            decode_sotw=lambda response: decode_sotw_listeners(response, validate),
+            decode_delta=lambda response: decode_delta_listeners(response, validate),
         )
-        stats_handles = SubscriptionStats.create(stats, LDS_STATS_PREFIX, control_plane_prefix)
-        node = client_node(bootstrap.node)
-        first_only = server.node_on_first_request_only
-        subscription: SotwSubscription[DecodedListener] | DeltaSubscription
-        if server.delta:
-            subscription = DeltaSubscription(
-                LISTENER_TYPE_URL,
-                node,
-                stats_handles,
-                decode=lambda response: decode_delta_listeners(response, validate),
-                node_on_first_request_only=first_only,
-            )
-        else:
-            subscription = SotwSubscription(
-                LISTENER_TYPE_URL,
-                node,
-                stats_handles,
-                decode=lambda response: decode_sotw_listeners(response, validate),
-                node_on_first_request_only=first_only,
-            )
         super().__init__(server, stats_handles, subscription, on_initialized, rng)
         self._apply = apply
         self._apply_delta = apply_delta
@@ -229,21 +213,3 @@ class LdsClient(SubscriptionClient):
             error = safe_apply(lambda v, added, _removed: self._apply(v, added), "", remaining, [])
         count_update(self._stats, "", error, now_ms)
         return expired
-
-
-def client_node(node: base_pb2.Node) -> base_pb2.Node:
-    """The bootstrap node as sent on the wire: Envoy fills in the user agent; so do we."""
-    sent = base_pb2.Node()
-    sent.CopyFrom(node)
-    sent.user_agent_name = USER_AGENT_NAME
-    sent.user_agent_version = _package_version()
-    return sent
-
-
-def _package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("xds-proxy")
-    except Exception:  # not installed (running from the source tree)
-        return "0.1.0"

@@ -19,18 +19,67 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import grpc
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from xds_proxy.stats import Stats
 from xds_proxy.xds.backoff import JitteredBackoff
-from xds_proxy.xds.sotw import SubscriptionLifecycle, SubscriptionStats
+from xds_proxy.xds.delta import DecodeDelta, DeltaSubscription
+from xds_proxy.xds.sotw import (
+    DecodeResources,
+    SotwSubscription,
+    SubscriptionLifecycle,
+    SubscriptionStats,
+)
 from xds_proxy.xds.source import XdsServer
 
 log = logging.getLogger("xds_proxy.xds")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # SotW responses with many resources exceed gRPC's 4 MiB
+USER_AGENT_NAME = "xds-proxy"
+
+
+def client_node(node: base_pb2.Node) -> base_pb2.Node:
+    """The bootstrap node as sent on the wire: Envoy fills in the user agent; so do we."""
+    sent = base_pb2.Node()
+    sent.CopyFrom(node)
+    sent.user_agent_name = USER_AGENT_NAME
+    try:
+        sent.user_agent_version = version("xds-proxy")
+    except PackageNotFoundError:  # running from the source tree
+        sent.user_agent_version = "0.1.0"
+    return sent
+
+
+def new_subscription(
+    server: XdsServer,
+    node: base_pb2.Node,
+    stats: Stats,
+    stats_prefix: str,
+    type_url: str,
+    decode_sotw: DecodeResources[Any],
+    decode_delta: DecodeDelta,
+) -> tuple[SubscriptionStats, SotwSubscription[Any] | DeltaSubscription]:
+    """The stat handles and the pure subscription (SotW or Delta, as the source says) of one
+    resource type. Over ADS the connection state is the shared `control_plane.*`; a plain
+    source has its own under `<stats_prefix>control_plane.`."""
+    control_plane_prefix = (
+        "control_plane." if server.aggregated else stats_prefix + "control_plane."
+    )
+    stats_handles = SubscriptionStats.create(stats, stats_prefix, control_plane_prefix)
+    sent_node = client_node(node)
+    first_only = server.node_on_first_request_only
+    if server.delta:
+        return stats_handles, DeltaSubscription(
+            type_url, sent_node, stats_handles, decode_delta, first_only
+        )
+    return stats_handles, SotwSubscription(
+        type_url, sent_node, stats_handles, decode_sotw, first_only
+    )
 
 
 class SubscriptionClient:

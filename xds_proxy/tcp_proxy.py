@@ -22,7 +22,8 @@ from xds_proxy.errors import ConfigError
 from xds_proxy.http.fields import check_fields, duration_seconds
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
-from xds_proxy.upstream.cluster import Cluster, Host
+from xds_proxy.upstream.cluster import Cluster
+from xds_proxy.upstream.host import Host
 from xds_proxy.upstream.manager import ClusterManager
 
 TCP_PROXY_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"

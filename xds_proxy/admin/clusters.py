@@ -15,7 +15,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from google.protobuf import timestamp_pb2
 
-from xds_proxy.upstream.cluster import HOST_COUNTERS, HOST_GAUGES, Host
+from xds_proxy.upstream.host import HOST_COUNTERS, HOST_GAUGES, Host
 from xds_proxy.upstream.manager import ClusterManager
 
 # Envoy's defaults for a priority's thresholds left unset.

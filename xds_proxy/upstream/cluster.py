@@ -25,59 +25,17 @@ from xds_proxy.upstream.config import (
     LbPolicy,
     UpstreamProtocol,
 )
+from xds_proxy.upstream.host import Host, Resources
+from xds_proxy.upstream.http1_pool import Http1Pool
+from xds_proxy.upstream.http2_pool import Http2Pool
 from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, RoundRobin
 from xds_proxy.upstream.stats import ClusterStats
 from xds_proxy.upstream.stream import OVERFLOW, RequestHead, ResponseHandler, UpstreamStream
 
 if TYPE_CHECKING:
     from xds_proxy.stats import Stats
-    from xds_proxy.upstream.http1_pool import Http1Pool
-    from xds_proxy.upstream.http2_pool import Http2Pool
 
 log = logging.getLogger("xds_proxy.upstream")
-
-# Envoy's host stats, counters first then gauges (the order of `/clusters?format=json`).
-HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total")
-HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
-HOST_STAT_NAMES = HOST_COUNTERS + HOST_GAUGES
-
-
-class HostStats:
-    """Envoy's per-host stats (`/clusters`): plain numbers, not in the stats store."""
-
-    __slots__ = HOST_STAT_NAMES
-
-    def __init__(self) -> None:
-        for name in HOST_STAT_NAMES:
-            setattr(self, name, 0)
-
-
-class Host:
-    """One upstream address of a cluster; `hostname` is the DNS name it was resolved from."""
-
-    __slots__ = ("active_requests", "address", "hostname", "pools", "stats")
-
-    def __init__(self, address: tuple[str, int], hostname: str = "") -> None:
-        self.address = address
-        self.hostname = hostname
-        self.active_requests = 0
-        # One pool per upstream protocol in use (two with `use_downstream_protocol_config`).
-        self.pools: dict[UpstreamProtocol, Http1Pool | Http2Pool] = {}
-        self.stats = HostStats()
-
-    def __repr__(self) -> str:
-        return f"Host({self.address[0]}:{self.address[1]})"
-
-
-class Resources:
-    """Circuit-breaker accounting for one cluster (DEFAULT priority)."""
-
-    __slots__ = ("connections", "pending", "requests")
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.pending = 0
-        self.requests = 0
 
 
 class Cluster:
@@ -186,11 +144,7 @@ class Cluster:
 
     def _new_pool(self, host: Host, protocol: UpstreamProtocol) -> Http1Pool | Http2Pool:
         if protocol is UpstreamProtocol.HTTP2:
-            from xds_proxy.upstream.http2_pool import Http2Pool
-
             return Http2Pool(self, host)
-        from xds_proxy.upstream.http1_pool import Http1Pool
-
         return Http1Pool(self, host)
 
     # -- lifecycle --------------------------------------------------------------------------

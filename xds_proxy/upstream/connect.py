@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 from xds_proxy.upstream.stream import CONNECTION_FAILURE, CONNECTION_TIMEOUT
 
 if TYPE_CHECKING:
-    from xds_proxy.upstream.cluster import Cluster, Host
+    from xds_proxy.upstream.host import Host, PoolOwner
 
 
-async def open_connection(cluster: Cluster, host: Host, conn: asyncio.Protocol) -> str | None:
+async def open_connection(cluster: PoolOwner, host: Host, conn: asyncio.Protocol) -> str | None:
     """Connect `conn` to `host` within the cluster's `connect_timeout`, over TLS when the
     cluster has a transport socket; None once connected, else Envoy's reset reason."""
     loop = asyncio.get_running_loop()

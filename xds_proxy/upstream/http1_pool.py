@@ -23,7 +23,7 @@ from xds_proxy.upstream.stream import (
 )
 
 if TYPE_CHECKING:
-    from xds_proxy.upstream.cluster import Cluster, Host
+    from xds_proxy.upstream.host import Host, PoolOwner
     from xds_proxy.upstream.stats import ClusterStats
 
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -364,7 +364,7 @@ class Http1Pool(ConnectionPool[Http1Stream, Http1ClientConnection]):
     stream_class = Http1Stream
     connection_class = Http1ClientConnection
 
-    def __init__(self, cluster: Cluster, host: Host) -> None:
+    def __init__(self, cluster: PoolOwner, host: Host) -> None:
         super().__init__(cluster, host)
         self.idle: list[Http1ClientConnection] = []
         self.busy: set[Http1ClientConnection] = set()

@@ -37,7 +37,7 @@ from xds_proxy.upstream.stream import (
 )
 
 if TYPE_CHECKING:
-    from xds_proxy.upstream.cluster import Cluster, Host
+    from xds_proxy.upstream.host import Host, PoolOwner
     from xds_proxy.upstream.stats import ClusterStats
 
 _FRAME_HEADER = 9
@@ -518,7 +518,7 @@ class Http2Pool(ConnectionPool[Http2Stream, Http2ClientConnection]):
     stream_class = Http2Stream
     connection_class = Http2ClientConnection
 
-    def __init__(self, cluster: Cluster, host: Host) -> None:
+    def __init__(self, cluster: PoolOwner, host: Host) -> None:
         super().__init__(cluster, host)
         self.connections: list[Http2ClientConnection] = []  # usable (not going away)
         self.draining: set[Http2ClientConnection] = set()

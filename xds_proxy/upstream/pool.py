@@ -23,7 +23,7 @@ from xds_proxy.upstream.stream import (
 )
 
 if TYPE_CHECKING:
-    from xds_proxy.upstream.cluster import Cluster, Host
+    from xds_proxy.upstream.host import Host, PoolOwner
     from xds_proxy.upstream.stats import ClusterStats
 
 
@@ -115,7 +115,7 @@ class ConnectionPool(Generic[StreamT, ConnT]):
     stream_class: Callable[..., StreamT]
     connection_class: Callable[[Any], ConnT]
 
-    def __init__(self, cluster: Cluster, host: Host) -> None:
+    def __init__(self, cluster: PoolOwner, host: Host) -> None:
         self.cluster = cluster
         self.host = host
         self.connecting = 0

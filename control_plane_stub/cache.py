@@ -448,7 +448,7 @@ class XdsCache:
     # ------------------------------------------------------------ status
 
     def status(self) -> dict:
-        """The document of `status --json` (INTERFACE.md section 4)."""
+        """The document of `status --json` (docs/control-plane-stub.md)."""
         nodes: dict[str, list[dict]] = {}
         for stream in sorted(self._streams.values(), key=lambda s: s.id):
             if stream.node is None:
@@ -496,8 +496,9 @@ class WaitVerdict:
 
 
 def evaluate_wait(status: dict, version: str, node: str | None = None) -> WaitVerdict:
-    """INTERFACE.md `wait`: the named node, or every node connected now (at least one), has
-    ACKed the listeners' `version`; a NACK of that version (matched by nonce) fails at once."""
+    """`wait` (docs/control-plane-stub.md): the named node, or every node connected now (at
+    least one), has ACKed the listeners' `version`; a NACK of that version (matched by nonce)
+    fails at once."""
     candidates = [
         entry
         for entry in status.get("nodes", [])

@@ -1,4 +1,4 @@
-"""`control-plane-stub serve | push | status | wait` (INTERFACE.md section 4).
+"""`control-plane-stub serve | push | status | wait` (docs/control-plane-stub.md).
 
 `serve` runs the servers; the other commands are thin clients of the control API.
 Exit codes: 0 success; 1 refused input, unreachable stub or timeout; 2 `wait` saw a NACK.

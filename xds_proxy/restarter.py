@@ -9,7 +9,7 @@ exits with a non-zero status (or is killed), every other child is killed and the
 exits 1, as Envoy's does; when the last child exits cleanly, it exits 0.
 
 Children are started with fork+exec by this small process that holds no gRPC state, so the
-proxies themselves never fork (DESIGN.md, Known traps).
+proxies themselves never fork (docs/architecture.md, "Known traps").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A raw-frame HTTP/2 client for tests: sees every frame the server writes, with timestamps.
 
-h2 as a client ends in-flight streams when a GOAWAY arrives (DESIGN.md, Known traps), so
+h2 as a client ends in-flight streams when a GOAWAY arrives (docs/architecture.md#known-traps), so
 drain tests cannot use it (nor httpx). This client only encodes and decodes frames
 (hyperframe, hpack) and keeps no state machine: tests see both GOAWAY frames, their
 `last_stream_id`, RST_STREAM codes and the moment the server closed.

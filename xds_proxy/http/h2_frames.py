@@ -2,7 +2,7 @@
 and count the PING and SETTINGS frames in it.
 
 h2 moves to CLOSED when it receives a GOAWAY, after which the streams the client still
-waits for can no longer be answered (DESIGN.md, Known traps). A client's GOAWAY only says
+waits for can no longer be answered (docs/architecture.md#known-traps). A client's GOAWAY only says
 "I open no more streams" (a server does not push here), so the connection handles it itself
 and h2 never sees it. PING and SETTINGS frames are counted here because h2 answers them
 inside `receive_data`: a flood must be caught before that work is done. Pure: bytes in,

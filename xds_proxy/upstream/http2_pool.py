@@ -1,7 +1,7 @@
 """HTTP/2 connection pool to one upstream host: many streams per connection, a new
 connection when the current ones are full or going away.
 
-h2 drives the frames, with one exception (DESIGN.md, Known traps): h2 as a client treats a
+h2 drives the frames, with one exception (docs/architecture.md#known-traps): h2 as a client treats a
 received GOAWAY as the end of the connection and raises on the responses of streams that the
 server still answers. So GOAWAY frames are cut out of the byte stream before h2 sees them and
 handled here: streams up to `last_stream_id` complete normally, later ones fail with

@@ -39,6 +39,7 @@ from xds_proxy.listener.limits import global_limit_from_bootstrap
 from xds_proxy.listener.manager import ApplyResult, BindError, ListenerManager
 from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime, ListenerServices
 from xds_proxy.listener.sockets import ListenSocketPool
+from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.options import Options
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
@@ -84,6 +85,7 @@ class Server:
             ListenerServices(
                 self.stats,
                 self.drains,
+                build_filter_chain,
                 self.clusters,
                 global_limit_from_bootstrap(self.bootstrap, self.stats),
             )

@@ -25,6 +25,7 @@ from xds_proxy.listener.manager import (
 )
 from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime, ListenerServices
 from xds_proxy.listener.sockets import ListenSocketPool
+from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats
 
 
@@ -128,7 +129,7 @@ def listener_compiler(stats: Stats, drains: DrainManager | None = None) -> Liste
     """The real compile port, with no upstreams and no global connection limit."""
     if drains is None:
         drains = DrainManager("immediate", 1.0, time.monotonic, random.Random(0), time.time)
-    return ListenerCompiler(ListenerServices(stats, drains, None, None))
+    return ListenerCompiler(ListenerServices(stats, drains, build_filter_chain, None, None))
 
 
 @dataclass

@@ -40,9 +40,6 @@ from xds_proxy.listener.drain import Drain
 # As the runtime's own lines: the `drain complete` line is the listener component's.
 log = logging.getLogger("xds_proxy.listener")
 
-DEFAULT_CHAIN = -1  # the chain index that names a listener's `default_filter_chain`
-
-
 # -- scopes: which connections a drain covers -------------------------------------------------
 
 
@@ -56,7 +53,7 @@ class ListenerScope:
 @dataclass(frozen=True)
 class ChainScope:
     """The connections of some filter chains of one listener version (indexes into its
-    `filter_chains`, `DEFAULT_CHAIN` for `default_filter_chain`)."""
+    `filter_chains`; the listener manager's `DEFAULT_CHAIN`, -1, for `default_filter_chain`)."""
 
     version_id: int
     chains: tuple[int, ...]

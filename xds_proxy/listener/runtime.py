@@ -17,6 +17,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
@@ -74,7 +75,6 @@ from xds_proxy.listener.manager import (
     UpdateFilterChains,
 )
 from xds_proxy.listener.sockets import ListenSocketPool
-from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats, listener_stat_prefix
 from xds_proxy.support_policy import listener_errors
 from xds_proxy.tls import DownstreamTls, downstream_tls
@@ -83,12 +83,21 @@ from xds_proxy.upstream.manager import ClusterManager
 log = logging.getLogger("xds_proxy.listener")
 
 
+# A filter chain's network filters -> the protocol factory of its connections; raises
+# ConfigError (`network_filters.build_filter_chain`). The third argument prefixes error paths.
+ChainBuilder = Callable[
+    [Sequence[listener_components_pb2.Filter], FilterChainContext, str],
+    Callable[[], asyncio.Protocol],
+]
+
+
 @dataclass(frozen=True)
 class ListenerServices:
-    """What a compiled listener uses while it serves."""
+    """What a compiled listener uses to build its chains and while it serves."""
 
     stats: Stats
     drains: DrainManager  # drain decisions and the idle schedule
+    build_chain: ChainBuilder
     clusters: ClusterManager | None  # what routes and tcp_proxy forward to (None: no upstreams)
     global_limit: GlobalConnectionLimit | None  # the overload manager's connection limit
 
@@ -125,7 +134,7 @@ class ChainRuntime:
             drain_time_s=services.drains.drain_time_s,
             clusters=services.clusters,
         )
-        self.factory = build_filter_chain(config.filters, context, f"{path}.filters")
+        self.factory = services.build_chain(config.filters, context, f"{path}.filters")
         self.tls: DownstreamTls | None = None
         if config.HasField("transport_socket"):
             self.tls = downstream_tls(config.transport_socket, f"{path}.transport_socket")

@@ -174,7 +174,7 @@ class Server:
     def admin_commands(self) -> AdminCommands:
         return AdminCommands(
             quit=self.request_shutdown,
-            set_health=lambda failed: self.set_health(failed=failed),
+            set_health=self.set_health,
             drain_listeners=self.drain_listeners,
         )
 

@@ -340,3 +340,55 @@ async def test_healthcheck_ok_ends_the_health_record() -> None:
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.005)
+
+
+# -- server-wide drains end through the action pipeline ---------------------------------------
+
+
+async def test_graceful_admin_drain_stops_the_listeners_at_the_deadline() -> None:
+    """`/drain_listeners?graceful`: at DT the drain manager ends the drain, the listener
+    manager stops the listeners, and the runtime closes their sockets: connects are refused
+    and the listener stays listed."""
+    wired = wired_listeners("immediate", drain_time_s=0.1)
+    result = wired.manager.apply_sotw("v1", [listener("web", 0)])
+    await wired.runtime.execute(result.actions)
+    version = wired.manager.active["web"]
+    port = wired.pool.bound_addresses(version.id)[0][1]
+    try:
+        await _connects(port)
+        await wired.runtime.execute(
+            wired.drains.start_admin_drain(inbound_only=False, stop_listeners=True)
+        )
+        assert len(wired.runtime.drain_report()) == 1
+        await asyncio.wait_for(_until(lambda: version.stopped), 2)
+        assert wired.runtime.drain_report() == []
+        assert wired.stats.value("listener_manager.listener_stopped") == 1
+        assert list(wired.manager.active) == ["web"]
+        try:
+            await _connects(port)
+        except ConnectionRefusedError:
+            pass
+        else:
+            raise AssertionError("a stopped listener still accepts")
+    finally:
+        await wired.runtime.close()
+
+
+async def test_listener_drain_end_reports_listener_drained() -> None:
+    """A removed listener with no connection: the drain ends at once, the runtime forgets
+    the version and the listener manager stops counting it as draining."""
+    wired = wired_listeners("gradual", drain_time_s=30)
+    await wired.runtime.execute(wired.manager.apply_sotw("v1", [listener("web", 0)]).actions)
+    version_id = wired.manager.active["web"].id
+    await wired.runtime.execute(wired.manager.apply_sotw("v2", []).actions)
+    assert wired.stats.value("listener_manager.total_listeners_draining") == 1
+    await settle()
+    assert wired.stats.value("listener_manager.total_listeners_draining") == 0
+    assert version_id not in wired.runtime.instances and wired.runtime.watches == {}
+    assert wired.pool.bound_addresses(version_id) == []  # its sockets were released
+    await wired.runtime.close()
+
+
+async def _connects(port: int) -> None:
+    _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+    writer.close()

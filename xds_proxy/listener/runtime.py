@@ -502,6 +502,7 @@ class ListenerRuntime:
             log.exception("listener '%s' could not start accepting", instance.name)
             for server in instance.servers:
                 server.close()
+            del self.instances[version_id]
             self._report(StartFailed(version_id))
 
     def _stop_accepting(self, version_id: int) -> None:

@@ -35,9 +35,10 @@ from xds_proxy.admin.view import AdminCommands, AdminView
 from xds_proxy.errors import ConfigError
 from xds_proxy.hot_restart import HotRestart, ParentHooks
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager
+from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.limits import global_limit_from_bootstrap
 from xds_proxy.listener.manager import ApplyResult, BindError, ListenerManager
-from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime, ListenerServices
+from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.options import Options

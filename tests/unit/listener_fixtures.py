@@ -15,6 +15,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from xds_proxy.listener.drain_manager import DrainManager
+from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.manager import (
     Action,
     BindError,
@@ -23,7 +24,7 @@ from xds_proxy.listener.manager import (
     ReserveSockets,
     SocketAddress,
 )
-from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime, ListenerServices
+from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats

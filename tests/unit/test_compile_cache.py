@@ -21,8 +21,8 @@ from xds_proxy import support_policy, validation
 from xds_proxy.bounded_cache import BoundedCache
 from xds_proxy.errors import ConfigError
 from xds_proxy.http import conn_manager
+from xds_proxy.listener.instance import ListenerInstance
 from xds_proxy.listener.manager import UpdateFilterChains
-from xds_proxy.listener.runtime import ListenerInstance
 from xds_proxy.stats import Stats
 from xds_proxy.support_policy import check_listener, listener_errors
 from xds_proxy.validation import validate_message

@@ -15,8 +15,8 @@ from envoy.config.listener.v3 import listener_pb2
 
 from tests.unit.listener_fixtures import WiredListeners, listener, wired_listeners
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE
+from xds_proxy.listener.instance import ChainRuntime, ListenerInstance
 from xds_proxy.listener.manager import DrainListener, DrainTrigger
-from xds_proxy.listener.runtime import ChainRuntime, ListenerInstance
 
 
 class FakeClock:

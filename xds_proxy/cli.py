@@ -8,6 +8,7 @@ A flag whose feature is not built yet is parsed, and a non-default value of it i
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -137,8 +138,6 @@ def parse_args(argv: Sequence[str]) -> Options:
 
 
 def _version() -> str:
-    import importlib.metadata  # only here: it costs ~50 ms at start-up
-
     try:
         return importlib.metadata.version("xds-proxy")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree

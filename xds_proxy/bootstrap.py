@@ -29,7 +29,7 @@ from xds_proxy.errors import ConfigError
 from xds_proxy.validation import field_key, join_path, map_key_path, validate_message
 
 if TYPE_CHECKING:
-    from xds_proxy.cli import Options
+    from xds_proxy.options import Options
 
 log = logging.getLogger("xds_proxy.config")
 

@@ -1,4 +1,5 @@
-"""The `xds-proxy` command line: Envoy's flag names and defaults (INTERFACE.md section 2).
+"""The `xds-proxy` command line: Envoy's flag names and defaults, parsed into `Options`
+(`xds_proxy/options.py`), then the bootstrap loaded and the server run.
 
 A flag whose feature is not built yet is parsed, and a non-default value of it is refused with
 `--FLAG: not supported yet` rather than silently ignored.
@@ -7,15 +8,18 @@ A flag whose feature is not built yet is parsed, and a non-default value of it i
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NoReturn
 
+from xds_proxy.bootstrap import load_bootstrap
 from xds_proxy.errors import ConfigError
+from xds_proxy.options import Options
+from xds_proxy.server import run
 
 log = logging.getLogger("xds_proxy")
 
@@ -38,25 +42,6 @@ _LEVEL_NAMES = {
     logging.ERROR: "error",
     logging.CRITICAL: "critical",
 }
-
-
-@dataclass(frozen=True)
-class Options:
-    config_path: str | None = None
-    config_yaml: str | None = None
-    mode: str = "serve"  # "serve" | "validate"
-    drain_time_s: int = 600
-    drain_strategy: str = "gradual"  # "gradual" | "immediate"
-    parent_shutdown_time_s: int = 900
-    restart_epoch: int = 0
-    base_id: int = 0
-    disable_hot_restart: bool = False
-    concurrency: int = 1
-    log_level: str = "info"
-    log_path: str | None = None
-    service_node: str | None = None
-    service_cluster: str | None = None
-    admin_address_path: str | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,8 +138,6 @@ def parse_args(argv: Sequence[str]) -> Options:
 
 
 def _version() -> str:
-    import importlib.metadata  # only here: it costs ~50 ms at start-up
-
     try:
         return importlib.metadata.version("xds-proxy")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree
@@ -225,8 +208,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(options)
     except ConfigError as error:
         return _fail(str(error))
-    from xds_proxy.bootstrap import load_bootstrap
-
     try:
         bootstrap = load_bootstrap(options)
     except ConfigError as error:
@@ -237,11 +218,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.mode == "validate":
         print(f"configuration '{options.config_path or ''}' OK", flush=True)
         return 0
-    try:
-        from xds_proxy.server import run
-    except ModuleNotFoundError as error:
-        if error.name != "xds_proxy.server":
-            raise
-        return _fail("--mode: serve is not built yet (only --mode validate)", options)
     log.info("xds-proxy starting, pid %d", os.getpid())
     return run(options, bootstrap)

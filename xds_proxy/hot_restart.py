@@ -1,6 +1,6 @@
 """Hot restart: a new process takes over the listen sockets of the running one.
 
-As in Envoy (spec/draining.md section 5), every process of epoch N listens on a Unix domain
+As in Envoy, every process of epoch N listens on a Unix domain
 socket named from `--base-id` and N (abstract namespace, so nothing is left on disk); the child
 of epoch N+1 connects to it. Messages are JSON, one per SOCK_SEQPACKET datagram (the kernel keeps
 the boundaries); listen sockets cross as SCM_RIGHTS (`socket.send_fds`), so the child accepts
@@ -21,7 +21,7 @@ on the very kernel sockets the parent bound and no SYN is refused during the han
     terminate                           ->   exits
 
 The child is a new process started by exec (a restarter script), never a fork: grpc.aio is
-not fork-safe (DESIGN.md, Known traps).
+not fork-safe.
 """
 
 from __future__ import annotations

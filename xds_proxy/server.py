@@ -1,5 +1,10 @@
 """Wires the parts together and owns the process lifecycle.
 
+Every part is built once, here, and handed what it needs through its constructor: the
+listen-socket pool, the drain manager, the listener compiler and manager, the listener
+runtime that executes both managers' actions, the cluster manager, hot restart, and the
+admin endpoints (which see the server only through `AdminView` and `AdminCommands`).
+
 Start-up: static listeners bound (a failure exits 1 with nothing left listening), admin up,
 CDS then LDS subscriptions started (LDS once CDS has its first response or
 `initial_fetch_timeout`; over ADS both share one stream, clusters first); the server is
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import random
 import signal
 import sys
 import time
@@ -22,16 +28,25 @@ from dataclasses import dataclass, field
 import uvloop
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
+from xds_proxy.admin.handlers import AdminHandlers
+from xds_proxy.admin.server import start_admin_server
 from xds_proxy.admin.update_log import LdsUpdateLog
-from xds_proxy.cli import Options
+from xds_proxy.admin.view import AdminCommands, AdminView
 from xds_proxy.errors import ConfigError
 from xds_proxy.hot_restart import HotRestart, ParentHooks
+from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager
+from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.limits import global_limit_from_bootstrap
 from xds_proxy.listener.manager import ApplyResult, BindError, ListenerManager
-from xds_proxy.listener.runtime import ListenerRuntime
+from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
+from xds_proxy.network_filters import build_filter_chain
+from xds_proxy.options import Options
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
+from xds_proxy.xds.cds import CdsClient
+from xds_proxy.xds.client import LdsClient
+from xds_proxy.xds.source import lds_configured, lds_server
 from xds_proxy.xds.transport import XdsStream
 
 log = logging.getLogger("xds_proxy.main")
@@ -59,14 +74,27 @@ class Server:
 
     def __post_init__(self) -> None:
         self.pool = ListenSocketPool()
-        self.runtime = ListenerRuntime(
-            self.stats, self.pool, self.options.drain_time_s, self.options.drain_strategy
+        self.drains = DrainManager(
+            self.options.drain_strategy,
+            self.options.drain_time_s,
+            clock=time.monotonic,
+            rng=random.Random(),
+            wall_clock=time.time,
         )
-        self.runtime.global_limit = global_limit_from_bootstrap(self.bootstrap, self.stats)
-        self.manager = ListenerManager(self.stats, self.pool, self.runtime.compile, time.time)
-        self.runtime.manager = self.manager
         self.clusters = ClusterManager(self.stats)
-        self.runtime.clusters = self.clusters
+        self.compiler = ListenerCompiler(
+            ListenerServices(
+                self.stats,
+                self.drains,
+                build_filter_chain,
+                self.clusters,
+                global_limit_from_bootstrap(self.bootstrap, self.stats),
+            )
+        )
+        self.manager = ListenerManager(self.stats, self.pool, self.compiler.compile, time.time)
+        self.runtime = ListenerRuntime(
+            self.stats, self.pool, self.compiler, self.manager, self.drains
+        )
         self.shutdown_requested = asyncio.Event()
         self.lds_client = None
         self.cds_client = None
@@ -124,14 +152,38 @@ class Server:
         await self._start_admin()
         self._start_cds()  # then LDS, once CDS has initialised (as Envoy)
 
-    async def _start_admin(self) -> None:
-        from xds_proxy.admin.handlers import AdminHandlers
-        from xds_proxy.admin.server import start_admin_server
+    def admin_view(self) -> AdminView:
+        """What the admin endpoints read."""
+        return AdminView(
+            version=VERSION,
+            options=self.options,
+            bootstrap=self.bootstrap,
+            started_at=self.started_at,
+            hot_restart_version=self.hot_restart.version,
+            stats=self.stats,
+            clusters=self.clusters,
+            listeners=self.manager,
+            state=lambda: self.state.name,
+            uptime=self.uptime,
+            uptime_all_epochs=self.uptime_all_epochs,
+            bound_addresses=self.pool.bound_addresses,
+            cds_version_info=lambda: self.cds_client.system_version_info if self.cds_client else "",
+            drain_report=self.runtime.drain_report,
+            lds_updates=self.lds_updates.entries,
+        )
 
+    def admin_commands(self) -> AdminCommands:
+        return AdminCommands(
+            quit=self.request_shutdown,
+            set_health=self.set_health,
+            drain_listeners=self.drain_listeners,
+        )
+
+    async def _start_admin(self) -> None:
         if not self.bootstrap.HasField("admin"):
             return
         address = self.bootstrap.admin.address.socket_address
-        handlers = AdminHandlers(self)
+        handlers = AdminHandlers(self.admin_view(), self.admin_commands())
         try:
             server = await start_admin_server(address.address, address.port_value, handlers.handle)
         except OSError as error:
@@ -149,9 +201,6 @@ class Server:
                 out.write(shown)
 
     def _start_cds(self) -> None:
-        from xds_proxy.xds.cds import CdsClient
-        from xds_proxy.xds.source import lds_configured, lds_server
-
         if not CdsClient.configured(self.bootstrap):
             self._start_lds()
             return
@@ -167,8 +216,6 @@ class Server:
         self._tasks.append(asyncio.create_task(self.cds_client.run(), name="cds-client"))
 
     def _start_lds(self) -> None:
-        from xds_proxy.xds.client import LdsClient
-
         if not LdsClient.configured(self.bootstrap):
             self._initialized()
             return
@@ -222,23 +269,16 @@ class Server:
         self.stats.gauge("server.live").set(0 if failed else 1)
         if self.state in (ServerState.LIVE, ServerState.DRAINING):
             self._set_state(ServerState.DRAINING if failed else ServerState.LIVE)
-        self.runtime.set_health(failed)
+        self.drains.set_health(failed, self.runtime.connections(HEALTH_SCOPE))
 
     def drain_listeners(self, graceful: bool, inbound_only: bool, skip_exit: bool) -> None:
-        """`/drain_listeners` (spec/draining.md section 3): connections drain; listeners stop
-        at DT (graceful), at once (plain), or never (skip_exit). The process never exits."""
-
-        def stop() -> None:
-            actions = self.manager.stop_listeners(inbound_only)
-            for action in actions:
-                # As Envoy: new connects are refused, not queued on a socket nobody accepts on.
-                self.pool.close_sockets(action.version_id)
-            self.runtime.submit(actions)
-
+        """`/drain_listeners`: every (inbound) listener's connections drain over DT; the
+        listeners stop accepting at DT (graceful), at once (plain), or never (skip_exit).
+        The process never exits."""
         stop_at_deadline = graceful and not skip_exit
-        self.runtime.start_admin_drain(inbound_only, stop if stop_at_deadline else lambda: None)
+        self.runtime.submit(self.drains.start_admin_drain(inbound_only, stop_at_deadline))
         if not graceful and not skip_exit:
-            stop()
+            self.runtime.submit(self.manager.stop_listeners(inbound_only))
 
     # -- hot restart (xds_proxy/hot_restart.py) ---------------------------------------------
 
@@ -254,17 +294,13 @@ class Server:
         return int(time.time() - self.hot_restart.started_at_all_epochs)
 
     def drain_for_hot_restart(self) -> None:
-        """The parent of a hot restart (spec/draining.md sections 3 and 5): every listener
-        stops accepting at once (the child accepts on the same kernel sockets), and every
-        listener drains, both drain types, over DT; then our copies of the sockets close."""
-        self.runtime.submit(self.manager.stop_listeners(inbound_only=False))
-        self.runtime.start_admin_drain(False, lambda: None, trigger="hot_restart")
-
-        async def close_sockets_once_stopped() -> None:
-            await self.runtime.applied()  # the StopAccepting actions have run
-            self.pool.close_after_hand_over()
-
-        self._tasks.append(asyncio.create_task(close_sockets_once_stopped()))
+        """The parent of a hot restart: every listener stops accepting at once (the child
+        accepts on the same kernel sockets), then our copies of the sockets close; and every
+        listener's connections drain over DT, whatever their drain type."""
+        self.runtime.submit(self.manager.stop_listeners(inbound_only=False, hand_over=True))
+        self.runtime.submit(
+            self.drains.start_admin_drain(False, stop_listeners=False, trigger="hot_restart")
+        )
 
     # -- shutdown ---------------------------------------------------------------------------
 

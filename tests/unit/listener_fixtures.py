@@ -1,7 +1,11 @@
-"""Listener messages and fakes for the pure listener-manager tests."""
+"""Listener messages, fakes for the pure listener-manager tests, and the listener parts wired
+as the server wires them."""
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -10,7 +14,20 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from xds_proxy.listener.manager import BindError, SocketAddress
+from xds_proxy.listener.drain_manager import DrainManager
+from xds_proxy.listener.instance import ListenerServices
+from xds_proxy.listener.manager import (
+    Action,
+    BindError,
+    ListenerManager,
+    ReleaseSockets,
+    ReserveSockets,
+    SocketAddress,
+)
+from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
+from xds_proxy.listener.sockets import ListenSocketPool
+from xds_proxy.network_filters import build_filter_chain
+from xds_proxy.stats import Stats
 
 
 def hcm_filter(body: str, prefix: str = "ingress") -> listener_components_pb2.Filter:
@@ -70,7 +87,12 @@ class FakeSocketPool:
     binds: list[SocketAddress] = field(default_factory=list)
     next_port: int = 40000
 
-    def reserve(self, version_id: int, addresses: list[SocketAddress], share_from: int | None):
+    def reserve(self, request: ReserveSockets) -> None:
+        version_id, addresses, share_from = (
+            request.version_id,
+            request.addresses,
+            request.share_from,
+        )
         if share_from is not None and share_from in self.by_version:
             bound = list(self.by_version[share_from])
         else:
@@ -95,3 +117,45 @@ class FakeSocketPool:
     def flush(self) -> None:
         for address in [a for a, h in self.holders.items() if not h]:
             del self.holders[address]
+
+    def execute(self, actions: list[Action]) -> None:
+        """What the runtime does with the pool for a batch of actions: releases, then flush."""
+        for action in actions:
+            if isinstance(action, ReleaseSockets):
+                self.release(action.version_id)
+        self.flush()
+
+
+def listener_compiler(stats: Stats, drains: DrainManager | None = None) -> ListenerCompiler:
+    """The real compile port, with no upstreams and no global connection limit."""
+    if drains is None:
+        drains = DrainManager("immediate", 1.0, time.monotonic, random.Random(0), time.time)
+    return ListenerCompiler(ListenerServices(stats, drains, build_filter_chain, None, None))
+
+
+@dataclass
+class WiredListeners:
+    """Drain manager, compiler, listener manager and runtime, wired as server.py wires them."""
+
+    stats: Stats
+    pool: ListenSocketPool
+    drains: DrainManager
+    compiler: ListenerCompiler
+    manager: ListenerManager
+    runtime: ListenerRuntime
+
+
+def wired_listeners(
+    strategy: str = "immediate",
+    drain_time_s: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+    pool: ListenSocketPool | None = None,
+) -> WiredListeners:
+    stats = Stats()
+    pool = pool if pool is not None else ListenSocketPool()
+    drains = DrainManager(strategy, drain_time_s, clock, rng or random.Random(0), time.time)
+    compiler = listener_compiler(stats, drains)
+    manager = ListenerManager(stats, pool, compiler.compile, clock)
+    runtime = ListenerRuntime(stats, pool, compiler, manager, drains)
+    return WiredListeners(stats, pool, drains, compiler, manager, runtime)

@@ -15,16 +15,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from hypothesis import HealthCheck, given, settings
 
-from tests.unit.listener_fixtures import hcm_filter, listener
+from tests.unit.listener_fixtures import WiredListeners, hcm_filter, listener, wired_listeners
 from tests.unit.test_hostile_listeners import FUZZ_PORT, SENTINEL_PORT, listener_messages
 from xds_proxy import support_policy, validation
 from xds_proxy.bounded_cache import BoundedCache
 from xds_proxy.errors import ConfigError
 from xds_proxy.http import conn_manager
-from xds_proxy.listener.drain import Drain
-from xds_proxy.listener.manager import ListenerVersion
-from xds_proxy.listener.runtime import ListenerRuntime
-from xds_proxy.listener.sockets import ListenSocketPool
+from xds_proxy.listener.instance import ListenerInstance
+from xds_proxy.listener.manager import UpdateFilterChains
 from xds_proxy.stats import Stats
 from xds_proxy.support_policy import check_listener, listener_errors
 from xds_proxy.validation import validate_message
@@ -53,8 +51,15 @@ def many_chains(count: int, **changed_bodies: str) -> listener_pb2.Listener:
     return listener("big", 10000, chains=chains)
 
 
-def make_runtime() -> ListenerRuntime:
-    return ListenerRuntime(Stats(), ListenSocketPool(), 5.0, "immediate")
+def make_runtime() -> WiredListeners:
+    return wired_listeners("immediate", 5.0)
+
+
+def compiled(runtime: WiredListeners, config: listener_pb2.Listener, version_id: int = 1):
+    runtime.compiler.compile(version_id, config)
+    instance = runtime.compiler.take(version_id)
+    assert isinstance(instance, ListenerInstance)
+    return instance
 
 
 def hcm_config_of(chain) -> conn_manager.HcmConfig:
@@ -210,7 +215,7 @@ def test_policy_cache_follows_implemented_issues(monkeypatch) -> None:
 def test_identical_chains_share_one_hcm_config_and_keep_their_own_context() -> None:
     clear_caches()
     runtime = make_runtime()
-    instance = runtime.compile(many_chains(4, c3="other"))
+    instance = compiled(runtime, many_chains(4, c3="other"))
     configs = [hcm_config_of(chain) for chain in instance.chains]
     assert configs[0] is configs[1] is configs[3]
     assert configs[2] is not configs[0]
@@ -222,10 +227,10 @@ def test_identical_chains_share_one_hcm_config_and_keep_their_own_context() -> N
 def test_hcm_config_is_reused_across_updates_of_the_same_runtime_only() -> None:
     clear_caches()
     runtime = make_runtime()
-    first = runtime.compile(many_chains(2))
-    second = runtime.compile(many_chains(3))
+    first = compiled(runtime, many_chains(2), 1)
+    second = compiled(runtime, many_chains(3), 2)
     assert hcm_config_of(second.chains[2]) is hcm_config_of(first.chains[0])
-    other = make_runtime().compile(many_chains(1))  # another stats store: its own handles
+    other = compiled(make_runtime(), many_chains(1))  # another stats store: its own handles
     assert hcm_config_of(other.chains[0]) is not hcm_config_of(first.chains[0])
     assert hcm_config_of(other.chains[0]).stats.cx_total is not (
         hcm_config_of(first.chains[0]).stats.cx_total
@@ -246,9 +251,9 @@ def test_a_failing_hcm_is_never_cached() -> None:
 async def test_draining_one_of_identical_chains_drains_only_that_chain() -> None:
     clear_caches()
     runtime = make_runtime()
-    instance = runtime.compile(many_chains(3))
+    instance = compiled(runtime, many_chains(3))
     assert hcm_config_of(instance.chains[0]) is hcm_config_of(instance.chains[1])
-    instance.chains[1].start_drain(Drain("in_place_update", "immediate", 5.0, runtime.clock()))
+    runtime.drains.drain_chains(instance.version_id, 7, "big", "", (1,), ["c2"])
     assert [chain.drain_close() for chain in instance.chains] == [False, True, False]
 
 
@@ -258,27 +263,17 @@ async def test_in_place_update_of_one_identical_chain_keeps_the_others() -> None
     clear_caches()
     runtime = make_runtime()
     old_config, new_config = many_chains(3), many_chains(3, c2="changed")
-    old = runtime.compile(old_config)
-    old.version_id = 1
-    runtime.instances[1] = old
-    new = runtime.compile(new_config)
-    version = ListenerVersion(
-        id=2,
-        name="big",
-        config=new_config,
-        raw=new_config.SerializeToString(),
-        version_info="v2",
-        last_updated=0.0,
-        static=False,
-        addresses=[],
-        compiled=new,
-    )
+    old = compiled(runtime, old_config, 1)
+    runtime.runtime.instances[1] = old
+    runtime.compiler.compile(2, new_config)
     kept = [old.chains[0], old.chains[2]]
-    await runtime._update_chains(1, version, group_id=7, draining=(1,))
+    await runtime.runtime.execute([UpdateFilterChains(1, 2, "v2", 7, (1,))])
+    new = runtime.runtime.instances[2]
     assert new.chains[0] is kept[0] and new.chains[2] is kept[1]
+    assert [chain.index for chain in new.chains] == [0, 1, 2]
     assert new.chains[1] is not old.chains[1]
-    assert old.chains[1].drain is not None
-    assert [chain.drain for chain in new.chains] == [None, None, None]
+    assert runtime.drains.covering(1, 1, inbound=False) != []  # v1's c2 drains
+    assert [runtime.drains.covering(2, i, inbound=False) for i in range(3)] == [[], [], []]
     assert hcm_config_of(new.chains[1]) is not hcm_config_of(new.chains[0])
 
 

@@ -1,7 +1,7 @@
-"""How the listener runtime composes and pushes drains (spec/draining.md sections 2-4), with
-an injected clock and random source and fake connections: which drains cover a chain, the
-idle schedule of pushes, finalisation on last close or at the deadline, `/drain_status`
-records and the `drain complete` log line. No sockets are bound."""
+"""How the listener runtime carries out the drain manager's drains, with an injected clock
+and random source and fake connections: which drains cover a chain, the idle schedule of
+pushes, finalisation on last close or at the deadline, `/drain_status` records and the
+`drain complete` log line. No sockets are bound."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import random
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 
-from tests.unit.listener_fixtures import listener
+from tests.unit.listener_fixtures import WiredListeners, listener, wired_listeners
+from xds_proxy.listener.drain_manager import HEALTH_SCOPE
+from xds_proxy.listener.instance import ChainRuntime, ListenerInstance
 from xds_proxy.listener.manager import DrainListener, DrainTrigger
-from xds_proxy.listener.runtime import ChainRuntime, ListenerInstance, ListenerRuntime
-from xds_proxy.listener.sockets import ListenSocketPool
-from xds_proxy.stats import Stats
 
 
 class FakeClock:
@@ -61,21 +60,46 @@ class FakeConnection:
         self.chain._unregister(self)
 
 
+class Runtime:
+    """The wired listener parts, with the few calls these tests make."""
+
+    def __init__(self, wired: WiredListeners, rng: FixedDraw) -> None:
+        self.wired = wired
+        self.drains = wired.drains
+        self.instances = wired.runtime.instances
+        self.rng = rng
+
+    async def execute(self, actions) -> None:
+        await self.wired.runtime.execute(actions)
+
+    def drain_report(self) -> list[dict]:
+        return self.wired.runtime.drain_report()
+
+    def set_health(self, failed: bool) -> None:
+        """As the server: the drain manager decides, the runtime counts the connections."""
+        self.drains.set_health(failed, self.wired.runtime.connections(HEALTH_SCOPE))
+
+    async def start_admin_drain(self, inbound_only: bool) -> bool:
+        actions = self.drains.start_admin_drain(inbound_only, stop_listeners=False)
+        await self.execute(actions)
+        return bool(actions)
+
+
 def make_runtime(
     strategy: str = "immediate", drain_time_s: float = 10.0, draw: float = 0.5
-) -> tuple[ListenerRuntime, FakeClock]:
-    clock = FakeClock()
-    runtime = ListenerRuntime(
-        Stats(), ListenSocketPool(), drain_time_s, strategy, clock=clock, rng=FixedDraw(draw)
-    )
-    return runtime, clock
+) -> tuple[Runtime, FakeClock]:
+    clock, rng = FakeClock(), FixedDraw(draw)
+    wired = wired_listeners(strategy, drain_time_s, clock=clock, rng=rng)
+    return Runtime(wired, rng), clock
 
 
 def add_instance(
-    runtime: ListenerRuntime, version_id: int, name: str = "web", **fields
+    runtime: Runtime, version_id: int, name: str = "web", **fields
 ) -> ListenerInstance:
-    instance = runtime.compile(listener(name, 10000 + version_id, **fields))
-    instance.version_id = version_id
+    compiler = runtime.wired.compiler
+    compiler.compile(version_id, listener(name, 10000 + version_id, **fields))
+    instance = compiler.take(version_id)
+    assert instance is not None
     instance.version_info = f"v{version_id}"
     runtime.instances[version_id] = instance
     return instance
@@ -103,7 +127,7 @@ async def test_listener_drain_covers_every_chain_with_the_ramp() -> None:
     assert chain.drain_close() is False  # t = 0: p = 0
     clock.now += 1.0  # p = 1 / 2 and the draw is 0.4
     assert chain.drain_close() is True
-    runtime.rng = FixedDraw(0.6)
+    runtime.rng.value = 0.6
     assert chain.drain_close() is False
     clock.now += 1.0  # p = 1
     assert chain.drain_close() is True
@@ -128,7 +152,7 @@ async def test_admin_inbound_only_drain_covers_inbound_listeners_only() -> None:
     outbound = add_instance(runtime, 2, "out", traffic_direction=base_pb2.OUTBOUND)
     unspecified = add_instance(runtime, 3, "any")
     conns = {i: FakeConnection(i.chains[0]).open() for i in (inbound, outbound, unspecified)}
-    assert runtime.start_admin_drain(inbound_only=True, at_deadline=lambda: None)
+    assert await runtime.start_admin_drain(inbound_only=True)
     await settle()
     assert inbound.chains[0].drain_close() is True
     assert outbound.chains[0].drain_close() is False
@@ -142,12 +166,12 @@ async def test_admin_inbound_only_drain_covers_inbound_listeners_only() -> None:
 async def test_a_second_admin_drain_is_a_no_op() -> None:
     runtime, clock = make_runtime("gradual", drain_time_s=10)
     add_instance(runtime, 1)
-    assert runtime.start_admin_drain(inbound_only=False, at_deadline=lambda: None)
-    [running] = runtime.admin_drains
+    assert await runtime.start_admin_drain(inbound_only=False)
+    [running] = runtime.drains.admin_drains
     clock.now += 3
-    assert not runtime.start_admin_drain(inbound_only=False, at_deadline=lambda: None)
-    assert not runtime.start_admin_drain(inbound_only=True, at_deadline=lambda: None)
-    assert runtime.admin_drains == [running]  # the ramp keeps its own start and deadline
+    assert not await runtime.start_admin_drain(inbound_only=False)
+    assert not await runtime.start_admin_drain(inbound_only=True)
+    assert runtime.drains.admin_drains == [running]  # the ramp keeps its own start and deadline
     assert len(runtime.drain_report()) == 1
 
 
@@ -157,10 +181,10 @@ async def test_drain_of_all_after_an_inbound_only_drain_widens_it() -> None:
     runtime, clock = make_runtime("gradual", drain_time_s=10, draw=0.3)
     inbound = add_instance(runtime, 1, "in", traffic_direction=base_pb2.INBOUND)
     outbound = add_instance(runtime, 2, "out", traffic_direction=base_pb2.OUTBOUND)
-    assert runtime.start_admin_drain(True, at_deadline=lambda: None)
+    assert await runtime.start_admin_drain(True)
     clock.now += 2  # the inbound drain is at p = 2 / 5
-    assert runtime.start_admin_drain(False, at_deadline=lambda: None)
-    assert not runtime.start_admin_drain(True, at_deadline=lambda: None)
+    assert await runtime.start_admin_drain(False)
+    assert not await runtime.start_admin_drain(True)
     assert inbound.chains[0].drain_close() is True  # 0.3 < 0.4: the first drain's ramp
     assert outbound.chains[0].drain_close() is False  # the new drain is at t = 0
     assert [r["direction"] for r in runtime.drain_report()] == ["inbound_only", "all"]
@@ -171,7 +195,7 @@ async def test_admin_ramp_uses_the_running_drains_deadline_for_inbound_listeners
     listeners there; ours ramps for every listener the running drain covers."""
     runtime, clock = make_runtime("gradual", drain_time_s=10, draw=0.5)
     inbound = add_instance(runtime, 1, "in", traffic_direction=base_pb2.INBOUND)
-    runtime.start_admin_drain(inbound_only=False, at_deadline=lambda: None)
+    await runtime.start_admin_drain(inbound_only=False)
     assert inbound.chains[0].drain_close() is False  # t = 0
     clock.now += 3  # p = 3 / 5 = 0.6 > 0.5
     assert inbound.chains[0].drain_close() is True
@@ -213,7 +237,7 @@ async def test_connection_closed_before_its_moment_is_never_told() -> None:
 async def test_connection_opened_during_an_admin_drain_is_told_too() -> None:
     runtime, _ = make_runtime("immediate")
     instance = add_instance(runtime, 1)
-    runtime.start_admin_drain(inbound_only=False, at_deadline=lambda: None)
+    await runtime.start_admin_drain(inbound_only=False)
     newcomer = FakeConnection(instance.chains[0]).open()
     assert newcomer.told_at is not None
 
@@ -316,3 +340,55 @@ async def test_healthcheck_ok_ends_the_health_record() -> None:
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.005)
+
+
+# -- server-wide drains end through the action pipeline ---------------------------------------
+
+
+async def test_graceful_admin_drain_stops_the_listeners_at_the_deadline() -> None:
+    """`/drain_listeners?graceful`: at DT the drain manager ends the drain, the listener
+    manager stops the listeners, and the runtime closes their sockets: connects are refused
+    and the listener stays listed."""
+    wired = wired_listeners("immediate", drain_time_s=0.1)
+    result = wired.manager.apply_sotw("v1", [listener("web", 0)])
+    await wired.runtime.execute(result.actions)
+    version = wired.manager.active["web"]
+    port = wired.pool.bound_addresses(version.id)[0][1]
+    try:
+        await _connects(port)
+        await wired.runtime.execute(
+            wired.drains.start_admin_drain(inbound_only=False, stop_listeners=True)
+        )
+        assert len(wired.runtime.drain_report()) == 1
+        await asyncio.wait_for(_until(lambda: version.stopped), 2)
+        assert wired.runtime.drain_report() == []
+        assert wired.stats.value("listener_manager.listener_stopped") == 1
+        assert list(wired.manager.active) == ["web"]
+        try:
+            await _connects(port)
+        except ConnectionRefusedError:
+            pass
+        else:
+            raise AssertionError("a stopped listener still accepts")
+    finally:
+        await wired.runtime.close()
+
+
+async def test_listener_drain_end_reports_listener_drained() -> None:
+    """A removed listener with no connection: the drain ends at once, the runtime forgets
+    the version and the listener manager stops counting it as draining."""
+    wired = wired_listeners("gradual", drain_time_s=30)
+    await wired.runtime.execute(wired.manager.apply_sotw("v1", [listener("web", 0)]).actions)
+    version_id = wired.manager.active["web"].id
+    await wired.runtime.execute(wired.manager.apply_sotw("v2", []).actions)
+    assert wired.stats.value("listener_manager.total_listeners_draining") == 1
+    await settle()
+    assert wired.stats.value("listener_manager.total_listeners_draining") == 0
+    assert version_id not in wired.runtime.instances and wired.runtime.watches == {}
+    assert wired.pool.bound_addresses(version_id) == []  # its sockets were released
+    await wired.runtime.close()
+
+
+async def _connects(port: int) -> None:
+    _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+    writer.close()

@@ -28,9 +28,14 @@ from google.protobuf import any_pb2, wrappers_pb2
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from tests.unit.listener_fixtures import FakeSocketPool, chain, hcm_filter, listener
+from tests.unit.listener_fixtures import (
+    FakeSocketPool,
+    chain,
+    hcm_filter,
+    listener,
+    listener_compiler,
+)
 from xds_proxy.listener.manager import ListenerManager
-from xds_proxy.listener.runtime import ListenerRuntime
 from xds_proxy.stats import Stats
 from xds_proxy.xds.decode import (
     LISTENER_TYPE_URL,
@@ -281,9 +286,8 @@ class InProcessLds:
     def __init__(self) -> None:
         self.stats = Stats()
         self.pool = FakeSocketPool()
-        self.runtime = ListenerRuntime(self.stats, self.pool, 1.0, "immediate")
-        self.manager = ListenerManager(self.stats, self.pool, self.runtime.compile, lambda: 0.0)
-        self.runtime.manager = self.manager
+        self.compiler = listener_compiler(self.stats)
+        self.manager = ListenerManager(self.stats, self.pool, self.compiler.compile, lambda: 0.0)
         self.sentinel = listener(SENTINEL, SENTINEL_PORT, body="alive")
         self.versions = 0
         assert self.push([]) is None  # the sentinel serves before the hostile updates
@@ -461,12 +465,12 @@ def test_a_bug_in_one_listener_does_not_lose_the_others() -> None:
     that listener; the rest of the update is applied and its actions are returned (before,
     the exception escaped `apply_sotw` and the actions of the whole update were lost)."""
     stats = Stats()
-    runtime = ListenerRuntime(stats, FakeSocketPool(), 1.0, "immediate")
+    compiler = listener_compiler(stats)
 
-    def compile_with_a_bug(config: listener_pb2.Listener):
+    def compile_with_a_bug(version_id: int, config: listener_pb2.Listener) -> None:
         if config.name == "buggy":
             raise RuntimeError("a bug")
-        return runtime.compile(config)
+        compiler.compile(version_id, config)
 
     manager = ListenerManager(stats, FakeSocketPool(), compile_with_a_bug, lambda: 0.0)
     result = manager.apply_sotw("1", [listener("buggy", FUZZ_PORT), listener("fine", 0)])

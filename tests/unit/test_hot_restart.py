@@ -25,6 +25,7 @@ from xds_proxy.hot_restart import (
     ParentHooks,
     domain_socket_name,
 )
+from xds_proxy.listener.manager import ReserveSockets
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.stats import Stats
 
@@ -53,7 +54,8 @@ class FakeServer:
     def __init__(self, ports: int = 2) -> None:
         self.pool = ListenSocketPool()
         for version in range(1, ports + 1):
-            self.pool.reserve(version, [("127.0.0.1", free_port())], None)
+            self.pool.reserve(ReserveSockets(version, (("127.0.0.1", free_port()),), None))
+            self.pool.listen(version)
         self.drained = asyncio.Event()
         self.terminated = asyncio.Event()
         self.admin_closed = asyncio.Event()
@@ -157,7 +159,7 @@ async def test_many_sockets_cross_in_batches(monkeypatch) -> None:
 
 async def test_port_zero_sockets_are_not_handed_over() -> None:
     pool = ListenSocketPool()
-    pool.reserve(1, [("127.0.0.1", 0)], None)
+    pool.reserve(ReserveSockets(1, (("127.0.0.1", 0),), None))
     assert pool.listen_sockets() == {}
     pool.close_all()
 
@@ -216,7 +218,7 @@ async def test_child_takes_over_drains_and_terminates_the_parent(parent) -> None
         assert child.started_at_all_epochs == 1000.0  # the parent's, the earlier one
         addresses = sorted(server.pool.listen_sockets())
         # a listener of the child reserves the first address: the inherited socket, no bind
-        child_pool.reserve(1, [addresses[0]], None)
+        child_pool.reserve(ReserveSockets(1, (addresses[0],), None))
         taken = child_pool.sockets_for(1)[0]
         assert inode(taken) == inode(server.pool.listen_sockets()[addresses[0]])
         accepting = asyncio.Event()

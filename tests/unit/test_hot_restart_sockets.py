@@ -7,7 +7,8 @@ import os
 import socket
 
 from tests.helpers.procs import free_port
-from xds_proxy.listener.sockets import ListenSocketPool, bind_listen_socket
+from xds_proxy.listener.manager import ReserveSockets
+from xds_proxy.listener.sockets import ListenSocketPool, bind_socket
 
 
 def connect(port: int) -> bool:
@@ -20,7 +21,8 @@ def connect(port: int) -> bool:
 
 def inherited(port: int) -> tuple[socket.socket, socket.socket]:
     """A bound socket (the parent's) and a dup of it (what fd passing gives the child)."""
-    original = bind_listen_socket(("127.0.0.1", port))
+    original = bind_socket(("127.0.0.1", port))
+    original.listen()
     return original, original.dup()
 
 
@@ -29,7 +31,9 @@ def test_reserve_takes_the_inherited_socket_instead_of_binding():
     parent, copy = inherited(port)
     pool = ListenSocketPool()
     pool.adopt({("127.0.0.1", port): copy})
-    pool.reserve(1, [("127.0.0.1", port)], None)  # would fail EADDRINUSE if it bound
+    pool.reserve(
+        ReserveSockets(1, (("127.0.0.1", port),), None)
+    )  # would fail EADDRINUSE if it bound
     (sock,) = pool.sockets_for(1)
     assert sock is copy
     assert pool.bound_addresses(1) == [("127.0.0.1", port)]
@@ -48,7 +52,7 @@ def test_unclaimed_inherited_sockets_close_once_initialized():
     pool = ListenSocketPool()
     pool.adopt({("127.0.0.1", taken_port): copy_taken, ("127.0.0.1", left_port): copy_left})
     assert set(pool.listen_sockets()) == {("127.0.0.1", taken_port), ("127.0.0.1", left_port)}
-    pool.reserve(1, [("127.0.0.1", taken_port)], None)
+    pool.reserve(ReserveSockets(1, (("127.0.0.1", taken_port),), None))
     assert pool.close_unclaimed_inherited() == [("127.0.0.1", left_port)]
     assert copy_left.fileno() == -1
     parent_taken.close()
@@ -63,7 +67,7 @@ def test_port_zero_listener_binds_afresh_even_with_inherited_sockets():
     parent, copy = inherited(port)
     pool = ListenSocketPool()
     pool.adopt({("127.0.0.1", port): copy})
-    pool.reserve(1, [("127.0.0.1", 0)], None)
+    pool.reserve(ReserveSockets(1, (("127.0.0.1", 0),), None))
     assert pool.bound_addresses(1)[0][1] not in (0, port)
     assert pool.listen_sockets() == {("127.0.0.1", port): copy}  # still unclaimed
     pool.close_all()
@@ -74,8 +78,10 @@ def test_port_zero_listener_binds_afresh_even_with_inherited_sockets():
 def test_parent_closes_its_copies_and_draining_versions_still_finish():
     port, other = free_port(), free_port()
     pool = ListenSocketPool()
-    pool.reserve(1, [("127.0.0.1", port)], None)
-    pool.reserve(2, [("127.0.0.1", other)], None)
+    pool.reserve(ReserveSockets(1, (("127.0.0.1", port),), None))
+    pool.reserve(ReserveSockets(2, (("127.0.0.1", other),), None))
+    pool.listen(1)
+    pool.listen(2)
     handed = {address: sock.dup() for address, sock in pool.listen_sockets().items()}
     assert set(handed) == {("127.0.0.1", port), ("127.0.0.1", other)}
     handed.pop(("127.0.0.1", other)).close()  # the child did not take this one

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import pytest
 from envoy.config.listener.v3 import listener_pb2
 from google.protobuf import wrappers_pb2
@@ -10,9 +13,16 @@ from tests.unit.listener_fixtures import FakeSocketPool, chain, listener
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.manager import (
     DEFAULT_CHAIN,
+    ChainsDrained,
+    CloseSockets,
     DrainListener,
     DrainTrigger,
+    ForgetVersion,
+    HandOverSockets,
+    ListenerDrained,
     ListenerManager,
+    ReleaseSockets,
+    StartFailed,
     StartListener,
     StopAccepting,
     UpdateFilterChains,
@@ -28,16 +38,22 @@ class Clock:
         return self.now
 
 
-def compile_ok(config: listener_pb2.Listener) -> str:
-    if any(f.name == "bad" for c in config.filter_chains for f in c.filters):
-        raise ConfigError("bad filter")
-    return f"compiled:{config.name}"
+class Compiler:
+    """The compile port: refuses a filter named "bad", remembers what it compiled."""
+
+    def __init__(self) -> None:
+        self.compiled: dict[int, str] = {}
+
+    def __call__(self, version_id: int, config: listener_pb2.Listener) -> None:
+        if any(f.name == "bad" for c in config.filter_chains for f in c.filters):
+            raise ConfigError("bad filter")
+        self.compiled[version_id] = config.name
 
 
 @pytest.fixture
 def setup():
     stats, pool = Stats(), FakeSocketPool()
-    manager = ListenerManager(stats, pool, compile_ok, Clock())
+    manager = ListenerManager(stats, pool, Compiler(), Clock())
     return manager, stats, pool
 
 
@@ -54,7 +70,8 @@ def test_add_starts_listener_and_counts(setup):
     result = manager.apply_sotw("v1", [listener("a", 10001), listener("b", 10002)])
     assert result.nack_message is None
     assert kinds(result.actions) == ["StartListener", "StartListener"]
-    assert [a.version.name for a in result.actions] == ["a", "b"]
+    a, b = manager.active["a"], manager.active["b"]
+    assert result.actions == [StartListener(a.id, "v1"), StartListener(b.id, "v1")]
     assert counter(stats, "listener_added") == 2
     assert counter(stats, "listener_create_success") == 2
     assert stats.value("listener_manager.total_listeners_active") == 2
@@ -96,17 +113,19 @@ def test_full_update_shares_socket_then_drains_old(setup):
         "a", 10001, body="two", per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=9)
     )
     result = manager.apply_sotw("v2", [updated])
-    assert kinds(result.actions) == ["StartListener", "StopAccepting", "DrainListener"]
     new = manager.active["a"]
-    assert result.actions[0] == StartListener(new)
-    assert result.actions[1] == StopAccepting(old.id)
-    assert result.actions[2] == DrainListener(old.id, DrainTrigger.LDS_UPDATE)
+    assert result.actions == [
+        StartListener(new.id, "v2"),
+        StopAccepting(old.id),
+        ReleaseSockets(old.id),
+        DrainListener(old.id, DrainTrigger.LDS_UPDATE),
+    ]
     assert pool.by_version[new.id] == [("127.0.0.1", 10001)]
     assert pool.binds == [("127.0.0.1", 10001)]  # no re-bind
     assert counter(stats, "listener_modified") == 1
     assert counter(stats, "listener_in_place_updated") == 0
     assert stats.value("listener_manager.total_listeners_draining") == 1
-    manager.drain_finished(old.id)
+    assert manager.on_event(ListenerDrained(old.id)) == []
     assert stats.value("listener_manager.total_listeners_draining") == 0
 
 
@@ -117,16 +136,18 @@ def test_in_place_update_drains_only_changed_chains(setup):
     old = manager.active["l"]
     chains_v2 = [chain("b", "c2", "127.0.0.0/8"), chain("new", "c1", "10.0.0.0/8")]
     result = manager.apply_sotw("v2", [listener("l", 10001, chains=chains_v2)])
-    assert kinds(result.actions) == ["UpdateFilterChains"]
+    new = manager.active["l"]
     action: UpdateFilterChains = result.actions[0]
-    assert action.old_version_id == old.id
-    assert action.draining_chains == (0,)
+    assert result.actions == [
+        UpdateFilterChains(old.id, new.id, "v1", action.group_id, (0,)),
+        ReleaseSockets(old.id),
+    ]
     assert counter(stats, "listener_in_place_updated") == 1
     assert counter(stats, "listener_modified") == 1
     assert stats.value("listener_manager.total_filter_chains_draining") == 1
     assert stats.value("listener_manager.total_listeners_draining") == 0
     assert manager.active["l"].version_info == "v1"  # the listener keeps its version
-    manager.chains_drain_finished(action.group_id)
+    manager.on_event(ChainsDrained(action.group_id))
     assert stats.value("listener_manager.total_filter_chains_draining") == 0
 
 
@@ -159,6 +180,7 @@ def test_only_default_chain_means_full_update(setup):
     assert kinds(manager.apply_sotw("v2", [second]).actions) == [
         "StartListener",
         "StopAccepting",
+        "ReleaseSockets",
         "DrainListener",
     ]
 
@@ -168,9 +190,13 @@ def test_remove_stops_accepting_and_drains(setup):
     manager.apply_sotw("v1", [listener("a", 10001), listener("b", 10002)])
     a = manager.active["a"]
     result = manager.apply_sotw("v2", [listener("b", 10002)])
-    assert result.actions == [StopAccepting(a.id), DrainListener(a.id, DrainTrigger.LDS_REMOVE)]
+    assert result.actions == [
+        StopAccepting(a.id),
+        ReleaseSockets(a.id),
+        DrainListener(a.id, DrainTrigger.LDS_REMOVE),
+    ]
     assert counter(stats, "listener_removed") == 1
-    pool.flush()
+    pool.execute(result.actions)
     assert ("127.0.0.1", 10001) not in pool.holders
 
 
@@ -179,7 +205,12 @@ def test_remove_and_add_on_one_address_hands_socket_over(setup):
     manager.apply_sotw("v1", [listener("a", 10001)])
     result = manager.apply_sotw("v2", [listener("b", 10001)])
     assert result.nack_message is None
-    assert kinds(result.actions) == ["StopAccepting", "DrainListener", "StartListener"]
+    assert kinds(result.actions) == [
+        "StopAccepting",
+        "ReleaseSockets",
+        "DrainListener",
+        "StartListener",
+    ]
     assert pool.binds == [("127.0.0.1", 10001)]  # taken over, not re-bound
 
 
@@ -217,7 +248,7 @@ def test_swap_of_two_addresses_nacks_both(setup):
     assert result.nack_message.count("has duplicate address") == 2
     assert manager.active["a"].addresses == [("127.0.0.1", 10001)]
     assert manager.active["b"].addresses == [("127.0.0.1", 10002)]
-    assert result.actions == []
+    assert kinds(result.actions) == ["ForgetVersion", "ForgetVersion"]  # nothing starts
 
 
 def test_bind_failure_nacks_and_counts(setup):
@@ -266,9 +297,14 @@ def test_address_change_binds_new_and_drains_old(setup):
     manager.apply_sotw("v1", [listener("a", 10001)])
     old = manager.active["a"]
     result = manager.apply_sotw("v2", [listener("a", 10005)])
-    assert kinds(result.actions) == ["StartListener", "StopAccepting", "DrainListener"]
+    assert kinds(result.actions) == [
+        "StartListener",
+        "StopAccepting",
+        "ReleaseSockets",
+        "DrainListener",
+    ]
     assert pool.by_version[manager.active["a"].id] == [("127.0.0.1", 10005)]
-    pool.flush()
+    pool.execute(result.actions)
     assert ("127.0.0.1", 10001) not in pool.holders
     assert old.draining
 
@@ -317,7 +353,92 @@ def test_delta_removes_named_then_adds(setup):
     a = manager.active["a"]
     result = manager.apply_delta("d1", [listener("c", 10003)], removed=["a", "unknown"])
     assert result.nack_message is None
-    assert kinds(result.actions) == ["StopAccepting", "DrainListener", "StartListener"]
+    assert kinds(result.actions) == [
+        "StopAccepting",
+        "ReleaseSockets",
+        "DrainListener",
+        "StartListener",
+    ]
     assert result.actions[0] == StopAccepting(a.id)
     assert sorted(manager.active) == ["b", "c"]  # b is not named: it stays
     assert counter(stats, "listener_removed") == 1
+
+
+def test_bind_failure_forgets_the_compiled_version(setup):
+    """The version compiled before its sockets failed will never start: the runtime is told
+    to drop what it compiled."""
+    manager, _, pool = setup
+    pool.taken_elsewhere.add(("127.0.0.1", 10009))
+    result = manager.apply_sotw("v1", [listener("a", 10009)])
+    assert kinds(result.actions) == ["ForgetVersion"]
+    assert result.actions[0] == ForgetVersion(result.actions[0].version_id)
+    assert result.actions[0].version_id not in pool.by_version
+
+
+def test_duplicate_address_after_compiling_forgets_the_version(setup):
+    manager, _, _ = setup
+    result = manager.apply_sotw("v1", [listener("a", 10001), listener("b", 10001)])
+    assert kinds(result.actions) == ["StartListener", "ForgetVersion"]
+
+
+def test_static_listener_counts_as_active(setup):
+    """Envoy 1.40 counts a bootstrap listener in `total_listeners_active` from the start."""
+    manager, stats, _ = setup
+    assert stats.value("listener_manager.total_listeners_active") == 0
+    actions = manager.add_static(listener("static", 10001))
+    assert actions == [StartListener(manager.active["static"].id, "")]
+    assert stats.value("listener_manager.total_listeners_active") == 1
+    assert stats.value("listener_manager.total_listeners_draining") == 0
+    assert stats.value("listener_manager.total_listeners_warming") == 0
+    assert counter(stats, "listener_added") == 1
+    assert counter(stats, "listener_create_success") == 1
+
+
+def test_start_failure_releases_the_sockets_and_counts(setup):
+    manager, stats, _ = setup
+    manager.apply_sotw("v1", [listener("a", 10001)])
+    a = manager.active["a"]
+    assert manager.on_event(StartFailed(a.id)) == [ReleaseSockets(a.id)]
+    assert "a" not in manager.active
+    assert counter(stats, "listener_create_failure") == 1
+    assert stats.value("listener_manager.total_listeners_active") == 0
+
+
+def test_drain_listeners_stops_and_closes_sockets(setup):
+    """`/drain_listeners`: each active listener stops accepting and its sockets close through
+    the action pipeline; it stays listed."""
+    manager, stats, _ = setup
+    manager.apply_sotw("v1", [listener("a", 10001), listener("b", 10002)])
+    a, b = manager.active["a"], manager.active["b"]
+    assert manager.stop_listeners(inbound_only=False) == [
+        StopAccepting(a.id),
+        CloseSockets(a.id),
+        StopAccepting(b.id),
+        CloseSockets(b.id),
+    ]
+    assert counter(stats, "listener_stopped") == 2
+    assert sorted(manager.active) == ["a", "b"]
+    assert manager.stop_listeners(inbound_only=False) == []  # already stopped
+
+
+def test_hot_restart_parent_stops_and_hands_the_sockets_over(setup):
+    manager, _, _ = setup
+    manager.apply_sotw("v1", [listener("a", 10001)])
+    a = manager.active["a"]
+    assert manager.stop_listeners(inbound_only=False, hand_over=True) == [
+        StopAccepting(a.id),
+        HandOverSockets(),
+    ]
+
+
+def test_actions_and_events_are_plain_data(setup):
+    """Actions name versions by id, so that they could cross a process boundary."""
+    manager, _, _ = setup
+    manager.apply_sotw("v1", [listener("a", 10001)])
+    result = manager.apply_sotw("v2", [listener("a", 10001, body="changed")])
+    assert result.actions
+    for action in result.actions:
+        assert dataclasses.is_dataclass(action)
+        assert pickle.loads(pickle.dumps(action)) == action
+        for value in dataclasses.asdict(action).values():
+            assert isinstance(value, int | str | tuple)

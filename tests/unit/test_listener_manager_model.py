@@ -90,7 +90,7 @@ specs = st.builds(
 )
 def test_manager_agrees_with_model(static_port, updates):
     stats, pool = Stats(), FakeSocketPool()
-    manager = ListenerManager(stats, pool, lambda config: None, lambda: 0.0)
+    manager = ListenerManager(stats, pool, lambda version_id, config: None, lambda: 0.0)
     model = Model()
     if static_port is not None:
         manager.add_static(listener("s", static_port))
@@ -99,7 +99,7 @@ def test_manager_agrees_with_model(static_port, updates):
         model.counts["added"] += 1
     for update in updates:
         result = manager.apply_sotw("v", [spec.message() for spec in update])
-        pool.flush()
+        pool.execute(result.actions)
         failed = model.apply(update)
         nacked = [] if result.nack_message is None else _names(result.nack_message)
         assert nacked == failed

@@ -1,11 +1,11 @@
 """A drained listener leaves nothing behind (issue 10: RSS after churn within 5 % of before).
 
-The real ListenerManager, ListenerRuntime and listen-socket pool in this process, a loopback
-listener on port 0, and a keep-alive client on it across every push: full modifies, in-place
-chain changes and remove/re-add pairs. Once every drain has finished, no listener version,
-compiled listener or chain runtime of an earlier push may still be alive: anything that keeps
-one (a drain record, a timer, a cache, a closure) would keep its whole compiled config, and
-its connections' memory, for the life of the process.
+The real ListenerManager, DrainManager, ListenerRuntime and listen-socket pool in this process,
+a loopback listener on port 0, and a keep-alive client on it across every push: full modifies,
+in-place chain changes and remove/re-add pairs. Once every drain has finished, no listener
+version, compiled listener or chain runtime of an earlier push may still be alive: anything
+that keeps one (a drain record, a timer, a cache, a closure) would keep its whole compiled
+config, and its connections' memory, for the life of the process.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ import weakref
 
 from envoy.config.listener.v3 import listener_pb2
 
-from tests.unit.listener_fixtures import chain, listener
-from xds_proxy.listener.manager import ListenerManager, ListenerVersion
-from xds_proxy.listener.runtime import ListenerRuntime
-from xds_proxy.listener.sockets import ListenSocketPool
-from xds_proxy.stats import Stats
+from tests.unit.listener_fixtures import chain, listener, wired_listeners
+from xds_proxy.listener.manager import ListenerVersion
 
 PUSHES_PER_KIND = 4
 TIMEOUT_S = 5.0
@@ -31,12 +28,11 @@ class Proxy:
     """Manager + runtime wired as server.py wires them, on loopback port 0."""
 
     def __init__(self) -> None:
-        stats = Stats()
-        self.runtime = ListenerRuntime(stats, ListenSocketPool(), 5.0, "immediate")
-        self.manager = ListenerManager(
-            stats, self.runtime.pool, self.runtime.compile, time.monotonic
-        )
-        self.runtime.manager = self.manager
+        wired = wired_listeners("immediate", 5.0)
+        self.runtime = wired.runtime
+        self.manager = wired.manager
+        self.drains = wired.drains
+        self.compiler = wired.compiler
         self.versions: list[weakref.ref] = []  # every version, its instance and its chains
         self.pushes = 0
 
@@ -49,7 +45,7 @@ class Proxy:
             self.track(version)
 
     def track(self, version: ListenerVersion) -> None:
-        instance = version.compiled
+        instance = self.runtime.instances[version.id]
         for thing in (version, instance, *instance.all_chains()):
             if not any(ref() is thing for ref in self.versions):
                 self.versions.append(weakref.ref(thing))
@@ -60,7 +56,7 @@ class Proxy:
     async def quiet(self) -> None:
         """Every drain finished (each ends when its last connection closes)."""
         deadline = time.monotonic() + TIMEOUT_S
-        while self.manager.draining or self.manager.draining_chains or self.runtime.drains:
+        while self.manager.draining or self.manager.draining_chains or self.drains.records:
             assert time.monotonic() < deadline, "drains did not finish"
             await asyncio.sleep(0.01)
 
@@ -116,7 +112,8 @@ async def test_drained_versions_and_their_chains_are_freed() -> None:
             await proxy.quiet()
 
         active = proxy.manager.active["web"]
-        kept = {id(active), id(active.compiled), *map(id, active.compiled.all_chains())}
+        instance = proxy.runtime.instances[active.id]
+        kept = {id(active), id(instance), *map(id, instance.all_chains())}
         gc.collect()
         alive = [ref() for ref in proxy.versions if ref() is not None]
         leaked = [type(thing).__name__ for thing in alive if id(thing) not in kept]
@@ -124,5 +121,9 @@ async def test_drained_versions_and_their_chains_are_freed() -> None:
         assert len(proxy.versions) > 3 * PUSHES_PER_KIND * 3  # versions, instances, chains
         assert leaked == []
         assert list(proxy.runtime.instances) == [active.id]
+        # nothing of a finished drain is left in the runtime or the drain manager
+        assert proxy.runtime.retired == {} and proxy.runtime.watches == {}
+        assert proxy.drains.covering(active.id, 0, inbound=False) == []
+        assert proxy.drains._listeners == {} and proxy.drains._chains == {}
     finally:
         await proxy.runtime.close()

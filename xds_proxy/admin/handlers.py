@@ -1,7 +1,9 @@
 """Admin endpoints with Envoy's paths, methods and formats.
 
-The JSON documents are built as the official `envoy.admin.v3` messages and printed with
-protobuf's JSON printer, so their shape is Envoy's by construction.
+The handlers read the server through an `AdminView` and act on it through `AdminCommands`
+(`admin/view.py`), never through the server object itself. The JSON documents are built as
+the official `envoy.admin.v3` messages and printed with protobuf's JSON printer, so their
+shape is Envoy's by construction.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from google.protobuf import json_format, timestamp_pb2
 from xds_proxy.admin.clusters import clusters_dump, clusters_message, clusters_text
 from xds_proxy.admin.page import AdminPage
 from xds_proxy.admin.server import AdminResponse
+from xds_proxy.admin.view import AdminCommands, AdminView
 
 if TYPE_CHECKING:
     from xds_proxy.listener.manager import ListenerVersion
-    from xds_proxy.server import Server
 
 JSON = "application/json"
 Query = dict[str, list[str]]
@@ -37,11 +39,16 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 class AdminHandlers:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, view: AdminView, commands: AdminCommands) -> None:
+        self.view = view
+        self.commands = commands
         # path -> (method, handler, help text); method None: any.
         self.routes: dict[str, tuple[str, Callable[[Query], AdminResponse], str]] = {
-            "/": ("GET", AdminPage(server).handle, "admin home page (HTML; ?format=json: LDS log)"),
+            "/": (
+                "GET",
+                AdminPage(view.lds_updates).handle,
+                "admin home page (HTML; ?format=json: LDS log)",
+            ),
             "/ready": ("GET", self.ready, "print server state, return 200 if LIVE, otherwise 503"),
             "/server_info": ("GET", self.server_info, "print server version/status information"),
             "/listeners": ("GET", self.listeners, "print listener info"),
@@ -89,38 +96,38 @@ class AdminHandlers:
         return AdminResponse(200, "admin commands are:\n" + self._help_text())
 
     def quit(self, query: Query) -> AdminResponse:
-        self.server.request_shutdown()
+        self.commands.quit()
         return AdminResponse(200, "OK\n")
 
     def healthcheck_fail(self, query: Query) -> AdminResponse:
-        self.server.set_health(failed=True)
+        self.commands.set_health(True)
         return AdminResponse(200, "OK\n")
 
     def healthcheck_ok(self, query: Query) -> AdminResponse:
-        self.server.set_health(failed=False)
+        self.commands.set_health(False)
         return AdminResponse(200, "OK\n")
 
     def drain_listeners(self, query: Query) -> AdminResponse:
-        self.server.drain_listeners(
-            graceful="graceful" in query,
-            inbound_only="inboundonly" in query,
-            skip_exit="skip_exit" in query,
+        self.commands.drain_listeners(
+            "graceful" in query,  # graceful
+            "inboundonly" in query,  # inbound_only
+            "skip_exit" in query,  # skip_exit
         )
         return AdminResponse(200, "OK\n")
 
     def ready(self, query: Query) -> AdminResponse:
-        state = self.server.state
-        return AdminResponse(200 if state.name == "LIVE" else 503, f"{state.name}\n")
+        state = self.view.state()
+        return AdminResponse(200 if state == "LIVE" else 503, f"{state}\n")
 
     def server_info(self, query: Query) -> AdminResponse:
-        options = self.server.options
+        options = self.view.options
         info = server_info_pb2.ServerInfo(
-            version=f"xds-proxy/{_version()}",
-            state=server_info_pb2.ServerInfo.State.Value(self.server.state.name),
-            hot_restart_version=self.server.hot_restart.version,
+            version=f"xds-proxy/{self.view.version}",
+            state=server_info_pb2.ServerInfo.State.Value(self.view.state()),
+            hot_restart_version=self.view.hot_restart_version,
         )
-        info.uptime_current_epoch.seconds = self.server.uptime()
-        info.uptime_all_epochs.seconds = self.server.uptime_all_epochs()
+        info.uptime_current_epoch.seconds = self.view.uptime()
+        info.uptime_all_epochs.seconds = self.view.uptime_all_epochs()
         cli = info.command_line_options
         cli.base_id = options.base_id
         cli.concurrency = options.concurrency
@@ -145,16 +152,16 @@ class AdminHandlers:
         )
         cli.disable_hot_restart = options.disable_hot_restart
         cli.restart_epoch = options.restart_epoch
-        info.node.CopyFrom(self.server.bootstrap.node)
+        info.node.CopyFrom(self.view.bootstrap.node)
         return AdminResponse(200, _to_json(info), JSON)
 
     # -- listeners ------------------------------------------------------------------------
 
     def _bound(self, version: ListenerVersion) -> list[tuple[str, int]]:
-        return self.server.pool.bound_addresses(version.id)
+        return self.view.bound_addresses(version.id)
 
     def listeners(self, query: Query) -> AdminResponse:
-        active = list(self.server.manager.active.values())
+        active = list(self.view.listeners.active.values())
         if query.get("format", [""])[0] == "json":
             doc = listeners_pb2.Listeners()
             for version in active:
@@ -176,7 +183,7 @@ class AdminHandlers:
     def _listeners_dump(
         self, name_regex: re.Pattern[str] | None
     ) -> config_dump_shared_pb2.ListenersConfigDump:
-        manager = self.server.manager
+        manager = self.view.listeners
         dump = config_dump_shared_pb2.ListenersConfigDump(version_info=manager.version_info)
         dynamic: dict[str, config_dump_shared_pb2.ListenersConfigDump.DynamicListener] = {}
 
@@ -246,8 +253,8 @@ class AdminHandlers:
             return AdminResponse(200, _to_json(wrapper), JSON)
         dump = config_dump_pb2.ConfigDump()
         bootstrap = config_dump_pb2.BootstrapConfigDump()
-        bootstrap.bootstrap.CopyFrom(self.server.bootstrap)
-        bootstrap.last_updated.CopyFrom(_timestamp(self.server.started_at))
+        bootstrap.bootstrap.CopyFrom(self.view.bootstrap)
+        bootstrap.last_updated.CopyFrom(_timestamp(self.view.started_at))
         dump.configs.add().Pack(bootstrap)
         dump.configs.add().Pack(clusters)
         dump.configs.add().Pack(listeners)
@@ -256,14 +263,12 @@ class AdminHandlers:
     def _clusters_dump(
         self, name_regex: re.Pattern[str] | None
     ) -> config_dump_shared_pb2.ClustersConfigDump:
-        cds = self.server.cds_client
-        version_info = cds.system_version_info if cds else ""
-        return clusters_dump(self.server.clusters, version_info, name_regex)
+        return clusters_dump(self.view.clusters, self.view.cds_version_info(), name_regex)
 
     def clusters(self, query: Query) -> AdminResponse:
         if query.get("format", [""])[0] == "json":
-            return AdminResponse(200, _to_json(clusters_message(self.server.clusters)), JSON)
-        return AdminResponse(200, clusters_text(self.server.clusters))
+            return AdminResponse(200, _to_json(clusters_message(self.view.clusters)), JSON)
+        return AdminResponse(200, clusters_text(self.view.clusters))
 
     # -- stats and drains -----------------------------------------------------------------
 
@@ -273,26 +278,20 @@ class AdminHandlers:
     def stats(self, query: Query) -> AdminResponse:
         try:
             if query.get("format", [""])[0] == "json":
-                return AdminResponse(200, self.server.stats.render_json(self._filter(query)), JSON)
+                return AdminResponse(200, self.view.stats.render_json(self._filter(query)), JSON)
             if query.get("format", [""])[0] == "prometheus":
                 return self.prometheus(query)
-            return AdminResponse(200, self.server.stats.render_text(self._filter(query)))
+            return AdminResponse(200, self.view.stats.render_text(self._filter(query)))
         except re.error as error:
             return AdminResponse(400, f"Invalid regex: {error}\n")
 
     def prometheus(self, query: Query) -> AdminResponse:
         try:
-            body = self.server.stats.render_prometheus(self._filter(query))
+            body = self.view.stats.render_prometheus(self._filter(query))
         except re.error as error:
             return AdminResponse(400, f"Invalid regex: {error}\n")
         return AdminResponse(200, body, "text/plain; charset=UTF-8")
 
     def drain_status(self, query: Query) -> AdminResponse:
-        drains = self.server.runtime.drain_report()
+        drains = self.view.drain_report()
         return AdminResponse(200, json.dumps({"drains": drains}, indent=1) + "\n", JSON)
-
-
-def _version() -> str:
-    from xds_proxy.server import VERSION
-
-    return VERSION

@@ -10,12 +10,9 @@ error text), kept in a small ring buffer because no other endpoint remembers the
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from xds_proxy.admin.server import AdminResponse
-
-if TYPE_CHECKING:
-    from xds_proxy.server import Server
 
 Query = dict[str, list[str]]
 UPDATE_LOG_SIZE = 32
@@ -24,12 +21,12 @@ UPDATE_LOG_SIZE = 32
 class AdminPage:
     """`GET /`: the HTML page; `GET /?format=json`: the LDS update log it shows."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, lds_updates: Callable[[], list[dict]]) -> None:
+        self.lds_updates = lds_updates
 
     def handle(self, query: Query) -> AdminResponse:
         if query.get("format", [""])[0] == "json":
-            body = json.dumps({"lds_updates": self.server.lds_updates.entries()}, indent=1) + "\n"
+            body = json.dumps({"lds_updates": self.lds_updates()}, indent=1) + "\n"
             return AdminResponse(200, body, "application/json")
         return AdminResponse(
             200, PAGE, "text/html; charset=UTF-8", headers=(("cache-control", "no-store"),)

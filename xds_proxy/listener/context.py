@@ -8,13 +8,15 @@ through it:
 - `register(conn)` / `unregister(conn)` when the connection opens and closes, so that the
   listener version (and its filter chain) can count, drain and finally close its connections;
 - `drain_decision.drain_close()` before each response: True means "this response tells the
-  client to go away" (HTTP/1.1 `connection: close`, HTTP/2 GOAWAY). The decision composes
-  the filter chain, the listener and the server drain (spec/draining.md sections 3-4);
+  client to go away" (HTTP/1.1 `connection: close`, HTTP/2 GOAWAY). The drain manager
+  (`drain_manager.py`) decides, composing the filter chain's drain, the listener's, the
+  server-wide ones (`/drain_listeners`, hot restart) and `/healthcheck/fail`;
 - the stats store, for `http.<stat_prefix>.*` and similar.
 
 The connection object implements `DrainableConnection`: the runtime pushes `on_drain()` to
-every connection of a listener or chain when a drain covering it starts (idle ones act on it
-at once or on the idle schedule), and `close_at_deadline()` when the drain window ends.
+every connection of a listener or chain when a drain covering it starts (each at once, or at
+its own moment on the idle schedule of a gradual drain; idle connections then close), and
+`close_at_deadline()` when the drain window ends.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Pure: time and randomness are arguments. `gradual` says "close" at elapsed time t with
 probability min(1, floor(t) / (DT / 2)), an independent draw per decision; `immediate` (and
-DT 0) always says "close" (spec/draining.md section 4).
+DT 0) always says "close". An idle connection is told of a gradual drain at a moment drawn
+uniformly in [start, start + DT/2), of an immediate one at once. The drain manager
+(`drain_manager.py`) holds the running drains and asks them.
 """
 
 from __future__ import annotations

@@ -1,30 +1,42 @@
-"""ListenerManager: the pure state machine of listener versions (spec/draining.md sections 1-2).
+"""ListenerManager: the pure state machine of listener versions.
 
-It owns which listener versions exist and in which state; it does no I/O and has no clock of
-its own. An update returns a list of actions that the runtime executes, in order, on the event
-loop, and then the runtime calls `SocketPool.flush()` (socket closes are deferred until a whole
-response has been applied, so a remove and an add on one address hand the socket over).
+It owns which listener versions exist and in which state (active, draining, stopped by
+`/drain_listeners`), the listeners' error states for `/config_dump`, and the
+`listener_manager.*` stats. It does no I/O and has no clock of its own. An update returns a
+list of actions (plain data naming versions by id) that the runtime (`runtime.py`) executes,
+in order, on the event loop; the runtime then closes the listen sockets nobody holds any more
+(closes are deferred until a whole response has been applied, so a remove and an add on one
+address hand the socket over).
 
-Actions (the contract with `runtime.py`; the HTTP/2, admin and hot-restart work builds on it):
+Applying a listener is, listener by listener: check and compile it (the `compile` port: the
+filter chains are built without sockets, a `ConfigError` NACKs this listener only), then the
+explicit reservation step: a `ReserveSockets` request to the `SocketReservations` port, which
+binds (or shares the sockets of the version it replaces) but does not listen; a `BindError`
+NACKs this listener only, and the other listeners of the response still apply. Listening
+starts when the runtime executes `StartListener`.
 
-- `StartListener(version)`: start accepting with `version.compiled` on the sockets reserved
-  for `version.id`. A full update of a name starts the new version *before* the old one stops.
-- `StopAccepting(version_id)`: close that version's accept loops (its socket dups). For a
-  removal, new SYNs are refused once the pool closes the last dup.
-- `DrainListener(version_id, trigger)`: push a drain to every connection of that version;
-  the runtime reports `drain_finished(version_id)` when its last connection closes or at DT.
-- `UpdateFilterChains(old_id, version, draining_chains)`: in-place filter-chain update; the new
-  version takes over accepting on the same sockets and adopts the old version's connections;
-  those on the chains listed (indexes into the old config's `filter_chains`, and
-  `DEFAULT_CHAIN` for `default_filter_chain`) drain; the runtime reports
-  `chains_drain_finished(group_id)`.
+Actions:
 
-Connections ask a drain decision composed of chain, listener and server drains
-(`listener/context.py`); the drain manager owns deadlines and the gradual ramp.
+- `StartListener(version_id)`: listen and accept with the compiled version on its reserved
+  sockets. A full update of a name starts the new version *before* the old one stops.
+- `StopAccepting(version_id)`: close that version's accept loops.
+- `DrainListener(version_id, trigger)`: the version's connections drain; the drain manager
+  (`drain_manager.py`) runs the drain and the runtime reports `ListenerDrained` at its end.
+- `UpdateFilterChains(old_version_id, version_id, group_id, draining_chains)`: in-place
+  filter-chain update; the new version takes over accepting on the same sockets and adopts
+  the old version's connections; those on the chains listed (indexes into the old config's
+  `filter_chains`, `DEFAULT_CHAIN` for `default_filter_chain`) drain, and the runtime reports
+  `ChainsDrained(group_id)` at the end.
+- `ReleaseSockets(version_id)`: the version no longer needs its sockets (closed at the end of
+  the batch unless another version holds them).
+- `CloseSockets(version_id)`: `/drain_listeners` stopped the version: close its listen
+  sockets now, so that new connects are refused; the version stays listed.
+- `HandOverSockets()`: the parent of a hot restart closes its copies of every listen socket.
+- `ForgetVersion(version_id)`: a compiled version that will never start (its listener was
+  NACKed after compiling).
 
-Injected ports: `compile(listener) -> object` builds the filter chains without sockets and
-raises `ConfigError` for a listener it cannot serve; `SocketPool` reserves listen sockets for
-a version (binding, or sharing the socket of the version it replaces) and raises `BindError`.
+Events the runtime reports back (`on_event`): `ListenerDrained(version_id)`,
+`ChainsDrained(group_id)`, `StartFailed(version_id)` (listen() or accept failed).
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ import enum
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -59,16 +71,19 @@ class BindError(Exception):
 SocketAddress = tuple[str, int]  # (ip in canonical text form, port)
 
 
-class SocketPool(Protocol):
-    def reserve(
-        self, version_id: int, addresses: list[SocketAddress], share_from: int | None
-    ) -> None:
-        """Give `version_id` listen sockets: dups of `share_from`'s (same addresses), else of
-        a socket still open on that address, else fresh binds. Raise BindError."""
-        ...
+@dataclass(frozen=True)
+class ReserveSockets:
+    """Give `version_id` listen sockets, bound but not yet listening: those of `share_from`
+    (same addresses), else a socket still open on that address, else fresh binds."""
 
-    def release(self, version_id: int) -> None:
-        """`version_id` no longer needs its sockets; closes happen at the next flush."""
+    version_id: int
+    addresses: tuple[SocketAddress, ...]
+    share_from: int | None
+
+
+class SocketReservations(Protocol):
+    def reserve(self, request: ReserveSockets) -> None:
+        """Carry the reservation out now; raise BindError if an address cannot be had."""
         ...
 
 
@@ -82,7 +97,6 @@ class ListenerVersion:
     last_updated: float
     static: bool
     addresses: list[SocketAddress]
-    compiled: Any
     draining: bool = False
     stopped: bool = False  # by /drain_listeners: listed, not accepting
     _key: bytes | None = None
@@ -99,7 +113,8 @@ class ListenerVersion:
 
 @dataclass(frozen=True)
 class StartListener:
-    version: ListenerVersion
+    version_id: int
+    version_info: str
 
 
 @dataclass(frozen=True)
@@ -116,18 +131,70 @@ class DrainListener:
 @dataclass(frozen=True)
 class UpdateFilterChains:
     old_version_id: int
-    version: ListenerVersion
+    version_id: int
+    version_info: str
     group_id: int
     draining_chains: tuple[int, ...]
 
 
-Action = StartListener | StopAccepting | DrainListener | UpdateFilterChains
+@dataclass(frozen=True)
+class ReleaseSockets:
+    version_id: int
+
+
+@dataclass(frozen=True)
+class CloseSockets:
+    version_id: int
+
+
+@dataclass(frozen=True)
+class HandOverSockets:
+    pass
+
+
+@dataclass(frozen=True)
+class ForgetVersion:
+    version_id: int
+
+
+Action = (
+    StartListener
+    | StopAccepting
+    | DrainListener
+    | UpdateFilterChains
+    | ReleaseSockets
+    | CloseSockets
+    | HandOverSockets
+    | ForgetVersion
+)
+
+
+@dataclass(frozen=True)
+class ListenerDrained:
+    """A draining version's last connection closed, or its drain window ended."""
+
+    version_id: int
+
+
+@dataclass(frozen=True)
+class ChainsDrained:
+    group_id: int
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    """The runtime could not start a version it was told to start (listen() failed)."""
+
+    version_id: int
+
+
+ListenerEvent = ListenerDrained | ChainsDrained | StartFailed
 
 
 @dataclass(frozen=True)
 class DrainingChains:
     group_id: int
-    version: ListenerVersion  # the old version whose chains drain
+    version_id: int  # the old version whose chains drain
     chains: tuple[int, ...]
 
 
@@ -149,8 +216,8 @@ class ListenerManager:
     def __init__(
         self,
         stats: Stats,
-        sockets: SocketPool,
-        compile: Callable[[listener_pb2.Listener], Any],
+        sockets: SocketReservations,
+        compile: Callable[[int, listener_pb2.Listener], None],
         clock: Callable[[], float],
     ) -> None:
         self._stats = stats
@@ -183,7 +250,8 @@ class ListenerManager:
     # -- static listeners ------------------------------------------------------------------
 
     def add_static(self, listener: listener_pb2.Listener) -> list[Action]:
-        """A bootstrap listener; raises ConfigError or BindError (startup fails)."""
+        """A bootstrap listener; raises ConfigError or BindError (start-up fails, and the
+        process exits)."""
         if listener.name in self.active:
             raise ConfigError(f"duplicate listener {listener.name} found")
         version = self._build(listener, "", static=True)
@@ -191,7 +259,8 @@ class ListenerManager:
         self._reserve(version, share_from=None)
         self._activate(version)
         self._stats.counter("listener_manager.listener_added").inc()
-        return [StartListener(version)]
+        self._update_gauges()  # as Envoy: a bootstrap listener counts as an active listener
+        return [StartListener(version.id, version.version_info)]
 
     def workers_started(self) -> None:
         self._stats.gauge("listener_manager.workers_started").set(1)
@@ -260,13 +329,24 @@ class ListenerManager:
         if existing is not None and (existing.static or existing.same_config(listener, raw)):
             return False  # identical, or static: skipped
         version = self._build(listener, version_info, raw=raw)
+        try:
+            self._place(existing, version, actions)
+        except Exception:
+            actions.append(ForgetVersion(version.id))  # compiled, but it will never start
+            raise
+        return True
+
+    def _place(
+        self, existing: ListenerVersion | None, version: ListenerVersion, actions: list[Action]
+    ) -> None:
         if existing is None:
             self._check_duplicate_address(version)
             self._reserve(version, share_from=None)
             self._activate(version)
-            actions.append(StartListener(version))
+            actions.append(StartListener(version.id, version.version_info))
             self._stats.counter("listener_manager.listener_added").inc()
-            return True
+            return
+        listener = version.config
         if _reuse_port(existing.config) != _reuse_port(listener):
             raise ConfigError(
                 f"Listener {listener.name}: reuse port cannot be changed during an update"
@@ -276,7 +356,6 @@ class ListenerManager:
         else:
             self._update_full(existing, version, actions)
         self._stats.counter("listener_manager.listener_modified").inc()
-        return True
 
     def _update_in_place(
         self, existing: ListenerVersion, version: ListenerVersion, actions: list[Action]
@@ -284,13 +363,15 @@ class ListenerManager:
         """Only the filter chains changed: same sockets, only changed or removed chains drain."""
         version.version_info = existing.version_info  # as Envoy: the listener keeps its version
         self._reserve(version, share_from=existing.id)
-        self._sockets.release(existing.id)
         self._set_active(version)
         chains = _draining_chains(existing.config, version.config)
         group_id = next(self._ids)
         if chains:
-            self.draining_chains.append(DrainingChains(group_id, existing, chains))
-        actions.append(UpdateFilterChains(existing.id, version, group_id, chains))
+            self.draining_chains.append(DrainingChains(group_id, existing.id, chains))
+        actions.append(
+            UpdateFilterChains(existing.id, version.id, version.version_info, group_id, chains)
+        )
+        actions.append(ReleaseSockets(existing.id))
         self._stats.counter("listener_manager.listener_in_place_updated").inc()
         self._stats.counter("listener_manager.listener_create_success").inc()
 
@@ -319,17 +400,20 @@ class ListenerManager:
     ) -> None:
         old.draining = True
         self.draining[old.id] = old
-        self._sockets.release(old.id)
         if started is not None:
-            actions.append(StartListener(started))
+            actions.append(StartListener(started.id, started.version_info))
         actions.append(StopAccepting(old.id))
+        actions.append(ReleaseSockets(old.id))
         actions.append(DrainListener(old.id, trigger))
 
     # -- admin ---------------------------------------------------------------------------
 
-    def stop_listeners(self, inbound_only: bool) -> list[Action]:
-        """`/drain_listeners`: active listeners (or inbound ones) stop accepting; they stay
-        listed, and later LDS updates for them are ACKed and ignored."""
+    def stop_listeners(self, inbound_only: bool, hand_over: bool = False) -> list[Action]:
+        """`/drain_listeners`: active listeners (or inbound ones) stop accepting and their
+        listen sockets close (as Envoy: new connects are refused, not queued on a socket
+        nobody accepts on); they stay listed, and later LDS updates for them are ACKed and
+        ignored. The parent of a hot restart (`hand_over`) stops every listener and then
+        closes its copies of all listen sockets, which the child accepts on now."""
         if inbound_only:
             self.stopped_inbound = True
         else:
@@ -340,34 +424,30 @@ class ListenerManager:
                 continue
             version.stopped = True
             actions.append(StopAccepting(version.id))
+            if not hand_over:
+                actions.append(CloseSockets(version.id))
             self._stats.counter("listener_manager.listener_stopped").inc()
+        if hand_over:
+            actions.append(HandOverSockets())
         return actions
 
     # -- reports from the runtime ------------------------------------------------------------
 
-    def drain_finished(self, version_id: int) -> None:
-        """The version's last connection closed, or its drain window ended."""
-        self.draining.pop(version_id, None)
+    def on_event(self, event: ListenerEvent) -> list[Action]:
+        actions: list[Action] = []
+        match event:
+            case ListenerDrained(version_id):
+                self.draining.pop(version_id, None)
+            case ChainsDrained(group_id):
+                self.draining_chains = [g for g in self.draining_chains if g.group_id != group_id]
+            case StartFailed(version_id):
+                for name, version in list(self.active.items()):
+                    if version.id == version_id:
+                        self._pop_active(name)
+                        actions.append(ReleaseSockets(version_id))
+                self._stats.counter("listener_manager.listener_create_failure").inc()
         self._update_gauges()
-
-    def chains_drain_finished(self, group_id: int) -> None:
-        self.draining_chains = [g for g in self.draining_chains if g.group_id != group_id]
-        self._update_gauges()
-
-    def listener_failed(self, version_id: int) -> None:
-        """The runtime could not start a version it was told to start (listen() failed)."""
-        for name, version in list(self.active.items()):
-            if version.id == version_id:
-                self._pop_active(name)
-                self._sockets.release(version_id)
-        self._stats.counter("listener_manager.listener_create_failure").inc()
-        self._update_gauges()
-
-    def find(self, version_id: int) -> ListenerVersion | None:
-        for version in itertools.chain(self.active.values(), self.draining.values()):
-            if version.id == version_id:
-                return version
-        return None
+        return actions
 
     # -- internals -------------------------------------------------------------------------
 
@@ -379,9 +459,10 @@ class ListenerManager:
         raw: bytes | None = None,
     ) -> ListenerVersion:
         addresses = listener_addresses(listener)
-        compiled = self._compile(listener)
+        version_id = next(self._ids)
+        self._compile(version_id, listener)
         return ListenerVersion(
-            id=next(self._ids),
+            id=version_id,
             name=listener.name,
             config=listener,
             raw=raw if raw is not None else listener.SerializeToString(),
@@ -389,7 +470,6 @@ class ListenerManager:
             last_updated=self._clock(),
             static=static,
             addresses=addresses,
-            compiled=compiled,
         )
 
     def _activate(self, version: ListenerVersion) -> None:
@@ -417,7 +497,7 @@ class ListenerManager:
 
     def _reserve(self, version: ListenerVersion, share_from: int | None) -> None:
         try:
-            self._sockets.reserve(version.id, version.addresses, share_from)
+            self._sockets.reserve(ReserveSockets(version.id, tuple(version.addresses), share_from))
         except BindError:
             self._stats.counter("listener_manager.listener_create_failure").inc()
             raise

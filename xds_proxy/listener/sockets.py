@@ -1,10 +1,14 @@
 """Listen sockets and who holds them.
 
 One kernel socket per bound address, held by every listener version that serves on it; each
-version accepts on its own `dup()` (DESIGN.md, Known traps). The pool counts the holders and
-closes a socket only at `flush()`, after a whole LDS response has been applied, so that a
-remove and an add on one address in one response hand the socket over instead of re-binding.
-A socket is never `shutdown()`: other dups may still accept on it.
+version accepts on its own `dup()`, so that stopping one version's accept loop (which closes
+its dup) leaves the socket open for the others. The pool carries out the listener manager's
+reservations (`ReserveSockets`: bind, or share, but do not listen yet) and listens when the
+runtime starts the version (`listen`), as Envoy binds a warming listener and listens only
+once it serves. It counts the holders and closes a socket only at `flush()`, after a whole
+LDS response has been applied, so that a remove and an add on one address in one response
+hand the socket over instead of re-binding. A socket is never `shutdown()`: other dups may
+still accept on it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from xds_proxy.listener.manager import BindError, SocketAddress
+from xds_proxy.listener.manager import BindError, ReserveSockets, SocketAddress
 
 LISTEN_BACKLOG = 1024  # Envoy's default tcp_backlog_size
 
@@ -21,6 +25,7 @@ LISTEN_BACKLOG = 1024  # Envoy's default tcp_backlog_size
 class _SharedSocket:
     sock: socket.socket
     config_address: SocketAddress
+    listening: bool
     holders: set[int] = field(default_factory=set)
     # Cached (hot restart): the kernel socket may be closed after the hand-over to a child
     # while draining versions still hold the entry.
@@ -38,14 +43,14 @@ class ListenSocketPool:
         self._unheld: list[_SharedSocket] = []
         self._inherited: dict[SocketAddress, socket.socket] = {}  # hot restart, not yet taken
 
-    def reserve(
-        self, version_id: int, addresses: list[SocketAddress], share_from: int | None
-    ) -> None:
+    def reserve(self, request: ReserveSockets) -> None:
+        """Sockets for `request.version_id`: bound (or shared), not listening; BindError."""
+        version_id, share_from = request.version_id, request.share_from
         shared = self._by_version.get(share_from) if share_from is not None else None
         if shared is None:
             shared = []
             try:
-                for address in addresses:
+                for address in request.addresses:
                     shared.append(self._open_or_reuse(address))
             except BindError:
                 for entry in shared:
@@ -55,6 +60,13 @@ class ListenSocketPool:
         for entry in shared:
             entry.holders.add(version_id)
         self._by_version[version_id] = list(shared)
+
+    def listen(self, version_id: int) -> None:
+        """The version starts serving: its sockets listen (most already do); OSError."""
+        for entry in self._by_version.get(version_id, []):
+            if not entry.listening:
+                entry.sock.listen(LISTEN_BACKLOG)
+                entry.listening = True
 
     def release(self, version_id: int) -> None:
         for entry in self._by_version.pop(version_id, []):
@@ -140,13 +152,14 @@ class ListenSocketPool:
             if existing is not None:
                 return existing  # still open (held by a draining version or pending close)
         inherited = self._inherited.pop(address, None) if address[1] != 0 else None
-        sock = inherited if inherited is not None else bind_listen_socket(address)
-        entry = _SharedSocket(sock, address)
+        sock = inherited if inherited is not None else bind_socket(address)
+        entry = _SharedSocket(sock, address, listening=inherited is not None)
         self._by_address[entry.bound_address] = entry
         return entry
 
 
-def bind_listen_socket(address: SocketAddress) -> socket.socket:
+def bind_socket(address: SocketAddress) -> socket.socket:
+    """A TCP socket bound to `address`, not listening yet; BindError names the address."""
     ip, port = address
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -155,7 +168,6 @@ def bind_listen_socket(address: SocketAddress) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((ip, port))
-        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except OSError as error:
         sock.close()

@@ -1,0 +1,401 @@
+"""DrainManager: every drain in progress, and what a connection should do about it.
+
+A pure core: no event loop, no sockets; time, randomness and the wall clock are injected.
+It owns
+
+- the drain records: one per drained listener version (an LDS update or removal), per group
+  of filter chains drained by an in-place update, and per server-wide drain (the admin's
+  `/drain_listeners`, all listeners or inbound ones only, the parent side of a hot restart,
+  and `/healthcheck/fail`); each is one entry of `/drain_status` while it runs, and one
+  `drain complete` log line when it ends;
+- the deadlines: a listener or chain drain ends when its last connection closes or at
+  `--drain-time-s` (DT), when the connections still open are closed; a server-wide drain
+  ends at DT (and `/drain_listeners?graceful` then stops the listeners); the health drain
+  ends with `/healthcheck/ok`;
+- the ramp (`listener/drain.py`'s `Drain`): the decision, before each response, to tell the
+  client to go away (`drain_close`), composed of the chain's drain, its listener's, the
+  server-wide drains that cover it and the health state; and the moment an idle connection
+  is told (`tell_delay`).
+
+The runtime (`listener/runtime.py`) asks for a drain when it executes the listener manager's
+`DrainListener` or `UpdateFilterChains`, and the admin for the server-wide ones. Each start
+returns `DrainAction`s for the runtime to execute; the runtime reports `DrainEmptied` and
+`DeadlineReached` back to `on_event`, which returns the actions that end the drain. Drains,
+actions and events name listener versions by id, and the connections a drain covers by a
+`DrainScope`: the runtime, which holds the connections, resolves scopes and counts them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from xds_proxy.listener.drain import Drain
+
+# As the runtime's own lines: the `drain complete` line is the listener component's.
+log = logging.getLogger("xds_proxy.listener")
+
+# -- scopes: which connections a drain covers -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenerScope:
+    """Every connection of one listener version."""
+
+    version_id: int
+
+
+@dataclass(frozen=True)
+class ChainScope:
+    """The connections of some filter chains of one listener version (indexes into its
+    `filter_chains`; the listener manager's `DEFAULT_CHAIN`, -1, for `default_filter_chain`)."""
+
+    version_id: int
+    chains: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ServerScope:
+    """Every listener's connections, or only those of inbound listeners."""
+
+    inbound_only: bool
+
+
+@dataclass(frozen=True)
+class HealthScope:
+    """The connections of listeners with `drain_type: DEFAULT` (`/healthcheck/fail`)."""
+
+
+DrainScope = ListenerScope | ChainScope | ServerScope | HealthScope
+HEALTH_SCOPE = HealthScope()
+
+
+# -- actions for the runtime ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TellConnections:
+    """Push `on_drain()` to every connection in the scope, each at its `tell_delay`."""
+
+    scope: DrainScope
+    drain: Drain
+
+
+@dataclass(frozen=True)
+class WatchDrain:
+    """Report `DeadlineReached` after `deadline_s` (first closing the scope's connections
+    that are still open if `close_at_deadline`), and, if `until_empty`, `DrainEmptied` as
+    soon as the scope has no connection left (checked once right away)."""
+
+    drain_id: int
+    scope: DrainScope
+    deadline_s: float
+    until_empty: bool
+    close_at_deadline: bool
+
+
+@dataclass(frozen=True)
+class ListenerDrainEnded:
+    """Stop watching; the version is gone: report `ListenerDrained` to the listener manager."""
+
+    drain_id: int
+    version_id: int
+
+
+@dataclass(frozen=True)
+class ChainDrainEnded:
+    """Stop watching; the chains are gone: report `ChainsDrained` to the listener manager."""
+
+    drain_id: int
+    version_id: int
+    group_id: int
+
+
+@dataclass(frozen=True)
+class ServerDrainEnded:
+    """A server-wide drain reached DT; with `stop_listeners`, the listeners it covers stop
+    (`/drain_listeners?graceful`)."""
+
+    drain_id: int
+    inbound_only: bool
+    stop_listeners: bool
+
+
+DrainAction = TellConnections | WatchDrain | ListenerDrainEnded | ChainDrainEnded | ServerDrainEnded
+
+
+# -- events from the runtime ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DrainEmptied:
+    """The last connection of a watched drain closed (or it had none)."""
+
+    drain_id: int
+
+
+@dataclass(frozen=True)
+class DeadlineReached:
+    """A watched drain's DT passed; `connections` were still open in its scope."""
+
+    drain_id: int
+    connections: int
+
+
+DrainEvent = DrainEmptied | DeadlineReached
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+@dataclass
+class DrainRecord:
+    """What `/drain_status` and the `drain complete` log line say about one drain."""
+
+    kind: str  # "listener" | "filter_chain" | "server"
+    listener: str | None
+    version_info: str
+    filter_chain: str | None
+    drain: Drain
+    scope: DrainScope
+    wall_offset: float  # the wall clock minus the monotonic clock, for RFC 3339 output
+    direction: str = "all"
+    ended: DrainAction | None = None  # what the runtime does when the drain ends
+
+    def report(self, now: float, connections: int, outcome: str | None = None) -> dict:
+        doc = {
+            "kind": self.kind,
+            "listener": self.listener,
+            "version_info": self.version_info,
+            "filter_chain": self.filter_chain,
+            "trigger": self.drain.trigger,
+            "direction": self.direction,
+            "strategy": self.drain.strategy,
+            "started_at": _rfc3339(self.drain.started_at + self.wall_offset),
+            "deadline": _rfc3339(self.drain.deadline + self.wall_offset),
+            "elapsed_s": round(now - self.drain.started_at, 3),
+            "connections": connections,
+        }
+        if outcome is not None:
+            doc["outcome"] = outcome
+        return doc
+
+
+@dataclass(frozen=True)
+class AdminDrain:
+    """A server-wide drain from `/drain_listeners` (or a hot restart): all listeners or
+    inbound ones only."""
+
+    drain: Drain
+    inbound_only: bool
+
+    def covers(self, inbound: bool) -> bool:
+        return not self.inbound_only or inbound
+
+
+class DrainManager:
+    def __init__(
+        self,
+        strategy: str,
+        drain_time_s: float,
+        clock: Callable[[], float],
+        rng: random.Random,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.strategy = strategy  # "gradual" | "immediate"
+        self.drain_time_s = drain_time_s
+        self._clock = clock
+        self._rng = rng
+        self._wall_clock = wall_clock
+        self._ids = itertools.count(1)
+        self.records: dict[int, DrainRecord] = {}  # by drain id, in start order
+        self._listeners: dict[int, Drain] = {}  # by version id
+        self._chains: dict[tuple[int, int], Drain] = {}  # by (version id, chain index)
+        self.admin_drains: list[AdminDrain] = []  # inbound-only, then possibly all
+        self.health_failed = False
+        self._health_record: int | None = None
+
+    # -- starting drains ------------------------------------------------------------------
+
+    def drain_listener(
+        self, version_id: int, name: str, version_info: str, trigger: str
+    ) -> list[DrainAction]:
+        """A listener version drains (it was updated or removed, and no longer accepts)."""
+        drain = self._new_drain(trigger)
+        self._listeners[version_id] = drain
+        scope = ListenerScope(version_id)
+        record = DrainRecord(
+            "listener", name, version_info, None, drain, scope, self._wall_offset()
+        )
+        drain_id = self._add(record)
+        record.ended = ListenerDrainEnded(drain_id, version_id)
+        return [self._watch(drain_id, scope), TellConnections(scope, drain)]
+
+    def drain_chains(
+        self,
+        version_id: int,
+        group_id: int,
+        name: str,
+        version_info: str,
+        chains: tuple[int, ...],
+        chain_names: list[str],
+    ) -> list[DrainAction]:
+        """Filter chains that an in-place update removed or changed drain; the version's other
+        chains live on in the version that replaced it."""
+        drain = self._new_drain("in_place_update")
+        for chain in chains:
+            self._chains[(version_id, chain)] = drain
+        scope = ChainScope(version_id, chains)
+        record = DrainRecord(
+            "filter_chain",
+            name,
+            version_info,
+            ",".join(chain_names),
+            drain,
+            scope,
+            self._wall_offset(),
+        )
+        drain_id = self._add(record)
+        record.ended = ChainDrainEnded(drain_id, version_id, group_id)
+        return [self._watch(drain_id, scope), TellConnections(scope, drain)]
+
+    def start_admin_drain(
+        self, inbound_only: bool, stop_listeners: bool, trigger: str = "drain_listeners"
+    ) -> list[DrainAction]:
+        """`/drain_listeners` (and the parent side of a hot restart, trigger "hot_restart"):
+        every (inbound) listener's connections drain on the configured strategy; at DT the
+        drain ends, and with `stop_listeners` the listeners it covers stop. A second drain is
+        a no-op (no actions) unless it widens an inbound-only drain to all listeners (as
+        Envoy's `draining(direction)` check); the inbound listeners then keep the ramp of the
+        drain that started first."""
+        if any(inbound_only or not running.inbound_only for running in self.admin_drains):
+            return []
+        drain = self._new_drain(trigger)
+        self.admin_drains.append(AdminDrain(drain, inbound_only))
+        scope = ServerScope(inbound_only)
+        record = DrainRecord(
+            "server",
+            None,
+            "",
+            None,
+            drain,
+            scope,
+            self._wall_offset(),
+            "inbound_only" if inbound_only else "all",
+        )
+        drain_id = self._add(record)
+        record.ended = ServerDrainEnded(drain_id, inbound_only, stop_listeners)
+        return [
+            TellConnections(scope, drain),
+            WatchDrain(drain_id, scope, self.drain_time_s, False, False),
+        ]
+
+    def set_health(self, failed: bool, connections: int) -> None:
+        """`/healthcheck/fail` and `/healthcheck/ok`: DEFAULT listeners drain-close every
+        response while failed; nothing is pushed to idle connections, and connections already
+        told to leave stay told. `connections`: those in `HEALTH_SCOPE` now (for the log line
+        when the health drain ends)."""
+        if failed == self.health_failed:
+            return
+        self.health_failed = failed
+        if failed:
+            drain = Drain("healthcheck_fail", "immediate", self.drain_time_s, self._clock())
+            record = DrainRecord("server", None, "", None, drain, HEALTH_SCOPE, self._wall_offset())
+            self._health_record = self._add(record)
+        elif self._health_record is not None:
+            self._finish(self._health_record, "healthcheck ok", connections)
+            self._health_record = None
+
+    # -- events from the runtime ------------------------------------------------------------
+
+    def on_event(self, event: DrainEvent) -> list[DrainAction]:
+        """A watched drain emptied or reached its deadline: it ends (once)."""
+        match event:
+            case DrainEmptied(drain_id):
+                return self._finish(drain_id, "last connection closed", 0)
+            case DeadlineReached(drain_id, connections):
+                return self._finish(drain_id, "deadline", connections)
+        return []
+
+    # -- what connections ask -----------------------------------------------------------------
+
+    def drain_close(
+        self, version_id: int, chain: int, inbound: bool, drains_on_health_failure: bool
+    ) -> bool:
+        """Should the response being written now on this chain tell the client to go away?"""
+        if self.health_failed and drains_on_health_failure:
+            return True  # /healthcheck/fail: DEFAULT listeners close on every response
+        covering = self.covering(version_id, chain, inbound)
+        if not covering:
+            return False
+        now = self._clock()
+        return any(drain.drain_close(now, self._rng) for drain in covering)
+
+    def covering(self, version_id: int, chain: int, inbound: bool) -> list[Drain]:
+        """Every drain that covers a chain now: its own, its listener's, the server's."""
+        if not (self._chains or self._listeners or self.admin_drains):
+            return []
+        covering = [
+            drain
+            for drain in (self._chains.get((version_id, chain)), self._listeners.get(version_id))
+            if drain is not None
+        ]
+        for admin in self.admin_drains:
+            if admin.covers(inbound):
+                covering.append(admin.drain)
+        return covering
+
+    def tell_delay(self, drain: Drain) -> float:
+        """Seconds until a connection is told of `drain` (the idle schedule)."""
+        return drain.tell_delay(self._clock(), self._rng)
+
+    # -- /drain_status --------------------------------------------------------------------------
+
+    def report(self, connections: Callable[[DrainScope], int]) -> list[dict]:
+        """Every drain in progress, in start order; `connections` counts a scope's."""
+        now = self._clock()
+        return [record.report(now, connections(record.scope)) for record in self.records.values()]
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _new_drain(self, trigger: str) -> Drain:
+        return Drain(trigger, self.strategy, self.drain_time_s, self._clock())
+
+    def _add(self, record: DrainRecord) -> int:
+        drain_id = next(self._ids)
+        self.records[drain_id] = record
+        return drain_id
+
+    def _watch(self, drain_id: int, scope: DrainScope) -> WatchDrain:
+        return WatchDrain(drain_id, scope, self.drain_time_s, True, True)
+
+    def _finish(self, drain_id: int, outcome: str, connections: int) -> list[DrainAction]:
+        record = self.records.pop(drain_id, None)
+        if record is None:
+            return []
+        log.info(
+            "drain complete: %s", json.dumps(record.report(self._clock(), connections, outcome))
+        )
+        match record.scope:
+            case ListenerScope(version_id):
+                self._listeners.pop(version_id, None)
+            case ChainScope(version_id, chains):
+                for chain in chains:
+                    self._chains.pop((version_id, chain), None)
+        return [] if record.ended is None else [record.ended]
+
+    def _wall_offset(self) -> float:
+        return self._wall_clock() - self._clock()
+
+
+def _rfc3339(seconds: float) -> str:
+    return (
+        datetime.fromtimestamp(seconds, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )

@@ -1,0 +1,25 @@
+"""The command-line options, as parsed by `cli.py` and read by the server and the admin
+endpoints (`/server_info` prints them). A leaf module: it imports nothing of ours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Options:
+    config_path: str | None = None
+    config_yaml: str | None = None
+    mode: str = "serve"  # "serve" | "validate"
+    drain_time_s: int = 600
+    drain_strategy: str = "gradual"  # "gradual" | "immediate"
+    parent_shutdown_time_s: int = 900
+    restart_epoch: int = 0
+    base_id: int = 0
+    disable_hot_restart: bool = False
+    concurrency: int = 1
+    log_level: str = "info"
+    log_path: str | None = None
+    service_node: str | None = None
+    service_cluster: str | None = None
+    admin_address_path: str | None = None

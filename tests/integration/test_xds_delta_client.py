@@ -19,12 +19,12 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
+from tests.helpers.waiting import wait_until
 from tests.integration.test_xds_client import (
     FakeControlPlane,
     ShortDelays,
     bootstrap_yaml,
     listener,
-    until,
 )
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
@@ -166,7 +166,7 @@ async def test_envoy_recorded_script_on_the_wire(control_plane, ads: bool) -> No
             wire("n4"),
             wire("n5"),
         ]
-        await until(lambda: len(harness.delta_calls) == 6, timeout=3)  # the TTL expiry
+        await wait_until(lambda: len(harness.delta_calls) == 6, timeout=3)  # the TTL expiry
         assert harness.delta_calls == [
             ("sv1", ["a"], []),
             ("sv2", ["b"], []),
@@ -216,7 +216,7 @@ async def test_delta_heartbeats_keep_a_listener_until_they_stop(control_plane) -
             await control_plane.request(stream, 2 + beat)
         assert all(not removed for _, _, removed in harness.delta_calls)
         assert [added for _, added, _ in harness.delta_calls] == [["a", "b"], [], [], [], []]
-        await until(lambda: harness.delta_calls[-1][2] == ["a"], timeout=2)
+        await wait_until(lambda: harness.delta_calls[-1][2] == ["a"], timeout=2)
         assert loop.time() - started >= 0.8 + 0.6 - 0.05
         assert harness.client.resource_versions == {"b": "vb"}
     finally:
@@ -262,7 +262,7 @@ async def test_sotw_ttl_expiry_removes_and_heartbeats_refresh(control_plane) -> 
         assert harness.sotw_calls == [("v1", ["a", "b"]), ("v2", ["a", "b"])]
         await asyncio.sleep(0.7)  # past the first deadline: the heartbeat moved it
         assert harness.delta_calls == []
-        await until(lambda: harness.delta_calls == [("", [], ["a"])], timeout=2)
+        await wait_until(lambda: harness.delta_calls == [("", [], ["a"])], timeout=2)
         assert harness.stat(LDS + "update_success") == 3
         assert harness.stat(LDS + "version_text") == ""
         # the SotW version on the wire is still the last accepted response's

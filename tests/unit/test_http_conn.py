@@ -17,6 +17,7 @@ from envoy.config.listener.v3 import listener_components_pb2
 from google.protobuf import json_format
 
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
+from tests.helpers.waiting import wait_until
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats
@@ -182,14 +183,6 @@ class Client:
 
 def get(path: str = "/hello", host: str = "h", extra: str = "") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
-
-
-async def wait_until(condition: Callable[[], object], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met: {condition}")
-        await asyncio.sleep(0.005)
 
 
 # -- keep-alive, pipelining, bodies --------------------------------------------------------

@@ -1,0 +1,195 @@
+"""The admin endpoints' JSON, printed as Envoy prints it.
+
+Messages go through protobuf's JSON printer (`envoy.admin.v3` messages, so the shape is
+Envoy's by construction), with three differences from calling it directly:
+
+- `google.protobuf.Any` of any type `xds-protos` knows is printed, not only of the types our
+  own code happens to import: a rejected listener's `failed_configuration` may carry any
+  extension a control plane sends. The printer only finds types whose generated module was
+  imported; on a miss the modules of the type's proto package are imported and the printing
+  is tried again.
+- A type nobody knows answers what Envoy 1.40 answers (status 200, no JSON):
+  `Failed to convert protobuf message to JSON string: INVALID_ARGUMENT: could not find
+  @type '...'`; an Any whose bytes do not parse as its type is printed with its `@type`
+  only, as Envoy does.
+- `/server_info` prints default-valued fields (`"state": "LIVE"`, `false`, `0`, `""`, `[]`)
+  in field-number order, as Envoy does for that endpoint (and only for that one: `/config_dump`
+  leaves them out, as Envoy does).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+
+# Top-level packages of xds-protos (and protobuf's own `google`) whose modules may be imported
+# to resolve a type URL; a name outside them is never imported.
+_PROTO_ROOTS = frozenset({"envoy", "xds", "udpa", "validate", "google", "cel", "opencensus"})
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_ANY = any_pb2.Any.DESCRIPTOR.full_name
+_CONVERT_FAILED = "Failed to convert protobuf message to JSON string: INVALID_ARGUMENT: "
+# Printed as JSON scalars or free-form objects, not as objects with the message's fields.
+_WELL_KNOWN = frozenset(
+    {
+        "google.protobuf.Any",
+        "google.protobuf.Duration",
+        "google.protobuf.Timestamp",
+        "google.protobuf.Struct",
+        "google.protobuf.Value",
+        "google.protobuf.ListValue",
+        "google.protobuf.FieldMask",
+    }
+)
+
+
+class _UnknownType(Exception):
+    """An Any whose type cannot be printed; the text is Envoy's reason."""
+
+
+def message_json(message: Message) -> str:
+    """What Envoy's admin prints for `message` (fields with default values left out)."""
+    try:
+        return _print(message)
+    except (TypeError, DecodeError):  # an Any of a type not imported, or of unparsable bytes
+        pass
+    resolved = type(message)()
+    resolved.CopyFrom(message)
+    try:
+        _resolve_anys(resolved)
+    except _UnknownType as error:
+        return _CONVERT_FAILED + str(error)
+    return _print(resolved)
+
+
+def server_info_json(message: Message) -> str:
+    """`/server_info`: every field, default-valued ones included, in field-number order."""
+    printed = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _dumps(_in_field_order(printed, message.DESCRIPTOR))
+
+
+def _print(message: Message) -> str:
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=1) + "\n"
+
+
+def _dumps(document: object) -> str:
+    """The printer's own layout (MessageToJson with `indent=1`)."""
+    return json.dumps(document, indent=1) + "\n"
+
+
+# -- Any resolution ---------------------------------------------------------------------------
+
+
+def _resolve_anys(message: Message) -> None:
+    """Make every Any in `message` printable: import its type's package, or empty the value
+    that does not parse (Envoy prints such an Any with its `@type` only); raise _UnknownType
+    for a type that cannot be found."""
+    if message.DESCRIPTOR.full_name == _ANY:
+        _resolve_any(message)  # type: ignore[arg-type]
+        return
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            entry_value = field.message_type.fields_by_name["value"]
+            if entry_value.type == FieldDescriptor.TYPE_MESSAGE:
+                for item in value.values():
+                    _resolve_anys(item)
+        elif field.is_repeated:
+            for item in value:
+                _resolve_anys(item)
+        else:
+            _resolve_anys(value)
+
+
+def _resolve_any(packed: any_pb2.Any) -> None:
+    if not packed.type_url and not packed.value:
+        return  # printed as {}
+    host, slash, type_name = packed.type_url.rpartition("/")
+    if not slash or not host:
+        raise _UnknownType(
+            f"@type must contain at least one / and a nonempty host; got: {packed.type_url}"
+        )
+    descriptor = find_message_type(type_name)
+    if descriptor is None:
+        raise _UnknownType(f"could not find @type '{packed.type_url}'")
+    inner = message_factory.GetMessageClass(descriptor)()
+    try:
+        inner.ParseFromString(packed.value)
+    except DecodeError:
+        packed.value = b""
+        return
+    _resolve_anys(inner)
+    packed.value = inner.SerializeToString()
+
+
+def find_message_type(type_name: str) -> Descriptor | None:
+    """The descriptor of a message type of xds-protos (or protobuf), importing the modules
+    of its proto package on first use; None for a type no installed module defines."""
+    pool = descriptor_pool.Default()
+    try:
+        return pool.FindMessageTypeByName(type_name)
+    except KeyError:
+        pass
+    if not _TYPE_NAME.fullmatch(type_name):
+        return None
+    parts = type_name.split(".")
+    if parts[0] in _PROTO_ROOTS:
+        # The package is the longest prefix that is a Python package (nested types add parts).
+        for end in range(len(parts) - 1, 0, -1):
+            if _import_package(".".join(parts[:end])):
+                break
+    try:
+        return pool.FindMessageTypeByName(type_name)
+    except KeyError:
+        return None
+
+
+def _import_package(package: str) -> bool:
+    """Import every generated module (`*_pb2`) of `package`; False when it is no package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    imported = False
+    for location in spec.submodule_search_locations:
+        for file_name in sorted(os.listdir(location)):
+            if file_name.endswith("_pb2.py"):
+                importlib.import_module(f"{package}.{file_name[:-3]}")
+                imported = True
+    return imported
+
+
+# -- field order ------------------------------------------------------------------------------
+
+
+def _in_field_order(printed: dict, descriptor: Descriptor) -> dict:
+    """The printer puts default-valued fields after the set ones; Envoy prints all of them
+    in field-number order."""
+    ordered: dict = {}
+    for field in sorted(descriptor.fields, key=lambda field: field.number):
+        if field.name not in printed:
+            continue
+        value = printed[field.name]
+        nested = field.message_type
+        if (
+            nested is not None
+            and nested.full_name not in _WELL_KNOWN
+            and not nested.GetOptions().map_entry
+        ):
+            if isinstance(value, list):
+                value = [_in_field_order(item, nested) for item in value]
+            else:
+                value = _in_field_order(value, nested)
+        ordered[field.name] = value
+    return ordered

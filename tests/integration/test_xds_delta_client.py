@@ -3,7 +3,9 @@
 The fake control plane of test_xds_client.py, taught the two Delta methods, records every
 request; the sequences asserted here are the ones recorded from Envoy 1.40 for the same
 script (see tests/unit/test_xds_delta.py). Real sockets, real gRPC, real timers; only the
-listener manager is replaced by recording callbacks.
+listener manager is replaced by recording callbacks. The TTL tests read time from a
+ManualClock they move themselves: the client's timer decides when to look, the clock what it
+sees, so a slow machine cannot make a heartbeat late.
 """
 
 from __future__ import annotations

@@ -78,3 +78,14 @@ def test_server_info_prints_defaults_in_field_number_order() -> None:
     # By field number (as Envoy), not in declaration order (use_dynamic_base_id comes second).
     assert list(options)[:3] == ["base_id", "concurrency", "config_path"]
     assert options["base_id"] == "0" and options["disable_hot_restart"] is False
+
+
+def test_field_order_keeps_free_form_structs_and_prints_nested_defaults() -> None:
+    info = server_info_pb2.ServerInfo()
+    info.node.metadata.update({"z": 1, "a": {"b": "c"}})
+    info.node.user_agent_build_version.version.major_number = 1
+    node = json.loads(server_info_json(info))["node"]
+    assert node["metadata"] == {"z": 1, "a": {"b": "c"}}
+    assert node["user_agent_build_version"] == {
+        "version": {"major_number": 1, "minor_number": 0, "patch": 0}  # as Envoy prints it
+    }

@@ -173,9 +173,11 @@ def _import_package(package: str) -> bool:
 # -- field order ------------------------------------------------------------------------------
 
 
-def _in_field_order(printed: dict, descriptor: Descriptor) -> dict:
+def _in_field_order(printed: object, descriptor: Descriptor) -> object:
     """The printer puts default-valued fields after the set ones; Envoy prints all of them
     in field-number order."""
+    if not isinstance(printed, dict):
+        return printed  # a wrapper type's scalar
     ordered: dict = {}
     for field in sorted(descriptor.fields, key=lambda field: field.number):
         if field.name not in printed:

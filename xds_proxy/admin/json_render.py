@@ -6,8 +6,9 @@ Envoy's by construction), with three differences from calling it directly:
 - `google.protobuf.Any` of any type `xds-protos` knows is printed, not only of the types our
   own code happens to import: a rejected listener's `failed_configuration` may carry any
   extension a control plane sends. The printer only finds types whose generated module was
-  imported; on a miss the modules of the type's proto package are imported and the printing
-  is tried again.
+  imported; on a miss the types are resolved as the config loader resolves them
+  (`extensions.resolve_message_class`, which imports the proto package on demand) and the
+  printing is tried again.
 - A type nobody knows answers what Envoy 1.40 answers (status 200, no JSON):
   `Failed to convert protobuf message to JSON string: INVALID_ARGUMENT: could not find
   @type '...'`; an Any whose bytes do not parse as its type is printed with its `@type`
@@ -19,20 +20,14 @@ Envoy's by construction), with three differences from calling it directly:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import os
-import re
 
-from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import any_pb2, json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-# Top-level packages of xds-protos (and protobuf's own `google`) whose modules may be imported
-# to resolve a type URL; a name outside them is never imported.
-_PROTO_ROOTS = frozenset({"envoy", "xds", "udpa", "validate", "google", "cel", "opencensus"})
-_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+from xds_proxy.extensions import resolve_message_class
+
 _ANY = any_pb2.Any.DESCRIPTOR.full_name
 _CONVERT_FAILED = "Failed to convert protobuf message to JSON string: INVALID_ARGUMENT: "
 # Printed as JSON scalars or free-form objects, not as objects with the message's fields.
@@ -118,10 +113,10 @@ def _resolve_any(packed: any_pb2.Any) -> None:
         raise _UnknownType(
             f"@type must contain at least one / and a nonempty host; got: {packed.type_url}"
         )
-    descriptor = find_message_type(type_name)
-    if descriptor is None:
+    message_class = resolve_message_class(type_name)
+    if message_class is None:
         raise _UnknownType(f"could not find @type '{packed.type_url}'")
-    inner = message_factory.GetMessageClass(descriptor)()
+    inner = message_class()
     try:
         inner.ParseFromString(packed.value)
     except DecodeError:
@@ -129,45 +124,6 @@ def _resolve_any(packed: any_pb2.Any) -> None:
         return
     _resolve_anys(inner)
     packed.value = inner.SerializeToString()
-
-
-def find_message_type(type_name: str) -> Descriptor | None:
-    """The descriptor of a message type of xds-protos (or protobuf), importing the modules
-    of its proto package on first use; None for a type no installed module defines."""
-    pool = descriptor_pool.Default()
-    try:
-        return pool.FindMessageTypeByName(type_name)
-    except KeyError:
-        pass
-    if not _TYPE_NAME.fullmatch(type_name):
-        return None
-    parts = type_name.split(".")
-    if parts[0] in _PROTO_ROOTS:
-        # The package is the longest prefix that is a Python package (nested types add parts).
-        for end in range(len(parts) - 1, 0, -1):
-            if _import_package(".".join(parts[:end])):
-                break
-    try:
-        return pool.FindMessageTypeByName(type_name)
-    except KeyError:
-        return None
-
-
-def _import_package(package: str) -> bool:
-    """Import every generated module (`*_pb2`) of `package`; False when it is no package."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return False
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    imported = False
-    for location in spec.submodule_search_locations:
-        for file_name in sorted(os.listdir(location)):
-            if file_name.endswith("_pb2.py"):
-                importlib.import_module(f"{package}.{file_name[:-3]}")
-                imported = True
-    return imported
 
 
 # -- field order ------------------------------------------------------------------------------

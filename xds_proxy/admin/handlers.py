@@ -15,7 +15,7 @@ from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2, listeners_pb
 from google.protobuf import timestamp_pb2
 
 from xds_proxy.admin.clusters import clusters_dump, clusters_message, clusters_text
-from xds_proxy.admin.json_render import message_json, server_info_json
+from xds_proxy.admin.json_render import message_json
 from xds_proxy.admin.page import AdminPage
 from xds_proxy.admin.server import AdminResponse
 
@@ -147,7 +147,7 @@ class AdminHandlers:
         cli.disable_hot_restart = options.disable_hot_restart
         cli.restart_epoch = options.restart_epoch
         info.node.CopyFrom(self.server.bootstrap.node)
-        return AdminResponse(200, server_info_json(info), JSON)
+        return AdminResponse(200, _to_json(info), JSON)
 
     # -- listeners ------------------------------------------------------------------------
 

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import json
 
+from envoy.admin.v3 import server_info_pb2
 from google.protobuf import any_pb2, json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 
 from xds_proxy.extensions import resolve_message_class
+from xds_proxy.proto_anys import visit_anys
 
-_ANY = any_pb2.Any.DESCRIPTOR.full_name
+_SERVER_INFO = server_info_pb2.ServerInfo.DESCRIPTOR.full_name
 _CONVERT_FAILED = "Failed to convert protobuf message to JSON string: INVALID_ARGUMENT: "
 # Printed as JSON scalars or free-form objects, not as objects with the message's fields.
 _WELL_KNOWN = frozenset(
@@ -49,7 +51,10 @@ class _UnknownType(Exception):
 
 
 def message_json(message: Message) -> str:
-    """What Envoy's admin prints for `message` (fields with default values left out)."""
+    """What Envoy's admin prints for `message`: fields with default values left out, except
+    in a ServerInfo (only `/server_info` prints one)."""
+    if message.DESCRIPTOR.full_name == _SERVER_INFO:
+        return server_info_json(message)
     try:
         return _print(message)
     except (TypeError, DecodeError):  # an Any of a type not imported, or of unparsable bytes
@@ -57,7 +62,7 @@ def message_json(message: Message) -> str:
     resolved = type(message)()
     resolved.CopyFrom(message)
     try:
-        _resolve_anys(resolved)
+        visit_anys(resolved, _resolve_any)
     except _UnknownType as error:
         return _CONVERT_FAILED + str(error)
     return _print(resolved)
@@ -83,29 +88,10 @@ def _dumps(document: object) -> str:
 # -- Any resolution ---------------------------------------------------------------------------
 
 
-def _resolve_anys(message: Message) -> None:
-    """Make every Any in `message` printable: import its type's package, or empty the value
-    that does not parse (Envoy prints such an Any with its `@type` only); raise _UnknownType
-    for a type that cannot be found."""
-    if message.DESCRIPTOR.full_name == _ANY:
-        _resolve_any(message)  # type: ignore[arg-type]
-        return
-    for field, value in message.ListFields():
-        if field.type != FieldDescriptor.TYPE_MESSAGE:
-            continue
-        if field.message_type.GetOptions().map_entry:
-            entry_value = field.message_type.fields_by_name["value"]
-            if entry_value.type == FieldDescriptor.TYPE_MESSAGE:
-                for item in value.values():
-                    _resolve_anys(item)
-        elif field.is_repeated:
-            for item in value:
-                _resolve_anys(item)
-        else:
-            _resolve_anys(value)
-
-
 def _resolve_any(packed: any_pb2.Any) -> None:
+    """Make an Any printable: resolve its type (importing its package), or empty the value
+    that does not parse (Envoy prints such an Any with its `@type` only), recursively; raise
+    _UnknownType for a type that cannot be found."""
     if not packed.type_url and not packed.value:
         return  # printed as {}
     host, slash, type_name = packed.type_url.rpartition("/")
@@ -116,13 +102,12 @@ def _resolve_any(packed: any_pb2.Any) -> None:
     message_class = resolve_message_class(type_name)
     if message_class is None:
         raise _UnknownType(f"could not find @type '{packed.type_url}'")
-    inner = message_class()
     try:
-        inner.ParseFromString(packed.value)
+        inner = message_class.FromString(packed.value)
     except DecodeError:
         packed.value = b""
         return
-    _resolve_anys(inner)
+    visit_anys(inner, _resolve_any)
     packed.value = inner.SerializeToString()
 
 

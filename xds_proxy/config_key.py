@@ -14,8 +14,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from xds_proxy.bounded_cache import BoundedCache
+from xds_proxy.proto_anys import ANY_FULL_NAME, visit_anys
 
-_ANY_FULL_NAME = any_pb2.Any.DESCRIPTOR.full_name
 _symbols = symbol_database.Default()
 
 
@@ -34,22 +34,7 @@ def _canonical(message: Message) -> Message:
 
 
 def _canonicalize_in_place(message: Message) -> None:
-    if message.DESCRIPTOR.full_name == _ANY_FULL_NAME:
-        _canonicalize_any(message)  # type: ignore[arg-type]
-        return
-    for field, value in message.ListFields():
-        if field.type != FieldDescriptor.TYPE_MESSAGE or not _contains_any(field.message_type):
-            continue
-        if field.message_type.GetOptions().map_entry:
-            value_field = field.message_type.fields_by_name["value"]
-            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
-                for item in value.values():
-                    _canonicalize_in_place(item)
-        elif field.is_repeated:
-            for item in value:
-                _canonicalize_in_place(item)
-        else:
-            _canonicalize_in_place(value)
+    visit_anys(message, _canonicalize_any, _contains_any)
 
 
 # (type URL, packed bytes) -> canonical bytes: the same HCM in 10,000 chains is unpacked once.
@@ -89,7 +74,7 @@ def _contains_any(descriptor, _visiting: frozenset[str] = frozenset()) -> bool:
     cached = _contains_any_cache.get(name)
     if cached is not None:
         return cached
-    if name == _ANY_FULL_NAME:
+    if name == ANY_FULL_NAME:
         return True
     if name in _visiting:
         return False  # recursion: decided by the outer frame

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tests.helpers.procs import VENV_BIN, Process, read_text_file, wait_for
+from tests.helpers.procs import VENV_BIN, GaveUp, Process, read_text_file, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
@@ -142,7 +142,7 @@ class EnvoyProcess:
     def _admin_or_exit(self) -> str | None:
         assert self.process is not None
         if not self.process.alive():
-            raise RuntimeError(f"{self.name} exited early:\n{self.log()[-3000:]}")
+            raise GaveUp(f"{self.name} exited early:\n{self.log()[-3000:]}")
         return read_text_file(self.admin_path)
 
     def log(self) -> str:

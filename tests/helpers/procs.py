@@ -36,10 +36,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no fresh free port")
 
 
+class GaveUp(RuntimeError):
+    """Raised by a condition when what it waits for can no longer happen (e.g. the process
+    exited): `wait_for` lets it through at once instead of polling to the deadline."""
+
+
 def wait_for(
     condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
 ) -> T:
-    """Poll `condition` until it returns something truthy; raise TimeoutError at the deadline."""
+    """Poll `condition` until it returns something truthy; raise TimeoutError at the deadline
+    (or the condition's GaveUp at once)."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while True:
@@ -47,6 +53,8 @@ def wait_for(
             result = condition()
             if result:
                 return result
+        except GaveUp:
+            raise
         except Exception as error:  # the condition may fail until the service is up
             last_error = error
         if time.monotonic() > deadline:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from control_plane_stub.client import StubClient
-from tests.helpers.procs import Process, read_json_file, wait_for
+from tests.helpers.procs import GaveUp, Process, read_json_file, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _instances = itertools.count(1)
@@ -105,7 +105,7 @@ class StubProcess:
     def _ready_or_exit(self) -> dict[str, str] | None:
         assert self.process is not None
         if not self.process.alive():
-            raise RuntimeError(f"stub exited early:\n{self.log()[-3000:]}")
+            raise GaveUp(f"stub exited early:\n{self.log()[-3000:]}")
         return read_json_file(self.ready_path)
 
     @property

@@ -150,6 +150,8 @@ def proxy(tmp_path, stub):
     process.stop()
 
 
+# The first run installs Chromium (its apt-get steps are bounded at 600 + 300 + 600 s).
+@pytest.mark.timeout(1560)
 def test_page_shows_listeners_drain_progress_and_lds_outcomes(chromium, tmp_path, stub, proxy):
     web, api = free_port(), free_port()
     push(stub, [http_listener("web", web, body="v1")], "v1")

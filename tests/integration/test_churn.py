@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.churn import PHASES, ChurnRun
 
 
+@pytest.mark.timeout(120)  # the churn benchmark's phases: ~8 s, CPU-bound
 def test_churn_loses_no_request_and_refuses_no_connection(tmp_path: Path) -> None:
     result = ChurnRun(tmp_path, envoy=False, seconds=4.0, outage_s=0.5, warmup_s=0.5).run()
     total = result.total()

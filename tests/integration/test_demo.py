@@ -13,6 +13,8 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.stub import REPO_ROOT, run_cli
 
@@ -51,6 +53,7 @@ def nobody_listens(port: int) -> bool:
     return False
 
 
+@pytest.mark.timeout(180)  # ~5 s; its own bounded waits add up to 125 s and speak first
 def test_demo_pushes_v2_with_zero_failures_and_stops_cleanly(tmp_path: Path) -> None:
     ports = {name: free_port() for name in ("xds", "control", "admin", "web", "api")}
     args = [f"--{name}-port={port}" for name, port in ports.items()]
@@ -93,6 +96,7 @@ def test_demo_pushes_v2_with_zero_failures_and_stops_cleanly(tmp_path: Path) -> 
     assert all(nobody_listens(port) for port in ports.values()), ports
 
 
+@pytest.mark.timeout(120)  # ~2 s; its own bounded waits add up to 55 s and speak first
 def test_demo_backend_is_reached_through_the_proxy(tmp_path: Path) -> None:
     ports = {name: free_port() for name in ("xds", "control", "admin", "web", "api", "backend")}
     args = [f"--{name}-port={port}" for name, port in ports.items()]

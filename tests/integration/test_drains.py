@@ -353,6 +353,7 @@ def test_busy_connection_under_gradual_ramp_is_told_by_half_the_window(stub, pro
         if response.closes:
             fin_within(conn, 2.0)
             break
+        assert time.monotonic() - started < HALF + SLACK, "not told to leave by DT/2"
     assert time.monotonic() - started < HALF + SLACK
     assert stat(proxy, name, "downstream_cx_drain_close") == 1
 

@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -183,10 +184,12 @@ def assert_serving(proxy: ProxyProcess) -> None:
 
 def ack_for(fake: FakeLds, sent: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryRequest:
     """The proxy's answer to `sent` (requests before it, e.g. the stream's first, skipped)."""
-    while True:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
         request = fake.next_request()
         if request.response_nonce == sent.nonce:
             return request
+    raise AssertionError(f"no answer to the response with nonce {sent.nonce!r} within 10 s")
 
 
 def test_wrong_type_url_is_ignored_and_a_wrong_resource_type_nacked(fake, proxy_on) -> None:

@@ -44,6 +44,7 @@ def served(run: RestarterRun, epoch: int) -> int:
     return run.stat(epoch, "http.ingress_http.downstream_rq_total") or 0
 
 
+@pytest.mark.timeout(120)  # three restarts under load: ~9 s, CPU-bound
 def test_three_hot_restarts_under_load_lose_nothing(tmp_path, stub):
     static_port, lds_port, admin_port = free_port(), free_port(), free_port()
     stub.client.set_resources(listeners=[http_listener("dynamic", lds_port, BODY)])

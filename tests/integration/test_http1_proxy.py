@@ -7,14 +7,13 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.helpers.envoy import EnvoyProcess
-from tests.helpers.procs import free_port
+from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
 
 HCM_TYPE = (
@@ -273,10 +272,11 @@ def test_keep_alive_with_httpx_and_stats(proxy) -> None:
     assert grew("downstream_rq_2xx") == 10
     assert grew("downstream_rq_4xx") == 1
     assert grew("downstream_rq_5xx") == 1
-    deadline = time.monotonic() + 5
-    while proxy.process.stat("http.web.downstream_cx_active") != 0:
-        assert time.monotonic() < deadline, "downstream_cx_active did not drop to 0"
-        time.sleep(0.02)
+    wait_for(
+        lambda: proxy.process.stat("http.web.downstream_cx_active") == 0,
+        timeout=5,
+        what="downstream_cx_active to drop to 0",
+    )
 
 
 def test_malformed_request_does_not_stop_the_server(proxy) -> None:

@@ -7,14 +7,7 @@ import asyncio
 from control_plane_stub.probe import XdsProbe
 from control_plane_stub.resources import LISTENER_TYPE
 from control_plane_stub.server import StubServer
-
-
-async def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"condition not met: {condition}")
-        await asyncio.sleep(0.01)
+from tests.helpers.waiting import wait_until
 
 
 async def test_disconnecting_clients_leave_no_tasks_or_streams() -> None:

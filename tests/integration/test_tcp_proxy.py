@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from tests.helpers.upstreams import Stall, TcpEcho, cluster_message
+from tests.helpers.waiting import wait_until
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
@@ -64,14 +65,6 @@ class Proxy:
         return await asyncio.open_connection("127.0.0.1", self.port)
 
 
-async def _until(condition, timeout: float = 5.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
 @pytest.fixture
 def echo():
     with TcpEcho() as server:
@@ -87,7 +80,7 @@ async def test_round_trip_and_half_close(echo: TcpEcho) -> None:
         rest = await asyncio.wait_for(reader.read(), 5)  # until the proxy's FIN
         assert rest == b"after-eof:5"
         writer.close()
-        await _until(lambda: proxy.stat("cluster.backend.upstream_cx_active") == 0)
+        await wait_until(lambda: proxy.stat("cluster.backend.upstream_cx_active") == 0)
         assert proxy.stat("tcp.tcp_in.downstream_cx_total") == 1
         assert proxy.stat("tcp.tcp_in.downstream_cx_rx_bytes_total") == 5
         assert proxy.stat("tcp.tcp_in.downstream_cx_tx_bytes_total") == 5 + len(b"after-eof:5")
@@ -187,7 +180,7 @@ async def test_idle_timeout_closes_both_sides(echo: TcpEcho) -> None:
         assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert p.stat("tcp.tcp_in.idle_timeout") == 1
-        await _until(lambda: p.stat("cluster.backend.upstream_cx_active") == 0)
+        await wait_until(lambda: p.stat("cluster.backend.upstream_cx_active") == 0)
         writer.close()
 
 
@@ -212,9 +205,9 @@ async def test_drain_deadline_sends_fin_both_ways_never_rst(echo: TcpEcho) -> No
                 break
             received += chunk
         assert b"after-eof" not in received  # the upstream saw our FIN; its answer is dropped
-        await _until(lambda: echo.eofs == 1)
+        await wait_until(lambda: echo.eofs == 1)
         sock.close()
-        await _until(lambda: not proxy.connections)
+        await wait_until(lambda: not proxy.connections)
 
 
 def test_config_errors_name_the_field() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from tests.helpers.upstreams import Collector, Http1Echo, Resetter, cluster_message
+from tests.helpers.waiting import wait_until
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.upstream.config import build_cluster_config
@@ -112,7 +113,7 @@ async def test_pending_overflow_resets_with_overflow(echo: Http1Echo) -> None:
     first, second, third = Collector(), Collector(), Collector()
     cluster.new_stream(get(b"/", [(b"x-delay-ms", b"100")]), first, True)
     # Once the first request holds the only connection, one more may wait; the next overflows.
-    await asyncio.wait_for(_until(lambda: stats.value("cluster.web.upstream_rq_total") == 1), 5)
+    await wait_until(lambda: stats.value("cluster.web.upstream_rq_total") == 1, 5)
     for collector in (second, third):
         cluster.new_stream(get(b"/"), collector, True)
     await asyncio.gather(first.wait(), second.wait(), third.wait())
@@ -156,9 +157,9 @@ async def test_caller_reset_closes_the_connection(echo: Http1Echo) -> None:
     cluster = make_cluster(echo.port, stats=stats)
     collector = Collector()
     stream = cluster.new_stream(get(b"/", [(b"x-delay-ms", b"2000")]), collector, True)
-    await asyncio.wait_for(_until(lambda: stats.value("cluster.web.upstream_rq_total") == 1), 5)
+    await wait_until(lambda: stats.value("cluster.web.upstream_rq_total") == 1, 5)
     stream.reset()
-    await asyncio.wait_for(_until(lambda: stats.value("cluster.web.upstream_cx_active") == 0), 5)
+    await wait_until(lambda: stats.value("cluster.web.upstream_cx_active") == 0, 5)
     assert collector.reset_reason is None and collector.status is None
     assert stats.value("cluster.web.upstream_rq_active") == 0
     after = Collector()
@@ -188,8 +189,8 @@ async def test_response_back_pressure_pauses_upstream_reads(echo: Http1Echo) -> 
     collector = Collector()
     stream = cluster.new_stream(get(b"/", [(b"x-body-size", b"4000000")]), collector, True)
     collector.on_headers = lambda: stream.pause_response()
-    await asyncio.wait_for(_until(lambda: collector.status == 200), 5)
-    await asyncio.wait_for(_until(lambda: cluster.stats.upstream_rq_total.value == 1), 5)
+    await wait_until(lambda: collector.status == 200, 5)
+    await wait_until(lambda: cluster.stats.upstream_rq_total.value == 1, 5)
     stalled = len(collector.body)
     assert stalled < 4_000_000
     stream.resume_response()
@@ -197,11 +198,6 @@ async def test_response_back_pressure_pauses_upstream_reads(echo: Http1Echo) -> 
     assert len(collector.body) == 4_000_000
     assert stats.value("cluster.web.upstream_flow_control_paused_reading_total") >= 1
     cluster.close()
-
-
-async def _until(condition) -> None:
-    while not condition():
-        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize("kind", ["STRICT_DNS", "LOGICAL_DNS"])
@@ -233,11 +229,11 @@ async def test_retired_cluster_finishes_in_flight_requests(echo: Http1Echo) -> N
     await warm.wait()
     slow = Collector()
     cluster.new_stream(get(b"/", [(b"x-delay-ms", b"200")]), slow, True)
-    await asyncio.wait_for(_until(lambda: stats.value("cluster.web.upstream_rq_active") == 1), 5)
+    await wait_until(lambda: stats.value("cluster.web.upstream_rq_active") == 1, 5)
     cluster.retire()
     await slow.wait()
     assert slow.status == 200
-    await asyncio.wait_for(_until(lambda: stats.value("cluster.web.upstream_cx_active") == 0), 5)
+    await wait_until(lambda: stats.value("cluster.web.upstream_cx_active") == 0, 5)
 
 
 async def test_tls_upstream_with_trusted_ca(tmp_path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from tests.helpers.upstreams import Collector, Http2Echo, cluster_message, grpc_frame
+from tests.helpers.waiting import wait_until
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.upstream.config import build_cluster_config
@@ -28,14 +29,6 @@ def make_cluster(*ports: int, stats: Stats | None = None, **extra) -> Cluster:
 
 def request(path: bytes = b"/", headers: list | None = None, method: bytes = b"GET"):
     return RequestHead(method, path, b"svc.local", headers or [])
-
-
-async def _until(condition, timeout: float = 5.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_requests_share_one_connection(h2echo: Http2Echo) -> None:
@@ -101,10 +94,10 @@ async def test_goaway_lets_inflight_streams_finish_and_moves_new_ones(h2echo: Ht
     slow = [Collector() for _ in range(3)]
     for collector in slow:
         cluster.new_stream(request(b"/slow", [(b"x-delay-ms", b"400")]), collector, True)
-    await _until(lambda: h2echo.pending_streams() == 3)
+    await wait_until(lambda: h2echo.pending_streams() == 3)
     last_ids = await asyncio.to_thread(h2echo.goaway)
     assert last_ids == [5]
-    await _until(lambda: stats.value("cluster.grpc.upstream_cx_close_notify") == 1)
+    await wait_until(lambda: stats.value("cluster.grpc.upstream_cx_close_notify") == 1)
     after = Collector()
     cluster.new_stream(request(b"/after"), after, True)
     await asyncio.gather(after.wait(), *(c.wait() for c in slow))
@@ -113,7 +106,7 @@ async def test_goaway_lets_inflight_streams_finish_and_moves_new_ones(h2echo: Ht
     assert after.status == 200
     assert h2echo.connections == 2
     # The old connection closes once its last stream ended.
-    await _until(lambda: stats.value("cluster.grpc.upstream_cx_active") == 1)
+    await wait_until(lambda: stats.value("cluster.grpc.upstream_cx_active") == 1)
     cluster.close()
 
 
@@ -136,7 +129,7 @@ async def test_caller_reset_cancels_only_that_stream(h2echo: Http2Echo) -> None:
     cancelled, kept = Collector(), Collector()
     stream = cluster.new_stream(request(b"/", [(b"x-delay-ms", b"300")]), cancelled, True)
     cluster.new_stream(request(b"/", [(b"x-delay-ms", b"100")]), kept, True)
-    await _until(lambda: h2echo.pending_streams() == 2)
+    await wait_until(lambda: h2echo.pending_streams() == 2)
     stream.reset()
     await kept.wait()
     assert kept.status == 200
@@ -152,7 +145,7 @@ async def test_upstream_going_away_entirely_fails_inflight_with_termination(
     cluster = make_cluster(h2echo.port)
     collector = Collector()
     cluster.new_stream(request(b"/", [(b"x-delay-ms", b"5000")]), collector, True)
-    await _until(lambda: h2echo.pending_streams() == 1)
+    await wait_until(lambda: h2echo.pending_streams() == 1)
     await asyncio.to_thread(h2echo.stop)
     await collector.wait()
     assert collector.reset_reason == "connection termination"

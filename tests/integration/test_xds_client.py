@@ -27,6 +27,7 @@ from envoy.service.listener.v3 import lds_pb2_grpc
 from google.protobuf import any_pb2, json_format
 
 from tests.helpers.procs import VENV_BIN, Process, read_text_file
+from tests.helpers.waiting import wait_until
 from xds_proxy.stats import Stats
 from xds_proxy.xds.client import LdsClient
 from xds_proxy.xds.decode import LISTENER_TYPE_URL
@@ -124,16 +125,6 @@ class FakeControlPlane(
     async def request(self, stream: FakeStream, index: int) -> discovery_pb2.DiscoveryRequest:
         await self.until(lambda: len(stream.requests) > index)
         return stream.requests[index]
-
-
-async def until(condition: Callable[[], object], timeout: float = TIMEOUT) -> None:
-    """Poll a condition of our own process state (stats, callbacks) up to a deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 # -- resources -------------------------------------------------------------------------------
@@ -326,7 +317,7 @@ async def test_plain_lds_ack_nack_and_reconnect_with_last_version(
         # control plane lost: nothing is applied, connected_state drops, failures count
         port = control_plane.port
         await control_plane.stop()
-        await until(lambda: harness.stat(LDS + "update_failure") >= 2)
+        await wait_until(lambda: harness.stat(LDS + "update_failure") >= 2)
         assert harness.stat(LDS + "control_plane.connected_state") == 0
         assert len(harness.applied) == 2
         assert harness.client.last_accepted_version == "v1"
@@ -336,7 +327,7 @@ async def test_plain_lds_ack_nack_and_reconnect_with_last_version(
         again = await control_plane.request(stream, 0)
         assert summary(again) == ("v1", "", [], LISTENER_TYPE_URL, None)
         assert again.node.id == "node-1"
-        await until(lambda: harness.stat(LDS + "control_plane.connected_state") == 1)
+        await wait_until(lambda: harness.stat(LDS + "control_plane.connected_state") == 1)
         stream.send(response("v1", "n1", listener("a"), listener("b")))
         ack = await control_plane.request(stream, 1)
         assert summary(ack) == ("v1", "n1", [], LISTENER_TYPE_URL, None)
@@ -400,7 +391,7 @@ async def test_initial_fetch_timeout_ends_initialisation_once(
         stream = await control_plane.stream(0)
         await control_plane.request(stream, 0)
         assert harness.initialized == 0
-        await until(lambda: harness.initialized == 1)
+        await wait_until(lambda: harness.initialized == 1)
         assert loop.time() - started >= 0.3
         assert harness.stat(LDS + "init_fetch_timeout") == 1
         assert harness.stat(LDS + "update_attempt") == 2
@@ -441,8 +432,8 @@ async def test_unreachable_control_plane_initialises_at_the_timeout_and_keeps_re
     harness = Harness(port, initial_fetch_timeout="0.2s")
     harness.start()
     try:
-        await until(lambda: harness.initialized == 1)
-        await until(lambda: harness.stat(LDS + "update_failure") >= 3)
+        await wait_until(lambda: harness.initialized == 1)
+        await wait_until(lambda: harness.stat(LDS + "update_failure") >= 3)
         assert harness.stat(LDS + "control_plane.connected_state") == 0
         assert harness.applied == []
         # the control plane comes up: the client finds it
@@ -566,7 +557,7 @@ async def test_same_requests_and_stats_as_envoy(ads: bool, tmp_path: Path) -> No
         tmp_path / "envoy.log",
     )
     try:
-        await until(lambda: read_text_file(admin_file), timeout=10)
+        await wait_until(lambda: read_text_file(admin_file), timeout=10)
         envoy_requests, envoy_stats = await run_script(
             envoy_plane, connected_state, lambda: admin_stats(admin_file)
         )

@@ -3,13 +3,16 @@
 The fake control plane of test_xds_client.py, taught the two Delta methods, records every
 request; the sequences asserted here are the ones recorded from Envoy 1.40 for the same
 script (see tests/unit/test_xds_delta.py). Real sockets, real gRPC, real timers; only the
-listener manager is replaced by recording callbacks.
+listener manager is replaced by recording callbacks. The TTL tests read time from a
+ManualClock they move themselves: the client's timer decides when to look, the clock what it
+sees, so a slow machine cannot make a heartbeat late.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import yaml
@@ -19,12 +22,13 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
+from tests.helpers.clocks import ManualClock
+from tests.helpers.waiting import wait_until
 from tests.integration.test_xds_client import (
     FakeControlPlane,
     ShortDelays,
     bootstrap_yaml,
     listener,
-    until,
 )
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
@@ -48,7 +52,13 @@ class DeltaControlPlane(FakeControlPlane):
 class Harness:
     """An LdsClient in the test's loop with recording apply and apply_delta callbacks."""
 
-    def __init__(self, port: int, ads: bool = False, delta: bool = True) -> None:
+    def __init__(
+        self,
+        port: int,
+        ads: bool = False,
+        delta: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.bootstrap = json_format.ParseDict(
             yaml.safe_load(bootstrap_yaml(port, ads)), bootstrap_pb2.Bootstrap()
         )
@@ -67,6 +77,7 @@ class Harness:
             lambda: None,
             rng=ShortDelays(),
             apply_delta=self.apply_delta,
+            clock=clock,
         )
         self.task: asyncio.Task | None = None
 
@@ -166,7 +177,7 @@ async def test_envoy_recorded_script_on_the_wire(control_plane, ads: bool) -> No
             wire("n4"),
             wire("n5"),
         ]
-        await until(lambda: len(harness.delta_calls) == 6, timeout=3)  # the TTL expiry
+        await wait_until(lambda: len(harness.delta_calls) == 6, timeout=3)  # the TTL expiry
         assert harness.delta_calls == [
             ("sv1", ["a"], []),
             ("sv2", ["b"], []),
@@ -201,23 +212,27 @@ async def test_envoy_recorded_script_on_the_wire(control_plane, ads: bool) -> No
 
 
 async def test_delta_heartbeats_keep_a_listener_until_they_stop(control_plane) -> None:
-    harness = Harness(control_plane.port)
+    """TTLs on the injected clock: the test moves time, the client's real timer only decides
+    when to look at it (binary fractions of a second, so deadlines compare exactly)."""
+    clock = ManualClock()
+    harness = Harness(control_plane.port, clock=clock)
     harness.start()
     try:
         stream = await control_plane.stream(0)
         await control_plane.request(stream, 0)
-        stream.send(delta_response("1", "n1", added=(("a", "va", 0.6), ("b", "vb", None))))
+        stream.send(delta_response("1", "n1", added=(("a", "va", 0.5), ("b", "vb", None))))
         await control_plane.request(stream, 1)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for beat in range(4):  # every 0.2 s for 0.8 s: longer than the TTL
-            await asyncio.sleep(0.2)
-            stream.send(delta_response(f"hb{beat}", f"h{beat}", heartbeats=(("a", "va", 0.6),)))
+        for beat in range(4):  # every 0.25 s for 1 s: longer than the TTL
+            clock.advance(0.25)
+            stream.send(delta_response(f"hb{beat}", f"h{beat}", heartbeats=(("a", "va", 0.5),)))
             await control_plane.request(stream, 2 + beat)
         assert all(not removed for _, _, removed in harness.delta_calls)
         assert [added for _, added, _ in harness.delta_calls] == [["a", "b"], [], [], [], []]
-        await until(lambda: harness.delta_calls[-1][2] == ["a"], timeout=2)
-        assert loop.time() - started >= 0.8 + 0.6 - 0.05
+        clock.advance(0.25)  # half the last heartbeat's TTL
+        await clock.looked_at()
+        assert len(harness.delta_calls) == 5  # still held
+        clock.advance(0.25)  # the last heartbeat's TTL, to the nanosecond
+        await wait_until(lambda: harness.delta_calls[-1][2] == ["a"], timeout=2)
         assert harness.client.resource_versions == {"b": "vb"}
     finally:
         await harness.stop()
@@ -248,21 +263,24 @@ def sotw_response(version: str, nonce: str, *resources) -> discovery_pb2.Discove
 
 
 async def test_sotw_ttl_expiry_removes_and_heartbeats_refresh(control_plane) -> None:
-    harness = Harness(control_plane.port, delta=False)
+    clock = ManualClock()
+    harness = Harness(control_plane.port, delta=False, clock=clock)
     harness.start()
     try:
         stream = await control_plane.stream(0)
         await control_plane.request(stream, 0)
-        stream.send(sotw_response("v1", "n1", wrapped("a", "1", 1.0), listener("b")))
+        stream.send(sotw_response("v1", "n1", wrapped("a", "1", 0.5), listener("b")))
         await control_plane.request(stream, 1)
-        await asyncio.sleep(0.5)
-        stream.send(sotw_response("v2", "n2", wrapped("a", "1", 1.0, body=False), listener("b")))
+        clock.advance(0.25)
+        stream.send(sotw_response("v2", "n2", wrapped("a", "1", 0.5, body=False), listener("b")))
         ack = await control_plane.request(stream, 2)
         assert not ack.HasField("error_detail")
         assert harness.sotw_calls == [("v1", ["a", "b"]), ("v2", ["a", "b"])]
-        await asyncio.sleep(0.7)  # past the first deadline: the heartbeat moved it
+        clock.advance(0.375)  # past the first deadline: the heartbeat moved it
+        await clock.looked_at()
         assert harness.delta_calls == []
-        await until(lambda: harness.delta_calls == [("", [], ["a"])], timeout=2)
+        clock.advance(0.125)  # the heartbeat's deadline
+        await wait_until(lambda: harness.delta_calls == [("", [], ["a"])], timeout=2)
         assert harness.stat(LDS + "update_success") == 3
         assert harness.stat(LDS + "version_text") == ""
         # the SotW version on the wire is still the last accepted response's

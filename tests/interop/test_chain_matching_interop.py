@@ -60,6 +60,7 @@ def servers(tmp_path_factory, stub):
             process.stop()
 
 
+@pytest.mark.timeout(120)  # tls_inspector's scenario: ~8 s on two proxies
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_same_chains_as_envoy(scenario: Scenario, fixtures: Fixtures, stub, servers) -> None:
     addresses = ["127.0.0.1"] + (

@@ -153,9 +153,15 @@ def test_flag_errors(argv: list[str], message: str) -> None:
     assert str(caught.value) == message
 
 
-@pytest.mark.parametrize("flag", ["--base-id", "--parent-shutdown-time-s"])
-def test_hot_restart_flags_are_accepted(flag: str) -> None:
-    parse_args(["-c", "x", flag, "5", "--disable-hot-restart"])
+@pytest.mark.parametrize(
+    ("flag", "field"),
+    [("--base-id", "base_id"), ("--parent-shutdown-time-s", "parent_shutdown_time_s")],
+)
+def test_hot_restart_flags_are_accepted(flag: str, field: str) -> None:
+    options = parse_args(["-c", "x", flag, "5", "--disable-hot-restart"])
+    assert getattr(options, field) == 5
+    assert options.disable_hot_restart is True
+    assert getattr(parse_args(["-c", "x"]), field) != 5  # the flag, not the default, set it
 
 
 def test_validate_mode_prints_ok(capsys: pytest.CaptureFixture[str]) -> None:

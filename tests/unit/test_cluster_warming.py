@@ -9,6 +9,7 @@ import asyncio
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import json_format
 
+from tests.helpers.waiting import wait_until
 from xds_proxy.admin.clusters import clusters_dump
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.config import DnsFamily, EndpointAddress
@@ -57,8 +58,7 @@ class ControlledResolver:
         return future
 
     async def answer(self, port: int) -> None:
-        while not self.waiting.get(port):
-            await asyncio.sleep(0)
+        await wait_until(lambda: self.waiting.get(port), what=f"a DNS lookup of port {port}")
         for future in self.waiting.pop(port):
             future.set_result([("127.0.0.1", port)])
         for _ in range(5):  # let the cluster and the manager see it

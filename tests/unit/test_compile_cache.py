@@ -280,6 +280,7 @@ async def test_in_place_update_of_one_identical_chain_keeps_the_others() -> None
 # -- a listener's checks, cached by its shape -------------------------------------------------
 
 
+@pytest.mark.timeout(120)  # 300 pairs of fuzzed listeners: ~9 s, CPU-bound
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(listener_messages(FUZZ_PORT, SENTINEL_PORT), listener_messages(FUZZ_PORT, SENTINEL_PORT))
 def test_cached_listener_checks_equal_the_uncached_ones(

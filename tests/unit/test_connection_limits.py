@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - a fixture
+from tests.helpers.waiting import wait_until
 from xds_proxy.bootstrap import check_bootstrap, message_from_dict
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import FilterChainContext
@@ -446,12 +447,6 @@ async def accepted_transport() -> tuple[asyncio.Transport, socket.socket]:
     ours, peer = socket.socketpair()
     transport, _ = await asyncio.get_running_loop().connect_accepted_socket(asyncio.Protocol, ours)
     return transport, peer  # type: ignore[return-value]
-
-
-async def wait_until(condition, timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def test_the_guard_forwards_to_the_protocol_set_later_and_frees_the_slot_at_close(

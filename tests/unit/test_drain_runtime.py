@@ -13,6 +13,7 @@ import random
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 
+from tests.helpers.waiting import wait_until
 from tests.unit.listener_fixtures import WiredListeners, listener, wired_listeners
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE
 from xds_proxy.listener.instance import ChainRuntime, ListenerInstance
@@ -220,7 +221,7 @@ async def test_gradual_drain_tells_each_connection_at_its_drawn_moment() -> None
     started = loop.time()
     await runtime.execute([DrainListener(1, DrainTrigger.LDS_UPDATE)])
     assert conn.told_at is None
-    await asyncio.wait_for(_until(lambda: conn.told_at is not None), 2)
+    await wait_until(lambda: conn.told_at is not None, 2)
     assert 0.08 <= conn.told_at - started < 0.2  # the timer fired at about DT/4
 
 
@@ -230,7 +231,7 @@ async def test_connection_closed_before_its_moment_is_never_told() -> None:
     early, late = (FakeConnection(instance.chains[0]).open() for _ in range(2))
     await runtime.execute([DrainListener(1, DrainTrigger.LDS_UPDATE)])
     early.close()
-    await asyncio.wait_for(_until(lambda: late.told_at is not None), 2)
+    await wait_until(lambda: late.told_at is not None, 2)
     assert early.told_at is None
 
 
@@ -296,7 +297,7 @@ async def test_deadline_cuts_the_rest_and_finalises(caplog) -> None:
     conn = FakeConnection(instance.chains[0]).open()
     with caplog.at_level(logging.INFO, logger="xds_proxy.listener"):
         await runtime.execute([DrainListener(1, DrainTrigger.LDS_UPDATE)])
-        await asyncio.wait_for(_until(lambda: not runtime.drain_report()), 2)
+        await wait_until(lambda: not runtime.drain_report(), 2)
     assert conn.cut_at_deadline
     assert conn.told_at is not None  # told (at DT/2 at the latest) before being cut
     assert any('"outcome": "deadline"' in r.getMessage() for r in caplog.records)
@@ -337,11 +338,6 @@ async def test_healthcheck_ok_ends_the_health_record() -> None:
     assert runtime.drain_report() == []
 
 
-async def _until(condition) -> None:
-    while not condition():
-        await asyncio.sleep(0.005)
-
-
 # -- server-wide drains end through the action pipeline ---------------------------------------
 
 
@@ -360,7 +356,7 @@ async def test_graceful_admin_drain_stops_the_listeners_at_the_deadline() -> Non
             wired.drains.start_admin_drain(inbound_only=False, stop_listeners=True)
         )
         assert len(wired.runtime.drain_report()) == 1
-        await asyncio.wait_for(_until(lambda: version.stopped), 2)
+        await wait_until(lambda: version.stopped, 2, "the listener stopped")
         assert wired.runtime.drain_report() == []
         assert wired.stats.value("listener_manager.listener_stopped") == 1
         assert list(wired.manager.active) == ["web"]

@@ -15,6 +15,7 @@ import socket
 import pytest
 
 from tests.helpers.procs import free_port
+from tests.helpers.waiting import wait_until
 from xds_proxy import hot_restart
 from xds_proxy.errors import ConfigError
 from xds_proxy.hot_restart import (
@@ -230,11 +231,11 @@ async def test_child_takes_over_drains_and_terminates_the_parent(parent) -> None
         # the address no listener took is closed in the child once it is initialized
         assert child_pool.listen_sockets() == {addresses[0]: taken}
         gauge = child.stats.gauge("server.parent_connections")
-        await asyncio.wait_for(_until(lambda: gauge.value == 7), TIMEOUT)
+        await wait_until(lambda: gauge.value == 7, TIMEOUT)
         await asyncio.wait_for(server.terminated.wait(), TIMEOUT)
         # the parent exits: the child notices and reports no parent connections
         await endpoint.close()
-        await asyncio.wait_for(_until(lambda: child.parent is None), TIMEOUT)
+        await wait_until(lambda: child.parent is None, TIMEOUT)
         assert gauge.value == 0
     finally:
         await child.close()
@@ -305,11 +306,6 @@ async def test_disabled_opens_no_socket() -> None:
     enabled = make_hot_restart(unique_base_id(), 0, pool)
     assert enabled.version == HOT_RESTART_VERSION
     await child.close()
-
-
-async def _until(condition) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)
 
 
 async def test_hello_closes_the_parents_admin(parent) -> None:

@@ -7,7 +7,10 @@ The server side runs in the test's event loop (`loop.create_server` with the fac
 from __future__ import annotations
 
 import asyncio
-import time
+import fcntl
+import socket
+import struct
+import termios
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -16,7 +19,9 @@ import pytest
 from envoy.config.listener.v3 import listener_components_pb2
 from google.protobuf import json_format
 
+from tests.helpers.clocks import JumpClockLoop, JumpClockPolicy, settle
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
+from tests.helpers.waiting import wait_until
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats
@@ -184,12 +189,37 @@ def get(path: str = "/hello", host: str = "h", extra: str = "") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
 
 
-async def wait_until(condition: Callable[[], object], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met: {condition}")
-        await asyncio.sleep(0.005)
+# Timeout tests run on a loop whose clock jumps: 30 s timeouts, reached at once, with margins
+# that a loaded machine's scheduling delays cannot eat into.
+JUMP_CLOCK = pytest.mark.parametrize("event_loop_policy", [JumpClockPolicy()], ids=["jump-clock"])
+
+
+async def jump(seconds: float) -> None:
+    """Move the loop's clock forward and let the timers it passed fire."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, JumpClockLoop)
+    loop.jump(seconds)
+    await settle()
+
+
+def _unread_bytes(sock: socket.socket, request: int) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0"))[0]
+
+
+async def read_by_the_server(client: Client, served: Served) -> None:
+    """Wait until what the client sent has reached the server's connection: nothing left in
+    the client's buffers or unacknowledged, nothing unread in the server socket."""
+    (connection,) = served.connections
+    client_sock = client.writer.get_extra_info("socket")
+    server_sock = connection.transport.get_extra_info("socket")
+    await wait_until(
+        lambda: (
+            client.writer.transport.get_write_buffer_size() == 0
+            and _unread_bytes(client_sock, termios.TIOCOUTQ) == 0
+            and _unread_bytes(server_sock, termios.FIONREAD) == 0
+        ),
+        what="the bytes read by the server",
+    )
 
 
 # -- keep-alive, pipelining, bodies --------------------------------------------------------
@@ -468,14 +498,16 @@ async def test_http2_preface_is_handed_to_http2(serve) -> None:
     assert (await third.response()).status == 200
 
 
-async def test_idle_timeout_closes_idle_connections(serve) -> None:
-    served = await serve(common_http_protocol_options={"idle_timeout": "0.2s"})
+@JUMP_CLOCK
+async def test_idle_timeout_closes_idle_connections(serve, event_loop_policy) -> None:  # noqa: F811
+    served = await serve(common_http_protocol_options={"idle_timeout": "30s"})
     client = await Client.connect(served.port)
     await client.send(get())
     assert (await client.response()).status == 200
-    started = time.monotonic()
+    await jump(29)
+    assert served.stat("downstream_cx_idle_timeout") == 0
+    await jump(2)
     assert await client.at_eof()
-    assert 0.15 < time.monotonic() - started < 2.0
     assert served.stat("downstream_cx_idle_timeout") == 1
 
 
@@ -616,40 +648,55 @@ async def test_empty_filter_chain_closes_connections(serve) -> None:
         ),
     ],
 )
-async def test_request_timeouts_answer_408(serve, option, parts, body, stat) -> None:
-    served = await serve(**{option: "0.2s"})
+@JUMP_CLOCK
+async def test_request_timeouts_answer_408(
+    serve,
+    event_loop_policy,  # noqa: F811
+    option,
+    parts,
+    body,
+    stat,
+) -> None:
+    served = await serve(**{option: "30s"})
     client = await Client.connect(served.port)
-    started = time.monotonic()
     for part in parts:
         await client.send(part)
+    await wait_until(lambda: served.stat("downstream_rq_total") == 1, what="the request read")
+    await jump(29)
+    assert served.stat(stat) == 0
+    await jump(2)
     response = await client.response()
-    elapsed = time.monotonic() - started
     assert (response.status, response.body) == (408, body)
     assert response.header("connection") == "close"
-    assert 0.15 < elapsed < 2.0
     assert await client.at_eof()
     assert served.stat(stat) == 1
     assert served.stat("downstream_rq_4xx") == 1
 
 
-async def test_stream_idle_timeout_restarts_with_each_read(serve) -> None:
-    served = await serve(stream_idle_timeout="0.3s")
+@JUMP_CLOCK
+async def test_stream_idle_timeout_restarts_with_each_read(serve, event_loop_policy) -> None:  # noqa: F811
+    served = await serve(stream_idle_timeout="30s")
     client = await Client.connect(served.port)
     await client.send(b"POST /hello HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\n")
-    for _ in range(5):  # 0.5 s in total, never 0.3 s without a byte
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: served.stat("downstream_rq_total") == 1, what="the request read")
+    for _ in range(5):  # 100 s in total, never 30 s without a byte
+        await jump(20)
         await client.send(b"a")
+        await read_by_the_server(client, served)
     await client.send(b"a")
     assert (await client.response()).status == 200
     assert served.stat("downstream_rq_idle_timeout") == 0
 
 
-async def test_request_timeouts_do_not_touch_idle_connections(serve) -> None:
-    served = await serve(request_headers_timeout="0.1s", request_timeout="0.1s")
+@JUMP_CLOCK
+async def test_request_timeouts_do_not_touch_idle_connections(serve, event_loop_policy) -> None:  # noqa: F811
+    served = await serve(request_headers_timeout="30s", request_timeout="30s")
     client = await Client.connect(served.port)
     await client.send(get())
     assert (await client.response()).status == 200
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(client.reader.read(1), 0.4)
+    await jump(60)
+    assert served.stat("downstream_rq_header_timeout") == 0
+    assert served.stat("downstream_rq_timeout") == 0
+    assert served.stat("downstream_cx_active") == 1
     await client.send(get())
     assert (await client.response()).status == 200

@@ -136,7 +136,7 @@ def test_overlapping_matches_are_refused(first: dict, second: dict) -> None:
 
 
 def test_distinct_matches_are_accepted() -> None:
-    FilterChainMatcher(
+    matcher = FilterChainMatcher(
         [
             chain("a", sni=["x.com"]),
             chain("b", sni=["*.x.com"]),
@@ -145,6 +145,12 @@ def test_distinct_matches_are_accepted() -> None:
             chain("e"),
         ]
     )
+    # Each chain is reachable: built, not merged into or shadowed by another.
+    assert matcher.match(conn("x.com")) == 0
+    assert matcher.match(conn("www.x.com")) == 1
+    assert matcher.match(conn(src="127.1.0.1")) == 2
+    assert matcher.match(conn(src="127.0.0.1")) == 3  # the longest source prefix wins
+    assert matcher.match(conn(src="10.0.0.1")) == 4
 
 
 @pytest.mark.parametrize("name", ["*", "foo.*.com", "a*.example.com", "*example.com"])

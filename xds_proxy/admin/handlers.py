@@ -14,9 +14,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2, listeners_pb2, server_info_pb2
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from xds_proxy.admin.clusters import clusters_dump, clusters_message, clusters_text
+from xds_proxy.admin.json_render import message_json
 from xds_proxy.admin.page import AdminPage
 from xds_proxy.admin.server import AdminResponse
 from xds_proxy.admin.view import AdminCommands, AdminView
@@ -29,7 +30,7 @@ Query = dict[str, list[str]]
 
 
 def _to_json(message) -> str:
-    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=1) + "\n"
+    return message_json(message)
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:

@@ -21,12 +21,11 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import DecodeError, Message
 
 from xds_proxy import extensions
+from xds_proxy.config.values import read_data_source
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.conn_manager import HCM_TYPE_URL, Codec, build_http_connection_manager
-from xds_proxy.http.fields import check_fields
 from xds_proxy.http.http1 import Http1Connection
 from xds_proxy.http.http2 import Http2Connection
-from xds_proxy.http.router import data_source_bytes
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.listener.limits import CONNECTION_LIMIT_TYPE_URL, build_connection_limit
 from xds_proxy.tcp_proxy import build_tcp_proxy
@@ -56,10 +55,9 @@ def _build_hcm(message: Message, ctx: FilterChainContext, path: str) -> Protocol
 
 
 def _build_direct_response(message: Message, ctx: FilterChainContext, path: str) -> ProtocolFactory:
-    check_fields(message, path, ("response",))
     response = b""
     if message.HasField("response"):  # type: ignore[attr-defined]
-        response = data_source_bytes(message.response, f"{path}.response")  # type: ignore[attr-defined]
+        response = read_data_source(message.response, f"{path}.response")  # type: ignore[attr-defined]
     return lambda: DirectResponseConnection(response, ctx)
 
 
@@ -115,7 +113,9 @@ def build_filter_chain(
     ctx: FilterChainContext,
     path: str = "filters",
 ) -> ProtocolFactory:
-    """Validate a chain's network filters and return the per-connection protocol factory.
+    """The per-connection protocol factory of a chain's network filters, which passed the PGV
+    rules and the support table (config/); raises ConfigError for what only building finds
+    (the order of the filters, a file that cannot be read).
 
     `path` prefixes error messages (e.g. `filter_chains[0].filters`)."""
     if not filters:
@@ -125,11 +125,6 @@ def build_filter_chain(
     stages: list[FilterStage] = []
     for index, network_filter in enumerate(filters):
         filter_path = f"{path}[{index}]"
-        check_fields(network_filter, filter_path, ("name", "typed_config"))
-        if not network_filter.name:
-            raise ConfigError(f"{filter_path}.name: value length must be at least 1 characters")
-        if not network_filter.HasField("typed_config"):
-            raise ConfigError(f"{filter_path}.typed_config: value is required")
         type_url = network_filter.typed_config.type_url
         stage_entry = NON_TERMINAL_FILTERS.get(type_url)
         if stage_entry is not None:

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from xds_proxy.errors import ConfigError
-from xds_proxy.http.fields import check_fields, duration_seconds
+from xds_proxy.config.values import duration_seconds
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster, Host
@@ -78,44 +77,17 @@ class TcpProxyConfig:
 def build_tcp_proxy_config(
     message: tcp_proxy_pb2.TcpProxy, path: str, stats: Stats
 ) -> TcpProxyConfig:
-    check_fields(
-        message,
-        path,
-        ("stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"),
-    )
-    if not message.stat_prefix:
-        raise ConfigError(f"{path}.stat_prefix: value length must be at least 1 characters")
-    kind = message.WhichOneof("cluster_specifier")
-    if kind == "cluster":
-        clusters: tuple[tuple[str, int], ...] = ((message.cluster, 1),)
-    elif kind == "weighted_clusters":
-        weighted = message.weighted_clusters
-        weighted_path = f"{path}.weighted_clusters"
-        check_fields(weighted, weighted_path, ("clusters",))
-        if not weighted.clusters:
-            raise ConfigError(f"{weighted_path}.clusters: value must contain at least 1 item(s)")
-        entries = []
-        for index, entry in enumerate(weighted.clusters):
-            entry_path = f"{weighted_path}.clusters[{index}]"
-            check_fields(entry, entry_path, ("name", "weight"))
-            if not entry.name:
-                raise ConfigError(f"{entry_path}.name: value length must be at least 1 characters")
-            if entry.weight < 1:
-                raise ConfigError(f"{entry_path}.weight: value must be greater than or equal to 1")
-            entries.append((entry.name, entry.weight))
-        clusters = tuple(entries)
+    """Translate a TcpProxy that passed the PGV rules and the support table (config/)."""
+    if message.WhichOneof("cluster_specifier") == "weighted_clusters":
+        clusters = tuple((entry.name, entry.weight) for entry in message.weighted_clusters.clusters)
     else:
-        raise ConfigError(f"{path}.cluster_specifier: value is required")
+        clusters = ((message.cluster, 1),)
     idle_timeout_s: float | None = _DEFAULT_IDLE_TIMEOUT_S
     if message.HasField("idle_timeout"):
         idle_timeout_s = duration_seconds(message.idle_timeout) or None
     attempts = 1
     if message.HasField("max_connect_attempts"):
         attempts = message.max_connect_attempts.value
-        if attempts < 1:
-            raise ConfigError(
-                f"{path}.max_connect_attempts: value must be greater than or equal to 1"
-            )
     return TcpProxyConfig(
         stat_prefix=message.stat_prefix,
         clusters=clusters,

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,15 +25,11 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import message
 
+from xds_proxy.config.tls_material import load_cert_chain
+from xds_proxy.config.values import read_data_source
 from xds_proxy.errors import ConfigError
 
 DOWNSTREAM_TLS_TYPE = "type.googleapis.com/" + tls_pb2.DownstreamTlsContext.DESCRIPTOR.full_name
-
-_DOWNSTREAM_FIELDS = {"common_tls_context", "require_client_certificate"}
-_COMMON_FIELDS = {"tls_certificates", "validation_context", "alpn_protocols", "tls_params"}
-_CERTIFICATE_FIELDS = {"certificate_chain", "private_key"}
-_VALIDATION_FIELDS = {"trusted_ca"}
-_PARAMS_FIELDS = {"tls_minimum_protocol_version", "tls_maximum_protocol_version"}
 
 _Protocol = common_pb2.TlsParameters.TlsProtocol
 _VERSIONS = {
@@ -70,10 +64,8 @@ def downstream_tls(socket: base_pb2.TransportSocket, path: str) -> DownstreamTls
         socket.typed_config.Unpack(tls_context)
     except message.DecodeError:
         raise ConfigError(f"{typed_path}: cannot decode DownstreamTlsContext") from None
-    _only(tls_context, _DOWNSTREAM_FIELDS, typed_path)
     common = tls_context.common_tls_context
     common_path = f"{typed_path}.common_tls_context"
-    _only(common, _COMMON_FIELDS, common_path)
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # Envoy's server default
@@ -88,21 +80,19 @@ def downstream_tls(socket: base_pb2.TransportSocket, path: str) -> DownstreamTls
         )
     certificate = common.tls_certificates[0]
     certificate_path = f"{common_path}.tls_certificates[0]"
-    _only(certificate, _CERTIFICATE_FIELDS, certificate_path)
     for name in ("certificate_chain", "private_key"):
         if not certificate.HasField(name):
             raise ConfigError(f"{certificate_path}.{name}: is required")
-    chain = _read(certificate.certificate_chain, f"{certificate_path}.certificate_chain")
-    key = _read(certificate.private_key, f"{certificate_path}.private_key")
-    _load_cert_chain(context, chain, key, certificate_path)
+    chain = read_data_source(certificate.certificate_chain, f"{certificate_path}.certificate_chain")
+    key = read_data_source(certificate.private_key, f"{certificate_path}.private_key")
+    load_cert_chain(context, chain, key, certificate_path)
 
     require = tls_context.require_client_certificate.value
     trusted_ca = None
     if common.HasField("validation_context"):
         validation_path = f"{common_path}.validation_context"
-        _only(common.validation_context, _VALIDATION_FIELDS, validation_path)
         if common.validation_context.HasField("trusted_ca"):
-            trusted_ca = _read(
+            trusted_ca = read_data_source(
                 common.validation_context.trusted_ca, f"{validation_path}.trusted_ca"
             )
     if trusted_ca is not None:
@@ -126,16 +116,9 @@ def downstream_tls(socket: base_pb2.TransportSocket, path: str) -> DownstreamTls
     return DownstreamTls(context=context, alpn_protocols=alpn, require_client_certificate=require)
 
 
-def _only(msg: message.Message, allowed: set[str], path: str) -> None:
-    for descriptor, _ in msg.ListFields():
-        if descriptor.name not in allowed:
-            raise ConfigError(f"{path}.{descriptor.name}: not supported")
-
-
 def _protocol_versions(
     context: ssl.SSLContext, params: common_pb2.TlsParameters, path: str
 ) -> None:
-    _only(params, _PARAMS_FIELDS, path)
     low, high = params.tls_minimum_protocol_version, params.tls_maximum_protocol_version
     if low != _Protocol.TLS_AUTO:
         context.minimum_version = _VERSIONS[low]
@@ -145,59 +128,6 @@ def _protocol_versions(
         raise ConfigError(
             f"{path}: tls_minimum_protocol_version is above tls_maximum_protocol_version"
         )
-
-
-def _read(source: base_pb2.DataSource, path: str) -> bytes:
-    kind = source.WhichOneof("specifier")
-    if kind == "filename":
-        try:
-            with open(source.filename, "rb") as file:
-                return file.read()
-        except OSError as error:
-            raise ConfigError(
-                f"{path}.filename: cannot read '{source.filename}': {error.strerror}"
-            ) from None
-    if kind == "inline_string":
-        return source.inline_string.encode()
-    if kind == "inline_bytes":
-        return source.inline_bytes
-    raise ConfigError(f"{path}: one of filename, inline_string, inline_bytes is required")
-
-
-def _load_cert_chain(context: ssl.SSLContext, chain: bytes, key: bytes, path: str) -> None:
-    """ssl loads certificates from files only: hand it anonymous in-memory files where the
-    system has them (the private key never touches a disk), a private temp folder otherwise."""
-    try:
-        with _as_files(chain, key) as (chain_path, key_path):
-            context.load_cert_chain(chain_path, key_path)
-    except ssl.SSLError as error:
-        raise ConfigError(
-            f"{path}: cannot load the certificate chain and private key ({error.reason})"
-        ) from None
-
-
-@contextlib.contextmanager
-def _as_files(*contents: bytes):
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        fds = []
-        try:
-            for content in contents:
-                fd = os.memfd_create("xds-proxy-tls", os.MFD_CLOEXEC)
-                fds.append(fd)
-                os.write(fd, content)
-            yield tuple(f"/proc/self/fd/{fd}" for fd in fds)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="xds-proxy-tls-") as folder:
-        paths = []
-        for index, content in enumerate(contents):
-            file_path = os.path.join(folder, f"{index}.pem")
-            with open(file_path, "wb") as out:
-                out.write(content)
-            paths.append(file_path)
-        yield tuple(paths)
 
 
 # -- the server side of TLS on an accepted connection ------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
 
+from xds_proxy.config.support import require_supported
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.router import (
     DirectResponseAction,
@@ -19,7 +20,9 @@ DATE = b"Sat, 28 Nov 2026 00:00:00 GMT"
 
 
 def table(config: dict, **kwargs) -> RouteTable:
+    """The table after the support table's gate (config/), as the HCM builder receives it."""
     message = json_format.ParseDict(config, route_pb2.RouteConfiguration())
+    require_supported(message, "route_config")
     return RouteTable(message, "route_config", **kwargs)
 
 

@@ -9,12 +9,14 @@ import pytest
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import json_format
 
+from xds_proxy.config.support import require_supported
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.forward import ForwardAction, HeaderMutations
 
 
 def action(document: dict, kind: str = "prefix", value: str = "/") -> ForwardAction:
     message = json_format.ParseDict(document, route_components_pb2.RouteAction())
+    require_supported(message, "route")  # the support table's gate (config/)
     return ForwardAction(message, "route", kind, value)
 
 

@@ -20,8 +20,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from xds_proxy.bounded_cache import BoundedCache
+from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.fields import check_fields, duration_seconds
 from xds_proxy.http.responses import LocalResponse
 from xds_proxy.http.router import RouteTable
 from xds_proxy.stats import Counter, Gauge, Stats
@@ -32,30 +32,6 @@ HCM_TYPE_URL = (
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
 ROUTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-
-_HANDLED_FIELDS = (
-    "codec_type",
-    "stat_prefix",
-    "route_config",
-    "http_filters",
-    "common_http_protocol_options",
-    "http_protocol_options",
-    "http2_protocol_options",
-    "server_name",
-    "max_request_headers_kb",
-    "drain_timeout",
-    "delayed_close_timeout",
-    "strip_any_host_port",
-    "stream_idle_timeout",
-    "request_timeout",
-    "request_headers_timeout",
-    # Only shape what is sent to upstreams, which do not exist yet: nothing observable.
-    "use_remote_address",
-    "xff_num_trusted_hops",
-    "skip_xff_append",
-    "generate_request_id",
-)
-_LATER_FIELDS = ("rds", "scoped_routes", "upgrade_configs")
 
 
 class HcmStats:
@@ -180,6 +156,12 @@ _DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS = 2147483647
 _DEFAULT_HTTP2_WINDOW = 268435456  # Envoy's default stream and connection windows
 
 
+_CODECS = {
+    hcm_pb2.HttpConnectionManager.AUTO: Codec.AUTO,
+    hcm_pb2.HttpConnectionManager.HTTP1: Codec.HTTP1,
+    hcm_pb2.HttpConnectionManager.HTTP2: Codec.HTTP2,
+}
+
 # Serialized HCM -> (the stats store it was built against, its config). Only successes are
 # kept: a failure is reported once, at the path of the chain that has it.
 HCM_CONFIGS: BoundedCache[bytes, tuple[Stats, HcmConfig]] = BoundedCache.for_config_bytes()
@@ -188,8 +170,9 @@ HCM_CONFIGS: BoundedCache[bytes, tuple[Stats, HcmConfig]] = BoundedCache.for_con
 def build_http_connection_manager(
     hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats
 ) -> HcmConfig:
-    """Validate and translate one HCM (or reuse the config of an identical one); raises
-    `ConfigError("PATH: reason")`."""
+    """Translate one HCM that passed the PGV rules and the support table (config/), or reuse
+    the config of an identical one; raises `ConfigError("PATH: reason")` for what only
+    building finds (a duplicate domain, an unreadable body file)."""
     key = hcm.SerializeToString()
     cached = HCM_CONFIGS.get(key)
     if cached is not None and cached[0] is stats:
@@ -200,28 +183,10 @@ def build_http_connection_manager(
 
 
 def _build(hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats) -> HcmConfig:
-    check_fields(hcm, path, _HANDLED_FIELDS, later=_LATER_FIELDS)
-    codecs = {
-        hcm_pb2.HttpConnectionManager.AUTO: Codec.AUTO,
-        hcm_pb2.HttpConnectionManager.HTTP1: Codec.HTTP1,
-        hcm_pb2.HttpConnectionManager.HTTP2: Codec.HTTP2,
-    }
-    codec = codecs.get(hcm.codec_type)
-    if codec is None:
-        raise ConfigError(f"{path}.codec_type: not supported")
-    if not hcm.stat_prefix:
-        raise ConfigError(f"{path}.stat_prefix: value length must be at least 1 characters")
-    if not hcm.HasField("route_config"):
-        raise ConfigError(f"{path}.route_specifier: value is required")
+    codec = _CODECS[hcm.codec_type]
     _check_http_filters(hcm, path)
 
     options = hcm.common_http_protocol_options
-    check_fields(
-        options,
-        f"{path}.common_http_protocol_options",
-        ("idle_timeout", "max_headers_count"),
-        later=("max_connection_duration", "max_stream_duration", "max_requests_per_connection"),
-    )
     idle_timeout_s: float | None = _DEFAULT_IDLE_TIMEOUT_S
     if options.HasField("idle_timeout"):
         idle_timeout_s = duration_seconds(options.idle_timeout) or None  # 0 disables it
@@ -230,40 +195,18 @@ def _build(hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats) -> HcmCo
         max_headers_count = options.max_headers_count.value
 
     http1 = hcm.http_protocol_options
-    check_fields(
-        http1, f"{path}.http_protocol_options", ("accept_http_10", "default_host_for_http_10")
-    )
     http2 = hcm.http2_protocol_options
-    check_fields(
-        http2,
-        f"{path}.http2_protocol_options",
-        ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"),
-    )
     http2_windows = [_DEFAULT_HTTP2_WINDOW, _DEFAULT_HTTP2_WINDOW]
     for index, name in enumerate(("initial_stream_window_size", "initial_connection_window_size")):
         if http2.HasField(name):
             http2_windows[index] = getattr(http2, name).value
-            if not 65535 <= http2_windows[index] <= 2147483647:
-                raise ConfigError(
-                    f"{path}.http2_protocol_options.{name}: value must be inside range "
-                    f"[65535, 2147483647], got {http2_windows[index]}"
-                )
     max_concurrent_streams = _DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS
     if http2.HasField("max_concurrent_streams"):
         max_concurrent_streams = http2.max_concurrent_streams.value
-        if not 1 <= max_concurrent_streams <= 2147483647:
-            raise ConfigError(
-                f"{path}.http2_protocol_options.max_concurrent_streams: value must be inside "
-                f"range [1, 2147483647], got {max_concurrent_streams}"
-            )
 
     max_kb = _DEFAULT_MAX_HEADERS_KB
     if hcm.HasField("max_request_headers_kb"):
         max_kb = hcm.max_request_headers_kb.value
-        if not 0 < max_kb <= 8192:
-            raise ConfigError(
-                f"{path}.max_request_headers_kb: value must be inside range (0, 8192], got {max_kb}"
-            )
     server_name = hcm.server_name or "envoy"
     routes = RouteTable(
         hcm.route_config, f"{path}.route_config", server_name, hcm.strip_any_host_port
@@ -329,9 +272,6 @@ def _check_http_filters(hcm: hcm_pb2.HttpConnectionManager, path: str) -> None:
     """Only the router is supported, and it must be the last filter (as in Envoy)."""
     for index, http_filter in enumerate(hcm.http_filters):
         filter_path = f"{path}.http_filters[{index}]"
-        check_fields(http_filter, filter_path, ("name", "typed_config", "is_optional", "disabled"))
-        if not http_filter.name:
-            raise ConfigError(f"{filter_path}.name: value length must be at least 1 characters")
         type_url = http_filter.typed_config.type_url if http_filter.HasField("typed_config") else ""
         if type_url != ROUTER_TYPE_URL:
             if http_filter.is_optional:
@@ -343,7 +283,6 @@ def _check_http_filters(hcm: hcm_pb2.HttpConnectionManager, path: str) -> None:
         router = router_pb2.Router()
         if not http_filter.typed_config.Unpack(router):
             raise ConfigError(f"{filter_path}.typed_config: cannot decode Router")
-        check_fields(router, f"{filter_path}.typed_config", ("suppress_envoy_headers",))
         if index != len(hcm.http_filters) - 1:
             raise ConfigError(
                 f"{filter_path}: Error: terminal filter named {http_filter.name} of type "

@@ -26,8 +26,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.message import Message
 
+from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.fields import check_fields, duration_seconds
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.stream import (
     HOP_BY_HOP,
@@ -69,9 +69,7 @@ def _header_adds(
     adds = []
     for index, option in enumerate(options):
         option_path = f"{path}[{index}]"
-        check_fields(option, option_path, ("header", "append", "append_action", "keep_empty_value"))
         header = option.header
-        check_fields(header, f"{option_path}.header", ("key", "value", "raw_value"))
         name = header.key.lower()
         if not name:
             raise ConfigError(
@@ -198,15 +196,6 @@ class ForwardAction:
         "total_weight",
     )
 
-    _HANDLED = (
-        "cluster",
-        "weighted_clusters",
-        "cluster_not_found_response_code",
-        "prefix_rewrite",
-        "host_rewrite_literal",
-        "timeout",
-    )
-
     def __init__(
         self,
         action: route_components_pb2.RouteAction,
@@ -214,7 +203,6 @@ class ForwardAction:
         match_kind: str,
         match_value: str,
     ) -> None:
-        check_fields(action, path, self._HANDLED)
         kind = action.WhichOneof("cluster_specifier")
         if kind == "cluster":
             if not action.cluster:
@@ -264,13 +252,11 @@ class ForwardAction:
 def _weighted(
     weighted: route_components_pb2.WeightedCluster, path: str
 ) -> tuple[tuple[str, int], ...]:
-    check_fields(weighted, path, ("clusters", "total_weight"))
     if not weighted.clusters:
         raise ConfigError(f"{path}.clusters: value must contain at least 1 item(s)")
     found = []
     for index, entry in enumerate(weighted.clusters):
         entry_path = f"{path}.clusters[{index}]"
-        check_fields(entry, entry_path, ("name", "weight"))
         if not entry.name:
             raise ConfigError(f"{entry_path}.name: value length must be at least 1 characters")
         found.append((entry.name, entry.weight.value if entry.HasField("weight") else 0))

@@ -7,13 +7,12 @@ at all otherwise; SNI is sent only when `sni` is set; names are not checked.
 
 from __future__ import annotations
 
-import os
 import ssl
-import tempfile
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
 
+from xds_proxy.config.tls_material import load_cert_chain
 from xds_proxy.xds.tls import channel_tls
 
 
@@ -36,13 +35,6 @@ def upstream_tls(socket: base_pb2.TransportSocket, path: str) -> UpstreamTls:
     if settings.certificate_chain is not None and settings.private_key is not None:
         chain = settings.certificate_chain.read()
         key = settings.private_key.read()
-        # ssl loads certificates from files only.
-        with tempfile.TemporaryDirectory(prefix="xds-proxy-tls-") as folder:
-            chain_path = os.path.join(folder, "chain.pem")
-            key_path = os.path.join(folder, "key.pem")
-            with open(chain_path, "wb") as out:
-                out.write(chain)
-            with open(key_path, "wb") as out:
-                out.write(key)
-            context.load_cert_chain(chain_path, key_path)
+        certificate_path = f"{path}.typed_config.common_tls_context.tls_certificates[0]"
+        load_cert_chain(context, chain, key, certificate_path)
     return UpstreamTls(context, settings.sni)

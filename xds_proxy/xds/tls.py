@@ -24,45 +24,20 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import message
 
+from xds_proxy.config.values import DataSourceRef, data_source
 from xds_proxy.errors import ConfigError
 
 TLS_SOCKET_NAME = "envoy.transport_sockets.tls"
 UPSTREAM_TLS_TYPE = "type.googleapis.com/" + tls_pb2.UpstreamTlsContext.DESCRIPTOR.full_name
-
-_UPSTREAM_FIELDS = {"common_tls_context", "sni"}
-_COMMON_FIELDS = {"tls_certificates", "validation_context", "alpn_protocols"}
-_CERTIFICATE_FIELDS = {"certificate_chain", "private_key"}
-_VALIDATION_FIELDS = {"trusted_ca"}
-
-
-@dataclass(frozen=True, slots=True)
-class DataSource:
-    """Bytes from a file (read when needed) or given inline."""
-
-    path: str  # the field path, for errors
-    filename: str | None = None
-    inline: bytes | None = None
-
-    def read(self) -> bytes:
-        if self.inline is not None:
-            return self.inline
-        assert self.filename is not None
-        try:
-            with open(self.filename, "rb") as source:
-                return source.read()
-        except OSError as error:
-            raise ConfigError(
-                f"{self.path}.filename: cannot read '{self.filename}': {error.strerror}"
-            ) from None
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelTls:
     """What the gRPC channel needs for TLS; `credentials()` reads the sources afresh."""
 
-    trusted_ca: DataSource | None
-    certificate_chain: DataSource | None
-    private_key: DataSource | None
+    trusted_ca: DataSourceRef | None
+    certificate_chain: DataSourceRef | None
+    private_key: DataSourceRef | None
     sni: str
 
     @property
@@ -97,10 +72,8 @@ def channel_tls(socket: base_pb2.TransportSocket, path: str) -> ChannelTls:
     except message.DecodeError:
         raise ConfigError(f"{path}.typed_config: cannot decode UpstreamTlsContext") from None
     path = f"{path}.typed_config"
-    _only(context, _UPSTREAM_FIELDS, path)
     common = context.common_tls_context
     common_path = f"{path}.common_tls_context"
-    _only(common, _COMMON_FIELDS, common_path)
     for index, protocol in enumerate(common.alpn_protocols):
         if protocol != "h2":
             raise ConfigError(f"{common_path}.alpn_protocols[{index}]: only h2 (gRPC)")
@@ -110,17 +83,15 @@ def channel_tls(socket: base_pb2.TransportSocket, path: str) -> ChannelTls:
     if common.tls_certificates:
         certificate = common.tls_certificates[0]
         certificate_path = f"{common_path}.tls_certificates[0]"
-        _only(certificate, _CERTIFICATE_FIELDS, certificate_path)
         if not certificate.HasField("certificate_chain") or not certificate.HasField("private_key"):
             raise ConfigError(f"{certificate_path}: certificate_chain and private_key required")
-        chain = _data_source(certificate.certificate_chain, f"{certificate_path}.certificate_chain")
-        key = _data_source(certificate.private_key, f"{certificate_path}.private_key")
+        chain = data_source(certificate.certificate_chain, f"{certificate_path}.certificate_chain")
+        key = data_source(certificate.private_key, f"{certificate_path}.private_key")
     trusted_ca = None
     if common.HasField("validation_context"):
         validation_path = f"{common_path}.validation_context"
-        _only(common.validation_context, _VALIDATION_FIELDS, validation_path)
         if common.validation_context.HasField("trusted_ca"):
-            trusted_ca = _data_source(
+            trusted_ca = data_source(
                 common.validation_context.trusted_ca, f"{validation_path}.trusted_ca"
             )
     tls = ChannelTls(
@@ -130,22 +101,3 @@ def channel_tls(socket: base_pb2.TransportSocket, path: str) -> ChannelTls:
         if source is not None:
             source.read()  # a missing file fails at start-up, as in Envoy
     return tls
-
-
-def _only(msg: message.Message, allowed: set[str], path: str) -> None:
-    for descriptor, _ in msg.ListFields():
-        if descriptor.name not in allowed:
-            raise ConfigError(f"{path}.{descriptor.name}: not supported for the xDS channel")
-
-
-def _data_source(source: base_pb2.DataSource, path: str) -> DataSource:
-    kind = source.WhichOneof("specifier")
-    if kind == "filename":
-        return DataSource(path=path, filename=source.filename)
-    if kind == "inline_string":
-        return DataSource(path=path, inline=source.inline_string.encode())
-    if kind == "inline_bytes":
-        return DataSource(path=path, inline=source.inline_bytes)
-    if kind is None:
-        raise ConfigError(f"{path}: one of filename, inline_string, inline_bytes is required")
-    raise ConfigError(f"{path}.{kind}: not supported")

@@ -54,10 +54,15 @@ def _build_hcm(message: Message, ctx: FilterChainContext, path: str) -> Protocol
     return lambda: Http1Connection(config, ctx)
 
 
+def build_direct_response_body(message: direct_response_pb2.Config, path: str) -> bytes:
+    """What a direct_response connection is answered with (read once, at build time)."""
+    if not message.HasField("response"):
+        return b""
+    return read_data_source(message.response, f"{path}.response")
+
+
 def _build_direct_response(message: Message, ctx: FilterChainContext, path: str) -> ProtocolFactory:
-    response = b""
-    if message.HasField("response"):  # type: ignore[attr-defined]
-        response = read_data_source(message.response, f"{path}.response")  # type: ignore[attr-defined]
+    response = build_direct_response_body(message, path)  # type: ignore[arg-type]
     return lambda: DirectResponseConnection(response, ctx)
 
 

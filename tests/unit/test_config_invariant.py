@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime
 import enum
 import re
 import ssl
@@ -31,10 +30,6 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -48,6 +43,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from tests.helpers.certs import CertificateAuthority
 from xds_proxy import extensions
 from xds_proxy.config.rules import Extension, Inert, NotYet, Opaque, Rule, Supported, Values
 from xds_proxy.config.support import require_valid
@@ -70,34 +66,12 @@ HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 BODY_VARIABLE = "XDS_PROXY_INVARIANT_BODY"
 
 
-def _self_signed(common_name: str) -> tuple[str, str]:
-    """A self-signed CA certificate and its key (PEM): trusted_ca can hold it (the compiled SSL
-    context lists it), a listener can serve it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
-
-
-CA_PEM = _self_signed("invariant root")[0]
-BASE_CA_PEM = _self_signed("invariant base root")[0]
-SERVER_PEM, SERVER_KEY_PEM = _self_signed("invariant server")
+# trusted_ca examples (the compiled SSL context lists the CA) and a listener's certificate.
+_CA = CertificateAuthority("invariant root")
+_SERVER = _CA.issue("invariant server")
+CA_PEM = _CA.cert_pem.decode()
+BASE_CA_PEM = CertificateAuthority("invariant base root").cert_pem.decode()
+SERVER_PEM, SERVER_KEY_PEM = _SERVER.cert_pem.decode(), _SERVER.key_pem.decode()
 
 
 # -- the roots -------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from xds_proxy.bounded_cache import BoundedCache
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.responses import LocalResponse
-from xds_proxy.http.router import RouteTable
+from xds_proxy.http.router import RouteHandle, RouteTable
 from xds_proxy.stats import Counter, Gauge, Stats
 from xds_proxy.upstream.forward import ProxyPolicy
 
@@ -119,7 +119,7 @@ class Codec(enum.Enum):
 class HcmConfig:
     stat_prefix: str
     codec: Codec
-    routes: RouteTable
+    routes: RouteHandle  # `.current`: the table, swappable under live connections
     server_name: str
     max_request_headers_bytes: int
     max_headers_count: int
@@ -214,7 +214,7 @@ def _build(hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats) -> HcmCo
     return HcmConfig(
         stat_prefix=hcm.stat_prefix,
         codec=codec,
-        routes=routes,
+        routes=RouteHandle(routes),
         server_name=server_name,
         max_request_headers_bytes=max_kb * 1024,
         max_headers_count=max_headers_count,

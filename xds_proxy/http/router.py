@@ -508,6 +508,17 @@ class RouteTable:
         return vhost.find(path, headers)
 
 
+class RouteHandle:
+    """The route table an HCM serves, held so that it can be swapped under live connections
+    (RDS delivers a new table for the same HCM): a connection reads `current` once per request
+    and keeps that table for the request's whole life."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, table: RouteTable) -> None:
+        self.current = table
+
+
 def build_route_table(
     config: route_pb2.RouteConfiguration,
     path: str,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from xds_proxy.config.values import duration_seconds
+from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster, Host
@@ -57,21 +58,13 @@ class TcpProxyStats:
 @dataclass(frozen=True)
 class TcpProxyConfig:
     stat_prefix: str
-    clusters: tuple[tuple[str, int], ...]  # (name, weight); one entry for `cluster`
+    clusters: WeightedClusters
     idle_timeout_s: float | None
     max_connect_attempts: int
     stats: TcpProxyStats
 
     def pick_cluster(self, rng: random.Random) -> str:
-        if len(self.clusters) == 1:
-            return self.clusters[0][0]
-        total = sum(weight for _, weight in self.clusters)
-        point = rng.randrange(total)
-        for name, weight in self.clusters:
-            if point < weight:
-                return name
-            point -= weight
-        return self.clusters[-1][0]
+        return self.clusters.pick(rng)
 
 
 def build_tcp_proxy_config(
@@ -79,9 +72,10 @@ def build_tcp_proxy_config(
 ) -> TcpProxyConfig:
     """Translate a TcpProxy that passed the PGV rules and the support table (config/)."""
     if message.WhichOneof("cluster_specifier") == "weighted_clusters":
-        clusters = tuple((entry.name, entry.weight) for entry in message.weighted_clusters.clusters)
+        weighted = message.weighted_clusters.clusters
+        clusters = WeightedClusters.of((entry.name, entry.weight) for entry in weighted)
     else:
-        clusters = ((message.cluster, 1),)
+        clusters = WeightedClusters.single(message.cluster)
     idle_timeout_s: float | None = _DEFAULT_IDLE_TIMEOUT_S
     if message.HasField("idle_timeout"):
         idle_timeout_s = duration_seconds(message.idle_timeout) or None

@@ -27,6 +27,7 @@ from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.message import Message
 
 from xds_proxy.config.values import duration_seconds
+from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.stream import (
@@ -71,10 +72,6 @@ def _header_adds(
         option_path = f"{path}[{index}]"
         header = option.header
         name = header.key.lower()
-        if not name:
-            raise ConfigError(
-                f"{option_path}.header.key: value length must be at least 1 characters"
-            )
         if name.startswith(":") or name == "host":
             raise ConfigError(
                 f"{option_path}.header.key: ':-prefixed' or host headers may not be modified"
@@ -193,7 +190,6 @@ class ForwardAction:
         "prefix",
         "prefix_rewrite",
         "timeout_s",
-        "total_weight",
     )
 
     def __init__(
@@ -203,16 +199,10 @@ class ForwardAction:
         match_kind: str,
         match_value: str,
     ) -> None:
-        kind = action.WhichOneof("cluster_specifier")
-        if kind == "cluster":
-            if not action.cluster:
-                raise ConfigError(f"{path}.cluster: value length must be at least 1 characters")
-            self.clusters: tuple[tuple[str, int], ...] = ((action.cluster, 1),)
-        elif kind == "weighted_clusters":
+        if action.WhichOneof("cluster_specifier") == "weighted_clusters":
             self.clusters = _weighted(action.weighted_clusters, f"{path}.weighted_clusters")
         else:
-            raise ConfigError(f"{path}.cluster_specifier: value is required")
-        self.total_weight = sum(weight for _, weight in self.clusters)
+            self.clusters = WeightedClusters.single(action.cluster)
         self.not_found_status = _NOT_FOUND_CODES[action.cluster_not_found_response_code]
         self.prefix_rewrite: bytes | None = None
         self.prefix = b""
@@ -231,15 +221,7 @@ class ForwardAction:
         self.mutations: tuple[HeaderMutations, ...] = ()
 
     def pick_cluster(self, rng: random.Random) -> str:
-        clusters = self.clusters
-        if len(clusters) == 1:
-            return clusters[0][0]
-        point = rng.randrange(self.total_weight)
-        for name, weight in clusters:
-            if point < weight:
-                return name
-            point -= weight
-        return clusters[-1][0]
+        return self.clusters.pick(rng)
 
     def rewrite_path(self, url: bytes) -> bytes | None:
         """The upstream path after `prefix_rewrite`, or None when unchanged. Envoy replaces
@@ -249,11 +231,7 @@ class ForwardAction:
         return self.prefix_rewrite + url[len(self.prefix) :]
 
 
-def _weighted(
-    weighted: route_components_pb2.WeightedCluster, path: str
-) -> tuple[tuple[str, int], ...]:
-    if not weighted.clusters:
-        raise ConfigError(f"{path}.clusters: value must contain at least 1 item(s)")
+def _weighted(weighted: route_components_pb2.WeightedCluster, path: str) -> WeightedClusters:
     found = []
     for index, entry in enumerate(weighted.clusters):
         entry_path = f"{path}.clusters[{index}]"
@@ -268,7 +246,7 @@ def _weighted(
         )
     if total == 0:
         raise ConfigError(f"{path}: Sum of weights in the weighted_cluster must be greater than 0")
-    return tuple((name, weight) for name, weight in found if weight > 0)
+    return WeightedClusters.of(found)
 
 
 # ----------------------------------------------------------------------------- per request

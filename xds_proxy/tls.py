@@ -1,10 +1,5 @@
-"""Downstream TLS: a filter chain's `DownstreamTlsContext` and the server side of TLS.
-
-`downstream_tls()` turns Envoy's `transport_socket {name: envoy.transport_sockets.tls,
-typed_config: DownstreamTlsContext}` into an `ssl.SSLContext`: one certificate (chain and key
-by `filename`, `inline_string` or `inline_bytes`), `validation_context.trusted_ca` (client
-certificates are then asked for and verified when sent), `require_client_certificate`,
-`alpn_protocols`, and `tls_params` protocol versions.
+"""The server side of TLS on an accepted connection (the SSL context comes from a filter
+chain's `DownstreamTlsContext`, built by config/tls.py).
 
 `start_tls_server()` runs TLS over an accepted connection with `ssl.MemoryBIO`s instead of
 `loop.start_tls()`: the listener filters (tls_inspector) have already read the ClientHello
@@ -18,117 +13,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-
-from envoy.config.core.v3 import base_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
-from google.protobuf import message
-
-from xds_proxy.config.tls_material import load_cert_chain
-from xds_proxy.config.values import read_data_source
-from xds_proxy.errors import ConfigError
-
-DOWNSTREAM_TLS_TYPE = "type.googleapis.com/" + tls_pb2.DownstreamTlsContext.DESCRIPTOR.full_name
-
-_Protocol = common_pb2.TlsParameters.TlsProtocol
-_VERSIONS = {
-    _Protocol.TLSv1_0: ssl.TLSVersion.TLSv1,
-    _Protocol.TLSv1_1: ssl.TLSVersion.TLSv1_1,
-    _Protocol.TLSv1_2: ssl.TLSVersion.TLSv1_2,
-    _Protocol.TLSv1_3: ssl.TLSVersion.TLSv1_3,
-}
-
-
-@dataclass(frozen=True)
-class DownstreamTls:
-    """What a filter chain needs to terminate TLS on its connections."""
-
-    context: ssl.SSLContext
-    alpn_protocols: tuple[str, ...]
-    require_client_certificate: bool
-
-
-def downstream_tls(socket: base_pb2.TransportSocket, path: str) -> DownstreamTls:
-    """A filter chain's transport socket as a server SSLContext; raises ConfigError
-    (`FIELD_PATH: reason`), also when a certificate file cannot be read or loaded."""
-    typed_path = f"{path}.typed_config"
-    if not socket.HasField("typed_config"):
-        raise ConfigError(f"{typed_path}: is required (envoy.transport_sockets.tls)")
-    if socket.typed_config.type_url != DOWNSTREAM_TLS_TYPE:
-        raise ConfigError(
-            f"{typed_path}: @type '{socket.typed_config.type_url}' not supported on a listener"
-        )
-    tls_context = tls_pb2.DownstreamTlsContext()
-    try:
-        socket.typed_config.Unpack(tls_context)
-    except message.DecodeError:
-        raise ConfigError(f"{typed_path}: cannot decode DownstreamTlsContext") from None
-    common = tls_context.common_tls_context
-    common_path = f"{typed_path}.common_tls_context"
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2  # Envoy's server default
-    context.maximum_version = ssl.TLSVersion.TLSv1_3
-    if common.HasField("tls_params"):
-        _protocol_versions(context, common.tls_params, f"{common_path}.tls_params")
-
-    if len(common.tls_certificates) != 1:
-        raise ConfigError(
-            f"{common_path}.tls_certificates: exactly one certificate is supported,"
-            f" got {len(common.tls_certificates)}"
-        )
-    certificate = common.tls_certificates[0]
-    certificate_path = f"{common_path}.tls_certificates[0]"
-    for name in ("certificate_chain", "private_key"):
-        if not certificate.HasField(name):
-            raise ConfigError(f"{certificate_path}.{name}: is required")
-    chain = read_data_source(certificate.certificate_chain, f"{certificate_path}.certificate_chain")
-    key = read_data_source(certificate.private_key, f"{certificate_path}.private_key")
-    load_cert_chain(context, chain, key, certificate_path)
-
-    require = tls_context.require_client_certificate.value
-    trusted_ca = None
-    if common.HasField("validation_context"):
-        validation_path = f"{common_path}.validation_context"
-        if common.validation_context.HasField("trusted_ca"):
-            trusted_ca = read_data_source(
-                common.validation_context.trusted_ca, f"{validation_path}.trusted_ca"
-            )
-    if trusted_ca is not None:
-        try:
-            context.load_verify_locations(cadata=trusted_ca.decode("latin-1"))
-        except (ssl.SSLError, ValueError) as error:
-            raise ConfigError(
-                f"{common_path}.validation_context.trusted_ca: not a PEM certificate ({error})"
-            ) from None
-        context.verify_mode = ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL
-    elif require:
-        raise ConfigError(
-            f"{typed_path}.require_client_certificate: needs"
-            " common_tls_context.validation_context.trusted_ca (accepting any client"
-            " certificate is not supported)"
-        )
-
-    alpn = tuple(common.alpn_protocols)
-    if alpn:
-        context.set_alpn_protocols(list(alpn))
-    return DownstreamTls(context=context, alpn_protocols=alpn, require_client_certificate=require)
-
-
-def _protocol_versions(
-    context: ssl.SSLContext, params: common_pb2.TlsParameters, path: str
-) -> None:
-    low, high = params.tls_minimum_protocol_version, params.tls_maximum_protocol_version
-    if low != _Protocol.TLS_AUTO:
-        context.minimum_version = _VERSIONS[low]
-    if high != _Protocol.TLS_AUTO:
-        context.maximum_version = _VERSIONS[high]
-    if context.minimum_version > context.maximum_version:
-        raise ConfigError(
-            f"{path}: tls_minimum_protocol_version is above tls_maximum_protocol_version"
-        )
-
 
 # -- the server side of TLS on an accepted connection ------------------------------------------
 

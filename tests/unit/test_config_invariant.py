@@ -48,6 +48,7 @@ from xds_proxy import extensions
 from xds_proxy.config.rules import Extension, Inert, NotYet, Opaque, Rule, Supported, Values
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.table import LEAF_TYPES, TABLE
+from xds_proxy.config.tls import downstream_tls
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.conn_manager import build_http_connection_manager
 from xds_proxy.listener.inspectors import listener_filters
@@ -55,7 +56,6 @@ from xds_proxy.listener.limits import connection_limit_config
 from xds_proxy.network_filters import build_direct_response_body
 from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
 from xds_proxy.tcp_proxy import build_tcp_proxy_config
-from xds_proxy.tls import downstream_tls
 from xds_proxy.upstream.config import build_cluster_config
 
 PREFIX = extensions.TYPE_URL_PREFIX

@@ -13,10 +13,10 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import duration_pb2
 
 from tests.helpers.certs import CertificateAuthority
+from xds_proxy.config.tls import upstream_tls
 from xds_proxy.config.tls_material import load_cert_chain
 from xds_proxy.config.values import data_source, duration_seconds, read_data_source
 from xds_proxy.errors import ConfigError
-from xds_proxy.upstream.tls import upstream_tls
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from tests.helpers.certs import CertificateAuthority
 from xds_proxy.config.support import require_supported
+from xds_proxy.config.tls import downstream_tls
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.inspectors import (
     Inspection,
@@ -23,7 +24,6 @@ from xds_proxy.listener.inspectors import (
     hand_over,
 )
 from xds_proxy.stats import Stats
-from xds_proxy.tls import downstream_tls
 
 PATH = "filter_chains[0].transport_socket"
 

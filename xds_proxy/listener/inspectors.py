@@ -25,12 +25,12 @@ from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_p
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from google.protobuf.message import DecodeError
 
+from xds_proxy.config.tls import DownstreamTls
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.tls import (
     HANDSHAKE_TIMEOUT,
     PEER_CLOSED,
-    DownstreamTls,
     TlsTransport,
     start_tls_server,
 )

@@ -23,6 +23,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from xds_proxy.config.support import listener_errors
+from xds_proxy.config.tls import DownstreamTls, downstream_tls
 from xds_proxy.config_key import config_key
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
@@ -51,7 +52,6 @@ from xds_proxy.listener.manager import (
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats, listener_stat_prefix
-from xds_proxy.tls import DownstreamTls, downstream_tls
 
 if TYPE_CHECKING:
     from xds_proxy.listener.manager import ListenerManager, ListenerVersion

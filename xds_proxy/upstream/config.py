@@ -15,9 +15,9 @@ from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from xds_proxy.config.support import require_supported
+from xds_proxy.config.tls import UpstreamTls, upstream_tls
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
-from xds_proxy.upstream.tls import UpstreamTls, upstream_tls
 
 HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 

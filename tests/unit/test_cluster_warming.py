@@ -10,8 +10,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import json_format
 
 from xds_proxy.admin.clusters import clusters_dump
+from xds_proxy.config.cluster import DnsFamily, EndpointAddress
 from xds_proxy.stats import Stats
-from xds_proxy.upstream.config import DnsFamily, EndpointAddress
 from xds_proxy.upstream.manager import ClusterManager
 
 

@@ -45,6 +45,7 @@ from google.protobuf.message import Message
 
 from tests.helpers.certs import CertificateAuthority
 from xds_proxy import extensions
+from xds_proxy.config.cluster import build_cluster_config
 from xds_proxy.config.rules import Extension, Inert, NotYet, Opaque, Rule, Supported, Values
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.table import LEAF_TYPES, TABLE
@@ -56,7 +57,6 @@ from xds_proxy.listener.limits import connection_limit_config
 from xds_proxy.network_filters import build_direct_response_body
 from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
 from xds_proxy.tcp_proxy import build_tcp_proxy_config
-from xds_proxy.upstream.config import build_cluster_config
 
 PREFIX = extensions.TYPE_URL_PREFIX
 ROUTER = PREFIX + extensions.ROUTER

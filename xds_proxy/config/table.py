@@ -351,7 +351,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "max_requests_per_connection": OK,
         "metadata": OPAQUE,
     },
-    # upstream/config.py reads these
+    # config/cluster.py reads these
     "envoy.config.cluster.v3.CircuitBreakers": {"thresholds": OK},
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds": {
         "priority": OK,

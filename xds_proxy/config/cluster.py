@@ -1,7 +1,10 @@
-"""A `Cluster` message translated once into what the pools and load balancers need.
+"""A `Cluster` message translated once into what the pools and load balancers need
+(`ClusterConfig`, frozen; the runtime's `upstream/cluster.py` holds it).
 
-Pure: no sockets, no DNS. Every field that changes behaviour in Envoy is either handled here or
-refused with `PATH: not supported`, so a cluster never silently behaves differently.
+Pure: no sockets, no DNS. The support table (config/table.py) is the gate: a field it does not
+accept is refused with `PATH: not supported[ yet]`, so a cluster never silently behaves
+differently; a CDS cluster passes it here (`require_supported`), a bootstrap's with the rest of
+the bootstrap.
 """
 
 from __future__ import annotations

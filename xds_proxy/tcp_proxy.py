@@ -18,15 +18,13 @@ from dataclasses import dataclass
 
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from xds_proxy.config.values import duration_seconds
-from xds_proxy.config.weighted import WeightedClusters
+from xds_proxy.config.tcp_proxy import TcpProxySettings, build_tcp_proxy_settings
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster, Host
 from xds_proxy.upstream.manager import ClusterManager
 
 TCP_PROXY_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-_DEFAULT_IDLE_TIMEOUT_S = 3600.0
 # After our FIN at a drain deadline, how long we wait for the peer's before closing anyway.
 _CLOSE_LINGER_S = 1.0
 
@@ -57,38 +55,13 @@ class TcpProxyStats:
 
 @dataclass(frozen=True)
 class TcpProxyConfig:
-    stat_prefix: str
-    clusters: WeightedClusters
-    idle_timeout_s: float | None
-    max_connect_attempts: int
+    """A chain's tcp_proxy: its settings (config/tcp_proxy.py) and its stat handles."""
+
+    settings: TcpProxySettings
     stats: TcpProxyStats
 
     def pick_cluster(self, rng: random.Random) -> str:
-        return self.clusters.pick(rng)
-
-
-def build_tcp_proxy_config(
-    message: tcp_proxy_pb2.TcpProxy, path: str, stats: Stats
-) -> TcpProxyConfig:
-    """Translate a TcpProxy that passed the PGV rules and the support table (config/)."""
-    if message.WhichOneof("cluster_specifier") == "weighted_clusters":
-        weighted = message.weighted_clusters.clusters
-        clusters = WeightedClusters.of((entry.name, entry.weight) for entry in weighted)
-    else:
-        clusters = WeightedClusters.single(message.cluster)
-    idle_timeout_s: float | None = _DEFAULT_IDLE_TIMEOUT_S
-    if message.HasField("idle_timeout"):
-        idle_timeout_s = duration_seconds(message.idle_timeout) or None
-    attempts = 1
-    if message.HasField("max_connect_attempts"):
-        attempts = message.max_connect_attempts.value
-    return TcpProxyConfig(
-        stat_prefix=message.stat_prefix,
-        clusters=clusters,
-        idle_timeout_s=idle_timeout_s,
-        max_connect_attempts=attempts,
-        stats=TcpProxyStats(stats, message.stat_prefix),
-    )
+        return self.settings.clusters.pick(rng)
 
 
 def build_tcp_proxy(
@@ -98,8 +71,9 @@ def build_tcp_proxy(
     clusters: ClusterManager | None,
     rng: random.Random | None = None,
 ):
-    """The network filter registry's builder: validate once, one protocol per connection."""
-    config = build_tcp_proxy_config(message, path, ctx.stats)
+    """The network filter registry's builder: translate once, one protocol per connection."""
+    settings = build_tcp_proxy_settings(message)
+    config = TcpProxyConfig(settings, TcpProxyStats(ctx.stats, settings.stat_prefix))
     chooser = rng or random.Random()
     return lambda: TcpProxyConnection(config, ctx, clusters, chooser)
 
@@ -245,7 +219,7 @@ class TcpProxyConnection(asyncio.Protocol):
     async def _connect(self, cluster: Cluster) -> None:
         loop = asyncio.get_running_loop()
         stats = cluster.stats
-        attempts = self._config.max_connect_attempts
+        attempts = self._config.settings.max_connect_attempts
         for _attempt in range(attempts):
             host = cluster.pick_host()
             if host is None:
@@ -350,7 +324,7 @@ class TcpProxyConnection(asyncio.Protocol):
                     transport.close()
 
     def _touch(self) -> None:
-        timeout = self._config.idle_timeout_s
+        timeout = self._config.settings.idle_timeout_s
         if not timeout:
             return
         loop = asyncio.get_running_loop()
@@ -360,7 +334,7 @@ class TcpProxyConnection(asyncio.Protocol):
 
     def _on_idle(self) -> None:
         self._idle_timer = None
-        timeout = self._config.idle_timeout_s
+        timeout = self._config.settings.idle_timeout_s
         assert timeout
         loop = asyncio.get_running_loop()
         remaining = self._last_activity + timeout - loop.time()

@@ -49,6 +49,7 @@ from xds_proxy.config.cluster import build_cluster_config
 from xds_proxy.config.rules import Extension, Inert, NotYet, Opaque, Rule, Supported, Values
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.table import LEAF_TYPES, TABLE
+from xds_proxy.config.tcp_proxy import build_tcp_proxy_settings
 from xds_proxy.config.tls import downstream_tls
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.conn_manager import build_http_connection_manager
@@ -56,7 +57,6 @@ from xds_proxy.listener.inspectors import listener_filters
 from xds_proxy.listener.limits import connection_limit_config
 from xds_proxy.network_filters import build_direct_response_body
 from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
-from xds_proxy.tcp_proxy import build_tcp_proxy_config
 
 PREFIX = extensions.TYPE_URL_PREFIX
 ROUTER = PREFIX + extensions.ROUTER
@@ -96,10 +96,6 @@ def _build_hcm(message: Message, path: str) -> Any:
     return build_http_connection_manager(message, path, Stats())  # type: ignore[arg-type]
 
 
-def _build_tcp_proxy(message: Message, path: str) -> Any:
-    return build_tcp_proxy_config(message, path, Stats())  # type: ignore[arg-type]
-
-
 ROOTS = (
     Root(
         "hcm",
@@ -126,7 +122,7 @@ ROOTS = (
         "tcp_proxy",
         tcp_proxy_pb2.TcpProxy,
         {"stat_prefix": "t", "cluster": "c"},
-        _build_tcp_proxy,
+        lambda message, path: build_tcp_proxy_settings(message),  # type: ignore[arg-type]
     ),
     Root("direct_response", direct_response_pb2.Config, {}, build_direct_response_body),
     Root(

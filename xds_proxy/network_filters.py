@@ -21,9 +21,10 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import DecodeError, Message
 
 from xds_proxy import extensions
+from xds_proxy.config.hcm import Codec
 from xds_proxy.config.values import read_data_source
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.conn_manager import HCM_TYPE_URL, Codec, build_http_connection_manager
+from xds_proxy.http.conn_manager import HCM_TYPE_URL, build_http_connection_manager
 from xds_proxy.http.http1 import Http1Connection
 from xds_proxy.http.http2 import Http2Connection
 from xds_proxy.listener.context import FilterChainContext

@@ -23,9 +23,10 @@ from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame, Settings
 
 from tests.helpers.h2_client import PREFACE, H2Client
 from tests.helpers.listeners import hcm
+from xds_proxy.config.hcm import Codec
 from xds_proxy.config.support import require_valid
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.conn_manager import Codec, build_http_connection_manager
+from xds_proxy.http.conn_manager import build_http_connection_manager
 from xds_proxy.http.http1 import Http1Connection
 from xds_proxy.http.http2 import MAX_STREAM_ID, Http2Connection
 from xds_proxy.listener.context import FilterChainContext

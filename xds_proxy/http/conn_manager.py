@@ -12,26 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
 from xds_proxy.bounded_cache import BoundedCache
-from xds_proxy.config.values import duration_seconds
-from xds_proxy.errors import ConfigError
+from xds_proxy.config.hcm import HcmSettings, build_hcm_settings
 from xds_proxy.http.responses import LocalResponse
 from xds_proxy.http.router import RouteHandle, RouteTable
 from xds_proxy.stats import Counter, Gauge, Stats
-from xds_proxy.upstream.forward import ProxyPolicy
 
 HCM_TYPE_URL = (
     "type.googleapis.com/"
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
-ROUTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
 class HcmStats:
@@ -109,28 +105,12 @@ def close_after_delayed_close_timeout(transport: asyncio.Transport | None, stats
         transport.close()
 
 
-class Codec(enum.Enum):
-    AUTO = 0
-    HTTP1 = 1
-    HTTP2 = 2
-
-
 @dataclass(frozen=True, slots=True)
-class HcmConfig:
-    stat_prefix: str
-    codec: Codec
+class HcmConfig(HcmSettings):
+    """An HCM's settings (config/hcm.py) with what serving needs besides: the route table,
+    the stat handles and the pre-rendered local replies."""
+
     routes: RouteHandle  # `.current`: the table, swappable under live connections
-    server_name: str
-    max_request_headers_bytes: int
-    max_headers_count: int
-    idle_timeout_s: float | None
-    request_headers_timeout_s: float | None
-    request_timeout_s: float | None
-    stream_idle_timeout_s: float | None
-    drain_timeout_s: float
-    delayed_close_timeout_s: float
-    accept_http_10: bool
-    default_host_for_http_10: str
     stats: HcmStats
     bad_request: LocalResponse
     bad_request_no_body: LocalResponse
@@ -140,27 +120,7 @@ class HcmConfig:
     request_header_timeout_reply: LocalResponse
     request_timeout_reply: LocalResponse
     stream_timeout_reply: LocalResponse
-    http2_max_concurrent_streams: int
-    http2_initial_stream_window: int
-    http2_initial_connection_window: int
-    proxy_policy: ProxyPolicy
 
-
-_DEFAULT_IDLE_TIMEOUT_S = 3600.0
-_DEFAULT_DRAIN_TIMEOUT_S = 5.0
-_DEFAULT_DELAYED_CLOSE_TIMEOUT_S = 1.0
-_DEFAULT_MAX_HEADERS_KB = 60
-_DEFAULT_STREAM_IDLE_TIMEOUT_S = 300.0
-_DEFAULT_MAX_HEADERS_COUNT = 100
-_DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS = 2147483647
-_DEFAULT_HTTP2_WINDOW = 268435456  # Envoy's default stream and connection windows
-
-
-_CODECS = {
-    hcm_pb2.HttpConnectionManager.AUTO: Codec.AUTO,
-    hcm_pb2.HttpConnectionManager.HTTP1: Codec.HTTP1,
-    hcm_pb2.HttpConnectionManager.HTTP2: Codec.HTTP2,
-}
 
 # Serialized HCM -> (the stats store it was built against, its config). Only successes are
 # kept: a failure is reported once, at the path of the chain that has it.
@@ -183,118 +143,22 @@ def build_http_connection_manager(
 
 
 def _build(hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats) -> HcmConfig:
-    codec = _CODECS[hcm.codec_type]
-    _check_http_filters(hcm, path)
-
-    options = hcm.common_http_protocol_options
-    idle_timeout_s: float | None = _DEFAULT_IDLE_TIMEOUT_S
-    if options.HasField("idle_timeout"):
-        idle_timeout_s = duration_seconds(options.idle_timeout) or None  # 0 disables it
-    max_headers_count = _DEFAULT_MAX_HEADERS_COUNT
-    if options.HasField("max_headers_count"):
-        max_headers_count = options.max_headers_count.value
-
-    http1 = hcm.http_protocol_options
-    http2 = hcm.http2_protocol_options
-    http2_windows = [_DEFAULT_HTTP2_WINDOW, _DEFAULT_HTTP2_WINDOW]
-    for index, name in enumerate(("initial_stream_window_size", "initial_connection_window_size")):
-        if http2.HasField(name):
-            http2_windows[index] = getattr(http2, name).value
-    max_concurrent_streams = _DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS
-    if http2.HasField("max_concurrent_streams"):
-        max_concurrent_streams = http2.max_concurrent_streams.value
-
-    max_kb = _DEFAULT_MAX_HEADERS_KB
-    if hcm.HasField("max_request_headers_kb"):
-        max_kb = hcm.max_request_headers_kb.value
-    server_name = hcm.server_name or "envoy"
-    routes = RouteTable(
-        hcm.route_config, f"{path}.route_config", server_name, hcm.strip_any_host_port
-    )
+    settings = build_hcm_settings(hcm, path)
+    server = settings.server_name
+    routes = RouteTable(hcm.route_config, f"{path}.route_config", server, hcm.strip_any_host_port)
     return HcmConfig(
-        stat_prefix=hcm.stat_prefix,
-        codec=codec,
+        **{field.name: getattr(settings, field.name) for field in fields(HcmSettings)},
         routes=RouteHandle(routes),
-        server_name=server_name,
-        max_request_headers_bytes=max_kb * 1024,
-        max_headers_count=max_headers_count,
-        idle_timeout_s=idle_timeout_s,
-        request_headers_timeout_s=_optional_duration(hcm, "request_headers_timeout", None),
-        request_timeout_s=_optional_duration(hcm, "request_timeout", None),
-        stream_idle_timeout_s=_optional_duration(
-            hcm, "stream_idle_timeout", _DEFAULT_STREAM_IDLE_TIMEOUT_S
-        ),
-        drain_timeout_s=(
-            duration_seconds(hcm.drain_timeout)
-            if hcm.HasField("drain_timeout")
-            else _DEFAULT_DRAIN_TIMEOUT_S
-        ),
-        delayed_close_timeout_s=(
-            duration_seconds(hcm.delayed_close_timeout)
-            if hcm.HasField("delayed_close_timeout")
-            else _DEFAULT_DELAYED_CLOSE_TIMEOUT_S
-        ),
-        accept_http_10=http1.accept_http_10,
-        default_host_for_http_10=http1.default_host_for_http_10,
-        stats=HcmStats(stats, hcm.stat_prefix),
-        bad_request=LocalResponse(400, b"Bad Request", server_name),
-        bad_request_no_body=LocalResponse(400, b"", server_name),
-        headers_too_large=LocalResponse(431, b"Request Header Fields Too Large", server_name),
-        upgrade_required=LocalResponse(426, b"Upgrade Required", server_name),
-        upgrade_forbidden=LocalResponse(403, b"", server_name),
-        request_header_timeout_reply=LocalResponse(408, b"request header timeout", server_name),
-        request_timeout_reply=LocalResponse(408, b"request timeout", server_name),
-        stream_timeout_reply=LocalResponse(408, b"stream timeout", server_name),
-        http2_max_concurrent_streams=max_concurrent_streams,
-        http2_initial_stream_window=http2_windows[0],
-        http2_initial_connection_window=http2_windows[1],
-        proxy_policy=ProxyPolicy(
-            server_name=server_name.encode(),
-            use_remote_address=hcm.use_remote_address.value,
-            skip_xff_append=hcm.skip_xff_append,
-            generate_request_id=(
-                hcm.generate_request_id.value if hcm.HasField("generate_request_id") else True
-            ),
-        ),
+        stats=HcmStats(stats, settings.stat_prefix),
+        bad_request=LocalResponse(400, b"Bad Request", server),
+        bad_request_no_body=LocalResponse(400, b"", server),
+        headers_too_large=LocalResponse(431, b"Request Header Fields Too Large", server),
+        upgrade_required=LocalResponse(426, b"Upgrade Required", server),
+        upgrade_forbidden=LocalResponse(403, b"", server),
+        request_header_timeout_reply=LocalResponse(408, b"request header timeout", server),
+        request_timeout_reply=LocalResponse(408, b"request timeout", server),
+        stream_timeout_reply=LocalResponse(408, b"stream timeout", server),
     )
-
-
-def _optional_duration(
-    hcm: hcm_pb2.HttpConnectionManager, name: str, default: float | None
-) -> float | None:
-    """A timeout field: unset gives the default, 0 disables it."""
-    if not hcm.HasField(name):
-        return default
-    return duration_seconds(getattr(hcm, name)) or None
-
-
-def _check_http_filters(hcm: hcm_pb2.HttpConnectionManager, path: str) -> None:
-    """Only the router is supported, and it must be the last filter (as in Envoy)."""
-    for index, http_filter in enumerate(hcm.http_filters):
-        filter_path = f"{path}.http_filters[{index}]"
-        type_url = http_filter.typed_config.type_url if http_filter.HasField("typed_config") else ""
-        if type_url != ROUTER_TYPE_URL:
-            if http_filter.is_optional:
-                continue
-            raise ConfigError(
-                f"{filter_path}: Didn't find a registered implementation for "
-                f"'{http_filter.name}' with type URL: '{type_url.split('/')[-1]}'"
-            )
-        router = router_pb2.Router()
-        if not http_filter.typed_config.Unpack(router):
-            raise ConfigError(f"{filter_path}.typed_config: cannot decode Router")
-        if index != len(hcm.http_filters) - 1:
-            raise ConfigError(
-                f"{filter_path}: Error: terminal filter named {http_filter.name} of type "
-                "envoy.filters.http.router must be the last filter in a http filter chain."
-            )
-    if not any(
-        f.typed_config.type_url == ROUTER_TYPE_URL for f in hcm.http_filters if not f.disabled
-    ):
-        # Envoy accepts this and then never answers (stream timeout after 5 minutes).
-        raise ConfigError(
-            f"{path}.http_filters: without envoy.filters.http.router nothing answers: not supported"
-        )
 
 
 class DrainState(enum.IntEnum):

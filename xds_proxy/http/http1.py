@@ -25,8 +25,8 @@ import socket
 
 import httptools
 
+from xds_proxy.config.hcm import Codec
 from xds_proxy.http.conn_manager import (
-    Codec,
     DrainState,
     HcmConfig,
     close_after_delayed_close_timeout,

@@ -26,6 +26,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.message import Message
 
+from xds_proxy.config.hcm import ProxyPolicy
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
@@ -250,16 +251,6 @@ def _weighted(weighted: route_components_pb2.WeightedCluster, path: str) -> Weig
 
 
 # ----------------------------------------------------------------------------- per request
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyPolicy:
-    """The connection manager's settings that shape forwarded requests and responses."""
-
-    server_name: bytes = b"envoy"
-    use_remote_address: bool = False
-    skip_xff_append: bool = False
-    generate_request_id: bool = True
 
 
 @dataclass(slots=True)

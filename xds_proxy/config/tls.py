@@ -94,13 +94,8 @@ def downstream_tls(socket: base_pb2.TransportSocket, path: str) -> DownstreamTls
     load_cert_chain(context, chain, key, certificate_path)
 
     require = tls_context.require_client_certificate.value
-    trusted_ca = None
-    if common.HasField("validation_context"):
-        validation_path = f"{common_path}.validation_context"
-        if common.validation_context.HasField("trusted_ca"):
-            trusted_ca = read_data_source(
-                common.validation_context.trusted_ca, f"{validation_path}.trusted_ca"
-            )
+    ca_source = _trusted_ca(common, common_path)
+    trusted_ca = ca_source.read() if ca_source is not None else None
     if trusted_ca is not None:
         try:
             context.load_verify_locations(cadata=trusted_ca.decode("latin-1"))
@@ -134,6 +129,14 @@ def _protocol_versions(
         raise ConfigError(
             f"{path}: tls_minimum_protocol_version is above tls_maximum_protocol_version"
         )
+
+
+def _trusted_ca(common: common_pb2.CommonTlsContext, common_path: str) -> DataSourceRef | None:
+    """`validation_context.trusted_ca`, the CA certificates the peer's must chain to."""
+    if not common.validation_context.HasField("trusted_ca"):
+        return None
+    path = f"{common_path}.validation_context.trusted_ca"
+    return data_source(common.validation_context.trusted_ca, path)
 
 
 # -- upstream (a cluster's transport socket) ---------------------------------------------------
@@ -182,13 +185,7 @@ def upstream_tls_settings(socket: base_pb2.TransportSocket, path: str) -> Upstre
             raise ConfigError(f"{certificate_path}: certificate_chain and private_key required")
         chain = data_source(certificate.certificate_chain, f"{certificate_path}.certificate_chain")
         key = data_source(certificate.private_key, f"{certificate_path}.private_key")
-    trusted_ca = None
-    if common.HasField("validation_context"):
-        validation_path = f"{common_path}.validation_context"
-        if common.validation_context.HasField("trusted_ca"):
-            trusted_ca = data_source(
-                common.validation_context.trusted_ca, f"{validation_path}.trusted_ca"
-            )
+    trusted_ca = _trusted_ca(common, common_path)
     tls = UpstreamTlsSettings(
         trusted_ca=trusted_ca, certificate_chain=chain, private_key=key, sni=context.sni
     )

@@ -13,27 +13,17 @@ checks names only with `match_typed_subject_alt_names`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 
-from xds_proxy.config.tls import upstream_tls_settings
-from xds_proxy.config.values import DataSourceRef
+from xds_proxy.config.tls import UpstreamTlsSettings, upstream_tls_settings
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelTls:
+class ChannelTls(UpstreamTlsSettings):
     """What the gRPC channel needs for TLS; `credentials()` reads the sources afresh."""
-
-    trusted_ca: DataSourceRef | None
-    certificate_chain: DataSourceRef | None
-    private_key: DataSourceRef | None
-    sni: str
-
-    @property
-    def mutual(self) -> bool:
-        return self.certificate_chain is not None
 
     def credentials(self) -> grpc.ChannelCredentials:
         """Raises ConfigError (`FIELD_PATH: reason`) if a file cannot be read."""
@@ -53,9 +43,4 @@ class ChannelTls:
 def channel_tls(socket: base_pb2.TransportSocket, path: str) -> ChannelTls:
     """The xDS cluster's transport socket as channel TLS settings; raises ConfigError."""
     settings = upstream_tls_settings(socket, path)
-    return ChannelTls(
-        trusted_ca=settings.trusted_ca,
-        certificate_chain=settings.certificate_chain,
-        private_key=settings.private_key,
-        sni=settings.sni,
-    )
+    return ChannelTls(**{field.name: getattr(settings, field.name) for field in fields(settings)})

@@ -156,7 +156,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "filter_chain_match": OK,
         "filters": OK,
         "metadata": OPAQUE,
-        "transport_socket": OK,  # DownstreamTlsContext, checked by tls.py
+        "transport_socket": OK,  # DownstreamTlsContext (config/tls.py)
         "transport_socket_connect_timeout": OK,
         "name": OK,
     },
@@ -331,7 +331,7 @@ TABLE: dict[str, dict[str, Rule]] = {
     },
     _MATCHER + "RegexMatcher": {"google_re2": OPAQUE, "regex": OK},
     "envoy.type.v3.Int64Range": {"start": OK, "end": OK},
-    # --- clusters (the xDS cluster now; routing to clusters is issue 8)
+    # --- clusters (config/cluster.py)
     "envoy.config.cluster.v3.Cluster": {
         "name": OK,
         "type": Values({"STATIC": OK, "STRICT_DNS": OK, "LOGICAL_DNS": OK}),
@@ -339,7 +339,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "load_assignment": OK,
         "typed_extension_protocol_options": Extension("upstream_protocol_options"),
         "http2_protocol_options": _CLUSTER_HTTP2,
-        "transport_socket": OK,  # UpstreamTlsContext (upstream/tls.py, xds/tls.py)
+        "transport_socket": OK,  # UpstreamTlsContext (config/tls.py)
         "lb_policy": Values({"ROUND_ROBIN": OK, "LEAST_REQUEST": OK}),
         "least_request_lb_config": OK,
         "circuit_breakers": OK,
@@ -351,7 +351,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "max_requests_per_connection": OK,
         "metadata": OPAQUE,
     },
-    # config/cluster.py reads these
+    # (the DEFAULT priority thresholds apply)
     "envoy.config.cluster.v3.CircuitBreakers": {"thresholds": OK},
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds": {
         "priority": OK,
@@ -372,7 +372,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         ),
         "sni": OK,
     },
-    # --- downstream TLS and listener filters (tls.py, listener/inspectors.py)
+    # --- downstream TLS (config/tls.py) and listener filters (listener/inspectors.py)
     _TLS + "DownstreamTlsContext": {
         "common_tls_context": Supported(
             {

@@ -1,6 +1,5 @@
 """Loading TLS material (a certificate chain and its private key) into an `ssl.SSLContext`,
-for both directions: a listener's server context (tls.py) and a cluster's client context
-(upstream/tls.py).
+for both directions: a listener's server context and a cluster's client context (config/tls.py).
 
 `ssl` loads certificates from files only: it is handed anonymous in-memory files where the
 system has them (memfd: the private key never touches a disk), a private temporary folder

@@ -3,7 +3,7 @@
 `json_format.ParseDict` reports errors without the field's path and accepts out-of-range
 integers, so the document is walked alongside the descriptors here and every error names the
 field from the document's root (`static_resources.listeners[0].address...: reason`). Then the
-PGV rules (validation.py) and the supported-fields policy (support_policy.py) run.
+PGV rules (config/pgv.py) and the support table (config/table.py) run.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from google.protobuf import any_pb2, json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from xds_proxy import extensions, support_policy
+from xds_proxy import extensions
+from xds_proxy.config.pgv import field_key, join_path, map_key_path, validate_message
+from xds_proxy.config.support import bootstrap_findings
 from xds_proxy.errors import ConfigError
-from xds_proxy.validation import field_key, join_path, map_key_path, validate_message
 
 if TYPE_CHECKING:
     from xds_proxy.options import Options
@@ -537,7 +538,7 @@ def check_bootstrap(bootstrap: bootstrap_pb2.Bootstrap) -> list[str]:
     errors = validate_message(bootstrap)
     if errors:
         raise ConfigError(errors[0])
-    errors, warnings = support_policy.check_bootstrap(bootstrap)
+    errors, warnings = bootstrap_findings(bootstrap)
     if errors:
         raise ConfigError(errors[0])
     for warning in warnings:

@@ -1,8 +1,8 @@
 """The one registry of the `@type`s xds-proxy understands, shared by the bootstrap and LDS.
 
 Envoy picks an extension by the type URL of its `typed_config`; so do we. Each category maps a
-type name to the canonical extension name. `LATER` holds the types that a later issue builds:
-the support policy answers `not supported yet` for them instead of `not supported`.
+type name to the canonical extension name. `NOT_YET` holds registered types that are not built
+yet (with the reason in words): the support table answers `not supported yet` for them.
 Importing the xds-protos modules below registers their messages in the protobuf descriptor
 pool, which the JSON/YAML loader and `Any` unpacking rely on.
 """
@@ -74,7 +74,7 @@ SUPPORTED_UPSTREAM_PROTOCOL_OPTIONS: dict[str, str] = {
 }
 
 # The overload manager's resource monitors we implement (listener/limits.py); the others are
-# accepted and inert (support_policy.py).
+# accepted and inert (config/table.py).
 SUPPORTED_RESOURCE_MONITORS: dict[str, str] = {
     DOWNSTREAM_CONNECTIONS: "envoy.resource_monitors.global_downstream_max_connections",
 }
@@ -88,8 +88,8 @@ CATEGORIES: dict[str, dict[str, str]] = {
     "resource_monitor": SUPPORTED_RESOURCE_MONITORS,
 }
 
-# Registered types that a later issue implements (type name -> issue number).
-LATER: dict[str, int] = {}  # every registered type is built now
+# Registered types that are not built yet (type name -> what is missing, in words).
+NOT_YET: dict[str, str] = {}  # every registered type is built now
 
 _CLASSES: dict[str, type[Message]] = {
     _name(cls): cls
@@ -128,9 +128,9 @@ def category_of(type_url: str) -> str | None:
 
 
 def is_implemented(type_url: str) -> bool:
-    """Registered and built now (not waiting for a later issue)."""
+    """Registered and built now (not `NOT_YET`)."""
     name = type_name(type_url)
-    return name in _CLASSES and name not in LATER
+    return name in _CLASSES and name not in NOT_YET
 
 
 def unpack(any_msg: any_pb2.Any, path: str) -> Message:

@@ -21,12 +21,12 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import DecodeError, Message
 
 from xds_proxy import extensions
+from xds_proxy.config.hcm import Codec
+from xds_proxy.config.values import read_data_source
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.conn_manager import HCM_TYPE_URL, Codec, build_http_connection_manager
-from xds_proxy.http.fields import check_fields
+from xds_proxy.http.conn_manager import HCM_TYPE_URL, build_http_connection_manager
 from xds_proxy.http.http1 import Http1Connection
 from xds_proxy.http.http2 import Http2Connection
-from xds_proxy.http.router import data_source_bytes
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.listener.limits import CONNECTION_LIMIT_TYPE_URL, build_connection_limit
 from xds_proxy.tcp_proxy import build_tcp_proxy
@@ -44,7 +44,7 @@ _DIRECT_RESPONSE_LINGER_S = 1.0
 
 def _build_hcm(message: Message, ctx: FilterChainContext, path: str) -> ProtocolFactory:
     config = build_http_connection_manager(message, path, ctx.stats)  # type: ignore[arg-type]
-    routes = config.routes
+    routes = config.routes.current
     if ctx.clusters is not None and routes.validate_clusters:
         # Envoy checks an inline route table's clusters when it loads.
         for name in sorted(routes.cluster_names):
@@ -55,11 +55,15 @@ def _build_hcm(message: Message, ctx: FilterChainContext, path: str) -> Protocol
     return lambda: Http1Connection(config, ctx)
 
 
+def build_direct_response_body(message: direct_response_pb2.Config, path: str) -> bytes:
+    """What a direct_response connection is answered with (read once, at build time)."""
+    if not message.HasField("response"):
+        return b""
+    return read_data_source(message.response, f"{path}.response")
+
+
 def _build_direct_response(message: Message, ctx: FilterChainContext, path: str) -> ProtocolFactory:
-    check_fields(message, path, ("response",))
-    response = b""
-    if message.HasField("response"):  # type: ignore[attr-defined]
-        response = data_source_bytes(message.response, f"{path}.response")  # type: ignore[attr-defined]
+    response = build_direct_response_body(message, path)  # type: ignore[arg-type]
     return lambda: DirectResponseConnection(response, ctx)
 
 
@@ -115,7 +119,9 @@ def build_filter_chain(
     ctx: FilterChainContext,
     path: str = "filters",
 ) -> ProtocolFactory:
-    """Validate a chain's network filters and return the per-connection protocol factory.
+    """The per-connection protocol factory of a chain's network filters, which passed the PGV
+    rules and the support table (config/); raises ConfigError for what only building finds
+    (the order of the filters, a file that cannot be read).
 
     `path` prefixes error messages (e.g. `filter_chains[0].filters`)."""
     if not filters:
@@ -125,11 +131,6 @@ def build_filter_chain(
     stages: list[FilterStage] = []
     for index, network_filter in enumerate(filters):
         filter_path = f"{path}[{index}]"
-        check_fields(network_filter, filter_path, ("name", "typed_config"))
-        if not network_filter.name:
-            raise ConfigError(f"{filter_path}.name: value length must be at least 1 characters")
-        if not network_filter.HasField("typed_config"):
-            raise ConfigError(f"{filter_path}.typed_config: value is required")
         type_url = network_filter.typed_config.type_url
         stage_entry = NON_TERMINAL_FILTERS.get(type_url)
         if stage_entry is not None:

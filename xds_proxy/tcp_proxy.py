@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from xds_proxy.errors import ConfigError
-from xds_proxy.http.fields import check_fields, duration_seconds
+from xds_proxy.config.tcp_proxy import TcpProxySettings, build_tcp_proxy_settings
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
@@ -27,7 +26,6 @@ from xds_proxy.upstream.host import Host
 from xds_proxy.upstream.manager import ClusterManager
 
 TCP_PROXY_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-_DEFAULT_IDLE_TIMEOUT_S = 3600.0
 # After our FIN at a drain deadline, how long we wait for the peer's before closing anyway.
 _CLOSE_LINGER_S = 1.0
 
@@ -58,72 +56,13 @@ class TcpProxyStats:
 
 @dataclass(frozen=True)
 class TcpProxyConfig:
-    stat_prefix: str
-    clusters: tuple[tuple[str, int], ...]  # (name, weight); one entry for `cluster`
-    idle_timeout_s: float | None
-    max_connect_attempts: int
+    """A chain's tcp_proxy: its settings (config/tcp_proxy.py) and its stat handles."""
+
+    settings: TcpProxySettings
     stats: TcpProxyStats
 
     def pick_cluster(self, rng: random.Random) -> str:
-        if len(self.clusters) == 1:
-            return self.clusters[0][0]
-        total = sum(weight for _, weight in self.clusters)
-        point = rng.randrange(total)
-        for name, weight in self.clusters:
-            if point < weight:
-                return name
-            point -= weight
-        return self.clusters[-1][0]
-
-
-def build_tcp_proxy_config(
-    message: tcp_proxy_pb2.TcpProxy, path: str, stats: Stats
-) -> TcpProxyConfig:
-    check_fields(
-        message,
-        path,
-        ("stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"),
-    )
-    if not message.stat_prefix:
-        raise ConfigError(f"{path}.stat_prefix: value length must be at least 1 characters")
-    kind = message.WhichOneof("cluster_specifier")
-    if kind == "cluster":
-        clusters: tuple[tuple[str, int], ...] = ((message.cluster, 1),)
-    elif kind == "weighted_clusters":
-        weighted = message.weighted_clusters
-        weighted_path = f"{path}.weighted_clusters"
-        check_fields(weighted, weighted_path, ("clusters",))
-        if not weighted.clusters:
-            raise ConfigError(f"{weighted_path}.clusters: value must contain at least 1 item(s)")
-        entries = []
-        for index, entry in enumerate(weighted.clusters):
-            entry_path = f"{weighted_path}.clusters[{index}]"
-            check_fields(entry, entry_path, ("name", "weight"))
-            if not entry.name:
-                raise ConfigError(f"{entry_path}.name: value length must be at least 1 characters")
-            if entry.weight < 1:
-                raise ConfigError(f"{entry_path}.weight: value must be greater than or equal to 1")
-            entries.append((entry.name, entry.weight))
-        clusters = tuple(entries)
-    else:
-        raise ConfigError(f"{path}.cluster_specifier: value is required")
-    idle_timeout_s: float | None = _DEFAULT_IDLE_TIMEOUT_S
-    if message.HasField("idle_timeout"):
-        idle_timeout_s = duration_seconds(message.idle_timeout) or None
-    attempts = 1
-    if message.HasField("max_connect_attempts"):
-        attempts = message.max_connect_attempts.value
-        if attempts < 1:
-            raise ConfigError(
-                f"{path}.max_connect_attempts: value must be greater than or equal to 1"
-            )
-    return TcpProxyConfig(
-        stat_prefix=message.stat_prefix,
-        clusters=clusters,
-        idle_timeout_s=idle_timeout_s,
-        max_connect_attempts=attempts,
-        stats=TcpProxyStats(stats, message.stat_prefix),
-    )
+        return self.settings.clusters.pick(rng)
 
 
 def build_tcp_proxy(
@@ -133,8 +72,9 @@ def build_tcp_proxy(
     clusters: ClusterManager | None,
     rng: random.Random | None = None,
 ):
-    """The network filter registry's builder: validate once, one protocol per connection."""
-    config = build_tcp_proxy_config(message, path, ctx.stats)
+    """The network filter registry's builder: translate once, one protocol per connection."""
+    settings = build_tcp_proxy_settings(message)
+    config = TcpProxyConfig(settings, TcpProxyStats(ctx.stats, settings.stat_prefix))
     chooser = rng or random.Random()
     return lambda: TcpProxyConnection(config, ctx, clusters, chooser)
 
@@ -280,7 +220,7 @@ class TcpProxyConnection(asyncio.Protocol):
     async def _connect(self, cluster: Cluster) -> None:
         loop = asyncio.get_running_loop()
         stats = cluster.stats
-        attempts = self._config.max_connect_attempts
+        attempts = self._config.settings.max_connect_attempts
         for _attempt in range(attempts):
             host = cluster.pick_host()
             if host is None:
@@ -385,7 +325,7 @@ class TcpProxyConnection(asyncio.Protocol):
                     transport.close()
 
     def _touch(self) -> None:
-        timeout = self._config.idle_timeout_s
+        timeout = self._config.settings.idle_timeout_s
         if not timeout:
             return
         loop = asyncio.get_running_loop()
@@ -395,7 +335,7 @@ class TcpProxyConnection(asyncio.Protocol):
 
     def _on_idle(self) -> None:
         self._idle_timer = None
-        timeout = self._config.idle_timeout_s
+        timeout = self._config.settings.idle_timeout_s
         assert timeout
         loop = asyncio.get_running_loop()
         remaining = self._last_activity + timeout - loop.time()

@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from tests.helpers.upstreams import Stall, TcpEcho, cluster_message
 from tests.helpers.waiting import wait_until
+from xds_proxy.config.support import require_valid
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
@@ -211,12 +212,12 @@ async def test_drain_deadline_sends_fin_both_ways_never_rst(echo: TcpEcho) -> No
 
 
 def test_config_errors_name_the_field() -> None:
-    ctx = FilterChainContext(stats=Stats(), listener_name="l")
-    with pytest.raises(ConfigError, match=r"^tc\.cluster_specifier: value is required$"):
-        build_tcp_proxy(tcp_proxy_pb2.TcpProxy(stat_prefix="s"), ctx, "tc", None)
-    with pytest.raises(ConfigError, match=r"^tc\.stat_prefix: value length"):
-        build_tcp_proxy(tcp_proxy_pb2.TcpProxy(cluster="c"), ctx, "tc", None)
+    """The PGV rules and the support table (config/) refuse before anything is built."""
+    with pytest.raises(ConfigError, match=r"^tc: one of cluster, weighted_clusters is required$"):
+        require_valid(tcp_proxy_pb2.TcpProxy(stat_prefix="s"), "tc")
+    with pytest.raises(ConfigError, match=r"^tc\.stat_prefix: must not be empty$"):
+        require_valid(tcp_proxy_pb2.TcpProxy(cluster="c"), "tc")
     message = tcp_proxy_pb2.TcpProxy(stat_prefix="s", cluster="c")
     message.access_log.add()
     with pytest.raises(ConfigError, match=r"^tc\.access_log: not supported$"):
-        build_tcp_proxy(message, ctx, "tc", None)
+        require_valid(message, "tc")

@@ -12,13 +12,13 @@ from google.protobuf import json_format
 
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from tests.helpers.upstreams import Http1Echo, Http2Echo, Resetter, cluster_message, grpc_frame
+from xds_proxy.config.hcm import ProxyPolicy
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.forward import (
     DownstreamRequest,
     Exchange,
     ForwardAction,
     HeaderMutations,
-    ProxyPolicy,
 )
 from xds_proxy.upstream.manager import ClusterManager
 

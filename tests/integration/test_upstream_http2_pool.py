@@ -10,9 +10,9 @@ import pytest
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from tests.helpers.upstreams import Collector, Http2Echo, cluster_message, grpc_frame
 from tests.helpers.waiting import wait_until
+from xds_proxy.config.cluster import build_cluster_config
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
-from xds_proxy.upstream.config import build_cluster_config
 from xds_proxy.upstream.stream import RequestHead
 
 

@@ -26,6 +26,7 @@ from tests.helpers.listeners import bootstrap_for, http_listener
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
 from tests.helpers.stub import StubProcess, run_cli
+from xds_proxy.config.support import require_supported
 from xds_proxy.errors import ConfigError
 from xds_proxy.xds.tls import channel_tls
 
@@ -351,7 +352,7 @@ def test_channel_tls_without_sni_checks_the_target_host() -> None:
     [
         (
             {"allow_renegotiation": True},
-            "c.typed_config.allow_renegotiation: not supported for the xDS channel",
+            "c.typed_config.allow_renegotiation: not supported",
         ),
         (
             {"common_tls_context": {"alpn_protocols": ["http/1.1"]}},
@@ -383,8 +384,11 @@ def test_channel_tls_without_sni_checks_the_target_host() -> None:
     ],
 )
 def test_channel_tls_errors_name_the_field(config: dict, error: str) -> None:
+    """The support table's gate (config/) first, as for a bootstrap or CDS cluster."""
+    socket = transport_socket(config)
     with pytest.raises(ConfigError) as caught:
-        channel_tls(transport_socket(config), "c")
+        require_supported(socket, "c")
+        channel_tls(socket, "c")
     assert str(caught.value) == error
 
 

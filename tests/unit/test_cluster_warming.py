@@ -11,8 +11,8 @@ from google.protobuf import json_format
 
 from tests.helpers.waiting import wait_until
 from xds_proxy.admin.clusters import clusters_dump
+from xds_proxy.config.cluster import DnsFamily, EndpointAddress
 from xds_proxy.stats import Stats
-from xds_proxy.upstream.config import DnsFamily, EndpointAddress
 from xds_proxy.upstream.manager import ClusterManager
 
 

@@ -17,22 +17,22 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.unit.listener_fixtures import WiredListeners, hcm_filter, listener, wired_listeners
 from tests.unit.test_hostile_listeners import FUZZ_PORT, SENTINEL_PORT, listener_messages
-from xds_proxy import support_policy, validation
 from xds_proxy.bounded_cache import BoundedCache
+from xds_proxy.config import pgv, support
+from xds_proxy.config.pgv import validate_message
+from xds_proxy.config.support import check_listener, listener_errors
 from xds_proxy.errors import ConfigError
 from xds_proxy.http import conn_manager
 from xds_proxy.listener.instance import ListenerInstance
 from xds_proxy.listener.manager import UpdateFilterChains
 from xds_proxy.stats import Stats
-from xds_proxy.support_policy import check_listener, listener_errors
-from xds_proxy.validation import validate_message
 
 
 def clear_caches() -> None:
-    validation._any_violations.clear()
-    validation._subtree_violations.clear()
-    support_policy._packed_findings.clear()
-    support_policy._listener_shapes.clear()
+    pgv._any_violations.clear()
+    pgv._subtree_violations.clear()
+    support._packed_findings.clear()
+    support._listener_shapes.clear()
     conn_manager.HCM_CONFIGS.clear()
 
 
@@ -120,9 +120,9 @@ def test_identical_invalid_chains_report_each_chain_at_its_own_path() -> None:
         for i in range(3)
     ]
     config = listener("bad", 10000, chains=chains)
-    hits = validation._any_violations.hits
+    hits = pgv._any_violations.hits
     first = validate_message(config)
-    assert validation._any_violations.hits == hits + 2  # three chains, walked once
+    assert pgv._any_violations.hits == hits + 2  # three chains, walked once
     clear_caches()
     uncached = validate_message(config)
     assert first == uncached
@@ -189,26 +189,6 @@ def test_undecodable_any_is_reported_at_each_path() -> None:
     ]
 
 
-def test_policy_cache_follows_implemented_issues(monkeypatch) -> None:
-    """A feature switched on (IMPLEMENTED_ISSUES) is not hidden by an earlier result."""
-    clear_caches()
-    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="s")
-    hcm.common_http_protocol_options.max_stream_duration.seconds = 5
-    network_filter = listener_components_pb2.Filter(name="hcm")
-    network_filter.typed_config.Pack(hcm)
-    config = listener("later", 10000, chains=[listener_components_pb2.FilterChain()])
-    config.filter_chains[0].filters.append(network_filter)
-    later = (
-        "filter_chains[0].filters[0].typed_config.common_http_protocol_options"
-        ".max_stream_duration: not supported yet"
-    )
-    assert later in check_listener(config)
-    monkeypatch.setattr(
-        support_policy, "IMPLEMENTED_ISSUES", support_policy.IMPLEMENTED_ISSUES | {14}
-    )
-    assert later not in check_listener(config)
-
-
 # -- one HcmConfig per distinct HCM; per-chain state per chain --------------------------------
 
 
@@ -240,11 +220,13 @@ def test_hcm_config_is_reused_across_updates_of_the_same_runtime_only() -> None:
 def test_a_failing_hcm_is_never_cached() -> None:
     clear_caches()
     stats = Stats()
-    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="s")  # no route_config
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="s")  # no router: only building finds it
     for path in ("a", "b"):
         with pytest.raises(ConfigError) as raised:
             conn_manager.build_http_connection_manager(hcm, path, stats)
-        assert str(raised.value) == f"{path}.route_specifier: value is required"
+        assert str(raised.value) == (
+            f"{path}.http_filters: without envoy.filters.http.router nothing answers: not supported"
+        )
     assert len(conn_manager.HCM_CONFIGS) == 0
 
 

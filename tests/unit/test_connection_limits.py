@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - a fixture
 from tests.helpers.waiting import wait_until
 from xds_proxy.bootstrap import check_bootstrap, message_from_dict
+from xds_proxy.config.support import check_listener
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.listener.limits import (
@@ -34,7 +35,6 @@ from xds_proxy.listener.limits import (
 )
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.stats import Stats
-from xds_proxy.support_policy import check_listener
 
 DC_TYPE = (
     "type.googleapis.com/"

@@ -23,8 +23,10 @@ from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame, Settings
 
 from tests.helpers.h2_client import PREFACE, H2Client
 from tests.helpers.listeners import hcm
+from xds_proxy.config.hcm import Codec
+from xds_proxy.config.support import require_valid
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.conn_manager import Codec, build_http_connection_manager
+from xds_proxy.http.conn_manager import build_http_connection_manager
 from xds_proxy.http.http1 import Http1Connection
 from xds_proxy.http.http2 import MAX_STREAM_ID, Http2Connection
 from xds_proxy.listener.context import FilterChainContext
@@ -487,7 +489,7 @@ def test_codec_http2_is_accepted_and_bad_limit_refused() -> None:
     assert build_http_connection_manager(message, "hcm", Stats()).codec is Codec.HTTP2
     message.http2_protocol_options.max_concurrent_streams.value = 0
     with pytest.raises(ConfigError, match="max_concurrent_streams"):
-        build_http_connection_manager(message, "hcm", Stats())
+        require_valid(message, "hcm")  # the PGV rules (config/) refuse it before building
 
 
 def test_headers_frame_types_are_recorded(make_server) -> None:

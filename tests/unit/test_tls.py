@@ -14,6 +14,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from tests.helpers.certs import CertificateAuthority
+from xds_proxy.config.support import require_supported
+from xds_proxy.config.tls import downstream_tls
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.inspectors import (
     Inspection,
@@ -22,7 +24,6 @@ from xds_proxy.listener.inspectors import (
     hand_over,
 )
 from xds_proxy.stats import Stats
-from xds_proxy.tls import downstream_tls
 
 PATH = "filter_chains[0].transport_socket"
 
@@ -60,7 +61,9 @@ def transport_socket(
 
 
 def error_of(socket_config: base_pb2.TransportSocket) -> str:
+    """The first error of the support table's gate (config/), then of building."""
     with pytest.raises(ConfigError) as error:
+        require_supported(socket_config, PATH)
         downstream_tls(socket_config, PATH)
     return str(error.value)
 

@@ -7,8 +7,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import json_format
 
 from tests.helpers.upstreams import cluster_dict
-from xds_proxy.errors import ConfigError
-from xds_proxy.upstream.config import (
+from xds_proxy.config.cluster import (
     CircuitBreakers,
     DiscoveryType,
     DnsFamily,
@@ -17,6 +16,7 @@ from xds_proxy.upstream.config import (
     UpstreamProtocol,
     build_cluster_config,
 )
+from xds_proxy.errors import ConfigError
 
 PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/" + PROTOCOL_OPTIONS_KEY

@@ -9,12 +9,14 @@ import pytest
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import json_format
 
+from xds_proxy.config.support import require_valid
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.forward import ForwardAction, HeaderMutations
 
 
 def action(document: dict, kind: str = "prefix", value: str = "/") -> ForwardAction:
     message = json_format.ParseDict(document, route_components_pb2.RouteAction())
+    require_valid(message, "route")  # the support table's gate (config/)
     return ForwardAction(message, "route", kind, value)
 
 
@@ -79,7 +81,7 @@ def test_host_rewrite_literal() -> None:
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        ({}, r"^route\.cluster_specifier: value is required$"),
+        ({}, r"^route: one of cluster, cluster_header, weighted_clusters, .* is required$"),
         ({"cluster": "w", "retry_policy": {}}, r"^route\.retry_policy: not supported$"),
         ({"cluster": "w", "auto_host_rewrite": True}, r"^route\.auto_host_rewrite: not supported$"),
         (
@@ -88,7 +90,7 @@ def test_host_rewrite_literal() -> None:
         ),
         (
             {"weighted_clusters": {"clusters": []}},
-            r"^route\.weighted_clusters\.clusters: value must contain at least 1 item",
+            r"^route\.weighted_clusters\.clusters: must have at least 1 item, got 0$",
         ),
         (
             {

@@ -13,8 +13,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import any_pb2, duration_pb2
 from validate import validate_pb2
 
-from xds_proxy import validation
-from xds_proxy.validation import map_key_path, validate_message
+from xds_proxy.config import pgv as validation
+from xds_proxy.config.pgv import map_key_path, validate_message
 
 
 def listener_with(hcm: hcm_pb2.HttpConnectionManager) -> listener_pb2.Listener:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -11,10 +12,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import any_pb2
 
-from xds_proxy import extensions, support_policy
+from xds_proxy import extensions
 from xds_proxy.bootstrap import message_from_dict
+from xds_proxy.config.rules import Extension, NotYet, Supported, Values
+from xds_proxy.config.support import check_listener, unsupported
+from xds_proxy.config.table import LEAF_TYPES, TABLE
 from xds_proxy.errors import ConfigError
-from xds_proxy.support_policy import TABLE, Extension, Later, Values, check_listener
 
 
 @pytest.mark.parametrize("message_name", sorted(TABLE))
@@ -32,9 +35,17 @@ def test_table_names_real_messages_and_fields(message_name: str) -> None:
         if isinstance(rule, Extension):
             assert rule.category in extensions.CATEGORIES
             assert descriptor.message_type is not None
-        if isinstance(rule, support_policy.Supported) and rule.fields is not None:
-            inner = descriptor.message_type.fields_by_name
-            assert set(rule.fields) <= set(inner), f"{message_name}.{field_name}"
+        if isinstance(rule, Supported) and rule.fields is not None:
+            _check_override(descriptor.message_type, rule, f"{message_name}.{field_name}")
+
+
+def _check_override(descriptor, rule: Supported, where: str) -> None:
+    """A per-place table names real fields too, down through nested overrides."""
+    inner = descriptor.fields_by_name
+    assert set(rule.fields) <= set(inner), where
+    for name, nested in rule.fields.items():
+        if isinstance(nested, Supported) and nested.fields is not None:
+            _check_override(inner[name].message_type, nested, f"{where}.{name}")
 
 
 def test_message_types_reached_by_supported_fields_have_a_table() -> None:
@@ -43,12 +54,9 @@ def test_message_types_reached_by_supported_fields_have_a_table() -> None:
     for message_name, fields in TABLE.items():
         descriptor = extensions.resolve_message_class(message_name).DESCRIPTOR
         for field_name, rule in fields.items():
-            built_later = (
-                isinstance(rule, Later) and rule.issue in support_policy.IMPLEMENTED_ISSUES
-            )
-            if not (isinstance(rule, support_policy.Supported) or built_later):
+            if not isinstance(rule, Supported):
                 continue
-            if isinstance(rule, support_policy.Supported) and rule.fields is not None:
+            if rule.fields is not None:
                 continue  # checked against its own field table
             field = descriptor.fields_by_name[field_name]
             target = field.message_type
@@ -59,28 +67,33 @@ def test_message_types_reached_by_supported_fields_have_a_table() -> None:
                 if target is None:
                     continue
             name = target.full_name
-            if name not in TABLE and name not in support_policy.LEAF_TYPES:
+            if name not in TABLE and name not in LEAF_TYPES:
                 missing.append(f"{message_name}.{field_name} -> {name}")
     assert missing == []
 
 
-def test_later_issues_are_real_issue_numbers() -> None:
-    issues = {
-        rule.issue
-        for fields in TABLE.values()
-        for rule in fields.values()
-        if isinstance(rule, Later)
-    }
-    issues |= {
-        rule.issue
-        for fields in TABLE.values()
-        for rule in fields.values()
-        if isinstance(rule, Values)
-        for rule in rule.allowed.values()
-        if isinstance(rule, Later)
-    }
-    issues |= set(extensions.LATER.values())
-    assert issues <= set(range(3, 15))
+def _not_yet_rules():
+    for fields in TABLE.values():
+        for rule in fields.values():
+            yield from _nested_not_yet(rule)
+
+
+def _nested_not_yet(rule):
+    if isinstance(rule, NotYet):
+        yield rule
+    elif isinstance(rule, Values):
+        yield from (value for value in rule.allowed.values() if isinstance(value, NotYet))
+    elif isinstance(rule, Supported) and rule.fields is not None:
+        for nested in rule.fields.values():
+            yield from _nested_not_yet(nested)
+
+
+def test_not_yet_rules_say_why_in_words() -> None:
+    reasons = [rule.reason for rule in _not_yet_rules()] + list(extensions.NOT_YET.values())
+    assert reasons
+    for reason in reasons:
+        assert len(reason.split()) >= 3, reason
+        assert "issue" not in reason.lower() and "#" not in reason, reason
 
 
 def direct_listener(**extra) -> listener_pb2.Listener:
@@ -147,20 +160,25 @@ def test_listener_filters() -> None:
     ]
 
 
-def test_implemented_issue_switches_later_features_on(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_same_message_has_rules_per_place() -> None:
+    """`max_requests_per_connection` is read for clusters, not yet for the HCM."""
     hcm = http_connection_manager_pb2.HttpConnectionManager(stat_prefix="s")
-    hcm.common_http_protocol_options.max_stream_duration.seconds = 5
+    hcm.common_http_protocol_options.max_requests_per_connection.value = 3
     listener = direct_listener()
     listener.filter_chains[0].filters[0].typed_config.Pack(hcm)
-    later = (
+    assert (
         "filter_chains[0].filters[0].typed_config.common_http_protocol_options"
-        ".max_stream_duration: not supported yet"
-    )
-    assert later in check_listener(listener)
-    monkeypatch.setattr(
-        support_policy, "IMPLEMENTED_ISSUES", support_policy.IMPLEMENTED_ISSUES | {14}
-    )
-    assert later not in check_listener(listener)
+        ".max_requests_per_connection: not supported yet"
+    ) in check_listener(listener)
+    cluster = cluster_pb2.Cluster(name="c")
+    cluster.common_http_protocol_options.max_requests_per_connection.value = 3
+    assert unsupported(cluster, "c") == []
+    hcm.ClearField("common_http_protocol_options")
+    hcm.xff_num_trusted_hops = 1
+    listener.filter_chains[0].filters[0].typed_config.Pack(hcm)
+    assert (
+        "filter_chains[0].filters[0].typed_config.xff_num_trusted_hops: not supported yet"
+    ) in check_listener(listener)
 
 
 def test_tcp_proxy_fields_are_checked() -> None:
@@ -204,7 +222,7 @@ def test_categories_do_not_overlap() -> None:
     for types in extensions.CATEGORIES.values():
         assert not (seen & set(types))
         seen |= set(types)
-    assert set(extensions.LATER) <= seen
+    assert set(extensions.NOT_YET) <= seen
 
 
 def test_message_class_and_unpack() -> None:

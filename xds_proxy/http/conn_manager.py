@@ -12,50 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
 from xds_proxy.bounded_cache import BoundedCache
-from xds_proxy.errors import ConfigError
-from xds_proxy.http.fields import check_fields, duration_seconds
+from xds_proxy.config.hcm import HcmSettings, build_hcm_settings
 from xds_proxy.http.responses import LocalResponse
-from xds_proxy.http.router import RouteTable
+from xds_proxy.http.router import RouteHandle, RouteTable
 from xds_proxy.stats import Counter, Gauge, Stats
-from xds_proxy.upstream.forward import ProxyPolicy
 
 HCM_TYPE_URL = (
     "type.googleapis.com/"
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
-ROUTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-
-_HANDLED_FIELDS = (
-    "codec_type",
-    "stat_prefix",
-    "route_config",
-    "http_filters",
-    "common_http_protocol_options",
-    "http_protocol_options",
-    "http2_protocol_options",
-    "server_name",
-    "max_request_headers_kb",
-    "drain_timeout",
-    "delayed_close_timeout",
-    "strip_any_host_port",
-    "stream_idle_timeout",
-    "request_timeout",
-    "request_headers_timeout",
-    # Only shape what is sent to upstreams, which do not exist yet: nothing observable.
-    "use_remote_address",
-    "xff_num_trusted_hops",
-    "skip_xff_append",
-    "generate_request_id",
-)
-_LATER_FIELDS = ("rds", "scoped_routes", "upgrade_configs")
 
 
 class HcmStats:
@@ -133,28 +105,12 @@ def close_after_delayed_close_timeout(transport: asyncio.Transport | None, stats
         transport.close()
 
 
-class Codec(enum.Enum):
-    AUTO = 0
-    HTTP1 = 1
-    HTTP2 = 2
-
-
 @dataclass(frozen=True, slots=True)
-class HcmConfig:
-    stat_prefix: str
-    codec: Codec
-    routes: RouteTable
-    server_name: str
-    max_request_headers_bytes: int
-    max_headers_count: int
-    idle_timeout_s: float | None
-    request_headers_timeout_s: float | None
-    request_timeout_s: float | None
-    stream_idle_timeout_s: float | None
-    drain_timeout_s: float
-    delayed_close_timeout_s: float
-    accept_http_10: bool
-    default_host_for_http_10: str
+class HcmConfig(HcmSettings):
+    """An HCM's settings (config/hcm.py) with what serving needs besides: the route table,
+    the stat handles and the pre-rendered local replies."""
+
+    routes: RouteHandle  # `.current`: the table, swappable under live connections
     stats: HcmStats
     bad_request: LocalResponse
     bad_request_no_body: LocalResponse
@@ -164,20 +120,6 @@ class HcmConfig:
     request_header_timeout_reply: LocalResponse
     request_timeout_reply: LocalResponse
     stream_timeout_reply: LocalResponse
-    http2_max_concurrent_streams: int
-    http2_initial_stream_window: int
-    http2_initial_connection_window: int
-    proxy_policy: ProxyPolicy
-
-
-_DEFAULT_IDLE_TIMEOUT_S = 3600.0
-_DEFAULT_DRAIN_TIMEOUT_S = 5.0
-_DEFAULT_DELAYED_CLOSE_TIMEOUT_S = 1.0
-_DEFAULT_MAX_HEADERS_KB = 60
-_DEFAULT_STREAM_IDLE_TIMEOUT_S = 300.0
-_DEFAULT_MAX_HEADERS_COUNT = 100
-_DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS = 2147483647
-_DEFAULT_HTTP2_WINDOW = 268435456  # Envoy's default stream and connection windows
 
 
 # Serialized HCM -> (the stats store it was built against, its config). Only successes are
@@ -188,8 +130,9 @@ HCM_CONFIGS: BoundedCache[bytes, tuple[Stats, HcmConfig]] = BoundedCache.for_con
 def build_http_connection_manager(
     hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats
 ) -> HcmConfig:
-    """Validate and translate one HCM (or reuse the config of an identical one); raises
-    `ConfigError("PATH: reason")`."""
+    """Translate one HCM that passed the PGV rules and the support table (config/), or reuse
+    the config of an identical one; raises `ConfigError("PATH: reason")` for what only
+    building finds (a duplicate domain, an unreadable body file)."""
     key = hcm.SerializeToString()
     cached = HCM_CONFIGS.get(key)
     if cached is not None and cached[0] is stats:
@@ -200,162 +143,22 @@ def build_http_connection_manager(
 
 
 def _build(hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats) -> HcmConfig:
-    check_fields(hcm, path, _HANDLED_FIELDS, later=_LATER_FIELDS)
-    codecs = {
-        hcm_pb2.HttpConnectionManager.AUTO: Codec.AUTO,
-        hcm_pb2.HttpConnectionManager.HTTP1: Codec.HTTP1,
-        hcm_pb2.HttpConnectionManager.HTTP2: Codec.HTTP2,
-    }
-    codec = codecs.get(hcm.codec_type)
-    if codec is None:
-        raise ConfigError(f"{path}.codec_type: not supported")
-    if not hcm.stat_prefix:
-        raise ConfigError(f"{path}.stat_prefix: value length must be at least 1 characters")
-    if not hcm.HasField("route_config"):
-        raise ConfigError(f"{path}.route_specifier: value is required")
-    _check_http_filters(hcm, path)
-
-    options = hcm.common_http_protocol_options
-    check_fields(
-        options,
-        f"{path}.common_http_protocol_options",
-        ("idle_timeout", "max_headers_count"),
-        later=("max_connection_duration", "max_stream_duration", "max_requests_per_connection"),
-    )
-    idle_timeout_s: float | None = _DEFAULT_IDLE_TIMEOUT_S
-    if options.HasField("idle_timeout"):
-        idle_timeout_s = duration_seconds(options.idle_timeout) or None  # 0 disables it
-    max_headers_count = _DEFAULT_MAX_HEADERS_COUNT
-    if options.HasField("max_headers_count"):
-        max_headers_count = options.max_headers_count.value
-
-    http1 = hcm.http_protocol_options
-    check_fields(
-        http1, f"{path}.http_protocol_options", ("accept_http_10", "default_host_for_http_10")
-    )
-    http2 = hcm.http2_protocol_options
-    check_fields(
-        http2,
-        f"{path}.http2_protocol_options",
-        ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"),
-    )
-    http2_windows = [_DEFAULT_HTTP2_WINDOW, _DEFAULT_HTTP2_WINDOW]
-    for index, name in enumerate(("initial_stream_window_size", "initial_connection_window_size")):
-        if http2.HasField(name):
-            http2_windows[index] = getattr(http2, name).value
-            if not 65535 <= http2_windows[index] <= 2147483647:
-                raise ConfigError(
-                    f"{path}.http2_protocol_options.{name}: value must be inside range "
-                    f"[65535, 2147483647], got {http2_windows[index]}"
-                )
-    max_concurrent_streams = _DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS
-    if http2.HasField("max_concurrent_streams"):
-        max_concurrent_streams = http2.max_concurrent_streams.value
-        if not 1 <= max_concurrent_streams <= 2147483647:
-            raise ConfigError(
-                f"{path}.http2_protocol_options.max_concurrent_streams: value must be inside "
-                f"range [1, 2147483647], got {max_concurrent_streams}"
-            )
-
-    max_kb = _DEFAULT_MAX_HEADERS_KB
-    if hcm.HasField("max_request_headers_kb"):
-        max_kb = hcm.max_request_headers_kb.value
-        if not 0 < max_kb <= 8192:
-            raise ConfigError(
-                f"{path}.max_request_headers_kb: value must be inside range (0, 8192], got {max_kb}"
-            )
-    server_name = hcm.server_name or "envoy"
-    routes = RouteTable(
-        hcm.route_config, f"{path}.route_config", server_name, hcm.strip_any_host_port
-    )
+    settings = build_hcm_settings(hcm, path)
+    server = settings.server_name
+    routes = RouteTable(hcm.route_config, f"{path}.route_config", server, hcm.strip_any_host_port)
     return HcmConfig(
-        stat_prefix=hcm.stat_prefix,
-        codec=codec,
-        routes=routes,
-        server_name=server_name,
-        max_request_headers_bytes=max_kb * 1024,
-        max_headers_count=max_headers_count,
-        idle_timeout_s=idle_timeout_s,
-        request_headers_timeout_s=_optional_duration(hcm, "request_headers_timeout", None),
-        request_timeout_s=_optional_duration(hcm, "request_timeout", None),
-        stream_idle_timeout_s=_optional_duration(
-            hcm, "stream_idle_timeout", _DEFAULT_STREAM_IDLE_TIMEOUT_S
-        ),
-        drain_timeout_s=(
-            duration_seconds(hcm.drain_timeout)
-            if hcm.HasField("drain_timeout")
-            else _DEFAULT_DRAIN_TIMEOUT_S
-        ),
-        delayed_close_timeout_s=(
-            duration_seconds(hcm.delayed_close_timeout)
-            if hcm.HasField("delayed_close_timeout")
-            else _DEFAULT_DELAYED_CLOSE_TIMEOUT_S
-        ),
-        accept_http_10=http1.accept_http_10,
-        default_host_for_http_10=http1.default_host_for_http_10,
-        stats=HcmStats(stats, hcm.stat_prefix),
-        bad_request=LocalResponse(400, b"Bad Request", server_name),
-        bad_request_no_body=LocalResponse(400, b"", server_name),
-        headers_too_large=LocalResponse(431, b"Request Header Fields Too Large", server_name),
-        upgrade_required=LocalResponse(426, b"Upgrade Required", server_name),
-        upgrade_forbidden=LocalResponse(403, b"", server_name),
-        request_header_timeout_reply=LocalResponse(408, b"request header timeout", server_name),
-        request_timeout_reply=LocalResponse(408, b"request timeout", server_name),
-        stream_timeout_reply=LocalResponse(408, b"stream timeout", server_name),
-        http2_max_concurrent_streams=max_concurrent_streams,
-        http2_initial_stream_window=http2_windows[0],
-        http2_initial_connection_window=http2_windows[1],
-        proxy_policy=ProxyPolicy(
-            server_name=server_name.encode(),
-            use_remote_address=hcm.use_remote_address.value,
-            skip_xff_append=hcm.skip_xff_append,
-            generate_request_id=(
-                hcm.generate_request_id.value if hcm.HasField("generate_request_id") else True
-            ),
-        ),
+        **{field.name: getattr(settings, field.name) for field in fields(HcmSettings)},
+        routes=RouteHandle(routes),
+        stats=HcmStats(stats, settings.stat_prefix),
+        bad_request=LocalResponse(400, b"Bad Request", server),
+        bad_request_no_body=LocalResponse(400, b"", server),
+        headers_too_large=LocalResponse(431, b"Request Header Fields Too Large", server),
+        upgrade_required=LocalResponse(426, b"Upgrade Required", server),
+        upgrade_forbidden=LocalResponse(403, b"", server),
+        request_header_timeout_reply=LocalResponse(408, b"request header timeout", server),
+        request_timeout_reply=LocalResponse(408, b"request timeout", server),
+        stream_timeout_reply=LocalResponse(408, b"stream timeout", server),
     )
-
-
-def _optional_duration(
-    hcm: hcm_pb2.HttpConnectionManager, name: str, default: float | None
-) -> float | None:
-    """A timeout field: unset gives the default, 0 disables it."""
-    if not hcm.HasField(name):
-        return default
-    return duration_seconds(getattr(hcm, name)) or None
-
-
-def _check_http_filters(hcm: hcm_pb2.HttpConnectionManager, path: str) -> None:
-    """Only the router is supported, and it must be the last filter (as in Envoy)."""
-    for index, http_filter in enumerate(hcm.http_filters):
-        filter_path = f"{path}.http_filters[{index}]"
-        check_fields(http_filter, filter_path, ("name", "typed_config", "is_optional", "disabled"))
-        if not http_filter.name:
-            raise ConfigError(f"{filter_path}.name: value length must be at least 1 characters")
-        type_url = http_filter.typed_config.type_url if http_filter.HasField("typed_config") else ""
-        if type_url != ROUTER_TYPE_URL:
-            if http_filter.is_optional:
-                continue
-            raise ConfigError(
-                f"{filter_path}: Didn't find a registered implementation for "
-                f"'{http_filter.name}' with type URL: '{type_url.split('/')[-1]}'"
-            )
-        router = router_pb2.Router()
-        if not http_filter.typed_config.Unpack(router):
-            raise ConfigError(f"{filter_path}.typed_config: cannot decode Router")
-        check_fields(router, f"{filter_path}.typed_config", ("suppress_envoy_headers",))
-        if index != len(hcm.http_filters) - 1:
-            raise ConfigError(
-                f"{filter_path}: Error: terminal filter named {http_filter.name} of type "
-                "envoy.filters.http.router must be the last filter in a http filter chain."
-            )
-    if not any(
-        f.typed_config.type_url == ROUTER_TYPE_URL for f in hcm.http_filters if not f.disabled
-    ):
-        # Envoy accepts this and then never answers (stream timeout after 5 minutes).
-        raise ConfigError(
-            f"{path}.http_filters: without envoy.filters.http.router nothing answers: not supported"
-        )
 
 
 class DrainState(enum.IntEnum):

@@ -25,8 +25,8 @@ import socket
 
 import httptools
 
+from xds_proxy.config.hcm import Codec
 from xds_proxy.http.conn_manager import (
-    Codec,
     DrainState,
     HcmConfig,
     close_after_delayed_close_timeout,
@@ -122,6 +122,7 @@ class Http1Connection(asyncio.Protocol):
         "_read_paused",
         "_reject",
         "_request_started",
+        "_routes",
         "_sniff_buffer",
         "_sniffing",
         "_state",
@@ -169,6 +170,7 @@ class Http1Connection(asyncio.Protocol):
         self._action: object | None = None
         self._exchange: Exchange | None = None
         self._raw_headers: list[tuple[bytes, bytes]] | None = None
+        self._routes = config.routes.current  # the table of the request in progress
         self._body_expected = False
         self._queue: collections.deque[_Queued] = collections.deque()
         self._read_paused = 0
@@ -335,9 +337,10 @@ class Http1Connection(asyncio.Protocol):
         self._expect_continue = False
         self._headers_done = False
         self._phase_first_chunk = 0
-        if self._config.routes.needs_headers:
+        self._routes = routes = self._config.routes.current  # this request's table
+        if routes.needs_headers:
             self._header_pairs = []
-        if self._config.routes.forwards:
+        if routes.forwards:
             self._raw_headers = []
             self._body_expected = False
             self._action = None
@@ -407,12 +410,12 @@ class Http1Connection(asyncio.Protocol):
         if parser.should_upgrade():
             # No upgrade_configs and no CONNECT routes: Envoy answers 403 / 404 and closes.
             self._reject = (
-                config.routes.not_found if method == b"CONNECT" else config.upgrade_forbidden
+                self._routes.not_found if method == b"CONNECT" else config.upgrade_forbidden
             )
             raise _StopParsing
         if self._expect_continue:
             self._out.append(_CONTINUE)
-        if config.routes.forwards:
+        if self._routes.forwards:
             self._route_early()
 
     def on_body(self, body: bytes) -> None:
@@ -430,7 +433,7 @@ class Http1Connection(asyncio.Protocol):
         )
         # HTTP/1.0 responses always say what happens to the connection, as in Envoy.
         render_close = close or self._http10
-        routes = config.routes
+        routes = self._routes
         host = self._host if self._host is not None else b""
         if routes.forwards:
             action = self._action  # matched when the headers were complete
@@ -563,7 +566,7 @@ class Http1Connection(asyncio.Protocol):
     def _route_early(self) -> None:
         """Tables with `route` actions are matched once the headers are in, so that a
         forwarded request's body streams upstream as it arrives."""
-        routes = self._config.routes
+        routes = self._routes
         host = self._host if self._host is not None else b""
         if self._header_pairs is None:
             action = routes.route_raw(host, self._url)

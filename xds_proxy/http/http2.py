@@ -46,6 +46,7 @@ from xds_proxy.http.router import (
     DirectResponseAction,
     RedirectAction,
     RequestView,
+    RouteTable,
     joined_headers,
 )
 from xds_proxy.listener.context import FilterChainContext
@@ -115,12 +116,15 @@ class _Stream:
         "pending",
         "responded",
         "response_paused",
+        "routes",
         "started",
         "trailers",
         "withheld",
     )
 
-    def __init__(self, method: bytes, authority: bytes, path: bytes, headers: list) -> None:
+    def __init__(
+        self, method: bytes, authority: bytes, path: bytes, headers: list, routes: RouteTable
+    ) -> None:
         self.method = method
         self.authority = authority
         self.path = path
@@ -136,6 +140,7 @@ class _Stream:
         self.response_paused = False  # the upstream was asked to pause the response
         self.started = 0.0  # loop time of the request headers (request_timeout)
         self.last_rx = 0.0  # loop time of the latest request frame (stream_idle_timeout)
+        self.routes = routes  # the table this request is routed with (read once)
 
 
 class Http2Connection(asyncio.Protocol):
@@ -352,12 +357,13 @@ class Http2Connection(asyncio.Protocol):
         stats.rq_active.value += 1
         if not self._streams and self._idle_timer is not None:
             self._idle_since = 0.0
-        stream = _Stream(method, authority, path, event.headers)  # type: ignore[arg-type]
+        routes = self._config.routes.current  # this request's table, read once
+        stream = _Stream(method, authority, path, event.headers, routes)  # type: ignore[arg-type]
         self._streams[stream_id] = stream
         if self._stream_timer is None and event.stream_ended is None:
             self._arm_stream_timer()  # a request body follows: bound how long it may take
         stream.started = stream.last_rx = self._loop.time()  # type: ignore[union-attr]
-        if self._config.routes.forwards:
+        if routes.forwards:
             # Forwarded requests start at their headers, so their bodies stream upstream.
             stream.action = action = self._route(stream)
             if type(action) is ForwardAction:
@@ -391,7 +397,7 @@ class Http2Connection(asyncio.Protocol):
         self._respond(stream_id, stream)
 
     def _route(self, stream: _Stream) -> object:
-        routes = self._config.routes
+        routes = stream.routes
         if not routes.needs_headers:
             return routes.route_raw(stream.authority, stream.path)
         headers = joined_headers(
@@ -475,7 +481,8 @@ class Http2Connection(asyncio.Protocol):
         """A local reply's status, body and header blocks around `date`, built once per
         action and connection (Envoy's order: content-length, content-type, date, server)."""
         if action is None:
-            status, body = self._config.routes.not_found.status, self._config.routes.not_found.body
+            not_found = self._config.routes.current.not_found  # the HCM's, the same in any table
+            status, body = not_found.status, not_found.body
         elif type(action) is DirectResponseAction:
             status, body = action.response.status, action.response.body
         else:  # never: forwarded streams are answered by their exchange

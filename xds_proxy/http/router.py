@@ -10,17 +10,15 @@ query string and fragment, as in Envoy.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
+from xds_proxy.config.values import read_data_source
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.fields import check_fields
 from xds_proxy.http.responses import LocalResponse, redirect_bytes
 from xds_proxy.upstream.forward import ForwardAction, HeaderMutations
 
@@ -30,13 +28,11 @@ Headers = Mapping[str, str]
 
 _DEFAULT_MAX_DIRECT_RESPONSE_BODY = 4096
 _MISSING = object()
-_HEADER_MUTATIONS = HeaderMutations.FIELDS
 _NO_HEADERS: dict[str, str] = {}
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 
 
 def compile_regex(regex: regex_pb2.RegexMatcher, path: str) -> re.Pattern[str]:
-    check_fields(regex, path, ("regex", "google_re2"))
     try:
         return re.compile(regex.regex)
     except re.error as error:
@@ -45,18 +41,11 @@ def compile_regex(regex: regex_pb2.RegexMatcher, path: str) -> re.Pattern[str]:
 
 def compile_string_matcher(matcher: string_pb2.StringMatcher, path: str) -> StringPredicate:
     """An Envoy `StringMatcher` as a predicate (regexes match the whole string)."""
-    check_fields(
-        matcher, path, ("exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case")
-    )
     kind = matcher.WhichOneof("match_pattern")
-    if kind is None:
-        raise ConfigError(f"{path}: one of exact, prefix, suffix, contains, safe_regex required")
     if kind == "safe_regex":
         pattern = compile_regex(matcher.safe_regex, f"{path}.safe_regex")
         return lambda value: pattern.fullmatch(value) is not None
     expected: str = getattr(matcher, kind)
-    if kind != "exact" and not expected:
-        raise ConfigError(f"{path}.{kind}: value length must be at least 1 characters")
     if matcher.ignore_case:
         expected = expected.lower()
         if kind == "exact":
@@ -88,25 +77,6 @@ class HeaderCondition:
     )
 
     def __init__(self, matcher: route_components_pb2.HeaderMatcher, path: str) -> None:
-        check_fields(
-            matcher,
-            path,
-            (
-                "name",
-                "exact_match",
-                "safe_regex_match",
-                "range_match",
-                "present_match",
-                "prefix_match",
-                "suffix_match",
-                "contains_match",
-                "string_match",
-                "invert_match",
-                "treat_missing_header_as_empty",
-            ),
-        )
-        if not matcher.name:
-            raise ConfigError(f"{path}.name: value length must be at least 1 characters")
         name = matcher.name.lower()
         self.name = "host" if name == ":authority" else name
         self.invert = matcher.invert_match
@@ -202,20 +172,6 @@ class RedirectAction:
         route_prefix: str | None,
         server: str,
     ) -> None:
-        check_fields(
-            redirect,
-            path,
-            (
-                "https_redirect",
-                "scheme_redirect",
-                "host_redirect",
-                "port_redirect",
-                "path_redirect",
-                "prefix_rewrite",
-                "response_code",
-                "strip_query",
-            ),
-        )
         self.scheme = "https" if redirect.https_redirect else (redirect.scheme_redirect or None)
         self.host = redirect.host_redirect or None
         self.port = redirect.port_redirect or None
@@ -296,27 +252,9 @@ class Route:
         max_body: int,
         outer_mutations: tuple[HeaderMutations, ...] = (),
     ) -> None:
-        check_fields(
-            route,
-            path,
-            (
-                "name",
-                "match",
-                "direct_response",
-                "redirect",
-                "route",
-                "metadata",
-                *_HEADER_MUTATIONS,
-            ),
-        )
         self.name = route.name
         match = route.match
         match_path = f"{path}.match"
-        check_fields(
-            match,
-            match_path,
-            ("prefix", "path", "safe_regex", "case_sensitive", "headers"),
-        )
         kind = match.WhichOneof("path_specifier")
         self.case_sensitive = not match.HasField("case_sensitive") or match.case_sensitive.value
         self.regex: re.Pattern[str] | None = None
@@ -327,11 +265,9 @@ class Route:
         elif kind == "path":
             self.kind = _PATH
             self.value = match.path
-        elif kind == "safe_regex":
+        else:  # safe_regex (the table accepts these three)
             self.kind = _REGEX
             self.regex = compile_regex(match.safe_regex, f"{match_path}.safe_regex")
-        else:
-            raise ConfigError(f"{match_path}: one of prefix, path, safe_regex required")
         if not self.case_sensitive:
             self.value = self.value.lower()
         self.headers = tuple(
@@ -355,15 +291,13 @@ class Route:
                 self.value if self.kind == _PREFIX else None,
                 server,
             )
-        elif action_kind == "route":
+        else:  # route (the table accepts these three)
             matched = match.prefix if kind == "prefix" else match.path if kind == "path" else ""
             forward = ForwardAction(route.route, f"{path}.route", kind, matched)
             # Most specific first: route, virtual host, route configuration (Envoy's order).
             levels = (HeaderMutations(route, path), *outer_mutations)
             forward.mutations = tuple(level for level in levels if not level.empty)
             self.action = forward
-        else:
-            raise ConfigError(f"{path}: one of route, redirect, direct_response required")
 
     def matches(self, path: str, headers: Headers) -> bool:
         if not self.case_sensitive:
@@ -383,47 +317,14 @@ class Route:
 def _direct_response(
     action: route_components_pb2.DirectResponseAction, path: str, server: str, max_body: int
 ) -> LocalResponse:
-    check_fields(action, path, ("status", "body"))
-    if not 200 <= action.status < 600:
-        raise ConfigError(
-            f"{path}.status: value must be inside range [200, 600), got {action.status}"
-        )
     body = b""
     if action.HasField("body"):
-        body = data_source_bytes(action.body, f"{path}.body")
+        body = read_data_source(action.body, f"{path}.body")
         if len(body) > max_body:
             raise ConfigError(
                 f"{path}.body: response body size is {len(body)} bytes; maximum is {max_body}"
             )
     return LocalResponse(action.status, body, server)
-
-
-def data_source_bytes(source: base_pb2.DataSource, path: str) -> bytes:
-    """The bytes of an Envoy `DataSource`, read once at build time."""
-    check_fields(
-        source, path, ("inline_string", "inline_bytes", "filename", "environment_variable")
-    )
-    kind = source.WhichOneof("specifier")
-    if kind == "inline_string":
-        return source.inline_string.encode()
-    if kind == "inline_bytes":
-        return source.inline_bytes
-    if kind == "filename":
-        try:
-            with open(source.filename, "rb") as file:
-                return file.read()
-        except OSError as error:
-            raise ConfigError(
-                f"{path}.filename: cannot read '{source.filename}': {error.strerror}"
-            ) from None
-    if kind == "environment_variable":
-        value = os.environ.get(source.environment_variable)
-        if value is None:
-            raise ConfigError(
-                f"{path}.environment_variable: '{source.environment_variable}' is not set"
-            )
-        return value.encode()
-    return b""
 
 
 def _route_cluster_names(action: route_components_pb2.RouteAction) -> list[str]:
@@ -443,11 +344,6 @@ class VirtualHost:
         max_body: int,
         outer_mutations: tuple[HeaderMutations, ...] = (),
     ) -> None:
-        check_fields(vhost, path, ("name", "domains", "routes", *_HEADER_MUTATIONS))
-        if not vhost.name:
-            raise ConfigError(f"{path}.name: value length must be at least 1 characters")
-        if not vhost.domains:
-            raise ConfigError(f"{path}.domains: value must contain at least 1 item(s)")
         self.name = vhost.name
         mutations = (HeaderMutations(vhost, path), *outer_mutations)
         self.routes = tuple(
@@ -478,18 +374,6 @@ class RouteTable:
         server: str = "envoy",
         strip_any_host_port: bool = False,
     ) -> None:
-        check_fields(
-            config,
-            path,
-            (
-                "name",
-                "virtual_hosts",
-                "validate_clusters",
-                "max_direct_response_body_size_bytes",
-                "ignore_port_in_host_matching",
-                *_HEADER_MUTATIONS,
-            ),
-        )
         config_mutations = (HeaderMutations(config, path),)
         max_body = _DEFAULT_MAX_DIRECT_RESPONSE_BODY
         if config.HasField("max_direct_response_body_size_bytes"):
@@ -604,6 +488,17 @@ class RouteTable:
         if vhost is None:
             return None
         return vhost.find(path, headers)
+
+
+class RouteHandle:
+    """The route table an HCM serves, held so that it can be swapped under live connections
+    (RDS delivers a new table for the same HCM): a connection reads `current` once per request
+    and keeps that table for the request's whole life."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, table: RouteTable) -> None:
+        self.current = table
 
 
 def build_route_table(

@@ -25,12 +25,12 @@ from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_p
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from google.protobuf.message import DecodeError
 
+from xds_proxy.config.tls import DownstreamTls
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.tls import (
     HANDSHAKE_TIMEOUT,
     PEER_CLOSED,
-    DownstreamTls,
     TlsTransport,
     start_tls_server,
 )
@@ -255,9 +255,6 @@ def listener_filters(listener: listener_pb2.Listener, path: str = "") -> Listene
         if type_url == TLS_INSPECTOR_TYPE:
             config = tls_inspector_pb2.TlsInspector()
             _unpack(entry.typed_config.value, config, f"{entry_path}.typed_config")
-            for name in ("enable_ja3_fingerprinting", "enable_ja4_fingerprinting"):
-                if getattr(config, name).value:
-                    raise ConfigError(f"{entry_path}.typed_config.{name}: not supported")
             inspectors.append(
                 TlsInspector(
                     max_client_hello_size=config.max_client_hello_size.value

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
+from xds_proxy.config.tls import DownstreamTls, downstream_tls
 from xds_proxy.config_key import config_key
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
 from xds_proxy.listener.drain import Drain
@@ -38,7 +39,6 @@ from xds_proxy.listener.limits import (
 )
 from xds_proxy.listener.manager import DEFAULT_CHAIN
 from xds_proxy.stats import Stats
-from xds_proxy.tls import DownstreamTls, downstream_tls
 from xds_proxy.upstream.manager import ClusterManager
 
 # A filter chain's network filters -> the protocol factory of its connections; raises

@@ -37,21 +37,17 @@ from collections.abc import Callable
 from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (
     downstream_connections_pb2,
 )
 from google.protobuf.message import DecodeError
 
+from xds_proxy.config.overload import DOWNSTREAM_CONNECTIONS_TYPE, GLOBAL_MONITOR
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
 from xds_proxy.stats import Stats
 
-GLOBAL_MONITOR = "envoy.resource_monitors.global_downstream_max_connections"
-DOWNSTREAM_CONNECTIONS_TYPE = (
-    downstream_connections_pb2.DownstreamConnectionsConfig.DESCRIPTOR.full_name
-)
 CONNECTION_LIMIT_TYPE_URL = (
     "type.googleapis.com/" + connection_limit_pb2.ConnectionLimit.DESCRIPTOR.full_name
 )
@@ -87,34 +83,6 @@ class GlobalConnectionLimit:
             self._failed_updates.inc()
             return
         self.active -= 1
-
-
-def is_global_monitor(monitor: overload_pb2.ResourceMonitor) -> bool:
-    """The one resource monitor that xds-proxy implements (the others stay inert)."""
-    return monitor.name == GLOBAL_MONITOR or (
-        monitor.typed_config.type_url.rsplit("/", 1)[-1] == DOWNSTREAM_CONNECTIONS_TYPE
-    )
-
-
-def global_limit_errors(bootstrap: bootstrap_pb2.Bootstrap) -> list[str]:
-    """What Envoy refuses about the global monitor at start-up: a name that does not match its
-    `@type`, or the monitor twice."""
-    errors: list[str] = []
-    seen = False
-    for index, monitor in enumerate(bootstrap.overload_manager.resource_monitors):
-        if not is_global_monitor(monitor):
-            continue
-        path = f"overload_manager.resource_monitors[{index}]"
-        type_name = monitor.typed_config.type_url.rsplit("/", 1)[-1]
-        if monitor.name != GLOBAL_MONITOR or type_name != DOWNSTREAM_CONNECTIONS_TYPE:
-            errors.append(
-                f"{path}: Didn't find a registered implementation for '{monitor.name}'"
-                f" with type URL: '{type_name}'"
-            )
-        elif seen:
-            errors.append(f"{path}.name: Duplicate resource monitor {GLOBAL_MONITOR}")
-        seen = True
-    return errors
 
 
 def global_limit_from_bootstrap(

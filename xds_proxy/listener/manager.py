@@ -50,10 +50,10 @@ from typing import Protocol
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_pb2
 
+from xds_proxy.config.pgv import canonical_ip
 from xds_proxy.config_key import config_key
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
-from xds_proxy.validation import canonical_ip
 
 DEFAULT_CHAIN = -1  # the index that names `default_filter_chain` in UpdateFilterChains
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from envoy.config.listener.v3 import listener_pb2
 
+from xds_proxy.config.support import listener_errors
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.drain_manager import (
     ChainDrainEnded,
@@ -64,7 +65,6 @@ from xds_proxy.listener.manager import (
 )
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.stats import Stats, listener_stat_prefix
-from xds_proxy.support_policy import listener_errors
 
 log = logging.getLogger("xds_proxy.listener")
 

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from xds_proxy.upstream.config import (
+from xds_proxy.config.cluster import (
     ClusterConfig,
     DiscoveryType,
     DnsFamily,

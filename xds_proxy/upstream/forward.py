@@ -26,8 +26,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.message import Message
 
+from xds_proxy.config.hcm import ProxyPolicy
+from xds_proxy.config.values import duration_seconds
+from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.fields import check_fields, duration_seconds
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.stream import (
     HOP_BY_HOP,
@@ -69,14 +71,8 @@ def _header_adds(
     adds = []
     for index, option in enumerate(options):
         option_path = f"{path}[{index}]"
-        check_fields(option, option_path, ("header", "append", "append_action", "keep_empty_value"))
         header = option.header
-        check_fields(header, f"{option_path}.header", ("key", "value", "raw_value"))
         name = header.key.lower()
-        if not name:
-            raise ConfigError(
-                f"{option_path}.header.key: value length must be at least 1 characters"
-            )
         if name.startswith(":") or name == "host":
             raise ConfigError(
                 f"{option_path}.header.key: ':-prefixed' or host headers may not be modified"
@@ -195,16 +191,6 @@ class ForwardAction:
         "prefix",
         "prefix_rewrite",
         "timeout_s",
-        "total_weight",
-    )
-
-    _HANDLED = (
-        "cluster",
-        "weighted_clusters",
-        "cluster_not_found_response_code",
-        "prefix_rewrite",
-        "host_rewrite_literal",
-        "timeout",
     )
 
     def __init__(
@@ -214,17 +200,10 @@ class ForwardAction:
         match_kind: str,
         match_value: str,
     ) -> None:
-        check_fields(action, path, self._HANDLED)
-        kind = action.WhichOneof("cluster_specifier")
-        if kind == "cluster":
-            if not action.cluster:
-                raise ConfigError(f"{path}.cluster: value length must be at least 1 characters")
-            self.clusters: tuple[tuple[str, int], ...] = ((action.cluster, 1),)
-        elif kind == "weighted_clusters":
+        if action.WhichOneof("cluster_specifier") == "weighted_clusters":
             self.clusters = _weighted(action.weighted_clusters, f"{path}.weighted_clusters")
         else:
-            raise ConfigError(f"{path}.cluster_specifier: value is required")
-        self.total_weight = sum(weight for _, weight in self.clusters)
+            self.clusters = WeightedClusters.single(action.cluster)
         self.not_found_status = _NOT_FOUND_CODES[action.cluster_not_found_response_code]
         self.prefix_rewrite: bytes | None = None
         self.prefix = b""
@@ -243,15 +222,7 @@ class ForwardAction:
         self.mutations: tuple[HeaderMutations, ...] = ()
 
     def pick_cluster(self, rng: random.Random) -> str:
-        clusters = self.clusters
-        if len(clusters) == 1:
-            return clusters[0][0]
-        point = rng.randrange(self.total_weight)
-        for name, weight in clusters:
-            if point < weight:
-                return name
-            point -= weight
-        return clusters[-1][0]
+        return self.clusters.pick(rng)
 
     def rewrite_path(self, url: bytes) -> bytes | None:
         """The upstream path after `prefix_rewrite`, or None when unchanged. Envoy replaces
@@ -261,16 +232,10 @@ class ForwardAction:
         return self.prefix_rewrite + url[len(self.prefix) :]
 
 
-def _weighted(
-    weighted: route_components_pb2.WeightedCluster, path: str
-) -> tuple[tuple[str, int], ...]:
-    check_fields(weighted, path, ("clusters", "total_weight"))
-    if not weighted.clusters:
-        raise ConfigError(f"{path}.clusters: value must contain at least 1 item(s)")
+def _weighted(weighted: route_components_pb2.WeightedCluster, path: str) -> WeightedClusters:
     found = []
     for index, entry in enumerate(weighted.clusters):
         entry_path = f"{path}.clusters[{index}]"
-        check_fields(entry, entry_path, ("name", "weight"))
         if not entry.name:
             raise ConfigError(f"{entry_path}.name: value length must be at least 1 characters")
         found.append((entry.name, entry.weight.value if entry.HasField("weight") else 0))
@@ -282,20 +247,10 @@ def _weighted(
         )
     if total == 0:
         raise ConfigError(f"{path}: Sum of weights in the weighted_cluster must be greater than 0")
-    return tuple((name, weight) for name, weight in found if weight > 0)
+    return WeightedClusters.of(found)
 
 
 # ----------------------------------------------------------------------------- per request
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyPolicy:
-    """The connection manager's settings that shape forwarded requests and responses."""
-
-    server_name: bytes = b"envoy"
-    use_remote_address: bool = False
-    skip_xff_append: bool = False
-    generate_request_id: bool = True
 
 
 @dataclass(slots=True)

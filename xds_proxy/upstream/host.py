@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from xds_proxy.upstream.config import ClusterConfig, UpstreamProtocol
+from xds_proxy.config.cluster import ClusterConfig, UpstreamProtocol
 from xds_proxy.upstream.stats import ClusterStats
 from xds_proxy.upstream.stream import RequestHead, ResponseHandler, UpstreamStream
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 
+from xds_proxy.config.cluster import DnsFamily, EndpointAddress, build_cluster_config
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
-from xds_proxy.upstream.config import DnsFamily, EndpointAddress, build_cluster_config
 
 log = logging.getLogger("xds_proxy.upstream")
 

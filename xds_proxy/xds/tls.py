@@ -1,9 +1,5 @@
-"""TLS and mTLS to the xDS server, from the xDS cluster's `transport_socket`.
-
-Envoy's shape: `transport_socket {name: envoy.transport_sockets.tls, typed_config:
-UpstreamTlsContext {common_tls_context {tls_certificates[0] {certificate_chain, private_key},
-validation_context {trusted_ca}}, sni}}`, each certificate as a `DataSource`
-(`filename`, `inline_string` or `inline_bytes`). A client certificate makes it mTLS.
+"""TLS and mTLS to the xDS server, from the xDS cluster's `transport_socket`: the settings
+config/tls.py reads from its `UpstreamTlsContext`, as gRPC channel credentials.
 
 Files are read again for every stream (each stream opens a fresh channel), so certificates
 rotated on disk are picked up at the next reconnect; they are read once up front as well, so
@@ -17,57 +13,17 @@ checks names only with `match_typed_subject_alt_names`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from google.protobuf import message
 
-from xds_proxy.errors import ConfigError
-
-TLS_SOCKET_NAME = "envoy.transport_sockets.tls"
-UPSTREAM_TLS_TYPE = "type.googleapis.com/" + tls_pb2.UpstreamTlsContext.DESCRIPTOR.full_name
-
-_UPSTREAM_FIELDS = {"common_tls_context", "sni"}
-_COMMON_FIELDS = {"tls_certificates", "validation_context", "alpn_protocols"}
-_CERTIFICATE_FIELDS = {"certificate_chain", "private_key"}
-_VALIDATION_FIELDS = {"trusted_ca"}
+from xds_proxy.config.tls import UpstreamTlsSettings, upstream_tls_settings
 
 
 @dataclass(frozen=True, slots=True)
-class DataSource:
-    """Bytes from a file (read when needed) or given inline."""
-
-    path: str  # the field path, for errors
-    filename: str | None = None
-    inline: bytes | None = None
-
-    def read(self) -> bytes:
-        if self.inline is not None:
-            return self.inline
-        assert self.filename is not None
-        try:
-            with open(self.filename, "rb") as source:
-                return source.read()
-        except OSError as error:
-            raise ConfigError(
-                f"{self.path}.filename: cannot read '{self.filename}': {error.strerror}"
-            ) from None
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelTls:
+class ChannelTls(UpstreamTlsSettings):
     """What the gRPC channel needs for TLS; `credentials()` reads the sources afresh."""
-
-    trusted_ca: DataSource | None
-    certificate_chain: DataSource | None
-    private_key: DataSource | None
-    sni: str
-
-    @property
-    def mutual(self) -> bool:
-        return self.certificate_chain is not None
 
     def credentials(self) -> grpc.ChannelCredentials:
         """Raises ConfigError (`FIELD_PATH: reason`) if a file cannot be read."""
@@ -86,66 +42,5 @@ class ChannelTls:
 
 def channel_tls(socket: base_pb2.TransportSocket, path: str) -> ChannelTls:
     """The xDS cluster's transport socket as channel TLS settings; raises ConfigError."""
-    typed = socket.typed_config
-    if not socket.HasField("typed_config"):
-        raise ConfigError(f"{path}.typed_config: required ({TLS_SOCKET_NAME})")
-    if typed.type_url != UPSTREAM_TLS_TYPE:
-        raise ConfigError(f"{path}.typed_config: @type '{typed.type_url}' not supported")
-    context = tls_pb2.UpstreamTlsContext()
-    try:
-        typed.Unpack(context)
-    except message.DecodeError:
-        raise ConfigError(f"{path}.typed_config: cannot decode UpstreamTlsContext") from None
-    path = f"{path}.typed_config"
-    _only(context, _UPSTREAM_FIELDS, path)
-    common = context.common_tls_context
-    common_path = f"{path}.common_tls_context"
-    _only(common, _COMMON_FIELDS, common_path)
-    for index, protocol in enumerate(common.alpn_protocols):
-        if protocol != "h2":
-            raise ConfigError(f"{common_path}.alpn_protocols[{index}]: only h2 (gRPC)")
-    chain = key = None
-    if len(common.tls_certificates) > 1:
-        raise ConfigError(f"{common_path}.tls_certificates: at most one certificate")
-    if common.tls_certificates:
-        certificate = common.tls_certificates[0]
-        certificate_path = f"{common_path}.tls_certificates[0]"
-        _only(certificate, _CERTIFICATE_FIELDS, certificate_path)
-        if not certificate.HasField("certificate_chain") or not certificate.HasField("private_key"):
-            raise ConfigError(f"{certificate_path}: certificate_chain and private_key required")
-        chain = _data_source(certificate.certificate_chain, f"{certificate_path}.certificate_chain")
-        key = _data_source(certificate.private_key, f"{certificate_path}.private_key")
-    trusted_ca = None
-    if common.HasField("validation_context"):
-        validation_path = f"{common_path}.validation_context"
-        _only(common.validation_context, _VALIDATION_FIELDS, validation_path)
-        if common.validation_context.HasField("trusted_ca"):
-            trusted_ca = _data_source(
-                common.validation_context.trusted_ca, f"{validation_path}.trusted_ca"
-            )
-    tls = ChannelTls(
-        trusted_ca=trusted_ca, certificate_chain=chain, private_key=key, sni=context.sni
-    )
-    for source in (trusted_ca, chain, key):
-        if source is not None:
-            source.read()  # a missing file fails at start-up, as in Envoy
-    return tls
-
-
-def _only(msg: message.Message, allowed: set[str], path: str) -> None:
-    for descriptor, _ in msg.ListFields():
-        if descriptor.name not in allowed:
-            raise ConfigError(f"{path}.{descriptor.name}: not supported for the xDS channel")
-
-
-def _data_source(source: base_pb2.DataSource, path: str) -> DataSource:
-    kind = source.WhichOneof("specifier")
-    if kind == "filename":
-        return DataSource(path=path, filename=source.filename)
-    if kind == "inline_string":
-        return DataSource(path=path, inline=source.inline_string.encode())
-    if kind == "inline_bytes":
-        return DataSource(path=path, inline=source.inline_bytes)
-    if kind is None:
-        raise ConfigError(f"{path}: one of filename, inline_string, inline_bytes is required")
-    raise ConfigError(f"{path}.{kind}: not supported")
+    settings = upstream_tls_settings(socket, path)
+    return ChannelTls(**{field.name: getattr(settings, field.name) for field in fields(settings)})

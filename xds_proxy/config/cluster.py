@@ -1,7 +1,10 @@
-"""A `Cluster` message translated once into what the pools and load balancers need.
+"""A `Cluster` message translated once into what the pools and load balancers need
+(`ClusterConfig`, frozen; the runtime's `upstream/cluster.py` holds it).
 
-Pure: no sockets, no DNS. Every field that changes behaviour in Envoy is either handled here or
-refused with `PATH: not supported`, so a cluster never silently behaves differently.
+Pure: no sockets, no DNS. The support table (config/table.py) is the gate: a field it does not
+accept is refused with `PATH: not supported[ yet]`, so a cluster never silently behaves
+differently; a CDS cluster passes it here (`require_supported`), a bootstrap's with the rest of
+the bootstrap.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from xds_proxy.config.support import require_supported
+from xds_proxy.config.tls import UpstreamTls, upstream_tls
+from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.fields import check_fields, duration_seconds
-from xds_proxy.upstream.tls import UpstreamTls, upstream_tls
 
 HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-_HTTP_PROTOCOL_OPTIONS_TYPE = http_protocol_options_pb2.HttpProtocolOptions.DESCRIPTOR.full_name
 
 # Envoy's defaults.
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
@@ -29,26 +32,6 @@ DEFAULT_UPSTREAM_IDLE_TIMEOUT_S = 3600.0
 DEFAULT_H2_MAX_CONCURRENT_STREAMS = 2**31 - 1
 DEFAULT_LEAST_REQUEST_CHOICES = 2
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
-
-_HANDLED = (
-    "name",
-    "type",
-    "connect_timeout",
-    "load_assignment",
-    "lb_policy",
-    "circuit_breakers",
-    "typed_extension_protocol_options",
-    "http2_protocol_options",
-    "http_protocol_options",
-    "common_http_protocol_options",
-    "dns_lookup_family",
-    "dns_refresh_rate",
-    "per_connection_buffer_limit_bytes",
-    "max_requests_per_connection",
-    "least_request_lb_config",
-    "transport_socket",
-    "metadata",
-)
 
 
 class DiscoveryType(enum.Enum):
@@ -115,8 +98,9 @@ class ClusterConfig:
 
 
 def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConfig:
-    """Validate one `Cluster`; raises `ConfigError("PATH.FIELD: reason")`."""
-    check_fields(cluster, path, _HANDLED)
+    """Check one `Cluster` against the support table (config/), then translate it; raises
+    `ConfigError("PATH.FIELD: reason")`."""
+    require_supported(cluster, path)
     if not cluster.name:
         raise ConfigError(f"{path}.name: value length must be at least 1 characters")
     if cluster.WhichOneof("cluster_discovery_type") == "cluster_type":
@@ -134,7 +118,6 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
     choices = DEFAULT_LEAST_REQUEST_CHOICES
     if cluster.HasField("least_request_lb_config"):
         lr = cluster.least_request_lb_config
-        check_fields(lr, f"{path}.least_request_lb_config", ("choice_count",))
         if lr.HasField("choice_count"):
             choices = lr.choice_count.value
             if choices < 2:
@@ -186,24 +169,16 @@ def _endpoints(
 ) -> tuple[EndpointAddress, ...]:
     assignment = cluster.load_assignment
     assignment_path = f"{path}.load_assignment"
-    check_fields(assignment, assignment_path, ("cluster_name", "endpoints"))
     found: list[EndpointAddress] = []
     for l_index, locality in enumerate(assignment.endpoints):
         locality_path = f"{assignment_path}.endpoints[{l_index}]"
-        check_fields(locality, locality_path, ("locality", "lb_endpoints"))
         for e_index, lb_endpoint in enumerate(locality.lb_endpoints):
             endpoint_path = f"{locality_path}.lb_endpoints[{e_index}]"
-            check_fields(lb_endpoint, endpoint_path, ("endpoint", "metadata"))
             endpoint = lb_endpoint.endpoint
-            check_fields(endpoint, f"{endpoint_path}.endpoint", ("address",))
             address_path = f"{endpoint_path}.endpoint.address"
             address = endpoint.address
-            check_fields(address, address_path, ("socket_address",))
             socket_address = address.socket_address
             socket_path = f"{address_path}.socket_address"
-            check_fields(socket_address, socket_path, ("address", "port_value", "protocol"))
-            if socket_address.protocol != 0:
-                raise ConfigError(f"{socket_path}.protocol: UDP not supported")
             host = socket_address.address
             if not host:
                 raise ConfigError(f"{socket_path}.address: value length must be at least 1")
@@ -226,7 +201,6 @@ def _endpoints(
 def _circuit_breakers(cluster: cluster_pb2.Cluster, path: str) -> CircuitBreakers:
     breakers = cluster.circuit_breakers
     breakers_path = f"{path}.circuit_breakers"
-    check_fields(breakers, breakers_path, ("thresholds",))
     for index, thresholds in enumerate(breakers.thresholds):
         if thresholds.priority != 0:  # only DEFAULT traffic exists here
             continue
@@ -237,11 +211,6 @@ def _circuit_breakers(cluster: cluster_pb2.Cluster, path: str) -> CircuitBreaker
 def _thresholds(
     thresholds: circuit_breaker_pb2.CircuitBreakers.Thresholds, path: str
 ) -> CircuitBreakers:
-    check_fields(
-        thresholds,
-        path,
-        ("priority", "max_connections", "max_pending_requests", "max_requests", "max_retries"),
-    )
 
     def limit(name: str) -> int:
         if thresholds.HasField(name):
@@ -266,75 +235,37 @@ def _protocol(
     if cluster.HasField("http2_protocol_options"):
         protocol = UpstreamProtocol.HTTP2
         h2_options = cluster.http2_protocol_options
-        h2_path = f"{path}.http2_protocol_options"
-    if cluster.HasField("http_protocol_options"):
-        check_fields(cluster.http_protocol_options, f"{path}.http_protocol_options", ())
     if cluster.HasField("common_http_protocol_options"):
         common = cluster.common_http_protocol_options
-        common_path = f"{path}.common_http_protocol_options"
     for key in sorted(cluster.typed_extension_protocol_options):
-        any_path = f"{path}.typed_extension_protocol_options['{key}']"
-        packed = cluster.typed_extension_protocol_options[key]
-        if packed.TypeName() != _HTTP_PROTOCOL_OPTIONS_TYPE:
-            raise ConfigError(f"{any_path}: @type '{packed.type_url}' not supported")
         options = http_protocol_options_pb2.HttpProtocolOptions()
-        if not packed.Unpack(options):
-            raise ConfigError(f"{any_path}: cannot decode {_HTTP_PROTOCOL_OPTIONS_TYPE}")
-        check_fields(
-            options,
-            any_path,
-            (
-                "explicit_http_config",
-                "use_downstream_protocol_config",
-                "common_http_protocol_options",
-            ),
-        )
+        cluster.typed_extension_protocol_options[key].Unpack(options)  # the table checked it
         if options.HasField("common_http_protocol_options"):
             common = options.common_http_protocol_options
-            common_path = f"{any_path}.common_http_protocol_options"
         if options.HasField("explicit_http_config"):
             explicit = options.explicit_http_config
-            explicit_path = f"{any_path}.explicit_http_config"
             kind = explicit.WhichOneof("protocol_config")
             if kind == "http2_protocol_options":
                 protocol = UpstreamProtocol.HTTP2
                 h2_options = explicit.http2_protocol_options
-                h2_path = f"{explicit_path}.http2_protocol_options"
             elif kind == "http_protocol_options":
                 protocol = UpstreamProtocol.HTTP1
                 h2_options = None
-                check_fields(explicit.http_protocol_options, f"{explicit_path}.{kind}", ())
             else:
-                raise ConfigError(f"{explicit_path}: {kind or 'protocol_config'} not supported")
+                explicit_path = f"{path}.typed_extension_protocol_options['{key}']"
+                raise ConfigError(
+                    f"{explicit_path}.explicit_http_config: {kind or 'protocol_config'}"
+                    " not supported"
+                )
         if options.HasField("use_downstream_protocol_config"):
-            downstream = options.use_downstream_protocol_config
-            downstream_path = f"{any_path}.use_downstream_protocol_config"
-            check_fields(
-                downstream, downstream_path, ("http_protocol_options", "http2_protocol_options")
-            )
-            check_fields(
-                downstream.http_protocol_options, f"{downstream_path}.http_protocol_options", ()
-            )
             protocol = UpstreamProtocol.DOWNSTREAM
-            h2_options = downstream.http2_protocol_options
-            h2_path = f"{downstream_path}.http2_protocol_options"
+            h2_options = options.use_downstream_protocol_config.http2_protocol_options
     h2_streams = DEFAULT_H2_MAX_CONCURRENT_STREAMS
-    if h2_options is not None:
-        check_fields(
-            h2_options,
-            h2_path,
-            (
-                "max_concurrent_streams",
-                "initial_stream_window_size",
-                "initial_connection_window_size",
-            ),
-        )
-        if h2_options.HasField("max_concurrent_streams"):
-            h2_streams = h2_options.max_concurrent_streams.value
+    if h2_options is not None and h2_options.HasField("max_concurrent_streams"):
+        h2_streams = h2_options.max_concurrent_streams.value
     idle_timeout_s: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT_S
     max_requests: int | None = None
     if common is not None:
-        check_fields(common, common_path, ("idle_timeout", "max_requests_per_connection"))
         if common.HasField("idle_timeout"):
             idle_timeout_s = duration_seconds(common.idle_timeout) or None
         if common.HasField("max_requests_per_connection"):

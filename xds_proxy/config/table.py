@@ -1,0 +1,431 @@
+"""The one table of the config fields xds-proxy accepts, per message type.
+
+A field set to a non-default value that is not in the table is an error (`path: not supported`),
+never silently ignored; a field we will build says `not supported yet` (`NotYet("why")`); the
+inert bootstrap sections (they change nothing observable here) are accepted with one warning.
+Where the same message means different things in different places, the place says so: a
+`Supported(fields=...)` rule on the parent's field replaces the type's table there (an HCM's
+`common_http_protocol_options` vs. a cluster's; a certificate's DataSource vs. a body's).
+
+Every field accepted here is read by a builder (tests/unit/test_config_invariant.py).
+"""
+
+from __future__ import annotations
+
+from xds_proxy.config.overload import is_global_monitor
+from xds_proxy.config.rules import (
+    INERT,
+    OK,
+    OPAQUE,
+    Extension,
+    InertExcept,
+    NotYet,
+    Rule,
+    Supported,
+    Values,
+)
+
+_CORE = "envoy.config.core.v3."
+_LISTENER = "envoy.config.listener.v3."
+_ROUTE = "envoy.config.route.v3."
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3."
+_BOOTSTRAP = "envoy.config.bootstrap.v3."
+_ENDPOINT = "envoy.config.endpoint.v3."
+_MATCHER = "envoy.type.matcher.v3."
+_UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_TLS = "envoy.extensions.transport_sockets.tls.v3."
+
+# A DataSource as a response body (direct_response, a route's direct_response): read once.
+DATA_SOURCE = Supported(
+    {"inline_string": OK, "inline_bytes": OK, "filename": OK, "environment_variable": OK}
+)
+# A DataSource of TLS material (files are read again when the xDS channel reconnects).
+_TLS_DATA_SOURCE = Supported({"filename": OK, "inline_string": OK, "inline_bytes": OK})
+_TLS_CERTIFICATES = Supported(
+    {"certificate_chain": _TLS_DATA_SOURCE, "private_key": _TLS_DATA_SOURCE}
+)
+_TLS_VALIDATION = Supported({"trusted_ca": _TLS_DATA_SOURCE})
+_NO_MAX_DURATIONS = NotYet("connection and stream lifetimes are not enforced")
+
+# What a cluster (upstream) reads of the protocol option messages it shares with the HCM.
+_CLUSTER_HTTP1 = Supported({})  # the upstream HTTP/1.1 client has no options
+_UPSTREAM_WINDOWS = NotYet("the upstream HTTP/2 flow-control windows are not configurable")
+_CLUSTER_HTTP2 = Supported(
+    {
+        "max_concurrent_streams": OK,
+        "initial_stream_window_size": _UPSTREAM_WINDOWS,
+        "initial_connection_window_size": _UPSTREAM_WINDOWS,
+    }
+)
+_CLUSTER_COMMON_HTTP = Supported(
+    {
+        "idle_timeout": OK,
+        "max_requests_per_connection": OK,
+        "max_connection_duration": _NO_MAX_DURATIONS,
+        "max_stream_duration": _NO_MAX_DURATIONS,
+    }
+)
+
+
+# message full name -> {field name -> rule}; a set field absent here is `not supported`.
+TABLE: dict[str, dict[str, Rule]] = {
+    # --- bootstrap
+    _BOOTSTRAP + "Bootstrap": {
+        "node": OK,
+        "static_resources": OK,
+        "dynamic_resources": OK,
+        "admin": OK,
+        "layered_runtime": INERT,
+        "stats_config": INERT,
+        "overload_manager": OK,  # only the global connection limit acts (listener/limits.py)
+        "stats_sinks": INERT,
+        "stats_flush_interval": INERT,
+        "stats_flush_on_admin": INERT,
+    },
+    _BOOTSTRAP + "Admin": {
+        "address": OK,
+        "access_log": INERT,
+        "access_log_path": INERT,
+        "ignore_global_conn_limit": OK,  # the admin listener never counts here (as Envoy 1.40)
+    },
+    "envoy.config.overload.v3.OverloadManager": {
+        "refresh_interval": INERT,
+        "resource_monitors": InertExcept(is_global_monitor),
+        "actions": INERT,
+        "loadshed_points": INERT,
+        "buffer_factory_config": INERT,
+    },
+    "envoy.config.overload.v3.ResourceMonitor": {
+        "name": OK,
+        "typed_config": Extension("resource_monitor"),
+    },
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": {
+        "max_active_downstream_connections": OK,
+    },
+    _BOOTSTRAP + "Bootstrap.StaticResources": {"listeners": OK, "clusters": OK},
+    _BOOTSTRAP + "Bootstrap.DynamicResources": {
+        "lds_config": OK,
+        "ads_config": OK,
+        "cds_config": OK,  # SotW and Delta CDS (xds/cds.py)
+    },
+    _CORE + "Node": {"id": OK, "cluster": OK, "metadata": OPAQUE, "locality": OK},
+    _CORE + "Locality": {"region": OK, "zone": OK, "sub_zone": OK},
+    # --- xDS config sources
+    _CORE + "ConfigSource": {
+        "api_config_source": OK,
+        "ads": OK,
+        "initial_fetch_timeout": OK,
+        "resource_api_version": Values({"AUTO": OK, "V3": OK}),
+    },
+    _CORE + "AggregatedConfigSource": {},
+    _CORE + "ApiConfigSource": {
+        "api_type": Values({"GRPC": OK, "DELTA_GRPC": OK}),
+        "transport_api_version": Values({"AUTO": OK, "V3": OK}),
+        "grpc_services": OK,
+    },
+    _CORE + "GrpcService": {"envoy_grpc": OK},
+    _CORE + "GrpcService.EnvoyGrpc": {"cluster_name": OK},
+    # --- addresses
+    _CORE + "Address": {"socket_address": OK},
+    _CORE + "SocketAddress": {
+        "protocol": Values({"TCP": OK}),
+        "address": OK,
+        "port_value": OK,
+    },
+    _CORE + "CidrRange": {"address_prefix": OK, "prefix_len": OK},
+    _CORE + "TransportSocket": {"name": OK, "typed_config": Extension("transport_socket")},
+    # --- listeners
+    _LISTENER + "Listener": {
+        "name": OK,
+        "address": OK,
+        "additional_addresses": OK,
+        "filter_chains": OK,
+        "default_filter_chain": OK,
+        "per_connection_buffer_limit_bytes": OK,
+        "metadata": OPAQUE,
+        "drain_type": OK,
+        "listener_filters": OK,
+        "listener_filters_timeout": OK,
+        "continue_on_listener_filters_timeout": OK,
+        "traffic_direction": OK,
+        "enable_reuse_port": OK,
+        "ignore_global_conn_limit": OK,
+    },
+    _LISTENER + "AdditionalAddress": {"address": OK},
+    _LISTENER + "FilterChain": {
+        "filter_chain_match": OK,
+        "filters": OK,
+        "metadata": OPAQUE,
+        "transport_socket": OK,  # DownstreamTlsContext (config/tls.py)
+        "transport_socket_connect_timeout": OK,
+        "name": OK,
+    },
+    _LISTENER + "FilterChainMatch": {
+        "destination_port": OK,
+        "prefix_ranges": OK,
+        "source_type": OK,
+        "source_prefix_ranges": OK,
+        "source_ports": OK,
+        "server_names": OK,
+        "transport_protocol": OK,
+        "application_protocols": OK,
+    },
+    _LISTENER + "Filter": {"name": OK, "typed_config": Extension("network_filter")},
+    _LISTENER + "ListenerFilter": {"name": OK, "typed_config": Extension("listener_filter")},
+    # --- network filters
+    "envoy.extensions.filters.network.direct_response.v3.Config": {"response": DATA_SOURCE},
+    "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit": {
+        "stat_prefix": OK,
+        "max_connections": OK,
+        "delay": OK,
+        "runtime_enabled": OK,
+    },
+    _CORE + "RuntimeFeatureFlag": {"default_value": OK, "runtime_key": OK},
+    _HCM + "HttpConnectionManager": {
+        "codec_type": Values({"AUTO": OK, "HTTP1": OK, "HTTP2": OK}),
+        "stat_prefix": OK,
+        "route_config": OK,
+        "http_filters": OK,
+        "common_http_protocol_options": Supported(
+            {
+                "idle_timeout": OK,
+                "max_headers_count": OK,
+                "max_requests_per_connection": NotYet(
+                    "closing a downstream connection after N requests is not built"
+                ),
+                "max_connection_duration": _NO_MAX_DURATIONS,
+                "max_stream_duration": _NO_MAX_DURATIONS,
+            }
+        ),
+        "http2_protocol_options": OK,
+        "http_protocol_options": OK,
+        "server_name": OK,
+        "strip_any_host_port": OK,
+        "use_remote_address": OK,
+        "xff_num_trusted_hops": NotYet("the trusted-hops rule for x-forwarded-for is not built"),
+        "skip_xff_append": OK,
+        "generate_request_id": OK,
+        "max_request_headers_kb": OK,
+        "stream_idle_timeout": OK,
+        "request_timeout": OK,
+        "request_headers_timeout": OK,
+        "drain_timeout": OK,
+        "delayed_close_timeout": OK,
+    },
+    _HCM + "HttpFilter": {
+        "name": OK,
+        "typed_config": Extension("http_filter"),
+        "is_optional": OK,
+        "disabled": OK,
+    },
+    "envoy.extensions.filters.http.router.v3.Router": {
+        "suppress_envoy_headers": NotYet("the router always adds its x-envoy-* headers"),
+    },
+    _CORE + "Http1ProtocolOptions": {"accept_http_10": OK, "default_host_for_http_10": OK},
+    # The HCM's (downstream) HTTP/2 settings; a cluster's are _CLUSTER_HTTP2.
+    _CORE + "Http2ProtocolOptions": {
+        "max_concurrent_streams": OK,
+        "initial_stream_window_size": OK,
+        "initial_connection_window_size": OK,
+    },
+    # --- routes
+    _ROUTE + "RouteConfiguration": {
+        "name": OK,
+        "virtual_hosts": OK,
+        "validate_clusters": OK,
+        "max_direct_response_body_size_bytes": OK,
+        "ignore_port_in_host_matching": OK,
+        "request_headers_to_add": OK,
+        "request_headers_to_remove": OK,
+        "response_headers_to_add": OK,
+        "response_headers_to_remove": OK,
+    },
+    _ROUTE + "VirtualHost": {
+        "name": OK,
+        "domains": OK,
+        "routes": OK,
+        "request_headers_to_add": OK,
+        "request_headers_to_remove": OK,
+        "response_headers_to_add": OK,
+        "response_headers_to_remove": OK,
+    },
+    _ROUTE + "Route": {
+        "name": OK,
+        "match": OK,
+        "route": OK,
+        "redirect": OK,
+        "direct_response": OK,
+        "metadata": OPAQUE,
+        "request_headers_to_add": OK,
+        "request_headers_to_remove": OK,
+        "response_headers_to_add": OK,
+        "response_headers_to_remove": OK,
+    },
+    _ROUTE + "RouteAction": {
+        "cluster": OK,
+        "weighted_clusters": OK,
+        "cluster_not_found_response_code": OK,
+        "prefix_rewrite": OK,
+        "host_rewrite_literal": OK,
+        "timeout": OK,
+    },
+    _ROUTE + "WeightedCluster": {"clusters": OK, "total_weight": OK},
+    _ROUTE + "WeightedCluster.ClusterWeight": {"name": OK, "weight": OK},
+    _CORE + "HeaderValueOption": {
+        "header": OK,
+        "append": OK,
+        "append_action": OK,
+        "keep_empty_value": OK,
+    },
+    _CORE + "HeaderValue": {"key": OK, "value": OK, "raw_value": OK},
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": {
+        "stat_prefix": OK,
+        "cluster": OK,
+        "weighted_clusters": OK,
+        "idle_timeout": OK,
+        "max_connect_attempts": OK,
+    },
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": {"clusters": OK},
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": {
+        "name": OK,
+        "weight": OK,
+    },
+    _ROUTE + "RouteMatch": {
+        "prefix": OK,
+        "path": OK,
+        "safe_regex": OK,
+        "headers": OK,
+        "case_sensitive": OK,
+    },
+    _ROUTE + "RedirectAction": {
+        "https_redirect": OK,
+        "scheme_redirect": OK,
+        "host_redirect": OK,
+        "port_redirect": OK,
+        "path_redirect": OK,
+        "prefix_rewrite": OK,
+        "response_code": OK,
+        "strip_query": OK,
+    },
+    _ROUTE + "HeaderMatcher": {
+        "name": OK,
+        "exact_match": OK,
+        "safe_regex_match": OK,
+        "range_match": OK,
+        "present_match": OK,
+        "prefix_match": OK,
+        "suffix_match": OK,
+        "contains_match": OK,
+        "string_match": OK,
+        "invert_match": OK,
+        "treat_missing_header_as_empty": OK,
+    },
+    _ROUTE + "DirectResponseAction": {"status": OK, "body": DATA_SOURCE},
+    _MATCHER + "StringMatcher": {
+        "exact": OK,
+        "prefix": OK,
+        "suffix": OK,
+        "safe_regex": OK,
+        "contains": OK,
+        "ignore_case": OK,
+    },
+    _MATCHER + "RegexMatcher": {"google_re2": OPAQUE, "regex": OK},
+    "envoy.type.v3.Int64Range": {"start": OK, "end": OK},
+    # --- clusters (config/cluster.py)
+    "envoy.config.cluster.v3.Cluster": {
+        "name": OK,
+        "type": Values({"STATIC": OK, "STRICT_DNS": OK, "LOGICAL_DNS": OK}),
+        "connect_timeout": OK,
+        "load_assignment": OK,
+        "typed_extension_protocol_options": Extension("upstream_protocol_options"),
+        "http2_protocol_options": _CLUSTER_HTTP2,
+        "transport_socket": OK,  # UpstreamTlsContext (config/tls.py)
+        "lb_policy": Values({"ROUND_ROBIN": OK, "LEAST_REQUEST": OK}),
+        "least_request_lb_config": OK,
+        "circuit_breakers": OK,
+        "dns_lookup_family": OK,
+        "dns_refresh_rate": OK,
+        "http_protocol_options": _CLUSTER_HTTP1,
+        "common_http_protocol_options": _CLUSTER_COMMON_HTTP,
+        "per_connection_buffer_limit_bytes": OK,
+        "max_requests_per_connection": OK,
+        "metadata": OPAQUE,
+    },
+    # (the DEFAULT priority thresholds apply)
+    "envoy.config.cluster.v3.CircuitBreakers": {"thresholds": OK},
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds": {
+        "priority": OK,
+        "max_connections": OK,
+        "max_pending_requests": OK,
+        "max_requests": OK,
+        "max_retries": OK,
+    },
+    "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": {"choice_count": OK},
+    # --- TLS to upstream hosts and to the xDS server (a cluster's transport_socket)
+    _TLS + "UpstreamTlsContext": {
+        "common_tls_context": Supported(
+            {
+                "tls_certificates": _TLS_CERTIFICATES,
+                "validation_context": _TLS_VALIDATION,
+                "alpn_protocols": OK,
+            }
+        ),
+        "sni": OK,
+    },
+    # --- downstream TLS (config/tls.py) and listener filters (listener/inspectors.py)
+    _TLS + "DownstreamTlsContext": {
+        "common_tls_context": Supported(
+            {
+                "tls_certificates": _TLS_CERTIFICATES,
+                "validation_context": _TLS_VALIDATION,
+                "alpn_protocols": OK,
+                "tls_params": OK,
+            }
+        ),
+        "require_client_certificate": OK,
+    },
+    _TLS + "TlsParameters": {
+        "tls_minimum_protocol_version": OK,
+        "tls_maximum_protocol_version": OK,
+    },
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": {
+        "initial_read_buffer_size": OK,
+        "max_client_hello_size": OK,
+        "close_connection_on_client_hello_parsing_errors": OK,
+    },
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": {},
+    _ENDPOINT + "ClusterLoadAssignment": {"cluster_name": OK, "endpoints": OK},
+    _ENDPOINT + "LocalityLbEndpoints": {"locality": OK, "lb_endpoints": OK},
+    _ENDPOINT + "LbEndpoint": {"endpoint": OK, "metadata": OPAQUE},
+    _ENDPOINT + "Endpoint": {"address": OK},
+    _UPSTREAM_HTTP: {
+        "explicit_http_config": Supported(
+            {"http_protocol_options": _CLUSTER_HTTP1, "http2_protocol_options": _CLUSTER_HTTP2}
+        ),
+        "common_http_protocol_options": _CLUSTER_COMMON_HTTP,
+        "use_downstream_protocol_config": Supported(
+            {"http_protocol_options": _CLUSTER_HTTP1, "http2_protocol_options": _CLUSTER_HTTP2}
+        ),
+    },
+}
+
+# Message types checked as a whole value, never field by field.
+LEAF_TYPES: frozenset[str] = frozenset(
+    {
+        "google.protobuf.Duration",
+        "google.protobuf.Timestamp",
+        "google.protobuf.Struct",
+        "google.protobuf.Value",
+        "google.protobuf.ListValue",
+        "google.protobuf.BoolValue",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.UInt64Value",
+        "google.protobuf.Int32Value",
+        "google.protobuf.Int64Value",
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+        "google.protobuf.StringValue",
+        "google.protobuf.BytesValue",
+        "google.protobuf.Empty",
+    }
+)

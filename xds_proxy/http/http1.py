@@ -83,6 +83,7 @@ class Http1Connection(asyncio.Protocol):
         stats.cx_http1_active.value += 1
         loop = asyncio.get_running_loop()
         self._ctx.register(self)
+        self.reader.connected(loop)
         self.lifecycle.connected(loop)
 
     def data_received(self, data: bytes) -> None:

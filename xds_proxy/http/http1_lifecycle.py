@@ -37,6 +37,9 @@ class RequestProgress(Protocol):
 
     in_request: bool
     headers_done: bool
+    request_started: float  # 0.0: no request timeout running
+    last_rx: float
+    answered_at: float  # when a request was last answered locally
     out: list[bytes]
 
     def reply_error(self, response: LocalResponse) -> None: ...
@@ -70,10 +73,8 @@ class Http1Lifecycle:
         "_connection",
         "_ctx",
         "_drain_counted",
-        "_last_idle_at",
-        "_last_rx",
+        "_idle_since",
         "_loop",
-        "_request_started",
         "_timer",
         "_timer_at",
         "no_more_requests",
@@ -90,9 +91,9 @@ class Http1Lifecycle:
         self._drain_counted = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._last_idle_at = 0.0
-        self._request_started = 0.0  # 0.0: no request timeout running
-        self._last_rx = 0.0
+        # Idle since (besides the reader's `answered_at`): connected, or the last queued
+        # response written.
+        self._idle_since = 0.0
         self._close_timer: asyncio.TimerHandle | None = None
 
     # -- from the connection ---------------------------------------------------------------
@@ -101,8 +102,8 @@ class Http1Lifecycle:
         self._loop = loop
         idle = self._config.idle_timeout_s
         if idle:
-            self._last_idle_at = loop.time()
-            self._arm_timer(self._last_idle_at + idle)
+            self._idle_since = loop.time()
+            self._arm_timer(self._idle_since + idle)
 
     def disconnected(self) -> None:
         for timer in (self._close_timer, self._timer):
@@ -134,50 +135,29 @@ class Http1Lifecycle:
             self._drain_counted = True
             self._config.stats.cx_drain_close.value += 1
 
-    def request_answered(self) -> None:
-        """A request was answered here: its timeouts end, and the connection is idle from now."""
-        self._request_started = 0.0
-        if self._timer is not None:
-            self._last_idle_at = self._loop.time()  # type: ignore[union-attr]
-
-    def request_forwarded(self) -> None:
-        """A forwarded request was read whole: its timeouts end (its response is still due)."""
-        self._request_started = 0.0
-
     def responses_out(self) -> None:
         """Every response owed has been written: the connection is idle from now."""
         if self._timer is not None and self._loop is not None:
-            self._last_idle_at = self._loop.time()
+            self._idle_since = self._loop.time()
 
-    def request_incomplete(self, headers_done: bool) -> None:
-        """A request is still incomplete after a read: start or move its timeouts (the rare
-        path; complete requests never come here)."""
-        config = self._config
-        if not (
-            config.request_headers_timeout_s
-            or config.request_timeout_s
-            or config.stream_idle_timeout_s
-        ):
-            return
-        now = self._loop.time()  # type: ignore[union-attr]
-        self._last_rx = now
-        if not self._request_started:
-            self._request_started = now
-        deadline = self._request_deadline(headers_done)
+    def request_progressed(self) -> None:
+        """The request being read is still incomplete after a read (the rare path): its
+        timeouts start or move."""
+        deadline = self._request_deadline(self._connection.reader)
         if deadline is not None:
             self._arm_timer(deadline)
 
     # -- the connection timer --------------------------------------------------------------
 
-    def _request_deadline(self, headers_done: bool) -> float | None:
+    def _request_deadline(self, request: RequestProgress) -> float | None:
         config = self._config
         deadlines = []
-        if config.request_headers_timeout_s and not headers_done:
-            deadlines.append(self._request_started + config.request_headers_timeout_s)
+        if config.request_headers_timeout_s and not request.headers_done:
+            deadlines.append(request.request_started + config.request_headers_timeout_s)
         if config.request_timeout_s:
-            deadlines.append(self._request_started + config.request_timeout_s)
+            deadlines.append(request.request_started + config.request_timeout_s)
         if config.stream_idle_timeout_s:
-            deadlines.append(self._last_rx + config.stream_idle_timeout_s)
+            deadlines.append(request.last_rx + config.stream_idle_timeout_s)
         return min(deadlines) if deadlines else None
 
     def _arm_timer(self, when: float) -> None:
@@ -197,9 +177,9 @@ class Http1Lifecycle:
         config = self._config
         now = self._loop.time()  # type: ignore[union-attr]
         reader = connection.reader
-        if reader.in_request and self._request_started:
+        if reader.in_request and reader.request_started:
             stats = config.stats
-            started = self._request_started
+            started = reader.request_started
             if (
                 config.request_headers_timeout_s
                 and not reader.headers_done
@@ -212,11 +192,14 @@ class Http1Lifecycle:
                 stats.rq_timeout.value += 1
                 self._time_out(config.request_timeout_reply)
                 return
-            if config.stream_idle_timeout_s and now >= self._last_rx + config.stream_idle_timeout_s:
+            if (
+                config.stream_idle_timeout_s
+                and now >= reader.last_rx + config.stream_idle_timeout_s
+            ):
                 stats.rq_idle_timeout.value += 1
                 self._time_out(config.stream_timeout_reply)
                 return
-            deadline = self._request_deadline(reader.headers_done)
+            deadline = self._request_deadline(reader)
             if deadline is not None:
                 self._arm_timer(deadline)
                 return
@@ -226,8 +209,10 @@ class Http1Lifecycle:
         if reader.in_request or connection.responses.entries:
             self._arm_timer(now + idle)  # a request or a forwarded response in flight
             return
-        if now < self._last_idle_at + idle:
-            self._arm_timer(self._last_idle_at + idle)
+        # The latest of the two stamps (each has its own writer): when the connection went idle.
+        idle_since = max(self._idle_since, reader.answered_at)
+        if now < idle_since + idle:
+            self._arm_timer(idle_since + idle)
             return
         config.stats.cx_idle_timeout.value += 1
         self.begin_close()

@@ -99,6 +99,7 @@ class Http1RequestReader:
         "_host",
         "_http10",
         "_lifecycle",
+        "_loop",
         "_phase_bytes",
         "_phase_first_chunk",
         "_raw_headers",
@@ -106,10 +107,13 @@ class Http1RequestReader:
         "_responses",
         "_url",
         "answered",
+        "answered_at",
         "headers_done",
         "in_request",
+        "last_rx",
         "out",
         "parser",
+        "request_started",
     )
 
     def __init__(
@@ -127,11 +131,17 @@ class Http1RequestReader:
         self._lifecycle = lifecycle
         self._responses = responses
         self._backpressure = backpressure
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.out: list[bytes] = []  # responses produced by the slice being parsed
         self._reject: LocalResponse | None = None
         self.in_request = False
         self.answered = False  # at least one response written
+        # When the last local answer was produced (kept only with an idle timeout).
+        self.answered_at = 0.0
+        # The request's timeouts: when it began (0.0: not running), when its last byte came.
+        self.request_started = 0.0
+        self.last_rx = 0.0
         self._http10 = False
         self._url = b""
         self._host: bytes | None = None
@@ -175,6 +185,9 @@ class Http1RequestReader:
             out.clear()
         if self._lifecycle.no_more_requests and not self._responses.entries:
             self._lifecycle.begin_close()
+
+    def connected(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
 
     def write_out_now(self) -> None:
         """Write what was produced outside a parse (a timeout's reply, a drain's deadline)."""
@@ -348,10 +361,13 @@ class Http1RequestReader:
         self.answered = True
         stats.rq_active.value -= 1
         self._header_pairs = None
-        lifecycle.request_answered()
+        if self.request_started:
+            self.request_started = 0.0
         if close:
             lifecycle.end_after_responses()
             raise _StopParsing
+        if config.idle_timeout_s:
+            self.answered_at = self._loop.time()  # type: ignore[union-attr]
 
     def _absolute_url(self) -> bool:
         """`GET http://host/path`: the URL's authority replaces Host, as in Envoy."""
@@ -416,7 +432,8 @@ class Http1RequestReader:
         self._header_pairs = None
         self._raw_headers = None
         self._action = None
-        self._lifecycle.request_forwarded()
+        if self.request_started:
+            self.request_started = 0.0
         if self._responses.entries:
             # The response is still coming: parse no further request until it is out.
             self._backpressure.start_holding()
@@ -444,7 +461,18 @@ class Http1RequestReader:
                     return
         else:
             self._phase_first_chunk = 0
-        self._lifecycle.request_incomplete(self.headers_done)
+        config = self._config
+        if not (
+            config.request_headers_timeout_s
+            or config.request_timeout_s
+            or config.stream_idle_timeout_s
+        ):
+            return
+        now = self._loop.time()  # type: ignore[union-attr]
+        self.last_rx = now
+        if not self.request_started:
+            self.request_started = now
+        self._lifecycle.request_progressed()
 
     def reply_error(self, response: LocalResponse) -> None:
         """A local error reply: always the last response on this connection."""

@@ -25,6 +25,8 @@ PARSE_SLICE = 4 * 1024
 
 
 class HasTransport(Protocol):
+    """The connection, as a part that only writes to or pauses its transport sees it."""
+
     transport: asyncio.Transport | None
 
 

@@ -106,6 +106,7 @@ class Http1Lifecycle:
             self._arm_timer(self._idle_since + idle)
 
     def disconnected(self) -> None:
+        """The transport is gone: no timer may fire any more."""
         for timer in (self._close_timer, self._timer):
             if timer is not None:
                 timer.cancel()
@@ -119,18 +120,19 @@ class Http1Lifecycle:
         self.state = CLOSING
 
     def end_after_responses(self) -> None:
+        """A response that ends the connection was decided: read no further request."""
         self.no_more_requests = True
 
-    # -- per request -----------------------------------------------------------------------
+    # -- from the other parts --------------------------------------------------------------
 
     def wants_drain_close(self) -> bool:
         """Must the response being written now carry `connection: close` for a drain?"""
         if self.state == DRAINING or self._ctx.drain_decision.drain_close():
-            self.count_drain_close()
+            self._count_drain_close()
             return True
         return False
 
-    def count_drain_close(self) -> None:
+    def _count_drain_close(self) -> None:
         if not self._drain_counted:
             self._drain_counted = True
             self._config.stats.cx_drain_close.value += 1
@@ -277,7 +279,7 @@ class Http1Lifecycle:
             and not connection.reader.out
             and not _request_bytes_waiting(transport)
         ):
-            self.count_drain_close()
+            self._count_drain_close()
             self.begin_close()
 
     def close_at_deadline(self) -> None:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Protocol
 
 import httptools
 
 from xds_proxy.http.conn_manager import HcmConfig
-from xds_proxy.http.http1_backpressure import Http1Backpressure
+from xds_proxy.http.http1_backpressure import HasTransport, Http1Backpressure
 from xds_proxy.http.http1_lifecycle import Http1Lifecycle
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
 from xds_proxy.http.responses import HTTP_DATE, LocalResponse
@@ -75,10 +74,6 @@ def route_headers(pairs: Iterable[tuple[str, str]], method: bytes, url: bytes) -
 
 class _StopParsing(Exception):
     """Raised from a parser callback once the connection must not parse further."""
-
-
-class HasTransport(Protocol):
-    transport: asyncio.Transport | None
 
 
 class Http1RequestReader:
@@ -168,7 +163,7 @@ class Http1RequestReader:
             elif not self._lifecycle.no_more_requests:
                 raise
         except httptools.HttpParserUpgrade:
-            # Answered already (403 / 404 above); what follows is not HTTP/1.1 any more.
+            # Answered already (403 / 404, on_headers_complete); the rest is not HTTP/1.1.
             self._lifecycle.end_after_responses()
         except httptools.HttpParserError:
             self._config.stats.cx_protocol_error.value += 1

@@ -93,18 +93,20 @@ class Http1ResponseQueue:
 
     def pause_head(self) -> None:
         """The client's socket is full: the head response's upstream must wait."""
-        entries = self.entries
-        if entries and entries[0].sink is not None:
-            exchange = entries[0].sink.exchange
-            if exchange is not None:
-                exchange.pause_response()
+        exchange = self._head_exchange()
+        if exchange is not None:
+            exchange.pause_response()
 
     def resume_head(self) -> None:
+        exchange = self._head_exchange()
+        if exchange is not None:
+            exchange.resume_response()
+
+    def _head_exchange(self) -> Exchange | None:
         entries = self.entries
         if entries and entries[0].sink is not None:
-            exchange = entries[0].sink.exchange
-            if exchange is not None:
-                exchange.resume_response()
+            return entries[0].sink.exchange
+        return None
 
     def reset(self, except_sink: Http1ForwardSink | None = None) -> None:
         """The connection is going away: cancel every forwarded response still in flight."""

@@ -24,7 +24,7 @@ from xds_proxy.http.http1_backpressure import HasTransport, Http1Backpressure
 from xds_proxy.http.http1_lifecycle import Http1Lifecycle
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
 from xds_proxy.http.responses import HTTP_DATE, LocalResponse
-from xds_proxy.http.router import DirectResponseAction, RequestView
+from xds_proxy.http.router import DirectResponseAction, RequestView, RouteAction, RouteTable
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.upstream.forward import DownstreamRequest, Exchange, ForwardAction
 
@@ -269,14 +269,13 @@ class Http1RequestReader:
         if size > config.max_request_headers_bytes:
             self._reject = config.headers_too_large
             raise _StopParsing
-        if (
-            self._url[:1] != b"/"
-            and self._url != b"*"
-            and method != b"CONNECT"
-            and not self._absolute_url()
-        ):
-            self._reject = config.bad_request
-            raise _StopParsing
+        if self._url[:1] != b"/" and self._url != b"*" and method != b"CONNECT":
+            # `GET http://host/path`: the URL's authority replaces Host, as in Envoy.
+            absolute = split_absolute_url(self._url)
+            if absolute is None:
+                self._reject = config.bad_request
+                raise _StopParsing
+            self._host, self._url = absolute
         if parser.get_http_version() != "1.1":
             if not config.accept_http_10:
                 self._reject = config.upgrade_required
@@ -323,9 +322,7 @@ class Http1RequestReader:
         elif self._header_pairs is None:
             action = routes.route_raw(host, self._url)
         else:
-            action = routes.route(
-                host.decode("latin-1"), self._url.decode("latin-1"), self._request_headers()
-            )
+            action = self._route_with_headers(routes, host)
         head_only = parser.get_method() == b"HEAD"
         stats = config.stats
         if action is None:
@@ -364,16 +361,10 @@ class Http1RequestReader:
         if config.idle_timeout_s:
             self.answered_at = self._loop.time()  # type: ignore[union-attr]
 
-    def _absolute_url(self) -> bool:
-        """`GET http://host/path`: the URL's authority replaces Host, as in Envoy."""
-        split = split_absolute_url(self._url)
-        if split is None:
-            return False
-        self._host, self._url = split
-        return True
-
-    def _request_headers(self) -> dict[str, str]:
-        return route_headers(self._header_pairs or (), self.parser.get_method(), self._url)
+    def _route_with_headers(self, routes: RouteTable, host: bytes) -> RouteAction | None:
+        """Match a table in which some route looks at headers (the headers are collected)."""
+        headers = route_headers(self._header_pairs or (), self.parser.get_method(), self._url)
+        return routes.route(host.decode("latin-1"), self._url.decode("latin-1"), headers)
 
     # -- forwarding to clusters ------------------------------------------------------------
 
@@ -385,9 +376,7 @@ class Http1RequestReader:
         if self._header_pairs is None:
             action = routes.route_raw(host, self._url)
         else:
-            action = routes.route(
-                host.decode("latin-1"), self._url.decode("latin-1"), self._request_headers()
-            )
+            action = self._route_with_headers(routes, host)
         self._action = action
         if type(action) is not ForwardAction:
             return

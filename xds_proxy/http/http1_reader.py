@@ -1,0 +1,475 @@
+"""Requests of one downstream HTTP/1.1 connection: parsed with httptools, checked against
+Envoy's limits, routed, and answered here unless they are forwarded to a cluster.
+
+Requests are answered when they are complete, in order, so pipelined requests get their
+responses in sequence; the responses produced while one slice of input is parsed go out in
+one write (`out`). The per-request path is kept short on purpose (`make bench` compares it
+with Envoy): cached routing by raw host and URL, pre-rendered responses, plain counters.
+
+Requests routed to clusters (`route` actions) are matched when their headers are complete and
+forwarded through an `Exchange` (xds_proxy/upstream/forward.py) whose body streams upstream as
+it arrives; their responses keep request order through `Http1ResponseQueue`, and no pipelined
+request is parsed before a pending forwarded response is out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import httptools
+
+from xds_proxy.http.conn_manager import HcmConfig
+from xds_proxy.http.http1_backpressure import HasTransport, Http1Backpressure
+from xds_proxy.http.http1_lifecycle import Http1Lifecycle
+from xds_proxy.http.http1_response_queue import Http1ResponseQueue
+from xds_proxy.http.responses import HTTP_DATE, LocalResponse
+from xds_proxy.http.router import DirectResponseAction, RequestView, RouteAction, RouteTable
+from xds_proxy.listener.context import FilterChainContext
+from xds_proxy.upstream.forward import DownstreamRequest, Exchange, ForwardAction
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Envoy limits the raw header block: request line, header lines, final CRLF. httptools hides
+# the separators: " HTTP/1.1\r\n" plus the space after the method, ": " and CRLF per header.
+_REQUEST_LINE_OVERHEAD = 12
+_HEADER_LINE_OVERHEAD = 4
+
+
+def _as_http10(response: bytes, close: bool) -> bytes:
+    """An HTTP/1.0 client gets an HTTP/1.0 status line and `connection: keep-alive` when the
+    connection stays open (rendered with `connection: close` first; the rare path)."""
+    response = b"HTTP/1.0" + response[8:]
+    if close:
+        return response
+    return response.replace(b"\r\nconnection: close\r\n", b"\r\nconnection: keep-alive\r\n", 1)
+
+
+def split_absolute_url(url: bytes) -> tuple[bytes, bytes] | None:
+    """`http://host/path?q` -> (b"host", b"/path?q"); None unless an absolute http(s) URL."""
+    scheme, separator, rest = url.partition(b"://")
+    if not separator or scheme.lower() not in (b"http", b"https"):
+        return None
+    end = len(rest)
+    for mark in (b"/", b"?"):
+        found = rest.find(mark)
+        if found != -1 and found < end:
+            end = found
+    authority, path = rest[:end], rest[end:]
+    if not authority:
+        return None
+    return authority, path if path.startswith(b"/") else b"/" + path
+
+
+def route_headers(pairs: Iterable[tuple[str, str]], method: bytes, url: bytes) -> dict[str, str]:
+    """Headers as route matchers see them (only built when some route matches headers)."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        previous = headers.get(name)
+        headers[name] = value if previous is None else f"{previous},{value}"
+    headers[":method"] = method.decode("latin-1")
+    headers[":path"] = url.decode("latin-1")
+    headers[":scheme"] = "http"
+    return headers
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback once the connection must not parse further."""
+
+
+class Http1RequestReader:
+    """The httptools callbacks of one connection, and the request being read."""
+
+    __slots__ = (
+        "_action",
+        "_backpressure",
+        "_body_expected",
+        "_config",
+        "_connection",
+        "_ctx",
+        "_exchange",
+        "_expect_continue",
+        "_header_bytes",
+        "_header_count",
+        "_header_pairs",
+        "_host",
+        "_http10",
+        "_lifecycle",
+        "_loop",
+        "_phase_bytes",
+        "_phase_first_chunk",
+        "_raw_headers",
+        "_reject",
+        "_responses",
+        "_routes",
+        "_url",
+        "answered",
+        "answered_at",
+        "headers_done",
+        "in_request",
+        "last_rx",
+        "out",
+        "parser",
+        "request_started",
+    )
+
+    def __init__(
+        self,
+        connection: HasTransport,
+        config: HcmConfig,
+        ctx: FilterChainContext,
+        lifecycle: Http1Lifecycle,
+        responses: Http1ResponseQueue,
+        backpressure: Http1Backpressure,
+    ) -> None:
+        self._connection = connection
+        self._config = config
+        self._ctx = ctx
+        self._lifecycle = lifecycle
+        self._responses = responses
+        self._backpressure = backpressure
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.out: list[bytes] = []  # responses produced by the slice being parsed
+        self._reject: LocalResponse | None = None
+        self.in_request = False
+        self.answered = False  # at least one response written
+        # When the last local answer was produced (kept only with an idle timeout).
+        self.answered_at = 0.0
+        # The request's timeouts: when it began (0.0: not running), when its last byte came.
+        self.request_started = 0.0
+        self.last_rx = 0.0
+        self._http10 = False
+        self._url = b""
+        self._host: bytes | None = None
+        self._header_pairs: list[tuple[str, str]] | None = None
+        self._header_bytes = 0
+        self._header_count = 0
+        self._expect_continue = False
+        self.headers_done = False
+        self._phase_bytes = 0
+        self._phase_first_chunk = 0
+        # Forwarding to clusters (used only when the route table has `route` actions).
+        self._action: object | None = None
+        self._exchange: Exchange | None = None  # the forwarded request whose body is read
+        self._raw_headers: list[tuple[bytes, bytes]] | None = None
+        self._routes = config.routes.current  # the table of the request in progress
+        self._body_expected = False
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Feed the parser; write the answers it produced in one go."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if self._reject is not None:
+                self.reply_error(self._reject)
+            elif not self._lifecycle.no_more_requests:
+                raise
+        except httptools.HttpParserUpgrade:
+            # Answered already (403 / 404, on_headers_complete); the rest is not HTTP/1.1.
+            self._lifecycle.end_after_responses()
+        except httptools.HttpParserError:
+            self._config.stats.cx_protocol_error.value += 1
+            self.reply_error(self._config.bad_request)
+        else:
+            if self.in_request:
+                self._partial_request(len(data))
+        out = self.out
+        if out:
+            if self._responses.entries:
+                self._responses.add_local(out[:])
+            else:
+                self._connection.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+            out.clear()
+        if self._lifecycle.no_more_requests and not self._responses.entries:
+            self._lifecycle.begin_close()
+
+    def connected(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def write_out_now(self) -> None:
+        """Write what was produced outside a parse (a timeout's reply, a drain's deadline)."""
+        transport = self._connection.transport
+        if self.out and transport is not None:
+            transport.write(b"".join(self.out))
+            self.out.clear()
+
+    def connection_lost(self) -> None:
+        if self.in_request:
+            self.in_request = False
+            self._config.stats.rq_active.value -= 1
+
+    def reset_exchange(self) -> None:
+        """The connection is going away: cancel the forwarded request being read."""
+        if self._exchange is not None:
+            self._exchange.downstream_reset()
+            self._exchange = None
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        # Envoy counts a request (and its stream as active) from its first byte.
+        self.in_request = True
+        stats = self._config.stats
+        stats.rq_total.value += 1
+        stats.rq_http1_total.value += 1
+        stats.rq_active.value += 1
+        self._url = b""
+        self._host = None
+        self._header_bytes = 0
+        self._header_count = 0
+        self._expect_continue = False
+        self.headers_done = False
+        self._phase_first_chunk = 0
+        self._routes = routes = self._config.routes.current  # this request's table
+        if routes.needs_headers:
+            self._header_pairs = []
+        if routes.forwards:
+            self._raw_headers = []
+            self._body_expected = False
+            self._action = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) + _REQUEST_LINE_OVERHEAD > self._config.max_request_headers_bytes:
+            self._reject = self._config.headers_too_large
+            raise _StopParsing
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + _HEADER_LINE_OVERHEAD
+        self._header_count += 1
+        config = self._config
+        if (
+            self._header_bytes + len(self._url) + _REQUEST_LINE_OVERHEAD
+            > config.max_request_headers_bytes
+            or self._header_count > config.max_headers_count
+        ):
+            self._reject = config.headers_too_large
+            raise _StopParsing
+        size = len(name)
+        if size == 4 and name.lower() == b"host":
+            self._host = value if self._host is None else self._host + b"," + value
+        elif size == 6 and name.lower() == b"expect":
+            self._expect_continue = value.lower() == b"100-continue"
+        if self._header_pairs is not None:
+            self._header_pairs.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if self._raw_headers is not None:
+            name = name.lower()
+            if name == b"content-length":
+                self._body_expected = value.strip() not in (b"0", b"")
+            elif name == b"transfer-encoding":
+                self._body_expected = True
+            elif name == b"expect" and self._expect_continue:
+                return  # answered here with 100 Continue, as Envoy does
+            if name != b"host":
+                self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        config = self._config
+        parser = self.parser
+        method = parser.get_method()
+        size = self._header_bytes + len(self._url) + _REQUEST_LINE_OVERHEAD + len(method) + 2
+        if size > config.max_request_headers_bytes:
+            self._reject = config.headers_too_large
+            raise _StopParsing
+        if self._url[:1] != b"/" and self._url != b"*" and method != b"CONNECT":
+            # `GET http://host/path`: the URL's authority replaces Host, as in Envoy.
+            absolute = split_absolute_url(self._url)
+            if absolute is None:
+                self._reject = config.bad_request
+                raise _StopParsing
+            self._host, self._url = absolute
+        if parser.get_http_version() != "1.1":
+            if not config.accept_http_10:
+                self._reject = config.upgrade_required
+                raise _StopParsing
+            self._http10 = True
+            if self._host is None and config.default_host_for_http_10:
+                self._host = config.default_host_for_http_10.encode("latin-1")
+        elif self._host is None:
+            self._reject = config.bad_request_no_body
+            raise _StopParsing
+        if parser.should_upgrade():
+            # No upgrade_configs and no CONNECT routes: Envoy answers 403 / 404 and closes.
+            self._reject = (
+                self._routes.not_found if method == b"CONNECT" else config.upgrade_forbidden
+            )
+            raise _StopParsing
+        if self._expect_continue:
+            self.out.append(_CONTINUE)
+        if self._routes.forwards:
+            self._route_early()
+
+    def on_body(self, body: bytes) -> None:
+        if self._exchange is not None:
+            self._exchange.request_data(body, False)
+
+    def on_message_complete(self) -> None:
+        if self._exchange is not None or type(self._action) is ForwardAction:
+            self._forwarded_request_complete()
+            return
+        config = self._config
+        parser = self.parser
+        lifecycle = self._lifecycle
+        close = (
+            lifecycle.no_more_requests
+            or not parser.should_keep_alive()
+            or lifecycle.wants_drain_close()
+        )
+        # HTTP/1.0 responses always say what happens to the connection, as in Envoy.
+        render_close = close or self._http10
+        routes = self._routes
+        host = self._host if self._host is not None else b""
+        if routes.forwards:
+            action = self._action  # matched when the headers were complete
+        elif self._header_pairs is None:
+            action = routes.route_raw(host, self._url)
+        else:
+            action = self._route_with_headers(routes, host)
+        head_only = parser.get_method() == b"HEAD"
+        stats = config.stats
+        if action is None:
+            stats.no_route.value += 1
+            response = routes.not_found
+            stats.rq_by_class[4].value += 1
+            self.out.append(response.render(HTTP_DATE.now(), render_close, head_only))
+        elif type(action) is DirectResponseAction:
+            response = action.response
+            stats.rq_direct_response.value += 1
+            stats.rq_by_class[response.status // 100].value += 1
+            self.out.append(response.render(HTTP_DATE.now(), render_close, head_only))
+        else:
+            request = RequestView(
+                parser.get_method().decode("latin-1"),
+                host.decode("latin-1"),
+                self._url.decode("latin-1"),
+                head_only,
+            )
+            status, payload = action.render(request, HTTP_DATE.now(), render_close)
+            stats.rq_redirect.value += 1
+            stats.rq_by_class[status // 100].value += 1
+            self.out.append(payload)
+        if self._http10:
+            self._http10 = False
+            self.out[-1] = _as_http10(self.out[-1], close)
+        self.in_request = False
+        self.answered = True
+        stats.rq_active.value -= 1
+        self._header_pairs = None
+        if self.request_started:
+            self.request_started = 0.0
+        if close:
+            lifecycle.end_after_responses()
+            raise _StopParsing
+        if config.idle_timeout_s:
+            self.answered_at = self._loop.time()  # type: ignore[union-attr]
+
+    def _route_with_headers(self, routes: RouteTable, host: bytes) -> RouteAction | None:
+        """Match a table in which some route looks at headers (the headers are collected)."""
+        headers = route_headers(self._header_pairs or (), self.parser.get_method(), self._url)
+        return routes.route(host.decode("latin-1"), self._url.decode("latin-1"), headers)
+
+    # -- forwarding to clusters ------------------------------------------------------------
+
+    def _route_early(self) -> None:
+        """Tables with `route` actions are matched once the headers are in, so that a
+        forwarded request's body streams upstream as it arrives."""
+        routes = self._routes
+        host = self._host if self._host is not None else b""
+        if self._header_pairs is None:
+            action = routes.route_raw(host, self._url)
+        else:
+            action = self._route_with_headers(routes, host)
+        self._action = action
+        if type(action) is not ForwardAction:
+            return
+        parser = self.parser
+        config = self._config
+        if self.out:  # responses (and 100 Continue) produced before this request go first
+            self._responses.write_local(self.out)
+        exchange = self._responses.add_forwarded(
+            action, parser.get_method() == b"HEAD", self._http10, not parser.should_keep_alive()
+        )
+        self._exchange = exchange
+        transport = self._connection.transport
+        peer = transport.get_extra_info("peername") if transport else None
+        request = DownstreamRequest(
+            parser.get_method(),
+            self._url,
+            host,
+            self._raw_headers or [],
+            peer[0] if peer else "",
+        )
+        exchange.start(
+            request,
+            not self._body_expected,
+            self._ctx.clusters,
+            config.proxy_policy,
+            action.mutations,
+        )
+
+    def _forwarded_request_complete(self) -> None:
+        exchange = self._exchange
+        self._exchange = None
+        if exchange is not None and self._body_expected:
+            exchange.request_data(b"", True)
+        self.in_request = False
+        self.answered = True
+        self._config.stats.rq_active.value -= 1
+        self._header_pairs = None
+        self._raw_headers = None
+        self._action = None
+        if self.request_started:
+            self.request_started = 0.0
+        if self._responses.entries:
+            # The response is still coming: parse no further request until it is out.
+            self._backpressure.start_holding()
+        if not self.parser.should_keep_alive() or self._http10:
+            self._lifecycle.end_after_responses()
+            raise _StopParsing
+
+    # -- the rare paths --------------------------------------------------------------------
+
+    def _partial_request(self, size: int) -> None:
+        """A request is still incomplete after a read: bound its header block and start the
+        request timeouts (the rare path; complete requests never come here)."""
+        if not self.headers_done:
+            # httptools buffers a header line whole. Bytes fed after the chunk in which the
+            # request began are all header bytes: a lower bound of the real size.
+            if not self._phase_first_chunk:
+                self._phase_first_chunk = self._phase_bytes = size
+            else:
+                self._phase_bytes += size
+                if (
+                    self._phase_bytes - self._phase_first_chunk
+                    > self._config.max_request_headers_bytes
+                ):
+                    self.reply_error(self._config.headers_too_large)
+                    return
+        else:
+            self._phase_first_chunk = 0
+        config = self._config
+        if not (
+            config.request_headers_timeout_s
+            or config.request_timeout_s
+            or config.stream_idle_timeout_s
+        ):
+            return
+        now = self._loop.time()  # type: ignore[union-attr]
+        self.last_rx = now
+        if not self.request_started:
+            self.request_started = now
+        self._lifecycle.request_progressed()
+
+    def reply_error(self, response: LocalResponse) -> None:
+        """A local error reply: always the last response on this connection."""
+        stats = self._config.stats
+        if self.in_request:
+            self.in_request = False
+            stats.rq_active.value -= 1
+        else:  # the parser failed before it saw a request begin
+            stats.rq_total.value += 1
+            stats.rq_http1_total.value += 1
+        stats.rq_by_class[response.status // 100].value += 1
+        self.out.append(response.render(HTTP_DATE.now(), True))
+        self._lifecycle.end_after_responses()

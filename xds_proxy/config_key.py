@@ -1,9 +1,10 @@
 """Config equality that ignores how a control plane happened to serialize a message.
 
 Two configs are equal when their messages are equal after every `google.protobuf.Any` of a
-known type has been unpacked, recursively (spec/draining.md section 1): protobuf's own `==`
-compares the raw bytes inside an `Any`, so a control plane that writes map entries in another
-order would otherwise cause a needless drain (envoy#8564). The key of a config is the
+known type has been unpacked, recursively; an update that changes nothing drains nothing
+(docs/draining.md). Protobuf's own `==` compares the raw bytes inside an `Any`, so a control
+plane that writes map entries in another order would otherwise cause a needless drain
+(envoy#8564). The key of a config is the
 deterministic serialization of that unpacked form: equal keys, equal configs.
 """
 

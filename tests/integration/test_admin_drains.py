@@ -1,4 +1,4 @@
-"""Admin-triggered drains and health on the real processes (spec/draining.md section 3):
+"""Admin-triggered drains and health on the real processes (docs/draining.md):
 `/healthcheck/fail|ok` and `/drain_listeners` (plain, graceful, inboundonly, skip_exit), with
 DEFAULT, MODIFY_ONLY, INBOUND and OUTBOUND listeners side by side, HTTP/1.1 raw sockets.
 

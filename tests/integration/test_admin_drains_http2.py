@@ -1,4 +1,4 @@
-"""Admin-triggered drains seen by HTTP/2 clients (spec/draining.md section 3): the same rows
+"""Admin-triggered drains seen by HTTP/2 clients (docs/draining.md): the same rows
 as tests/integration/test_admin_drains.py, where the signal to leave is a GOAWAY."""
 
 from __future__ import annotations

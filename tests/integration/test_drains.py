@@ -1,5 +1,5 @@
 """LDS-triggered drains on the real processes (control-plane-stub + xds-proxy), HTTP/1.1 over
-raw sockets, both strategies (spec/draining.md sections 2 and 4).
+raw sockets, both strategies (docs/draining.md).
 
 Each scenario holds three kinds of connection when the drain starts: *idle* (a request
 answered, keep-alive), *busy* (a request half sent) and, for in-place updates, a connection of

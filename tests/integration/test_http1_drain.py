@@ -1,4 +1,4 @@
-"""HTTP/1.1 connections when a drain starts (spec/draining.md section 4), on the real
+"""HTTP/1.1 connections when a drain starts (docs/draining.md), on the real
 `xds-proxy` process and on Envoy 1.40 for the part where both must agree."""
 
 from __future__ import annotations

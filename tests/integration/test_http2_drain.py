@@ -1,5 +1,5 @@
-"""HTTP/2 connections when their listener is modified or removed over LDS (spec/draining.md
-section 4), on the real control-plane-stub + xds-proxy processes, seen frame by frame.
+"""HTTP/2 connections when their listener is modified or removed over LDS (docs/draining.md),
+on the real control-plane-stub + xds-proxy processes, seen frame by frame.
 
 The HCM's `drain_timeout` is 1 s and `delayed_close_timeout` 0.5 s here, `--drain-time-s`
 4 with the immediate strategy: every connection is told at drain start, so the first GOAWAY

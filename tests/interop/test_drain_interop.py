@@ -1,6 +1,6 @@
 """Drains against a real Envoy 1.40 and against xds-proxy, immediate strategy: the same
 scenario, what a client sees on busy connections and the same listener_manager / server
-stats (spec/draining.md sections 2-4). The rows marked **better** in the spec are recorded
+stats (docs/draining.md). The rows marked **better** in the spec are recorded
 separately and asserted for ours: idle keep-alive connections closed at drain start (Envoy
 leaves them until DT) and drains finalised when their last connection closes.
 

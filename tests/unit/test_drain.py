@@ -1,4 +1,4 @@
-"""The pure drain core (spec/draining.md section 4): the gradual ramp, immediate, DT 0 and the
+"""The pure drain core (docs/draining.md): the gradual ramp, immediate, DT 0 and the
 idle schedule, with an injected clock (plain floats) and random source."""
 
 from __future__ import annotations

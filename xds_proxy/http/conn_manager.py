@@ -162,7 +162,7 @@ def _build(hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats) -> HcmCo
 
 
 class DrainState(enum.IntEnum):
-    """Where a connection is in its own drain (spec/draining.md section 4)."""
+    """Where a connection is in its own drain (docs/draining.md)."""
 
     NOT_DRAINING = 0
     DRAINING = 1  # the next response carries `connection: close`

@@ -2,7 +2,7 @@
 
 Requests are answered when they are complete, in order, so pipelined requests get their
 responses in sequence; responses produced while one read chunk is parsed go out in one write.
-Drain behaviour follows spec/draining.md section 4: a response that tells the client to go
+Drain behaviour follows docs/draining.md: a response that tells the client to go
 away carries `connection: close`, then our side is half-closed once flushed and we linger up
 to `delayed_close_timeout` for the client's FIN.
 

@@ -1,8 +1,8 @@
 """HTTP/2 server connection (h2) for the HTTP connection manager.
 
-h2 drives the frames, with three exceptions (DESIGN.md, Known traps):
+h2 drives the frames, with three exceptions (docs/architecture.md#known-traps):
 - h2 moves to CLOSED on any GOAWAY it sends, after which in-flight streams can no longer be
-  answered. Both drain GOAWAY frames (spec/draining.md section 4) are therefore written by us
+  answered. Both drain GOAWAY frames (docs/draining.md) are therefore written by us
   as raw frames, and streams above the final GOAWAY's `last_stream_id` are refused by us
   with RST_STREAM(REFUSED_STREAM). h2's GOAWAY is only used when the connection ends at once
   (protocol errors, floods).

@@ -7,7 +7,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from xds_proxy.http.responses import HTTP_DATE, LocalResponse, reason_phrase
+from xds_proxy.codec.responses import HTTP_DATE, LocalResponse, reason_phrase
 
 DATE = b"Sat, 28 Nov 2026 00:00:00 GMT"
 

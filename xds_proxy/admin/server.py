@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httptools
 
-from xds_proxy.http.responses import HTTP_DATE, reason_phrase
+from xds_proxy.codec.responses import HTTP_DATE, reason_phrase
 
 log = logging.getLogger(__name__)
 

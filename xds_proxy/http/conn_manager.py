@@ -19,8 +19,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from xds_proxy.bounded_cache import BoundedCache
+from xds_proxy.codec.responses import LocalResponse
 from xds_proxy.config.hcm import HcmSettings, build_hcm_settings
-from xds_proxy.http.responses import LocalResponse
 from xds_proxy.http.router import RouteHandle, RouteTable
 from xds_proxy.stats import Counter, Gauge, Stats
 

@@ -16,12 +16,12 @@ import socket
 from collections.abc import Sized
 from typing import Protocol
 
+from xds_proxy.codec.responses import LocalResponse
 from xds_proxy.http.conn_manager import (
     DrainState,
     HcmConfig,
     close_after_delayed_close_timeout,
 )
-from xds_proxy.http.responses import LocalResponse
 from xds_proxy.listener.context import FilterChainContext
 
 # DrainState as plain ints: cheaper to compare on the per-request path.

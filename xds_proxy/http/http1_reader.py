@@ -19,11 +19,11 @@ from collections.abc import Iterable
 
 import httptools
 
+from xds_proxy.codec.responses import HTTP_DATE, LocalResponse
 from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.http1_backpressure import HasTransport, Http1Backpressure
 from xds_proxy.http.http1_lifecycle import Http1Lifecycle
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
-from xds_proxy.http.responses import HTTP_DATE, LocalResponse
 from xds_proxy.http.router import DirectResponseAction, RequestView, RouteAction, RouteTable
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.upstream.forward import DownstreamRequest, Exchange, ForwardAction

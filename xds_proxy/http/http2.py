@@ -34,14 +34,14 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
+from xds_proxy.codec.h2_connection import BoundedH2Connection
+from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.http.conn_manager import (
     DrainState,
     HcmConfig,
     close_after_delayed_close_timeout,
 )
-from xds_proxy.http.h2_connection import BoundedH2Connection
 from xds_proxy.http.h2_frames import GoAwayCutter
-from xds_proxy.http.responses import HTTP_DATE
 from xds_proxy.http.router import (
     DirectResponseAction,
     RedirectAction,

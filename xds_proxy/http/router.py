@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
+from xds_proxy.codec.responses import LocalResponse, redirect_bytes
 from xds_proxy.config.values import read_data_source
 from xds_proxy.errors import ConfigError
-from xds_proxy.http.responses import LocalResponse, redirect_bytes
 from xds_proxy.upstream.forward import ForwardAction, HeaderMutations
 
 StringPredicate = Callable[[str], bool]

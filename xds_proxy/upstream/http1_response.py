@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Protocol
 
-from xds_proxy.http.responses import HTTP_DATE, LocalResponse, reason_phrase
+from xds_proxy.codec.responses import HTTP_DATE, LocalResponse, reason_phrase
 from xds_proxy.upstream.stream import Header
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ import h2.exceptions
 import h2.settings
 from hpack import NeverIndexedHeaderTuple
 
-from xds_proxy.http.h2_connection import BoundedH2Connection
+from xds_proxy.codec.h2_connection import BoundedH2Connection
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,

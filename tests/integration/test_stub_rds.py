@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from google.protobuf import json_format
 
+from control_plane_stub.client import StubError
 from control_plane_stub.probe import XdsProbe
 from control_plane_stub.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from tests.helpers.procs import wait_for
@@ -261,3 +264,51 @@ async def test_sotw_rds_service_and_push_file_with_routes(
         assert refused.stderr.startswith(f"control-plane-stub: {bad}:2:5: routes[0]: ")
     finally:
         await probe.close()
+
+
+async def test_client_authors_routes_as_messages_dataclasses_and_dicts(stub: StubProcess) -> None:
+    from envoy_data_plane.envoy.config.core.v3 import DataSource
+    from envoy_data_plane.envoy.config.route.v3 import (
+        DirectResponseAction,
+        Route,
+        RouteConfiguration,
+        RouteMatch,
+        VirtualHost,
+    )
+
+    as_message = route_pb2.RouteConfiguration()
+    json_format.ParseDict(route_config("message", "from xds-protos"), as_message)
+    as_dataclass = RouteConfiguration(
+        name="dataclass",
+        virtual_hosts=[
+            VirtualHost(
+                name="all",
+                domains=["*"],
+                routes=[
+                    Route(
+                        match=RouteMatch(prefix="/"),
+                        direct_response=DirectResponseAction(
+                            status=200, body=DataSource(inline_string="from envoy-data-plane")
+                        ),
+                    )
+                ],
+            )
+        ],
+    )
+    as_dict = route_config("dict", "from a dict")
+    versions = await push(stub, routes=[as_message, as_dataclass, as_dict])
+    probe = await XdsProbe(stub.xds_address, "author", ads=True, auto_ack=True).start()
+    try:
+        probe.subscribe(ROUTE_TYPE, names=("message", "dataclass", "dict"))
+        response = await probe.next()
+        assert response.version_info == versions["routes"]
+        assert bodies(response) == {
+            "message": "from xds-protos",
+            "dataclass": "from envoy-data-plane",
+            "dict": "from a dict",
+        }
+    finally:
+        await probe.close()
+    # A route config where a listener belongs is refused with its position.
+    with pytest.raises(StubError, match=r"^routes\[0\]: expected envoy\.config\.route\.v3"):
+        await push(stub, routes=[listener_pb2.Listener(name="L")])

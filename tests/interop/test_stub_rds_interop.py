@@ -7,7 +7,8 @@ stub's "R does not exist" counts as an RDS update_success on Envoy, L keeps warm
 pushes R and Envoy serves it; a route-only push changes the answer on the same HTTP/1.1 and
 HTTP/2 connections, with no `connection: close`, no GOAWAY and no listener change; a listener
 pushed together with the new route config it names warms and serves (the push reaches the
-stream as listeners, then routes, and the stub answers Envoy's new subscription).
+stream as listeners, then routes, and the stub answers Envoy's new subscription); removed
+listeners' route configs are unsubscribed once drained, and nothing is NACKed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ HCM = (
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 # mode -> (the bootstrap that carries LDS, the HCM's rds.config_source)
+DRAIN_ARGS = ["--drain-time-s", "1", "--drain-strategy", "immediate"]
 GRPC_SOURCE = {"grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]}
 MODES = {
     "ads-sotw": ("ads-sotw", {"ads": {}}),
@@ -131,7 +133,7 @@ def test_envoy_warms_on_rds_and_takes_route_updates_live(mode: str, tmp_path: Pa
     envoy = None
     try:
         bootstrap = with_xds_address(load_bootstrap(bootstrap_mode), stub.xds_address, node_id=node)
-        envoy = EnvoyProcess(bootstrap, tmp_path / "envoy").start()
+        envoy = EnvoyProcess(bootstrap, tmp_path / "envoy", extra_args=DRAIN_ARGS).start()
         envoy.wait_ready()
 
         # 1. A listener whose routes come from RDS, R not served yet: ACKed, and warming.
@@ -227,6 +229,29 @@ def test_envoy_warms_on_rds_and_takes_route_updates_live(mode: str, tmp_path: Pa
             # SotW: the type's version; R did not change in this push (it was re-sent
             # unchanged), so Envoy keeps the version R last changed with.
             assert held == {"R": updated["routes"], "R2": both["routes"]}
+
+        # 5. Listeners removed: once a drained listener is gone, Envoy unsubscribes its
+        #    route config (over ADS, an RDS request without the name; the plain service's
+        #    stream for it ends). Nothing is NACKed on the way: the stub never sends a
+        #    route config that is no longer named.
+        stub.client.set_resources(listeners=[listener])
+        ads = mode.startswith("ads")
+        wait_for(
+            lambda: rds_subscriptions(stub, node) == [["R"]], timeout=10, what="R2 unsubscribed"
+        )
+        stub.client.set_resources(listeners=[])
+        wait_for(
+            lambda: rds_subscriptions(stub, node) == ([[]] if ads else []),
+            timeout=10,
+            what="R unsubscribed",
+        )
+        rows = [
+            row
+            for entry in stub.client.status()["nodes"]
+            for row in entry["streams"]
+            if row["type_url"] == ROUTE_TYPE
+        ]
+        assert all(row["nack"] is None for row in rows)
     finally:
         if envoy is not None:
             envoy.stop()

@@ -112,11 +112,7 @@ def route_config(name: str, body: str) -> dict:
 
 
 def rds_subscriptions(stub: StubProcess, node: str) -> list[list[str]]:
-    """What each of the node's RDS streams subscribes to, as the stub saw it."""
-    for entry in stub.client.status()["nodes"]:
-        if entry["node"] == node:
-            return [s["subscribed"] for s in entry["streams"] if s["type_url"] == ROUTE_TYPE]
-    return []
+    return stub.subscriptions(node, ROUTE_TYPE)
 
 
 def h2_get(client: H2Client) -> tuple[int, str]:

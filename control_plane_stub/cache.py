@@ -36,7 +36,6 @@ from control_plane_stub.resources import (
 )
 
 SERVED_TYPES: dict[str, str] = dict(SECTION_TYPES)  # section -> type URL
-SECTION_OF: dict[str, str] = {type_url: section for section, type_url in SERVED_TYPES.items()}
 # The order a push reaches an ADS stream (Envoy's ADS rule): the clusters a listener names
 # first, then the listeners, then the route configs they name (so the client has subscribed
 # to a new listener's route config before, or when, its routes arrive).
@@ -339,7 +338,10 @@ class XdsCache:
     ) -> list[discovery_pb2.DiscoveryResponse]:
         served = self.current_set(stream.node, type_url)
         resources = served.subset(state.names)
-        subset_key = (served.version, content_key(resources) if state.names else served.content)
+        subset_key = (
+            served.version,
+            content_key(resources) if state.names is not None else served.content,
+        )
         if not force and subset_key == state.last_sent:
             return []
         nonce = self._new_nonce()

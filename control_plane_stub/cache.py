@@ -9,6 +9,9 @@ messages:
   that stream goes out when the set changes or the client reconnects.
 - SotW sends the whole (subscribed) set; Delta sends what the client lacks, per-resource
   versions, `removed_resources`, and honours `initial_resource_versions` on reconnect.
+- LDS and CDS treat an empty subscription as the wildcard; RDS is not a wildcard type: only
+  the route configs the client names are sent, and a changed subscription is answered
+  with what exists for the new names.
 """
 
 from __future__ import annotations
@@ -23,11 +26,24 @@ from typing import Literal
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import timestamp_pb2
 
-from control_plane_stub.resources import CLUSTER_TYPE, LISTENER_TYPE, NamedResource, type_name_of
+from control_plane_stub.resources import (
+    CLUSTER_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECTION_TYPES,
+    NamedResource,
+    type_name_of,
+)
 
-SERVED_TYPES: dict[str, str] = {"listeners": LISTENER_TYPE, "clusters": CLUSTER_TYPE}
-# The order a push reaches an ADS stream: the clusters a listener names arrive first.
-ADS_ORDER = [CLUSTER_TYPE, LISTENER_TYPE]
+SERVED_TYPES: dict[str, str] = dict(SECTION_TYPES)  # section -> type URL
+# The order a push reaches an ADS stream (Envoy's ADS rule): the clusters a listener names
+# first, then the listeners, then the route configs they name (so the client has subscribed
+# to a new listener's route config before, or when, its routes arrive).
+ADS_ORDER = [CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE]
+# Types where an empty subscription means "everything" (xDS legacy wildcard). For the others
+# (RDS) the client names what it wants and an empty list means nothing.
+WILDCARD_TYPES = frozenset({LISTENER_TYPE, CLUSTER_TYPE})
+WILDCARD = "*"
 Mode = Literal["sotw", "delta"]
 NONCE_MEMORY = 32  # recent nonces remembered per stream and type, to match late ACKs/NACKs
 
@@ -275,12 +291,13 @@ class XdsCache:
         type_url = self._type_of(stream, request.type_url)
         if not type_url:
             return []  # an ADS request must name its type; nothing sensible to answer
-        names = set(request.resource_names)
-        subscription = None if not names or "*" in names else names
+        subscription = sotw_subscription(type_url, request.resource_names)
         state = stream.sotw.get(type_url)
         ledger = self._ledger(stream, type_url)
         if state is None or not request.response_nonce:
-            state = stream.sotw.get(type_url) or SotwTypeState()
+            if state is None or state.names != subscription:
+                self.revision += 1
+            state = state or SotwTypeState()
             state.names = subscription
             stream.sotw[type_url] = state
             return self._sotw_respond(stream, type_url, state, force=True)
@@ -290,8 +307,11 @@ class XdsCache:
         if request.response_nonce != state.latest_nonce:
             return []  # stale: the client has not seen our latest response yet
         if subscription != state.names:
+            # A new subscription (Envoy sends it ACK-shaped, with the last nonce): answer
+            # with what exists for the names now subscribed, even if that subset is unchanged.
             state.names = subscription
-            return self._sotw_respond(stream, type_url, state, force=False)
+            self.revision += 1
+            return self._sotw_respond(stream, type_url, state, force=True)
         return []
 
     def _record_reply(self, ledger: Ledger, request, sent_version: str, node: str | None) -> None:
@@ -318,7 +338,10 @@ class XdsCache:
     ) -> list[discovery_pb2.DiscoveryResponse]:
         served = self.current_set(stream.node, type_url)
         resources = served.subset(state.names)
-        subset_key = (served.version, content_key(resources) if state.names else served.content)
+        subset_key = (
+            served.version,
+            content_key(resources) if state.names is not None else served.content,
+        )
         if not force and subset_key == state.last_sent:
             return []
         nonce = self._new_nonce()
@@ -353,8 +376,8 @@ class XdsCache:
         if state is None:
             state = DeltaTypeState(known=dict(request.initial_resource_versions))
             stream.delta[type_url] = state
-            if not request.resource_names_subscribe:
-                state.wildcard = True
+            if not request.resource_names_subscribe and type_url in WILDCARD_TYPES:
+                state.wildcard = True  # legacy wildcard: LDS and CDS only
         for name in request.resource_names_subscribe:
             if name == "*":
                 state.wildcard = True
@@ -376,6 +399,8 @@ class XdsCache:
         changed_subscription = bool(
             request.resource_names_subscribe or request.resource_names_unsubscribe
         )
+        if changed_subscription:
+            self.revision += 1
         if first or changed_subscription:
             return self._delta_respond(stream, type_url, state, force=first)
         return []
@@ -455,13 +480,37 @@ class XdsCache:
                 continue
             for type_url in sorted(stream.ledgers):
                 ledger = stream.ledgers[type_url]
-                nodes.setdefault(stream.node, []).append(ledger_document(stream.id, ledger))
+                nodes.setdefault(stream.node, []).append(
+                    ledger_document(stream.id, ledger, subscribed_names(stream, type_url))
+                )
         return {
             "nodes": [{"node": node, "streams": streams} for node, streams in sorted(nodes.items())]
         }
 
 
-def ledger_document(stream_id: int, ledger: Ledger) -> dict:
+def sotw_subscription(type_url: str, resource_names: Iterable[str]) -> set[str] | None:
+    """The names a SotW request subscribes to; None is the wildcard. An empty list is the
+    wildcard only for LDS and CDS; for RDS it subscribes to nothing."""
+    names = set(resource_names)
+    if WILDCARD in names or (not names and type_url in WILDCARD_TYPES):
+        return None
+    return names
+
+
+def subscribed_names(stream: Stream, type_url: str) -> list[str]:
+    """What the stream subscribes to for a type, sorted, "*" for the wildcard."""
+    if stream.mode == "sotw":
+        sotw = stream.sotw.get(type_url)
+        if sotw is None:
+            return []
+        return [WILDCARD] if sotw.names is None else sorted(sotw.names)
+    delta = stream.delta.get(type_url)
+    if delta is None:
+        return []
+    return ([WILDCARD] if delta.wildcard else []) + sorted(delta.subscribed)
+
+
+def ledger_document(stream_id: int, ledger: Ledger, subscribed: list[str] | None = None) -> dict:
     sent = None
     if ledger.sent_nonce is not None:
         sent = {"version": ledger.sent_version, "nonce": ledger.sent_nonce}
@@ -481,6 +530,7 @@ def ledger_document(stream_id: int, ledger: Ledger) -> dict:
         "sent": sent,
         "acked_version": ledger.acked_version,
         "nack": nack,
+        "subscribed": list(subscribed or []),
     }
 
 
@@ -495,29 +545,33 @@ class WaitVerdict:
     detail: str = ""
 
 
-def evaluate_wait(status: dict, version: str, node: str | None = None) -> WaitVerdict:
+def evaluate_wait(
+    status: dict, version: str, node: str | None = None, section: str = "listeners"
+) -> WaitVerdict:
     """`wait` (docs/control-plane-stub.md): the named node, or every node connected now (at
-    least one), has ACKed the listeners' `version`; a NACK of that version (matched by nonce)
-    fails at once."""
+    least one) with a stream of that type, has ACKed `version` of the section's type
+    ("listeners", "clusters" or "routes"); a NACK of that version (matched by nonce) fails
+    at once."""
+    type_url = SERVED_TYPES[section]
     candidates = [
         entry
         for entry in status.get("nodes", [])
         if (node is None or entry["node"] == node)
-        and any(s["type_url"] == LISTENER_TYPE for s in entry["streams"])
+        and any(s["type_url"] == type_url for s in entry["streams"])
     ]
     if not candidates:
         return WaitVerdict("pending")
     all_acked = True
     for entry in candidates:
         for stream in entry["streams"]:
-            if stream["type_url"] != LISTENER_TYPE:
+            if stream["type_url"] != type_url:
                 continue
             if stream["acked_version"] == version:
                 continue
             nack = stream["nack"]
             if nack is not None and nack["version"] == version:
                 detail = (
-                    f"node {entry['node']!r} NACKed listeners version {version}: {nack['message']}"
+                    f"node {entry['node']!r} NACKed {section} version {version}: {nack['message']}"
                 )
                 return WaitVerdict("nacked", detail)
             all_acked = False

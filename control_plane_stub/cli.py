@@ -64,10 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--control", default=DEFAULT_CONTROL, help="the stub's control API")
     status.add_argument("--json", action="store_true", help="the JSON document")
 
-    wait = commands.add_parser("wait", help="wait until the listeners' version is ACKed")
+    wait = commands.add_parser("wait", help="wait until a version of a type is ACKed")
     wait.add_argument("--control", default=DEFAULT_CONTROL, help="the stub's control API")
     wait.add_argument("--node", help="this node only (default: every connected node)")
-    wait.add_argument("--version", required=True, help="the listeners' version to wait for")
+    wait.add_argument("--version", required=True, help="the version to wait for")
+    wait.add_argument(
+        "--type",
+        dest="section",
+        default="listeners",
+        choices=["listeners", "clusters", "routes"],
+        help="whose version (default: listeners)",
+    )
     wait.add_argument(
         "--timeout", type=float, default=30.0, help="seconds before exit 1 (default 30)"
     )
@@ -203,7 +210,12 @@ def run_wait(arguments: argparse.Namespace) -> int:
 
     with _client(arguments) as client:
         try:
-            client.wait(arguments.version, node=arguments.node, timeout=arguments.timeout)
+            client.wait(
+                arguments.version,
+                node=arguments.node,
+                timeout=arguments.timeout,
+                section=arguments.section,
+            )
         except StubNack as error:
             print(f"{PROG}: {error.detail}", file=sys.stderr)
             return 2
@@ -214,13 +226,24 @@ def run_wait(arguments: argparse.Namespace) -> int:
             print(f"{PROG}: {error}", file=sys.stderr)
             return 1
     who = f"node {arguments.node!r}" if arguments.node else "every connected node"
-    print(f"listeners version {arguments.version} ACKed by {who}")
+    print(f"{arguments.section} version {arguments.version} ACKed by {who}")
     return 0
 
 
 def format_status_table(document: dict) -> str:
-    """One row per node, stream and type; a NACK's message on its own indented line."""
-    header = ("NODE", "STREAM", "TYPE", "MODE", "CONNECTED SINCE", "SENT", "NONCE", "ACKED")
+    """One row per node, stream and type (SUBSCRIBED: the names asked for, "*" the
+    wildcard); a NACK's message on its own indented line."""
+    header = (
+        "NODE",
+        "STREAM",
+        "TYPE",
+        "MODE",
+        "CONNECTED SINCE",
+        "SENT",
+        "NONCE",
+        "ACKED",
+        "SUBSCRIBED",
+    )
     rows: list[tuple[str, ...]] = []
     notes: dict[int, str] = {}
     for entry in document["nodes"]:
@@ -236,6 +259,7 @@ def format_status_table(document: dict) -> str:
                     sent["version"],
                     sent["nonce"],
                     stream["acked_version"] or "-",
+                    ",".join(stream.get("subscribed") or ()) or "-",
                 )
             )
             nack = stream["nack"]

@@ -2,7 +2,9 @@
 
 client = StubClient("127.0.0.1:18001")
 client.set_resources(listeners=[listener])    # messages, envoy-data-plane objects, dicts
+client.set_resources(routes=[route_config])     # RouteConfigurations, served over RDS
 client.wait(version)                            # StubNack / TimeoutError
+client.wait(version, section="routes")          # the RDS ACK of a routes version
 """
 
 from __future__ import annotations
@@ -75,13 +77,14 @@ class StubClient:
         self,
         listeners: Iterable[Any] | None = None,
         clusters: Iterable[Any] | None = None,
+        routes: Iterable[Any] | None = None,
         node: str | None = None,
         version: str | None = None,
         raw: bool = False,
     ) -> dict[str, str]:
         """Replace the default set (or `node`'s own); a type left None keeps its set.
-        Returns section ("listeners", "clusters") -> version now served."""
-        given = {"listeners": listeners, "clusters": clusters}
+        Returns section ("listeners", "clusters", "routes") -> version now served."""
+        given = {"listeners": listeners, "clusters": clusters, "routes": routes}
         request = control_pb2.SetResourcesRequest(
             node=node or "", version="" if version is None else str(version), raw=raw
         )
@@ -117,6 +120,7 @@ class StubClient:
         return self.set_resources(
             listeners=sections["listeners"],
             clusters=sections["clusters"],
+            routes=sections["routes"],
             node=node,
             version=resource_file.version,
             raw=raw,
@@ -134,9 +138,20 @@ class StubClient:
             raise self._error(error) from None
         return status_from_proto(response)
 
-    def wait(self, version: str, node: str | None = None, timeout: float = 30.0) -> None:
-        """Return once the listeners' `version` is ACKed (by `node`, or by every connected
-        node and at least one); raise StubNack at its NACK, TimeoutError at the deadline."""
+    def wait(
+        self,
+        version: str,
+        node: str | None = None,
+        timeout: float = 30.0,
+        section: str = "listeners",
+    ) -> None:
+        """Return once `version` of the section's type ("listeners", "clusters", "routes")
+        is ACKed (by `node`, or by every connected node with a stream of that type, and at
+        least one); raise StubNack at its NACK, TimeoutError at the deadline."""
+        if section not in SERVED_TYPES:
+            raise StubError(
+                f"unknown section {section!r} (expected one of {', '.join(SERVED_TYPES)})"
+            )
         deadline = time.monotonic() + timeout
         last = WaitVerdict("pending")
         last_document: dict = {"nodes": []}
@@ -144,7 +159,7 @@ class StubClient:
         try:
             for status in call:
                 last_document = status_from_proto(status)
-                last = evaluate_wait(last_document, str(version), node)
+                last = evaluate_wait(last_document, str(version), node, section)
                 if last.state == "acked":
                     return
                 if last.state == "nacked":
@@ -158,19 +173,20 @@ class StubClient:
         finally:
             call.cancel()
         raise TimeoutError(
-            f"listeners version {version} not ACKed within {timeout:g} s "
-            f"({describe_pending(last_document, node)})"
+            f"{section} version {version} not ACKed within {timeout:g} s "
+            f"({describe_pending(last_document, node, section)})"
         )
 
 
-def describe_pending(document: dict, node: str | None) -> str:
+def describe_pending(document: dict, node: str | None, section: str = "listeners") -> str:
     """Who has what, for the timeout message."""
+    type_url = SERVED_TYPES[section]
     parts = []
     for entry in document.get("nodes", []):
         if node is not None and entry["node"] != node:
             continue
         for stream in entry["streams"]:
-            if stream["type_url"].endswith(".Listener"):
+            if stream["type_url"] == type_url:
                 parts.append(f"node {entry['node']!r} acked {stream['acked_version']!r}")
     if not parts:
         return f"node {node!r} not connected" if node else "no node connected"

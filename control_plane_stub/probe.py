@@ -1,4 +1,5 @@
-"""A minimal xDS client (SotW or Delta, LDS or ADS) for tests, benchmarks and debugging.
+"""A minimal xDS client (SotW or Delta; ADS or a plain LDS, CDS or RDS service) for tests,
+benchmarks and debugging.
 
 It speaks the protocol as an Envoy would but decides nothing itself: the caller reads
 responses and sends ACKs or NACKs (or lets `auto_ack` ACK everything).
@@ -11,10 +12,12 @@ import contextlib
 from typing import Literal
 
 import grpc
+from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.listener.v3 import lds_pb2_grpc
+from envoy.service.route.v3 import rds_pb2_grpc
 
-from control_plane_stub.resources import LISTENER_TYPE
+from control_plane_stub.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
@@ -22,6 +25,12 @@ CHANNEL_OPTIONS = [
 ]
 Response = discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse
 _END = object()
+# A plain (non-ADS) service's type -> its stub class and (SotW, Delta) method names.
+PLAIN_SERVICES = {
+    LISTENER_TYPE: (lds_pb2_grpc.ListenerDiscoveryServiceStub, "StreamListeners", "DeltaListeners"),
+    CLUSTER_TYPE: (cds_pb2_grpc.ClusterDiscoveryServiceStub, "StreamClusters", "DeltaClusters"),
+    ROUTE_TYPE: (rds_pb2_grpc.RouteDiscoveryServiceStub, "StreamRoutes", "DeltaRoutes"),
+}
 
 
 class XdsProbe:
@@ -33,12 +42,15 @@ class XdsProbe:
         ads: bool = False,
         auto_ack: bool = False,
         channel: grpc.aio.Channel | None = None,
+        service_type: str = LISTENER_TYPE,
     ):
+        """`ads=False` opens the plain service of `service_type` (LDS by default)."""
         self.address = address
         self.node = node
         self.mode = mode
         self.ads = ads
         self.auto_ack = auto_ack
+        self.service_type = service_type
         self._own_channel = channel is None
         self._channel = channel or grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._outgoing: asyncio.Queue = asyncio.Queue()
@@ -47,6 +59,12 @@ class XdsProbe:
         self._reader: asyncio.Task | None = None
         self.received = 0
         self.error: grpc.aio.AioRpcError | None = None
+        # Per type, as an Envoy keeps them: the names subscribed (SotW repeats them in every
+        # request, ACKs included: for RDS an empty list subscribes to nothing), the last
+        # response's nonce and the last version ACKed.
+        self.names: dict[str, tuple[str, ...]] = {}
+        self._last_nonce: dict[str, str] = {}
+        self._accepted: dict[str, str] = {}
 
     def _method(self):
         if self.ads:
@@ -54,8 +72,9 @@ class XdsProbe:
             if self.mode == "sotw":
                 return stub.StreamAggregatedResources
             return stub.DeltaAggregatedResources
-        stub = lds_pb2_grpc.ListenerDiscoveryServiceStub(self._channel)
-        return stub.StreamListeners if self.mode == "sotw" else stub.DeltaListeners
+        stub_class, sotw_method, delta_method = PLAIN_SERVICES[self.service_type]
+        stub = stub_class(self._channel)
+        return getattr(stub, sotw_method if self.mode == "sotw" else delta_method)
 
     async def _requests(self):
         while True:
@@ -73,6 +92,7 @@ class XdsProbe:
         try:
             async for response in self._call:
                 self.received += 1
+                self._last_nonce[response.type_url] = response.nonce
                 if self.auto_ack:
                     self.ack(response)
                 self._incoming.put_nowait(response)
@@ -102,6 +122,26 @@ class XdsProbe:
             for name, resource_version in (initial_versions or {}).items():
                 request.initial_resource_versions[name] = resource_version
         request.node.id = self.node
+        self.names[type_url] = tuple(names)
+        self._outgoing.put_nowait(request)
+
+    def update_subscription(self, type_url: str, names: tuple[str, ...]) -> None:
+        """Change the names subscribed for a type, as Envoy does: SotW sends the new list in
+        an ACK-shaped request (last ACKed version, last nonce); Delta sends the differences."""
+        old = set(self.names.get(type_url, ()))
+        if self.mode == "sotw":
+            request = discovery_pb2.DiscoveryRequest(
+                type_url=type_url,
+                version_info=self._accepted.get(type_url, ""),
+                response_nonce=self._last_nonce.get(type_url, ""),
+            )
+            request.resource_names.extend(names)
+        else:
+            request = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url)
+            request.resource_names_subscribe.extend(n for n in names if n not in old)
+            request.resource_names_unsubscribe.extend(sorted(old - set(names)))
+        request.node.id = self.node
+        self.names[type_url] = tuple(names)
         self._outgoing.put_nowait(request)
 
     def send(self, request) -> None:
@@ -115,11 +155,14 @@ class XdsProbe:
 
     def _reply(self, response: Response, error: tuple[int, str] | None):
         if self.mode == "sotw":
+            if error is None:
+                self._accepted[response.type_url] = response.version_info
             request = discovery_pb2.DiscoveryRequest(
                 type_url=response.type_url,
                 response_nonce=response.nonce,
-                version_info="" if error else response.version_info,
+                version_info=self._accepted.get(response.type_url, ""),
             )
+            request.resource_names.extend(self.names.get(response.type_url, ()))
         else:
             request = discovery_pb2.DeltaDiscoveryRequest(
                 type_url=response.type_url, response_nonce=response.nonce

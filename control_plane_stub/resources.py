@@ -29,11 +29,16 @@ from google.protobuf.message import DecodeError, Message
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 TYPE_PREFIX = "type.googleapis.com/"
 
 # The file's section -> the type URL served for it.
-SECTION_TYPES: dict[str, str] = {"listeners": LISTENER_TYPE, "clusters": CLUSTER_TYPE}
-FILE_KEYS = ("version", "listeners", "clusters")
+SECTION_TYPES: dict[str, str] = {
+    "listeners": LISTENER_TYPE,
+    "clusters": CLUSTER_TYPE,
+    "routes": ROUTE_TYPE,
+}
+FILE_KEYS = ("version", "listeners", "clusters", "routes")
 
 
 class ResourceError(Exception):
@@ -223,7 +228,7 @@ def parse_resource_document(
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise locator.error((), "must be a mapping with 'listeners' and/or 'clusters'")
+        raise locator.error((), "must be a mapping with 'listeners', 'clusters' and/or 'routes'")
     for key in data:
         if key not in FILE_KEYS:
             allowed = ", ".join(FILE_KEYS)

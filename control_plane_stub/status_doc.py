@@ -23,6 +23,7 @@ def status_to_proto(document: dict) -> control_pb2.Status:
                 stream.acked_version = entry["acked_version"]
             if entry["nack"] is not None:
                 stream.nack.CopyFrom(control_pb2.Nack(**entry["nack"]))
+            stream.subscribed.extend(entry.get("subscribed", []))
     return status
 
 
@@ -59,6 +60,7 @@ def status_from_proto(status: control_pb2.Status) -> dict:
                         if stream.HasField("nack")
                         else None
                     ),
+                    "subscribed": list(stream.subscribed),
                 }
             )
         nodes.append({"node": node.node, "streams": streams})

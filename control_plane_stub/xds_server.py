@@ -1,4 +1,4 @@
-"""gRPC servicers for LDS, CDS and ADS (each SotW and Delta) on grpc.aio.
+"""gRPC servicers for LDS, CDS, RDS and ADS (each SotW and Delta) on grpc.aio.
 
 Each stream gets a reader task that feeds requests to the hub, while the handler itself
 yields whatever lands in the stream's outbox; pushes from the control API land there too.
@@ -16,10 +16,11 @@ import grpc
 from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
+from envoy.service.route.v3 import rds_pb2_grpc
 
 from control_plane_stub.cache import Mode
 from control_plane_stub.hub import CLOSE, StubHub
-from control_plane_stub.resources import CLUSTER_TYPE, LISTENER_TYPE
+from control_plane_stub.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 log = logging.getLogger("control_plane_stub")
 
@@ -106,6 +107,13 @@ class ClusterDiscovery(_OneType, cds_pb2_grpc.ClusterDiscoveryServiceServicer):
     FetchClusters = _OneType._fetch
 
 
+class RouteDiscovery(_OneType, rds_pb2_grpc.RouteDiscoveryServiceServicer):
+    type_url = ROUTE_TYPE
+    StreamRoutes = _OneType._sotw
+    DeltaRoutes = _OneType._delta
+    FetchRoutes = _OneType._fetch
+
+
 class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, hub: StubHub):
         self._hub = hub
@@ -122,4 +130,5 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 def add_xds_servicers(server: grpc.aio.Server, hub: StubHub) -> None:
     lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(ListenerDiscovery(hub), server)
     cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(ClusterDiscovery(hub), server)
+    rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(RouteDiscovery(hub), server)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscovery(hub), server)

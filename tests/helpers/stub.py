@@ -122,6 +122,14 @@ class StubProcess:
             self._client = StubClient(self.control_address)
         return self._client
 
+    def subscriptions(self, node: str, type_url: str) -> list[list[str]]:
+        """What each of `node`'s streams of that type subscribes to, from the stub's ledger
+        (`["*"]` is the wildcard; one list per stream, `[]` when none is open)."""
+        for entry in self.client.status()["nodes"]:
+            if entry["node"] == node:
+                return [s["subscribed"] for s in entry["streams"] if s["type_url"] == type_url]
+        return []
+
     def cli(self, command: str, *args: str, timeout: float = 30.0):
         """Run a client command (`push`, `status`, `wait`) against this stub."""
         return run_cli(command, "--control", self.control_address, *args, timeout=timeout)

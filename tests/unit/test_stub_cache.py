@@ -133,9 +133,9 @@ def test_same_content_gives_same_version(entries) -> None:
     assert first == second
 
 
-def test_push_returns_versions_of_both_types(cache: XdsCache) -> None:
+def test_push_returns_versions_of_every_type(cache: XdsCache) -> None:
     versions, outgoing = cache.set_resources({"listeners": [listener("a")], "clusters": None})
-    assert set(versions) == {"listeners", "clusters"}
+    assert set(versions) == {"listeners", "clusters", "routes"}
     assert versions["clusters"] == EMPTY_SET.version
     assert outgoing == []
 
@@ -497,6 +497,7 @@ def test_status_shape_and_times(cache: XdsCache) -> None:
         "sent",
         "acked_version",
         "nack",
+        "subscribed",
     }
     assert row["mode"] == "delta"
     assert row["connected_since"] == "2026-01-02T03:04:06Z"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from control_plane_stub.cache import SERVED_TYPES
 from control_plane_stub.cli import build_parser, format_status_table, main
 from control_plane_stub.server import AddressError, split_address
 from control_plane_stub.status_doc import status_from_proto, status_to_proto
@@ -23,6 +24,7 @@ DOCUMENT = {
                     "sent": {"version": "v2", "nonce": "7"},
                     "acked_version": "v1",
                     "nack": {"version": "v2", "nonce": "7", "code": 13, "message": "bad"},
+                    "subscribed": ["*"],
                 },
                 {
                     "stream": 4,
@@ -32,6 +34,17 @@ DOCUMENT = {
                     "sent": None,
                     "acked_version": None,
                     "nack": None,
+                    "subscribed": [],
+                },
+                {
+                    "stream": 3,
+                    "type_url": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+                    "mode": "sotw",
+                    "connected_since": "2026-01-02T03:04:05.250Z",
+                    "sent": {"version": "r1", "nonce": "8"},
+                    "acked_version": "r1",
+                    "nack": None,
+                    "subscribed": ["R", "R2"],
                 },
             ],
         }
@@ -55,6 +68,7 @@ def test_status_table() -> None:
         "SENT",
         "NONCE",
         "ACKED",
+        "SUBSCRIBED",
     ]
     assert lines[1].split() == [
         "edge",
@@ -65,6 +79,7 @@ def test_status_table() -> None:
         "v2",
         "7",
         "v1",
+        "*",
     ]
     assert lines[2].strip() == "NACK of version v2 (nonce 7, code 13): bad"
     assert lines[3].split() == [
@@ -76,6 +91,16 @@ def test_status_table() -> None:
         "-",
         "-",
         "-",
+        "-",
+    ]
+    assert lines[4].split()[2:] == [
+        "RouteConfiguration",
+        "sotw",
+        "2026-01-02T03:04:05.250Z",
+        "r1",
+        "8",
+        "r1",
+        "R,R2",
     ]
     assert format_status_table({"nodes": []}) == "no node connected"
 
@@ -86,11 +111,24 @@ def test_defaults_follow_the_interface() -> None:
     assert (serve.xds, serve.control, serve.watch) == ("127.0.0.1:18000", "127.0.0.1:18001", False)
     wait = parser.parse_args(["wait", "--version", "v"])
     assert (wait.control, wait.timeout, wait.node) == ("127.0.0.1:18001", 30.0, None)
+    assert wait.section == "listeners"
+    for section in SERVED_TYPES:  # `wait --type` knows every section the stub serves
+        assert parser.parse_args(["wait", "--version", "v", "--type", section]).section == section
     push = parser.parse_args(["push", "f.yaml"])
     assert (push.control, push.raw, push.node) == ("127.0.0.1:18001", False, None)
 
 
-@pytest.mark.parametrize("argv", [[], ["bogus"], ["wait"], ["push"], ["serve", "--nope"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["bogus"],
+        ["wait"],
+        ["push"],
+        ["serve", "--nope"],
+        ["wait", "--version", "v", "--type", "x"],
+    ],
+)
 def test_usage_errors_are_one_line_exit_1(argv, capsys) -> None:
     assert main(argv) == 1
     err = capsys.readouterr().err

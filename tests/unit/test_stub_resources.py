@@ -83,7 +83,7 @@ def test_good_file_loads(tmp_path: Path) -> None:
 
 def test_missing_section_is_none_and_empty_is_empty(tmp_path: Path) -> None:
     loaded = load_resource_file(write(tmp_path, "listeners: []\n"))
-    assert loaded.sections == {"listeners": [], "clusters": None}
+    assert loaded.sections == {"listeners": [], "clusters": None, "routes": None}
     assert loaded.version is None
 
 
@@ -112,7 +112,7 @@ def test_examples_load() -> None:
         ),
         ("listeners: [\n", ":2:1: "),
         ("listeners:\n  - name: a\n   bad: indent\n", ":3:"),
-        ("routes: []\n", ":1:1: routes: unknown key"),
+        ("secrets: []\n", ":1:1: secrets: unknown key"),
         ("- a\n", ":1:1: must be a mapping"),
         ("listeners: 3\n", ":1:1: listeners: must be a list"),
         ("listeners:\n  - 3\n", ":2:5: listeners[0]: expected a mapping"),

@@ -119,6 +119,7 @@ def test_dns_types_take_host_names() -> None:
         (
             {
                 "load_assignment": {
+                    "cluster_name": "web",
                     "endpoints": [
                         {
                             "lb_endpoints": [
@@ -149,9 +150,9 @@ def test_dns_types_take_host_names() -> None:
         ),
         (
             {"least_request_lb_config": {"choice_count": 1}},
-            r"^clusters\[0\]\.least_request_lb_config\.choice_count: value must be greater",
+            r"^clusters\[0\]\.least_request_lb_config\.choice_count: must be >= 2, got 1$",
         ),
-        ({"connect_timeout": "0s"}, r"^clusters\[0\]\.connect_timeout: value must be greater"),
+        ({"connect_timeout": "0s"}, r"^clusters\[0\]\.connect_timeout: must be > 0s, got 0s$"),
     ],
 )
 def test_errors_are_one_line_with_the_field_path(change: dict, message: str) -> None:

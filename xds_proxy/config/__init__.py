@@ -12,7 +12,8 @@ Checks
 - `table`: the one table of the fields we accept, per message type, with per-place tables
   where the same message means different things in different places.
 - `support`: the walker over the table, and the checks built on it: `listener_errors` (LDS),
-  `bootstrap_findings`, `require_supported` (a CDS cluster), `require_valid` (PGV + table).
+  `bootstrap_findings`, `require_supported` (the table alone), `require_valid` (PGV, then
+  the table: a CDS cluster).
 - `overload`: what the overload manager may configure (the global connection limit).
 
 Builders (input: a message that passed the checks)

@@ -1,10 +1,10 @@
 """A `Cluster` message translated once into what the pools and load balancers need
 (`ClusterConfig`, frozen; the runtime's `upstream/cluster.py` holds it).
 
-Pure: no sockets, no DNS. The support table (config/table.py) is the gate: a field it does not
-accept is refused with `PATH: not supported[ yet]`, so a cluster never silently behaves
-differently; a CDS cluster passes it here (`require_supported`), a bootstrap's with the rest of
-the bootstrap.
+Pure: no sockets, no DNS. The proto constraints and the support table (config/table.py) are
+the gate: a field the table does not accept is refused with `PATH: not supported[ yet]`, so a
+cluster never silently behaves differently; a CDS cluster passes the gate here
+(`require_valid`), a bootstrap's with the rest of the bootstrap.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from xds_proxy.config.support import require_supported
+from xds_proxy.config.support import require_valid
 from xds_proxy.config.tls import UpstreamTls, upstream_tls
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
@@ -98,9 +98,9 @@ class ClusterConfig:
 
 
 def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConfig:
-    """Check one `Cluster` against the support table (config/), then translate it; raises
-    `ConfigError("PATH.FIELD: reason")`."""
-    require_supported(cluster, path)
+    """Check one `Cluster` (proto constraints, then the support table), then translate it;
+    raises `ConfigError("PATH.FIELD: reason")`."""
+    require_valid(cluster, path)
     if not cluster.name:
         raise ConfigError(f"{path}.name: value length must be at least 1 characters")
     if cluster.WhichOneof("cluster_discovery_type") == "cluster_type":
@@ -120,23 +120,14 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         lr = cluster.least_request_lb_config
         if lr.HasField("choice_count"):
             choices = lr.choice_count.value
-            if choices < 2:
-                raise ConfigError(
-                    f"{path}.least_request_lb_config.choice_count: value must be greater than "
-                    f"or equal to 2, got {choices}"
-                )
     endpoints = _endpoints(cluster, path, discovery)
     protocol, idle_timeout_s, max_requests, h2_streams = _protocol(cluster, path)
     connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S
     if cluster.HasField("connect_timeout"):
         connect_timeout_s = duration_seconds(cluster.connect_timeout)
-        if connect_timeout_s <= 0:
-            raise ConfigError(f"{path}.connect_timeout: value must be greater than 0s")
     dns_refresh_s = DEFAULT_DNS_REFRESH_S
     if cluster.HasField("dns_refresh_rate"):
         dns_refresh_s = duration_seconds(cluster.dns_refresh_rate)
-        if dns_refresh_s < 0.001:
-            raise ConfigError(f"{path}.dns_refresh_rate: value must be greater than 1ms")
     buffer_limit = DEFAULT_BUFFER_LIMIT
     if cluster.HasField("per_connection_buffer_limit_bytes"):
         buffer_limit = cluster.per_connection_buffer_limit_bytes.value
@@ -180,8 +171,6 @@ def _endpoints(
             socket_address = address.socket_address
             socket_path = f"{address_path}.socket_address"
             host = socket_address.address
-            if not host:
-                raise ConfigError(f"{socket_path}.address: value length must be at least 1")
             if discovery is DiscoveryType.STATIC:
                 try:
                     ipaddress.ip_address(host)

@@ -1,9 +1,9 @@
 """The walker that checks a message against the support table, and the checks built on it.
 
 `check_listener` / `listener_errors` are the LDS path's checks (paths start at the caller's
-prefix), `check_bootstrap` the bootstrap's, and `require_supported` the gate of a message
-that arrives on its own (a CDS cluster). Checks of content that repeats byte for byte (the
-same HCM in 10,000 chains) are cached by those bytes.
+prefix), `check_bootstrap` the bootstrap's, and `require_valid` (the proto constraints, then
+the table) the gate of a message that arrives on its own (a CDS cluster). Checks of content
+that repeats byte for byte (the same HCM in 10,000 chains) are cached by those bytes.
 """
 
 from __future__ import annotations

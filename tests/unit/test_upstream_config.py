@@ -135,7 +135,7 @@ def test_dns_types_take_host_names() -> None:
                                 }
                             ]
                         }
-                    ]
+                    ],
                 }
             },
             r"^clusters\[0\]\.load_assignment\.endpoints\[0\]\.lb_endpoints\[0\]\.endpoint"

@@ -15,6 +15,7 @@ import pkgutil
 from functools import cache
 
 from envoy.config.core.v3 import base_pb2  # noqa: F401 - registers core types
+from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
@@ -24,6 +25,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
+from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
+from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (
     downstream_connections_pb2,
 )
@@ -52,6 +56,10 @@ HTTP_INSPECTOR = _name(http_inspector_pb2.HttpInspector)
 DOWNSTREAM_TLS = _name(tls_pb2.DownstreamTlsContext)
 UPSTREAM_TLS = _name(tls_pb2.UpstreamTlsContext)
 UPSTREAM_HTTP_PROTOCOL_OPTIONS = _name(http_protocol_options_pb2.HttpProtocolOptions)
+ROUND_ROBIN = _name(round_robin_pb2.RoundRobin)
+LEAST_REQUEST = _name(least_request_pb2.LeastRequest)
+RANDOM = _name(random_pb2.Random)
+DNS_CLUSTER = _name(dns_cluster_pb2.DnsCluster)
 
 # type name (without the type.googleapis.com/ prefix) -> canonical extension name
 SUPPORTED_NETWORK_FILTERS: dict[str, str] = {
@@ -73,6 +81,14 @@ SUPPORTED_UPSTREAM_PROTOCOL_OPTIONS: dict[str, str] = {
     UPSTREAM_HTTP_PROTOCOL_OPTIONS: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
 }
 
+# A cluster's `load_balancing_policy` (config/cluster.py) and `cluster_type`.
+SUPPORTED_LOAD_BALANCING_POLICIES: dict[str, str] = {
+    ROUND_ROBIN: "envoy.load_balancing_policies.round_robin",
+    LEAST_REQUEST: "envoy.load_balancing_policies.least_request",
+    RANDOM: "envoy.load_balancing_policies.random",
+}
+SUPPORTED_CLUSTER_TYPES: dict[str, str] = {DNS_CLUSTER: "envoy.clusters.dns"}
+
 # The overload manager's resource monitors we implement (listener/limits.py); the others are
 # accepted and inert (config/table.py).
 SUPPORTED_RESOURCE_MONITORS: dict[str, str] = {
@@ -86,6 +102,8 @@ CATEGORIES: dict[str, dict[str, str]] = {
     "transport_socket": SUPPORTED_TRANSPORT_SOCKETS,
     "upstream_protocol_options": SUPPORTED_UPSTREAM_PROTOCOL_OPTIONS,
     "resource_monitor": SUPPORTED_RESOURCE_MONITORS,
+    "load_balancing_policy": SUPPORTED_LOAD_BALANCING_POLICIES,
+    "cluster_type": SUPPORTED_CLUSTER_TYPES,
 }
 
 # Registered types that are not built yet (type name -> what is missing, in words).
@@ -105,6 +123,10 @@ _CLASSES: dict[str, type[Message]] = {
         tls_pb2.DownstreamTlsContext,
         tls_pb2.UpstreamTlsContext,
         http_protocol_options_pb2.HttpProtocolOptions,
+        round_robin_pb2.RoundRobin,
+        least_request_pb2.LeastRequest,
+        random_pb2.Random,
+        dns_cluster_pb2.DnsCluster,
     )
 }
 

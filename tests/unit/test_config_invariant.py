@@ -152,6 +152,15 @@ ROOTS = (
             },
         },
         build_cluster_config,
+        extension_types=(
+            ("upstream_protocol_options", (extensions.UPSTREAM_HTTP_PROTOCOL_OPTIONS,)),
+            ("transport_socket", (extensions.UPSTREAM_TLS,)),
+            ("cluster_type", (extensions.DNS_CLUSTER,)),
+            (
+                "load_balancing_policy",
+                (extensions.LEAST_REQUEST, extensions.RANDOM, extensions.ROUND_ROBIN),
+            ),
+        ),
     ),
     Root(
         "connection_limit",
@@ -227,6 +236,8 @@ TEMPLATES: dict[str, dict] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {"@type": UPSTREAM_TLS},
     },
+    "envoy.config.cluster.v3.Cluster.CustomClusterType": {"name": "envoy.clusters.dns"},
+    "envoy.config.core.v3.TypedExtensionConfig": {"name": "policy"},
 }
 
 # Values for fields whose generated values the PGV rules refuse or that need a real thing (a
@@ -306,6 +317,14 @@ NO_EFFECT: dict[str, str] = {
         "selects HTTP/1.1, the default"
     ),
     "cluster transport_socket.name": "the @type picks the transport socket (as Envoy)",
+    "cluster cluster_type.name": "the @type picks the cluster type (as Envoy)",
+    "cluster load_balancing_policy.policies.typed_extension_config.name": (
+        "the @type picks the policy (as Envoy)"
+    ),
+    "cluster common_lb_config.healthy_panic_threshold": (
+        "applies only while some hosts are unhealthy; every host is healthy until health"
+        " checking, outlier detection or EDS health status exist"
+    ),
     "downstream_tls name": "the @type picks the transport socket (as Envoy)",
     "listener_filters listener_filters.name": "the @type picks the filter (as Envoy)",
     "listener_filters listener_filters.typed_config.initial_read_buffer_size": (

@@ -15,8 +15,13 @@ from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import protocol_pb2
+from envoy.extensions.clusters.common.dns.v3 import dns_pb2
+from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
+from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf.message import Message
 
+from xds_proxy import extensions
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.tls import UpstreamTls, upstream_tls
 from xds_proxy.config.values import duration_seconds
@@ -43,6 +48,7 @@ class DiscoveryType(enum.Enum):
 class LbPolicy(enum.Enum):
     ROUND_ROBIN = cluster_pb2.Cluster.ROUND_ROBIN
     LEAST_REQUEST = cluster_pb2.Cluster.LEAST_REQUEST
+    RANDOM = cluster_pb2.Cluster.RANDOM
 
 
 class UpstreamProtocol(enum.Enum):
@@ -90,6 +96,7 @@ class ClusterConfig:
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     dns_family: DnsFamily = DnsFamily.AUTO
     dns_refresh_s: float = DEFAULT_DNS_REFRESH_S
+    dns_jitter_s: float = 0.0  # a random [0, jitter) added to each refresh
     idle_timeout_s: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT_S
     max_requests_per_connection: int | None = None
     h2_max_concurrent_streams: int = DEFAULT_H2_MAX_CONCURRENT_STREAMS
@@ -103,31 +110,26 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
     require_valid(cluster, path)
     if not cluster.name:
         raise ConfigError(f"{path}.name: value length must be at least 1 characters")
-    if cluster.WhichOneof("cluster_discovery_type") == "cluster_type":
-        raise ConfigError(f"{path}.cluster_type: not supported")
-    try:
-        discovery = DiscoveryType(cluster.type)
-    except ValueError:
-        kind = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
-        raise ConfigError(f"{path}.type: {kind} not supported") from None
-    try:
-        lb_policy = LbPolicy(cluster.lb_policy)
-    except ValueError:
-        kind = cluster_pb2.Cluster.LbPolicy.Name(cluster.lb_policy)
-        raise ConfigError(f"{path}.lb_policy: {kind} not supported") from None
-    choices = DEFAULT_LEAST_REQUEST_CHOICES
-    if cluster.HasField("least_request_lb_config"):
-        lr = cluster.least_request_lb_config
-        if lr.HasField("choice_count"):
-            choices = lr.choice_count.value
+    dns = _dns_cluster(cluster)
+    if dns is not None:
+        discovery = (
+            DiscoveryType.LOGICAL_DNS
+            if dns.all_addresses_in_single_endpoint
+            else DiscoveryType.STRICT_DNS
+        )
+    else:
+        try:
+            discovery = DiscoveryType(cluster.type)
+        except ValueError:
+            kind = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
+            raise ConfigError(f"{path}.type: {kind} not supported") from None
+    lb_policy, choices = _balancing(cluster, path)
     endpoints = _endpoints(cluster, path, discovery)
     protocol, idle_timeout_s, max_requests, h2_streams = _protocol(cluster, path)
     connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S
     if cluster.HasField("connect_timeout"):
         connect_timeout_s = duration_seconds(cluster.connect_timeout)
-    dns_refresh_s = DEFAULT_DNS_REFRESH_S
-    if cluster.HasField("dns_refresh_rate"):
-        dns_refresh_s = duration_seconds(cluster.dns_refresh_rate)
+    dns_family, dns_refresh_s, dns_jitter_s = _dns_settings(cluster, dns)
     buffer_limit = DEFAULT_BUFFER_LIMIT
     if cluster.HasField("per_connection_buffer_limit_bytes"):
         buffer_limit = cluster.per_connection_buffer_limit_bytes.value
@@ -145,14 +147,82 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         least_request_choices=choices,
         protocol=protocol,
         circuit_breakers=_circuit_breakers(cluster, path),
-        dns_family=DnsFamily(cluster.dns_lookup_family),
+        dns_family=dns_family,
         dns_refresh_s=dns_refresh_s,
+        dns_jitter_s=dns_jitter_s,
         idle_timeout_s=idle_timeout_s,
         max_requests_per_connection=max_requests,
         h2_max_concurrent_streams=h2_streams,
         buffer_limit=buffer_limit,
         tls=tls,
     )
+
+
+# The DNS cluster extension's lookup family; UNSPECIFIED is AUTO, as in Envoy.
+_DNS_FAMILIES = {
+    dns_pb2.UNSPECIFIED: DnsFamily.AUTO,
+    dns_pb2.AUTO: DnsFamily.AUTO,
+    dns_pb2.V4_ONLY: DnsFamily.V4_ONLY,
+    dns_pb2.V6_ONLY: DnsFamily.V6_ONLY,
+    dns_pb2.V4_PREFERRED: DnsFamily.V4_PREFERRED,
+    dns_pb2.ALL: DnsFamily.ALL,
+}
+
+
+def _dns_cluster(cluster: cluster_pb2.Cluster) -> dns_cluster_pb2.DnsCluster | None:
+    """`cluster_type` `envoy.clusters.dns` (the gate allows no other), else None."""
+    if cluster.WhichOneof("cluster_discovery_type") != "cluster_type":
+        return None
+    dns = dns_cluster_pb2.DnsCluster()
+    cluster.cluster_type.typed_config.Unpack(dns)
+    return dns
+
+
+def _dns_settings(
+    cluster: cluster_pb2.Cluster, dns: dns_cluster_pb2.DnsCluster | None
+) -> tuple[DnsFamily, float, float]:
+    """(lookup family, refresh seconds, jitter seconds): from the DNS cluster extension when
+    the cluster has one (its own fields then win, as in Envoy), else the cluster's fields."""
+    if dns is not None:
+        refresh = (
+            duration_seconds(dns.dns_refresh_rate)
+            if dns.HasField("dns_refresh_rate")
+            else DEFAULT_DNS_REFRESH_S
+        )
+        jitter = duration_seconds(dns.dns_jitter) if dns.HasField("dns_jitter") else 0.0
+        return _DNS_FAMILIES[dns.dns_lookup_family], refresh, jitter
+    refresh = DEFAULT_DNS_REFRESH_S
+    if cluster.HasField("dns_refresh_rate"):
+        refresh = duration_seconds(cluster.dns_refresh_rate)
+    return DnsFamily(cluster.dns_lookup_family), refresh, 0.0
+
+
+def _balancing(cluster: cluster_pb2.Cluster, path: str) -> tuple[LbPolicy, int]:
+    """(policy, least-request choices). `load_balancing_policy` wins over `lb_policy`; of its
+    list, Envoy uses the first policy it knows, and the gate lets only known ones through."""
+    policies = cluster.load_balancing_policy.policies
+    if policies:
+        typed_config = policies[0].typed_extension_config.typed_config
+        kind = extensions.type_name(typed_config.type_url)
+        if kind == extensions.LEAST_REQUEST:
+            least_request = least_request_pb2.LeastRequest()
+            typed_config.Unpack(least_request)
+            return LbPolicy.LEAST_REQUEST, _choices(least_request.choice_count)
+        if kind == extensions.RANDOM:
+            return LbPolicy.RANDOM, DEFAULT_LEAST_REQUEST_CHOICES
+        return LbPolicy.ROUND_ROBIN, DEFAULT_LEAST_REQUEST_CHOICES
+    try:
+        lb_policy = LbPolicy(cluster.lb_policy)
+    except ValueError:
+        kind = cluster_pb2.Cluster.LbPolicy.Name(cluster.lb_policy)
+        raise ConfigError(f"{path}.lb_policy: {kind} not supported") from None
+    return lb_policy, _choices(cluster.least_request_lb_config.choice_count)
+
+
+def _choices(choice_count: Message) -> int:
+    """A `choice_count` UInt32Value: unset is Envoy's default of 2 (PGV keeps it >= 2)."""
+    value = choice_count.value  # type: ignore[attr-defined]
+    return value if value else DEFAULT_LEAST_REQUEST_CHOICES
 
 
 def _endpoints(

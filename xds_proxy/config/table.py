@@ -340,8 +340,11 @@ TABLE: dict[str, dict[str, Rule]] = {
         "typed_extension_protocol_options": Extension("upstream_protocol_options"),
         "http2_protocol_options": _CLUSTER_HTTP2,
         "transport_socket": OK,  # UpstreamTlsContext (config/tls.py)
-        "lb_policy": Values({"ROUND_ROBIN": OK, "LEAST_REQUEST": OK}),
+        "cluster_type": OK,  # envoy.clusters.dns
+        "lb_policy": Values({"ROUND_ROBIN": OK, "LEAST_REQUEST": OK, "RANDOM": OK}),
         "least_request_lb_config": OK,
+        "load_balancing_policy": OK,
+        "common_lb_config": OK,
         "circuit_breakers": OK,
         "dns_lookup_family": OK,
         "dns_refresh_rate": OK,
@@ -361,6 +364,46 @@ TABLE: dict[str, dict[str, Rule]] = {
         "max_retries": OK,
     },
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": {"choice_count": OK},
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig": {
+        # Applies only when hosts are unhealthy; every host is healthy until health checking,
+        # outlier detection or EDS health status exist (tests/unit/test_config_invariant.py).
+        "healthy_panic_threshold": OK,
+        "locality_weighted_lb_config": NotYet("locality weights are not read yet"),
+    },
+    "envoy.config.cluster.v3.Cluster.CustomClusterType": {
+        "name": OK,
+        "typed_config": Extension("cluster_type"),
+    },
+    "envoy.extensions.clusters.dns.v3.DnsCluster": {
+        "dns_refresh_rate": OK,
+        "dns_jitter": OK,
+        "dns_lookup_family": OK,
+        "all_addresses_in_single_endpoint": OK,
+        "respect_dns_ttl": NotYet("the system resolver does not report TTLs"),
+        "dns_failure_refresh_rate": NotYet("a failed lookup is retried at dns_refresh_rate"),
+        "typed_dns_resolver_config": NotYet("the system resolver is the only resolver"),
+    },
+    "envoy.config.cluster.v3.LoadBalancingPolicy": {"policies": OK},
+    "envoy.config.cluster.v3.LoadBalancingPolicy.Policy": {
+        "typed_extension_config": Supported(
+            {"name": OK, "typed_config": Extension("load_balancing_policy")}
+        ),
+    },
+    "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin": {
+        "slow_start_config": NotYet("no slow start"),
+        "locality_lb_config": NotYet("locality weights are not read yet"),
+    },
+    "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest": {
+        "choice_count": OK,
+        "active_request_bias": NotYet("hosts have no weights yet"),
+        "slow_start_config": NotYet("no slow start"),
+        "locality_lb_config": NotYet("locality weights are not read yet"),
+        "enable_full_scan": NotYet("only the random choices of `choice_count`"),
+        "selection_method": NotYet("only the random choices of `choice_count`"),
+    },
+    "envoy.extensions.load_balancing_policies.random.v3.Random": {
+        "locality_lb_config": NotYet("locality weights are not read yet"),
+    },
     # --- TLS to upstream hosts and to the xDS server (a cluster's transport_socket)
     _TLS + "UpstreamTlsContext": {
         "common_tls_context": Supported(

@@ -28,7 +28,7 @@ from xds_proxy.config.cluster import (
 from xds_proxy.upstream.host import Host, Resources
 from xds_proxy.upstream.http1_pool import Http1Pool
 from xds_proxy.upstream.http2_pool import Http2Pool
-from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, RoundRobin
+from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, Random, RoundRobin
 from xds_proxy.upstream.stats import ClusterStats
 from xds_proxy.upstream.stream import OVERFLOW, RequestHead, ResponseHandler, UpstreamStream
 
@@ -55,11 +55,8 @@ class Cluster:
         self._resolve = resolve or resolve_endpoint
         self._dns_task: asyncio.Task | None = None
         self.resolved = asyncio.Event() if config.discovery is not DiscoveryType.STATIC else None
-        self.lb: LoadBalancer = (
-            LeastRequest(config.least_request_choices, rng)
-            if config.lb_policy is LbPolicy.LEAST_REQUEST
-            else RoundRobin(rng)
-        )
+        self._rng = rng or random.Random()
+        self.lb: LoadBalancer = _load_balancer(config, self._rng)
         if config.discovery is DiscoveryType.STATIC:
             self._set_hosts([((e.host, e.port), "") for e in config.endpoints])
 
@@ -94,7 +91,8 @@ class Cluster:
             self._set_hosts(addresses)
             if self.resolved is not None:
                 self.resolved.set()
-            await asyncio.sleep(config.dns_refresh_s)
+            jitter = self._rng.uniform(0, config.dns_jitter_s) if config.dns_jitter_s else 0.0
+            await asyncio.sleep(config.dns_refresh_s + jitter)
 
     def _set_hosts(self, addresses: list[tuple[tuple[str, int], str]]) -> None:
         """The hosts are now `addresses` ((ip, port), DNS name), in order."""
@@ -223,3 +221,11 @@ async def resolve_endpoint(
     if family is DnsFamily.ALL and not found:
         return None
     return found or None
+
+
+def _load_balancer(config: ClusterConfig, rng: random.Random) -> LoadBalancer:
+    if config.lb_policy is LbPolicy.LEAST_REQUEST:
+        return LeastRequest(config.least_request_choices, rng)
+    if config.lb_policy is LbPolicy.RANDOM:
+        return Random(rng)
+    return RoundRobin(rng)

@@ -1,7 +1,8 @@
 """Load balancers: which host of a cluster gets the next request. Pure; randomness injected.
 
-Envoy's `ROUND_ROBIN` (equal weights: strict rotation) and `LEAST_REQUEST` (equal weights:
-power of `choice_count` random choices, the host with fewer active requests wins).
+Envoy's `ROUND_ROBIN` (equal weights: strict rotation), `LEAST_REQUEST` (equal weights:
+power of `choice_count` random choices, the host with fewer active requests wins) and `RANDOM`
+(a uniformly random host).
 """
 
 from __future__ import annotations
@@ -55,4 +56,16 @@ class LeastRequest:
         return best
 
 
-LoadBalancer = RoundRobin | LeastRequest
+class Random:
+    __slots__ = ("_rng",)
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def pick(self, hosts: Sequence[H]) -> H | None:
+        if not hosts:
+            return None
+        return hosts[self._rng.randrange(len(hosts))]
+
+
+LoadBalancer = RoundRobin | LeastRequest | Random

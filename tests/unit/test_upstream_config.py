@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.load_balancing_policies.maglev.v3 import (  # noqa: F401 - parses @type
+    maglev_pb2,
+)
 from google.protobuf import json_format
 
 from tests.helpers.upstreams import cluster_dict
@@ -193,3 +196,109 @@ def test_use_downstream_protocol_config() -> None:
     config = build(document)
     assert config.protocol is UpstreamProtocol.DOWNSTREAM
     assert config.h2_max_concurrent_streams == 7
+
+
+LB_POLICY_TYPE = "type.googleapis.com/envoy.extensions.load_balancing_policies."
+DNS_CLUSTER_TYPE = "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster"
+
+
+def _with_policies(*policies: dict) -> dict:
+    document = cluster_dict("web", [1])
+    document["load_balancing_policy"] = {
+        "policies": [
+            {"typed_extension_config": {"name": f"p{i}", "typed_config": policy}}
+            for i, policy in enumerate(policies)
+        ]
+    }
+    return document
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected", "choices"),
+    [
+        ({"@type": LB_POLICY_TYPE + "round_robin.v3.RoundRobin"}, LbPolicy.ROUND_ROBIN, 2),
+        ({"@type": LB_POLICY_TYPE + "random.v3.Random"}, LbPolicy.RANDOM, 2),
+        ({"@type": LB_POLICY_TYPE + "least_request.v3.LeastRequest"}, LbPolicy.LEAST_REQUEST, 2),
+        (
+            {"@type": LB_POLICY_TYPE + "least_request.v3.LeastRequest", "choice_count": 5},
+            LbPolicy.LEAST_REQUEST,
+            5,
+        ),
+    ],
+)
+def test_load_balancing_policy_extensions(policy: dict, expected: LbPolicy, choices: int) -> None:
+    document = _with_policies(policy, {"@type": LB_POLICY_TYPE + "random.v3.Random"})
+    document["lb_policy"] = "LEAST_REQUEST"  # the extension list wins, as in Envoy
+    config = build(document)
+    assert (config.lb_policy, config.least_request_choices) == (expected, choices)
+
+
+def test_random_enum_and_empty_common_lb_config() -> None:
+    config = build(cluster_dict("web", [1], lb_policy="RANDOM", common_lb_config={}))
+    assert config.lb_policy is LbPolicy.RANDOM
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"slow_start_config": {}},
+            r"typed_config\.slow_start_config: not supported yet",
+        ),
+        (
+            {"locality_lb_config": {"locality_weighted_lb_config": {}}},
+            r"typed_config\.locality_lb_config: not supported yet",
+        ),
+    ],
+)
+def test_policy_fields_not_built_are_refused(fields: dict, message: str) -> None:
+    document = _with_policies({"@type": LB_POLICY_TYPE + "round_robin.v3.RoundRobin", **fields})
+    with pytest.raises(ConfigError, match=message):
+        build(document)
+
+
+def test_an_unknown_policy_is_refused() -> None:
+    document = _with_policies({"@type": LB_POLICY_TYPE + "maglev.v3.Maglev"})
+    with pytest.raises(ConfigError, match=r"typed_config: @type '.*Maglev' not supported"):
+        build(document)
+
+
+@pytest.mark.parametrize(
+    ("fields", "discovery", "family"),
+    [
+        ({}, DiscoveryType.STRICT_DNS, DnsFamily.AUTO),  # UNSPECIFIED is AUTO, as in Envoy
+        (
+            {"all_addresses_in_single_endpoint": True, "dns_lookup_family": "V4_ONLY"},
+            DiscoveryType.LOGICAL_DNS,
+            DnsFamily.V4_ONLY,
+        ),
+        ({"dns_lookup_family": "ALL"}, DiscoveryType.STRICT_DNS, DnsFamily.ALL),
+    ],
+)
+def test_dns_cluster_type(fields: dict, discovery: DiscoveryType, family: DnsFamily) -> None:
+    document = cluster_dict("dns", [80], host="localhost")
+    del document["type"]
+    document["dns_lookup_family"] = "V6_ONLY"  # the extension's own fields win
+    document["cluster_type"] = {
+        "name": "envoy.clusters.dns",
+        "typed_config": {
+            "@type": DNS_CLUSTER_TYPE,
+            "dns_refresh_rate": "2s",
+            "dns_jitter": "0.5s",
+            **fields,
+        },
+    }
+    config = build(document)
+    assert (config.discovery, config.dns_family) == (discovery, family)
+    assert (config.dns_refresh_s, config.dns_jitter_s) == (2.0, 0.5)
+
+
+def test_dns_cluster_type_refuses_what_is_not_built() -> None:
+    document = cluster_dict("dns", [80], host="localhost")
+    del document["type"]
+    document["cluster_type"] = {
+        "name": "envoy.clusters.dns",
+        "typed_config": {"@type": DNS_CLUSTER_TYPE, "respect_dns_ttl": True},
+    }
+    with pytest.raises(ConfigError, match=r"typed_config\.respect_dns_ttl: not supported yet$"):
+        build(document)

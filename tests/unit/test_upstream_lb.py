@@ -12,7 +12,7 @@ import pytest
 from tests.helpers.upstreams import cluster_message
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
-from xds_proxy.upstream.lb import LeastRequest, RoundRobin
+from xds_proxy.upstream.lb import LeastRequest, Random, RoundRobin
 from xds_proxy.upstream.manager import ClusterManager
 
 
@@ -23,6 +23,15 @@ class FakeHost:
 
 
 HOSTS = [FakeHost("a"), FakeHost("b"), FakeHost("c")]
+
+
+def test_random_spreads_uniformly_and_ignores_load() -> None:
+    busy = [FakeHost("a", 50), FakeHost("b"), FakeHost("c")]
+    lb = Random(random.Random(3))
+    counts = Counter(lb.pick(busy).name for _ in range(3000))  # type: ignore[union-attr]
+    assert sorted(counts) == ["a", "b", "c"]
+    assert all(900 <= count <= 1100 for count in counts.values()), counts
+    assert Random(random.Random(3)).pick([]) is None
 
 
 def test_round_robin_rotates_strictly() -> None:

@@ -389,7 +389,8 @@ def _static_cluster_ips(clusters) -> list[str]:
     """A STATIC cluster's endpoints are IP literals (Envoy: malformed IP address)."""
     errors = []
     for c_index, cluster in enumerate(clusters):
-        if cluster.type != cluster_pb2.Cluster.STATIC:
+        custom_type = cluster.WhichOneof("cluster_discovery_type") == "cluster_type"
+        if custom_type or cluster.type != cluster_pb2.Cluster.STATIC:
             continue
         for e_index, locality in enumerate(cluster.load_assignment.endpoints):
             for l_index, lb_endpoint in enumerate(locality.lb_endpoints):

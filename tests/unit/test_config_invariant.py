@@ -237,6 +237,22 @@ TEMPLATES: dict[str, dict] = {
         "typed_config": {"@type": UPSTREAM_TLS},
     },
     "envoy.config.cluster.v3.Cluster.CustomClusterType": {"name": "envoy.clusters.dns"},
+    "envoy.config.core.v3.HealthCheck": {
+        "timeout": "1s",
+        "interval": "1s",
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "http_health_check": {
+            "path": "/h",
+            "expected_statuses": [{"start": 200, "end": 300}],
+            "retriable_statuses": [{"start": 500, "end": 600}],
+        },
+    },
+    "envoy.config.core.v3.HealthCheck.HttpHealthCheck": {
+        "path": "/h",
+        "expected_statuses": [{"start": 200, "end": 300}],
+        "retriable_statuses": [{"start": 500, "end": 600}],
+    },
     "envoy.config.core.v3.TypedExtensionConfig": {"name": "policy"},
 }
 
@@ -271,6 +287,9 @@ EXAMPLES: dict[str, list[Any]] = {
     "range_match.end": [9],
     "dns_refresh_rate": ["7s"],
     "prefix_rewrite": ["/p"],
+    "send.text": ["0a0b"],
+    "retriable_statuses.end": [550],
+    "receive.text": ["0a0b"],
     "lb_endpoints.endpoint.address.socket_address.address": ["127.0.0.2"],
 }
 
@@ -318,12 +337,14 @@ NO_EFFECT: dict[str, str] = {
     ),
     "cluster transport_socket.name": "the @type picks the transport socket (as Envoy)",
     "cluster cluster_type.name": "the @type picks the cluster type (as Envoy)",
+    "cluster health_checks.http_health_check.method": (
+        "GET, the default, is the only method accepted"
+    ),
+    "cluster health_checks.http_health_check.codec_client_type": (
+        "HTTP1, the default, is the only codec accepted"
+    ),
     "cluster load_balancing_policy.policies.typed_extension_config.name": (
         "the @type picks the policy (as Envoy)"
-    ),
-    "cluster common_lb_config.healthy_panic_threshold": (
-        "applies only while some hosts are unhealthy; every host is healthy until health"
-        " checking, outlier detection or EDS health status exist"
     ),
     "downstream_tls name": "the @type picks the transport socket (as Envoy)",
     "listener_filters listener_filters.name": "the @type picks the filter (as Envoy)",

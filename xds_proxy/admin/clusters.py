@@ -2,7 +2,7 @@
 shapes: per cluster its circuit-breaker thresholds (DEFAULT and HIGH priority), whether CDS
 added it, and per host the `cx_*`/`rq_*` numbers, health, weight and DNS name.
 
-Every host is reported healthy with weight 1: we run no health checks and accept no
+Every host has weight 1 and its active health-check flags; we accept no
 `load_balancing_weight`, so that is what the load balancer uses.
 """
 
@@ -63,7 +63,7 @@ def clusters_text(manager: ClusterManager) -> str:
                 lines.append(f"{prefix}{stat}::{getattr(stats, stat)}")
             lines += [
                 f"{prefix}hostname::{host.hostname}",
-                f"{prefix}health_flags::healthy",
+                f"{prefix}health_flags::{host.health_flags()}",
                 f"{prefix}weight::1",
                 f"{prefix}region::",
                 f"{prefix}zone::",
@@ -104,6 +104,9 @@ def _add_host(status: clusters_pb2.ClusterStatus, host: Host) -> None:
             name=stat, value=getattr(host.stats, stat), type=metrics_pb2.SimpleMetric.GAUGE
         )
     entry.health_status.eds_health_status = health_check_pb2.HEALTHY
+    entry.health_status.failed_active_health_check = host.failed_active_hc
+    entry.health_status.pending_active_hc = host.pending_active_hc
+    entry.health_status.active_hc_timeout = host.active_hc_timeout
     entry.locality.SetInParent()
 
 

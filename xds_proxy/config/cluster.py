@@ -22,6 +22,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
 from xds_proxy import extensions
+from xds_proxy.config.health_check import HealthCheckConfig, build_health_checks
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.tls import UpstreamTls, upstream_tls
 from xds_proxy.config.values import duration_seconds
@@ -37,6 +38,7 @@ DEFAULT_UPSTREAM_IDLE_TIMEOUT_S = 3600.0
 DEFAULT_H2_MAX_CONCURRENT_STREAMS = 2**31 - 1
 DEFAULT_LEAST_REQUEST_CHOICES = 2
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
+DEFAULT_HEALTHY_PANIC_THRESHOLD = 50.0
 
 
 class DiscoveryType(enum.Enum):
@@ -97,6 +99,9 @@ class ClusterConfig:
     dns_family: DnsFamily = DnsFamily.AUTO
     dns_refresh_s: float = DEFAULT_DNS_REFRESH_S
     dns_jitter_s: float = 0.0  # a random [0, jitter) added to each refresh
+    health_checks: tuple[HealthCheckConfig, ...] = ()
+    # Below this share of healthy hosts the balancer ignores health (Envoy's panic mode).
+    healthy_panic_threshold_percent: float = DEFAULT_HEALTHY_PANIC_THRESHOLD
     idle_timeout_s: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT_S
     max_requests_per_connection: int | None = None
     h2_max_concurrent_streams: int = DEFAULT_H2_MAX_CONCURRENT_STREAMS
@@ -150,6 +155,12 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         dns_family=dns_family,
         dns_refresh_s=dns_refresh_s,
         dns_jitter_s=dns_jitter_s,
+        health_checks=build_health_checks(cluster.name, list(cluster.health_checks), path),
+        healthy_panic_threshold_percent=(
+            cluster.common_lb_config.healthy_panic_threshold.value
+            if cluster.common_lb_config.HasField("healthy_panic_threshold")
+            else DEFAULT_HEALTHY_PANIC_THRESHOLD
+        ),
         idle_timeout_s=idle_timeout_s,
         max_requests_per_connection=max_requests,
         h2_max_concurrent_streams=h2_streams,

@@ -25,6 +25,7 @@ from xds_proxy.config.cluster import (
     LbPolicy,
     UpstreamProtocol,
 )
+from xds_proxy.upstream.health_check import HealthChecker
 from xds_proxy.upstream.host import Host, Resources
 from xds_proxy.upstream.http1_pool import Http1Pool
 from xds_proxy.upstream.http2_pool import Http2Pool
@@ -34,6 +35,10 @@ from xds_proxy.upstream.stream import OVERFLOW, RequestHead, ResponseHandler, Up
 
 if TYPE_CHECKING:
     from xds_proxy.stats import Stats
+
+# Envoy's default overprovisioning factor (1.4): the healthy share is scaled by it before it
+# is compared with the panic threshold.
+_OVERPROVISIONING = 1.4
 
 log = logging.getLogger("xds_proxy.upstream")
 
@@ -54,20 +59,56 @@ class Cluster:
         self.retired = False
         self._resolve = resolve or resolve_endpoint
         self._dns_task: asyncio.Task | None = None
-        self.resolved = asyncio.Event() if config.discovery is not DiscoveryType.STATIC else None
+        # Set once the first hosts are known (DNS) and checked (health checks): the cluster is
+        # warm. None for a static cluster without health checks: warm from the start.
+        warms = config.discovery is not DiscoveryType.STATIC or bool(config.health_checks)
+        self.resolved = asyncio.Event() if warms else None
         self._rng = rng or random.Random()
         self.lb: LoadBalancer = _load_balancer(config, self._rng)
+        self._health_checker = (
+            HealthChecker(
+                config.name,
+                config.health_checks[0],
+                stats,
+                config.tls,
+                had_traffic=lambda: self.stats.upstream_cx_total.value > 0,
+                on_change=self._health_changed,
+                rng=self._rng,
+            )
+            if config.health_checks
+            else None
+        )
+        self._started = False
+        self._routable: list[Host] = []  # the hosts the balancer picks from
+        self._panic = False
         if config.discovery is DiscoveryType.STATIC:
             self._set_hosts([((e.host, e.port), "") for e in config.endpoints])
 
     # -- hosts ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start DNS resolution (DNS types); needs the running loop."""
-        if self.config.discovery is not DiscoveryType.STATIC and self._dns_task is None:
+        """Start DNS resolution (DNS types) and health checks; needs the running loop."""
+        if self._started:
+            return
+        self._started = True
+        if self.config.discovery is not DiscoveryType.STATIC:
             self._dns_task = asyncio.get_running_loop().create_task(
                 self._dns_loop(), name=f"dns:{self.name}"
             )
+        elif self._health_checker is not None:
+            self._health_checker.add_hosts(self.hosts)
+            self._warm_after_first_checks()
+
+    def _warm_after_first_checks(self) -> None:
+        """The cluster is warm once every host had its first check, as Envoy's is."""
+        checker, resolved = self._health_checker, self.resolved
+        assert checker is not None and resolved is not None
+
+        async def wait() -> None:
+            await checker.first_round()
+            resolved.set()
+
+        asyncio.get_running_loop().create_task(wait(), name=f"hc-warm:{self.name}")
 
     async def _dns_loop(self) -> None:
         config = self.config
@@ -89,8 +130,11 @@ class Cluster:
                 known = {address for address, _ in addresses}
                 addresses += [(a, endpoint.host) for a in found if a not in known]
             self._set_hosts(addresses)
-            if self.resolved is not None:
-                self.resolved.set()
+            if self.resolved is not None and not self.resolved.is_set():
+                if self._health_checker is None:
+                    self.resolved.set()
+                else:
+                    self._warm_after_first_checks()
             jitter = self._rng.uniform(0, config.dns_jitter_s) if config.dns_jitter_s else 0.0
             await asyncio.sleep(config.dns_refresh_s + jitter)
 
@@ -99,19 +143,39 @@ class Cluster:
         current = {host.address: host for host in self.hosts}
         if [h.address for h in self.hosts] == [address for address, _ in addresses]:
             return
-        hosts = [current.get(address) or Host(address, name) for address, name in addresses]
+        checked = self._health_checker is not None
+        hosts = [
+            current.get(address) or Host(address, name, health_checked=checked)
+            for address, name in addresses
+        ]
         kept = {h.address for h in hosts}
-        for host in self.hosts:
-            if host.address not in kept:
-                for pool in host.pools.values():
-                    pool.retire()
+        removed = [host for host in self.hosts if host.address not in kept]
+        for host in removed:
+            for pool in host.pools.values():
+                pool.retire()
+        added = [host for host in hosts if host.address not in current]
         self.hosts = hosts
         self.stats.membership_change.value += 1
         self.stats.membership_total.value = len(hosts)
-        self.stats.membership_healthy.value = len(hosts)
+        if self._health_checker is not None and self._started:
+            self._health_checker.remove_hosts(removed)
+            self._health_checker.add_hosts(added)
+        self._health_changed()
+
+    def _health_changed(self) -> None:
+        """Hosts came, went or changed health: what the balancer picks from, and whether the
+        cluster is in panic (too few healthy hosts: Envoy then ignores health)."""
+        healthy = [host for host in self.hosts if not host.failed_active_hc]
+        self.stats.membership_healthy.value = len(healthy)
+        threshold = self.config.healthy_panic_threshold_percent
+        share = 100.0 * len(healthy) / len(self.hosts) if self.hosts else 0.0
+        self._panic = bool(self.hosts) and min(100.0, share * _OVERPROVISIONING) < threshold
+        self._routable = self.hosts if self._panic else healthy
 
     def pick_host(self) -> Host | None:
-        return self.lb.pick(self.hosts)
+        if self._panic:
+            self.stats.lb_healthy_panic.value += 1
+        return self.lb.pick(self._routable)
 
     # -- HTTP streams -----------------------------------------------------------------------
 
@@ -150,6 +214,8 @@ class Cluster:
     def retire(self) -> None:
         """This cluster was replaced or removed: no new streams; connections close when idle."""
         self.retired = True
+        if self._health_checker is not None:
+            self._health_checker.stop()
         if self._dns_task is not None:
             self._dns_task.cancel()
             self._dns_task = None

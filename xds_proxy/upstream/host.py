@@ -44,18 +44,46 @@ class HostPool(Protocol):
 class Host:
     """One upstream address of a cluster; `hostname` is the DNS name it was resolved from."""
 
-    __slots__ = ("active_requests", "address", "hostname", "pools", "stats")
+    __slots__ = (
+        "active_hc_timeout",
+        "active_requests",
+        "address",
+        "failed_active_hc",
+        "hostname",
+        "pending_active_hc",
+        "pools",
+        "stats",
+    )
 
-    def __init__(self, address: tuple[str, int], hostname: str = "") -> None:
+    def __init__(
+        self, address: tuple[str, int], hostname: str = "", health_checked: bool = False
+    ) -> None:
         self.address = address
         self.hostname = hostname
         self.active_requests = 0
+        # Envoy's active health-check flags: a checked host starts failed and pending.
+        self.failed_active_hc = health_checked
+        self.pending_active_hc = health_checked
+        self.active_hc_timeout = False
         # One pool per upstream protocol in use (two with `use_downstream_protocol_config`).
         self.pools: dict[UpstreamProtocol, HostPool] = {}
         self.stats = HostStats()
 
     def __repr__(self) -> str:
         return f"Host({self.address[0]}:{self.address[1]})"
+
+    def health_flags(self) -> str:
+        """Envoy's `/clusters` health_flags: `healthy`, or each flag set after a slash."""
+        flags = [
+            name
+            for name, is_set in (
+                ("failed_active_hc", self.failed_active_hc),
+                ("pending_active_hc", self.pending_active_hc),
+                ("active_hc_timeout", self.active_hc_timeout),
+            )
+            if is_set
+        ]
+        return "".join("/" + flag for flag in flags) if flags else "healthy"
 
 
 class Resources:

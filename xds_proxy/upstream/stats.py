@@ -16,6 +16,7 @@ _COUNTERS = (
     "upstream_cx_idle_timeout",
     "upstream_cx_overflow",
     "upstream_cx_none_healthy",
+    "lb_healthy_panic",
     "upstream_cx_max_requests",
     "upstream_cx_protocol_error",
     "upstream_cx_close_notify",

@@ -9,9 +9,9 @@ messages:
   that stream goes out when the set changes or the client reconnects.
 - SotW sends the whole (subscribed) set; Delta sends what the client lacks, per-resource
   versions, `removed_resources`, and honours `initial_resource_versions` on reconnect.
-- LDS and CDS treat an empty subscription as the wildcard; RDS is not a wildcard type: only
-  the route configs the client names are sent, and a changed subscription is answered
-  with what exists for the new names.
+- LDS and CDS treat an empty subscription as the wildcard; RDS, EDS and SDS are not wildcard
+  types: only the resources the client names are sent, and a changed subscription is
+  answered with what exists for the new names.
 """
 
 from __future__ import annotations
@@ -28,20 +28,25 @@ from google.protobuf import timestamp_pb2
 
 from control_plane_stub.resources import (
     CLUSTER_TYPE,
+    ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
+    SECRET_TYPE,
     SECTION_TYPES,
     NamedResource,
     type_name_of,
 )
 
 SERVED_TYPES: dict[str, str] = dict(SECTION_TYPES)  # section -> type URL
-# The order a push reaches an ADS stream (Envoy's ADS rule): the clusters a listener names
-# first, then the listeners, then the route configs they name (so the client has subscribed
-# to a new listener's route config before, or when, its routes arrive).
-ADS_ORDER = [CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE]
+# The order a push reaches an ADS stream: make before break, every type before the ones that
+# use it. Secrets first (a rotated certificate reaches the listeners and clusters that
+# already use it before any new listener or cluster does; Envoy subscribes to a new secret
+# name when the listener or cluster naming it arrives, and the stub answers that), then
+# Envoy's ADS order: clusters, their ClusterLoadAssignments, the listeners that route to
+# them, the route configs the listeners name.
+ADS_ORDER = [SECRET_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
 # Types where an empty subscription means "everything" (xDS legacy wildcard). For the others
-# (RDS) the client names what it wants and an empty list means nothing.
+# (RDS, EDS, SDS) the client names what it wants and an empty list means nothing.
 WILDCARD_TYPES = frozenset({LISTENER_TYPE, CLUSTER_TYPE})
 WILDCARD = "*"
 Mode = Literal["sotw", "delta"]
@@ -217,7 +222,7 @@ class XdsCache:
             scope[type_url] = new_set
             if old_set is None or old_set.key != new_set.key:
                 changed.append(type_url)
-        changed.sort(key=ADS_ORDER.index)  # one ADS stream: clusters before the listeners
+        changed.sort(key=ADS_ORDER.index)  # one ADS stream: in ADS_ORDER
         outgoing: list[tuple[int, Response]] = []
         for stream in list(self._streams.values()):
             if stream.node is None:
@@ -490,7 +495,7 @@ class XdsCache:
 
 def sotw_subscription(type_url: str, resource_names: Iterable[str]) -> set[str] | None:
     """The names a SotW request subscribes to; None is the wildcard. An empty list is the
-    wildcard only for LDS and CDS; for RDS it subscribes to nothing."""
+    wildcard only for LDS and CDS; for RDS, EDS and SDS it subscribes to nothing."""
     names = set(resource_names)
     if WILDCARD in names or (not names and type_url in WILDCARD_TYPES):
         return None
@@ -550,8 +555,8 @@ def evaluate_wait(
 ) -> WaitVerdict:
     """`wait` (docs/control-plane-stub.md): the named node, or every node connected now (at
     least one) with a stream of that type, has ACKed `version` of the section's type
-    ("listeners", "clusters" or "routes"); a NACK of that version (matched by nonce) fails
-    at once."""
+    ("listeners", "clusters", "routes", "endpoints" or "secrets"); a NACK of that version
+    (matched by nonce) fails at once."""
     type_url = SERVED_TYPES[section]
     candidates = [
         entry

@@ -17,6 +17,7 @@ messages:
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,18 @@ WILDCARD_TYPES = frozenset({LISTENER_TYPE, CLUSTER_TYPE})
 WILDCARD = "*"
 Mode = Literal["sotw", "delta"]
 NONCE_MEMORY = 32  # recent nonces remembered per stream and type, to match late ACKs/NACKs
+# A PEM private key (its END line may be cut off) quoted in a client's NACK message.
+PRIVATE_KEY_PEM = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)",
+    re.DOTALL,
+)
+REDACTED_KEY = "[private key redacted]"
+
+
+def redact_private_keys(text: str) -> str:
+    """`text` without PEM private keys: a NACK message goes to `status` and the log, and a
+    client may quote the secret or TLS context it refused (Envoy itself writes `<inline>`)."""
+    return PRIVATE_KEY_PEM.sub(REDACTED_KEY, text)
 
 
 def _digest(chunks: Iterable[bytes]) -> str:
@@ -322,15 +335,16 @@ class XdsCache:
     def _record_reply(self, ledger: Ledger, request, sent_version: str, node: str | None) -> None:
         kind = type_name_of(ledger.type_url)
         if request.HasField("error_detail"):
+            message = redact_private_keys(request.error_detail.message)
             self._events.append(
                 f"NACK from {node!r} for {kind} version {sent_version} "
-                f"(nonce {request.response_nonce}): {request.error_detail.message}"
+                f"(nonce {request.response_nonce}): {message}"
             )
             ledger.nack = Nack(
                 version=sent_version,
                 nonce=request.response_nonce,
                 code=request.error_detail.code,
-                message=request.error_detail.message,
+                message=message,
             )
         else:
             if ledger.acked_version != sent_version:

@@ -409,3 +409,18 @@ def test_status_never_carries_a_secrets_contents(cache: XdsCache) -> None:
     assert "PRIVATE KEY" not in text and "TUFURVJJQUwt" not in text
     assert "certificate 1" not in text
     assert row(cache, SECRET_TYPE)["subscribed"] == ["s"]
+
+
+def test_a_nack_quoting_a_private_key_is_redacted(cache: XdsCache, kind: Kind) -> None:
+    cache.set_resources({kind.section: [kind.resource("a")]})
+    stream = cache.open_stream("sotw", kind.type_url)
+    response = only(cache.handle_sotw_request(stream, sotw(kind.type_url, ("a",))))
+    cut = PRIVATE_KEY[:50]  # a key quoted only in part is redacted too
+    refused = sotw(
+        kind.type_url, ("a",), nonce=response.nonce, error=f"bad key {PRIVATE_KEY.strip()}; {cut}"
+    )
+    cache.handle_sotw_request(stream, refused)
+    message = row(cache, kind.type_url)["nack"]["message"]
+    assert message == "bad key [private key redacted]; [private key redacted]"
+    [event] = cache.drain_events()
+    assert event.endswith(": bad key [private key redacted]; [private key redacted]")

@@ -14,6 +14,10 @@ with `api_config_source` GRPC and DELTA_GRPC):
   secret: new handshakes see the new certificate, the connection opened before keeps its
   certificate and keeps serving, nothing drains (no listener update, nothing draining, no
   `connection: close`).
+- Upstream SDS (ADS SotW and Delta): a cluster whose UpstreamTlsContext validates with a CA
+  bundle from SDS, pushed together with that secret, serves; rotating the bundle to one that
+  no longer trusts the upstream drains nothing: the pooled upstream connection keeps
+  serving, and only the next new upstream connection fails its verification.
 
 Nothing is NACKed on the way.
 """
@@ -31,7 +35,7 @@ from cryptography import x509
 from control_plane_stub.resources import CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE
 from tests.helpers.certs import CertificateAuthority, Issued
 from tests.helpers.envoy import EnvoyProcess, load_bootstrap, with_xds_address
-from tests.helpers.http_client import get, refused
+from tests.helpers.http_client import HttpConnection, Response, get, refused
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.stub import StubProcess
 from tests.helpers.upstreams import Http1Echo, endpoint
@@ -371,3 +375,106 @@ def test_envoy_warms_a_listener_on_its_sds_certificate_and_takes_a_rotation(
         if envoy is not None:
             envoy.stop()
         stub.stop()
+
+
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def trusted_ca_secret(name: str, *authorities: CertificateAuthority) -> dict[str, Any]:
+    bundle = "".join(authority.cert_pem.decode() for authority in authorities)
+    return {"name": name, "validation_context": {"trusted_ca": {"inline_string": bundle}}}
+
+
+def upstream_tls_cluster(name: str, port: int, ca_secret: str) -> dict[str, Any]:
+    """A STATIC cluster that speaks TLS to 127.0.0.1:port (SNI `up.test`) and validates the
+    upstream's certificate with the CA bundle of SDS secret `ca_secret` (over ADS)."""
+    tls = {
+        "@type": UPSTREAM_TLS,
+        "sni": "up.test",
+        "common_tls_context": {
+            "validation_context_sds_secret_config": {
+                "name": ca_secret,
+                "sds_config": config_source({"ads": {}}),
+            }
+        },
+    }
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [endpoint(port)]}],
+        },
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+    }
+
+
+def request_on(connection: HttpConnection, *headers: str) -> Response:
+    lines = ["GET / HTTP/1.1", "host: example.com", *headers, "", ""]
+    connection.sock.sendall("\r\n".join(lines).encode())
+    return connection.read_response()
+
+
+@pytest.mark.parametrize("mode", ["ads-sotw", "ads-delta"])
+def test_envoy_upstream_tls_from_sds_keeps_pooled_connections_on_rotation(
+    mode: str, tmp_path: Path
+) -> None:
+    """A cluster's upstream validation context from SDS, pushed together with the cluster
+    (Envoy subscribes when the cluster arrives, the stub answers). Rotating it drains
+    nothing: the pooled upstream connection is reused; only new upstream connections use
+    the new context (a CA that does not trust the upstream fails them)."""
+    node = f"envoy-up-sds-{mode}"
+    port = free_port()
+    trusted, other = CertificateAuthority("up-ca"), CertificateAuthority("other-ca")
+    files = trusted.issue("upstream", dns_names=["up.test"]).write(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files["cert"], files["key"])
+    upstream = Http1Echo("tls-upstream")
+    upstream.ssl_context = context
+    upstream.start()
+    stub = StubProcess(tmp_path / "stub").start()
+    envoy = None
+    try:
+        envoy = start_envoy(mode, stub, node, tmp_path / "envoy")
+        pushed = stub.client.set_resources(
+            secrets=[trusted_ca_secret("up-ca", trusted)],
+            clusters=[upstream_tls_cluster("U", upstream.port, "up-ca")],
+            listeners=[listener("P", port, {"route": {"cluster": "U"}})],
+        )
+        stub.client.wait(pushed["clusters"], node=node, timeout=10, section="clusters")
+        stub.client.wait(pushed["secrets"], node=node, timeout=10, section="secrets")
+        wait_for(lambda: not refused(port), timeout=5, what="P accepting")
+        connection = HttpConnection(port)
+        try:
+            first = request_on(connection)
+            assert (first.status, first.headers["x-upstream"]) == (200, "tls-upstream")
+            assert upstream.connections == 1
+            updates = "cluster.U.client_ssl_socket_factory.ssl_context_update_by_sds"
+            before = envoy.stat(updates)
+
+            # Rotation to a CA bundle that no longer trusts the upstream: the pooled
+            # connection stays and keeps serving.
+            rotated = stub.client.set_resources(secrets=[trusted_ca_secret("up-ca", other)])
+            stub.client.wait(rotated["secrets"], node=node, timeout=10, section="secrets")
+            wait_for(lambda: envoy.stat(updates) == before + 1, timeout=5, what="TLS update")
+            kept = request_on(connection, "x-close: 1")  # the upstream closes after this one
+            assert kept.status == 200 and upstream.connections == 1
+            assert envoy.stats("^cluster_manager\\.cluster_modified$") == {
+                "cluster_manager.cluster_modified": "0"
+            }
+            # A new upstream connection uses the new context, which refuses the upstream.
+            refused_upstream = request_on(connection)
+            assert refused_upstream.status == 503
+            assert envoy.stat("cluster.U.ssl.fail_verify_error") == 1
+            assert envoy.stat("cluster.U.ssl.handshake") == 1
+            assert envoy.stat("cluster.U.upstream_cx_total") == 2
+            assert upstream.connections == 1
+        finally:
+            connection.close()
+        assert_no_nack(stub)
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        stub.stop()
+        upstream.stop()

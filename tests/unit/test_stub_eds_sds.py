@@ -24,6 +24,8 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from control_plane_stub.cache import ADS_ORDER, XdsCache, evaluate_wait, resource_version
 from control_plane_stub.cli import format_status_table
@@ -424,3 +426,59 @@ def test_a_nack_quoting_a_private_key_is_redacted(cache: XdsCache, kind: Kind) -
     assert message == "bad key [private key redacted]; [private key redacted]"
     [event] = cache.drain_events()
     assert event.endswith(": bad key [private key redacted]; [private key redacted]")
+
+
+# ---------------------------------------------------------------- Delta, as a property
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    kind=st.sampled_from(KINDS),
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("push"), st.dictionaries(st.sampled_from("abcd"), st.integers(1, 2))),
+            st.tuples(st.just("names"), st.frozensets(st.sampled_from("abcde"))),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_delta_client_that_acks_holds_exactly_the_subscribed_resources_that_exist(
+    kind: Kind, steps
+) -> None:
+    """An Envoy-like Delta client that ACKs every response and forgets what it unsubscribes:
+    after each step it holds, for every subscribed name, the stub's current resource (and
+    nothing for a name the stub does not have); nothing unsubscribed is ever sent."""
+    cache = XdsCache(clock=Clock())
+    stream = cache.open_stream("delta", None)
+    names: frozenset[str] = frozenset()
+    held: dict[str, bytes] = {}
+
+    def receive(responses: list) -> None:
+        for response in responses:
+            for resource in response.resources:
+                assert resource.name in names
+                held[resource.name] = resource.resource.value
+            for name in response.removed_resources:
+                assert name in names
+                held.pop(name, None)
+            assert (
+                cache.handle_delta_request(stream, delta(kind.type_url, nonce=response.nonce)) == []
+            )
+
+    receive(cache.handle_delta_request(stream, delta(kind.type_url)))
+    for step, value in steps:
+        if step == "push":
+            resources = [kind.resource(name, port) for name, port in sorted(value.items())]
+            _, outgoing = cache.set_resources({kind.section: resources})
+            receive([r for _, r in outgoing])
+        else:
+            added, dropped = value - names, names - value
+            names = value
+            for name in dropped:
+                held.pop(name, None)  # Envoy forgets what it unsubscribes
+            if added or dropped:
+                request = delta(kind.type_url, tuple(sorted(added)), tuple(sorted(dropped)))
+                receive(cache.handle_delta_request(stream, request))
+        current = {r.name: r.body.value for r in cache.current_set(None, kind.type_url).resources}
+        assert held == {name: current[name] for name in names if name in current}

@@ -138,19 +138,6 @@ def subscriptions(stub: StubProcess, node: str, type_url: str) -> list[str]:
     return sorted(name for names in stub.subscriptions(node, type_url) for name in names)
 
 
-def acked_version(stub: StubProcess, node: str, type_url: str) -> str | None:
-    for entry in stub.client.status()["nodes"]:
-        if entry["node"] == node:
-            [row] = [row for row in entry["streams"] if row["type_url"] == type_url]
-            return row["acked_version"]
-    return None
-
-
-def assert_no_nack(stub: StubProcess) -> None:
-    rows = [row for entry in stub.client.status()["nodes"] for row in entry["streams"]]
-    assert [row for row in rows if row["nack"] is not None] == []
-
-
 # ---------------------------------------------------------------- EDS
 
 
@@ -187,7 +174,7 @@ def test_envoy_warms_an_eds_cluster_and_follows_its_endpoints(mode: str, tmp_pat
             assert envoy.stat("cluster.C.membership_total") == 0
         else:
             assert envoy.stat("cluster_manager.warming_clusters") == 1
-            assert acked_version(stub, node, CLUSTER_TYPE) != pushed["clusters"]
+            assert stub.acked_versions(node, CLUSTER_TYPE) != [pushed["clusters"]]
         wait_for(lambda: not refused(port), timeout=5, what="L accepting")
         assert get(port).status == 503
         assert first.requests == [] and second.requests == []
@@ -219,7 +206,7 @@ def test_envoy_warms_an_eds_cluster_and_follows_its_endpoints(mode: str, tmp_pat
         assert envoy.stats("^cluster_manager\\.cluster_(added|modified|removed)$") == cluster_stats
         assert envoy.stats("^listener_manager\\.listener_") == listener_stats
         assert envoy.stat("cluster.C.update_success") is not None
-        assert_no_nack(stub)
+        assert stub.nacks() == []
     finally:
         if envoy is not None:
             envoy.stop()
@@ -370,7 +357,7 @@ def test_envoy_warms_a_listener_on_its_sds_certificate_and_takes_a_rotation(
             assert envoy.stat("listener_manager.total_listeners_draining") == 0
         finally:
             kept.close()
-        assert_no_nack(stub)
+        assert stub.nacks() == []
     finally:
         if envoy is not None:
             envoy.stop()
@@ -472,7 +459,7 @@ def test_envoy_upstream_tls_from_sds_keeps_pooled_connections_on_rotation(
             assert upstream.connections == 1
         finally:
             connection.close()
-        assert_no_nack(stub)
+        assert stub.nacks() == []
     finally:
         if envoy is not None:
             envoy.stop()

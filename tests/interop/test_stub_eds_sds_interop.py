@@ -7,13 +7,14 @@ with `api_config_source` GRPC and DELTA_GRPC):
   stub shows Envoy subscribed to its `service_name`, a listener routing to it answers 503)
   until the stub pushes its ClusterLoadAssignment; then requests through the listener reach
   the real upstream it names. The assignment moves to another upstream: requests follow,
-  with no cluster or listener change.
+  with no cluster or listener change. The assignment leaves the stub's set: Envoy keeps
+  its hosts.
 - SDS: a listener whose DownstreamTlsContext takes its certificate from
   `tls_certificate_sds_secret_configs` is ACKed and warms (its port refuses connections)
   until the stub pushes the Secret; then it serves TLS with that certificate. Rotating the
   secret: new handshakes see the new certificate, the connection opened before keeps its
   certificate and keeps serving, nothing drains (no listener update, nothing draining, no
-  `connection: close`).
+  `connection: close`). The secret leaves the stub's set: Envoy keeps serving with it.
 - Upstream SDS (ADS SotW and Delta): a cluster whose UpstreamTlsContext validates with a CA
   bundle from SDS, pushed together with that secret, serves; rotating the bundle to one that
   no longer trusts the upstream drains nothing: the pooled upstream connection keeps
@@ -206,6 +207,13 @@ def test_envoy_warms_an_eds_cluster_and_follows_its_endpoints(mode: str, tmp_pat
         assert envoy.stats("^cluster_manager\\.cluster_(added|modified|removed)$") == cluster_stats
         assert envoy.stats("^listener_manager\\.listener_") == listener_stats
         assert envoy.stat("cluster.C.update_success") is not None
+
+        # 4. The assignment leaves the stub's set (Delta: removed_resources; SotW: an EDS
+        #    response without it): Envoy keeps the hosts it has.
+        removed = stub.client.set_resources(endpoints=[])
+        stub.client.wait(removed["endpoints"], node=node, timeout=10, section="endpoints")
+        assert get(port).headers.get("x-upstream") == "second"
+        assert envoy.stat("cluster.C.membership_total") == 1
         assert stub.nacks() == []
     finally:
         if envoy is not None:
@@ -357,6 +365,11 @@ def test_envoy_warms_a_listener_on_its_sds_certificate_and_takes_a_rotation(
             assert envoy.stat("listener_manager.total_listeners_draining") == 0
         finally:
             kept.close()
+
+        # 4. The secret leaves the stub's set: Envoy keeps serving with the one it has.
+        removed = stub.client.set_resources(secrets=[])
+        stub.client.wait(removed["secrets"], node=node, timeout=10, section="secrets")
+        assert handshake_serial(port, ca.cert_pem) == new_cert.serial
         assert stub.nacks() == []
     finally:
         if envoy is not None:

@@ -9,14 +9,15 @@ messages:
   that stream goes out when the set changes or the client reconnects.
 - SotW sends the whole (subscribed) set; Delta sends what the client lacks, per-resource
   versions, `removed_resources`, and honours `initial_resource_versions` on reconnect.
-- LDS and CDS treat an empty subscription as the wildcard; RDS is not a wildcard type: only
-  the route configs the client names are sent, and a changed subscription is answered
-  with what exists for the new names.
+- LDS and CDS treat an empty subscription as the wildcard; RDS, EDS and SDS are not wildcard
+  types: only the resources the client names are sent, and a changed subscription is
+  answered with what exists for the new names.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,24 +29,41 @@ from google.protobuf import timestamp_pb2
 
 from control_plane_stub.resources import (
     CLUSTER_TYPE,
+    ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
+    SECRET_TYPE,
     SECTION_TYPES,
     NamedResource,
     type_name_of,
 )
 
 SERVED_TYPES: dict[str, str] = dict(SECTION_TYPES)  # section -> type URL
-# The order a push reaches an ADS stream (Envoy's ADS rule): the clusters a listener names
-# first, then the listeners, then the route configs they name (so the client has subscribed
-# to a new listener's route config before, or when, its routes arrive).
-ADS_ORDER = [CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE]
+# The order a push reaches an ADS stream: make before break, every type before the ones that
+# use it. Secrets first (a rotated certificate reaches the listeners and clusters that
+# already use it before any new listener or cluster does; Envoy subscribes to a new secret
+# name when the listener or cluster naming it arrives, and the stub answers that), then
+# Envoy's ADS order: clusters, their ClusterLoadAssignments, the listeners that route to
+# them, the route configs the listeners name.
+ADS_ORDER = [SECRET_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
 # Types where an empty subscription means "everything" (xDS legacy wildcard). For the others
-# (RDS) the client names what it wants and an empty list means nothing.
+# (RDS, EDS, SDS) the client names what it wants and an empty list means nothing.
 WILDCARD_TYPES = frozenset({LISTENER_TYPE, CLUSTER_TYPE})
 WILDCARD = "*"
 Mode = Literal["sotw", "delta"]
 NONCE_MEMORY = 32  # recent nonces remembered per stream and type, to match late ACKs/NACKs
+# A PEM private key (its END line may be cut off) quoted in a client's NACK message.
+PRIVATE_KEY_PEM = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)",
+    re.DOTALL,
+)
+REDACTED_KEY = "[private key redacted]"
+
+
+def redact_private_keys(text: str) -> str:
+    """`text` without PEM private keys: a NACK message goes to `status` and the log, and a
+    client may quote the secret or TLS context it refused (Envoy itself writes `<inline>`)."""
+    return PRIVATE_KEY_PEM.sub(REDACTED_KEY, text)
 
 
 def _digest(chunks: Iterable[bytes]) -> str:
@@ -217,7 +235,7 @@ class XdsCache:
             scope[type_url] = new_set
             if old_set is None or old_set.key != new_set.key:
                 changed.append(type_url)
-        changed.sort(key=ADS_ORDER.index)  # one ADS stream: clusters before the listeners
+        changed.sort(key=ADS_ORDER.index)  # one ADS stream: in ADS_ORDER
         outgoing: list[tuple[int, Response]] = []
         for stream in list(self._streams.values()):
             if stream.node is None:
@@ -317,15 +335,16 @@ class XdsCache:
     def _record_reply(self, ledger: Ledger, request, sent_version: str, node: str | None) -> None:
         kind = type_name_of(ledger.type_url)
         if request.HasField("error_detail"):
+            message = redact_private_keys(request.error_detail.message)
             self._events.append(
                 f"NACK from {node!r} for {kind} version {sent_version} "
-                f"(nonce {request.response_nonce}): {request.error_detail.message}"
+                f"(nonce {request.response_nonce}): {message}"
             )
             ledger.nack = Nack(
                 version=sent_version,
                 nonce=request.response_nonce,
                 code=request.error_detail.code,
-                message=request.error_detail.message,
+                message=message,
             )
         else:
             if ledger.acked_version != sent_version:
@@ -490,7 +509,7 @@ class XdsCache:
 
 def sotw_subscription(type_url: str, resource_names: Iterable[str]) -> set[str] | None:
     """The names a SotW request subscribes to; None is the wildcard. An empty list is the
-    wildcard only for LDS and CDS; for RDS it subscribes to nothing."""
+    wildcard only for LDS and CDS; for RDS, EDS and SDS it subscribes to nothing."""
     names = set(resource_names)
     if WILDCARD in names or (not names and type_url in WILDCARD_TYPES):
         return None
@@ -550,8 +569,8 @@ def evaluate_wait(
 ) -> WaitVerdict:
     """`wait` (docs/control-plane-stub.md): the named node, or every node connected now (at
     least one) with a stream of that type, has ACKed `version` of the section's type
-    ("listeners", "clusters" or "routes"); a NACK of that version (matched by nonce) fails
-    at once."""
+    ("listeners", "clusters", "routes", "endpoints" or "secrets"); a NACK of that version
+    (matched by nonce) fails at once."""
     type_url = SERVED_TYPES[section]
     candidates = [
         entry

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 PROG = "control-plane-stub"
+# The resource file's sections, in its order (what `wait --type` takes).
+SECTIONS = ("listeners", "clusters", "routes", "endpoints", "secrets")
 DEFAULT_XDS = "127.0.0.1:18000"
 DEFAULT_CONTROL = "127.0.0.1:18001"
 
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--type",
         dest="section",
         default="listeners",
-        choices=["listeners", "clusters", "routes"],
+        choices=list(SECTIONS),
         help="whose version (default: listeners)",
     )
     wait.add_argument(

@@ -3,6 +3,8 @@
 client = StubClient("127.0.0.1:18001")
 client.set_resources(listeners=[listener])    # messages, envoy-data-plane objects, dicts
 client.set_resources(routes=[route_config])     # RouteConfigurations, served over RDS
+client.set_resources(endpoints=[assignment])    # ClusterLoadAssignments, served over EDS
+client.set_resources(secrets=[secret])          # Secrets, served over SDS
 client.wait(version)                            # StubNack / TimeoutError
 client.wait(version, section="routes")          # the RDS ACK of a routes version
 """
@@ -81,10 +83,19 @@ class StubClient:
         node: str | None = None,
         version: str | None = None,
         raw: bool = False,
+        endpoints: Iterable[Any] | None = None,
+        secrets: Iterable[Any] | None = None,
     ) -> dict[str, str]:
         """Replace the default set (or `node`'s own); a type left None keeps its set.
-        Returns section ("listeners", "clusters", "routes") -> version now served."""
-        given = {"listeners": listeners, "clusters": clusters, "routes": routes}
+        Returns section ("listeners", "clusters", "routes", "endpoints", "secrets") ->
+        version now served."""
+        given = {
+            "listeners": listeners,
+            "clusters": clusters,
+            "routes": routes,
+            "endpoints": endpoints,
+            "secrets": secrets,
+        }
         request = control_pb2.SetResourcesRequest(
             node=node or "", version="" if version is None else str(version), raw=raw
         )
@@ -121,6 +132,8 @@ class StubClient:
             listeners=sections["listeners"],
             clusters=sections["clusters"],
             routes=sections["routes"],
+            endpoints=sections["endpoints"],
+            secrets=sections["secrets"],
             node=node,
             version=resource_file.version,
             raw=raw,
@@ -145,9 +158,10 @@ class StubClient:
         timeout: float = 30.0,
         section: str = "listeners",
     ) -> None:
-        """Return once `version` of the section's type ("listeners", "clusters", "routes")
-        is ACKed (by `node`, or by every connected node with a stream of that type, and at
-        least one); raise StubNack at its NACK, TimeoutError at the deadline."""
+        """Return once `version` of the section's type ("listeners", "clusters", "routes",
+        "endpoints", "secrets") is ACKed (by `node`, or by every connected node with a
+        stream of that type, and at least one); raise StubNack at its NACK, TimeoutError
+        at the deadline."""
         if section not in SERVED_TYPES:
             raise StubError(
                 f"unknown section {section!r} (expected one of {', '.join(SERVED_TYPES)})"

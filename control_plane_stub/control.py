@@ -12,6 +12,8 @@ from control_plane_stub.resources import (
     ResourceError,
     check_names,
     decode_resource,
+    name_field_of,
+    name_of,
     type_name_of,
 )
 from control_plane_stub.status_doc import status_to_proto
@@ -35,10 +37,11 @@ def validate_sections(sections: dict[str, list[NamedResource] | None]) -> None:
                 raise ResourceError(
                     f"{section}[{index}]: does not decode as {type_name_of(expected)}"
                 )
-            if message.name != resource.name:
+            inside = name_of(message)
+            if inside != resource.name:
                 raise ResourceError(
-                    f"{section}[{index}].name: {message.name!r} inside the resource, "
-                    f"{resource.name!r} given"
+                    f"{section}[{index}].{name_field_of(expected)}: {inside!r} inside the "
+                    f"resource, {resource.name!r} given"
                 )
         check_names(resources, section)
 

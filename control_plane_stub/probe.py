@@ -1,5 +1,5 @@
-"""A minimal xDS client (SotW or Delta; ADS or a plain LDS, CDS or RDS service) for tests,
-benchmarks and debugging.
+"""A minimal xDS client (SotW or Delta; ADS or a plain LDS, CDS, RDS, EDS or SDS service) for
+tests, benchmarks and debugging.
 
 It speaks the protocol as an Envoy would but decides nothing itself: the caller reads
 responses and sends ACKs or NACKs (or lets `auto_ack` ACK everything).
@@ -14,10 +14,18 @@ from typing import Literal
 import grpc
 from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.endpoint.v3 import eds_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
 from envoy.service.route.v3 import rds_pb2_grpc
+from envoy.service.secret.v3 import sds_pb2_grpc
 
-from control_plane_stub.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from control_plane_stub.resources import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+)
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
@@ -30,6 +38,12 @@ PLAIN_SERVICES = {
     LISTENER_TYPE: (lds_pb2_grpc.ListenerDiscoveryServiceStub, "StreamListeners", "DeltaListeners"),
     CLUSTER_TYPE: (cds_pb2_grpc.ClusterDiscoveryServiceStub, "StreamClusters", "DeltaClusters"),
     ROUTE_TYPE: (rds_pb2_grpc.RouteDiscoveryServiceStub, "StreamRoutes", "DeltaRoutes"),
+    ENDPOINT_TYPE: (
+        eds_pb2_grpc.EndpointDiscoveryServiceStub,
+        "StreamEndpoints",
+        "DeltaEndpoints",
+    ),
+    SECRET_TYPE: (sds_pb2_grpc.SecretDiscoveryServiceStub, "StreamSecrets", "DeltaSecrets"),
 }
 
 
@@ -60,7 +74,7 @@ class XdsProbe:
         self.received = 0
         self.error: grpc.aio.AioRpcError | None = None
         # Per type, as an Envoy keeps them: the names subscribed (SotW repeats them in every
-        # request, ACKs included: for RDS an empty list subscribes to nothing), the last
+        # request, ACKs included: for RDS, EDS, SDS an empty list subscribes to nothing), the last
         # response's nonce and the last version ACKed.
         self.names: dict[str, tuple[str, ...]] = {}
         self._last_nonce: dict[str, str] = {}

@@ -30,6 +30,8 @@ from google.protobuf.message import DecodeError, Message
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 TYPE_PREFIX = "type.googleapis.com/"
 
 # The file's section -> the type URL served for it.
@@ -37,8 +39,21 @@ SECTION_TYPES: dict[str, str] = {
     "listeners": LISTENER_TYPE,
     "clusters": CLUSTER_TYPE,
     "routes": ROUTE_TYPE,
+    "endpoints": ENDPOINT_TYPE,
+    "secrets": SECRET_TYPE,
 }
-FILE_KEYS = ("version", "listeners", "clusters", "routes")
+FILE_KEYS = ("version", *SECTION_TYPES)
+# The field that names a resource: `name`, except a ClusterLoadAssignment's `cluster_name`
+# (the name an EDS client subscribes to: the cluster's, or its eds `service_name`).
+NAME_FIELDS: dict[str, str] = {ENDPOINT_TYPE: "cluster_name"}
+
+
+def name_field_of(type_url: str) -> str:
+    return NAME_FIELDS.get(type_url, "name")
+
+
+def name_field_of_section(section: str) -> str:
+    return name_field_of(SECTION_TYPES.get(section, ""))
 
 
 class ResourceError(Exception):
@@ -221,6 +236,11 @@ def load_resource_text(text: str, file_name: str = "<text>", raw: bool = False) 
     return parse_resource_document(data, _Locator(file_name, marks), raw=raw)
 
 
+def _sections_text() -> str:
+    quoted = [f"'{section}'" for section in SECTION_TYPES]
+    return f"{', '.join(quoted[:-1])} and/or {quoted[-1]}"
+
+
 def parse_resource_document(
     data: Any, locator: _Locator | None = None, raw: bool = False
 ) -> ResourceFile:
@@ -228,7 +248,7 @@ def parse_resource_document(
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise locator.error((), "must be a mapping with 'listeners', 'clusters' and/or 'routes'")
+        raise locator.error((), f"must be a mapping with {_sections_text()}")
     for key in data:
         if key not in FILE_KEYS:
             allowed = ", ".join(FILE_KEYS)
@@ -284,14 +304,15 @@ def check_names(
 ) -> None:
     """Every resource has a name and no two share one."""
     locator = locator or _NoLocation()
+    name_field = name_field_of_section(section)
     first_index: dict[str, int] = {}
     for index, resource in enumerate(resources):
         if not resource.name:
-            raise locator.error((section, index, "name"), "required")
+            raise locator.error((section, index, name_field), "required")
         if resource.name in first_index:
             where = format_path((section, first_index[resource.name]))
             raise locator.error(
-                (section, index, "name"),
+                (section, index, name_field),
                 f"duplicate name {resource.name!r} (first at {where})",
             )
         first_index[resource.name] = index
@@ -365,7 +386,15 @@ def _encode_validated(item: Any, type_url: str, path: PathKey, locator: _Locator
     else:
         raise locator.error(path, f"expected a mapping, got {type(item).__name__}")
     body = any_pb2.Any(type_url=type_url, value=message.SerializeToString(deterministic=True))
-    return NamedResource(name=getattr(message, "name", ""), body=body)
+    return NamedResource(name=name_of(message), body=body)
+
+
+def name_of(message: Message) -> str:
+    """A resource's name (`cluster_name` for a ClusterLoadAssignment), '' when it has none."""
+    field = name_field_of(TYPE_PREFIX + message.DESCRIPTOR.full_name)
+    if field not in message.DESCRIPTOR.fields_by_name:
+        return ""
+    return str(getattr(message, field))
 
 
 def _encode_raw(item: Any, type_url: str, path: PathKey, locator: _Locator) -> NamedResource:
@@ -376,10 +405,11 @@ def _encode_raw(item: Any, type_url: str, path: PathKey, locator: _Locator) -> N
             type_url=TYPE_PREFIX + item.DESCRIPTOR.full_name,
             value=item.SerializeToString(deterministic=True),
         )
-        return NamedResource(name=getattr(item, "name", ""), body=body)
+        return NamedResource(name=name_of(item), body=body)
     if _is_data_plane_dataclass(item):
         body = any_pb2.Any(type_url=type_url, value=_dataclass_bytes(item))
-        return NamedResource(name=str(getattr(item, "name", "") or ""), body=body)
+        name = getattr(item, name_field_of(type_url), "")
+        return NamedResource(name=str(name or ""), body=body)
     if not isinstance(item, Mapping):
         raise locator.error(path, f"expected a mapping, got {type(item).__name__}")
     data = dict(item)
@@ -391,23 +421,23 @@ def _encode_raw(item: Any, type_url: str, path: PathKey, locator: _Locator) -> N
         message = message_class()
         _merge_lenient(message, data, path, locator)
         body = any_pb2.Any(type_url=type_url, value=message.SerializeToString(deterministic=True))
-    name = data.get("name")
+    name = data.get(name_field_of(type_url))
     if not isinstance(name, str):
         name = _name_from_any(body)
     return NamedResource(name=name, body=body)
 
 
 def _name_from_any(body: any_pb2.Any) -> str:
-    """Best effort: the `name` inside an Any, or '' when it does not decode."""
+    """Best effort: the name inside an Any, or '' when it does not decode."""
     message_class = message_class_for(body.type_url)
-    if message_class is None or "name" not in message_class.DESCRIPTOR.fields_by_name:
+    if message_class is None:
         return ""
     message = message_class()
     try:
         message.ParseFromString(body.value)
     except DecodeError:
         return ""
-    return str(message.name)
+    return name_of(message)
 
 
 _ANY = "google.protobuf.Any"

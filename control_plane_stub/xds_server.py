@@ -1,4 +1,4 @@
-"""gRPC servicers for LDS, CDS, RDS and ADS (each SotW and Delta) on grpc.aio.
+"""gRPC servicers for LDS, CDS, RDS, EDS, SDS and ADS (each SotW and Delta) on grpc.aio.
 
 Each stream gets a reader task that feeds requests to the hub, while the handler itself
 yields whatever lands in the stream's outbox; pushes from the control API land there too.
@@ -15,12 +15,20 @@ from collections.abc import AsyncIterator
 import grpc
 from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.endpoint.v3 import eds_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
 from envoy.service.route.v3 import rds_pb2_grpc
+from envoy.service.secret.v3 import sds_pb2_grpc
 
 from control_plane_stub.cache import Mode
 from control_plane_stub.hub import CLOSE, StubHub
-from control_plane_stub.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from control_plane_stub.resources import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+)
 
 log = logging.getLogger("control_plane_stub")
 
@@ -114,6 +122,20 @@ class RouteDiscovery(_OneType, rds_pb2_grpc.RouteDiscoveryServiceServicer):
     FetchRoutes = _OneType._fetch
 
 
+class EndpointDiscovery(_OneType, eds_pb2_grpc.EndpointDiscoveryServiceServicer):
+    type_url = ENDPOINT_TYPE
+    StreamEndpoints = _OneType._sotw
+    DeltaEndpoints = _OneType._delta
+    FetchEndpoints = _OneType._fetch
+
+
+class SecretDiscovery(_OneType, sds_pb2_grpc.SecretDiscoveryServiceServicer):
+    type_url = SECRET_TYPE
+    StreamSecrets = _OneType._sotw
+    DeltaSecrets = _OneType._delta
+    FetchSecrets = _OneType._fetch
+
+
 class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, hub: StubHub):
         self._hub = hub
@@ -131,4 +153,6 @@ def add_xds_servicers(server: grpc.aio.Server, hub: StubHub) -> None:
     lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(ListenerDiscovery(hub), server)
     cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(ClusterDiscovery(hub), server)
     rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(RouteDiscovery(hub), server)
+    eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(EndpointDiscovery(hub), server)
+    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(SecretDiscovery(hub), server)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscovery(hub), server)

@@ -130,6 +130,19 @@ class StubProcess:
                 return [s["subscribed"] for s in entry["streams"] if s["type_url"] == type_url]
         return []
 
+    def acked_versions(self, node: str, type_url: str) -> list[str | None]:
+        """The version `node` last ACKed for that type, one per stream of that type (None
+        before any ACK), from the stub's ledger."""
+        for entry in self.client.status()["nodes"]:
+            if entry["node"] == node:
+                return [s["acked_version"] for s in entry["streams"] if s["type_url"] == type_url]
+        return []
+
+    def nacks(self) -> list[dict]:
+        """Every stream's last NACK (`{version, nonce, code, message}`), of any node and type."""
+        streams = [s for entry in self.client.status()["nodes"] for s in entry["streams"]]
+        return [s["nack"] for s in streams if s["nack"] is not None]
+
     def cli(self, command: str, *args: str, timeout: float = 30.0):
         """Run a client command (`push`, `status`, `wait`) against this stub."""
         return run_cli(command, "--control", self.control_address, *args, timeout=timeout)

@@ -240,7 +240,7 @@ async def test_sotw_rds_service_and_push_file_with_routes(
     )
     pushed = stub.cli("push", str(resources))
     assert pushed.returncode == 0, pushed.stderr
-    assert pushed.stdout == "listeners r1\nclusters r1\nroutes r1\n"
+    assert pushed.stdout == "listeners r1\nclusters r1\nroutes r1\nendpoints r1\nsecrets r1\n"
     probe = await XdsProbe(
         stub.xds_address, "plain-rds", service_type=ROUTE_TYPE, auto_ack=True
     ).start()

@@ -135,7 +135,7 @@ def test_same_content_gives_same_version(entries) -> None:
 
 def test_push_returns_versions_of_every_type(cache: XdsCache) -> None:
     versions, outgoing = cache.set_resources({"listeners": [listener("a")], "clusters": None})
-    assert set(versions) == {"listeners", "clusters", "routes"}
+    assert set(versions) == {"listeners", "clusters", "routes", "endpoints", "secrets"}
     assert versions["clusters"] == EMPTY_SET.version
     assert outgoing == []
 

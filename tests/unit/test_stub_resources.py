@@ -83,7 +83,13 @@ def test_good_file_loads(tmp_path: Path) -> None:
 
 def test_missing_section_is_none_and_empty_is_empty(tmp_path: Path) -> None:
     loaded = load_resource_file(write(tmp_path, "listeners: []\n"))
-    assert loaded.sections == {"listeners": [], "clusters": None, "routes": None}
+    assert loaded.sections == {
+        "listeners": [],
+        "clusters": None,
+        "routes": None,
+        "endpoints": None,
+        "secrets": None,
+    }
     assert loaded.version is None
 
 
@@ -112,7 +118,14 @@ def test_examples_load() -> None:
         ),
         ("listeners: [\n", ":2:1: "),
         ("listeners:\n  - name: a\n   bad: indent\n", ":3:"),
-        ("secrets: []\n", ":1:1: secrets: unknown key"),
+        ("runtimes: []\n", ":1:1: runtimes: unknown key"),
+        (
+            "endpoints:\n  - cluster_name: c\n  - cluster_name: c\n",
+            ":3:5: endpoints[1].cluster_name: duplicate name 'c' (first at endpoints[0])",
+        ),
+        ("endpoints:\n  - endpoints: []\n", ":2:5: endpoints[0].cluster_name: required"),
+        ("secrets:\n  - name: s\n  - name: s\n", ":3:5: secrets[1].name: duplicate name 's'"),
+        ("secrets:\n  - tls_certificate: {}\n", ":2:5: secrets[0].name: required"),
         ("- a\n", ":1:1: must be a mapping"),
         ("listeners: 3\n", ":1:1: listeners: must be a list"),
         ("listeners:\n  - 3\n", ":2:5: listeners[0]: expected a mapping"),

@@ -26,7 +26,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xds_stub/v1/control.proto\x12\x0bxds_stub.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x08Resource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\"8\n\x0cResourceList\x12(\n\tresources\x18\x01 \x03(\x0b\x32\x15.xds_stub.v1.Resource\"\xfc\x01\n\x13SetResourcesRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x31\n\tlisteners\x18\x03 \x01(\x0b\x32\x19.xds_stub.v1.ResourceListH\x00\x88\x01\x01\x12\x30\n\x08\x63lusters\x18\x04 \x01(\x0b\x32\x19.xds_stub.v1.ResourceListH\x01\x88\x01\x01\x12.\n\x06routes\x18\x06 \x01(\x0b\x32\x19.xds_stub.v1.ResourceListH\x02\x88\x01\x01\x12\x0b\n\x03raw\x18\x05 \x01(\x08\x42\x0c\n\n_listenersB\x0b\n\t_clustersB\t\n\x07_routes\"\x8a\x01\n\x14SetResourcesResponse\x12\x41\n\x08versions\x18\x01 \x03(\x0b\x32/.xds_stub.v1.SetResourcesResponse.VersionsEntry\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10GetStatusRequest\"0\n\x06Status\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.xds_stub.v1.NodeStatus\"F\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12*\n\x07streams\x18\x02 \x03(\x0b\x32\x19.xds_stub.v1.StreamStatus\"\xf7\x01\n\x0cStreamStatus\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x33\n\x0f\x63onnected_since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x04sent\x18\x05 \x01(\x0b\x32\x11.xds_stub.v1.Sent\x12\x1a\n\racked_version\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x1f\n\x04nack\x18\x07 \x01(\x0b\x32\x11.xds_stub.v1.Nack\x12\x12\n\nsubscribed\x18\x08 \x03(\tB\x10\n\x0e_acked_version\"&\n\x04Sent\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\"E\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t2\xeb\x01\n\x0e\x43ontrolService\x12S\n\x0cSetResources\x12 .xds_stub.v1.SetResourcesRequest\x1a!.xds_stub.v1.SetResourcesResponse\x12?\n\tGetStatus\x12\x1d.xds_stub.v1.GetStatusRequest\x1a\x13.xds_stub.v1.Status\x12\x43\n\x0bWatchStatus\x12\x1d.xds_stub.v1.GetStatusRequest\x1a\x13.xds_stub.v1.Status0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xds_stub/v1/control.proto\x12\x0bxds_stub.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x08Resource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\"8\n\x0cResourceList\x12(\n\tresources\x18\x01 \x03(\x0b\x32\x15.xds_stub.v1.Resource\"\xfa\x02\n\x13SetResourcesRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x31\n\tlisteners\x18\x03 \x01(\x0b\x32\x19.xds_stub.v1.ResourceListH\x00\x88\x01\x01\x12\x30\n\x08\x63lusters\x18\x04 \x01(\x0b\x32\x19.xds_stub.v1.ResourceListH\x01\x88\x01\x01\x12.\n\x06routes\x18\x06 \x01(\x0b\x32\x19.xds_stub.v1.ResourceListH\x02\x88\x01\x01\x12\x31\n\tendpoints\x18\x07 \x01(\x0b\x32\x19.xds_stub.v1.ResourceListH\x03\x88\x01\x01\x12/\n\x07secrets\x18\x08 \x01(\x0b\x32\x19.xds_stub.v1.ResourceListH\x04\x88\x01\x01\x12\x0b\n\x03raw\x18\x05 \x01(\x08\x42\x0c\n\n_listenersB\x0b\n\t_clustersB\t\n\x07_routesB\x0c\n\n_endpointsB\n\n\x08_secrets\"\x8a\x01\n\x14SetResourcesResponse\x12\x41\n\x08versions\x18\x01 \x03(\x0b\x32/.xds_stub.v1.SetResourcesResponse.VersionsEntry\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10GetStatusRequest\"0\n\x06Status\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.xds_stub.v1.NodeStatus\"F\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12*\n\x07streams\x18\x02 \x03(\x0b\x32\x19.xds_stub.v1.StreamStatus\"\xf7\x01\n\x0cStreamStatus\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x33\n\x0f\x63onnected_since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x04sent\x18\x05 \x01(\x0b\x32\x11.xds_stub.v1.Sent\x12\x1a\n\racked_version\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x1f\n\x04nack\x18\x07 \x01(\x0b\x32\x11.xds_stub.v1.Nack\x12\x12\n\nsubscribed\x18\x08 \x03(\tB\x10\n\x0e_acked_version\"&\n\x04Sent\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\"E\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t2\xeb\x01\n\x0e\x43ontrolService\x12S\n\x0cSetResources\x12 .xds_stub.v1.SetResourcesRequest\x1a!.xds_stub.v1.SetResourcesResponse\x12?\n\tGetStatus\x12\x1d.xds_stub.v1.GetStatusRequest\x1a\x13.xds_stub.v1.Status\x12\x43\n\x0bWatchStatus\x12\x1d.xds_stub.v1.GetStatusRequest\x1a\x13.xds_stub.v1.Status0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,23 +40,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCELIST']._serialized_start=164
   _globals['_RESOURCELIST']._serialized_end=220
   _globals['_SETRESOURCESREQUEST']._serialized_start=223
-  _globals['_SETRESOURCESREQUEST']._serialized_end=475
-  _globals['_SETRESOURCESRESPONSE']._serialized_start=478
-  _globals['_SETRESOURCESRESPONSE']._serialized_end=616
-  _globals['_SETRESOURCESRESPONSE_VERSIONSENTRY']._serialized_start=569
-  _globals['_SETRESOURCESRESPONSE_VERSIONSENTRY']._serialized_end=616
-  _globals['_GETSTATUSREQUEST']._serialized_start=618
-  _globals['_GETSTATUSREQUEST']._serialized_end=636
-  _globals['_STATUS']._serialized_start=638
-  _globals['_STATUS']._serialized_end=686
-  _globals['_NODESTATUS']._serialized_start=688
-  _globals['_NODESTATUS']._serialized_end=758
-  _globals['_STREAMSTATUS']._serialized_start=761
-  _globals['_STREAMSTATUS']._serialized_end=1008
-  _globals['_SENT']._serialized_start=1010
-  _globals['_SENT']._serialized_end=1048
-  _globals['_NACK']._serialized_start=1050
-  _globals['_NACK']._serialized_end=1119
-  _globals['_CONTROLSERVICE']._serialized_start=1122
-  _globals['_CONTROLSERVICE']._serialized_end=1357
+  _globals['_SETRESOURCESREQUEST']._serialized_end=601
+  _globals['_SETRESOURCESRESPONSE']._serialized_start=604
+  _globals['_SETRESOURCESRESPONSE']._serialized_end=742
+  _globals['_SETRESOURCESRESPONSE_VERSIONSENTRY']._serialized_start=695
+  _globals['_SETRESOURCESRESPONSE_VERSIONSENTRY']._serialized_end=742
+  _globals['_GETSTATUSREQUEST']._serialized_start=744
+  _globals['_GETSTATUSREQUEST']._serialized_end=762
+  _globals['_STATUS']._serialized_start=764
+  _globals['_STATUS']._serialized_end=812
+  _globals['_NODESTATUS']._serialized_start=814
+  _globals['_NODESTATUS']._serialized_end=884
+  _globals['_STREAMSTATUS']._serialized_start=887
+  _globals['_STREAMSTATUS']._serialized_end=1134
+  _globals['_SENT']._serialized_start=1136
+  _globals['_SENT']._serialized_end=1174
+  _globals['_NACK']._serialized_start=1176
+  _globals['_NACK']._serialized_end=1245
+  _globals['_CONTROLSERVICE']._serialized_start=1248
+  _globals['_CONTROLSERVICE']._serialized_end=1483
 # @@protoc_insertion_point(module_scope)

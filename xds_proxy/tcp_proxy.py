@@ -24,6 +24,7 @@ from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.upstream.host import Host
 from xds_proxy.upstream.manager import ClusterManager
+from xds_proxy.upstream.outlier import Result
 
 TCP_PROXY_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 # After our FIN at a drain deadline, how long we wait for the peer's before closing anyway.
@@ -248,7 +249,12 @@ class TcpProxyConnection(asyncio.Protocol):
                 host.stats.cx_connect_fail += 1
                 if isinstance(error, TimeoutError):
                     stats.upstream_cx_connect_timeout.inc()
+                cluster.report_result(
+                    host,
+                    Result.TIMEOUT if isinstance(error, TimeoutError) else Result.CONNECT_FAILED,
+                )
                 continue
+            cluster.report_result(host, Result.CONNECT_SUCCESS_FINAL)
             self._host = host
             self._upstream_connected(transport)  # type: ignore[arg-type]
             return

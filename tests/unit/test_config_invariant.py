@@ -289,6 +289,7 @@ EXAMPLES: dict[str, list[Any]] = {
     "prefix_rewrite": ["/p"],
     "send.text": ["0a0b"],
     "retriable_statuses.end": [550],
+    "max_ejection_time": ["400s"],
     "receive.text": ["0a0b"],
     "lb_endpoints.endpoint.address.socket_address.address": ["127.0.0.2"],
 }
@@ -767,7 +768,7 @@ def test_the_refused_walk_covers_the_roots() -> None:
     assert "hcm access_log" in names
     assert "hcm xff_num_trusted_hops" in names
     assert "hcm route_config.virtual_hosts.routes.route.retry_policy" in names
-    assert "cluster outlier_detection" in names
+    assert "cluster alt_stat_name" in names
     assert len(names) > 300
 
 

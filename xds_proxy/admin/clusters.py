@@ -105,6 +105,7 @@ def _add_host(status: clusters_pb2.ClusterStatus, host: Host) -> None:
         )
     entry.health_status.eds_health_status = health_check_pb2.HEALTHY
     entry.health_status.failed_active_health_check = host.failed_active_hc
+    entry.health_status.failed_outlier_check = host.failed_outlier_check
     entry.health_status.pending_active_hc = host.pending_active_hc
     entry.health_status.active_hc_timeout = host.active_hc_timeout
     entry.locality.SetInParent()

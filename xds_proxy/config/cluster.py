@@ -22,7 +22,12 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
 from xds_proxy import extensions
-from xds_proxy.config.health_check import HealthCheckConfig, build_health_checks
+from xds_proxy.config.health_check import (
+    HealthCheckConfig,
+    OutlierDetectionConfig,
+    build_health_checks,
+    build_outlier_detection,
+)
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.tls import UpstreamTls, upstream_tls
 from xds_proxy.config.values import duration_seconds
@@ -100,6 +105,7 @@ class ClusterConfig:
     dns_refresh_s: float = DEFAULT_DNS_REFRESH_S
     dns_jitter_s: float = 0.0  # a random [0, jitter) added to each refresh
     health_checks: tuple[HealthCheckConfig, ...] = ()
+    outlier_detection: OutlierDetectionConfig | None = None
     # Below this share of healthy hosts the balancer ignores health (Envoy's panic mode).
     healthy_panic_threshold_percent: float = DEFAULT_HEALTHY_PANIC_THRESHOLD
     idle_timeout_s: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT_S
@@ -156,6 +162,11 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         dns_refresh_s=dns_refresh_s,
         dns_jitter_s=dns_jitter_s,
         health_checks=build_health_checks(cluster.name, list(cluster.health_checks), path),
+        outlier_detection=(
+            build_outlier_detection(cluster.outlier_detection, f"{path}.outlier_detection")
+            if cluster.HasField("outlier_detection")
+            else None
+        ),
         healthy_panic_threshold_percent=(
             cluster.common_lb_config.healthy_panic_threshold.value
             if cluster.common_lb_config.HasField("healthy_panic_threshold")

@@ -1,5 +1,6 @@
-"""A cluster's active `health_checks` translated once (`HealthCheckConfig`, frozen); the
-runtime's `upstream/health_check.py` runs them.
+"""A cluster's active `health_checks` and its `outlier_detection`, translated once
+(`HealthCheckConfig`, `OutlierDetectionConfig`, frozen); the runtime's
+`upstream/health_check.py` and `upstream/outlier.py` run them.
 
 Envoy's defaults and rules: `timeout`, `interval` and both thresholds are required (PGV);
 `no_traffic_interval` is 60 s and `no_traffic_healthy_interval` defaults to it;
@@ -16,6 +17,7 @@ import binascii
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import health_check_pb2
+from google.protobuf.message import Message
 
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
@@ -147,3 +149,80 @@ def _payload(payload: health_check_pb2.HealthCheck.Payload, path: str) -> bytes:
         return binascii.unhexlify(payload.text)
     except (binascii.Error, ValueError):
         raise ConfigError(f"{path}.text: invalid hex string '{payload.text}'") from None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetectionConfig:
+    """A cluster's `outlier_detection`, with Envoy's defaults for every unset field."""
+
+    interval_s: float = 10.0
+    base_ejection_time_s: float = 30.0
+    max_ejection_time_s: float = 300.0
+    max_ejection_time_jitter_s: float = 0.0
+    max_ejection_percent: int = 10
+    always_eject_one_host: bool = False
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    consecutive_local_origin_failure: int = 5
+    split_external_local_origin_errors: bool = False
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    success_rate_stdev_factor: int = 1900
+    failure_percentage_threshold: int = 85
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
+    enforcing_consecutive_5xx: int = 100
+    enforcing_consecutive_gateway_failure: int = 0
+    enforcing_consecutive_local_origin_failure: int = 100
+    enforcing_success_rate: int = 100
+    enforcing_local_origin_success_rate: int = 100
+    enforcing_failure_percentage: int = 0
+    enforcing_failure_percentage_local_origin: int = 0
+    successful_active_health_check_uneject_host: bool = True
+
+
+_OUTLIER_WRAPPED = (
+    "max_ejection_percent",
+    "always_eject_one_host",
+    "consecutive_5xx",
+    "consecutive_gateway_failure",
+    "consecutive_local_origin_failure",
+    "success_rate_minimum_hosts",
+    "success_rate_request_volume",
+    "success_rate_stdev_factor",
+    "failure_percentage_threshold",
+    "failure_percentage_minimum_hosts",
+    "failure_percentage_request_volume",
+    "enforcing_consecutive_5xx",
+    "enforcing_consecutive_gateway_failure",
+    "enforcing_consecutive_local_origin_failure",
+    "enforcing_success_rate",
+    "enforcing_local_origin_success_rate",
+    "enforcing_failure_percentage",
+    "enforcing_failure_percentage_local_origin",
+    "successful_active_health_check_uneject_host",
+)
+
+
+def build_outlier_detection(message: Message, path: str) -> OutlierDetectionConfig:
+    """An `OutlierDetection` that passed the gate; raises ConfigError as Envoy does for a
+    `max_ejection_time` below `base_ejection_time`."""
+    defaults = OutlierDetectionConfig()
+    values: dict[str, object] = {
+        name: getattr(message, name).value for name in _OUTLIER_WRAPPED if message.HasField(name)
+    }
+    for name in ("interval", "base_ejection_time", "max_ejection_time_jitter"):
+        if message.HasField(name):
+            values[f"{name}_s"] = duration_seconds(getattr(message, name))
+    base = values.get("base_ejection_time_s", defaults.base_ejection_time_s)
+    if message.HasField("max_ejection_time"):
+        values["max_ejection_time_s"] = duration_seconds(message.max_ejection_time)
+    else:
+        values["max_ejection_time_s"] = max(defaults.max_ejection_time_s, base)  # type: ignore[type-var]
+    if values["max_ejection_time_s"] < base:  # type: ignore[operator]
+        raise ConfigError(
+            f"{path}: outlier detector's max_ejection_time cannot be smaller than"
+            " base_ejection_time"
+        )
+    values["split_external_local_origin_errors"] = message.split_external_local_origin_errors
+    return OutlierDetectionConfig(**values)  # type: ignore[arg-type]

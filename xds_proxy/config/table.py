@@ -346,6 +346,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "load_balancing_policy": OK,
         "common_lb_config": OK,
         "health_checks": OK,  # active HTTP and TCP checks (upstream/health_check.py)
+        "outlier_detection": OK,  # upstream/outlier.py
         "circuit_breakers": OK,
         "dns_lookup_family": OK,
         "dns_refresh_rate": OK,
@@ -370,6 +371,38 @@ TABLE: dict[str, dict[str, Rule]] = {
         "locality_weighted_lb_config": NotYet("locality weights are not read yet"),
     },
     "envoy.type.v3.Percent": {"value": OK},
+    "envoy.config.cluster.v3.OutlierDetection": {
+        **{
+            name: OK
+            for name in (
+                "consecutive_5xx",
+                "interval",
+                "base_ejection_time",
+                "max_ejection_percent",
+                "enforcing_consecutive_5xx",
+                "enforcing_success_rate",
+                "success_rate_minimum_hosts",
+                "success_rate_request_volume",
+                "success_rate_stdev_factor",
+                "consecutive_gateway_failure",
+                "enforcing_consecutive_gateway_failure",
+                "split_external_local_origin_errors",
+                "consecutive_local_origin_failure",
+                "enforcing_consecutive_local_origin_failure",
+                "enforcing_local_origin_success_rate",
+                "failure_percentage_threshold",
+                "enforcing_failure_percentage",
+                "enforcing_failure_percentage_local_origin",
+                "failure_percentage_minimum_hosts",
+                "failure_percentage_request_volume",
+                "max_ejection_time",
+                "max_ejection_time_jitter",
+                "successful_active_health_check_uneject_host",
+                "always_eject_one_host",
+            )
+        },
+        "monitors": NotYet("no outlier detection extensions"),
+    },
     _CORE + "HealthCheck": {
         "timeout": OK,
         "interval": OK,

@@ -30,6 +30,7 @@ from xds_proxy.upstream.host import Host, Resources
 from xds_proxy.upstream.http1_pool import Http1Pool
 from xds_proxy.upstream.http2_pool import Http2Pool
 from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, Random, RoundRobin
+from xds_proxy.upstream.outlier import OutlierDetector, Result
 from xds_proxy.upstream.stats import ClusterStats
 from xds_proxy.upstream.stream import OVERFLOW, RequestHead, ResponseHandler, UpstreamStream
 
@@ -74,8 +75,16 @@ class Cluster:
                 had_traffic=lambda: self.stats.upstream_cx_total.value > 0,
                 on_change=self._health_changed,
                 rng=self._rng,
+                on_healthy_check=self._healthy_check,
             )
             if config.health_checks
+            else None
+        )
+        self._outliers = (
+            OutlierDetector(
+                config.name, config.outlier_detection, stats, self._health_changed, self._rng
+            )
+            if config.outlier_detection is not None
             else None
         )
         self._started = False
@@ -91,6 +100,8 @@ class Cluster:
         if self._started:
             return
         self._started = True
+        if self._outliers is not None:
+            self._outliers.start()
         if self.config.discovery is not DiscoveryType.STATIC:
             self._dns_task = asyncio.get_running_loop().create_task(
                 self._dns_loop(), name=f"dns:{self.name}"
@@ -160,12 +171,32 @@ class Cluster:
         if self._health_checker is not None and self._started:
             self._health_checker.remove_hosts(removed)
             self._health_checker.add_hosts(added)
+        if self._outliers is not None:
+            self._outliers.set_hosts(hosts)
         self._health_changed()
+
+    def _healthy_check(self, host: Host) -> None:
+        if self._outliers is not None:
+            self._outliers.health_check_passed(host)
+
+    def report_status(self, host: Host, status: int) -> None:
+        """An upstream response's status, for outlier detection."""
+        if self._outliers is not None:
+            self._outliers.put_http_status(host, status)
+
+    def report_result(self, host: Host, result: Result) -> None:
+        """A local-origin result (connect failure, timeout, reset, connect success)."""
+        if self._outliers is not None:
+            self._outliers.put_result(host, result)
 
     def _health_changed(self) -> None:
         """Hosts came, went or changed health: what the balancer picks from, and whether the
         cluster is in panic (too few healthy hosts: Envoy then ignores health)."""
-        healthy = [host for host in self.hosts if not host.failed_active_hc]
+        healthy = [
+            host
+            for host in self.hosts
+            if not host.failed_active_hc and not host.failed_outlier_check
+        ]
         self.stats.membership_healthy.value = len(healthy)
         threshold = self.config.healthy_panic_threshold_percent
         share = 100.0 * len(healthy) / len(self.hosts) if self.hosts else 0.0
@@ -216,6 +247,8 @@ class Cluster:
         self.retired = True
         if self._health_checker is not None:
             self._health_checker.stop()
+        if self._outliers is not None:
+            self._outliers.stop()
         if self._dns_task is not None:
             self._dns_task.cancel()
             self._dns_task = None

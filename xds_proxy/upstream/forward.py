@@ -31,7 +31,10 @@ from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.manager import ClusterManager
+from xds_proxy.upstream.outlier import Result
 from xds_proxy.upstream.stream import (
+    CONNECTION_FAILURE,
+    CONNECTION_TIMEOUT,
     HOP_BY_HOP,
     OVERFLOW,
     PROTOCOL_ERROR,
@@ -42,6 +45,8 @@ from xds_proxy.upstream.stream import (
 )
 
 DEFAULT_ROUTE_TIMEOUT_S = 15.0
+# Resets that happened before the upstream connection was made, for outlier detection.
+_LOCAL_ORIGIN = {CONNECTION_FAILURE: Result.CONNECT_FAILED, CONNECTION_TIMEOUT: Result.TIMEOUT}
 RESET_BODY_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
 TIMEOUT_BODY = b"upstream request timeout"
 NO_HEALTHY_UPSTREAM_BODY = b"no healthy upstream"
@@ -399,6 +404,7 @@ class Exchange(ResponseHandler):
         if cluster is not None:
             cluster.stats.count_response(status)
             self._count_host("rq_error" if status >= 500 else "rq_success")
+            self._report_outlier(status)
         elapsed_ms = int((time.monotonic() - self._started_at) * 1000)
         out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
         out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
@@ -434,6 +440,7 @@ class Exchange(ResponseHandler):
         if self._cluster is not None:
             self._cluster.stats.count_response(status)
             self._count_host("rq_error")
+            self._report_outlier(_LOCAL_ORIGIN.get(reason, Result.RESET))
         self._local_reply(status, RESET_BODY_PREFIX + reason.encode(), extra)
 
     def pause_request_body(self) -> None:
@@ -514,6 +521,7 @@ class Exchange(ResponseHandler):
         if self._cluster is not None:
             self._cluster.stats.upstream_rq_timeout.inc()
             self._count_host("rq_timeout")
+            self._report_outlier(Result.TIMEOUT)
         if self._stream is not None:
             self._stream.reset()
         if self._headers_sent:
@@ -529,6 +537,15 @@ class Exchange(ResponseHandler):
         host = getattr(self._stream, "host", None)
         if host is not None:
             setattr(host.stats, stat, getattr(host.stats, stat) + 1)
+
+    def _report_outlier(self, outcome: int | Result) -> None:
+        """A status or a local-origin result for the host's outlier detection."""
+        host = getattr(self._stream, "host", None)
+        if host is not None and self._cluster is not None:
+            if isinstance(outcome, Result):
+                self._cluster.report_result(host, outcome)
+            else:
+                self._cluster.report_status(host, outcome)
 
     def _local_reply(self, status: int, body: bytes, headers: list[Header] | None = None) -> None:
         self._finish()

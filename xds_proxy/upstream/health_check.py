@@ -62,11 +62,13 @@ class HealthChecker:
         had_traffic: Callable[[], bool],
         on_change: Callable[[], None],
         rng: random.Random,
+        on_healthy_check: Callable[[Host], None] = lambda host: None,
     ) -> None:
         self._config = config
         self._tls = tls
         self._had_traffic = had_traffic
         self._on_change = on_change
+        self._on_healthy_check = on_healthy_check
         self._rng = rng
         base = f"cluster.{cluster_name}.health_check."
         self._counters = {name: stats.counter(base + name) for name in _COUNTERS_ALL}
@@ -138,6 +140,8 @@ class HealthChecker:
                     self._first_round[host].set()
                 if transition is _Transition.CHANGED:
                     self._on_change()
+                if outcome is Outcome.SUCCESS:
+                    self._on_healthy_check(host)
                 await asyncio.sleep(self._interval(not host.failed_active_hc, transition))
         finally:
             if connection is not None:

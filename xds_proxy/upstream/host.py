@@ -49,6 +49,7 @@ class Host:
         "active_requests",
         "address",
         "failed_active_hc",
+        "failed_outlier_check",
         "hostname",
         "pending_active_hc",
         "pools",
@@ -65,6 +66,7 @@ class Host:
         self.failed_active_hc = health_checked
         self.pending_active_hc = health_checked
         self.active_hc_timeout = False
+        self.failed_outlier_check = False  # ejected by outlier detection
         # One pool per upstream protocol in use (two with `use_downstream_protocol_config`).
         self.pools: dict[UpstreamProtocol, HostPool] = {}
         self.stats = HostStats()
@@ -78,6 +80,7 @@ class Host:
             name
             for name, is_set in (
                 ("failed_active_hc", self.failed_active_hc),
+                ("failed_outlier_check", self.failed_outlier_check),
                 ("pending_active_hc", self.pending_active_hc),
                 ("active_hc_timeout", self.active_hc_timeout),
             )

@@ -175,13 +175,15 @@ class _CountingTransport(asyncio.Transport):
 def connection_ceiling(requests: int = 20000, batch: int = 10) -> float:
     """Requests per CPU second of our `Http2Connection` fed the same batches as
     `codec_ceiling`, without sockets: what our connection layer adds to the codec."""
+    return 1e9 / connections_cpu_ns(connections=1, streams=batch, requests=requests, runs=1)
+
+
+def _bench_hcm_config() -> tuple[object, object]:
     from envoy.extensions.filters.network.http_connection_manager.v3 import (
         http_connection_manager_pb2 as hcm_pb2,
     )
 
     from xds_proxy.http.conn_manager import build_http_connection_manager
-    from xds_proxy.http.http2 import Http2Connection
-    from xds_proxy.listener.context import FilterChainContext
     from xds_proxy.stats import Stats
 
     text = BOOTSTRAP.format(port=1, body="hello\\n", hcm_type=HCM_TYPE)
@@ -190,19 +192,43 @@ def connection_ceiling(requests: int = 20000, batch: int = 10) -> float:
     typed.pop("@type")
     message = json_format.ParseDict(typed, hcm_pb2.HttpConnectionManager())
     stats = Stats()
-    config = build_http_connection_manager(message, "hcm", stats)
-    opening, batches = _client_batches(requests, batch)
+    return build_http_connection_manager(message, "hcm", stats), stats
+
+
+def connections_cpu_ns(
+    connections: int = 50, streams: int = 10, requests: int = 50000, runs: int = 5
+) -> float:
+    """CPU nanoseconds per request of our `Http2Connection`s without sockets, as h2load
+    -c`connections` -m`streams` loads them: each connection is fed `streams` GET requests per
+    read, the connections take turns; `process_time`, the median of `runs` (steadier than
+    wall time on a shared machine)."""
+    from xds_proxy.http.http2 import Http2Connection
+    from xds_proxy.listener.context import FilterChainContext
+
+    config, stats = _bench_hcm_config()
+    per_connection = max(1, requests // connections)
+    # Every connection's client encodes the same requests the same way: one list serves all.
+    opening, batches = _client_batches(per_connection, streams)
 
     async def measure() -> float:
-        connection = Http2Connection(config, FilterChainContext(stats=stats, listener_name="b"))
-        connection.connection_made(_CountingTransport())
-        connection.data_received(opening)
+        context = FilterChainContext(stats=stats, listener_name="b")  # type: ignore[arg-type]
+        opened = []
+        for _ in range(connections):
+            connection = Http2Connection(config, context)  # type: ignore[arg-type]
+            connection.connection_made(_CountingTransport())
+            connection.data_received(opening)
+            opened.append(connection)
         started = time.process_time()
         for data in batches:
-            connection.data_received(data)
-        return requests / (time.process_time() - started)
+            for connection in opened:
+                connection.data_received(data)
+        elapsed = time.process_time() - started
+        for connection in opened:
+            connection.connection_lost(None)
+        return elapsed * 1e9 / (per_connection * connections)
 
-    return asyncio.run(measure())
+    results = sorted(asyncio.run(measure()) for _ in range(runs))
+    return results[len(results) // 2]
 
 
 def run(large: bool) -> list[str]:
@@ -276,5 +302,9 @@ def _pinned(function: str) -> float:
 
 
 if __name__ == "__main__":
-    for line in run("--large" in sys.argv):
-        print(line)
+    if "--in-process" in sys.argv:  # CPU ns/request only, no sockets (also for callgrind)
+        count = int(sys.argv[sys.argv.index("--in-process") + 1])
+        print(f"{connections_cpu_ns(requests=count, runs=1 if count < 20000 else 5):.0f}")
+    else:
+        for line in run("--large" in sys.argv):
+            print(line)

@@ -35,6 +35,7 @@ import h2.settings
 from hyperframe.frame import GoAwayFrame
 
 from xds_proxy.codec.h2_connection import BoundedH2Connection
+from xds_proxy.codec.h2_fast import FRAME_HEADER_SIZE, ResponseFrames
 from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.http.conn_manager import (
     DrainState,
@@ -42,6 +43,7 @@ from xds_proxy.http.conn_manager import (
     close_after_delayed_close_timeout,
 )
 from xds_proxy.http.h2_frames import GoAwayCutter
+from xds_proxy.http.http2_direct import KnownRequests
 from xds_proxy.http.router import (
     DirectResponseAction,
     RedirectAction,
@@ -79,6 +81,8 @@ _H2_CONFIG = h2.config.H2Configuration(
 
 
 _NOT_ROUTED = object()
+_ANSWERED = object()  # a whole request answered without h2
+_LEARN = object()  # a whole request whose header block h2 must decode first
 # A forwarded response body buffered beyond this (the client's windows are closed) pauses
 # the upstream until it drains.
 RESPONSE_BUFFER_LIMIT = 1 << 20
@@ -178,6 +182,11 @@ class Http2Connection(asyncio.Protocol):
         self._buffer_limit = 1 << 20  # the transport's high watermark, read at connection_made
         self._held: list[bytes] | None = None  # input read while the client's socket is full
         self._write_paused = False
+        # Whole requests answered without h2: their header blocks, their replies as frames.
+        self._known_requests = KnownRequests(self._max_header_bytes, self._max_header_count)
+        self._reply_frames: dict[object, ResponseFrames] = {}
+        self._learning = 0  # the stream whose request headers are being learned
+        self._learned: list[tuple[bytes, bytes]] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -234,16 +243,46 @@ class Http2Connection(asyncio.Protocol):
 
     def _receive(self, data: bytes) -> None:
         cutter = self._goaway_cutter
-        data, goaways = cutter.feed(data)
+        pieces, goaways = cutter.split(data)
         if cutter.control_frames:
             count, cutter.control_frames = cutter.control_frames, 0
             if self._control_frame_flood(count):
                 return
+        for_h2: list[bytes] = []
+        for piece in pieces:
+            if type(piece) is bytes:
+                if piece:
+                    for_h2.append(piece)
+                continue
+            # A HEADERS frame carrying a whole request: h2 first catches up on what came
+            # before it, then the request is answered here if it can be, else by h2.
+            if for_h2:
+                data, for_h2 = b"".join(for_h2), []
+                if not self._receive_h2(data):
+                    return
+            stream_id, frame = piece  # type: ignore[misc]
+            answered = self._answer_directly(stream_id, frame)
+            if answered is _LEARN:
+                if not self._learn_request(stream_id, frame):
+                    return
+            elif answered is not _ANSWERED:
+                for_h2.append(frame)
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+        if for_h2 and not self._receive_h2(b"".join(for_h2)):
+            return
+        if goaways:  # after the streams that came with it are registered
+            self._on_client_goaway(goaways[-1][1])
+        self._flush()
+
+    def _receive_h2(self, data: bytes) -> bool:
+        """h2 takes `data`; False if the connection is ending."""
         try:
-            events = self._h2.receive_data(data) if data else []
+            events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as error:
             self._protocol_error(error)
-            return
+            return False
         try:
             for event in events:
                 kind = type(event)
@@ -263,15 +302,83 @@ class Http2Connection(asyncio.Protocol):
                     # The client leaves: what it still expects cannot be sent through h2.
                     self._flush()
                     self._close_now()
-                    return
+                    return False
                 if self.transport is None or self.transport.is_closing():
-                    return
+                    return False
         except h2.exceptions.ProtocolError as error:
             self._protocol_error(error)
-            return
-        if goaways:  # after the streams that came with it are registered
-            self._on_client_goaway(goaways[-1][1])
-        self._flush()
+            return False
+        return True
+
+    # -- whole requests answered without h2 ------------------------------------------------
+
+    def _learn_request(self, stream_id: int, frame: bytes) -> bool:
+        """h2 takes a whole-request frame whose block is new; if decoding it left the
+        decoder's table as it was, its headers (as h2 validated them) are remembered for the
+        next frame with the same block. False if the connection is ending."""
+        token = self._h2.decode_token()
+        self._learning = stream_id
+        self._learned = None
+        alive = self._receive_h2(frame)
+        headers, self._learned, self._learning = self._learned, None, 0
+        if alive and headers is not None and self._h2.decode_token() == token:
+            self._known_requests.remember(frame[FRAME_HEADER_SIZE:], headers)
+        return alive
+
+    def _answer_directly(self, stream_id: int, frame: bytes) -> object:
+        """Answer a whole request (HEADERS with END_STREAM) with a local reply, as h2 and
+        `_on_request` / `_respond` would, without them: _ANSWERED if done, _LEARN if its
+        header block is not known yet, anything else if h2 must take it."""
+        conn = self._h2
+        known = self._known_requests.get(frame[FRAME_HEADER_SIZE:], conn.decode_token())
+        if known is None:
+            return _LEARN
+        if (
+            known.oversized
+            or stream_id > self._last_stream_id
+            or len(self._streams) >= self._max_concurrent
+            or len(self._blocked) * BLOCKED_STREAM_COST >= self._buffer_limit
+            or not conn.may_open_directly(stream_id)
+        ):
+            return None  # refused or reset by the general path
+        config = self._config
+        routes = config.routes.current  # this request's table, read once
+        if routes.needs_headers:
+            return None
+        action = routes.route_raw(known.authority, known.path)
+        if action is not None and type(action) is not DirectResponseAction:
+            return None  # forwarded or redirected: the general path
+        frames = self._reply_frames.get(action)
+        if frames is None:
+            frames = self._direct_frames(action)
+        head_only = known.method == b"HEAD"
+        body_length = 0 if head_only else len(frames.body)
+        if conn.encoder.header_table.resized or body_length > conn.direct_send_room():
+            return None
+        stats = config.stats
+        stats.rq_total.value += 1
+        stats.rq_http2_total.value += 1
+        if self._state == _OPEN and self._ctx.drain_decision.drain_close():
+            self._start_drain()
+        if action is None:
+            stats.no_route.value += 1
+        else:
+            stats.rq_direct_response.value += 1
+        stats.rq_by_class[frames.status // 100].value += 1
+        conn.answered_directly(
+            stream_id, frames.frames(stream_id, HTTP_DATE.now(), head_only), body_length
+        )
+        self._closed_streams += 1
+        if not self._streams:
+            self._after_stream()
+        return _ANSWERED
+
+    def _direct_frames(self, action: object) -> ResponseFrames:
+        status, body, before, after = self._replies.get(action) or self._local_reply(action)
+        frames = ResponseFrames(before, after, body, status)
+        if len(self._reply_frames) < 64:
+            self._reply_frames[action] = frames
+        return frames
 
     def eof_received(self) -> bool:
         return False
@@ -323,6 +430,8 @@ class Http2Connection(asyncio.Protocol):
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
         conn = self._h2
+        if stream_id == self._learning and event.stream_ended is not None:
+            self._learned = event.headers  # type: ignore[assignment]
         if stream_id > self._last_stream_id or len(self._streams) >= self._max_concurrent:
             # Above the final GOAWAY's last_stream_id, or above max_concurrent_streams.
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)

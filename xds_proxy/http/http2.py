@@ -150,6 +150,10 @@ class _Stream:
 class Http2Connection(asyncio.Protocol):
     """One downstream HTTP/2 connection (prior knowledge, or handed over by codec AUTO)."""
 
+    # False: h2 answers every request, from the same reads (the reference of the differential
+    # tests in tests/unit/test_h2_fast_differential.py).
+    DIRECT_ANSWERS = True
+
     def __init__(self, config: HcmConfig, ctx: FilterChainContext) -> None:
         self._config = config
         self._ctx = ctx
@@ -261,12 +265,12 @@ class Http2Connection(asyncio.Protocol):
                 if not self._receive_h2(data):
                     return
             stream_id, frame = piece  # type: ignore[misc]
-            answered = self._answer_directly(stream_id, frame)
+            answered = self._answer_directly(stream_id, frame) if self.DIRECT_ANSWERS else None
             if answered is _LEARN:
                 if not self._learn_request(stream_id, frame):
                     return
-            elif answered is not _ANSWERED:
-                for_h2.append(frame)
+            elif answered is not _ANSWERED and not self._receive_h2(frame):
+                return
             transport = self.transport
             if transport is None or transport.is_closing():
                 return

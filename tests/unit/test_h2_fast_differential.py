@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -65,11 +66,20 @@ def budget(examples: int) -> int:
 
 
 def fuzz_settings(examples: int) -> Any:
-    return settings(
-        max_examples=budget(examples),
+    """Hypothesis settings for `examples` (or FUZZ_EXAMPLES), with a test timeout that grows
+    with the budget (10,000 connection examples take minutes on a loaded machine)."""
+    count = budget(examples)
+    hypothesis_settings = settings(
+        max_examples=count,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+    timeout = pytest.mark.timeout(60 + count // 10)
+
+    def apply(test: Any) -> Any:
+        return timeout(hypothesis_settings(test))
+
+    return apply
 
 
 @contextmanager

@@ -87,7 +87,11 @@ def _measure(
             cwd=ROOT,
         )
         try:
-            _wait_listening(port, process)
+            try:
+                _wait_listening(port, process)
+            except RuntimeError as error:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+                raise RuntimeError(f"{command[0]}: {error}: {' '.join(tail)}") from None
             _h2load(h2load, port, clients, streams, 1)  # warm-up
             cpu_before = _cpu_seconds(process.pid)
             rate, requests = _h2load(h2load, port, clients, streams, seconds)
@@ -246,7 +250,7 @@ def run(large: bool) -> list[str]:
         bootstrap.write_text(BOOTSTRAP.format(port=port, body="hello\\n", hcm_type=HCM_TYPE))
         ours_command = [
             str(VENV_BIN / "python"), "-m", "xds_proxy", "-c", str(bootstrap),
-            "--admin-address-path", f"{folder}/ours.admin",
+            "--admin-address-path", f"{folder}/ours.admin", "--disable-hot-restart",
         ]  # fmt: skip
         envoy_command = [
             str(VENV_BIN / "envoy"), "-c", str(bootstrap), "--concurrency", "1",

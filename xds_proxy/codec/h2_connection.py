@@ -73,7 +73,8 @@ class BoundedH2Connection(h2.connection.H2Connection):
         this connection's decoder) and answered in full by `frames`, whose DATA carries
         `body_length` bytes: h2's state as after its own `receive_data`, `send_headers`,
         `send_data(end_stream=True)`."""
-        _ = self.open_inbound_streams  # h2 sweeps its closed streams on every new stream
+        if self.streams:
+            _ = self.open_inbound_streams  # h2 sweeps its closed streams on every new stream
         self.highest_inbound_stream_id = stream_id
         self._closed_streams[stream_id] = _CLOSED_BY_OUR_END
         self.outbound_flow_control_window -= body_length

@@ -21,9 +21,11 @@ upstream asks for a pause. Response bodies follow the peer's flow-control window
 
 The common request, a HEADERS frame with END_STREAM whose header block h2 has already decoded
 on this connection, answered by a local reply, skips h2 (`Http2Replies._answer_directly`);
-h2's state is moved as h2 would move it. The parts: this class (input, streams), its bases
-`Http2Replies` (http2_replies.py) and `Http2Lifecycle` (http2_lifecycle.py: drain, timeouts,
-errors, raw output), `Http2ForwardSink` (http2_forward.py), `Http2Stream` (http2_stream.py).
+h2's state is moved as h2 would move it. The parts: this class (input, streams, output), its
+base `Http2Replies` (http2_replies.py: local and direct replies, on the same object), the
+`Http2Lifecycle` it holds (http2_lifecycle.py: drain, timers, client GOAWAY, errors, floods;
+it sees the connection through `LifecycleHost`), `Http2ForwardSink` (http2_forward.py,
+through `ForwardHost`), `Http2Stream` (http2_stream.py).
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ from xds_proxy.http.http2_stream import (
     H2_CONFIG,
     LEARN,
     MAX_STREAM_ID,
-    OPEN,
     PARSE_SLICE,
     PREMATURE_RESET_MIN_STREAMS,
     Http2Stream,
@@ -66,7 +67,7 @@ from xds_proxy.upstream.forward import DownstreamRequest, Exchange, ForwardActio
 __all__ = ["BLOCKED_STREAM_COST", "MAX_STREAM_ID", "Http2Connection", "goaway_frame"]
 
 
-class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
+class Http2Connection(Http2Replies, asyncio.Protocol):
     """One downstream HTTP/2 connection (prior knowledge, or handed over by codec AUTO)."""
 
     # False: h2 answers every request, from the same reads (the reference of the differential
@@ -81,20 +82,10 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
         self._h2 = BoundedH2Connection(H2_CONFIG)
         self._streams: dict[int, Http2Stream] = {}
         self._replies: dict[object, LocalReply] = {}
-        self._state = OPEN
-        self._last_stream_id = MAX_STREAM_ID  # what the latest GOAWAY promised to process
-        self._drain_timer: asyncio.TimerHandle | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._idle_since = 0.0
-        self._stream_timer: asyncio.TimerHandle | None = None
         self._closed_streams = 0
         self._premature_resets = 0
-        self._control_window_start = 0.0
-        self._control_frames = 0
-        self._control_unread = 0
         self._goaway_cutter = GoAwayCutter()
-        self._client_gone = False  # the client sent GOAWAY: close once its streams are done
+        self._life = Http2Lifecycle(self, config, ctx)  # drain, timers, errors, floods
         self._max_concurrent = config.http2_max_concurrent_streams
         self._max_header_bytes = config.max_request_headers_bytes
         self._max_header_count = config.max_headers_count
@@ -144,7 +135,7 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
         if connection_window > DEFAULT_WINDOW:
             conn.increment_flow_control_window(connection_window - DEFAULT_WINDOW)
         self._flush()
-        self._start_idle_timer()
+        self._life.start(self._loop)
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -169,7 +160,7 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
         pieces, goaways = cutter.split(data)
         if cutter.control_frames:
             count, cutter.control_frames = cutter.control_frames, 0
-            if self._control_frame_flood(count):
+            if self._life.control_frame_flood(count):
                 return
         for_h2: list[bytes] = []
         for piece in pieces:
@@ -196,7 +187,7 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
         if for_h2 and not self._receive_h2(b"".join(for_h2)):
             return
         if goaways:  # after the streams that came with it are registered
-            self._on_client_goaway(goaways[-1][1])
+            self._life.on_client_goaway(goaways[-1][1])
         self._flush()
 
     def _receive_h2(self, data: bytes) -> bool:
@@ -204,7 +195,7 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as error:
-            self._protocol_error(error)
+            self._life.protocol_error(error)
             return False
         try:
             for event in events:
@@ -224,12 +215,12 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
                 elif kind is h2.events.ConnectionTerminated:
                     # The client leaves: what it still expects cannot be sent through h2.
                     self._flush()
-                    self._close_now()
+                    self._life.close_now()
                     return False
                 if self.transport is None or self.transport.is_closing():
                     return False
         except h2.exceptions.ProtocolError as error:
-            self._protocol_error(error)
+            self._life.protocol_error(error)
             return False
         return True
 
@@ -260,10 +251,7 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
                 stream.exchange.resume_response()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._drain_timer, self._close_timer, self._idle_timer, self._stream_timer):
-            if timer is not None:
-                timer.cancel()
-        self._drain_timer = self._close_timer = self._idle_timer = self._stream_timer = None
+        self._life.stop()
         stats = self._config.stats
         stats.cx_active.value -= 1
         stats.cx_destroy.value += 1
@@ -285,14 +273,14 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
         conn = self._h2
         if stream_id == self._learning and event.stream_ended is not None:
             self._learned = event.headers  # type: ignore[assignment]
-        if stream_id > self._last_stream_id or len(self._streams) >= self._max_concurrent:
+        if stream_id > self._life.last_stream_id or len(self._streams) >= self._max_concurrent:
             # Above the final GOAWAY's last_stream_id, or above max_concurrent_streams.
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if len(self._blocked) * BLOCKED_STREAM_COST >= self._buffer_limit:
             # The client grants no credit for what it already asked: refuse more (it may
             # retry: REFUSED_STREAM means nothing was processed).
-            self._count("downstream_rq_refused_flow_control")
+            self._life.count("downstream_rq_refused_flow_control")
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         method = authority = path = b""
@@ -313,17 +301,17 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
         stats.rq_http2_total.value += 1
         if size > self._max_header_bytes or len(event.headers) > self._max_header_count:  # type: ignore[arg-type]
             # Envoy resets such a stream (the headers never reach a filter).
-            self._count("http2.header_overflow")
+            self._life.count("http2.header_overflow")
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
         stats.rq_active.value += 1
-        if not self._streams and self._idle_timer is not None:
-            self._idle_since = 0.0
+        if not self._streams and self._life.idle_timer is not None:
+            self._life.idle_since = 0.0
         routes = self._config.routes.current  # this request's table, read once
         stream = Http2Stream(method, authority, path, event.headers, routes)  # type: ignore[arg-type]
         self._streams[stream_id] = stream
-        if self._stream_timer is None and event.stream_ended is None:
-            self._arm_stream_timer()  # a request body follows: bound how long it may take
+        if self._life.stream_timer is None and event.stream_ended is None:
+            self._life.arm_stream_timer()  # a request body follows: bound how long it may take
         stream.started = stream.last_rx = self._loop.time()  # type: ignore[union-attr]
         if routes.forwards:
             # Forwarded requests start at their headers, so their bodies stream upstream.
@@ -407,8 +395,8 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
             self._closed_streams >= PREMATURE_RESET_MIN_STREAMS
             and self._premature_resets * 2 >= self._closed_streams
         ):
-            self._count("downstream_rq_too_many_premature_resets")
-            self._abort(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self._life.count("downstream_rq_too_many_premature_resets")
+            self._life.abort(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             return
         self._after_stream()
 
@@ -423,10 +411,32 @@ class Http2Connection(Http2Replies, Http2Lifecycle, asyncio.Protocol):
     def _after_stream(self) -> None:
         if self._streams:
             return
-        if self._client_gone:
+        if self._life.client_gone:
             self._flush()
-            self._close_now()
-        elif self._state == CLOSING:
-            self._schedule_close()
-        elif self._idle_timer is not None:
-            self._idle_since = self._loop.time()  # type: ignore[union-attr]
+            self._life.close_now()
+        elif self._life.state == CLOSING:
+            self._life.schedule_close()
+        elif self._life.idle_timer is not None:
+            self._life.idle_since = self._loop.time()  # type: ignore[union-attr]
+
+    # -- drain (DrainableConnection) -------------------------------------------------------
+
+    def on_drain(self) -> None:
+        self._life.on_drain()
+
+    def close_at_deadline(self) -> None:
+        self._life.close_at_deadline()
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _write_raw(self, frame: bytes) -> None:
+        """A frame of ours, after everything h2 has queued so far."""
+        if self.transport is None:
+            return
+        data = self._h2.data_to_send()
+        self.transport.write(data + frame if data else frame)

@@ -13,6 +13,7 @@ import h2.exceptions
 from xds_proxy.codec.h2_connection import BoundedH2Connection
 from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.http.conn_manager import HcmConfig
+from xds_proxy.http.http2_lifecycle import Http2Lifecycle
 from xds_proxy.http.http2_stream import OPEN, Http2Stream
 from xds_proxy.listener.context import FilterChainContext
 
@@ -24,10 +25,8 @@ class ForwardHost(Protocol):
     _config: HcmConfig
     _ctx: FilterChainContext
     _h2: BoundedH2Connection
-    _state: int
+    _life: Http2Lifecycle
     _streams: dict[int, Http2Stream]
-
-    def _start_drain(self) -> None: ...
 
     def _stream_done(self, stream_id: int) -> None: ...
 
@@ -77,8 +76,8 @@ class Http2ForwardSink:
     def _send_headers(self, status: int, out: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         conn = self._conn
         config = conn._config
-        if conn._state == OPEN and conn._ctx.drain_decision.drain_close():
-            conn._start_drain()
+        if conn._life.state == OPEN and conn._ctx.drain_decision.drain_close():
+            conn._life.start_drain()
         config.stats.rq_by_class[status // 100].value += 1
         stream = self._stream
         stream.responded = True

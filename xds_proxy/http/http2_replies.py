@@ -57,7 +57,7 @@ class Http2Replies:
             return LEARN
         if (
             known.oversized
-            or stream_id > self._last_stream_id
+            or stream_id > self._life.last_stream_id
             or len(self._streams) >= self._max_concurrent
             or len(self._blocked) * BLOCKED_STREAM_COST >= self._buffer_limit
             or not conn.may_open_directly(stream_id)
@@ -80,8 +80,8 @@ class Http2Replies:
         stats = config.stats
         stats.rq_total.value += 1
         stats.rq_http2_total.value += 1
-        if self._state == OPEN and self._ctx.drain_decision.drain_close():
-            self._start_drain()
+        if self._life.state == OPEN and self._ctx.drain_decision.drain_close():
+            self._life.start_drain()
         if action is None:
             stats.no_route.value += 1
         else:
@@ -104,8 +104,8 @@ class Http2Replies:
 
     def _respond(self, stream_id: int, stream: Http2Stream) -> None:
         config = self._config
-        if self._state == OPEN and self._ctx.drain_decision.drain_close():
-            self._start_drain()
+        if self._life.state == OPEN and self._ctx.drain_decision.drain_close():
+            self._life.start_drain()
         action = stream.action
         if action is NOT_ROUTED:
             action = self._route(stream)

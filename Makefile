@@ -26,11 +26,16 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 # The hostile-input fuzzers with a larger example budget (FUZZ_EXAMPLES, default 3000); a
-# failure prints FUZZ_SEED=N, and `make fuzz FUZZ_SEED=N` replays that run.
+# failure prints FUZZ_SEED=N, and `make fuzz FUZZ_SEED=N` replays that run. The HTTP/2 codec
+# round trips and differentials against h2/hpack/hyperframe run 10,000 examples each
+# (H2_FUZZ_EXAMPLES).
 FUZZ_EXAMPLES ?= 3000
+H2_FUZZ_EXAMPLES ?= 10000
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(BIN)/python -m pytest -q \
 		-p no:cacheprovider tests/unit/test_hostile_listeners.py tests/integration/test_fuzz_lds.py
+	FUZZ_EXAMPLES=$(H2_FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(BIN)/python -m pytest -q \
+		-p no:cacheprovider tests/unit/test_h2_fast_differential.py
 
 proto: $(STAMP)
 	$(BIN)/python -m control_plane_stub.generate_proto

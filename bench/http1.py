@@ -150,7 +150,7 @@ def run(large: bool) -> list[str]:
         bootstrap.write_text(BOOTSTRAP.format(port=port, body="hello\\n", hcm_type=HCM_TYPE))
         ours_command = [
             str(VENV_BIN / "python"), "-m", "xds_proxy", "-c", str(bootstrap),
-            "--admin-address-path", f"{folder}/ours.admin",
+            "--admin-address-path", f"{folder}/ours.admin", "--disable-hot-restart",
         ]  # fmt: skip
         envoy_command = [
             str(envoy), "-c", str(bootstrap), "--concurrency", "1", "--disable-hot-restart",

@@ -37,11 +37,12 @@ from xds_proxy.hot_restart import HotRestart, ParentHooks
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager
 from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.limits import global_limit_from_bootstrap
-from xds_proxy.listener.manager import ApplyResult, BindError, ListenerManager
+from xds_proxy.listener.manager import ApplyResult, BindError, ListenerEvent, ListenerManager
 from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.options import Options
+from xds_proxy.routes.registry import RouteRegistry
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.cds import CdsClient
@@ -82,6 +83,16 @@ class Server:
             wall_clock=time.time,
         )
         self.clusters = ClusterManager(self.stats)
+        self._ads_stream: XdsStream | None = None  # CDS, LDS and RDS over one ADS stream
+        self.routes = RouteRegistry(
+            self.stats,
+            self.bootstrap,
+            self.clusters,
+            self._route_event,
+            applied=lambda: self.runtime.applied(),
+            ads_stream=lambda: self._ads_stream,
+        )
+        self._waiting_for_warming = False  # the first LDS response's listeners still warm
         self.compiler = ListenerCompiler(
             ListenerServices(
                 self.stats,
@@ -89,16 +100,18 @@ class Server:
                 build_filter_chain,
                 self.clusters,
                 global_limit_from_bootstrap(self.bootstrap, self.stats),
+                self.routes.handle,
             )
         )
-        self.manager = ListenerManager(self.stats, self.pool, self.compiler.compile, time.time)
+        self.manager = ListenerManager(
+            self.stats, self.pool, self.compiler.compile, time.time, self.routes
+        )
         self.runtime = ListenerRuntime(
-            self.stats, self.pool, self.compiler, self.manager, self.drains
+            self.stats, self.pool, self.compiler, self.manager, self.drains, self.routes
         )
         self.shutdown_requested = asyncio.Event()
         self.lds_client = None
         self.cds_client = None
-        self._ads_stream: XdsStream | None = None  # LDS and CDS over one ADS stream
         self.lds_updates = LdsUpdateLog()  # the admin page's recent LDS updates
         self.admin_address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task] = []
@@ -228,7 +241,10 @@ class Server:
             apply_delta=self.apply_delta,
             applied=self.runtime.applied,
         )
-        if self._ads_stream is not None and self.lds_client.server.aggregated:
+        if self.lds_client.server.aggregated:
+            if self._ads_stream is None:
+                self._ads_stream = XdsStream(self.lds_client.server)
+                self._tasks.append(asyncio.create_task(self._ads_stream.run(), name="ads-stream"))
             self._ads_stream.add(self.lds_client)  # after CDS, on the same stream
             return
         self._tasks.append(asyncio.create_task(self.lds_client.run(), name="lds-client"))
@@ -254,7 +270,18 @@ class Server:
             log.warning("lds: NACK version '%s': %s", version_info, result.nack_message.strip())
         return result.nack_message
 
+    def _route_event(self, event: ListenerEvent) -> None:
+        """The route registry: a route configuration is ready, or failed (NACK, timeout)."""
+        self.runtime.submit(self.manager.on_event(event))
+        if self._waiting_for_warming and not self.manager.initializing():
+            self._waiting_for_warming = False
+            self._initialized()
+
     def _initialized(self) -> None:
+        if self.manager.initializing():
+            # As Envoy: the listeners of the first LDS response warm before the server is LIVE.
+            self._waiting_for_warming = True
+            return
         if self.state in (ServerState.PRE_INITIALIZING, ServerState.INITIALIZING):
             self._set_state(ServerState.LIVE if self.healthy else ServerState.DRAINING)
             self.manager.workers_started()
@@ -313,6 +340,7 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.routes.close()
         await self.runtime.close()
         self.clusters.close()
         await self.hot_restart.close()

@@ -35,8 +35,29 @@ Actions:
 - `ForgetVersion(version_id)`: a compiled version that will never start (its listener was
   NACKed after compiling).
 
+- `WatchRoutes(version_id, names)`: the version uses these RDS route configurations (the
+  route registry subscribes to a name when its first user appears); `UnwatchRoutes(version_id)`:
+  it uses them no more (a drained, removed or discarded version; the last user gone, the
+  registry unsubscribes).
+
 Events the runtime reports back (`on_event`): `ListenerDrained(version_id)`,
-`ChainsDrained(group_id)`, `StartFailed(version_id)` (listen() or accept failed).
+`ChainsDrained(group_id)`, `StartFailed(version_id)` (listen() or accept failed); and the
+route registry's `RoutesReady(name)` and `RoutesFailed(name)` (NACKed, or its
+`initial_fetch_timeout` expired).
+
+Warming (docs/warming.md): a version whose route configurations are not all ready is
+*warming*. A new listener warms bound but not listening (connections are refused) and is
+ACKed at once; a changed listener's old version keeps serving meanwhile. When the last one
+is ready the manager emits what it emits for an add, a full update or an in-place update
+(the counters `listener_modified` and `listener_in_place_updated` move at push time,
+`listener_create_success` at warm time, as Envoy's). A NACKed or timed-out route
+configuration ends a *new* listener's warming (active with no routes: 404, as Envoy); a
+*changed* listener keeps its old version serving and the new one warming until a valid
+configuration arrives (where we do better than Envoy, which serves 404). A removed warming
+listener is dropped at once; a warming version replaced by a newer one, or by the active
+config again, is discarded. A route configuration the registry already holds is used at
+once. Before the workers start (the first LDS response) a new warming listener counts as
+active in the gauges, as in Envoy.
 """
 
 from __future__ import annotations
@@ -51,6 +72,7 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_pb2
 
 from xds_proxy.config.pgv import canonical_ip
+from xds_proxy.config.rds import listener_route_names
 from xds_proxy.config_key import config_key
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
@@ -62,6 +84,25 @@ class DrainTrigger(enum.StrEnum):
     LDS_UPDATE = "lds_update"
     LDS_REMOVE = "lds_remove"
     IN_PLACE_UPDATE = "in_place_update"
+
+
+class RouteState(enum.Enum):
+    """A route configuration as the registry holds it."""
+
+    PENDING = "pending"  # not received yet
+    READY = "ready"  # a valid copy is held
+    FAILED = "failed"  # not received, and its response was NACKed or its fetch timed out
+
+
+class RouteStates(Protocol):
+    def state(self, name: str) -> RouteState:
+        """Where the route configuration `name` is now."""
+        ...
+
+
+class _AllReady:
+    def state(self, name: str) -> RouteState:
+        return RouteState.READY
 
 
 class BindError(Exception):
@@ -99,6 +140,11 @@ class ListenerVersion:
     addresses: list[SocketAddress]
     draining: bool = False
     stopped: bool = False  # by /drain_listeners: listed, not accepting
+    route_names: frozenset[str] = frozenset()  # the RDS route configurations it uses
+    waiting: set[str] = field(default_factory=set)  # while warming: the names not ready yet
+    replaces: bool = False  # while warming: an active version of its name serves meanwhile
+    in_place: bool = False  # while warming: it takes over by an in-place update
+    warming_since: float = 0.0
     _key: bytes | None = None
 
     def key(self) -> bytes:
@@ -157,6 +203,17 @@ class ForgetVersion:
     version_id: int
 
 
+@dataclass(frozen=True)
+class WatchRoutes:
+    version_id: int
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UnwatchRoutes:
+    version_id: int
+
+
 Action = (
     StartListener
     | StopAccepting
@@ -166,6 +223,8 @@ Action = (
     | CloseSockets
     | HandOverSockets
     | ForgetVersion
+    | WatchRoutes
+    | UnwatchRoutes
 )
 
 
@@ -188,7 +247,21 @@ class StartFailed:
     version_id: int
 
 
-ListenerEvent = ListenerDrained | ChainsDrained | StartFailed
+@dataclass(frozen=True)
+class RoutesReady:
+    """The route registry holds a valid copy of `name` (the first, or after a failure)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class RoutesFailed:
+    """`name` was NACKed or its initial fetch timed out before any copy was held."""
+
+    name: str
+
+
+ListenerEvent = ListenerDrained | ChainsDrained | StartFailed | RoutesReady | RoutesFailed
 
 
 @dataclass(frozen=True)
@@ -219,8 +292,13 @@ class ListenerManager:
         sockets: SocketReservations,
         compile: Callable[[int, listener_pb2.Listener], None],
         clock: Callable[[], float],
+        routes: RouteStates | None = None,
     ) -> None:
         self._stats = stats
+        self._routes: RouteStates = routes if routes is not None else _AllReady()
+        self.warming: dict[str, ListenerVersion] = {}  # by name: the version waiting for routes
+        self._watching: set[int] = set()  # version ids that WatchRoutes was emitted for
+        self._workers_started = False
         self._sockets = sockets
         self._compile = compile
         self._clock = clock
@@ -257,13 +335,24 @@ class ListenerManager:
         version = self._build(listener, "", static=True)
         self._check_duplicate_address(version)
         self._reserve(version, share_from=None)
+        actions: list[Action] = []
+        self._watch(version, actions)
         self._activate(version)
         self._stats.counter("listener_manager.listener_added").inc()
         self._update_gauges()  # as Envoy: a bootstrap listener counts as an active listener
-        return [StartListener(version.id, version.version_info)]
+        return [*actions, StartListener(version.id, version.version_info)]
 
     def workers_started(self) -> None:
+        self._workers_started = True
         self._stats.gauge("listener_manager.workers_started").set(1)
+        self._update_gauges()
+
+    def initializing_count(self) -> int:
+        return sum(1 for version in self.warming.values() if not version.replaces)
+
+    def initializing(self) -> bool:
+        """Before the workers start: does a new listener still warm (the server waits)?"""
+        return any(not version.replaces for version in self.warming.values())
 
     # -- LDS, state of the world -----------------------------------------------------------
 
@@ -271,6 +360,7 @@ class ListenerManager:
         """A state-of-the-world response: every dynamic listener not named in it is removed."""
         wanted = {listener.name for listener in listeners}
         removed = [n for n, v in self.active.items() if not v.static and n not in wanted]
+        removed += [n for n in self.warming if n not in wanted and n not in self.active]
         return self._apply(version_info, listeners, removed)
 
     def apply_delta(
@@ -278,7 +368,12 @@ class ListenerManager:
     ) -> ApplyResult:
         """A delta response: `removed_resources` first (unknown names ignored), then the
         added/updated listeners, through the same path as state of the world."""
-        known = [n for n in removed if n in self.active and not self.active[n].static]
+        known = [
+            n
+            for n in removed
+            if (n in self.active and not self.active[n].static)
+            or (n in self.warming and n not in self.active)
+        ]
         return self._apply(version_info, listeners, list(dict.fromkeys(known)))
 
     def _apply(
@@ -326,43 +421,89 @@ class ListenerManager:
             return False  # inbound listeners were stopped by /drain_listeners?inboundonly
         raw = listener.SerializeToString()
         existing = self.active.get(listener.name)
-        if existing is not None and (existing.static or existing.same_config(listener, raw)):
-            return False  # identical, or static: skipped
+        warming = self.warming.get(listener.name)
+        if existing is not None and existing.static:
+            return False  # static: skipped
+        if warming is not None:
+            if warming.same_config(listener, raw):
+                return False  # the warming version again: it keeps warming
+            if existing is not None and existing.same_config(listener, raw):
+                # The active config pushed back: the warming version is discarded, no drain.
+                self._discard_warming(listener.name, actions)
+                self._stats.counter("listener_manager.listener_modified").inc()
+                return True
+        elif existing is not None and existing.same_config(listener, raw):
+            return False  # identical: skipped
         version = self._build(listener, version_info, raw=raw)
+        if warming is not None:
+            self._discard_warming(listener.name, actions)  # replaced by a newer version
         try:
-            self._place(existing, version, actions)
+            self._place(existing, version, actions, replaced_warming=warming is not None)
         except Exception:
             actions.append(ForgetVersion(version.id))  # compiled, but it will never start
             raise
         return True
 
     def _place(
-        self, existing: ListenerVersion | None, version: ListenerVersion, actions: list[Action]
+        self,
+        existing: ListenerVersion | None,
+        version: ListenerVersion,
+        actions: list[Action],
+        replaced_warming: bool = False,
     ) -> None:
         if existing is None:
             self._check_duplicate_address(version)
             self._reserve(version, share_from=None)
+            self._watch(version, actions)
+            name = "listener_modified" if replaced_warming else "listener_added"
+            self._stats.counter(f"listener_manager.{name}").inc()
+            version.waiting = self._pending_routes(version, new=True)
+            if version.waiting:
+                self._start_warming(version)
+                return
             self._activate(version)
             actions.append(StartListener(version.id, version.version_info))
-            self._stats.counter("listener_manager.listener_added").inc()
             return
         listener = version.config
         if _reuse_port(existing.config) != _reuse_port(listener):
             raise ConfigError(
                 f"Listener {listener.name}: reuse port cannot be changed during an update"
             )
-        if _in_place_possible(existing.config, listener):
+        in_place = _in_place_possible(existing.config, listener)
+        same_address = _config_addresses(existing.config) == _config_addresses(listener)
+        if in_place:
+            version.version_info = existing.version_info  # as Envoy: the listener keeps it
+        elif not same_address:
+            self._check_duplicate_address(version, ignore_name=version.name)
+        self._reserve(version, share_from=existing.id if in_place or same_address else None)
+        self._watch(version, actions)
+        self._stats.counter("listener_manager.listener_modified").inc()
+        if in_place:
+            self._stats.counter("listener_manager.listener_in_place_updated").inc()
+        version.waiting = self._pending_routes(version, new=False)
+        if version.waiting:
+            version.replaces = True
+            version.in_place = in_place
+            self._start_warming(version)
+            return
+        self._take_over(existing, version, in_place, actions)
+
+    def _take_over(
+        self,
+        existing: ListenerVersion,
+        version: ListenerVersion,
+        in_place: bool,
+        actions: list[Action],
+    ) -> None:
+        if in_place:
             self._update_in_place(existing, version, actions)
         else:
             self._update_full(existing, version, actions)
-        self._stats.counter("listener_manager.listener_modified").inc()
 
     def _update_in_place(
         self, existing: ListenerVersion, version: ListenerVersion, actions: list[Action]
     ) -> None:
         """Only the filter chains changed: same sockets, only changed or removed chains drain."""
-        version.version_info = existing.version_info  # as Envoy: the listener keeps its version
-        self._reserve(version, share_from=existing.id)
         self._set_active(version)
         chains = _draining_chains(existing.config, version.config)
         group_id = next(self._ids)
@@ -372,7 +513,8 @@ class ListenerManager:
             UpdateFilterChains(existing.id, version.id, version.version_info, group_id, chains)
         )
         actions.append(ReleaseSockets(existing.id))
-        self._stats.counter("listener_manager.listener_in_place_updated").inc()
+        if not chains:
+            self._unwatch(existing.id, actions)
         self._stats.counter("listener_manager.listener_create_success").inc()
 
     def _update_full(
@@ -380,16 +522,72 @@ class ListenerManager:
     ) -> None:
         """Any listener-level field changed: the new version takes over the same listen socket
         (or binds the new address), starts, and only then the old version drains."""
-        same_address = _config_addresses(existing.config) == _config_addresses(version.config)
-        if not same_address:
-            self._check_duplicate_address(version, ignore_name=version.name)
-        self._reserve(version, share_from=existing.id if same_address else None)
         self._activate(version)
         self._start_draining(existing, DrainTrigger.LDS_UPDATE, actions, started=version)
 
     def _remove(self, name: str, actions: list[Action]) -> None:
-        self._start_draining(self._pop_active(name), DrainTrigger.LDS_REMOVE, actions)
+        if name in self.warming:
+            self._discard_warming(name, actions)  # dropped at once, never draining
+        if name in self.active:
+            self._start_draining(self._pop_active(name), DrainTrigger.LDS_REMOVE, actions)
         self._stats.counter("listener_manager.listener_removed").inc()
+
+    # -- warming ------------------------------------------------------------------------------
+
+    def _pending_routes(self, version: ListenerVersion, new: bool) -> set[str]:
+        """The route configurations the version still waits for: those not held; for a new
+        listener a failed one (NACKed, timed out) does not hold it back (it serves 404)."""
+        pending = set()
+        for name in version.route_names:
+            state = self._routes.state(name)
+            if state is RouteState.READY or (state is RouteState.FAILED and new):
+                continue
+            pending.add(name)
+        return pending
+
+    def _start_warming(self, version: ListenerVersion) -> None:
+        version.warming_since = self._clock()
+        self.warming[version.name] = version
+        if not version.replaces:
+            for address in version.addresses:
+                if address[1] != 0:
+                    self._owners[address] = version
+
+    def _discard_warming(self, name: str, actions: list[Action]) -> None:
+        version = self.warming.pop(name)
+        if not version.replaces:
+            self._forget_addresses(version)
+        self._unwatch(version.id, actions)
+        actions.append(ReleaseSockets(version.id))
+        actions.append(ForgetVersion(version.id))
+
+    def _routes_changed(self, name: str, ready: bool, actions: list[Action]) -> None:
+        for version in list(self.warming.values()):
+            if name not in version.waiting:
+                continue
+            if ready or not version.replaces:
+                version.waiting.discard(name)
+            if not version.waiting:
+                self._warmed(version, actions)
+
+    def _warmed(self, version: ListenerVersion, actions: list[Action]) -> None:
+        del self.warming[version.name]
+        existing = self.active.get(version.name)
+        if existing is None:
+            self._activate(version)
+            actions.append(StartListener(version.id, version.version_info))
+            return
+        self._take_over(existing, version, version.in_place, actions)
+
+    def _watch(self, version: ListenerVersion, actions: list[Action]) -> None:
+        if version.route_names:
+            self._watching.add(version.id)
+            actions.append(WatchRoutes(version.id, tuple(sorted(version.route_names))))
+
+    def _unwatch(self, version_id: int, actions: list[Action]) -> None:
+        if version_id in self._watching:
+            self._watching.discard(version_id)
+            actions.append(UnwatchRoutes(version_id))
 
     def _start_draining(
         self,
@@ -438,14 +636,23 @@ class ListenerManager:
         match event:
             case ListenerDrained(version_id):
                 self.draining.pop(version_id, None)
+                self._unwatch(version_id, actions)
             case ChainsDrained(group_id):
+                for group in self.draining_chains:
+                    if group.group_id == group_id:
+                        self._unwatch(group.version_id, actions)
                 self.draining_chains = [g for g in self.draining_chains if g.group_id != group_id]
             case StartFailed(version_id):
                 for name, version in list(self.active.items()):
                     if version.id == version_id:
                         self._pop_active(name)
                         actions.append(ReleaseSockets(version_id))
+                        self._unwatch(version_id, actions)
                 self._stats.counter("listener_manager.listener_create_failure").inc()
+            case RoutesReady(name):
+                self._routes_changed(name, True, actions)
+            case RoutesFailed(name):
+                self._routes_changed(name, False, actions)
         self._update_gauges()
         return actions
 
@@ -470,6 +677,7 @@ class ListenerManager:
             last_updated=self._clock(),
             static=static,
             addresses=addresses,
+            route_names=listener_route_names(listener),
         )
 
     def _activate(self, version: ListenerVersion) -> None:
@@ -516,8 +724,14 @@ class ListenerManager:
                 )
 
     def _update_gauges(self) -> None:
-        self._stats.gauge("listener_manager.total_listeners_warming").set(0)
-        self._stats.gauge("listener_manager.total_listeners_active").set(len(self.active))
+        # Before the workers start, Envoy counts a new warming listener as active.
+        starting = 0 if self._workers_started else self.initializing_count()
+        self._stats.gauge("listener_manager.total_listeners_warming").set(
+            len(self.warming) - starting
+        )
+        self._stats.gauge("listener_manager.total_listeners_active").set(
+            len(self.active) + starting
+        )
         self._stats.gauge("listener_manager.total_listeners_draining").set(len(self.draining))
         self._stats.gauge("listener_manager.total_filter_chains_draining").set(
             sum(len(group.chains) for group in self.draining_chains)

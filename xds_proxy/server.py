@@ -183,7 +183,29 @@ class Server:
             cds_version_info=lambda: self.cds_client.system_version_info if self.cds_client else "",
             drain_report=self.runtime.drain_report,
             lds_updates=self.lds_updates.entries,
+            route_configs=self.routes.held,
+            warming_report=self.warming_report,
         )
+
+    def warming_report(self) -> list[dict]:
+        """`/drain_status` `warming`: each warming listener, what it waits for, until when."""
+        report = []
+        for version in self.manager.warming.values():
+            entry: dict = {
+                "listener": version.name,
+                "version_info": version.version_info,
+                "waiting_for": sorted(version.waiting),
+                "since": _iso(version.warming_since),
+                "timeout_at": None,
+            }
+            deadline = self.routes.timeout_at(version.waiting)
+            if deadline is not None and not version.replaces:
+                entry["timeout_at"] = _iso(deadline)
+            serving = self.manager.active.get(version.name)
+            if serving is not None:
+                entry["serving_version"] = serving.version_info
+            report.append(entry)
+        return report
 
     def admin_commands(self) -> AdminCommands:
         return AdminCommands(
@@ -344,6 +366,10 @@ class Server:
         await self.runtime.close()
         self.clusters.close()
         await self.hot_restart.close()
+
+
+def _iso(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
 
 
 async def serve(options: Options, bootstrap: bootstrap_pb2.Bootstrap) -> int:

@@ -347,6 +347,13 @@ class ListenerManager:
         self._stats.gauge("listener_manager.workers_started").set(1)
         self._update_gauges()
 
+    @property
+    def listed_warming(self) -> list[ListenerVersion]:
+        """Before the workers start, Envoy lists a new warming listener in `/listeners`."""
+        if self._workers_started:
+            return []
+        return [version for version in self.warming.values() if not version.replaces]
+
     def initializing_count(self) -> int:
         return sum(1 for version in self.warming.values() if not version.replaces)
 

@@ -242,6 +242,14 @@ class RouteRegistry:
         """The route configurations held, in subscription order."""
         return [entry for entry in self.entries.values() if entry.config is not None]
 
+    def held(self) -> list[tuple[str, str, route_pb2.RouteConfiguration, float]]:
+        """(name, version_info, config, last_updated) of every route configuration held."""
+        return [
+            (entry.name, entry.version_info, entry.config, entry.last_updated or 0.0)
+            for entry in self.entries.values()
+            if entry.config is not None
+        ]
+
     def timeout_at(self, names: set[str] | frozenset[str]) -> float | None:
         deadlines = [
             self.entries[name].timeout_at

@@ -221,3 +221,19 @@ def test_property_one_accepting_version_and_no_early_drain(steps) -> None:
         # a warming new listener is not active
         if "L" in manager.warming and not manager.warming["L"].replaces:
             assert "L" not in manager.active
+
+
+def test_remove_and_add_on_one_address_keeps_the_old_owner_accepting_until_warm() -> None:
+    manager, _, routes = make()
+    routes.states["R"] = RouteState.READY
+    manager.apply_sotw("v1", [rds_listener("A", 8001, "R")])
+    old = manager.active["A"]
+    result = manager.apply_sotw("v2", [rds_listener("B", 8001, "R2")])
+    assert result.nack_message is None
+    assert not any(getattr(a, "version_id", None) == old.id for a in result.actions)
+    routes.states["R2"] = RouteState.READY
+    actions = manager.on_event(RoutesReady("R2"))
+    started = manager.active["B"].id
+    kinds = [(type(a).__name__, a.version_id) for a in actions]
+    assert kinds[0] == ("StartListener", started)
+    assert ("StopAccepting", old.id) in kinds and ("DrainListener", old.id) in kinds

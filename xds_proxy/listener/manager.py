@@ -145,6 +145,10 @@ class ListenerVersion:
     replaces: bool = False  # while warming: an active version of its name serves meanwhile
     in_place: bool = False  # while warming: it takes over by an in-place update
     warming_since: float = 0.0
+    # While a new listener warms on an address that a version removed in the same response
+    # accepted on: that version's StopAccepting, ReleaseSockets and DrainListener, held back
+    # so that the address keeps accepting until this one is warm (or discarded).
+    handover: list = field(default_factory=list)
     _key: bytes | None = None
 
     def key(self) -> bytes:
@@ -466,6 +470,7 @@ class ListenerManager:
             self._stats.counter(f"listener_manager.{name}").inc()
             version.waiting = self._pending_routes(version, new=True)
             if version.waiting:
+                self._hold_back_removals(version, actions)
                 self._start_warming(version)
                 return
             self._activate(version)
@@ -552,6 +557,23 @@ class ListenerManager:
             pending.add(name)
         return pending
 
+    def _hold_back_removals(self, version: ListenerVersion, actions: list[Action]) -> None:
+        """No connection is refused at an address that was serving: a version removed in this
+        response on one of the new listener's addresses keeps accepting until it is warm."""
+        mine = {address for address in version.addresses if address[1] != 0}
+        held = {
+            old.id
+            for old in self.draining.values()
+            if mine.intersection(old.addresses)
+            and StopAccepting(old.id) in actions
+            and DrainListener(old.id, DrainTrigger.LDS_REMOVE) in actions
+        }
+        if not held:
+            return
+        kinds = (StopAccepting, ReleaseSockets, DrainListener)
+        version.handover = [a for a in actions if isinstance(a, kinds) and a.version_id in held]
+        actions[:] = [a for a in actions if not (isinstance(a, kinds) and a.version_id in held)]
+
     def _start_warming(self, version: ListenerVersion) -> None:
         version.warming_since = self._clock()
         self.warming[version.name] = version
@@ -567,6 +589,7 @@ class ListenerManager:
         self._unwatch(version.id, actions)
         actions.append(ReleaseSockets(version.id))
         actions.append(ForgetVersion(version.id))
+        actions.extend(version.handover)
 
     def _routes_changed(self, name: str, ready: bool, actions: list[Action]) -> None:
         for version in list(self.warming.values()):
@@ -583,6 +606,8 @@ class ListenerManager:
         if existing is None:
             self._activate(version)
             actions.append(StartListener(version.id, version.version_info))
+            actions.extend(version.handover)  # the previous owner of the address stops now
+            version.handover = []
             return
         self._take_over(existing, version, version.in_place, actions)
 

@@ -366,3 +366,117 @@ def test_warming_steps_same_as_envoy_except_the_better_rows(tmp_path: Path) -> N
         if mine[step] != expected:
             differences.append(f"{step}: envoy {value!r}, ours {mine[step]!r}")
     assert differences == [], "\n".join(differences)
+
+
+def run_startup(make_process, tmp_path: Path) -> list[tuple[str, Any]]:
+    """Spec row 0: L is in the first LDS response and R is not served yet."""
+    from tests.helpers.stub import StubProcess
+
+    node = "warming-node"
+    port = free_port()
+    stub = StubProcess(tmp_path / "stub").start()
+    stub.client.set_resources(listeners=[listener("L", port, "R")], routes=[])
+    bootstrap = with_xds_address(load_bootstrap("ads-sotw"), stub.xds_address, node_id=node)
+    process = make_process(without_retry_policy(bootstrap), tmp_path / "proc")
+    process.start()
+    run = Run(process, stub, node)
+    seen: list[tuple[str, Any]] = []
+    try:
+        wait_for(lambda: run.subscribed() == [["R"]], timeout=10, what="RDS [R]")
+        time.sleep(0.3)
+        seen.append(("ready", process.get("/ready")))
+        seen.append(("states", run.states()))
+        seen.append(("listed", sorted(process.listeners())))
+        seen.append(("lm", run.lm(skip=("total_filter_chains_draining",))))
+        seen.append(("workers", process.stat("listener_manager.workers_started")))
+        seen.append(("port", run.answer(port)))
+        run.push("routes", routes=[routes("R", "R-v1")])
+        process.wait_ready(timeout=5)
+        seen.append(("live answer", run.answer(port)))
+        seen.append(("live states", run.states()))
+        seen.append(("live lm", run.lm(skip=("total_filter_chains_draining",))))
+    finally:
+        process.stop()
+        stub.stop()
+    return seen
+
+
+def test_startup_waits_for_the_routes_of_the_first_listeners_as_envoy(tmp_path: Path) -> None:
+    envoy = run_startup(lambda b, w: EnvoyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "e")
+    ours = run_startup(lambda b, w: ProxyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "o")
+    assert dict(envoy)["ready"] == (503, "INITIALIZING\n")
+    assert dict(envoy)["port"] == "refused"
+    assert ours == envoy
+
+
+def run_replacements(make_process, tmp_path: Path) -> list[tuple[str, Any]]:
+    """Spec rows 5b (a warming version replaced) and 5c (the active config pushed back; a
+    removal while a version warms)."""
+    from tests.helpers.stub import StubProcess
+
+    node = "warming-node"
+    port, port2 = free_port(), free_port()
+    stub = StubProcess(tmp_path / "stub").start()
+    bootstrap = with_xds_address(load_bootstrap("ads-sotw"), stub.xds_address, node_id=node)
+    process = make_process(without_retry_policy(bootstrap), tmp_path / "proc")
+    process.start()
+    process.wait_ready()
+    run = Run(process, stub, node)
+    seen: list[tuple[str, Any]] = []
+
+    def note(step: str, value: Any) -> None:
+        seen.append((step, value))
+
+    skip = ("total_filter_chains_draining",)
+    try:
+        # 5b
+        note("5b v1", run.push(listeners=[listener("L", port, "R")], routes=[]))
+        note("5b v2", run.push(listeners=[listener("L", port, "R", buffer=32768)]))
+        note("5b v2 states", run.states())
+        note("5b v2 lm", run.lm(skip))
+        note("5b v3", run.push(listeners=[listener("L", port, "R3", buffer=32768)]))
+        wait_for(lambda: run.subscribed() == [["R3"]], timeout=5, what="R3 only")
+        note("5b v3 states", run.states())
+        note("5b routes", run.push("routes", routes=[routes("R", "R-v1"), routes("R3", "R3-v1")]))
+        wait_for(lambda: not refused(port), timeout=5, what="L active")
+        note("5b answer", run.answer(port))
+        note("5b lm", run.lm(skip))
+        l_final = listener("L", port, "R3", buffer=32768)
+        # 5c: active L2 v1 (R) + warming v2 (R2), then v1's config again
+        l2 = listener("L2", port2, "R")
+        note("5c v1", run.push(listeners=[l_final, l2]))
+        wait_for(lambda: not refused(port2), timeout=5, what="L2 active")
+        kept = HttpConnection(port2)
+        kept.request()
+        note("5c v2", run.push(listeners=[l_final, listener("L2", port2, "R2", buffer=32768)]))
+        wait_for(lambda: run.lm()["total_listeners_warming"] == 1, timeout=5, what="warming")
+        note("5c v3 = v1", run.push(listeners=[l_final, l2]))
+        wait_for(lambda: run.lm()["total_listeners_warming"] == 0, timeout=5, what="discarded")
+        note("5c states", run.states())
+        note("5c lm", run.lm(skip))
+        again = kept.request()
+        note("5c kept", (again.text, again.closes))
+        wait_for(lambda: run.subscribed() == [["R", "R3"]], timeout=5, what="R2 dropped")
+        # remove while v1 is active and a new version warms
+        note("5c v4", run.push(listeners=[l_final, listener("L2", port2, "R2", buffer=32768)]))
+        wait_for(lambda: run.lm()["total_listeners_warming"] == 1, timeout=5, what="warming")
+        note("5c remove", run.push(listeners=[l_final]))
+        note("5c removed states", run.states())
+        note("5c removed lm", run.lm((*skip, "total_listeners_draining")))
+        note("5c refused", refused(port2))
+        kept.close()
+    finally:
+        process.stop()
+        stub.stop()
+    return seen
+
+
+def test_replaced_and_reverted_warming_versions_as_envoy(tmp_path: Path) -> None:
+    envoy = run_replacements(lambda b, w: EnvoyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "e")
+    ours = run_replacements(lambda b, w: ProxyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "o")
+    differences = [
+        f"{step}: envoy {value!r}, ours {mine!r}"
+        for (step, value), (_, mine) in zip(envoy, ours, strict=True)
+        if value != mine
+    ]
+    assert differences == [], "\n".join(differences)

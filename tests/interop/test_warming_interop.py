@@ -480,3 +480,69 @@ def test_replaced_and_reverted_warming_versions_as_envoy(tmp_path: Path) -> None
         if value != mine
     ]
     assert differences == [], "\n".join(differences)
+
+
+def bad_regex(name: str) -> dict:
+    config = routes(name, "never")
+    config["virtual_hosts"][0]["routes"][0]["match"] = {"safe_regex": {"regex": "(x"}}
+    return config
+
+
+def run_partial_nacks(make_process, tmp_path: Path) -> list[tuple[str, Any]]:
+    """Spec §2.6: which route configs of a NACKed response still apply (newest subscription
+    first, up to the first error), and update_rejected on every subscription."""
+    from tests.helpers.stub import StubProcess
+
+    node = "warming-node"
+    port_a, port_b = free_port(), free_port()
+    stub = StubProcess(tmp_path / "stub").start()
+    bootstrap = with_xds_address(load_bootstrap("ads-sotw"), stub.xds_address, node_id=node)
+    process = make_process(without_retry_policy(bootstrap), tmp_path / "proc")
+    process.start()
+    process.wait_ready()
+    run = Run(process, stub, node)
+    seen: list[tuple[str, Any]] = []
+    try:
+        run.push(listeners=[listener("L1", port_a, "Ra")], routes=[routes("Ra", "Ra-v1")])
+        wait_for(lambda: not refused(port_a), timeout=5, what="L1")
+        # L2's subscription (Rb) is newer than L1's (Ra)
+        run.push(
+            listeners=[listener("L1", port_a, "Ra"), listener("L2", port_b, "Rb")],
+            routes=[routes("Ra", "Ra-v1"), routes("Rb", "Rb-v1")],
+        )
+        wait_for(lambda: not refused(port_b), timeout=5, what="L2")
+        cases = {
+            "valid Ra, bad Rb": [routes("Ra", "Ra-2"), bad_regex("Rb")],
+            "bad Rb, valid Ra": [bad_regex("Rb"), routes("Ra", "Ra-3")],
+            "bad Ra, valid Rb": [bad_regex("Ra"), routes("Rb", "Rb-4")],
+            "valid Rb, bad Ra": [routes("Rb", "Rb-5"), bad_regex("Ra")],
+        }
+        for case, pushed in cases.items():
+            nack = run.push("routes", routes=pushed)
+            time.sleep(0.2)
+            seen.append(
+                (
+                    case,
+                    (
+                        nack is not None and nack.endswith("missing ): (x"),
+                        get(port_a).text,
+                        get(port_b).text,
+                        run.rds("L1", "Ra")["update_rejected"],
+                        run.rds("L2", "Rb")["update_rejected"],
+                    ),
+                )
+            )
+    finally:
+        process.stop()
+        stub.stop()
+    return seen
+
+
+def test_a_nacked_response_applies_what_envoy_applies(tmp_path: Path) -> None:
+    envoy = run_partial_nacks(
+        lambda b, w: EnvoyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "e"
+    )
+    ours = run_partial_nacks(lambda b, w: ProxyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "o")
+    assert dict(envoy)["bad Ra, valid Rb"][2] == "Rb-4"  # the newer subscription went first
+    assert dict(envoy)["valid Ra, bad Rb"][1] == "Ra-v1"
+    assert ours == envoy

@@ -199,7 +199,7 @@ class Server:
                 "timeout_at": None,
             }
             deadline = self.routes.timeout_at(version.waiting)
-            if deadline is not None and not version.replaces:
+            if deadline is not None:  # a changed listener keeps warming after it
                 entry["timeout_at"] = _iso(deadline)
             serving = self.manager.active.get(version.name)
             if serving is not None:

@@ -75,14 +75,14 @@ def _bodies(decoded: list[DecodedResource]) -> list:
 
 
 def _rds_stats(stats: Stats, server: XdsServer) -> SubscriptionStats:
-    """Type-wide update stats off the store; the stream's control_plane.* on it."""
+    """Type-wide update stats off the store (Envoy has none for RDS); the stream's
+    control_plane.* on it (over ADS the shared ones)."""
     handles = SubscriptionStats.create(Stats(), "rds.", "control_plane.")
     control_plane = "control_plane." if server.aggregated else "rds.control_plane."
-    shared = SubscriptionStats.create(stats, "rds.unused.", control_plane)
-    handles.connected_state = shared.connected_state
-    handles.control_plane_identifier = shared.control_plane_identifier
-    handles.pending_requests = shared.pending_requests
-    handles.rate_limit_enforced = shared.rate_limit_enforced
+    handles.connected_state = stats.gauge(control_plane + "connected_state")
+    handles.control_plane_identifier = stats.text_readout(control_plane + "identifier")
+    handles.pending_requests = stats.gauge(control_plane + "pending_requests")
+    handles.rate_limit_enforced = stats.counter(control_plane + "rate_limit_enforced")
     return handles
 
 

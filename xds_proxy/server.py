@@ -37,7 +37,13 @@ from xds_proxy.hot_restart import HotRestart, ParentHooks
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager
 from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.limits import global_limit_from_bootstrap
-from xds_proxy.listener.manager import ApplyResult, BindError, ListenerEvent, ListenerManager
+from xds_proxy.listener.manager import (
+    ApplyResult,
+    BindError,
+    ListenerEvent,
+    ListenerManager,
+    RoutesFailed,
+)
 from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
@@ -295,6 +301,18 @@ class Server:
     def _route_event(self, event: ListenerEvent) -> None:
         """The route registry: a route configuration is ready, or failed (NACK, timeout)."""
         self.runtime.submit(self.manager.on_event(event))
+        if isinstance(event, RoutesFailed):
+            for version in self.manager.warming.values():
+                if version.replaces and event.name in version.waiting:
+                    serving = self.manager.active.get(version.name)
+                    log.warning(
+                        "listener '%s': version '%s' keeps warming: route configuration '%s' "
+                        "was rejected or timed out; version '%s' keeps serving",
+                        version.name,
+                        version.version_info,
+                        event.name,
+                        serving.version_info if serving is not None else "",
+                    )
         if self._waiting_for_warming and not self.manager.initializing():
             self._waiting_for_warming = False
             self._initialized()

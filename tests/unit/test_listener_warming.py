@@ -237,3 +237,14 @@ def test_remove_and_add_on_one_address_keeps_the_old_owner_accepting_until_warm(
     kinds = [(type(a).__name__, a.version_id) for a in actions]
     assert kinds[0] == ("StartListener", started)
     assert ("StopAccepting", old.id) in kinds and ("DrainListener", old.id) in kinds
+
+
+def test_drain_listeners_discards_what_still_warms() -> None:
+    manager, stats, routes = make()
+    manager.apply_sotw("v1", [rds_listener("L", 8001, "R")])
+    warming = manager.warming["L"]
+    actions = manager.stop_listeners(inbound_only=False)
+    assert UnwatchRoutes(warming.id) in actions and ForgetVersion(warming.id) in actions
+    routes.states["R"] = RouteState.READY
+    assert manager.on_event(RoutesReady("R")) == []  # nothing starts after /drain_listeners
+    assert gauge(stats, "total_listeners_warming") == 0

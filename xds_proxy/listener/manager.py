@@ -649,6 +649,9 @@ class ListenerManager:
         else:
             self.stopped = True
         actions: list[Action] = []
+        for name, warming in list(self.warming.items()):
+            if not inbound_only or _inbound(warming.config):
+                self._discard_warming(name, actions)  # it never served: it never will now
         for version in self.active.values():
             if version.stopped or (inbound_only and not _inbound(version.config)):
                 continue
@@ -659,6 +662,7 @@ class ListenerManager:
             self._stats.counter("listener_manager.listener_stopped").inc()
         if hand_over:
             actions.append(HandOverSockets())
+        self._update_gauges()
         return actions
 
     # -- reports from the runtime ------------------------------------------------------------

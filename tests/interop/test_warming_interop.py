@@ -546,3 +546,40 @@ def test_a_nacked_response_applies_what_envoy_applies(tmp_path: Path) -> None:
     assert dict(envoy)["bad Ra, valid Rb"][2] == "Rb-4"  # the newer subscription went first
     assert dict(envoy)["valid Ra, bad Rb"][1] == "Ra-v1"
     assert ours == envoy
+
+
+def run_delta_absent(make_process, tmp_path: Path) -> list[tuple[str, Any]]:
+    """Delta: the control plane says R "does not exist" (removed_resources). Envoy counts an
+    update and stops R's initial fetch timer: L keeps warming past initial_fetch_timeout."""
+    from tests.helpers.stub import StubProcess
+
+    node = "warming-node"
+    port = free_port()
+    stub = StubProcess(tmp_path / "stub").start()
+    bootstrap = with_xds_address(load_bootstrap("ads-delta"), stub.xds_address, node_id=node)
+    process = make_process(without_retry_policy(bootstrap), tmp_path / "proc")
+    process.start()
+    process.wait_ready()
+    run = Run(process, stub, node)
+    seen: list[tuple[str, Any]] = []
+    try:
+        seen.append(("ack", run.push(listeners=[listener("L", port, "R", timeout="1s")])))
+        time.sleep(1.6)
+        seen.append(("states", run.states()))
+        seen.append(("port", run.answer(port)))
+        seen.append(("rds", run.rds("L", "R")))
+        run.push("routes", routes=[routes("R", "R-v1")])
+        wait_for(lambda: not refused(port), timeout=5, what="L active")
+        seen.append(("answer", run.answer(port)))
+        seen.append(("rds after", run.rds("L", "R")))
+    finally:
+        process.stop()
+        stub.stop()
+    return seen
+
+
+def test_delta_does_not_exist_stops_the_initial_fetch_timer_as_envoy(tmp_path: Path) -> None:
+    envoy = run_delta_absent(lambda b, w: EnvoyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "e")
+    ours = run_delta_absent(lambda b, w: ProxyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "o")
+    assert dict(envoy)["port"] == "refused"  # still warming after the 1 s timeout
+    assert ours == envoy

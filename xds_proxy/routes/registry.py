@@ -101,8 +101,9 @@ class RouteEntry:
 
     @property
     def timeout_at(self) -> float | None:
-        if self.state is not RouteState.PENDING or self.spec.initial_fetch_timeout_s is None:
+        if self.state is not RouteState.PENDING or self.timer is None:
             return None
+        assert self.spec.initial_fetch_timeout_s is not None
         return self.subscribed_at + self.spec.initial_fetch_timeout_s
 
 
@@ -215,8 +216,11 @@ class RouteRegistry:
                     tables = self._build(entry.name, config)
                     self._install(entry, config, version, tables, events)
                     entry.stats.success(version, now_ms)
-                elif entry.name in removed:  # Delta: "does not exist"; it keeps waiting
+                elif entry.name in removed:
+                    # Delta's "does not exist": an update all the same (Envoy 1.40 counts a
+                    # success and stops the initial fetch timer), and it keeps waiting.
                     entry.stats.success(version_info, now_ms)
+                    self._stop_fetch_timer(entry)
         except ConfigError as error:
             text = error.re2_text if isinstance(error, RegexError) else str(error).lstrip(".")
             for entry in mine:
@@ -341,10 +345,14 @@ class RouteRegistry:
             entry.stats.config_reload_time_ms.set(int(entry.last_updated * 1000))  # as Envoy
         if entry.state is not RouteState.READY:
             entry.state = RouteState.READY
-            if entry.timer is not None:
-                entry.timer.cancel()
-                entry.timer = None
+            self._stop_fetch_timer(entry)
             events.append(RoutesReady(entry.name))
+
+    @staticmethod
+    def _stop_fetch_timer(entry: RouteEntry) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
 
     def _emit(self, events: list[ListenerEvent]) -> None:
         for event in events:

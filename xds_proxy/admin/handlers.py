@@ -265,7 +265,8 @@ class AdminHandlers:
         dump.configs.add().Pack(bootstrap)
         dump.configs.add().Pack(clusters)
         dump.configs.add().Pack(listeners)
-        if routes.dynamic_route_configs:
+        if routes.dynamic_route_configs:  # as Envoy: the (empty) scoped routes come first
+            dump.configs.add().Pack(config_dump_shared_pb2.ScopedRoutesConfigDump())
             dump.configs.add().Pack(routes)
         return AdminResponse(200, _to_json(dump), JSON)
 

@@ -97,7 +97,9 @@ class Server:
             self._route_event,
             applied=lambda: self.runtime.applied(),
             ads_stream=lambda: self._ads_stream,
+            ads_coming=lambda: self._xds_starting,
         )
+        self._xds_starting = True  # until LDS (after CDS) has joined the ADS stream
         self._waiting_for_warming = False  # the first LDS response's listeners still warm
         self.compiler = ListenerCompiler(
             ListenerServices(
@@ -257,6 +259,13 @@ class Server:
         self._tasks.append(asyncio.create_task(self.cds_client.run(), name="cds-client"))
 
     def _start_lds(self) -> None:
+        try:
+            self._start_lds_client()
+        finally:
+            self._xds_starting = False
+            self.routes.resume()  # RDS over ADS joins the stream after CDS and LDS
+
+    def _start_lds_client(self) -> None:
         if not LdsClient.configured(self.bootstrap):
             self._initialized()
             return

@@ -583,3 +583,42 @@ def test_delta_does_not_exist_stops_the_initial_fetch_timer_as_envoy(tmp_path: P
     ours = run_delta_absent(lambda b, w: ProxyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "o")
     assert dict(envoy)["port"] == "refused"  # still warming after the 1 s timeout
     assert ours == envoy
+
+
+def run_static_rds(make_process, tmp_path: Path) -> list[tuple[str, Any]]:
+    """A bootstrap (static) listener whose routes come from RDS over the ADS stream: the
+    server stays INITIALIZING and the port refuses until the routes are there."""
+    from tests.helpers.stub import StubProcess
+
+    node = "warming-node"
+    port = free_port()
+    stub = StubProcess(tmp_path / "stub").start()
+    stub.client.set_resources(listeners=[], routes=[])
+    bootstrap = with_xds_address(load_bootstrap("ads-sotw"), stub.xds_address, node_id=node)
+    bootstrap["static_resources"]["listeners"] = [listener("S", port, "RS")]
+    process = make_process(without_retry_policy(bootstrap), tmp_path / "proc")
+    process.start()
+    run = Run(process, stub, node)
+    seen: list[tuple[str, Any]] = []
+    try:
+        wait_for(lambda: run.subscribed() == [["RS"]], timeout=10, what="RDS [RS]")
+        time.sleep(0.3)
+        seen.append(("ready", process.get("/ready")))
+        seen.append(("port", run.answer(port)))
+        seen.append(("listed", sorted(process.listeners())))
+        seen.append(("streams", len(run.subscribed())))
+        run.push("routes", routes=[routes("RS", "static-routes")])
+        process.wait_ready(timeout=5)
+        seen.append(("live answer", run.answer(port)))
+        seen.append(("rds", run.rds("S", "RS")))
+    finally:
+        process.stop()
+        stub.stop()
+    return seen
+
+
+def test_a_static_listener_warms_on_rds_as_envoy(tmp_path: Path) -> None:
+    envoy = run_static_rds(lambda b, w: EnvoyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "e")
+    ours = run_static_rds(lambda b, w: ProxyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "o")
+    assert dict(envoy)["ready"] == (503, "INITIALIZING\n")
+    assert ours == envoy

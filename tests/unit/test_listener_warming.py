@@ -248,3 +248,16 @@ def test_drain_listeners_discards_what_still_warms() -> None:
     routes.states["R"] = RouteState.READY
     assert manager.on_event(RoutesReady("R")) == []  # nothing starts after /drain_listeners
     assert gauge(stats, "total_listeners_warming") == 0
+
+
+def test_a_static_listener_warms_and_lds_never_removes_it() -> None:
+    stats, routes = Stats(), Routes()
+    manager = ListenerManager(stats, FakeSocketPool(), lambda i, c: None, lambda: 5.0, routes)
+    actions = manager.add_static(rds_listener("S", 8001, "RS"))
+    assert [type(a) for a in actions] == [WatchRoutes]
+    assert manager.initializing()
+    assert manager.apply_sotw("v1", []).actions == []  # an empty LDS response keeps it
+    assert manager.apply_sotw("v2", [rds_listener("S", 8001, "RX")]).actions == []  # static
+    routes.states["RS"] = RouteState.READY
+    assert [type(a) for a in manager.on_event(RoutesReady("RS"))] == [StartListener]
+    assert manager.active["S"].static

@@ -341,8 +341,13 @@ class ListenerManager:
         self._reserve(version, share_from=None)
         actions: list[Action] = []
         self._watch(version, actions)
-        self._activate(version)
         self._stats.counter("listener_manager.listener_added").inc()
+        version.waiting = self._pending_routes(version, new=True)
+        if version.waiting:  # it warms on its RDS routes; the server waits for it
+            self._start_warming(version)
+            self._update_gauges()
+            return actions
+        self._activate(version)
         self._update_gauges()  # as Envoy: a bootstrap listener counts as an active listener
         return [*actions, StartListener(version.id, version.version_info)]
 
@@ -371,7 +376,11 @@ class ListenerManager:
         """A state-of-the-world response: every dynamic listener not named in it is removed."""
         wanted = {listener.name for listener in listeners}
         removed = [n for n, v in self.active.items() if not v.static and n not in wanted]
-        removed += [n for n in self.warming if n not in wanted and n not in self.active]
+        removed += [
+            n
+            for n, v in self.warming.items()
+            if not v.static and n not in wanted and n not in self.active
+        ]
         return self._apply(version_info, listeners, removed)
 
     def apply_delta(
@@ -383,7 +392,7 @@ class ListenerManager:
             n
             for n in removed
             if (n in self.active and not self.active[n].static)
-            or (n in self.warming and n not in self.active)
+            or (n in self.warming and n not in self.active and not self.warming[n].static)
         ]
         return self._apply(version_info, listeners, list(dict.fromkeys(known)))
 
@@ -433,7 +442,7 @@ class ListenerManager:
         raw = listener.SerializeToString()
         existing = self.active.get(listener.name)
         warming = self.warming.get(listener.name)
-        if existing is not None and existing.static:
+        if (existing is not None and existing.static) or (warming is not None and warming.static):
             return False  # static: skipped
         if warming is not None:
             if warming.same_config(listener, raw):

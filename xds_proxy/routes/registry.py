@@ -117,13 +117,18 @@ class RouteRegistry:
         applied: Callable[[], Awaitable[None]] | None = None,
         ads_stream: Callable[[], XdsStream | None] = lambda: None,
         wall_clock: Callable[[], float] = time.time,
+        ads_coming: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`ads_stream()`: the server's one ADS stream, once it exists; while `ads_coming()`
+        says the server is about to open it (CDS and LDS go first), RDS over ADS waits to
+        join it instead of opening a stream of its own."""
         self._stats = stats
         self._bootstrap = bootstrap
         self._clusters = clusters
         self._on_event = on_event
         self._applied = applied
         self._ads_stream = ads_stream
+        self._ads_coming = ads_coming
         self._wall_clock = wall_clock
         self.entries: dict[str, RouteEntry] = {}  # subscribed names, oldest first
         self._specs: dict[str, tuple[RdsSpec, str]] = {}  # name -> (first spec, stat_prefix)
@@ -178,7 +183,10 @@ class RouteRegistry:
         self._dirty = False
         names = [e.name for e in reversed(self.entries.values()) if e.spec.aggregated]
         if self._ads_client is None and names:
-            self._start_ads(names)
+            if self._ads_stream() is None and self._ads_coming():
+                self._dirty = True  # flushed again once the ADS stream carries CDS and LDS
+            else:
+                self._start_ads(names)
         elif self._ads_client is not None:
             self._ads_client.change_names(names)
         for entry in self.entries.values():
@@ -186,6 +194,11 @@ class RouteRegistry:
                 entry.client = self._ads_client
             elif entry.task is None:
                 self._start_plain(entry)
+
+    def resume(self) -> None:
+        """The server's ADS stream is open (or will not be): send what waited for it."""
+        self._dirty = True
+        self.flush()
 
     def close(self) -> None:
         for entry in self.entries.values():

@@ -15,7 +15,7 @@ binds (or shares the sockets of the version it replaces) but does not listen; a 
 NACKs this listener only, and the other listeners of the response still apply. Listening
 starts when the runtime executes `StartListener`.
 
-Actions:
+Actions (plain data, defined in `actions.py` with the events):
 
 - `StartListener(version_id)`: listen and accept with the compiled version on its reserved
   sockets. A full update of a name starts the new version *before* the old one stops.
@@ -62,7 +62,6 @@ active in the gauges, as in Envoy.
 
 from __future__ import annotations
 
-import enum
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,23 +74,31 @@ from xds_proxy.config.pgv import canonical_ip
 from xds_proxy.config.rds import listener_route_names
 from xds_proxy.config_key import config_key
 from xds_proxy.errors import ConfigError
+from xds_proxy.listener.actions import (
+    DEFAULT_CHAIN,
+    Action,
+    ChainsDrained,
+    CloseSockets,
+    DrainListener,
+    DrainTrigger,
+    ForgetVersion,
+    HandOverSockets,
+    ListenerDrained,
+    ListenerEvent,
+    ReleaseSockets,
+    ReserveSockets,
+    RoutesFailed,
+    RoutesReady,
+    RouteState,
+    SocketAddress,
+    StartFailed,
+    StartListener,
+    StopAccepting,
+    UnwatchRoutes,
+    UpdateFilterChains,
+    WatchRoutes,
+)
 from xds_proxy.stats import Stats
-
-DEFAULT_CHAIN = -1  # the index that names `default_filter_chain` in UpdateFilterChains
-
-
-class DrainTrigger(enum.StrEnum):
-    LDS_UPDATE = "lds_update"
-    LDS_REMOVE = "lds_remove"
-    IN_PLACE_UPDATE = "in_place_update"
-
-
-class RouteState(enum.Enum):
-    """A route configuration as the registry holds it."""
-
-    PENDING = "pending"  # not received yet
-    READY = "ready"  # a valid copy is held
-    FAILED = "failed"  # not received, and its response was NACKed or its fetch timed out
 
 
 class RouteStates(Protocol):
@@ -107,19 +114,6 @@ class _AllReady:
 
 class BindError(Exception):
     """A listen socket could not be had; the message is Envoy's `cannot bind 'ip:port': ...`."""
-
-
-SocketAddress = tuple[str, int]  # (ip in canonical text form, port)
-
-
-@dataclass(frozen=True)
-class ReserveSockets:
-    """Give `version_id` listen sockets, bound but not yet listening: those of `share_from`
-    (same addresses), else a socket still open on that address, else fresh binds."""
-
-    version_id: int
-    addresses: tuple[SocketAddress, ...]
-    share_from: int | None
 
 
 class SocketReservations(Protocol):
@@ -159,113 +153,6 @@ class ListenerVersion:
 
     def same_config(self, other: listener_pb2.Listener, other_raw: bytes) -> bool:
         return self.raw == other_raw or self.key() == config_key(other)
-
-
-@dataclass(frozen=True)
-class StartListener:
-    version_id: int
-    version_info: str
-
-
-@dataclass(frozen=True)
-class StopAccepting:
-    version_id: int
-
-
-@dataclass(frozen=True)
-class DrainListener:
-    version_id: int
-    trigger: DrainTrigger
-
-
-@dataclass(frozen=True)
-class UpdateFilterChains:
-    old_version_id: int
-    version_id: int
-    version_info: str
-    group_id: int
-    draining_chains: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ReleaseSockets:
-    version_id: int
-
-
-@dataclass(frozen=True)
-class CloseSockets:
-    version_id: int
-
-
-@dataclass(frozen=True)
-class HandOverSockets:
-    pass
-
-
-@dataclass(frozen=True)
-class ForgetVersion:
-    version_id: int
-
-
-@dataclass(frozen=True)
-class WatchRoutes:
-    version_id: int
-    names: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class UnwatchRoutes:
-    version_id: int
-
-
-Action = (
-    StartListener
-    | StopAccepting
-    | DrainListener
-    | UpdateFilterChains
-    | ReleaseSockets
-    | CloseSockets
-    | HandOverSockets
-    | ForgetVersion
-    | WatchRoutes
-    | UnwatchRoutes
-)
-
-
-@dataclass(frozen=True)
-class ListenerDrained:
-    """A draining version's last connection closed, or its drain window ended."""
-
-    version_id: int
-
-
-@dataclass(frozen=True)
-class ChainsDrained:
-    group_id: int
-
-
-@dataclass(frozen=True)
-class StartFailed:
-    """The runtime could not start a version it was told to start (listen() failed)."""
-
-    version_id: int
-
-
-@dataclass(frozen=True)
-class RoutesReady:
-    """The route registry holds a valid copy of `name` (the first, or after a failure)."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class RoutesFailed:
-    """`name` was NACKed or its initial fetch timed out before any copy was held."""
-
-    name: str
-
-
-ListenerEvent = ListenerDrained | ChainsDrained | StartFailed | RoutesReady | RoutesFailed
 
 
 @dataclass(frozen=True)

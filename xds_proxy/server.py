@@ -98,6 +98,7 @@ class Server:
             applied=lambda: self.runtime.applied(),
             ads_stream=lambda: self._ads_stream,
             ads_coming=lambda: self._xds_starting,
+            names_in_use=lambda: self.manager.route_names_in_use(),
         )
         self._xds_starting = True  # until LDS (after CDS) has joined the ADS stream
         self._waiting_for_warming = False  # the first LDS response's listeners still warm

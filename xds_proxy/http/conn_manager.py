@@ -145,11 +145,26 @@ def build_http_connection_manager(
     building finds (a duplicate domain, an unreadable body file)."""
     key = hcm.SerializeToString()
     cached = HCM_CONFIGS.get(key)
-    if cached is not None and cached[0] is stats:
+    if cached is not None and cached[0] is stats and _same_routes(hcm, cached[1], path, routes):
         return cached[1]
     config = _build(hcm, path, stats, routes)
     HCM_CONFIGS.put(key, (stats, config), len(key))
     return config
+
+
+def _same_routes(
+    hcm: hcm_pb2.HttpConnectionManager,
+    cached: HcmConfig,
+    path: str,
+    routes: RouteProvider | None,
+) -> bool:
+    """An HCM with `rds` reuses a cached config only if it serves from the handle the route
+    registry gives now (it forgets the handles of names nobody uses)."""
+    if not hcm.HasField("rds") or routes is None:
+        return True
+    server = hcm.server_name or "envoy"
+    handle = routes(hcm.rds, hcm.stat_prefix, server, hcm.strip_any_host_port, path)
+    return handle is cached.routes
 
 
 def _build(

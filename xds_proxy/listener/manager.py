@@ -250,6 +250,11 @@ class ListenerManager:
             return []
         return [version for version in self.warming.values() if not version.replaces]
 
+    def route_names_in_use(self) -> set[str]:
+        """The RDS names of every version held: active, warming or draining."""
+        versions = [*self.active.values(), *self.warming.values(), *self.draining.values()]
+        return {name for version in versions for name in version.route_names}
+
     def initializing_count(self) -> int:
         return sum(1 for version in self.warming.values() if not version.replaces)
 

@@ -118,10 +118,14 @@ class RouteRegistry:
         ads_stream: Callable[[], XdsStream | None] = lambda: None,
         wall_clock: Callable[[], float] = time.time,
         ads_coming: Callable[[], bool] = lambda: False,
+        names_in_use: Callable[[], set[str]] = set,
     ) -> None:
         """`ads_stream()`: the server's one ADS stream, once it exists; while `ads_coming()`
         says the server is about to open it (CDS and LDS go first), RDS over ADS waits to
-        join it instead of opening a stream of its own."""
+        join it instead of opening a stream of its own. `names_in_use()`: the route names of
+        every listener version the manager holds; the handles of a name nobody subscribes to
+        and no version uses are forgotten (a control plane that invents names does not grow
+        us)."""
         self._stats = stats
         self._bootstrap = bootstrap
         self._clusters = clusters
@@ -129,6 +133,8 @@ class RouteRegistry:
         self._applied = applied
         self._ads_stream = ads_stream
         self._ads_coming = ads_coming
+        self._names_in_use = names_in_use
+        self._released: set[str] = set()  # unsubscribed since the last flush
         self._wall_clock = wall_clock
         self.entries: dict[str, RouteEntry] = {}  # subscribed names, oldest first
         self._specs: dict[str, tuple[RdsSpec, str]] = {}  # name -> (first spec, stat_prefix)
@@ -177,7 +183,15 @@ class RouteRegistry:
                 self._unsubscribe(name)
 
     def flush(self) -> None:
-        """Send the name lists that changed since the last flush."""
+        """Send the name lists that changed since the last flush; forget the handles of
+        names released and used by no listener version."""
+        if self._released:
+            in_use = self._names_in_use()
+            for name in self._released:
+                if name not in self.entries and name not in in_use:
+                    self._handles.pop(name, None)
+                    self._specs.pop(name, None)
+            self._released.clear()
         if not self._dirty:
             return
         self._dirty = False
@@ -305,6 +319,7 @@ class RouteRegistry:
             entry.task.cancel()  # plain RDS: its stream ends
         for (server, strip_port), handle in self._handles.get(name, {}).items():
             handle.current = RouteTable(_EMPTY, "", server, strip_port)
+        self._released.add(name)
         self._dirty = True
 
     def _timed_out(self, name: str) -> None:

@@ -261,3 +261,23 @@ def test_a_static_listener_warms_and_lds_never_removes_it() -> None:
     routes.states["RS"] = RouteState.READY
     assert [type(a) for a in manager.on_event(RoutesReady("RS"))] == [StartListener]
     assert manager.active["S"].static
+
+
+def two_routes_listener(name: str, port: int, first: str, second: str):
+    result = rds_listener(name, port, first)
+    result.filter_chains.extend(rds_listener(name, port, second).filter_chains)
+    result.filter_chains[1].filter_chain_match.destination_port.value = 1
+    return result
+
+
+def test_a_replaced_warming_version_lets_go_of_its_routes_after_the_new_one_holds_them() -> None:
+    manager, _, routes = make()
+    routes.states["R"] = RouteState.READY
+    manager.apply_sotw("v1", [two_routes_listener("L", 8001, "R", "R2")])
+    first = manager.warming["L"]
+    result = manager.apply_sotw("v2", [two_routes_listener("L", 8001, "R", "R3")])
+    second = manager.warming["L"]
+    assert second.waiting == {"R3"}
+    kinds = [type(a) for a in result.actions]
+    assert kinds.index(WatchRoutes) < kinds.index(UnwatchRoutes)
+    assert UnwatchRoutes(first.id) in result.actions

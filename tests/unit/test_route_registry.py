@@ -144,3 +144,24 @@ def test_handles_of_a_name_nobody_uses_are_forgotten() -> None:
         assert registry.handle(rds("R"), "L", "envoy", False, "hcm") is not first
 
     asyncio.run(scenario())
+
+
+def test_a_name_handed_from_one_version_to_another_in_one_batch_keeps_its_routes() -> None:
+    async def scenario() -> None:
+        registry = make(set(), [])
+        handle = registry.handle(rds("R"), "L", "envoy", False, "hcm")
+        registry.watch(1, ("R",))
+        client = object()
+        registry.entries["R"].client = client  # type: ignore[assignment]
+        registry.apply_routes(client, "r1", [(config("R", "v1"), "r1")], [])  # type: ignore[arg-type]
+        registry.unwatch(1)  # e.g. a discarded warming version ...
+        registry.watch(2, ("R",))  # ... and the listener that takes R over, same batch
+        registry.flush()
+        assert registry.state("R") is RouteState.READY
+        assert handle.current.virtual_host("x") is not None
+        registry.unwatch(2)
+        registry.flush()
+        assert registry.state("R") is RouteState.PENDING  # let go: unsubscribed
+        assert handle.current.virtual_host("x") is None
+
+    asyncio.run(scenario())

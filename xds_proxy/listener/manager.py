@@ -347,13 +347,18 @@ class ListenerManager:
         elif existing is not None and existing.same_config(listener, raw):
             return False  # identical: skipped
         version = self._build(listener, version_info, raw=raw)
+        # Replaced by a newer version: discarded, but its UnwatchRoutes goes after the new
+        # version's WatchRoutes, so that a route config both use is never let go meanwhile.
+        discarded: list[Action] = []
         if warming is not None:
-            self._discard_warming(listener.name, actions)  # replaced by a newer version
+            self._discard_warming(listener.name, actions, after=discarded)
         try:
             self._place(existing, version, actions, replaced_warming=warming is not None)
         except Exception:
             actions.append(ForgetVersion(version.id))  # compiled, but it will never start
             raise
+        finally:
+            actions.extend(discarded)
         return True
 
     def _place(
@@ -483,13 +488,18 @@ class ListenerManager:
                 if address[1] != 0:
                     self._owners[address] = version
 
-    def _discard_warming(self, name: str, actions: list[Action]) -> None:
+    def _discard_warming(
+        self, name: str, actions: list[Action], after: list[Action] | None = None
+    ) -> None:
+        """Drop a warming version; its own actions go to `after` when given (the end of the
+        batch), the held-back removals of its address's previous owner to `actions`."""
         version = self.warming.pop(name)
         if not version.replaces:
             self._forget_addresses(version)
-        self._unwatch(version.id, actions)
-        actions.append(ReleaseSockets(version.id))
-        actions.append(ForgetVersion(version.id))
+        own = after if after is not None else actions
+        self._unwatch(version.id, own)
+        own.append(ReleaseSockets(version.id))
+        own.append(ForgetVersion(version.id))
         actions.extend(version.handover)
 
     def _routes_changed(self, name: str, ready: bool, actions: list[Action]) -> None:

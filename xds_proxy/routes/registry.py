@@ -135,6 +135,7 @@ class RouteRegistry:
         self._ads_coming = ads_coming
         self._names_in_use = names_in_use
         self._released: set[str] = set()  # unsubscribed since the last flush
+        self._unused: set[str] = set()  # names whose last user went in this batch
         self._wall_clock = wall_clock
         self.entries: dict[str, RouteEntry] = {}  # subscribed names, oldest first
         self._specs: dict[str, tuple[RdsSpec, str]] = {}  # name -> (first spec, stat_prefix)
@@ -177,14 +178,21 @@ class RouteRegistry:
             entry.users.add(version_id)
 
     def unwatch(self, version_id: int) -> None:
-        for name, entry in list(self.entries.items()):
+        """The last user gone, the name is let go at the flush (a version that takes it over
+        in the same batch keeps it, with its routes)."""
+        for name, entry in self.entries.items():
             entry.users.discard(version_id)
             if not entry.users:
-                self._unsubscribe(name)
+                self._unused.add(name)
 
     def flush(self) -> None:
         """Send the name lists that changed since the last flush; forget the handles of
         names released and used by no listener version."""
+        for name in self._unused:
+            entry = self.entries.get(name)
+            if entry is not None and not entry.users:
+                self._unsubscribe(name)
+        self._unused.clear()
         if self._released:
             in_use = self._names_in_use()
             for name in self._released:

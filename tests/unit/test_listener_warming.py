@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tests.unit.listener_fixtures import FakeSocketPool
 from xds_proxy.listener.manager import (
+    ChainsDrained,
     DrainListener,
     ForgetVersion,
     ListenerDrained,
@@ -21,6 +22,7 @@ from xds_proxy.listener.manager import (
     RoutesReady,
     RouteState,
     StartListener,
+    StopAccepting,
     UnwatchRoutes,
     UpdateFilterChains,
     WatchRoutes,
@@ -173,6 +175,7 @@ def test_before_the_workers_start_a_warming_listener_counts_as_active() -> None:
 STEPS = st.lists(
     st.one_of(
         st.tuples(st.just("push"), st.sampled_from(["R", "R2", "R3"]), st.booleans()),
+        st.tuples(st.just("swap"), st.sampled_from(["R", "R2", "R3"]), st.none()),
         st.tuples(st.just("remove"), st.none(), st.none()),
         st.tuples(st.just("ready"), st.sampled_from(["R", "R2", "R3"]), st.none()),
         st.tuples(st.just("fail"), st.sampled_from(["R", "R2", "R3"]), st.none()),
@@ -187,6 +190,9 @@ STEPS = st.lists(
 def test_property_one_accepting_version_and_no_early_drain(steps) -> None:
     manager, _, routes = make()
     present = False
+    users: dict[str, set[int]] = {}  # what the registry would count, from the actions
+    accepting: set[int] = set()  # the versions accepting on port 8001, from the actions
+    draining_started: set[int] = set()  # DrainListener emitted: the runtime may end them
     for kind, route, flag in steps:
         had_active = "L" in manager.active
         before = manager.active.get("L")
@@ -194,6 +200,9 @@ def test_property_one_accepting_version_and_no_early_drain(steps) -> None:
         if kind == "push":
             actions = manager.apply_sotw("v", [rds_listener("L", 8001, route, 1 if flag else None)])
             present = True
+        elif kind == "swap":  # L removed and M added on L's address, in one response
+            actions = manager.apply_sotw("v", [rds_listener("M", 8001, route)])
+            present = False
         elif kind == "remove":
             actions = manager.apply_sotw("v", []).actions
             present = False
@@ -204,10 +213,46 @@ def test_property_one_accepting_version_and_no_early_drain(steps) -> None:
             if routes.state(route) is RouteState.PENDING:
                 routes.states[route] = RouteState.FAILED
                 actions = manager.on_event(RoutesFailed(route))
-        elif kind == "drained" and manager.draining:
-            actions = manager.on_event(ListenerDrained(next(iter(manager.draining))))
+        elif kind == "drained" and draining_started & set(manager.draining):
+            actions = manager.on_event(
+                ListenerDrained(min(draining_started & set(manager.draining)))
+            )
+        elif kind == "drained" and manager.draining_chains:
+            actions = manager.on_event(ChainsDrained(manager.draining_chains[0].group_id))
         if not isinstance(actions, list):
             actions = actions.actions
+        was_accepting = bool(accepting)
+        for action in actions:
+            if isinstance(action, StartListener):
+                accepting.add(action.version_id)
+            elif isinstance(action, UpdateFilterChains):
+                accepting.discard(action.old_version_id)
+                accepting.add(action.version_id)
+            elif isinstance(action, StopAccepting):
+                accepting.discard(action.version_id)
+            elif isinstance(action, DrainListener):
+                draining_started.add(action.version_id)
+        # no connection is refused at an address that was serving, unless the address was
+        # let go (an LDS response without any listener there)
+        if was_accepting and (manager.active or manager.warming):
+            assert len(accepting) >= 1, (kind, accepting)
+        assert len({v for v in accepting if v in {a.id for a in manager.active.values()}}) <= 1
+        for action in actions:
+            if isinstance(action, WatchRoutes):
+                for name in action.names:
+                    users.setdefault(name, set()).add(action.version_id)
+            elif isinstance(action, UnwatchRoutes):
+                for holders in users.values():
+                    holders.discard(action.version_id)
+        # every route config a held version serves from stays subscribed
+        held = [*manager.active.values(), *manager.warming.values(), *manager.draining.values()]
+        for version in held:
+            for name in version.route_names:
+                assert version.id in users.get(name, set()), (name, version.id)
+        # and nothing is subscribed for a version that is gone
+        ids = {version.id for version in held}
+        ids |= {group.version_id for group in manager.draining_chains}  # in-place old chains
+        assert all(holders <= ids for holders in users.values()), (users, ids)
         # an address that was accepting keeps exactly one active version until removed
         if had_active and present:
             assert "L" in manager.active

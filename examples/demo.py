@@ -1,10 +1,12 @@
 """`make run`: watch xds-proxy change its listeners under live traffic without a failed request.
 
-Starts the bundled control plane with examples/listeners-v1.yaml, an xds-proxy connected to
-it, and a small load generator that keeps requests flowing over keep-alive connections; then
-prints one line a second (requests ok/failed, connections per listener version as the
-clients see them, what is draining) until Ctrl-C. The printed next step pushes
-examples/listeners-v2.yaml: the old `web` listener drains while the new one takes over.
+Starts the bundled control plane with examples/listeners-v1.yaml (a listener `web` whose
+routes come from RDS), an xds-proxy connected to it, and a small load generator that keeps
+requests flowing over keep-alive connections; then prints one line a second (requests
+ok/failed, connections per version as the clients see them, what is draining) until Ctrl-C.
+The printed next steps push examples/routes-v2.yaml, a route change: the same connections get
+the new body and nothing drains; then examples/listeners-v2.yaml, a listener change: the new
+`web` warms until its routes are there, then the old chain's connections drain.
 
     python examples/demo.py [--drain-time-s 30] [--drain-strategy gradual]
                             [--xds-port 18000 --control-port 18001 --admin-port 9901
@@ -135,8 +137,8 @@ def port_free(port: int) -> bool:
 def rewrite_listeners(
     source: Path, target: Path, ports: dict[str, int], version: str, backend: bool = False
 ) -> Path:
-    """examples/listeners-vN.yaml with the demo's listener ports and a readable version;
-    with `backend`, `web` also routes /backend/ to the `backend` cluster."""
+    """An example file with the demo's listener ports and a readable version; with
+    `backend`, `web`'s route configurations also route /backend/ to the `backend` cluster."""
     document = yaml.safe_load(source.read_text())
     document.setdefault("version", version)
     for listener in document["listeners"]:
@@ -144,12 +146,10 @@ def rewrite_listeners(
         role = EXAMPLE_PORTS.get(socket_address["port_value"])
         if role is not None:
             socket_address["port_value"] = ports[role]
-        if backend and listener["name"] == "web":
-            for chain in listener["filter_chains"]:
-                for network_filter in chain["filters"]:
-                    routes = network_filter["typed_config"]["route_config"]["virtual_hosts"][0]
-                    to_backend = {"match": {"prefix": "/backend/"}, "route": {"cluster": "backend"}}
-                    routes["routes"].insert(0, to_backend)
+    for route_config in document.get("routes") or []:
+        if backend and route_config["name"].startswith("web-routes"):
+            to_backend = {"match": {"prefix": "/backend/"}, "route": {"cluster": "backend"}}
+            route_config["virtual_hosts"][0]["routes"].insert(0, to_backend)
     target.write_text(yaml.safe_dump(document, sort_keys=False))
     return target
 
@@ -298,7 +298,7 @@ class LoadGenerator:
 
 
 def version_of(body: str) -> str:
-    """'hello from v1' -> 'v1': the example listeners say which version answered."""
+    """'hello from v1' -> 'v1': the example routes say which version answered."""
     text = body.strip()
     return text.rsplit(" ", 1)[-1] if text.startswith("hello from ") else text[:16] or "?"
 
@@ -443,30 +443,35 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def next_steps(ports: dict[str, int], v2: Path, admin: str, default: bool) -> str:
+def next_steps(ports: dict[str, int], routes_v2: Path, v2: Path, admin: str, default: bool) -> str:
     stub = stub_command()
     if default:
+        push_routes = f"{stub} push {shown(HERE / 'routes-v2.yaml')}"
         push = f"{stub} push {shown(HERE / 'listeners-v2.yaml')}"
         status = f"{stub} status"
     else:
         control = f"--control 127.0.0.1:{ports['control']}"
+        push_routes = f"{stub} push {control} {routes_v2}"
         push = f"{stub} push {control} {v2}"
         status = f"{stub} status {control}"
     return (
         "\n"
-        "xds-proxy serves examples/listeners-v1.yaml; the load generator keeps "
-        "requests flowing.\n"
+        "xds-proxy serves examples/listeners-v1.yaml (routes over RDS); the load generator "
+        "keeps requests flowing.\n"
         "\n"
-        f"  next step, push v2:   {push}\n"
-        f"  send a request:       curl http://127.0.0.1:{ports['web']}/\n"
+        f"  next step, a route change (no drain): {push_routes}\n"
+        f"  then a listener change (web drains):  {push}\n"
+        f"  send a request:                       curl http://127.0.0.1:{ports['web']}/\n"
         + (
-            f"  through to backend:   curl http://127.0.0.1:{ports['web']}/backend/hello\n"
+            f"  through to backend:                   "
+            f"curl http://127.0.0.1:{ports['web']}/backend/hello\n"
             if "backend" in ports
             else ""
         )
-        + f"  the admin page:       http://{admin}/   (drains with progress, LDS ACK/NACK)\n"
-        f"  drains as JSON:       curl http://{admin}/drain_status\n"
-        f"  what the stub sees:   {status}\n"
+        + f"  the admin page:                       http://{admin}/"
+        "   (warming, drains with progress, LDS log)\n"
+        f"  warming and drains as JSON:           curl http://{admin}/drain_status\n"
+        f"  what the stub sees:                   {status}\n"
         "\n"
         "Ctrl-C stops everything.\n"
     )
@@ -483,11 +488,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo: --{name}-port: 127.0.0.1:{port} is in use", file=sys.stderr)
             return 2
     scratch = Path(tempfile.mkdtemp(prefix="xds-proxy-demo-"))
-    v1, v2 = (
-        rewrite_listeners(
-            HERE / f"listeners-{v}.yaml", scratch / f"listeners-{v}.yaml", ports, v, options.backend
+    v1, routes_v2, v2 = (
+        rewrite_listeners(HERE / name, scratch / name, ports, version, options.backend)
+        for name, version in (
+            ("listeners-v1.yaml", "v1"),
+            ("routes-v2.yaml", "routes-v2"),
+            ("listeners-v2.yaml", "v2"),
         )
-        for v in ("v1", "v2")
     )
     backend_port = ports.get("backend")
     bootstrap = write_bootstrap(scratch / "bootstrap.yaml", ports, options.data_plane, backend_port)
@@ -521,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             children,
         )
         print(f"logs (kept if something fails): {scratch}", flush=True)
-        print(next_steps(ports, v2, admin, default), flush=True)
+        print(next_steps(ports, routes_v2, v2, admin, default), flush=True)
         load = LoadGenerator(ports["web"], options.connections, tally)
         load.start()
         reporter = Reporter(admin, tally, sys.stdout)

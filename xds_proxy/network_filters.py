@@ -43,9 +43,14 @@ _DIRECT_RESPONSE_LINGER_S = 1.0
 
 
 def _build_hcm(message: Message, ctx: FilterChainContext, path: str) -> ProtocolFactory:
-    config = build_http_connection_manager(message, path, ctx.stats)  # type: ignore[arg-type]
+    config = build_http_connection_manager(
+        message,  # type: ignore[arg-type]
+        path,
+        ctx.stats,
+        ctx.routes,
+    )
     routes = config.routes.current
-    if ctx.clusters is not None and routes.validate_clusters:
+    if ctx.clusters is not None and routes.validate_clusters and not message.HasField("rds"):
         # Envoy checks an inline route table's clusters when it loads.
         for name in sorted(routes.cluster_names):
             if ctx.clusters.get(name) is None:

@@ -37,11 +37,18 @@ from xds_proxy.hot_restart import HotRestart, ParentHooks
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager
 from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.limits import global_limit_from_bootstrap
-from xds_proxy.listener.manager import ApplyResult, BindError, ListenerManager
+from xds_proxy.listener.manager import (
+    ApplyResult,
+    BindError,
+    ListenerEvent,
+    ListenerManager,
+    RoutesFailed,
+)
 from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.options import Options
+from xds_proxy.routes.registry import RouteRegistry
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.cds import CdsClient
@@ -82,6 +89,19 @@ class Server:
             wall_clock=time.time,
         )
         self.clusters = ClusterManager(self.stats)
+        self._ads_stream: XdsStream | None = None  # CDS, LDS and RDS over one ADS stream
+        self.routes = RouteRegistry(
+            self.stats,
+            self.bootstrap,
+            self.clusters,
+            self._route_event,
+            applied=lambda: self.runtime.applied(),
+            ads_stream=lambda: self._ads_stream,
+            ads_coming=lambda: self._xds_starting,
+            names_in_use=lambda: self.manager.route_names_in_use(),
+        )
+        self._xds_starting = True  # until LDS (after CDS) has joined the ADS stream
+        self._waiting_for_warming = False  # the first LDS response's listeners still warm
         self.compiler = ListenerCompiler(
             ListenerServices(
                 self.stats,
@@ -89,16 +109,18 @@ class Server:
                 build_filter_chain,
                 self.clusters,
                 global_limit_from_bootstrap(self.bootstrap, self.stats),
+                self.routes.handle,
             )
         )
-        self.manager = ListenerManager(self.stats, self.pool, self.compiler.compile, time.time)
+        self.manager = ListenerManager(
+            self.stats, self.pool, self.compiler.compile, time.time, self.routes
+        )
         self.runtime = ListenerRuntime(
-            self.stats, self.pool, self.compiler, self.manager, self.drains
+            self.stats, self.pool, self.compiler, self.manager, self.drains, self.routes
         )
         self.shutdown_requested = asyncio.Event()
         self.lds_client = None
         self.cds_client = None
-        self._ads_stream: XdsStream | None = None  # LDS and CDS over one ADS stream
         self.lds_updates = LdsUpdateLog()  # the admin page's recent LDS updates
         self.admin_address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task] = []
@@ -170,7 +192,29 @@ class Server:
             cds_version_info=lambda: self.cds_client.system_version_info if self.cds_client else "",
             drain_report=self.runtime.drain_report,
             lds_updates=self.lds_updates.entries,
+            route_configs=self.routes.held,
+            warming_report=self.warming_report,
         )
+
+    def warming_report(self) -> list[dict]:
+        """`/drain_status` `warming`: each warming listener, what it waits for, until when."""
+        report = []
+        for version in self.manager.warming.values():
+            entry: dict = {
+                "listener": version.name,
+                "version_info": version.version_info,
+                "waiting_for": sorted(version.waiting),
+                "since": _iso(version.warming_since),
+                "timeout_at": None,
+            }
+            deadline = self.routes.timeout_at(version.waiting)
+            if deadline is not None:  # a changed listener keeps warming after it
+                entry["timeout_at"] = _iso(deadline)
+            serving = self.manager.active.get(version.name)
+            if serving is not None:
+                entry["serving_version"] = serving.version_info
+            report.append(entry)
+        return report
 
     def admin_commands(self) -> AdminCommands:
         return AdminCommands(
@@ -216,6 +260,13 @@ class Server:
         self._tasks.append(asyncio.create_task(self.cds_client.run(), name="cds-client"))
 
     def _start_lds(self) -> None:
+        try:
+            self._start_lds_client()
+        finally:
+            self._xds_starting = False
+            self.routes.resume()  # RDS over ADS joins the stream after CDS and LDS
+
+    def _start_lds_client(self) -> None:
         if not LdsClient.configured(self.bootstrap):
             self._initialized()
             return
@@ -228,7 +279,10 @@ class Server:
             apply_delta=self.apply_delta,
             applied=self.runtime.applied,
         )
-        if self._ads_stream is not None and self.lds_client.server.aggregated:
+        if self.lds_client.server.aggregated:
+            if self._ads_stream is None:
+                self._ads_stream = XdsStream(self.lds_client.server)
+                self._tasks.append(asyncio.create_task(self._ads_stream.run(), name="ads-stream"))
             self._ads_stream.add(self.lds_client)  # after CDS, on the same stream
             return
         self._tasks.append(asyncio.create_task(self.lds_client.run(), name="lds-client"))
@@ -254,7 +308,30 @@ class Server:
             log.warning("lds: NACK version '%s': %s", version_info, result.nack_message.strip())
         return result.nack_message
 
+    def _route_event(self, event: ListenerEvent) -> None:
+        """The route registry: a route configuration is ready, or failed (NACK, timeout)."""
+        self.runtime.submit(self.manager.on_event(event))
+        if isinstance(event, RoutesFailed):
+            for version in self.manager.warming.values():
+                if version.replaces and event.name in version.waiting:
+                    serving = self.manager.active.get(version.name)
+                    log.warning(
+                        "listener '%s': version '%s' keeps warming: route configuration '%s' "
+                        "was rejected or timed out; version '%s' keeps serving",
+                        version.name,
+                        version.version_info,
+                        event.name,
+                        serving.version_info if serving is not None else "",
+                    )
+        if self._waiting_for_warming and not self.manager.initializing():
+            self._waiting_for_warming = False
+            self._initialized()
+
     def _initialized(self) -> None:
+        if self.manager.initializing():
+            # As Envoy: the listeners of the first LDS response warm before the server is LIVE.
+            self._waiting_for_warming = True
+            return
         if self.state in (ServerState.PRE_INITIALIZING, ServerState.INITIALIZING):
             self._set_state(ServerState.LIVE if self.healthy else ServerState.DRAINING)
             self.manager.workers_started()
@@ -313,9 +390,14 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.routes.close()
         await self.runtime.close()
         self.clusters.close()
         await self.hot_restart.close()
+
+
+def _iso(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
 
 
 async def serve(options: Options, bootstrap: bootstrap_pb2.Bootstrap) -> int:

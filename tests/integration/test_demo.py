@@ -1,5 +1,7 @@
-"""`make run` tells the story: examples/demo.py on free ports, traffic flowing, v2 pushed as
-its printed next step says, the drain seen, zero failed requests, Ctrl-C stops everything."""
+"""`make run` tells the story: examples/demo.py on free ports, traffic flowing; a route change
+pushed as its printed next step says (the same connections get the new body, nothing
+drains), then a listener change (the drain seen); zero failed requests, Ctrl-C stops
+everything."""
 
 from __future__ import annotations
 
@@ -67,10 +69,24 @@ def test_demo_pushes_v2_with_zero_failures_and_stops_cleanly(tmp_path: Path) -> 
     )
     out = Output(demo)
     try:
-        push_line = wait_for(lambda: out.find(r"next step, push v2: "), 30, what="next step")
+        routes_line = wait_for(lambda: out.find(r"next step, a route change"), 30, what="step")
+        push_line = wait_for(lambda: out.find(r"then a listener change"), 30, what="next step")
         assert f"--control 127.0.0.1:{ports['control']}" in push_line, push_line
         wait_for(lambda: len(out.live_lines()) >= 2, 10, what="two live lines")
         assert "connections by version v1=4" in out.live_lines()[-1], out.text()
+        # A route change: the same connections answer routes-v2 on their next request and
+        # nothing drains.
+        pushed = run_cli(
+            "push", "--control", f"127.0.0.1:{ports['control']}", routes_line.split()[-1]
+        )
+        assert pushed.returncode == 0, pushed.stderr
+        wait_for(
+            lambda: "connections by version routes-v2=4 " in (out.live_lines() or [""])[-1],
+            10,
+            what="every connection on routes-v2",
+        )
+        assert out.find(r"^drain started") is None, out.text()
+        assert all("draining: none" in line for line in out.live_lines()), out.text()
         v2_file = push_line.split()[-1]
         pushed = run_cli("push", "--control", f"127.0.0.1:{ports['control']}", v2_file)
         assert pushed.returncode == 0, pushed.stderr

@@ -182,16 +182,20 @@ def test_example_listener_sets_on_envoy(tmp_path: Path) -> None:
     try:
         bootstrap = with_xds_address(load_bootstrap("ads-sotw"), stub.xds_address)
         envoy = EnvoyProcess(bootstrap, tmp_path).start()
-        for name, body in (("listeners-v1.yaml", "hello from v1\n"), ("listeners-v2.yaml", None)):
+        steps = (
+            ("listeners-v1.yaml", "hello from v1\n"),
+            ("routes-v2.yaml", "hello from routes-v2\n"),  # a route-only change
+            ("listeners-v2.yaml", "hello from v2\n"),
+        )
+        for name, body in steps:
             path = tmp_path / name
             path.write_text(yaml.safe_dump(render_example(name, ports)))
             pushed = stub.cli("push", str(path))
             assert pushed.returncode == 0, pushed.stderr
             waited = stub.cli("wait", "--version", pushed.stdout.split()[1], "--timeout", "10")
             assert waited.returncode == 0, waited.stderr
-            if body is not None:
-                assert http_get(ports[10000]) == (200, body)
-        assert http_get(ports[10000]) == (200, "hello from v2\n")
+            # `web` takes its routes from RDS: it may warm a moment after the LDS ACK.
+            wait_for(lambda b=body: http_get(ports[10000]) == (200, b), timeout=10, what=body)
         assert http_get(ports[10001], "/health") == (200, "ok\n")
         assert http_get(ports[10001], "/other") == (404, "no such api\n")
     finally:

@@ -542,13 +542,6 @@ def test_map_values_have_quoted_key_paths() -> None:
             f"{HCM_PATH}.codec_type: HTTP3 not supported",
         ),
         (
-            lambda d: (
-                hcm_doc(d).pop("route_config")
-                and hcm_doc(d).update(rds={"route_config_name": "r", "config_source": {"ads": {}}})
-            ),
-            f"{HCM_PATH}.rds: not supported",
-        ),
-        (
             lambda d: listener_doc(d).update(stat_prefix="x"),
             "static_resources.listeners[0].stat_prefix: not supported",
         ),

@@ -46,6 +46,7 @@ from google.protobuf.message import Message
 from tests.helpers.certs import CertificateAuthority
 from xds_proxy import extensions
 from xds_proxy.config.cluster import build_cluster_config
+from xds_proxy.config.rds import rds_spec
 from xds_proxy.config.rules import Extension, Inert, NotYet, Opaque, Rule, Supported, Values
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.table import LEAF_TYPES, TABLE
@@ -92,8 +93,23 @@ class Root:
     )
 
 
+def _rds_routes(rds: Any, stat_prefix: str, server: str, strip: bool, path: str) -> Any:
+    """The route registry's part of an HCM with `rds`: the spec and the source it subscribes
+    with (xds/source.py reads the ConfigSource when it subscribes)."""
+    spec = rds_spec(rds, path)
+    api = spec.source.api_config_source
+    clusters = tuple(service.envoy_grpc.cluster_name for service in api.grpc_services)
+    source = (spec.aggregated, api.api_type, clusters)
+    return (spec.route_config_name, spec.initial_fetch_timeout_s, source, server, strip)
+
+
 def _build_hcm(message: Message, path: str) -> Any:
-    return build_http_connection_manager(message, path, Stats())  # type: ignore[arg-type]
+    return build_http_connection_manager(
+        message,  # type: ignore[arg-type]
+        path,
+        Stats(),
+        _rds_routes,
+    )
 
 
 ROOTS = (
@@ -221,6 +237,10 @@ TEMPLATES: dict[str, dict] = {
     "envoy.type.matcher.v3.StringMatcher": {"exact": "v"},
     "envoy.type.matcher.v3.RegexMatcher": {"regex": "a"},
     "envoy.type.v3.Int64Range": {"start": 1, "end": 5},
+    "envoy.extensions.filters.network.http_connection_manager.v3.Rds": {
+        "route_config_name": "r",
+        "config_source": {"ads": {}},
+    },
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": {
         "clusters": [{"name": "c", "weight": 1}]
     },
@@ -297,6 +317,13 @@ EXAMPLES: dict[str, list[Any]] = {
 # Accepted fields whose value changes nothing a builder produces, with the reason. By root and
 # path without indices.
 NO_EFFECT: dict[str, str] = {
+    "hcm rds.config_source.ads": "an empty message, which the filled-in Rds already sets",
+    "hcm rds.config_source.resource_api_version": (
+        "the table accepts AUTO and V3, both mean v3 (V2 is refused)"
+    ),
+    "hcm rds.config_source.api_config_source.transport_api_version": (
+        "the table accepts AUTO and V3, both mean v3 (V2 is refused)"
+    ),
     "hcm route_config.name": "names the table in error lines only",
     "hcm route_config.virtual_hosts.routes.name": "a route's name: only kept for logs",
     "hcm route_config.virtual_hosts.routes.metadata": "metadata is opaque to the router",
@@ -868,19 +895,7 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _CORE + "Node.cluster": "xds/client.py",
     _CORE + "Node.locality": "xds/client.py (sent as given)",
     _CORE + "Node.metadata": "xds/client.py (sent as given)",
-    _CORE + "ConfigSource.ads": "xds/source.py",
-    _CORE + "ConfigSource.api_config_source": "xds/source.py",
-    _CORE + "ConfigSource.initial_fetch_timeout": "xds/client.py",
-    _CORE + "ConfigSource.resource_api_version": (
-        "no effect: the table accepts AUTO and V3, both mean v3 (V2 is refused)"
-    ),
-    _CORE + "ApiConfigSource.api_type": "xds/source.py",
-    _CORE + "ApiConfigSource.transport_api_version": (
-        "no effect: the table accepts AUTO and V3, both mean v3 (V2 is refused)"
-    ),
-    _CORE + "ApiConfigSource.grpc_services": "xds/source.py",
-    _CORE + "GrpcService.envoy_grpc": "xds/source.py",
-    _CORE + "GrpcService.EnvoyGrpc.cluster_name": "xds/source.py",
+    # ConfigSource, ApiConfigSource, GrpcService: reached through the HCM's `rds` now.
     _CORE + "CidrRange.address_prefix": "listener/filter_chain.py",
     _CORE + "CidrRange.prefix_len": "listener/filter_chain.py",
     _LISTENER + "Listener.name": "listener/manager.py",

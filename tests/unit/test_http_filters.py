@@ -84,7 +84,7 @@ TYPE_TAIL = HCM_TYPE.split("/")[-1]
         ),
         (
             [hcm(rds={"route_config_name": "r", "config_source": {"ads": {}}}, route_config=None)],
-            "filters[0].typed_config.rds: not supported",
+            "filters[0].typed_config.rds: not supported here (no RDS)",
         ),
         (
             [hcm(stat_prefix=None)],

@@ -99,9 +99,9 @@ def test_json_file_loads(tmp_path: Path) -> None:
 
 
 def test_examples_load() -> None:
-    for name in ("listeners-v1.yaml", "listeners-v2.yaml"):
+    for name in ("listeners-v1.yaml", "routes-v2.yaml", "listeners-v2.yaml"):
         loaded = load_resource_file(REPO_ROOT / "examples" / name)
-        assert loaded.sections["listeners"]
+        assert loaded.sections["listeners"] and loaded.sections["routes"]
 
 
 @pytest.mark.parametrize(

@@ -163,6 +163,7 @@ class AdminHandlers:
 
     def listeners(self, query: Query) -> AdminResponse:
         active = list(self.view.listeners.active.values())
+        active += list(self.view.listeners.listed_warming)
         if query.get("format", [""])[0] == "json":
             doc = listeners_pb2.Listeners()
             for version in active:
@@ -210,6 +211,9 @@ class AdminHandlers:
                 static.last_updated.CopyFrom(_timestamp(version.last_updated))
             else:
                 fill(entry(version.name).active_state, version)
+        for version in manager.warming.values():
+            if name_regex is None or name_regex.search(version.name):
+                fill(entry(version.name).warming_state, version)
         for version in manager.draining.values():
             if name_regex is None or name_regex.search(version.name):
                 fill(entry(version.name).draining_state, version)
@@ -239,12 +243,14 @@ class AdminHandlers:
         resource = query.get("resource", [""])[0]
         listeners = self._listeners_dump(name_regex)
         clusters = self._clusters_dump(name_regex)
+        routes = self._routes_dump(name_regex)
         if resource:
             section = {
                 "dynamic_listeners": listeners,
                 "static_listeners": listeners,
                 "static_clusters": clusters,
                 "dynamic_active_clusters": clusters,
+                "dynamic_route_configs": routes,
             }.get(resource)
             if section is None:
                 return AdminResponse(404, f"{resource} not found in config dump\n")
@@ -259,7 +265,23 @@ class AdminHandlers:
         dump.configs.add().Pack(bootstrap)
         dump.configs.add().Pack(clusters)
         dump.configs.add().Pack(listeners)
+        if routes.dynamic_route_configs:  # as Envoy: the (empty) scoped routes come first
+            dump.configs.add().Pack(config_dump_shared_pb2.ScopedRoutesConfigDump())
+            dump.configs.add().Pack(routes)
         return AdminResponse(200, _to_json(dump), JSON)
+
+    def _routes_dump(
+        self, name_regex: re.Pattern[str] | None
+    ) -> config_dump_shared_pb2.RoutesConfigDump:
+        """RDS: every route configuration held (version_info, last_updated)."""
+        dump = config_dump_shared_pb2.RoutesConfigDump()
+        for name, version_info, config, last_updated in self.view.route_configs():
+            if name_regex is not None and not name_regex.search(name):
+                continue
+            held = dump.dynamic_route_configs.add(version_info=version_info)
+            held.route_config.Pack(config)
+            held.last_updated.CopyFrom(_timestamp(last_updated))
+        return dump
 
     def _clusters_dump(
         self, name_regex: re.Pattern[str] | None
@@ -295,4 +317,5 @@ class AdminHandlers:
 
     def drain_status(self, query: Query) -> AdminResponse:
         drains = self.view.drain_report()
-        return AdminResponse(200, json.dumps({"drains": drains}, indent=1) + "\n", JSON)
+        report = {"drains": drains, "warming": self.view.warming_report()}
+        return AdminResponse(200, json.dumps(report, indent=1) + "\n", JSON)

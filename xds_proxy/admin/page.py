@@ -79,6 +79,13 @@ PAGE = """<!doctype html>
   <tbody></tbody>
 </table>
 
+<h2>Warming</h2>
+<table id="warming">
+  <thead><tr><th>Listener</th><th>Version</th><th>Waiting for (RDS)</th><th>Since</th>
+  <th>Times out at</th><th>Serving meanwhile</th></tr></thead>
+  <tbody></tbody>
+</table>
+
 <h2>Draining</h2>
 <table id="drains">
   <thead><tr><th>What</th><th>Version</th><th>Trigger</th><th>Progress to deadline</th>
@@ -235,6 +242,15 @@ async function refresh() {
       }
       cell(tr, shortTime(r.updated), "time");
     }), "no listeners", 5);
+
+    fill("warming", (drains.warming || []).map((w) => (tr) => {
+      cell(tr, w.listener);
+      cell(tr, w.version_info);
+      cell(tr, (w.waiting_for || []).join(", "));
+      cell(tr, shortTime(w.since), "time");
+      cell(tr, w.timeout_at ? shortTime(w.timeout_at) : "never", "time");
+      cell(tr, w.serving_version === undefined ? "(nothing: refused)" : w.serving_version);
+    }), "nothing is warming", 6);
 
     fill("drains", (drains.drains || []).map((d) => (tr) => {
       cell(tr, drainSubject(d));

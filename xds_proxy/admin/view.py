@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -39,6 +39,14 @@ class ListenerState(Protocol):
     @property
     def overall_errors(self) -> Sequence[ErrorState]: ...
 
+    @property
+    def warming(self) -> Mapping[str, ListenerVersion]: ...
+
+    @property
+    def listed_warming(self) -> Sequence[ListenerVersion]:
+        """Warming listeners that `/listeners` lists (before the workers start, as Envoy)."""
+        ...
+
 
 @dataclass(frozen=True)
 class AdminView:
@@ -57,6 +65,9 @@ class AdminView:
     cds_version_info: Callable[[], str]
     drain_report: Callable[[], list[dict]]  # every drain in progress, for `/drain_status`
     lds_updates: Callable[[], list[dict]]  # the recent LDS update outcomes, for `GET /`
+    # RDS: (name, version_info, RouteConfiguration, last_updated) of every route config held
+    route_configs: Callable[[], list[tuple[str, str, Any, float]]] = lambda: []
+    warming_report: Callable[[], list[dict]] = lambda: []  # `/drain_status` `warming`
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "codec_type": Values({"AUTO": OK, "HTTP1": OK, "HTTP2": OK}),
         "stat_prefix": OK,
         "route_config": OK,
+        "rds": OK,  # config/rds.py, the route registry (xds_proxy/routes/)
         "http_filters": OK,
         "common_http_protocol_options": Supported(
             {
@@ -212,6 +213,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "drain_timeout": OK,
         "delayed_close_timeout": OK,
     },
+    _HCM + "Rds": {"config_source": OK, "route_config_name": OK},
     _HCM + "HttpFilter": {
         "name": OK,
         "typed_config": Extension("http_filter"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -21,6 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from xds_proxy.bounded_cache import BoundedCache
 from xds_proxy.codec.responses import LocalResponse
 from xds_proxy.config.hcm import HcmSettings, build_hcm_settings
+from xds_proxy.errors import ConfigError
 from xds_proxy.http.router import RouteHandle, RouteTable
 from xds_proxy.stats import Counter, Gauge, Stats
 
@@ -122,33 +124,65 @@ class HcmConfig(HcmSettings):
     stream_timeout_reply: LocalResponse
 
 
+# (rds, stat_prefix, server name, strip_any_host_port, path) -> the handle an HCM with `rds`
+# serves from: the route registry's (xds_proxy/routes/registry.py); raises ConfigError.
+RouteProvider = Callable[[hcm_pb2.Rds, str, str, bool, str], RouteHandle]
+
+
 # Serialized HCM -> (the stats store it was built against, its config). Only successes are
 # kept: a failure is reported once, at the path of the chain that has it.
 HCM_CONFIGS: BoundedCache[bytes, tuple[Stats, HcmConfig]] = BoundedCache.for_config_bytes()
 
 
 def build_http_connection_manager(
-    hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats
+    hcm: hcm_pb2.HttpConnectionManager,
+    path: str,
+    stats: Stats,
+    routes: RouteProvider | None = None,
 ) -> HcmConfig:
     """Translate one HCM that passed the PGV rules and the support table (config/), or reuse
     the config of an identical one; raises `ConfigError("PATH: reason")` for what only
     building finds (a duplicate domain, an unreadable body file)."""
     key = hcm.SerializeToString()
     cached = HCM_CONFIGS.get(key)
-    if cached is not None and cached[0] is stats:
+    if cached is not None and cached[0] is stats and _same_routes(hcm, cached[1], path, routes):
         return cached[1]
-    config = _build(hcm, path, stats)
+    config = _build(hcm, path, stats, routes)
     HCM_CONFIGS.put(key, (stats, config), len(key))
     return config
 
 
-def _build(hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats) -> HcmConfig:
+def _same_routes(
+    hcm: hcm_pb2.HttpConnectionManager,
+    cached: HcmConfig,
+    path: str,
+    routes: RouteProvider | None,
+) -> bool:
+    """An HCM with `rds` reuses a cached config only if it serves from the handle the route
+    registry gives now (it forgets the handles of names nobody uses)."""
+    if not hcm.HasField("rds") or routes is None:
+        return True
+    server = hcm.server_name or "envoy"
+    handle = routes(hcm.rds, hcm.stat_prefix, server, hcm.strip_any_host_port, path)
+    return handle is cached.routes
+
+
+def _build(
+    hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats, routes: RouteProvider | None
+) -> HcmConfig:
     settings = build_hcm_settings(hcm, path)
     server = settings.server_name
-    routes = RouteTable(hcm.route_config, f"{path}.route_config", server, hcm.strip_any_host_port)
+    if hcm.HasField("rds"):
+        if routes is None:
+            raise ConfigError(f"{path}.rds: not supported here (no RDS)")
+        handle = routes(hcm.rds, settings.stat_prefix, server, hcm.strip_any_host_port, path)
+    else:
+        handle = RouteHandle(
+            RouteTable(hcm.route_config, f"{path}.route_config", server, hcm.strip_any_host_port)
+        )
     return HcmConfig(
         **{field.name: getattr(settings, field.name) for field in fields(HcmSettings)},
-        routes=RouteHandle(routes),
+        routes=handle,
         stats=HcmStats(stats, settings.stat_prefix),
         bad_request=LocalResponse(400, b"Bad Request", server),
         bad_request_no_body=LocalResponse(400, b"", server),

@@ -32,11 +32,41 @@ _NO_HEADERS: dict[str, str] = {}
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 
 
+class RegexError(ConfigError):
+    """A regex that does not compile; `re2_text` is the error in RE2's words (what Envoy's
+    RDS NACK says, e.g. `missing ): (abc`)."""
+
+    def __init__(self, message: str, re2_text: str) -> None:
+        super().__init__(message)
+        self.re2_text = re2_text
+
+
+def _re2_text(pattern: str, error: re.error) -> str:
+    """RE2's message for the common errors, from Python's."""
+    pos = error.pos or 0
+    reason = error.msg
+    if reason.startswith("missing ), unterminated subpattern"):
+        return f"missing ): {pattern}"
+    if reason.startswith("unbalanced parenthesis"):
+        return f"unexpected ): {pattern}"
+    if reason.startswith("unterminated character set"):
+        return f"missing ]: {pattern[pos:]}"
+    if reason.startswith("nothing to repeat"):
+        return f"missing argument to repetition operator: {pattern[pos : pos + 1]}"
+    if reason.startswith("multiple repeat"):
+        return f"bad repetition operator: {pattern[max(pos - 1, 0) : pos + 1]}"
+    if reason.startswith("bad escape"):
+        return f"invalid escape sequence: {pattern[pos : pos + 2]}"
+    return f"{reason}: {pattern}"
+
+
 def compile_regex(regex: regex_pb2.RegexMatcher, path: str) -> re.Pattern[str]:
     try:
         return re.compile(regex.regex)
     except re.error as error:
-        raise ConfigError(f"{path}.regex: invalid regex '{regex.regex}': {error}") from None
+        raise RegexError(
+            f"{path}.regex: invalid regex '{regex.regex}': {error}", _re2_text(regex.regex, error)
+        ) from None
 
 
 def compile_string_matcher(matcher: string_pb2.StringMatcher, path: str) -> StringPredicate:

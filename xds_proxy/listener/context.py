@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from xds_proxy.stats import Stats
 
@@ -66,3 +66,6 @@ class FilterChainContext:
     drain_time_s: float = 600.0
     # The clusters that routes and tcp_proxy forward to (None: no upstreams, e.g. in tests).
     clusters: ClusterManager | None = None
+    # The route handles of HCMs with `rds` (http/conn_manager.py `RouteProvider`: the route
+    # registry's `handle`); None: no RDS.
+    routes: Callable[..., Any] | None = None

@@ -15,6 +15,7 @@ import functools
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -58,6 +59,7 @@ class ListenerServices:
     build_chain: ChainBuilder
     clusters: ClusterManager | None  # what routes and tcp_proxy forward to (None: no upstreams)
     global_limit: GlobalConnectionLimit | None  # the overload manager's connection limit
+    routes: Callable[..., Any] | None = None  # the route registry's `handle` (None: no RDS)
 
 
 class ChainRuntime:
@@ -91,6 +93,7 @@ class ChainRuntime:
             unregister=self._unregister,
             drain_time_s=services.drains.drain_time_s,
             clusters=services.clusters,
+            routes=services.routes,
         )
         self.factory = services.build_chain(config.filters, context, f"{path}.filters")
         self.tls: DownstreamTls | None = None

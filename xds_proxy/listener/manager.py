@@ -15,7 +15,7 @@ binds (or shares the sockets of the version it replaces) but does not listen; a 
 NACKs this listener only, and the other listeners of the response still apply. Listening
 starts when the runtime executes `StartListener`.
 
-Actions:
+Actions (plain data, defined in `actions.py` with the events):
 
 - `StartListener(version_id)`: listen and accept with the compiled version on its reserved
   sockets. A full update of a name starts the new version *before* the old one stops.
@@ -35,13 +35,33 @@ Actions:
 - `ForgetVersion(version_id)`: a compiled version that will never start (its listener was
   NACKed after compiling).
 
+- `WatchRoutes(version_id, names)`: the version uses these RDS route configurations (the
+  route registry subscribes to a name when its first user appears); `UnwatchRoutes(version_id)`:
+  it uses them no more (a drained, removed or discarded version; the last user gone, the
+  registry unsubscribes).
+
 Events the runtime reports back (`on_event`): `ListenerDrained(version_id)`,
-`ChainsDrained(group_id)`, `StartFailed(version_id)` (listen() or accept failed).
+`ChainsDrained(group_id)`, `StartFailed(version_id)` (listen() or accept failed); and the
+route registry's `RoutesReady(name)` and `RoutesFailed(name)` (NACKed, or its
+`initial_fetch_timeout` expired).
+
+Warming (docs/warming.md): a version whose route configurations are not all ready is
+*warming*. A new listener warms bound but not listening (connections are refused) and is
+ACKed at once; a changed listener's old version keeps serving meanwhile. When the last one
+is ready the manager emits what it emits for an add, a full update or an in-place update
+(the counters `listener_modified` and `listener_in_place_updated` move at push time,
+`listener_create_success` at warm time, as Envoy's). A NACKed or timed-out route
+configuration ends a *new* listener's warming (active with no routes: 404, as Envoy); a
+*changed* listener keeps its old version serving and the new one warming until a valid
+configuration arrives (where we do better than Envoy, which serves 404). A removed warming
+listener is dropped at once; a warming version replaced by a newer one, or by the active
+config again, is discarded. A route configuration the registry already holds is used at
+once. Before the workers start (the first LDS response) a new warming listener counts as
+active in the gauges, as in Envoy.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,34 +71,49 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_pb2
 
 from xds_proxy.config.pgv import canonical_ip
+from xds_proxy.config.rds import listener_route_names
 from xds_proxy.config_key import config_key
 from xds_proxy.errors import ConfigError
+from xds_proxy.listener.actions import (
+    DEFAULT_CHAIN,
+    Action,
+    ChainsDrained,
+    CloseSockets,
+    DrainListener,
+    DrainTrigger,
+    ForgetVersion,
+    HandOverSockets,
+    ListenerDrained,
+    ListenerEvent,
+    ReleaseSockets,
+    ReserveSockets,
+    RoutesFailed,
+    RoutesReady,
+    RouteState,
+    SocketAddress,
+    StartFailed,
+    StartListener,
+    StopAccepting,
+    UnwatchRoutes,
+    UpdateFilterChains,
+    WatchRoutes,
+)
 from xds_proxy.stats import Stats
 
-DEFAULT_CHAIN = -1  # the index that names `default_filter_chain` in UpdateFilterChains
+
+class RouteStates(Protocol):
+    def state(self, name: str) -> RouteState:
+        """Where the route configuration `name` is now."""
+        ...
 
 
-class DrainTrigger(enum.StrEnum):
-    LDS_UPDATE = "lds_update"
-    LDS_REMOVE = "lds_remove"
-    IN_PLACE_UPDATE = "in_place_update"
+class _AllReady:
+    def state(self, name: str) -> RouteState:
+        return RouteState.READY
 
 
 class BindError(Exception):
     """A listen socket could not be had; the message is Envoy's `cannot bind 'ip:port': ...`."""
-
-
-SocketAddress = tuple[str, int]  # (ip in canonical text form, port)
-
-
-@dataclass(frozen=True)
-class ReserveSockets:
-    """Give `version_id` listen sockets, bound but not yet listening: those of `share_from`
-    (same addresses), else a socket still open on that address, else fresh binds."""
-
-    version_id: int
-    addresses: tuple[SocketAddress, ...]
-    share_from: int | None
 
 
 class SocketReservations(Protocol):
@@ -99,6 +134,15 @@ class ListenerVersion:
     addresses: list[SocketAddress]
     draining: bool = False
     stopped: bool = False  # by /drain_listeners: listed, not accepting
+    route_names: frozenset[str] = frozenset()  # the RDS route configurations it uses
+    waiting: set[str] = field(default_factory=set)  # while warming: the names not ready yet
+    replaces: bool = False  # while warming: an active version of its name serves meanwhile
+    in_place: bool = False  # while warming: it takes over by an in-place update
+    warming_since: float = 0.0
+    # While a new listener warms on an address that a version removed in the same response
+    # accepted on: that version's StopAccepting, ReleaseSockets and DrainListener, held back
+    # so that the address keeps accepting until this one is warm (or discarded).
+    handover: list = field(default_factory=list)
     _key: bytes | None = None
 
     def key(self) -> bytes:
@@ -109,86 +153,6 @@ class ListenerVersion:
 
     def same_config(self, other: listener_pb2.Listener, other_raw: bytes) -> bool:
         return self.raw == other_raw or self.key() == config_key(other)
-
-
-@dataclass(frozen=True)
-class StartListener:
-    version_id: int
-    version_info: str
-
-
-@dataclass(frozen=True)
-class StopAccepting:
-    version_id: int
-
-
-@dataclass(frozen=True)
-class DrainListener:
-    version_id: int
-    trigger: DrainTrigger
-
-
-@dataclass(frozen=True)
-class UpdateFilterChains:
-    old_version_id: int
-    version_id: int
-    version_info: str
-    group_id: int
-    draining_chains: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ReleaseSockets:
-    version_id: int
-
-
-@dataclass(frozen=True)
-class CloseSockets:
-    version_id: int
-
-
-@dataclass(frozen=True)
-class HandOverSockets:
-    pass
-
-
-@dataclass(frozen=True)
-class ForgetVersion:
-    version_id: int
-
-
-Action = (
-    StartListener
-    | StopAccepting
-    | DrainListener
-    | UpdateFilterChains
-    | ReleaseSockets
-    | CloseSockets
-    | HandOverSockets
-    | ForgetVersion
-)
-
-
-@dataclass(frozen=True)
-class ListenerDrained:
-    """A draining version's last connection closed, or its drain window ended."""
-
-    version_id: int
-
-
-@dataclass(frozen=True)
-class ChainsDrained:
-    group_id: int
-
-
-@dataclass(frozen=True)
-class StartFailed:
-    """The runtime could not start a version it was told to start (listen() failed)."""
-
-    version_id: int
-
-
-ListenerEvent = ListenerDrained | ChainsDrained | StartFailed
 
 
 @dataclass(frozen=True)
@@ -219,8 +183,13 @@ class ListenerManager:
         sockets: SocketReservations,
         compile: Callable[[int, listener_pb2.Listener], None],
         clock: Callable[[], float],
+        routes: RouteStates | None = None,
     ) -> None:
         self._stats = stats
+        self._routes: RouteStates = routes if routes is not None else _AllReady()
+        self.warming: dict[str, ListenerVersion] = {}  # by name: the version waiting for routes
+        self._watching: set[int] = set()  # version ids that WatchRoutes was emitted for
+        self._workers_started = False
         self._sockets = sockets
         self._compile = compile
         self._clock = clock
@@ -257,13 +226,41 @@ class ListenerManager:
         version = self._build(listener, "", static=True)
         self._check_duplicate_address(version)
         self._reserve(version, share_from=None)
-        self._activate(version)
+        actions: list[Action] = []
+        self._watch(version, actions)
         self._stats.counter("listener_manager.listener_added").inc()
+        version.waiting = self._pending_routes(version, new=True)
+        if version.waiting:  # it warms on its RDS routes; the server waits for it
+            self._start_warming(version)
+            self._update_gauges()
+            return actions
+        self._activate(version)
         self._update_gauges()  # as Envoy: a bootstrap listener counts as an active listener
-        return [StartListener(version.id, version.version_info)]
+        return [*actions, StartListener(version.id, version.version_info)]
 
     def workers_started(self) -> None:
+        self._workers_started = True
         self._stats.gauge("listener_manager.workers_started").set(1)
+        self._update_gauges()
+
+    @property
+    def listed_warming(self) -> list[ListenerVersion]:
+        """Before the workers start, Envoy lists a new warming listener in `/listeners`."""
+        if self._workers_started:
+            return []
+        return [version for version in self.warming.values() if not version.replaces]
+
+    def route_names_in_use(self) -> set[str]:
+        """The RDS names of every version held: active, warming or draining."""
+        versions = [*self.active.values(), *self.warming.values(), *self.draining.values()]
+        return {name for version in versions for name in version.route_names}
+
+    def initializing_count(self) -> int:
+        return sum(1 for version in self.warming.values() if not version.replaces)
+
+    def initializing(self) -> bool:
+        """Before the workers start: does a new listener still warm (the server waits)?"""
+        return any(not version.replaces for version in self.warming.values())
 
     # -- LDS, state of the world -----------------------------------------------------------
 
@@ -271,6 +268,11 @@ class ListenerManager:
         """A state-of-the-world response: every dynamic listener not named in it is removed."""
         wanted = {listener.name for listener in listeners}
         removed = [n for n, v in self.active.items() if not v.static and n not in wanted]
+        removed += [
+            n
+            for n, v in self.warming.items()
+            if not v.static and n not in wanted and n not in self.active
+        ]
         return self._apply(version_info, listeners, removed)
 
     def apply_delta(
@@ -278,7 +280,12 @@ class ListenerManager:
     ) -> ApplyResult:
         """A delta response: `removed_resources` first (unknown names ignored), then the
         added/updated listeners, through the same path as state of the world."""
-        known = [n for n in removed if n in self.active and not self.active[n].static]
+        known = [
+            n
+            for n in removed
+            if (n in self.active and not self.active[n].static)
+            or (n in self.warming and n not in self.active and not self.warming[n].static)
+        ]
         return self._apply(version_info, listeners, list(dict.fromkeys(known)))
 
     def _apply(
@@ -326,43 +333,95 @@ class ListenerManager:
             return False  # inbound listeners were stopped by /drain_listeners?inboundonly
         raw = listener.SerializeToString()
         existing = self.active.get(listener.name)
-        if existing is not None and (existing.static or existing.same_config(listener, raw)):
-            return False  # identical, or static: skipped
+        warming = self.warming.get(listener.name)
+        if (existing is not None and existing.static) or (warming is not None and warming.static):
+            return False  # static: skipped
+        if warming is not None:
+            if warming.same_config(listener, raw):
+                return False  # the warming version again: it keeps warming
+            if existing is not None and existing.same_config(listener, raw):
+                # The active config pushed back: the warming version is discarded, no drain.
+                self._discard_warming(listener.name, actions)
+                self._stats.counter("listener_manager.listener_modified").inc()
+                return True
+        elif existing is not None and existing.same_config(listener, raw):
+            return False  # identical: skipped
         version = self._build(listener, version_info, raw=raw)
+        # Replaced by a newer version: discarded, but its UnwatchRoutes goes after the new
+        # version's WatchRoutes, so that a route config both use is never let go meanwhile.
+        discarded: list[Action] = []
+        if warming is not None:
+            self._discard_warming(listener.name, actions, after=discarded)
         try:
-            self._place(existing, version, actions)
+            self._place(existing, version, actions, replaced_warming=warming is not None)
         except Exception:
             actions.append(ForgetVersion(version.id))  # compiled, but it will never start
             raise
+        finally:
+            actions.extend(discarded)
         return True
 
     def _place(
-        self, existing: ListenerVersion | None, version: ListenerVersion, actions: list[Action]
+        self,
+        existing: ListenerVersion | None,
+        version: ListenerVersion,
+        actions: list[Action],
+        replaced_warming: bool = False,
     ) -> None:
         if existing is None:
             self._check_duplicate_address(version)
             self._reserve(version, share_from=None)
+            self._watch(version, actions)
+            name = "listener_modified" if replaced_warming else "listener_added"
+            self._stats.counter(f"listener_manager.{name}").inc()
+            version.waiting = self._pending_routes(version, new=True)
+            if version.waiting:
+                self._hold_back_removals(version, actions)
+                self._start_warming(version)
+                return
             self._activate(version)
             actions.append(StartListener(version.id, version.version_info))
-            self._stats.counter("listener_manager.listener_added").inc()
             return
         listener = version.config
         if _reuse_port(existing.config) != _reuse_port(listener):
             raise ConfigError(
                 f"Listener {listener.name}: reuse port cannot be changed during an update"
             )
-        if _in_place_possible(existing.config, listener):
+        in_place = _in_place_possible(existing.config, listener)
+        same_address = _config_addresses(existing.config) == _config_addresses(listener)
+        if in_place:
+            version.version_info = existing.version_info  # as Envoy: the listener keeps it
+        elif not same_address:
+            self._check_duplicate_address(version, ignore_name=version.name)
+        self._reserve(version, share_from=existing.id if in_place or same_address else None)
+        self._watch(version, actions)
+        self._stats.counter("listener_manager.listener_modified").inc()
+        if in_place:
+            self._stats.counter("listener_manager.listener_in_place_updated").inc()
+        version.waiting = self._pending_routes(version, new=False)
+        if version.waiting:
+            version.replaces = True
+            version.in_place = in_place
+            self._start_warming(version)
+            return
+        self._take_over(existing, version, in_place, actions)
+
+    def _take_over(
+        self,
+        existing: ListenerVersion,
+        version: ListenerVersion,
+        in_place: bool,
+        actions: list[Action],
+    ) -> None:
+        if in_place:
             self._update_in_place(existing, version, actions)
         else:
             self._update_full(existing, version, actions)
-        self._stats.counter("listener_manager.listener_modified").inc()
 
     def _update_in_place(
         self, existing: ListenerVersion, version: ListenerVersion, actions: list[Action]
     ) -> None:
         """Only the filter chains changed: same sockets, only changed or removed chains drain."""
-        version.version_info = existing.version_info  # as Envoy: the listener keeps its version
-        self._reserve(version, share_from=existing.id)
         self._set_active(version)
         chains = _draining_chains(existing.config, version.config)
         group_id = next(self._ids)
@@ -372,7 +431,8 @@ class ListenerManager:
             UpdateFilterChains(existing.id, version.id, version.version_info, group_id, chains)
         )
         actions.append(ReleaseSockets(existing.id))
-        self._stats.counter("listener_manager.listener_in_place_updated").inc()
+        if not chains:
+            self._unwatch(existing.id, actions)
         self._stats.counter("listener_manager.listener_create_success").inc()
 
     def _update_full(
@@ -380,16 +440,97 @@ class ListenerManager:
     ) -> None:
         """Any listener-level field changed: the new version takes over the same listen socket
         (or binds the new address), starts, and only then the old version drains."""
-        same_address = _config_addresses(existing.config) == _config_addresses(version.config)
-        if not same_address:
-            self._check_duplicate_address(version, ignore_name=version.name)
-        self._reserve(version, share_from=existing.id if same_address else None)
         self._activate(version)
         self._start_draining(existing, DrainTrigger.LDS_UPDATE, actions, started=version)
 
     def _remove(self, name: str, actions: list[Action]) -> None:
-        self._start_draining(self._pop_active(name), DrainTrigger.LDS_REMOVE, actions)
+        if name in self.warming:
+            self._discard_warming(name, actions)  # dropped at once, never draining
+        if name in self.active:
+            self._start_draining(self._pop_active(name), DrainTrigger.LDS_REMOVE, actions)
         self._stats.counter("listener_manager.listener_removed").inc()
+
+    # -- warming ------------------------------------------------------------------------------
+
+    def _pending_routes(self, version: ListenerVersion, new: bool) -> set[str]:
+        """The route configurations the version still waits for: those not held; for a new
+        listener a failed one (NACKed, timed out) does not hold it back (it serves 404)."""
+        pending = set()
+        for name in version.route_names:
+            state = self._routes.state(name)
+            if state is RouteState.READY or (state is RouteState.FAILED and new):
+                continue
+            pending.add(name)
+        return pending
+
+    def _hold_back_removals(self, version: ListenerVersion, actions: list[Action]) -> None:
+        """No connection is refused at an address that was serving: a version removed in this
+        response on one of the new listener's addresses keeps accepting until it is warm."""
+        mine = {address for address in version.addresses if address[1] != 0}
+        held = {
+            old.id
+            for old in self.draining.values()
+            if mine.intersection(old.addresses)
+            and StopAccepting(old.id) in actions
+            and DrainListener(old.id, DrainTrigger.LDS_REMOVE) in actions
+        }
+        if not held:
+            return
+        kinds = (StopAccepting, ReleaseSockets, DrainListener)
+        version.handover = [a for a in actions if isinstance(a, kinds) and a.version_id in held]
+        actions[:] = [a for a in actions if not (isinstance(a, kinds) and a.version_id in held)]
+
+    def _start_warming(self, version: ListenerVersion) -> None:
+        version.warming_since = self._clock()
+        self.warming[version.name] = version
+        if not version.replaces:
+            for address in version.addresses:
+                if address[1] != 0:
+                    self._owners[address] = version
+
+    def _discard_warming(
+        self, name: str, actions: list[Action], after: list[Action] | None = None
+    ) -> None:
+        """Drop a warming version; its own actions go to `after` when given (the end of the
+        batch), the held-back removals of its address's previous owner to `actions`."""
+        version = self.warming.pop(name)
+        if not version.replaces:
+            self._forget_addresses(version)
+        own = after if after is not None else actions
+        self._unwatch(version.id, own)
+        own.append(ReleaseSockets(version.id))
+        own.append(ForgetVersion(version.id))
+        actions.extend(version.handover)
+
+    def _routes_changed(self, name: str, ready: bool, actions: list[Action]) -> None:
+        for version in list(self.warming.values()):
+            if name not in version.waiting:
+                continue
+            if ready or not version.replaces:
+                version.waiting.discard(name)
+            if not version.waiting:
+                self._warmed(version, actions)
+
+    def _warmed(self, version: ListenerVersion, actions: list[Action]) -> None:
+        del self.warming[version.name]
+        existing = self.active.get(version.name)
+        if existing is None:
+            self._activate(version)
+            actions.append(StartListener(version.id, version.version_info))
+            actions.extend(version.handover)  # the previous owner of the address stops now
+            version.handover = []
+            return
+        self._take_over(existing, version, version.in_place, actions)
+
+    def _watch(self, version: ListenerVersion, actions: list[Action]) -> None:
+        if version.route_names:
+            self._watching.add(version.id)
+            actions.append(WatchRoutes(version.id, tuple(sorted(version.route_names))))
+
+    def _unwatch(self, version_id: int, actions: list[Action]) -> None:
+        if version_id in self._watching:
+            self._watching.discard(version_id)
+            actions.append(UnwatchRoutes(version_id))
 
     def _start_draining(
         self,
@@ -419,6 +560,9 @@ class ListenerManager:
         else:
             self.stopped = True
         actions: list[Action] = []
+        for name, warming in list(self.warming.items()):
+            if not inbound_only or _inbound(warming.config):
+                self._discard_warming(name, actions)  # it never served: it never will now
         for version in self.active.values():
             if version.stopped or (inbound_only and not _inbound(version.config)):
                 continue
@@ -429,6 +573,7 @@ class ListenerManager:
             self._stats.counter("listener_manager.listener_stopped").inc()
         if hand_over:
             actions.append(HandOverSockets())
+        self._update_gauges()
         return actions
 
     # -- reports from the runtime ------------------------------------------------------------
@@ -438,14 +583,23 @@ class ListenerManager:
         match event:
             case ListenerDrained(version_id):
                 self.draining.pop(version_id, None)
+                self._unwatch(version_id, actions)
             case ChainsDrained(group_id):
+                for group in self.draining_chains:
+                    if group.group_id == group_id:
+                        self._unwatch(group.version_id, actions)
                 self.draining_chains = [g for g in self.draining_chains if g.group_id != group_id]
             case StartFailed(version_id):
                 for name, version in list(self.active.items()):
                     if version.id == version_id:
                         self._pop_active(name)
                         actions.append(ReleaseSockets(version_id))
+                        self._unwatch(version_id, actions)
                 self._stats.counter("listener_manager.listener_create_failure").inc()
+            case RoutesReady(name):
+                self._routes_changed(name, True, actions)
+            case RoutesFailed(name):
+                self._routes_changed(name, False, actions)
         self._update_gauges()
         return actions
 
@@ -470,6 +624,7 @@ class ListenerManager:
             last_updated=self._clock(),
             static=static,
             addresses=addresses,
+            route_names=listener_route_names(listener),
         )
 
     def _activate(self, version: ListenerVersion) -> None:
@@ -516,8 +671,14 @@ class ListenerManager:
                 )
 
     def _update_gauges(self) -> None:
-        self._stats.gauge("listener_manager.total_listeners_warming").set(0)
-        self._stats.gauge("listener_manager.total_listeners_active").set(len(self.active))
+        # Before the workers start, Envoy counts a new warming listener as active.
+        starting = 0 if self._workers_started else self.initializing_count()
+        self._stats.gauge("listener_manager.total_listeners_warming").set(
+            len(self.warming) - starting
+        )
+        self._stats.gauge("listener_manager.total_listeners_active").set(
+            len(self.active) + starting
+        )
         self._stats.gauge("listener_manager.total_listeners_draining").set(len(self.draining))
         self._stats.gauge("listener_manager.total_filter_chains_draining").set(
             sum(len(group.chains) for group in self.draining_chains)

@@ -17,6 +17,7 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 from envoy.config.listener.v3 import listener_pb2
 
@@ -61,12 +62,26 @@ from xds_proxy.listener.manager import (
     StartFailed,
     StartListener,
     StopAccepting,
+    UnwatchRoutes,
     UpdateFilterChains,
+    WatchRoutes,
 )
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.stats import Stats, listener_stat_prefix
 
 log = logging.getLogger("xds_proxy.listener")
+
+
+class RouteWatches(Protocol):
+    """The route registry as the runtime drives it (xds_proxy/routes/registry.py)."""
+
+    def watch(self, version_id: int, names: tuple[str, ...]) -> None: ...
+
+    def unwatch(self, version_id: int) -> None: ...
+
+    def flush(self) -> None:
+        """Send the subscription changes of the batch just carried out."""
+        ...
 
 
 class ListenerCompiler:
@@ -109,8 +124,10 @@ class ListenerRuntime:
         compiler: ListenerCompiler,
         manager: ListenerManager,
         drains: DrainManager,
+        routes: RouteWatches | None = None,
     ) -> None:
         self.stats = stats
+        self.routes = routes
         self.pool = pool
         self.compiler = compiler
         self.manager = manager
@@ -157,6 +174,7 @@ class ListenerRuntime:
                         self._perform(action)
         finally:
             self.pool.flush()
+            self._flush_routes()
 
     async def close(self) -> None:
         for instance in list(self.instances.values()):
@@ -195,6 +213,12 @@ class ListenerRuntime:
                 self.pool.close_after_hand_over()
             case ForgetVersion(version_id):
                 self.compiler.take(version_id)
+            case WatchRoutes(version_id, names):
+                if self.routes is not None:
+                    self.routes.watch(version_id, names)
+            case UnwatchRoutes(version_id):
+                if self.routes is not None:
+                    self.routes.unwatch(version_id)
             case TellConnections(scope, drain):
                 for chain in self._chains_in(scope):
                     chain.tell_connections(drain)
@@ -225,6 +249,11 @@ class ListenerRuntime:
     def _report_drain(self, event: DrainEvent) -> None:
         self._perform_all(self.drains.on_event(event))
         self.pool.flush()
+        self._flush_routes()
+
+    def _flush_routes(self) -> None:
+        if self.routes is not None:
+            self.routes.flush()
 
     # -- listener versions ---------------------------------------------------------------------
 

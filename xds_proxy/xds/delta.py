@@ -78,6 +78,28 @@ class DeltaSubscription(SubscriptionLifecycle):
         self.resource_versions: dict[str, str] = {}  # what we hold: name -> version
         self.last_accepted_version = ""  # system_version_info: informational in Delta
         self.ttl = TtlTracker()
+        # None: a wildcard subscription (LDS, CDS); else the names subscribed to (RDS).
+        self.resource_names: list[str] | None = None
+
+    def change_names(self, names: list[str]) -> discovery_pb2.DeltaDiscoveryRequest | None:
+        """A named subscription's names change: the names added go in
+        `resource_names_subscribe`, those dropped in `resource_names_unsubscribe` (no nonce:
+        it acknowledges nothing); None while no stream is up or nothing changed."""
+        before = self.resource_names or []
+        self.resource_names = list(names)
+        added = [name for name in names if name not in before]
+        dropped = [name for name in before if name not in names]
+        for name in dropped:
+            self.resource_versions.pop(name, None)
+        if not self.stream_up or not (added or dropped):
+            return None
+        request = discovery_pb2.DeltaDiscoveryRequest(
+            type_url=self.type_url,
+            resource_names_subscribe=added,
+            resource_names_unsubscribe=dropped,
+        )
+        self._stamp(request)
+        return request
 
     # -- events -------------------------------------------------------------------------------
 
@@ -85,6 +107,8 @@ class DeltaSubscription(SubscriptionLifecycle):
         """A new stream is open: its first request names every resource held, with version."""
         self._stream_opened()
         request = self._request()
+        if self.resource_names is not None:
+            request.resource_names_subscribe.extend(self.resource_names)
         for name in sorted(self.resource_versions):
             request.initial_resource_versions[name] = self.resource_versions[name]
         return request

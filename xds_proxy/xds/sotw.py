@@ -185,6 +185,17 @@ class SotwSubscription(SubscriptionLifecycle, Generic[R]):
         super().__init__(type_url, node, stats, node_on_first_request_only)
         self._decode = decode
         self.last_accepted_version = ""
+        # None: a wildcard subscription (LDS, CDS); else the names asked for (RDS), in
+        # Envoy's order: the newest first.
+        self.resource_names: list[str] | None = None
+
+    def change_names(self, names: list[str]) -> discovery_pb2.DiscoveryRequest | None:
+        """A named subscription's names change: Envoy sends the new list in an ACK-shaped
+        request (the last accepted version and the current nonce); None while no stream is up."""
+        self.resource_names = list(names)
+        if not self.stream_up:
+            return None
+        return self._request()
 
     # -- events -------------------------------------------------------------------------------
 
@@ -239,6 +250,8 @@ class SotwSubscription(SubscriptionLifecycle, Generic[R]):
             response_nonce=self.nonce,
             type_url=self.type_url,
         )
+        if self.resource_names is not None:
+            request.resource_names.extend(self.resource_names)
         self._stamp(request)
         if error_message is not None:
             request.error_detail.code = GRPC_INTERNAL

@@ -70,7 +70,13 @@ def cds_server(bootstrap: bootstrap_pb2.Bootstrap) -> XdsServer:
 def config_server(bootstrap: bootstrap_pb2.Bootstrap, source_field: str) -> XdsServer:
     """The server of `dynamic_resources.<source_field>` (a ConfigSource)."""
     source = getattr(bootstrap.dynamic_resources, source_field)
-    path = f"{_DYN}.{source_field}"
+    return source_server(bootstrap, source, f"{_DYN}.{source_field}")
+
+
+def source_server(
+    bootstrap: bootstrap_pb2.Bootstrap, source: config_source_pb2.ConfigSource, path: str
+) -> XdsServer:
+    """The server a ConfigSource at `path` names (the bootstrap's ADS, or a static cluster)."""
     kind = source.WhichOneof("config_source_specifier")
     if kind == "ads":
         if not bootstrap.dynamic_resources.HasField("ads_config"):

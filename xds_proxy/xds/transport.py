@@ -102,6 +102,7 @@ class SubscriptionClient:
         self._initialized = False
         self._rng = rng
         self._fetch_timer: asyncio.TimerHandle | None = None
+        self.stream: XdsStream | None = None  # the stream that carries it, once added
 
     @property
     def type_url(self) -> str:
@@ -162,6 +163,10 @@ class SubscriptionClient:
                 self.server.initial_fetch_timeout_s, self._initial_fetch_timed_out
             )
 
+    def stream_lost(self) -> None:
+        """The stream failed or was closed: the subscription counts it."""
+        self._subscription.on_stream_lost()
+
     def stopped(self) -> None:
         if self._fetch_timer is not None:
             self._fetch_timer.cancel()
@@ -205,6 +210,7 @@ class XdsStream:
     def add(self, subscription: SubscriptionClient) -> None:
         """Start `subscription` on this stream; if a stream is up, its first request goes now."""
         subscription.started()
+        subscription.stream = self
         self._subscriptions.append(subscription)
         call = self._call
         if call is not None:
@@ -212,6 +218,16 @@ class XdsStream:
             task = asyncio.ensure_future(self._write(call, first))
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
+
+    def send(self, request: Any) -> None:
+        """Write a request now if a stream is up (after every write asked for before);
+        without a stream it is dropped: the next stream's first requests say it all."""
+        call = self._call
+        if call is None:
+            return
+        task = asyncio.ensure_future(self._write(call, request))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def run(self) -> None:
         """Subscribe, and re-subscribe after every loss, until cancelled."""
@@ -272,7 +288,7 @@ class XdsStream:
             if channel is not None:
                 await channel.close(grace=None)
         for subscription in self._subscriptions:
-            subscription._subscription.on_stream_lost()
+            subscription.stream_lost()
         return delivered
 
     def _subscription_for(self, type_url: str) -> SubscriptionClient:

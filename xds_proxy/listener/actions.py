@@ -1,0 +1,145 @@
+"""The plain data the listener manager exchanges with the runtime and the route registry:
+the actions it emits, the events it is told, and the values both sides name (a version's
+sockets, a route configuration's state). Plain frozen dataclasses naming listener versions by
+id, so that they can cross a process boundary (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+DEFAULT_CHAIN = -1  # the index that names `default_filter_chain` in UpdateFilterChains
+
+
+class DrainTrigger(enum.StrEnum):
+    LDS_UPDATE = "lds_update"
+    LDS_REMOVE = "lds_remove"
+    IN_PLACE_UPDATE = "in_place_update"
+
+
+class RouteState(enum.Enum):
+    """A route configuration as the registry holds it."""
+
+    PENDING = "pending"  # not received yet
+    READY = "ready"  # a valid copy is held
+    FAILED = "failed"  # not received, and its response was NACKed or its fetch timed out
+
+
+SocketAddress = tuple[str, int]  # (ip in canonical text form, port)
+
+
+@dataclass(frozen=True)
+class ReserveSockets:
+    """Give `version_id` listen sockets, bound but not yet listening: those of `share_from`
+    (same addresses), else a socket still open on that address, else fresh binds."""
+
+    version_id: int
+    addresses: tuple[SocketAddress, ...]
+    share_from: int | None
+
+
+@dataclass(frozen=True)
+class StartListener:
+    version_id: int
+    version_info: str
+
+
+@dataclass(frozen=True)
+class StopAccepting:
+    version_id: int
+
+
+@dataclass(frozen=True)
+class DrainListener:
+    version_id: int
+    trigger: DrainTrigger
+
+
+@dataclass(frozen=True)
+class UpdateFilterChains:
+    old_version_id: int
+    version_id: int
+    version_info: str
+    group_id: int
+    draining_chains: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReleaseSockets:
+    version_id: int
+
+
+@dataclass(frozen=True)
+class CloseSockets:
+    version_id: int
+
+
+@dataclass(frozen=True)
+class HandOverSockets:
+    pass
+
+
+@dataclass(frozen=True)
+class ForgetVersion:
+    version_id: int
+
+
+@dataclass(frozen=True)
+class WatchRoutes:
+    version_id: int
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UnwatchRoutes:
+    version_id: int
+
+
+Action = (
+    StartListener
+    | StopAccepting
+    | DrainListener
+    | UpdateFilterChains
+    | ReleaseSockets
+    | CloseSockets
+    | HandOverSockets
+    | ForgetVersion
+    | WatchRoutes
+    | UnwatchRoutes
+)
+
+
+@dataclass(frozen=True)
+class ListenerDrained:
+    """A draining version's last connection closed, or its drain window ended."""
+
+    version_id: int
+
+
+@dataclass(frozen=True)
+class ChainsDrained:
+    group_id: int
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    """The runtime could not start a version it was told to start (listen() failed)."""
+
+    version_id: int
+
+
+@dataclass(frozen=True)
+class RoutesReady:
+    """The route registry holds a valid copy of `name` (the first, or after a failure)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class RoutesFailed:
+    """`name` was NACKed or its initial fetch timed out before any copy was held."""
+
+    name: str
+
+
+ListenerEvent = ListenerDrained | ChainsDrained | StartFailed | RoutesReady | RoutesFailed

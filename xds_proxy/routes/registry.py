@@ -1,0 +1,419 @@
+"""The route registry: one RDS subscription per route configuration name.
+
+Who uses what: an HCM with `rds` gets its `RouteHandle` here when its filter chain is built
+(`handle`); the listener manager's `WatchRoutes(version_id, names)` / `UnwatchRoutes` actions,
+executed by the runtime, count the users of each name. The first user subscribes, the last one
+gone unsubscribes (an old version's name only after its drain, because the manager emits
+`UnwatchRoutes` then). `flush()`, at the end of every batch of actions, sends the new name
+lists: over ADS one `RdsClient` on the shared stream (names newest first, as Envoy), with a
+plain `api_config_source` one stream per name.
+
+A RouteConfiguration is checked as an inline `route_config` is (PGV + the support table, then
+the same builder, `RouteTable`); with `validate_clusters: true` every cluster it names must
+exist (`route: unknown cluster 'x'`). A response is processed newest subscription first; the
+first error stops it and NACKs the whole response, and every subscription of that stream
+counts `update_rejected` (Envoy 1.40, docs/warming.md). A valid copy swaps the table of every
+handle of that name: the next request on every live connection uses it, with no drain. A SotW
+response that does not carry a name leaves that name as it was.
+
+It reports to the listener manager (through `on_event`): `RoutesReady(name)` when a name gets
+its first valid copy, `RoutesFailed(name)` when a response is NACKed or `initial_fetch_timeout`
+(Envoy's default 15 s) expires before any copy was held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
+from xds_proxy.config.rds import RdsSpec, rds_spec
+from xds_proxy.config.support import require_valid
+from xds_proxy.errors import ConfigError
+from xds_proxy.http.router import RegexError, RouteHandle, RouteTable
+from xds_proxy.listener.manager import ListenerEvent, RoutesFailed, RoutesReady, RouteState
+from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
+from xds_proxy.upstream.manager import ClusterManager
+from xds_proxy.xds.rds import RdsClient
+from xds_proxy.xds.source import XdsServer, source_server
+from xds_proxy.xds.transport import XdsStream
+from xds_proxy.xds.xxhash64 import xxhash64
+
+log = logging.getLogger("xds_proxy.rds")
+
+_EMPTY = route_pb2.RouteConfiguration()
+
+
+class RdsStats:
+    """`http.<stat_prefix>.rds.<name>.*`, as Envoy 1.40 lists them."""
+
+    def __init__(self, stats: Stats, prefix: str) -> None:
+        def counter(name: str) -> Counter:
+            return stats.counter(prefix + name)
+
+        def gauge(name: str) -> Gauge:
+            return stats.gauge(prefix + name)
+
+        self.config_reload = counter("config_reload")
+        self.config_reload_time_ms = gauge("config_reload_time_ms")
+        self.init_fetch_timeout = counter("init_fetch_timeout")
+        self.update_attempt = counter("update_attempt")
+        self.update_empty = counter("update_empty")
+        self.update_failure = counter("update_failure")
+        self.update_rejected = counter("update_rejected")
+        self.update_success = counter("update_success")
+        self.update_time = gauge("update_time")
+        self.version = gauge("version")
+        self.version_text: TextReadout = stats.text_readout(prefix + "version_text")
+
+    def success(self, version_info: str, now_ms: int) -> None:
+        self.update_attempt.inc()
+        self.update_success.inc()
+        self.update_time.set(now_ms)
+        self.version.set(xxhash64(version_info))
+        self.version_text.set(version_info)
+
+
+@dataclass
+class RouteEntry:
+    """One subscribed route configuration name."""
+
+    name: str
+    spec: RdsSpec
+    stats: RdsStats
+    subscribed_at: float  # wall clock
+    users: set[int] = field(default_factory=set)  # listener version ids
+    state: RouteState = RouteState.PENDING
+    config: route_pb2.RouteConfiguration | None = None
+    version_info: str = ""
+    last_updated: float | None = None  # wall clock of the last change
+    timer: asyncio.TimerHandle | None = None
+    client: RdsClient | None = None  # the client that asks for it
+    task: asyncio.Task | None = None  # plain RDS: its own stream
+
+    @property
+    def timeout_at(self) -> float | None:
+        if self.state is not RouteState.PENDING or self.timer is None:
+            return None
+        assert self.spec.initial_fetch_timeout_s is not None
+        return self.subscribed_at + self.spec.initial_fetch_timeout_s
+
+
+class RouteRegistry:
+    def __init__(
+        self,
+        stats: Stats,
+        bootstrap: bootstrap_pb2.Bootstrap,
+        clusters: ClusterManager | None,
+        on_event: Callable[[ListenerEvent], None],
+        applied: Callable[[], Awaitable[None]] | None = None,
+        ads_stream: Callable[[], XdsStream | None] = lambda: None,
+        wall_clock: Callable[[], float] = time.time,
+        ads_coming: Callable[[], bool] = lambda: False,
+        names_in_use: Callable[[], set[str]] = set,
+    ) -> None:
+        """`ads_stream()`: the server's one ADS stream, once it exists; while `ads_coming()`
+        says the server is about to open it (CDS and LDS go first), RDS over ADS waits to
+        join it instead of opening a stream of its own. `names_in_use()`: the route names of
+        every listener version the manager holds; the handles of a name nobody subscribes to
+        and no version uses are forgotten (a control plane that invents names does not grow
+        us)."""
+        self._stats = stats
+        self._bootstrap = bootstrap
+        self._clusters = clusters
+        self._on_event = on_event
+        self._applied = applied
+        self._ads_stream = ads_stream
+        self._ads_coming = ads_coming
+        self._names_in_use = names_in_use
+        self._released: set[str] = set()  # unsubscribed since the last flush
+        self._unused: set[str] = set()  # names whose last user went in this batch
+        self._wall_clock = wall_clock
+        self.entries: dict[str, RouteEntry] = {}  # subscribed names, oldest first
+        self._specs: dict[str, tuple[RdsSpec, str]] = {}  # name -> (first spec, stat_prefix)
+        self._handles: dict[str, dict[tuple[str, bool], RouteHandle]] = {}
+        self._ads_client: RdsClient | None = None
+        self._own_ads_task: asyncio.Task | None = None
+        self._dirty = False
+
+    # -- the HCM builder's port -----------------------------------------------------------------
+
+    def handle(
+        self, rds: hcm_pb2.Rds, stat_prefix: str, server: str, strip_port: bool, path: str
+    ) -> RouteHandle:
+        """The handle an HCM serves from (empty until the name's first valid copy: 404)."""
+        spec = rds_spec(rds, path)
+        source_server(self._bootstrap, spec.source, f"{path}.config_source")  # usable?
+        self._specs.setdefault(spec.route_config_name, (spec, stat_prefix))
+        handles = self._handles.setdefault(spec.route_config_name, {})
+        key = (server, strip_port)
+        held = handles.get(key)
+        if held is None:
+            entry = self.entries.get(spec.route_config_name)
+            config = entry.config if entry is not None and entry.config is not None else _EMPTY
+            held = handles[key] = RouteHandle(RouteTable(config, "", server, strip_port))
+        return held
+
+    # -- the listener manager's read port -------------------------------------------------------
+
+    def state(self, name: str) -> RouteState:
+        entry = self.entries.get(name)
+        return RouteState.PENDING if entry is None else entry.state
+
+    # -- actions, executed by the runtime -------------------------------------------------------
+
+    def watch(self, version_id: int, names: tuple[str, ...]) -> None:
+        for name in names:
+            entry = self.entries.get(name)
+            if entry is None:
+                entry = self._subscribe(name)
+            entry.users.add(version_id)
+
+    def unwatch(self, version_id: int) -> None:
+        """The last user gone, the name is let go at the flush (a version that takes it over
+        in the same batch keeps it, with its routes)."""
+        for name, entry in self.entries.items():
+            entry.users.discard(version_id)
+            if not entry.users:
+                self._unused.add(name)
+
+    def flush(self) -> None:
+        """Send the name lists that changed since the last flush; forget the handles of
+        names released and used by no listener version."""
+        for name in self._unused:
+            entry = self.entries.get(name)
+            if entry is not None and not entry.users:
+                self._unsubscribe(name)
+        self._unused.clear()
+        if self._released:
+            in_use = self._names_in_use()
+            for name in self._released:
+                if name not in self.entries and name not in in_use:
+                    self._handles.pop(name, None)
+                    self._specs.pop(name, None)
+            self._released.clear()
+        if not self._dirty:
+            return
+        self._dirty = False
+        names = [e.name for e in reversed(self.entries.values()) if e.spec.aggregated]
+        if self._ads_client is None and names:
+            if self._ads_stream() is None and self._ads_coming():
+                self._dirty = True  # flushed again once the ADS stream carries CDS and LDS
+            else:
+                self._start_ads(names)
+        elif self._ads_client is not None:
+            self._ads_client.change_names(names)
+        for entry in self.entries.values():
+            if entry.spec.aggregated:
+                entry.client = self._ads_client
+            elif entry.task is None:
+                self._start_plain(entry)
+
+    def resume(self) -> None:
+        """The server's ADS stream is open (or will not be): send what waited for it."""
+        self._dirty = True
+        self.flush()
+
+    def close(self) -> None:
+        for entry in self.entries.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if entry.task is not None:
+                entry.task.cancel()
+        if self._own_ads_task is not None:
+            self._own_ads_task.cancel()
+
+    # -- from the RDS clients -------------------------------------------------------------------
+
+    def apply_routes(
+        self,
+        client: RdsClient,
+        version_info: str,
+        configs: list[tuple[route_pb2.RouteConfiguration, str]],
+        removed: list[str],
+    ) -> str | None:
+        received = {config.name: (config, version) for config, version in configs}
+        mine = [entry for entry in self.entries.values() if entry.client is client]
+        events: list[ListenerEvent] = []
+        now_ms = int(self._wall_clock() * 1000)
+        try:
+            for entry in reversed(mine):  # newest subscription first, as Envoy
+                if entry.name in received:
+                    config, version = received[entry.name]
+                    tables = self._build(entry.name, config)
+                    self._install(entry, config, version, tables, events)
+                    entry.stats.success(version, now_ms)
+                elif entry.name in removed:
+                    # Delta's "does not exist": an update all the same (Envoy 1.40 counts a
+                    # success and stops the initial fetch timer), and it keeps waiting.
+                    entry.stats.success(version_info, now_ms)
+                    self._stop_fetch_timer(entry)
+        except ConfigError as error:
+            text = error.re2_text if isinstance(error, RegexError) else str(error).lstrip(".")
+            for entry in mine:
+                entry.stats.update_attempt.inc()
+                entry.stats.update_rejected.inc()
+                if entry.state is RouteState.PENDING:
+                    entry.state = RouteState.FAILED
+                    events.append(RoutesFailed(entry.name))
+            self._emit(events)
+            return text
+        self._emit(events)
+        return None
+
+    def stream_lost(self, client: RdsClient) -> None:
+        for entry in self.entries.values():
+            if entry.client is client:
+                entry.stats.update_failure.inc()
+                entry.stats.update_attempt.inc()
+
+    # -- what admin reads -----------------------------------------------------------------------
+
+    def dynamic_route_configs(self) -> list[RouteEntry]:
+        """The route configurations held, in subscription order."""
+        return [entry for entry in self.entries.values() if entry.config is not None]
+
+    def held(self) -> list[tuple[str, str, route_pb2.RouteConfiguration, float]]:
+        """(name, version_info, config, last_updated) of every route configuration held."""
+        return [
+            (entry.name, entry.version_info, entry.config, entry.last_updated or 0.0)
+            for entry in self.entries.values()
+            if entry.config is not None
+        ]
+
+    def timeout_at(self, names: set[str] | frozenset[str]) -> float | None:
+        deadlines = [
+            self.entries[name].timeout_at
+            for name in names
+            if name in self.entries and self.entries[name].timeout_at is not None
+        ]
+        return min(deadlines) if deadlines else None  # type: ignore[type-var]
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _subscribe(self, name: str) -> RouteEntry:
+        spec, stat_prefix = self._specs.get(name) or (
+            rds_spec(hcm_pb2.Rds(route_config_name=name, config_source={"ads": {}}), "rds"),
+            "rds",
+        )
+        entry = RouteEntry(
+            name,
+            spec,
+            RdsStats(self._stats, f"http.{stat_prefix}.rds.{name}."),
+            self._wall_clock(),
+        )
+        entry.stats.update_attempt.inc()  # Envoy counts the subscription's start
+        self.entries[name] = entry
+        if spec.initial_fetch_timeout_s is not None:
+            entry.timer = asyncio.get_running_loop().call_later(
+                spec.initial_fetch_timeout_s, self._timed_out, name
+            )
+        self._dirty = True
+        return entry
+
+    def _unsubscribe(self, name: str) -> None:
+        entry = self.entries.pop(name)
+        if entry.timer is not None:
+            entry.timer.cancel()
+        if entry.task is not None:
+            entry.task.cancel()  # plain RDS: its stream ends
+        for (server, strip_port), handle in self._handles.get(name, {}).items():
+            handle.current = RouteTable(_EMPTY, "", server, strip_port)
+        self._released.add(name)
+        self._dirty = True
+
+    def _timed_out(self, name: str) -> None:
+        entry = self.entries.get(name)
+        if entry is None or entry.state is not RouteState.PENDING:
+            return
+        entry.timer = None
+        log.warning(
+            "rds: initial fetch timed out for %s (%s)",
+            "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            name,
+        )
+        entry.stats.init_fetch_timeout.inc()
+        entry.stats.update_attempt.inc()
+        entry.state = RouteState.FAILED
+        self._emit([RoutesFailed(name)])
+
+    def _build(self, name: str, config: route_pb2.RouteConfiguration) -> dict:
+        """The tables of every handle of `name`; raises ConfigError (the NACK text)."""
+        require_valid(config, "")
+        keys = list(self._handles.get(name, {})) or [("envoy", False)]
+        tables = {key: RouteTable(config, "", key[0], key[1]) for key in keys}
+        table = next(iter(tables.values()))
+        validate = config.validate_clusters.value if config.HasField("validate_clusters") else False
+        if validate and self._clusters is not None:
+            for cluster in sorted(table.cluster_names):
+                if self._clusters.get(cluster) is None:
+                    raise ConfigError(f"route: unknown cluster '{cluster}'")
+        return tables
+
+    def _install(
+        self,
+        entry: RouteEntry,
+        config: route_pb2.RouteConfiguration,
+        version: str,
+        tables: dict,
+        events: list[ListenerEvent],
+    ) -> None:
+        changed = entry.config is None or entry.config.SerializeToString(
+            deterministic=True
+        ) != config.SerializeToString(deterministic=True)
+        handles = self._handles.get(entry.name, {})
+        for key, table in tables.items():
+            if key in handles:
+                handles[key].current = table
+        if changed:
+            entry.config = config
+            entry.version_info = version
+            entry.last_updated = self._wall_clock()
+            entry.stats.config_reload.inc()
+            entry.stats.config_reload_time_ms.set(int(entry.last_updated * 1000))  # as Envoy
+        if entry.state is not RouteState.READY:
+            entry.state = RouteState.READY
+            self._stop_fetch_timer(entry)
+            events.append(RoutesReady(entry.name))
+
+    @staticmethod
+    def _stop_fetch_timer(entry: RouteEntry) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+
+    def _emit(self, events: list[ListenerEvent]) -> None:
+        for event in events:
+            self._on_event(event)
+
+    def _server(self, entry: RouteEntry) -> XdsServer:
+        return source_server(self._bootstrap, entry.spec.source, "rds.config_source")
+
+    def _start_ads(self, names: list[str]) -> None:
+        first = next(e for e in self.entries.values() if e.spec.aggregated)
+        client = RdsClient(
+            self._server(first), self._bootstrap.node, self._stats, self, self._applied
+        )
+        client.change_names(names)
+        self._ads_client = client
+        stream = self._ads_stream()
+        if stream is not None:
+            stream.add(client)  # after CDS and LDS on the one ADS stream
+            return
+        self._own_ads_task = asyncio.create_task(client.run(), name="rds-ads")
+
+    def _start_plain(self, entry: RouteEntry) -> None:
+        client = RdsClient(
+            self._server(entry), self._bootstrap.node, self._stats, self, self._applied
+        )
+        client.change_names([entry.name])
+        entry.client = client
+        entry.task = asyncio.create_task(client.run(), name=f"rds-{entry.name}")

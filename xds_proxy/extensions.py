@@ -15,6 +15,8 @@ import pkgutil
 from functools import cache
 
 from envoy.config.core.v3 import base_pb2  # noqa: F401 - registers core types
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
@@ -52,6 +54,9 @@ HTTP_INSPECTOR = _name(http_inspector_pb2.HttpInspector)
 DOWNSTREAM_TLS = _name(tls_pb2.DownstreamTlsContext)
 UPSTREAM_TLS = _name(tls_pb2.UpstreamTlsContext)
 UPSTREAM_HTTP_PROTOCOL_OPTIONS = _name(http_protocol_options_pb2.HttpProtocolOptions)
+FILE_ACCESS_LOG = _name(file_pb2.FileAccessLog)
+STDOUT_ACCESS_LOG = _name(stream_pb2.StdoutAccessLog)
+STDERR_ACCESS_LOG = _name(stream_pb2.StderrAccessLog)
 
 # type name (without the type.googleapis.com/ prefix) -> canonical extension name
 SUPPORTED_NETWORK_FILTERS: dict[str, str] = {
@@ -73,6 +78,12 @@ SUPPORTED_UPSTREAM_PROTOCOL_OPTIONS: dict[str, str] = {
     UPSTREAM_HTTP_PROTOCOL_OPTIONS: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
 }
 
+SUPPORTED_ACCESS_LOGGERS: dict[str, str] = {
+    FILE_ACCESS_LOG: "envoy.access_loggers.file",
+    STDOUT_ACCESS_LOG: "envoy.access_loggers.stdout",
+    STDERR_ACCESS_LOG: "envoy.access_loggers.stderr",
+}
+
 # The overload manager's resource monitors we implement (listener/limits.py); the others are
 # accepted and inert (config/table.py).
 SUPPORTED_RESOURCE_MONITORS: dict[str, str] = {
@@ -86,6 +97,7 @@ CATEGORIES: dict[str, dict[str, str]] = {
     "transport_socket": SUPPORTED_TRANSPORT_SOCKETS,
     "upstream_protocol_options": SUPPORTED_UPSTREAM_PROTOCOL_OPTIONS,
     "resource_monitor": SUPPORTED_RESOURCE_MONITORS,
+    "access_logger": SUPPORTED_ACCESS_LOGGERS,
 }
 
 # Registered types that are not built yet (type name -> what is missing, in words).
@@ -105,6 +117,9 @@ _CLASSES: dict[str, type[Message]] = {
         tls_pb2.DownstreamTlsContext,
         tls_pb2.UpstreamTlsContext,
         http_protocol_options_pb2.HttpProtocolOptions,
+        file_pb2.FileAccessLog,
+        stream_pb2.StdoutAccessLog,
+        stream_pb2.StderrAccessLog,
     )
 }
 

@@ -13,6 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from xds_proxy.config.access_log import AccessLogSpec, build_access_logs
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
 
@@ -71,6 +72,7 @@ class HcmSettings:
     http2_initial_stream_window: int
     http2_initial_connection_window: int
     proxy_policy: ProxyPolicy
+    access_logs: tuple[AccessLogSpec, ...]
 
 
 def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSettings:
@@ -125,6 +127,7 @@ def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSett
                 hcm.generate_request_id.value if hcm.HasField("generate_request_id") else True
             ),
         ),
+        access_logs=build_access_logs(hcm.access_log, f"{path}.access_log"),
     )
 
 

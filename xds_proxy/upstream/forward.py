@@ -26,15 +26,24 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.message import Message
 
+from xds_proxy.access_log import AccessLog
+from xds_proxy.access_log.record import LogRecord, format_address
+from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.config.hcm import ProxyPolicy
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.stream import (
+    CONNECTION_FAILURE,
+    CONNECTION_TERMINATION,
+    CONNECTION_TIMEOUT,
     HOP_BY_HOP,
+    LOCAL_RESET,
     OVERFLOW,
     PROTOCOL_ERROR,
+    REMOTE_REFUSED_STREAM_RESET,
+    REMOTE_RESET,
     Header,
     RequestHead,
     ResponseHandler,
@@ -190,6 +199,7 @@ class ForwardAction:
         "path_rewrite",
         "prefix",
         "prefix_rewrite",
+        "route_name",
         "timeout_s",
     )
 
@@ -220,6 +230,7 @@ class ForwardAction:
         if action.HasField("timeout"):
             self.timeout_s = duration_seconds(action.timeout) or None
         self.mutations: tuple[HeaderMutations, ...] = ()
+        self.route_name = ""  # the route's name (access logs' ROUTE_NAME)
 
     def pick_cluster(self, rng: random.Random) -> str:
         return self.clusters.pick(rng)
@@ -308,11 +319,13 @@ class Exchange(ResponseHandler):
     `pause_response()` / `resume_response()` for its own write back-pressure."""
 
     __slots__ = (
+        "_access_log",
         "_action",
         "_cluster",
         "_done",
         "_headers_sent",
         "_mutations",
+        "_record",
         "_request_ended",
         "_sink",
         "_started_at",
@@ -331,6 +344,14 @@ class Exchange(ResponseHandler):
         self._done = False
         self._started_at = 0.0
         self._mutations: Sequence[HeaderMutations] = ()
+        self._record: LogRecord | None = None
+        self._access_log: AccessLog | None = None
+
+    def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
+        """Fill `record` in as the exchange goes and log it when the exchange ends."""
+        self._record = record
+        self._access_log = access_log
+        record.route_name = self._action.route_name
 
     # -- from the downstream codec ----------------------------------------------------------
 
@@ -345,17 +366,36 @@ class Exchange(ResponseHandler):
         action = self._action
         name = action.pick_cluster(_rng)
         cluster = clusters.get(name) if clusters is not None else None
+        record = self._record
+        if record is not None:
+            record.server = policy.server_name
+            if end_stream:
+                record.request_end = time.monotonic()
         if cluster is None:
+            if record is not None:
+                record.flags, record.details = "NC", "cluster_not_found"
             self._local_reply(action.not_found_status, b"")
             return
         self._cluster = cluster
         head = self._request_head(request, policy, mutations)
         self._started_at = time.monotonic()
+        if record is not None:
+            record.upstream_cluster = name
+            record.path = head.path
+            record.authority = head.authority
+            record.request_headers = head.headers
         stream = cluster.new_stream(head, self, end_stream, request.http2)
         if stream is None:
+            if record is not None:
+                record.flags, record.details = "UH", "no_healthy_upstream"
             self._local_reply(503, NO_HEALTHY_UPSTREAM_BODY)
             return
         self._stream = stream
+        if record is not None:
+            host = getattr(stream, "host", None)
+            if host is not None:
+                ip, port = host.address[0], host.address[1]
+                record.upstream_host = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         if end_stream:
             self._request_complete()
 
@@ -374,6 +414,9 @@ class Exchange(ResponseHandler):
         """The client went away: cancel the upstream stream."""
         if self._done:
             return
+        if self._record is not None:
+            self._record.add_flag("DC")
+            self._record.details = "downstream_remote_disconnect"
         self._finish()
         if self._stream is not None:
             self._stream.reset()
@@ -399,12 +442,24 @@ class Exchange(ResponseHandler):
         if cluster is not None:
             cluster.stats.count_response(status)
             self._count_host("rq_error" if status >= 500 else "rq_success")
-        elapsed_ms = int((time.monotonic() - self._started_at) * 1000)
+        now = time.monotonic()
+        elapsed_ms = int((now - self._started_at) * 1000)
         out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
         out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
         for mutations in self._mutations:
             mutations.apply_response(out)
         self._headers_sent = True
+        record = self._record
+        if record is not None:
+            record.status = status
+            record.first_upstream_rx = now
+            record.details = "via_upstream"
+            response_headers = [(b":status", b"%d" % status), *out]
+            if not any(name == b"date" for name, _ in out):
+                response_headers.append((b"date", HTTP_DATE.now()))
+            response_headers.append((b"server", record.server))
+            record.response_headers = response_headers
+            self._log_upstream_local()
         if end_stream:
             self._finish()
         self._sink.send_response_headers(status, out, end_stream)
@@ -412,6 +467,8 @@ class Exchange(ResponseHandler):
     def on_response_data(self, data: bytes, end_stream: bool) -> None:
         if self._done:
             return
+        if self._record is not None:
+            self._record.bytes_sent += len(data)
         if end_stream:
             self._finish()
         self._sink.send_response_data(data, end_stream)
@@ -419,16 +476,29 @@ class Exchange(ResponseHandler):
     def on_response_trailers(self, trailers: list[Header]) -> None:
         if self._done:
             return
+        if self._record is not None:
+            self._record.trailers = trailers
         self._finish()
         self._sink.send_response_trailers(trailers)
 
     def on_reset(self, reason: str) -> None:
         if self._done:
             return
+        record = self._record
         if self._headers_sent:
+            if record is not None:
+                record.add_flag("UR" if reason != OVERFLOW else "UO")
+                record.details = f"upstream_reset_after_response_started{{{_detail(reason)}}}"
             self._finish()
             self._sink.reset_downstream()
             return
+        if record is not None:
+            record.flags = _RESET_FLAGS.get(reason, "UR")
+            host = getattr(self._stream, "host", None)
+            failure = host.last_connect_error if reason == CONNECTION_FAILURE and host else None
+            detail = _detail(reason) if failure is None else f"{_detail(reason)}|{failure}"
+            record.details = f"upstream_reset_before_response_started{{{detail}}}"
+            record.upstream_failure = failure
         extra = [(b"x-envoy-overloaded", b"true")] if reason == OVERFLOW else []
         status = 502 if reason == PROTOCOL_ERROR else 503  # Envoy's UPE is a bad gateway
         if self._cluster is not None:
@@ -516,6 +586,11 @@ class Exchange(ResponseHandler):
             self._count_host("rq_timeout")
         if self._stream is not None:
             self._stream.reset()
+        record = self._record
+        if record is not None:
+            record.add_flag("UT")
+            record.details = "response_timeout"
+            self._log_upstream_local()
         if self._headers_sent:
             self._finish()
             self._sink.reset_downstream()
@@ -530,7 +605,17 @@ class Exchange(ResponseHandler):
         if host is not None:
             setattr(host.stats, stat, getattr(host.stats, stat) + 1)
 
+    def _log_upstream_local(self) -> None:
+        local_address = getattr(self._stream, "local_address", None)
+        if local_address is not None and self._record is not None:
+            self._record.upstream_local = format_address(local_address())
+
     def _local_reply(self, status: int, body: bytes, headers: list[Header] | None = None) -> None:
+        record = self._record
+        if record is not None:
+            record.status = status
+            record.response_headers = _local_headers(status, body, headers, record.server)
+            record.bytes_sent = len(body)
         self._finish()
         self._sink.send_local_reply(status, body, headers or [])
 
@@ -539,3 +624,41 @@ class Exchange(ResponseHandler):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        record = self._record
+        if record is not None:
+            self._record = None
+            record.end = time.monotonic()
+            self._access_log.log(record)  # type: ignore[union-attr]
+
+
+# Response flags of a reset before the response started (Envoy's short names).
+_RESET_FLAGS = {
+    CONNECTION_FAILURE: "UF",
+    CONNECTION_TIMEOUT: "UF",
+    CONNECTION_TERMINATION: "UC",
+    OVERFLOW: "UO",
+    PROTOCOL_ERROR: "UPE",
+    REMOTE_RESET: "UR",
+    REMOTE_REFUSED_STREAM_RESET: "UR",
+    LOCAL_RESET: "LR",
+}
+
+
+def _detail(reason: str) -> str:
+    """A reset reason as RESPONSE_CODE_DETAILS spells it (`remote_connection_failure`)."""
+    return reason.replace(" ", "_")
+
+
+def _local_headers(
+    status: int, body: bytes, extra: list[Header] | None, server: bytes
+) -> list[Header]:
+    """An exchange's local reply's headers as Envoy's header map has them."""
+    headers: list[Header] = [(b":status", b"%d" % status)]
+    if body:
+        headers.append((b"content-length", b"%d" % len(body)))
+        headers.append((b"content-type", b"text/plain"))
+    if extra:
+        headers.extend(extra)
+    headers.append((b"date", HTTP_DATE.now()))
+    headers.append((b"server", server))
+    return headers

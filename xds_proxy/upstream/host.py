@@ -44,12 +44,21 @@ class HostPool(Protocol):
 class Host:
     """One upstream address of a cluster; `hostname` is the DNS name it was resolved from."""
 
-    __slots__ = ("active_requests", "address", "hostname", "pools", "stats")
+    __slots__ = (
+        "active_requests",
+        "address",
+        "hostname",
+        "last_connect_error",
+        "pools",
+        "stats",
+    )
 
     def __init__(self, address: tuple[str, int], hostname: str = "") -> None:
         self.address = address
         self.hostname = hostname
         self.active_requests = 0
+        # Why the latest connection attempt failed, as Envoy words it (access logs).
+        self.last_connect_error: str | None = None
         # One pool per upstream protocol in use (two with `use_downstream_protocol_config`).
         self.pools: dict[UpstreamProtocol, HostPool] = {}
         self.stats = HostStats()

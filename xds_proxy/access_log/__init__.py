@@ -1,0 +1,45 @@
+"""Access logs: the compiled formats (format.py), filters (filters.py) and buffered writers
+(writer.py) of the loggers an HCM, a tcp_proxy or a listener configures (config/access_log.py
+parses and checks them). `AccessLog.log(record)` is called once per finished request or
+connection; with no logger configured the codecs hold None and pay one check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xds_proxy.access_log.filters import Predicate, compile_filter
+from xds_proxy.access_log.format import Render, compile_format
+from xds_proxy.access_log.record import LogRecord
+from xds_proxy.access_log.writer import FILES, LogFile
+from xds_proxy.config.access_log import AccessLogSpec
+
+
+class AccessLog:
+    """Every logger of one HCM (or tcp_proxy, or listener): filter, format, sink."""
+
+    __slots__ = ("_loggers", "specs")
+
+    def __init__(self, specs: Sequence[AccessLogSpec]) -> None:
+        self.specs = tuple(specs)
+        loggers: list[tuple[Predicate | None, Render, LogFile]] = []
+        for spec in specs:
+            log_filter = compile_filter(spec.filter) if spec.filter is not None else None
+            loggers.append(
+                (
+                    log_filter,
+                    compile_format(spec.format, spec.omit_empty_values),
+                    FILES.get(spec.path),
+                )
+            )
+        self._loggers = tuple(loggers)
+
+    def log(self, record: LogRecord) -> None:
+        for log_filter, render, sink in self._loggers:
+            if log_filter is None or log_filter(record):
+                sink.write(render(record))
+
+
+def build_access_log(specs: Sequence[AccessLogSpec]) -> AccessLog | None:
+    """The runtime loggers of a config's `access_log` list; None when it is empty."""
+    return AccessLog(specs) if specs else None

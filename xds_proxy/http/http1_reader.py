@@ -315,12 +315,6 @@ class Http1RequestReader:
         elif self._host is None:
             self._reject = config.bad_request_no_body
             raise _StopParsing
-        if parser.should_upgrade():
-            # No upgrade_configs and no CONNECT routes: Envoy answers 403 / 404 and closes.
-            self._reject = (
-                self._routes.not_found if method == b"CONNECT" else config.upgrade_forbidden
-            )
-            raise _StopParsing
         if record is not None:
             record.path = self._url
             record.authority = self._host
@@ -328,6 +322,12 @@ class Http1RequestReader:
             policy = config.proxy_policy
             record.generate_id = policy.generate_request_id
             record.remote_from_xff = not policy.use_remote_address
+        if parser.should_upgrade():
+            # No upgrade_configs and no CONNECT routes: Envoy answers 403 / 404 and closes.
+            self._reject = (
+                self._routes.not_found if method == b"CONNECT" else config.upgrade_forbidden
+            )
+            raise _StopParsing
         if self._expect_continue:
             self.out.append(_CONTINUE)
         if self._routes.forwards:
@@ -516,6 +516,10 @@ class Http1RequestReader:
             record.request_end = time.monotonic()
         elif response is config.bad_request:
             flags, details = "DPE", "http1.codec_error"
+        elif response is config.request_timeout_reply:
+            flags, details = "", "request_overall_timeout"
+        elif response is config.stream_timeout_reply:
+            flags, details = "SI", "stream_idle_timeout"
         if flags == "DPE":
             # The codec refused the request: the connection manager never saw its headers.
             record.method = record.path = record.authority = record.scheme = None

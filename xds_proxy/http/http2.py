@@ -34,8 +34,10 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
+from xds_proxy.access_log.record import LogRecord
 from xds_proxy.codec.h2_connection import BoundedH2Connection
 from xds_proxy.codec.responses import HTTP_DATE
+from xds_proxy.http import http2_log
 from xds_proxy.http.conn_manager import (
     DrainState,
     HcmConfig,
@@ -114,6 +116,7 @@ class _Stream:
         "path",
         "paused",
         "pending",
+        "record",
         "responded",
         "response_paused",
         "routes",
@@ -141,6 +144,7 @@ class _Stream:
         self.started = 0.0  # loop time of the request headers (request_timeout)
         self.last_rx = 0.0  # loop time of the latest request frame (stream_idle_timeout)
         self.routes = routes  # the table this request is routed with (read once)
+        self.record: LogRecord | None = None  # the access-log record (http2_log.py)
 
 
 class Http2Connection(asyncio.Protocol):
@@ -360,6 +364,9 @@ class Http2Connection(asyncio.Protocol):
         routes = self._config.routes.current  # this request's table, read once
         stream = _Stream(method, authority, path, event.headers, routes)  # type: ignore[arg-type]
         self._streams[stream_id] = stream
+        if self._config.access_log is not None:
+            ended = event.stream_ended is not None
+            stream.record = http2_log.begin(self._config, self.transport, event.headers, ended)  # type: ignore[arg-type]
         if self._stream_timer is None and event.stream_ended is None:
             self._arm_stream_timer()  # a request body follows: bound how long it may take
         stream.started = stream.last_rx = self._loop.time()  # type: ignore[union-attr]
@@ -374,6 +381,8 @@ class Http2Connection(asyncio.Protocol):
         stream = self._streams.get(event.stream_id)  # type: ignore[arg-type]
         if stream is not None:
             stream.last_rx = self._loop.time()  # type: ignore[union-attr]
+            if stream.record is not None:
+                http2_log.received(stream.record, len(event.data), event.stream_ended is not None)  # type: ignore[arg-type]
         exchange = stream.exchange if stream is not None else None
         if exchange is not None and stream.paused:  # type: ignore[union-attr]
             stream.withheld += length  # type: ignore[union-attr]
@@ -414,6 +423,8 @@ class Http2Connection(asyncio.Protocol):
     ) -> None:
         sink = _ForwardSink(self, stream_id, stream)
         exchange = stream.exchange = Exchange(action, sink)
+        if stream.record is not None:
+            exchange.log_to(stream.record, self._config.access_log)  # type: ignore[arg-type]
         headers = [
             (name, value) for name, value in stream.headers if name[:1] != b":" and name != b"host"
         ]
@@ -569,6 +580,8 @@ class Http2Connection(asyncio.Protocol):
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
+        if stream.record is not None and stream.exchange is None:
+            http2_log.reset(self._config, stream.record)
         self._blocked.discard(stream_id)
         if stream.exchange is not None:
             stream.exchange.downstream_reset()
@@ -585,8 +598,12 @@ class Http2Connection(asyncio.Protocol):
         self._after_stream()
 
     def _stream_done(self, stream_id: int) -> None:
-        if self._streams.pop(stream_id, None) is None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
             return
+        if stream.record is not None and stream.exchange is None:
+            action = self._route(stream) if stream.action is _NOT_ROUTED else stream.action
+            http2_log.local_done(self._config, stream.record, action, stream.method == b"HEAD")
         self._blocked.discard(stream_id)
         self._config.stats.rq_active.value -= 1
         self._closed_streams += 1
@@ -724,6 +741,9 @@ class Http2Connection(asyncio.Protocol):
         ]
         self._config.stats.rq_by_class[status // 100].value += 1
         stream.responded = True
+        if stream.record is not None:
+            idle = body == self._config.stream_timeout_reply.body
+            http2_log.timed_out(stream.record, status, body, server, idle)
         conn = self._h2
         conn.send_headers(stream_id, headers)
         conn.send_data(stream_id, body, end_stream=True)

@@ -162,7 +162,7 @@ def _time_getter(pattern: str) -> Getter:
             elif part == -1:
                 out.append(str(second))
             else:
-                micros = int((wall - second) * 1_000_000)
+                micros = min(round((wall - second) * 1_000_000), 999_999)
                 out.append(f"{micros * 1000:09d}"[:part])
         return "".join(out)
 
@@ -214,7 +214,7 @@ def _plain_getter(name: str) -> Getter:
         "RESPONSE_DURATION": lambda r: _ms(r.start, r.first_upstream_rx),
         "RESPONSE_TX_DURATION": lambda r: _ms(r.first_upstream_rx, r.end),
         "UPSTREAM_HOST": lambda r: r.upstream_host,
-        "UPSTREAM_REMOTE_ADDRESS": lambda r: r.upstream_host,
+        "UPSTREAM_REMOTE_ADDRESS": lambda r: r.upstream_remote,
         "UPSTREAM_CLUSTER": lambda r: r.upstream_cluster,
         "UPSTREAM_LOCAL_ADDRESS": lambda r: r.upstream_local,
         "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda r: r.upstream_failure,

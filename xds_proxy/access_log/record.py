@@ -74,6 +74,7 @@ class LogRecord:
         "upstream_failure",
         "upstream_host",
         "upstream_local",
+        "upstream_remote",
     )
 
     def __init__(self, downstream: Downstream, start: float, start_wall: float) -> None:
@@ -103,6 +104,7 @@ class LogRecord:
         self.upstream_host: str | None = None
         self.upstream_cluster: str | None = None
         self.upstream_local: str | None = None
+        self.upstream_remote: str | None = None  # set once a connection to the host exists
         self.upstream_failure: str | None = None
         self.route_name: str | None = None
         self.server = b"envoy"  # the HCM's server_name (the `server` response header)

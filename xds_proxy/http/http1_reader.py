@@ -15,6 +15,7 @@ request is parsed before a pending forwarded response is out.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Iterable
 
@@ -81,6 +82,9 @@ _ERROR_DETAILS = {
     403: ("", "upgrade_failed"),
     408: ("", "request_header_timeout"),
 }
+
+
+_upgrade_rng = random.Random()
 
 
 class _StopParsing(Exception):
@@ -511,6 +515,13 @@ class Http1RequestReader:
         if record is None:
             record = self._new_record()
         flags, details = _ERROR_DETAILS.get(response.status, ("", None))
+        if response is config.upgrade_forbidden and record.authority is not None:
+            # Envoy routes the request before it refuses the upgrade.
+            action = self._routes.route_raw(record.authority, self._url)
+            if action is not None:
+                record.route_name = action.route_name
+                if type(action) is ForwardAction:
+                    record.upstream_cluster = action.pick_cluster(_upgrade_rng)
         if response is config.bad_request_no_body:
             flags, details = "", "missing_host_header"
             record.request_end = time.monotonic()

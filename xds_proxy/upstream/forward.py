@@ -607,8 +607,11 @@ class Exchange(ResponseHandler):
 
     def _log_upstream_local(self) -> None:
         local_address = getattr(self._stream, "local_address", None)
-        if local_address is not None and self._record is not None:
-            self._record.upstream_local = format_address(local_address())
+        record = self._record
+        if local_address is not None and record is not None:
+            record.upstream_local = format_address(local_address())
+            if record.upstream_local is not None:
+                record.upstream_remote = record.upstream_host
 
     def _local_reply(self, status: int, body: bytes, headers: list[Header] | None = None) -> None:
         record = self._record

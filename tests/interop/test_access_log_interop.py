@@ -107,6 +107,68 @@ _DEFAULT_LINE = re.compile(
 )
 
 
+# JSON formats: nested objects, Envoy's typing (numbers, null for no value, `-` flags),
+# constants, truncation; with and without omit_empty_values.
+JSON_FORMAT = {
+    "code": "%RESPONSE_CODE%",
+    "protocol": "%PROTOCOL%",
+    "request": {
+        "method": "%REQ(:METHOD)%",
+        "agent": "%REQ(USER-AGENT)%",
+        "sizes": {"in": "%BYTES_RECEIVED%", "out": "%BYTES_SENT%"},
+    },
+    "mixed": "code=%RESPONSE_CODE% flags=%RESPONSE_FLAGS%",
+    "upstream": "%UPSTREAM_HOST%",
+    "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "short_path": "%REQ(:PATH):4%",
+    "number": 5,
+    "yes": True,
+    "literal": "x",
+    "empty": "",
+}
+ONE_LINE = "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)%\n"
+_CODE = {"comparison": {"op": "EQ", "value": {"default_value": 404, "runtime_key": "k.404"}}}
+FILTERED = {
+    "errors": {
+        "status_code_filter": {
+            "comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "k.5xx"}}
+        }
+    },
+    "flags": {"response_flag_filter": {"flags": ["NR", "UF", "DPE"]}},
+    "any_flag": {"response_flag_filter": {}},
+    "and_or": {
+        "or_filter": {
+            "filters": [
+                {
+                    "and_filter": {
+                        "filters": [
+                            {"status_code_filter": _CODE},
+                            {"not_health_check_filter": {}},
+                        ]
+                    }
+                },
+                {"response_flag_filter": {"flags": ["UT"]}},
+            ]
+        }
+    },
+    "sampled_default": {"runtime_filter": {"runtime_key": "absent.key"}},
+    "sampled_none": {
+        "runtime_filter": {"runtime_key": "absent.none", "percent_sampled": {"numerator": 0}}
+    },
+    "sampled_all": {
+        "runtime_filter": {"runtime_key": "absent.all", "percent_sampled": {"numerator": 100}}
+    },
+    "slow": {
+        "duration_filter": {
+            "comparison": {"op": "GE", "value": {"default_value": 280, "runtime_key": "k.slow"}}
+        }
+    },
+}
+# Files compared whole at the end of test_json_omit_and_filters_same_as_envoy.
+OTHER_LOGS = ["json", "json_omit", "text_omit", "legacy", *FILTERED]
+
+
 def mask_full(line: str, loose_request_end: bool = False) -> str:
     """`loose_request_end`: Envoy sometimes logs an HTTP/2 request whose body ended after its
     upstream answered without REQUEST_DURATION: a number and `-` compare equal."""
@@ -173,6 +235,29 @@ def _document(backends, port: int, closed_port: int, folder: Path) -> dict[str, 
                 "log_format": {"text_format_source": {"inline_string": FULL_FORMAT}},
             },
         },
+        _file_log(folder, "json", {"log_format": {"json_format": JSON_FORMAT}}),
+        _file_log(
+            folder,
+            "json_omit",
+            {"log_format": {"json_format": JSON_FORMAT, "omit_empty_values": True}},
+        ),
+        _file_log(
+            folder,
+            "text_omit",
+            {
+                "log_format": {
+                    "text_format_source": {
+                        "inline_string": "[%UPSTREAM_HOST%][%REQ(X-NONE)%][%RESPONSE_FLAGS%]\n"
+                    },
+                    "omit_empty_values": True,
+                }
+            },
+        ),
+        _file_log(folder, "legacy", {"format": "legacy %RESPONSE_CODE% %REQ(:PATH)%\n"}),
+        *(
+            {**_file_log(folder, name, {"format": ONE_LINE}), "filter": log_filter}
+            for name, log_filter in FILTERED.items()
+        ),
     ]
     listener = http_listener(port, routes, access_log=access_log, request_headers_timeout="0.5s")
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
@@ -185,6 +270,10 @@ def _document(backends, port: int, closed_port: int, folder: Path) -> dict[str, 
             cluster_dict("closed", [closed_port]),
         ],
     )
+
+
+def _file_log(folder: Path, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "typed_config": {"@type": FILE_LOG, "path": str(folder / name), **fields}}
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +417,18 @@ def test_http2_lines_same_as_envoy(servers) -> None:
     assert_same(run_and_collect(servers, send), loose_request_end=True)
 
 
+def test_client_gone_before_the_response_same_as_envoy(servers) -> None:
+    """The client closes while its request waits for a slow upstream (DC)."""
+
+    def send(port: int) -> int:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /gone HTTP/1.1\r\nhost: foo\r\nx-delay-ms: 1000\r\n\r\n")
+            time.sleep(0.3)
+        return 1
+
+    assert_same(run_and_collect(servers, send))
+
+
 def _complete(received: bytes) -> bool:
     head, separator, body = received.partition(b"\r\n\r\n")
     length = re.search(rb"(?im)^content-length: *(\d+)", head)
@@ -355,3 +456,22 @@ def test_drain_closed_connection_lines_same_as_envoy(servers) -> None:
         return 1
 
     assert_same(run_and_collect(servers, send))
+
+
+def test_json_omit_and_filters_same_as_envoy(servers) -> None:
+    """The JSON, omit_empty_values, legacy-format and filtered loggers saw the same requests
+    (this module's, in order) in both: their files are the same."""
+
+    def send(port: int) -> int:
+        for name in ("get", "direct", "not_found", "refused", "missing", "timeout", "garbage"):
+            _send_http1(port, HTTP1_REQUESTS[name])
+        return 7
+
+    run_and_collect(servers, send)
+    envoy_folder, our_folder = servers["envoy"][2], servers["ours"][2]
+    for name in OTHER_LOGS:
+        assert (our_folder / name).exists(), name  # opened at load, as Envoy does
+        theirs = (envoy_folder / name).read_text()
+        mine = (our_folder / name).read_text()
+        assert mine.splitlines() == theirs.splitlines(), name
+    assert (our_folder / "sampled_default").read_text() == ""  # no runtime value: 0%

@@ -13,6 +13,7 @@ from xds_proxy.access_log.format import Render, compile_format
 from xds_proxy.access_log.record import LogRecord
 from xds_proxy.access_log.writer import FILES, LogFile
 from xds_proxy.config.access_log import AccessLogSpec
+from xds_proxy.errors import ConfigError
 
 
 class AccessLog:
@@ -20,18 +21,18 @@ class AccessLog:
 
     __slots__ = ("_loggers", "specs")
 
-    def __init__(self, specs: Sequence[AccessLogSpec]) -> None:
+    def __init__(self, specs: Sequence[AccessLogSpec], path: str = "access_log") -> None:
         self.specs = tuple(specs)
         loggers: list[tuple[Predicate | None, Render, LogFile]] = []
-        for spec in specs:
+        for index, spec in enumerate(specs):
+            try:
+                sink = FILES.get(spec.path)
+            except OSError as error:
+                raise ConfigError(
+                    f"{path}[{index}]: cannot open access log '{spec.path}': {error.strerror}"
+                ) from None
             log_filter = compile_filter(spec.filter) if spec.filter is not None else None
-            loggers.append(
-                (
-                    log_filter,
-                    compile_format(spec.format, spec.omit_empty_values),
-                    FILES.get(spec.path),
-                )
-            )
+            loggers.append((log_filter, compile_format(spec.format, spec.omit_empty_values), sink))
         self._loggers = tuple(loggers)
 
     def log(self, record: LogRecord) -> None:
@@ -40,6 +41,7 @@ class AccessLog:
                 sink.write(render(record))
 
 
-def build_access_log(specs: Sequence[AccessLogSpec]) -> AccessLog | None:
-    """The runtime loggers of a config's `access_log` list; None when it is empty."""
-    return AccessLog(specs) if specs else None
+def build_access_log(specs: Sequence[AccessLogSpec], path: str) -> AccessLog | None:
+    """The runtime loggers of a config's `access_log` list (at `path`, for errors); None when
+    it is empty. Opens the files: ConfigError when one cannot be opened (as Envoy)."""
+    return AccessLog(specs, path) if specs else None

@@ -205,7 +205,7 @@ def _plain_getter(name: str) -> Getter:
     getters: dict[str, Getter] = {
         "PROTOCOL": lambda r: r.protocol,
         "RESPONSE_CODE": lambda r: r.status,
-        "RESPONSE_FLAGS": lambda r: r.flags or None,
+        "RESPONSE_FLAGS": lambda r: r.flags or "-",  # never empty, even in JSON (as Envoy)
         "RESPONSE_CODE_DETAILS": lambda r: r.details,
         "BYTES_RECEIVED": lambda r: r.bytes_received,
         "BYTES_SENT": lambda r: r.bytes_sent,
@@ -301,6 +301,8 @@ def _json_value(value: object, omit_empty: bool) -> Callable[[LogRecord], object
             return typed
         render = compile_template(value)
         return lambda record: render(record)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a Struct's numbers are doubles; Envoy prints 5, not 5.0
     return lambda record: value
 
 
@@ -323,5 +325,6 @@ def compile_format(spec: TextFormat | JsonFormat, omit_empty: bool) -> Render:
     if isinstance(spec, TextFormat):
         return compile_template(spec.template, omit_empty)
     build = _json_object(spec.root, omit_empty)
-    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    # Envoy's keys come out sorted at every level (a Struct is a map).
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
     return lambda record: encode(build(record)) + "\n"

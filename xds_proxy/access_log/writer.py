@@ -22,12 +22,12 @@ class LogFile:
 
     __slots__ = ("_buffer", "_fd", "_size", "_timer", "path")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self._buffer: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._fd: int | None = None
+        self._fd: int | None = fd
 
     def write(self, line: str) -> None:
         self._buffer.append(line)
@@ -56,7 +56,7 @@ class LogFile:
     def _write(self, data: bytes) -> None:
         """On the writer thread."""
         try:
-            if self._fd is None:
+            if self._fd is None:  # closed at exit, then written again
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             view = memoryview(data)
             while view:
@@ -82,9 +82,12 @@ class AccessLogFiles:
         self._executor: ThreadPoolExecutor | None = None
 
     def get(self, path: str) -> LogFile:
+        """The sink of `path`, opened (append, created) the first time, as Envoy does when it
+        loads the config; OSError when it cannot be opened."""
         found = self._files.get(path)
         if found is None:
-            found = self._files[path] = LogFile(path)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            found = self._files[path] = LogFile(path, fd)
         return found
 
     def submit(self, write, data: bytes) -> None:  # type: ignore[no-untyped-def]

@@ -160,7 +160,7 @@ def _build(hcm: hcm_pb2.HttpConnectionManager, path: str, stats: Stats) -> HcmCo
         request_header_timeout_reply=LocalResponse(408, b"request header timeout", server),
         request_timeout_reply=LocalResponse(408, b"request timeout", server),
         stream_timeout_reply=LocalResponse(408, b"stream timeout", server),
-        access_log=build_access_log(settings.access_logs),
+        access_log=build_access_log(settings.access_logs, f"{path}.access_log"),
     )
 
 

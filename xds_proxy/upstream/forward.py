@@ -590,7 +590,6 @@ class Exchange(ResponseHandler):
         if record is not None:
             record.add_flag("UT")
             record.details = "response_timeout"
-            self._log_upstream_local()
         if self._headers_sent:
             self._finish()
             self._sink.reset_downstream()
@@ -629,6 +628,8 @@ class Exchange(ResponseHandler):
             self._timer = None
         record = self._record
         if record is not None:
+            if record.upstream_local is None:
+                self._log_upstream_local()  # a connection that never answered (DC, UC)
             self._record = None
             record.end = time.monotonic()
             self._access_log.log(record)  # type: ignore[union-attr]

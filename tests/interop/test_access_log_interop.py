@@ -24,8 +24,8 @@ import pytest
 from tests.helpers.envoy import EnvoyProcess
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.upstreams import Http1Echo, Http2Echo, cluster_dict
-from tests.integration.test_upstream_proxy import bootstrap, http_listener, route
+from tests.helpers.upstreams import Http1Echo, Http2Echo, TcpEcho, cluster_dict
+from tests.integration.test_upstream_proxy import bootstrap, http_listener, route, tcp_listener
 from tests.interop.test_routing_interop import exchange
 
 pytestmark = pytest.mark.envoy
@@ -202,7 +202,7 @@ def mask_default(line: str) -> str:
 
 @pytest.fixture(scope="module")
 def backends():
-    servers = {"h1": Http1Echo(), "h2": Http2Echo()}
+    servers = {"h1": Http1Echo(), "h2": Http2Echo(), "tcp": TcpEcho()}
     for server in servers.values():
         server.start()
     yield servers
@@ -210,7 +210,18 @@ def backends():
         server.stop()
 
 
-def _document(backends, port: int, closed_port: int, folder: Path) -> dict[str, Any]:
+def _tcp_listener(port: int, cluster: str, folder: Path, prefix: str) -> dict[str, Any]:
+    full = {"log_format": {"text_format_source": {"inline_string": FULL_FORMAT}}}
+    access_log = [
+        _file_log(folder, f"{prefix}_default", {}),
+        _file_log(folder, f"{prefix}_full", full),
+    ]
+    return tcp_listener(port, cluster, access_log=access_log)
+
+
+def _document(
+    backends, port: int, closed_port: int, folder: Path, tcp_ports: tuple[int, int]
+) -> dict[str, Any]:
     routes = [
         route("/slow", "h1", timeout="0.3s"),
         route("/refused", "closed"),
@@ -263,8 +274,13 @@ def _document(backends, port: int, closed_port: int, folder: Path) -> dict[str, 
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["route_config"]["virtual_hosts"][0]["domains"] = ["foo", "foo:*"]
     return bootstrap(
-        [listener],
         [
+            listener,
+            _tcp_listener(tcp_ports[0], "tcp", folder, "tcp"),
+            _tcp_listener(tcp_ports[1], "closed", folder, "tcp_refused"),
+        ],
+        [
+            cluster_dict("tcp", [backends["tcp"].port]),
             cluster_dict("h1", [backends["h1"].port]),
             cluster_dict("h2", [backends["h2"].port], http2=True),
             cluster_dict("closed", [closed_port]),
@@ -285,8 +301,9 @@ def servers(backends, tmp_path_factory):
         for kind, process_class in (("envoy", EnvoyProcess), ("ours", ProxyProcess)):
             folder = tmp_path_factory.mktemp(kind)
             port = free_port()
+            tcp_ports = free_port(), free_port()
             process = process_class(
-                _document(backends, port, closed_port, folder),
+                _document(backends, port, closed_port, folder, tcp_ports),
                 folder,
                 log_level="warning",
                 extra_args=[
@@ -300,6 +317,7 @@ def servers(backends, tmp_path_factory):
             )
             process.start()
             process.wait_ready()
+            process.tcp_ports = tcp_ports  # type: ignore[attr-defined]
             started[kind] = (process, port, folder)
         yield started
     finally:
@@ -475,3 +493,32 @@ def test_json_omit_and_filters_same_as_envoy(servers) -> None:
         mine = (our_folder / name).read_text()
         assert mine.splitlines() == theirs.splitlines(), name
     assert (our_folder / "sampled_default").read_text() == ""  # no runtime value: 0%
+
+
+def test_tcp_proxy_lines_same_as_envoy(servers) -> None:
+    """tcp_proxy's access_log: a proxied connection (bytes both ways, half-close) and an
+    upstream connect failure (UF,URX), in Envoy's default format and every operator."""
+    names = ("tcp_default", "tcp_full", "tcp_refused_default", "tcp_refused_full")
+    found = {}
+    for kind, (process, _, folder) in servers.items():
+        tcp_port, refused_port = process.tcp_ports
+        with socket.create_connection(("127.0.0.1", tcp_port)) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"ping")
+            assert sock.recv(4) == b"ping"
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(100):
+                pass
+        with socket.create_connection(("127.0.0.1", refused_port)) as sock:
+            sock.settimeout(5)
+            assert sock.recv(100) == b""
+        wait_for(
+            lambda folder=folder: all(len(_lines(folder, name)) == 1 for name in names),
+            timeout=10,
+            what=f"tcp_proxy lines from {kind}",
+        )
+        found[kind] = [_lines(folder, name)[0] for name in names]
+    for theirs, mine, masked in zip(
+        found["envoy"], found["ours"], (mask_default, mask_full) * 2, strict=True
+    ):
+        assert masked(mine) == masked(theirs)

@@ -130,7 +130,7 @@ ROOTS = (
         "tcp_proxy",
         tcp_proxy_pb2.TcpProxy,
         {"stat_prefix": "t", "cluster": "c"},
-        lambda message, path: build_tcp_proxy_settings(message),  # type: ignore[arg-type]
+        lambda message, path: build_tcp_proxy_settings(message, path),  # type: ignore[arg-type]
     ),
     Root("direct_response", direct_response_pb2.Config, {}, build_direct_response_body),
     Root(
@@ -302,6 +302,7 @@ EXAMPLES: dict[str, list[Any]] = {
 NO_EFFECT: dict[str, str] = {
     "hcm route_config.name": "names the table in error lines only",
     "hcm access_log.name": "a logger's name: the @type picks the logger (as Envoy)",
+    "tcp_proxy access_log.name": "a logger's name: the @type picks the logger (as Envoy)",
     "hcm route_config.virtual_hosts.routes.metadata": "metadata is opaque to the router",
     "hcm route_config.virtual_hosts.routes.match.safe_regex.google_re2": (
         "deprecated in Envoy and ignored there too (RE2 is the only engine)"

@@ -81,7 +81,7 @@ class LogRecord:
         self.downstream = downstream
         self.start = start
         self.start_wall = start_wall
-        self.protocol = "HTTP/1.1"
+        self.protocol: str | None = "HTTP/1.1"  # None: a TCP connection (`-`)
         self.method: bytes | None = None
         self.path: bytes | None = None
         self.authority: bytes | None = None

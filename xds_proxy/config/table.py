@@ -344,6 +344,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "weighted_clusters": OK,
         "idle_timeout": OK,
         "max_connect_attempts": OK,
+        "access_log": OK,  # config/access_log.py
     },
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": {"clusters": OK},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": {

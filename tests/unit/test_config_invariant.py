@@ -925,9 +925,6 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _LISTENER + "FilterChainMatch.application_protocols": "listener/filter_chain.py",
     _LISTENER + "Filter.name": "network_filters.py (in error lines; the @type picks the filter)",
     _LISTENER + "Filter.typed_config": "network_filters.py (the hcm, tcp_proxy, ... roots)",
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter.typed_config": (
-        "http/conn_manager.py (the router is found by its @type; it has no options)"
-    ),
 }
 
 

@@ -279,7 +279,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "disabled": OK,
     },
     "envoy.extensions.filters.http.router.v3.Router": {
-        "suppress_envoy_headers": NotYet("the router always adds its x-envoy-* headers"),
+        "suppress_envoy_headers": OK,  # config/hcm.py ProxyPolicy
     },
     _CORE + "Http1ProtocolOptions": {"accept_http_10": OK, "default_host_for_http_10": OK},
     # The HCM's (downstream) HTTP/2 settings; a cluster's are _CLUSTER_HTTP2.

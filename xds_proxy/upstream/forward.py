@@ -330,6 +330,7 @@ class Exchange(ResponseHandler):
         "_sink",
         "_started_at",
         "_stream",
+        "_suppress",
         "_timer",
     )
 
@@ -346,6 +347,7 @@ class Exchange(ResponseHandler):
         self._mutations: Sequence[HeaderMutations] = ()
         self._record: LogRecord | None = None
         self._access_log: AccessLog | None = None
+        self._suppress = False  # the router's suppress_envoy_headers
 
     def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
         """Fill `record` in as the exchange goes and log it when the exchange ends."""
@@ -364,6 +366,7 @@ class Exchange(ResponseHandler):
         mutations: Sequence[HeaderMutations] = (),
     ) -> None:
         action = self._action
+        self._suppress = policy.suppress_envoy_headers
         name = action.pick_cluster(_rng)
         cluster = clusters.get(name) if clusters is not None else None
         record = self._record
@@ -445,7 +448,8 @@ class Exchange(ResponseHandler):
         now = time.monotonic()
         elapsed_ms = int((now - self._started_at) * 1000)
         out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
-        out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
+        if not self._suppress:
+            out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
         for mutations in self._mutations:
             mutations.apply_response(out)
         self._headers_sent = True
@@ -499,7 +503,8 @@ class Exchange(ResponseHandler):
             detail = _detail(reason) if failure is None else f"{_detail(reason)}|{failure}"
             record.details = f"upstream_reset_before_response_started{{{detail}}}"
             record.upstream_failure = failure
-        extra = [(b"x-envoy-overloaded", b"true")] if reason == OVERFLOW else []
+        overloaded = reason == OVERFLOW and not self._suppress
+        extra = [(b"x-envoy-overloaded", b"true")] if overloaded else []
         status = 502 if reason == PROTOCOL_ERROR else 503  # Envoy's UPE is a bad gateway
         if self._cluster is not None:
             self._cluster.stats.count_response(status)
@@ -549,7 +554,8 @@ class Exchange(ResponseHandler):
             headers.append((b"x-forwarded-proto", request.scheme))
         if not has_request_id and policy.generate_request_id:
             headers.append((b"x-request-id", _request_id()))
-        if action.timeout_s:
+        suppress = policy.suppress_envoy_headers
+        if action.timeout_s and not suppress:
             headers.append(
                 (b"x-envoy-expected-rq-timeout-ms", b"%d" % int(action.timeout_s * 1000))
             )
@@ -559,12 +565,14 @@ class Exchange(ResponseHandler):
             level.apply_request(headers)
         authority = request.host
         if action.host_rewrite is not None:
-            headers.append((b"x-envoy-original-host", request.host))
+            if not suppress:
+                headers.append((b"x-envoy-original-host", request.host))
             authority = action.host_rewrite
         path = request.url
         rewritten = action.rewrite_path(path)
         if rewritten is not None:
-            headers.append((b"x-envoy-original-path", path))
+            if not suppress:
+                headers.append((b"x-envoy-original-path", path))
             path = rewritten
         return RequestHead(request.method, path, authority, headers, request.scheme)
 

@@ -1,7 +1,8 @@
-"""Access-log formats compiled once per config: a text format becomes a tuple of small
-functions (a literal, or a getter of one record field), so a request pays only for the getters
-its format names. JSON formats keep Envoy's typing: a value that is one numeric operator is a
-number, `-` (no value) is null.
+"""Access-log formats compiled once per config, so that a request pays only for the fields
+its format names. A text format becomes one generated function whose body is a single
+f-string: literal pieces, plain record fields inline (`r.status`), and small getter functions
+for the rest (headers, times, addresses). JSON formats keep Envoy's typing: a value that is
+one numeric operator is a number, `-` (no value) is null.
 """
 
 from __future__ import annotations
@@ -66,6 +67,48 @@ def _request_header(record: LogRecord, name: bytes) -> bytes | None:
     return None
 
 
+def _request_text(command: Command, empty: str) -> Render:
+    """REQ(X?Y):Z as text in one call; pseudo-headers read their record field directly."""
+    main = command.main.encode("latin-1")
+    alternative = command.alternative.encode("latin-1") if command.alternative else None
+    limit = command.max_length
+    field = _PSEUDO_FIELDS.get(main)
+    if field is not None and alternative is None and limit is None:
+        read = _FIELD_READERS[field]
+
+        def pseudo(record: LogRecord) -> str:
+            value = read(record)
+            return empty if value is None else value.decode("latin-1")
+
+        return pseudo
+
+    def text(record: LogRecord) -> str:
+        value = _request_header(record, main)
+        if value is None and alternative is not None:
+            value = _request_header(record, alternative)
+        if value is None:
+            return empty
+        decoded = value.decode("latin-1")
+        return decoded[:limit] if limit is not None else decoded
+
+    return text
+
+
+_PSEUDO_FIELDS = {
+    b":method": "method",
+    b":path": "path",
+    b":authority": "authority",
+    b"host": "authority",
+    b":scheme": "scheme",
+}
+_FIELD_READERS: dict[str, Callable[[LogRecord], bytes | None]] = {
+    "method": lambda r: r.method,
+    "path": lambda r: r.path,
+    "authority": lambda r: r.authority,
+    "scheme": lambda r: r.scheme,
+}
+
+
 def _request_getter(command: Command) -> Getter:
     main = command.main.encode("latin-1")
     alternative = command.alternative.encode("latin-1") if command.alternative else None
@@ -91,11 +134,20 @@ def _response_getter(command: Command, trailers: bool) -> Getter:
     main = command.main.encode("latin-1")
     alternative = command.alternative.encode("latin-1") if command.alternative else None
 
+    if trailers:
+
+        def trailer(record: LogRecord) -> str | None:
+            value = _header_in(record.trailers, main)
+            if value is None and alternative is not None:
+                value = _header_in(record.trailers, alternative)
+            return None if value is None else value.decode("latin-1")
+
+        return trailer
+
     def get(record: LogRecord) -> str | None:
-        headers = record.trailers if trailers else record.response_headers
-        value = _header_in(headers, main)
+        value = record.response_header(main)
         if value is None and alternative is not None:
-            value = _header_in(headers, alternative)
+            value = record.response_header(alternative)
         return None if value is None else value.decode("latin-1")
 
     return get
@@ -145,6 +197,8 @@ def _time_getter(pattern: str) -> Getter:
             index += 2
     parts.append("".join(text))
     cache: list = [None, ()]  # second -> rendered strftime parts
+    if len(parts) == 3 and type(parts[1]) is int and parts[1] > 0:
+        return _one_fraction_getter(parts[0], parts[1], parts[2])  # type: ignore[arg-type]
 
     def get(record: LogRecord) -> str:
         wall = record.start_wall
@@ -165,6 +219,37 @@ def _time_getter(pattern: str) -> Getter:
                 micros = min(round((wall - second) * 1_000_000), 999_999)
                 out.append(f"{micros * 1000:09d}"[:part])
         return "".join(out)
+
+    return get
+
+
+def _one_fraction_getter(before: str, digits: int, after: str) -> Getter:
+    """The common shape (Envoy's default among them): text, N fraction digits, text; the text
+    is rendered once per second."""
+    scale = 10**digits
+    shape = f"%s%0{digits}d%s"
+    cached_second = cached_tick = -1
+    head = tail = text = ""
+
+    def get(record: LogRecord) -> str:
+        nonlocal cached_second, cached_tick, head, tail, text
+        wall = record.start_wall
+        tick = int(wall * scale)  # the same text for every request in one tick (1 ms)
+        if tick == cached_tick:
+            return text
+        second = int(wall)
+        if second != cached_second:
+            utc = time.gmtime(second)
+            cached_second, head, tail = (
+                second,
+                time.strftime(before, utc),
+                time.strftime(after, utc),
+            )
+        cached_tick = tick
+        micros = min(round((wall - second) * 1_000_000), 999_999)  # the clock's precision
+        fraction = micros * scale // 1_000_000
+        text = shape % (head, fraction, tail)
+        return text
 
     return get
 
@@ -265,13 +350,143 @@ def _text_piece(piece: str | Command, empty: str) -> Render:
     return render
 
 
+# Operators read straight from a record attribute, inline in the generated f-string: an int
+# (always present) or an optional str (None or "" print the empty marker).
+_INLINE_INTS = {
+    "RESPONSE_CODE": "r.status",
+    "BYTES_RECEIVED": "r.bytes_received",
+    "BYTES_SENT": "r.bytes_sent",
+}
+_INLINE_TEXTS = {
+    "PROTOCOL": "r.protocol",
+    "RESPONSE_FLAGS": "r.flags",  # "" prints `-` even with omit_empty_values (below)
+    "RESPONSE_CODE_DETAILS": "r.details",
+    "UPSTREAM_HOST": "r.upstream_host",
+    "UPSTREAM_REMOTE_ADDRESS": "r.upstream_remote",
+    "UPSTREAM_CLUSTER": "r.upstream_cluster",
+    "UPSTREAM_LOCAL_ADDRESS": "r.upstream_local",
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": "r.upstream_failure",
+    "CONNECTION_TERMINATION_DETAILS": "r.termination",
+    "ROUTE_NAME": "r.route_name",
+}
+_INLINE_DURATIONS = {
+    "DURATION": ("r.start", "r.end"),
+    "REQUEST_DURATION": ("r.start", "r.request_end"),
+    "RESPONSE_DURATION": ("r.start", "r.first_upstream_rx"),
+    "RESPONSE_TX_DURATION": ("r.first_upstream_rx", "r.end"),
+}
+
+
+def _expression(piece: Command, index: int, namespace: dict[str, object], empty: str) -> str:
+    """The f-string expression of one command (names it needs go into `namespace`)."""
+    name = piece.name
+    if piece.max_length is None:
+        if name in _INLINE_INTS:
+            return _INLINE_INTS[name]
+        if name in _INLINE_TEXTS:
+            marker = "_dash" if name == "RESPONSE_FLAGS" else "_empty"
+            return f"({_INLINE_TEXTS[name]} or {marker})"
+        if name in _INLINE_DURATIONS:
+            start, end = _INLINE_DURATIONS[name]
+            return (
+                f"(_empty if {start} is None or {end} is None else int(({end} - {start}) * 1000))"
+            )
+    function = f"_g{index}"
+    if name == "REQ":
+        namespace[function] = _request_text(piece, empty)
+    else:
+        namespace[function] = _text_piece(piece, empty)
+    return f"{function}(r)"
+
+
+_PSEUDO_EXPRESSIONS = {
+    b":method": "r.method",
+    b":path": "r.path",
+    b":authority": "r.authority",
+    b"host": "r.authority",
+    b":scheme": "r.scheme",
+}
+
+
+def _request_id_or_generated(record: LogRecord, found: bytes | None) -> bytes | None:
+    if found is not None:
+        return found
+    if record.request_id is None and record.generate_id:
+        record.request_id = request_id()
+    return record.request_id
+
+
+class _HeaderScan:
+    """The request headers a text format reads, found in one pass over the request's headers
+    (each REQ operator then costs an expression, not a scan)."""
+
+    def __init__(self) -> None:
+        self.names: dict[bytes, str] = {}  # header name -> local variable
+
+    def expression(self, name: bytes) -> str:
+        """The expression of one REQ name's value (bytes or None)."""
+        pseudo = _PSEUDO_EXPRESSIONS.get(name)
+        if pseudo is not None:
+            return pseudo
+        if name[:1] == b":":
+            return "None"
+        variable = self.names.setdefault(name, f"_h{len(self.names)}")
+        if name == b"x-request-id":
+            return f"_rid(r, {variable})"
+        if name == b"x-forwarded-proto":
+            return f"({variable} if {variable} is not None else r.scheme)"
+        return variable
+
+    def source(self, namespace: dict[str, object]) -> str:
+        if not self.names:
+            return ""
+        lines = [" = ".join([*self.names.values(), "None"])]
+        lines.append("for _n, _v in reversed(r.request_headers):")  # the first one wins
+        for index, (name, variable) in enumerate(self.names.items()):
+            namespace[f"_k{index}"] = name
+            keyword = "if" if index == 0 else "elif"
+            lines.append(f"    {keyword} _n == _k{index}:")
+            lines.append(f"        {variable} = _v")
+        return "".join(f"    {line}\n" for line in lines)
+
+
+def _request_expression(piece: Command, scan: _HeaderScan) -> str:
+    main = scan.expression(piece.main.encode("latin-1"))
+    value = main
+    if piece.alternative:
+        alternative = scan.expression(piece.alternative.encode("latin-1"))
+        value = f"{main} if {main} is not None else {alternative}"
+    text = f"_decode({value})"
+    return f"{text}[:{piece.max_length}]" if piece.max_length is not None else text
+
+
 def compile_template(template: Template, omit_empty: bool = False) -> Render:
-    """A text template; a missing value prints `-`, or nothing with omit_empty_values."""
+    """A text template as one generated function; a missing value prints `-`, or nothing
+    with omit_empty_values."""
     empty = "" if omit_empty else "-"
-    renders = tuple(_text_piece(piece, empty) for piece in template)
-    if len(renders) == 1:
-        return renders[0]
-    return lambda record: "".join([render(record) for render in renders])
+
+    def decode(value: bytes | None) -> str:
+        return empty if value is None else value.decode("latin-1")
+
+    namespace: dict[str, object] = {
+        "_empty": empty,
+        "_dash": "-",
+        "_decode": decode,
+        "_rid": _request_id_or_generated,
+    }
+    scan = _HeaderScan()
+    parts = []
+    for index, piece in enumerate(template):
+        if isinstance(piece, str):
+            namespace[f"_l{index}"] = piece
+            parts.append(f"{{_l{index}}}")
+        elif piece.name == "REQ":
+            parts.append(f"{{{_request_expression(piece, scan)}}}")
+        else:
+            parts.append(f"{{{_expression(piece, index, namespace, empty)}}}")
+    source = f"def render(r):\n{scan.source(namespace)}    return f'{''.join(parts)}'\n"
+    exec(compile(source, "<access-log format>", "exec"), namespace)
+    return namespace["render"]  # type: ignore[return-value]
 
 
 # -- JSON ----------------------------------------------------------------------------------------

@@ -4,18 +4,24 @@ codec and the upstream exchange as the request goes, read by the compiled format
 
 from __future__ import annotations
 
-import os
+import itertools
+import random
 
 Header = tuple[bytes, bytes]
 
+# Request ids of requests answered here (only made when a format reads x-request-id): a
+# version-4 UUID whose first 80 bits are random per process and whose last 48 count, so
+# they are unique without drawing 122 random bits per request.
+_prefix = "%020x" % (
+    (random.SystemRandom().getrandbits(80) & ~(0xF << 28 | 0x3 << 14)) | (0x4 << 28 | 0x2 << 14)
+)
+_ID_PREFIX = f"{_prefix[:8]}-{_prefix[8:12]}-{_prefix[12:16]}-{_prefix[16:20]}-"
+_ids = itertools.count(random.SystemRandom().getrandbits(47))
+
 
 def request_id() -> bytes:
-    """A random (version 4) UUID, as Envoy generates for `x-request-id`."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    text = raw.hex().encode()
-    return b"%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
+    """A version-4 UUID, unique in this process, for a request without `x-request-id`."""
+    return f"{_ID_PREFIX}{next(_ids) & 0xFFFFFFFFFFFF:012x}".encode()
 
 
 class Downstream:
@@ -41,84 +47,81 @@ def _address(value: object) -> tuple[str | None, int | None, str | None]:
     return ip, port, shown
 
 
-class LogRecord:
-    """One request's facts. Times are event-loop (monotonic) seconds, except `start_wall`."""
+_LOCAL_REPLY_HEADERS = frozenset(
+    {b":status", b"content-length", b"content-type", b"date", b"server"}
+)
 
-    __slots__ = (
-        "authority",
-        "bytes_received",
-        "bytes_sent",
-        "details",
-        "downstream",
-        "end",
-        "first_upstream_rx",
-        "flags",
-        "generate_id",
-        "method",
-        "path",
-        "protocol",
-        "remote_from_xff",
-        "request_end",
-        "request_headers",
-        "request_id",
-        "response_headers",
-        "route_name",
-        "scheme",
-        "server",
-        "start",
-        "start_wall",
-        "status",
-        "termination",
-        "trailers",
-        "upstream_cluster",
-        "upstream_failure",
-        "upstream_host",
-        "upstream_local",
-        "upstream_remote",
-    )
+
+class LogRecord:
+    """One request's facts. Times are monotonic seconds, except `start_wall`.
+
+    The defaults are class attributes (no __slots__): a record sets only what its request
+    had, which keeps making one cheap (a record is made per request when logging is on)."""
+
+    protocol: str | None = "HTTP/1.1"  # None: a TCP connection (`-`)
+    method: bytes | None = None
+    path: bytes | None = None
+    authority: bytes | None = None
+    scheme: bytes | None = None  # set once the HCM accepted the request's headers
+    request_id: bytes | None = None
+    generate_id = False
+    remote_from_xff = False  # use_remote_address off: x-forwarded-for is the peer
+    status = 0
+    response_headers: list[Header] | None = None
+    local: tuple[int, int, bytes, bytes] | None = None  # a local reply's status, body, server, date
+    trailers: list[Header] | None = None
+    flags = ""
+    details: str | None = None
+    termination: str | None = None
+    bytes_received = 0
+    bytes_sent = 0
+    request_end: float | None = None
+    first_upstream_rx: float | None = None
+    end: float | None = None
+    upstream_host: str | None = None
+    upstream_cluster: str | None = None
+    upstream_local: str | None = None
+    upstream_remote: str | None = None  # set once a connection to the host exists
+    upstream_failure: str | None = None
+    route_name: str | None = None
+    server = b"envoy"  # the HCM's server_name (the `server` response header)
 
     def __init__(self, downstream: Downstream, start: float, start_wall: float) -> None:
         self.downstream = downstream
         self.start = start
         self.start_wall = start_wall
-        self.protocol: str | None = "HTTP/1.1"  # None: a TCP connection (`-`)
-        self.method: bytes | None = None
-        self.path: bytes | None = None
-        self.authority: bytes | None = None
-        self.scheme: bytes | None = None  # set once the HCM accepted the request's headers
         self.request_headers: list[Header] = []
-        self.request_id: bytes | None = None
-        self.generate_id = False
-        self.remote_from_xff = False  # use_remote_address off: x-forwarded-for is the peer
-        self.status = 0
-        self.response_headers: list[Header] | None = None
-        self.trailers: list[Header] | None = None
-        self.flags = ""
-        self.details: str | None = None
-        self.termination: str | None = None
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.request_end: float | None = None
-        self.first_upstream_rx: float | None = None
-        self.end: float | None = None
-        self.upstream_host: str | None = None
-        self.upstream_cluster: str | None = None
-        self.upstream_local: str | None = None
-        self.upstream_remote: str | None = None  # set once a connection to the host exists
-        self.upstream_failure: str | None = None
-        self.route_name: str | None = None
-        self.server = b"envoy"  # the HCM's server_name (the `server` response header)
 
     def add_flag(self, flag: str) -> None:
         self.flags = f"{self.flags},{flag}" if self.flags else flag
 
     def local_reply(self, status: int, body_size: int, server: bytes, date: bytes) -> None:
-        """A response made here: its headers as Envoy's header map has them."""
+        """A response made here (its headers are built only if a format reads them)."""
         self.status = status
-        headers: list[Header] = [(b":status", b"%d" % status)]
-        if body_size:
-            headers.append((b"content-length", b"%d" % body_size))
-            headers.append((b"content-type", b"text/plain"))
-        headers.append((b"date", date))
-        headers.append((b"server", server))
-        self.response_headers = headers
+        self.local = (status, body_size, server, date)
+
+    def response_header(self, name: bytes) -> bytes | None:
+        """One response header (a local reply's are built only for the names it has)."""
+        headers = self.response_headers
+        if headers is None:
+            if self.local is None or name not in _LOCAL_REPLY_HEADERS:
+                return None
+            headers = self.response_header_list()
+        for header, value in headers:  # type: ignore[union-attr]
+            if header == name:
+                return value
+        return None
+
+    def response_header_list(self) -> list[Header] | None:
+        """The response headers as Envoy's header map has them."""
+        headers = self.response_headers
+        if headers is None and self.local is not None:
+            status, body_size, server, date = self.local
+            headers = [(b":status", b"%d" % status)]
+            if body_size:
+                headers.append((b"content-length", b"%d" % body_size))
+                headers.append((b"content-type", b"text/plain"))
+            headers.append((b"date", date))
+            headers.append((b"server", server))
+            self.response_headers = headers
+        return headers

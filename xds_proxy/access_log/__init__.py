@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from xds_proxy.access_log.filters import Predicate, compile_filter
-from xds_proxy.access_log.format import Render, compile_format
+from xds_proxy.access_log.format import Line, compile_format
 from xds_proxy.access_log.record import LogRecord
 from xds_proxy.access_log.writer import FILES, LogFile
 from xds_proxy.config.access_log import AccessLogSpec
@@ -23,7 +23,7 @@ class AccessLog:
 
     def __init__(self, specs: Sequence[AccessLogSpec], path: str = "access_log") -> None:
         self.specs = tuple(specs)
-        loggers: list[tuple[Predicate | None, Render, LogFile]] = []
+        loggers: list[tuple[Predicate | None, Line, LogFile]] = []
         for index, spec in enumerate(specs):
             try:
                 sink = FILES.get(spec.path)

@@ -23,6 +23,7 @@ from xds_proxy.config.access_log import (
 
 Getter = Callable[[LogRecord], "str | int | None"]
 Render = Callable[[LogRecord], str]
+Line = Callable[[LogRecord], bytes]
 
 NUMERIC = frozenset(
     {
@@ -65,48 +66,6 @@ def _request_header(record: LogRecord, name: bytes) -> bytes | None:
     if name == b"x-forwarded-proto":
         return record.scheme
     return None
-
-
-def _request_text(command: Command, empty: str) -> Render:
-    """REQ(X?Y):Z as text in one call; pseudo-headers read their record field directly."""
-    main = command.main.encode("latin-1")
-    alternative = command.alternative.encode("latin-1") if command.alternative else None
-    limit = command.max_length
-    field = _PSEUDO_FIELDS.get(main)
-    if field is not None and alternative is None and limit is None:
-        read = _FIELD_READERS[field]
-
-        def pseudo(record: LogRecord) -> str:
-            value = read(record)
-            return empty if value is None else value.decode("latin-1")
-
-        return pseudo
-
-    def text(record: LogRecord) -> str:
-        value = _request_header(record, main)
-        if value is None and alternative is not None:
-            value = _request_header(record, alternative)
-        if value is None:
-            return empty
-        decoded = value.decode("latin-1")
-        return decoded[:limit] if limit is not None else decoded
-
-    return text
-
-
-_PSEUDO_FIELDS = {
-    b":method": "method",
-    b":path": "path",
-    b":authority": "authority",
-    b"host": "authority",
-    b":scheme": "scheme",
-}
-_FIELD_READERS: dict[str, Callable[[LogRecord], bytes | None]] = {
-    "method": lambda r: r.method,
-    "path": lambda r: r.path,
-    "authority": lambda r: r.authority,
-    "scheme": lambda r: r.scheme,
-}
 
 
 def _request_getter(command: Command) -> Getter:
@@ -378,25 +337,24 @@ _INLINE_DURATIONS = {
 
 
 def _expression(piece: Command, index: int, namespace: dict[str, object], empty: str) -> str:
-    """The f-string expression of one command (names it needs go into `namespace`)."""
+    """The bytes expression of one command (names it needs go into `namespace`)."""
     name = piece.name
     if piece.max_length is None:
         if name in _INLINE_INTS:
-            return _INLINE_INTS[name]
+            return f"(b'%d' % {_INLINE_INTS[name]})"
         if name in _INLINE_TEXTS:
+            field = _INLINE_TEXTS[name]
             marker = "_dash" if name == "RESPONSE_FLAGS" else "_empty"
-            return f"({_INLINE_TEXTS[name]} or {marker})"
+            return f"({field}.encode() if {field} else {marker})"
         if name in _INLINE_DURATIONS:
             start, end = _INLINE_DURATIONS[name]
             return (
-                f"(_empty if {start} is None or {end} is None else int(({end} - {start}) * 1000))"
+                f"(_empty if {start} is None or {end} is None "
+                f"else b'%d' % int(({end} - {start}) * 1000))"
             )
     function = f"_g{index}"
-    if name == "REQ":
-        namespace[function] = _request_text(piece, empty)
-    else:
-        namespace[function] = _text_piece(piece, empty)
-    return f"{function}(r)"
+    namespace[function] = _text_piece(piece, empty)
+    return f"{function}(r).encode()"
 
 
 _PSEUDO_EXPRESSIONS = {
@@ -451,40 +409,46 @@ class _HeaderScan:
 
 
 def _request_expression(piece: Command, scan: _HeaderScan) -> str:
+    """REQ(X?Y):Z as a bytes expression: the header values are written as they came."""
     main = scan.expression(piece.main.encode("latin-1"))
-    value = main
+    value = f"({main} if {main} is not None else _empty)"
     if piece.alternative:
         alternative = scan.expression(piece.alternative.encode("latin-1"))
-        value = f"{main} if {main} is not None else {alternative}"
-    text = f"_decode({value})"
-    return f"{text}[:{piece.max_length}]" if piece.max_length is not None else text
+        value = (
+            f"({main} if {main} is not None "
+            f"else {alternative} if {alternative} is not None else _empty)"
+        )
+    return f"{value}[:{piece.max_length}]" if piece.max_length is not None else value
 
 
-def compile_template(template: Template, omit_empty: bool = False) -> Render:
-    """A text template as one generated function; a missing value prints `-`, or nothing
-    with omit_empty_values."""
+def compile_template(template: Template, omit_empty: bool = False) -> Line:
+    """A text template as one generated function returning the line as bytes: one `%`
+    format of a bytes template (the literal pieces) with one expression per operator. A
+    missing value prints `-`, or nothing with omit_empty_values."""
     empty = "" if omit_empty else "-"
-
-    def decode(value: bytes | None) -> str:
-        return empty if value is None else value.decode("latin-1")
-
     namespace: dict[str, object] = {
-        "_empty": empty,
-        "_dash": "-",
-        "_decode": decode,
+        "_empty": empty.encode(),
+        "_dash": b"-",
         "_rid": _request_id_or_generated,
     }
     scan = _HeaderScan()
-    parts = []
+    shape: list[bytes] = []
+    values: list[str] = []
     for index, piece in enumerate(template):
         if isinstance(piece, str):
-            namespace[f"_l{index}"] = piece
-            parts.append(f"{{_l{index}}}")
-        elif piece.name == "REQ":
-            parts.append(f"{{{_request_expression(piece, scan)}}}")
+            shape.append(piece.encode().replace(b"%", b"%%"))
+            continue
+        shape.append(b"%s")
+        if piece.name == "REQ":
+            values.append(_request_expression(piece, scan))
         else:
-            parts.append(f"{{{_expression(piece, index, namespace, empty)}}}")
-    source = f"def render(r):\n{scan.source(namespace)}    return f'{''.join(parts)}'\n"
+            values.append(_expression(piece, index, namespace, empty))
+    namespace["_shape"] = b"".join(shape)
+    if values:
+        body = f"    return _shape % ({', '.join(values)},)\n"
+    else:
+        body = "    return _shape.replace(b'%%', b'%')\n"
+    source = f"def render(r):\n{scan.source(namespace)}{body}"
     exec(compile(source, "<access-log format>", "exec"), namespace)
     return namespace["render"]  # type: ignore[return-value]
 
@@ -515,7 +479,7 @@ def _json_value(value: object, omit_empty: bool) -> Callable[[LogRecord], object
 
             return typed
         render = compile_template(value)
-        return lambda record: render(record)
+        return lambda record: render(record).decode("utf-8", "replace")
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # a Struct's numbers are doubles; Envoy prints 5, not 5.0
     return lambda record: value
@@ -536,10 +500,12 @@ def _json_object(value: JsonObject, omit_empty: bool) -> Callable[[LogRecord], o
     return build
 
 
-def compile_format(spec: TextFormat | JsonFormat, omit_empty: bool) -> Render:
+def compile_format(spec: TextFormat | JsonFormat, omit_empty: bool) -> Line:
+    """A format as a function from a finished record to its line (bytes, with its newline
+    when the format has one; JSON lines always end with one)."""
     if isinstance(spec, TextFormat):
         return compile_template(spec.template, omit_empty)
     build = _json_object(spec.root, omit_empty)
     # Envoy's keys come out sorted at every level (a Struct is a map).
     encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
-    return lambda record: encode(build(record)) + "\n"
+    return lambda record: (encode(build(record)) + "\n").encode("utf-8", "replace")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import random
 
+from xds_proxy.codec.responses import HTTP_DATE
+
 Header = tuple[bytes, bytes]
 
 # Request ids of requests answered here (only made when a format reads x-request-id): a
@@ -15,13 +17,13 @@ Header = tuple[bytes, bytes]
 _prefix = "%020x" % (
     (random.SystemRandom().getrandbits(80) & ~(0xF << 28 | 0x3 << 14)) | (0x4 << 28 | 0x2 << 14)
 )
-_ID_PREFIX = f"{_prefix[:8]}-{_prefix[8:12]}-{_prefix[12:16]}-{_prefix[16:20]}-"
-_ids = itertools.count(random.SystemRandom().getrandbits(47))
+_ID_SHAPE = f"{_prefix[:8]}-{_prefix[8:12]}-{_prefix[12:16]}-{_prefix[16:20]}-%012x".encode()
+_ids = itertools.count(random.SystemRandom().getrandbits(40))  # 2^48 - 2^40 ids before a wrap
 
 
 def request_id() -> bytes:
     """A version-4 UUID, unique in this process, for a request without `x-request-id`."""
-    return f"{_ID_PREFIX}{next(_ids) & 0xFFFFFFFFFFFF:012x}".encode()
+    return _ID_SHAPE % next(_ids)
 
 
 class Downstream:
@@ -68,7 +70,7 @@ class LogRecord:
     remote_from_xff = False  # use_remote_address off: x-forwarded-for is the peer
     status = 0
     response_headers: list[Header] | None = None
-    local: tuple[int, int, bytes, bytes] | None = None  # a local reply's status, body, server, date
+    local: tuple[int, int, bytes] | None = None  # a local reply's status, body size, server
     trailers: list[Header] | None = None
     flags = ""
     details: str | None = None
@@ -95,10 +97,11 @@ class LogRecord:
     def add_flag(self, flag: str) -> None:
         self.flags = f"{self.flags},{flag}" if self.flags else flag
 
-    def local_reply(self, status: int, body_size: int, server: bytes, date: bytes) -> None:
-        """A response made here (its headers are built only if a format reads them)."""
+    def local_reply(self, status: int, body_size: int, server: bytes) -> None:
+        """A response made here (its headers are built only if a format reads them; `date`
+        then, within the same second)."""
         self.status = status
-        self.local = (status, body_size, server, date)
+        self.local = (status, body_size, server)
 
     def response_header(self, name: bytes) -> bytes | None:
         """One response header (a local reply's are built only for the names it has)."""
@@ -116,12 +119,12 @@ class LogRecord:
         """The response headers as Envoy's header map has them."""
         headers = self.response_headers
         if headers is None and self.local is not None:
-            status, body_size, server, date = self.local
+            status, body_size, server = self.local
             headers = [(b":status", b"%d" % status)]
             if body_size:
                 headers.append((b"content-length", b"%d" % body_size))
                 headers.append((b"content-type", b"text/plain"))
-            headers.append((b"date", date))
+            headers.append((b"date", HTTP_DATE.now()))
             headers.append((b"server", server))
             self.response_headers = headers
         return headers

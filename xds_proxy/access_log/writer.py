@@ -24,12 +24,12 @@ class LogFile:
 
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
-        self._buffer: list[str] = []
+        self._buffer: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
         self._fd: int | None = fd
 
-    def write(self, line: str) -> None:
+    def write(self, line: bytes) -> None:
         self._buffer.append(line)
         self._size += len(line)
         if self._size >= FLUSH_SIZE:
@@ -48,7 +48,7 @@ class LogFile:
             self._timer = None
         if not self._buffer:
             return
-        data = "".join(self._buffer).encode("utf-8", "replace")
+        data = b"".join(self._buffer)
         self._buffer.clear()
         self._size = 0
         FILES.submit(self._write, data)

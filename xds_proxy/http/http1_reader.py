@@ -501,7 +501,7 @@ class Http1RequestReader:
             details = "direct_response"
             record.route_name = action.route_name  # type: ignore[attr-defined]
         record.details = details
-        record.local_reply(status, body, self._config.proxy_policy.server_name, HTTP_DATE.now())
+        record.local_reply(status, body, self._config.proxy_policy.server_name)
         if not head_only:
             record.bytes_sent = body
         record.request_end = record.end = time.monotonic()
@@ -539,7 +539,7 @@ class Http1RequestReader:
         record.flags = flags
         record.details = details
         body = len(response.body)
-        record.local_reply(response.status, body, config.proxy_policy.server_name, HTTP_DATE.now())
+        record.local_reply(response.status, body, config.proxy_policy.server_name)
         record.bytes_sent = body
         record.end = time.monotonic()
         config.access_log.log(record)  # type: ignore[union-attr]

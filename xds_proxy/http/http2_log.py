@@ -8,7 +8,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from xds_proxy.access_log.record import Downstream, LogRecord
-from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.http.router import DirectResponseAction
 
 if TYPE_CHECKING:
@@ -55,7 +54,7 @@ def received(record: LogRecord, size: int, ended: bool) -> None:
 
 
 def timed_out(record: LogRecord, status: int, body: bytes, server: bytes, idle: bool) -> None:
-    record.local_reply(status, len(body), server, HTTP_DATE.now())
+    record.local_reply(status, len(body), server)
     record.bytes_sent = len(body)
     if idle:
         record.flags, record.details = "SI", "stream_idle_timeout"
@@ -77,7 +76,7 @@ def local_done(config: HcmConfig, record: LogRecord, action: object, head_only: 
         if action is not None:
             record.route_name = action.route_name  # type: ignore[attr-defined]
         record.details = details
-        record.local_reply(status, body, record.server, HTTP_DATE.now())
+        record.local_reply(status, body, record.server)
         record.bytes_sent = 0 if head_only else body
     record.end = time.monotonic()
     config.access_log.log(record)  # type: ignore[union-attr]

@@ -15,7 +15,7 @@ FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAcce
 DIRECT = {"match": {"prefix": "/"}, "direct_response": {"status": 200}}
 
 
-def _start(tmp_path, flush_msec: int) -> tuple[ProxyProcess, int]:
+def _start(tmp_path, flush_msec: int, extra_logs: tuple = ()) -> tuple[ProxyProcess, int]:
     port = free_port()
     access_log = [
         {
@@ -25,7 +25,8 @@ def _start(tmp_path, flush_msec: int) -> tuple[ProxyProcess, int]:
                 "path": str(tmp_path / "access.log"),
                 "log_format": {"text_format_source": {"inline_string": "%REQ(:PATH)%\n"}},
             },
-        }
+        },
+        *extra_logs,
     ]
     process = ProxyProcess(
         bootstrap([http_listener(port, [DIRECT], access_log=access_log)], []),
@@ -64,3 +65,30 @@ def test_buffered_lines_are_written_at_exit(tmp_path) -> None:
     finally:
         process.stop()
     assert _lines(tmp_path) == ["/r0", "/r1", "/r2"]
+
+
+def test_stdout_and_stderr_loggers_write_to_the_process_streams(tmp_path) -> None:
+    stream = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3."
+
+    def logger(kind: str) -> dict:
+        text = f"{kind} %REQ(:PATH)% %RESPONSE_CODE%\n"
+        return {
+            "name": f"envoy.access_loggers.{kind.lower()}",
+            "typed_config": {
+                "@type": f"{stream}{kind}AccessLog",
+                "log_format": {"text_format_source": {"inline_string": text}},
+            },
+        }
+
+    process, port = _start(tmp_path, 100, (logger("Stdout"), logger("Stderr")))
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/streamed")
+        wait_for(
+            lambda: (
+                "Stdout /streamed 200" in process.log() and "Stderr /streamed 200" in process.log()
+            ),
+            timeout=5,
+            what="the stdout and stderr lines in the process output",
+        )
+    finally:
+        process.stop()

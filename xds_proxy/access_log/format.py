@@ -1,7 +1,8 @@
 """Access-log formats compiled once per config, so that a request pays only for the fields
 its format names. A text format becomes one generated function whose body is a single
-f-string: literal pieces, plain record fields inline (`r.status`), and small getter functions
-for the rest (headers, times, addresses). JSON formats keep Envoy's typing: a value that is
+`%`-format of a bytes template (the literal pieces): plain record fields inline
+(`r.status`), the request headers it names found in one pass, and small getter functions for
+the rest (times, addresses). JSON formats keep Envoy's typing: a value that is
 one numeric operator is a number, `-` (no value) is null.
 """
 

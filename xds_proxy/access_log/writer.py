@@ -12,6 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 FLUSH_SIZE = 64 * 1024
+_STANDARD_STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,11 @@ class AccessLogFiles:
         loads the config; OSError when it cannot be opened."""
         found = self._files.get(path)
         if found is None:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            standard = _STANDARD_STREAMS.get(path)
+            if standard is not None:  # the process's own stdout / stderr, whatever they are
+                fd = os.dup(standard)
+            else:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             found = self._files[path] = LogFile(path, fd)
         return found
 

@@ -436,13 +436,20 @@ def test_http2_lines_same_as_envoy(servers) -> None:
 
 
 def test_client_gone_before_the_response_same_as_envoy(servers) -> None:
-    """The client closes while its request waits for a slow upstream (DC)."""
+    """The client closes (DC) while its request waits for a slow upstream, in the middle of
+    a forwarded request's body, and in the middle of a request's headers."""
+    requests = [
+        b"GET /gone HTTP/1.1\r\nhost: foo\r\nx-delay-ms: 1000\r\n\r\n",
+        b"POST /gone-body HTTP/1.1\r\nhost: foo\r\ncontent-length: 10\r\n\r\nabc",
+        b"GET /gone-headers HTTP/1.1\r\nhost: foo\r\n",
+    ]
 
     def send(port: int) -> int:
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"GET /gone HTTP/1.1\r\nhost: foo\r\nx-delay-ms: 1000\r\n\r\n")
-            time.sleep(0.3)
-        return 1
+        for request in requests:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(request)
+                time.sleep(0.3)
+        return len(requests)
 
     assert_same(run_and_collect(servers, send))
 

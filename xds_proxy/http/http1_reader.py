@@ -217,6 +217,8 @@ class Http1RequestReader:
         if self.in_request:
             self.in_request = False
             self._config.stats.rq_active.value -= 1
+            if self._record is not None and type(self._action) is not ForwardAction:
+                self._log_gone()  # (a forwarded request's exchange logs its own end)
 
     def reset_exchange(self) -> None:
         """The connection is going away: cancel the forwarded request being read."""
@@ -505,6 +507,21 @@ class Http1RequestReader:
         if not head_only:
             record.bytes_sent = body
         record.request_end = record.end = time.monotonic()
+        self._config.access_log.log(record)  # type: ignore[union-attr]
+
+    def _log_gone(self) -> None:
+        """The client went away before its request was answered here."""
+        record = self._record
+        self._record = None
+        if record is None:
+            return
+        if not self.headers_done:
+            # The connection manager never saw the request's headers.
+            record.method = record.path = record.authority = record.scheme = None
+            record.request_headers = []
+            record.protocol = "HTTP/1.1"
+        record.flags, record.details = "DC", "downstream_remote_disconnect"
+        record.end = time.monotonic()
         self._config.access_log.log(record)  # type: ignore[union-attr]
 
     def _log_error(self, response: LocalResponse) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from xds_proxy.access_log import AccessLog, build_access_log
+from xds_proxy.access_log.connection import CONNECTION_RECORD
 from xds_proxy.access_log.record import Downstream, LogRecord, format_address
 from xds_proxy.config.tcp_proxy import TcpProxySettings, build_tcp_proxy_settings
 from xds_proxy.listener.context import FilterChainContext
@@ -152,6 +153,9 @@ class TcpProxyConnection(asyncio.Protocol):
         self._connect_task: asyncio.Task | None = None
         self._flushing = False
         self._record: LogRecord | None = None  # only with an access_log configured
+        # The record whose byte counts this filter keeps (None when the listener's logging
+        # wrapper counts the connection's bytes already).
+        self._counted: LogRecord | None = None
 
     # -- downstream (asyncio.Protocol) ------------------------------------------------------
 
@@ -159,8 +163,12 @@ class TcpProxyConnection(asyncio.Protocol):
         self.downstream = transport  # type: ignore[assignment]
         self._ctx.register(self)
         self._config.stats.downstream_cx_total.inc()
-        if self._config.access_log is not None:
-            self._record = _connection_record(transport)
+        shared = transport.get_extra_info(CONNECTION_RECORD)
+        if shared is not None:
+            # The listener logs this connection: one record for both, as Envoy's stream info.
+            self._record = shared
+        elif self._config.access_log is not None:
+            self._record = self._counted = _connection_record(transport)
         name = self._config.pick_cluster(self._rng)
         cluster = self._clusters.get(name) if self._clusters is not None else None
         if self._record is not None:
@@ -178,8 +186,8 @@ class TcpProxyConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._config.stats.downstream_cx_rx_bytes_total.inc(len(data))
-        if self._record is not None:
-            self._record.bytes_received += len(data)
+        if self._counted is not None:
+            self._counted.bytes_received += len(data)
         if self._closing:
             return  # after our FIN at a drain deadline: read and drop, so no RST
         if self.upstream is None:
@@ -231,8 +239,9 @@ class TcpProxyConnection(asyncio.Protocol):
         record = self._record
         if record is not None:
             self._record = None
-            record.end = time.monotonic()
-            self._config.access_log.log(record)  # type: ignore[union-attr]
+            if self._config.access_log is not None:
+                record.end = time.monotonic()
+                self._config.access_log.log(record)
 
     # -- upstream ---------------------------------------------------------------------------
 
@@ -304,8 +313,8 @@ class TcpProxyConnection(asyncio.Protocol):
             return
         self._touch()
         self._config.stats.downstream_cx_tx_bytes_total.inc(len(data))
-        if self._record is not None:
-            self._record.bytes_sent += len(data)
+        if self._counted is not None:
+            self._counted.bytes_sent += len(data)
         self.downstream.write(data)
 
     def upstream_eof(self) -> None:

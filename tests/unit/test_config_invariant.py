@@ -909,6 +909,9 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _LISTENER + "Listener.traffic_direction": "listener/manager.py, listener/runtime.py",
     _LISTENER + "Listener.enable_reuse_port": "listener/manager.py",
     _LISTENER + "Listener.ignore_global_conn_limit": "listener/runtime.py",
+    _LISTENER + "Listener.access_log": (
+        "listener/instance.py (access_log/connection.py; its loggers are the hcm root's)"
+    ),
     _LISTENER + "FilterChain.filter_chain_match": "listener/filter_chain.py",
     _LISTENER + "FilterChain.filters": "network_filters.py build_filter_chain",
     _LISTENER + "FilterChain.metadata": "no effect: metadata is opaque to the chain",

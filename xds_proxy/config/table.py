@@ -209,6 +209,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "traffic_direction": OK,
         "enable_reuse_port": OK,
         "ignore_global_conn_limit": OK,
+        "access_log": OK,  # connection-level lines (access_log/connection.py)
     },
     _LISTENER + "AdditionalAddress": {"address": OK},
     _LISTENER + "FilterChain": {

@@ -150,6 +150,8 @@ class _Stream:
 class Http2Connection(asyncio.Protocol):
     """One downstream HTTP/2 connection (prior knowledge, or handed over by codec AUTO)."""
 
+    ACCESS_LOG_PROTOCOL = "HTTP/2"  # PROTOCOL in a listener's connection-level access log
+
     def __init__(self, config: HcmConfig, ctx: FilterChainContext) -> None:
         self._config = config
         self._ctx = ctx

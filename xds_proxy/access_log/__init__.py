@@ -19,8 +19,6 @@ from xds_proxy.errors import ConfigError
 class AccessLog:
     """Every logger of one HCM (or tcp_proxy, or listener): filter, format, sink."""
 
-    __slots__ = ("_loggers", "specs")
-
     def __init__(self, specs: Sequence[AccessLogSpec], path: str = "access_log") -> None:
         self.specs = tuple(specs)
         loggers: list[tuple[Predicate | None, Line, LogFile]] = []
@@ -34,6 +32,11 @@ class AccessLog:
             log_filter = compile_filter(spec.filter) if spec.filter is not None else None
             loggers.append((log_filter, compile_format(spec.format, spec.omit_empty_values), sink))
         self._loggers = tuple(loggers)
+        if len(loggers) == 1 and loggers[0][0] is None:
+            # One logger without a filter (the common case): no loop.
+            _, render, sink = loggers[0]
+            write = sink.write
+            self.log = lambda record: write(render(record))  # type: ignore[method-assign]
 
     def log(self, record: LogRecord) -> None:
         for log_filter, render, sink in self._loggers:

@@ -310,7 +310,7 @@ def _text_piece(piece: str | Command, empty: str) -> Render:
     return render
 
 
-# Operators read straight from a record attribute, inline in the generated f-string: an int
+# Operators read straight from a record attribute, inline in the generated function: an int
 # (always present) or an optional str (None or "" print the empty marker).
 _INLINE_INTS = {
     "RESPONSE_CODE": "r.status",

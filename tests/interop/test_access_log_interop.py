@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
 import httpx
 import pytest
 
@@ -450,6 +452,33 @@ def test_client_gone_before_the_response_same_as_envoy(servers) -> None:
                 sock.sendall(request)
                 time.sleep(0.3)
         return len(requests)
+
+    assert_same(run_and_collect(servers, send))
+
+
+def test_http2_client_gone_or_reset_same_as_envoy(servers) -> None:
+    """HTTP/2: the connection closes under a forwarded stream (DC), in the middle of its body
+    or while it waits for a slow upstream; the client resets a stream (RST_STREAM: no flag)."""
+
+    def open_stream(port: int, path: str, end: bool, reset: bool = False) -> None:
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        headers = [(":method", "GET" if end else "POST"), (":path", path), (":scheme", "http")]
+        headers += [(":authority", "foo"), ("x-delay-ms", "1000")]
+        client.send_headers(1, headers, end_stream=end)
+        if not end:
+            client.send_data(1, b"abc")
+        if reset:
+            client.reset_stream(1)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(client.data_to_send())
+            time.sleep(0.3)
+
+    def send(port: int) -> int:
+        open_stream(port, "/h2-gone-body", end=False)
+        open_stream(port, "/h2-gone", end=True)
+        open_stream(port, "/h2-reset", end=True, reset=True)
+        return 3
 
     assert_same(run_and_collect(servers, send))
 

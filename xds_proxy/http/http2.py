@@ -321,6 +321,8 @@ class Http2Connection(asyncio.Protocol):
             for stream in streams:
                 if stream.exchange is not None:
                     stream.exchange.downstream_reset()
+                elif stream.record is not None:
+                    http2_log.gone(self._config, stream.record)
         self._ctx.unregister(self)
         self.transport = None
 
@@ -586,7 +588,7 @@ class Http2Connection(asyncio.Protocol):
             http2_log.reset(self._config, stream.record)
         self._blocked.discard(stream_id)
         if stream.exchange is not None:
-            stream.exchange.downstream_reset()
+            stream.exchange.downstream_reset(disconnected=False)
         self._config.stats.rq_active.value -= 1
         self._closed_streams += 1
         self._premature_resets += 1

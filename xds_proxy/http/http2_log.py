@@ -83,8 +83,14 @@ def local_done(config: HcmConfig, record: LogRecord, action: object, head_only: 
 
 
 def reset(config: HcmConfig, record: LogRecord) -> None:
-    """The client reset a stream answered here before its response was out."""
-    record.add_flag("DR")
-    record.details = "http2.remote_reset"
+    """The client reset (RST_STREAM) a stream answered here before its response was out:
+    Envoy 1.40 logs it with no flag and no details."""
+    record.end = time.monotonic()
+    config.access_log.log(record)  # type: ignore[union-attr]
+
+
+def gone(config: HcmConfig, record: LogRecord) -> None:
+    """The connection closed under a stream answered here before its response was out."""
+    record.flags, record.details = "DC", "downstream_remote_disconnect"
     record.end = time.monotonic()
     config.access_log.log(record)  # type: ignore[union-attr]

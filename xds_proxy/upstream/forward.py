@@ -413,11 +413,12 @@ class Exchange(ResponseHandler):
             self._stream.send_trailers(trailers)
         self._request_complete()
 
-    def downstream_reset(self) -> None:
-        """The client went away: cancel the upstream stream."""
+    def downstream_reset(self, disconnected: bool = True) -> None:
+        """The client went away (`disconnected`), or reset its stream (HTTP/2 RST_STREAM,
+        which Envoy logs with no flag): cancel the upstream stream."""
         if self._done:
             return
-        if self._record is not None:
+        if self._record is not None and disconnected:
             self._record.add_flag("DC")
             self._record.details = "downstream_remote_disconnect"
         self._finish()

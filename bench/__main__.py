@@ -11,6 +11,7 @@ import time
 
 BENCHMARKS = [
     "bench.http1",
+    "bench.access_log",
     "bench.http2",
     "bench.proxied",
     "bench.stub_push",

@@ -100,6 +100,7 @@ def _build_parser() -> _Parser:
     add("--service-node")
     add("--service-cluster")
     add("--admin-address-path")
+    add("--file-flush-interval-msec", type=_uint32, default=1000)
     add("--version", action="store_true", help="print the version and exit")
     return parser
 
@@ -134,6 +135,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         service_node=args.service_node or None,
         service_cluster=args.service_cluster or None,
         admin_address_path=args.admin_address_path or None,
+        file_flush_interval_msec=args.file_flush_interval_msec,
     )
 
 

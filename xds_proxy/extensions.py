@@ -15,6 +15,8 @@ import pkgutil
 from functools import cache
 
 from envoy.config.core.v3 import base_pb2  # noqa: F401 - registers core types
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
@@ -60,6 +62,9 @@ ROUND_ROBIN = _name(round_robin_pb2.RoundRobin)
 LEAST_REQUEST = _name(least_request_pb2.LeastRequest)
 RANDOM = _name(random_pb2.Random)
 DNS_CLUSTER = _name(dns_cluster_pb2.DnsCluster)
+FILE_ACCESS_LOG = _name(file_pb2.FileAccessLog)
+STDOUT_ACCESS_LOG = _name(stream_pb2.StdoutAccessLog)
+STDERR_ACCESS_LOG = _name(stream_pb2.StderrAccessLog)
 
 # type name (without the type.googleapis.com/ prefix) -> canonical extension name
 SUPPORTED_NETWORK_FILTERS: dict[str, str] = {
@@ -88,6 +93,11 @@ SUPPORTED_LOAD_BALANCING_POLICIES: dict[str, str] = {
     RANDOM: "envoy.load_balancing_policies.random",
 }
 SUPPORTED_CLUSTER_TYPES: dict[str, str] = {DNS_CLUSTER: "envoy.clusters.dns"}
+SUPPORTED_ACCESS_LOGGERS: dict[str, str] = {
+    FILE_ACCESS_LOG: "envoy.access_loggers.file",
+    STDOUT_ACCESS_LOG: "envoy.access_loggers.stdout",
+    STDERR_ACCESS_LOG: "envoy.access_loggers.stderr",
+}
 
 # The overload manager's resource monitors we implement (listener/limits.py); the others are
 # accepted and inert (config/table.py).
@@ -104,6 +114,7 @@ CATEGORIES: dict[str, dict[str, str]] = {
     "resource_monitor": SUPPORTED_RESOURCE_MONITORS,
     "load_balancing_policy": SUPPORTED_LOAD_BALANCING_POLICIES,
     "cluster_type": SUPPORTED_CLUSTER_TYPES,
+    "access_logger": SUPPORTED_ACCESS_LOGGERS,
 }
 
 # Registered types that are not built yet (type name -> what is missing, in words).
@@ -127,6 +138,9 @@ _CLASSES: dict[str, type[Message]] = {
         least_request_pb2.LeastRequest,
         random_pb2.Random,
         dns_cluster_pb2.DnsCluster,
+        file_pb2.FileAccessLog,
+        stream_pb2.StdoutAccessLog,
+        stream_pb2.StderrAccessLog,
     )
 }
 

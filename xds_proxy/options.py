@@ -23,3 +23,4 @@ class Options:
     service_node: str | None = None
     service_cluster: str | None = None
     admin_address_path: str | None = None
+    file_flush_interval_msec: int = 1000  # access-log buffers are written at least this often

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import uvloop
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
+from xds_proxy.access_log.writer import FILES as ACCESS_LOG_FILES
 from xds_proxy.admin.handlers import AdminHandlers
 from xds_proxy.admin.server import start_admin_server
 from xds_proxy.admin.update_log import LdsUpdateLog
@@ -394,6 +395,7 @@ class Server:
         await self.runtime.close()
         self.clusters.close()
         await self.hot_restart.close()
+        ACCESS_LOG_FILES.close()  # every buffered access-log line is written before exit
 
 
 def _iso(wall: float) -> str:
@@ -401,6 +403,7 @@ def _iso(wall: float) -> str:
 
 
 async def serve(options: Options, bootstrap: bootstrap_pb2.Bootstrap) -> int:
+    ACCESS_LOG_FILES.flush_interval_s = options.file_flush_interval_msec / 1000
     server = Server(options, bootstrap)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

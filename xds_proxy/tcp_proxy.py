@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
 
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
+from xds_proxy.access_log import AccessLog, build_access_log
+from xds_proxy.access_log.connection import CONNECTION_RECORD
+from xds_proxy.access_log.record import Downstream, LogRecord, format_address
 from xds_proxy.config.tcp_proxy import TcpProxySettings, build_tcp_proxy_settings
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
@@ -61,6 +65,7 @@ class TcpProxyConfig:
 
     settings: TcpProxySettings
     stats: TcpProxyStats
+    access_log: AccessLog | None = None  # None: no access_log configured
 
     def pick_cluster(self, rng: random.Random) -> str:
         return self.settings.clusters.pick(rng)
@@ -74,8 +79,9 @@ def build_tcp_proxy(
     rng: random.Random | None = None,
 ):
     """The network filter registry's builder: translate once, one protocol per connection."""
-    settings = build_tcp_proxy_settings(message)
-    config = TcpProxyConfig(settings, TcpProxyStats(ctx.stats, settings.stat_prefix))
+    settings = build_tcp_proxy_settings(message, path)
+    access_log = build_access_log(settings.access_logs, f"{path}.access_log")
+    config = TcpProxyConfig(settings, TcpProxyStats(ctx.stats, settings.stat_prefix), access_log)
     chooser = rng or random.Random()
     return lambda: TcpProxyConnection(config, ctx, clusters, chooser)
 
@@ -147,6 +153,10 @@ class TcpProxyConnection(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task | None = None
         self._flushing = False
+        self._record: LogRecord | None = None  # only with an access_log configured
+        # The record whose byte counts this filter keeps (None when the listener's logging
+        # wrapper counts the connection's bytes already).
+        self._counted: LogRecord | None = None
 
     # -- downstream (asyncio.Protocol) ------------------------------------------------------
 
@@ -154,9 +164,19 @@ class TcpProxyConnection(asyncio.Protocol):
         self.downstream = transport  # type: ignore[assignment]
         self._ctx.register(self)
         self._config.stats.downstream_cx_total.inc()
+        shared = transport.get_extra_info(CONNECTION_RECORD)
+        if shared is not None:
+            # The listener logs this connection: one record for both, as Envoy's stream info.
+            self._record = shared
+        elif self._config.access_log is not None:
+            self._record = self._counted = _connection_record(transport)
         name = self._config.pick_cluster(self._rng)
         cluster = self._clusters.get(name) if self._clusters is not None else None
+        if self._record is not None:
+            self._record.upstream_cluster = name if cluster is not None else None
         if cluster is None:
+            if self._record is not None:
+                self._record.flags = "NC"
             self._config.stats.downstream_cx_no_route.inc()
             self.downstream.close()  # type: ignore[union-attr]
             return
@@ -167,6 +187,8 @@ class TcpProxyConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._config.stats.downstream_cx_rx_bytes_total.inc(len(data))
+        if self._counted is not None:
+            self._counted.bytes_received += len(data)
         if self._closing:
             return  # after our FIN at a drain deadline: read and drop, so no RST
         if self.upstream is None:
@@ -215,6 +237,12 @@ class TcpProxyConnection(asyncio.Protocol):
                 self._config.stats.upstream_flush_total.inc()
                 self._config.stats.upstream_flush_active.inc()
             upstream.close()  # flushes what the client sent, then FIN
+        record = self._record
+        if record is not None:
+            self._record = None
+            if self._config.access_log is not None:
+                record.end = time.monotonic()
+                self._config.access_log.log(record)
 
     # -- upstream ---------------------------------------------------------------------------
 
@@ -253,11 +281,17 @@ class TcpProxyConnection(asyncio.Protocol):
                     host,
                     Result.TIMEOUT if isinstance(error, TimeoutError) else Result.CONNECT_FAILED,
                 )
+                if self._record is not None:
+                    _connect_failed(self._record, host, error)
                 continue
             cluster.report_result(host, Result.CONNECT_SUCCESS_FINAL)
             self._host = host
+            if self._record is not None:
+                _connected(self._record, host, transport)
             self._upstream_connected(transport)  # type: ignore[arg-type]
             return
+        if self._record is not None and self._record.flags == "UF":
+            self._record.add_flag("URX")  # every connect attempt failed
         if self.downstream is not None:
             self.downstream.close()
 
@@ -285,6 +319,8 @@ class TcpProxyConnection(asyncio.Protocol):
             return
         self._touch()
         self._config.stats.downstream_cx_tx_bytes_total.inc(len(data))
+        if self._counted is not None:
+            self._counted.bytes_sent += len(data)
         self.downstream.write(data)
 
     def upstream_eof(self) -> None:
@@ -388,3 +424,34 @@ class TcpProxyConnection(asyncio.Protocol):
         for transport in (self.downstream, self.upstream):
             if transport is not None:
                 transport.close()
+
+
+# -- access logging (only with an access_log configured) -----------------------------------
+
+
+def _connection_record(transport: asyncio.BaseTransport) -> LogRecord:
+    downstream = Downstream(
+        transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    )
+    record = LogRecord(downstream, time.monotonic(), time.time())
+    record.protocol = None
+    return record
+
+
+def _address(host: Host) -> str | None:
+    return format_address(host.address)
+
+
+def _connect_failed(record: LogRecord, host: Host, error: BaseException) -> None:
+    record.flags = "UF"
+    record.upstream_host = _address(host)
+    if isinstance(error, OSError):
+        reason = (error.strerror or "unknown").replace(" ", "_")
+        record.upstream_failure = f"delayed_connect_error:_{reason}"
+
+
+def _connected(record: LogRecord, host: Host, transport: asyncio.BaseTransport) -> None:
+    record.flags = ""
+    record.upstream_failure = None
+    record.upstream_host = record.upstream_remote = _address(host)
+    record.upstream_local = format_address(transport.get_extra_info("sockname"))

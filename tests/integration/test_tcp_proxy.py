@@ -219,5 +219,9 @@ def test_config_errors_name_the_field() -> None:
         require_valid(tcp_proxy_pb2.TcpProxy(cluster="c"), "tc")
     message = tcp_proxy_pb2.TcpProxy(stat_prefix="s", cluster="c")
     message.access_log.add()
-    with pytest.raises(ConfigError, match=r"^tc\.access_log: not supported$"):
+    with pytest.raises(ConfigError, match=r"^tc\.access_log\[0\]\.typed_config: is required$"):
+        require_valid(message, "tc")
+    message = tcp_proxy_pb2.TcpProxy(stat_prefix="s", cluster="c")
+    message.on_demand.SetInParent()
+    with pytest.raises(ConfigError, match=r"^tc\.on_demand: not supported$"):
         require_valid(message, "tc")

@@ -88,6 +88,14 @@ class Root:
     fields: frozenset[str] | None = None
     extension_types: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("http_filter", (extensions.ROUTER,)),
+        (
+            "access_logger",
+            (
+                extensions.FILE_ACCESS_LOG,
+                extensions.STDOUT_ACCESS_LOG,
+                extensions.STDERR_ACCESS_LOG,
+            ),
+        ),
         ("upstream_protocol_options", (extensions.UPSTREAM_HTTP_PROTOCOL_OPTIONS,)),
         ("transport_socket", (extensions.UPSTREAM_TLS,)),
     )
@@ -138,7 +146,7 @@ ROOTS = (
         "tcp_proxy",
         tcp_proxy_pb2.TcpProxy,
         {"stat_prefix": "t", "cluster": "c"},
-        lambda message, path: build_tcp_proxy_settings(message),  # type: ignore[arg-type]
+        lambda message, path: build_tcp_proxy_settings(message, path),  # type: ignore[arg-type]
     ),
     Root("direct_response", direct_response_pb2.Config, {}, build_direct_response_body),
     Root(
@@ -226,6 +234,10 @@ ROOTS = (
     ),
 )
 
+_SLOW_REQUESTS = {
+    "duration_filter": {"comparison": {"op": "GE", "value": {"default_value": 12345}}}
+}
+
 # What a message is created with when a path needs it and the base has none (the PGV rules
 # refuse it empty). By message full name.
 TEMPLATES: dict[str, dict] = {
@@ -241,6 +253,22 @@ TEMPLATES: dict[str, dict] = {
         "route_config_name": "r",
         "config_source": {"ads": {}},
     },
+    "envoy.config.accesslog.v3.AccessLogFilter": _SLOW_REQUESTS,
+    "envoy.config.accesslog.v3.ComparisonFilter": {"value": {"default_value": 200}},
+    "envoy.config.accesslog.v3.StatusCodeFilter": {"comparison": {"value": {"default_value": 200}}},
+    "envoy.config.accesslog.v3.DurationFilter": {"comparison": {"value": {"default_value": 5}}},
+    "envoy.config.core.v3.RuntimeUInt32": {"default_value": 200},
+    "envoy.config.accesslog.v3.RuntimeFilter": {"runtime_key": "k"},
+    extensions.FILE_ACCESS_LOG: {"path": "/dev/null"},
+    # (a filter needs a logger; the stdout and stderr loggers' fields are walked in it too)
+    "envoy.config.accesslog.v3.AccessLog": {
+        "typed_config": {"@type": PREFIX + extensions.FILE_ACCESS_LOG, "path": "/dev/null"}
+    },
+    "envoy.config.core.v3.SubstitutionFormatString": {
+        "text_format_source": {"inline_string": "%PROTOCOL%\n"}
+    },
+    "envoy.config.accesslog.v3.AndFilter": {"filters": [_SLOW_REQUESTS, _SLOW_REQUESTS]},
+    "envoy.config.accesslog.v3.OrFilter": {"filters": [_SLOW_REQUESTS, _SLOW_REQUESTS]},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": {
         "clusters": [{"name": "c", "weight": 1}]
     },
@@ -312,6 +340,12 @@ EXAMPLES: dict[str, list[Any]] = {
     "max_ejection_time": ["400s"],
     "receive.text": ["0a0b"],
     "lb_endpoints.endpoint.address.socket_address.address": ["127.0.0.2"],
+    "access_log.typed_config.path": ["/dev/stderr"],
+    "access_log.typed_config.format": ["%PROTOCOL%\n"],
+    "text_format_source.inline_string": ["%RESPONSE_CODE%\n"],
+    "text_format_source.inline_bytes": [base64.b64encode(b"%RESPONSE_CODE%\n").decode()],
+    "text_format_source.filename": [],  # written by the _files fixture
+    "response_flag_filter.flags": [["UF"]],
 }
 
 # Accepted fields whose value changes nothing a builder produces, with the reason. By root and
@@ -325,7 +359,8 @@ NO_EFFECT: dict[str, str] = {
         "the table accepts AUTO and V3, both mean v3 (V2 is refused)"
     ),
     "hcm route_config.name": "names the table in error lines only",
-    "hcm route_config.virtual_hosts.routes.name": "a route's name: only kept for logs",
+    "hcm access_log.name": "a logger's name: the @type picks the logger (as Envoy)",
+    "tcp_proxy access_log.name": "a logger's name: the @type picks the logger (as Envoy)",
     "hcm route_config.virtual_hosts.routes.metadata": "metadata is opaque to the router",
     "hcm route_config.virtual_hosts.routes.match.safe_regex.google_re2": (
         "deprecated in Envoy and ignored there too (RE2 is the only engine)"
@@ -385,6 +420,20 @@ NO_EFFECT: dict[str, str] = {
     ),
     "cluster transport_socket.typed_config.common_tls_context.alpn_protocols": (
         "only h2 is accepted, and it is what the client offers anyway"
+    ),
+}
+
+# The same, for a field wherever it is nested (access-log filters nest in and/or filters). By
+# the end of the path.
+NO_EFFECT_ANYWHERE: dict[str, str] = {
+    "runtime_filter.runtime_key": (
+        "no runtime layer: the key names nothing, percent_sampled decides"
+    ),
+    "runtime_filter.use_independent_randomness": (
+        "every sample is drawn independently (no x-request-id based sampling)"
+    ),
+    "comparison.value.runtime_key": (
+        "no runtime layer: the key names nothing, default_value decides"
     ),
 }
 
@@ -651,7 +700,11 @@ def _files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     body.write_bytes(b"from a file")
     ca = folder / "ca.pem"
     ca.write_text(CA_PEM)
+    log_format = folder / "format"
+    log_format.write_text("%RESPONSE_CODE%\n")
     saved = {key: EXAMPLES[key] for key in ("body.filename", "response.filename")}
+    saved["text_format_source.filename"] = EXAMPLES["text_format_source.filename"]
+    EXAMPLES["text_format_source.filename"] = [str(log_format)]
     saved["trusted_ca.filename"] = EXAMPLES["trusted_ca.filename"]
     EXAMPLES["body.filename"] = EXAMPLES["response.filename"] = [str(body)]
     EXAMPLES["trusted_ca.filename"] = [str(ca)]
@@ -674,6 +727,8 @@ def test_the_walk_reaches_every_builder_root() -> None:
 )
 def test_every_accepted_field_is_read(root: Root, path: Path, rule: Rule) -> None:
     where = f"{root.name} {plain(path)}"
+    if any(plain(path).endswith(suffix) for suffix in NO_EFFECT_ANYWHERE):
+        return
     if _documented(where) or CHECKED_BY_HANDSHAKE.search("." + plain(path)):
         return
     if isinstance(rule, Values) and not candidates(path, rule):
@@ -792,7 +847,7 @@ def test_the_refused_walk_covers_the_roots() -> None:
         f"{root.name} {plain(path)}.{field.name}".replace(" .", " ")
         for root, path, field in REFUSED
     }
-    assert "hcm access_log" in names
+    assert "hcm normalize_path" in names
     assert "hcm xff_num_trusted_hops" in names
     assert "hcm route_config.virtual_hosts.routes.route.retry_policy" in names
     assert "cluster alt_stat_name" in names
@@ -910,6 +965,9 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _LISTENER + "Listener.traffic_direction": "listener/manager.py, listener/runtime.py",
     _LISTENER + "Listener.enable_reuse_port": "listener/manager.py",
     _LISTENER + "Listener.ignore_global_conn_limit": "listener/runtime.py",
+    _LISTENER + "Listener.access_log": (
+        "listener/instance.py (access_log/connection.py; its loggers are the hcm root's)"
+    ),
     _LISTENER + "FilterChain.filter_chain_match": "listener/filter_chain.py",
     _LISTENER + "FilterChain.filters": "network_filters.py build_filter_chain",
     _LISTENER + "FilterChain.metadata": "no effect: metadata is opaque to the chain",
@@ -926,9 +984,6 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _LISTENER + "FilterChainMatch.application_protocols": "listener/filter_chain.py",
     _LISTENER + "Filter.name": "network_filters.py (in error lines; the @type picks the filter)",
     _LISTENER + "Filter.typed_config": "network_filters.py (the hcm, tcp_proxy, ... roots)",
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter.typed_config": (
-        "http/conn_manager.py (the router is found by its @type; it has no options)"
-    ),
 }
 
 

@@ -50,6 +50,17 @@ def build(filters: list[dict], path: str = "filters"):
     return build_filter_chain(messages, FilterChainContext(Stats(), "l"), path)
 
 
+def _stdout_log(text_format: str) -> dict:
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"text_format_source": {"inline_string": text_format}},
+        },
+    }
+
+
 def hcm(**changes: object) -> dict:
     config = copy.deepcopy(HCM)
     for key, value in changes.items():
@@ -91,7 +102,35 @@ TYPE_TAIL = HCM_TYPE.split("/")[-1]
             "filters[0].typed_config.stat_prefix: must not be empty",
         ),
         ([hcm(codec_type="HTTP3")], "filters[0].typed_config.codec_type: HTTP3 not supported"),
-        ([hcm(access_log=[{"name": "x"}])], "filters[0].typed_config.access_log: not supported"),
+        ([hcm(normalize_path=True)], "filters[0].typed_config.normalize_path: not supported"),
+        (
+            [hcm(access_log=[_stdout_log("%START_TIME% %NOT_AN_OPERATOR%")])],
+            "filters[0].typed_config.access_log[0].typed_config.log_format.text_format_source:"
+            " command operator %NOT_AN_OPERATOR% is not supported",
+        ),
+        (
+            [hcm(access_log=[_stdout_log("%REQ(:PATH)% %FILTER_STATE(x)%")])],
+            "filters[0].typed_config.access_log[0].typed_config.log_format.text_format_source:"
+            " command operator %FILTER_STATE% is not supported",
+        ),
+        (
+            [hcm(access_log=[_stdout_log("50% off")])],
+            "filters[0].typed_config.access_log[0].typed_config.log_format.text_format_source:"
+            " Incorrect configuration: 50% off. Couldn't find valid command at position 2",
+        ),
+        (
+            [
+                hcm(
+                    access_log=[
+                        {
+                            **_stdout_log("%PROTOCOL%"),
+                            "filter": {"header_filter": {"header": {"name": "x"}}},
+                        }
+                    ]
+                )
+            ],
+            "filters[0].typed_config.access_log[0].filter.header_filter: not supported",
+        ),
         (
             [hcm(max_request_headers_kb=9000)],
             "filters[0].typed_config.max_request_headers_kb: must be <= 8192, got 9000",

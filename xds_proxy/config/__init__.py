@@ -20,6 +20,8 @@ Builders (input: a message that passed the checks)
 - `hcm`: an HCM's settings (`HcmSettings`, `ProxyPolicy`); http/conn_manager.py adds the
   route table, stat handles and local replies.
 - `tcp_proxy`: `TcpProxySettings`; `cluster`: `ClusterConfig`; `weighted`: `WeightedClusters`.
+- `access_log`: the `access_log` lists of HCMs and tcp_proxies (`AccessLogSpec`: sink, parsed
+  format, filter); xds_proxy/access_log/ compiles and writes them (docs/access-logs.md).
 - `tls`: both directions' TLS settings and SSL contexts; `tls_material`: the one loader of a
   certificate and its key (memfd: the key never touches a disk).
 - `values`: durations and the one DataSource reader.

@@ -13,6 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from xds_proxy.config.access_log import AccessLogSpec, build_access_logs
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
 
@@ -50,6 +51,9 @@ class ProxyPolicy:
     use_remote_address: bool = False
     skip_xff_append: bool = False
     generate_request_id: bool = True
+    # The router's suppress_envoy_headers: no x-envoy-expected-rq-timeout-ms,
+    # x-envoy-original-path / -host, x-envoy-upstream-service-time, x-envoy-overloaded.
+    suppress_envoy_headers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +75,13 @@ class HcmSettings:
     http2_initial_stream_window: int
     http2_initial_connection_window: int
     proxy_policy: ProxyPolicy
+    access_logs: tuple[AccessLogSpec, ...]
 
 
 def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSettings:
     """Translate an HCM that passed the PGV rules and the support table; raises ConfigError
     for what Envoy refuses about its HTTP filters (the router missing, or not last)."""
-    check_http_filters(hcm, path)
+    router = check_http_filters(hcm, path)
     options = hcm.common_http_protocol_options
     idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S
     if options.HasField("idle_timeout"):
@@ -124,7 +129,9 @@ def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSett
             generate_request_id=(
                 hcm.generate_request_id.value if hcm.HasField("generate_request_id") else True
             ),
+            suppress_envoy_headers=router.suppress_envoy_headers if router else False,
         ),
+        access_logs=build_access_logs(hcm.access_log, f"{path}.access_log"),
     )
 
 
@@ -141,8 +148,10 @@ def _wrapped(message, name: str, default: int) -> int:
     return getattr(message, name).value if message.HasField(name) else default
 
 
-def check_http_filters(hcm: hcm_pb2.HttpConnectionManager, path: str) -> None:
-    """Only the router is built, and it must be the last filter (as in Envoy)."""
+def check_http_filters(hcm: hcm_pb2.HttpConnectionManager, path: str) -> router_pb2.Router | None:
+    """Only the router is built, and it must be the last filter (as in Envoy); returns the
+    router's config (None when it is disabled: refused below)."""
+    found: router_pb2.Router | None = None
     for index, http_filter in enumerate(hcm.http_filters):
         filter_path = f"{path}.http_filters[{index}]"
         type_url = http_filter.typed_config.type_url if http_filter.HasField("typed_config") else ""
@@ -161,6 +170,8 @@ def check_http_filters(hcm: hcm_pb2.HttpConnectionManager, path: str) -> None:
                 f"{filter_path}: Error: terminal filter named {http_filter.name} of type "
                 "envoy.filters.http.router must be the last filter in a http filter chain."
             )
+        if not http_filter.disabled:
+            found = router
     if not any(
         f.typed_config.type_url == ROUTER_TYPE_URL for f in hcm.http_filters if not f.disabled
     ):
@@ -168,3 +179,4 @@ def check_http_filters(hcm: hcm_pb2.HttpConnectionManager, path: str) -> None:
         raise ConfigError(
             f"{path}.http_filters: without envoy.filters.http.router nothing answers: not supported"
         )
+    return found

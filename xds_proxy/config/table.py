@@ -67,8 +67,67 @@ _CLUSTER_COMMON_HTTP = Supported(
 )
 
 
+# Access logs (config/access_log.py): a text format's source is read once.
+_FORMAT_SOURCE = Supported({"inline_string": OK, "inline_bytes": OK, "filename": OK})
+_LOG_FORMAT = Supported(
+    {
+        "text_format_source": _FORMAT_SOURCE,
+        "json_format": OK,
+        "omit_empty_values": OK,
+    }
+)
+_COMPARISON = Supported({"op": OK, "value": Supported({"default_value": OK, "runtime_key": OK})})
+_ACCESS_LOG = "envoy.config.accesslog.v3."
+_ACCESS_LOGGERS = "envoy.extensions.access_loggers."
+# An AccessLogFilter's filters other than and/or. and_filter / or_filter nest two levels deep
+# (a per-place table: the message type is recursive, the table walk is not).
+_LEAF_FILTERS: dict[str, Rule] = {
+    "status_code_filter": OK,
+    "duration_filter": OK,
+    "not_health_check_filter": OK,
+    "runtime_filter": OK,
+    "response_flag_filter": OK,
+}
+_INNER_FILTERS = Supported(
+    {
+        **_LEAF_FILTERS,
+        "and_filter": Supported({"filters": Supported(_LEAF_FILTERS)}),
+        "or_filter": Supported({"filters": Supported(_LEAF_FILTERS)}),
+    }
+)
+
+
 # message full name -> {field name -> rule}; a set field absent here is `not supported`.
 TABLE: dict[str, dict[str, Rule]] = {
+    # --- access logs (config/access_log.py)
+    _ACCESS_LOG + "AccessLog": {
+        "name": OK,
+        "filter": OK,
+        "typed_config": Extension("access_logger"),
+    },
+    _ACCESS_LOG + "AccessLogFilter": {
+        **_LEAF_FILTERS,
+        "and_filter": Supported({"filters": _INNER_FILTERS}),
+        "or_filter": Supported({"filters": _INNER_FILTERS}),
+    },
+    _ACCESS_LOG + "StatusCodeFilter": {"comparison": _COMPARISON},
+    _ACCESS_LOG + "DurationFilter": {"comparison": _COMPARISON},
+    _ACCESS_LOG + "NotHealthCheckFilter": {},
+    _ACCESS_LOG + "RuntimeFilter": {
+        "runtime_key": OK,
+        "percent_sampled": OK,
+        "use_independent_randomness": OK,
+    },
+    "envoy.type.v3.FractionalPercent": {"numerator": OK, "denominator": OK},
+    _ACCESS_LOG + "ResponseFlagFilter": {"flags": OK},
+    _ACCESS_LOGGERS + "file.v3.FileAccessLog": {
+        "path": OK,
+        "format": OK,
+        "json_format": OK,
+        "log_format": _LOG_FORMAT,
+    },
+    _ACCESS_LOGGERS + "stream.v3.StdoutAccessLog": {"log_format": _LOG_FORMAT},
+    _ACCESS_LOGGERS + "stream.v3.StderrAccessLog": {"log_format": _LOG_FORMAT},
     # --- bootstrap
     _BOOTSTRAP + "Bootstrap": {
         "node": OK,
@@ -150,6 +209,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "traffic_direction": OK,
         "enable_reuse_port": OK,
         "ignore_global_conn_limit": OK,
+        "access_log": OK,  # connection-level lines (access_log/connection.py)
     },
     _LISTENER + "AdditionalAddress": {"address": OK},
     _LISTENER + "FilterChain": {
@@ -212,6 +272,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "request_headers_timeout": OK,
         "drain_timeout": OK,
         "delayed_close_timeout": OK,
+        "access_log": OK,  # config/access_log.py
     },
     _HCM + "Rds": {"config_source": OK, "route_config_name": OK},
     _HCM + "HttpFilter": {
@@ -221,7 +282,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "disabled": OK,
     },
     "envoy.extensions.filters.http.router.v3.Router": {
-        "suppress_envoy_headers": NotYet("the router always adds its x-envoy-* headers"),
+        "suppress_envoy_headers": OK,  # config/hcm.py ProxyPolicy
     },
     _CORE + "Http1ProtocolOptions": {"accept_http_10": OK, "default_host_for_http_10": OK},
     # The HCM's (downstream) HTTP/2 settings; a cluster's are _CLUSTER_HTTP2.
@@ -286,6 +347,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "weighted_clusters": OK,
         "idle_timeout": OK,
         "max_connect_attempts": OK,
+        "access_log": OK,  # config/access_log.py
     },
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": {"clusters": OK},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": {

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
+from xds_proxy.config.access_log import AccessLogSpec, build_access_logs
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 
@@ -19,9 +20,12 @@ class TcpProxySettings:
     clusters: WeightedClusters
     idle_timeout_s: float | None  # None: no idle timeout
     max_connect_attempts: int
+    access_logs: tuple[AccessLogSpec, ...] = ()
 
 
-def build_tcp_proxy_settings(message: tcp_proxy_pb2.TcpProxy) -> TcpProxySettings:
+def build_tcp_proxy_settings(
+    message: tcp_proxy_pb2.TcpProxy, path: str = "tcp_proxy"
+) -> TcpProxySettings:
     """Translate a TcpProxy that passed the PGV rules and the support table."""
     if message.WhichOneof("cluster_specifier") == "weighted_clusters":
         weighted = message.weighted_clusters.clusters
@@ -34,4 +38,5 @@ def build_tcp_proxy_settings(message: tcp_proxy_pb2.TcpProxy) -> TcpProxySetting
     attempts = 1
     if message.HasField("max_connect_attempts"):
         attempts = message.max_connect_attempts.value
-    return TcpProxySettings(message.stat_prefix, clusters, idle_timeout_s, attempts)
+    access_logs = build_access_logs(message.access_log, f"{path}.access_log")
+    return TcpProxySettings(message.stat_prefix, clusters, idle_timeout_s, attempts, access_logs)

@@ -19,6 +19,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from xds_proxy.access_log import AccessLog, build_access_log
 from xds_proxy.bounded_cache import BoundedCache
 from xds_proxy.codec.responses import LocalResponse
 from xds_proxy.config.hcm import HcmSettings, build_hcm_settings
@@ -122,6 +123,7 @@ class HcmConfig(HcmSettings):
     request_header_timeout_reply: LocalResponse
     request_timeout_reply: LocalResponse
     stream_timeout_reply: LocalResponse
+    access_log: AccessLog | None  # None: no access_log configured
 
 
 # (rds, stat_prefix, server name, strip_any_host_port, path) -> the handle an HCM with `rds`
@@ -192,6 +194,7 @@ def _build(
         request_header_timeout_reply=LocalResponse(408, b"request header timeout", server),
         request_timeout_reply=LocalResponse(408, b"request timeout", server),
         stream_timeout_reply=LocalResponse(408, b"stream timeout", server),
+        access_log=build_access_log(settings.access_logs, f"{path}.access_log"),
     )
 
 

@@ -47,6 +47,8 @@ class Http1Connection(asyncio.Protocol):
     """One downstream HTTP/1.1 connection. The transport is its own; the parts reach it
     through here."""
 
+    ACCESS_LOG_PROTOCOL = "HTTP/1.1"  # PROTOCOL in a listener's connection-level access log
+
     __slots__ = (
         "_config",
         "_ctx",

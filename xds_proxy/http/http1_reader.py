@@ -15,10 +15,13 @@ request is parsed before a pending forwarded response is out.
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from collections.abc import Iterable
 
 import httptools
 
+from xds_proxy.access_log.record import Downstream, LogRecord
 from xds_proxy.codec.responses import HTTP_DATE, LocalResponse
 from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.http1_backpressure import HasTransport, Http1Backpressure
@@ -72,6 +75,18 @@ def route_headers(pairs: Iterable[tuple[str, str]], method: bytes, url: bytes) -
     return headers
 
 
+# A local error reply's response flags and details (`RESPONSE_CODE_DETAILS`), as Envoy's.
+_ERROR_DETAILS = {
+    426: ("DPE", "low_version"),
+    431: ("DPE", "http1.headers_too_large"),
+    403: ("", "upgrade_failed"),
+    408: ("", "request_header_timeout"),
+}
+
+
+_upgrade_rng = random.Random()
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback once the connection must not parse further."""
 
@@ -86,6 +101,7 @@ class Http1RequestReader:
         "_config",
         "_connection",
         "_ctx",
+        "_downstream",
         "_exchange",
         "_expect_continue",
         "_header_bytes",
@@ -98,6 +114,7 @@ class Http1RequestReader:
         "_phase_bytes",
         "_phase_first_chunk",
         "_raw_headers",
+        "_record",
         "_reject",
         "_responses",
         "_routes",
@@ -154,6 +171,9 @@ class Http1RequestReader:
         self._raw_headers: list[tuple[bytes, bytes]] | None = None
         self._routes = config.routes.current  # the table of the request in progress
         self._body_expected = False
+        # Access logging (only with an access_log configured): this request's record.
+        self._record: LogRecord | None = None
+        self._downstream: Downstream | None = None
 
     def feed(self, data: bytes | memoryview) -> None:
         """Feed the parser; write the answers it produced in one go."""
@@ -197,6 +217,8 @@ class Http1RequestReader:
         if self.in_request:
             self.in_request = False
             self._config.stats.rq_active.value -= 1
+            if self._record is not None and type(self._action) is not ForwardAction:
+                self._log_gone()  # (a forwarded request's exchange logs its own end)
 
     def reset_exchange(self) -> None:
         """The connection is going away: cancel the forwarded request being read."""
@@ -227,6 +249,8 @@ class Http1RequestReader:
             self._raw_headers = []
             self._body_expected = False
             self._action = None
+        if self._config.access_log is not None:
+            self._record = self._new_record()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -252,6 +276,8 @@ class Http1RequestReader:
             self._expect_continue = value.lower() == b"100-continue"
         if self._header_pairs is not None:
             self._header_pairs.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if self._record is not None and not (size == 4 and name.lower() == b"host"):
+            self._record.request_headers.append((name.lower(), value))
         if self._raw_headers is not None:
             name = name.lower()
             if name == b"content-length":
@@ -272,6 +298,10 @@ class Http1RequestReader:
         if size > config.max_request_headers_bytes:
             self._reject = config.headers_too_large
             raise _StopParsing
+        record = self._record
+        if record is not None:
+            record.method = method
+            record.path = self._url
         if self._url[:1] != b"/" and self._url != b"*" and method != b"CONNECT":
             # `GET http://host/path`: the URL's authority replaces Host, as in Envoy.
             absolute = split_absolute_url(self._url)
@@ -284,11 +314,20 @@ class Http1RequestReader:
                 self._reject = config.upgrade_required
                 raise _StopParsing
             self._http10 = True
+            if record is not None:
+                record.protocol = "HTTP/1.0"
             if self._host is None and config.default_host_for_http_10:
                 self._host = config.default_host_for_http_10.encode("latin-1")
         elif self._host is None:
             self._reject = config.bad_request_no_body
             raise _StopParsing
+        if record is not None:
+            record.path = self._url
+            record.authority = self._host
+            record.scheme = b"http"
+            policy = config.proxy_policy
+            record.generate_id = policy.generate_request_id
+            record.remote_from_xff = not policy.use_remote_address
         if parser.should_upgrade():
             # No upgrade_configs and no CONNECT routes: Envoy answers 403 / 404 and closes.
             self._reject = (
@@ -301,6 +340,8 @@ class Http1RequestReader:
             self._route_early()
 
     def on_body(self, body: bytes) -> None:
+        if self._record is not None:
+            self._record.bytes_received += len(body)
         if self._exchange is not None:
             self._exchange.request_data(body, False)
 
@@ -349,6 +390,8 @@ class Http1RequestReader:
             stats.rq_redirect.value += 1
             stats.rq_by_class[status // 100].value += 1
             self.out.append(payload)
+        if self._record is not None:
+            self._log_local(action, head_only)
         if self._http10:
             self._http10 = False
             self.out[-1] = _as_http10(self.out[-1], close)
@@ -400,6 +443,8 @@ class Http1RequestReader:
             self._raw_headers or [],
             peer[0] if peer else "",
         )
+        if self._record is not None:
+            exchange.log_to(self._record, config.access_log)
         exchange.start(
             request,
             not self._body_expected,
@@ -411,6 +456,8 @@ class Http1RequestReader:
     def _forwarded_request_complete(self) -> None:
         exchange = self._exchange
         self._exchange = None
+        if self._record is not None:
+            self._record.request_end = time.monotonic()
         if exchange is not None and self._body_expected:
             exchange.request_data(b"", True)
         self.in_request = False
@@ -427,6 +474,92 @@ class Http1RequestReader:
         if not self.parser.should_keep_alive() or self._http10:
             self._lifecycle.end_after_responses()
             raise _StopParsing
+
+    # -- access logging (only with an access_log configured) -------------------------------
+
+    def _new_record(self) -> LogRecord:
+        downstream = self._downstream
+        if downstream is None:
+            transport = self._connection.transport
+            peer = transport.get_extra_info("peername") if transport else None
+            local = transport.get_extra_info("sockname") if transport else None
+            downstream = self._downstream = Downstream(peer, local)
+        return LogRecord(downstream, time.monotonic(), time.time())
+
+    def _log_local(self, action: object, head_only: bool) -> None:
+        """A request answered here (404, direct response, redirect)."""
+        record = self._record
+        self._record = None
+        if record is None:
+            return
+        if action is None:
+            status, body, details = 404, 0, "route_not_found"
+            record.flags = "NR"
+        elif type(action) is DirectResponseAction:
+            status, body, details = action.response.status, len(action.response.body), None
+        else:
+            status, body, details = action.status, 0, None  # type: ignore[attr-defined]
+        if action is not None:
+            details = "direct_response"
+            record.route_name = action.route_name  # type: ignore[attr-defined]
+        record.details = details
+        record.local_reply(status, body, self._config.proxy_policy.server_name)
+        if not head_only:
+            record.bytes_sent = body
+        record.request_end = record.end = time.monotonic()
+        self._config.access_log.log(record)  # type: ignore[union-attr]
+
+    def _log_gone(self) -> None:
+        """The client went away before its request was answered here."""
+        record = self._record
+        self._record = None
+        if record is None:
+            return
+        if not self.headers_done:
+            # The connection manager never saw the request's headers.
+            record.method = record.path = record.authority = record.scheme = None
+            record.request_headers = []
+            record.protocol = "HTTP/1.1"
+        record.flags, record.details = "DC", "downstream_remote_disconnect"
+        record.end = time.monotonic()
+        self._config.access_log.log(record)  # type: ignore[union-attr]
+
+    def _log_error(self, response: LocalResponse) -> None:
+        """A local error reply: the request so far (if any), as Envoy logs it."""
+        config = self._config
+        record = self._record if self.in_request and self._record is not None else None
+        self._record = None
+        if record is None:
+            record = self._new_record()
+        flags, details = _ERROR_DETAILS.get(response.status, ("", None))
+        if response is config.upgrade_forbidden and record.authority is not None:
+            # Envoy routes the request before it refuses the upgrade.
+            action = self._routes.route_raw(record.authority, self._url)
+            if action is not None:
+                record.route_name = action.route_name
+                if type(action) is ForwardAction:
+                    record.upstream_cluster = action.pick_cluster(_upgrade_rng)
+        if response is config.bad_request_no_body:
+            flags, details = "", "missing_host_header"
+            record.request_end = time.monotonic()
+        elif response is config.bad_request:
+            flags, details = "DPE", "http1.codec_error"
+        elif response is config.request_timeout_reply:
+            flags, details = "", "request_overall_timeout"
+        elif response is config.stream_timeout_reply:
+            flags, details = "SI", "stream_idle_timeout"
+        if flags == "DPE":
+            # The codec refused the request: the connection manager never saw its headers.
+            record.method = record.path = record.authority = record.scheme = None
+            record.request_headers = []
+            record.protocol = "HTTP/1.1"
+        record.flags = flags
+        record.details = details
+        body = len(response.body)
+        record.local_reply(response.status, body, config.proxy_policy.server_name)
+        record.bytes_sent = body
+        record.end = time.monotonic()
+        config.access_log.log(record)  # type: ignore[union-attr]
 
     # -- the rare paths --------------------------------------------------------------------
 
@@ -464,6 +597,8 @@ class Http1RequestReader:
     def reply_error(self, response: LocalResponse) -> None:
         """A local error reply: always the last response on this connection."""
         stats = self._config.stats
+        if self._config.access_log is not None:
+            self._log_error(response)
         if self.in_request:
             self.in_request = False
             stats.rq_active.value -= 1

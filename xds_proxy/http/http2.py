@@ -41,6 +41,7 @@ import h2.settings
 
 from xds_proxy.codec.h2_connection import BoundedH2Connection
 from xds_proxy.codec.h2_fast import ResponseFrames
+from xds_proxy.http import http2_log
 from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.h2_frames import GoAwayCutter
 from xds_proxy.http.http2_direct import KnownRequests
@@ -55,6 +56,7 @@ from xds_proxy.http.http2_stream import (
     H2_CONFIG,
     LEARN,
     MAX_STREAM_ID,
+    NOT_ROUTED,
     PARSE_SLICE,
     PREMATURE_RESET_MIN_STREAMS,
     Http2Stream,
@@ -73,6 +75,7 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
     # False: h2 answers every request, from the same reads (the reference of the differential
     # tests in tests/unit/test_h2_fast_differential.py).
     DIRECT_ANSWERS = True
+    ACCESS_LOG_PROTOCOL = "HTTP/2"  # PROTOCOL in a listener's connection-level access log
 
     def __init__(self, config: HcmConfig, ctx: FilterChainContext) -> None:
         self._config = config
@@ -175,7 +178,9 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
                 if not self._receive_h2(data):
                     return
             stream_id, frame = piece  # type: ignore[misc]
-            answered = self._answer_directly(stream_id, frame) if self.DIRECT_ANSWERS else None
+            # A logged request goes through h2: the access log needs its stream record.
+            direct = self.DIRECT_ANSWERS and self._config.access_log is None
+            answered = self._answer_directly(stream_id, frame) if direct else None
             if answered is LEARN:
                 if not self._learn_request(stream_id, frame):
                     return
@@ -263,6 +268,8 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
             for stream in streams:
                 if stream.exchange is not None:
                     stream.exchange.downstream_reset()
+                elif stream.record is not None:
+                    http2_log.gone(self._config, stream.record)
         self._ctx.unregister(self)
         self.transport = None
 
@@ -310,6 +317,9 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
         routes = self._config.routes.current  # this request's table, read once
         stream = Http2Stream(method, authority, path, event.headers, routes)  # type: ignore[arg-type]
         self._streams[stream_id] = stream
+        if self._config.access_log is not None:
+            ended = event.stream_ended is not None
+            stream.record = http2_log.begin(self._config, self.transport, event.headers, ended)  # type: ignore[arg-type]
         if self._life.stream_timer is None and event.stream_ended is None:
             self._life.arm_stream_timer()  # a request body follows: bound how long it may take
         stream.started = stream.last_rx = self._loop.time()  # type: ignore[union-attr]
@@ -324,6 +334,8 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
         stream = self._streams.get(event.stream_id)  # type: ignore[arg-type]
         if stream is not None:
             stream.last_rx = self._loop.time()  # type: ignore[union-attr]
+            if stream.record is not None:
+                http2_log.received(stream.record, len(event.data), event.stream_ended is not None)  # type: ignore[arg-type]
         exchange = stream.exchange if stream is not None else None
         if exchange is not None and stream.paused:  # type: ignore[union-attr]
             stream.withheld += length  # type: ignore[union-attr]
@@ -364,6 +376,8 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
     ) -> None:
         sink = Http2ForwardSink(self, stream_id, stream)
         exchange = stream.exchange = Exchange(action, sink)
+        if stream.record is not None:
+            exchange.log_to(stream.record, self._config.access_log)  # type: ignore[arg-type]
         headers = [
             (name, value) for name, value in stream.headers if name[:1] != b":" and name != b"host"
         ]
@@ -385,9 +399,11 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
+        if stream.record is not None and stream.exchange is None:
+            http2_log.reset(self._config, stream.record)
         self._blocked.discard(stream_id)
         if stream.exchange is not None:
-            stream.exchange.downstream_reset()
+            stream.exchange.downstream_reset(disconnected=False)
         self._config.stats.rq_active.value -= 1
         self._closed_streams += 1
         self._premature_resets += 1
@@ -401,8 +417,12 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
         self._after_stream()
 
     def _stream_done(self, stream_id: int) -> None:
-        if self._streams.pop(stream_id, None) is None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
             return
+        if stream.record is not None and stream.exchange is None:
+            action = self._route(stream) if stream.action is NOT_ROUTED else stream.action
+            http2_log.local_done(self._config, stream.record, action, stream.method == b"HEAD")
         self._blocked.discard(stream_id)
         self._config.stats.rq_active.value -= 1
         self._closed_streams += 1

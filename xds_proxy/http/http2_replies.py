@@ -14,6 +14,7 @@ import h2.exceptions
 
 from xds_proxy.codec.h2_fast import FRAME_HEADER_SIZE, ResponseFrames
 from xds_proxy.codec.responses import HTTP_DATE
+from xds_proxy.http import http2_log
 from xds_proxy.http.http2_stream import (
     ANSWERED,
     BLOCKED_STREAM_COST,
@@ -249,6 +250,9 @@ class Http2Replies:
         ]
         self._config.stats.rq_by_class[status // 100].value += 1
         stream.responded = True
+        if stream.record is not None:
+            idle = body == self._config.stream_timeout_reply.body
+            http2_log.timed_out(stream.record, status, body, server, idle)
         conn = self._h2
         conn.send_headers(stream_id, headers)
         conn.send_data(stream_id, body, end_stream=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import h2.config
 
+from xds_proxy.access_log.record import LogRecord
 from xds_proxy.http.conn_manager import DrainState
 from xds_proxy.http.router import RouteTable
 from xds_proxy.upstream.forward import Exchange
@@ -67,6 +68,7 @@ class Http2Stream:
         "path",
         "paused",
         "pending",
+        "record",
         "responded",
         "response_paused",
         "routes",
@@ -94,3 +96,4 @@ class Http2Stream:
         self.started = 0.0  # loop time of the request headers (request_timeout)
         self.last_rx = 0.0  # loop time of the latest request frame (stream_idle_timeout)
         self.routes = routes  # the table this request is routed with (read once)
+        self.record: LogRecord | None = None  # the access-log record (http2_log.py)

@@ -171,10 +171,11 @@ class RequestView:
 
 
 class DirectResponseAction:
-    __slots__ = ("response",)
+    __slots__ = ("response", "route_name")
 
     def __init__(self, response: LocalResponse) -> None:
         self.response = response
+        self.route_name = ""  # the route's name (access logs' ROUTE_NAME)
 
     def render(self, request: RequestView, date: bytes, close: bool) -> tuple[int, bytes]:
         return self.response.status, self.response.render(date, close, request.head_only)
@@ -189,6 +190,7 @@ class RedirectAction:
         "port",
         "prefix",
         "prefix_rewrite",
+        "route_name",
         "scheme",
         "server",
         "status",
@@ -214,6 +216,7 @@ class RedirectAction:
         self.strip_query = redirect.strip_query
         self.status = _REDIRECT_CODES.get(redirect.response_code, 301)
         self.server = server
+        self.route_name = ""  # the route's name (access logs' ROUTE_NAME)
 
     def location(self, request: RequestView) -> str:
         scheme = self.scheme or "http"
@@ -328,6 +331,7 @@ class Route:
             levels = (HeaderMutations(route, path), *outer_mutations)
             forward.mutations = tuple(level for level in levels if not level.empty)
             self.action = forward
+        self.action.route_name = route.name
 
     def matches(self, path: str, headers: Headers) -> bool:
         if not self.case_sensitive:

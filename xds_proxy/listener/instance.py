@@ -20,6 +20,9 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
+from xds_proxy.access_log import build_access_log
+from xds_proxy.access_log.connection import log_connection, no_filter_chain
+from xds_proxy.config.access_log import build_access_logs
 from xds_proxy.config.tls import DownstreamTls, downstream_tls
 from xds_proxy.config_key import config_key
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
@@ -175,6 +178,8 @@ class Acceptor(asyncio.Protocol):
                 transport.close()
                 return
             transport = guarded
+        if instance.access_log is not None:  # the listener's own access_log
+            transport = log_connection(transport, instance.access_log)  # type: ignore[arg-type]
         if instance.listener_filters is None:
             instance.dispatch(transport, NOTHING_DETECTED, b"")  # type: ignore[arg-type]
             return
@@ -216,6 +221,9 @@ class ListenerInstance:
         self.drains_on_health_failure = config.drain_type == listener_pb2.Listener.DEFAULT
         self.inbound = config.traffic_direction == base_pb2.INBOUND
         self.buffer_limit_bytes = connection_buffer_limit(config)
+        self.access_log = build_access_log(
+            build_access_logs(config.access_log, "access_log"), "access_log"
+        )
 
     def all_chains(self) -> list[ChainRuntime]:
         return self.chains + ([self.default_chain] if self.default_chain else [])
@@ -229,6 +237,8 @@ class ListenerInstance:
         stats = self.services.stats
         if chain is None:
             stats.counter(self.stat_prefix + "no_filter_chain_match").inc()
+            if self.access_log is not None:
+                no_filter_chain(transport)
             transport.close()
             return
         limit = self.buffer_limit_bytes

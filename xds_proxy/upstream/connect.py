@@ -27,6 +27,9 @@ async def open_connection(cluster: PoolOwner, host: Host, conn: asyncio.Protocol
                 )
     except TimeoutError:
         return CONNECTION_TIMEOUT
-    except OSError:
+    except OSError as error:
+        # Envoy's transport failure reason, e.g. `delayed_connect_error:_Connection_refused`.
+        reason = error.strerror or "unknown"
+        host.last_connect_error = "delayed_connect_error:_" + reason.replace(" ", "_")
         return CONNECTION_FAILURE
     return None

@@ -26,6 +26,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.message import Message
 
+from xds_proxy.access_log import AccessLog
+from xds_proxy.access_log.record import LogRecord, format_address
+from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.config.hcm import ProxyPolicy
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
@@ -34,10 +37,14 @@ from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
 from xds_proxy.upstream.stream import (
     CONNECTION_FAILURE,
+    CONNECTION_TERMINATION,
     CONNECTION_TIMEOUT,
     HOP_BY_HOP,
+    LOCAL_RESET,
     OVERFLOW,
     PROTOCOL_ERROR,
+    REMOTE_REFUSED_STREAM_RESET,
+    REMOTE_RESET,
     Header,
     RequestHead,
     ResponseHandler,
@@ -195,6 +202,7 @@ class ForwardAction:
         "path_rewrite",
         "prefix",
         "prefix_rewrite",
+        "route_name",
         "timeout_s",
     )
 
@@ -225,6 +233,7 @@ class ForwardAction:
         if action.HasField("timeout"):
             self.timeout_s = duration_seconds(action.timeout) or None
         self.mutations: tuple[HeaderMutations, ...] = ()
+        self.route_name = ""  # the route's name (access logs' ROUTE_NAME)
 
     def pick_cluster(self, rng: random.Random) -> str:
         return self.clusters.pick(rng)
@@ -313,15 +322,18 @@ class Exchange(ResponseHandler):
     `pause_response()` / `resume_response()` for its own write back-pressure."""
 
     __slots__ = (
+        "_access_log",
         "_action",
         "_cluster",
         "_done",
         "_headers_sent",
         "_mutations",
+        "_record",
         "_request_ended",
         "_sink",
         "_started_at",
         "_stream",
+        "_suppress",
         "_timer",
     )
 
@@ -336,6 +348,15 @@ class Exchange(ResponseHandler):
         self._done = False
         self._started_at = 0.0
         self._mutations: Sequence[HeaderMutations] = ()
+        self._record: LogRecord | None = None
+        self._access_log: AccessLog | None = None
+        self._suppress = False  # the router's suppress_envoy_headers
+
+    def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
+        """Fill `record` in as the exchange goes and log it when the exchange ends."""
+        self._record = record
+        self._access_log = access_log
+        record.route_name = self._action.route_name
 
     # -- from the downstream codec ----------------------------------------------------------
 
@@ -348,19 +369,39 @@ class Exchange(ResponseHandler):
         mutations: Sequence[HeaderMutations] = (),
     ) -> None:
         action = self._action
+        self._suppress = policy.suppress_envoy_headers
         name = action.pick_cluster(_rng)
         cluster = clusters.get(name) if clusters is not None else None
+        record = self._record
+        if record is not None:
+            record.server = policy.server_name
+            if end_stream:
+                record.request_end = time.monotonic()
         if cluster is None:
+            if record is not None:
+                record.flags, record.details = "NC", "cluster_not_found"
             self._local_reply(action.not_found_status, b"")
             return
         self._cluster = cluster
         head = self._request_head(request, policy, mutations)
         self._started_at = time.monotonic()
+        if record is not None:
+            record.upstream_cluster = name
+            record.path = head.path
+            record.authority = head.authority
+            record.request_headers = head.headers
         stream = cluster.new_stream(head, self, end_stream, request.http2)
         if stream is None:
+            if record is not None:
+                record.flags, record.details = "UH", "no_healthy_upstream"
             self._local_reply(503, NO_HEALTHY_UPSTREAM_BODY)
             return
         self._stream = stream
+        if record is not None:
+            host = getattr(stream, "host", None)
+            if host is not None:
+                ip, port = host.address[0], host.address[1]
+                record.upstream_host = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         if end_stream:
             self._request_complete()
 
@@ -375,10 +416,14 @@ class Exchange(ResponseHandler):
             self._stream.send_trailers(trailers)
         self._request_complete()
 
-    def downstream_reset(self) -> None:
-        """The client went away: cancel the upstream stream."""
+    def downstream_reset(self, disconnected: bool = True) -> None:
+        """The client went away (`disconnected`), or reset its stream (HTTP/2 RST_STREAM,
+        which Envoy logs with no flag): cancel the upstream stream."""
         if self._done:
             return
+        if self._record is not None and disconnected:
+            self._record.add_flag("DC")
+            self._record.details = "downstream_remote_disconnect"
         self._finish()
         if self._stream is not None:
             self._stream.reset()
@@ -405,12 +450,25 @@ class Exchange(ResponseHandler):
             cluster.stats.count_response(status)
             self._count_host("rq_error" if status >= 500 else "rq_success")
             self._report_outlier(status)
-        elapsed_ms = int((time.monotonic() - self._started_at) * 1000)
+        now = time.monotonic()
+        elapsed_ms = int((now - self._started_at) * 1000)
         out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
-        out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
+        if not self._suppress:
+            out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
         for mutations in self._mutations:
             mutations.apply_response(out)
         self._headers_sent = True
+        record = self._record
+        if record is not None:
+            record.status = status
+            record.first_upstream_rx = now
+            record.details = "via_upstream"
+            response_headers = [(b":status", b"%d" % status), *out]
+            if not any(name == b"date" for name, _ in out):
+                response_headers.append((b"date", HTTP_DATE.now()))
+            response_headers.append((b"server", record.server))
+            record.response_headers = response_headers
+            self._log_upstream_local()
         if end_stream:
             self._finish()
         self._sink.send_response_headers(status, out, end_stream)
@@ -418,6 +476,8 @@ class Exchange(ResponseHandler):
     def on_response_data(self, data: bytes, end_stream: bool) -> None:
         if self._done:
             return
+        if self._record is not None:
+            self._record.bytes_sent += len(data)
         if end_stream:
             self._finish()
         self._sink.send_response_data(data, end_stream)
@@ -425,17 +485,31 @@ class Exchange(ResponseHandler):
     def on_response_trailers(self, trailers: list[Header]) -> None:
         if self._done:
             return
+        if self._record is not None:
+            self._record.trailers = trailers
         self._finish()
         self._sink.send_response_trailers(trailers)
 
     def on_reset(self, reason: str) -> None:
         if self._done:
             return
+        record = self._record
         if self._headers_sent:
+            if record is not None:
+                record.add_flag("UR" if reason != OVERFLOW else "UO")
+                record.details = f"upstream_reset_after_response_started{{{_detail(reason)}}}"
             self._finish()
             self._sink.reset_downstream()
             return
-        extra = [(b"x-envoy-overloaded", b"true")] if reason == OVERFLOW else []
+        if record is not None:
+            record.flags = _RESET_FLAGS.get(reason, "UR")
+            host = getattr(self._stream, "host", None)
+            failure = host.last_connect_error if reason == CONNECTION_FAILURE and host else None
+            detail = _detail(reason) if failure is None else f"{_detail(reason)}|{failure}"
+            record.details = f"upstream_reset_before_response_started{{{detail}}}"
+            record.upstream_failure = failure
+        overloaded = reason == OVERFLOW and not self._suppress
+        extra = [(b"x-envoy-overloaded", b"true")] if overloaded else []
         status = 502 if reason == PROTOCOL_ERROR else 503  # Envoy's UPE is a bad gateway
         if self._cluster is not None:
             self._cluster.stats.count_response(status)
@@ -486,7 +560,8 @@ class Exchange(ResponseHandler):
             headers.append((b"x-forwarded-proto", request.scheme))
         if not has_request_id and policy.generate_request_id:
             headers.append((b"x-request-id", _request_id()))
-        if action.timeout_s:
+        suppress = policy.suppress_envoy_headers
+        if action.timeout_s and not suppress:
             headers.append(
                 (b"x-envoy-expected-rq-timeout-ms", b"%d" % int(action.timeout_s * 1000))
             )
@@ -496,12 +571,14 @@ class Exchange(ResponseHandler):
             level.apply_request(headers)
         authority = request.host
         if action.host_rewrite is not None:
-            headers.append((b"x-envoy-original-host", request.host))
+            if not suppress:
+                headers.append((b"x-envoy-original-host", request.host))
             authority = action.host_rewrite
         path = request.url
         rewritten = action.rewrite_path(path)
         if rewritten is not None:
-            headers.append((b"x-envoy-original-path", path))
+            if not suppress:
+                headers.append((b"x-envoy-original-path", path))
             path = rewritten
         return RequestHead(request.method, path, authority, headers, request.scheme)
 
@@ -524,6 +601,10 @@ class Exchange(ResponseHandler):
             self._report_outlier(Result.TIMEOUT)
         if self._stream is not None:
             self._stream.reset()
+        record = self._record
+        if record is not None:
+            record.add_flag("UT")
+            record.details = "response_timeout"
         if self._headers_sent:
             self._finish()
             self._sink.reset_downstream()
@@ -547,7 +628,20 @@ class Exchange(ResponseHandler):
             else:
                 self._cluster.report_status(host, outcome)
 
+    def _log_upstream_local(self) -> None:
+        local_address = getattr(self._stream, "local_address", None)
+        record = self._record
+        if local_address is not None and record is not None:
+            record.upstream_local = format_address(local_address())
+            if record.upstream_local is not None:
+                record.upstream_remote = record.upstream_host
+
     def _local_reply(self, status: int, body: bytes, headers: list[Header] | None = None) -> None:
+        record = self._record
+        if record is not None:
+            record.status = status
+            record.response_headers = _local_headers(status, body, headers, record.server)
+            record.bytes_sent = len(body)
         self._finish()
         self._sink.send_local_reply(status, body, headers or [])
 
@@ -556,3 +650,43 @@ class Exchange(ResponseHandler):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        record = self._record
+        if record is not None:
+            if record.upstream_local is None:
+                self._log_upstream_local()  # a connection that never answered (DC, UC)
+            self._record = None
+            record.end = time.monotonic()
+            self._access_log.log(record)  # type: ignore[union-attr]
+
+
+# Response flags of a reset before the response started (Envoy's short names).
+_RESET_FLAGS = {
+    CONNECTION_FAILURE: "UF",
+    CONNECTION_TIMEOUT: "UF",
+    CONNECTION_TERMINATION: "UC",
+    OVERFLOW: "UO",
+    PROTOCOL_ERROR: "UPE",
+    REMOTE_RESET: "UR",
+    REMOTE_REFUSED_STREAM_RESET: "UR",
+    LOCAL_RESET: "LR",
+}
+
+
+def _detail(reason: str) -> str:
+    """A reset reason as RESPONSE_CODE_DETAILS spells it (`remote_connection_failure`)."""
+    return reason.replace(" ", "_")
+
+
+def _local_headers(
+    status: int, body: bytes, extra: list[Header] | None, server: bytes
+) -> list[Header]:
+    """An exchange's local reply's headers as Envoy's header map has them."""
+    headers: list[Header] = [(b":status", b"%d" % status)]
+    if body:
+        headers.append((b"content-length", b"%d" % len(body)))
+        headers.append((b"content-type", b"text/plain"))
+    if extra:
+        headers.extend(extra)
+    headers.append((b"date", HTTP_DATE.now()))
+    headers.append((b"server", server))
+    return headers

@@ -51,6 +51,7 @@ class Host:
         "failed_active_hc",
         "failed_outlier_check",
         "hostname",
+        "last_connect_error",
         "pending_active_hc",
         "pools",
         "stats",
@@ -67,6 +68,8 @@ class Host:
         self.pending_active_hc = health_checked
         self.active_hc_timeout = False
         self.failed_outlier_check = False  # ejected by outlier detection
+        # Why the latest connection attempt failed, as Envoy words it (access logs).
+        self.last_connect_error: str | None = None
         # One pool per upstream protocol in use (two with `use_downstream_protocol_config`).
         self.pools: dict[UpstreamProtocol, HostPool] = {}
         self.stats = HostStats()

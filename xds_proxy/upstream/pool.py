@@ -51,6 +51,11 @@ class PooledStream:
     def host(self) -> Host:
         return self._pool.host
 
+    def local_address(self) -> object:
+        """The upstream connection's local (ip, port), or None before it has one."""
+        transport = self._conn.transport if self._conn is not None else None
+        return transport.get_extra_info("sockname") if transport is not None else None
+
     def reset(self) -> None:
         if self.done:
             return

@@ -1,0 +1,149 @@
+"""Connection-level access logs (a listener's `access_log`): one line per downstream
+connection when it closes, with its wire bytes both ways, its duration and, as in Envoy, what
+the network filter put in the connection's record (tcp_proxy shares it; the HCM names the
+protocol).
+
+The accepted transport is wrapped (as the global connection limit wraps it): the wrapper
+stays the raw transport's protocol for the connection's whole life, forwards every callback
+to the protocol the rest of the proxy sets, counts the bytes, and logs when the socket
+closes. Only listeners with an `access_log` pay for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from xds_proxy.access_log import AccessLog
+from xds_proxy.access_log.record import Downstream, LogRecord
+
+# get_extra_info(CONNECTION_RECORD) on a logged connection's transport: its record, for the
+# network filter to fill in (tcp_proxy logs the same record).
+CONNECTION_RECORD = "xds_proxy.access_log.connection_record"
+
+
+class _LoggedProtocol(asyncio.Protocol):
+    __slots__ = ("_access_log", "inner", "record")
+
+    def __init__(self, record: LogRecord, access_log: AccessLog) -> None:
+        self.inner: asyncio.BaseProtocol | None = None
+        self.record = record
+        self._access_log = access_log
+
+    def data_received(self, data: bytes) -> None:
+        self.record.bytes_received += len(data)
+        inner = self.inner
+        if inner is not None:
+            inner.data_received(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool | None:
+        inner = self.inner
+        return inner.eof_received() if inner is not None else False  # type: ignore[union-attr]
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        inner, self.inner = self.inner, None
+        if inner is not None:
+            inner.connection_lost(exc)
+        record = self.record
+        record.end = time.monotonic()
+        self._access_log.log(record)
+
+
+class LoggedTransport(asyncio.Transport):
+    """What the proxy sees of a logged connection: the raw transport, except that setting a
+    protocol goes to the logging protocol, and writes are counted."""
+
+    __slots__ = ("_logged", "_raw")
+
+    def __init__(self, raw: asyncio.Transport, logged: _LoggedProtocol) -> None:
+        super().__init__()
+        self._raw = raw
+        self._logged = logged
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._logged.inner = protocol
+        # The HCM's codecs name their protocol (HTTP/1.1, HTTP/2), as Envoy's connection
+        # manager does on the connection's stream info.
+        named = getattr(protocol, "ACCESS_LOG_PROTOCOL", None)
+        if named is not None:
+            self._logged.record.protocol = named
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._logged.inner  # type: ignore[return-value]
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == CONNECTION_RECORD:
+            return self._logged.record
+        return self._raw.get_extra_info(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._logged.record.bytes_sent += len(data)
+        self._raw.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        pieces = list(list_of_data)
+        self._logged.record.bytes_sent += sum(len(piece) for piece in pieces)
+        self._raw.writelines(pieces)
+
+    def write_eof(self) -> None:
+        self._raw.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._raw.can_write_eof()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def abort(self) -> None:
+        self._raw.abort()
+
+    def is_closing(self) -> bool:
+        return self._raw.is_closing()
+
+    def is_reading(self) -> bool:
+        return self._raw.is_reading()
+
+    def pause_reading(self) -> None:
+        self._raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._raw.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._raw.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._raw.get_write_buffer_limits()
+
+
+def log_connection(transport: asyncio.Transport, access_log: AccessLog) -> LoggedTransport:
+    """Wrap a just-accepted transport so that its connection is logged when it closes."""
+    record = LogRecord(
+        Downstream(transport.get_extra_info("peername"), transport.get_extra_info("sockname")),
+        time.monotonic(),
+        time.time(),
+    )
+    record.protocol = None
+    logged = _LoggedProtocol(record, access_log)
+    transport.set_protocol(logged)
+    return LoggedTransport(transport, logged)
+
+
+def no_filter_chain(transport: asyncio.BaseTransport) -> None:
+    """The connection matched no filter chain (it is closed): Envoy 1.40's flag (NR, not
+    NFCF) and details."""
+    record = transport.get_extra_info(CONNECTION_RECORD)
+    if record is not None:
+        record.flags, record.details = "NR", "filter_chain_not_found"

@@ -174,7 +174,11 @@ def test_envoy_warms_on_rds_and_takes_route_updates_live(
         # Delta tells "R does not exist" (removed_resources): Envoy counts that as a
         # successful RDS update and keeps L warming. SotW sends an empty response: nothing.
         absent_notice = 1 if mode.endswith("delta") else 0
-        assert envoy.stat("http.L.rds.R.update_success") == absent_notice
+        wait_for(
+            lambda: envoy.stat("http.L.rds.R.update_success") == absent_notice,
+            timeout=5,
+            what=f"http.L.rds.R.update_success == {absent_notice}",
+        )
 
         # 2. The stub serves R (and a route config nobody asked for): L warms and serves.
         routes = stub.client.set_resources(

@@ -17,6 +17,7 @@ from typing import Any
 
 from xds_proxy.access_log import AccessLog
 from xds_proxy.access_log.record import Downstream, LogRecord
+from xds_proxy.codec.wrapped_transport import WrappedTransport
 
 # get_extra_info(CONNECTION_RECORD) on a logged connection's transport: its record, for the
 # network filter to fill in (tcp_proxy logs the same record).
@@ -58,15 +59,14 @@ class _LoggedProtocol(asyncio.Protocol):
         self._access_log.log(record)
 
 
-class LoggedTransport(asyncio.Transport):
+class LoggedTransport(WrappedTransport):
     """What the proxy sees of a logged connection: the raw transport, except that setting a
     protocol goes to the logging protocol, and writes are counted."""
 
-    __slots__ = ("_logged", "_raw")
+    __slots__ = ("_logged",)
 
     def __init__(self, raw: asyncio.Transport, logged: _LoggedProtocol) -> None:
-        super().__init__()
-        self._raw = raw
+        super().__init__(raw)
         self._logged = logged
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -93,39 +93,6 @@ class LoggedTransport(asyncio.Transport):
         pieces = list(list_of_data)
         self._logged.record.bytes_sent += sum(len(piece) for piece in pieces)
         self._raw.writelines(pieces)
-
-    def write_eof(self) -> None:
-        self._raw.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return self._raw.can_write_eof()
-
-    def close(self) -> None:
-        self._raw.close()
-
-    def abort(self) -> None:
-        self._raw.abort()
-
-    def is_closing(self) -> bool:
-        return self._raw.is_closing()
-
-    def is_reading(self) -> bool:
-        return self._raw.is_reading()
-
-    def pause_reading(self) -> None:
-        self._raw.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._raw.resume_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._raw.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._raw.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._raw.get_write_buffer_limits()
 
 
 def log_connection(transport: asyncio.Transport, access_log: AccessLog) -> LoggedTransport:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
@@ -43,6 +42,7 @@ from envoy.extensions.resource_monitors.downstream_connections.v3 import (
 )
 from google.protobuf.message import DecodeError
 
+from xds_proxy.codec.wrapped_transport import WrappedTransport
 from xds_proxy.config.overload import DOWNSTREAM_CONNECTIONS_TYPE, GLOBAL_MONITOR
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
@@ -140,15 +140,14 @@ class _GuardProtocol(asyncio.Protocol):
             inner.connection_lost(exc)
 
 
-class GuardedTransport(asyncio.Transport):
+class GuardedTransport(WrappedTransport):
     """What the proxy sees of a counted connection: the raw transport, except that setting a
     protocol goes to the guard, which stays the raw transport's protocol."""
 
-    __slots__ = ("_guard", "_raw")
+    __slots__ = ("_guard",)
 
     def __init__(self, raw: asyncio.Transport, guard: _GuardProtocol) -> None:
-        super().__init__()
-        self._raw = raw
+        super().__init__(raw)
         self._guard = guard
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -156,48 +155,6 @@ class GuardedTransport(asyncio.Transport):
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._guard.inner  # type: ignore[return-value]
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._raw.get_extra_info(name, default)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._raw.write(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        self._raw.writelines(list_of_data)
-
-    def write_eof(self) -> None:
-        self._raw.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return self._raw.can_write_eof()
-
-    def close(self) -> None:
-        self._raw.close()
-
-    def abort(self) -> None:
-        self._raw.abort()
-
-    def is_closing(self) -> bool:
-        return self._raw.is_closing()
-
-    def is_reading(self) -> bool:
-        return self._raw.is_reading()
-
-    def pause_reading(self) -> None:
-        self._raw.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._raw.resume_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._raw.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._raw.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._raw.get_write_buffer_limits()
 
 
 def guard_transport(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -42,7 +41,6 @@ from xds_proxy.xds.decode import (
     decode_sotw_resources,
     unpack,
 )
-from xds_proxy.xds.delta import DeltaSubscription
 from xds_proxy.xds.source import cds_configured, cds_server
 from xds_proxy.xds.transport import SubscriptionClient, new_subscription
 
@@ -165,18 +163,9 @@ class CdsClient(SubscriptionClient):
         return cds_configured(bootstrap)
 
     async def _handle(self, response):
-        now_ms = time.time_ns() // 1_000_000
-        if isinstance(self._subscription, DeltaSubscription):
-            outcome = self._subscription.on_response(
-                response, self._apply_delta, now_ms, time.monotonic()
-            )
-        else:
-            outcome = self._subscription.on_response(response, self._apply_sotw, now_ms)
+        outcome = self._outcome(response)
         if outcome.request is None:
-            log.warning("cds: ignoring a response for type URL %s", response.type_url)
             return None
-        if outcome.error is not None:
-            log.warning("cds: gRPC config for %s rejected: %s", CLUSTER_TYPE_URL, outcome.error)
         self._mark_initialized()
         return outcome.request
 

@@ -16,7 +16,6 @@ stats store (Envoy has none for RDS); the stream's `control_plane.*` are the sha
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -146,18 +145,9 @@ class RdsClient(SubscriptionClient):
         self._sink.stream_lost(self)
 
     async def _handle(self, response):
-        now_ms = time.time_ns() // 1_000_000
-        if isinstance(self._subscription, DeltaSubscription):
-            outcome = self._subscription.on_response(
-                response, self._apply_delta, now_ms, time.monotonic()
-            )
-        else:
-            outcome = self._subscription.on_response(response, self._apply_sotw, now_ms)
+        outcome = self._outcome(response)
         if outcome.request is None:
-            log.warning("rds: ignoring a response for type URL %s", response.type_url)
             return None
-        if outcome.error is not None:
-            log.warning("rds: gRPC config for %s rejected: %s", ROUTE_TYPE_URL, outcome.error)
         if self._applied is not None:
             await self._applied()
         return outcome.request

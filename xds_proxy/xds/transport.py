@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -119,6 +120,29 @@ class SubscriptionClient:
     @property
     def initialized(self) -> bool:
         return self._initialized
+
+    def _outcome(self, response: Any) -> Any:
+        """Feed a response to the SotW or Delta state machine with the subclass's
+        `_apply_sotw(version, resources)` / `_apply_delta(version, resources, removed)`; log
+        what Envoy logs for an ignored or rejected response. The outcome's `request` is the ACK
+        or NACK (None: the response was ignored)."""
+        now_ms = time.time_ns() // 1_000_000
+        if isinstance(self._subscription, DeltaSubscription):
+            outcome = self._subscription.on_response(
+                response,
+                self._apply_delta,
+                now_ms,
+                time.monotonic(),  # type: ignore[attr-defined]
+            )
+        else:
+            outcome = self._subscription.on_response(response, self._apply_sotw, now_ms)  # type: ignore[attr-defined]
+        if outcome.request is None:
+            log.warning("%s: ignoring a response for type URL %s", self.name, response.type_url)
+        elif outcome.error is not None:
+            log.warning(
+                "%s: gRPC config for %s rejected: %s", self.name, self.type_url, outcome.error
+            )
+        return outcome
 
     async def run(self) -> None:
         """Subscribe on a stream of its own, re-subscribing after every loss, until cancelled."""

@@ -100,3 +100,14 @@ def test_healthcheck_fail_goaways_default_listeners_only(served, connect) -> Non
     fresh = connect(ports["default"])
     answered(fresh)
     assert fresh.goaways() == []
+
+
+def test_a_connection_opened_during_a_drain_gets_settings_then_its_answer(served, connect):
+    """A new HTTP/2 connection accepted while an immediate drain runs is told at once, after
+    our SETTINGS: its first request is still answered (it was a reset before)."""
+    proxy, ports = served
+    assert proxy.post("/drain_listeners?graceful") == (200, "OK\n")
+    client = connect(ports["default"])
+    answered(client)
+    assert client.wait_goaways(1, timeout=5)[0].frame.last_stream_id == MAX_STREAM_ID
+    assert "AttributeError" not in proxy.log()

@@ -116,7 +116,6 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
         stats.cx_active.value += 1
         stats.cx_http2_total.value += 1
         stats.cx_http2_active.value += 1
-        self._ctx.register(self)
         conn = self._h2
         settings = {
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self._max_concurrent,
@@ -139,6 +138,9 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
             conn.increment_flow_control_window(connection_window - DEFAULT_WINDOW)
         self._flush()
         self._life.start(self._loop)
+        # Last: registering can start a drain at once (one already under way), which needs
+        # the lifecycle's loop and must follow our SETTINGS.
+        self._ctx.register(self)
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():

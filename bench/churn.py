@@ -34,7 +34,31 @@ leak does not. So RSS is also sampled every second while churning: the peak is i
 and the curve follows it. The benchmark pins the proxy to CPU 0 and everything else (load,
 backend, stub) to CPU 1.
 
-    python -m bench.churn [--seconds N] [--warmup-churn S]
+The RDS mode (`--rds`, issue 19) runs another scenario with the same clients, processes,
+measurements and graceful drain at the end (no control-plane outage; the routes answer
+directly, so the backend answers nothing). The bootstrap takes LDS over ADS; three loaded
+listeners take their routes from RDS over the same ADS stream: `main` and `twin` share route
+config `main-routes-<k>`,
+`other` has `other-routes`. Every push (one every 200 ms) is a new generation of every route
+config, whose body says which answered (`<route config> g<generation>`); the clients check
+the route family of their listener and that the generation never goes back on a connection.
+Four phases (plus one in between):
+
+1. routes only: route updates alone;
+2. in-place renames: every 5th push also points `main` and `twin` at a new route name (only
+   their filter chain changes: an in-place update, the old chain drains);
+3. full renames: the same with a listener-level change too (a full update, the old version
+   drains);
+   then route updates go on until nothing drains (not counted as route-only);
+4. routes only again.
+
+The table counts the `connection: close` responses (HTTP/1.1) and GOAWAY frames (HTTP/2) the
+clients saw, in three groups: route-only (phases 1 and 4, and `other`, which no listener update
+touches, in every phase), renames (`main` and `twin` in phases 2 and 3 until their drains end:
+allowed, the listener updates drain) and graceful (the final drain). Route-only must be 0;
+the other two show that the counting works.
+
+    python -m bench.churn [--seconds N] [--warmup-churn S] [--rds]
         (default 20 s of churn per proxy after an 8 s churn warm-up; --warmup-churn 0 measures
         "before" after the load alone, as earlier runs did)
 
@@ -86,6 +110,23 @@ FAILURE_REASONS = ("refused", "reset", "5xx", "timeout", "other")
 PROXY_CPU, LOAD_CPU = 0, 1
 REFUSED_STREAM = 7
 PHASES = ("full modify", "in-place chains", "remove/re-add", "fleet 10 %")
+# The RDS mode (--rds): a route update every ROUTE_PUSH_INTERVAL_S; in the rename phases every
+# RENAME_EVERY-th push is a listener update pointing `main` and `twin` at a new route name.
+RDS_LISTENERS = ("main", "twin", "other")
+RDS_UNTOUCHED = "other"  # no listener update ever changes it: only route updates reach it
+OTHER_ROUTES = "other-routes"
+ROUTE_PUSH_INTERVAL_S = 0.2
+RENAME_EVERY = 5
+ROUTES_ONLY, IN_PLACE_RENAMES, FULL_RENAMES, SETTLING, ROUTES_ONLY_AGAIN = (
+    "routes only",
+    "routes + in-place renames",
+    "routes + full renames",
+    "routes, drains ending",
+    "routes only again",
+)
+RDS_PHASES = (ROUTES_ONLY, IN_PLACE_RENAMES, FULL_RENAMES, SETTLING, ROUTES_ONLY_AGAIN)
+ROUTE_ONLY_PHASES = (ROUTES_ONLY, ROUTES_ONLY_AGAIN)
+GRACEFUL = "graceful drain"
 WARMUP_S = 1.0  # load alone before measuring
 WARMUP_CHURN_S = 8.0  # every phase's pushes under load before "before" (see the docstring)
 
@@ -118,6 +159,11 @@ def routed_listener(name: str, port: int, revision: int, chain_revision: int) ->
         },
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }
+    return _hcm_listener(name, port, revision, hcm)
+
+
+def _hcm_listener(name: str, port: int, revision: int, hcm: dict[str, Any]) -> dict[str, Any]:
+    """One filter chain with `hcm`; `revision` is a listener-level field."""
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -130,6 +176,40 @@ def routed_listener(name: str, port: int, revision: int, chain_revision: int) ->
             }
         ],
     }
+
+
+def rds_listener(name: str, port: int, revision: int, route_name: str) -> dict[str, Any]:
+    """The HCM takes route config `route_name` from RDS over the ADS stream. `revision` is a
+    listener-level field (a change is a full update); a new `route_name` alone changes only
+    the filter chain (an in-place update)."""
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": STAT_PREFIX,
+        "drain_timeout": "1s",
+        "rds": {
+            "route_config_name": route_name,
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return _hcm_listener(name, port, revision, hcm)
+
+
+def route_config(name: str, generation: int) -> dict[str, Any]:
+    """Answers 200 with `<name> g<generation>`: a client sees which route version answered."""
+    body = route_body(name, generation).decode()
+    route = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": body}},
+    }
+    return {
+        "name": name,
+        "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
+    }
+
+
+def route_body(name: str, generation: int) -> bytes:
+    return f"{name} g{generation}\n".encode()
 
 
 def backend_bootstrap(port: int) -> dict[str, Any]:
@@ -216,6 +296,65 @@ class ListenerSet:
             self.revisions[self.fleet_name(step * FLEET_CHURN + offset)] += 1
 
 
+class RdsListenerSet:
+    """The RDS mode's listeners: `main` and `twin` share one route config (renamed by the
+    listener updates, `main-routes-<k>`), `other` has its own (`other-routes`) and is never
+    changed by a listener update. Every push carries a new route generation."""
+
+    def __init__(self) -> None:
+        self.ports = dict(zip(RDS_LISTENERS, distinct_free_ports(len(RDS_LISTENERS)), strict=True))
+        self.revision = 0  # listener-level field of `main` and `twin`
+        self.rename = 0  # `main` and `twin` use main-routes-<rename>
+        self.generation = 0
+        self.version_number = 0
+
+    def route_name(self, listener: str) -> str:
+        return OTHER_ROUTES if listener == RDS_UNTOUCHED else f"main-routes-{self.rename}"
+
+    def listeners(self) -> list[dict[str, Any]]:
+        return [
+            rds_listener(
+                name,
+                port,
+                0 if name == RDS_UNTOUCHED else self.revision,
+                self.route_name(name),
+            )
+            for name, port in self.ports.items()
+        ]
+
+    def routes(self) -> list[dict[str, Any]]:
+        """`other-routes` and the last few main names (old versions may still drain on them)."""
+        recent = range(max(0, self.rename - 2), self.rename + 1)
+        names = [OTHER_ROUTES, *(f"main-routes-{k}" for k in recent)]
+        return [route_config(name, self.generation) for name in names]
+
+    def next_version(self) -> str:
+        self.version_number += 1
+        return f"v{self.version_number}"
+
+
+class PhaseClock:
+    """The phase the churn is in, read by the clients to label what they are told."""
+
+    def __init__(self) -> None:
+        self.label = "warm-up"
+
+
+class RouteBodies:
+    """The RDS mode's body check for one client: a body of its listener's route family;
+    returns the route generation that answered, or None for a wrong body."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family  # "main-routes-" or "other-routes"
+
+    def generation(self, body: bytes) -> int | None:
+        name, _, rest = body.decode(errors="replace").partition(" g")
+        if not name.startswith(self.family) or not rest.endswith("\n"):
+            return None
+        digits = rest[:-1]
+        return int(digits) if digits.isdigit() else None
+
+
 # ----------------------------------------------------------------------------- load
 
 
@@ -232,6 +371,9 @@ class Tally:
     events: list[tuple[float, str]] = field(default_factory=list)  # (end, outcome) for the plot
     errors: list[str] = field(default_factory=list)
     retry_notes: list[str] = field(default_factory=list)
+    # (route family, phase) -> HTTP/1.1 `connection: close` responses or HTTP/2 GOAWAY frames
+    told_to_leave: Counter[tuple[str, str]] = field(default_factory=Counter)
+    route_generations: set[int] = field(default_factory=set)  # RDS mode: which answered
 
     def add(self, other: Tally) -> None:
         self.sent += other.sent
@@ -243,6 +385,8 @@ class Tally:
         self.events += other.events
         self.errors += other.errors[:5]
         self.retry_notes += other.retry_notes[:5]
+        self.told_to_leave.update(other.told_to_leave)
+        self.route_generations |= other.route_generations
 
     @property
     def failed(self) -> int:
@@ -301,15 +445,54 @@ class _Parsed:
         self.complete = True
 
 
+class _Bodies:
+    """What a client accepts as the body: BACKEND_BODY (or the given one), or, in the RDS
+    mode, a body of its route family whose generation never goes back on one connection
+    (the next request uses the newest routes; an older one would be a stale route table)."""
+
+    def __init__(self, tally: Tally, body: bytes, routes: RouteBodies | None) -> None:
+        self.tally = tally
+        self.body = body
+        self.routes = routes
+        self._connection_generation = -1
+
+    def new_connection(self) -> None:
+        self._connection_generation = -1
+
+    def wrong(self, body: bytes) -> str | None:
+        """None if `body` is right, else why not."""
+        if self.routes is None:
+            return None if body == self.body else "wrong body"
+        generation = self.routes.generation(body)
+        if generation is None:
+            return "wrong body"
+        if generation < self._connection_generation:
+            return f"route g{generation} after g{self._connection_generation} on one connection"
+        self._connection_generation = generation
+        self.tally.route_generations.add(generation)
+        return None
+
+
 class Http1Client:
     """A keep-alive HTTP/1.1 client in a thread: one request at a time, reconnects after
     `connection: close`, retries only requests the server provably did not process."""
 
-    def __init__(self, port: int, stop: threading.Event, body: bytes = BACKEND_BODY) -> None:
+    def __init__(
+        self,
+        port: int,
+        stop: threading.Event,
+        body: bytes = BACKEND_BODY,
+        routes: RouteBodies | None = None,
+        clock: PhaseClock | None = None,
+    ) -> None:
+        """`routes` and `clock`: the RDS mode's body check, and the phase that labels each
+        `connection: close` response."""
         self.port = port
         self.stop = stop
         self.body = body
         self.tally = Tally()
+        self.bodies = _Bodies(self.tally, body, routes)
+        self.clock = clock
         self.request = f"GET / HTTP/1.1\r\nhost: churn-{port}\r\n\r\n".encode()
         self._sock: socket.socket | None = None
         self._requests_on_connection = 0
@@ -341,6 +524,7 @@ class Http1Client:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.tally.connections += 1
         self._requests_on_connection = 0
+        self.bodies.new_connection()
         return True
 
     def _one_request(self) -> None:
@@ -369,10 +553,15 @@ class Http1Client:
             self._requests_on_connection += 1
             if not keep_alive:
                 self._drop()
+                if self.clock is not None and self.bodies.routes is not None:
+                    self.tally.told_to_leave[self.bodies.routes.family, self.clock.label] += 1
+            wrong = self.bodies.wrong(body) if status == 200 else None
             if status >= 500:
                 self.tally.fail("5xx", f"status {status} {body[:60]!r}")
-            elif status != 200 or body != self.body:
+            elif status != 200 or wrong == "wrong body":
                 self.tally.fail("other", f"status {status} {body[:60]!r}")
+            elif wrong is not None:
+                self.tally.fail("other", wrong)
             else:
                 self.tally.succeed(started)
             return
@@ -408,8 +597,11 @@ class _H2Connection(H2Client):
     """H2Client that keeps the lowest GOAWAY last_stream_id and forgets old frames (a
     connection that lives for thousands of requests would otherwise keep them all)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, clock: PhaseClock | None = None) -> None:
+        """`clock`: label each GOAWAY frame with the phase it came in (in `goaways`)."""
         self.goaway_last: int | None = None
+        self.clock = clock
+        self.goaways: Counter[str] = Counter()
         super().__init__(port, timeout=REQUEST_TIMEOUT_S)
 
     def _on_frame(self, frame: Frame) -> None:
@@ -417,6 +609,8 @@ class _H2Connection(H2Client):
             with self._condition:
                 last = frame.last_stream_id
                 self.goaway_last = last if self.goaway_last is None else min(self.goaway_last, last)
+                if self.clock is not None:
+                    self.goaways[self.clock.label] += 1
         super()._on_frame(frame)
         with self._condition:
             if len(self.frames) > 512:
@@ -436,11 +630,22 @@ class Http2Client:
     opens no more streams on that connection; retries refused streams and streams above a
     GOAWAY's last_stream_id on a new connection."""
 
-    def __init__(self, port: int, stop: threading.Event, body: bytes = BACKEND_BODY) -> None:
+    def __init__(
+        self,
+        port: int,
+        stop: threading.Event,
+        body: bytes = BACKEND_BODY,
+        routes: RouteBodies | None = None,
+        clock: PhaseClock | None = None,
+    ) -> None:
+        """`routes` and `clock`: the RDS mode's body check, and the phase that labels each
+        GOAWAY frame."""
         self.port = port
         self.stop = stop
         self.body = body
         self.tally = Tally()
+        self.bodies = _Bodies(self.tally, body, routes)
+        self.clock = clock if routes is not None else None
         self._conn: _H2Connection | None = None
 
     def run(self) -> None:
@@ -451,11 +656,15 @@ class Http2Client:
     def _drop(self) -> None:
         if self._conn is not None:
             self._conn.close()
+            if self.bodies.routes is not None:
+                family = self.bodies.routes.family
+                for label, count in self._conn.goaways.items():
+                    self.tally.told_to_leave[family, label] += count
             self._conn = None
 
     def _connect(self) -> bool:
         try:
-            self._conn = _H2Connection(self.port)
+            self._conn = _H2Connection(self.port, self.clock)
         except ConnectionRefusedError:
             self.tally.fail("refused", f"connect to {self.port}")
             self.stop.wait(0.01)  # pacing: a refused port must not spin the loop
@@ -468,6 +677,7 @@ class Http2Client:
             self.stop.wait(0.01)
             return False
         self.tally.connections += 1
+        self.bodies.new_connection()
         return True
 
     def _one_request(self) -> None:
@@ -513,10 +723,13 @@ class Http2Client:
                 self._drop()
                 self.tally.fail("reset", f"RST_STREAM code {response.reset_code}")
                 return
+            wrong = self.bodies.wrong(response.body) if response.status == 200 else None
             if response.status >= 500:
                 self.tally.fail("5xx", f"status {response.status} {response.body[:60]!r}")
-            elif response.status != 200 or response.body != self.body:
+            elif response.status != 200 or wrong == "wrong body":
                 self.tally.fail("other", f"status {response.status} {response.body[:60]!r}")
+            elif wrong is not None:
+                self.tally.fail("other", wrong)
             else:
                 self.tally.succeed(started)
             return
@@ -527,12 +740,23 @@ class Load:
     """HTTP/1.1 and HTTP/2 clients on the given ports, each in its own thread."""
 
     def __init__(
-        self, h1_ports: list[int], h2_ports: list[int], body: bytes = BACKEND_BODY
+        self,
+        h1_ports: list[int],
+        h2_ports: list[int],
+        body: bytes = BACKEND_BODY,
+        families: dict[int, str] | None = None,
+        clock: PhaseClock | None = None,
     ) -> None:
-        """`body`: what every response must carry (the backend's, unless given)."""
+        """`body`: what every response must carry (the backend's, unless given). RDS mode:
+        `families` maps a port to its route family (see RouteBodies) and `clock` labels what
+        the clients are told."""
         self._stop = threading.Event()
-        self.h1 = [Http1Client(port, self._stop, body) for port in h1_ports]
-        self.h2 = [Http2Client(port, self._stop, body) for port in h2_ports]
+
+        def routes(port: int) -> RouteBodies | None:
+            return None if families is None else RouteBodies(families[port])
+
+        self.h1 = [Http1Client(port, self._stop, body, routes(port), clock) for port in h1_ports]
+        self.h2 = [Http2Client(port, self._stop, body, routes(port), clock) for port in h2_ports]
         self._threads = [
             threading.Thread(target=client.run, daemon=True) for client in (*self.h1, *self.h2)
         ]
@@ -646,6 +870,7 @@ class Push:
     version: str
     ack_s: float | None  # None: not ACKed before the next push
     nack: str | None = None
+    kind: str = "listeners"  # RDS mode: "routes" for a route-only update
 
 
 @dataclass
@@ -669,6 +894,7 @@ class ChurnResult:
     backend_requests: int  # what the backend answered while the load ran
     rss_load_warm_kib: int = 0  # after the load-only warm-up, before the churn warm-up
     rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (time, KiB), churning
+    rds: bool = False  # the RDS mode's scenario (routes answer directly, no outage)
 
     @property
     def rss_peak_kib(self) -> int:
@@ -697,9 +923,11 @@ class ChurnRun:
         pin: bool = False,
         warmup_s: float = WARMUP_S,
         warmup_churn_s: float = 0.0,
+        rds: bool = False,
     ) -> None:
         """`warmup_s`: load alone before measuring; `warmup_churn_s`: then every phase's
-        pushes under load for that long in all (not counted), before "before"."""
+        pushes under load for that long in all (not counted), before "before". `rds`: the
+        RDS scenario (RDS_PHASES) instead of the four listener phases; no outage."""
         self.workdir = workdir
         self.envoy = envoy
         self.seconds = seconds
@@ -708,7 +936,10 @@ class ChurnRun:
         self.pin = pin
         self.warmup_s = warmup_s
         self.warmup_churn_s = warmup_churn_s
+        self.rds = rds
+        self.clock = PhaseClock()
         self.listeners = ListenerSet()
+        self.rds_listeners = RdsListenerSet()
         self.pushes: list[Push] = []
         self.phase_starts: list[tuple[float, str]] = []
         self.stub = StubProcess(workdir / "stub", xds=f"127.0.0.1:{free_port()}")
@@ -725,7 +956,7 @@ class ChurnRun:
         return port
 
     def _start_proxy(self, backend_port: int) -> EnvoyProcess:
-        bootstrap = lds_bootstrap(self.stub.xds_address, node_id="churn")
+        bootstrap = lds_bootstrap(self.stub.xds_address, node_id="churn", ads=self.rds)
         bootstrap["static_resources"]["clusters"].append(cluster_dict("backend", [backend_port]))
         flags = ["--drain-time-s", str(DRAIN_TIME_S), "--drain-strategy", "gradual"]
         kind = PinnedEnvoy if self.envoy else PinnedProxy
@@ -793,11 +1024,93 @@ class ChurnRun:
         return self.backend.stat("http.backend.downstream_rq_total") or 0
 
     def _load(self) -> Load:
+        if self.rds:
+            return self._rds_load()
         ports = self.listeners.ports
         main = ports["main"]
         loaded_fleet = [ports[self.listeners.fleet_name(i)] for i in FLEET_LOADED]
         h2_ports = [main, main, loaded_fleet[0]] if self.http2 else []
         return Load([main, main, main, *loaded_fleet], h2_ports).start()
+
+    # -- the RDS mode --------------------------------------------------------------------------
+
+    def _rds_load(self) -> Load:
+        """HTTP/1.1 on main (x2), twin and other; HTTP/2 on each of them."""
+        ports = self.rds_listeners.ports
+        families = {
+            port: OTHER_ROUTES if name == RDS_UNTOUCHED else "main-routes-"
+            for name, port in ports.items()
+        }
+        h1_ports = [ports["main"], ports["main"], ports["twin"], ports["other"]]
+        h2_ports = [ports["main"], ports["twin"], ports["other"]] if self.http2 else []
+        return Load(h1_ports, h2_ports, families=families, clock=self.clock).start()
+
+    def _rds_push(self, phase: str, deadline: float, listeners: bool) -> None:
+        """A new route generation; with `listeners`, the listener set in the same push."""
+        ls = self.rds_listeners
+        ls.generation += 1
+        version = ls.next_version()
+        at = time.monotonic()
+        client = self.stub.client
+        if listeners:
+            client.set_resources(listeners=ls.listeners(), routes=ls.routes(), version=version)
+        else:
+            client.set_resources(routes=ls.routes(), version=version)
+        push = Push(at, phase, version, None, kind="listeners" if listeners else "routes")
+        try:
+            sections = ("listeners", "routes") if listeners else ("routes",)
+            for section in sections:
+                timeout = max(0.05, deadline - time.monotonic())
+                client.wait(version, timeout=timeout, section=section)
+            push.ack_s = time.monotonic() - at
+        except StubNack as nack:
+            push.nack = nack.detail
+        except TimeoutError:
+            pass
+        self.pushes.append(push)
+
+    def _rds_phase(self, name: str, seconds: float, renames: str | None = None) -> None:
+        """A route update every ROUTE_PUSH_INTERVAL_S; with `renames` ("in-place" or
+        "full"), every RENAME_EVERY-th push also points main and twin at a new route name
+        (and, for "full", changes a listener-level field too)."""
+        self.phase_starts.append((time.monotonic(), name))
+        self.clock.label = name
+        ls = self.rds_listeners
+        end = time.monotonic() + seconds
+        step = 0
+        while time.monotonic() < end:
+            tick = time.monotonic() + ROUTE_PUSH_INTERVAL_S
+            rename = renames is not None and step % RENAME_EVERY == RENAME_EVERY - 1
+            if rename:
+                ls.rename += 1
+                ls.revision += renames == "full"
+            self._rds_push(name, tick, listeners=rename)
+            step += 1
+            _sleep_until(tick)  # pacing of the pushes, not synchronisation
+
+    def _rds_settle(self, watcher: DrainWatcher) -> None:
+        """Route updates go on until nothing drains (the renames' drains may still say
+        `connection: close` / GOAWAY until then), then one more interval."""
+        self.phase_starts.append((time.monotonic(), SETTLING))
+        self.clock.label = SETTLING
+        give_up = time.monotonic() + DRAIN_TIME_S + 15
+        quiet_since: float | None = None
+        while quiet_since is None or time.monotonic() < quiet_since + ROUTE_PUSH_INTERVAL_S:
+            if time.monotonic() > give_up:
+                raise TimeoutError("the renames' drains did not end")
+            tick = time.monotonic() + ROUTE_PUSH_INTERVAL_S
+            self._rds_push(SETTLING, tick, listeners=False)
+            if quiet_since is None and not any(watcher.current().values()):
+                quiet_since = time.monotonic()
+            _sleep_until(tick)
+
+    def _rds_churn(self, watcher: DrainWatcher, seconds: float) -> None:
+        phase_s = seconds / 4
+        self._rds_phase(ROUTES_ONLY, phase_s)
+        self._rds_phase(IN_PLACE_RENAMES, phase_s, renames="in-place")
+        self._rds_phase(FULL_RENAMES, phase_s, renames="full")
+        self._rds_settle(watcher)
+        self._rds_phase(ROUTES_ONLY_AGAIN, phase_s)
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -812,13 +1125,21 @@ class ChurnRun:
     def _run(self) -> ChurnResult:
         self.stub.start()
         backend_port = self._start_backend()
-        first = self.listeners.next_version()
-        self.stub.client.set_resources(listeners=self.listeners.listeners(), version=first)
+        if self.rds:
+            first = self.rds_listeners.next_version()
+            self.stub.client.set_resources(
+                listeners=self.rds_listeners.listeners(),
+                routes=self.rds_listeners.routes(),
+                version=first,
+            )
+        else:
+            first = self.listeners.next_version()
+            self.stub.client.set_resources(listeners=self.listeners.listeners(), version=first)
         proxy = self._start_proxy(backend_port)
         pid = proxy.process.popen.pid if proxy.process is not None else 0
         proxy.wait_ready(timeout=20)
         self.stub.client.wait(first, timeout=20)
-        wanted = len(self.listeners.ports)
+        wanted = len(self.rds_listeners.ports if self.rds else self.listeners.ports)
         wait_for(lambda: len(proxy.listeners()) == wanted, timeout=20, what="every listener")
         watcher = DrainWatcher(proxy, pid)
 
@@ -829,7 +1150,7 @@ class ChurnRun:
         self._wait_quiet(proxy, watcher)
         rss_load_warm = process_usage(pid)[1]
         if self.warmup_churn_s > 0:
-            self._churn_warmup()
+            self._churn_warmup(watcher)
             self._wait_quiet(proxy, watcher)
         fds_before, rss_before = process_usage(pid)
         backend_before = self._backend_requests()
@@ -837,21 +1158,26 @@ class ChurnRun:
         started = time.monotonic()
         watcher.start()
         load = self._load()
-        phase_s = self.seconds / len(PHASES)
-        ls = self.listeners
-        self._phase(PHASES[0], ls.full_modify, phase_s)
-        self._phase(PHASES[1], ls.in_place, phase_s)
-        outage, reconnect_s = self._outage()
-        self._phase(PHASES[2], ls.remove_readd, phase_s)
-        if not ls.second_present:
-            ls.remove_readd(0)
-            self._push(PHASES[2], time.monotonic() + PUSH_INTERVAL_S)
-        self._phase(PHASES[3], ls.fleet_churn, phase_s)
+        if self.rds:
+            self._rds_churn(watcher, self.seconds)
+            outage, reconnect_s = (started, started), float("nan")
+        else:
+            phase_s = self.seconds / len(PHASES)
+            ls = self.listeners
+            self._phase(PHASES[0], ls.full_modify, phase_s)
+            self._phase(PHASES[1], ls.in_place, phase_s)
+            outage, reconnect_s = self._outage()
+            self._phase(PHASES[2], ls.remove_readd, phase_s)
+            if not ls.second_present:
+                ls.remove_readd(0)
+                self._push(PHASES[2], time.monotonic() + PUSH_INTERVAL_S)
+            self._phase(PHASES[3], ls.fleet_churn, phase_s)
         churned = load.stop()
         churn_end = time.monotonic()
         self._wait_quiet(proxy, watcher)
         fds_after, rss_after = process_usage(pid)
 
+        self.clock.label = GRACEFUL
         final = self._load()
         wait_for(lambda: final.ok() > 0, timeout=10, what="traffic flowing before the drain")
         graceful_at = time.monotonic()
@@ -887,13 +1213,21 @@ class ChurnRun:
             backend_requests=backend_requests,
             rss_load_warm_kib=rss_load_warm,
             rss_samples=[sample for sample in watcher.rss_samples if sample[0] <= churn_end],
+            rds=self.rds,
         )
 
-    def _churn_warmup(self) -> None:
+    def _churn_warmup(self, watcher: DrainWatcher) -> None:
         """Every phase's pushes under load, briefly, then the same listener set as before;
         neither the pushes nor the load count in the result."""
         load = self._load()
         wait_for(lambda: load.ok() > 0, timeout=10, what="warm-up traffic flowing")
+        if self.rds:
+            self._rds_churn(watcher, self.warmup_churn_s)
+            load.stop()
+            self.pushes.clear()
+            self.phase_starts.clear()
+            self.clock.label = "warm-up"
+            return
         ls = self.listeners
         changes = (ls.full_modify, ls.in_place, ls.remove_readd, ls.fleet_churn)
         for name, change in zip(PHASES, changes, strict=True):
@@ -939,13 +1273,37 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def told_to_leave(tally: Tally, group: str) -> int:
+    """RDS mode: `connection: close` responses (HTTP/1.1) or GOAWAY frames (HTTP/2) in one
+    group: "route-only" (the route-only phases, and the listener no listener update touches,
+    until the graceful drain), "renames" (main and twin while listener updates rename their
+    route config, until their drains end) or "graceful"."""
+
+    def group_of(family: str, phase: str) -> str:
+        if phase == GRACEFUL:
+            return "graceful"
+        if phase in ROUTE_ONLY_PHASES or family == OTHER_ROUTES:
+            return "route-only"
+        return "renames"
+
+    return sum(
+        count
+        for (family, phase), count in tally.told_to_leave.items()
+        if group_of(family, phase) == group
+    )
+
+
 def table(results: list[ChurnResult]) -> list[str]:
     """One column per proxy; HTTP/1.1 and HTTP/2 rows apart where they differ."""
+    rds = any(result.rds for result in results)
 
     def pushes(kind: str) -> Callable[[ChurnResult], str]:
         def shown(result: ChurnResult) -> str:
             mine = [p for p in result.pushes if p.phase == kind]
             acked = sum(p.ack_s is not None for p in mine)
+            if rds:
+                lds = sum(p.kind == "listeners" for p in mine)
+                return f"{len(mine)} ({acked} acked, {lds} LDS)"
             return f"{len(mine)} ({acked} acked)"
 
         return shown
@@ -980,12 +1338,29 @@ def table(results: list[ChurnResult]) -> list[str]:
                 lambda r, p=pick: f"{1000 * _percentile(p(r).latencies, 0.99):.2f}",
             ),
         ]
-    rows += [(f"pushes: {kind}", pushes(kind)) for kind in PHASES]
+    rows += [(f"pushes: {kind}", pushes(kind)) for kind in (RDS_PHASES if rds else PHASES)]
+    if rds:
+        rows += [
+            (
+                "route generations answered",
+                # every push is a new generation, and one was in force when the load started
+                lambda r: f"{len(r.total().route_generations)} of {len(r.pushes) + 1}",
+            ),
+        ]
+        for group in ("route-only", "renames", "graceful"):
+            rows += [
+                (f"h1 conn: close, {group}", lambda r, g=group: told_to_leave(r.h1, g)),
+                (f"h2 GOAWAY frames, {group}", lambda r, g=group: told_to_leave(r.h2, g)),
+            ]
+        rows += [("push -> ACK p99 ms", ack_p99)]
+    else:
+        rows += [
+            ("backend answered", lambda r: r.backend_requests),
+            ("answered, response lost", lambda r: r.answered_but_lost),
+            ("push -> ACK p99 ms", ack_p99),
+            ("stub restart -> ACK s", lambda r: f"{r.reconnect_s:.2f}"),
+        ]
     rows += [
-        ("backend answered", lambda r: r.backend_requests),
-        ("answered, response lost", lambda r: r.answered_but_lost),
-        ("push -> ACK p99 ms", ack_p99),
-        ("stub restart -> ACK s", lambda r: f"{r.reconnect_s:.2f}"),
         ("peak listeners draining", lambda r: r.peak_listeners_draining),
         ("peak filter chains draining", lambda r: r.peak_chains_draining),
         ("fds before / after", lambda r: f"{r.fds_before} / {r.fds_after}"),
@@ -997,9 +1372,10 @@ def table(results: list[ChurnResult]) -> list[str]:
         ("RSS after vs before %", lambda r: f"{_growth(r.rss_before_kib, r.rss_after_kib):+.1f}"),
         ("RSS MiB peak while churning", lambda r: f"{r.rss_peak_kib / 1024:.1f}"),
     ]
-    lines = ["   " + f"{'':34}" + "".join(f"{r.proxy:>20}" for r in results)]
+    width = 22 if rds else 20  # the RDS push counts are wider
+    lines = ["   " + f"{'':34}" + "".join(f"{r.proxy:>{width}}" for r in results)]
     for label, value in rows:
-        lines.append("   " + f"{label:34}" + "".join(f"{value(r)!s:>20}" for r in results))
+        lines.append("   " + f"{label:34}" + "".join(f"{value(r)!s:>{width}}" for r in results))
     for result in results:
         for error in result.total().errors[:5]:
             lines.append(f"   {result.proxy} error: {error}")
@@ -1100,7 +1476,11 @@ def plot(results: list[ChurnResult], path: Path, bucket_s: float = 0.25) -> None
 
 
 def churn_both(
-    seconds: float, outage_s: float, pin: bool = True, warmup_churn_s: float = WARMUP_CHURN_S
+    seconds: float,
+    outage_s: float,
+    pin: bool = True,
+    warmup_churn_s: float = WARMUP_CHURN_S,
+    rds: bool = False,
 ) -> list[ChurnResult]:
     """Ours, then Envoy, with the same scenario; pinned like every benchmark here."""
     results = []
@@ -1117,6 +1497,7 @@ def churn_both(
                     outage_s=outage_s,
                     pin=pin,
                     warmup_churn_s=warmup_churn_s,
+                    rds=rds,
                 )
                 results.append(run.run())
     finally:
@@ -1125,17 +1506,32 @@ def churn_both(
 
 
 def run(
-    large: bool = False, seconds: float | None = None, warmup_churn_s: float = WARMUP_CHURN_S
+    large: bool = False,
+    seconds: float | None = None,
+    warmup_churn_s: float = WARMUP_CHURN_S,
+    rds: bool = False,
 ) -> list[str]:
     seconds = seconds or (60.0 if large else 20.0)
     outage_s = 10.0 if seconds >= 60 else max(1.0, seconds / 8)
     pin = len(os.sched_getaffinity(0)) > 1
-    results = churn_both(seconds, outage_s, pin=pin, warmup_churn_s=warmup_churn_s)
+    results = churn_both(seconds, outage_s, pin=pin, warmup_churn_s=warmup_churn_s, rds=rds)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    if rds:
+        scenario = (
+            f"   churn --rds: {seconds:.0f} s of route updates every"
+            f" {ROUTE_PUSH_INTERVAL_S * 1000:.0f} ms over ADS in 4 phases (routes only; every"
+            f" {RENAME_EVERY}th push also renames main's and twin's route config, in place;"
+            " the same with a full update; routes only again, after the drains), DT"
+            f" {DRAIN_TIME_S} s gradual, graceful drain at the end; HTTP/1.1 and HTTP/2 clients"
+        )
+    else:
+        scenario = (
+            f"   churn: {seconds:.0f} s of pushes every {PUSH_INTERVAL_S * 1000:.0f} ms in 4"
+            f" phases, control plane down {outage_s:.0f} s, DT {DRAIN_TIME_S} s gradual,"
+            " graceful drain at the end; HTTP/1.1 and HTTP/2 clients"
+        )
     lines = [
-        f"   churn: {seconds:.0f} s of pushes every {PUSH_INTERVAL_S * 1000:.0f} ms in 4 phases,"
-        f" control plane down {outage_s:.0f} s, DT {DRAIN_TIME_S} s gradual, graceful drain"
-        " at the end; HTTP/1.1 and HTTP/2 clients",
+        scenario,
         f"   before = after {WARMUP_S:.0f} s of load, then {warmup_churn_s:.0f} s of every"
         " push kind under load (not counted)",
         *table(results),
@@ -1145,10 +1541,11 @@ def run(
         for result in results
     ]
     RESULTS.mkdir(exist_ok=True)
-    picture = RESULTS / f"churn-{stamp}.png"
+    name = f"churn-rds-{stamp}" if rds else f"churn-{stamp}"
+    picture = RESULTS / f"{name}.png"
     plot(results, picture)
     lines += [f"   {PLOT_LEGEND}", f"   plot: {picture}"]
-    (RESULTS / f"churn-{stamp}.txt").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.txt").write_text("\n".join(lines) + "\n")
     return lines
 
 
@@ -1162,8 +1559,14 @@ def main() -> int:
         default=WARMUP_CHURN_S,
         help=f"seconds of pushes under load before 'before' ({WARMUP_CHURN_S:.0f}; 0: load only)",
     )
+    parser.add_argument(
+        "--rds",
+        action="store_true",
+        help="the RDS scenario: route updates every 200 ms over ADS, listener updates that"
+        " rename the route config",
+    )
     args = parser.parse_args()
-    for line in run(args.large, args.seconds, args.warmup_churn):
+    for line in run(args.large, args.seconds, args.warmup_churn, args.rds):
         print(line, flush=True)
     return 0
 

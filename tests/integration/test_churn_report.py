@@ -7,7 +7,21 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
-from bench.churn import PHASES, ChurnResult, Push, Tally, plot, rss_curve, table
+from bench.churn import (
+    GRACEFUL,
+    IN_PLACE_RENAMES,
+    OTHER_ROUTES,
+    PHASES,
+    ROUTES_ONLY,
+    ROUTES_ONLY_AGAIN,
+    SETTLING,
+    ChurnResult,
+    Push,
+    Tally,
+    plot,
+    rss_curve,
+    table,
+)
 
 
 def made_up_result() -> ChurnResult:
@@ -94,3 +108,32 @@ def test_plot_marks_the_failure_bucket_in_red(tmp_path: Path) -> None:
     failure_x = int(2.1 / span * (width - 1))
     assert pixel(failure_x, middle) == red
     assert pixel(int(0.9 / span * (width - 1)), middle) != red
+
+
+def test_rds_table_groups_what_the_clients_were_told() -> None:
+    result = made_up_result()
+    result.rds = True
+    result.pushes = [
+        Push(1000.0, ROUTES_ONLY, "v1", 0.01, kind="routes"),
+        Push(1000.2, IN_PLACE_RENAMES, "v2", 0.02, kind="listeners"),
+        Push(1000.4, IN_PLACE_RENAMES, "v3", None, kind="routes"),
+    ]
+    result.h1.told_to_leave = Counter(
+        {
+            ("main-routes-", IN_PLACE_RENAMES): 3,
+            ("main-routes-", SETTLING): 1,
+            (OTHER_ROUTES, IN_PLACE_RENAMES): 2,  # a listener no update touches: route-only
+            ("main-routes-", GRACEFUL): 5,
+        }
+    )
+    result.h2.told_to_leave = Counter({("main-routes-", ROUTES_ONLY_AGAIN): 1})
+    result.h1.route_generations = {1, 2, 3}
+    rows = {line[3:37].strip(): line[37:].strip() for line in table([result])[1:]}
+    assert rows["h1 conn: close, route-only"] == "2"
+    assert rows["h1 conn: close, renames"] == "4"
+    assert rows["h1 conn: close, graceful"] == "5"
+    assert rows["h2 GOAWAY frames, route-only"] == "1"
+    assert rows["h2 GOAWAY frames, renames"] == "0"
+    assert rows["pushes: routes + in-place renames"] == "2 (1 acked, 1 LDS)"
+    assert rows["route generations answered"] == "3 of 4"
+    assert "backend answered" not in rows

@@ -56,18 +56,7 @@ def test_rds_churn_tells_no_connection_to_leave_for_a_route_update(tmp_path: Pat
     total = result.total()
     errors = "\n".join(total.errors)
 
-    assert total.failures["refused"] == 0, errors
-    # Not one failure while the routes and listeners churn.
-    churning = [
-        e for e in total.events if e[1] not in ("ok", "retried") and e[0] < result.graceful_at
-    ]
-    assert churning == [], errors
-    # In the final graceful drain, HTTP/2 only: a new HTTP/2 connection accepted once the
-    # gradual drain is past DT/2 is reset (xds_proxy/http/http2.py registers the connection,
-    # which pushes the drain at once, before its lifecycle has a loop: AttributeError in
-    # start_drain). A known xds-proxy bug, reported with the RDS mode; HTTP/1.1 must be clean.
-    assert result.h1.failed == 0, errors
-    assert set(result.h2.failures) <= {"reset"}, errors
+    assert total.failed == 0, errors  # nothing refused, reset or lost, the final drain included
     assert result.h1.ok > 100 and result.h2.ok > 100
     assert all(push.nack is None for push in result.pushes), [p.nack for p in result.pushes]
     for phase in (ROUTES_ONLY, IN_PLACE_RENAMES, FULL_RENAMES, ROUTES_ONLY_AGAIN):

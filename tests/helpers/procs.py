@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -24,16 +25,38 @@ _HANDED_OUT: collections.deque[int] = collections.deque(maxlen=2048)
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (prefer port 0 in configs where the program reports it),
     and not one this process handed out recently: the kernel may offer a just-closed port
-    again, and two listeners of one test must not get the same one."""
+    again, and two listeners of one test must not get the same one.
+
+    Ports come from below the kernel's ephemeral range, so that the outgoing connections a
+    test makes meanwhile (each takes an ephemeral port) cannot take a listener's port before
+    the listener binds it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(100):
+    low, high = _LISTEN_PORTS
+    for _ in range(200):
+        port = _RANDOM.randrange(low, high) if high > low else 0
         with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
             port = sock.getsockname()[1]
         if port not in _HANDED_OUT:
             _HANDED_OUT.append(port)
             return port
     raise RuntimeError("no fresh free port")
+
+
+def _listen_ports() -> tuple[int, int]:
+    """[low, high) below the ephemeral range (Linux), else (0, 0): let the kernel choose."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return (10000, first) if first > 12000 else (0, 0)
+
+
+_LISTEN_PORTS = _listen_ports()
+_RANDOM = random.Random(os.getpid())
 
 
 class GaveUp(RuntimeError):

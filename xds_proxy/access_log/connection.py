@@ -17,43 +17,27 @@ from typing import Any
 
 from xds_proxy.access_log import AccessLog
 from xds_proxy.access_log.record import Downstream, LogRecord
-from xds_proxy.codec.wrapped_transport import WrappedTransport
+from xds_proxy.codec.wrapped_transport import ForwardingProtocol, WrappedTransport
 
 # get_extra_info(CONNECTION_RECORD) on a logged connection's transport: its record, for the
 # network filter to fill in (tcp_proxy logs the same record).
 CONNECTION_RECORD = "xds_proxy.access_log.connection_record"
 
 
-class _LoggedProtocol(asyncio.Protocol):
-    __slots__ = ("_access_log", "inner", "record")
+class _LoggedProtocol(ForwardingProtocol):
+    __slots__ = ("_access_log", "record")
 
     def __init__(self, record: LogRecord, access_log: AccessLog) -> None:
-        self.inner: asyncio.BaseProtocol | None = None
+        super().__init__()
         self.record = record
         self._access_log = access_log
 
     def data_received(self, data: bytes) -> None:
         self.record.bytes_received += len(data)
-        inner = self.inner
-        if inner is not None:
-            inner.data_received(data)  # type: ignore[union-attr]
-
-    def eof_received(self) -> bool | None:
-        inner = self.inner
-        return inner.eof_received() if inner is not None else False  # type: ignore[union-attr]
-
-    def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        inner, self.inner = self.inner, None
-        if inner is not None:
-            inner.connection_lost(exc)
+        super().connection_lost(exc)
         record = self.record
         record.end = time.monotonic()
         self._access_log.log(record)

@@ -1,6 +1,7 @@
-"""A transport that stands in front of another: everything goes to the raw transport unless a
-subclass says otherwise. The global connection limit (listener/limits.py) and the listener
-access log (access_log/connection.py) wrap accepted connections this way."""
+"""A transport that stands in front of another, and the protocol that stays the raw
+transport's own: everything is passed through unless a subclass says otherwise. The global
+connection limit (listener/limits.py) and the listener access log (access_log/connection.py)
+wrap accepted connections this way."""
 
 from __future__ import annotations
 
@@ -56,3 +57,35 @@ class WrappedTransport(asyncio.Transport):
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._raw.get_write_buffer_limits()
+
+
+class ForwardingProtocol(asyncio.Protocol):
+    """The raw transport's protocol for the connection's whole life: forwards every callback
+    to `inner`, the protocol the rest of the proxy set (through the wrapped transport)."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self) -> None:
+        self.inner: asyncio.BaseProtocol | None = None
+
+    def data_received(self, data: bytes) -> None:
+        inner = self.inner
+        if inner is not None:
+            inner.data_received(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool | None:
+        inner = self.inner
+        return inner.eof_received() if inner is not None else False  # type: ignore[union-attr]
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        inner, self.inner = self.inner, None
+        if inner is not None:
+            inner.connection_lost(exc)

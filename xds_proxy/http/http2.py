@@ -44,7 +44,7 @@ from xds_proxy.codec.h2_fast import ResponseFrames
 from xds_proxy.http import http2_log
 from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.h2_frames import GoAwayCutter
-from xds_proxy.http.http2_direct import KnownRequests
+from xds_proxy.http.http2_direct import KnownRequest, KnownRequests
 from xds_proxy.http.http2_forward import Http2ForwardSink
 from xds_proxy.http.http2_lifecycle import Http2Lifecycle, goaway_frame
 from xds_proxy.http.http2_replies import Http2Replies
@@ -292,23 +292,12 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
             self._life.count("downstream_rq_refused_flow_control")
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        method = authority = path = b""
-        size = 0
-        for name, value in event.headers:  # type: ignore[union-attr]
-            size += len(name) + len(value)
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-            elif name == b"host" and not authority:
-                authority = value
+        request = KnownRequest(event.headers, self._max_header_bytes, self._max_header_count)  # type: ignore[arg-type]
+        method, authority, path = request.method, request.authority, request.path
         stats = self._config.stats
         stats.rq_total.value += 1
         stats.rq_http2_total.value += 1
-        if size > self._max_header_bytes or len(event.headers) > self._max_header_count:  # type: ignore[arg-type]
+        if request.oversized:
             # Envoy resets such a stream (the headers never reach a filter).
             self._life.count("http2.header_overflow")
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)

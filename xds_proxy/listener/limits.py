@@ -42,7 +42,7 @@ from envoy.extensions.resource_monitors.downstream_connections.v3 import (
 )
 from google.protobuf.message import DecodeError
 
-from xds_proxy.codec.wrapped_transport import WrappedTransport
+from xds_proxy.codec.wrapped_transport import ForwardingProtocol, WrappedTransport
 from xds_proxy.config.overload import DOWNSTREAM_CONNECTIONS_TYPE, GLOBAL_MONITOR
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
@@ -104,40 +104,21 @@ def global_limit_from_bootstrap(
     return None
 
 
-class _GuardProtocol(asyncio.Protocol):
+class _GuardProtocol(ForwardingProtocol):
     """The raw transport's protocol for a counted connection's whole life: forwards every
     callback to the protocol that the rest of the proxy set, and frees the slot when the
     socket is closed (whatever state the connection was in: listener filters, TLS handshake,
     no matching chain, or served)."""
 
-    __slots__ = ("_limit", "inner")
+    __slots__ = ("_limit",)
 
     def __init__(self, limit: GlobalConnectionLimit) -> None:
-        self.inner: asyncio.BaseProtocol | None = None
+        super().__init__()
         self._limit = limit
-
-    def data_received(self, data: bytes) -> None:
-        inner = self.inner
-        if inner is not None:
-            inner.data_received(data)  # type: ignore[union-attr]
-
-    def eof_received(self) -> bool | None:
-        inner = self.inner
-        return inner.eof_received() if inner is not None else False  # type: ignore[union-attr]
-
-    def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._limit.release()
-        inner, self.inner = self.inner, None
-        if inner is not None:
-            inner.connection_lost(exc)
+        super().connection_lost(exc)
 
 
 class GuardedTransport(WrappedTransport):

@@ -123,7 +123,14 @@ def test_route_churn_tells_no_connection_to_leave_and_listener_churn_fails_nothi
             )
             time.sleep(0.5)
         wait_for(lambda: clients[0].bodies[-1] == "l3", timeout=5, what="the last listener")
-        time.sleep(1.5)  # the last drain ends (--drain-time-s 1)
+        wait_for(
+            lambda: (
+                proxy.stat("listener_manager.total_listeners_draining") == 0
+                and proxy.stat("listener_manager.total_filter_chains_draining") == 0
+            ),
+            timeout=5,
+            what="the last drain ended",
+        )
     finally:
         stop.set()
         for thread in threading.enumerate():

@@ -319,7 +319,11 @@ def run_steps(make_process, tmp_path: Path, ours: bool) -> list[tuple[str, Any]]
         # -- step 3c: a changed listener whose new routes time out (1 s) -------------------------
         l2 = listener("L2", port2, "Ra")
         note("3c ack", run.push(listeners=[listener("L", port, "R4", timeout="1s"), l2]))
-        time.sleep(1.5)
+        wait_for(
+            lambda: (run.rds("L", "R4")["init_fetch_timeout"] or 0) >= 1,
+            timeout=5,
+            what="R4's initial fetch timed out",
+        )
         note("3c answer after the timeout", run.answer(port))
         note("3c rds", run.rds("L", "R4"))
 
@@ -564,7 +568,7 @@ def run_delta_absent(make_process, tmp_path: Path) -> list[tuple[str, Any]]:
     seen: list[tuple[str, Any]] = []
     try:
         seen.append(("ack", run.push(listeners=[listener("L", port, "R", timeout="1s")])))
-        time.sleep(1.6)
+        time.sleep(1.6)  # past the 1 s initial-fetch timeout, which must not fire here
         seen.append(("states", run.states()))
         seen.append(("port", run.answer(port)))
         seen.append(("rds", run.rds("L", "R")))

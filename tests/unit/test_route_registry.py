@@ -102,12 +102,12 @@ def test_a_route_config_swaps_every_handle_of_its_name_and_nacks_in_envoys_words
         assert handle.current.virtual_host("x") is None  # empty: 404 until R arrives
         registry.watch(1, ("R",))
         client = object()
-        registry.entries["R"].client = client  # type: ignore[assignment]
-        assert registry.apply_routes(client, "r1", [(config("R", "v1"), "r1")], []) is None  # type: ignore[arg-type]
+        registry.subscriptions.by_name["R"].client = client  # type: ignore[assignment]
+        assert registry.apply_named(client, "r1", [(config("R", "v1"), "r1")], []) is None  # type: ignore[arg-type]
         assert events == [RoutesReady("R")] and registry.state("R") is RouteState.READY
         assert handle.current.virtual_host("x") is not None
         bad = config("R", "x", regex="(abc")
-        assert registry.apply_routes(client, "r2", [(bad, "r2")], []) == "missing ): (abc"  # type: ignore[arg-type]
+        assert registry.apply_named(client, "r2", [(bad, "r2")], []) == "missing ): (abc"  # type: ignore[arg-type]
         assert [name for name, *_ in registry.held()] == ["R"]
 
     asyncio.run(scenario())
@@ -120,9 +120,9 @@ def test_a_nack_before_any_copy_fails_the_name() -> None:
         registry.handle(rds("R"), "L", "envoy", False, "hcm")
         registry.watch(1, ("R",))
         client = object()
-        registry.entries["R"].client = client  # type: ignore[assignment]
+        registry.subscriptions.by_name["R"].client = client  # type: ignore[assignment]
         bad = config("R", "x", regex="(abc")
-        assert registry.apply_routes(client, "r1", [(bad, "r1")], []) is not None  # type: ignore[arg-type]
+        assert registry.apply_named(client, "r1", [(bad, "r1")], []) is not None  # type: ignore[arg-type]
         assert events == [RoutesFailed("R")] and registry.state("R") is RouteState.FAILED
 
     asyncio.run(scenario())
@@ -152,8 +152,8 @@ def test_a_name_handed_from_one_version_to_another_in_one_batch_keeps_its_routes
         handle = registry.handle(rds("R"), "L", "envoy", False, "hcm")
         registry.watch(1, ("R",))
         client = object()
-        registry.entries["R"].client = client  # type: ignore[assignment]
-        registry.apply_routes(client, "r1", [(config("R", "v1"), "r1")], [])  # type: ignore[arg-type]
+        registry.subscriptions.by_name["R"].client = client  # type: ignore[assignment]
+        registry.apply_named(client, "r1", [(config("R", "v1"), "r1")], [])  # type: ignore[arg-type]
         registry.unwatch(1)  # e.g. a discarded warming version ...
         registry.watch(2, ("R",))  # ... and the listener that takes R over, same batch
         registry.flush()

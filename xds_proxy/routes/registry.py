@@ -5,8 +5,8 @@ Who uses what: an HCM with `rds` gets its `RouteHandle` here when its filter cha
 executed by the runtime, count the users of each name. The first user subscribes, the last one
 gone unsubscribes (an old version's name only after its drain, because the manager emits
 `UnwatchRoutes` then). `flush()`, at the end of every batch of actions, sends the new name
-lists: over ADS one `RdsClient` on the shared stream (names newest first, as Envoy), with a
-plain `api_config_source` one stream per name.
+lists (xds/subscriptions.py): over ADS one client on the shared stream (names newest first,
+as Envoy), with a plain `api_config_source` one stream per name.
 
 A RouteConfiguration is checked as an inline `route_config` is (PGV + the support table, then
 the same builder, `RouteTable`); with `validate_clusters: true` every cluster it names must
@@ -23,17 +23,17 @@ its first valid copy, `RoutesFailed(name)` when a response is NACKed or `initial
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.service.route.v3 import rds_pb2_grpc
 
 from xds_proxy.config.rds import RdsSpec, rds_spec
 from xds_proxy.config.support import require_valid
@@ -42,14 +42,24 @@ from xds_proxy.http.router import RegexError, RouteHandle, RouteTable
 from xds_proxy.listener.manager import ListenerEvent, RoutesFailed, RoutesReady, RouteState
 from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
 from xds_proxy.upstream.manager import ClusterManager
-from xds_proxy.xds.rds import RdsClient
-from xds_proxy.xds.source import XdsServer, source_server
+from xds_proxy.xds.named import NamedClient, ResourceType
+from xds_proxy.xds.source import source_server
+from xds_proxy.xds.subscriptions import NamedSubscriptions, Subscription
 from xds_proxy.xds.transport import XdsStream
 from xds_proxy.xds.xxhash64 import xxhash64
 
 log = logging.getLogger("xds_proxy.rds")
 
 _EMPTY = route_pb2.RouteConfiguration()
+
+ROUTES = ResourceType(
+    "rds",
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+    route_pb2.RouteConfiguration,
+    rds_pb2_grpc.RouteDiscoveryServiceStub,
+    "StreamRoutes",
+    "DeltaRoutes",
+)
 
 
 class RdsStats:
@@ -86,25 +96,16 @@ class RdsStats:
 class RouteEntry:
     """One subscribed route configuration name."""
 
-    name: str
-    spec: RdsSpec
+    subscription: Subscription
     stats: RdsStats
-    subscribed_at: float  # wall clock
-    users: set[int] = field(default_factory=set)  # listener version ids
     state: RouteState = RouteState.PENDING
     config: route_pb2.RouteConfiguration | None = None
     version_info: str = ""
     last_updated: float | None = None  # wall clock of the last change
-    timer: asyncio.TimerHandle | None = None
-    client: RdsClient | None = None  # the client that asks for it
-    task: asyncio.Task | None = None  # plain RDS: its own stream
 
     @property
-    def timeout_at(self) -> float | None:
-        if self.state is not RouteState.PENDING or self.timer is None:
-            return None
-        assert self.spec.initial_fetch_timeout_s is not None
-        return self.subscribed_at + self.spec.initial_fetch_timeout_s
+    def name(self) -> str:
+        return self.subscription.name
 
 
 class RouteRegistry:
@@ -130,19 +131,24 @@ class RouteRegistry:
         self._bootstrap = bootstrap
         self._clusters = clusters
         self._on_event = on_event
-        self._applied = applied
-        self._ads_stream = ads_stream
-        self._ads_coming = ads_coming
         self._names_in_use = names_in_use
         self._released: set[str] = set()  # unsubscribed since the last flush
-        self._unused: set[str] = set()  # names whose last user went in this batch
         self._wall_clock = wall_clock
+        self.subscriptions = NamedSubscriptions(
+            ROUTES,
+            bootstrap,
+            stats,
+            self,
+            on_timeout=self._timed_out,
+            on_released=self._unsubscribed,
+            applied=applied,
+            ads_stream=ads_stream,
+            ads_coming=ads_coming,
+            wall_clock=wall_clock,
+        )
         self.entries: dict[str, RouteEntry] = {}  # subscribed names, oldest first
         self._specs: dict[str, tuple[RdsSpec, str]] = {}  # name -> (first spec, stat_prefix)
         self._handles: dict[str, dict[tuple[str, bool], RouteHandle]] = {}
-        self._ads_client: RdsClient | None = None
-        self._own_ads_task: asyncio.Task | None = None
-        self._dirty = False
 
     # -- the HCM builder's port -----------------------------------------------------------------
 
@@ -172,27 +178,24 @@ class RouteRegistry:
 
     def watch(self, version_id: int, names: tuple[str, ...]) -> None:
         for name in names:
-            entry = self.entries.get(name)
-            if entry is None:
-                entry = self._subscribe(name)
-            entry.users.add(version_id)
+            spec, stat_prefix = self._spec(name)
+            subscription, created = self.subscriptions.add_user(version_id, name, spec.source)
+            if created:
+                entry = RouteEntry(
+                    subscription, RdsStats(self._stats, f"http.{stat_prefix}.rds.{name}.")
+                )
+                entry.stats.update_attempt.inc()  # Envoy counts the subscription's start
+                self.entries[name] = entry
 
     def unwatch(self, version_id: int) -> None:
         """The last user gone, the name is let go at the flush (a version that takes it over
         in the same batch keeps it, with its routes)."""
-        for name, entry in self.entries.items():
-            entry.users.discard(version_id)
-            if not entry.users:
-                self._unused.add(name)
+        self.subscriptions.remove_user(version_id)
 
     def flush(self) -> None:
         """Send the name lists that changed since the last flush; forget the handles of
         names released and used by no listener version."""
-        for name in self._unused:
-            entry = self.entries.get(name)
-            if entry is not None and not entry.users:
-                self._unsubscribe(name)
-        self._unused.clear()
+        self.subscriptions.flush()
         if self._released:
             in_use = self._names_in_use()
             for name in self._released:
@@ -200,48 +203,25 @@ class RouteRegistry:
                     self._handles.pop(name, None)
                     self._specs.pop(name, None)
             self._released.clear()
-        if not self._dirty:
-            return
-        self._dirty = False
-        names = [e.name for e in reversed(self.entries.values()) if e.spec.aggregated]
-        if self._ads_client is None and names:
-            if self._ads_stream() is None and self._ads_coming():
-                self._dirty = True  # flushed again once the ADS stream carries CDS and LDS
-            else:
-                self._start_ads(names)
-        elif self._ads_client is not None:
-            self._ads_client.change_names(names)
-        for entry in self.entries.values():
-            if entry.spec.aggregated:
-                entry.client = self._ads_client
-            elif entry.task is None:
-                self._start_plain(entry)
 
     def resume(self) -> None:
         """The server's ADS stream is open (or will not be): send what waited for it."""
-        self._dirty = True
-        self.flush()
+        self.subscriptions.resume()
 
     def close(self) -> None:
-        for entry in self.entries.values():
-            if entry.timer is not None:
-                entry.timer.cancel()
-            if entry.task is not None:
-                entry.task.cancel()
-        if self._own_ads_task is not None:
-            self._own_ads_task.cancel()
+        self.subscriptions.close()
 
     # -- from the RDS clients -------------------------------------------------------------------
 
-    def apply_routes(
+    def apply_named(
         self,
-        client: RdsClient,
+        client: NamedClient,
         version_info: str,
         configs: list[tuple[route_pb2.RouteConfiguration, str]],
         removed: list[str],
     ) -> str | None:
         received = {config.name: (config, version) for config, version in configs}
-        mine = [entry for entry in self.entries.values() if entry.client is client]
+        mine = [self.entries[s.name] for s in self.subscriptions.of_client(client)]
         events: list[ListenerEvent] = []
         now_ms = int(self._wall_clock() * 1000)
         try:
@@ -255,7 +235,7 @@ class RouteRegistry:
                     # Delta's "does not exist": an update all the same (Envoy 1.40 counts a
                     # success and stops the initial fetch timer), and it keeps waiting.
                     entry.stats.success(version_info, now_ms)
-                    self._stop_fetch_timer(entry)
+                    self.subscriptions.answered(entry.subscription)
         except ConfigError as error:
             text = error.re2_text if isinstance(error, RegexError) else str(error).lstrip(".")
             for entry in mine:
@@ -263,17 +243,18 @@ class RouteRegistry:
                 entry.stats.update_rejected.inc()
                 if entry.state is RouteState.PENDING:
                     entry.state = RouteState.FAILED
+                    self.subscriptions.answered(entry.subscription)
                     events.append(RoutesFailed(entry.name))
             self._emit(events)
             return text
         self._emit(events)
         return None
 
-    def stream_lost(self, client: RdsClient) -> None:
-        for entry in self.entries.values():
-            if entry.client is client:
-                entry.stats.update_failure.inc()
-                entry.stats.update_attempt.inc()
+    def stream_lost(self, client: NamedClient) -> None:
+        for subscription in self.subscriptions.of_client(client):
+            stats = self.entries[subscription.name].stats
+            stats.update_failure.inc()
+            stats.update_attempt.inc()
 
     # -- what admin reads -----------------------------------------------------------------------
 
@@ -291,59 +272,36 @@ class RouteRegistry:
 
     def timeout_at(self, names: set[str] | frozenset[str]) -> float | None:
         deadlines = [
-            self.entries[name].timeout_at
+            self.entries[name].subscription.timeout_at
             for name in names
-            if name in self.entries and self.entries[name].timeout_at is not None
+            if name in self.entries and self.entries[name].subscription.timeout_at is not None
         ]
         return min(deadlines) if deadlines else None  # type: ignore[type-var]
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _subscribe(self, name: str) -> RouteEntry:
-        spec, stat_prefix = self._specs.get(name) or (
+    def _spec(self, name: str) -> tuple[RdsSpec, str]:
+        """The first HCM's spec of `name` (a name no HCM gave: over ADS, stats under rds.)."""
+        return self._specs.get(name) or (
             rds_spec(hcm_pb2.Rds(route_config_name=name, config_source={"ads": {}}), "rds"),
             "rds",
         )
-        entry = RouteEntry(
-            name,
-            spec,
-            RdsStats(self._stats, f"http.{stat_prefix}.rds.{name}."),
-            self._wall_clock(),
-        )
-        entry.stats.update_attempt.inc()  # Envoy counts the subscription's start
-        self.entries[name] = entry
-        if spec.initial_fetch_timeout_s is not None:
-            entry.timer = asyncio.get_running_loop().call_later(
-                spec.initial_fetch_timeout_s, self._timed_out, name
-            )
-        self._dirty = True
-        return entry
 
-    def _unsubscribe(self, name: str) -> None:
-        entry = self.entries.pop(name)
-        if entry.timer is not None:
-            entry.timer.cancel()
-        if entry.task is not None:
-            entry.task.cancel()  # plain RDS: its stream ends
+    def _unsubscribed(self, subscription: Subscription) -> None:
+        name = subscription.name
+        del self.entries[name]
         for (server, strip_port), handle in self._handles.get(name, {}).items():
             handle.current = RouteTable(_EMPTY, "", server, strip_port)
         self._released.add(name)
-        self._dirty = True
 
-    def _timed_out(self, name: str) -> None:
-        entry = self.entries.get(name)
-        if entry is None or entry.state is not RouteState.PENDING:
+    def _timed_out(self, subscription: Subscription) -> None:
+        entry = self.entries[subscription.name]
+        if entry.state is not RouteState.PENDING:
             return
-        entry.timer = None
-        log.warning(
-            "rds: initial fetch timed out for %s (%s)",
-            "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-            name,
-        )
         entry.stats.init_fetch_timeout.inc()
         entry.stats.update_attempt.inc()
         entry.state = RouteState.FAILED
-        self._emit([RoutesFailed(name)])
+        self._emit([RoutesFailed(entry.name)])
 
     def _build(self, name: str, config: route_pb2.RouteConfiguration) -> dict:
         """The tables of every handle of `name`; raises ConfigError (the NACK text)."""
@@ -381,39 +339,9 @@ class RouteRegistry:
             entry.stats.config_reload_time_ms.set(int(entry.last_updated * 1000))  # as Envoy
         if entry.state is not RouteState.READY:
             entry.state = RouteState.READY
-            self._stop_fetch_timer(entry)
+            self.subscriptions.answered(entry.subscription)
             events.append(RoutesReady(entry.name))
-
-    @staticmethod
-    def _stop_fetch_timer(entry: RouteEntry) -> None:
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
 
     def _emit(self, events: list[ListenerEvent]) -> None:
         for event in events:
             self._on_event(event)
-
-    def _server(self, entry: RouteEntry) -> XdsServer:
-        return source_server(self._bootstrap, entry.spec.source, "rds.config_source")
-
-    def _start_ads(self, names: list[str]) -> None:
-        first = next(e for e in self.entries.values() if e.spec.aggregated)
-        client = RdsClient(
-            self._server(first), self._bootstrap.node, self._stats, self, self._applied
-        )
-        client.change_names(names)
-        self._ads_client = client
-        stream = self._ads_stream()
-        if stream is not None:
-            stream.add(client)  # after CDS and LDS on the one ADS stream
-            return
-        self._own_ads_task = asyncio.create_task(client.run(), name="rds-ads")
-
-    def _start_plain(self, entry: RouteEntry) -> None:
-        client = RdsClient(
-            self._server(entry), self._bootstrap.node, self._stats, self, self._applied
-        )
-        client.change_names([entry.name])
-        entry.client = client
-        entry.task = asyncio.create_task(client.run(), name=f"rds-{entry.name}")

@@ -56,6 +56,12 @@ DecodedListener = DecodedResource[listener_pb2.Listener]
 DecodeBody = Callable[[any_pb2.Any], M]  # one resource's Any -> its message (may raise)
 
 
+def resource_name(body: message.Message) -> str:
+    """A resource's name: `name`, or a ClusterLoadAssignment's `cluster_name`."""
+    name = getattr(body, "name", None)
+    return name if name is not None else body.cluster_name  # type: ignore[attr-defined]
+
+
 def debug_string(msg: message.Message) -> str:
     """Text format close to C++ `DebugString()` (which Envoy's messages embed).
 
@@ -101,7 +107,7 @@ def decode_sotw_resources(
                 f"{response.type_url} in DiscoveryResponse {debug_string(response)}"
             )
         body = decode_body(resource)
-        decoded.append(DecodedResource(name=body.name, body=body))
+        decoded.append(DecodedResource(name=resource_name(body), body=body))
     return decoded
 
 
@@ -147,7 +153,7 @@ def _decode_wrapper(
 ) -> DecodedResource[M]:
     ttl_s = wrapper.ttl.ToNanoseconds() / 1e9 if wrapper.HasField("ttl") else None
     body = decode_body(wrapper.resource) if wrapper.HasField("resource") else None
-    name = wrapper.name or (body.name if body is not None else "")
+    name = wrapper.name or (resource_name(body) if body is not None else "")
     return DecodedResource(name=name, body=body, version=wrapper.version, ttl_s=ttl_s)
 
 

@@ -44,23 +44,28 @@ class _YamlLoader(yaml.SafeLoader):
     yaml-cpp's booleans are y/n, yes/no, true/false, on/off (lower, Title or UPPER case);
     integers are decimal (leading zeros stay decimal) or 0x hex; everything else, floats and
     dates included, stays a string (protobuf's JSON parser reads numbers from strings).
-    Duplicate keys are an error rather than a silent "last one wins".
+    Mapping keys are always strings. Duplicate keys are an error rather than a silent "last
+    one wins".
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[Any] = set()
+        """Keys are their text, as in Envoy (`y:` is the key "y", not true)."""
+        seen: set[str] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (dict, list)):
+            if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.constructor.ConstructorError(
                     None, None, "a mapping key must be a scalar", key_node.start_mark
                 )
-            if key in seen:
+            if key_node.value in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}'", key_node.start_mark
+                    None, None, f"duplicate key '{key_node.value}'", key_node.start_mark
                 )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+            seen.add(key_node.value)
+        self.flatten_mapping(node)  # `<<:` merge keys first; the mapping's own keys win
+        return {
+            key_node.value: self.construct_object(value_node, deep=deep)
+            for key_node, value_node in node.value
+        }
 
 
 _BOOL_WORDS = {"y": True, "yes": True, "true": True, "on": True}

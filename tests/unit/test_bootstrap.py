@@ -84,6 +84,13 @@ def test_duplicate_yaml_key_is_an_error() -> None:
     assert str(caught.value) == "b.yaml: line 3, column 3: duplicate key 'id'"
 
 
+def test_yaml_keys_stay_text_as_in_envoy() -> None:
+    """yaml-cpp reads `y`, `n`, `on` and `1` as keys by their text (a json_format with such
+    keys is common); only values are typed."""
+    data = parse_config_text("fmt: {y: n, on: 1, 1: on}\n", "b.yaml", "yaml")
+    assert data == {"fmt": {"y": False, "on": 1, "1": True}}
+
+
 def test_duplicate_json_key_is_an_error() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config_text('{"node": {"id": "a", "id": "b"}}', "b.json", "json")

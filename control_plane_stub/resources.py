@@ -192,6 +192,20 @@ class _NoLocation(_Locator):
         return ResourceError(f"{field}: {reason}" if field else reason)
 
 
+class _TextKeyLoader(yaml.SafeLoader):
+    """Mapping keys are their text, as Envoy reads YAML: a `json_format` key `y` or `on`
+    stays a string instead of becoming a boolean."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        self.flatten_mapping(node)
+        return {
+            key.value if isinstance(key, yaml.ScalarNode) else self.construct_object(key): (
+                self.construct_object(value, deep=deep)
+            )
+            for key, value in node.value
+        }
+
+
 def _parse_document(text: str, file_name: str) -> tuple[Any, dict[PathKey, yaml.Mark]]:
     """Parse YAML or JSON text; JSON syntax errors keep JSON's own line and column."""
     if file_name.endswith(".json"):
@@ -201,7 +215,7 @@ def _parse_document(text: str, file_name: str) -> tuple[Any, dict[PathKey, yaml.
             raise ResourceError(f"{file_name}:{error.lineno}:{error.colno}: {error.msg}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=_TextKeyLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         reason = (

@@ -329,3 +329,11 @@ def test_load_text_and_format_path() -> None:
     assert load_resource_text("listeners: [{name: a}]\n").sections["listeners"][0].name == "a"
     assert format_path(("listeners", 2, "name")) == "listeners[2].name"
     assert format_path(()) == ""
+
+
+def test_yaml_keys_stay_text_as_in_envoy() -> None:
+    """A struct key `y` or `on` stays a string (YAML 1.1 would make it a boolean)."""
+    text = "listeners: [{name: a, metadata: {filter_metadata: {m: {y: 1, on: 2}}}}]\n"
+    listener = load_resource_text(text).sections["listeners"][0]
+    decoded = listener_pb2.Listener.FromString(listener.body.value)
+    assert sorted(decoded.metadata.filter_metadata["m"].fields) == ["on", "y"]

@@ -58,6 +58,7 @@ from xds_proxy.listener.inspectors import listener_filters
 from xds_proxy.listener.limits import connection_limit_config
 from xds_proxy.network_filters import build_direct_response_body
 from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
+from xds_proxy.xds.source import stream_backoff_ms
 
 PREFIX = extensions.TYPE_URL_PREFIX
 ROUTER = PREFIX + extensions.ROUTER
@@ -107,7 +108,8 @@ def _rds_routes(rds: Any, stat_prefix: str, server: str, strip: bool, path: str)
     spec = rds_spec(rds, path)
     api = spec.source.api_config_source
     clusters = tuple(service.envoy_grpc.cluster_name for service in api.grpc_services)
-    source = (spec.aggregated, api.api_type, clusters)
+    backoffs = tuple(stream_backoff_ms(s.envoy_grpc, path) for s in api.grpc_services)
+    source = (spec.aggregated, api.api_type, clusters, backoffs)
     return (spec.route_config_name, spec.initial_fetch_timeout_s, source, server, strip)
 
 
@@ -246,6 +248,8 @@ TEMPLATES: dict[str, dict] = {
     "envoy.config.route.v3.WeightedCluster.ClusterWeight": {"name": "c", "weight": 1},
     "envoy.config.route.v3.DirectResponseAction": {"status": 200},
     "envoy.config.core.v3.HeaderValueOption": {"header": {"key": "x-h", "value": "v"}},
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc": {"cluster_name": "xds"},
+    "envoy.config.core.v3.BackoffStrategy": {"base_interval": "0.1s"},
     "envoy.type.matcher.v3.StringMatcher": {"exact": "v"},
     "envoy.type.matcher.v3.RegexMatcher": {"regex": "a"},
     "envoy.type.v3.Int64Range": {"start": 1, "end": 5},

@@ -160,3 +160,28 @@ def test_cluster_without_endpoint() -> None:
     config.static_resources.clusters[1].ClearField("load_assignment")
     with pytest.raises(ConfigError, match=r"clusters\[1\]\.load_assignment: needs one endpoint"):
         lds_server(config)
+
+
+@pytest.mark.parametrize(
+    ("back_off", "expected"),
+    [
+        (None, (500, 30_000)),  # Envoy's defaults
+        ({"base_interval": "0.1s", "max_interval": "1s"}, (100, 1000)),
+        ({"base_interval": "0.2s"}, (200, 2000)),  # the cap defaults to ten times the base
+    ],
+)
+def test_retry_back_off_sets_the_reconnect_interval(back_off, expected) -> None:
+    config = lds()
+    if back_off is not None:
+        envoy_grpc = config.dynamic_resources.lds_config.api_config_source.grpc_services[0]
+        json_format.ParseDict({"retry_back_off": back_off}, envoy_grpc.envoy_grpc.retry_policy)
+    assert lds_server(config).backoff_ms == expected
+
+
+def test_a_cap_below_the_base_is_refused() -> None:
+    config = lds()
+    envoy_grpc = config.dynamic_resources.lds_config.api_config_source.grpc_services[0].envoy_grpc
+    envoy_grpc.retry_policy.retry_back_off.base_interval.FromJsonString("2s")
+    envoy_grpc.retry_policy.retry_back_off.max_interval.FromJsonString("1s")
+    with pytest.raises(ConfigError, match=r"retry_back_off\.max_interval: must be greater"):
+        lds_server(config)

@@ -183,7 +183,12 @@ TABLE: dict[str, dict[str, Rule]] = {
         "grpc_services": OK,
     },
     _CORE + "GrpcService": {"envoy_grpc": OK},
-    _CORE + "GrpcService.EnvoyGrpc": {"cluster_name": OK},
+    _CORE + "GrpcService.EnvoyGrpc": {
+        "cluster_name": OK,
+        # The xDS stream's reconnect back-off (Envoy reads only retry_back_off here).
+        "retry_policy": Supported({"retry_back_off": OK}),
+    },
+    _CORE + "BackoffStrategy": {"base_interval": OK, "max_interval": OK},
     # --- addresses
     _CORE + "Address": {"socket_address": OK},
     _CORE + "SocketAddress": {

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import config_source_pb2
+from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
 
 from xds_proxy.errors import ConfigError
+from xds_proxy.xds.backoff import BASE_INTERVAL_MS, MAX_INTERVAL_MS
 from xds_proxy.xds.tls import ChannelTls, channel_tls
 
 DEFAULT_INITIAL_FETCH_TIMEOUT_S = 15.0
@@ -47,6 +48,9 @@ class XdsServer:
     initial_fetch_timeout_s: float | None  # None: wait forever
     node_on_first_request_only: bool
     tls: ChannelTls | None = None  # None: plaintext
+    # The stream's reconnect back-off: base and cap of the jittered interval (Envoy's
+    # defaults, or `envoy_grpc.retry_policy.retry_back_off`).
+    backoff_ms: tuple[int, int] = (BASE_INTERVAL_MS, MAX_INTERVAL_MS)
 
 
 def lds_configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:
@@ -113,7 +117,27 @@ def source_server(
         initial_fetch_timeout_s=timeout_s if timeout_s > 0 else None,
         node_on_first_request_only=api.set_node_on_first_message_only,
         tls=tls,
+        backoff_ms=stream_backoff_ms(service.envoy_grpc, f"{service_path}.envoy_grpc"),
     )
+
+
+def stream_backoff_ms(
+    envoy_grpc: grpc_service_pb2.GrpcService.EnvoyGrpc, path: str
+) -> tuple[int, int]:
+    """`retry_policy.retry_back_off` as Envoy reads it for an xDS stream: the base interval,
+    and the cap (default ten times the base)."""
+    if not envoy_grpc.retry_policy.HasField("retry_back_off"):
+        return BASE_INTERVAL_MS, MAX_INTERVAL_MS
+    back_off = envoy_grpc.retry_policy.retry_back_off
+    base_ms = back_off.base_interval.ToMilliseconds()
+    max_ms = back_off.max_interval.ToMilliseconds() if back_off.HasField("max_interval") else 0
+    max_ms = max_ms or base_ms * 10
+    if max_ms < base_ms:
+        raise ConfigError(
+            f"{path}.retry_policy.retry_back_off.max_interval: must be greater than or equal "
+            "to the base_interval"
+        )
+    return base_ms, max_ms
 
 
 def _check_api_type(api: config_source_pb2.ApiConfigSource, path: str, aggregated: bool) -> bool:

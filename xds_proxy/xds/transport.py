@@ -222,7 +222,7 @@ class XdsStream:
     def __init__(self, server: XdsServer, rng: random.Random | None = None) -> None:
         self.server = server
         self._subscriptions: list[SubscriptionClient] = []
-        self._backoff = JitteredBackoff(rng or random.Random())
+        self._backoff = JitteredBackoff(rng or random.Random(), *server.backoff_ms)
         self._call: grpc.aio.StreamStreamCall | None = None
         self._write_lock = asyncio.Lock()  # one write at a time, in the order asked
         self._writes: set[asyncio.Task] = set()

@@ -250,6 +250,7 @@ TEMPLATES: dict[str, dict] = {
     "envoy.config.core.v3.HeaderValueOption": {"header": {"key": "x-h", "value": "v"}},
     "envoy.config.core.v3.GrpcService.EnvoyGrpc": {"cluster_name": "xds"},
     "envoy.config.core.v3.BackoffStrategy": {"base_interval": "0.1s"},
+    "envoy.config.core.v3.SocketAddress": {"address": "127.0.0.6", "port_value": 0},
     "envoy.type.matcher.v3.StringMatcher": {"exact": "v"},
     "envoy.type.matcher.v3.RegexMatcher": {"regex": "a"},
     "envoy.type.v3.Int64Range": {"start": 1, "end": 5},
@@ -321,6 +322,7 @@ EXAMPLES: dict[str, list[Any]] = {
     "trusted_ca.inline_bytes": [base64.b64encode(CA_PEM.encode()).decode()],
     "domains": [["a.example"]],
     "server_name": ["proxy"],
+    "source_address.address": ["127.0.0.7"],
     "host_rewrite_literal": ["h.example"],
     "host_redirect": ["h.example"],
     "scheme_redirect": ["https"],
@@ -854,7 +856,7 @@ def test_the_refused_walk_covers_the_roots() -> None:
     assert "hcm normalize_path" in names
     assert "hcm xff_num_trusted_hops" in names
     assert "hcm route_config.virtual_hosts.routes.route.retry_policy" in names
-    assert "cluster alt_stat_name" in names
+    assert "cluster cleanup_interval" in names
     assert len(names) > 300
 
 
@@ -969,6 +971,7 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _LISTENER + "Listener.traffic_direction": "listener/manager.py, listener/runtime.py",
     _LISTENER + "Listener.enable_reuse_port": "listener/manager.py",
     _LISTENER + "Listener.ignore_global_conn_limit": "listener/runtime.py",
+    _LISTENER + "Listener.stat_prefix": "listener/runtime.py (the listener's stats scope)",
     _LISTENER + "Listener.access_log": (
         "listener/instance.py (access_log/connection.py; its loggers are the hcm root's)"
     ),

@@ -113,6 +113,13 @@ class ClusterConfig:
     h2_max_concurrent_streams: int = DEFAULT_H2_MAX_CONCURRENT_STREAMS
     buffer_limit: int = DEFAULT_BUFFER_LIMIT
     tls: UpstreamTls | None = None
+    alt_stat_name: str = ""
+    source_address: tuple[str, int] | None = None  # upstream_bind_config: bind before connect
+
+    @property
+    def stat_name(self) -> str:
+        """The cluster's stats are `cluster.<stat_name>.*`: alt_stat_name, else its name."""
+        return self.alt_stat_name or self.name
 
 
 def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConfig:
@@ -177,7 +184,22 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         h2_max_concurrent_streams=h2_streams,
         buffer_limit=buffer_limit,
         tls=tls,
+        alt_stat_name=cluster.alt_stat_name,
+        source_address=_source_address(cluster, path),
     )
+
+
+def _source_address(cluster: cluster_pb2.Cluster, path: str) -> tuple[str, int] | None:
+    """`upstream_bind_config.source_address`: the local address upstream connections bind."""
+    if not cluster.upstream_bind_config.HasField("source_address"):
+        return None
+    address = cluster.upstream_bind_config.source_address
+    where = f"{path}.upstream_bind_config.source_address"
+    try:
+        ip = str(ipaddress.ip_address(address.address))
+    except ValueError:
+        raise ConfigError(f"{where}.address: '{address.address}' is not an IP address") from None
+    return ip, address.port_value
 
 
 # The DNS cluster extension's lookup family; UNSPECIFIED is AUTO, as in Envoy.

@@ -215,6 +215,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "enable_reuse_port": OK,
         "ignore_global_conn_limit": OK,
         "access_log": OK,  # connection-level lines (access_log/connection.py)
+        "stat_prefix": OK,  # listener.<stat_prefix>.* instead of listener.<address>.*
     },
     _LISTENER + "AdditionalAddress": {"address": OK},
     _LISTENER + "FilterChain": {
@@ -424,6 +425,8 @@ TABLE: dict[str, dict[str, Rule]] = {
         "per_connection_buffer_limit_bytes": OK,
         "max_requests_per_connection": OK,
         "metadata": OPAQUE,
+        "alt_stat_name": OK,  # cluster.<alt_stat_name>.* instead of cluster.<name>.*
+        "upstream_bind_config": Supported({"source_address": OK}),
     },
     # (the DEFAULT priority thresholds apply)
     "envoy.config.cluster.v3.CircuitBreakers": {"thresholds": OK},

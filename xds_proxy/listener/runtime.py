@@ -262,8 +262,11 @@ class ListenerRuntime:
         instance.version_info = version_info
         self.instances[version_id] = instance
         bound = self.pool.bound_addresses(version_id)
-        if bound:
+        if instance.config.stat_prefix:
+            instance.stat_prefix = f"listener.{instance.config.stat_prefix}."
+        elif bound:
             instance.stat_prefix = listener_stat_prefix(*bound[0])
+        if bound or instance.config.stat_prefix:
             self.stats.counter(instance.stat_prefix + "downstream_cx_total")
             self.stats.gauge(instance.stat_prefix + "downstream_cx_active")
             self.stats.counter(instance.stat_prefix + "no_filter_chain_match")

@@ -54,7 +54,7 @@ class Cluster:
     ) -> None:
         self.config = config
         self.name = config.name
-        self.stats = ClusterStats(stats, config.name)
+        self.stats = ClusterStats(stats, config.stat_name)
         self.resources = Resources()
         self.hosts: list[Host] = []
         self.retired = False
@@ -68,7 +68,7 @@ class Cluster:
         self.lb: LoadBalancer = _load_balancer(config, self._rng)
         self._health_checker = (
             HealthChecker(
-                config.name,
+                config.stat_name,
                 config.health_checks[0],
                 stats,
                 config.tls,
@@ -82,7 +82,7 @@ class Cluster:
         )
         self._outliers = (
             OutlierDetector(
-                config.name, config.outlier_detection, stats, self._health_changed, self._rng
+                config.stat_name, config.outlier_detection, stats, self._health_changed, self._rng
             )
             if config.outlier_detection is not None
             else None

@@ -16,14 +16,22 @@ async def open_connection(cluster: PoolOwner, host: Host, conn: asyncio.Protocol
     cluster has a transport socket; None once connected, else Envoy's reset reason."""
     loop = asyncio.get_running_loop()
     ip, port = host.address
-    tls = cluster.config.tls
+    config = cluster.config
+    tls = config.tls
     try:
-        async with asyncio.timeout(cluster.config.connect_timeout_s):
+        async with asyncio.timeout(config.connect_timeout_s):
             if tls is None:
-                await loop.create_connection(lambda: conn, ip, port)
+                await loop.create_connection(
+                    lambda: conn, ip, port, local_addr=config.source_address
+                )
             else:
                 await loop.create_connection(
-                    lambda: conn, ip, port, ssl=tls.context, server_hostname=tls.server_hostname
+                    lambda: conn,
+                    ip,
+                    port,
+                    ssl=tls.context,
+                    server_hostname=tls.server_hostname,
+                    local_addr=config.source_address,
                 )
     except TimeoutError:
         return CONNECTION_TIMEOUT

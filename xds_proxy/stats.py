@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -34,6 +35,21 @@ class Gauge:
 
     def dec(self, amount: int = 1) -> None:
         self.value -= amount
+
+
+class DerivedGauge:
+    """A gauge whose value is computed when read (e.g. a circuit breaker's remaining room
+    from the counts its cluster keeps), so the hot path updates nothing extra."""
+
+    __slots__ = ("_read", "name")
+
+    def __init__(self, name: str, read: Callable[[], int]) -> None:
+        self.name = name
+        self._read = read
+
+    @property
+    def value(self) -> int:
+        return self._read()
 
 
 @dataclass(slots=True)
@@ -62,7 +78,7 @@ _PROMETHEUS_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 @dataclass
 class Stats:
     counters: dict[str, Counter] = field(default_factory=dict)
-    gauges: dict[str, Gauge] = field(default_factory=dict)
+    gauges: dict[str, Gauge | DerivedGauge] = field(default_factory=dict)
     text_readouts: dict[str, TextReadout] = field(default_factory=dict)
 
     def counter(self, name: str) -> Counter:
@@ -75,7 +91,12 @@ class Stats:
         found = self.gauges.get(name)
         if found is None:
             found = self.gauges[name] = Gauge(name)
+        assert isinstance(found, Gauge), f"{name} is a derived gauge"
         return found
+
+    def derived_gauge(self, name: str, read: Callable[[], int]) -> None:
+        """`name` reads `read()` from now on (a later registration of the name replaces it)."""
+        self.gauges[name] = DerivedGauge(name, read)
 
     def text_readout(self, name: str) -> TextReadout:
         found = self.text_readouts.get(name)

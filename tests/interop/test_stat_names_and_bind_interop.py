@@ -5,7 +5,9 @@ and on ours with the same bootstrap and the same requests:
   `listener.<address>_<port>.*`;
 - a cluster's `alt_stat_name`: its stats are `cluster.<alt_stat_name>.*`;
 - a cluster's `upstream_bind_config.source_address`: upstream connections come from that
-  address (127.0.0.6, as a mesh's inbound passthrough uses).
+  address (127.0.0.6, as a mesh's inbound passthrough uses);
+- `circuit_breakers.thresholds[].track_remaining`: the `circuit_breakers.default.remaining_*`
+  gauges next to the `*_open` ones every cluster has.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def bootstrap(port: int, upstream_port: int) -> dict:
         [upstream_port],
         alt_stat_name="inbound_alt",
         upstream_bind_config={"source_address": {"address": "127.0.0.6", "port_value": 0}},
+        circuit_breakers={"thresholds": [{"track_remaining": True, "max_connections": 7}]},
     )
     hcm = {
         "@type": HCM,
@@ -125,7 +128,8 @@ def observe(process_type: type[EnvoyProcess], workdir: Path) -> tuple[dict, list
         }
         named_by_address = process.stats(rf"^listener\.127\.0\.0\.1_{port}\.")
         assert named_by_address == {}
-        return picked, sorted(set(upstream.peers))
+        breakers = process.stats(r"^cluster\.inbound_alt\.circuit_breakers\.")
+        return picked, sorted(set(upstream.peers)), breakers
     finally:
         process.stop()
         upstream.stop()
@@ -137,4 +141,6 @@ def test_stat_prefix_alt_stat_name_and_source_address_as_envoy(tmp_path: Path) -
     assert envoy[0]["listener.inbound_80_prefix.downstream_cx_total"] == "3"
     assert envoy[0]["cluster.inbound_alt.upstream_rq_total"] == "3"
     assert envoy[1] == ["127.0.0.6"]
+    # one keep-alive upstream connection stays open: 7 - 1 connections remain
+    assert envoy[2]["cluster.inbound_alt.circuit_breakers.default.remaining_cx"] == "6"
     assert ours == envoy

@@ -549,8 +549,8 @@ def test_map_values_have_quoted_key_paths() -> None:
             f"{HCM_PATH}.codec_type: HTTP3 not supported",
         ),
         (
-            lambda d: listener_doc(d).update(stat_prefix="x"),
-            "static_resources.listeners[0].stat_prefix: not supported",
+            lambda d: listener_doc(d).update(bind_to_port=False),
+            "static_resources.listeners[0].bind_to_port: not supported",
         ),
         (
             lambda d: listener_doc(d)["address"]["socket_address"].update(protocol="UDP"),

@@ -146,7 +146,7 @@ def test_dns_types_take_host_names() -> None:
         ),
         ({"lb_policy": "RING_HASH"}, r"^clusters\[0\]\.lb_policy: RING_HASH not supported$"),
         ({"type": "EDS"}, r"^clusters\[0\]\.type: EDS not supported$"),
-        ({"alt_stat_name": "x"}, r"^clusters\[0\]\.alt_stat_name: not supported$"),
+        ({"cleanup_interval": "1s"}, r"^clusters\[0\]\.cleanup_interval: not supported$"),
         (
             {"circuit_breakers": {"thresholds": [{"retry_budget": {}}]}},
             r"^clusters\[0\]\.circuit_breakers\.thresholds\[0\]\.retry_budget: not supported$",

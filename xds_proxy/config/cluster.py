@@ -39,6 +39,7 @@ HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOpti
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_DNS_REFRESH_S = 5.0
 DEFAULT_CIRCUIT_BREAKER_LIMIT = 1024
+DEFAULT_MAX_RETRIES = 3
 DEFAULT_UPSTREAM_IDLE_TIMEOUT_S = 3600.0
 DEFAULT_H2_MAX_CONCURRENT_STREAMS = 2**31 - 1
 DEFAULT_LEAST_REQUEST_CHOICES = 2
@@ -89,6 +90,9 @@ class CircuitBreakers:
     max_connections: int = DEFAULT_CIRCUIT_BREAKER_LIMIT
     max_pending_requests: int = DEFAULT_CIRCUIT_BREAKER_LIMIT
     max_requests: int = DEFAULT_CIRCUIT_BREAKER_LIMIT
+    max_retries: int = DEFAULT_MAX_RETRIES
+    # `circuit_breakers.default.remaining_*` gauges, as Envoy shows them when asked.
+    track_remaining: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,15 +319,17 @@ def _thresholds(
     thresholds: circuit_breaker_pb2.CircuitBreakers.Thresholds, path: str
 ) -> CircuitBreakers:
 
-    def limit(name: str) -> int:
+    def limit(name: str, default: int = DEFAULT_CIRCUIT_BREAKER_LIMIT) -> int:
         if thresholds.HasField(name):
             return getattr(thresholds, name).value
-        return DEFAULT_CIRCUIT_BREAKER_LIMIT
+        return default
 
     return CircuitBreakers(
         max_connections=limit("max_connections"),
         max_pending_requests=limit("max_pending_requests"),
         max_requests=limit("max_requests"),
+        max_retries=limit("max_retries", DEFAULT_MAX_RETRIES),
+        track_remaining=thresholds.track_remaining,
     )
 
 

@@ -436,6 +436,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "max_pending_requests": OK,
         "max_requests": OK,
         "max_retries": OK,
+        "track_remaining": OK,  # circuit_breakers.default.remaining_* gauges
     },
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": {"choice_count": OK},
     "envoy.config.cluster.v3.Cluster.CommonLbConfig": {

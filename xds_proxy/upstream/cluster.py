@@ -31,7 +31,7 @@ from xds_proxy.upstream.http1_pool import Http1Pool
 from xds_proxy.upstream.http2_pool import Http2Pool
 from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, Random, RoundRobin
 from xds_proxy.upstream.outlier import OutlierDetector, Result
-from xds_proxy.upstream.stats import ClusterStats
+from xds_proxy.upstream.stats import ClusterStats, register_circuit_breaker_gauges
 from xds_proxy.upstream.stream import OVERFLOW, RequestHead, ResponseHandler, UpstreamStream
 
 if TYPE_CHECKING:
@@ -56,6 +56,13 @@ class Cluster:
         self.name = config.name
         self.stats = ClusterStats(stats, config.stat_name)
         self.resources = Resources()
+        register_circuit_breaker_gauges(
+            stats,
+            config.stat_name,
+            config.circuit_breakers,
+            self.resources,
+            lambda: sum(len(host.pools) for host in self.hosts),
+        )
         self.hosts: list[Host] = []
         self.retired = False
         self._resolve = resolve or resolve_endpoint

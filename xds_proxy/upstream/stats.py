@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
+from xds_proxy.config.cluster import CircuitBreakers
 from xds_proxy.stats import Counter, Stats
 
 _COUNTERS = (
@@ -72,3 +76,51 @@ class ClusterStats:
             )
         pair[0].value += 1
         pair[1].value += 1
+
+
+class InUse(Protocol):
+    """What a cluster's circuit breakers count (upstream/host.py `Resources`)."""
+
+    connections: int
+    pending: int
+    requests: int
+
+
+# Envoy's max_connection_pools default (no limit): what remaining_cx_pools shows.
+_UNLIMITED_POOLS = 2**64 - 1
+
+
+def register_circuit_breaker_gauges(
+    stats: Stats,
+    cluster_name: str,
+    limits: CircuitBreakers,
+    resources: InUse,
+    pools: Callable[[], int],
+) -> None:
+    """`cluster.<name>.circuit_breakers.{default,high}.*_open` (1 while that breaker is open)
+    and, with `track_remaining`, `...default.remaining_*`, as Envoy shows them. Everything
+    here is routed at DEFAULT priority (the high breakers stay closed), and there are no
+    retries or pool limits to open the others. `pools()`: the connection pools in use (one
+    per host and protocol)."""
+    base = f"cluster.{cluster_name}.circuit_breakers."
+    opened = {
+        "cx_open": lambda: int(resources.connections >= limits.max_connections),
+        "cx_pool_open": lambda: 0,
+        "rq_open": lambda: int(resources.requests >= limits.max_requests),
+        "rq_pending_open": lambda: int(resources.pending >= limits.max_pending_requests),
+        "rq_retry_open": lambda: 0,
+    }
+    for name, read in opened.items():
+        stats.derived_gauge(f"{base}default.{name}", read)
+        stats.derived_gauge(f"{base}high.{name}", lambda: 0)
+    if not limits.track_remaining:
+        return
+    remaining = {
+        "remaining_cx": lambda: max(0, limits.max_connections - resources.connections),
+        "remaining_cx_pools": lambda: _UNLIMITED_POOLS - pools(),
+        "remaining_pending": lambda: max(0, limits.max_pending_requests - resources.pending),
+        "remaining_retries": lambda: limits.max_retries,
+        "remaining_rq": lambda: max(0, limits.max_requests - resources.requests),
+    }
+    for name, read in remaining.items():
+        stats.derived_gauge(f"{base}default.{name}", read)

@@ -110,7 +110,7 @@ def test_manager_refuses_a_bad_cluster_and_keeps_the_old_one() -> None:
     manager.add_or_update(cluster_message("web", [1]))
     old = manager.get("web")
     bad = cluster_message("web", [1])
-    bad.lb_policy = bad.RING_HASH
-    with pytest.raises(ConfigError, match=r"^c\.lb_policy: RING_HASH not supported$"):
+    bad.lb_policy = bad.CLUSTER_PROVIDED
+    with pytest.raises(ConfigError, match=r"^c\.lb_policy: CLUSTER_PROVIDED not supported$"):
         manager.add_or_update(bad, "c")
     assert manager.get("web") is old

@@ -46,6 +46,11 @@ _TLS_CERTIFICATES = Supported(
 )
 _TLS_VALIDATION = Supported({"trusted_ca": _TLS_DATA_SOURCE})
 _NO_MAX_DURATIONS = NotYet("connection and stream lifetimes are not enforced")
+# A hash policy cookie with a ttl: Envoy then sets the cookie when the request has none.
+_COOKIE_GENERATION = NotYet("the hash policy cookie is read, never generated")
+# The consistent-hashing options of the ring hash and Maglev balancers.
+_HOSTNAME_HASHING = NotYet("hosts are hashed by their address")
+_BOUNDED_LOAD = NotYet("no bounded-load consistent hashing")
 
 # What a cluster (upstream) reads of the protocol option messages it shares with the HCM.
 _CLUSTER_HTTP1 = Supported({})  # the upstream HTTP/1.1 client has no options
@@ -331,7 +336,28 @@ TABLE: dict[str, dict[str, Rule]] = {
         "prefix_rewrite": OK,
         "host_rewrite_literal": OK,
         "timeout": OK,
+        "hash_policy": OK,  # config/hash_policy.py, for the ring hash and Maglev balancers
     },
+    _ROUTE + "RouteAction.HashPolicy": {
+        "header": OK,
+        "cookie": OK,
+        "connection_properties": OK,
+        "query_parameter": OK,
+        "filter_state": NotYet("no filter state objects are set"),
+        "terminal": OK,
+    },
+    _ROUTE + "RouteAction.HashPolicy.Header": {
+        "header_name": OK,
+        "regex_rewrite": NotYet("header values are hashed as they are"),
+    },
+    _ROUTE + "RouteAction.HashPolicy.Cookie": {
+        "name": OK,
+        "ttl": _COOKIE_GENERATION,
+        "path": _COOKIE_GENERATION,
+        "attributes": _COOKIE_GENERATION,
+    },
+    _ROUTE + "RouteAction.HashPolicy.ConnectionProperties": {"source_ip": OK},
+    _ROUTE + "RouteAction.HashPolicy.QueryParameter": {"name": OK},
     _ROUTE + "WeightedCluster": {"clusters": OK, "total_weight": OK},
     _ROUTE + "WeightedCluster.ClusterWeight": {"name": OK, "weight": OK},
     _CORE + "HeaderValueOption": {
@@ -348,7 +374,13 @@ TABLE: dict[str, dict[str, Rule]] = {
         "idle_timeout": OK,
         "max_connect_attempts": OK,
         "access_log": OK,  # config/access_log.py
+        "hash_policy": OK,  # source_ip, for the ring hash and Maglev balancers
     },
+    "envoy.type.v3.HashPolicy": {
+        "source_ip": OK,
+        "filter_state": NotYet("no filter state objects are set"),
+    },
+    "envoy.type.v3.HashPolicy.SourceIp": {},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": {"clusters": OK},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": {
         "name": OK,
@@ -405,8 +437,12 @@ TABLE: dict[str, dict[str, Rule]] = {
         "http2_protocol_options": _CLUSTER_HTTP2,
         "transport_socket": OK,  # UpstreamTlsContext (config/tls.py)
         "cluster_type": OK,  # envoy.clusters.dns
-        "lb_policy": Values({"ROUND_ROBIN": OK, "LEAST_REQUEST": OK, "RANDOM": OK}),
+        "lb_policy": Values(
+            {"ROUND_ROBIN": OK, "LEAST_REQUEST": OK, "RANDOM": OK, "RING_HASH": OK, "MAGLEV": OK}
+        ),
         "least_request_lb_config": OK,
+        "ring_hash_lb_config": OK,
+        "maglev_lb_config": OK,
         "load_balancing_policy": OK,
         "common_lb_config": OK,
         "health_checks": OK,  # active HTTP and TCP checks (upstream/health_check.py)
@@ -430,9 +466,20 @@ TABLE: dict[str, dict[str, Rule]] = {
         "max_retries": OK,
     },
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": {"choice_count": OK},
+    "envoy.config.cluster.v3.Cluster.RingHashLbConfig": {
+        "minimum_ring_size": OK,
+        "maximum_ring_size": OK,
+        "hash_function": Values({"XX_HASH": OK, "MURMUR_HASH_2": OK}),
+    },
+    "envoy.config.cluster.v3.Cluster.MaglevLbConfig": {"table_size": OK},
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig": {
+        "use_hostname_for_hashing": _HOSTNAME_HASHING,
+        "hash_balance_factor": _BOUNDED_LOAD,
+    },
     "envoy.config.cluster.v3.Cluster.CommonLbConfig": {
         "healthy_panic_threshold": OK,
         "locality_weighted_lb_config": NotYet("locality weights are not read yet"),
+        "consistent_hashing_lb_config": OK,  # (an empty one: its fields are not built)
     },
     "envoy.type.v3.Percent": {"value": OK},
     "envoy.config.cluster.v3.OutlierDetection": {
@@ -540,6 +587,25 @@ TABLE: dict[str, dict[str, Rule]] = {
     },
     "envoy.extensions.load_balancing_policies.random.v3.Random": {
         "locality_lb_config": NotYet("locality weights are not read yet"),
+    },
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash": {
+        "hash_function": Values({"XX_HASH": OK, "MURMUR_HASH_2": OK}),
+        "minimum_ring_size": OK,
+        "maximum_ring_size": OK,
+        "use_hostname_for_hashing": _HOSTNAME_HASHING,
+        "hash_balance_factor": _BOUNDED_LOAD,
+        "consistent_hashing_lb_config": OK,  # (an empty one: its fields are not built)
+        "locality_weighted_lb_config": NotYet("locality weights are not read yet"),
+    },
+    "envoy.extensions.load_balancing_policies.maglev.v3.Maglev": {
+        "table_size": OK,
+        "consistent_hashing_lb_config": OK,  # (an empty one: its fields are not built)
+        "locality_weighted_lb_config": NotYet("locality weights are not read yet"),
+    },
+    "envoy.extensions.load_balancing_policies.common.v3.ConsistentHashingLbConfig": {
+        "use_hostname_for_hashing": _HOSTNAME_HASHING,
+        "hash_balance_factor": _BOUNDED_LOAD,
+        "hash_policy": NotYet("the route's hash_policy is the only hash policy"),
     },
     # --- TLS to upstream hosts and to the xDS server (a cluster's transport_socket)
     _TLS + "UpstreamTlsContext": {

@@ -45,7 +45,7 @@ from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.rds import RdsClient
 from xds_proxy.xds.source import XdsServer, source_server
 from xds_proxy.xds.transport import XdsStream
-from xds_proxy.xds.xxhash64 import xxhash64
+from xds_proxy.xxhash64 import xxhash64
 
 log = logging.getLogger("xds_proxy.rds")
 

@@ -2,7 +2,8 @@
 
 Envoy's `ROUND_ROBIN` (equal weights: strict rotation), `LEAST_REQUEST` (equal weights:
 power of `choice_count` random choices, the host with fewer active requests wins) and `RANDOM`
-(a uniformly random host).
+(a uniformly random host). They ignore a request's hash key; the hashing balancers
+(`RING_HASH`, `MAGLEV`) are in hashing.py.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
+
+from xds_proxy.upstream.hashing import Maglev, RingHash
 
 
 class LoadedHost(Protocol):
@@ -28,7 +31,7 @@ class RoundRobin:
         # hit the first host together.
         self._next = (rng or random.Random()).randrange(1 << 30)
 
-    def pick(self, hosts: Sequence[H]) -> H | None:
+    def pick(self, hosts: Sequence[H], hash_key: int | None = None) -> H | None:
         if not hosts:
             return None
         index = self._next % len(hosts)
@@ -43,7 +46,7 @@ class LeastRequest:
         self._choices = choices
         self._rng = rng or random.Random()
 
-    def pick(self, hosts: Sequence[H]) -> H | None:
+    def pick(self, hosts: Sequence[H], hash_key: int | None = None) -> H | None:
         if not hosts:
             return None
         if len(hosts) == 1:
@@ -62,10 +65,10 @@ class Random:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def pick(self, hosts: Sequence[H]) -> H | None:
+    def pick(self, hosts: Sequence[H], hash_key: int | None = None) -> H | None:
         if not hosts:
             return None
         return hosts[self._rng.randrange(len(hosts))]
 
 
-LoadBalancer = RoundRobin | LeastRequest | Random
+LoadBalancer = RoundRobin | LeastRequest | Random | RingHash | Maglev

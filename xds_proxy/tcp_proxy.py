@@ -26,6 +26,7 @@ from xds_proxy.config.tcp_proxy import TcpProxySettings, build_tcp_proxy_setting
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
+from xds_proxy.upstream.connect import limit_buffer
 from xds_proxy.upstream.host import Host
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
@@ -95,10 +96,13 @@ async def _open(
 ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
     tls = cluster.config.tls
     if tls is None:
-        return await loop.create_connection(lambda: side, *address)
-    return await loop.create_connection(
-        lambda: side, *address, ssl=tls.context, server_hostname=tls.server_hostname
-    )
+        opened = await loop.create_connection(lambda: side, *address)
+    else:
+        opened = await loop.create_connection(
+            lambda: side, *address, ssl=tls.context, server_hostname=tls.server_hostname
+        )
+    limit_buffer(opened[0], cluster.config.buffer_limit)
+    return opened
 
 
 class _UpstreamSide(asyncio.Protocol):

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.h2_client import H2Client
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
 from tests.helpers.stub import StubProcess
@@ -69,15 +70,87 @@ def hashed_listener(port: int, cluster: str, hash_policy: list[dict]) -> dict[st
     return listener
 
 
-def _bootstrap(listen_port: int, cluster: dict[str, Any]) -> dict[str, Any]:
+def _bootstrap(
+    listen_port: int, cluster: dict[str, Any], hash_policy: list[dict] = HEADER_HASH
+) -> dict[str, Any]:
     return {
         "node": {"id": "hashing", "cluster": "hashing"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
-            "listeners": [hashed_listener(listen_port, "backends", HEADER_HASH)],
+            "listeners": [hashed_listener(listen_port, "backends", hash_policy)],
             "clusters": [cluster],
         },
     }
+
+
+Request = tuple[str, list[tuple[str, str]], str]  # path, headers, source IP
+
+
+def _requests(policy: str) -> list[Request]:
+    """What each hash policy kind is tried with (every request has a key: one without would
+    go to a random host)."""
+    plain = "127.0.0.1"
+    many = range(40)
+    if policy == "header_values":  # a header sent several times: the values are sorted
+        return [("/", [("x-key", f"v{i}"), ("x-key", f"w{i % 7}")], plain) for i in many] + [
+            ("/", [("x-key", f"w{i % 7}"), ("x-key", f"v{i}")], plain) for i in many
+        ]
+    if policy == "cookie":
+        return [("/", [("cookie", f"a=1; session=s{i}; b=2")], plain) for i in many] + [
+            ("/", [("cookie", f'session="s{i}"')], plain) for i in many
+        ]
+    if policy == "query_parameter":
+        # The first value counts; no value (`user`, `user=`) hashes the empty string.
+        return [(f"/p?x=1&user=u{i}&user=z", [], plain) for i in many] + [
+            (f"/p?user{i}=1&user&x={i}", [], plain) for i in range(5)
+        ]
+    if policy == "source_ip":
+        return [("/", [], f"127.0.0.{i + 2}") for i in many]
+    if policy in ("authority", "host"):
+        return [("/", [("host", f"h{i}.example")], plain) for i in many]
+    # Two headers combined (rotate and xor), or the first one alone when it is terminal.
+    return [("/", [("x-a", f"a{i}"), ("x-b", f"b{i % 3}")], plain) for i in many] + [
+        ("/", [("x-b", f"b{i}")], plain) for i in many
+    ]
+
+
+HASH_POLICIES: dict[str, list[dict[str, Any]]] = {
+    "header_values": HEADER_HASH,
+    "cookie": [{"cookie": {"name": "session"}}],
+    "query_parameter": [{"query_parameter": {"name": "user"}}],
+    "source_ip": [{"connection_properties": {"source_ip": True}}],
+    "authority": [{"header": {"header_name": ":authority"}}],
+    # Envoy finds `:authority` under `host` too.
+    "host": [{"header": {"header_name": "host"}}],
+    "combined": [{"header": {"header_name": "x-a"}}, {"header": {"header_name": "x-b"}}],
+    "terminal": [
+        {"header": {"header_name": "x-a"}, "terminal": True},
+        {"header": {"header_name": "x-b"}},
+    ],
+}
+
+
+def upstreams_of_requests(port: int, requests: list[Request]) -> list[str]:
+    """Each request on its own connection from its source IP; the `x-upstream` of each."""
+    labels = []
+    for path, headers, source in requests:
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", port, timeout=5, source_address=(source, 0)
+        )
+        try:
+            connection.putrequest("GET", path, skip_host=True)
+            if not any(name == "host" for name, _ in headers):
+                connection.putheader("host", "t")
+            for name, value in headers:
+                connection.putheader(name, value)
+            connection.endheaders()
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200, response.status
+            labels.append(response.getheader("x-upstream", ""))
+        finally:
+            connection.close()
+    return labels
 
 
 def upstreams_of(port: int, keys: Iterable[str | None]) -> list[str]:
@@ -184,3 +257,76 @@ def test_removing_a_host_moves_only_its_keys(variant: str, tmp_path: Path) -> No
     assert set(on_removed) <= set(moved)
     others = len(moved) - len(on_removed)
     assert others <= (0.25 if variant.startswith("ring") else 0.05) * len(KEYS), others
+
+
+def _policy_run(
+    process_class: type[EnvoyProcess], policy: str, ports: list[int], workdir: Path
+) -> list[str]:
+    port = free_port()
+    cluster = cluster_dict("backends", ports, lb_policy="MAGLEV")
+    document = _bootstrap(port, cluster, HASH_POLICIES[policy])
+    process = process_class(document, workdir).start()
+    try:
+        wait_for(
+            lambda: process.stat("cluster.backends.membership_healthy") == len(ports),
+            timeout=10,
+            what="healthy hosts",
+        )
+        return upstreams_of_requests(port, _requests(policy))
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("policy", sorted(HASH_POLICIES))
+def test_hash_policy_kinds_pick_like_envoy(policy: str, tmp_path: Path) -> None:
+    with Http1Echo("a") as a, Http1Echo("b") as b, Http1Echo("c") as c, Http1Echo("d") as d:
+        ports = [a.port, b.port, c.port, d.port]
+        envoy = _policy_run(EnvoyProcess, policy, ports, tmp_path / "envoy")
+        ours = _policy_run(ProxyProcess, policy, ports, tmp_path / "ours")
+    assert ours == envoy
+    assert len(set(envoy)) > 1
+
+
+H2_POLICY = [
+    {"cookie": {"name": "session"}},
+    {"header": {"header_name": "x-key"}},
+    {"header": {"header_name": ":authority"}},
+]
+
+
+def _h2_run(process_class: type[EnvoyProcess], ports: list[int], workdir: Path) -> list[str]:
+    """HTTP/2 downstream (prior knowledge): cookies in separate `cookie` fields, a repeated
+    header and the authority, one connection."""
+    port = free_port()
+    cluster = cluster_dict("backends", ports, lb_policy="RING_HASH")
+    process = process_class(_bootstrap(port, cluster, H2_POLICY), workdir).start()
+    try:
+        wait_for(
+            lambda: process.stat("cluster.backends.membership_healthy") == len(ports),
+            timeout=10,
+            what="healthy hosts",
+        )
+        client = H2Client(port)
+        labels = []
+        try:
+            for index in range(60):
+                headers = [("cookie", "a=1"), ("cookie", f"session=s{index % 20}")]
+                headers += [("x-key", f"k{index % 3}"), ("x-key", "z")]
+                stream = client.request("/", authority=f"h{index % 7}", headers=headers)
+                response = client.response(stream)
+                assert response.status == 200, response
+                labels.append(response.header("x-upstream") or "")
+        finally:
+            client.close()
+        return labels
+    finally:
+        process.stop()
+
+
+def test_http2_downstream_picks_like_envoy(tmp_path: Path) -> None:
+    with Http1Echo("a") as a, Http1Echo("b") as b, Http1Echo("c") as c, Http1Echo("d") as d:
+        ports = [a.port, b.port, c.port, d.port]
+        envoy = _h2_run(EnvoyProcess, ports, tmp_path / "envoy")
+        ours = _h2_run(ProxyProcess, ports, tmp_path / "ours")
+    assert ours == envoy
+    assert len(set(envoy)) > 1

@@ -17,8 +17,8 @@ from envoy.config.route.v3 import route_components_pb2
 
 @dataclass(frozen=True, slots=True)
 class HeaderHash:
-    """The values of a request header (lowercase name; `:authority`, `:path` and `:method`
-    name the request's), sorted, hashed in a chain."""
+    """The values of a request header (lowercase name; `:authority` or `host`, `:path` and
+    `:method` name the request's), sorted, hashed in a chain."""
 
     name: str
     terminal: bool = False

@@ -70,7 +70,7 @@ def _evaluate(
 def _header_hash(
     name: str, method: bytes, url: bytes, authority: bytes, headers: Sequence[Header]
 ) -> int | None:
-    if name == ":authority":
+    if name in (":authority", "host"):  # Envoy finds `:authority` under `host` too
         values = [authority] if authority else []
     elif name == ":path":
         values = [url]

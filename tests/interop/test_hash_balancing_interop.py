@@ -173,7 +173,7 @@ def upstreams_of(port: int, keys: Iterable[str | None]) -> list[str]:
 
 def _static_run(
     process_class: type[EnvoyProcess], variant: str, ports: list[int], workdir: Path
-) -> tuple[list[str], dict[str, int]]:
+) -> tuple[list[str], dict[str, int], dict[str, str]]:
     port = free_port()
     cluster = cluster_dict("backends", ports, **copy.deepcopy(VARIANTS[variant]))
     process = process_class(_bootstrap(port, cluster), workdir).start()
@@ -185,7 +185,8 @@ def _static_run(
         )
         keyed = upstreams_of(port, KEYS)
         unkeyed = collections.Counter(upstreams_of(port, [None] * UNKEYED))
-        return keyed, dict(unkeyed)
+        gauges = process.stats(r"^cluster\.backends\.(ring_hash|maglev)_lb\.")
+        return keyed, dict(unkeyed), gauges
     finally:
         process.stop()
 
@@ -194,10 +195,17 @@ def _static_run(
 def test_same_host_per_key_as_envoy(variant: str, tmp_path: Path) -> None:
     with Http1Echo("a") as a, Http1Echo("b") as b, Http1Echo("c") as c, Http1Echo("d") as d:
         ports = [a.port, b.port, c.port, d.port]
-        envoy_keyed, envoy_unkeyed = _static_run(EnvoyProcess, variant, ports, tmp_path / "envoy")
-        ours_keyed, ours_unkeyed = _static_run(ProxyProcess, variant, ports, tmp_path / "ours")
+        envoy_keyed, envoy_unkeyed, envoy_gauges = _static_run(
+            EnvoyProcess, variant, ports, tmp_path / "envoy"
+        )
+        ours_keyed, ours_unkeyed, ours_gauges = _static_run(
+            ProxyProcess, variant, ports, tmp_path / "ours"
+        )
     # Exactly the same host for every key.
     assert ours_keyed == envoy_keyed
+    # The same ring or table: its size and points (or slots) per host.
+    assert len(envoy_gauges) in (2, 3), envoy_gauges
+    assert ours_gauges == envoy_gauges
     # The keys use every host (a broken hash would send them all to one).
     assert sorted(set(envoy_keyed)) == ["a", "b", "c", "d"]
     # No key: a random hash per request. Each host gets 100 +/- 50 of 400 (its share of the

@@ -13,6 +13,7 @@ import pytest
 from tests.helpers.upstreams import cluster_message
 from xds_proxy.config.cluster import HashingSettings, LbPolicy, build_cluster_config
 from xds_proxy.errors import ConfigError
+from xds_proxy.stats import Gauge
 from xds_proxy.upstream.hashing import Maglev, RingHash, host_key, murmur_hash2
 from xds_proxy.xxhash64 import xxhash64
 
@@ -253,3 +254,12 @@ def test_hashing_policies_from_enums_and_extensions() -> None:
 def test_hashing_config_errors(fields: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         _cluster(**fields)
+
+
+def test_builds_set_envoys_gauges() -> None:
+    size, fewest, most = Gauge("size"), Gauge("min"), Gauge("max")
+    RingHash(rng=random.Random(1), gauges=(size, fewest, most)).ring(hosts(3, [1, 1, 2]))
+    assert (size.value, fewest.value, most.value) == (1024, 256, 512)
+    low, high = Gauge("min"), Gauge("max")
+    Maglev(7, random.Random(1), (low, high)).table(hosts(3))
+    assert (low.value, high.value) == (2, 3)

@@ -66,7 +66,7 @@ class Cluster:
         warms = config.discovery is not DiscoveryType.STATIC or bool(config.health_checks)
         self.resolved = asyncio.Event() if warms else None
         self._rng = rng or random.Random()
-        self.lb: LoadBalancer = _load_balancer(config, self._rng)
+        self.lb: LoadBalancer = _load_balancer(config, self._rng, stats)
         self._health_checker = (
             HealthChecker(
                 config.name,
@@ -326,14 +326,30 @@ async def resolve_endpoint(
     return found or None
 
 
-def _load_balancer(config: ClusterConfig, rng: random.Random) -> LoadBalancer:
+def _load_balancer(config: ClusterConfig, rng: random.Random, stats: Stats) -> LoadBalancer:
     hashing = config.hashing
+    base = f"cluster.{config.name}."
     if config.lb_policy is LbPolicy.RING_HASH:
+        ring = base + "ring_hash_lb."
+        gauges = (
+            stats.gauge(ring + "size"),
+            stats.gauge(ring + "min_hashes_per_host"),
+            stats.gauge(ring + "max_hashes_per_host"),
+        )
         return RingHash(
-            hashing.minimum_ring_size, hashing.maximum_ring_size, hashing.murmur_hash_2, rng
+            hashing.minimum_ring_size,
+            hashing.maximum_ring_size,
+            hashing.murmur_hash_2,
+            rng,
+            gauges,
         )
     if config.lb_policy is LbPolicy.MAGLEV:
-        return Maglev(hashing.maglev_table_size, rng)
+        table = base + "maglev_lb."
+        maglev_gauges = (
+            stats.gauge(table + "min_entries_per_host"),
+            stats.gauge(table + "max_entries_per_host"),
+        )
+        return Maglev(hashing.maglev_table_size, rng, maglev_gauges)
     if config.lb_policy is LbPolicy.LEAST_REQUEST:
         return LeastRequest(config.least_request_choices, rng)
     if config.lb_policy is LbPolicy.RANDOM:

@@ -17,7 +17,8 @@ same host on Envoy and on us:
 A request without a hash key gets a random 64-bit hash (Envoy: the balancer then acts as
 random). The ring or table is rebuilt lazily on the first pick after the host list changed:
 the cluster replaces its list of routable hosts on every change, so the list's identity is
-the version.
+the version. Each build sets Envoy's gauges (`ring_hash_lb.size`, `.min_hashes_per_host`,
+`.max_hashes_per_host`; `maglev_lb.min_entries_per_host`, `.max_entries_per_host`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -33,6 +35,7 @@ from xds_proxy.config.cluster import (
     DEFAULT_MAX_RING_SIZE,
     DEFAULT_MIN_RING_SIZE,
 )
+from xds_proxy.stats import Gauge
 from xds_proxy.xxhash64 import xxhash64
 
 _MASK = (1 << 64) - 1
@@ -81,7 +84,16 @@ def _normalized(hosts: Sequence[H]) -> list[tuple[H, float]]:
 class RingHash:
     """Envoy's ring hash (`ring_hash_lb.cc`)."""
 
-    __slots__ = ("_built_for", "_hashes", "_max_size", "_min_size", "_murmur", "_owners", "_rng")
+    __slots__ = (
+        "_built_for",
+        "_gauges",
+        "_hashes",
+        "_max_size",
+        "_min_size",
+        "_murmur",
+        "_owners",
+        "_rng",
+    )
 
     def __init__(
         self,
@@ -89,7 +101,9 @@ class RingHash:
         maximum_ring_size: int = DEFAULT_MAX_RING_SIZE,
         murmur: bool = False,
         rng: random.Random | None = None,
+        gauges: tuple[Gauge, Gauge, Gauge] | None = None,  # size, min and max per host
     ) -> None:
+        self._gauges = gauges
         self._min_size = minimum_ring_size
         self._max_size = maximum_ring_size
         self._murmur = murmur
@@ -124,6 +138,7 @@ class RingHash:
         current = 0.0
         target = 0.0
         hash_of = murmur_hash2 if self._murmur else xxhash64
+        per_host: list[int] = []
         for order, (host, weight) in enumerate(weights):
             prefix = host_key(host) + "_"
             target += scale * weight
@@ -132,20 +147,30 @@ class RingHash:
                 entries.append((hash_of(f"{prefix}{index}".encode()), order, host))
                 index += 1
                 current += 1
+            per_host.append(index)
         entries.sort(key=lambda entry: (entry[0], entry[1]))
         self._hashes = [entry[0] for entry in entries]
         self._owners = [entry[2] for entry in entries]
         self._built_for = hosts
+        if self._gauges is not None:
+            size, fewest, most = self._gauges
+            size.set(math.ceil(scale))
+            fewest.set(min(per_host))
+            most.set(max(per_host))
 
 
 class Maglev:
     """Envoy's Maglev table (`maglev_lb.cc`); `table_size` is prime (the config checks)."""
 
-    __slots__ = ("_built_for", "_rng", "_size", "_table")
+    __slots__ = ("_built_for", "_gauges", "_rng", "_size", "_table")
 
     def __init__(
-        self, table_size: int = DEFAULT_MAGLEV_TABLE_SIZE, rng: random.Random | None = None
+        self,
+        table_size: int = DEFAULT_MAGLEV_TABLE_SIZE,
+        rng: random.Random | None = None,
+        gauges: tuple[Gauge, Gauge] | None = None,  # min and max entries per host
     ) -> None:
+        self._gauges = gauges
         self._size = table_size
         self._rng = rng or random.Random()
         self._built_for: Sequence[HashedHost] | None = None
@@ -199,3 +224,8 @@ class Maglev:
             iteration += 1
         self._table = [owners[i] for i in slots]
         self._built_for = hosts
+        if self._gauges is not None:
+            counts = Counter(slots)
+            fewest, most = self._gauges
+            fewest.set(min(counts.get(i, 0) for i in range(count)))
+            most.set(max(counts.values()))

@@ -25,6 +25,7 @@ from tests.helpers.proxy import ProxyProcess
 from tests.helpers.stub import StubProcess
 from tests.helpers.upstreams import Http1Echo, cluster_dict
 from tests.integration.test_cds import cds_bootstrap, routed_listener, wait_counts
+from xds_proxy.xxhash64 import xxhash64
 
 pytestmark = pytest.mark.envoy
 
@@ -338,3 +339,54 @@ def test_http2_downstream_picks_like_envoy(tmp_path: Path) -> None:
         ours = _h2_run(ProxyProcess, ports, tmp_path / "ours")
     assert ours == envoy
     assert len(set(envoy)) > 1
+
+
+STICKY = [{"cookie": {"name": "sticky", "ttl": "60s", "path": "/"}}]
+
+
+def _sticky_run(
+    process_class: type[EnvoyProcess], ports: list[int], workdir: Path
+) -> list[tuple[str, str, str]]:
+    """Requests without the cookie, each on a new connection: the `set-cookie` each gets,
+    the one it should be (from the connection's addresses), and whether a second request
+    with that cookie went to the same host."""
+    port = free_port()
+    cluster = cluster_dict("backends", ports, lb_policy="RING_HASH")
+    process = process_class(_bootstrap(port, cluster, STICKY), workdir).start()
+    seen = []
+    try:
+        wait_for(
+            lambda: process.stat("cluster.backends.membership_healthy") == len(ports),
+            timeout=10,
+            what="healthy hosts",
+        )
+        for _ in range(20):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                connection.request("GET", "/", headers={"host": "t"})
+                response = connection.getresponse()
+                response.read()
+                assert connection.sock is not None
+                client_ip, client_port = connection.sock.getsockname()[:2]
+                value = f"{xxhash64(f'{client_ip}:{client_port}127.0.0.1:{port}'):016x}"
+                expected = f'sticky="{value}"; Max-Age=60; Path=/; HttpOnly'
+                first = response.getheader("x-upstream", "")
+                connection.request("GET", "/", headers={"host": "t", "cookie": f"sticky={value}"})
+                again = connection.getresponse()
+                again.read()
+                assert again.getheader("set-cookie") is None
+                same = "same host" if again.getheader("x-upstream") == first else first
+                seen.append((response.getheader("set-cookie", ""), expected, same))
+            finally:
+                connection.close()
+        return seen
+    finally:
+        process.stop()
+
+
+def test_generated_cookie_like_envoy(tmp_path: Path) -> None:
+    with Http1Echo("a") as a, Http1Echo("b") as b, Http1Echo("c") as c, Http1Echo("d") as d:
+        ports = [a.port, b.port, c.port, d.port]
+        for name, process_class in (("envoy", EnvoyProcess), ("ours", ProxyProcess)):
+            for set_cookie, expected, same in _sticky_run(process_class, ports, tmp_path / name):
+                assert (name, set_cookie, same) == (name, expected, "same host")

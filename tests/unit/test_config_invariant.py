@@ -311,6 +311,7 @@ TEMPLATES: dict[str, dict] = {
     "envoy.config.route.v3.RouteAction.HashPolicy": {"header": {"header_name": "x-h"}},
     "envoy.config.route.v3.RouteAction.HashPolicy.Header": {"header_name": "x-h"},
     "envoy.config.route.v3.RouteAction.HashPolicy.Cookie": {"name": "c"},
+    "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute": {"name": "SameSite"},
     "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter": {"name": "q"},
 }
 

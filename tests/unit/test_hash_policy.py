@@ -16,7 +16,13 @@ from xds_proxy.config.hash_policy import (
     SourceIpHash,
     build_hash_policy,
 )
-from xds_proxy.upstream.hash_policy import cookie_value, query_parameter, request_hash
+from xds_proxy.upstream.hash_policy import (
+    RequestHash,
+    address_text,
+    cookie_value,
+    query_parameter,
+    request_hash,
+)
 from xds_proxy.xxhash64 import xxhash64
 
 MASK = (1 << 64) - 1
@@ -36,7 +42,7 @@ def hash_of(
     authority: bytes = b"example.com",
     remote_ip: str = "10.1.2.3",
 ) -> int | None:
-    return request_hash(methods, b"GET", url, authority, list(headers), remote_ip)
+    return request_hash(methods, b"GET", url, authority, list(headers), remote_ip).key
 
 
 def rotl(value: int) -> int:
@@ -141,3 +147,42 @@ def test_terminal_ends_the_list_once_there_is_a_hash() -> None:
     # x-b gives nothing, but it is terminal and there is a hash so far (x-a's): Envoy stops.
     assert hash_of(later, headers) == a
     assert hash_of(later, [(b"x-c", b"3")]) == xxhash64("3")
+
+
+def test_a_ttl_cookie_is_generated_when_the_request_has_none() -> None:
+    methods = build(
+        [
+            {
+                "cookie": {
+                    "name": "sticky",
+                    "ttl": "3600.5s",
+                    "path": "/app",
+                    "attributes": [{"name": "SameSite", "value": "Lax"}, {"name": "Secure"}],
+                }
+            }
+        ]
+    )
+    assert methods == (
+        CookieHash("sticky", False, 3600, "/app", (("SameSite", "Lax"), ("Secure", ""))),
+    )
+    connection = address_text(("10.0.0.9", 51000)) + address_text(("::1", 80))
+    assert connection == "10.0.0.9:51000[::1]:80"
+    value = b"%016x" % xxhash64(connection)
+    found = request_hash(methods, b"GET", b"/", b"h", [], "10.0.0.9", connection)
+    assert found == RequestHash(
+        xxhash64(value),
+        b'sticky="' + value + b'"; Max-Age=3600; Path=/app; SameSite=Lax; Secure; HttpOnly',
+    )
+    # A request with the cookie is hashed by it, and gets no new one.
+    sent = [(b"cookie", b"sticky=" + value)]
+    assert request_hash(methods, b"GET", b"/", b"h", sent, "", connection) == RequestHash(
+        xxhash64(value)
+    )
+    # A zero ttl: a session cookie (no Max-Age).
+    session = build([{"cookie": {"name": "s", "ttl": "0s"}}])
+    generated = request_hash(session, b"GET", b"/", b"h", [], "", connection).set_cookie
+    assert generated == b's="' + value + b'"; HttpOnly'
+    # Without a ttl nothing is generated.
+    assert request_hash(
+        build([{"cookie": {"name": "s"}}]), b"GET", b"/", b"h", [], "", connection
+    ) == RequestHash(None)

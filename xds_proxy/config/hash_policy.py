@@ -26,10 +26,15 @@ class HeaderHash:
 
 @dataclass(frozen=True, slots=True)
 class CookieHash:
-    """The value of a cookie of the request (the first one of that name)."""
+    """The value of a cookie of the request (the first one of that name). With a `ttl`, a
+    request without the cookie gets one generated from its connection's addresses, sent back
+    in a `set-cookie` (`NAME="VALUE"; Max-Age=TTL; Path=PATH; ATTRIBUTES; HttpOnly`)."""
 
     name: str
     terminal: bool = False
+    ttl_s: int | None = None  # whole seconds, as Envoy
+    path: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +66,10 @@ def build_hash_policy(
         if kind == "header":
             methods.append(HeaderHash(policy.header.header_name.lower(), terminal))
         elif kind == "cookie":
-            methods.append(CookieHash(policy.cookie.name, terminal))
+            cookie = policy.cookie
+            ttl_s = cookie.ttl.seconds if cookie.HasField("ttl") else None
+            attributes = tuple((item.name, item.value) for item in cookie.attributes)
+            methods.append(CookieHash(cookie.name, terminal, ttl_s, cookie.path, attributes))
         elif kind == "connection_properties":
             if policy.connection_properties.source_ip:
                 methods.append(SourceIpHash(terminal))

@@ -46,8 +46,8 @@ _TLS_CERTIFICATES = Supported(
 )
 _TLS_VALIDATION = Supported({"trusted_ca": _TLS_DATA_SOURCE})
 _NO_MAX_DURATIONS = NotYet("connection and stream lifetimes are not enforced")
-# A hash policy cookie with a ttl: Envoy then sets the cookie when the request has none.
-_COOKIE_GENERATION = NotYet("the hash policy cookie is read, never generated")
+# A DNS answer's TTL as the refresh interval (docs/balancing.md says why not yet).
+_DNS_TTL = NotYet("the system resolver does not report TTLs")
 # The consistent-hashing options of the ring hash and Maglev balancers.
 _HOSTNAME_HASHING = NotYet("hosts are hashed by their address")
 _BOUNDED_LOAD = NotYet("no bounded-load consistent hashing")
@@ -352,10 +352,11 @@ TABLE: dict[str, dict[str, Rule]] = {
     },
     _ROUTE + "RouteAction.HashPolicy.Cookie": {
         "name": OK,
-        "ttl": _COOKIE_GENERATION,
-        "path": _COOKIE_GENERATION,
-        "attributes": _COOKIE_GENERATION,
+        "ttl": OK,  # a request without the cookie gets one (set-cookie)
+        "path": OK,
+        "attributes": OK,
     },
+    _ROUTE + "RouteAction.HashPolicy.CookieAttribute": {"name": OK, "value": OK},
     _ROUTE + "RouteAction.HashPolicy.ConnectionProperties": {"source_ip": OK},
     _ROUTE + "RouteAction.HashPolicy.QueryParameter": {"name": OK},
     _ROUTE + "WeightedCluster": {"clusters": OK, "total_weight": OK},
@@ -450,6 +451,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "circuit_breakers": OK,
         "dns_lookup_family": OK,
         "dns_refresh_rate": OK,
+        "respect_dns_ttl": _DNS_TTL,
         "http_protocol_options": _CLUSTER_HTTP1,
         "common_http_protocol_options": _CLUSTER_COMMON_HTTP,
         "per_connection_buffer_limit_bytes": OK,
@@ -563,7 +565,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "dns_jitter": OK,
         "dns_lookup_family": OK,
         "all_addresses_in_single_endpoint": OK,
-        "respect_dns_ttl": NotYet("the system resolver does not report TTLs"),
+        "respect_dns_ttl": _DNS_TTL,
         "dns_failure_refresh_rate": NotYet("a failed lookup is retried at dns_refresh_rate"),
         "typed_dns_resolver_config": NotYet("the system resolver is the only resolver"),
     },

@@ -35,7 +35,7 @@ from xds_proxy.config.hcm import ProxyPolicy
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
-from xds_proxy.upstream.hash_policy import request_hash
+from xds_proxy.upstream.hash_policy import address_text, request_hash
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
 from xds_proxy.upstream.stream import (
@@ -283,6 +283,9 @@ class DownstreamRequest:
     remote_ip: str = ""
     scheme: bytes = b"http"
     http2: bool = False  # came in over HTTP/2 (`use_downstream_protocol_config`)
+    # The connection's socket addresses (a hash policy's generated cookie is made of them).
+    peer: tuple | None = None
+    local: tuple | None = None
 
 
 class DownstreamSink(Protocol):
@@ -337,6 +340,7 @@ class Exchange(ResponseHandler):
         "_mutations",
         "_record",
         "_request_ended",
+        "_set_cookie",
         "_sink",
         "_started_at",
         "_stream",
@@ -358,6 +362,7 @@ class Exchange(ResponseHandler):
         self._record: LogRecord | None = None
         self._access_log: AccessLog | None = None
         self._suppress = False  # the router's suppress_envoy_headers
+        self._set_cookie: bytes | None = None  # a hash policy's generated cookie
 
     def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
         """Fill `record` in as the exchange goes and log it when the exchange ends."""
@@ -399,13 +404,14 @@ class Exchange(ResponseHandler):
             record.request_headers = head.headers
         hash_key = None
         if action.hash_policy:
-            hash_key = request_hash(
+            hash_key, self._set_cookie = request_hash(
                 action.hash_policy,
                 request.method,
                 request.url,
                 request.host,
                 request.headers,
                 request.remote_ip,
+                address_text(request.peer) + address_text(request.local),
             )
         stream = cluster.new_stream(head, self, end_stream, request.http2, hash_key)
         if stream is None:
@@ -472,6 +478,8 @@ class Exchange(ResponseHandler):
         out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
         if not self._suppress:
             out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
+        if self._set_cookie is not None:
+            out.append((b"set-cookie", self._set_cookie))
         for mutations in self._mutations:
             mutations.apply_response(out)
         self._headers_sent = True

@@ -260,9 +260,10 @@ def test_removing_a_host_moves_only_its_keys(variant: str, tmp_path: Path) -> No
     moved = [key for key, old, new in zip(KEYS, before, after, strict=True) if old != new]
     on_removed = [key for key, old in zip(KEYS, before, strict=True) if old == "d"]
     # Every key of the removed host moves, and few others. Maglev refills the table and
-    # moves a few (about 1% here). The ring moves more, as Envoy's does: it keeps at least
-    # `minimum_ring_size` (1024) points, so four hosts have 256 points each and three have
-    # 342; the survivors' new points take some keys from each other (about 10% here).
+    # moves a few (0.1% of the others with 10,000 keys). The ring moves more, as Envoy's does:
+    # it keeps at least `minimum_ring_size` (1024) points, so four hosts have 256 points each
+    # and three have 342; the survivors' new points take keys from each other (about 15% of
+    # the others, 11% of all keys).
     assert set(on_removed) <= set(moved)
     others = len(moved) - len(on_removed)
     assert others <= (0.25 if variant.startswith("ring") else 0.05) * len(KEYS), others

@@ -49,6 +49,13 @@ def test_static_defaults() -> None:
     assert config.dns_family is DnsFamily.AUTO
 
 
+@pytest.mark.parametrize(("value", "limit"), [(None, 1 << 20), (4096, 4096), (0, 1 << 20)])
+def test_per_connection_buffer_limit(value: int | None, limit: int) -> None:
+    """Envoy's 0 (no limit) keeps the 1 MiB default, as on listeners."""
+    fields = {} if value is None else {"per_connection_buffer_limit_bytes": value}
+    assert build(cluster_dict("web", [80], **fields)).buffer_limit == limit
+
+
 def test_connect_timeout_default_is_five_seconds() -> None:
     document = cluster_dict("web", [1])
     del document["connect_timeout"]

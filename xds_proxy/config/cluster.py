@@ -161,7 +161,8 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
     dns_family, dns_refresh_s, dns_jitter_s = _dns_settings(cluster, dns)
     buffer_limit = DEFAULT_BUFFER_LIMIT
     if cluster.HasField("per_connection_buffer_limit_bytes"):
-        buffer_limit = cluster.per_connection_buffer_limit_bytes.value
+        # Envoy's 0 (no limit) keeps the default here, as on listeners.
+        buffer_limit = cluster.per_connection_buffer_limit_bytes.value or DEFAULT_BUFFER_LIMIT
     if cluster.max_requests_per_connection.value:
         max_requests = cluster.max_requests_per_connection.value
     tls = None

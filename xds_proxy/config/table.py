@@ -581,7 +581,7 @@ TABLE: dict[str, dict[str, Rule]] = {
     },
     "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest": {
         "choice_count": OK,
-        "active_request_bias": NotYet("hosts have no weights yet"),
+        "active_request_bias": NotYet("weighted hosts use Envoy's default bias, 1.0"),
         "slow_start_config": NotYet("no slow start"),
         "locality_lb_config": NotYet("locality weights are not read yet"),
         "enable_full_scan": NotYet("only the random choices of `choice_count`"),

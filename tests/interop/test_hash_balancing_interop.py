@@ -1,11 +1,15 @@
 """Consistent hashing on Envoy 1.40 and on ours: `RING_HASH` and `MAGLEV` (the `lb_policy`
 enums with empty and filled configs, and the `load_balancing_policy` extensions) with a route
-`hash_policy` on a header, over four real upstreams.
+`hash_policy`, over four real upstreams.
 
 Both proxies must send each key to the SAME host (the ring and the table are built as
-Envoy builds them, so this is exact, not a tolerance); when a host is removed over CDS, only
-the keys that were on it move, and few others, exactly as on Envoy; requests without the
-header spread over every host (random hashes: each host within a stated tolerance)."""
+Envoy builds them, so this is exact, not a tolerance), with the same ring/table gauges; when a
+host is removed over CDS, the keys that were on it move, and few others, exactly as on Envoy;
+requests without a key spread over every host (random hashes: each host within a stated
+tolerance). Every hash policy kind (header values, cookie, query parameter, source IP,
+`:authority`/`host`, combined and terminal policies), an HTTP/2 downstream, a generated ttl
+cookie and tcp_proxy's `source_ip` are compared the same way.
+"""
 
 from __future__ import annotations
 
@@ -391,3 +395,55 @@ def test_generated_cookie_like_envoy(tmp_path: Path) -> None:
         for name, process_class in (("envoy", EnvoyProcess), ("ours", ProxyProcess)):
             for set_cookie, expected, same in _sticky_run(process_class, ports, tmp_path / name):
                 assert (name, set_cookie, same) == (name, expected, "same host")
+
+
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+def _tcp_bootstrap(port: int, cluster: dict[str, Any]) -> dict[str, Any]:
+    proxy = {
+        "@type": TCP_PROXY,
+        "stat_prefix": "tcp",
+        "cluster": "backends",
+        "hash_policy": [{"source_ip": {}}],
+    }
+    listener = {
+        "name": "tcp",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": proxy}]}
+        ],
+    }
+    return {
+        "node": {"id": "hashing", "cluster": "hashing"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [listener], "clusters": [cluster]},
+    }
+
+
+def _tcp_run(process_class: type[EnvoyProcess], ports: list[int], workdir: Path) -> list[str]:
+    """One connection from each of 40 source IPs (and again from the first ones) through a
+    tcp_proxy with `hash_policy: source_ip`: the upstream each reached."""
+    port = free_port()
+    cluster = cluster_dict("backends", ports, lb_policy="MAGLEV")
+    process = process_class(_tcp_bootstrap(port, cluster), workdir).start()
+    try:
+        wait_for(
+            lambda: process.stat("cluster.backends.membership_healthy") == len(ports),
+            timeout=10,
+            what="healthy hosts",
+        )
+        sources = [f"127.0.0.{index + 2}" for index in range(40)] + ["127.0.0.2"] * 5
+        return upstreams_of_requests(port, [("/", [], source) for source in sources])
+    finally:
+        process.stop()
+
+
+def test_tcp_proxy_source_ip_hash_like_envoy(tmp_path: Path) -> None:
+    with Http1Echo("a") as a, Http1Echo("b") as b, Http1Echo("c") as c, Http1Echo("d") as d:
+        ports = [a.port, b.port, c.port, d.port]
+        envoy = _tcp_run(EnvoyProcess, ports, tmp_path / "envoy")
+        ours = _tcp_run(ProxyProcess, ports, tmp_path / "ours")
+    assert ours == envoy
+    assert len(set(envoy)) > 1
+    assert set(envoy[40:]) == {envoy[0]}  # the same client IP, the same host

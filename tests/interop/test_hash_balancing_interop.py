@@ -65,6 +65,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     ),
     "maglev_enum_empty": {"lb_policy": "MAGLEV", "maglev_lb_config": {}},
     "maglev_extension": _extension("maglev", "Maglev", table_size=1031),
+    # The enum go-control-plane sets next to the extension.
+    "ring_hash_extension_and_enum": {
+        "lb_policy": "LOAD_BALANCING_POLICY_CONFIG",
+        **_extension("ring_hash", "RingHash", consistent_hashing_lb_config={}),
+    },
 }
 
 

@@ -209,6 +209,14 @@ def test_hashing_policies_from_enums_and_extensions() -> None:
     )
     assert maglev_extension.lb_policy is LbPolicy.MAGLEV
     assert _cluster(lb_policy="MAGLEV", common_lb_config={"consistent_hashing_lb_config": {}})
+    # The enum that says "see load_balancing_policy" (go-control-plane sets it), as Envoy.
+    with_enum = _cluster(
+        lb_policy="LOAD_BALANCING_POLICY_CONFIG",
+        load_balancing_policy=_extension("maglev", "Maglev"),
+    )
+    assert with_enum.lb_policy is LbPolicy.MAGLEV
+    with pytest.raises(ConfigError, match=r"^c: field load_balancing_policy need to be set$"):
+        _cluster(lb_policy="LOAD_BALANCING_POLICY_CONFIG")
 
 
 @pytest.mark.parametrize(

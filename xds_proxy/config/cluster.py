@@ -267,6 +267,8 @@ def _balancing(cluster: cluster_pb2.Cluster, path: str) -> tuple[LbPolicy, int, 
             typed_config.Unpack(maglev)
             return LbPolicy.MAGLEV, choices, _maglev(maglev, policy_path)
         return LbPolicy.ROUND_ROBIN, choices, HashingSettings()
+    if cluster.lb_policy == cluster_pb2.Cluster.LOAD_BALANCING_POLICY_CONFIG:
+        raise ConfigError(f"{path}: field load_balancing_policy need to be set")
     try:
         lb_policy = LbPolicy(cluster.lb_policy)
     except ValueError:

@@ -439,7 +439,14 @@ TABLE: dict[str, dict[str, Rule]] = {
         "transport_socket": OK,  # UpstreamTlsContext (config/tls.py)
         "cluster_type": OK,  # envoy.clusters.dns
         "lb_policy": Values(
-            {"ROUND_ROBIN": OK, "LEAST_REQUEST": OK, "RANDOM": OK, "RING_HASH": OK, "MAGLEV": OK}
+            {
+                "ROUND_ROBIN": OK,
+                "LEAST_REQUEST": OK,
+                "RANDOM": OK,
+                "RING_HASH": OK,
+                "MAGLEV": OK,
+                "LOAD_BALANCING_POLICY_CONFIG": OK,  # with load_balancing_policy (as Envoy)
+            }
         ),
         "least_request_lb_config": OK,
         "ring_hash_lb_config": OK,

@@ -199,9 +199,10 @@ class Maglev:
         count = len(keyed)
         owners = [weights[order][0] for _, order in keyed]
         own_weights = [weights[order][1] for _, order in keyed]
-        offsets = [xxhash64(key) % size for key, _ in keyed]
+        # Each host's next slot of its permutation, `(offset + skip * next) % size`, kept as
+        # a running position (one addition per step instead of a multiplication).
+        positions = [xxhash64(key) % size for key, _ in keyed]
         skips = [xxhash64(key, 1) % (size - 1) + 1 for key, _ in keyed]
-        nexts = [0] * count
         targets = [0.0] * count
         slots: list[int] = [-1] * size
         filled = 0
@@ -213,13 +214,15 @@ class Maglev:
                 if iteration * own_weights[i] < targets[i]:
                     continue
                 targets[i] += max_weight
-                offset, skip, step = offsets[i], skips[i], nexts[i]
-                slot = (offset + skip * step) % size
+                skip = skips[i]
+                slot = positions[i]
                 while slots[slot] != -1:
-                    step += 1
-                    slot = (offset + skip * step) % size
+                    slot += skip
+                    if slot >= size:
+                        slot -= size
                 slots[slot] = i
-                nexts[i] = step + 1
+                slot += skip
+                positions[i] = slot - size if slot >= size else slot
                 filled += 1
             iteration += 1
         self._table = [owners[i] for i in slots]

@@ -271,3 +271,13 @@ def test_builds_set_envoys_gauges() -> None:
     low, high = Gauge("min"), Gauge("max")
     Maglev(7, random.Random(1), (low, high)).table(hosts(3))
     assert (low.value, high.value) == (2, 3)
+
+
+def test_an_endpoint_hash_key_is_refused_for_hashing_balancers() -> None:
+    message = cluster_message("c", [80], lb_policy="MAGLEV")
+    endpoint = message.load_assignment.endpoints[0].lb_endpoints[0]
+    endpoint.metadata.filter_metadata["envoy.lb"].update({"hash_key": "a"})
+    with pytest.raises(ConfigError, match=r"\['envoy.lb'\]\.hash_key: not supported yet$"):
+        build_cluster_config(message, "c")
+    message.lb_policy = message.ROUND_ROBIN  # only the hashing balancers read it
+    assert build_cluster_config(message, "c").lb_policy is LbPolicy.ROUND_ROBIN

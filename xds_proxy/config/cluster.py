@@ -153,6 +153,8 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
             kind = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
             raise ConfigError(f"{path}.type: {kind} not supported") from None
     lb_policy, choices, hashing = _balancing(cluster, path)
+    if lb_policy in (LbPolicy.RING_HASH, LbPolicy.MAGLEV):
+        _refuse_endpoint_hash_keys(cluster, path)
     endpoints = _endpoints(cluster, path, discovery)
     protocol, idle_timeout_s, max_requests, h2_streams = _protocol(cluster, path)
     connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S
@@ -283,6 +285,19 @@ def _balancing(cluster: cluster_pb2.Cluster, path: str) -> tuple[LbPolicy, int, 
     elif cluster.HasField("maglev_lb_config"):
         hashing = _maglev(cluster.maglev_lb_config, f"{path}.maglev_lb_config")
     return lb_policy, _choices(cluster.least_request_lb_config.choice_count), hashing
+
+
+def _refuse_endpoint_hash_keys(cluster: cluster_pb2.Cluster, path: str) -> None:
+    """Envoy's hashing balancers key a host by its endpoint's `envoy.lb` metadata `hash_key`
+    when it has one; ours key hosts by address only, so such a key is refused, not ignored."""
+    for l_index, locality in enumerate(cluster.load_assignment.endpoints):
+        for e_index, lb_endpoint in enumerate(locality.lb_endpoints):
+            envoy_lb = lb_endpoint.metadata.filter_metadata.get("envoy.lb")
+            if envoy_lb is not None and "hash_key" in envoy_lb.fields:
+                raise ConfigError(
+                    f"{path}.load_assignment.endpoints[{l_index}].lb_endpoints[{e_index}]"
+                    ".metadata.filter_metadata['envoy.lb'].hash_key: not supported yet"
+                )
 
 
 def _ring(config: Message, murmur: bool, path: str) -> HashingSettings:

@@ -149,14 +149,20 @@ def test_no_hash_key_is_a_random_host(balancer: str) -> None:
     assert [first.pick(four) for _ in range(50)] == [second.pick(four) for _ in range(50)]
 
 
-def test_the_table_is_rebuilt_only_for_a_new_host_list() -> None:
+def test_the_table_is_rebuilt_only_when_the_hosts_change() -> None:
     four = hosts(4)
     lb = Maglev(7, random.Random(1))
     lb.pick(four, 1)
     built = lb._table
     lb.pick(four, 2)
+    lb.pick(list(four), 2)  # a new list of the same hosts
     assert lb._table is built
-    lb.pick(list(four), 2)
+    lb.pick(four[::-1], 2)  # another order
+    assert lb._table is not built
+    built = lb._table
+    again = four[::-1]
+    again[0].weight = 3  # a weight changed
+    lb.pick(again, 2)
     assert lb._table is not built
 
 

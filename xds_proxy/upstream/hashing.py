@@ -16,8 +16,9 @@ same host on Envoy and on us:
 
 A request without a hash key gets a random 64-bit hash (Envoy: the balancer then acts as
 random). The ring or table is rebuilt lazily on the first pick after the host list changed:
-the cluster replaces its list of routable hosts on every change, so the list's identity is
-the version. Each build sets Envoy's gauges (`ring_hash_lb.size`, `.min_hashes_per_host`,
+the cluster replaces its list of routable hosts on every change, so a new list is the sign
+(one with the same hosts, in the same order and with the same weights, is not rebuilt). Each
+build sets Envoy's gauges (`ring_hash_lb.size`, `.min_hashes_per_host`,
 `.max_hashes_per_host`; `maglev_lb.min_entries_per_host`, `.max_entries_per_host`).
 """
 
@@ -76,6 +77,33 @@ def murmur_hash2(data: bytes, seed: int = _MURMUR_SEED) -> int:
     return value ^ (value >> 47)
 
 
+class _BuiltFor:
+    """The host list a ring or table was built for: a new list with the same hosts (same
+    objects, order and weights) needs no rebuild."""
+
+    __slots__ = ("_hosts", "_snapshot")
+
+    def __init__(self) -> None:
+        self._hosts: Sequence[HashedHost] | None = None
+        self._snapshot: list[tuple[HashedHost, int]] = []
+
+    def same(self, hosts: Sequence[HashedHost]) -> bool:
+        if hosts is self._hosts:
+            return True
+        snapshot = self._snapshot
+        if len(hosts) != len(snapshot) or any(
+            host is not old or host.weight != weight
+            for host, (old, weight) in zip(hosts, snapshot, strict=True)
+        ):
+            return False
+        self._hosts = hosts
+        return True
+
+    def built(self, hosts: Sequence[HashedHost]) -> None:
+        self._hosts = hosts
+        self._snapshot = [(host, host.weight) for host in hosts]
+
+
 def _normalized(hosts: Sequence[H]) -> list[tuple[H, float]]:
     total = sum(host.weight for host in hosts)
     return [(host, host.weight * 1.0 / total) for host in hosts]
@@ -108,14 +136,14 @@ class RingHash:
         self._max_size = maximum_ring_size
         self._murmur = murmur
         self._rng = rng or random.Random()
-        self._built_for: Sequence[HashedHost] | None = None
+        self._built_for = _BuiltFor()
         self._hashes: list[int] = []
         self._owners: list[HashedHost] = []
 
     def pick(self, hosts: Sequence[H], hash_key: int | None = None) -> H | None:
         if not hosts:
             return None
-        if hosts is not self._built_for:
+        if not self._built_for.same(hosts):
             self._build(hosts)
         if hash_key is None:
             hash_key = self._rng.getrandbits(64)
@@ -126,7 +154,7 @@ class RingHash:
 
     def ring(self, hosts: Sequence[H]) -> list[tuple[int, H]]:
         """The ring for `hosts`, as (hash, host) sorted by hash (for tests and stats)."""
-        if hosts is not self._built_for:
+        if not self._built_for.same(hosts):
             self._build(hosts)
         return list(zip(self._hashes, self._owners, strict=True))  # type: ignore[arg-type]
 
@@ -151,7 +179,7 @@ class RingHash:
         entries.sort(key=lambda entry: (entry[0], entry[1]))
         self._hashes = [entry[0] for entry in entries]
         self._owners = [entry[2] for entry in entries]
-        self._built_for = hosts
+        self._built_for.built(hosts)
         if self._gauges is not None:
             size, fewest, most = self._gauges
             size.set(math.ceil(scale))
@@ -173,13 +201,13 @@ class Maglev:
         self._gauges = gauges
         self._size = table_size
         self._rng = rng or random.Random()
-        self._built_for: Sequence[HashedHost] | None = None
+        self._built_for = _BuiltFor()
         self._table: list[HashedHost] = []
 
     def pick(self, hosts: Sequence[H], hash_key: int | None = None) -> H | None:
         if not hosts:
             return None
-        if hosts is not self._built_for:
+        if not self._built_for.same(hosts):
             self._build(hosts)
         if hash_key is None:
             hash_key = self._rng.getrandbits(64)
@@ -187,7 +215,7 @@ class Maglev:
 
     def table(self, hosts: Sequence[H]) -> list[H]:
         """The lookup table for `hosts` (for tests)."""
-        if hosts is not self._built_for:
+        if not self._built_for.same(hosts):
             self._build(hosts)
         return list(self._table)  # type: ignore[arg-type]
 
@@ -226,7 +254,7 @@ class Maglev:
                 filled += 1
             iteration += 1
         self._table = [owners[i] for i in slots]
-        self._built_for = hosts
+        self._built_for.built(hosts)
         if self._gauges is not None:
             counts = Counter(slots)
             fewest, most = self._gauges

@@ -28,7 +28,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
+from envoy.extensions.load_balancing_policies.maglev.v3 import maglev_pb2
 from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
+from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (
     downstream_connections_pb2,
@@ -61,6 +63,8 @@ UPSTREAM_HTTP_PROTOCOL_OPTIONS = _name(http_protocol_options_pb2.HttpProtocolOpt
 ROUND_ROBIN = _name(round_robin_pb2.RoundRobin)
 LEAST_REQUEST = _name(least_request_pb2.LeastRequest)
 RANDOM = _name(random_pb2.Random)
+RING_HASH = _name(ring_hash_pb2.RingHash)
+MAGLEV = _name(maglev_pb2.Maglev)
 DNS_CLUSTER = _name(dns_cluster_pb2.DnsCluster)
 FILE_ACCESS_LOG = _name(file_pb2.FileAccessLog)
 STDOUT_ACCESS_LOG = _name(stream_pb2.StdoutAccessLog)
@@ -91,6 +95,8 @@ SUPPORTED_LOAD_BALANCING_POLICIES: dict[str, str] = {
     ROUND_ROBIN: "envoy.load_balancing_policies.round_robin",
     LEAST_REQUEST: "envoy.load_balancing_policies.least_request",
     RANDOM: "envoy.load_balancing_policies.random",
+    RING_HASH: "envoy.load_balancing_policies.ring_hash",
+    MAGLEV: "envoy.load_balancing_policies.maglev",
 }
 SUPPORTED_CLUSTER_TYPES: dict[str, str] = {DNS_CLUSTER: "envoy.clusters.dns"}
 SUPPORTED_ACCESS_LOGGERS: dict[str, str] = {
@@ -137,6 +143,8 @@ _CLASSES: dict[str, type[Message]] = {
         round_robin_pb2.RoundRobin,
         least_request_pb2.LeastRequest,
         random_pb2.Random,
+        ring_hash_pb2.RingHash,
+        maglev_pb2.Maglev,
         dns_cluster_pb2.DnsCluster,
         file_pb2.FileAccessLog,
         stream_pb2.StdoutAccessLog,

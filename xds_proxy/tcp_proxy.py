@@ -26,9 +26,11 @@ from xds_proxy.config.tcp_proxy import TcpProxySettings, build_tcp_proxy_setting
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
+from xds_proxy.upstream.connect import limit_buffer
 from xds_proxy.upstream.host import Host
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
+from xds_proxy.xxhash64 import xxhash64
 
 TCP_PROXY_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 # After our FIN at a drain deadline, how long we wait for the peer's before closing anyway.
@@ -94,10 +96,13 @@ async def _open(
 ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
     tls = cluster.config.tls
     if tls is None:
-        return await loop.create_connection(lambda: side, *address)
-    return await loop.create_connection(
-        lambda: side, *address, ssl=tls.context, server_hostname=tls.server_hostname
-    )
+        opened = await loop.create_connection(lambda: side, *address)
+    else:
+        opened = await loop.create_connection(
+            lambda: side, *address, ssl=tls.context, server_hostname=tls.server_hostname
+        )
+    limit_buffer(opened[0], cluster.config.buffer_limit)
+    return opened
 
 
 class _UpstreamSide(asyncio.Protocol):
@@ -246,12 +251,20 @@ class TcpProxyConnection(asyncio.Protocol):
 
     # -- upstream ---------------------------------------------------------------------------
 
+    def _source_ip_hash(self) -> int | None:
+        """`hash_policy` `source_ip`: the client IP's hash, for the hashing balancers."""
+        if not self._config.settings.hash_source_ip or self.downstream is None:
+            return None
+        peer = self.downstream.get_extra_info("peername")
+        return xxhash64(peer[0]) if peer else None
+
     async def _connect(self, cluster: Cluster) -> None:
         loop = asyncio.get_running_loop()
         stats = cluster.stats
         attempts = self._config.settings.max_connect_attempts
+        hash_key = self._source_ip_hash()
         for _attempt in range(attempts):
-            host = cluster.pick_host()
+            host = cluster.pick_host(hash_key)
             if host is None:
                 stats.upstream_cx_none_healthy.inc()
                 break

@@ -799,8 +799,8 @@ SOURCE = "dynamic_resources.lds_config.api_config_source"
             "static_resources.clusters[0].name: must not be empty",
         ),
         (
-            lambda d: d["static_resources"]["clusters"][0].update(lb_policy="RING_HASH"),
-            "static_resources.clusters[0].lb_policy: RING_HASH not supported",
+            lambda d: d["static_resources"]["clusters"][0].update(lb_policy="CLUSTER_PROVIDED"),
+            "static_resources.clusters[0].lb_policy: CLUSTER_PROVIDED not supported",
         ),
         (
             lambda d: d["static_resources"]["clusters"].append(

@@ -184,7 +184,13 @@ ROOTS = (
             ("cluster_type", (extensions.DNS_CLUSTER,)),
             (
                 "load_balancing_policy",
-                (extensions.LEAST_REQUEST, extensions.RANDOM, extensions.ROUND_ROBIN),
+                (
+                    extensions.LEAST_REQUEST,
+                    extensions.RANDOM,
+                    extensions.ROUND_ROBIN,
+                    extensions.RING_HASH,
+                    extensions.MAGLEV,
+                ),
             ),
         ),
     ),
@@ -307,6 +313,11 @@ TEMPLATES: dict[str, dict] = {
         "retriable_statuses": [{"start": 500, "end": 600}],
     },
     "envoy.config.core.v3.TypedExtensionConfig": {"name": "policy"},
+    "envoy.config.route.v3.RouteAction.HashPolicy": {"header": {"header_name": "x-h"}},
+    "envoy.config.route.v3.RouteAction.HashPolicy.Header": {"header_name": "x-h"},
+    "envoy.config.route.v3.RouteAction.HashPolicy.Cookie": {"name": "c"},
+    "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute": {"name": "SameSite"},
+    "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter": {"name": "q"},
 }
 
 # Values for fields whose generated values the PGV rules refuse or that need a real thing (a
@@ -352,6 +363,9 @@ EXAMPLES: dict[str, list[Any]] = {
     "text_format_source.inline_bytes": [base64.b64encode(b"%RESPONSE_CODE%\n").decode()],
     "text_format_source.filename": [],  # written by the _files fixture
     "response_flag_filter.flags": [["UF"]],
+    "minimum_ring_size": [64],
+    "maximum_ring_size": [4096],
+    "table_size": [1031],
 }
 
 # Accepted fields whose value changes nothing a builder produces, with the reason. By root and
@@ -991,6 +1005,15 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _LISTENER + "FilterChainMatch.application_protocols": "listener/filter_chain.py",
     _LISTENER + "Filter.name": "network_filters.py (in error lines; the @type picks the filter)",
     _LISTENER + "Filter.typed_config": "network_filters.py (the hcm, tcp_proxy, ... roots)",
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.consistent_hashing_lb_config": (
+        "no effect: accepted empty (as control planes send it); its fields are not built yet"
+    ),
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash.consistent_hashing_lb_config": (
+        "no effect: accepted empty (as control planes send it); its fields are not built yet"
+    ),
+    "envoy.extensions.load_balancing_policies.maglev.v3.Maglev.consistent_hashing_lb_config": (
+        "no effect: accepted empty (as control planes send it); its fields are not built yet"
+    ),
 }
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.extensions.load_balancing_policies.maglev.v3 import (  # noqa: F401 - parses @type
-    maglev_pb2,
+from envoy.extensions.load_balancing_policies.cluster_provided.v3 import (  # noqa: F401 - @type
+    cluster_provided_pb2,
 )
 from google.protobuf import json_format
 
@@ -47,6 +47,13 @@ def test_static_defaults() -> None:
     assert config.circuit_breakers == CircuitBreakers(1024, 1024, 1024)
     assert config.idle_timeout_s == 3600.0
     assert config.dns_family is DnsFamily.AUTO
+
+
+@pytest.mark.parametrize(("value", "limit"), [(None, 1 << 20), (4096, 4096), (0, 1 << 20)])
+def test_per_connection_buffer_limit(value: int | None, limit: int) -> None:
+    """Envoy's 0 (no limit) keeps the 1 MiB default, as on listeners."""
+    fields = {} if value is None else {"per_connection_buffer_limit_bytes": value}
+    assert build(cluster_dict("web", [80], **fields)).buffer_limit == limit
 
 
 def test_connect_timeout_default_is_five_seconds() -> None:
@@ -144,7 +151,10 @@ def test_dns_types_take_host_names() -> None:
             r"^clusters\[0\]\.load_assignment\.endpoints\[0\]\.lb_endpoints\[0\]\.endpoint"
             r"\.address\.socket_address\.address: malformed IP address: not-an-ip$",
         ),
-        ({"lb_policy": "RING_HASH"}, r"^clusters\[0\]\.lb_policy: RING_HASH not supported$"),
+        (
+            {"lb_policy": "CLUSTER_PROVIDED"},
+            r"^clusters\[0\]\.lb_policy: CLUSTER_PROVIDED not supported$",
+        ),
         ({"type": "EDS"}, r"^clusters\[0\]\.type: EDS not supported$"),
         ({"cleanup_interval": "1s"}, r"^clusters\[0\]\.cleanup_interval: not supported$"),
         (
@@ -258,8 +268,8 @@ def test_policy_fields_not_built_are_refused(fields: dict, message: str) -> None
 
 
 def test_an_unknown_policy_is_refused() -> None:
-    document = _with_policies({"@type": LB_POLICY_TYPE + "maglev.v3.Maglev"})
-    with pytest.raises(ConfigError, match=r"typed_config: @type '.*Maglev' not supported"):
+    document = _with_policies({"@type": LB_POLICY_TYPE + "cluster_provided.v3.ClusterProvided"})
+    with pytest.raises(ConfigError, match=r"typed_config: @type '.*ClusterProvided' not supported"):
         build(document)
 
 

@@ -20,6 +20,7 @@ from xds_proxy.upstream.manager import ClusterManager
 class FakeHost:
     name: str
     active_requests: int = 0
+    weight: int = 1
 
 
 HOSTS = [FakeHost("a"), FakeHost("b"), FakeHost("c")]
@@ -110,7 +111,44 @@ def test_manager_refuses_a_bad_cluster_and_keeps_the_old_one() -> None:
     manager.add_or_update(cluster_message("web", [1]))
     old = manager.get("web")
     bad = cluster_message("web", [1])
-    bad.lb_policy = bad.RING_HASH
-    with pytest.raises(ConfigError, match=r"^c\.lb_policy: RING_HASH not supported$"):
+    bad.lb_policy = bad.CLUSTER_PROVIDED
+    with pytest.raises(ConfigError, match=r"^c\.lb_policy: CLUSTER_PROVIDED not supported$"):
         manager.add_or_update(bad, "c")
     assert manager.get("web") is old
+
+
+def test_round_robin_by_weight_is_earliest_deadline_first() -> None:
+    weighted = [FakeHost("a", weight=1), FakeHost("b", weight=2), FakeHost("c", weight=5)]
+    lb = RoundRobin(random.Random(4))
+    picks = [lb.pick(weighted).name for _ in range(80)]  # type: ignore[union-attr]
+    # The schedule repeats every 8 picks (the weights' sum): 80 picks are 10 rounds.
+    assert Counter(picks) == {"a": 10, "b": 20, "c": 50}
+    # The heaviest host is never picked three times more than its share in a row.
+    assert "ccccccc" not in "".join(picks)
+    # Equal weights: strict rotation again (a new host list).
+    equal = [FakeHost("a", weight=3), FakeHost("b", weight=3)]
+    rotation = [lb.pick(equal).name for _ in range(6)]  # type: ignore[union-attr]
+    assert rotation in (["a", "b"] * 3, ["b", "a"] * 3)
+
+
+def test_weighted_schedules_start_at_random_points() -> None:
+    weighted = [FakeHost("a", weight=1), FakeHost("b", weight=2), FakeHost("c", weight=3)]
+    firsts = {
+        "".join(RoundRobin(random.Random(seed)).pick(weighted).name for _ in range(3))  # type: ignore[union-attr]
+        for seed in range(20)
+    }
+    assert len(firsts) > 1
+
+
+def test_least_request_by_weight_divides_by_active_requests() -> None:
+    light = FakeHost("light", weight=1)
+    heavy = FakeHost("heavy", weight=4, active_requests=0)
+    lb = LeastRequest(2, random.Random(2))
+    both = [light, heavy]  # (the cluster keeps one list until its hosts change)
+    counts = Counter(lb.pick(both).name for _ in range(500))  # type: ignore[union-attr]
+    assert counts == {"light": 100, "heavy": 400}
+    # Loaded with 7 requests, the heavy host's weight is 4 / 8: the light one takes more.
+    heavy.active_requests = 7
+    hosts = [light, heavy]  # a new list: a new schedule
+    counts = Counter(lb.pick(hosts).name for _ in range(300))  # type: ignore[union-attr]
+    assert counts == {"light": 200, "heavy": 100}

@@ -188,8 +188,11 @@ def test_tcp_proxy_fields_are_checked() -> None:
     assert check_listener(listener) == []
     proxy.hash_policy.add().source_ip.SetInParent()
     listener.filter_chains[0].filters[0].typed_config.Pack(proxy)
+    assert check_listener(listener) == []
+    proxy.on_demand.SetInParent()
+    listener.filter_chains[0].filters[0].typed_config.Pack(proxy)
     assert check_listener(listener) == [
-        "filter_chains[0].filters[0].typed_config.hash_policy: not supported"
+        "filter_chains[0].filters[0].typed_config.on_demand: not supported"
     ]
 
 

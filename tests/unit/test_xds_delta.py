@@ -16,7 +16,7 @@ from xds_proxy.xds.decode import LISTENER_TYPE_URL, decode_delta_listeners
 from xds_proxy.xds.delta import DeltaSubscription
 from xds_proxy.xds.sotw import MAX_ERROR_MESSAGE_BYTES, SubscriptionStats
 from xds_proxy.xds.ttl import TtlTracker
-from xds_proxy.xds.xxhash64 import xxhash64
+from xds_proxy.xxhash64 import xxhash64
 
 P = "listener_manager.lds."
 NODE = base_pb2.Node(id="node-1", cluster="cluster-1")

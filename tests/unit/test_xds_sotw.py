@@ -16,7 +16,7 @@ from xds_proxy.xds.sotw import (
     SubscriptionStats,
     truncate_error_message,
 )
-from xds_proxy.xds.xxhash64 import xxhash64
+from xds_proxy.xxhash64 import xxhash64
 
 P = "listener_manager.lds."
 NODE = base_pb2.Node(id="node-1", cluster="cluster-1")

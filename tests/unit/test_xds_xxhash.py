@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xds_proxy.xds.xxhash64 import xxhash64
+from xds_proxy.xxhash64 import xxhash64
 
 
 @pytest.mark.parametrize(

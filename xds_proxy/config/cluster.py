@@ -18,6 +18,8 @@ from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.clusters.common.dns.v3 import dns_pb2
 from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
+from envoy.extensions.load_balancing_policies.maglev.v3 import maglev_pb2
+from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
@@ -45,6 +47,9 @@ DEFAULT_H2_MAX_CONCURRENT_STREAMS = 2**31 - 1
 DEFAULT_LEAST_REQUEST_CHOICES = 2
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
 DEFAULT_HEALTHY_PANIC_THRESHOLD = 50.0
+DEFAULT_MIN_RING_SIZE = 1024
+DEFAULT_MAX_RING_SIZE = 8 * 1024 * 1024
+DEFAULT_MAGLEV_TABLE_SIZE = 65537  # the Maglev paper's recommended (prime) size
 
 
 class DiscoveryType(enum.Enum):
@@ -57,6 +62,8 @@ class LbPolicy(enum.Enum):
     ROUND_ROBIN = cluster_pb2.Cluster.ROUND_ROBIN
     LEAST_REQUEST = cluster_pb2.Cluster.LEAST_REQUEST
     RANDOM = cluster_pb2.Cluster.RANDOM
+    RING_HASH = cluster_pb2.Cluster.RING_HASH
+    MAGLEV = cluster_pb2.Cluster.MAGLEV
 
 
 class UpstreamProtocol(enum.Enum):
@@ -96,6 +103,16 @@ class CircuitBreakers:
 
 
 @dataclass(frozen=True, slots=True)
+class HashingSettings:
+    """The ring hash and Maglev balancers' settings (Envoy's defaults)."""
+
+    minimum_ring_size: int = DEFAULT_MIN_RING_SIZE
+    maximum_ring_size: int = DEFAULT_MAX_RING_SIZE
+    murmur_hash_2: bool = False  # the ring's hash function: MURMUR_HASH_2, else XX_HASH
+    maglev_table_size: int = DEFAULT_MAGLEV_TABLE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
     discovery: DiscoveryType
@@ -103,6 +120,7 @@ class ClusterConfig:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
     least_request_choices: int = DEFAULT_LEAST_REQUEST_CHOICES
+    hashing: HashingSettings = HashingSettings()
     protocol: UpstreamProtocol = UpstreamProtocol.HTTP1
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     dns_family: DnsFamily = DnsFamily.AUTO
@@ -145,7 +163,9 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         except ValueError:
             kind = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
             raise ConfigError(f"{path}.type: {kind} not supported") from None
-    lb_policy, choices = _balancing(cluster, path)
+    lb_policy, choices, hashing = _balancing(cluster, path)
+    if lb_policy in (LbPolicy.RING_HASH, LbPolicy.MAGLEV):
+        _refuse_endpoint_hash_keys(cluster, path)
     endpoints = _endpoints(cluster, path, discovery)
     protocol, idle_timeout_s, max_requests, h2_streams = _protocol(cluster, path)
     connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S
@@ -154,7 +174,8 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
     dns_family, dns_refresh_s, dns_jitter_s = _dns_settings(cluster, dns)
     buffer_limit = DEFAULT_BUFFER_LIMIT
     if cluster.HasField("per_connection_buffer_limit_bytes"):
-        buffer_limit = cluster.per_connection_buffer_limit_bytes.value
+        # Envoy's 0 (no limit) keeps the default here, as on listeners.
+        buffer_limit = cluster.per_connection_buffer_limit_bytes.value or DEFAULT_BUFFER_LIMIT
     if cluster.max_requests_per_connection.value:
         max_requests = cluster.max_requests_per_connection.value
     tls = None
@@ -167,6 +188,7 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         connect_timeout_s=connect_timeout_s,
         lb_policy=lb_policy,
         least_request_choices=choices,
+        hashing=hashing,
         protocol=protocol,
         circuit_breakers=_circuit_breakers(cluster, path),
         dns_family=dns_family,
@@ -245,26 +267,101 @@ def _dns_settings(
     return DnsFamily(cluster.dns_lookup_family), refresh, 0.0
 
 
-def _balancing(cluster: cluster_pb2.Cluster, path: str) -> tuple[LbPolicy, int]:
-    """(policy, least-request choices). `load_balancing_policy` wins over `lb_policy`; of its
-    list, Envoy uses the first policy it knows, and the gate lets only known ones through."""
+def _balancing(cluster: cluster_pb2.Cluster, path: str) -> tuple[LbPolicy, int, HashingSettings]:
+    """(policy, least-request choices, hashing settings). `load_balancing_policy` wins over
+    `lb_policy`; of its list, Envoy uses the first policy it knows, and the gate lets only
+    known ones through."""
     policies = cluster.load_balancing_policy.policies
+    choices = DEFAULT_LEAST_REQUEST_CHOICES
     if policies:
         typed_config = policies[0].typed_extension_config.typed_config
+        policy_path = (
+            f"{path}.load_balancing_policy.policies[0].typed_extension_config.typed_config"
+        )
         kind = extensions.type_name(typed_config.type_url)
         if kind == extensions.LEAST_REQUEST:
             least_request = least_request_pb2.LeastRequest()
             typed_config.Unpack(least_request)
-            return LbPolicy.LEAST_REQUEST, _choices(least_request.choice_count)
+            return LbPolicy.LEAST_REQUEST, _choices(least_request.choice_count), HashingSettings()
         if kind == extensions.RANDOM:
-            return LbPolicy.RANDOM, DEFAULT_LEAST_REQUEST_CHOICES
-        return LbPolicy.ROUND_ROBIN, DEFAULT_LEAST_REQUEST_CHOICES
+            return LbPolicy.RANDOM, choices, HashingSettings()
+        if kind == extensions.RING_HASH:
+            ring_hash = ring_hash_pb2.RingHash()
+            typed_config.Unpack(ring_hash)
+            murmur = ring_hash.hash_function == ring_hash_pb2.RingHash.MURMUR_HASH_2
+            return LbPolicy.RING_HASH, choices, _ring(ring_hash, murmur, policy_path)
+        if kind == extensions.MAGLEV:
+            maglev = maglev_pb2.Maglev()
+            typed_config.Unpack(maglev)
+            return LbPolicy.MAGLEV, choices, _maglev(maglev, policy_path)
+        return LbPolicy.ROUND_ROBIN, choices, HashingSettings()
+    if cluster.lb_policy == cluster_pb2.Cluster.LOAD_BALANCING_POLICY_CONFIG:
+        raise ConfigError(f"{path}: field load_balancing_policy need to be set")
     try:
         lb_policy = LbPolicy(cluster.lb_policy)
     except ValueError:
         kind = cluster_pb2.Cluster.LbPolicy.Name(cluster.lb_policy)
         raise ConfigError(f"{path}.lb_policy: {kind} not supported") from None
-    return lb_policy, _choices(cluster.least_request_lb_config.choice_count)
+    # `lb_config` is a oneof: at most one of these is set (read whatever the policy).
+    hashing = HashingSettings()
+    if cluster.HasField("ring_hash_lb_config"):
+        config = cluster.ring_hash_lb_config
+        murmur = config.hash_function == cluster_pb2.Cluster.RingHashLbConfig.MURMUR_HASH_2
+        hashing = _ring(config, murmur, f"{path}.ring_hash_lb_config")
+    elif cluster.HasField("maglev_lb_config"):
+        hashing = _maglev(cluster.maglev_lb_config, f"{path}.maglev_lb_config")
+    return lb_policy, _choices(cluster.least_request_lb_config.choice_count), hashing
+
+
+def _refuse_endpoint_hash_keys(cluster: cluster_pb2.Cluster, path: str) -> None:
+    """Envoy's hashing balancers key a host by its endpoint's `envoy.lb` metadata `hash_key`
+    when it has one; ours key hosts by address only, so such a key is refused, not ignored."""
+    for l_index, locality in enumerate(cluster.load_assignment.endpoints):
+        for e_index, lb_endpoint in enumerate(locality.lb_endpoints):
+            envoy_lb = lb_endpoint.metadata.filter_metadata.get("envoy.lb")
+            if envoy_lb is not None and "hash_key" in envoy_lb.fields:
+                raise ConfigError(
+                    f"{path}.load_assignment.endpoints[{l_index}].lb_endpoints[{e_index}]"
+                    ".metadata.filter_metadata['envoy.lb'].hash_key: not supported yet"
+                )
+
+
+def _ring(config: Message, murmur: bool, path: str) -> HashingSettings:
+    """A `RingHashLbConfig` or `RingHash` extension (the same two size fields)."""
+    minimum = DEFAULT_MIN_RING_SIZE
+    maximum = DEFAULT_MAX_RING_SIZE
+    if config.HasField("minimum_ring_size"):
+        minimum = config.minimum_ring_size.value  # type: ignore[attr-defined]
+    if config.HasField("maximum_ring_size"):
+        maximum = config.maximum_ring_size.value  # type: ignore[attr-defined]
+    if minimum > maximum:
+        raise ConfigError(
+            f"{path}: ring hash: minimum_ring_size ({minimum}) > maximum_ring_size ({maximum})"
+        )
+    return HashingSettings(
+        minimum_ring_size=minimum, maximum_ring_size=maximum, murmur_hash_2=murmur
+    )
+
+
+def _maglev(config: Message, path: str) -> HashingSettings:
+    """A `MaglevLbConfig` or `Maglev` extension: `table_size`, which must be prime."""
+    size = DEFAULT_MAGLEV_TABLE_SIZE
+    if config.HasField("table_size"):
+        size = config.table_size.value  # type: ignore[attr-defined]
+    if not _is_prime(size):
+        raise ConfigError(f"{path}.table_size: The table size of maglev must be prime number")
+    return HashingSettings(maglev_table_size=size)
+
+
+def _is_prime(number: int) -> bool:
+    if number < 2:
+        return False
+    divisor = 2
+    while divisor * divisor <= number:
+        if number % divisor == 0:
+            return False
+        divisor += 1
+    return True
 
 
 def _choices(choice_count: Message) -> int:

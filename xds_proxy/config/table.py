@@ -46,6 +46,11 @@ _TLS_CERTIFICATES = Supported(
 )
 _TLS_VALIDATION = Supported({"trusted_ca": _TLS_DATA_SOURCE})
 _NO_MAX_DURATIONS = NotYet("connection and stream lifetimes are not enforced")
+# A DNS answer's TTL as the refresh interval (docs/balancing.md says why not yet).
+_DNS_TTL = NotYet("the system resolver does not report TTLs")
+# The consistent-hashing options of the ring hash and Maglev balancers.
+_HOSTNAME_HASHING = NotYet("hosts are hashed by their address")
+_BOUNDED_LOAD = NotYet("no bounded-load consistent hashing")
 
 # What a cluster (upstream) reads of the protocol option messages it shares with the HCM.
 _CLUSTER_HTTP1 = Supported({})  # the upstream HTTP/1.1 client has no options
@@ -337,7 +342,29 @@ TABLE: dict[str, dict[str, Rule]] = {
         "prefix_rewrite": OK,
         "host_rewrite_literal": OK,
         "timeout": OK,
+        "hash_policy": OK,  # config/hash_policy.py, for the ring hash and Maglev balancers
     },
+    _ROUTE + "RouteAction.HashPolicy": {
+        "header": OK,
+        "cookie": OK,
+        "connection_properties": OK,
+        "query_parameter": OK,
+        "filter_state": NotYet("no filter state objects are set"),
+        "terminal": OK,
+    },
+    _ROUTE + "RouteAction.HashPolicy.Header": {
+        "header_name": OK,
+        "regex_rewrite": NotYet("header values are hashed as they are"),
+    },
+    _ROUTE + "RouteAction.HashPolicy.Cookie": {
+        "name": OK,
+        "ttl": OK,  # a request without the cookie gets one (set-cookie)
+        "path": OK,
+        "attributes": OK,
+    },
+    _ROUTE + "RouteAction.HashPolicy.CookieAttribute": {"name": OK, "value": OK},
+    _ROUTE + "RouteAction.HashPolicy.ConnectionProperties": {"source_ip": OK},
+    _ROUTE + "RouteAction.HashPolicy.QueryParameter": {"name": OK},
     _ROUTE + "WeightedCluster": {"clusters": OK, "total_weight": OK},
     _ROUTE + "WeightedCluster.ClusterWeight": {"name": OK, "weight": OK},
     _CORE + "HeaderValueOption": {
@@ -354,7 +381,13 @@ TABLE: dict[str, dict[str, Rule]] = {
         "idle_timeout": OK,
         "max_connect_attempts": OK,
         "access_log": OK,  # config/access_log.py
+        "hash_policy": OK,  # source_ip, for the ring hash and Maglev balancers
     },
+    "envoy.type.v3.HashPolicy": {
+        "source_ip": OK,
+        "filter_state": NotYet("no filter state objects are set"),
+    },
+    "envoy.type.v3.HashPolicy.SourceIp": {},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": {"clusters": OK},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": {
         "name": OK,
@@ -411,8 +444,19 @@ TABLE: dict[str, dict[str, Rule]] = {
         "http2_protocol_options": _CLUSTER_HTTP2,
         "transport_socket": OK,  # UpstreamTlsContext (config/tls.py)
         "cluster_type": OK,  # envoy.clusters.dns
-        "lb_policy": Values({"ROUND_ROBIN": OK, "LEAST_REQUEST": OK, "RANDOM": OK}),
+        "lb_policy": Values(
+            {
+                "ROUND_ROBIN": OK,
+                "LEAST_REQUEST": OK,
+                "RANDOM": OK,
+                "RING_HASH": OK,
+                "MAGLEV": OK,
+                "LOAD_BALANCING_POLICY_CONFIG": OK,  # with load_balancing_policy (as Envoy)
+            }
+        ),
         "least_request_lb_config": OK,
+        "ring_hash_lb_config": OK,
+        "maglev_lb_config": OK,
         "load_balancing_policy": OK,
         "common_lb_config": OK,
         "health_checks": OK,  # active HTTP and TCP checks (upstream/health_check.py)
@@ -420,6 +464,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "circuit_breakers": OK,
         "dns_lookup_family": OK,
         "dns_refresh_rate": OK,
+        "respect_dns_ttl": _DNS_TTL,
         "http_protocol_options": _CLUSTER_HTTP1,
         "common_http_protocol_options": _CLUSTER_COMMON_HTTP,
         "per_connection_buffer_limit_bytes": OK,
@@ -439,9 +484,20 @@ TABLE: dict[str, dict[str, Rule]] = {
         "track_remaining": OK,  # circuit_breakers.default.remaining_* gauges
     },
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": {"choice_count": OK},
+    "envoy.config.cluster.v3.Cluster.RingHashLbConfig": {
+        "minimum_ring_size": OK,
+        "maximum_ring_size": OK,
+        "hash_function": Values({"XX_HASH": OK, "MURMUR_HASH_2": OK}),
+    },
+    "envoy.config.cluster.v3.Cluster.MaglevLbConfig": {"table_size": OK},
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig": {
+        "use_hostname_for_hashing": _HOSTNAME_HASHING,
+        "hash_balance_factor": _BOUNDED_LOAD,
+    },
     "envoy.config.cluster.v3.Cluster.CommonLbConfig": {
         "healthy_panic_threshold": OK,
         "locality_weighted_lb_config": NotYet("locality weights are not read yet"),
+        "consistent_hashing_lb_config": OK,  # (an empty one: its fields are not built)
     },
     "envoy.type.v3.Percent": {"value": OK},
     "envoy.config.cluster.v3.OutlierDetection": {
@@ -525,7 +581,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "dns_jitter": OK,
         "dns_lookup_family": OK,
         "all_addresses_in_single_endpoint": OK,
-        "respect_dns_ttl": NotYet("the system resolver does not report TTLs"),
+        "respect_dns_ttl": _DNS_TTL,
         "dns_failure_refresh_rate": NotYet("a failed lookup is retried at dns_refresh_rate"),
         "typed_dns_resolver_config": NotYet("the system resolver is the only resolver"),
     },
@@ -541,7 +597,7 @@ TABLE: dict[str, dict[str, Rule]] = {
     },
     "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest": {
         "choice_count": OK,
-        "active_request_bias": NotYet("hosts have no weights yet"),
+        "active_request_bias": NotYet("weighted hosts use Envoy's default bias, 1.0"),
         "slow_start_config": NotYet("no slow start"),
         "locality_lb_config": NotYet("locality weights are not read yet"),
         "enable_full_scan": NotYet("only the random choices of `choice_count`"),
@@ -549,6 +605,25 @@ TABLE: dict[str, dict[str, Rule]] = {
     },
     "envoy.extensions.load_balancing_policies.random.v3.Random": {
         "locality_lb_config": NotYet("locality weights are not read yet"),
+    },
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash": {
+        "hash_function": Values({"XX_HASH": OK, "MURMUR_HASH_2": OK}),
+        "minimum_ring_size": OK,
+        "maximum_ring_size": OK,
+        "use_hostname_for_hashing": _HOSTNAME_HASHING,
+        "hash_balance_factor": _BOUNDED_LOAD,
+        "consistent_hashing_lb_config": OK,  # (an empty one: its fields are not built)
+        "locality_weighted_lb_config": NotYet("locality weights are not read yet"),
+    },
+    "envoy.extensions.load_balancing_policies.maglev.v3.Maglev": {
+        "table_size": OK,
+        "consistent_hashing_lb_config": OK,  # (an empty one: its fields are not built)
+        "locality_weighted_lb_config": NotYet("locality weights are not read yet"),
+    },
+    "envoy.extensions.load_balancing_policies.common.v3.ConsistentHashingLbConfig": {
+        "use_hostname_for_hashing": _HOSTNAME_HASHING,
+        "hash_balance_factor": _BOUNDED_LOAD,
+        "hash_policy": NotYet("the route's hash_policy is the only hash policy"),
     },
     # --- TLS to upstream hosts and to the xDS server (a cluster's transport_socket)
     _TLS + "UpstreamTlsContext": {

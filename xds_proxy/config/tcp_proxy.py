@@ -21,6 +21,8 @@ class TcpProxySettings:
     idle_timeout_s: float | None  # None: no idle timeout
     max_connect_attempts: int
     access_logs: tuple[AccessLogSpec, ...] = ()
+    # `hash_policy` `source_ip`: the ring hash and Maglev balancers hash the client's IP.
+    hash_source_ip: bool = False
 
 
 def build_tcp_proxy_settings(
@@ -39,4 +41,8 @@ def build_tcp_proxy_settings(
     if message.HasField("max_connect_attempts"):
         attempts = message.max_connect_attempts.value
     access_logs = build_access_logs(message.access_log, f"{path}.access_log")
-    return TcpProxySettings(message.stat_prefix, clusters, idle_timeout_s, attempts, access_logs)
+    # Envoy reads the first policy only (the field allows at most one, PGV).
+    hash_source_ip = bool(message.hash_policy) and message.hash_policy[0].HasField("source_ip")
+    return TcpProxySettings(
+        message.stat_prefix, clusters, idle_timeout_s, attempts, access_logs, hash_source_ip
+    )

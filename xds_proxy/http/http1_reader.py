@@ -442,6 +442,8 @@ class Http1RequestReader:
             host,
             self._raw_headers or [],
             peer[0] if peer else "",
+            peer=peer,
+            local=transport.get_extra_info("sockname") if transport else None,
         )
         if self._record is not None:
             exchange.log_to(self._record, config.access_log)

@@ -380,6 +380,8 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
             headers,
             peer[0] if peer else "",
             http2=True,
+            peer=peer,
+            local=self.transport.get_extra_info("sockname") if self.transport else None,
         )
         config = self._config
         exchange.start(

@@ -25,6 +25,7 @@ from xds_proxy.config.cluster import (
     LbPolicy,
     UpstreamProtocol,
 )
+from xds_proxy.upstream.hashing import Maglev, RingHash
 from xds_proxy.upstream.health_check import HealthChecker
 from xds_proxy.upstream.host import Host, Resources
 from xds_proxy.upstream.http1_pool import Http1Pool
@@ -72,7 +73,7 @@ class Cluster:
         warms = config.discovery is not DiscoveryType.STATIC or bool(config.health_checks)
         self.resolved = asyncio.Event() if warms else None
         self._rng = rng or random.Random()
-        self.lb: LoadBalancer = _load_balancer(config, self._rng)
+        self.lb: LoadBalancer = _load_balancer(config, self._rng, stats)
         self._health_checker = (
             HealthChecker(
                 config.stat_name,
@@ -210,10 +211,12 @@ class Cluster:
         self._panic = bool(self.hosts) and min(100.0, share * _OVERPROVISIONING) < threshold
         self._routable = self.hosts if self._panic else healthy
 
-    def pick_host(self) -> Host | None:
+    def pick_host(self, hash_key: int | None = None) -> Host | None:
+        """The balancer's host; `hash_key` is the request's hash (route `hash_policy`), used
+        by the hashing balancers (none: a random one, as Envoy)."""
         if self._panic:
             self.stats.lb_healthy_panic.value += 1
-        return self.lb.pick(self._routable)
+        return self.lb.pick(self._routable, hash_key)
 
     # -- HTTP streams -----------------------------------------------------------------------
 
@@ -223,11 +226,12 @@ class Cluster:
         handler: ResponseHandler,
         end_stream: bool,
         downstream_http2: bool = False,
+        hash_key: int | None = None,
     ) -> UpstreamStream | None:
         """Start a request to a host chosen by the load balancer. None: no host at all (the
         router answers 503 `no healthy upstream`). Failures after this (connect errors,
         overflow, resets) arrive as `handler.on_reset(reason)`, never synchronously."""
-        host = self.pick_host()
+        host = self.pick_host(hash_key)
         if host is None:
             self.stats.upstream_cx_none_healthy.value += 1
             return None
@@ -329,7 +333,30 @@ async def resolve_endpoint(
     return found or None
 
 
-def _load_balancer(config: ClusterConfig, rng: random.Random) -> LoadBalancer:
+def _load_balancer(config: ClusterConfig, rng: random.Random, stats: Stats) -> LoadBalancer:
+    hashing = config.hashing
+    base = f"cluster.{config.name}."
+    if config.lb_policy is LbPolicy.RING_HASH:
+        ring = base + "ring_hash_lb."
+        gauges = (
+            stats.gauge(ring + "size"),
+            stats.gauge(ring + "min_hashes_per_host"),
+            stats.gauge(ring + "max_hashes_per_host"),
+        )
+        return RingHash(
+            hashing.minimum_ring_size,
+            hashing.maximum_ring_size,
+            hashing.murmur_hash_2,
+            rng,
+            gauges,
+        )
+    if config.lb_policy is LbPolicy.MAGLEV:
+        table = base + "maglev_lb."
+        maglev_gauges = (
+            stats.gauge(table + "min_entries_per_host"),
+            stats.gauge(table + "max_entries_per_host"),
+        )
+        return Maglev(hashing.maglev_table_size, rng, maglev_gauges)
     if config.lb_policy is LbPolicy.LEAST_REQUEST:
         return LeastRequest(config.least_request_choices, rng)
     if config.lb_policy is LbPolicy.RANDOM:

@@ -21,11 +21,11 @@ async def open_connection(cluster: PoolOwner, host: Host, conn: asyncio.Protocol
     try:
         async with asyncio.timeout(config.connect_timeout_s):
             if tls is None:
-                await loop.create_connection(
+                transport, _ = await loop.create_connection(
                     lambda: conn, ip, port, local_addr=config.source_address
                 )
             else:
-                await loop.create_connection(
+                transport, _ = await loop.create_connection(
                     lambda: conn,
                     ip,
                     port,
@@ -40,4 +40,11 @@ async def open_connection(cluster: PoolOwner, host: Host, conn: asyncio.Protocol
         reason = error.strerror or "unknown"
         host.last_connect_error = "delayed_connect_error:_" + reason.replace(" ", "_")
         return CONNECTION_FAILURE
+    limit_buffer(transport, cluster.config.buffer_limit)
     return None
+
+
+def limit_buffer(transport: asyncio.BaseTransport, limit: int) -> None:
+    """The cluster's `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB): past it the
+    connection's writer is paused (the pools then pause the downstream request body)."""
+    transport.set_write_buffer_limits(high=limit, low=limit // 2)  # type: ignore[attr-defined]

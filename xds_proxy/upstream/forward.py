@@ -1,7 +1,8 @@
 """Forwarding a request to a cluster: the route's `route` action and one exchange per request.
 
 `ForwardAction` is built once per route from a `RouteAction` (cluster or weighted clusters,
-`prefix_rewrite`, `host_rewrite_literal`, `timeout`, `cluster_not_found_response_code`).
+`prefix_rewrite`, `host_rewrite_literal`, `timeout`, `cluster_not_found_response_code`,
+`hash_policy`: the request's hash for the hashing balancers, hash_policy.py).
 `Exchange` carries one request from a downstream codec to an upstream stream and the response
 back, doing what Envoy's connection manager and router do to the headers on the way
 (hop-by-hop removal, `x-forwarded-proto`, `x-forwarded-for`, `x-request-id`,
@@ -29,10 +30,12 @@ from google.protobuf.message import Message
 from xds_proxy.access_log import AccessLog
 from xds_proxy.access_log.record import LogRecord, format_address
 from xds_proxy.codec.responses import HTTP_DATE
+from xds_proxy.config.hash_policy import HashMethod, build_hash_policy
 from xds_proxy.config.hcm import ProxyPolicy
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
+from xds_proxy.upstream.hash_policy import address_text, request_hash
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
 from xds_proxy.upstream.stream import (
@@ -196,6 +199,7 @@ class ForwardAction:
 
     __slots__ = (
         "clusters",
+        "hash_policy",
         "host_rewrite",
         "mutations",
         "not_found_status",
@@ -232,6 +236,9 @@ class ForwardAction:
         self.timeout_s: float | None = DEFAULT_ROUTE_TIMEOUT_S
         if action.HasField("timeout"):
             self.timeout_s = duration_seconds(action.timeout) or None
+        self.hash_policy: tuple[HashMethod, ...] = build_hash_policy(
+            action.hash_policy, f"{path}.hash_policy"
+        )
         self.mutations: tuple[HeaderMutations, ...] = ()
         self.route_name = ""  # the route's name (access logs' ROUTE_NAME)
 
@@ -276,6 +283,9 @@ class DownstreamRequest:
     remote_ip: str = ""
     scheme: bytes = b"http"
     http2: bool = False  # came in over HTTP/2 (`use_downstream_protocol_config`)
+    # The connection's socket addresses (a hash policy's generated cookie is made of them).
+    peer: tuple | None = None
+    local: tuple | None = None
 
 
 class DownstreamSink(Protocol):
@@ -330,6 +340,7 @@ class Exchange(ResponseHandler):
         "_mutations",
         "_record",
         "_request_ended",
+        "_set_cookie",
         "_sink",
         "_started_at",
         "_stream",
@@ -351,6 +362,7 @@ class Exchange(ResponseHandler):
         self._record: LogRecord | None = None
         self._access_log: AccessLog | None = None
         self._suppress = False  # the router's suppress_envoy_headers
+        self._set_cookie: bytes | None = None  # a hash policy's generated cookie
 
     def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
         """Fill `record` in as the exchange goes and log it when the exchange ends."""
@@ -390,7 +402,18 @@ class Exchange(ResponseHandler):
             record.path = head.path
             record.authority = head.authority
             record.request_headers = head.headers
-        stream = cluster.new_stream(head, self, end_stream, request.http2)
+        hash_key = None
+        if action.hash_policy:
+            hash_key, self._set_cookie = request_hash(
+                action.hash_policy,
+                request.method,
+                request.url,
+                request.host,
+                request.headers,
+                request.remote_ip,
+                address_text(request.peer) + address_text(request.local),
+            )
+        stream = cluster.new_stream(head, self, end_stream, request.http2, hash_key)
         if stream is None:
             if record is not None:
                 record.flags, record.details = "UH", "no_healthy_upstream"
@@ -455,6 +478,8 @@ class Exchange(ResponseHandler):
         out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
         if not self._suppress:
             out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
+        if self._set_cookie is not None:
+            out.append((b"set-cookie", self._set_cookie))
         for mutations in self._mutations:
             mutations.apply_response(out)
         self._headers_sent = True

@@ -55,13 +55,19 @@ class Host:
         "pending_active_hc",
         "pools",
         "stats",
+        "weight",
     )
 
     def __init__(
-        self, address: tuple[str, int], hostname: str = "", health_checked: bool = False
+        self,
+        address: tuple[str, int],
+        hostname: str = "",
+        health_checked: bool = False,
+        weight: int = 1,
     ) -> None:
         self.address = address
         self.hostname = hostname
+        self.weight = weight  # `load_balancing_weight` (1 when unset, as Envoy)
         self.active_requests = 0
         # Envoy's active health-check flags: a checked host starts failed and pending.
         self.failed_active_hc = health_checked

@@ -2,52 +2,121 @@
 
 Envoy's `ROUND_ROBIN` (equal weights: strict rotation), `LEAST_REQUEST` (equal weights:
 power of `choice_count` random choices, the host with fewer active requests wins) and `RANDOM`
-(a uniformly random host).
+(a uniformly random host, whatever the weights, as Envoy's). When the hosts' weights differ,
+round robin and least request pick by earliest deadline first, as Envoy's EDF scheduler: each
+host's next deadline is one over its weight later (for least request, the weight divided by
+its active requests + 1 when it goes back in, Envoy's default `active_request_bias` of 1).
+They ignore a request's hash key; the hashing balancers (`RING_HASH`, `MAGLEV`) are in
+hashing.py.
 """
 
 from __future__ import annotations
 
+import heapq
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
+
+from xds_proxy.upstream.hashing import Maglev, RingHash
 
 
 class LoadedHost(Protocol):
     @property
     def active_requests(self) -> int: ...
 
+    @property
+    def weight(self) -> int: ...
+
 
 H = TypeVar("H", bound=LoadedHost)
 
 
+class Edf:
+    """Earliest deadline first over `hosts` (Envoy's EdfScheduler): `pick` takes the host
+    with the earliest deadline (ties: the one queued first) and queues it again `1 / weight`
+    later, its weight read when it goes back in. Starts after a random number of picks, so
+    that proxies do not all begin with the same host."""
+
+    __slots__ = ("_heap", "_hosts", "_order", "_weight")
+
+    def __init__(
+        self, hosts: Sequence[H], weight: Callable[[H], float], rng: random.Random
+    ) -> None:
+        self._hosts = hosts
+        self._weight = weight
+        # (deadline, order queued, index): the order breaks ties, first queued first.
+        self._heap = [(1.0 / weight(host), index, index) for index, host in enumerate(hosts)]
+        heapq.heapify(self._heap)
+        self._order = len(hosts)
+        for _ in range(rng.randrange(len(hosts))):
+            self.pick()
+
+    def pick(self) -> LoadedHost:
+        deadline, _, index = self._heap[0]
+        host = self._hosts[index]
+        self._order += 1
+        heapq.heapreplace(self._heap, (deadline + 1.0 / self._weight(host), self._order, index))
+        return host
+
+
+class _Weighted:
+    """The EDF schedule of the current host list, or None while all weights are equal (the
+    cluster replaces its list of routable hosts on every change: its identity is the version)."""
+
+    __slots__ = ("_for", "_rng", "_schedule", "_weight")
+
+    def __init__(self, weight: Callable[[H], float], rng: random.Random) -> None:
+        self._weight = weight
+        self._rng = rng
+        self._for: Sequence[LoadedHost] | None = None
+        self._schedule: Edf | None = None
+
+    def schedule(self, hosts: Sequence[H]) -> Edf | None:
+        if hosts is not self._for:
+            self._for = hosts
+            first = hosts[0].weight
+            unequal = any(host.weight != first for host in hosts)
+            self._schedule = Edf(hosts, self._weight, self._rng) if unequal else None
+        return self._schedule
+
+
 class RoundRobin:
-    __slots__ = ("_next",)
+    __slots__ = ("_next", "_weighted")
 
     def __init__(self, rng: random.Random | None = None) -> None:
+        rng = rng or random.Random()
         # Envoy starts each worker's rotation at a random host so that many proxies do not all
         # hit the first host together.
-        self._next = (rng or random.Random()).randrange(1 << 30)
+        self._next = rng.randrange(1 << 30)
+        self._weighted = _Weighted(lambda host: host.weight, rng)
 
-    def pick(self, hosts: Sequence[H]) -> H | None:
+    def pick(self, hosts: Sequence[H], hash_key: int | None = None) -> H | None:
         if not hosts:
             return None
+        schedule = self._weighted.schedule(hosts)
+        if schedule is not None:
+            return schedule.pick()  # type: ignore[return-value]
         index = self._next % len(hosts)
         self._next = index + 1
         return hosts[index]
 
 
 class LeastRequest:
-    __slots__ = ("_choices", "_rng")
+    __slots__ = ("_choices", "_rng", "_weighted")
 
     def __init__(self, choices: int = 2, rng: random.Random | None = None) -> None:
         self._choices = choices
         self._rng = rng or random.Random()
+        self._weighted = _Weighted(lambda host: host.weight / (host.active_requests + 1), self._rng)
 
-    def pick(self, hosts: Sequence[H]) -> H | None:
+    def pick(self, hosts: Sequence[H], hash_key: int | None = None) -> H | None:
         if not hosts:
             return None
         if len(hosts) == 1:
             return hosts[0]
+        schedule = self._weighted.schedule(hosts)
+        if schedule is not None:
+            return schedule.pick()  # type: ignore[return-value]
         best: H | None = None
         for _ in range(self._choices):
             candidate = hosts[self._rng.randrange(len(hosts))]
@@ -62,10 +131,10 @@ class Random:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def pick(self, hosts: Sequence[H]) -> H | None:
+    def pick(self, hosts: Sequence[H], hash_key: int | None = None) -> H | None:
         if not hosts:
             return None
         return hosts[self._rng.randrange(len(hosts))]
 
 
-LoadBalancer = RoundRobin | LeastRequest | Random
+LoadBalancer = RoundRobin | LeastRequest | Random | RingHash | Maglev

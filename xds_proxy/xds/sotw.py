@@ -35,7 +35,7 @@ from google.protobuf import message
 
 from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
 from xds_proxy.xds.decode import ResponseDecodeError
-from xds_proxy.xds.xxhash64 import xxhash64
+from xds_proxy.xxhash64 import xxhash64
 
 GRPC_INTERNAL = 13
 MAX_ERROR_MESSAGE_BYTES = 4096

@@ -1,9 +1,12 @@
-"""XXH64 (seed 0), the hash Envoy puts in `*.version` subscription gauges.
+"""XXH64, the hash Envoy puts in `*.version` subscription gauges and uses for consistent
+hashing (route `hash_policy`, the ring hash ring and the Maglev table).
 
 Envoy sets `listener_manager.lds.version` to `HashUtil::xxHash64(version_info)`; computing the
-same function keeps that gauge identical between Envoy and us for the same control plane. The
-`xxhash` package is not a dependency, and version strings are short, so a plain implementation
-of the published algorithm is fast enough.
+same function keeps that gauge identical between Envoy and us for the same control plane, and
+makes a hashing balancer pick the host Envoy picks for the same key. The `xxhash` package is
+not a dependency, and the strings are short (versions, header values, host keys; a ring of
+1,024 entries costs a few milliseconds to build), so a plain implementation of the published
+algorithm is fast enough.
 """
 
 from __future__ import annotations

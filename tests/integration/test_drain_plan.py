@@ -16,12 +16,13 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from control_plane_stub.client import StubNack
 from tests.helpers.listeners import chain, http_listener, lds_bootstrap
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.stub import StubProcess
+from tests.helpers.stub import StubProcess, run_cli
 from tests.interop.test_warming_interop import listener as rds_listener
 
 POLICY = "xds_proxy.drain"
@@ -232,3 +233,41 @@ def test_delta_plan_and_the_body_rules(stub, proxy) -> None:
     assert status == 413
     assert proxy.get("/listeners/plan")[0] == 405
     assert proxy.alive()
+
+
+def test_stub_plan_and_push_dry_run_print_the_plan_and_push_nothing(stub, proxy, tmp_path) -> None:
+    port, other = free_port(), free_port()
+    version = push(stub, [two_chains("web", port, "gone-v1"), http_listener("old", other)])
+    wait_for(lambda: len(proxy.listeners()) == 2, timeout=5, what="two listeners")
+    held = [half_sent(port, "127.0.0.2") for _ in range(2)]
+    wait_for(lambda: proxy.stat("server.total_connections") == 2, timeout=5, what="2 held")
+    path = tmp_path / "next.yaml"
+    path.write_text(
+        yaml.safe_dump({"version": "next", "listeners": [two_chains("web", port, "gone-v2")]})
+    )
+    planned = run_cli("plan", str(path), "--admin", proxy.admin_address)
+    assert planned.returncode == 0, planned.stderr
+    lines = planned.stdout.splitlines()
+    assert lines[0].split() == ["LISTENER", "OUTCOME", "DRAINS", "DETAIL"]
+    assert lines[1].split()[:3] == ["old", "removed", "0"]
+    assert lines[2].split()[:3] == ["web", "in_place", "2"] and "chains gone (2)" in lines[2]
+    assert lines[-2:] == ["connections that would drain: 2", "would ACK"]
+    dry = stub.cli("push", "--dry-run", "--admin", proxy.admin_address, str(path))
+    assert dry.returncode == 0 and dry.stdout == planned.stdout
+    assert stub.client.status()["nodes"][0]["streams"][0]["sent"]["version"] == version
+    assert set(proxy.listeners()) == {"web", "old"}  # nothing pushed, nothing changed
+    as_json = run_cli("plan", "--json", str(path), "--admin", proxy.admin_address)
+    assert json.loads(as_json.stdout)["version_info"] == "next"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {"listeners": [with_policy(http_listener("web", port), drain_time_s="soon")]}
+        )
+    )
+    nacked = run_cli("plan", str(bad), "--admin", proxy.admin_address)
+    assert nacked.returncode == 2
+    assert "would NACK: Error adding/updating listener(s) web: metadata" in nacked.stdout
+    refused = stub.cli("push", "--dry-run", str(path))
+    assert refused.returncode == 1 and "--dry-run needs --admin" in refused.stderr
+    for sock in held:
+        sock.close()

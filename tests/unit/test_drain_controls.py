@@ -215,7 +215,7 @@ def test_a_listener_drain_runs_on_its_own_policy_next_to_the_global_one() -> Non
         "drain_strategy": "immediate",
         "max_closes_per_second": 100.0,
     }
-    assert fast["told"] == 0
+    assert fast["tells_booked"] == 0
     assert fast["cause"] == {
         "version_info": "v7",
         "nonce": "nonce-3",

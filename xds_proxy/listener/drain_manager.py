@@ -190,7 +190,7 @@ class DrainRecord:
         if self.policy is not None:
             doc["policy"] = self.policy.report()
             if self.drain.pacer is not None:
-                doc["told"] = self.drain.pacer.granted
+                doc["tells_booked"] = self.drain.pacer.granted
         if self.cause != NO_CAUSE:
             doc["cause"] = self.cause.report()
             if self.chains:
@@ -225,7 +225,7 @@ class DrainManager:
         self.strategy = strategy  # "gradual" | "immediate"
         self.drain_time_s = drain_time_s
         # The command-line values; a listener's own policy overrides them for its drains.
-        self.defaults = DrainPolicy(drain_time_s, strategy, max_closes_per_second)
+        self.defaults = DrainPolicy(float(drain_time_s), strategy, float(max_closes_per_second))
         # Listener versions with a policy that also covers server-wide drains, by version id;
         # and the drains derived for them from a server-wide drain.
         self._server_policies: dict[int, ListenerDrainPolicy] = {}

@@ -51,7 +51,7 @@ def _diff(old: Message, new: Message, path: str, found: list[str], limit: int) -
             _diff_repeated(old_value, new_value, here, found, limit)
         elif old.HasField(name) != new.HasField(name):
             found.append(here)
-        elif config_key(old_value) != config_key(new_value):
+        elif _differ(old_value, new_value):
             _diff(old_value, new_value, here, found, limit)
 
 
@@ -62,7 +62,7 @@ def _diff_repeated(old, new, path: str, found: list[str], limit: int) -> None:
         here = f"{path}[{index}]"
         if index >= len(old) or index >= len(new):
             found.append(here)
-        elif config_key(old[index]) != config_key(new[index]):
+        elif _differ(old[index], new[index]):
             _diff(old[index], new[index], here, found, limit)
 
 
@@ -75,10 +75,16 @@ def _diff_map(field, old, new, path: str, found: list[str], limit: int) -> None:
         if key not in old or key not in new:
             found.append(here)
         elif value_field.type == FieldDescriptor.TYPE_MESSAGE:
-            if config_key(old[key]) != config_key(new[key]):
+            if _differ(old[key], new[key]):
                 _diff(old[key], new[key], here, found, limit)
         elif old[key] != new[key]:
             found.append(here)
+
+
+def _differ(old: Message, new: Message) -> bool:
+    """Different configs? Protobuf's own equality first (fast, and exact when it says
+    equal); only messages it finds different are compared with every Any unpacked."""
+    return old != new and config_key(old) != config_key(new)
 
 
 def _diff_any(old: any_pb2.Any, new: any_pb2.Any, path: str, found: list[str], limit: int) -> None:

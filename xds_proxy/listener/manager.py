@@ -40,6 +40,18 @@ Actions (plain data, defined in `actions.py` with the events):
   it uses them no more (a drained, removed or discarded version; the last user gone, the
   registry unsubscribes).
 
+- `UpdatePolicy(version_id, version_info, policy)`: a change confined to the listener's
+  drain-policy metadata (`metadata.filter_metadata["xds_proxy.drain"]`, `drain_policy.py`)
+  is applied to the running version: it takes the new config and policy, nothing drains
+  (counted as `listener_modified`). `StartListener`, `DrainListener` and
+  `UpdateFilterChains` carry the version's policy, and the drains the push's `DrainCause`
+  (version, nonce, changed field paths).
+
+Every apply records one `Outcome` per listener (`plan.py`) as it decides; `plan()` runs the
+same diff on a copy of the state (a compile port that keeps nothing, no socket bound, a
+throwaway stats store), so `POST /listeners/plan` tells what a push would do, changing
+nothing.
+
 Events the runtime reports back (`on_event`): `ListenerDrained(version_id)`,
 `ChainsDrained(group_id)`, `StartFailed(version_id)` (listen() or accept failed); and the
 route registry's `RoutesReady(name)` and `RoutesFailed(name)` (NACKed, or its

@@ -136,6 +136,7 @@ class LdsClient(SubscriptionClient):
             )
         else:
             outcome = self._subscription.on_response(response, self._apply_sotw, now_ms)
+        self.applying_nonce = ""
         self._arm_ttl_timer()
         if outcome.request is None:
             log.warning(

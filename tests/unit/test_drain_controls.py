@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.listener_fixtures import listener
+from xds_proxy.cli import parse_args
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.actions import DrainCause
 from xds_proxy.listener.drain import Drain, Pacer
@@ -290,3 +291,32 @@ def test_exit_checks_wake_at_the_boundaries() -> None:
     assert decision.next_check_s(10.0, 0.05) == pytest.approx(0.02)
     assert decision.next_check_s(10.48, 0.05) == pytest.approx(0.02)
     assert decision.next_check_s(11.0, 0.05) == 0.05
+
+
+# -- flags -----------------------------------------------------------------------------------------
+
+
+def test_the_drain_control_flags_default_to_envoys_behaviour() -> None:
+    options = parse_args(["-c", "x.yaml"])
+    assert options.drain_max_closes_per_second == 0.0
+    assert options.drain_on_sigterm is False and options.min_drain_time_s == 0.0
+    options = parse_args(
+        [
+            "-c",
+            "x.yaml",
+            "--drain-max-closes-per-second",
+            "12.5",
+            "--drain-on-sigterm",
+            "--min-drain-time-s",
+            "3",
+        ]
+    )
+    assert options.drain_max_closes_per_second == 12.5
+    assert options.drain_on_sigterm and options.min_drain_time_s == 3.0
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "fast"])
+def test_a_bad_drain_control_flag_is_one_line_naming_it(value) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_args(["-c", "x.yaml", "--drain-max-closes-per-second", value])
+    assert str(raised.value).startswith("--drain-max-closes-per-second: must be")

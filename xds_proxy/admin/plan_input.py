@@ -52,6 +52,8 @@ def parse_plan_body(body: bytes, delta: bool) -> PlanInput:
             raise PlanInputError(
                 f"the body is neither JSON nor YAML: {_first_line(error)}"
             ) from None
+    if document is None:
+        document = {}  # an empty body: no listener (state of the world: every one removed)
     version = PLAN_VERSION
     removed: list[str] = []
     if isinstance(document, list):

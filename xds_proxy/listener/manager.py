@@ -169,6 +169,8 @@ class ListenerVersion:
     handover: list = field(default_factory=list)
     policy: ListenerDrainPolicy = NO_POLICY  # metadata "xds_proxy.drain" (drain_policy.py)
     cause: DrainCause = NO_CAUSE  # the push that replaces the active version
+    # An in-place update: (the active version's id, its chains that drain), found once.
+    in_place_chains: tuple[int, tuple[int, ...]] | None = None
     _key: bytes | None = None
 
     def key(self) -> bytes:
@@ -522,6 +524,7 @@ class ListenerManager:
         version.waiting = self._pending_routes(version, new=False)
         version.cause = self._push._replace(changed=changed_fields(existing.config, listener))
         chains = _draining_chains(existing.config, listener) if in_place else ()
+        version.in_place_chains = (existing.id, chains) if in_place else None
         self._note(
             version.name,
             outcome.IN_PLACE if in_place else outcome.FULL_UPDATE,
@@ -557,7 +560,11 @@ class ListenerManager:
     ) -> None:
         """Only the filter chains changed: same sockets, only changed or removed chains drain."""
         self._set_active(version)
-        chains = _draining_chains(existing.config, version.config)
+        found = version.in_place_chains
+        if found is not None and found[0] == existing.id:
+            chains = found[1]
+        else:
+            chains = _draining_chains(existing.config, version.config)
         group_id = self._new_id()
         if chains:
             self.draining_chains.append(DrainingChains(group_id, existing.id, chains))

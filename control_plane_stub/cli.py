@@ -1,7 +1,9 @@
-"""`control-plane-stub serve | push | status | wait` (docs/control-plane-stub.md).
+"""`control-plane-stub serve | push | status | wait | plan` (docs/control-plane-stub.md).
 
-`serve` runs the servers; the other commands are thin clients of the control API.
-Exit codes: 0 success; 1 refused input, unreachable stub or timeout; 2 `wait` saw a NACK.
+`serve` runs the servers; `push`, `status` and `wait` are thin clients of the control API;
+`plan` (and `push --dry-run`) asks an xds-proxy's admin what a push would do.
+Exit codes: 0 success; 1 refused input, unreachable stub or timeout; 2 `wait` saw a NACK, or
+`plan` predicts one.
 """
 
 from __future__ import annotations
@@ -60,7 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--control", default=DEFAULT_CONTROL, help="the stub's control API")
     push.add_argument("--node", help="replace this node's own set instead of the default")
     push.add_argument("--raw", action="store_true", help="send exactly as given, unvalidated")
+    push.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what the push would do to the proxy at --admin; push nothing",
+    )
+    push.add_argument("--admin", help="an xds-proxy's admin address (HOST:PORT), for --dry-run")
     push.add_argument("file", type=Path)
+
+    plan = commands.add_parser(
+        "plan", help="what pushing FILE would do to an xds-proxy (nothing changes)"
+    )
+    plan.add_argument("--admin", required=True, help="the xds-proxy's admin address, HOST:PORT")
+    plan.add_argument("--json", action="store_true", help="the plan document")
+    plan.add_argument("file", type=Path)
 
     status = commands.add_parser("status", help="what each node was sent and ACKed/NACKed")
     status.add_argument("--control", default=DEFAULT_CONTROL, help="the stub's control API")
@@ -89,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
-    handlers = {"serve": run_serve, "push": run_push, "status": run_status, "wait": run_wait}
+    handlers = {
+        "serve": run_serve,
+        "push": run_push,
+        "status": run_status,
+        "wait": run_wait,
+        "plan": run_plan,
+    }
     try:
         return handlers[arguments.command](arguments)
     except KeyboardInterrupt:
@@ -177,8 +198,30 @@ def _client(arguments: argparse.Namespace):
     return StubClient(arguments.control)
 
 
+def run_plan(arguments: argparse.Namespace) -> int:
+    from control_plane_stub.plan import PlanError, fetch_plan, format_plan_table
+    from control_plane_stub.resources import ResourceError
+
+    try:
+        document = fetch_plan(arguments.admin, arguments.file)
+    except (PlanError, ResourceError) as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 1
+    if getattr(arguments, "json", False):
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_plan_table(document))
+    return 0 if document["would_ack"] else 2
+
+
 def run_push(arguments: argparse.Namespace) -> int:
     from control_plane_stub.client import StubError
+
+    if arguments.dry_run:
+        if not arguments.admin:
+            print(f"{PROG}: --dry-run needs --admin HOST:PORT (the proxy to ask)", file=sys.stderr)
+            return 1
+        return run_plan(arguments)
 
     with _client(arguments) as client:
         try:

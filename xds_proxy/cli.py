@@ -68,6 +68,16 @@ def _uint32(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be between 0 and 4294967295, got {text}")
+    return value
+
+
 def _choice(name: str, allowed: Sequence[str]):
     def parse(text: str) -> str:
         if text not in allowed:
@@ -101,6 +111,10 @@ def _build_parser() -> _Parser:
     add("--service-cluster")
     add("--admin-address-path")
     add("--file-flush-interval-msec", type=_uint32, default=1000)
+    # Ours, names Envoy does not use (docs/cli.md): drain pacing and exit when drained.
+    add("--drain-max-closes-per-second", type=_non_negative, default=0.0)
+    add("--drain-on-sigterm", action="store_true")
+    add("--min-drain-time-s", type=_non_negative, default=0.0)
     add("--version", action="store_true", help="print the version and exit")
     return parser
 
@@ -136,6 +150,9 @@ def parse_args(argv: Sequence[str]) -> Options:
         service_cluster=args.service_cluster or None,
         admin_address_path=args.admin_address_path or None,
         file_flush_interval_msec=args.file_flush_interval_msec,
+        drain_max_closes_per_second=args.drain_max_closes_per_second,
+        drain_on_sigterm=args.drain_on_sigterm,
+        min_drain_time_s=args.min_drain_time_s,
     )
 
 

@@ -24,3 +24,7 @@ class Options:
     service_cluster: str | None = None
     admin_address_path: str | None = None
     file_flush_interval_msec: int = 1000  # access-log buffers are written at least this often
+    # Ours (issue 24; docs/draining.md "Controlling drains"); the defaults keep Envoy's behaviour.
+    drain_max_closes_per_second: float = 0.0  # a drain tells at most this many per second; 0: any
+    drain_on_sigterm: bool = False  # SIGTERM drains every listener, exits when none is left
+    min_drain_time_s: float = 0.0  # an exit-when-drained never exits before this

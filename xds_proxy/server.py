@@ -10,7 +10,9 @@ CDS then LDS subscriptions started (LDS once CDS has its first response or
 `initial_fetch_timeout`; over ADS both share one stream, clusters first); the server is
 INITIALIZING until the first LDS response (or `initial_fetch_timeout`), then LIVE.
 SIGTERM/SIGINT and `/quitquitquit` shut down without draining, as Envoy does; SIGHUP is
-ignored.
+ignored. Ours (docs/draining.md "Controlling drains"): `POST /drain_and_exit`, and SIGTERM
+with `--drain-on-sigterm`, drain every listener and exit once no connection is left
+(`listener/drain_exit.py` decides when); a second SIGTERM then exits at once.
 """
 
 from __future__ import annotations
@@ -23,18 +25,22 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import uvloop
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.route.v3 import route_pb2
 
 from xds_proxy.access_log.writer import FILES as ACCESS_LOG_FILES
 from xds_proxy.admin.handlers import AdminHandlers
 from xds_proxy.admin.server import start_admin_server
 from xds_proxy.admin.update_log import LdsUpdateLog
 from xds_proxy.admin.view import AdminCommands, AdminView
+from xds_proxy.config.rds import rds_spec
 from xds_proxy.errors import ConfigError
 from xds_proxy.hot_restart import HotRestart, ParentHooks
+from xds_proxy.http.router import RouteHandle, RouteTable
+from xds_proxy.listener.drain_exit import DrainExit
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager
 from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.limits import global_limit_from_bootstrap
@@ -45,6 +51,7 @@ from xds_proxy.listener.manager import (
     ListenerManager,
     RoutesFailed,
 )
+from xds_proxy.listener.plan import plan_report
 from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
@@ -54,7 +61,7 @@ from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.cds import CdsClient
 from xds_proxy.xds.client import LdsClient
-from xds_proxy.xds.source import lds_configured, lds_server
+from xds_proxy.xds.source import lds_configured, lds_server, source_server
 from xds_proxy.xds.transport import XdsStream
 
 log = logging.getLogger("xds_proxy.main")
@@ -88,6 +95,7 @@ class Server:
             clock=time.monotonic,
             rng=random.Random(),
             wall_clock=time.time,
+            max_closes_per_second=self.options.drain_max_closes_per_second,
         )
         self.clusters = ClusterManager(self.stats)
         self._ads_stream: XdsStream | None = None  # CDS, LDS and RDS over one ADS stream
@@ -103,15 +111,17 @@ class Server:
         )
         self._xds_starting = True  # until LDS (after CDS) has joined the ADS stream
         self._waiting_for_warming = False  # the first LDS response's listeners still warm
+        services = ListenerServices(
+            self.stats,
+            self.drains,
+            build_filter_chain,
+            self.clusters,
+            global_limit_from_bootstrap(self.bootstrap, self.stats),
+            self.routes.handle,
+        )
+        # A plan compiles against a throwaway stats store and subscribes to no route config.
         self.compiler = ListenerCompiler(
-            ListenerServices(
-                self.stats,
-                self.drains,
-                build_filter_chain,
-                self.clusters,
-                global_limit_from_bootstrap(self.bootstrap, self.stats),
-                self.routes.handle,
-            )
+            services, replace(services, stats=Stats(), routes=self._route_handle_for_plan)
         )
         self.manager = ListenerManager(
             self.stats, self.pool, self.compiler.compile, time.time, self.routes
@@ -140,6 +150,7 @@ class Server:
             self.started_at,
         )
         self._admin_server: asyncio.Server | None = None
+        self._drain_exit: DrainExit | None = None  # set by /drain_and_exit (or SIGTERM)
 
     def _set_state(self, state: ServerState) -> None:
         self.state = state
@@ -195,6 +206,7 @@ class Server:
             lds_updates=self.lds_updates.entries,
             route_configs=self.routes.held,
             warming_report=self.warming_report,
+            plan_listeners=self.plan_listeners,
         )
 
     def warming_report(self) -> list[dict]:
@@ -222,6 +234,7 @@ class Server:
             quit=self.request_shutdown,
             set_health=self.set_health,
             drain_listeners=self.drain_listeners,
+            drain_and_exit=self.drain_and_exit,
         )
 
     async def _start_admin(self) -> None:
@@ -230,7 +243,9 @@ class Server:
         address = self.bootstrap.admin.address.socket_address
         handlers = AdminHandlers(self.admin_view(), self.admin_commands())
         try:
-            server = await start_admin_server(address.address, address.port_value, handlers.handle)
+            server = await start_admin_server(
+                address.address, address.port_value, handlers.handle, handlers.body_paths
+            )
         except OSError as error:
             raise ConfigError(
                 f"admin.address: cannot bind '{address.address}:{address.port_value}': "
@@ -288,20 +303,48 @@ class Server:
             return
         self._tasks.append(asyncio.create_task(self.lds_client.run(), name="lds-client"))
 
+    def _lds_nonce(self) -> str:
+        return self.lds_client.applying_nonce if self.lds_client is not None else ""
+
     def apply_listeners(self, version_info: str, listeners: list) -> str | None:
         """The LDS client's callback: apply one SotW response; None means ACK."""
-        result = self.manager.apply_sotw(version_info, listeners)
+        result = self.manager.apply_sotw(version_info, listeners, self._lds_nonce())
         self.lds_updates.record("sotw", version_info, result.nack_message, len(listeners))
         return self._submit(version_info, result)
 
     def apply_delta(self, version_info: str, listeners: list, removed: list[str]) -> str | None:
         """The LDS client's Delta (and TTL expiry) callback: removed first, then added."""
-        result = self.manager.apply_delta(version_info, listeners, removed)
+        result = self.manager.apply_delta(version_info, listeners, removed, self._lds_nonce())
         kind = "ttl" if version_info == "" and not listeners else "delta"
         self.lds_updates.record(
             kind, version_info, result.nack_message, len(listeners), len(removed)
         )
         return self._submit(version_info, result)
+
+    # -- dry run (POST /listeners/plan) ------------------------------------------------------
+
+    def plan_listeners(self, version_info: str, listeners: list, removed: list[str] | None) -> dict:
+        """What the push would do now, changing nothing (docs/admin.md)."""
+        result = self.manager.plan(version_info, listeners, removed, self.compiler.check)
+        return plan_report(
+            version_info, removed is not None, result.outcomes, result.nack_message, self
+        )
+
+    def listener(self, version_id: int) -> int:
+        """`PlanCounts`: a running version's connections now."""
+        return self.runtime.listener_connections(version_id)
+
+    def chain(self, version_id: int, index: int) -> int:
+        """`PlanCounts`: one chain's connections now."""
+        return self.runtime.chain_connections(version_id, index)
+
+    def _route_handle_for_plan(
+        self, rds, stat_prefix: str, server: str, strip_port: bool, path: str
+    ) -> RouteHandle:
+        """The route registry's checks of an HCM's `rds`, without subscribing to anything."""
+        spec = rds_spec(rds, path)
+        source_server(self.bootstrap, spec.source, f"{path}.config_source")
+        return RouteHandle(RouteTable(route_pb2.RouteConfiguration(), "", server, strip_port))
 
     def _submit(self, version_info: str, result: ApplyResult) -> str | None:
         self.runtime.submit(result.actions)
@@ -358,6 +401,57 @@ class Server:
         if not graceful and not skip_exit:
             self.runtime.submit(self.manager.stop_listeners(inbound_only))
 
+    def drain_and_exit(self) -> str:
+        """`POST /drain_and_exit` and SIGTERM with `--drain-on-sigterm`: every listener
+        drains (graceful, on each listener's ramp), the server reports DRAINING, and the
+        process exits 0 once no downstream connection is left (`listener/drain_exit.py`)."""
+        if self._drain_exit is not None:
+            return "already draining\n"
+        now = time.monotonic()
+        self.runtime.submit(
+            self.drains.start_admin_drain(False, stop_listeners=False, trigger="drain_and_exit")
+        )
+        versions = [version.id for version in self.manager.active.values()]
+        self._drain_exit = DrainExit(
+            now, self.options.min_drain_time_s, self.drains.latest_deadline(versions)
+        )
+        self._set_state(ServerState.DRAINING)
+        log.info(
+            "drain and exit: draining %d connections, exit when none is left (at the latest "
+            "in %.1f s)",
+            self.stats.gauge("server.total_connections").value,
+            max(self._drain_exit.deadline, now + self.options.min_drain_time_s) - now,
+        )
+        self._tasks.append(asyncio.create_task(self._exit_when_drained(), name="drain-and-exit"))
+        return "OK\n"
+
+    async def _exit_when_drained(self) -> None:
+        assert self._drain_exit is not None
+        while True:
+            now = time.monotonic()
+            connections = self.stats.gauge("server.total_connections").value
+            why = self._drain_exit.decide(now, connections)
+            if why is not None:
+                break
+            await asyncio.sleep(self._drain_exit.next_check_s(now, 0.05))
+        left = [d for d in self.runtime.drain_report() if d["connections"]]
+        log.info(
+            "drain and exit: exiting (%s) after %.3f s, %d connections left%s",
+            why,
+            now - self._drain_exit.started_at,
+            connections,
+            "".join(f"; {d['listener'] or d['kind']}: {d['connections']}" for d in left),
+        )
+        self.request_shutdown()
+
+    def on_sigterm(self) -> None:
+        """SIGTERM: exit at once (as Envoy), or with `--drain-on-sigterm` drain first (a
+        second SIGTERM exits at once)."""
+        if self.options.drain_on_sigterm and self._drain_exit is None:
+            self.drain_and_exit()
+        else:
+            self.request_shutdown()
+
     # -- hot restart (xds_proxy/hot_restart.py) ---------------------------------------------
 
     def shutdown_admin(self) -> None:
@@ -406,8 +500,8 @@ async def serve(options: Options, bootstrap: bootstrap_pb2.Bootstrap) -> int:
     ACCESS_LOG_FILES.flush_interval_s = options.file_flush_interval_msec / 1000
     server = Server(options, bootstrap)
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, server.request_shutdown)
+    loop.add_signal_handler(signal.SIGTERM, server.on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, server.request_shutdown)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     try:
         await server.start()

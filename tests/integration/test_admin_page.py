@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.parse
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -190,7 +191,12 @@ def test_page_shows_listeners_drain_progress_and_lds_outcomes(chromium, tmp_path
     assert len(drain_rows) == 1, drain_rows
     what, version, trigger, progress, connections = drain_rows[0]
     assert (what, version, connections) == ("listener web", "v1", "1")
-    assert trigger  # e.g. "modified"
+    # The trigger and why (issue 24): the push, its nonce, what changed.
+    assert trigger.startswith("lds_update · push v2 (nonce "), trigger
+    assert trigger.endswith(
+        " · changed filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0]"
+        ".routes[0].direct_response.body.inline_string, per_connection_buffer_limit_bytes"
+    ), trigger
     assert re.search(rf"\d+% · [\d.]+ s left of {DRAIN_SECONDS} s \(immediate\)", progress)
     assert len(page.progress) == 1 and 0 <= page.progress[0] < 100
 
@@ -207,6 +213,26 @@ def test_page_shows_listeners_drain_progress_and_lds_outcomes(chromium, tmp_path
     assert after.tables["drains"][1:] == [["nothing is draining"]]
     states = {(row[0], row[3].split()[0]) for row in after.tables["listeners"][1:]}
     assert ("web", "draining") not in states and ("web", "active") in states
+
+
+@pytest.mark.timeout(1560)
+def test_the_plan_box_shows_what_a_push_would_do(chromium, tmp_path, stub, proxy):
+    web = free_port()
+    push(stub, [http_listener("web", web, body="v1")], "v1")
+    held = HttpConnection(web)
+    held.sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")  # a request half sent
+    wait_for(lambda: proxy.stat("server.total_connections") == 1, timeout=5)
+    body = json.dumps(
+        {"listeners": [http_listener("web", web, body="v1", per_connection_buffer_limit_bytes=9)]}
+    )
+    url = f"http://{proxy.admin_address}/#plan={urllib.parse.quote(body)}"
+    page = parse(render(chromium, url, tmp_path / "chromium"))
+    assert page.tables["plan"][1:] == [
+        ["web", "full_update", "1", "version v1; changed per_connection_buffer_limit_bytes"]
+    ]
+    assert page.texts["plan-verdict"] == "would ACK · connections that would drain: 1"
+    assert json.loads(proxy.get("/drain_status")[1])["drains"] == []  # nothing changed
+    held.close()
 
 
 def test_json_log_of_lds_updates(stub, proxy):

@@ -46,6 +46,8 @@ DRAIN_STATUS_FIELDS = {
     "deadline",
     "elapsed_s",
     "connections",
+    "policy",  # the values the drain runs under (issue 24)
+    "cause",  # the push that caused it and what changed (issue 24)
 }
 SLACK = 0.6  # scheduling slack of a loaded 2-core machine
 

@@ -280,6 +280,12 @@ def test_report_in_start_order_with_rfc3339_times_and_counted_scopes() -> None:
         "deadline": "2027-01-15T08:01:43.000Z",
         "elapsed_s": 1.75,
         "connections": 3,
+        "policy": {  # the global values: the listener sets none
+            "source": "global",
+            "drain_time_s": 3.0,
+            "drain_strategy": "gradual",
+            "max_closes_per_second": 0.0,
+        },
     }
 
 

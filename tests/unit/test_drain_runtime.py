@@ -325,6 +325,7 @@ async def test_drain_status_times_are_rfc3339_and_elapsed_follows_the_clock() ->
         "deadline",
         "elapsed_s",
         "connections",
+        "policy",  # the values the drain runs under (issue 24)
     }
 
 

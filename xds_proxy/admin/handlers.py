@@ -19,6 +19,7 @@ from google.protobuf import timestamp_pb2
 from xds_proxy.admin.clusters import clusters_dump, clusters_message, clusters_text
 from xds_proxy.admin.json_render import message_json
 from xds_proxy.admin.page import AdminPage
+from xds_proxy.admin.plan_input import PlanInputError, parse_plan_body
 from xds_proxy.admin.server import AdminResponse
 from xds_proxy.admin.view import AdminCommands, AdminView
 
@@ -79,15 +80,32 @@ class AdminHandlers:
                 "drain listeners (flags: graceful, inboundonly, skip_exit)",
             ),
             "/help": ("GET", self.help, "print out list of admin commands"),
+            "/drain_and_exit": (
+                "POST",
+                self.drain_and_exit,
+                "drain every listener, exit once no connection is left (xds-proxy)",
+            ),
+            "/listeners/plan": (
+                "POST",
+                lambda query: self.plan(query, b""),  # `handle` passes the body
+                "what a listener push would do, changing nothing (body: listeners; "
+                "flag: delta) (xds-proxy)",
+            ),
         }
+        # Paths whose request body is read (by the admin transport, up to its limit).
+        self.body_paths = frozenset({"/listeners/plan"})
 
-    async def handle(self, method: str, path: str, query: Query) -> AdminResponse:
+    async def handle(
+        self, method: str, path: str, query: Query, body: bytes | None = None
+    ) -> AdminResponse:
         route = self.routes.get(path)
         if route is None:
             return AdminResponse(404, "invalid path. admin commands are:\n" + self._help_text())
         wanted, handler, _ = route
         if wanted == "POST" and method != "POST":
             return AdminResponse(405, "Method GET not allowed, POST required.")
+        if path in self.body_paths:
+            return self.plan(query, body or b"")
         return handler(query)
 
     def _help_text(self) -> str:
@@ -115,6 +133,20 @@ class AdminHandlers:
             "skip_exit" in query,  # skip_exit
         )
         return AdminResponse(200, "OK\n")
+
+    def drain_and_exit(self, query: Query) -> AdminResponse:
+        return AdminResponse(200, self.commands.drain_and_exit())
+
+    def plan(self, query: Query, body: bytes) -> AdminResponse:
+        """`POST /listeners/plan`: what the push in the body would do (docs/admin.md)."""
+        if self.view.plan_listeners is None:
+            return AdminResponse(503, "no listener manager\n")
+        try:
+            pushed = parse_plan_body(body, "delta" in query)
+        except PlanInputError as error:
+            return AdminResponse(400, f"{error}\n")
+        report = self.view.plan_listeners(pushed.version_info, pushed.listeners, pushed.removed)
+        return AdminResponse(200, json.dumps(report, indent=1) + "\n", JSON)
 
     def ready(self, query: Query) -> AdminResponse:
         state = self.view.state()

@@ -88,8 +88,24 @@ PAGE = """<!doctype html>
 
 <h2>Draining</h2>
 <table id="drains">
-  <thead><tr><th>What</th><th>Version</th><th>Trigger</th><th>Progress to deadline</th>
+  <thead><tr><th>What</th><th>Version</th><th>Trigger and why</th><th>Progress to deadline</th>
   <th>Connections left</th></tr></thead>
+  <tbody></tbody>
+</table>
+
+<h2>Plan a push</h2>
+<form id="plan-form">
+<textarea id="plan-body" rows="6" cols="90" spellcheck="false"
+ placeholder="listeners: [...] (JSON or YAML: a DiscoveryResponse, Listeners, a stub file)">
+</textarea><br>
+<label><input type="checkbox" id="plan-delta"> delta (these listeners, plus removed: [names])
+</label>
+<button type="submit">Plan (changes nothing)</button>
+</form>
+<div class="summary" id="plan-verdict"></div>
+<table id="plan">
+  <thead><tr><th>Listener</th><th>Outcome</th><th>Connections that drain</th><th>Detail</th>
+  </tr></thead>
   <tbody></tbody>
 </table>
 
@@ -190,6 +206,67 @@ function progress(drain) {
   return wrap;
 }
 
+function drainWhy(drain) {
+  // The trigger, then why: the push (version, nonce), what changed, the policy it runs under.
+  const parts = [drain.trigger];
+  if (drain.cause) {
+    parts.push("push " + drain.cause.version_info + " (nonce " + drain.cause.nonce + ")");
+    if (drain.cause.chains) parts.push("chains " + drain.cause.chains.join(", "));
+    if (drain.cause.changed && drain.cause.changed.length) {
+      parts.push("changed " + drain.cause.changed.join(", "));
+    }
+  }
+  if (drain.policy && drain.policy.source === "listener") {
+    parts.push("listener's own policy" + (drain.policy.max_closes_per_second
+      ? ", at most " + drain.policy.max_closes_per_second + "/s" : ""));
+  }
+  return parts.join(" \u00b7 ");
+}
+
+function planDetail(entry) {
+  const parts = [];
+  if (entry.draining_chains) {
+    parts.push("chains " + entry.draining_chains.map(
+      (c) => c.chain + " (" + c.connections + ")").join(", "));
+  }
+  if (entry.draining_version !== undefined) parts.push("version " + entry.draining_version);
+  if (entry.would_warm) parts.push("would warm on " + entry.would_warm.join(", "));
+  if (entry.changed) parts.push("changed " + entry.changed.join(", "));
+  if (entry.reason) parts.push(entry.reason);
+  if (entry.nack) parts.push(entry.nack);
+  return parts.join("; ");
+}
+
+async function plan(event) {
+  event.preventDefault();
+  const verdict = document.getElementById("plan-verdict");
+  const delta = document.getElementById("plan-delta").checked;
+  try {
+    const response = await fetch("/listeners/plan" + (delta ? "?delta" : ""), {
+      method: "POST", body: document.getElementById("plan-body").value});
+    const text = await response.text();
+    if (!response.ok) throw new Error("HTTP " + response.status + ": " + text);
+    const doc = JSON.parse(text);
+    verdict.textContent = (doc.would_ack ? "would ACK" : "would NACK: " + doc.nack) +
+      " \u00b7 connections that would drain: " + doc.connections_to_drain;
+    fill("plan", doc.listeners.map((entry) => (tr) => {
+      cell(tr, entry.name);
+      cell(tr, entry.outcome);
+      cell(tr, entry.connections === undefined ? "-" : String(entry.connections));
+      cell(tr, planDetail(entry));
+    }), "no listener", 4);
+  } catch (error) {
+    verdict.textContent = "cannot plan: " + error.message;
+  }
+}
+
+document.getElementById("plan-form").addEventListener("submit", plan);
+// `/#plan=<url-encoded body>` fills the box and plans it at once (a link to a plan).
+if (location.hash.startsWith("#plan=")) {
+  document.getElementById("plan-body").value = decodeURIComponent(location.hash.slice(6));
+  document.getElementById("plan-form").requestSubmit();
+}
+
 function drainSubject(drain) {
   if (drain.kind === "server") return "all listeners (" + drain.direction + ")";
   if (drain.kind === "filter_chain") {
@@ -255,7 +332,7 @@ async function refresh() {
     fill("drains", (drains.drains || []).map((d) => (tr) => {
       cell(tr, drainSubject(d));
       cell(tr, d.version_info);
-      cell(tr, d.trigger);
+      cell(tr, drainWhy(d));
       cell(tr, progress(d));
       cell(tr, String(d.connections));
     }), "nothing is draining", 5);

@@ -5,6 +5,10 @@ Only the transport lives here; `xds_proxy/admin/handlers.py` decides what each p
 Requests on one connection are handled one at a time, so pipelined requests keep their order
 even when the handler is async. Query flags count by presence, as in Envoy: `?graceful`
 gives `{"graceful": [""]}`.
+
+Request bodies are read for the paths in `body_paths` only (`POST /listeners/plan`), up to
+`MAX_BODY_BYTES`: a larger body is answered 413 and the connection closed; the handler then
+gets the body as a fourth argument. Every other body is read and dropped, as before.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class AdminResponse:
 
 
 Query = dict[str, list[str]]
-AdminHandler = Callable[[str, str, Query], Awaitable[AdminResponse] | AdminResponse]
+AdminHandler = Callable[..., Awaitable[AdminResponse] | AdminResponse]
 
 
 def parse_query(raw: str) -> Query:
@@ -63,7 +67,15 @@ def render_admin_response(response: AdminResponse, keep_alive: bool, head_only: 
 MAX_URL_BYTES = 60 * 1024
 
 
+# The body a path in `body_paths` may carry (a plan's listeners).
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
 class _UrlTooLong(Exception):
+    pass
+
+
+class _BodyTooLarge(Exception):
     pass
 
 
@@ -73,11 +85,14 @@ class _Request:
     url: str
     keep_alive: bool
     error_status: int = 400
+    body: bytes | None = None  # read for `body_paths` only
 
 
 class AdminConnection(asyncio.Protocol):
-    def __init__(self, handler: AdminHandler) -> None:
+    def __init__(self, handler: AdminHandler, body_paths: frozenset[str] = frozenset()) -> None:
         self._handler = handler
+        self._body_paths = body_paths
+        self._body: bytearray | None = None  # the current request's, when its path reads one
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
@@ -98,8 +113,12 @@ class AdminConnection(asyncio.Protocol):
             pass  # the request was queued; nothing after it is read
         except httptools.HttpParserError as error:
             self._failed = True
-            too_long = isinstance(error.__context__, _UrlTooLong)
-            self._queue.put_nowait(_Request("", "", False, 431 if too_long else 400))
+            status = 400
+            if isinstance(error.__context__, _UrlTooLong):
+                status = 431
+            elif isinstance(error.__context__, _BodyTooLarge):
+                status = 413
+            self._queue.put_nowait(_Request("", "", False, status))
 
     def eof_received(self) -> bool:
         self._queue.put_nowait(None)  # answer what is queued, then close
@@ -115,11 +134,24 @@ class AdminConnection(asyncio.Protocol):
         if len(self._url) > MAX_URL_BYTES:
             raise _UrlTooLong
 
+    def on_headers_complete(self) -> None:
+        path = urlsplit(self._url.decode("latin-1")).path
+        self._body = bytearray() if path in self._body_paths else None
+
+    def on_body(self, body: bytes) -> None:
+        if self._body is None:
+            return
+        if len(self._body) + len(body) > MAX_BODY_BYTES:
+            raise _BodyTooLarge
+        self._body += body
+
     def on_message_complete(self) -> None:
         method = self._parser.get_method().decode("latin-1")
         keep_alive = self._parser.should_keep_alive()
-        self._queue.put_nowait(_Request(method, self._url.decode("latin-1"), keep_alive))
+        body = bytes(self._body) if self._body is not None else None
+        self._queue.put_nowait(_Request(method, self._url.decode("latin-1"), keep_alive, body=body))
         self._url = b""
+        self._body = None
 
     async def _serve(self) -> None:
         while True:
@@ -144,7 +176,11 @@ class AdminConnection(asyncio.Protocol):
     async def _call(self, request: _Request) -> AdminResponse:
         parts = urlsplit(request.url)
         try:
-            result = self._handler(request.method, parts.path, parse_query(parts.query))
+            query = parse_query(parts.query)
+            if request.body is None:
+                result = self._handler(request.method, parts.path, query)
+            else:
+                result = self._handler(request.method, parts.path, query, request.body)
             if inspect.isawaitable(result):
                 result = await result
             return result  # type: ignore[return-value]
@@ -153,7 +189,10 @@ class AdminConnection(asyncio.Protocol):
             return AdminResponse(500, f"{type(error).__name__}: {error}\n")
 
 
-async def start_admin_server(host: str, port: int, handler: AdminHandler) -> asyncio.Server:
-    """Listen on host:port (0 picks a free port: read it from the returned server's sockets)."""
+async def start_admin_server(
+    host: str, port: int, handler: AdminHandler, body_paths: frozenset[str] = frozenset()
+) -> asyncio.Server:
+    """Listen on host:port (0 picks a free port: read it from the returned server's sockets);
+    request bodies are read for `body_paths` only."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: AdminConnection(handler), host, port)
+    return await loop.create_server(lambda: AdminConnection(handler, body_paths), host, port)

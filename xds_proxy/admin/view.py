@@ -68,6 +68,9 @@ class AdminView:
     # RDS: (name, version_info, RouteConfiguration, last_updated) of every route config held
     route_configs: Callable[[], list[tuple[str, str, Any, float]]] = lambda: []
     warming_report: Callable[[], list[dict]] = lambda: []  # `/drain_status` `warming`
+    # `POST /listeners/plan`: (version_info, listeners, removed or None for SotW) -> the plan
+    # report; it changes nothing (the manager's diff on a copy of its state).
+    plan_listeners: Callable[[str, list, list[str] | None], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,3 +78,6 @@ class AdminCommands:
     quit: Callable[[], None]
     set_health: Callable[[bool], None]  # failed?
     drain_listeners: Callable[[bool, bool, bool], None]  # graceful, inbound_only, skip_exit
+    # `POST /drain_and_exit`: drain every listener, exit once no connection is left; returns
+    # the plain-text answer.
+    drain_and_exit: Callable[[], str] = lambda: "not available\n"

@@ -6,7 +6,10 @@ id, so that they can cross a process boundary (docs/architecture.md)."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from xds_proxy.listener.drain_policy import NO_POLICY, ListenerDrainPolicy
 
 DEFAULT_CHAIN = -1  # the index that names `default_filter_chain` in UpdateFilterChains
 
@@ -28,6 +31,25 @@ class RouteState(enum.Enum):
 SocketAddress = tuple[str, int]  # (ip in canonical text form, port)
 
 
+class DrainCause(NamedTuple):
+    """Why a drain started: the LDS push (its version and nonce) and what it changed (up to
+    10 field paths that differ between the old and the new config; empty for a removal)."""
+
+    version_info: str
+    nonce: str
+    changed: tuple[str, ...] = ()
+
+    def report(self) -> dict:
+        return {
+            "version_info": self.version_info,
+            "nonce": self.nonce,
+            "changed": list(self.changed),
+        }
+
+
+NO_CAUSE = DrainCause("", "")
+
+
 @dataclass(frozen=True)
 class ReserveSockets:
     """Give `version_id` listen sockets, bound but not yet listening: those of `share_from`
@@ -42,6 +64,8 @@ class ReserveSockets:
 class StartListener:
     version_id: int
     version_info: str
+    # The listener's own drain policy (metadata "xds_proxy.drain"; NO_POLICY: the global one).
+    policy: ListenerDrainPolicy = field(default=NO_POLICY, compare=False)
 
 
 @dataclass(frozen=True)
@@ -53,6 +77,8 @@ class StopAccepting:
 class DrainListener:
     version_id: int
     trigger: DrainTrigger
+    policy: ListenerDrainPolicy = field(default=NO_POLICY, compare=False)
+    cause: DrainCause = field(default=NO_CAUSE, compare=False)
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,18 @@ class UpdateFilterChains:
     version_info: str
     group_id: int
     draining_chains: tuple[int, ...]
+    policy: ListenerDrainPolicy = field(default=NO_POLICY, compare=False)
+    cause: DrainCause = field(default=NO_CAUSE, compare=False)
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """A change confined to the drain-policy metadata: the running version takes the new
+    config's `version_info` and policy; nothing starts, stops or drains."""
+
+    version_id: int
+    version_info: str
+    policy: ListenerDrainPolicy
 
 
 @dataclass(frozen=True)
@@ -106,6 +144,7 @@ Action = (
     | ForgetVersion
     | WatchRoutes
     | UnwatchRoutes
+    | UpdatePolicy
 )
 
 

@@ -35,7 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from xds_proxy.listener.drain import Drain
+from xds_proxy.listener.actions import NO_CAUSE, DrainCause
+from xds_proxy.listener.drain import Drain, Pacer
+from xds_proxy.listener.drain_policy import NO_POLICY, DrainPolicy, ListenerDrainPolicy
+from xds_proxy.listener.plan import chain_label
 
 # As the runtime's own lines: the `drain complete` line is the listener component's.
 log = logging.getLogger("xds_proxy.listener")
@@ -166,9 +169,12 @@ class DrainRecord:
     wall_offset: float  # the wall clock minus the monotonic clock, for RFC 3339 output
     direction: str = "all"
     ended: DrainAction | None = None  # what the runtime does when the drain ends
+    policy: DrainPolicy | None = None  # the values it runs under (None: the health drain)
+    cause: DrainCause = NO_CAUSE  # the push that caused it (LDS drains)
+    chains: tuple[str, ...] = ()  # an in-place drain's chains: names, else indexes
 
     def report(self, now: float, connections: int, outcome: str | None = None) -> dict:
-        doc = {
+        doc: dict = {
             "kind": self.kind,
             "listener": self.listener,
             "version_info": self.version_info,
@@ -181,6 +187,14 @@ class DrainRecord:
             "elapsed_s": round(now - self.drain.started_at, 3),
             "connections": connections,
         }
+        if self.policy is not None:
+            doc["policy"] = self.policy.report()
+            if self.drain.pacer is not None:
+                doc["tells_booked"] = self.drain.pacer.granted
+        if self.cause != NO_CAUSE:
+            doc["cause"] = self.cause.report()
+            if self.chains:
+                doc["cause"]["chains"] = list(self.chains)
         if outcome is not None:
             doc["outcome"] = outcome
         return doc
@@ -206,9 +220,16 @@ class DrainManager:
         clock: Callable[[], float],
         rng: random.Random,
         wall_clock: Callable[[], float],
+        max_closes_per_second: float = 0.0,
     ) -> None:
         self.strategy = strategy  # "gradual" | "immediate"
         self.drain_time_s = drain_time_s
+        # The command-line values; a listener's own policy overrides them for its drains.
+        self.defaults = DrainPolicy(float(drain_time_s), strategy, float(max_closes_per_second))
+        # Listener versions with a policy that also covers server-wide drains, by version id;
+        # and the drains derived for them from a server-wide drain.
+        self._server_policies: dict[int, ListenerDrainPolicy] = {}
+        self._derived: dict[tuple[int, int], Drain] = {}  # (id(server drain), version id)
         self._clock = clock
         self._rng = rng
         self._wall_clock = wall_clock
@@ -223,18 +244,34 @@ class DrainManager:
     # -- starting drains ------------------------------------------------------------------
 
     def drain_listener(
-        self, version_id: int, name: str, version_info: str, trigger: str
+        self,
+        version_id: int,
+        name: str,
+        version_info: str,
+        trigger: str,
+        policy: ListenerDrainPolicy = NO_POLICY,
+        cause: DrainCause = NO_CAUSE,
     ) -> list[DrainAction]:
-        """A listener version drains (it was updated or removed, and no longer accepts)."""
-        drain = self._new_drain(trigger)
+        """A listener version drains (it was updated or removed, and no longer accepts),
+        under its own policy where it has one."""
+        resolved = policy.resolve(self.defaults)
+        drain = self._new_drain(trigger, resolved)
         self._listeners[version_id] = drain
         scope = ListenerScope(version_id)
         record = DrainRecord(
-            "listener", name, version_info, None, drain, scope, self._wall_offset()
+            "listener",
+            name,
+            version_info,
+            None,
+            drain,
+            scope,
+            self._wall_offset(),
+            policy=resolved,
+            cause=cause,
         )
         drain_id = self._add(record)
         record.ended = ListenerDrainEnded(drain_id, version_id)
-        return [self._watch(drain_id, scope), TellConnections(scope, drain)]
+        return [self._watch(drain_id, scope, drain), TellConnections(scope, drain)]
 
     def drain_chains(
         self,
@@ -244,10 +281,13 @@ class DrainManager:
         version_info: str,
         chains: tuple[int, ...],
         chain_names: list[str],
+        policy: ListenerDrainPolicy = NO_POLICY,
+        cause: DrainCause = NO_CAUSE,
     ) -> list[DrainAction]:
         """Filter chains that an in-place update removed or changed drain; the version's other
         chains live on in the version that replaced it."""
-        drain = self._new_drain("in_place_update")
+        resolved = policy.resolve(self.defaults)
+        drain = self._new_drain("in_place_update", resolved)
         for chain in chains:
             self._chains[(version_id, chain)] = drain
         scope = ChainScope(version_id, chains)
@@ -259,10 +299,16 @@ class DrainManager:
             drain,
             scope,
             self._wall_offset(),
+            policy=resolved,
+            cause=cause,
+            chains=tuple(
+                chain_label(index, chain_name)
+                for index, chain_name in zip(chains, chain_names, strict=False)
+            ),
         )
         drain_id = self._add(record)
         record.ended = ChainDrainEnded(drain_id, version_id, group_id)
-        return [self._watch(drain_id, scope), TellConnections(scope, drain)]
+        return [self._watch(drain_id, scope, drain), TellConnections(scope, drain)]
 
     def start_admin_drain(
         self, inbound_only: bool, stop_listeners: bool, trigger: str = "drain_listeners"
@@ -275,7 +321,7 @@ class DrainManager:
         drain that started first."""
         if any(inbound_only or not running.inbound_only for running in self.admin_drains):
             return []
-        drain = self._new_drain(trigger)
+        drain = self._new_drain(trigger, self.defaults)
         self.admin_drains.append(AdminDrain(drain, inbound_only))
         scope = ServerScope(inbound_only)
         record = DrainRecord(
@@ -287,6 +333,7 @@ class DrainManager:
             scope,
             self._wall_offset(),
             "inbound_only" if inbound_only else "all",
+            policy=self.defaults,
         )
         drain_id = self._add(record)
         record.ended = ServerDrainEnded(drain_id, inbound_only, stop_listeners)
@@ -347,8 +394,53 @@ class DrainManager:
         ]
         for admin in self.admin_drains:
             if admin.covers(inbound):
-                covering.append(admin.drain)
+                covering.append(self.for_listener(admin.drain, version_id))
         return covering
+
+    # -- per-listener policies of server-wide drains ------------------------------------------
+
+    def set_listener_policy(self, version_id: int, policy: ListenerDrainPolicy) -> None:
+        """A started (or policy-updated) version's own policy; only one that also covers
+        server-wide drains (`applies_to_server_drain`) is kept."""
+        if policy.applies_to_server_drain:
+            self._server_policies[version_id] = policy
+        else:
+            self._server_policies.pop(version_id, None)
+
+    def forget_listener(self, version_id: int) -> None:
+        self._server_policies.pop(version_id, None)
+        for key in [key for key in self._derived if key[1] == version_id]:
+            del self._derived[key]
+
+    def for_listener(self, drain: Drain, version_id: int) -> Drain:
+        """The drain a version's connections follow under a server-wide `drain`: the drain
+        itself, or one on the version's own policy (same start and trigger)."""
+        policy = self._server_policies.get(version_id)
+        if policy is None or drain.trigger == "healthcheck_fail":
+            return drain
+        key = (id(drain), version_id)
+        derived = self._derived.get(key)
+        if derived is None:
+            resolved = policy.resolve(self.defaults, server_drain=True)
+            derived = self._derived[key] = _make_drain(drain.trigger, resolved, drain.started_at)
+        return derived
+
+    def latest_deadline(self, version_ids: list[int]) -> float:
+        """The longest drain deadline among the listeners: every running drain's, and a
+        server-wide drain started now on these versions."""
+        now = self._clock()
+        deadlines = [record.drain.deadline for record in self.records.values()]
+        deadlines.append(now + self.longest_server_drain_s(version_ids))
+        return max(deadlines)
+
+    def longest_server_drain_s(self, version_ids: list[int]) -> float:
+        """The longest drain time a server-wide drain of these versions runs under."""
+        longest = self.defaults.drain_time_s
+        for version_id in version_ids:
+            policy = self._server_policies.get(version_id)
+            if policy is not None:
+                longest = max(longest, policy.resolve(self.defaults, True).drain_time_s)
+        return longest
 
     def tell_delay(self, drain: Drain) -> float:
         """Seconds until a connection is told of `drain` (the idle schedule)."""
@@ -363,16 +455,16 @@ class DrainManager:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _new_drain(self, trigger: str) -> Drain:
-        return Drain(trigger, self.strategy, self.drain_time_s, self._clock())
+    def _new_drain(self, trigger: str, policy: DrainPolicy) -> Drain:
+        return _make_drain(trigger, policy, self._clock())
 
     def _add(self, record: DrainRecord) -> int:
         drain_id = next(self._ids)
         self.records[drain_id] = record
         return drain_id
 
-    def _watch(self, drain_id: int, scope: DrainScope) -> WatchDrain:
-        return WatchDrain(drain_id, scope, self.drain_time_s, True, True)
+    def _watch(self, drain_id: int, scope: DrainScope, drain: Drain) -> WatchDrain:
+        return WatchDrain(drain_id, scope, drain.drain_time_s, True, True)
 
     def _finish(self, drain_id: int, outcome: str, connections: int) -> list[DrainAction]:
         record = self.records.pop(drain_id, None)
@@ -391,6 +483,13 @@ class DrainManager:
 
     def _wall_offset(self) -> float:
         return self._wall_clock() - self._clock()
+
+
+def _make_drain(trigger: str, policy: DrainPolicy, now: float) -> Drain:
+    pacer = None
+    if policy.max_closes_per_second > 0:
+        pacer = Pacer(policy.max_closes_per_second, now, now + policy.drain_time_s)
+    return Drain(trigger, policy.strategy, policy.drain_time_s, now, pacer)
 
 
 def _rfc3339(seconds: float) -> str:

@@ -40,6 +40,18 @@ Actions (plain data, defined in `actions.py` with the events):
   it uses them no more (a drained, removed or discarded version; the last user gone, the
   registry unsubscribes).
 
+- `UpdatePolicy(version_id, version_info, policy)`: a change confined to the listener's
+  drain-policy metadata (`metadata.filter_metadata["xds_proxy.drain"]`, `drain_policy.py`)
+  is applied to the running version: it takes the new config and policy, nothing drains
+  (counted as `listener_modified`). `StartListener`, `DrainListener` and
+  `UpdateFilterChains` carry the version's policy, and the drains the push's `DrainCause`
+  (version, nonce, changed field paths).
+
+Every apply records one `Outcome` per listener (`plan.py`) as it decides; `plan()` runs the
+same diff on a copy of the state (a compile port that keeps nothing, no socket bound, a
+throwaway stats store), so `POST /listeners/plan` tells what a push would do, changing
+nothing.
+
 Events the runtime reports back (`on_event`): `ListenerDrained(version_id)`,
 `ChainsDrained(group_id)`, `StartFailed(version_id)` (listen() or accept failed); and the
 route registry's `RoutesReady(name)` and `RoutesFailed(name)` (NACKed, or its
@@ -62,9 +74,8 @@ active in the gauges, as in Envoy.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -74,11 +85,14 @@ from xds_proxy.config.pgv import canonical_ip
 from xds_proxy.config.rds import listener_route_names
 from xds_proxy.config_key import config_key
 from xds_proxy.errors import ConfigError
+from xds_proxy.listener import plan as outcome
 from xds_proxy.listener.actions import (
     DEFAULT_CHAIN,
+    NO_CAUSE,
     Action,
     ChainsDrained,
     CloseSockets,
+    DrainCause,
     DrainListener,
     DrainTrigger,
     ForgetVersion,
@@ -96,8 +110,18 @@ from xds_proxy.listener.actions import (
     StopAccepting,
     UnwatchRoutes,
     UpdateFilterChains,
+    UpdatePolicy,
     WatchRoutes,
 )
+from xds_proxy.listener.config_diff import changed_fields
+from xds_proxy.listener.drain_policy import (
+    NO_POLICY,
+    POLICY_KEY,
+    ListenerDrainPolicy,
+    listener_drain_policy,
+    without_policy,
+)
+from xds_proxy.listener.plan import Outcome
 from xds_proxy.stats import Stats
 
 
@@ -143,6 +167,10 @@ class ListenerVersion:
     # accepted on: that version's StopAccepting, ReleaseSockets and DrainListener, held back
     # so that the address keeps accepting until this one is warm (or discarded).
     handover: list = field(default_factory=list)
+    policy: ListenerDrainPolicy = NO_POLICY  # metadata "xds_proxy.drain" (drain_policy.py)
+    cause: DrainCause = NO_CAUSE  # the push that replaces the active version
+    # An in-place update: (the active version's id, its chains that drain), found once.
+    in_place_chains: tuple[int, tuple[int, ...]] | None = None
     _key: bytes | None = None
 
     def key(self) -> bytes:
@@ -174,6 +202,14 @@ class ErrorState:
 class ApplyResult:
     actions: list[Action] = field(default_factory=list)
     nack_message: str | None = None  # None: ACK
+    outcomes: list[Outcome] = field(default_factory=list)  # per listener, in decision order
+
+
+class _NoBinding:
+    """The socket port of a plan: nothing is bound (an OS bind error is not predicted)."""
+
+    def reserve(self, request: ReserveSockets) -> None:
+        return None
 
 
 class ListenerManager:
@@ -193,7 +229,9 @@ class ListenerManager:
         self._sockets = sockets
         self._compile = compile
         self._clock = clock
-        self._ids = itertools.count(1)
+        self._next_id = 1
+        self._push = DrainCause("", "")  # the LDS push being applied (version, nonce)
+        self._outcomes: list[Outcome] = []
         self.active: dict[str, ListenerVersion] = {}
         self.draining: dict[int, ListenerVersion] = {}  # by version id, oldest first
         self._owners: dict[SocketAddress, ListenerVersion] = {}  # fixed-port addresses in use
@@ -264,7 +302,9 @@ class ListenerManager:
 
     # -- LDS, state of the world -----------------------------------------------------------
 
-    def apply_sotw(self, version_info: str, listeners: list[listener_pb2.Listener]) -> ApplyResult:
+    def apply_sotw(
+        self, version_info: str, listeners: list[listener_pb2.Listener], nonce: str = ""
+    ) -> ApplyResult:
         """A state-of-the-world response: every dynamic listener not named in it is removed."""
         wanted = {listener.name for listener in listeners}
         removed = [n for n, v in self.active.items() if not v.static and n not in wanted]
@@ -273,10 +313,14 @@ class ListenerManager:
             for n, v in self.warming.items()
             if not v.static and n not in wanted and n not in self.active
         ]
-        return self._apply(version_info, listeners, removed)
+        return self._apply(version_info, listeners, removed, nonce)
 
     def apply_delta(
-        self, version_info: str, listeners: list[listener_pb2.Listener], removed: list[str]
+        self,
+        version_info: str,
+        listeners: list[listener_pb2.Listener],
+        removed: list[str],
+        nonce: str = "",
     ) -> ApplyResult:
         """A delta response: `removed_resources` first (unknown names ignored), then the
         added/updated listeners, through the same path as state of the world."""
@@ -286,14 +330,71 @@ class ListenerManager:
             if (n in self.active and not self.active[n].static)
             or (n in self.warming and n not in self.active and not self.warming[n].static)
         ]
-        return self._apply(version_info, listeners, list(dict.fromkeys(known)))
+        return self._apply(version_info, listeners, list(dict.fromkeys(known)), nonce)
+
+    # -- dry run ---------------------------------------------------------------------------
+
+    def plan(
+        self,
+        version_info: str,
+        listeners: list[listener_pb2.Listener],
+        removed: list[str] | None,
+        compile: Callable[[int, listener_pb2.Listener], None],
+    ) -> ApplyResult:
+        """What `apply_sotw` (`removed` None) or `apply_delta` would do, changing nothing: the
+        real diff runs on a copy of this manager's state, with `compile` (a check that keeps
+        nothing), no socket bound and a throwaway stats store. The result's actions and
+        outcomes are those the real apply would give now (the same version ids)."""
+        shadow = self._copy(compile)
+        if removed is None:
+            return shadow.apply_sotw(version_info, listeners)
+        return shadow.apply_delta(version_info, listeners, removed)
+
+    def _copy(self, compile: Callable[[int, listener_pb2.Listener], None]) -> ListenerManager:
+        shadow = ListenerManager(Stats(), _NoBinding(), compile, self._clock, self._routes)
+        copies: dict[int, ListenerVersion] = {}
+
+        def copied(version: ListenerVersion) -> ListenerVersion:
+            if version.id not in copies:
+                copies[version.id] = replace(
+                    version, waiting=set(version.waiting), handover=list(version.handover)
+                )
+            return copies[version.id]
+
+        shadow.active = {name: copied(v) for name, v in self.active.items()}
+        shadow.warming = {name: copied(v) for name, v in self.warming.items()}
+        shadow.draining = {vid: copied(v) for vid, v in self.draining.items()}
+        shadow._owners = {address: copied(v) for address, v in self._owners.items()}
+        shadow.draining_chains = list(self.draining_chains)
+        shadow._watching = set(self._watching)
+        shadow._workers_started = self._workers_started
+        shadow._next_id = self._next_id
+        shadow.version_info = self.version_info
+        shadow.stopped = self.stopped
+        shadow.stopped_inbound = self.stopped_inbound
+        return shadow
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _note(self, name: str, kind: str, **details) -> None:
+        self._outcomes.append(Outcome(name, kind, **details))
 
     def _apply(
-        self, version_info: str, listeners: list[listener_pb2.Listener], removed: list[str]
+        self,
+        version_info: str,
+        listeners: list[listener_pb2.Listener],
+        removed: list[str],
+        nonce: str = "",
     ) -> ApplyResult:
         result = ApplyResult()
+        self._outcomes = result.outcomes
+        self._push = DrainCause(version_info, nonce)
         if self.stopped:
-            return result  # after /drain_listeners: ACK and ignore
+            for listener in listeners:  # after /drain_listeners: ACK and ignore
+                self._note(listener.name, outcome.NO_OP, reason="listeners stopped: ignored")
+            return result
         self.errors.clear()
         self.overall_errors.clear()
         any_applied = False
@@ -323,29 +424,50 @@ class ListenerManager:
                 self.overall_errors.append(state)
             lines = "".join(f"{listener.name}: {details}\n" for listener, details in failures)
             result.nack_message = f"Error adding/updating listener(s) {lines}"
+            for listener, details in failures:
+                self._note(listener.name, outcome.REJECTED, nack=f"{listener.name}: {details}")
         self._update_gauges()
         return result
 
     def _add_or_update(
         self, listener: listener_pb2.Listener, version_info: str, actions: list[Action]
     ) -> bool:
+        name = listener.name
         if self.stopped_inbound and _inbound(listener):
-            return False  # inbound listeners were stopped by /drain_listeners?inboundonly
+            # inbound listeners were stopped by /drain_listeners?inboundonly
+            self._note(name, outcome.NO_OP, reason="inbound listeners stopped: ignored")
+            return False
         raw = listener.SerializeToString()
-        existing = self.active.get(listener.name)
-        warming = self.warming.get(listener.name)
+        existing = self.active.get(name)
+        warming = self.warming.get(name)
         if (existing is not None and existing.static) or (warming is not None and warming.static):
-            return False  # static: skipped
+            self._note(name, outcome.NO_OP, reason="static listener: LDS never changes it")
+            return False
         if warming is not None:
             if warming.same_config(listener, raw):
-                return False  # the warming version again: it keeps warming
+                self._note(
+                    name,
+                    outcome.NO_OP,
+                    reason="the warming version again: it keeps warming",
+                    waiting=tuple(sorted(warming.waiting)),
+                )
+                return False
             if existing is not None and existing.same_config(listener, raw):
                 # The active config pushed back: the warming version is discarded, no drain.
-                self._discard_warming(listener.name, actions)
+                self._discard_warming(name, actions)
                 self._stats.counter("listener_manager.listener_modified").inc()
+                self._note(
+                    name,
+                    outcome.NO_OP,
+                    reason="the active config again: warming one dropped",
+                )
                 return True
         elif existing is not None and existing.same_config(listener, raw):
-            return False  # identical: skipped
+            self._note(name, outcome.NO_OP, reason=_why_equal(existing, raw))
+            return False
+        if existing is not None and warming is None and _only_policy_differs(existing, listener):
+            self._update_policy(existing, listener, raw, version_info, actions)
+            return True
         version = self._build(listener, version_info, raw=raw)
         # Replaced by a newer version: discarded, but its UnwatchRoutes goes after the new
         # version's WatchRoutes, so that a route config both use is never let go meanwhile.
@@ -375,12 +497,13 @@ class ListenerManager:
             name = "listener_modified" if replaced_warming else "listener_added"
             self._stats.counter(f"listener_manager.{name}").inc()
             version.waiting = self._pending_routes(version, new=True)
+            self._note(version.name, outcome.ADDED, waiting=tuple(sorted(version.waiting)))
             if version.waiting:
                 self._hold_back_removals(version, actions)
                 self._start_warming(version)
                 return
             self._activate(version)
-            actions.append(StartListener(version.id, version.version_info))
+            actions.append(StartListener(version.id, version.version_info, version.policy))
             return
         listener = version.config
         if _reuse_port(existing.config) != _reuse_port(listener):
@@ -399,6 +522,20 @@ class ListenerManager:
         if in_place:
             self._stats.counter("listener_manager.listener_in_place_updated").inc()
         version.waiting = self._pending_routes(version, new=False)
+        version.cause = self._push._replace(changed=changed_fields(existing.config, listener))
+        chains = _draining_chains(existing.config, listener) if in_place else ()
+        version.in_place_chains = (existing.id, chains) if in_place else None
+        self._note(
+            version.name,
+            outcome.IN_PLACE if in_place else outcome.FULL_UPDATE,
+            old_version_id=existing.id,
+            old_version_info=existing.version_info,
+            chains=chains,
+            chain_names=tuple(_chain_name(existing.config, index) for index in chains),
+            waiting=tuple(sorted(version.waiting)),
+            cause=version.cause,
+            policy=existing.policy,
+        )
         if version.waiting:
             version.replaces = True
             version.in_place = in_place
@@ -423,12 +560,24 @@ class ListenerManager:
     ) -> None:
         """Only the filter chains changed: same sockets, only changed or removed chains drain."""
         self._set_active(version)
-        chains = _draining_chains(existing.config, version.config)
-        group_id = next(self._ids)
+        found = version.in_place_chains
+        if found is not None and found[0] == existing.id:
+            chains = found[1]
+        else:
+            chains = _draining_chains(existing.config, version.config)
+        group_id = self._new_id()
         if chains:
             self.draining_chains.append(DrainingChains(group_id, existing.id, chains))
         actions.append(
-            UpdateFilterChains(existing.id, version.id, version.version_info, group_id, chains)
+            UpdateFilterChains(
+                existing.id,
+                version.id,
+                version.version_info,
+                group_id,
+                chains,
+                existing.policy,
+                version.cause,
+            )
         )
         actions.append(ReleaseSockets(existing.id))
         if not chains:
@@ -441,13 +590,56 @@ class ListenerManager:
         """Any listener-level field changed: the new version takes over the same listen socket
         (or binds the new address), starts, and only then the old version drains."""
         self._activate(version)
-        self._start_draining(existing, DrainTrigger.LDS_UPDATE, actions, started=version)
+        self._start_draining(
+            existing, DrainTrigger.LDS_UPDATE, actions, started=version, cause=version.cause
+        )
+
+    def _update_policy(
+        self,
+        existing: ListenerVersion,
+        listener: listener_pb2.Listener,
+        raw: bytes,
+        version_info: str,
+        actions: list[Action],
+    ) -> None:
+        """Only the drain-policy metadata changed: the running version takes the new config
+        (config_dump shows it) and policy; nothing drains (Envoy would fully update)."""
+        policy = listener_drain_policy(listener)  # ConfigError: NACKed, nothing changes
+        self._note(
+            listener.name,
+            outcome.POLICY_UPDATE,
+            old_version_id=existing.id,
+            old_version_info=existing.version_info,
+            cause=DrainCause(
+                version_info, self._push.nonce, changed_fields(existing.config, listener)
+            ),
+            policy=policy,
+        )
+        existing.config = listener
+        existing.raw = raw
+        existing._key = None
+        existing.version_info = version_info
+        existing.last_updated = self._clock()
+        existing.policy = policy
+        self._stats.counter("listener_manager.listener_modified").inc()
+        actions.append(UpdatePolicy(existing.id, version_info, policy))
 
     def _remove(self, name: str, actions: list[Action]) -> None:
         if name in self.warming:
             self._discard_warming(name, actions)  # dropped at once, never draining
         if name in self.active:
-            self._start_draining(self._pop_active(name), DrainTrigger.LDS_REMOVE, actions)
+            old = self._pop_active(name)
+            self._note(
+                name,
+                outcome.REMOVED,
+                old_version_id=old.id,
+                old_version_info=old.version_info,
+                cause=self._push,
+                policy=old.policy,
+            )
+            self._start_draining(old, DrainTrigger.LDS_REMOVE, actions, cause=self._push)
+        else:
+            self._note(name, outcome.REMOVED, reason="a warming version, dropped: nothing drains")
         self._stats.counter("listener_manager.listener_removed").inc()
 
     # -- warming ------------------------------------------------------------------------------
@@ -516,7 +708,7 @@ class ListenerManager:
         existing = self.active.get(version.name)
         if existing is None:
             self._activate(version)
-            actions.append(StartListener(version.id, version.version_info))
+            actions.append(StartListener(version.id, version.version_info, version.policy))
             actions.extend(version.handover)  # the previous owner of the address stops now
             version.handover = []
             return
@@ -538,14 +730,15 @@ class ListenerManager:
         trigger: DrainTrigger,
         actions: list[Action],
         started: ListenerVersion | None = None,
+        cause: DrainCause = NO_CAUSE,
     ) -> None:
         old.draining = True
         self.draining[old.id] = old
         if started is not None:
-            actions.append(StartListener(started.id, started.version_info))
+            actions.append(StartListener(started.id, started.version_info, started.policy))
         actions.append(StopAccepting(old.id))
         actions.append(ReleaseSockets(old.id))
-        actions.append(DrainListener(old.id, trigger))
+        actions.append(DrainListener(old.id, trigger, old.policy, cause))
 
     # -- admin ---------------------------------------------------------------------------
 
@@ -613,7 +806,8 @@ class ListenerManager:
         raw: bytes | None = None,
     ) -> ListenerVersion:
         addresses = listener_addresses(listener)
-        version_id = next(self._ids)
+        policy = listener_drain_policy(listener)  # ConfigError naming the field: NACK
+        version_id = self._new_id()
         self._compile(version_id, listener)
         return ListenerVersion(
             id=version_id,
@@ -625,6 +819,7 @@ class ListenerManager:
             static=static,
             addresses=addresses,
             route_names=listener_route_names(listener),
+            policy=policy,
         )
 
     def _activate(self, version: ListenerVersion) -> None:
@@ -737,6 +932,28 @@ def _without_chains(listener: listener_pb2.Listener) -> bytes:
     copy.ClearField("default_filter_chain")
     copy.ClearField("filter_chain_matcher")
     return config_key(copy)
+
+
+def _why_equal(existing: ListenerVersion, raw: bytes) -> str:
+    if existing.raw == raw:
+        return "identical: the same bytes"
+    return "identical: equal after unpacking every Any"
+
+
+def _only_policy_differs(existing: ListenerVersion, new: listener_pb2.Listener) -> bool:
+    """A change confined to the drain-policy metadata key (applied without a drain)."""
+    old_policy = existing.config.metadata.filter_metadata
+    new_policy = new.metadata.filter_metadata
+    if POLICY_KEY not in old_policy and POLICY_KEY not in new_policy:
+        return False
+    return config_key(without_policy(existing.config)) == config_key(without_policy(new))
+
+
+def _chain_name(listener: listener_pb2.Listener, index: int) -> str:
+    chain = (
+        listener.default_filter_chain if index == DEFAULT_CHAIN else listener.filter_chains[index]
+    )
+    return chain.name
 
 
 def _in_place_possible(old: listener_pb2.Listener, new: listener_pb2.Listener) -> bool:

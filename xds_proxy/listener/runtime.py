@@ -64,6 +64,7 @@ from xds_proxy.listener.manager import (
     StopAccepting,
     UnwatchRoutes,
     UpdateFilterChains,
+    UpdatePolicy,
     WatchRoutes,
 )
 from xds_proxy.listener.sockets import ListenSocketPool
@@ -89,8 +90,11 @@ class ListenerCompiler:
     what we support) and builds its filter chains, nothing bound, and keeps the result by
     version id until the runtime starts that version (or is told to forget it)."""
 
-    def __init__(self, services: ListenerServices) -> None:
+    def __init__(
+        self, services: ListenerServices, check_services: ListenerServices | None = None
+    ) -> None:
         self.services = services
+        self.check_services = check_services
         self._compiled: dict[int, ListenerInstance] = {}
 
     def compile(self, version_id: int, config: listener_pb2.Listener) -> None:
@@ -99,6 +103,15 @@ class ListenerCompiler:
         if errors:
             raise ConfigError(errors[0])
         self._compiled[version_id] = ListenerInstance(self.services, config, version_id)
+
+    def check(self, version_id: int, config: listener_pb2.Listener) -> None:
+        """The compile port of a plan (`ListenerManager.plan`): the same checks and build,
+        against `check_services` (a throwaway stats store, route handles that subscribe to
+        nothing), and nothing kept."""
+        errors = listener_errors(config)
+        if errors:
+            raise ConfigError(errors[0])
+        ListenerInstance(self.check_services or self.services, config, version_id)
 
     def take(self, version_id: int) -> ListenerInstance | None:
         return self._compiled.pop(version_id, None)
@@ -162,14 +175,13 @@ class ListenerRuntime:
         try:
             for action in actions:
                 match action:
-                    case StartListener(version_id, version_info):
+                    case StartListener(version_id, version_info, policy):
                         instance = self.compiler.take(version_id)
                         if instance is not None:
+                            self.drains.set_listener_policy(version_id, policy)
                             await self._start(instance, version_info)
-                    case UpdateFilterChains(old_id, version_id, version_info, group_id, draining):
-                        await self._update_chains(
-                            old_id, version_id, version_info, group_id, draining
-                        )
+                    case UpdateFilterChains():
+                        await self._update_chains(action)
                     case _:
                         self._perform(action)
         finally:
@@ -187,6 +199,22 @@ class ListenerRuntime:
     def connections(self, scope: DrainScope) -> int:
         return sum(len(chain.connections) for chain in self._chains_in(scope))
 
+    def listener_connections(self, version_id: int) -> int:
+        """Connections of a started version now (`POST /listeners/plan`)."""
+        return self.connections(ListenerScope(version_id))
+
+    def chain_connections(self, version_id: int, index: int) -> int:
+        """Connections of one filter chain of a started version now (`DEFAULT_CHAIN`: its
+        default chain)."""
+        instance = self.instances.get(version_id)
+        if instance is None:
+            return 0
+        if index == DEFAULT_CHAIN:
+            chain = instance.default_chain
+        else:
+            chain = instance.chains[index] if 0 <= index < len(instance.chains) else None
+        return 0 if chain is None else len(chain.connections)
+
     def drain_report(self) -> list[dict]:
         """Every drain in progress, for `/drain_status`."""
         return self.drains.report(self.connections)
@@ -197,14 +225,24 @@ class ListenerRuntime:
         match action:
             case StopAccepting(version_id):
                 self._stop_accepting(version_id)
-            case DrainListener(version_id, trigger):
+            case DrainListener(version_id, trigger, policy, cause):
                 instance = self.instances.get(version_id)
                 if instance is not None:
                     self._perform_all(
                         self.drains.drain_listener(
-                            version_id, instance.name, instance.version_info, str(trigger)
+                            version_id,
+                            instance.name,
+                            instance.version_info,
+                            str(trigger),
+                            policy,
+                            cause,
                         )
                     )
+            case UpdatePolicy(version_id, version_info, policy):
+                instance = self.instances.get(version_id)
+                if instance is not None:
+                    instance.version_info = version_info
+                    self.drains.set_listener_policy(version_id, policy)
             case ReleaseSockets(version_id):
                 self.pool.release(version_id)
             case CloseSockets(version_id):
@@ -221,12 +259,15 @@ class ListenerRuntime:
                     self.routes.unwatch(version_id)
             case TellConnections(scope, drain):
                 for chain in self._chains_in(scope):
-                    chain.tell_connections(drain)
+                    chain.tell_connections(
+                        self.drains.for_listener(drain, chain.listener.version_id)
+                    )
             case WatchDrain():
                 self._watch(action)
             case ListenerDrainEnded(drain_id, version_id):
                 self._end_watch(drain_id)
                 self.instances.pop(version_id, None)
+                self.drains.forget_listener(version_id)
                 self._report(ListenerDrained(version_id))
             case ChainDrainEnded(drain_id, version_id, group_id):
                 self._end_watch(drain_id)
@@ -284,6 +325,7 @@ class ListenerRuntime:
             for server in instance.servers:
                 server.close()
             del self.instances[version_id]
+            self.drains.forget_listener(version_id)
             self._report(StartFailed(version_id))
 
     def _stop_accepting(self, version_id: int) -> None:
@@ -294,14 +336,12 @@ class ListenerRuntime:
             server.close()
         instance.servers.clear()
 
-    async def _update_chains(
-        self,
-        old_id: int,
-        version_id: int,
-        version_info: str,
-        group_id: int,
-        draining: tuple[int, ...],
-    ) -> None:
+    async def _update_chains(self, update: UpdateFilterChains) -> None:
+        old_id, version_id, draining = (
+            update.old_version_id,
+            update.version_id,
+            update.draining_chains,
+        )
         instance = self.compiler.take(version_id)
         if instance is None:
             return
@@ -324,11 +364,13 @@ class ListenerRuntime:
                     adopted.index = DEFAULT_CHAIN
                     instance.default_chain = adopted
             instance.active_connections = old.active_connections
-        await self._start(instance, version_info)
+        self.drains.set_listener_policy(version_id, update.policy)
+        await self._start(instance, update.version_info)
         if old is None:
             return
         self._stop_accepting(old_id)
         del self.instances[old_id]
+        self.drains.forget_listener(old_id)
         if not draining:
             return
         self.retired[old_id] = old
@@ -336,11 +378,13 @@ class ListenerRuntime:
         self._perform_all(
             self.drains.drain_chains(
                 old_id,
-                group_id,
+                update.group_id,
                 instance.name,
                 instance.version_info,
                 draining,
                 [chain.name for chain in chains],
+                update.policy,
+                update.cause,
             )
         )
 

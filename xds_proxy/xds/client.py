@@ -100,6 +100,7 @@ class LdsClient(SubscriptionClient):
         super().__init__(server, stats_handles, subscription, on_initialized, rng)
         self._apply = apply
         self._apply_delta = apply_delta
+        self.applying_nonce = ""  # the nonce of the response being applied
         self._applied = applied
         self._clock = clock
         # SotW TTL bookkeeping (Delta keeps its own in the subscription).
@@ -127,6 +128,7 @@ class LdsClient(SubscriptionClient):
         self, response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse
     ) -> discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest | None:
         now_ms = time.time_ns() // 1_000_000
+        self.applying_nonce = response.nonce  # for the drains this response causes
         if isinstance(self._subscription, DeltaSubscription):
             assert self._apply_delta is not None
             outcome = self._subscription.on_response(
@@ -134,6 +136,7 @@ class LdsClient(SubscriptionClient):
             )
         else:
             outcome = self._subscription.on_response(response, self._apply_sotw, now_ms)
+        self.applying_nonce = ""
         self._arm_ttl_timer()
         if outcome.request is None:
             log.warning(

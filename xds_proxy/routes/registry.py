@@ -43,6 +43,7 @@ from xds_proxy.listener.manager import ListenerEvent, RoutesFailed, RoutesReady,
 from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.rds import RdsClient
+from xds_proxy.xds.rest import RestHooks, RestPoller
 from xds_proxy.xds.source import XdsServer, source_server
 from xds_proxy.xds.transport import XdsStream
 from xds_proxy.xds.xxhash64 import xxhash64
@@ -416,4 +417,26 @@ class RouteRegistry:
         )
         client.change_names([entry.name])
         entry.client = client
+        if client.server.rest is not None:
+            self._start_rest(entry, client)
+            return
         entry.task = asyncio.create_task(client.run(), name=f"rds-{entry.name}")
+
+    # -- REST RDS (api_type: REST): a poller per name, its stats those of the name ------------
+
+    def _start_rest(self, entry: RouteEntry, client: RdsClient) -> None:
+        hooks = RestHooks(
+            not_modified=entry.stats.update_attempt.inc,
+            failed=lambda: self._rest_fetch_failed(entry, client),
+        )
+        poller = RestPoller(client, hooks=hooks)
+        entry.task = asyncio.create_task(poller.run(), name=f"rds-rest-{entry.name}")
+
+    def _rest_fetch_failed(self, entry: RouteEntry, client: RdsClient) -> None:
+        """Counted as a lost stream; and, as Envoy's `onConfigUpdateFailed`, a name still
+        waiting for its first copy stops waiting (a new listener serves without routes)."""
+        client.stream_lost()
+        if entry.state is RouteState.PENDING and self.entries.get(entry.name) is entry:
+            self._stop_fetch_timer(entry)
+            entry.state = RouteState.FAILED
+            self._emit([RoutesFailed(entry.name)])

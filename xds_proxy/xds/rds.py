@@ -77,6 +77,8 @@ def _rds_stats(stats: Stats, server: XdsServer) -> SubscriptionStats:
     """Type-wide update stats off the store (Envoy has none for RDS); the stream's
     control_plane.* on it (over ADS the shared ones)."""
     handles = SubscriptionStats.create(Stats(), "rds.", "control_plane.")
+    if server.rest is not None:  # REST has no stream, and Envoy no control_plane.* for it
+        return handles
     control_plane = "control_plane." if server.aggregated else "rds.control_plane."
     handles.connected_state = stats.gauge(control_plane + "connected_state")
     handles.control_plane_identifier = stats.text_readout(control_plane + "identifier")

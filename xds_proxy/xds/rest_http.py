@@ -25,6 +25,8 @@ class _Answer:
         self.body = bytearray()
         self.complete = False
         self.too_big = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
         self._max = max_body_bytes
 
     def on_body(self, body: bytes) -> None:
@@ -35,6 +37,8 @@ class _Answer:
 
     def on_message_complete(self) -> None:
         self.complete = True
+        if self.parser is not None:  # read now: llhttp resets its flags after this callback
+            self.keep_alive = self.parser.should_keep_alive()
 
 
 class HttpClient:
@@ -90,7 +94,7 @@ class HttpClient:
         writer.write(head + body)
         await writer.drain()
         answer = _Answer(self._max_body)
-        parser = httptools.HttpResponseParser(answer)
+        parser = answer.parser = httptools.HttpResponseParser(answer)
         received_any = False
         while not answer.complete:
             chunk = await reader.read(65536)
@@ -103,7 +107,7 @@ class HttpClient:
             parser.feed_data(chunk)
             if answer.too_big:
                 raise HttpFailure(f"a response body over {self._max_body} bytes")
-        if not parser.should_keep_alive():
+        if not answer.keep_alive:
             self.close()
         return parser.get_status_code(), bytes(answer.body)
 

@@ -19,10 +19,14 @@ after each answer (Envoy's `RestApiFetcher::requestComplete`).
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import re
+from collections.abc import Callable
+from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format, message
 
 # type URL -> the REST path's resource word (Envoy's `/v3/discovery:<word>`)
 _REST_WORDS = {
@@ -33,6 +37,8 @@ _REST_WORDS = {
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret": "secrets",
 }
 _UNKNOWN_FIELD_MARKERS = ("has no field named", "Cannot find field")
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 class FetchFailed(Exception):
@@ -61,25 +67,117 @@ def decode_response(body: bytes, type_url: str) -> tuple[discovery_pb2.Discovery
     off the event loop."""
     if not body.strip():
         raise FetchFailed("a 200 response with an empty body")
-    response = discovery_pb2.DiscoveryResponse()
-    skipped_unknown = False
+    unknown: list[bool] = []
+
+    def to_any(item: Any) -> any_pb2.Any:
+        resource = any_pb2.Any()
+        unknown.append(_parse(item, resource))
+        return resource
+
     try:
-        json_format.Parse(body, response)
+        doc = load_sliced(body.decode("utf-8"), to_any)
     except json_format.ParseError as error:
-        if not any(marker in str(error) for marker in _UNKNOWN_FIELD_MARKERS):
-            raise FetchFailed(f"not a JSON DiscoveryResponse: {_one_line(error)}") from None
-        response = discovery_pb2.DiscoveryResponse()
-        try:
-            json_format.Parse(body, response, ignore_unknown_fields=True)
-        except json_format.ParseError as second:
-            raise FetchFailed(f"not a JSON DiscoveryResponse: {_one_line(second)}") from None
-        skipped_unknown = True
+        raise FetchFailed(f"not a JSON DiscoveryResponse: {_one_line(error)}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise FetchFailed(f"not a JSON DiscoveryResponse: {_one_line(error)}") from None
+    if not isinstance(doc, dict):
+        raise FetchFailed("not a JSON DiscoveryResponse: not a JSON object")
+    resources = doc.pop("resources", None) if _all_any(doc.get("resources")) else None
+    response = discovery_pb2.DiscoveryResponse()
+    try:
+        unknown.append(_parse(doc, response))
+    except json_format.ParseError as error:
+        raise FetchFailed(f"not a JSON DiscoveryResponse: {_one_line(error)}") from None
+    if resources:
+        response.resources.extend(resources)
+    skipped_unknown = any(unknown)
     if response.type_url and response.type_url != type_url:
         raise FetchFailed(f"a response of type URL {response.type_url}, expected {type_url}")
     response.type_url = type_url
     return response, skipped_unknown
+
+
+def _parse(doc: Any, target: message.Message) -> bool:
+    """ParseDict; unknown fields are skipped (returns True) as Envoy does, with a warning."""
+    try:
+        json_format.ParseDict(doc, target)
+        return False
+    except json_format.ParseError as error:
+        if not any(marker in str(error) for marker in _UNKNOWN_FIELD_MARKERS):
+            raise
+    target.Clear()
+    json_format.ParseDict(doc, target, ignore_unknown_fields=True)
+    return True
+
+
+def _all_any(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, any_pb2.Any) for item in value)
+
+
+def load_sliced(text: str, convert: Callable[[Any], Any] = lambda item: item) -> Any:
+    """`json.loads`, but a top-level object's `resources` array is decoded one element at a
+    time and handed to `convert` at once: `json.loads` of a large response is one C call that
+    holds the GIL throughout (about 40 ms per MiB), so that even in a worker thread it would
+    pause the event loop, and the dicts of every resource alive at once make the garbage
+    collector's full passes long; element by element, the loop gets the GIL back between
+    resources and only one resource's dicts live at a time."""
+    index = _skip(text, 0)
+    if text[index : index + 1] != "{":
+        return _DECODER.decode(text)
+    doc: dict[str, Any] = {}
+    index = _skip(text, index + 1)
+    if text[index : index + 1] == "}":
+        return _end(doc, text, index + 1)
+    while True:
+        key, index = _DECODER.raw_decode(text, index)
+        if not isinstance(key, str):
+            raise ValueError(f"an object key must be a string (char {index})")
+        index = _expect(text, index, ":")
+        if key == "resources" and text[index : index + 1] == "[":
+            doc[key], index = _array(text, index + 1, convert)
+        else:
+            doc[key], index = _DECODER.raw_decode(text, index)
+        index = _skip(text, index)
+        mark = text[index : index + 1]
+        if mark == "}":
+            return _end(doc, text, index + 1)
+        if mark != ",":
+            raise ValueError(f"expected ',' or '}}' at char {index}")
+        index = _skip(text, index + 1)
+
+
+def _array(text: str, index: int, convert: Callable[[Any], Any]) -> tuple[list[Any], int]:
+    items: list[Any] = []
+    index = _skip(text, index)
+    if text[index : index + 1] == "]":
+        return items, index + 1
+    while True:
+        item, index = _DECODER.raw_decode(text, index)
+        items.append(convert(item))
+        index = _skip(text, index)
+        mark = text[index : index + 1]
+        if mark == "]":
+            return items, index + 1
+        if mark != ",":
+            raise ValueError(f"expected ',' or ']' at char {index}")
+        index = _skip(text, index + 1)
+
+
+def _skip(text: str, index: int) -> int:
+    return _SPACE.match(text, index).end()  # type: ignore[union-attr]
+
+
+def _expect(text: str, index: int, mark: str) -> int:
+    index = _skip(text, index)
+    if text[index : index + 1] != mark:
+        raise ValueError(f"expected '{mark}' at char {index}")
+    return _skip(text, index + 1)
+
+
+def _end(doc: dict[str, Any], text: str, index: int) -> dict[str, Any]:
+    if _skip(text, index) != len(text):
+        raise ValueError(f"extra data at char {index}")
+    return doc
 
 
 def body_digest(body: bytes) -> bytes:

@@ -2,11 +2,13 @@
 
 Envoy's `HttpSubscriptionImpl` (`api_type: REST`) polls `POST /v3/discovery:<type>` with a
 proto3-JSON `DiscoveryRequest` (snake_case names: `version_info`, `node`, sorted
-`resource_names`, `type_url`, `error_detail` after a rejection; never a nonce). The answer:
+`resource_names`, `type_url`; never a nonce, and -- as Envoy 1.40 does, checked on the wire --
+no `error_detail` either: sovereign answers a request with one 422). The answer:
 
 - 200 with a JSON `DiscoveryResponse`: applied through the subscription's SotW path; the next
-  poll carries its version (ACK) or, rejected, the last accepted one with `error_detail`
-  (NACK). A response without `type_url` is of the type polled (sovereign sends none);
+  poll carries its version (ACK) or, rejected, the last accepted one again (NACK: the
+  rejection shows only in the logs and stats). A response without `type_url` is of the type
+  polled (sovereign sends none);
 - 304: nothing changed, the same request goes out again;
 - anything else (another status, a body that is empty or not JSON, another `type_url`, a
   connection error, `request_timeout`): a failed fetch (`FetchFailed`): nothing changes,
@@ -51,10 +53,12 @@ def discovery_path(type_url: str) -> str:
 
 
 def request_body(request: discovery_pb2.DiscoveryRequest) -> bytes:
-    """The JSON body of one poll: snake_case names, sorted resource names, no nonce."""
+    """The JSON body of one poll: snake_case names, sorted resource names, no nonce and no
+    error_detail (Envoy sends neither over REST)."""
     sent = discovery_pb2.DiscoveryRequest()
     sent.CopyFrom(request)
     sent.ClearField("response_nonce")
+    sent.ClearField("error_detail")
     names = sorted(sent.resource_names)
     del sent.resource_names[:]
     sent.resource_names.extend(names)

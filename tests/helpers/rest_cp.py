@@ -2,8 +2,10 @@
 
 It serves keep-alive HTTP/1.1 `POST /v3/discovery:<type>`: every request is recorded (path,
 headers, JSON body, the connection it came on) and answered with the next scripted answer,
-or a 304 once the script is empty. Answers: `Reply(status, body)`, `Hang()` (headers and
-half a body, then nothing: a response that never ends), `Drop()` (close without a byte).
+or a 304 once the script is empty -- or, when `respond` is set, with what it returns for each
+request (a scenario that answers by path and version). Answers: `Reply(status, body)`,
+`Hang()` (headers and half a body, then nothing: a response that never ends), `Drop()`
+(close without a byte).
 It runs on an asyncio loop: the test's own (`await start()`) or a `LoopThread`'s.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +62,7 @@ class RestControlPlane:
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
     port: int = 0
+    respond: Callable[[Seen], Answer] | None = None
     _server: asyncio.AbstractServer | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -87,8 +91,12 @@ class RestControlPlane:
                 if request is None:
                     return
                 path, headers, body = request
-                self.seen.append(Seen(path, headers, json.loads(body or b"{}"), number))
-                answer = self.answers.popleft() if self.answers else Reply(304)
+                seen = Seen(path, headers, json.loads(body or b"{}"), number)
+                self.seen.append(seen)
+                if self.respond is not None:
+                    answer = self.respond(seen)
+                else:
+                    answer = self.answers.popleft() if self.answers else Reply(304)
                 if isinstance(answer, Drop):
                     return
                 if isinstance(answer, Hang):

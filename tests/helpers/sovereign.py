@@ -2,7 +2,8 @@
 
 sovereign pins versions that clash with ours (cryptography 50, uvloop 0.22), so it lives in a
 virtualenv of its own and runs as a process: `SOVEREIGN_BIN` names its `sovereign` script, or
-else `<repo>/.venv/bin/sovereign` or a `sovereign` on PATH is used. `sovereign_binary()` is
+else `<repo>/.venv-sovereign/bin/sovereign`, `<repo>/.venv/bin/sovereign` or a `sovereign` on
+PATH is used. `sovereign_binary()` is
 None when there is none (the tests skip, saying how to install it).
 
 The config is what a user writes: a `file` data source (JSON, re-read every second) and one
@@ -55,9 +56,9 @@ matching:
   enabled: false
 """
 INSTALL_HINT = (
-    "sovereign is not installed: python -m venv .venv && .venv/bin/pip install "
-    "'sovereign>=0.32,<0.33' (it pins cryptography and uvloop versions that clash with ours, "
-    "so it needs a virtualenv of its own), or set SOVEREIGN_BIN"
+    "sovereign is not installed: python -m venv .venv-sovereign && "
+    ".venv-sovereign/bin/pip install '.[sovereign]' (it pins cryptography and uvloop versions "
+    "that clash with ours, so it needs a virtualenv of its own), or set SOVEREIGN_BIN"
 )
 
 
@@ -65,9 +66,10 @@ def sovereign_binary() -> str | None:
     named = os.environ.get("SOVEREIGN_BIN")
     if named:
         return named
-    local = REPO_ROOT / ".venv" / "bin" / "sovereign"
-    if local.exists():
-        return str(local)
+    for venv in (".venv-sovereign", ".venv"):
+        local = REPO_ROOT / venv / "bin" / "sovereign"
+        if local.exists():
+            return str(local)
     return shutil.which("sovereign")
 
 

@@ -216,7 +216,7 @@ async def test_a_control_plane_that_stays_down_logs_once(caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1, lines
     assert "REST update for /v3/discovery:clusters" in lines[0]
-    assert cds.initialized == 1  # a failed fetch ends initialisation (Envoy's onConfigUpdateFailed)
+    assert cds.initialized == 0  # failed fetches do not end initialisation (Envoy 1.40)
 
 
 async def test_the_server_closing_an_idle_connection_is_retried_at_once(cp) -> None:
@@ -252,12 +252,9 @@ async def test_the_loop_polls_after_refresh_delay_and_stops_when_cancelled(cp) -
     await wait_until(lambda: not cp._writers, what="the poller's connection closed")
 
 
-async def test_decoding_a_large_answer_does_not_pause_the_loop() -> None:
-    """A ~6 MiB response decodes in a worker thread; the loop keeps its ticks."""
-    body = discovery_json(
-        "big", [cluster(f"cluster-{i:05d}", 10000 + i % 50000) for i in range(20000)]
-    )
-    assert len(body) > 6 * 1024 * 1024
+async def worst_loop_gap(work, *args: Any) -> tuple[float, float, Any]:
+    """(worst gap between 1 ms ticks of the loop, seconds taken, result) while `work` runs in a
+    worker thread."""
     gaps: list[float] = []
     stop = asyncio.Event()
 
@@ -271,16 +268,35 @@ async def test_decoding_a_large_answer_does_not_pause_the_loop() -> None:
 
     tick = asyncio.create_task(ticker())
     started = time.perf_counter()
-    response, _ = await asyncio.to_thread(decode_response, body, CLUSTER_TYPE_URL)
+    result = await asyncio.to_thread(work, *args)
     took = time.perf_counter() - started
     stop.set()
     await tick
-    assert len(response.resources) == 20000
-    worst = max(gaps)
-    print(
-        f"decode {len(body) / 2**20:.1f} MiB took {took:.3f} s; "
-        f"worst loop gap {worst * 1000:.1f} ms"
+    return max(gaps), took, result
+
+
+def busy(seconds: float) -> None:
+    """Pure-Python work: what the machine's scheduling and the GIL allow at best."""
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+
+
+async def test_decoding_a_large_answer_does_not_pause_the_loop() -> None:
+    """A ~6 MiB response decodes in a worker thread, one resource at a time: the loop pauses
+    no longer than beside any pure-Python thread (decoding on the loop would pause it for the
+    whole decode, seconds)."""
+    body = discovery_json(
+        "big", [cluster(f"cluster-{i:05d}", 10000 + i % 50000) for i in range(20000)]
     )
-    # Measured on the loaded 2-core test machine: ~40 ms worst (a pure-Python busy thread gives
-    # the same); json.loads of the whole body in the thread gave 110-170 ms.
-    assert worst < 0.1, (worst, took)
+    assert len(body) > 6 * 1024 * 1024
+    worst, took, (response, _) = await worst_loop_gap(decode_response, body, CLUSTER_TYPE_URL)
+    baseline, _, _ = await worst_loop_gap(busy, took)  # as long, beside plain Python work
+    assert len(response.resources) == 20000
+    print(
+        f"decode {len(body) / 2**20:.1f} MiB took {took:.3f} s; worst loop gap "
+        f"{worst * 1000:.1f} ms (beside a busy Python thread: {baseline * 1000:.1f} ms)"
+    )
+    # Measured on the loaded 2-core test machine: 40-60 ms, the same as beside a busy thread;
+    # json.loads of the whole body in the thread gave 110-170 ms.
+    assert worst < max(0.15, 4 * baseline), (worst, baseline, took)

@@ -425,18 +425,8 @@ class RouteRegistry:
     # -- REST RDS (api_type: REST): a poller per name, its stats those of the name ------------
 
     def _start_rest(self, entry: RouteEntry, client: RdsClient) -> None:
-        hooks = RestHooks(
-            not_modified=entry.stats.update_attempt.inc,
-            failed=lambda: self._rest_fetch_failed(entry, client),
-        )
+        """A 304 counts an attempt of the name; a failed fetch counts as a lost stream (the
+        name keeps waiting, as in Envoy 1.40, until a copy or `initial_fetch_timeout`)."""
+        hooks = RestHooks(not_modified=entry.stats.update_attempt.inc, failed=client.stream_lost)
         poller = RestPoller(client, hooks=hooks)
         entry.task = asyncio.create_task(poller.run(), name=f"rds-rest-{entry.name}")
-
-    def _rest_fetch_failed(self, entry: RouteEntry, client: RdsClient) -> None:
-        """Counted as a lost stream; and, as Envoy's `onConfigUpdateFailed`, a name still
-        waiting for its first copy stops waiting (a new listener serves without routes)."""
-        client.stream_lost()
-        if entry.state is RouteState.PENDING and self.entries.get(entry.name) is entry:
-            self._stop_fetch_timer(entry)
-            entry.state = RouteState.FAILED
-            self._emit([RoutesFailed(entry.name)])

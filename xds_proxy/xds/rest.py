@@ -13,9 +13,9 @@ rules, same apply, same stats and config_dump, `applied()` awaited before the ne
 Stats, as Envoy counts them for REST: `update_attempt` +1 per poll (the subscription's start
 counts the first; each answer counts the next), `update_success` / `update_rejected` per
 applied 200, `update_failure` per failed fetch; a 304 moves only `update_attempt`. Envoy's
-REST subscriptions have no `control_plane.*` stats; neither do ours. A failed fetch ends
-initialisation (Envoy's `onConfigUpdateFailed`), as does the first applied 200 or
-`initial_fetch_timeout`.
+REST subscriptions have no `control_plane.*` stats; neither do ours. Initialisation ends on
+the first applied 200 or at `initial_fetch_timeout`, never on a failed fetch (Envoy 1.40
+keeps LDS, CDS and a warming listener's RDS waiting through failed fetches too).
 
 Logs: one warning per failed fetch whose reason differs from the last one (a control plane
 that stays down logs once, then at debug level until it answers), and one rejection line per
@@ -71,8 +71,6 @@ class PolledClient(Protocol):
 
     def stream_lost(self) -> None: ...
 
-    def _mark_initialized(self) -> None: ...
-
     async def _handle(self, response: Any) -> Any: ...
 
 
@@ -85,13 +83,8 @@ class RestHooks:
 
 
 def default_hooks(client: PolledClient) -> RestHooks:
-    """LDS, CDS: the subscription's own stats; a failed fetch also ends initialisation."""
-
-    def failed() -> None:
-        client.stream_lost()
-        client._mark_initialized()
-
-    return RestHooks(not_modified=client._stats.update_attempt.inc, failed=failed)
+    """LDS, CDS: the subscription's own stats (a failed fetch counts as a lost stream)."""
+    return RestHooks(not_modified=client._stats.update_attempt.inc, failed=client.stream_lost)
 
 
 def rest_stats(stats: Stats, prefix: str) -> SubscriptionStats:

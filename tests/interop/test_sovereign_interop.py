@@ -144,6 +144,26 @@ class Scenario:
             == f'"{self.sovereign.version("routes")}"',
         }
 
+    def dumped(self) -> dict[str, list[tuple[str, bool]]]:
+        """config_dump's dynamic resources by section: (name, whether its version_info is the
+        one sovereign serves now) of each (the versions hash the data, ports included)."""
+        _, body = self.process.get("/config_dump")
+        serving = {kind: self.sovereign.version(kind) for kind in ("listener", "routes", "cluster")}
+        found: dict[str, list[tuple[str, bool]]] = {}
+        for config in json.loads(body)["configs"]:
+            for listener in config.get("dynamic_listeners", []):
+                version = listener.get("active_state", {}).get("version_info")
+                found.setdefault("listeners", []).append(
+                    (listener["name"], version == serving["listener"])
+                )
+            for route in config.get("dynamic_route_configs", []):
+                name, version = route["route_config"]["name"], route.get("version_info")
+                found.setdefault("routes", []).append((name, version == serving["routes"]))
+            for cluster in config.get("dynamic_active_clusters", []):
+                name, version = cluster["cluster"]["name"], cluster.get("version_info")
+                found.setdefault("clusters", []).append((name, version == serving["cluster"]))
+        return found
+
     def stop(self) -> None:
         self.process.stop()
         self.sovereign.stop()
@@ -167,6 +187,7 @@ def run_scenario(make_process: type[EnvoyProcess], tmp_path: Path) -> list[tuple
         notes.append(("1 versions", scenario.versions_match()))
         notes.append(("1 served", scenario.served_by()))
         notes.append(("1 lds", (scenario.stat("listener_manager.lds.update_success") >= 1)))
+        notes.append(("1 config_dump", scenario.dumped()))
 
         # 2. the cluster's data changes: the other upstream, within a few polls.
         scenario.backend = scenario.green
@@ -245,6 +266,7 @@ def run_scenario(make_process: type[EnvoyProcess], tmp_path: Path) -> list[tuple
         wait_for(lambda: served(scenario, "green"), timeout=10, what="served again")
         notes.append(("5 served", scenario.served_by()))
         notes.append(("5 versions", scenario.versions_match()))
+        notes.append(("5 config_dump", scenario.dumped()))
         if make_process is ProxyProcess:
             log = process.log()
             rejected = [line for line in log.splitlines() if "rejected:" in line]
@@ -268,3 +290,6 @@ def test_sovereign_envoy_and_xds_proxy_agree(tmp_path: Path) -> None:
     assert ours == envoy
     assert dict(envoy)["1 served"] == "blue"
     assert dict(envoy)["3 refused or failed while changing"] == []
+    served_now = {"clusters": [("backend", True)], "listeners": [("web", True)]}
+    served_now["routes"] = [("web-routes", True)]
+    assert dict(envoy)["1 config_dump"] == dict(envoy)["5 config_dump"] == served_now

@@ -106,6 +106,10 @@ def test_unknown_fields_are_skipped_and_reported() -> None:
             b'{"resources": [{"@type": "type.googleapis.com/no.such.Type"}]}',
             "not a JSON DiscoveryResponse: ",
         ),
+        (b'{"resources": [1]}', "not a JSON DiscoveryResponse: "),
+        (b'{"resources": [{"@type": 5}]}', "not a JSON DiscoveryResponse: "),
+        (b'{"resources": "x"}', "not a JSON DiscoveryResponse: "),
+        (b"null", "not a JSON DiscoveryResponse: not a JSON object"),
         (
             json.dumps({"version_info": "1", "type_url": LISTENER_TYPE_URL}).encode(),
             f"a response of type URL {LISTENER_TYPE_URL}, expected {CLUSTER_TYPE_URL}",

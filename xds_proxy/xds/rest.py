@@ -132,7 +132,11 @@ class RestPoller:
         request = client._subscription.on_stream_established()
         try:
             while True:
-                request = await self.poll(request)
+                try:
+                    request = await self.poll(request)
+                except Exception as error:  # a bug in one answer's handling ends no subscription
+                    log.exception("%s: REST poll for %s failed", self._client.name, self._path)
+                    self._failed(f"{type(error).__name__}: {error}")
                 await asyncio.sleep(next_delay(self._rest.refresh_delay_s, self._rng))
         finally:
             self._http.close()

@@ -80,9 +80,9 @@ def decode_response(body: bytes, type_url: str) -> tuple[discovery_pb2.Discovery
 
     try:
         doc = load_sliced(body.decode("utf-8"), to_any)
-    except json_format.ParseError as error:
+    except (json_format.ParseError, ValueError, RecursionError) as error:
         raise FetchFailed(f"not a JSON DiscoveryResponse: {_one_line(error)}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+    except (TypeError, AttributeError, KeyError) as error:  # json_format on ill-typed JSON
         raise FetchFailed(f"not a JSON DiscoveryResponse: {_one_line(error)}") from None
     if not isinstance(doc, dict):
         raise FetchFailed("not a JSON DiscoveryResponse: not a JSON object")
@@ -90,7 +90,7 @@ def decode_response(body: bytes, type_url: str) -> tuple[discovery_pb2.Discovery
     response = discovery_pb2.DiscoveryResponse()
     try:
         unknown.append(_parse(doc, response))
-    except json_format.ParseError as error:
+    except (json_format.ParseError, TypeError, AttributeError, KeyError) as error:
         raise FetchFailed(f"not a JSON DiscoveryResponse: {_one_line(error)}") from None
     if resources:
         response.resources.extend(resources)

@@ -87,6 +87,7 @@ ROUTES = {
         }
     ],
 }
+RDS_COUNTS = ("update_attempt", "update_success", "update_failure")
 BOTH_FAIL = [Reply(500, b"oops"), Hang()]
 NOT_JSON = [Reply(200, b'{"version_info": "v9", "resources": [ '), Reply(200, b"")]
 WRONG_TYPE = Reply(200, discovery_json("v9", [], ROUTE_TYPE))
@@ -178,6 +179,14 @@ def run_steps(make_process: type[EnvoyProcess], tmp_path: Path) -> list[tuple[st
         wait_for(lambda: answer(port) == (200, "from r1"), timeout=15, what="served by r1")
         notes.append(("2 answer", answer(port)))
         notes.append(("2 rds version", process.stats("version_text").get(rds + "version_text")))
+
+        def not_modified_counted() -> bool:  # each 304 is an attempt of the name, as Envoy
+            stats = {key: process.stat(rds + key) or 0 for key in RDS_COUNTS}
+            answered = stats["update_success"] + stats["update_failure"]
+            return stats["update_attempt"] >= answered + 3
+
+        wait_for(not_modified_counted, timeout=10, what="304s counted as attempts")
+        notes.append(("2 rds 304s counted", not_modified_counted()))
         # 3. bad answers both count as failed fetches: nothing lost.
         bad_answers(process, script, BOTH_FAIL, "update_failure")
         notes.append(("3 answer", answer(port)))

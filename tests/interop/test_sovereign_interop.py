@@ -11,11 +11,14 @@ and the same clients; what each step shows must be equal:
    the old listener keeps serving, the rejections are counted (update_rejected grows), and
    xds-proxy logs the rejection once (Envoy's log is not checked);
 5. a valid listener again: accepted and serving.
+
+And the README's example (examples/sovereign) serves as it says.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,16 @@ import pytest
 
 from tests.helpers.envoy import EnvoyProcess
 from tests.helpers.http_client import HttpConnection, get
-from tests.helpers.procs import free_port, wait_for
+from tests.helpers.procs import Process, free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.sovereign import INSTALL_HINT, SovereignProcess, sovereign_binary
+from tests.helpers.sovereign import (
+    INSTALL_HINT,
+    SovereignProcess,
+    sovereign_binary,
+)
+from tests.helpers.sovereign import (
+    REPO_ROOT as REPO,
+)
 from tests.helpers.upstreams import Http1Echo, cluster_dict
 
 pytestmark = [
@@ -293,3 +303,42 @@ def test_sovereign_envoy_and_xds_proxy_agree(tmp_path: Path) -> None:
     served_now = {"clusters": [("backend", True)], "listeners": [("web", True)]}
     served_now["routes"] = [("web-routes", True)]
     assert dict(envoy)["1 config_dump"] == dict(envoy)["5 config_dump"] == served_now
+
+
+def test_the_readme_example_serves(tmp_path: Path) -> None:
+    """examples/sovereign (README "With sovereign"), on free ports: xds-proxy serves the
+    templated listener, its routes and its cluster."""
+    example = tmp_path / "example"
+    shutil.copytree(REPO / "examples" / "sovereign", example)
+    sovereign_port, listen_port = free_port(), free_port()
+    echo = Http1Echo("backend").start()
+    (example / "data.json").write_text(
+        (example / "data.json")
+        .read_text()
+        .replace("10000", str(listen_port))
+        .replace("8081", str(echo.port))
+    )
+    boot = (example / "bootstrap.yaml").read_text()
+    boot = boot.replace("port_value: 8080", f"port_value: {sovereign_port}")
+    boot = boot.replace("port_value: 9901", "port_value: 0")
+    env = {
+        "SOVEREIGN_CONFIG": "file://sovereign.yaml",
+        "SOVEREIGN_HOST": "127.0.0.1",
+        "SOVEREIGN_PORT": str(sovereign_port),
+        "SOVEREIGN_WORKERS": "1",
+        "PYTHONPATH": "",
+    }
+    command = f"cd {example} && exec {sovereign_binary()}"
+    sovereign = Process(["/bin/sh", "-c", command], tmp_path / "sovereign.log", env=env)
+    proxy = ProxyProcess(boot, tmp_path)
+    try:
+        proxy.start()
+        wait_for(lambda: get(listen_port).status == 200, timeout=30, what="served")
+        assert json.loads(get(listen_port, "/hello").body)["server"] == "backend"
+    except BaseException:
+        print(proxy.log()[-3000:], sovereign.log()[-3000:])
+        raise
+    finally:
+        proxy.stop()
+        sovereign.stop()
+        echo.stop()

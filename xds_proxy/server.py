@@ -348,7 +348,8 @@ class Server:
 
     def _submit(self, version_info: str, result: ApplyResult) -> str | None:
         self.runtime.submit(result.actions)
-        if result.nack_message:
+        repeated = self.lds_client is not None and self.lds_client.repeated_rejection
+        if result.nack_message and not repeated:  # REST: a rejected body sent again logs once
             log.warning("lds: NACK version '%s': %s", version_info, result.nack_message.strip())
         return result.nack_message
 

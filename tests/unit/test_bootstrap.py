@@ -763,9 +763,15 @@ SOURCE = "dynamic_resources.lds_config.api_config_source"
         ),
         (
             lambda d: d["dynamic_resources"]["lds_config"]["api_config_source"].update(
-                api_type="REST"
+                api_type="REST", cluster_names=["nope"], grpc_services=[]
             ),
-            f"{SOURCE}.api_type: REST not supported",
+            f"{SOURCE}.cluster_names: unknown cluster 'nope' (not in static_resources.clusters)",
+        ),
+        (
+            lambda d: d["dynamic_resources"]["lds_config"]["api_config_source"].update(
+                api_type="REST", rate_limit_settings={}
+            ),
+            f"{SOURCE}.rate_limit_settings: not supported yet",
         ),
         (
             lambda d: d["dynamic_resources"]["lds_config"]["api_config_source"].update(

@@ -102,6 +102,10 @@ class Root:
     )
 
 
+def _duration(message: Any, field: str) -> int | None:
+    return getattr(message, field).ToNanoseconds() if message.HasField(field) else None
+
+
 def _rds_routes(rds: Any, stat_prefix: str, server: str, strip: bool, path: str) -> Any:
     """The route registry's part of an HCM with `rds`: the spec and the source it subscribes
     with (xds/source.py reads the ConfigSource when it subscribes)."""
@@ -109,7 +113,10 @@ def _rds_routes(rds: Any, stat_prefix: str, server: str, strip: bool, path: str)
     api = spec.source.api_config_source
     clusters = tuple(service.envoy_grpc.cluster_name for service in api.grpc_services)
     backoffs = tuple(stream_backoff_ms(s.envoy_grpc, path) for s in api.grpc_services)
-    source = (spec.aggregated, api.api_type, clusters, backoffs)
+    # REST (xds/source.py _rest_server): the cluster polled, how often, how long a poll waits.
+    rest = (tuple(api.cluster_names), _duration(api, "refresh_delay"))
+    rest += (_duration(api, "request_timeout"),)
+    source = (spec.aggregated, api.api_type, clusters, backoffs, rest)
     return (spec.route_config_name, spec.initial_fetch_timeout_s, source, server, strip)
 
 

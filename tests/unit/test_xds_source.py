@@ -88,6 +88,39 @@ def test_initial_fetch_timeout(value: str, expected: float | None) -> None:
     assert lds_server(config).initial_fetch_timeout_s == expected
 
 
+def rest(fields: str):
+    source = "{lds_config: {api_config_source: {api_type: REST, " + fields + "}}}"
+    return bootstrap(CLUSTER % ("STATIC", "127.0.0.1") + "dynamic_resources: " + source)
+
+
+def test_rest_polls_the_named_static_cluster() -> None:
+    server = lds_server(rest("cluster_names: [xds], refresh_delay: 0.5s"))
+    assert (server.aggregated, server.delta) == (False, False)
+    assert server.target == "127.0.0.1:18000"
+    assert server.authority == "xds"  # the Host header: the cluster's name, as Envoy
+    assert server.rest is not None
+    assert (server.rest.host, server.rest.port) == ("127.0.0.1", 18000)
+    assert server.rest.refresh_delay_s == 0.5
+    assert server.rest.request_timeout_s == 1.0  # Envoy's default
+    timed = rest("cluster_names: [xds], refresh_delay: 2s, request_timeout: 0.25s")
+    assert lds_server(timed).rest.request_timeout_s == 0.25  # type: ignore[union-attr]
+    ipv6 = lds_server(
+        bootstrap(
+            LDS.replace(
+                "grpc_services: [{envoy_grpc: {cluster_name: xds}}]",
+                "cluster_names: [xds]\n      refresh_delay: 1s",
+            )
+            % "REST"
+            + CLUSTER % ("STATIC", "::1")
+        )
+    )
+    assert ipv6.rest is not None and ipv6.rest.host == "::1"
+
+
+def test_grpc_sources_do_not_poll() -> None:
+    assert lds_server(lds()).rest is None
+
+
 def test_configured() -> None:
     assert LdsClient.configured(lds())
     assert not LdsClient.configured(bootstrap(CLUSTER % ("STATIC", "127.0.0.1")))
@@ -97,9 +130,38 @@ def test_configured() -> None:
     ("config", "error"),
     [
         (
+            lambda: lds("AGGREGATED_GRPC"),
+            "dynamic_resources.lds_config.api_config_source.api_type: AGGREGATED_GRPC not "
+            "supported (use GRPC, DELTA_GRPC or REST)",
+        ),
+        (
             lambda: lds("REST"),
-            "dynamic_resources.lds_config.api_config_source.api_type: REST not supported "
-            "(use GRPC or DELTA_GRPC)",
+            "dynamic_resources.lds_config.api_config_source.grpc_services: must be empty for "
+            "api_type REST",
+        ),
+        (
+            lambda: rest("cluster_names: [xds]"),
+            "dynamic_resources.lds_config.api_config_source.refresh_delay: required for "
+            "api_type REST",
+        ),
+        (
+            lambda: rest("refresh_delay: 1s"),
+            "dynamic_resources.lds_config.api_config_source.cluster_names: exactly one "
+            "cluster is needed for api_type REST",
+        ),
+        (
+            lambda: rest("cluster_names: [xds, other], refresh_delay: 1s"),
+            "dynamic_resources.lds_config.api_config_source.cluster_names: exactly one "
+            "cluster is needed for api_type REST",
+        ),
+        (
+            lambda: rest("cluster_names: [nope], refresh_delay: 1s"),
+            "dynamic_resources.lds_config.api_config_source.cluster_names[0]: unknown static "
+            "cluster 'nope'",
+        ),
+        (
+            lambda: rest("cluster_names: [xds], refresh_delay: 0s"),
+            "dynamic_resources.lds_config.api_config_source.refresh_delay: must be greater than 0",
         ),
         (
             lambda: lds(kind="EDS"),

@@ -353,6 +353,13 @@ def _cross_references(b: bootstrap_pb2.Bootstrap) -> list[str]:
     if dynamic.HasField("ads_config"):
         sources.append(("dynamic_resources.ads_config", dynamic.ads_config))
     for path, source in sources:
+        if source.api_type == source.REST:  # one static cluster by name (xds/source.py)
+            errors += [
+                f"{path}.cluster_names: unknown cluster '{name}' (not in static_resources.clusters)"
+                for name in source.cluster_names
+                if name not in cluster_names
+            ]
+            continue
         if len(source.grpc_services) != 1:
             errors.append(
                 f"{path}.grpc_services: must have exactly 1 item, got {len(source.grpc_services)}"

@@ -183,9 +183,13 @@ TABLE: dict[str, dict[str, Rule]] = {
     },
     _CORE + "AggregatedConfigSource": {},
     _CORE + "ApiConfigSource": {
-        "api_type": Values({"GRPC": OK, "DELTA_GRPC": OK}),
+        "api_type": Values({"GRPC": OK, "DELTA_GRPC": OK, "REST": OK}),  # REST: xds/rest.py
         "transport_api_version": Values({"AUTO": OK, "V3": OK}),
         "grpc_services": OK,
+        "cluster_names": OK,  # REST: the one static cluster polled
+        "refresh_delay": OK,  # REST: required
+        "request_timeout": OK,  # REST: default 1 s
+        "rate_limit_settings": NotYet("xDS request rate limiting is not built"),
     },
     _CORE + "GrpcService": {"envoy_grpc": OK},
     _CORE + "GrpcService.EnvoyGrpc": {

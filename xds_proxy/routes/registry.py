@@ -141,6 +141,7 @@ class RouteRegistry:
             self,
             on_timeout=self._timed_out,
             on_released=self._unsubscribed,
+            on_not_modified=self._not_modified,
             applied=applied,
             ads_stream=ads_stream,
             ads_coming=ads_coming,
@@ -293,6 +294,11 @@ class RouteRegistry:
         for (server, strip_port), handle in self._handles.get(name, {}).items():
             handle.current = RouteTable(_EMPTY, "", server, strip_port)
         self._released.add(name)
+
+    def _not_modified(self, subscription: Subscription) -> None:
+        """REST: a 304 counts an attempt of the name (a failed fetch counts as a lost
+        stream: the name keeps waiting, as in Envoy 1.40)."""
+        self.entries[subscription.name].stats.update_attempt.inc()
 
     def _timed_out(self, subscription: Subscription) -> None:
         entry = self.entries[subscription.name]

@@ -143,8 +143,11 @@ class LdsClient(SubscriptionClient):
                 "lds: ignoring a response for type URL %s (not subscribed)", response.type_url
             )
             return None
-        if outcome.error is not None:
-            log.warning("lds: gRPC config for %s rejected: %s", LISTENER_TYPE_URL, outcome.error)
+        if outcome.error is not None and not self.repeated_rejection:
+            kind = "gRPC" if self.server.rest is None else "REST"
+            log.warning(
+                "lds: %s config for %s rejected: %s", kind, LISTENER_TYPE_URL, outcome.error
+            )
         if self._applied is not None:
             await self._applied()
         self._mark_initialized()

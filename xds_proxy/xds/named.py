@@ -81,6 +81,8 @@ def _named_stats(stats: Stats, server: XdsServer, short_name: str) -> Subscripti
     """Type-wide update stats off the store; the stream's control_plane.* on it (over ADS the
     shared ones)."""
     handles = SubscriptionStats.create(Stats(), short_name + ".", "control_plane.")
+    if server.rest is not None:  # REST has no stream, and Envoy no control_plane.* for it
+        return handles
     control_plane = "control_plane." if server.aggregated else f"{short_name}.control_plane."
     handles.connected_state = stats.gauge(control_plane + "connected_state")
     handles.control_plane_identifier = stats.text_readout(control_plane + "identifier")

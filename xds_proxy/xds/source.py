@@ -11,6 +11,11 @@ The named cluster must be a static cluster of the bootstrap with a `load_assignm
 endpoint; STRICT_DNS/LOGICAL_DNS hosts are resolved by gRPC through the `host:port` target.
 Its `transport_socket` (`envoy.transport_sockets.tls`) makes the channel TLS or mTLS
 (`xds.tls`).
+
+A third shape is Envoy's REST polling (`api_type: REST`, `xds.rest`): `api_config_source
+{api_type: REST, cluster_names: [one static cluster], refresh_delay (required),
+request_timeout (default 1 s)}`, plain HTTP/1.1 to that cluster's first endpoint. There is no
+ADS over REST: every type polls on its own.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from xds_proxy.xds.backoff import BASE_INTERVAL_MS, MAX_INTERVAL_MS
 from xds_proxy.xds.tls import ChannelTls, channel_tls
 
 DEFAULT_INITIAL_FETCH_TIMEOUT_S = 15.0
+DEFAULT_REST_REQUEST_TIMEOUT_S = 1.0  # Envoy's default `request_timeout`
 _DYN = "dynamic_resources"
 _API = config_source_pb2.ApiConfigSource
 _SUPPORTED_DISCOVERY = {
@@ -33,6 +39,16 @@ _SUPPORTED_DISCOVERY = {
     cluster_pb2.Cluster.STRICT_DNS,
     cluster_pb2.Cluster.LOGICAL_DNS,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RestPolling:
+    """How a REST subscription polls (`api_type: REST`)."""
+
+    host: str  # the cluster's first endpoint (an IP or a name to resolve)
+    port: int
+    refresh_delay_s: float  # the next poll goes out this long (plus jitter) after each answer
+    request_timeout_s: float  # a poll not answered in full by then is a failed fetch
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +67,7 @@ class XdsServer:
     # The stream's reconnect back-off: base and cap of the jittered interval (Envoy's
     # defaults, or `envoy_grpc.retry_policy.retry_back_off`).
     backoff_ms: tuple[int, int] = (BASE_INTERVAL_MS, MAX_INTERVAL_MS)
+    rest: RestPolling | None = None  # set: Envoy's REST polling instead of a gRPC stream
 
 
 def lds_configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:
@@ -93,6 +110,12 @@ def source_server(
         raise ConfigError(f"{path}: one of ads or api_config_source is required")
     else:
         raise ConfigError(f"{path}.{kind}: not supported")
+    timeout_s = DEFAULT_INITIAL_FETCH_TIMEOUT_S
+    if source.HasField("initial_fetch_timeout"):
+        timeout_s = source.initial_fetch_timeout.ToNanoseconds() / 1e9
+    initial_fetch_timeout_s = timeout_s if timeout_s > 0 else None
+    if not aggregated and api.api_type == _API.REST:
+        return _rest_server(bootstrap, api, api_path, initial_fetch_timeout_s)
     delta = _check_api_type(api, api_path, aggregated)
     if len(api.grpc_services) != 1:
         raise ConfigError(f"{api_path}.grpc_services: exactly one gRPC service is supported")
@@ -104,9 +127,6 @@ def source_server(
     target, tls = _cluster_target(
         bootstrap, cluster_name, f"{service_path}.envoy_grpc.cluster_name"
     )
-    timeout_s = DEFAULT_INITIAL_FETCH_TIMEOUT_S
-    if source.HasField("initial_fetch_timeout"):
-        timeout_s = source.initial_fetch_timeout.ToNanoseconds() / 1e9
     return XdsServer(
         aggregated=aggregated,
         delta=delta,
@@ -114,7 +134,7 @@ def source_server(
         target=target,
         authority=service.envoy_grpc.authority or cluster_name,
         initial_metadata=tuple((h.key.lower(), h.value) for h in service.initial_metadata),
-        initial_fetch_timeout_s=timeout_s if timeout_s > 0 else None,
+        initial_fetch_timeout_s=initial_fetch_timeout_s,
         node_on_first_request_only=api.set_node_on_first_message_only,
         tls=tls,
         backoff_ms=stream_backoff_ms(service.envoy_grpc, f"{service_path}.envoy_grpc"),
@@ -140,6 +160,45 @@ def stream_backoff_ms(
     return base_ms, max_ms
 
 
+def _rest_server(
+    bootstrap: bootstrap_pb2.Bootstrap,
+    api: config_source_pb2.ApiConfigSource,
+    path: str,
+    initial_fetch_timeout_s: float | None,
+) -> XdsServer:
+    """A REST source: one static cluster to poll, `refresh_delay` required (as Envoy)."""
+    if api.grpc_services:
+        raise ConfigError(f"{path}.grpc_services: must be empty for api_type REST")
+    if len(api.cluster_names) != 1:
+        raise ConfigError(f"{path}.cluster_names: exactly one cluster is needed for api_type REST")
+    if not api.HasField("refresh_delay"):
+        raise ConfigError(f"{path}.refresh_delay: required for api_type REST")
+    refresh_delay_s = api.refresh_delay.ToNanoseconds() / 1e9
+    if refresh_delay_s <= 0:
+        raise ConfigError(f"{path}.refresh_delay: must be greater than 0")
+    request_timeout_s = DEFAULT_REST_REQUEST_TIMEOUT_S
+    if api.HasField("request_timeout"):
+        request_timeout_s = api.request_timeout.ToNanoseconds() / 1e9
+        if request_timeout_s <= 0:
+            raise ConfigError(f"{path}.request_timeout: must be greater than 0")
+    cluster_name = api.cluster_names[0]
+    target, tls = _cluster_target(bootstrap, cluster_name, f"{path}.cluster_names[0]")
+    if tls is not None:
+        raise ConfigError(f"{path}.cluster_names[0]: a TLS cluster is not supported for REST yet")
+    host, _, port = target.rpartition(":")
+    return XdsServer(
+        aggregated=False,
+        delta=False,
+        cluster_name=cluster_name,
+        target=target,
+        authority=cluster_name,  # Envoy's Host header: the cluster's name
+        initial_metadata=(),
+        initial_fetch_timeout_s=initial_fetch_timeout_s,
+        node_on_first_request_only=False,  # every poll stands alone
+        rest=RestPolling(host.strip("[]"), int(port), refresh_delay_s, request_timeout_s),
+    )
+
+
 def _check_api_type(api: config_source_pb2.ApiConfigSource, path: str, aggregated: bool) -> bool:
     """True for Delta, False for state of the world."""
     if api.api_type == _API.GRPC:
@@ -151,7 +210,9 @@ def _check_api_type(api: config_source_pb2.ApiConfigSource, path: str, aggregate
     if aggregated and api.api_type == _API.AGGREGATED_DELTA_GRPC:
         return True
     name = _API.ApiType.Name(api.api_type)
-    raise ConfigError(f"{path}.api_type: {name} not supported (use GRPC or DELTA_GRPC)")
+    if aggregated:
+        raise ConfigError(f"{path}.api_type: {name} not supported (use GRPC or DELTA_GRPC)")
+    raise ConfigError(f"{path}.api_type: {name} not supported (use GRPC, DELTA_GRPC or REST)")
 
 
 def _cluster_target(

@@ -9,7 +9,8 @@ the next `flush()` (so that a user taking a name over in the same batch keeps it
 `flush()` sends the name lists that changed: over ADS one `NamedClient` on the server's shared
 stream (names newest first, as Envoy), joined after CDS and LDS (while `ads_coming()` says
 the server is about to open that stream, the client waits for it instead of opening its own);
-with a plain `api_config_source` one client (one stream) per name, as Envoy.
+with a plain `api_config_source` one client (one stream) per name, as Envoy; with a REST
+source one poller per name.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from envoy.config.core.v3 import config_source_pb2
 
 from xds_proxy.stats import Stats
 from xds_proxy.xds.named import NamedClient, NamedSink, ResourceType
+from xds_proxy.xds.rest import RestHooks, RestPoller
 from xds_proxy.xds.source import XdsServer, source_server
 from xds_proxy.xds.transport import XdsStream
 
@@ -74,19 +76,22 @@ class NamedSubscriptions:
         sink: NamedSink,
         on_timeout: Callable[[Subscription], None],
         on_released: Callable[[Subscription], None] = lambda subscription: None,
+        on_not_modified: Callable[[Subscription], None] = lambda subscription: None,
         applied: Callable[[], Awaitable[None]] | None = None,
         ads_stream: Callable[[], XdsStream | None] = lambda: None,
         ads_coming: Callable[[], bool] = lambda: False,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """`on_timeout(subscription)`: its initial fetch timed out before any answer.
-        `on_released(subscription)`: the last user let it go (it is unsubscribed)."""
+        `on_released(subscription)`: the last user let it go (it is unsubscribed).
+        `on_not_modified(subscription)`: a REST poll of its name answered 304."""
         self._kind = kind
         self._bootstrap = bootstrap
         self._stats = stats
         self._sink = sink
         self._on_timeout = on_timeout
         self._on_released = on_released
+        self._on_not_modified = on_not_modified
         self._applied = applied
         self._ads_stream = ads_stream
         self._ads_coming = ads_coming
@@ -227,6 +232,13 @@ class NamedSubscriptions:
         client = self._new_client(subscription)
         client.change_names([subscription.name])
         subscription.client = client
+        name = f"{self._kind.short_name}-{subscription.name}"
+        if client.server.rest is None:
+            subscription.task = asyncio.create_task(client.run(), name=name)
+            return
+        hooks = RestHooks(
+            not_modified=lambda: self._on_not_modified(subscription), failed=client.stream_lost
+        )
         subscription.task = asyncio.create_task(
-            client.run(), name=f"{self._kind.short_name}-{subscription.name}"
+            RestPoller(client, hooks=hooks).run(), name=name + "-rest"
         )

@@ -30,6 +30,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from xds_proxy.stats import Stats
 from xds_proxy.xds.backoff import JitteredBackoff
 from xds_proxy.xds.delta import DecodeDelta, DeltaSubscription
+from xds_proxy.xds.rest import RestPoller, rest_stats
 from xds_proxy.xds.sotw import (
     DecodeResources,
     SotwSubscription,
@@ -71,7 +72,10 @@ def new_subscription(
     control_plane_prefix = (
         "control_plane." if server.aggregated else stats_prefix + "control_plane."
     )
-    stats_handles = SubscriptionStats.create(stats, stats_prefix, control_plane_prefix)
+    if server.rest is not None:
+        stats_handles = rest_stats(stats, stats_prefix)
+    else:
+        stats_handles = SubscriptionStats.create(stats, stats_prefix, control_plane_prefix)
     sent_node = client_node(node)
     first_only = server.node_on_first_request_only
     if server.delta:
@@ -87,6 +91,7 @@ class SubscriptionClient:
     """One type URL's subscription; `name` prefixes its log lines."""
 
     name = "xds"
+    repeated_rejection = False  # REST: this response is the one rejected last (log it once)
 
     def __init__(
         self,
@@ -138,14 +143,22 @@ class SubscriptionClient:
             outcome = self._subscription.on_response(response, self._apply_sotw, now_ms)  # type: ignore[attr-defined]
         if outcome.request is None:
             log.warning("%s: ignoring a response for type URL %s", self.name, response.type_url)
-        elif outcome.error is not None:
+        elif outcome.error is not None and not self.repeated_rejection:
             log.warning(
-                "%s: gRPC config for %s rejected: %s", self.name, self.type_url, outcome.error
+                "%s: %s config for %s rejected: %s",
+                self.name,
+                "gRPC" if self.server.rest is None else "REST",
+                self.type_url,
+                outcome.error,
             )
         return outcome
 
     async def run(self) -> None:
-        """Subscribe on a stream of its own, re-subscribing after every loss, until cancelled."""
+        """Subscribe on a stream of its own, re-subscribing after every loss, until cancelled
+        (a REST source: poll, `xds.rest`)."""
+        if self.server.rest is not None:
+            await RestPoller(self, self._rng).run()
+            return
         stream = XdsStream(self.server, self._rng)
         stream.add(self)
         await stream.run()

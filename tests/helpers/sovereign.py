@@ -57,8 +57,9 @@ matching:
 """
 INSTALL_HINT = (
     "sovereign is not installed: python -m venv .venv-sovereign && "
-    ".venv-sovereign/bin/pip install '.[sovereign]' (it pins cryptography and uvloop versions "
-    "that clash with ours, so it needs a virtualenv of its own), or set SOVEREIGN_BIN"
+    ".venv-sovereign/bin/pip install 'sovereign>=0.32,<0.33' (`make test` does; it pins "
+    "cryptography and uvloop versions that clash with ours, so it needs a virtualenv of its "
+    "own), or set SOVEREIGN_BIN"
 )
 
 

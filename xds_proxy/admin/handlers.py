@@ -244,6 +244,7 @@ class AdminHandlers:
         listeners = self._listeners_dump(name_regex)
         clusters = self._clusters_dump(name_regex)
         routes = self._routes_dump(name_regex)
+        secrets = self._secrets_dump(name_regex)
         if resource:
             section = {
                 "dynamic_listeners": listeners,
@@ -251,6 +252,9 @@ class AdminHandlers:
                 "static_clusters": clusters,
                 "dynamic_active_clusters": clusters,
                 "dynamic_route_configs": routes,
+                "static_secrets": secrets,
+                "dynamic_active_secrets": secrets,
+                "dynamic_warming_secrets": secrets,
             }.get(resource)
             if section is None:
                 return AdminResponse(404, f"{resource} not found in config dump\n")
@@ -268,7 +272,26 @@ class AdminHandlers:
         if routes.dynamic_route_configs:  # as Envoy: the (empty) scoped routes come first
             dump.configs.add().Pack(config_dump_shared_pb2.ScopedRoutesConfigDump())
             dump.configs.add().Pack(routes)
+        if secrets.ByteSize():  # only when there are secrets (static or from SDS)
+            dump.configs.add().Pack(secrets)
         return AdminResponse(200, _to_json(dump), JSON)
+
+    def _secrets_dump(
+        self, name_regex: re.Pattern[str] | None
+    ) -> config_dump_pb2.SecretsConfigDump:
+        dump = config_dump_pb2.SecretsConfigDump()
+        if self.view.secrets is None:
+            return dump
+        dump.CopyFrom(self.view.secrets())
+        for section in (
+            dump.static_secrets,
+            dump.dynamic_active_secrets,
+            dump.dynamic_warming_secrets,
+        ):
+            kept = [item for item in section if name_regex is None or name_regex.search(item.name)]
+            del section[:]
+            section.extend(kept)
+        return dump
 
     def _routes_dump(
         self, name_regex: re.Pattern[str] | None

@@ -68,6 +68,7 @@ class AdminView:
     # RDS: (name, version_info, RouteConfiguration, last_updated) of every route config held
     route_configs: Callable[[], list[tuple[str, str, Any, float]]] = lambda: []
     warming_report: Callable[[], list[dict]] = lambda: []  # `/drain_status` `warming`
+    secrets: Callable[[], Any] | None = None  # SecretsConfigDump (private keys redacted)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ Certificates and keys are loaded by config/tls_material.py (the key never touche
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,6 +67,16 @@ class TlsSecrets(Protocol):
 
 class SecretUser(Protocol):
     def secret_updated(self) -> None: ...
+
+
+class SecretWatches(TlsSecrets, Protocol):
+    """The secret store as the cluster manager uses it: clusters subscribe by name."""
+
+    def watch(self, user: Hashable, names: tuple[str, ...]) -> None: ...
+
+    def unwatch(self, user: Hashable) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class NoSecrets:
@@ -426,11 +436,14 @@ class UpstreamTls:
         self.server_hostname = server_hostname  # "" sends no SNI
         self.context: ssl.SSLContext | None = None
         self.on_update: Callable[[], None] = _nothing  # ssl_context_update_by_sds
+        self.on_not_ready: Callable[[], None] = _nothing  # upstream_context_secrets_not_ready
         self._secrets = secrets
-        self._build()
+        if not common.refs:
+            self._build()
 
     def bind(self, secrets: TlsSecrets) -> None:
-        """Take the secrets from SDS from `secrets` from now on (the cluster manager's store)."""
+        """Take the secrets from `secrets` from now on (the cluster manager's secret store);
+        raises ConfigError for an unknown static secret."""
         self._secrets = secrets
         self._build()
         for ref in self.common.refs:

@@ -17,6 +17,9 @@ async def open_connection(cluster: PoolOwner, host: Host, conn: asyncio.Protocol
     loop = asyncio.get_running_loop()
     ip, port = host.address
     tls = cluster.config.tls
+    if tls is not None and tls.context is None:  # a secret from SDS has not arrived
+        tls.on_not_ready()
+        return CONNECTION_FAILURE
     try:
         async with asyncio.timeout(cluster.config.connect_timeout_s):
             if tls is None:

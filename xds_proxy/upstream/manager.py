@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 
-from xds_proxy.config.cluster import DnsFamily, EndpointAddress, build_cluster_config
+from xds_proxy.config.cluster import (
+    ClusterConfig,
+    DnsFamily,
+    EndpointAddress,
+    build_cluster_config,
+)
+from xds_proxy.config.tls import SecretWatches
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
@@ -63,6 +69,7 @@ class ClusterManager:
         self._modified = stats.counter("cluster_manager.cluster_modified")
         self._removed = stats.counter("cluster_manager.cluster_removed")
         self._warming_gauge = stats.gauge("cluster_manager.warming_clusters")
+        self.secrets: SecretWatches | None = None  # the secret store (set by the server)
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
@@ -85,6 +92,7 @@ class ClusterManager:
         if name in self.static_names and not static:
             raise ConfigError(f"{path}.name: '{name}' is a static cluster and cannot be updated")
         config = build_cluster_config(cluster, path)
+        self._use_secrets(config)
         new = Cluster(config, self.stats, self._rng, self._resolve)
         record = ClusterRecord(key, version_info, time.time())
         old = self.clusters.get(name)
@@ -109,6 +117,28 @@ class ClusterManager:
                 new.start()
         self._warming_gauge.set(len(self.warming))
         return True
+
+    def _use_secrets(self, config: ClusterConfig) -> None:
+        """A cluster's TLS secrets: static ones now (ConfigError if unknown), SDS ones
+        subscribed (the cluster is the user); a new copy is used by its next connection."""
+        tls = config.tls
+        if tls is None or not tls.common.refs:
+            return
+        if self.secrets is None:
+            raise ConfigError("transport_socket: TLS secrets need the secret store")
+        tls.bind(self.secrets)
+        updates = self.stats.counter(
+            f"cluster.{config.name}.client_ssl_socket_factory.ssl_context_update_by_sds"
+        )
+        not_ready = self.stats.counter(
+            f"cluster.{config.name}.client_ssl_socket_factory.upstream_context_secrets_not_ready"
+        )
+        tls.on_update = updates.inc
+        tls.on_not_ready = not_ready.inc
+        user = ("cluster", config.name)
+        self.secrets.unwatch(user)
+        self.secrets.watch(user, tuple(sorted(tls.sds_names)))
+        self.secrets.flush()
 
     def _activate(self, new: Cluster, record: ClusterRecord) -> None:
         old = self.clusters.get(new.name)
@@ -139,6 +169,9 @@ class ClusterManager:
         self.records.pop(name, None)
         if cluster is None:
             return False
+        if self.secrets is not None and cluster.config.tls is not None:
+            self.secrets.unwatch(("cluster", name))
+            self.secrets.flush()
         cluster.retire()
         self._removed.inc()
         self._active_gauge.set(len(self.clusters))

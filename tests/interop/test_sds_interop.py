@@ -281,3 +281,61 @@ def test_upstream_tls_from_sds_keeps_pooled_connections_on_rotation(
             proxy.stop()
         stub.stop()
         upstream.stop()
+
+
+@pytest.mark.parametrize("kind", sorted(IMPLEMENTATIONS))
+def test_a_cluster_warms_until_its_upstream_tls_secret_arrives(kind: str, tmp_path: Path) -> None:
+    """A new cluster whose CA bundle comes from SDS warms (`warming_clusters` 1, requests to
+    it get 503) until the secret arrives; then it serves, over TLS verified with that CA."""
+    node = f"{kind}-up-sds-warm"
+    port = free_port()
+    trusted = CertificateAuthority("warm-ca")
+    files = trusted.issue("upstream", dns_names=["up.test"]).write(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files["cert"], files["key"])
+    upstream = Http1Echo("tls-upstream")
+    upstream.ssl_context = context
+    upstream.start()
+    stub = StubProcess(tmp_path / "stub").start()
+    proxy = None
+    try:
+        proxy = start(kind, "ads-sotw", stub, node, tmp_path / kind)
+        pushed = stub.client.set_resources(
+            clusters=[upstream_tls_cluster("U", upstream.port, "up-ca")],
+            listeners=[listener("P", port, {"route": {"cluster": "U"}})],
+        )
+        stub.client.wait(pushed["listeners"], node=node, timeout=10)
+        wait_for(
+            lambda: subscriptions(stub, node, SECRET_TYPE) == ["up-ca"],
+            timeout=5,
+            what="SDS [up-ca]",
+        )
+        assert proxy.stat("cluster_manager.warming_clusters") == 1
+        wait_for(lambda: not refused(port), timeout=5, what="P accepting")
+        connection = HttpConnection(port)
+        try:
+            assert request_on(connection).status == 503
+        finally:
+            connection.close()
+        assert upstream.connections == 0
+
+        served = stub.client.set_resources(secrets=[trusted_ca_secret("up-ca", trusted)])
+        stub.client.wait(served["secrets"], node=node, timeout=10, section="secrets")
+        wait_for(
+            lambda: proxy.stat("cluster_manager.warming_clusters") == 0,
+            timeout=5,
+            what="U warm",
+        )
+        connection = HttpConnection(port)
+        try:
+            response = request_on(connection)
+            assert (response.status, response.headers["x-upstream"]) == (200, "tls-upstream")
+        finally:
+            connection.close()
+        assert proxy.stat("sds.up-ca.update_success") == 1
+        assert stub.nacks() == []
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        stub.stop()
+        upstream.stop()

@@ -66,7 +66,13 @@ class TlsSecrets(Protocol):
 
 
 class SecretUser(Protocol):
-    def secret_updated(self) -> None: ...
+    def secret_updated(self) -> None:
+        """A secret it uses has a new copy."""
+        ...
+
+    def secret_failed(self) -> None:
+        """A secret it uses, never received, failed (NACK, timeout, does not exist)."""
+        ...
 
 
 class SecretWatches(TlsSecrets, Protocol):
@@ -241,6 +247,9 @@ class DownstreamTls:
     def secret_updated(self) -> None:
         if self._build():
             self.on_update()
+
+    def secret_failed(self) -> None:
+        pass  # the listener manager hears it from the store (SecretsFailed)
 
     def _build(self) -> bool:
         certificate, validation, ready = self.spec.common.resolve(self._secrets)
@@ -437,6 +446,7 @@ class UpstreamTls:
         self.context: ssl.SSLContext | None = None
         self.on_update: Callable[[], None] = _nothing  # ssl_context_update_by_sds
         self.on_not_ready: Callable[[], None] = _nothing  # upstream_context_secrets_not_ready
+        self.on_settled: Callable[[], None] = _nothing  # its secrets arrived or failed
         self._secrets = secrets
         if not common.refs:
             self._build()
@@ -457,6 +467,10 @@ class UpstreamTls:
     def secret_updated(self) -> None:
         if self._build():
             self.on_update()
+            self.on_settled()
+
+    def secret_failed(self) -> None:
+        self.on_settled()  # as Envoy: the cluster warms no longer; its connections fail
 
     def __eq__(self, other: object) -> bool:
         return (

@@ -343,4 +343,8 @@ class SecretStore:
 
     def _emit(self, events: list[ListenerEvent]) -> None:
         for event in events:
+            if isinstance(event, SecretsFailed):
+                followers = self._followers.get(event.name)
+                for holder in list(followers.holders) if followers is not None else []:
+                    holder.secret_failed()
             self._on_event(event)

@@ -12,6 +12,7 @@ a route without hosts for the time of a lookup.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -74,6 +75,10 @@ class ClusterManager:
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
 
+    def known(self, name: str) -> bool:
+        """Active or warming: what a route's `validate_clusters` accepts (as Envoy's)."""
+        return name in self.clusters or name in self.warming
+
     def add_or_update(
         self,
         cluster: cluster_pb2.Cluster,
@@ -105,6 +110,29 @@ class ClusterManager:
         if warming is not None:  # a newer version replaces the one still warming
             warming[0].retire()
             del self.warming[name]
+        tls = config.tls
+        if tls is not None and tls.sds_names and tls.context is None:
+            # As Envoy: it warms until its secrets arrive (or fail: NACK, timeout); the old
+            # version, if any, serves meanwhile.
+            self.warming[name] = (new, record)
+            tls.on_settled = functools.partial(self._secrets_settled, new)
+        else:
+            self._place(new, record)
+        self._warming_gauge.set(len(self.warming))
+        return True
+
+    def _secrets_settled(self, new: Cluster) -> None:
+        warming = self.warming.get(new.name)
+        if warming is None or warming[0] is not new:
+            return  # replaced or removed meanwhile
+        del self.warming[new.name]
+        self._place(new, warming[1])
+        self._warming_gauge.set(len(self.warming))
+
+    def _place(self, new: Cluster, record: ClusterRecord) -> None:
+        """Activate `new`, or (a changed DNS cluster) warm it until its first answer."""
+        name = new.name
+        old = self.clusters.get(name)
         if old is not None and new.resolved is not None and self._started:
             self.warming[name] = (new, record)
             new.start()
@@ -115,8 +143,6 @@ class ClusterManager:
             self._activate(new, record)
             if self._started:
                 new.start()
-        self._warming_gauge.set(len(self.warming))
-        return True
 
     def _use_secrets(self, config: ClusterConfig) -> None:
         """A cluster's TLS secrets: static ones now (ConfigError if unknown), SDS ones
@@ -127,12 +153,10 @@ class ClusterManager:
         if self.secrets is None:
             raise ConfigError("transport_socket: TLS secrets need the secret store")
         tls.bind(self.secrets)
-        updates = self.stats.counter(
-            f"cluster.{config.name}.client_ssl_socket_factory.ssl_context_update_by_sds"
-        )
-        not_ready = self.stats.counter(
-            f"cluster.{config.name}.client_ssl_socket_factory.upstream_context_secrets_not_ready"
-        )
+        prefix = f"cluster.{config.name}.client_ssl_socket_factory."
+        self.stats.counter(prefix + "downstream_context_secrets_not_ready")  # Envoy lists it
+        updates = self.stats.counter(prefix + "ssl_context_update_by_sds")
+        not_ready = self.stats.counter(prefix + "upstream_context_secrets_not_ready")
         tls.on_update = updates.inc
         tls.on_not_ready = not_ready.inc
         user = ("cluster", config.name)
@@ -165,13 +189,13 @@ class ClusterManager:
         if warming is not None:
             warming[0].retire()
             self._warming_gauge.set(len(self.warming))
+        if self.secrets is not None:
+            self.secrets.unwatch(("cluster", name))
+            self.secrets.flush()
         cluster = self.clusters.pop(name, None)
         self.records.pop(name, None)
         if cluster is None:
-            return False
-        if self.secrets is not None and cluster.config.tls is not None:
-            self.secrets.unwatch(("cluster", name))
-            self.secrets.flush()
+            return warming is not None
         cluster.retire()
         self._removed.inc()
         self._active_gauge.set(len(self.clusters))

@@ -21,6 +21,7 @@ from xds_proxy.admin.json_render import message_json
 from xds_proxy.admin.page import AdminPage
 from xds_proxy.admin.server import AdminResponse
 from xds_proxy.admin.view import AdminCommands, AdminView
+from xds_proxy.config.redact import redact_sensitive
 
 if TYPE_CHECKING:
     from xds_proxy.listener.manager import ListenerVersion
@@ -261,6 +262,7 @@ class AdminHandlers:
             wrapper = config_dump_pb2.ConfigDump()
             for item in getattr(section, resource):
                 wrapper.configs.add().Pack(item)
+            redact_sensitive(wrapper)  # private keys and other secrets, as Envoy's
             return AdminResponse(200, _to_json(wrapper), JSON)
         dump = config_dump_pb2.ConfigDump()
         bootstrap = config_dump_pb2.BootstrapConfigDump()
@@ -274,6 +276,7 @@ class AdminHandlers:
             dump.configs.add().Pack(routes)
         if secrets.ByteSize():  # only when there are secrets (static or from SDS)
             dump.configs.add().Pack(secrets)
+        redact_sensitive(dump)  # private keys and other secrets, as Envoy's
         return AdminResponse(200, _to_json(dump), JSON)
 
     def _secrets_dump(

@@ -23,13 +23,13 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from google.protobuf.message import DecodeError
 
+from xds_proxy.config.redact import redact_sensitive
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.tls_material import load_cert_chain
 from xds_proxy.config.values import duration_seconds, read_data_source
 from xds_proxy.errors import ConfigError
 
 SECRET_TYPE_URL = "type.googleapis.com/" + secret_pb2.Secret.DESCRIPTOR.full_name
-REDACTED = "[redacted]"
 _DOWNSTREAM_TLS_TYPE = "type.googleapis.com/" + tls_pb2.DownstreamTlsContext.DESCRIPTOR.full_name
 
 
@@ -61,18 +61,31 @@ class SecretRef:
     path: str = field(compare=False)  # of the SdsSecretConfig, for errors
     # (over ADS?, api_type, clusters, initial_fetch_timeout_s); () for a static secret
     origin: tuple = ()
+    validation: bool = False  # a validation context's (else a certificate's)
 
     @property
     def dynamic(self) -> bool:
         return self.source is not None
 
+    def fits(self, material: SecretMaterial) -> bool:
+        wanted = ValidationMaterial if self.validation else CertificateMaterial
+        return isinstance(material, wanted)
 
-def secret_ref(config: secret_pb2.SdsSecretConfig, path: str) -> SecretRef:
+    def unknown_static(self) -> ConfigError:
+        """Envoy's words for a static secret the bootstrap does not have (of that kind)."""
+        if self.validation:
+            return ConfigError(f"Unknown static certificate validation context: {self.name}")
+        return ConfigError(f"Unknown static secret: {self.name}")
+
+
+def secret_ref(
+    config: secret_pb2.SdsSecretConfig, path: str, validation: bool = False
+) -> SecretRef:
     """Raises ConfigError for a source we cannot subscribe with."""
     if not config.name:
         raise ConfigError(f"{path}.name: value length must be at least 1 characters")
     if not config.HasField("sds_config"):
-        return SecretRef(config.name, None, path)
+        return SecretRef(config.name, None, path, validation=validation)
     source = config.sds_config
     kind = source.WhichOneof("config_source_specifier")
     if kind not in ("ads", "api_config_source"):
@@ -83,7 +96,7 @@ def secret_ref(config: secret_pb2.SdsSecretConfig, path: str) -> SecretRef:
     if source.HasField("initial_fetch_timeout"):
         timeout_s = duration_seconds(source.initial_fetch_timeout) or None
     origin = (kind == "ads", api.api_type, clusters, timeout_s)
-    return SecretRef(config.name, source, path, origin)
+    return SecretRef(config.name, source, path, origin, validation)
 
 
 def build_secret(secret: secret_pb2.Secret, path: str = "") -> SecretMaterial:
@@ -146,15 +159,10 @@ def merged_validation(
 
 
 def redacted(secret: secret_pb2.Secret) -> secret_pb2.Secret:
-    """The copy `/config_dump` shows: an inline private key reads `[redacted]` (Envoy's)."""
+    """The copy `/config_dump` shows: the private key reads `[redacted]` (Envoy's)."""
     copy = secret_pb2.Secret()
     copy.CopyFrom(secret)
-    key = copy.tls_certificate.private_key
-    if copy.HasField("tls_certificate") and key.WhichOneof("specifier") in (
-        "inline_string",
-        "inline_bytes",
-    ):
-        key.inline_string = REDACTED
+    redact_sensitive(copy)
     return copy
 
 

@@ -91,7 +91,7 @@ class NoSecrets:
     def material(self, ref: SecretRef) -> SecretMaterial | None:
         if ref.dynamic:
             return None
-        raise ConfigError(f"{ref.path}: Unknown static secret: {ref.name}")
+        raise ref.unknown_static()
 
     def follow(self, ref: SecretRef, holder: SecretUser) -> None:
         pass
@@ -164,6 +164,7 @@ def _common_tls(
         validation_ref = secret_ref(
             common.validation_context_sds_secret_config,
             f"{common_path}.validation_context_sds_secret_config",
+            validation=True,
         )
     elif common.HasField("combined_validation_context"):
         combined = common.combined_validation_context
@@ -174,6 +175,7 @@ def _common_tls(
         validation_ref = secret_ref(
             combined.validation_context_sds_secret_config,
             f"{combined_path}.validation_context_sds_secret_config",
+            validation=True,
         )
     return CommonTls(certificate, certificate_ref, validation, validation_ref)
 

@@ -134,7 +134,6 @@ class SecretStore:
         self._on_event = on_event
         self._wall_clock = wall_clock
         self.static: dict[str, StaticSecret] = {}  # static_resources.secrets (add_static)
-        self._started_at = wall_clock()
         self.subscriptions = NamedSubscriptions(
             SECRETS,
             bootstrap,
@@ -166,8 +165,8 @@ class SecretStore:
     def material(self, ref: SecretRef) -> SecretMaterial | None:
         if not ref.dynamic:
             held = self.static.get(ref.name)
-            if held is None:
-                raise ConfigError(f"{ref.path}: Unknown static secret: {ref.name}")
+            if held is None or not ref.fits(held.material):
+                raise ref.unknown_static()
             return held.material
         entry = self.entries.get(ref.name)
         return entry.material if entry is not None else None
@@ -263,14 +262,13 @@ class SecretStore:
     # -- what admin reads -----------------------------------------------------------------------
 
     def config_dump(self) -> config_dump_pb2.SecretsConfigDump:
-        """`SecretsConfigDump`, private keys `[redacted]`: the static secrets; each subscribed
+        """`SecretsConfigDump`, private keys `[redacted]`: the static secrets (no
+        `last_updated`, as Envoy's); each subscribed
         secret held (active, with the version and time of the copy held) or not yet (warming,
         `uninitialized`, since it was subscribed), as Envoy 1.40's."""
         dump = config_dump_pb2.SecretsConfigDump()
         for name, held in self.static.items():
-            static = dump.static_secrets.add(name=name)
-            static.last_updated.FromMilliseconds(int(self._started_at * 1000))
-            static.secret.Pack(redacted(held.secret))
+            dump.static_secrets.add(name=name).secret.Pack(redacted(held.secret))
         for entry in self.entries.values():
             if entry.secret is not None:
                 item = dump.dynamic_active_secrets.add(

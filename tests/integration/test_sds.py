@@ -142,6 +142,7 @@ def test_mtls_with_a_client_ca_from_sds_merged_into_the_default_validation_conte
             timeout=5,
             what="SDS [cert, clients]",
         )
+        wait_for(lambda: proxy.stat("sds.cert.update_success") == 1, timeout=5, what="cert")
         assert refused(port)  # the client CA has not arrived: still warming
         _, body = proxy.get("/drain_status")
         (warming,) = json.loads(body)["warming"]

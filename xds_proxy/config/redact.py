@@ -9,9 +9,9 @@ from __future__ import annotations
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
-from udpa.annotations import sensitive_pb2
 
 REDACTED = "[redacted]"
+_SENSITIVE = "udpa.annotations.sensitive"
 _TEXT = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)
 
 
@@ -21,7 +21,7 @@ def redact_sensitive(message: Message, sensitive: bool = False) -> None:
         _redact_any(message, sensitive)
         return
     for field, value in message.ListFields():
-        inner = sensitive or field.GetOptions().Extensions[sensitive_pb2.sensitive]
+        inner = sensitive or _marked_sensitive(field)
         repeated = field.is_repeated
         if field.message_type is not None:
             if field.message_type.GetOptions().map_entry:
@@ -35,6 +35,15 @@ def redact_sensitive(message: Message, sensitive: bool = False) -> None:
                 value[:] = [blank] * len(value)
             else:
                 setattr(message, field.name, blank)
+
+
+def _marked_sensitive(field: FieldDescriptor) -> bool:
+    """`(udpa.annotations.sensitive) = true` (read by name: the generated Envoy messages load
+    that extension)."""
+    return any(
+        option.full_name == _SENSITIVE and value
+        for option, value in field.GetOptions().ListFields()
+    )
 
 
 def _redact_map(field: FieldDescriptor, value, sensitive: bool) -> None:

@@ -18,6 +18,8 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import json_format
 
 from tests.helpers.certs import CertificateAuthority, Issued
+from tests.helpers.secrets import placeholder_secrets
+from tests.interop.test_stub_eds_sds_interop import sds_listener, upstream_tls_cluster
 from tests.unit.test_route_registry import BOOTSTRAP
 from xds_proxy.config.redact import redact_sensitive
 from xds_proxy.config.secrets import (
@@ -264,3 +266,14 @@ def test_an_upstream_context_waits_for_its_ca_then_settles() -> None:
         assert settled == [1]
 
     asyncio.run(scenario())
+
+
+def test_placeholder_secrets_cover_every_name_a_corpus_references_and_build() -> None:
+    listeners = [sds_listener("L", 8001, "cert", {"ads": {}})]
+    clusters = [upstream_tls_cluster("U", 8002, "up-ca")]
+    secrets = placeholder_secrets(listeners, clusters)
+    assert [secret["name"] for secret in secrets] == ["cert", "up-ca"]
+    built = [build_secret(json_format.ParseDict(s, secret_pb2.Secret())) for s in secrets]
+    assert isinstance(built[0], CertificateMaterial)
+    assert isinstance(built[1], ValidationMaterial)
+    assert placeholder_secrets(listeners, clusters, held=["cert"]) == secrets[1:]

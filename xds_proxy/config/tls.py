@@ -257,6 +257,8 @@ class DownstreamTls:
         certificate, validation, ready = self.spec.common.resolve(self._secrets)
         if certificate is None or not ready:
             return False
+        if self.require_client_certificate and (validation is None or not validation.trusted_ca):
+            return False  # a validation secret without trusted_ca: never accept any client
         self.context = _server_context(self.spec, certificate, validation)
         return True
 

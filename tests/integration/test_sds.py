@@ -220,3 +220,22 @@ def test_a_secret_that_does_not_build_is_nacked_and_the_held_one_keeps_serving(
     finally:
         proxy.stop()
         stub.stop()
+
+
+def test_duplicate_static_secrets_fail_start_up_in_envoys_words(tmp_path: Path) -> None:
+    ca = CertificateAuthority("dup-ca")
+    bootstrap = {
+        "static_resources": {
+            "secrets": [
+                tls_secret("same", ca.issue("a")),
+                trusted_ca_secret("same", ca),  # another kind: allowed, as Envoy
+                tls_secret("same", ca.issue("b")),
+            ],
+        },
+    }
+    proxy = ProxyProcess(bootstrap, tmp_path / "proxy")
+    with pytest.raises(Exception, match="exited early"):
+        proxy.start(timeout=10)
+    assert "static_resources.secrets[2]: Duplicate static TlsCertificate secret name same" in (
+        proxy.log()
+    )

@@ -67,10 +67,6 @@ class SecretRef:
     def dynamic(self) -> bool:
         return self.source is not None
 
-    def fits(self, material: SecretMaterial) -> bool:
-        wanted = ValidationMaterial if self.validation else CertificateMaterial
-        return isinstance(material, wanted)
-
     def unknown_static(self) -> ConfigError:
         """Envoy's words for a static secret the bootstrap does not have (of that kind)."""
         if self.validation:

@@ -41,6 +41,7 @@ from xds_proxy.config.secrets import (
     SECRET_TYPE_URL,
     SecretMaterial,
     SecretRef,
+    ValidationMaterial,
     build_secret,
     redacted,
 )
@@ -133,7 +134,9 @@ class SecretStore:
         self._stats = stats
         self._on_event = on_event
         self._wall_clock = wall_clock
-        self.static: dict[str, StaticSecret] = {}  # static_resources.secrets (add_static)
+        # static_resources.secrets (add_static), by (is a validation context, name): a
+        # certificate and a validation context may share a name, as in Envoy
+        self.static: dict[tuple[bool, str], StaticSecret] = {}
         self.subscriptions = NamedSubscriptions(
             SECRETS,
             bootstrap,
@@ -155,17 +158,22 @@ class SecretStore:
         for index, secret in enumerate(bootstrap.static_resources.secrets):
             path = f"static_resources.secrets[{index}]"
             try:
-                self.static[secret.name] = StaticSecret(secret, build_secret(secret, path))
+                material = build_secret(secret, path)
             except ConfigError as error:
                 text = str(error)
                 raise ConfigError(text if text.startswith(path) else f"{path}: {text}") from None
+            validation = isinstance(material, ValidationMaterial)
+            if (validation, secret.name) in self.static:
+                kind = "CertificateValidationContext" if validation else "TlsCertificate"
+                raise ConfigError(f"{path}: Duplicate static {kind} secret name {secret.name}")
+            self.static[(validation, secret.name)] = StaticSecret(secret, material)
 
     # -- the TLS holders' port (config/tls.py TlsSecrets) ---------------------------------------
 
     def material(self, ref: SecretRef) -> SecretMaterial | None:
         if not ref.dynamic:
-            held = self.static.get(ref.name)
-            if held is None or not ref.fits(held.material):
+            held = self.static.get((ref.validation, ref.name))
+            if held is None:
                 raise ref.unknown_static()
             return held.material
         entry = self.entries.get(ref.name)
@@ -267,7 +275,7 @@ class SecretStore:
         secret held (active, with the version and time of the copy held) or not yet (warming,
         `uninitialized`, since it was subscribed), as Envoy 1.40's."""
         dump = config_dump_pb2.SecretsConfigDump()
-        for name, held in self.static.items():
+        for (_, name), held in self.static.items():
             dump.static_secrets.add(name=name).secret.Pack(redacted(held.secret))
         for entry in self.entries.values():
             if entry.secret is not None:

@@ -6,7 +6,9 @@ cluster (the old one retires: its busy connections finish their streams, idle on
 
 A changed DNS cluster warms first, as in Envoy: the old version keeps serving until the new
 one has its first DNS answer (`cluster_manager.warming_clusters`), so that a push never leaves
-a route without hosts for the time of a lookup.
+a route without hosts for the time of a lookup. A cluster whose upstream TLS takes a secret
+from SDS warms until the secret store has it (or gives up on it), as Envoy's; the cluster is
+the store's user of those names (docs/secrets.md).
 """
 
 from __future__ import annotations

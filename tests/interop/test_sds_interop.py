@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +342,59 @@ def test_a_cluster_warms_until_its_upstream_tls_secret_arrives(kind: str, tmp_pa
             proxy.stop()
         stub.stop()
         upstream.stop()
+
+
+@pytest.mark.parametrize("kind", sorted(IMPLEMENTATIONS))
+def test_rotations_under_load_fail_no_handshake_and_no_request(kind: str, tmp_path: Path) -> None:
+    """New TLS connections, one after another, while the certificate rotates five times (the
+    next rotation once five handshakes saw the last one): every handshake and request
+    succeeds, each with one of the pushed certificates."""
+    node = f"{kind}-sds-load"
+    port = free_port()
+    ca = CertificateAuthority("sds-load-ca")
+    certificates = [ca.issue(f"server-{i}", dns_names=["server.test"]) for i in range(6)]
+    stub = StubProcess(tmp_path / "stub").start()
+    proxy = None
+    stop = threading.Event()
+    seen: list[int] = []
+    failures: list[str] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(handshake_serial(port, ca.cert_pem))
+            except Exception as error:  # every failure is a finding
+                failures.append(repr(error))
+
+    try:
+        proxy = start(kind, "ads-sotw", stub, node, tmp_path / kind)
+        pushed = stub.client.set_resources(
+            listeners=[sds_listener("L", port, "cert", {"ads": {}})],
+            secrets=[tls_secret("cert", certificates[0])],
+        )
+        stub.client.wait(pushed["secrets"], node=node, timeout=10, section="secrets")
+        wait_for(lambda: not refused(port), timeout=5, what="L accepting")
+        thread = threading.Thread(target=client)
+        thread.start()
+        try:
+            for certificate in certificates[1:]:
+                rotated = stub.client.set_resources(secrets=[tls_secret("cert", certificate)])
+                stub.client.wait(rotated["secrets"], node=node, timeout=10, section="secrets")
+                wait_for(
+                    lambda c=certificate: seen.count(c.serial) >= 5,
+                    timeout=10,
+                    what="five handshakes with the rotated certificate",
+                )
+        finally:
+            stop.set()
+            thread.join()
+        assert failures == []
+        assert set(seen) <= {certificate.serial for certificate in certificates}
+        assert seen[-1] == certificates[-1].serial
+        assert len(seen) >= 25
+        assert proxy.stat("listener_manager.total_listeners_draining") == 0
+    finally:
+        stop.set()
+        if proxy is not None:
+            proxy.stop()
+        stub.stop()

@@ -239,3 +239,28 @@ def test_duplicate_static_secrets_fail_start_up_in_envoys_words(tmp_path: Path) 
     assert "static_resources.secrets[2]: Duplicate static TlsCertificate secret name same" in (
         proxy.log()
     )
+
+
+def test_a_secret_source_we_cannot_subscribe_with_nacks_the_listener(tmp_path: Path) -> None:
+    node = "sds-bad-source"
+    port = free_port()
+    stub = StubProcess(tmp_path / "stub").start()
+    proxy = start_proxy(stub, node, tmp_path / "proxy")
+    try:
+        source = {
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "nowhere"}}],
+            }
+        }
+        stub.client.set_resources(listeners=[sds_listener("L", port, "cert", source)])
+        wait_for(lambda: stub.nacks(), timeout=10, what="the NACK")
+        message = stub.nacks()[0]["message"]
+        assert message.startswith("Error adding/updating listener(s) L: ")
+        assert "tls_certificate_sds_secret_configs[0].sds_config.api_config_source" in message
+        assert "nowhere" in message
+        assert proxy.listeners() == {}
+    finally:
+        proxy.stop()
+        stub.stop()

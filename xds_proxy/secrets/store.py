@@ -50,6 +50,7 @@ from xds_proxy.errors import ConfigError
 from xds_proxy.listener.actions import ListenerEvent, RouteState, SecretsFailed, SecretsReady
 from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
 from xds_proxy.xds.named import NamedClient, ResourceType
+from xds_proxy.xds.source import source_server
 from xds_proxy.xds.subscriptions import NamedSubscriptions, Subscription
 from xds_proxy.xds.transport import XdsStream
 from xds_proxy.xds.xxhash64 import xxhash64
@@ -132,6 +133,7 @@ class SecretStore:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._stats = stats
+        self._bootstrap = bootstrap
         self._on_event = on_event
         self._wall_clock = wall_clock
         # static_resources.secrets (add_static), by (is a validation context, name): a
@@ -180,7 +182,10 @@ class SecretStore:
         return entry.material if entry is not None else None
 
     def follow(self, ref: SecretRef, holder: SecretUser) -> None:
+        """Raises ConfigError for a source we cannot subscribe with (that listener or
+        cluster is NACKed)."""
         if ref.source is not None:
+            source_server(self._bootstrap, ref.source, f"{ref.path}.sds_config")  # usable?
             self._sources.setdefault(ref.name, ref.source)
         self._followers.setdefault(ref.name, _Followers()).holders.add(holder)
 

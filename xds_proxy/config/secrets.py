@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 
 from xds_proxy.config.redact import redact_sensitive
 from xds_proxy.config.support import require_valid
-from xds_proxy.config.tls_material import load_cert_chain
+from xds_proxy.config.tls_material import try_load_cert_chain
 from xds_proxy.config.values import duration_seconds, read_data_source
 from xds_proxy.errors import ConfigError
 
@@ -120,13 +120,11 @@ def certificate_material(certificate: common_pb2.TlsCertificate, path: str) -> C
     chain_from = _where(certificate.certificate_chain)
     if not _parses_as_certificates(chain):
         raise ConfigError(f"Failed to load certificate chain from {chain_from}")
-    try:
-        load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), chain, key, path)
-    except ConfigError as error:
-        cause = str(error).rsplit("(", 1)[-1].rstrip(")")
+    cause = try_load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), chain, key)
+    if cause is not None:
         raise ConfigError(
             f"Failed to load private key from {_where(certificate.private_key)}, Cause: {cause}"
-        ) from None
+        )
     return CertificateMaterial(chain, key)
 
 

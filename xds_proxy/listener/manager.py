@@ -119,9 +119,6 @@ class ResourceStates(Protocol):
         ...
 
 
-RouteStates = ResourceStates  # the route registry's port
-
-
 class _AllReady:
     def state(self, name: str) -> RouteState:
         return RouteState.READY

@@ -398,3 +398,63 @@ def test_rotations_under_load_fail_no_handshake_and_no_request(kind: str, tmp_pa
         if proxy is not None:
             proxy.stop()
         stub.stop()
+
+
+@pytest.mark.parametrize("kind", sorted(IMPLEMENTATIONS))
+def test_a_changed_listener_whose_new_secret_times_out(kind: str, tmp_path: Path) -> None:
+    """Envoy 1.40 makes the new version active without its certificate (handshakes fail);
+    xds-proxy does better: the old version keeps serving its certificate and the new one
+    keeps warming until its secret arrives (docs/secrets.md)."""
+    node = f"{kind}-sds-changed"
+    port = free_port()
+    ca = CertificateAuthority("sds-changed-ca")
+    first, second = (ca.issue(n, dns_names=["server.test"]) for n in ("first", "second"))
+    stub = StubProcess(tmp_path / "stub").start()
+    proxy = None
+    try:
+        proxy = start(kind, "ads-sotw", stub, node, tmp_path / kind)
+        pushed = stub.client.set_resources(
+            listeners=[sds_listener("L", port, "first", {"ads": {}})],
+            secrets=[tls_secret("first", first)],
+        )
+        stub.client.wait(pushed["secrets"], node=node, timeout=10, section="secrets")
+        wait_for(lambda: not refused(port), timeout=5, what="L accepting")
+        changed = sds_listener("L", port, "second", {"ads": {}})
+        tls = changed["filter_chains"][0]["transport_socket"]["typed_config"]
+        sds = tls["common_tls_context"]["tls_certificate_sds_secret_configs"][0]
+        sds["sds_config"]["initial_fetch_timeout"] = "1s"
+        changed["per_connection_buffer_limit_bytes"] = 32768  # a full update
+        pushed = stub.client.set_resources(
+            listeners=[changed], secrets=[tls_secret("first", first)]
+        )
+        stub.client.wait(pushed["listeners"], node=node, timeout=10)
+        assert proxy.stat("listener_manager.total_listeners_warming") == 1
+        wait_for(
+            lambda: proxy.stat("sds.second.init_fetch_timeout") == 1,
+            timeout=5,
+            what="the initial fetch timeout",
+        )
+        if kind == "envoy":
+            wait_for(
+                lambda: proxy.stat("listener_manager.total_listeners_warming") == 0,
+                timeout=5,
+                what="the new version active",
+            )
+            assert handshake_refused(port, ca.cert_pem)
+        else:
+            assert proxy.stat("listener_manager.total_listeners_warming") == 1
+            assert handshake_serial(port, ca.cert_pem) == first.serial
+        served = stub.client.set_resources(
+            secrets=[tls_secret("first", first), tls_secret("second", second)]
+        )
+        stub.client.wait(served["secrets"], node=node, timeout=10, section="secrets")
+        wait_for(
+            lambda: handshake_serial(port, ca.cert_pem) == second.serial,
+            timeout=5,
+            what="the second certificate",
+        )
+        assert proxy.stat("listener_manager.total_listeners_warming") == 0
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        stub.stop()

@@ -40,6 +40,7 @@ from xds_proxy.config.rds import rds_spec
 from xds_proxy.errors import ConfigError
 from xds_proxy.hot_restart import HotRestart, ParentHooks
 from xds_proxy.http.router import RouteHandle, RouteTable
+from xds_proxy.listener.actions import Dependency, DependencyKind, SecretsFailed
 from xds_proxy.listener.drain_exit import DrainExit
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager
 from xds_proxy.listener.instance import ListenerServices
@@ -57,6 +58,7 @@ from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.options import Options
 from xds_proxy.routes.registry import RouteRegistry
+from xds_proxy.secrets.store import SecretStore
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.cds import CdsClient
@@ -109,6 +111,14 @@ class Server:
             ads_coming=lambda: self._xds_starting,
             names_in_use=lambda: self.manager.route_names_in_use(),
         )
+        self.secrets = SecretStore(  # static secrets and SDS (xds_proxy/secrets/)
+            self.stats,
+            self.bootstrap,
+            self._route_event,
+            applied=lambda: self.runtime.applied(),
+            ads_stream=lambda: self._ads_stream,
+            ads_coming=lambda: self._xds_starting,
+        )
         self._xds_starting = True  # until LDS (after CDS) has joined the ADS stream
         self._waiting_for_warming = False  # the first LDS response's listeners still warm
         services = ListenerServices(
@@ -118,16 +128,23 @@ class Server:
             self.clusters,
             global_limit_from_bootstrap(self.bootstrap, self.stats),
             self.routes.handle,
+            self.secrets,
         )
         # A plan compiles against a throwaway stats store and subscribes to no route config.
         self.compiler = ListenerCompiler(
             services, replace(services, stats=Stats(), routes=self._route_handle_for_plan)
         )
         self.manager = ListenerManager(
-            self.stats, self.pool, self.compiler.compile, time.time, self.routes
+            self.stats, self.pool, self.compiler.compile, time.time, self.routes, self.secrets
         )
         self.runtime = ListenerRuntime(
-            self.stats, self.pool, self.compiler, self.manager, self.drains, self.routes
+            self.stats,
+            self.pool,
+            self.compiler,
+            self.manager,
+            self.drains,
+            self.routes,
+            self.secrets,
         )
         self.shutdown_requested = asyncio.Event()
         self.lds_client = None
@@ -172,6 +189,8 @@ class Server:
                 started_at_all_epochs=lambda: self.hot_restart.started_at_all_epochs,
             )
         )
+        self.secrets.add_static(self.bootstrap)  # ConfigError names the secret's field
+        self.clusters.secrets = self.secrets
         self.clusters.add_static(self.bootstrap)  # ConfigError names the cluster's field
         self.clusters.start()
         actions = []
@@ -205,6 +224,7 @@ class Server:
             drain_report=self.runtime.drain_report,
             lds_updates=self.lds_updates.entries,
             route_configs=self.routes.held,
+            secrets=self.secrets.config_dump,
             warming_report=self.warming_report,
             plan_listeners=self.plan_listeners,
         )
@@ -216,11 +236,15 @@ class Server:
             entry: dict = {
                 "listener": version.name,
                 "version_info": version.version_info,
-                "waiting_for": sorted(version.waiting),
+                "waiting_for": [str(waited) for waited in sorted(version.waiting)],
                 "since": _iso(version.warming_since),
                 "timeout_at": None,
             }
-            deadline = self.routes.timeout_at(version.waiting)
+            deadlines = [
+                self.routes.timeout_at(_named(version.waiting, DependencyKind.ROUTES)),
+                self.secrets.timeout_at(_named(version.waiting, DependencyKind.SECRET)),
+            ]
+            deadline = min((d for d in deadlines if d is not None), default=None)
             if deadline is not None:  # a changed listener keeps warming after it
                 entry["timeout_at"] = _iso(deadline)
             serving = self.manager.active.get(version.name)
@@ -281,6 +305,7 @@ class Server:
         finally:
             self._xds_starting = False
             self.routes.resume()  # RDS over ADS joins the stream after CDS and LDS
+            self.secrets.resume()
 
     def _start_lds_client(self) -> None:
         if not LdsClient.configured(self.bootstrap):
@@ -354,17 +379,23 @@ class Server:
         return result.nack_message
 
     def _route_event(self, event: ListenerEvent) -> None:
-        """The route registry: a route configuration is ready, or failed (NACK, timeout)."""
+        """The route registry or the secret store: a route configuration or a secret is
+        ready, or failed (NACK, timeout)."""
         self.runtime.submit(self.manager.on_event(event))
-        if isinstance(event, RoutesFailed):
+        if isinstance(event, RoutesFailed | SecretsFailed):
+            kind = (
+                DependencyKind.ROUTES if isinstance(event, RoutesFailed) else DependencyKind.SECRET
+            )
+            what = "route configuration" if kind is DependencyKind.ROUTES else "secret"
             for version in self.manager.warming.values():
-                if version.replaces and event.name in version.waiting:
+                if version.replaces and Dependency(kind, event.name) in version.waiting:
                     serving = self.manager.active.get(version.name)
                     log.warning(
-                        "listener '%s': version '%s' keeps warming: route configuration '%s' "
+                        "listener '%s': version '%s' keeps warming: %s '%s' "
                         "was rejected or timed out; version '%s' keeps serving",
                         version.name,
                         version.version_info,
+                        what,
                         event.name,
                         serving.version_info if serving is not None else "",
                     )
@@ -487,10 +518,15 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.routes.close()
+        self.secrets.close()
         await self.runtime.close()
         self.clusters.close()
         await self.hot_restart.close()
         ACCESS_LOG_FILES.close()  # every buffered access-log line is written before exit
+
+
+def _named(waiting: set[Dependency], kind: DependencyKind) -> set[str]:
+    return {waited.name for waited in waiting if waited.kind is kind}
 
 
 def _iso(wall: float) -> str:

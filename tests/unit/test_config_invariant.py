@@ -39,6 +39,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -48,6 +49,7 @@ from xds_proxy import extensions
 from xds_proxy.config.cluster import build_cluster_config
 from xds_proxy.config.rds import rds_spec
 from xds_proxy.config.rules import Extension, Inert, NotYet, Opaque, Rule, Supported, Values
+from xds_proxy.config.secrets import build_secret
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.table import LEAF_TYPES, TABLE
 from xds_proxy.config.tcp_proxy import build_tcp_proxy_settings
@@ -118,6 +120,18 @@ def _rds_routes(rds: Any, stat_prefix: str, server: str, strip: bool, path: str)
     rest += (_duration(api, "request_timeout"),)
     source = (spec.aggregated, api.api_type, clusters, backoffs, rest)
     return (spec.route_config_name, spec.initial_fetch_timeout_s, source, server, strip)
+
+
+def _build_downstream_tls(message: Message, path: str) -> Any:
+    """A certificate from SDS takes the place of the base's static one (one certificate)."""
+    socket = base_pb2.TransportSocket()
+    socket.CopyFrom(message)
+    context = tls_pb2.DownstreamTlsContext()
+    socket.typed_config.Unpack(context)
+    if context.common_tls_context.tls_certificate_sds_secret_configs:
+        context.common_tls_context.ClearField("tls_certificates")
+        socket.typed_config.Pack(context)
+    return downstream_tls(socket, path)
 
 
 def _build_hcm(message: Message, path: str) -> Any:
@@ -225,8 +239,20 @@ ROOTS = (
                 },
             },
         },
-        downstream_tls,
+        _build_downstream_tls,
         extension_types=(("transport_socket", (extensions.DOWNSTREAM_TLS,)),),
+    ),
+    Root(
+        "secret",
+        secret_pb2.Secret,
+        {
+            "name": "s",
+            "tls_certificate": {
+                "certificate_chain": {"inline_string": SERVER_PEM},
+                "private_key": {"inline_string": SERVER_KEY_PEM},
+            },
+        },
+        build_secret,  # type: ignore[arg-type]
     ),
     Root(
         "listener_filters",
@@ -325,6 +351,15 @@ TEMPLATES: dict[str, dict] = {
     "envoy.config.route.v3.RouteAction.HashPolicy.Cookie": {"name": "c"},
     "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute": {"name": "SameSite"},
     "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter": {"name": "q"},
+    "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig": {
+        "name": "s",
+        "sds_config": {"ads": {}},
+    },
+    "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext."
+    "CombinedCertificateValidationContext": {
+        "default_validation_context": {},
+        "validation_context_sds_secret_config": {"name": "s", "sds_config": {"ads": {}}},
+    },
 }
 
 # Values for fields whose generated values the PGV rules refuse or that need a real thing (a
@@ -437,6 +472,7 @@ NO_EFFECT: dict[str, str] = {
         "the @type picks the policy (as Envoy)"
     ),
     "downstream_tls name": "the @type picks the transport socket (as Envoy)",
+    "secret name": "the name it is served and referenced by: the secret store's key",
     "listener_filters listener_filters.name": "the @type picks the filter (as Envoy)",
     "listener_filters listener_filters.typed_config.initial_read_buffer_size": (
         "the inspector reads what the socket gives, up to max_client_hello_size: the size of"
@@ -453,6 +489,11 @@ NO_EFFECT: dict[str, str] = {
 # The same, for a field wherever it is nested (access-log filters nest in and/or filters). By
 # the end of the path.
 NO_EFFECT_ANYWHERE: dict[str, str] = {
+    "sds_config.ads": "an empty message, which the filled-in SdsSecretConfig already sets",
+    "sds_config.resource_api_version": "the table accepts AUTO and V3, both mean v3",
+    "sds_config.api_config_source.transport_api_version": (
+        "the table accepts AUTO and V3, both mean v3"
+    ),
     "runtime_filter.runtime_key": (
         "no runtime layer: the key names nothing, percent_sampled decides"
     ),
@@ -467,7 +508,7 @@ NO_EFFECT_ANYWHERE: dict[str, str] = {
 # Certificate material: a certificate and its key change only together, and an SSL context
 # does not show its certificate; tests/unit/test_tls.py and tests/integration/test_xds_tls.py
 # load each DataSource kind and handshake with it.
-CHECKED_BY_HANDSHAKE = re.compile(r"\.tls_certificates(\.|$)")
+CHECKED_BY_HANDSHAKE = re.compile(r"\.tls_certificates?(\.|$)")
 
 
 # -- structural fingerprints of compiled results ----------------------------------------------
@@ -958,6 +999,7 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _BOOTSTRAP + "Bootstrap.static_resources": "server.py",
     _BOOTSTRAP + "Bootstrap.StaticResources.listeners": "listener/manager.py add_static",
     _BOOTSTRAP + "Bootstrap.StaticResources.clusters": "upstream/manager.py",
+    _BOOTSTRAP + "Bootstrap.StaticResources.secrets": "secrets/store.py add_static",
     _BOOTSTRAP + "Bootstrap.dynamic_resources": "xds/source.py",
     _BOOTSTRAP + "Bootstrap.DynamicResources.lds_config": "xds/source.py",
     _BOOTSTRAP + "Bootstrap.DynamicResources.cds_config": "xds/source.py",

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.listener_fixtures import FakeSocketPool
+from xds_proxy.listener.actions import Dependency, DependencyKind
 from xds_proxy.listener.manager import (
     ChainsDrained,
     DrainListener,
@@ -322,7 +323,7 @@ def test_a_replaced_warming_version_lets_go_of_its_routes_after_the_new_one_hold
     first = manager.warming["L"]
     result = manager.apply_sotw("v2", [two_routes_listener("L", 8001, "R", "R3")])
     second = manager.warming["L"]
-    assert second.waiting == {"R3"}
+    assert second.waiting == {Dependency(DependencyKind.ROUTES, "R3")}
     kinds = [type(a) for a in result.actions]
     assert kinds.index(WatchRoutes) < kinds.index(UnwatchRoutes)
     assert UnwatchRoutes(first.id) in result.actions

@@ -22,6 +22,7 @@ from xds_proxy.admin.page import AdminPage
 from xds_proxy.admin.plan_input import PlanInputError, parse_plan_body
 from xds_proxy.admin.server import AdminResponse
 from xds_proxy.admin.view import AdminCommands, AdminView
+from xds_proxy.config.redact import redact_sensitive
 
 if TYPE_CHECKING:
     from xds_proxy.listener.manager import ListenerVersion
@@ -276,6 +277,7 @@ class AdminHandlers:
         listeners = self._listeners_dump(name_regex)
         clusters = self._clusters_dump(name_regex)
         routes = self._routes_dump(name_regex)
+        secrets = self._secrets_dump(name_regex)
         if resource:
             section = {
                 "dynamic_listeners": listeners,
@@ -283,12 +285,16 @@ class AdminHandlers:
                 "static_clusters": clusters,
                 "dynamic_active_clusters": clusters,
                 "dynamic_route_configs": routes,
+                "static_secrets": secrets,
+                "dynamic_active_secrets": secrets,
+                "dynamic_warming_secrets": secrets,
             }.get(resource)
             if section is None:
                 return AdminResponse(404, f"{resource} not found in config dump\n")
             wrapper = config_dump_pb2.ConfigDump()
             for item in getattr(section, resource):
                 wrapper.configs.add().Pack(item)
+            redact_sensitive(wrapper)  # private keys and other secrets, as Envoy's
             return AdminResponse(200, _to_json(wrapper), JSON)
         dump = config_dump_pb2.ConfigDump()
         bootstrap = config_dump_pb2.BootstrapConfigDump()
@@ -300,7 +306,27 @@ class AdminHandlers:
         if routes.dynamic_route_configs:  # as Envoy: the (empty) scoped routes come first
             dump.configs.add().Pack(config_dump_shared_pb2.ScopedRoutesConfigDump())
             dump.configs.add().Pack(routes)
+        if secrets.ByteSize():  # only when there are secrets (static or from SDS)
+            dump.configs.add().Pack(secrets)
+        redact_sensitive(dump)  # private keys and other secrets, as Envoy's
         return AdminResponse(200, _to_json(dump), JSON)
+
+    def _secrets_dump(
+        self, name_regex: re.Pattern[str] | None
+    ) -> config_dump_pb2.SecretsConfigDump:
+        dump = config_dump_pb2.SecretsConfigDump()
+        if self.view.secrets is None:
+            return dump
+        dump.CopyFrom(self.view.secrets())
+        for section in (
+            dump.static_secrets,
+            dump.dynamic_active_secrets,
+            dump.dynamic_warming_secrets,
+        ):
+            kept = [item for item in section if name_regex is None or name_regex.search(item.name)]
+            del section[:]
+            section.extend(kept)
+        return dump
 
     def _routes_dump(
         self, name_regex: re.Pattern[str] | None

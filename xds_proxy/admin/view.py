@@ -71,6 +71,7 @@ class AdminView:
     # `POST /listeners/plan`: (version_info, listeners, removed or None for SotW) -> the plan
     # report; it changes nothing (the manager's diff on a copy of its state).
     plan_listeners: Callable[[str, list, list[str] | None], dict] | None = None
+    secrets: Callable[[], Any] | None = None  # SecretsConfigDump (private keys redacted)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,10 @@ Builders (input: a message that passed the checks)
 - `tcp_proxy`: `TcpProxySettings`; `cluster`: `ClusterConfig`; `weighted`: `WeightedClusters`.
 - `access_log`: the `access_log` lists of HCMs and tcp_proxies (`AccessLogSpec`: sink, parsed
   format, filter); xds_proxy/access_log/ compiles and writes them (docs/access-logs.md).
-- `tls`: both directions' TLS settings and SSL contexts; `tls_material`: the one loader of a
-  certificate and its key (memfd: the key never touches a disk).
+- `tls`: both directions' TLS settings and SSL context holders; `tls_material`: the one
+  loader of a certificate and its key (memfd: the key never touches a disk); `secrets`: a
+  `Secret` (SDS or static) as its material, a TLS context's references to secrets;
+  `redact`: what `/config_dump` must not show (Envoy's sensitive fields).
 - `values`: durations and the one DataSource reader.
 
 Every field the table accepts is read by a builder, and no builder reads a field the table

@@ -45,6 +45,14 @@ _TLS_CERTIFICATES = Supported(
     {"certificate_chain": _TLS_DATA_SOURCE, "private_key": _TLS_DATA_SOURCE}
 )
 _TLS_VALIDATION = Supported({"trusted_ca": _TLS_DATA_SOURCE})
+# SDS references of a TLS context (config/secrets.py; the secret store, xds_proxy/secrets/).
+_TLS_SDS = {
+    "tls_certificate_sds_secret_configs": OK,
+    "validation_context_sds_secret_config": OK,
+    "combined_validation_context": Supported(
+        {"default_validation_context": _TLS_VALIDATION, "validation_context_sds_secret_config": OK}
+    ),
+}
 _NO_MAX_DURATIONS = NotYet("connection and stream lifetimes are not enforced")
 # A DNS answer's TTL as the refresh interval (docs/balancing.md says why not yet).
 _DNS_TTL = NotYet("the system resolver does not report TTLs")
@@ -166,7 +174,7 @@ TABLE: dict[str, dict[str, Rule]] = {
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": {
         "max_active_downstream_connections": OK,
     },
-    _BOOTSTRAP + "Bootstrap.StaticResources": {"listeners": OK, "clusters": OK},
+    _BOOTSTRAP + "Bootstrap.StaticResources": {"listeners": OK, "clusters": OK, "secrets": OK},
     _BOOTSTRAP + "Bootstrap.DynamicResources": {
         "lds_config": OK,
         "ads_config": OK,
@@ -635,6 +643,7 @@ TABLE: dict[str, dict[str, Rule]] = {
             {
                 "tls_certificates": _TLS_CERTIFICATES,
                 "validation_context": _TLS_VALIDATION,
+                **_TLS_SDS,
                 "alpn_protocols": OK,
             }
         ),
@@ -646,11 +655,20 @@ TABLE: dict[str, dict[str, Rule]] = {
             {
                 "tls_certificates": _TLS_CERTIFICATES,
                 "validation_context": _TLS_VALIDATION,
+                **_TLS_SDS,
                 "alpn_protocols": OK,
                 "tls_params": OK,
             }
         ),
         "require_client_certificate": OK,
+    },
+    _TLS + "SdsSecretConfig": {"name": OK, "sds_config": OK},
+    _TLS + "Secret": {
+        "name": OK,
+        "tls_certificate": _TLS_CERTIFICATES,
+        "validation_context": _TLS_VALIDATION,
+        "session_ticket_keys": NotYet("TLS session tickets are not configurable"),
+        "generic_secret": NotYet("no extension reads generic secrets"),
     },
     _TLS + "TlsParameters": {
         "tls_minimum_protocol_version": OK,

@@ -19,13 +19,19 @@ from xds_proxy.errors import ConfigError
 
 def load_cert_chain(context: ssl.SSLContext, chain: bytes, key: bytes, path: str) -> None:
     """Raises ConfigError (`PATH: cannot load the certificate chain and private key (...)`)."""
+    reason = try_load_cert_chain(context, chain, key)
+    if reason is not None:
+        raise ConfigError(f"{path}: cannot load the certificate chain and private key ({reason})")
+
+
+def try_load_cert_chain(context: ssl.SSLContext, chain: bytes, key: bytes) -> str | None:
+    """Load them; None, or OpenSSL's reason why not (e.g. `KEY_VALUES_MISMATCH`)."""
     try:
         with _as_files(chain, key) as (chain_path, key_path):
             context.load_cert_chain(chain_path, key_path)
     except ssl.SSLError as error:
-        raise ConfigError(
-            f"{path}: cannot load the certificate chain and private key ({error.reason})"
-        ) from None
+        return str(error.reason)
+    return None
 
 
 @contextlib.contextmanager

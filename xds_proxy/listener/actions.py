@@ -1,6 +1,7 @@
-"""The plain data the listener manager exchanges with the runtime and the route registry:
-the actions it emits, the events it is told, and the values both sides name (a version's
-sockets, a route configuration's state). Plain frozen dataclasses naming listener versions by
+"""The plain data the listener manager exchanges with the runtime, the route registry and the
+secret store: the actions it emits, the events it is told, and the values both sides name (a
+version's sockets, a route configuration's or secret's state, what a warming version waits
+for). Plain frozen dataclasses naming listener versions by
 id, so that they can cross a process boundary (docs/architecture.md)."""
 
 from __future__ import annotations
@@ -21,11 +22,28 @@ class DrainTrigger(enum.StrEnum):
 
 
 class RouteState(enum.Enum):
-    """A route configuration as the registry holds it."""
+    """A route configuration as the registry holds it (or a secret as the store holds it)."""
 
     PENDING = "pending"  # not received yet
     READY = "ready"  # a valid copy is held
     FAILED = "failed"  # not received, and its response was NACKed or its fetch timed out
+
+
+class DependencyKind(enum.StrEnum):
+    ROUTES = "rds"  # a route configuration (the route registry)
+    SECRET = "sds"  # a TLS secret (the secret store)
+
+
+class Dependency(NamedTuple):
+    """One named resource a warming listener version waits for."""
+
+    kind: DependencyKind
+    name: str
+
+    def __str__(self) -> str:
+        """As `/drain_status` shows it: a route configuration by its name, a secret as
+        `secret:<name>`."""
+        return self.name if self.kind is DependencyKind.ROUTES else f"secret:{self.name}"
 
 
 SocketAddress = tuple[str, int]  # (ip in canonical text form, port)
@@ -133,6 +151,19 @@ class UnwatchRoutes:
     version_id: int
 
 
+@dataclass(frozen=True)
+class WatchSecrets:
+    """The version's TLS contexts use these SDS secrets (the secret store subscribes)."""
+
+    version_id: int
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UnwatchSecrets:
+    version_id: int
+
+
 Action = (
     StartListener
     | StopAccepting
@@ -145,6 +176,8 @@ Action = (
     | WatchRoutes
     | UnwatchRoutes
     | UpdatePolicy
+    | WatchSecrets
+    | UnwatchSecrets
 )
 
 
@@ -181,4 +214,27 @@ class RoutesFailed:
     name: str
 
 
-ListenerEvent = ListenerDrained | ChainsDrained | StartFailed | RoutesReady | RoutesFailed
+@dataclass(frozen=True)
+class SecretsReady:
+    """The secret store holds a valid copy of secret `name`."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class SecretsFailed:
+    """Secret `name` was NACKed, does not exist (Delta), or its initial fetch timed out,
+    before any copy was held."""
+
+    name: str
+
+
+ListenerEvent = (
+    ListenerDrained
+    | ChainsDrained
+    | StartFailed
+    | RoutesReady
+    | RoutesFailed
+    | SecretsReady
+    | SecretsFailed
+)

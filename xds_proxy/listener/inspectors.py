@@ -501,4 +501,10 @@ def hand_over(
             stats.counter(stat_prefix + "ssl.connection_error").inc()
         log.debug("TLS handshake failed: %s", reason)
 
+    if tls.context is None:  # a secret from SDS has not arrived: closed at once, as Envoy's
+        stats.counter(
+            stat_prefix + "server_ssl_socket_factory.downstream_context_secrets_not_ready"
+        ).inc()
+        transport.abort()
+        return
     start_tls_server(transport, tls.context, already_read, ready, failed, handshake_timeout_s)

@@ -23,7 +23,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from xds_proxy.access_log import build_access_log
 from xds_proxy.access_log.connection import log_connection, no_filter_chain
 from xds_proxy.config.access_log import build_access_logs
-from xds_proxy.config.tls import DownstreamTls, downstream_tls
+from xds_proxy.config.tls import NO_SECRETS, DownstreamTls, TlsSecrets, downstream_tls
 from xds_proxy.config_key import config_key
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
 from xds_proxy.listener.drain import Drain
@@ -45,6 +45,15 @@ from xds_proxy.listener.manager import DEFAULT_CHAIN
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 
+UNBOUND = "listener.unbound."
+# Envoy's `listener.<address>.server_ssl_socket_factory.*` of a TLS chain with SDS secrets.
+SSL_FACTORY = "server_ssl_socket_factory."
+SSL_FACTORY_STATS = (
+    "downstream_context_secrets_not_ready",
+    "ssl_context_update_by_sds",
+    "upstream_context_secrets_not_ready",
+)
+
 # A filter chain's network filters -> the protocol factory of its connections; raises
 # ConfigError (`network_filters.build_filter_chain`). The third argument prefixes error paths.
 ChainBuilder = Callable[
@@ -63,6 +72,7 @@ class ListenerServices:
     clusters: ClusterManager | None  # what routes and tcp_proxy forward to (None: no upstreams)
     global_limit: GlobalConnectionLimit | None  # the overload manager's connection limit
     routes: Callable[..., Any] | None = None  # the route registry's `handle` (None: no RDS)
+    secrets: TlsSecrets = NO_SECRETS  # the secret store (static and SDS secrets)
 
 
 class ChainRuntime:
@@ -100,13 +110,36 @@ class ChainRuntime:
         )
         self.factory = services.build_chain(config.filters, context, f"{path}.filters")
         self.tls: DownstreamTls | None = None
+        self._sds_updates = 0  # TLS context rebuilds by SDS before the listener had its stats
         if config.HasField("transport_socket"):
-            self.tls = downstream_tls(config.transport_socket, f"{path}.transport_socket")
+            self.tls = downstream_tls(
+                config.transport_socket, f"{path}.transport_socket", services.secrets
+            )
+            if self.tls.sds_names:
+                self.tls.on_update = self._sds_updated
         self.handshake_timeout_s: float | None = None
         if config.HasField("transport_socket_connect_timeout"):
             self.handshake_timeout_s = (
                 config.transport_socket_connect_timeout.ToNanoseconds() / 1e9 or None
             )
+
+    def _sds_updated(self) -> None:
+        """A secret changed and the next handshake uses the rebuilt context."""
+        self._sds_updates += 1
+        if self.listener.bound:
+            self.listener.services.stats.counter(
+                self.listener.stat_prefix + SSL_FACTORY + "ssl_context_update_by_sds"
+            ).inc()
+
+    def listener_bound(self) -> None:
+        """The listener has its stats prefix: Envoy's SSL socket factory stats appear."""
+        if self.tls is None or not self.tls.sds_names:
+            return
+        stats, prefix = self.listener.services.stats, self.listener.stat_prefix + SSL_FACTORY
+        for name in SSL_FACTORY_STATS:
+            stats.counter(prefix + name)
+        stats.counter(prefix + "ssl_context_update_by_sds").inc(self._sds_updates)
+        self._sds_updates = 0
 
     @property
     def key(self) -> bytes:
@@ -204,7 +237,7 @@ class ListenerInstance:
         self.config = config
         self.version_id = version_id
         self.version_info = ""  # set when it starts
-        self.stat_prefix = "listener.unbound."
+        self._stat_prefix = UNBOUND
         self.servers: list[asyncio.Server] = []
         self.active_connections = 0
         self.chains = [
@@ -227,6 +260,21 @@ class ListenerInstance:
 
     def all_chains(self) -> list[ChainRuntime]:
         return self.chains + ([self.default_chain] if self.default_chain else [])
+
+    @property
+    def stat_prefix(self) -> str:
+        return self._stat_prefix
+
+    @stat_prefix.setter
+    def stat_prefix(self, prefix: str) -> None:
+        """Set by the runtime when the version starts on its bound address."""
+        self._stat_prefix = prefix
+        for chain in self.all_chains():
+            chain.listener_bound()
+
+    @property
+    def bound(self) -> bool:
+        return self._stat_prefix != UNBOUND
 
     def dispatch(
         self, transport: asyncio.Transport, detected: Detected, already_read: bytes

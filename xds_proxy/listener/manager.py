@@ -38,7 +38,8 @@ Actions (plain data, defined in `actions.py` with the events):
 - `WatchRoutes(version_id, names)`: the version uses these RDS route configurations (the
   route registry subscribes to a name when its first user appears); `UnwatchRoutes(version_id)`:
   it uses them no more (a drained, removed or discarded version; the last user gone, the
-  registry unsubscribes).
+  registry unsubscribes). `WatchSecrets` / `UnwatchSecrets`: the same for the SDS secrets of
+  its TLS filter chains (the secret store).
 
 - `UpdatePolicy(version_id, version_info, policy)`: a change confined to the listener's
   drain-policy metadata (`metadata.filter_metadata["xds_proxy.drain"]`, `drain_policy.py`)
@@ -55,13 +56,17 @@ nothing.
 Events the runtime reports back (`on_event`): `ListenerDrained(version_id)`,
 `ChainsDrained(group_id)`, `StartFailed(version_id)` (listen() or accept failed); and the
 route registry's `RoutesReady(name)` and `RoutesFailed(name)` (NACKed, or its
-`initial_fetch_timeout` expired).
+`initial_fetch_timeout` expired), and the secret store's `SecretsReady(name)` and
+`SecretsFailed(name)`.
 
-Warming (docs/warming.md): a version whose route configurations are not all ready is
-*warming*. A new listener warms bound but not listening (connections are refused) and is
-ACKed at once; a changed listener's old version keeps serving meanwhile. When the last one
-is ready the manager emits what it emits for an add, a full update or an in-place update
-(the counters `listener_modified` and `listener_in_place_updated` move at push time,
+Warming (docs/warming.md): a version whose route configurations or SDS secrets (its
+`Dependency`s, read through the `ResourceStates` ports) are not all ready is *warming*; a
+secret warms the version exactly as a route configuration does (a failed one lets a new
+listener start: its TLS handshakes are refused until the secret arrives, as Envoy's). A new
+listener warms bound but not listening (connections are refused) and is ACKed at once; a
+changed listener's old version keeps serving meanwhile. When the last one is ready the
+manager emits what it emits for an add, a full update or an in-place update (the counters
+`listener_modified` and `listener_in_place_updated` move at push time,
 `listener_create_success` at warm time, as Envoy's). A NACKed or timed-out route
 configuration ends a *new* listener's warming (active with no routes: 404, as Envoy); a
 *changed* listener keeps its old version serving and the new one warming until a valid
@@ -83,6 +88,7 @@ from envoy.config.listener.v3 import listener_pb2
 
 from xds_proxy.config.pgv import canonical_ip
 from xds_proxy.config.rds import listener_route_names
+from xds_proxy.config.secrets import listener_secret_names
 from xds_proxy.config_key import config_key
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener import plan as outcome
@@ -92,6 +98,8 @@ from xds_proxy.listener.actions import (
     Action,
     ChainsDrained,
     CloseSockets,
+    Dependency,
+    DependencyKind,
     DrainCause,
     DrainListener,
     DrainTrigger,
@@ -104,14 +112,18 @@ from xds_proxy.listener.actions import (
     RoutesFailed,
     RoutesReady,
     RouteState,
+    SecretsFailed,
+    SecretsReady,
     SocketAddress,
     StartFailed,
     StartListener,
     StopAccepting,
     UnwatchRoutes,
+    UnwatchSecrets,
     UpdateFilterChains,
     UpdatePolicy,
     WatchRoutes,
+    WatchSecrets,
 )
 from xds_proxy.listener.config_diff import changed_fields
 from xds_proxy.listener.drain_policy import (
@@ -125,9 +137,9 @@ from xds_proxy.listener.plan import Outcome
 from xds_proxy.stats import Stats
 
 
-class RouteStates(Protocol):
+class ResourceStates(Protocol):
     def state(self, name: str) -> RouteState:
-        """Where the route configuration `name` is now."""
+        """Where the named resource (a route configuration, a secret) is now."""
         ...
 
 
@@ -159,7 +171,14 @@ class ListenerVersion:
     draining: bool = False
     stopped: bool = False  # by /drain_listeners: listed, not accepting
     route_names: frozenset[str] = frozenset()  # the RDS route configurations it uses
-    waiting: set[str] = field(default_factory=set)  # while warming: the names not ready yet
+    secret_names: frozenset[str] = frozenset()  # the SDS secrets its TLS chains use
+    waiting: set[Dependency] = field(default_factory=set)  # while warming: what is not ready
+
+    def dependencies(self) -> list[Dependency]:
+        return [Dependency(DependencyKind.ROUTES, name) for name in sorted(self.route_names)] + [
+            Dependency(DependencyKind.SECRET, name) for name in sorted(self.secret_names)
+        ]
+
     replaces: bool = False  # while warming: an active version of its name serves meanwhile
     in_place: bool = False  # while warming: it takes over by an in-place update
     warming_since: float = 0.0
@@ -219,12 +238,17 @@ class ListenerManager:
         sockets: SocketReservations,
         compile: Callable[[int, listener_pb2.Listener], None],
         clock: Callable[[], float],
-        routes: RouteStates | None = None,
+        routes: ResourceStates | None = None,
+        secrets: ResourceStates | None = None,
     ) -> None:
         self._stats = stats
-        self._routes: RouteStates = routes if routes is not None else _AllReady()
-        self.warming: dict[str, ListenerVersion] = {}  # by name: the version waiting for routes
+        self._states: dict[DependencyKind, ResourceStates] = {
+            DependencyKind.ROUTES: routes if routes is not None else _AllReady(),
+            DependencyKind.SECRET: secrets if secrets is not None else _AllReady(),
+        }
+        self.warming: dict[str, ListenerVersion] = {}  # by name: the version waiting
         self._watching: set[int] = set()  # version ids that WatchRoutes was emitted for
+        self._watching_secrets: set[int] = set()  # ... and WatchSecrets
         self._workers_started = False
         self._sockets = sockets
         self._compile = compile
@@ -267,8 +291,8 @@ class ListenerManager:
         actions: list[Action] = []
         self._watch(version, actions)
         self._stats.counter("listener_manager.listener_added").inc()
-        version.waiting = self._pending_routes(version, new=True)
-        if version.waiting:  # it warms on its RDS routes; the server waits for it
+        version.waiting = self._pending(version, new=True)
+        if version.waiting:  # it warms on its RDS routes or secrets; the server waits for it
             self._start_warming(version)
             self._update_gauges()
             return actions
@@ -449,7 +473,7 @@ class ListenerManager:
                     name,
                     outcome.NO_OP,
                     reason="the warming version again: it keeps warming",
-                    waiting=tuple(sorted(warming.waiting)),
+                    waiting=tuple(sorted(str(d) for d in warming.waiting)),
                 )
                 return False
             if existing is not None and existing.same_config(listener, raw):
@@ -496,8 +520,10 @@ class ListenerManager:
             self._watch(version, actions)
             name = "listener_modified" if replaced_warming else "listener_added"
             self._stats.counter(f"listener_manager.{name}").inc()
-            version.waiting = self._pending_routes(version, new=True)
-            self._note(version.name, outcome.ADDED, waiting=tuple(sorted(version.waiting)))
+            version.waiting = self._pending(version, new=True)
+            self._note(
+                version.name, outcome.ADDED, waiting=tuple(sorted(str(d) for d in version.waiting))
+            )
             if version.waiting:
                 self._hold_back_removals(version, actions)
                 self._start_warming(version)
@@ -521,7 +547,7 @@ class ListenerManager:
         self._stats.counter("listener_manager.listener_modified").inc()
         if in_place:
             self._stats.counter("listener_manager.listener_in_place_updated").inc()
-        version.waiting = self._pending_routes(version, new=False)
+        version.waiting = self._pending(version, new=False)
         version.cause = self._push._replace(changed=changed_fields(existing.config, listener))
         chains = _draining_chains(existing.config, listener) if in_place else ()
         version.in_place_chains = (existing.id, chains) if in_place else None
@@ -532,7 +558,7 @@ class ListenerManager:
             old_version_info=existing.version_info,
             chains=chains,
             chain_names=tuple(_chain_name(existing.config, index) for index in chains),
-            waiting=tuple(sorted(version.waiting)),
+            waiting=tuple(sorted(str(d) for d in version.waiting)),
             cause=version.cause,
             policy=existing.policy,
         )
@@ -644,15 +670,16 @@ class ListenerManager:
 
     # -- warming ------------------------------------------------------------------------------
 
-    def _pending_routes(self, version: ListenerVersion, new: bool) -> set[str]:
-        """The route configurations the version still waits for: those not held; for a new
-        listener a failed one (NACKed, timed out) does not hold it back (it serves 404)."""
+    def _pending(self, version: ListenerVersion, new: bool) -> set[Dependency]:
+        """The route configurations and secrets the version still waits for: those not held;
+        for a new listener a failed one (NACKed, timed out) does not hold it back (it serves
+        404, or refuses TLS handshakes)."""
         pending = set()
-        for name in version.route_names:
-            state = self._routes.state(name)
+        for dependency in version.dependencies():
+            state = self._states[dependency.kind].state(dependency.name)
             if state is RouteState.READY or (state is RouteState.FAILED and new):
                 continue
-            pending.add(name)
+            pending.add(dependency)
         return pending
 
     def _hold_back_removals(self, version: ListenerVersion, actions: list[Action]) -> None:
@@ -694,12 +721,14 @@ class ListenerManager:
         own.append(ForgetVersion(version.id))
         actions.extend(version.handover)
 
-    def _routes_changed(self, name: str, ready: bool, actions: list[Action]) -> None:
+    def _dependency_changed(
+        self, dependency: Dependency, ready: bool, actions: list[Action]
+    ) -> None:
         for version in list(self.warming.values()):
-            if name not in version.waiting:
+            if dependency not in version.waiting:
                 continue
             if ready or not version.replaces:
-                version.waiting.discard(name)
+                version.waiting.discard(dependency)
             if not version.waiting:
                 self._warmed(version, actions)
 
@@ -718,11 +747,17 @@ class ListenerManager:
         if version.route_names:
             self._watching.add(version.id)
             actions.append(WatchRoutes(version.id, tuple(sorted(version.route_names))))
+        if version.secret_names:
+            self._watching_secrets.add(version.id)
+            actions.append(WatchSecrets(version.id, tuple(sorted(version.secret_names))))
 
     def _unwatch(self, version_id: int, actions: list[Action]) -> None:
         if version_id in self._watching:
             self._watching.discard(version_id)
             actions.append(UnwatchRoutes(version_id))
+        if version_id in self._watching_secrets:
+            self._watching_secrets.discard(version_id)
+            actions.append(UnwatchSecrets(version_id))
 
     def _start_draining(
         self,
@@ -790,9 +825,13 @@ class ListenerManager:
                         self._unwatch(version_id, actions)
                 self._stats.counter("listener_manager.listener_create_failure").inc()
             case RoutesReady(name):
-                self._routes_changed(name, True, actions)
+                self._dependency_changed(Dependency(DependencyKind.ROUTES, name), True, actions)
             case RoutesFailed(name):
-                self._routes_changed(name, False, actions)
+                self._dependency_changed(Dependency(DependencyKind.ROUTES, name), False, actions)
+            case SecretsReady(name):
+                self._dependency_changed(Dependency(DependencyKind.SECRET, name), True, actions)
+            case SecretsFailed(name):
+                self._dependency_changed(Dependency(DependencyKind.SECRET, name), False, actions)
         self._update_gauges()
         return actions
 
@@ -820,6 +859,7 @@ class ListenerManager:
             addresses=addresses,
             route_names=listener_route_names(listener),
             policy=policy,
+            secret_names=listener_secret_names(listener),
         )
 
     def _activate(self, version: ListenerVersion) -> None:

@@ -63,9 +63,11 @@ from xds_proxy.listener.manager import (
     StartListener,
     StopAccepting,
     UnwatchRoutes,
+    UnwatchSecrets,
     UpdateFilterChains,
     UpdatePolicy,
     WatchRoutes,
+    WatchSecrets,
 )
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.stats import Stats, listener_stat_prefix
@@ -74,7 +76,8 @@ log = logging.getLogger("xds_proxy.listener")
 
 
 class RouteWatches(Protocol):
-    """The route registry as the runtime drives it (xds_proxy/routes/registry.py)."""
+    """The route registry (xds_proxy/routes/registry.py) and the secret store
+    (xds_proxy/secrets/store.py) as the runtime drives them."""
 
     def watch(self, version_id: int, names: tuple[str, ...]) -> None: ...
 
@@ -138,9 +141,11 @@ class ListenerRuntime:
         manager: ListenerManager,
         drains: DrainManager,
         routes: RouteWatches | None = None,
+        secrets: RouteWatches | None = None,
     ) -> None:
         self.stats = stats
         self.routes = routes
+        self.secrets = secrets
         self.pool = pool
         self.compiler = compiler
         self.manager = manager
@@ -257,6 +262,12 @@ class ListenerRuntime:
             case UnwatchRoutes(version_id):
                 if self.routes is not None:
                     self.routes.unwatch(version_id)
+            case WatchSecrets(version_id, names):
+                if self.secrets is not None:
+                    self.secrets.watch(version_id, names)
+            case UnwatchSecrets(version_id):
+                if self.secrets is not None:
+                    self.secrets.unwatch(version_id)
             case TellConnections(scope, drain):
                 for chain in self._chains_in(scope):
                     chain.tell_connections(
@@ -293,8 +304,11 @@ class ListenerRuntime:
         self._flush_routes()
 
     def _flush_routes(self) -> None:
+        """Send the RDS and SDS subscription changes of the batch."""
         if self.routes is not None:
             self.routes.flush()
+        if self.secrets is not None:
+            self.secrets.flush()
 
     # -- listener versions ---------------------------------------------------------------------
 

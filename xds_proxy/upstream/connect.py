@@ -18,6 +18,9 @@ async def open_connection(cluster: PoolOwner, host: Host, conn: asyncio.Protocol
     ip, port = host.address
     config = cluster.config
     tls = config.tls
+    if tls is not None and tls.context is None:  # a secret from SDS has not arrived
+        tls.on_not_ready()
+        return CONNECTION_FAILURE
     try:
         async with asyncio.timeout(config.connect_timeout_s):
             if tls is None:

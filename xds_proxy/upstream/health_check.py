@@ -233,6 +233,8 @@ class HealthChecker:
         ip, port = host.address
         if self._tls is None:
             return await asyncio.open_connection(ip, port)
+        if self._tls.context is None:  # a secret from SDS has not arrived
+            raise ConnectionError("TLS secrets not ready")
         return await asyncio.open_connection(
             ip, port, ssl=self._tls.context, server_hostname=self._tls.server_hostname
         )

@@ -6,12 +6,15 @@ cluster (the old one retires: its busy connections finish their streams, idle on
 
 A changed DNS cluster warms first, as in Envoy: the old version keeps serving until the new
 one has its first DNS answer (`cluster_manager.warming_clusters`), so that a push never leaves
-a route without hosts for the time of a lookup.
+a route without hosts for the time of a lookup. A cluster whose upstream TLS takes a secret
+from SDS warms until the secret store has it (or gives up on it), as Envoy's; the cluster is
+the store's user of those names (docs/secrets.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -21,7 +24,13 @@ from dataclasses import dataclass
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 
-from xds_proxy.config.cluster import DnsFamily, EndpointAddress, build_cluster_config
+from xds_proxy.config.cluster import (
+    ClusterConfig,
+    DnsFamily,
+    EndpointAddress,
+    build_cluster_config,
+)
+from xds_proxy.config.tls import SecretWatches
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
@@ -63,9 +72,14 @@ class ClusterManager:
         self._modified = stats.counter("cluster_manager.cluster_modified")
         self._removed = stats.counter("cluster_manager.cluster_removed")
         self._warming_gauge = stats.gauge("cluster_manager.warming_clusters")
+        self.secrets: SecretWatches | None = None  # the secret store (set by the server)
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
+
+    def known(self, name: str) -> bool:
+        """Active or warming: what a route's `validate_clusters` accepts (as Envoy's)."""
+        return name in self.clusters or name in self.warming
 
     def add_or_update(
         self,
@@ -85,6 +99,7 @@ class ClusterManager:
         if name in self.static_names and not static:
             raise ConfigError(f"{path}.name: '{name}' is a static cluster and cannot be updated")
         config = build_cluster_config(cluster, path)
+        self._use_secrets(config)
         new = Cluster(config, self.stats, self._rng, self._resolve)
         record = ClusterRecord(key, version_info, time.time())
         old = self.clusters.get(name)
@@ -97,6 +112,29 @@ class ClusterManager:
         if warming is not None:  # a newer version replaces the one still warming
             warming[0].retire()
             del self.warming[name]
+        tls = config.tls
+        if tls is not None and tls.sds_names and tls.context is None:
+            # As Envoy: it warms until its secrets arrive (or fail: NACK, timeout); the old
+            # version, if any, serves meanwhile.
+            self.warming[name] = (new, record)
+            tls.on_settled = functools.partial(self._secrets_settled, new)
+        else:
+            self._place(new, record)
+        self._warming_gauge.set(len(self.warming))
+        return True
+
+    def _secrets_settled(self, new: Cluster) -> None:
+        warming = self.warming.get(new.name)
+        if warming is None or warming[0] is not new:
+            return  # replaced or removed meanwhile
+        del self.warming[new.name]
+        self._place(new, warming[1])
+        self._warming_gauge.set(len(self.warming))
+
+    def _place(self, new: Cluster, record: ClusterRecord) -> None:
+        """Activate `new`, or (a changed DNS cluster) warm it until its first answer."""
+        name = new.name
+        old = self.clusters.get(name)
         if old is not None and new.resolved is not None and self._started:
             self.warming[name] = (new, record)
             new.start()
@@ -107,8 +145,26 @@ class ClusterManager:
             self._activate(new, record)
             if self._started:
                 new.start()
-        self._warming_gauge.set(len(self.warming))
-        return True
+
+    def _use_secrets(self, config: ClusterConfig) -> None:
+        """A cluster's TLS secrets: static ones now (ConfigError if unknown), SDS ones
+        subscribed (the cluster is the user); a new copy is used by its next connection."""
+        tls = config.tls
+        if tls is None or not tls.common.refs:
+            return
+        if self.secrets is None:
+            raise ConfigError("transport_socket: TLS secrets need the secret store")
+        tls.bind(self.secrets)
+        prefix = f"cluster.{config.name}.client_ssl_socket_factory."
+        self.stats.counter(prefix + "downstream_context_secrets_not_ready")  # Envoy lists it
+        updates = self.stats.counter(prefix + "ssl_context_update_by_sds")
+        not_ready = self.stats.counter(prefix + "upstream_context_secrets_not_ready")
+        tls.on_update = updates.inc
+        tls.on_not_ready = not_ready.inc
+        user = ("cluster", config.name)
+        self.secrets.unwatch(user)
+        self.secrets.watch(user, tuple(sorted(tls.sds_names)))
+        self.secrets.flush()
 
     def _activate(self, new: Cluster, record: ClusterRecord) -> None:
         old = self.clusters.get(new.name)
@@ -135,10 +191,13 @@ class ClusterManager:
         if warming is not None:
             warming[0].retire()
             self._warming_gauge.set(len(self.warming))
+        if self.secrets is not None:
+            self.secrets.unwatch(("cluster", name))
+            self.secrets.flush()
         cluster = self.clusters.pop(name, None)
         self.records.pop(name, None)
         if cluster is None:
-            return False
+            return warming is not None
         cluster.retire()
         self._removed.inc()
         self._active_gauge.set(len(self.clusters))

@@ -59,7 +59,8 @@ class SecretRef:
     name: str
     source: config_source_pb2.ConfigSource | None = field(compare=False)
     path: str = field(compare=False)  # of the SdsSecretConfig, for errors
-    # (over ADS?, api_type, clusters, initial_fetch_timeout_s); () for a static secret
+    # (over ADS?, api_type, gRPC services, REST polling, initial_fetch_timeout_s); () for a
+    # static secret
     origin: tuple = ()
     validation: bool = False  # a validation context's (else a certificate's)
 
@@ -87,11 +88,23 @@ def secret_ref(
     if kind not in ("ads", "api_config_source"):
         raise ConfigError(f"{path}.sds_config: one of ads or api_config_source is required")
     api = source.api_config_source
-    clusters = tuple(service.envoy_grpc.cluster_name for service in api.grpc_services)
+    services = tuple(
+        (
+            service.envoy_grpc.cluster_name,
+            service.envoy_grpc.retry_policy.retry_back_off.base_interval.ToMilliseconds(),
+            service.envoy_grpc.retry_policy.retry_back_off.max_interval.ToMilliseconds(),
+        )
+        for service in api.grpc_services
+    )
+    rest = (
+        tuple(api.cluster_names),
+        api.refresh_delay.ToMilliseconds(),
+        api.request_timeout.ToMilliseconds(),
+    )
     timeout_s: float | None = 15.0  # Envoy's default
     if source.HasField("initial_fetch_timeout"):
         timeout_s = duration_seconds(source.initial_fetch_timeout) or None
-    origin = (kind == "ads", api.api_type, clusters, timeout_s)
+    origin = (kind == "ads", api.api_type, services, rest, timeout_s)
     return SecretRef(config.name, source, path, origin, validation)
 
 

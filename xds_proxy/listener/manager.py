@@ -375,7 +375,14 @@ class ListenerManager:
         return shadow.apply_delta(version_info, listeners, removed)
 
     def _copy(self, compile: Callable[[int, listener_pb2.Listener], None]) -> ListenerManager:
-        shadow = ListenerManager(Stats(), _NoBinding(), compile, self._clock, self._routes)
+        shadow = ListenerManager(
+            Stats(),
+            _NoBinding(),
+            compile,
+            self._clock,
+            self._states[DependencyKind.ROUTES],
+            self._states[DependencyKind.SECRET],
+        )
         copies: dict[int, ListenerVersion] = {}
 
         def copied(version: ListenerVersion) -> ListenerVersion:
@@ -391,6 +398,7 @@ class ListenerManager:
         shadow._owners = {address: copied(v) for address, v in self._owners.items()}
         shadow.draining_chains = list(self.draining_chains)
         shadow._watching = set(self._watching)
+        shadow._watching_secrets = set(self._watching_secrets)
         shadow._workers_started = self._workers_started
         shadow._next_id = self._next_id
         shadow.version_info = self.version_info

@@ -19,7 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.helpers.corpus import load_resource_list, localize, placeholder_secrets, push_and_observe
+from tests.helpers.corpus import (
+    load_resource_list,
+    localize,
+    push_and_observe,
+    with_placeholder_secrets,
+)
 
 
 def _reason(nack: str) -> str:
@@ -38,8 +43,7 @@ def main() -> int:
     totals = {"envoy": 0, "xds-proxy": 0}
     reasons: dict[str, collections.Counter[str]] = {k: collections.Counter() for k in totals}
     for path in files:
-        sections = localize(load_resource_list(path))
-        sections["secrets"] = sections.get("secrets", []) + placeholder_secrets(sections)
+        sections = with_placeholder_secrets(localize(load_resource_list(path)))
         line = [path.name]
         for kind in totals:
             with tempfile.TemporaryDirectory() as workdir:

@@ -10,10 +10,11 @@ A resource list is the shape control planes print and keep as golden files:
         ...
 
 `load_resource_list` sorts it into the stub's sections; `localize` moves every listener
-that binds to 127.0.0.1 on a free port (a golden file names its pod's addresses); the secrets a
-file names but does not hold are served as placeholders (`placeholder_secrets`), certificates
-made here. `push_and_observe` starts the stub, then the proxy under test with LDS and CDS over
-ADS, and waits until every pushed type is answered (ACK or NACK) or the deadline.
+that binds to 127.0.0.1 on a free port (a golden file names its pod's addresses);
+`with_placeholder_secrets` adds a generated secret for every SDS name a file uses and does
+not hold (tests/helpers/secrets.py). `push_and_observe` starts the stub, then the proxy under
+test with LDS and CDS over ADS, and waits until every pushed type is answered (ACK or NACK)
+or the deadline.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,21 +29,13 @@ from typing import Any
 import yaml
 
 from control_plane_stub.cache import SERVED_TYPES
-from tests.helpers.certs import CertificateAuthority
 from tests.helpers.envoy import EnvoyProcess, load_bootstrap, with_xds_address
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
+from tests.helpers.secrets import placeholder_secrets
 from tests.helpers.stub import StubProcess
 
 SECTION_OF_TYPE = {type_url: section for section, type_url in SERVED_TYPES.items()}
-_SECRET_REFERENCES = (
-    "tls_certificate_sds_secret_configs",
-    "tlsCertificateSdsSecretConfigs",
-)
-_VALIDATION_REFERENCES = (
-    "validation_context_sds_secret_config",
-    "validationContextSdsSecretConfig",
-)
 
 
 def load_resource_list(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -58,16 +50,6 @@ def load_resource_list(path: Path) -> dict[str, list[dict[str, Any]]]:
             raise ValueError(f"{path}: {entry.get('name')}: a type the stub does not serve")
         sections.setdefault(section, []).append(body)
     return sections
-
-
-def _walk(value: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(value, dict):
-        yield value
-        for item in value.values():
-            yield from _walk(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _walk(item)
 
 
 def _socket_address(listener: dict[str, Any]) -> dict[str, Any] | None:
@@ -89,35 +71,17 @@ def localize(sections: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[s
     return moved
 
 
-def placeholder_secrets(sections: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """A Secret for every name the listeners and clusters take from SDS and the list does
-    not hold: a certificate (with its key) or a CA bundle, as the reference asks."""
-    held = {secret.get("name") for secret in sections.get("secrets", [])}
-    wanted: dict[str, str] = {}
-    for resource in sections.get("listeners", []) + sections.get("clusters", []):
-        for node in _walk(resource):
-            for key in _SECRET_REFERENCES:
-                for reference in node.get(key) or []:
-                    wanted.setdefault(reference.get("name", ""), "certificate")
-            for key in _VALIDATION_REFERENCES:
-                if isinstance(node.get(key), dict):
-                    wanted.setdefault(node[key].get("name", ""), "validation")
-    authority = CertificateAuthority("corpus-ca")
-    secrets = []
-    for name, kind in sorted(wanted.items()):
-        if not name or name in held:
-            continue
-        if kind == "validation":
-            trusted = {"trusted_ca": {"inline_string": authority.cert_pem.decode()}}
-            secrets.append({"name": name, "validation_context": trusted})
-            continue
-        issued = authority.issue("placeholder", dns_names=["placeholder.test"])
-        certificate = {
-            "certificate_chain": {"inline_string": issued.cert_pem.decode()},
-            "private_key": {"inline_string": issued.key_pem.decode()},
-        }
-        secrets.append({"name": name, "tls_certificate": certificate})
-    return secrets
+def with_placeholder_secrets(
+    sections: dict[str, list[dict[str, Any]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """`sections` plus a placeholder for every SDS secret they use and do not hold."""
+    held = sections.get("secrets", [])
+    placeholders = placeholder_secrets(
+        sections.get("listeners", []),
+        sections.get("clusters", []),
+        held=[secret["name"] for secret in held],
+    )
+    return {**sections, "secrets": held + placeholders}
 
 
 @dataclass

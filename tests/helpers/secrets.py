@@ -6,7 +6,8 @@ for a validation context.
     secrets = placeholder_secrets(listeners, clusters, held=[s["name"] for s in secrets])
     stub.client.set_resources(listeners=listeners, clusters=clusters, secrets=secrets)
 
-Resources are the stub's dicts (proto JSON with `@type` in each Any).
+Resources are the stub's dicts (proto JSON with `@type` in each Any), with field names in
+snake_case or camelCase (as control planes dump them).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ def placeholder_secrets(
     """A Secret for every SDS name the resources use and `held` does not name, sorted."""
     wanted: dict[str, bool] = {}  # name -> a validation context (else a certificate)
     for common in _common_tls_contexts([*listeners, *clusters]):
-        for config in common.get("tls_certificate_sds_secret_configs", []):
+        for config in _field(common, "tls_certificate_sds_secret_configs") or []:
             wanted.setdefault(config["name"], False)
-        combined = common.get("combined_validation_context", {})
+        combined = _field(common, "combined_validation_context") or {}
         for config in (
-            common.get("validation_context_sds_secret_config"),
-            combined.get("validation_context_sds_secret_config"),
+            _field(common, "validation_context_sds_secret_config"),
+            _field(combined, "validation_context_sds_secret_config"),
         ):
             if config is not None:
                 wanted.setdefault(config["name"], True)
@@ -58,12 +59,20 @@ def _secret(name: str, validation: bool) -> dict[str, Any]:
     }
 
 
+def _field(message: dict[str, Any], name: str) -> Any:
+    """A field by its snake_case name or its camelCase JSON name."""
+    if name in message:
+        return message[name]
+    head, *rest = name.split("_")
+    return message.get(head + "".join(part.title() for part in rest))
+
+
 def _common_tls_contexts(value: Any) -> Iterator[dict[str, Any]]:
     """Every `common_tls_context` of a TLS context anywhere in `value` (sockets nest in filter
     chains, clusters, transport_socket_matches...)."""
     if isinstance(value, dict):
         if value.get("@type", "").rpartition("/")[2] in _TLS_CONTEXTS:
-            yield value.get("common_tls_context", {})
+            yield _field(value, "common_tls_context") or {}
         for item in value.values():
             yield from _common_tls_contexts(item)
     elif isinstance(value, list):

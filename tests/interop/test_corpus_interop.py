@@ -18,8 +18,8 @@ import pytest
 from tests.helpers.corpus import (
     load_resource_list,
     localize,
-    placeholder_secrets,
     push_and_observe,
+    with_placeholder_secrets,
 )
 from tests.helpers.upstreams import Http1Echo
 
@@ -32,9 +32,7 @@ FILES = sorted(CORPUS.glob("*.yaml"))
 def _sections(path: Path, echo_port: int, workdir: Path) -> dict[str, list[dict[str, Any]]]:
     rendered = workdir / path.name
     rendered.write_text(path.read_text().replace("ECHO_PORT", str(echo_port)))
-    sections = localize(load_resource_list(rendered))
-    sections["secrets"] = sections.get("secrets", []) + placeholder_secrets(sections)
-    return sections
+    return with_placeholder_secrets(localize(load_resource_list(rendered)))
 
 
 def _server_name(listener: dict[str, Any]) -> str | None:

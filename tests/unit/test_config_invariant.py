@@ -847,8 +847,8 @@ def test_the_refused_walk_covers_the_roots() -> None:
         f"{root.name} {plain(path)}.{field.name}".replace(" .", " ")
         for root, path, field in REFUSED
     }
-    assert "hcm normalize_path" in names
-    assert "hcm xff_num_trusted_hops" in names
+    assert "hcm internal_address_config" in names
+    assert "hcm common_http_protocol_options.max_requests_per_connection" in names
     assert "hcm route_config.virtual_hosts.routes.route.retry_policy" in names
     assert "cluster alt_stat_name" in names
     assert len(names) > 300

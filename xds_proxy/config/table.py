@@ -251,6 +251,7 @@ TABLE: dict[str, dict[str, Rule]] = {
             {
                 "idle_timeout": OK,
                 "max_headers_count": OK,
+                "headers_with_underscores_action": OK,  # config/hcm.py Underscores
                 "max_requests_per_connection": NotYet(
                     "closing a downstream connection after N requests is not built"
                 ),
@@ -263,9 +264,15 @@ TABLE: dict[str, dict[str, Rule]] = {
         "server_name": OK,
         "strip_any_host_port": OK,
         "use_remote_address": OK,
-        "xff_num_trusted_hops": NotYet("the trusted-hops rule for x-forwarded-for is not built"),
+        "xff_num_trusted_hops": OK,
         "skip_xff_append": OK,
         "generate_request_id": OK,
+        "preserve_external_request_id": OK,
+        "server_header_transformation": OK,
+        # Before routing (http/path_normalization.py).
+        "normalize_path": OK,
+        "merge_slashes": OK,
+        "path_with_escaped_slashes_action": OK,
         "max_request_headers_kb": OK,
         "stream_idle_timeout": OK,
         "request_timeout": OK,

@@ -22,8 +22,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from xds_proxy.access_log import AccessLog, build_access_log
 from xds_proxy.bounded_cache import BoundedCache
 from xds_proxy.codec.responses import LocalResponse
-from xds_proxy.config.hcm import HcmSettings, build_hcm_settings
+from xds_proxy.config.hcm import HcmSettings, Underscores, build_hcm_settings
 from xds_proxy.errors import ConfigError
+from xds_proxy.http.path_normalization import PathRules
 from xds_proxy.http.router import RouteHandle, RouteTable
 from xds_proxy.stats import Counter, Gauge, Stats
 
@@ -52,13 +53,17 @@ class HcmStats:
         "rq_active",
         "rq_by_class",
         "rq_direct_response",
+        "rq_failed_path_normalization",
         "rq_header_timeout",
         "rq_http1_total",
         "rq_http2_total",
         "rq_idle_timeout",
         "rq_redirect",
+        "rq_redirected_with_normalized_path",
         "rq_timeout",
         "rq_total",
+        "underscores_dropped",
+        "underscores_rejected",
     )
 
     def __init__(self, stats: Stats, stat_prefix: str) -> None:
@@ -94,6 +99,20 @@ class HcmStats:
         self.rq_direct_response = counter("rq_direct_response")
         self.rq_redirect = counter("rq_redirect")
         self.no_route = counter("no_route")
+        self.rq_failed_path_normalization = counter("downstream_rq_failed_path_normalization")
+        self.rq_redirected_with_normalized_path = counter(
+            "downstream_rq_redirected_with_normalized_path"
+        )
+        # The HTTP/1.1 codec's (root scope, as Envoy's); made only when headers with
+        # underscores are dropped or refused.
+        self.underscores_dropped: Counter | None = None
+        self.underscores_rejected: Counter | None = None
+
+    def count_underscores(self, stats: Stats) -> None:
+        self.underscores_dropped = stats.counter("http1.dropped_headers_with_underscores")
+        self.underscores_rejected = stats.counter(
+            "http1.requests_rejected_with_underscores_in_headers"
+        )
 
 
 def close_after_delayed_close_timeout(transport: asyncio.Transport | None, stats: HcmStats) -> None:
@@ -124,6 +143,13 @@ class HcmConfig(HcmSettings):
     request_timeout_reply: LocalResponse
     stream_timeout_reply: LocalResponse
     access_log: AccessLog | None  # None: no access_log configured
+    # What is done to the path before routing (None: nothing; http/path_normalization.py)
+    # and its 400.
+    path_rules: PathRules | None
+    path_rejected: LocalResponse
+    # headers_with_underscores_action unless ALLOW (None), and its 400.
+    underscores: Underscores | None
+    underscore_rejected: LocalResponse
 
 
 # (rds, stat_prefix, server name, strip_any_host_port, path) -> the handle an HCM with `rds`
@@ -182,10 +208,15 @@ def _build(
         handle = RouteHandle(
             RouteTable(hcm.route_config, f"{path}.route_config", server, hcm.strip_any_host_port)
         )
+    hcm_stats = HcmStats(stats, settings.stat_prefix)
+    underscores = settings.headers_with_underscores
+    if underscores is not Underscores.ALLOW:
+        hcm_stats.count_underscores(stats)
+    path_settings = settings.path_settings
     return HcmConfig(
         **{field.name: getattr(settings, field.name) for field in fields(HcmSettings)},
         routes=handle,
-        stats=HcmStats(stats, settings.stat_prefix),
+        stats=hcm_stats,
         bad_request=LocalResponse(400, b"Bad Request", server),
         bad_request_no_body=LocalResponse(400, b"", server),
         headers_too_large=LocalResponse(431, b"Request Header Fields Too Large", server),
@@ -195,6 +226,10 @@ def _build(
         request_timeout_reply=LocalResponse(408, b"request timeout", server),
         stream_timeout_reply=LocalResponse(408, b"stream timeout", server),
         access_log=build_access_log(settings.access_logs, f"{path}.access_log"),
+        path_rules=PathRules(path_settings) if path_settings is not None else None,
+        path_rejected=LocalResponse(400, b"", server),
+        underscores=underscores if underscores is not Underscores.ALLOW else None,
+        underscore_rejected=LocalResponse(400, b"Bad Request", server),
     )
 
 

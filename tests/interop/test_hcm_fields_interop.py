@@ -58,6 +58,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hops_only": {"xff_num_trusted_hops": 1},
     "preserve_id": {"use_remote_address": True, "preserve_external_request_id": True},
     "no_request_id": {"use_remote_address": True, "generate_request_id": False},
+    "server_overwrite": {"server_name": "custom"},
+    "server_append": {"server_header_transformation": "APPEND_IF_ABSENT", "server_name": "custom"},
+    "server_pass": {
+        "server_header_transformation": "PASS_THROUGH",
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+    },
 }
 
 _PATHS = [
@@ -117,6 +123,20 @@ _HEADER_VARIANTS = [
 ]
 
 
+_SERVER_REQUESTS = {
+    "upstream_server": "GET /x HTTP/1.1\r\nhost: foo\r\nx-response-server: up\r\n\r\n",
+    "upstream_server_chunked": "GET /x HTTP/1.1\r\nhost: foo\r\nx-response-server: up\r\n"
+    "x-chunked: 1\r\nx-body-size: 3\r\n\r\n",
+    "chunked": "GET /x HTTP/1.1\r\nhost: foo\r\nx-chunked: 1\r\nx-body-size: 3\r\n\r\n",
+    "plain": "GET /x HTTP/1.1\r\nhost: foo\r\n\r\n",
+    "direct": "GET /direct HTTP/1.1\r\nhost: foo\r\n\r\n",
+    "no_host": "GET /x HTTP/1.1\r\n\r\n",
+    "refused": "GET /refused HTTP/1.1\r\nhost: foo\r\n\r\n",
+    "redirect": "GET /a%2Fb HTTP/1.1\r\nhost: foo\r\n\r\n",
+}
+_SERVER_VARIANTS = ["server_overwrite", "server_append", "server_pass", "escaped_keep"]
+
+
 def _cases() -> list[tuple[str, str, str]]:
     cases = []
     for variant in _PATH_VARIANTS:
@@ -127,6 +147,9 @@ def _cases() -> list[tuple[str, str, str]]:
             for target in ("/x", "/direct"):
                 request = f"GET {target} HTTP/1.1\r\nhost: foo\r\n{headers}\r\n"
                 cases.append((variant, f"{name}{target}", request))
+    for variant in _SERVER_VARIANTS:
+        for name, request in _SERVER_REQUESTS.items():
+            cases.append((variant, name, request))
     return cases
 
 
@@ -137,7 +160,10 @@ CASES = _cases()
 def servers(tmp_path_factory):
     echo = Http1Echo()
     echo.start()
+    with Http1Echo() as gone:
+        closed_port = gone.port
     routes = [
+        route("/refused", "closed"),
         {
             "match": {"prefix": "/direct"},
             "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
@@ -166,7 +192,8 @@ def servers(tmp_path_factory):
                     }
                 ]
                 listeners.append(listener)
-            document = bootstrap(listeners, [cluster_dict("echo", [echo.port])])
+            clusters = [cluster_dict("echo", [echo.port]), cluster_dict("closed", [closed_port])]
+            document = bootstrap(listeners, clusters)
             process = process_class(document, directory, log_level="warning")
             process.start()
             process.wait_ready()

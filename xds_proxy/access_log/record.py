@@ -126,6 +126,7 @@ class LogRecord:
                 headers.append((b"content-length", b"%d" % body_size))
                 headers.append((b"content-type", b"text/plain"))
             headers.append((b"date", HTTP_DATE.now()))
-            headers.append((b"server", server))
+            if server:
+                headers.append((b"server", server))
             self.response_headers = headers
         return headers

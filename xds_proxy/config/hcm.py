@@ -111,7 +111,7 @@ class ProxyPolicy:
 class HcmSettings:
     stat_prefix: str
     codec: Codec
-    server_name: str
+    server_name: str  # "" with PASS_THROUGH: local replies have no `server` header
     max_request_headers_bytes: int
     max_headers_count: int
     idle_timeout_s: float | None  # None: disabled
@@ -147,7 +147,7 @@ def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSett
     max_kb = DEFAULT_MAX_HEADERS_KB
     if hcm.HasField("max_request_headers_kb"):
         max_kb = hcm.max_request_headers_kb.value
-    server_name = hcm.server_name or "envoy"
+    server_name = rendered_server_name(hcm)
     return HcmSettings(
         stat_prefix=hcm.stat_prefix,
         codec=_CODECS[hcm.codec_type],
@@ -191,6 +191,14 @@ def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSett
         headers_with_underscores=Underscores(options.headers_with_underscores_action),
         access_logs=build_access_logs(hcm.access_log, f"{path}.access_log"),
     )
+
+
+def rendered_server_name(hcm: hcm_pb2.HttpConnectionManager) -> str:
+    """The `server` header the HCM writes: `server_name` (default "envoy"), or "" (none)
+    with PASS_THROUGH."""
+    if hcm.server_header_transformation == ServerHeader.PASS_THROUGH.value:
+        return ""
+    return hcm.server_name or "envoy"
 
 
 def _path_settings(hcm: hcm_pb2.HttpConnectionManager) -> PathSettings | None:

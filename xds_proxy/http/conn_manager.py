@@ -22,7 +22,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from xds_proxy.access_log import AccessLog, build_access_log
 from xds_proxy.bounded_cache import BoundedCache
 from xds_proxy.codec.responses import LocalResponse
-from xds_proxy.config.hcm import HcmSettings, Underscores, build_hcm_settings
+from xds_proxy.config.hcm import (
+    HcmSettings,
+    Underscores,
+    build_hcm_settings,
+    rendered_server_name,
+)
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.path_normalization import PathRules
 from xds_proxy.http.router import RouteHandle, RouteTable
@@ -190,7 +195,7 @@ def _same_routes(
     registry gives now (it forgets the handles of names nobody uses)."""
     if not hcm.HasField("rds") or routes is None:
         return True
-    server = hcm.server_name or "envoy"
+    server = rendered_server_name(hcm)
     handle = routes(hcm.rds, hcm.stat_prefix, server, hcm.strip_any_host_port, path)
     return handle is cached.routes
 

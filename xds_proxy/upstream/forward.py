@@ -30,7 +30,7 @@ from xds_proxy.access_log import AccessLog
 from xds_proxy.access_log.record import LogRecord, format_address
 from xds_proxy.codec.forwarded_for import is_loopback, last_xff_address, local_address
 from xds_proxy.codec.responses import HTTP_DATE
-from xds_proxy.config.hcm import ProxyPolicy
+from xds_proxy.config.hcm import ProxyPolicy, ServerHeader
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
@@ -62,6 +62,7 @@ _NOT_FOUND_CODES = {0: 503, 1: 404, 2: 500}
 _RESPONSE_HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
+_RESPONSE_DROPPED = _RESPONSE_HOP_BY_HOP | {b"server"}
 
 # What Envoy's connection manager removes from every request it does not trust as internal
 # (with the default internal_address_config, every request), besides the hop-by-hop headers;
@@ -318,6 +319,10 @@ class DownstreamSink(Protocol):
 
     def send_response_trailers(self, trailers: list[Header]) -> None: ...
 
+    # Set by the exchange when the upstream's `server` header is kept (its place, its value):
+    # the codec then adds none.
+    server_sent: bool
+
     def send_local_reply(self, status: int, body: bytes, headers: list[Header]) -> None:
         """An Envoy-formatted local reply (content-type text/plain when there is a body)."""
         ...
@@ -358,6 +363,8 @@ class Exchange(ResponseHandler):
         "_mutations",
         "_record",
         "_request_ended",
+        "_server_header",
+        "_server_name",
         "_sink",
         "_started_at",
         "_stream",
@@ -379,6 +386,8 @@ class Exchange(ResponseHandler):
         self._record: LogRecord | None = None
         self._access_log: AccessLog | None = None
         self._suppress = False  # the router's suppress_envoy_headers
+        self._server_header = ServerHeader.OVERWRITE
+        self._server_name = b"envoy"
 
     def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
         """Fill `record` in as the exchange goes and log it when the exchange ends."""
@@ -398,6 +407,8 @@ class Exchange(ResponseHandler):
     ) -> None:
         action = self._action
         self._suppress = policy.suppress_envoy_headers
+        self._server_header = policy.server_header
+        self._server_name = policy.server_name
         name = action.pick_cluster(_rng)
         cluster = clusters.get(name) if clusters is not None else None
         record = self._record
@@ -480,7 +491,11 @@ class Exchange(ResponseHandler):
             self._report_outlier(status)
         now = time.monotonic()
         elapsed_ms = int((now - self._started_at) * 1000)
-        out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
+        out = [(n, v) for n, v in headers if n not in _RESPONSE_DROPPED]
+        kept = False
+        if len(out) != len(headers):  # hop-by-hop headers went, or the upstream's `server`
+            out, kept = self._response_headers(headers)
+            self._sink.server_sent = kept
         if not self._suppress:
             out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
         for mutations in self._mutations:
@@ -494,7 +509,8 @@ class Exchange(ResponseHandler):
             response_headers = [(b":status", b"%d" % status), *out]
             if not any(name == b"date" for name, _ in out):
                 response_headers.append((b"date", HTTP_DATE.now()))
-            response_headers.append((b"server", record.server))
+            if record.server and not kept:
+                response_headers.append((b"server", record.server))
             record.response_headers = response_headers
             self._log_upstream_local()
         if end_stream:
@@ -666,6 +682,25 @@ class Exchange(ResponseHandler):
             record.xff_skip += 1  # the entry appended here comes after the trusted ones
         return headers
 
+    def _response_headers(self, headers: list[Header]) -> tuple[list[Header], bool]:
+        """The upstream's response headers without hop-by-hop ones, and whether its `server`
+        header stays (where it is: with our server name unless server_header_transformation
+        keeps the upstream's value; then the codec adds none)."""
+        out: list[Header] = []
+        kept = False
+        overwrite = self._server_header is ServerHeader.OVERWRITE
+        for name, value in headers:
+            if name in _RESPONSE_HOP_BY_HOP:
+                continue
+            if name == b"server":
+                if kept:
+                    continue
+                kept = True
+                if overwrite:
+                    value = self._server_name
+            out.append((name, value))
+        return out, kept
+
     def _request_complete(self) -> None:
         if self._request_ended:
             return
@@ -772,5 +807,6 @@ def _local_headers(
     if extra:
         headers.extend(extra)
     headers.append((b"date", HTTP_DATE.now()))
-    headers.append((b"server", server))
+    if server:
+        headers.append((b"server", server))
     return headers

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.h2_client import H2Client
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
 from tests.helpers.upstreams import Http1Echo, cluster_dict
@@ -155,6 +156,36 @@ def _cases() -> list[tuple[str, str, str]]:
 
 CASES = _cases()
 
+# (variant, name, :path, extra headers) sent over HTTP/2 (prior knowledge).
+H2_CASES = [
+    ("normalize_merge", "h2-normalized", "/a/../b//c?x=/../", []),
+    ("normalize_merge", "h2-direct", "/direct/../direct", []),
+    ("escaped_reject", "h2-reject", "/a%2Fb", []),
+    ("escaped_redirect", "h2-redirect", "/a%2Fb?q", []),
+    ("escaped_forward", "h2-forward", "/a%2Fb/../c", []),
+    ("underscore_reject", "h2-underscore", "/x", [("my_header", "1")]),
+    ("underscore_reject", "h2-underscore-direct", "/direct", [("my_header", "1")]),
+    ("underscore_drop", "h2-underscore", "/x", [("my_header", "1"), ("ok-header", "2")]),
+    ("server_pass", "h2-upstream-server", "/x", [("x-response-server", "up")]),
+    ("server_pass", "h2-direct", "/direct", []),
+    ("server_overwrite", "h2-upstream-server", "/x", [("x-response-server", "up")]),
+    ("remote_hops", "h2-forwarded", "/x", [("x-forwarded-for", "1.1.1.1, 2.2.2.2")]),
+]
+
+
+def _h2_exchange(port: int, path: str, headers: list[tuple[str, str]]) -> Any:
+    """One HTTP/2 request on a fresh connection: status, masked headers, the upstream's view
+    (or the body), and the RST_STREAM code if the stream was reset."""
+    with H2Client(port) as client:
+        response = client.response(client.request(path, authority="foo", headers=headers))
+    shown = [(name, _mask(name, value)) for name, value in response.headers]
+    body: Any = response.body
+    if body.startswith(b"{"):
+        echoed = json.loads(body)
+        upstream = [(name, _mask(name, value)) for name, value in echoed["headers"]]
+        body = {"path": echoed["path"], "headers": upstream}
+    return response.status, shown, body, response.reset_code
+
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
@@ -253,6 +284,9 @@ def results(servers) -> dict[str, dict[tuple[str, str], Any]]:
             raw = exchange(ports[variant], request_text.encode("latin-1"))
             responses[(variant, name)] = comparable(raw)
             per_variant.setdefault(variant, []).append(name)
+        for variant, name, path, headers in H2_CASES:
+            responses[(variant, name)] = _h2_exchange(ports[variant], path, headers)
+            per_variant.setdefault(variant, []).append(name)
         for variant, names in per_variant.items():
             lines = _log_lines(directory, variant, len(names))
             for name, line in zip(names, lines, strict=False):
@@ -261,8 +295,9 @@ def results(servers) -> dict[str, dict[tuple[str, str], Any]]:
     return found
 
 
-@pytest.mark.parametrize(
-    ("variant", "name"), [(v, n) for v, n, _ in CASES], ids=[f"{v}-{n}" for v, n, _ in CASES]
-)
+ALL_CASES = [(v, n) for v, n, _ in CASES] + [(v, n) for v, n, _, _ in H2_CASES]
+
+
+@pytest.mark.parametrize(("variant", "name"), ALL_CASES, ids=[f"{v}-{n}" for v, n in ALL_CASES])
 def test_same_as_envoy(results, variant: str, name: str) -> None:
     assert results["ours"][(variant, name)] == results["envoy"][(variant, name)]

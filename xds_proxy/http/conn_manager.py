@@ -54,6 +54,8 @@ class HcmStats:
         "cx_idle_timeout",
         "cx_protocol_error",
         "cx_total",
+        "h2_underscores_dropped",
+        "h2_underscores_rejected",
         "no_route",
         "rq_active",
         "rq_by_class",
@@ -112,11 +114,17 @@ class HcmStats:
         # underscores are dropped or refused.
         self.underscores_dropped: Counter | None = None
         self.underscores_rejected: Counter | None = None
+        self.h2_underscores_dropped: Counter | None = None
+        self.h2_underscores_rejected: Counter | None = None
 
     def count_underscores(self, stats: Stats) -> None:
         self.underscores_dropped = stats.counter("http1.dropped_headers_with_underscores")
         self.underscores_rejected = stats.counter(
             "http1.requests_rejected_with_underscores_in_headers"
+        )
+        self.h2_underscores_dropped = stats.counter("http2.dropped_headers_with_underscores")
+        self.h2_underscores_rejected = stats.counter(
+            "http2.requests_rejected_with_underscores_in_headers"
         )
 
 
@@ -155,6 +163,8 @@ class HcmConfig(HcmSettings):
     # headers_with_underscores_action unless ALLOW (None), and its 400.
     underscores: Underscores | None
     underscore_rejected: LocalResponse
+    # Neither of the two (nor an access log): HTTP/2 may answer known requests without h2.
+    plain_requests: bool
 
 
 # (rds, stat_prefix, server name, strip_any_host_port, path) -> the handle an HCM with `rds`
@@ -235,6 +245,9 @@ def _build(
         path_rejected=LocalResponse(400, b"", server),
         underscores=underscores if underscores is not Underscores.ALLOW else None,
         underscore_rejected=LocalResponse(400, b"Bad Request", server),
+        plain_requests=(
+            path_settings is None and underscores is Underscores.ALLOW and not settings.access_logs
+        ),
     )
 
 

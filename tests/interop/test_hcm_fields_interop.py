@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_request_id": {"use_remote_address": True, "generate_request_id": False},
     "server_overwrite": {"server_name": "custom"},
     "server_append": {"server_header_transformation": "APPEND_IF_ABSENT", "server_name": "custom"},
+    "accept_one": {},  # the listener's max_connections_to_accept_per_socket_event: 1
     "server_pass": {
         "server_header_transformation": "PASS_THROUGH",
         "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
@@ -211,6 +213,8 @@ def servers(tmp_path_factory):
                 ports[variant] = port = free_port()
                 listener = http_listener(port, routes, **fields)
                 listener["name"] = variant
+                if variant == "accept_one":
+                    listener["max_connections_to_accept_per_socket_event"] = 1
                 hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
                 hcm["access_log"] = [
                     {
@@ -301,3 +305,27 @@ ALL_CASES = [(v, n) for v, n, _ in CASES] + [(v, n) for v, n, _, _ in H2_CASES]
 @pytest.mark.parametrize(("variant", "name"), ALL_CASES, ids=[f"{v}-{n}" for v, n in ALL_CASES])
 def test_same_as_envoy(results, variant: str, name: str) -> None:
     assert results["ours"][(variant, name)] == results["envoy"][(variant, name)]
+
+
+def test_accepting_one_connection_per_event_serves_every_connection(servers) -> None:
+    """`max_connections_to_accept_per_socket_event: 1` spreads accepts over loop iterations:
+    40 connections opened at once are all accepted and answered, by both."""
+    answers = {}
+    for kind in ("envoy", "ours"):
+        _, ports, _ = servers[kind]
+        sockets = [socket.create_connection(("127.0.0.1", ports["accept_one"])) for _ in range(40)]
+        try:
+            for sock in sockets:
+                sock.sendall(b"GET /direct HTTP/1.1\r\nhost: foo\r\nconnection: close\r\n\r\n")
+            statuses = []
+            for sock in sockets:
+                sock.settimeout(5)
+                received = b""
+                while chunk := sock.recv(4096):
+                    received += chunk
+                statuses.append(received.split(b"\r\n", 1)[0])
+        finally:
+            for sock in sockets:
+                sock.close()
+        answers[kind] = statuses
+    assert answers["ours"] == answers["envoy"] == [b"HTTP/1.1 200 OK"] * 40

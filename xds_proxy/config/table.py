@@ -210,6 +210,10 @@ TABLE: dict[str, dict[str, Rule]] = {
         "enable_reuse_port": OK,
         "ignore_global_conn_limit": OK,
         "access_log": OK,  # connection-level lines (access_log/connection.py)
+        # The accept loop (uvloop's, under loop.create_server) takes every connection the
+        # kernel has queued per readiness event; a bound only spreads the same accepts over
+        # more loop iterations (every connection is served either way): docs/hcm-fields.md.
+        "max_connections_to_accept_per_socket_event": OK,
     },
     _LISTENER + "AdditionalAddress": {"address": OK},
     _LISTENER + "FilterChain": {

@@ -965,6 +965,8 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _LISTENER + "Listener.traffic_direction": "listener/manager.py, listener/runtime.py",
     _LISTENER + "Listener.enable_reuse_port": "listener/manager.py",
     _LISTENER + "Listener.ignore_global_conn_limit": "listener/runtime.py",
+    _LISTENER + "Listener.use_original_dst": "listener/instance.py Acceptor (original_dst.py)",
+    _LISTENER + "Listener.bind_to_port": "listener/manager.py binds, listener/runtime.py",
     _LISTENER + "Listener.max_connections_to_accept_per_socket_event": (
         "no effect: the accept loop takes all queued connections per readiness event; a bound "
         "only changes when they are accepted, never whether (docs/hcm-fields.md)"

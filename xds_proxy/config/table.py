@@ -214,11 +214,10 @@ TABLE: dict[str, dict[str, Rule]] = {
         # kernel has queued per readiness event; a bound only spreads the same accepts over
         # more loop iterations (every connection is served either way): docs/hcm-fields.md.
         "max_connections_to_accept_per_socket_event": OK,
-        "use_original_dst": NotYet(
-            "handing redirected connections to the listener of their original destination "
-            "is not built"
-        ),
-        "bind_to_port": NotYet("listeners that do not bind (reached through use_original_dst)"),
+        # listener/original_dst.py: redirected connections go to the listener of their
+        # original destination, which need not bind a socket.
+        "use_original_dst": OK,
+        "bind_to_port": OK,
     },
     _LISTENER + "AdditionalAddress": {"address": OK},
     _LISTENER + "FilterChain": {

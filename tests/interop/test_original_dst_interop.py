@@ -3,7 +3,9 @@ through xds-proxy: connections redirected by iptables go to the listener of thei
 destination (exact address first, then the wildcard address), or stay with the listener that
 accepted them when none matches; the handed-over connection's local address is its original
 destination. Each run is in a network namespace of its own (tests/interop/netns_original_dst.py);
-the test is skipped where that cannot be made (not root, no `unshare`, `ip` or `iptables`)."""
+iptables (Debian's package) is installed on first use, as the bench's load generators are;
+the test is skipped where the namespace cannot be made (not root, no `unshare` or `ip`,
+iptables not installable)."""
 
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.tools import ensure_tool
+
 pytestmark = pytest.mark.envoy
 
 REPO = Path(__file__).resolve().parents[2]
-_MISSING = [tool for tool in ("unshare", "ip", "iptables") if shutil.which(tool) is None]
+_MISSING = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
 
 
 def _run(kind: str, directory: Path) -> dict[str, str]:
@@ -41,6 +45,10 @@ def _run(kind: str, directory: Path) -> dict[str, str]:
 def test_redirected_connections_reach_the_listener_of_their_original_destination(
     tmp_path: Path,
 ) -> None:
+    try:
+        ensure_tool("iptables", "iptables")
+    except RuntimeError as error:
+        pytest.skip(str(error))
     theirs = _run("envoy", tmp_path / "envoy")
     mine = _run("ours", tmp_path / "ours")
     assert mine == theirs

@@ -329,3 +329,25 @@ def test_accepting_one_connection_per_event_serves_every_connection(servers) -> 
                 sock.close()
         answers[kind] = statuses
     assert answers["ours"] == answers["envoy"] == [b"HTTP/1.1 200 OK"] * 40
+
+
+COMPARED_STATS = [
+    "http.ingress.downstream_rq_failed_path_normalization",
+    "http.ingress.downstream_rq_redirected_with_normalized_path",
+    "http1.dropped_headers_with_underscores",
+    "http1.requests_rejected_with_underscores_in_headers",
+    "http2.dropped_headers_with_underscores",
+    "http2.requests_rejected_with_underscores_in_headers",
+    "http.ingress.downstream_cx_protocol_error",
+]
+
+
+def test_same_stats_as_envoy_after_the_same_requests(servers, results) -> None:
+    """Every case above has been sent to both (the `results` fixture): the counters of the
+    path rules and of headers with underscores agree."""
+    counts = {}
+    for kind in ("envoy", "ours"):
+        process = servers[kind][0]
+        counts[kind] = {name: process.stat(name) for name in COMPARED_STATS}
+    assert counts["ours"] == counts["envoy"]
+    assert all(counts["envoy"].values()), counts

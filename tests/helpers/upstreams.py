@@ -3,9 +3,10 @@ so sync tests (driving a proxy process) and async tests alike can use them.
 
 - `Http1Echo`: HTTP/1.1 keep-alive server answering a JSON echo of the request
   (`{"method", "path", "headers", "body", "server"}`); request headers steer it:
-  `x-delay-ms` (answer later), `x-status`, `x-body-size` (a body of N bytes instead of the
-  echo), `x-chunked` (chunked response), `x-close` (`connection: close`), `x-eof-body` (no
-  framing: the body ends when the connection closes).
+  `x-delay-ms` (answer later), `x-status`, `x-response-server` (a `server` header),
+  `x-body-size` (a body of N bytes instead of the echo), `x-chunked` (chunked response),
+  `x-close` (`connection: close`), `x-eof-body` (no framing: the body ends when the
+  connection closes).
 - `Http2Echo`: the same over HTTP/2 (h2, prior knowledge); `content-type: application/grpc`
   requests get the body echoed back as one gRPC message with `grpc-status: 0` trailers;
   `goaway()` sends a GOAWAY whose `last_stream_id` is the highest stream seen, keeps serving
@@ -201,6 +202,8 @@ class Http1Echo(_Server):
         close = not keep_alive or "x-close" in headers
         lines = [b"HTTP/1.1 %d OK\r\n" % status, b"content-type: " + content_type + b"\r\n"]
         lines.append(b"x-upstream: " + self.label.encode() + b"\r\n")
+        if "x-response-server" in headers:  # a `server` response header of the upstream's
+            lines.append(b"server: " + headers["x-response-server"].encode() + b"\r\n")
         if close:
             lines.append(b"connection: close\r\n")
         if request["method"] == "HEAD":

@@ -263,7 +263,7 @@ def test_invalid_and_unsupported_listeners_are_nacked_by_field(stub, proxy):
     good = free_port()
     nameless_filter = http_listener("pgv", free_port())
     nameless_filter["filter_chains"][0]["filters"][0]["name"] = ""
-    unsupported = http_listener("unsupported", free_port(), use_original_dst=True)
+    unsupported = http_listener("unsupported", free_port(), freebind=True)
     stub.client.set_resources(
         listeners=[nameless_filter, http_listener("good", good, body="ok"), unsupported],
         version="v1",
@@ -272,6 +272,6 @@ def test_invalid_and_unsupported_listeners_are_nacked_by_field(stub, proxy):
         stub.client.wait("v1", timeout=10)
     lines = nack.value.detail.split("Error adding/updating listener(s) ", 1)[1].splitlines()
     assert lines[0].startswith("pgv: filter_chains[0].filters[0].name: ")
-    assert lines[1].startswith("unsupported: use_original_dst: not supported")
+    assert lines[1].startswith("unsupported: freebind: not supported")
     assert get(good).text == "ok"
     assert sorted(proxy.listeners()) == ["good"]

@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
 from tests.helpers.upstreams import Http1Echo, Http2Echo, Resetter, cluster_message, grpc_frame
+from xds_proxy.codec.forwarded_for import local_address
 from xds_proxy.config.hcm import ProxyPolicy
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.forward import (
@@ -150,7 +151,9 @@ async def test_rewrites_mutations_and_xff_append(manager: ClusterManager) -> Non
             ),
             "route",
         )
-        policy = ProxyPolicy(use_remote_address=True)
+        # An edge request (use_remote_address) keeps its id only with
+        # preserve_external_request_id; a loopback peer is appended as the host's address.
+        policy = ProxyPolicy(use_remote_address=True, preserve_external_request_id=True)
         sink = await run(
             action,
             manager,
@@ -164,7 +167,8 @@ async def test_rewrites_mutations_and_xff_append(manager: ClusterManager) -> Non
         assert headers["host"] == "back.example"
         assert headers["x-envoy-original-path"] == "/api/x?q"
         assert headers["x-envoy-original-host"] == "front.example"
-        assert headers["x-forwarded-for"] == "1.2.3.4,127.0.0.9"
+        assert headers["x-forwarded-for"] == f"1.2.3.4,{local_address()}"
+        assert headers["x-envoy-external-address"] == "127.0.0.9"
         assert headers["x-request-id"] == "abc"
         assert headers["x-route"] == "r"
         assert sink.header(b"x-resp") == b"1"

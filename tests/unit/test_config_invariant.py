@@ -915,8 +915,8 @@ def test_the_refused_walk_covers_the_roots() -> None:
         f"{root.name} {plain(path)}.{field.name}".replace(" .", " ")
         for root, path, field in REFUSED
     }
-    assert "hcm normalize_path" in names
-    assert "hcm xff_num_trusted_hops" in names
+    assert "hcm internal_address_config" in names
+    assert "hcm common_http_protocol_options.max_requests_per_connection" in names
     assert "hcm route_config.virtual_hosts.routes.route.retry_policy" in names
     assert "cluster cleanup_interval" in names
     assert len(names) > 300
@@ -1035,6 +1035,12 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _LISTENER + "Listener.enable_reuse_port": "listener/manager.py",
     _LISTENER + "Listener.ignore_global_conn_limit": "listener/runtime.py",
     _LISTENER + "Listener.stat_prefix": "listener/runtime.py (the listener's stats scope)",
+    _LISTENER + "Listener.use_original_dst": "listener/instance.py Acceptor (original_dst.py)",
+    _LISTENER + "Listener.bind_to_port": "listener/manager.py binds, listener/runtime.py",
+    _LISTENER + "Listener.max_connections_to_accept_per_socket_event": (
+        "no effect: the accept loop takes all queued connections per readiness event; a bound "
+        "only changes when they are accepted, never whether (docs/hcm-fields.md)"
+    ),
     _LISTENER + "Listener.access_log": (
         "listener/instance.py (access_log/connection.py; its loggers are the hcm root's)"
     ),

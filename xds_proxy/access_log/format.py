@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from xds_proxy.access_log.record import LogRecord, request_id
+from xds_proxy.codec.forwarded_for import last_xff_address
 from xds_proxy.config.access_log import (
     Command,
     JsonFormat,
@@ -225,17 +226,17 @@ def _ms(start: float | None, end: float | None) -> int | None:
 
 def _remote(record: LogRecord) -> tuple[str | None, int | None]:
     """The downstream remote address: with use_remote_address off, Envoy takes the last
-    `x-forwarded-for` entry (port 0) when there is one."""
+    `x-forwarded-for` entry (port 0) when there is one, `xff_num_trusted_hops` entries back;
+    with it on and trusted hops, the entry that many hops back."""
     if record.remote_from_xff:
-        forwarded = _header_in(record.request_headers, b"x-forwarded-for")
+        # Envoy's header map joins repeated x-forwarded-for headers.
+        forwarded = b",".join(
+            value for name, value in record.request_headers if name == b"x-forwarded-for"
+        )
         if forwarded:
-            last = forwarded.rsplit(b",", 1)[-1].strip().decode("latin-1")
-            try:
-                socket.inet_pton(socket.AF_INET6 if ":" in last else socket.AF_INET, last)
-            except OSError:
-                pass
-            else:
-                return last, 0
+            found = last_xff_address(forwarded, record.xff_skip)
+            if found is not None:
+                return found, 0
     downstream = record.downstream
     return downstream.remote_ip, downstream.remote_port
 

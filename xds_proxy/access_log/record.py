@@ -68,6 +68,7 @@ class LogRecord:
     request_id: bytes | None = None
     generate_id = False
     remote_from_xff = False  # use_remote_address off: x-forwarded-for is the peer
+    xff_skip = 0  # x-forwarded-for entries after the peer's (xff_num_trusted_hops)
     status = 0
     response_headers: list[Header] | None = None
     local: tuple[int, int, bytes] | None = None  # a local reply's status, body size, server
@@ -125,6 +126,7 @@ class LogRecord:
                 headers.append((b"content-length", b"%d" % body_size))
                 headers.append((b"content-type", b"text/plain"))
             headers.append((b"date", HTTP_DATE.now()))
-            headers.append((b"server", server))
+            if server:
+                headers.append((b"server", server))
             self.response_headers = headers
         return headers

@@ -120,7 +120,8 @@ class LocalResponse:
     def __init__(self, status: int, body: bytes = b"", server: str = "envoy") -> None:
         self.status = status
         status_line = f"HTTP/1.1 {status} {reason_phrase(status)}\r\n".encode("latin-1")
-        server_line = f"\r\nserver: {server}\r\n".encode("latin-1")
+        # No server name: no `server` header (server_header_transformation PASS_THROUGH).
+        server_line = f"\r\nserver: {server}\r\n".encode("latin-1") if server else b"\r\n"
         self._body = body
         if body:
             self._head = (
@@ -156,10 +157,11 @@ class LocalResponse:
 def redirect_bytes(status: int, location: str, date: bytes, close: bool, server: str) -> bytes:
     """A redirect as Envoy writes it: `location`, `date`, `server`, `content-length: 0`."""
     connection = "connection: close\r\n" if close else ""
+    server_line = f"\r\nserver: {server}\r\n" if server else "\r\n"
     return (
         f"HTTP/1.1 {status} {reason_phrase(status)}\r\nlocation: {location}\r\ndate: ".encode(
             "latin-1"
         )
         + date
-        + f"\r\nserver: {server}\r\n{connection}content-length: 0\r\n\r\n".encode("latin-1")
+        + f"{server_line}{connection}content-length: 0\r\n\r\n".encode("latin-1")
     )

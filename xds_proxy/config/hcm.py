@@ -43,6 +43,42 @@ _CODECS = {
 }
 
 
+class EscapedSlashes(enum.Enum):
+    """`path_with_escaped_slashes_action` (IMPLEMENTATION_SPECIFIC_DEFAULT is KEEP_UNCHANGED,
+    as Envoy's runtime default)."""
+
+    KEEP_UNCHANGED = 1
+    REJECT_REQUEST = 2
+    UNESCAPE_AND_REDIRECT = 3
+    UNESCAPE_AND_FORWARD = 4
+
+
+class Underscores(enum.Enum):
+    """`common_http_protocol_options.headers_with_underscores_action`."""
+
+    ALLOW = 0
+    REJECT_REQUEST = 1
+    DROP_HEADER = 2
+
+
+class ServerHeader(enum.Enum):
+    """`server_header_transformation`: what becomes of the `server` response header."""
+
+    OVERWRITE = 0
+    APPEND_IF_ABSENT = 1
+    PASS_THROUGH = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings:
+    """What is done to a request's path before routing (http/path_normalization.py); an HCM
+    that sets none of the three fields has none (`HcmSettings.path_settings` is None)."""
+
+    normalize_path: bool
+    merge_slashes: bool
+    escaped_slashes: EscapedSlashes
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyPolicy:
     """The connection manager's settings that shape forwarded requests and responses."""
@@ -51,16 +87,31 @@ class ProxyPolicy:
     use_remote_address: bool = False
     skip_xff_append: bool = False
     generate_request_id: bool = True
+    # The last `xff_num_trusted_hops` x-forwarded-for entries come from trusted proxies.
+    xff_num_trusted_hops: int = 0
+    preserve_external_request_id: bool = False
+    server_header: ServerHeader = ServerHeader.OVERWRITE
     # The router's suppress_envoy_headers: no x-envoy-expected-rq-timeout-ms,
     # x-envoy-original-path / -host, x-envoy-upstream-service-time, x-envoy-overloaded.
     suppress_envoy_headers: bool = False
+
+    @property
+    def remote_from_xff(self) -> bool:
+        """The downstream address (access logs) is read from x-forwarded-for."""
+        return not self.use_remote_address or self.xff_num_trusted_hops > 0
+
+    @property
+    def xff_skip(self) -> int:
+        """The received x-forwarded-for entries after the downstream address."""
+        hops = self.xff_num_trusted_hops
+        return hops if not self.use_remote_address else hops - 1
 
 
 @dataclass(frozen=True, slots=True)
 class HcmSettings:
     stat_prefix: str
     codec: Codec
-    server_name: str
+    server_name: str  # "" with PASS_THROUGH: local replies have no `server` header
     max_request_headers_bytes: int
     max_headers_count: int
     idle_timeout_s: float | None  # None: disabled
@@ -75,6 +126,8 @@ class HcmSettings:
     http2_initial_stream_window: int
     http2_initial_connection_window: int
     proxy_policy: ProxyPolicy
+    path_settings: PathSettings | None  # None: the path is routed and forwarded as received
+    headers_with_underscores: Underscores
     access_logs: tuple[AccessLogSpec, ...]
 
 
@@ -94,7 +147,7 @@ def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSett
     max_kb = DEFAULT_MAX_HEADERS_KB
     if hcm.HasField("max_request_headers_kb"):
         max_kb = hcm.max_request_headers_kb.value
-    server_name = hcm.server_name or "envoy"
+    server_name = rendered_server_name(hcm)
     return HcmSettings(
         stat_prefix=hcm.stat_prefix,
         codec=_CODECS[hcm.codec_type],
@@ -129,10 +182,33 @@ def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSett
             generate_request_id=(
                 hcm.generate_request_id.value if hcm.HasField("generate_request_id") else True
             ),
+            xff_num_trusted_hops=hcm.xff_num_trusted_hops,
+            preserve_external_request_id=hcm.preserve_external_request_id,
+            server_header=ServerHeader(hcm.server_header_transformation),
             suppress_envoy_headers=router.suppress_envoy_headers if router else False,
         ),
+        path_settings=_path_settings(hcm),
+        headers_with_underscores=Underscores(options.headers_with_underscores_action),
         access_logs=build_access_logs(hcm.access_log, f"{path}.access_log"),
     )
+
+
+def rendered_server_name(hcm: hcm_pb2.HttpConnectionManager) -> str:
+    """The `server` header the HCM writes: `server_name` (default "envoy"), or "" (none)
+    with PASS_THROUGH."""
+    if hcm.server_header_transformation == ServerHeader.PASS_THROUGH.value:
+        return ""
+    return hcm.server_name or "envoy"
+
+
+def _path_settings(hcm: hcm_pb2.HttpConnectionManager) -> PathSettings | None:
+    escaped = EscapedSlashes(
+        hcm.path_with_escaped_slashes_action or EscapedSlashes.KEEP_UNCHANGED.value
+    )
+    normalize = hcm.normalize_path.value
+    if not normalize and not hcm.merge_slashes and escaped is EscapedSlashes.KEEP_UNCHANGED:
+        return None
+    return PathSettings(normalize, hcm.merge_slashes, escaped)
 
 
 def _optional_duration(

@@ -233,6 +233,14 @@ TABLE: dict[str, dict[str, Rule]] = {
         "ignore_global_conn_limit": OK,
         "access_log": OK,  # connection-level lines (access_log/connection.py)
         "stat_prefix": OK,  # listener.<stat_prefix>.* instead of listener.<address>.*
+        # The accept loop (uvloop's, under loop.create_server) takes every connection the
+        # kernel has queued per readiness event; a bound only spreads the same accepts over
+        # more loop iterations (every connection is served either way): docs/hcm-fields.md.
+        "max_connections_to_accept_per_socket_event": OK,
+        # listener/original_dst.py: redirected connections go to the listener of their
+        # original destination, which need not bind a socket.
+        "use_original_dst": OK,
+        "bind_to_port": OK,
     },
     _LISTENER + "AdditionalAddress": {"address": OK},
     _LISTENER + "FilterChain": {
@@ -274,6 +282,7 @@ TABLE: dict[str, dict[str, Rule]] = {
             {
                 "idle_timeout": OK,
                 "max_headers_count": OK,
+                "headers_with_underscores_action": OK,  # config/hcm.py Underscores
                 "max_requests_per_connection": NotYet(
                     "closing a downstream connection after N requests is not built"
                 ),
@@ -286,9 +295,15 @@ TABLE: dict[str, dict[str, Rule]] = {
         "server_name": OK,
         "strip_any_host_port": OK,
         "use_remote_address": OK,
-        "xff_num_trusted_hops": NotYet("the trusted-hops rule for x-forwarded-for is not built"),
+        "xff_num_trusted_hops": OK,
         "skip_xff_append": OK,
         "generate_request_id": OK,
+        "preserve_external_request_id": OK,
+        "server_header_transformation": OK,
+        # Before routing (http/path_normalization.py).
+        "normalize_path": OK,
+        "merge_slashes": OK,
+        "path_with_escaped_slashes_action": OK,
         "max_request_headers_kb": OK,
         "stream_idle_timeout": OK,
         "request_timeout": OK,

@@ -22,8 +22,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from xds_proxy.access_log import AccessLog, build_access_log
 from xds_proxy.bounded_cache import BoundedCache
 from xds_proxy.codec.responses import LocalResponse
-from xds_proxy.config.hcm import HcmSettings, build_hcm_settings
+from xds_proxy.config.hcm import (
+    HcmSettings,
+    Underscores,
+    build_hcm_settings,
+    rendered_server_name,
+)
 from xds_proxy.errors import ConfigError
+from xds_proxy.http.path_normalization import PathRules
 from xds_proxy.http.router import RouteHandle, RouteTable
 from xds_proxy.stats import Counter, Gauge, Stats
 
@@ -48,17 +54,23 @@ class HcmStats:
         "cx_idle_timeout",
         "cx_protocol_error",
         "cx_total",
+        "h2_underscores_dropped",
+        "h2_underscores_rejected",
         "no_route",
         "rq_active",
         "rq_by_class",
         "rq_direct_response",
+        "rq_failed_path_normalization",
         "rq_header_timeout",
         "rq_http1_total",
         "rq_http2_total",
         "rq_idle_timeout",
         "rq_redirect",
+        "rq_redirected_with_normalized_path",
         "rq_timeout",
         "rq_total",
+        "underscores_dropped",
+        "underscores_rejected",
     )
 
     def __init__(self, stats: Stats, stat_prefix: str) -> None:
@@ -94,6 +106,26 @@ class HcmStats:
         self.rq_direct_response = counter("rq_direct_response")
         self.rq_redirect = counter("rq_redirect")
         self.no_route = counter("no_route")
+        self.rq_failed_path_normalization = counter("downstream_rq_failed_path_normalization")
+        self.rq_redirected_with_normalized_path = counter(
+            "downstream_rq_redirected_with_normalized_path"
+        )
+        # The HTTP/1.1 codec's (root scope, as Envoy's); made only when headers with
+        # underscores are dropped or refused.
+        self.underscores_dropped: Counter | None = None
+        self.underscores_rejected: Counter | None = None
+        self.h2_underscores_dropped: Counter | None = None
+        self.h2_underscores_rejected: Counter | None = None
+
+    def count_underscores(self, stats: Stats) -> None:
+        self.underscores_dropped = stats.counter("http1.dropped_headers_with_underscores")
+        self.underscores_rejected = stats.counter(
+            "http1.requests_rejected_with_underscores_in_headers"
+        )
+        self.h2_underscores_dropped = stats.counter("http2.dropped_headers_with_underscores")
+        self.h2_underscores_rejected = stats.counter(
+            "http2.requests_rejected_with_underscores_in_headers"
+        )
 
 
 def close_after_delayed_close_timeout(transport: asyncio.Transport | None, stats: HcmStats) -> None:
@@ -124,6 +156,15 @@ class HcmConfig(HcmSettings):
     request_timeout_reply: LocalResponse
     stream_timeout_reply: LocalResponse
     access_log: AccessLog | None  # None: no access_log configured
+    # What is done to the path before routing (None: nothing; http/path_normalization.py)
+    # and its 400.
+    path_rules: PathRules | None
+    path_rejected: LocalResponse
+    # headers_with_underscores_action unless ALLOW (None), and its 400.
+    underscores: Underscores | None
+    underscore_rejected: LocalResponse
+    # Neither of the two (nor an access log): HTTP/2 may answer known requests without h2.
+    plain_requests: bool
 
 
 # (rds, stat_prefix, server name, strip_any_host_port, path) -> the handle an HCM with `rds`
@@ -164,7 +205,7 @@ def _same_routes(
     registry gives now (it forgets the handles of names nobody uses)."""
     if not hcm.HasField("rds") or routes is None:
         return True
-    server = hcm.server_name or "envoy"
+    server = rendered_server_name(hcm)
     handle = routes(hcm.rds, hcm.stat_prefix, server, hcm.strip_any_host_port, path)
     return handle is cached.routes
 
@@ -182,10 +223,15 @@ def _build(
         handle = RouteHandle(
             RouteTable(hcm.route_config, f"{path}.route_config", server, hcm.strip_any_host_port)
         )
+    hcm_stats = HcmStats(stats, settings.stat_prefix)
+    underscores = settings.headers_with_underscores
+    if underscores is not Underscores.ALLOW:
+        hcm_stats.count_underscores(stats)
+    path_settings = settings.path_settings
     return HcmConfig(
         **{field.name: getattr(settings, field.name) for field in fields(HcmSettings)},
         routes=handle,
-        stats=HcmStats(stats, settings.stat_prefix),
+        stats=hcm_stats,
         bad_request=LocalResponse(400, b"Bad Request", server),
         bad_request_no_body=LocalResponse(400, b"", server),
         headers_too_large=LocalResponse(431, b"Request Header Fields Too Large", server),
@@ -195,6 +241,13 @@ def _build(
         request_timeout_reply=LocalResponse(408, b"request timeout", server),
         stream_timeout_reply=LocalResponse(408, b"stream timeout", server),
         access_log=build_access_log(settings.access_logs, f"{path}.access_log"),
+        path_rules=PathRules(path_settings) if path_settings is not None else None,
+        path_rejected=LocalResponse(400, b"", server),
+        underscores=underscores if underscores is not Underscores.ALLOW else None,
+        underscore_rejected=LocalResponse(400, b"Bad Request", server),
+        plain_requests=(
+            path_settings is None and underscores is Underscores.ALLOW and not settings.access_logs
+        ),
     )
 
 

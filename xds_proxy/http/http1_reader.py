@@ -23,10 +23,17 @@ import httptools
 
 from xds_proxy.access_log.record import Downstream, LogRecord
 from xds_proxy.codec.responses import HTTP_DATE, LocalResponse
+from xds_proxy.config.hcm import Underscores
 from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.http1_backpressure import HasTransport, Http1Backpressure
 from xds_proxy.http.http1_lifecycle import Http1Lifecycle
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
+from xds_proxy.http.path_normalization import (
+    PATH_NORMALIZATION_FAILED,
+    PathOutcome,
+    PathRedirect,
+    PathRules,
+)
 from xds_proxy.http.router import DirectResponseAction, RequestView, RouteAction, RouteTable
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.upstream.forward import DownstreamRequest, Exchange, ForwardAction
@@ -111,6 +118,7 @@ class Http1RequestReader:
         "_http10",
         "_lifecycle",
         "_loop",
+        "_path_redirect",
         "_phase_bytes",
         "_phase_first_chunk",
         "_raw_headers",
@@ -174,6 +182,8 @@ class Http1RequestReader:
         # Access logging (only with an access_log configured): this request's record.
         self._record: LogRecord | None = None
         self._downstream: Downstream | None = None
+        # UNESCAPE_AND_REDIRECT's answer to the request being read (path_normalization.py).
+        self._path_redirect: PathRedirect | None = None
 
     def feed(self, data: bytes | memoryview) -> None:
         """Feed the parser; write the answers it produced in one go."""
@@ -269,6 +279,8 @@ class Http1RequestReader:
         ):
             self._reject = config.headers_too_large
             raise _StopParsing
+        if config.underscores is not None and b"_" in name and self._underscore_dropped():
+            return
         size = len(name)
         if size == 4 and name.lower() == b"host":
             self._host = value if self._host is None else self._host + b"," + value
@@ -321,13 +333,17 @@ class Http1RequestReader:
         elif self._host is None:
             self._reject = config.bad_request_no_body
             raise _StopParsing
+        if config.path_rules is not None:
+            self._apply_path_rules(config.path_rules)
         if record is not None:
             record.path = self._url
             record.authority = self._host
             record.scheme = b"http"
             policy = config.proxy_policy
             record.generate_id = policy.generate_request_id
-            record.remote_from_xff = not policy.use_remote_address
+            record.remote_from_xff = policy.remote_from_xff
+            if policy.xff_num_trusted_hops:
+                record.xff_skip = policy.xff_skip
         if parser.should_upgrade():
             # No upgrade_configs and no CONNECT routes: Envoy answers 403 / 404 and closes.
             self._reject = (
@@ -336,7 +352,7 @@ class Http1RequestReader:
             raise _StopParsing
         if self._expect_continue:
             self.out.append(_CONTINUE)
-        if self._routes.forwards:
+        if self._routes.forwards and self._path_redirect is None:
             self._route_early()
 
     def on_body(self, body: bytes) -> None:
@@ -361,7 +377,10 @@ class Http1RequestReader:
         render_close = close or self._http10
         routes = self._routes
         host = self._host if self._host is not None else b""
-        if routes.forwards:
+        if self._path_redirect is not None:
+            action = self._path_redirect
+            self._path_redirect = None
+        elif routes.forwards:
             action = self._action  # matched when the headers were complete
         elif self._header_pairs is None:
             action = routes.route_raw(host, self._url)
@@ -387,7 +406,10 @@ class Http1RequestReader:
                 head_only,
             )
             status, payload = action.render(request, HTTP_DATE.now(), render_close)
-            stats.rq_redirect.value += 1
+            if type(action) is PathRedirect:
+                stats.rq_redirected_with_normalized_path.value += 1
+            else:
+                stats.rq_redirect.value += 1
             stats.rq_by_class[status // 100].value += 1
             self.out.append(payload)
         if self._record is not None:
@@ -501,7 +523,9 @@ class Http1RequestReader:
             status, body, details = action.response.status, len(action.response.body), None
         else:
             status, body, details = action.status, 0, None  # type: ignore[attr-defined]
-        if action is not None:
+        if type(action) is PathRedirect:
+            details = PATH_NORMALIZATION_FAILED
+        elif action is not None:
             details = "direct_response"
             record.route_name = action.route_name  # type: ignore[attr-defined]
         record.details = details
@@ -546,6 +570,10 @@ class Http1RequestReader:
             record.request_end = time.monotonic()
         elif response is config.bad_request:
             flags, details = "DPE", "http1.codec_error"
+        elif response is config.path_rejected:
+            flags, details = "", PATH_NORMALIZATION_FAILED
+        elif response is config.underscore_rejected:
+            flags, details = "DPE", "http1.unexpected_underscore"
         elif response is config.request_timeout_reply:
             flags, details = "", "request_overall_timeout"
         elif response is config.stream_timeout_reply:
@@ -564,6 +592,37 @@ class Http1RequestReader:
         config.access_log.log(record)  # type: ignore[union-attr]
 
     # -- the rare paths --------------------------------------------------------------------
+
+    def _underscore_dropped(self) -> bool:
+        """A header name with an underscore, on an HCM that drops (True) or refuses them."""
+        config = self._config
+        stats = config.stats
+        if config.underscores is Underscores.DROP_HEADER:
+            stats.underscores_dropped.value += 1  # type: ignore[union-attr]
+            return True
+        stats.underscores_rejected.value += 1  # type: ignore[union-attr]
+        stats.cx_protocol_error.value += 1
+        self._reject = config.underscore_rejected
+        raise _StopParsing
+
+    def _apply_path_rules(self, rules: PathRules) -> None:
+        """normalize_path, merge_slashes and path_with_escaped_slashes_action, before
+        routing; a refused path is a 400 and the connection closes, a redirect a 307."""
+        outcome, self._url = rules.apply(self._url)
+        if outcome is PathOutcome.CONTINUE:
+            return
+        config = self._config
+        if outcome is PathOutcome.REDIRECT:
+            self._path_redirect = PathRedirect(self._url, config.server_name)
+            return
+        config.stats.rq_failed_path_normalization.value += 1
+        record = self._record
+        if record is not None:
+            record.path = self._url
+            record.authority = self._host
+            record.scheme = b"http"
+        self._reject = config.path_rejected
+        raise _StopParsing
 
     def _partial_request(self, size: int) -> None:
         """A request is still incomplete after a read: bound its header block and start the

@@ -44,6 +44,7 @@ from xds_proxy.codec.h2_fast import ResponseFrames
 from xds_proxy.http import http2_log
 from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.h2_frames import GoAwayCutter
+from xds_proxy.http.http2_checks import checked_request
 from xds_proxy.http.http2_direct import KnownRequest, KnownRequests
 from xds_proxy.http.http2_forward import Http2ForwardSink
 from xds_proxy.http.http2_lifecycle import Http2Lifecycle, goaway_frame
@@ -181,7 +182,7 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
                     return
             stream_id, frame = piece  # type: ignore[misc]
             # A logged request goes through h2: the access log needs its stream record.
-            direct = self.DIRECT_ANSWERS and self._config.access_log is None
+            direct = self.DIRECT_ANSWERS and self._config.plain_requests
             answered = self._answer_directly(stream_id, frame) if direct else None
             if answered is LEARN:
                 if not self._learn_request(stream_id, frame):
@@ -302,15 +303,24 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
             self._life.count("http2.header_overflow")
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
+        headers = event.headers
+        config = self._config
+        if not config.plain_requests and (config.underscores or config.path_rules):
+            ended = event.stream_ended is not None
+            checked = checked_request(config, conn, self.transport, stream_id, headers, path, ended)  # type: ignore[arg-type]
+            if checked is None:
+                return
+            headers, path = checked  # type: ignore[assignment]
         stats.rq_active.value += 1
         if not self._streams and self._life.idle_timer is not None:
             self._life.idle_since = 0.0
         routes = self._config.routes.current  # this request's table, read once
-        stream = Http2Stream(method, authority, path, event.headers, routes)  # type: ignore[arg-type]
+        stream = Http2Stream(method, authority, path, headers, routes)  # type: ignore[arg-type]
         self._streams[stream_id] = stream
         if self._config.access_log is not None:
             ended = event.stream_ended is not None
-            stream.record = http2_log.begin(self._config, self.transport, event.headers, ended)  # type: ignore[arg-type]
+            stream.record = http2_log.begin(self._config, self.transport, headers, ended)  # type: ignore[arg-type]
+            stream.record.path = path  # after the path rules, if any
         if self._life.stream_timer is None and event.stream_ended is None:
             self._life.arm_stream_timer()  # a request body follows: bound how long it may take
         stream.started = stream.last_rx = self._loop.time()  # type: ignore[union-attr]

@@ -40,13 +40,14 @@ class Http2ForwardSink:
     HTTP/2 frames on the stream (Envoy's order: the upstream's headers, date unless the
     upstream sent one, server)."""
 
-    __slots__ = ("_conn", "_head_only", "_stream", "_stream_id")
+    __slots__ = ("_conn", "_head_only", "_stream", "_stream_id", "server_sent")
 
     def __init__(self, conn: ForwardHost, stream_id: int, stream: Http2Stream) -> None:
         self._conn = conn
         self._stream_id = stream_id
         self._stream = stream
         self._head_only = stream.method == b"HEAD"
+        self.server_sent = False  # the upstream's `server` header is in the response
 
     def _alive(self) -> bool:
         conn = self._conn
@@ -70,7 +71,8 @@ class Http2ForwardSink:
             out.append((name, value))
         if not has_date:
             out.append((b"date", HTTP_DATE.now()))
-        out.append((b"server", config.server_name.encode("latin-1")))
+        if config.server_name and not self.server_sent:
+            out.append((b"server", config.server_name.encode("latin-1")))
         self._send_headers(status, out, end_stream)
 
     def _send_headers(self, status: int, out: list[tuple[bytes, bytes]], end_stream: bool) -> None:
@@ -116,7 +118,9 @@ class Http2ForwardSink:
         out = [(b":status", str(status).encode()), *headers]
         if body:
             out += [(b"content-length", str(len(body)).encode()), (b"content-type", b"text/plain")]
-        out += [(b"date", HTTP_DATE.now()), (b"server", server)]
+        out.append((b"date", HTTP_DATE.now()))
+        if server:
+            out.append((b"server", server))
         if not body:
             out.append((b"content-length", b"0"))
         end = self._head_only or not body

@@ -40,7 +40,9 @@ def begin(
     record.scheme = b"http"
     policy = config.proxy_policy
     record.generate_id = policy.generate_request_id
-    record.remote_from_xff = not policy.use_remote_address
+    record.remote_from_xff = policy.remote_from_xff
+    if policy.xff_num_trusted_hops:
+        record.xff_skip = policy.xff_skip
     record.server = policy.server_name
     if ended:
         record.request_end = now

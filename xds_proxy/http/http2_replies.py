@@ -126,7 +126,7 @@ class Http2Replies:
                 (b":status", str(status).encode()),
                 (b"location", action.location(request).encode("latin-1")),
                 (b"date", HTTP_DATE.now()),
-                (b"server", config.server_name.encode("latin-1")),
+                *_server_header(config.server_name),
                 (b"content-length", b"0"),
             ]
         else:
@@ -160,18 +160,18 @@ class Http2Replies:
         else:  # never: forwarded streams are answered by their exchange
             status, body = 500, b""
         status_header = (b":status", str(status).encode())
-        server = (b"server", self._config.server_name.encode("latin-1"))
+        server = _server_header(self._config.server_name)
         if body:
             before = (
                 status_header,
                 (b"content-length", str(len(body)).encode()),
                 (b"content-type", b"text/plain"),
             )
-            after: tuple[tuple[bytes, bytes], ...] = (server,)
+            after: tuple[tuple[bytes, bytes], ...] = server
         else:
             before = (status_header,)
             has_length = status not in NO_BODY_STATUSES and status >= 200
-            after = (server, (b"content-length", b"0")) if has_length else (server,)
+            after = (*server, (b"content-length", b"0")) if has_length else server
         reply = (status, body, before, after)
         if len(self._replies) < 64:
             self._replies[action] = reply
@@ -246,7 +246,7 @@ class Http2Replies:
             (b"content-length", str(len(body)).encode()),
             (b"content-type", b"text/plain"),
             (b"date", HTTP_DATE.now()),
-            (b"server", server),
+            *_server_header(self._config.server_name),
         ]
         self._config.stats.rq_by_class[status // 100].value += 1
         stream.responded = True
@@ -259,3 +259,8 @@ class Http2Replies:
         with contextlib.suppress(h2.exceptions.ProtocolError):
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
         self._stream_done(stream_id)
+
+
+def _server_header(server_name: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The `server` header of a local reply; none without a server name (PASS_THROUGH)."""
+    return ((b"server", server_name.encode("latin-1")),) if server_name else ()

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -42,6 +42,11 @@ from xds_proxy.listener.limits import (
     guard_transport,
 )
 from xds_proxy.listener.manager import DEFAULT_CHAIN
+from xds_proxy.listener.original_dst import (
+    ListenersByAddress,
+    RedirectedTransport,
+    original_destination,
+)
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 
@@ -73,6 +78,8 @@ class ListenerServices:
     global_limit: GlobalConnectionLimit | None  # the overload manager's connection limit
     routes: Callable[..., Any] | None = None  # the route registry's `handle` (None: no RDS)
     secrets: TlsSecrets = NO_SECRETS  # the secret store (static and SDS secrets)
+    # Accepting listener versions by address, for use_original_dst (the runtime keeps it).
+    by_address: ListenersByAddress = field(default_factory=ListenersByAddress)
 
 
 class ChainRuntime:
@@ -203,6 +210,13 @@ class Acceptor(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         instance = self.instance
+        if instance.config.use_original_dst:
+            original = original_destination(transport)
+            target = instance.services.by_address.find(*original) if original else None
+            if target is not None and target is not instance:
+                # Redirected here: served by the listener of its original destination.
+                instance = target
+                transport = RedirectedTransport(transport, original)  # type: ignore[arg-type]
         limit = instance.services.global_limit
         if limit is not None and not instance.config.ignore_global_conn_limit:
             guarded = guard_transport(transport, limit)  # type: ignore[arg-type]

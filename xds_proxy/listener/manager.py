@@ -895,7 +895,8 @@ class ListenerManager:
 
     def _reserve(self, version: ListenerVersion, share_from: int | None) -> None:
         try:
-            self._sockets.reserve(ReserveSockets(version.id, tuple(version.addresses), share_from))
+            addresses = tuple(version.addresses) if binds(version.config) else ()
+            self._sockets.reserve(ReserveSockets(version.id, addresses, share_from))
         except BindError:
             self._stats.counter("listener_manager.listener_create_failure").inc()
             raise
@@ -946,6 +947,11 @@ def _socket_address(address: address_pb2.Address, name: str) -> SocketAddress:
     if ip is None:
         raise ConfigError(f"malformed IP address: {socket_address.address}")
     return (ip, socket_address.port_value)
+
+
+def binds(listener: listener_pb2.Listener) -> bool:
+    """False for `bind_to_port: false`: no socket; reached only through use_original_dst."""
+    return not listener.HasField("bind_to_port") or listener.bind_to_port.value
 
 
 def listener_addresses(listener: listener_pb2.Listener) -> list[SocketAddress]:

@@ -68,6 +68,8 @@ from xds_proxy.listener.manager import (
     UpdatePolicy,
     WatchRoutes,
     WatchSecrets,
+    binds,
+    listener_addresses,
 )
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.stats import Stats, listener_stat_prefix
@@ -317,6 +319,9 @@ class ListenerRuntime:
         instance.version_info = version_info
         self.instances[version_id] = instance
         bound = self.pool.bound_addresses(version_id)
+        configured = listener_addresses(instance.config)
+        if not bound and not binds(instance.config):
+            bound = configured  # reached only through a use_original_dst listener
         if instance.config.stat_prefix:
             instance.stat_prefix = f"listener.{instance.config.stat_prefix}."
         elif bound:
@@ -334,6 +339,7 @@ class ListenerRuntime:
                     lambda: Acceptor(instance), sock=sock.dup(), backlog=1024
                 )
                 instance.servers.append(server)
+            instance.services.by_address.add(version_id, configured, instance)
         except OSError:
             log.exception("listener '%s' could not start accepting", instance.name)
             for server in instance.servers:
@@ -346,6 +352,7 @@ class ListenerRuntime:
         instance = self.instances.get(version_id)
         if instance is None:
             return
+        instance.services.by_address.remove(version_id)
         for server in instance.servers:
             server.close()
         instance.servers.clear()

@@ -29,9 +29,10 @@ from google.protobuf.message import Message
 
 from xds_proxy.access_log import AccessLog
 from xds_proxy.access_log.record import LogRecord, format_address
+from xds_proxy.codec.forwarded_for import is_loopback, last_xff_address, local_address
 from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.config.hash_policy import HashMethod, build_hash_policy
-from xds_proxy.config.hcm import ProxyPolicy
+from xds_proxy.config.hcm import ProxyPolicy, ServerHeader
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
@@ -64,6 +65,34 @@ _NOT_FOUND_CODES = {0: 503, 1: 404, 2: 500}
 _RESPONSE_HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
+_RESPONSE_DROPPED = _RESPONSE_HOP_BY_HOP | {b"server"}
+
+# What Envoy's connection manager removes from every request it does not trust as internal
+# (with the default internal_address_config, every request), besides the hop-by-hop headers;
+# an edge request (use_remote_address) loses a few more.
+_STRIPPED = HOP_BY_HOP | {
+    b"x-envoy-internal",
+    b"x-envoy-retry-on",
+    b"x-envoy-retry-grpc-on",
+    b"x-envoy-max-retries",
+    b"x-envoy-upstream-alt-stat-name",
+    b"x-envoy-upstream-rq-timeout-ms",
+    b"x-envoy-upstream-rq-per-try-timeout-ms",
+    b"x-envoy-upstream-rq-timeout-alt-response",
+    b"x-envoy-expected-rq-timeout-ms",
+    b"x-envoy-force-trace",
+    b"x-envoy-ip-tags",
+    b"x-envoy-original-url",
+    b"x-envoy-hedge-on-per-try-timeout",
+    b"x-envoy-retriable-status-codes",
+    b"x-envoy-retriable-header-names",
+}
+_EDGE_STRIPPED = _STRIPPED | {
+    b"x-envoy-decorator-operation",
+    b"x-envoy-downstream-service-cluster",
+    b"x-envoy-downstream-service-node",
+    b"x-envoy-original-path",
+}
 
 # HeaderValueOption.append_action
 _APPEND, _ADD_IF_ABSENT, _OVERWRITE_OR_ADD, _OVERWRITE_IF_EXISTS = 0, 1, 2, 3
@@ -300,6 +329,10 @@ class DownstreamSink(Protocol):
 
     def send_response_trailers(self, trailers: list[Header]) -> None: ...
 
+    # Set by the exchange when the upstream's `server` header is kept (its place, its value):
+    # the codec then adds none.
+    server_sent: bool
+
     def send_local_reply(self, status: int, body: bytes, headers: list[Header]) -> None:
         """An Envoy-formatted local reply (content-type text/plain when there is a body)."""
         ...
@@ -340,6 +373,8 @@ class Exchange(ResponseHandler):
         "_mutations",
         "_record",
         "_request_ended",
+        "_server_header",
+        "_server_name",
         "_set_cookie",
         "_sink",
         "_started_at",
@@ -363,6 +398,8 @@ class Exchange(ResponseHandler):
         self._access_log: AccessLog | None = None
         self._suppress = False  # the router's suppress_envoy_headers
         self._set_cookie: bytes | None = None  # a hash policy's generated cookie
+        self._server_header = ServerHeader.OVERWRITE
+        self._server_name = b"envoy"
 
     def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
         """Fill `record` in as the exchange goes and log it when the exchange ends."""
@@ -382,6 +419,8 @@ class Exchange(ResponseHandler):
     ) -> None:
         action = self._action
         self._suppress = policy.suppress_envoy_headers
+        self._server_header = policy.server_header
+        self._server_name = policy.server_name
         name = action.pick_cluster(_rng)
         cluster = clusters.get(name) if clusters is not None else None
         record = self._record
@@ -475,7 +514,11 @@ class Exchange(ResponseHandler):
             self._report_outlier(status)
         now = time.monotonic()
         elapsed_ms = int((now - self._started_at) * 1000)
-        out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
+        out = [(n, v) for n, v in headers if n not in _RESPONSE_DROPPED]
+        kept = False
+        if len(out) != len(headers):  # hop-by-hop headers went, or the upstream's `server`
+            out, kept = self._response_headers(headers)
+            self._sink.server_sent = kept
         if not self._suppress:
             out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
         if self._set_cookie is not None:
@@ -491,7 +534,8 @@ class Exchange(ResponseHandler):
             response_headers = [(b":status", b"%d" % status), *out]
             if not any(name == b"date" for name, _ in out):
                 response_headers.append((b"date", HTTP_DATE.now()))
-            response_headers.append((b"server", record.server))
+            if record.server and not kept:
+                response_headers.append((b"server", record.server))
             record.response_headers = response_headers
             self._log_upstream_local()
         if end_stream:
@@ -557,34 +601,31 @@ class Exchange(ResponseHandler):
         mutations: Sequence[HeaderMutations],
     ) -> RequestHead:
         action = self._action
-        headers: list[Header] = []
-        has_proto = has_request_id = False
-        xff_index = -1
-        for name, value in request.headers:
-            if name in HOP_BY_HOP:
-                continue
-            if name == b"te" and value.lower() != b"trailers":
-                continue
-            if name == b"x-forwarded-proto":
-                if policy.use_remote_address:
+        if policy.use_remote_address:
+            headers = self._edge_headers(request, policy)
+        else:
+            headers = []
+            has_proto = has_request_id = False
+            xff_index = -1
+            for name, value in request.headers:
+                if name in _STRIPPED:
                     continue
-                has_proto = True
-            elif name == b"x-request-id":
-                has_request_id = True
-            elif name == b"x-forwarded-for":
-                xff_index = len(headers)
-            headers.append((name, value))
-        if policy.use_remote_address and not policy.skip_xff_append and request.remote_ip:
-            ip = request.remote_ip.encode()
-            if xff_index >= 0:
-                name, value = headers[xff_index]
-                headers[xff_index] = (name, value + b"," + ip)
-            else:
-                headers.append((b"x-forwarded-for", ip))
-        if not has_proto:
-            headers.append((b"x-forwarded-proto", request.scheme))
-        if not has_request_id and policy.generate_request_id:
-            headers.append((b"x-request-id", _request_id()))
+                if name == b"te" and value.lower() != b"trailers":
+                    continue
+                if name == b"x-forwarded-proto":
+                    has_proto = True
+                elif name == b"x-request-id":
+                    has_request_id = True
+                elif name == b"x-forwarded-for":
+                    if xff_index >= 0:  # Envoy's header map joins repeated x-forwarded-for
+                        headers[xff_index] = (name, headers[xff_index][1] + b"," + value)
+                        continue
+                    xff_index = len(headers)
+                headers.append((name, value))
+            if not has_proto:
+                headers.append((b"x-forwarded-proto", request.scheme))
+            if not has_request_id and policy.generate_request_id:
+                headers.append((b"x-request-id", _request_id()))
         suppress = policy.suppress_envoy_headers
         if action.timeout_s and not suppress:
             headers.append(
@@ -606,6 +647,84 @@ class Exchange(ResponseHandler):
                 headers.append((b"x-envoy-original-path", path))
             path = rewritten
         return RequestHead(request.method, path, authority, headers, request.scheme)
+
+    def _edge_headers(self, request: DownstreamRequest, policy: ProxyPolicy) -> list[Header]:
+        """An edge request's headers (use_remote_address): x-forwarded-for extended with the
+        peer (the host's address for a loopback peer), x-forwarded-proto trusted only from
+        trusted hops, x-envoy-external-address set to the trusted client address, and a new
+        x-request-id unless preserve_external_request_id keeps the client's. Headers that
+        exist are changed where they are; new ones are added in Envoy's order."""
+        headers: list[Header] = []
+        xff_index = proto_index = external_index = id_index = -1
+        for name, value in request.headers:
+            if name in _EDGE_STRIPPED:
+                continue
+            if name == b"te" and value.lower() != b"trailers":
+                continue
+            if name == b"x-forwarded-for":
+                if xff_index >= 0:
+                    headers[xff_index] = (name, headers[xff_index][1] + b"," + value)
+                    continue
+                xff_index = len(headers)
+            elif name == b"x-forwarded-proto":
+                proto_index = len(headers)
+            elif name == b"x-envoy-external-address":
+                external_index = len(headers)
+            elif name == b"x-request-id":
+                id_index = len(headers)
+            headers.append((name, value))
+        hops = policy.xff_num_trusted_hops
+        trusted = None
+        if hops and xff_index >= 0:
+            trusted = last_xff_address(headers[xff_index][1], hops - 1)
+        if trusted is None:
+            trusted = request.remote_ip
+        appended = not policy.skip_xff_append and bool(request.remote_ip)
+        if appended:
+            peer = request.remote_ip
+            ip = (local_address() if is_loopback(peer) else peer).encode()
+            if xff_index >= 0:
+                headers[xff_index] = (b"x-forwarded-for", headers[xff_index][1] + b"," + ip)
+            else:
+                headers.append((b"x-forwarded-for", ip))
+        if proto_index < 0:
+            headers.append((b"x-forwarded-proto", request.scheme))
+        elif not hops:
+            headers[proto_index] = (b"x-forwarded-proto", request.scheme)
+        if trusted:
+            external = (b"x-envoy-external-address", trusted.encode())
+            if external_index >= 0:
+                headers[external_index] = external
+            else:
+                headers.append(external)
+        if policy.generate_request_id:
+            if id_index < 0:
+                headers.append((b"x-request-id", _request_id()))
+            elif not policy.preserve_external_request_id:
+                headers[id_index] = (b"x-request-id", _request_id())
+        record = self._record
+        if record is not None and hops and appended:
+            record.xff_skip += 1  # the entry appended here comes after the trusted ones
+        return headers
+
+    def _response_headers(self, headers: list[Header]) -> tuple[list[Header], bool]:
+        """The upstream's response headers without hop-by-hop ones, and whether its `server`
+        header stays (where it is: with our server name unless server_header_transformation
+        keeps the upstream's value; then the codec adds none)."""
+        out: list[Header] = []
+        kept = False
+        overwrite = self._server_header is ServerHeader.OVERWRITE
+        for name, value in headers:
+            if name in _RESPONSE_HOP_BY_HOP:
+                continue
+            if name == b"server":
+                if kept:
+                    continue
+                kept = True
+                if overwrite:
+                    value = self._server_name
+            out.append((name, value))
+        return out, kept
 
     def _request_complete(self) -> None:
         if self._request_ended:
@@ -713,5 +832,6 @@ def _local_headers(
     if extra:
         headers.extend(extra)
     headers.append((b"date", HTTP_DATE.now()))
-    headers.append((b"server", server))
+    if server:
+        headers.append((b"server", server))
     return headers

@@ -73,6 +73,7 @@ class Http1ForwardSink:
         "close_requested",
         "complete",
         "exchange",
+        "server_sent",
     )
 
     def __init__(self, owner: Http1Owner, head_only: bool, http10: bool, server: bytes) -> None:
@@ -86,6 +87,7 @@ class Http1ForwardSink:
         self.complete = False
         self.exchange: Exchange | None = None  # set by the connection
         self.close_requested = False  # the request asked for `connection: close`
+        self.server_sent = False  # the upstream's `server` header is in the response
 
     # -- DownstreamSink ---------------------------------------------------------------------
 
@@ -105,7 +107,8 @@ class Http1ForwardSink:
             lines += (name, b": ", value, b"\r\n")
         if not has_date:
             lines += (b"date: ", HTTP_DATE.now(), b"\r\n")
-        lines += (b"server: ", self._server, b"\r\n")
+        if self._server and not self.server_sent:
+            lines += (b"server: ", self._server, b"\r\n")
         no_body = self._head_only or status in _NO_BODY_STATUSES or status < 200
         if not has_length and not no_body and not end_stream and self._http10:
             close = True  # HTTP/1.0 has no chunking: the body ends with the connection

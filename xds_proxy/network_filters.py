@@ -53,7 +53,7 @@ def _build_hcm(message: Message, ctx: FilterChainContext, path: str) -> Protocol
     if ctx.clusters is not None and routes.validate_clusters and not message.HasField("rds"):
         # Envoy checks an inline route table's clusters when it loads.
         for name in sorted(routes.cluster_names):
-            if ctx.clusters.get(name) is None:
+            if not ctx.clusters.known(name):
                 raise ConfigError(f"{path}.route_config: route: unknown cluster '{name}'")
     if config.codec is Codec.HTTP2:
         return lambda: Http2Connection(config, ctx)

@@ -145,7 +145,12 @@ def test_dns_types_take_host_names() -> None:
             r"\.address\.socket_address\.address: malformed IP address: not-an-ip$",
         ),
         ({"lb_policy": "RING_HASH"}, r"^clusters\[0\]\.lb_policy: RING_HASH not supported$"),
-        ({"type": "EDS"}, r"^clusters\[0\]\.type: EDS not supported$"),
+        (
+            {"type": "EDS"},
+            r"^clusters\[0\]\.eds_cluster_config: cannot create an EDS cluster without an EDS"
+            r" config$",
+        ),
+        ({"type": "ORIGINAL_DST"}, r"^clusters\[0\]\.type: ORIGINAL_DST not supported$"),
         ({"alt_stat_name": "x"}, r"^clusters\[0\]\.alt_stat_name: not supported$"),
         (
             {"circuit_breakers": {"thresholds": [{"retry_budget": {}}]}},

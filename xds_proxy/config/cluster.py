@@ -10,11 +10,10 @@ cluster never silently behaves differently; a CDS cluster passes the gate here
 from __future__ import annotations
 
 import enum
-import ipaddress
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
-from envoy.config.core.v3 import protocol_pb2
+from envoy.config.core.v3 import config_source_pb2, protocol_pb2
 from envoy.extensions.clusters.common.dns.v3 import dns_pb2
 from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
@@ -22,6 +21,11 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
 from xds_proxy import extensions
+from xds_proxy.config.endpoints import (
+    DEFAULT_OVERPROVISIONING_FACTOR,
+    EndpointAddress,
+    read_assignment,
+)
 from xds_proxy.config.health_check import (
     HealthCheckConfig,
     OutlierDetectionConfig,
@@ -50,6 +54,7 @@ class DiscoveryType(enum.Enum):
     STATIC = cluster_pb2.Cluster.STATIC
     STRICT_DNS = cluster_pb2.Cluster.STRICT_DNS
     LOGICAL_DNS = cluster_pb2.Cluster.LOGICAL_DNS
+    EDS = cluster_pb2.Cluster.EDS
 
 
 class LbPolicy(enum.Enum):
@@ -74,12 +79,19 @@ class DnsFamily(enum.Enum):
     ALL = cluster_pb2.Cluster.ALL
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointAddress:
-    """One `lb_endpoint` as configured: an IP (STATIC) or a host name to resolve (DNS types)."""
+__all__ = ["EndpointAddress"]  # defined with the assignment builder (config/endpoints.py)
 
-    host: str
-    port: int
+
+@dataclass(frozen=True, slots=True)
+class EdsSpec:
+    """An EDS cluster's `eds_cluster_config`: the assignment's name and where it comes from."""
+
+    service_name: str  # `service_name`, else the cluster's name
+    source: config_source_pb2.ConfigSource
+
+    @property
+    def aggregated(self) -> bool:
+        return self.source.WhichOneof("config_source_specifier") == "ads"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +125,12 @@ class ClusterConfig:
     h2_max_concurrent_streams: int = DEFAULT_H2_MAX_CONCURRENT_STREAMS
     buffer_limit: int = DEFAULT_BUFFER_LIMIT
     tls: UpstreamTls | None = None
+    eds: EdsSpec | None = None  # type EDS: the assignment comes from EDS (xds/eds.py)
+    # The assignment's `policy.overprovisioning_factor` (percent; EDS: per assignment).
+    overprovisioning_factor: int = DEFAULT_OVERPROVISIONING_FACTOR
+    locality_weighted: bool = False  # `common_lb_config.locality_weighted_lb_config`
+    # A host gone from the assignment but passing active health checks stays until it fails.
+    ignore_health_on_host_removal: bool = False
 
 
 def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConfig:
@@ -135,7 +153,17 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
             kind = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
             raise ConfigError(f"{path}.type: {kind} not supported") from None
     lb_policy, choices = _balancing(cluster, path)
-    endpoints = _endpoints(cluster, path, discovery)
+    eds = None
+    overprovisioning_factor = DEFAULT_OVERPROVISIONING_FACTOR
+    if discovery is DiscoveryType.EDS:
+        if not cluster.HasField("eds_cluster_config"):
+            raise ConfigError(
+                f"{path}.eds_cluster_config: cannot create an EDS cluster without an EDS config"
+            )
+        eds = eds_spec(cluster.eds_cluster_config, cluster.name, f"{path}.eds_cluster_config")
+        endpoints: tuple[EndpointAddress, ...] = ()
+    else:
+        endpoints, overprovisioning_factor = _endpoints(cluster, path, discovery)
     protocol, idle_timeout_s, max_requests, h2_streams = _protocol(cluster, path)
     connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S
     if cluster.HasField("connect_timeout"):
@@ -177,7 +205,20 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         h2_max_concurrent_streams=h2_streams,
         buffer_limit=buffer_limit,
         tls=tls,
+        eds=eds,
+        overprovisioning_factor=overprovisioning_factor,
+        locality_weighted=cluster.common_lb_config.HasField("locality_weighted_lb_config"),
+        ignore_health_on_host_removal=cluster.ignore_health_on_host_removal,
     )
+
+
+def eds_spec(config: cluster_pb2.Cluster.EdsClusterConfig, cluster_name: str, path: str) -> EdsSpec:
+    """An `eds_cluster_config` the gate accepted; its source must be `ads` or an
+    `api_config_source`."""
+    kind = config.eds_config.WhichOneof("config_source_specifier")
+    if kind not in ("ads", "api_config_source"):
+        raise ConfigError(f"{path}.eds_config: one of ads or api_config_source is required")
+    return EdsSpec(config.service_name or cluster_name, config.eds_config)
 
 
 # The DNS cluster extension's lookup family; UNSPECIFIED is AUTO, as in Envoy.
@@ -249,34 +290,17 @@ def _choices(choice_count: Message) -> int:
 
 def _endpoints(
     cluster: cluster_pb2.Cluster, path: str, discovery: DiscoveryType
-) -> tuple[EndpointAddress, ...]:
-    assignment = cluster.load_assignment
+) -> tuple[tuple[EndpointAddress, ...], int]:
+    """(the endpoints, the overprovisioning factor) of the cluster's own `load_assignment`."""
     assignment_path = f"{path}.load_assignment"
-    found: list[EndpointAddress] = []
-    for l_index, locality in enumerate(assignment.endpoints):
-        locality_path = f"{assignment_path}.endpoints[{l_index}]"
-        for e_index, lb_endpoint in enumerate(locality.lb_endpoints):
-            endpoint_path = f"{locality_path}.lb_endpoints[{e_index}]"
-            endpoint = lb_endpoint.endpoint
-            address_path = f"{endpoint_path}.endpoint.address"
-            address = endpoint.address
-            socket_address = address.socket_address
-            socket_path = f"{address_path}.socket_address"
-            host = socket_address.address
-            if discovery is DiscoveryType.STATIC:
-                try:
-                    ipaddress.ip_address(host)
-                except ValueError:
-                    raise ConfigError(
-                        f"{socket_path}.address: malformed IP address: {host}"
-                    ) from None
-            found.append(EndpointAddress(host, socket_address.port_value))
-    if discovery is DiscoveryType.LOGICAL_DNS and len(found) != 1:
+    require_ip = discovery is DiscoveryType.STATIC
+    built = read_assignment(cluster.load_assignment, assignment_path, require_ip)
+    if discovery is DiscoveryType.LOGICAL_DNS and len(built.endpoints) != 1:
         raise ConfigError(
             f"{assignment_path}: LOGICAL_DNS clusters must have a single locality_lb_endpoint "
             "and a single lb_endpoint"
         )
-    return tuple(found)
+    return built.endpoints, built.overprovisioning_factor
 
 
 def _circuit_breakers(cluster: cluster_pb2.Cluster, path: str) -> CircuitBreakers:

@@ -312,7 +312,7 @@ class RouteRegistry:
         validate = config.validate_clusters.value if config.HasField("validate_clusters") else False
         if validate and self._clusters is not None:
             for cluster in sorted(table.cluster_names):
-                if self._clusters.get(cluster) is None:
+                if not self._clusters.known(cluster):
                     raise ConfigError(f"route: unknown cluster '{cluster}'")
         return tables
 

@@ -7,6 +7,13 @@ cluster (the old one retires: its busy connections finish their streams, idle on
 A changed DNS cluster warms first, as in Envoy: the old version keeps serving until the new
 one has its first DNS answer (`cluster_manager.warming_clusters`), so that a push never leaves
 a route without hosts for the time of a lookup.
+
+An EDS cluster (new or changed) warms until its first assignment or the end of its initial
+fetch (xds/eds.py, reached through the `EndpointWatcher` port: `watch` when a version of the
+cluster is built, `unwatch` when it retires, `flush` once a batch of changes is done); a
+changed one's old version keeps serving its hosts meanwhile. `wait_warm()` lets the CDS
+client end its initialisation only once the clusters of its first response are warm (Envoy's
+init order CDS → EDS → LDS).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -27,6 +35,20 @@ from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
 
 log = logging.getLogger("xds_proxy.upstream")
+
+
+class EndpointWatcher(Protocol):
+    """The owner of EDS subscriptions (xds/eds.py), as the cluster manager uses it."""
+
+    def watch(self, cluster: Cluster) -> None:
+        """`cluster` (type EDS) wants the assignment its config names."""
+        ...
+
+    def unwatch(self, cluster: Cluster) -> None: ...
+
+    def flush(self) -> None:
+        """Send the subscription changes of the last batch."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +69,18 @@ class ClusterManager:
         stats: Stats,
         rng: random.Random | None = None,
         resolve: Callable[[EndpointAddress, DnsFamily], Awaitable] | None = None,
+        endpoints: EndpointWatcher | None = None,
     ) -> None:
+        """`endpoints`: where EDS clusters get their assignments (None: EDS is refused)."""
         self.stats = stats
         self._rng = rng
         self._resolve = resolve  # tests inject a resolver; None: the system's
+        self._endpoints = endpoints
         self.clusters: dict[str, Cluster] = {}
         self.records: dict[str, ClusterRecord] = {}
         # Replacements waiting for their first DNS answer; the old version serves meanwhile.
         self.warming: dict[str, tuple[Cluster, ClusterRecord]] = {}
-        self._warming_tasks: set[asyncio.Task] = set()
+        self._warming_tasks: dict[str, asyncio.Task] = {}  # by cluster name
         self.static_names: set[str] = set()
         self._started = False
         self._active_gauge = stats.gauge("cluster_manager.active_clusters")
@@ -66,6 +91,10 @@ class ClusterManager:
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
+
+    def known(self, name: str) -> bool:
+        """Active or warming: a route may name it (Envoy's `validate_clusters` check)."""
+        return name in self.clusters or name in self.warming
 
     def add_or_update(
         self,
@@ -85,6 +114,8 @@ class ClusterManager:
         if name in self.static_names and not static:
             raise ConfigError(f"{path}.name: '{name}' is a static cluster and cannot be updated")
         config = build_cluster_config(cluster, path)
+        if config.eds is not None and self._endpoints is None:
+            raise ConfigError(f"{path}.type: EDS clusters need an EDS subscription")
         new = Cluster(config, self.stats, self._rng, self._resolve)
         record = ClusterRecord(key, version_info, time.time())
         old = self.clusters.get(name)
@@ -94,15 +125,19 @@ class ClusterManager:
             self._modified.inc()
         else:
             self._added.inc()
+        if config.eds is not None:
+            assert self._endpoints is not None
+            self._endpoints.watch(new)  # a held assignment is applied at once
         if warming is not None:  # a newer version replaces the one still warming
-            warming[0].retire()
+            self._retire(warming[0])
             del self.warming[name]
-        if old is not None and new.resolved is not None and self._started:
+            self._cancel_warming_task(name)
+        warms = old is not None or config.eds is not None
+        if warms and new.resolved is not None and self._started:
             self.warming[name] = (new, record)
             new.start()
             task = asyncio.get_running_loop().create_task(self._activate_when_resolved(new))
-            self._warming_tasks.add(task)
-            task.add_done_callback(self._warming_tasks.discard)
+            self._warming_tasks[name] = task
         else:
             self._activate(new, record)
             if self._started:
@@ -115,31 +150,56 @@ class ClusterManager:
         self.clusters[new.name] = new
         self.records[new.name] = record
         if old is not None:
-            old.retire()
+            self._retire(old)
         self._active_gauge.set(len(self.clusters))
+
+    def _retire(self, cluster: Cluster) -> None:
+        cluster.retire()
+        if cluster.config.eds is not None and self._endpoints is not None:
+            self._endpoints.unwatch(cluster)
+
+    def _cancel_warming_task(self, name: str) -> None:
+        task = self._warming_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
 
     async def _activate_when_resolved(self, new: Cluster) -> None:
         assert new.resolved is not None
-        await new.resolved.wait()  # set after the first lookup, answered or failed
-        warming = self.warming.get(new.name)
+        await new.resolved.wait()  # set after the first lookup (answered or failed), EDS's
+        warming = self.warming.get(new.name)  # first assignment or the end of its fetch
         if warming is None or warming[0] is not new:
             return  # replaced or removed meanwhile
         del self.warming[new.name]
+        self._warming_tasks.pop(new.name, None)
         self._activate(new, warming[1])
         self._warming_gauge.set(len(self.warming))
+
+    async def wait_warm(self) -> None:
+        """Until every cluster warming now is active (or was replaced or removed)."""
+        tasks = list(self._warming_tasks.values())
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def flush_watches(self) -> None:
+        """A batch of changes is done: EDS sends its new subscriptions."""
+        if self._endpoints is not None:
+            self._endpoints.flush()
 
     def remove(self, name: str) -> bool:
         if name in self.static_names:
             return False
         warming = self.warming.pop(name, None)
         if warming is not None:
-            warming[0].retire()
+            self._retire(warming[0])
+            self._cancel_warming_task(name)
             self._warming_gauge.set(len(self.warming))
         cluster = self.clusters.pop(name, None)
         self.records.pop(name, None)
         if cluster is None:
-            return False
-        cluster.retire()
+            if warming is not None:  # a new cluster removed while it warmed
+                self._removed.inc()
+            return warming is not None
+        self._retire(cluster)
         self._removed.inc()
         self._active_gauge.set(len(self.clusters))
         return True
@@ -167,7 +227,7 @@ class ClusterManager:
                 log.warning("some DNS clusters did not resolve within %.1f s", timeout)
 
     def close(self) -> None:
-        for task in self._warming_tasks:
+        for task in self._warming_tasks.values():
             task.cancel()
         for cluster, _ in self.warming.values():
             cluster.close()

@@ -33,7 +33,8 @@ from xds_proxy.upstream.lb import EdfScheduler
 
 
 def is_healthy(host: Host) -> bool:
-    return not (host.failed_active_hc or host.failed_outlier_check or host.failed_eds_health)
+    failed = host.failed_active_hc or host.failed_outlier_check or host.failed_eds_health
+    return not (failed or host.degraded_eds_health)
 
 
 def is_degraded(host: Host) -> bool:

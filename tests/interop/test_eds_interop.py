@@ -362,3 +362,75 @@ def test_clusters_admin_and_config_dump_show_the_same_hosts(tmp_path: Path) -> N
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_nack_keeps_the_hosts_and_a_changed_cluster_keeps_serving(tmp_path: Path) -> None:
+    a, b = Http1Echo("a").start(), Http1Echo("b").start()
+    try:
+        with side_by_side(tmp_path) as both:
+            both.push(endpoints=[assignment(group(endpoint(a.port)))])
+            both.push(with_listener=True, clusters=[eds_cluster("C", "C-svc", eds_source())])
+            for kind in KINDS:
+                wait_for(lambda kind=kind: get(both.ports[kind]).status == 200, timeout=10)
+            # An address that is not an IP: NACKed with Envoy's text, the hosts stay.
+            bad = endpoint(b.port)
+            bad["endpoint"]["address"]["socket_address"]["address"] = "not-an-ip"
+            both.push(endpoints=[assignment(group(bad))])
+            for kind, stub in both.stubs.items():
+                wait_for(lambda stub=stub: stub.nacks() != [], timeout=10, what=f"{kind} NACK")
+            texts = {
+                kind: [n["message"] for n in stub.nacks()] for kind, stub in both.stubs.items()
+            }
+            assert (
+                texts["ours"]
+                == texts["envoy"]
+                == [
+                    "malformed IP address: not-an-ip. Consider setting resolver_name or setting"
+                    " cluster type to 'STRICT_DNS' or 'LOGICAL_DNS'"
+                ]
+            )
+            for kind, process in both.processes.items():
+                assert get(both.ports[kind]).headers["x-upstream"] == "a", kind
+                assert process.stat("cluster.C.update_rejected") == 1, kind
+            # The cluster changes (not its endpoints): the old version serves while the new
+            # one warms (Envoy: until the next assignment; ours: the held one, at once).
+            changed = {**eds_cluster("C", "C-svc", eds_source()), "connect_timeout": "2s"}
+            both.push(with_listener=True, clusters=[changed])
+            for kind, process in both.processes.items():
+                wait_for(
+                    lambda process=process: process.stat("cluster_manager.cluster_modified") == 1,
+                    timeout=10,
+                    what=f"{kind}: C changed",
+                )
+                assert all(get(both.ports[kind]).status == 200 for _ in range(5)), kind
+            both.push(endpoints=[assignment(group(endpoint(b.port)))])
+            for kind, process in both.processes.items():
+                wait_for(
+                    lambda kind=kind: get(both.ports[kind]).headers.get("x-upstream") == "b",
+                    timeout=10,
+                    what=f"{kind}: the new endpoints",
+                )
+                assert process.stat("cluster_manager.warming_clusters") == 0, kind
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_without_an_assignment_the_initial_fetch_timeout_activates_an_empty_cluster(
+    tmp_path: Path,
+) -> None:
+    with side_by_side(tmp_path) as both:
+        source = {"ads": {}, "initial_fetch_timeout": "1s"}
+        cluster = eds_cluster("C", "C-svc", {})
+        cluster["eds_cluster_config"]["eds_config"] = {"resource_api_version": "V3", **source}
+        both.push(with_listener=True, clusters=[cluster])
+        for kind, process in both.processes.items():
+            wait_for(
+                lambda process=process: process.stat("cluster.C.init_fetch_timeout") == 1,
+                timeout=10,
+                what=f"{kind}: C's initial fetch timed out",
+            )
+            wait_for(lambda kind=kind: not refused(both.ports[kind]), timeout=10, what=kind)
+            assert process.stat("cluster_manager.warming_clusters") == 0, kind
+            assert process.stat("cluster.C.membership_total") == 0, kind
+            assert get(both.ports[kind]).status == 503, kind

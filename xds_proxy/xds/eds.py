@@ -11,17 +11,22 @@ A response is checked whole before anything changes (config/endpoints.py: PGV, t
 table, addresses that must be IPs); an invalid assignment NACKs the response with Envoy's
 text, and every cluster keeps its hosts. A valid one is handed to each cluster version
 watching its name (`Cluster.set_assignment`); an identical one changes nothing (Envoy's
-`update_no_rebuild`). A version that starts watching a name already held gets that
-assignment at once (as Envoy 1.40's EDS resource cache: a changed cluster does not wait for
-the control plane to send it again).
+`update_no_rebuild`).
 
 The first assignment ends a new cluster's warming. So does the end of its initial fetch
 without one, as Envoy's: `initial_fetch_timeout` (default 15 s), a NACK, or Delta's "does not
 exist"; the cluster is then active with no hosts. A SotW response without the name changes
-nothing (Envoy counts `update_empty` once the name had an assignment).
+nothing, as Envoy 1.40 (not even a counter).
+
+A changed cluster's new version that watches a name already held gets that assignment at
+once and is active at once. Envoy 1.40 (SotW over ADS) keeps such a version warming until the
+control plane sends the name again (its `assignment_use_cached` stays 0): the old version
+serves meanwhile, for as long as the assignment does not change or `initial_fetch_timeout`.
+The held assignment is the control plane's current one, so we use it without that wait.
 
 Stats, per cluster, as Envoy 1.40 lists them: `cluster.<name>.update_attempt`,
-`update_success`, `update_rejected`, `update_failure`, `update_empty`, `update_no_rebuild`,
+`update_success`, `update_rejected`, `update_failure`, `update_empty` (Delta's "does not
+exist"), `update_no_rebuild`,
 `init_fetch_timeout`, `update_time`, `version`, `version_text`. (`/config_dump?include_eds`
 shows the clusters' hosts, as Envoy's, admin/clusters.py.)
 """
@@ -188,17 +193,17 @@ class EndpointSubscriptions:
                     self._stats_of(cluster).success(version, now_ms, rebuilt)
                 self.subscriptions.answered(subscription)
             elif name in removed:
-                # Delta's "does not exist": a success all the same; a cluster still warming
-                # becomes active with no hosts, one with hosts keeps them (Envoy 1.40).
+                # Delta's "does not exist": an empty update, a success all the same; a
+                # cluster still warming becomes active with no hosts, one with hosts keeps
+                # them (Envoy 1.40).
                 for cluster in self._clusters(subscription):
                     cluster.initial_fetch_over()
-                    self._stats_of(cluster).success(version_info, now_ms, False)
-                self.subscriptions.answered(subscription)
-            elif name in self.held:
-                for cluster in self._clusters(subscription):  # SotW without it: kept
                     stats = self._stats_of(cluster)
-                    stats.update_attempt.inc()
+                    stats.success(version_info, now_ms, True)
                     stats.update_empty.inc()
+                self.subscriptions.answered(subscription)
+            # A SotW response without the name: nothing changes, nothing is counted (Envoy
+            # 1.40 keeps the hosts and its counters as they are).
         return None
 
     def stream_lost(self, client: NamedClient) -> None:

@@ -434,3 +434,62 @@ def test_without_an_assignment_the_initial_fetch_timeout_activates_an_empty_clus
             assert process.stat("cluster_manager.warming_clusters") == 0, kind
             assert process.stat("cluster.C.membership_total") == 0, kind
             assert get(both.ports[kind]).status == 503, kind
+
+
+@pytest.mark.parametrize("ignore_health", [False, True])
+def test_a_removed_host_passing_health_checks_stays_until_it_fails_them(
+    ignore_health: bool, tmp_path: Path
+) -> None:
+    a, b = Http1Echo("a").start(), Http1Echo("b").start()
+    try:
+        with side_by_side(tmp_path) as both:
+            cluster = eds_cluster("C", "C-svc", eds_source())
+            cluster["health_checks"] = [
+                {
+                    "timeout": "1s",
+                    "interval": "0.2s",
+                    "no_traffic_interval": "0.2s",
+                    "unhealthy_threshold": 1,
+                    "healthy_threshold": 1,
+                    "http_health_check": {"path": "/health"},
+                }
+            ]
+            cluster["ignore_health_on_host_removal"] = ignore_health
+            both.push(endpoints=[assignment(group(endpoint(a.port), endpoint(b.port)))])
+            both.push(with_listener=True, clusters=[cluster])
+            for kind, process in both.processes.items():
+                wait_for(
+                    lambda process=process: process.stat("cluster.C.membership_healthy") == 2,
+                    timeout=10,
+                    what=f"{kind}: both hosts healthy",
+                )
+            both.push(endpoints=[assignment(group(endpoint(a.port)))])
+            b_flags = f"127.0.0.1:{b.port} health_flags"
+            if ignore_health:  # removed at once
+                for kind, process in both.processes.items():
+                    wait_for(
+                        lambda process=process: process.stat("cluster.C.membership_total") == 1,
+                        timeout=10,
+                        what=f"{kind}: b removed",
+                    )
+                return
+            for kind, process in both.processes.items():
+                wait_for(
+                    lambda process=process: (
+                        eds_hosts(process).get(b_flags) == "/pending_dynamic_removal"
+                    ),
+                    timeout=10,
+                    what=f"{kind}: b kept, pending its removal",
+                )
+                assert process.stat("cluster.C.membership_total") == 2, kind
+            b.stop()  # b fails its next check: then it goes
+            for kind, process in both.processes.items():
+                wait_for(
+                    lambda process=process: process.stat("cluster.C.membership_total") == 1,
+                    timeout=10,
+                    what=f"{kind}: b removed once it failed a check",
+                )
+                assert get(both.ports[kind]).headers["x-upstream"] == "a", kind
+    finally:
+        a.stop()
+        b.stop()

@@ -271,6 +271,20 @@ class Server:
         self.clusters.flush_watches()
 
     def _start_lds(self) -> None:
+        """CDS is initialised; LDS starts once the bootstrap's EDS clusters are warm too
+        (Envoy's init: static clusters, then CDS, then LDS)."""
+        if self.clusters.static_warming():
+            self._tasks.append(
+                asyncio.create_task(self._start_lds_when_static_warm(), name="lds-after-eds")
+            )
+            return
+        self._start_lds_now()
+
+    async def _start_lds_when_static_warm(self) -> None:
+        await self.clusters.wait_static_warm()
+        self._start_lds_now()
+
+    def _start_lds_now(self) -> None:
         try:
             self._start_lds_client()
         finally:

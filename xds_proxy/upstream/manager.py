@@ -180,6 +180,27 @@ class ClusterManager:
         if tasks:
             await asyncio.wait(tasks)
 
+    def _static_eds(self) -> list[Cluster]:
+        """The bootstrap's EDS clusters that have no hosts yet (nor ended their fetch)."""
+        return [
+            cluster
+            for name, cluster in self.clusters.items()
+            if name in self.static_names
+            and cluster.resolved is not None
+            and not cluster.resolved.is_set()
+            and cluster.config.eds is not None
+        ]
+
+    def static_warming(self) -> bool:
+        return bool(self._static_eds())
+
+    async def wait_static_warm(self) -> None:
+        """Until the bootstrap's EDS clusters are warm (first assignment or the end of the
+        initial fetch)."""
+        events = [cluster.resolved.wait() for cluster in self._static_eds()]  # type: ignore[union-attr]
+        if events:
+            await asyncio.gather(*events)
+
     def flush_watches(self) -> None:
         """A batch of changes is done: EDS sends its new subscriptions."""
         if self._endpoints is not None:

@@ -434,6 +434,9 @@ def test_without_an_assignment_the_initial_fetch_timeout_activates_an_empty_clus
             assert process.stat("cluster_manager.warming_clusters") == 0, kind
             assert process.stat("cluster.C.membership_total") == 0, kind
             assert get(both.ports[kind]).status == 503, kind
+        envoy, ours = both.processes["envoy"], both.processes["ours"]
+        for stat in ("lb_healthy_panic", "upstream_cx_none_healthy", "update_attempt"):
+            assert ours.stat(f"cluster.C.{stat}") == envoy.stat(f"cluster.C.{stat}"), stat
 
 
 @pytest.mark.parametrize("ignore_health", [False, True])

@@ -127,6 +127,8 @@ class Cluster:
         self.assigned = False  # EDS: an assignment (or the end of the initial fetch) arrived
         if config.discovery is DiscoveryType.STATIC:
             self._set_hosts([(e, (e.host, e.port), e.hostname) for e in config.endpoints])
+        else:
+            self._health_changed()  # no hosts yet: Envoy's (total panic, nothing to pick)
 
     # -- hosts ------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
 from xds_proxy import extensions
-from xds_proxy.config.endpoints import (
+from xds_proxy.config.endpoints import (  # EndpointAddress: imported from here too
     DEFAULT_OVERPROVISIONING_FACTOR,
     EndpointAddress,
     read_assignment,
@@ -77,9 +77,6 @@ class DnsFamily(enum.Enum):
     V6_ONLY = cluster_pb2.Cluster.V6_ONLY
     V4_PREFERRED = cluster_pb2.Cluster.V4_PREFERRED
     ALL = cluster_pb2.Cluster.ALL
-
-
-__all__ = ["EndpointAddress"]  # defined with the assignment builder (config/endpoints.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -496,3 +496,48 @@ def test_a_removed_host_passing_health_checks_stays_until_it_fails_them(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_request_in_flight_to_a_removed_host_finishes(tmp_path: Path) -> None:
+    a, b = Http1Echo("a").start(), Http1Echo("b").start()
+    try:
+        with side_by_side(tmp_path) as both:
+            both.push(endpoints=[assignment(group(endpoint(a.port)))])
+            both.push(with_listener=True, clusters=[eds_cluster("C", "C-svc", eds_source())])
+            for kind in KINDS:
+                wait_for(lambda kind=kind: get(both.ports[kind]).status == 200, timeout=10)
+            slow: dict[str, tuple[int, str]] = {}
+
+            def slow_request(kind: str) -> None:
+                connection = HttpConnection(both.ports[kind])
+                try:
+                    request = "GET /slow HTTP/1.1\r\nhost: x\r\nx-delay-ms: 1500\r\n\r\n"
+                    connection.sock.sendall(request.encode())
+                    response = connection.read_response()
+                    slow[kind] = (response.status, response.headers["x-upstream"])
+                finally:
+                    connection.close()
+
+            threads = [threading.Thread(target=slow_request, args=(kind,)) for kind in KINDS]
+            for thread in threads:
+                thread.start()
+            wait_for(
+                lambda: sum(r["path"] == "/slow" for r in a.requests) == 2,
+                timeout=5,
+                what="both slow requests at a",
+            )
+            both.push(endpoints=[assignment(group(endpoint(b.port)))])  # a removed
+            for kind in KINDS:
+                wait_for(
+                    lambda kind=kind: get(both.ports[kind]).headers.get("x-upstream") == "b",
+                    timeout=5,
+                    what=f"{kind}: new requests to b",
+                )
+            for thread in threads:
+                thread.join(10)
+            assert slow == {kind: (200, "a") for kind in KINDS}
+            # a's connections close once idle (both proxies retire the removed host's pool).
+            wait_for(lambda: not a.open_transports, timeout=5, what="a's connections closed")
+    finally:
+        a.stop()
+        b.stop()

@@ -124,6 +124,7 @@ class Cluster:
         self._load = PriorityLoad((100,), (0,), (False,))
         self._pickers: dict[SourceKey, Picker] = {}
         self._balancers: dict[SourceKey, LoadBalancer] = {}  # equal weights: kept across updates
+        self._fast: tuple[Picker, list[Host]] | None = None  # all load on P0's healthy hosts
         self.assigned = False  # EDS: an assignment (or the end of the initial fetch) arrived
         if config.discovery is DiscoveryType.STATIC:
             self._set_hosts([(e, (e.host, e.port), e.hostname) for e in config.endpoints])
@@ -321,6 +322,11 @@ class Cluster:
             self._sets, self._overprovisioning, self.config.healthy_panic_threshold_percent
         )
         self._pickers = {}
+        self._fast = None
+        load = self._load
+        if load.single and not load.panic[0] and not self.config.locality_weighted:
+            healthy = self._sets[0].healthy  # the usual case: one balancer, no draws
+            self._fast = (self._new_picker((0, "healthy", 0), healthy), healthy)
         self.stats.membership_healthy.value = sum(len(s.healthy) for s in self._sets)
         self.stats.membership_degraded.value = sum(len(s.degraded) for s in self._sets)
 
@@ -334,6 +340,9 @@ class Cluster:
         self._replace_hosts(hosts, [], removed, before)
 
     def pick_host(self) -> Host | None:
+        fast = self._fast
+        if fast is not None:
+            return fast[0].pick(fast[1])
         load = self._load
         if load.single and not load.panic[0]:
             priority, degraded = 0, False

@@ -624,8 +624,9 @@ class Http1Client:
             self._requests_on_connection += 1
             if not keep_alive:
                 self._drop()
-                if self.clock is not None and self.bodies.routes is not None:
-                    self.tally.told_to_leave[self.bodies.routes.family, self.clock.label] += 1
+                if self.clock is not None:
+                    family = self.bodies.routes.family if self.bodies.routes is not None else ""
+                    self.tally.told_to_leave[family, self.clock.label] += 1
             wrong = self.bodies.wrong(body) if status == 200 else None
             if status >= 500:
                 self.tally.fail("5xx", f"status {status} {body[:60]!r}")
@@ -727,8 +728,8 @@ class Http2Client:
     def _drop(self) -> None:
         if self._conn is not None:
             self._conn.close()
-            if self.bodies.routes is not None:
-                family = self.bodies.routes.family
+            if self.clock is not None:
+                family = self.bodies.routes.family if self.bodies.routes is not None else ""
                 for label, count in self._conn.goaways.items():
                     self.tally.told_to_leave[family, label] += count
             self._conn = None
@@ -1113,7 +1114,8 @@ class ChurnRun:
             return self._rds_load()
         if self.eds_set is not None:
             main, other = self.eds_set.ports["main"], self.eds_set.ports["other"]
-            return Load([main, main, other], [main, other] if self.http2 else []).start()
+            h2_ports = [main, other] if self.http2 else []
+            return Load([main, main, other], h2_ports, clock=self.clock).start()
         ports = self.listeners.ports
         main = ports["main"]
         loaded_fleet = [ports[self.listeners.fleet_name(i)] for i in FLEET_LOADED]
@@ -1412,11 +1414,14 @@ def told_to_leave(tally: Tally, group: str) -> int:
     """RDS mode: `connection: close` responses (HTTP/1.1) or GOAWAY frames (HTTP/2) in one
     group: "route-only" (the route-only phases, and the listener no listener update touches,
     until the graceful drain), "renames" (main and twin while listener updates rename their
-    route config, until their drains end) or "graceful"."""
+    route config, until their drains end) or "graceful". EDS mode: "endpoint updates" (every
+    phase but the graceful drain, warm-ups excluded) or "graceful"."""
 
     def group_of(family: str, phase: str) -> str:
         if phase == GRACEFUL:
             return "graceful"
+        if phase in EDS_PHASES:
+            return "endpoint updates"
         if phase in ROUTE_ONLY_PHASES or family == OTHER_ROUTES:
             return "route-only"
         return "renames"
@@ -1490,14 +1495,24 @@ def table(results: list[ChurnResult]) -> list[str]:
                 (f"h2 GOAWAY frames, {group}", lambda r, g=group: told_to_leave(r.h2, g)),
             ]
         rows += [("push -> ACK p99 ms", ack_p99)]
-    else:
+    elif eds:
+        for group in ("endpoint updates", "graceful"):
+            rows += [
+                (f"h1 conn: close, {group}", lambda r, g=group: told_to_leave(r.h1, g)),
+                (f"h2 GOAWAY frames, {group}", lambda r, g=group: told_to_leave(r.h2, g)),
+            ]
         rows += [
             ("backend answered", lambda r: r.backend_requests),
             ("answered, response lost", lambda r: r.answered_but_lost),
             ("push -> ACK p99 ms", ack_p99),
         ]
-        if not eds:
-            rows += [("stub restart -> ACK s", lambda r: f"{r.reconnect_s:.2f}")]
+    else:
+        rows += [
+            ("backend answered", lambda r: r.backend_requests),
+            ("answered, response lost", lambda r: r.answered_but_lost),
+            ("push -> ACK p99 ms", ack_p99),
+            ("stub restart -> ACK s", lambda r: f"{r.reconnect_s:.2f}"),
+        ]
     rows += [
         ("peak listeners draining", lambda r: r.peak_listeners_draining),
         ("peak filter chains draining", lambda r: r.peak_chains_draining),

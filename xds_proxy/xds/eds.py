@@ -195,7 +195,8 @@ class EndpointSubscriptions:
             elif name in removed:
                 # Delta's "does not exist": an empty update, a success all the same; a
                 # cluster still warming becomes active with no hosts, one with hosts keeps
-                # them (Envoy 1.40).
+                # them (Envoy 1.40); a new version of it waits for a copy.
+                self.held.pop(name, None)
                 for cluster in self._clusters(subscription):
                     cluster.initial_fetch_over()
                     stats = self._stats_of(cluster)

@@ -541,3 +541,56 @@ def test_a_request_in_flight_to_a_removed_host_finishes(tmp_path: Path) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+def test_active_health_checks_go_to_the_endpoints_health_check_port(tmp_path: Path) -> None:
+    a, b = Http1Echo("a").start(), Http1Echo("b").start()
+    checked_elsewhere = Http1Echo("checks").start()
+    refused_port = free_port()
+    try:
+        with side_by_side(tmp_path) as both:
+            cluster = eds_cluster("C", "C-svc", eds_source())
+            cluster["health_checks"] = [
+                {
+                    "timeout": "1s",
+                    "interval": "0.2s",
+                    "no_traffic_interval": "0.2s",
+                    "unhealthy_threshold": 1,
+                    "healthy_threshold": 1,
+                    "http_health_check": {"path": "/health"},
+                }
+            ]
+            host_a = endpoint(a.port)
+            host_a["endpoint"]["health_check_config"] = {"port_value": checked_elsewhere.port}
+            host_b = endpoint(b.port)
+            host_b["endpoint"]["health_check_config"] = {"port_value": refused_port}
+            both.push(endpoints=[assignment(group(host_a, host_b))])
+            both.push(clusters=[cluster])
+            flags = {f"127.0.0.1:{a.port} health_flags", f"127.0.0.1:{b.port} health_flags"}
+            for kind, process in both.processes.items():
+                wait_for(
+                    lambda process=process: (
+                        (process.stat("cluster.C.health_check.attempt") or 0) > 4
+                    ),
+                    timeout=10,
+                    what=f"{kind}: checks",
+                )
+                wait_for(
+                    lambda process=process: (
+                        {key: value for key, value in eds_hosts(process).items() if key in flags}
+                        == {
+                            f"127.0.0.1:{a.port} health_flags": "healthy",
+                            f"127.0.0.1:{b.port} health_flags": "/failed_active_hc",
+                        }
+                    ),
+                    timeout=10,
+                    what=f"{kind}: a healthy (its check port answers), b failed (refused)",
+                )
+            assert checked_elsewhere.requests
+            assert all(r["path"] == "/health" for r in checked_elsewhere.requests)
+            assert not [r for r in a.requests if r["path"] == "/health"]
+            assert not [r for r in b.requests if r["path"] == "/health"]
+    finally:
+        a.stop()
+        b.stop()
+        checked_elsewhere.stop()

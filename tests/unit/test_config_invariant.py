@@ -1010,10 +1010,6 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _LISTENER + "FilterChainMatch.application_protocols": "listener/filter_chain.py",
     _LISTENER + "Filter.name": "network_filters.py (in error lines; the @type picks the filter)",
     _LISTENER + "Filter.typed_config": "network_filters.py (the hcm, tcp_proxy, ... roots)",
-    "envoy.config.endpoint.v3.Endpoint.health_check_config": (
-        "no effect: only an empty one is accepted (every field of it is refused); control"
-        " planes and Envoy's own dumps send it empty"
-    ),
 }
 
 

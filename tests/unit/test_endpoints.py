@@ -51,7 +51,7 @@ def test_every_lb_endpoint_carries_its_locality_priority_weight_and_health() -> 
                                 "endpoint": {
                                     **lb_endpoint("10.0.0.3", 81)["endpoint"],
                                     "hostname": "three.example",
-                                    "health_check_config": {},
+                                    "health_check_config": {"port_value": 9},
                                 },
                             }
                         ],
@@ -74,6 +74,7 @@ def test_every_lb_endpoint_carries_its_locality_priority_weight_and_health() -> 
             hostname="three.example",
             health=health_check_pb2.UNHEALTHY,
             priority=1,
+            health_check_port=9,
         ),
     )
     assert built.overprovisioning_factor == 200
@@ -122,14 +123,14 @@ def test_an_empty_assignment_has_no_endpoints_and_the_default_factor() -> None:
                             {
                                 "endpoint": {
                                     **lb_endpoint("10.0.0.1", 80)["endpoint"],
-                                    "health_check_config": {"port_value": 9},
+                                    "health_check_config": {"hostname": "h"},
                                 }
                             }
                         ]
                     }
                 ]
             },
-            r"health_check_config\.port_value: not supported yet",
+            r"health_check_config\.hostname: not supported yet",
         ),
     ],
 )

@@ -199,6 +199,7 @@ def _assignment_of(cluster: Cluster) -> endpoint_pb2.ClusterLoadAssignment:
         lb_endpoint.endpoint.address.socket_address.address = host.address[0]
         lb_endpoint.endpoint.address.socket_address.port_value = host.address[1]
         lb_endpoint.endpoint.health_check_config.SetInParent()
+        lb_endpoint.endpoint.health_check_config.port_value = host.health_check_port
         if host.hostname and cluster.config.eds is not None:
             lb_endpoint.endpoint.hostname = host.hostname
         lb_endpoint.load_balancing_weight.value = host.weight

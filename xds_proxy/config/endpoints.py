@@ -2,7 +2,8 @@
 once into the endpoints a cluster makes hosts of. Pure: no sockets, no DNS.
 
 Each `lb_endpoint` becomes one `EndpointAddress` carrying what Envoy reads of it: the address,
-`hostname`, `health_status`, `load_balancing_weight` (default 1), and its locality's
+`hostname`, `health_check_config.port_value` (active checks go there), `health_status`,
+`load_balancing_weight` (default 1), and its locality's
 `priority`, `locality` and `load_balancing_weight` (0: unset). `policy.overprovisioning_factor`
 (Envoy's default 140, i.e. 1.4) scales each priority's healthy share (upstream/priority.py).
 
@@ -55,6 +56,7 @@ class EndpointAddress:
     priority: int = 0
     locality: Locality = NO_LOCALITY
     locality_weight: int = 0  # the locality's `load_balancing_weight`; 0: unset
+    health_check_port: int = 0  # `health_check_config.port_value`; 0: the host's own port
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,7 @@ def read_assignment(
                     priority=group.priority,
                     locality=locality,
                     locality_weight=locality_weight,
+                    health_check_port=endpoint.health_check_config.port_value,
                 )
             )
     factor = DEFAULT_OVERPROVISIONING_FACTOR

@@ -607,7 +607,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "hostname": OK,
         "health_check_config": Supported(
             {
-                "port_value": NotYet("health checks go to the host's own port"),
+                "port_value": OK,  # active health checks go to that port
                 "hostname": NotYet("health checks use the cluster's host header"),
                 "address": NotYet("health checks go to the host's own address"),
                 "disable_active_health_check": NotYet("every host of a checked cluster is checked"),

@@ -247,6 +247,7 @@ class Cluster:
             host.priority = endpoint.priority
             host.locality = endpoint.locality
             host.eds_health = endpoint.health
+            host.health_check_port = endpoint.health_check_port
             host.pending_dynamic_removal = False
             hosts.append(host)
         # Envoy keeps a removed host that still passes active health checks, unless

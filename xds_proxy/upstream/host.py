@@ -59,6 +59,7 @@ class Host:
         "eds_health",
         "failed_active_hc",
         "failed_outlier_check",
+        "health_check_port",
         "hostname",
         "last_connect_error",
         "locality",
@@ -83,6 +84,7 @@ class Host:
         self.priority = 0
         self.locality: Locality = NO_LOCALITY
         self.eds_health = 0  # the endpoint's `health_status` (UNKNOWN)
+        self.health_check_port = 0  # `health_check_config.port_value`; 0: the host's port
         # Gone from the assignment but still passing active health checks: kept until it fails.
         self.pending_dynamic_removal = False
         self.active_requests = 0

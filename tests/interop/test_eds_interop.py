@@ -587,6 +587,7 @@ def test_active_health_checks_go_to_the_endpoints_health_check_port(tmp_path: Pa
                     what=f"{kind}: a healthy (its check port answers), b failed (refused)",
                 )
             assert checked_elsewhere.requests
+            assert eds_dump(both.processes["ours"]) == eds_dump(both.processes["envoy"])
             assert all(r["path"] == "/health" for r in checked_elsewhere.requests)
             assert not [r for r in a.requests if r["path"] == "/health"]
             assert not [r for r in b.requests if r["path"] == "/health"]

@@ -59,8 +59,9 @@ test-compose: $(STAMP)
 
 # Zero-downtime proof under churn (issue 10), ours and Envoy side by side (20 s each); LARGE=1
 # for the issue's full 60 s, or CHURN_SECONDS=N; RDS=1 for the RDS scenario (route updates every
-# 200 ms over ADS, listener updates renaming the route config). Table on stdout; table and PNG in
+# 200 ms over ADS, listener updates renaming the route config); EDS=1 for the EDS scenario (the
+# backend cluster's endpoints replaced every 200 ms over ADS). Table on stdout; table and PNG in
 # bench/results/.
 .PHONY: bench-churn
 bench-churn: $(STAMP)
-	$(BIN)/python -m bench.churn $(if $(LARGE),--large,) $(if $(RDS),--rds,) $(if $(CHURN_SECONDS),--seconds $(CHURN_SECONDS),)
+	$(BIN)/python -m bench.churn $(if $(LARGE),--large,) $(if $(RDS),--rds,) $(if $(EDS),--eds,) $(if $(CHURN_SECONDS),--seconds $(CHURN_SECONDS),)

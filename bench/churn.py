@@ -58,7 +58,15 @@ touches, in every phase), renames (`main` and `twin` in phases 2 and 3 until the
 allowed, the listener updates drain) and graceful (the final drain). Route-only must be 0;
 the other two show that the counting works.
 
-    python -m bench.churn [--seconds N] [--warmup-churn S] [--rds]
+The EDS mode (`--eds`, issue 20) runs the same clients, processes and measurements through
+two routing listeners (`main`, `other`, inline routes to cluster `backend`). `backend` is an
+EDS cluster (CDS and EDS over the ADS stream); its ClusterLoadAssignment is replaced every
+200 ms: a sliding window of two of the backend's four ports, with changing weights, so every
+push removes a host that carries traffic and adds one. No listener changes, no outage;
+nothing may fail: requests in flight to a removed host finish, new ones go to the current
+hosts.
+
+    python -m bench.churn [--seconds N] [--warmup-churn S] [--rds | --eds]
         (default 20 s of churn per proxy after an 8 s churn warm-up; --warmup-churn 0 measures
         "before" after the load alone, as earlier runs did)
 
@@ -126,6 +134,13 @@ ROUTES_ONLY, IN_PLACE_RENAMES, FULL_RENAMES, SETTLING, ROUTES_ONLY_AGAIN = (
 )
 RDS_PHASES = (ROUTES_ONLY, IN_PLACE_RENAMES, FULL_RENAMES, SETTLING, ROUTES_ONLY_AGAIN)
 ROUTE_ONLY_PHASES = (ROUTES_ONLY, ROUTES_ONLY_AGAIN)
+# The EDS mode (--eds): the assignment of cluster `backend` is replaced every
+# ROUTE_PUSH_INTERVAL_S by a window of EDS_WINDOW of the backend's EDS_BACKENDS ports.
+EDS_BACKENDS = 4
+EDS_WINDOW = 2
+EDS_LISTENERS = ("main", "other")
+ENDPOINTS_REPLACED = "endpoints replaced"
+EDS_PHASES = (ENDPOINTS_REPLACED,)
 GRACEFUL = "graceful drain"
 WARMUP_S = 1.0  # load alone before measuring
 WARMUP_CHURN_S = 8.0  # every phase's pushes under load before "before" (see the docstring)
@@ -212,8 +227,9 @@ def route_body(name: str, generation: int) -> bytes:
     return f"{name} g{generation}\n".encode()
 
 
-def backend_bootstrap(port: int) -> dict[str, Any]:
-    """The backend: a static Envoy listener answering 200 with BACKEND_BODY."""
+def backend_bootstrap(*ports: int) -> dict[str, Any]:
+    """The backend: static Envoy listeners (one per port: one upstream host each) answering
+    200 with BACKEND_BODY."""
     route = {
         "match": {"prefix": "/"},
         "direct_response": {"status": 200, "body": {"inline_string": BACKEND_BODY.decode()}},
@@ -226,19 +242,25 @@ def backend_bootstrap(port: int) -> dict[str, Any]:
         },
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }
-    listener = {
-        "name": "backend",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
-            }
-        ],
-    }
+    listeners = [
+        {
+            "name": f"backend-{index}",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [
+                {
+                    "filters": [
+                        {
+                            "name": "envoy.filters.network.http_connection_manager",
+                            "typed_config": hcm,
+                        }
+                    ]
+                }
+            ],
+        }
+        for index, port in enumerate(ports)
+    ]
     admin = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
-    return {"admin": admin, "static_resources": {"listeners": [listener]}}
+    return {"admin": admin, "static_resources": {"listeners": listeners}}
 
 
 def distinct_free_ports(count: int) -> list[int]:
@@ -327,6 +349,55 @@ class RdsListenerSet:
         recent = range(max(0, self.rename - 2), self.rename + 1)
         names = [OTHER_ROUTES, *(f"main-routes-{k}" for k in recent)]
         return [route_config(name, self.generation) for name in names]
+
+    def next_version(self) -> str:
+        self.version_number += 1
+        return f"v{self.version_number}"
+
+
+class EdsSet:
+    """The EDS mode's resources: listeners `main` and `other` routing to EDS cluster
+    `backend`, whose assignment moves over the backend's ports (one generation per push)."""
+
+    def __init__(self, backend_ports: list[int]) -> None:
+        self.ports = dict(zip(EDS_LISTENERS, distinct_free_ports(len(EDS_LISTENERS)), strict=True))
+        self.backends = backend_ports
+        self.generation = 0
+        self.version_number = 0
+
+    def listeners(self) -> list[dict[str, Any]]:
+        return [routed_listener(name, port, 0, 0) for name, port in self.ports.items()]
+
+    @staticmethod
+    def clusters() -> list[dict[str, Any]]:
+        source = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
+        return [
+            {
+                "name": "backend",
+                "type": "EDS",
+                "connect_timeout": "1s",
+                "eds_cluster_config": {"service_name": "backend", "eds_config": source},
+            }
+        ]
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """EDS_WINDOW consecutive backend ports from `generation`, weights 1 to 3."""
+        count = len(self.backends)
+        lb_endpoints = [
+            {
+                "endpoint": {
+                    "address": {
+                        "socket_address": {
+                            "address": "127.0.0.1",
+                            "port_value": self.backends[(self.generation + offset) % count],
+                        }
+                    }
+                },
+                "load_balancing_weight": 1 + (self.generation + offset) % 3,
+            }
+            for offset in range(EDS_WINDOW)
+        ]
+        return [{"cluster_name": "backend", "endpoints": [{"lb_endpoints": lb_endpoints}]}]
 
     def next_version(self) -> str:
         self.version_number += 1
@@ -553,8 +624,9 @@ class Http1Client:
             self._requests_on_connection += 1
             if not keep_alive:
                 self._drop()
-                if self.clock is not None and self.bodies.routes is not None:
-                    self.tally.told_to_leave[self.bodies.routes.family, self.clock.label] += 1
+                if self.clock is not None:
+                    family = self.bodies.routes.family if self.bodies.routes is not None else ""
+                    self.tally.told_to_leave[family, self.clock.label] += 1
             wrong = self.bodies.wrong(body) if status == 200 else None
             if status >= 500:
                 self.tally.fail("5xx", f"status {status} {body[:60]!r}")
@@ -656,8 +728,8 @@ class Http2Client:
     def _drop(self) -> None:
         if self._conn is not None:
             self._conn.close()
-            if self.bodies.routes is not None:
-                family = self.bodies.routes.family
+            if self.clock is not None:
+                family = self.bodies.routes.family if self.bodies.routes is not None else ""
                 for label, count in self._conn.goaways.items():
                     self.tally.told_to_leave[family, label] += count
             self._conn = None
@@ -895,6 +967,7 @@ class ChurnResult:
     rss_load_warm_kib: int = 0  # after the load-only warm-up, before the churn warm-up
     rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (time, KiB), churning
     rds: bool = False  # the RDS mode's scenario (routes answer directly, no outage)
+    eds: bool = False  # the EDS mode's scenario (the backend's endpoints move, no outage)
 
     @property
     def rss_peak_kib(self) -> int:
@@ -924,10 +997,12 @@ class ChurnRun:
         warmup_s: float = WARMUP_S,
         warmup_churn_s: float = 0.0,
         rds: bool = False,
+        eds: bool = False,
     ) -> None:
         """`warmup_s`: load alone before measuring; `warmup_churn_s`: then every phase's
         pushes under load for that long in all (not counted), before "before". `rds`: the
-        RDS scenario (RDS_PHASES) instead of the four listener phases; no outage."""
+        RDS scenario (RDS_PHASES) instead of the four listener phases; no outage. `eds`: the
+        EDS scenario (EDS_PHASES); no outage."""
         self.workdir = workdir
         self.envoy = envoy
         self.seconds = seconds
@@ -937,6 +1012,8 @@ class ChurnRun:
         self.warmup_s = warmup_s
         self.warmup_churn_s = warmup_churn_s
         self.rds = rds
+        self.eds = eds
+        self.eds_set: EdsSet | None = None  # once the backend's ports are known
         self.clock = PhaseClock()
         self.listeners = ListenerSet()
         self.rds_listeners = RdsListenerSet()
@@ -949,15 +1026,24 @@ class ChurnRun:
     # -- pieces ------------------------------------------------------------------------------
 
     def _start_backend(self) -> int:
-        port = free_port()
-        self.backend = PinnedEnvoy(backend_bootstrap(port), self.workdir, log_level="warning")
+        ports = distinct_free_ports(EDS_BACKENDS) if self.eds else [free_port()]
+        self.backend = PinnedEnvoy(backend_bootstrap(*ports), self.workdir, log_level="warning")
         self.backend.start()
-        wait_for(lambda: _connects(port), what="backend listening")
-        return port
+        for port in ports:
+            wait_for(lambda port=port: _connects(port), what="backend listening")
+        if self.eds:
+            self.eds_set = EdsSet(ports)
+        return ports[0]
 
     def _start_proxy(self, backend_port: int) -> EnvoyProcess:
-        bootstrap = lds_bootstrap(self.stub.xds_address, node_id="churn", ads=self.rds)
-        bootstrap["static_resources"]["clusters"].append(cluster_dict("backend", [backend_port]))
+        ads = self.rds or self.eds
+        bootstrap = lds_bootstrap(self.stub.xds_address, node_id="churn", ads=ads)
+        if self.eds:  # cluster `backend` comes from CDS, its endpoints from EDS
+            bootstrap["dynamic_resources"]["cds_config"] = {"ads": {}, "resource_api_version": "V3"}
+        else:
+            bootstrap["static_resources"]["clusters"].append(
+                cluster_dict("backend", [backend_port])
+            )
         flags = ["--drain-time-s", str(DRAIN_TIME_S), "--drain-strategy", "gradual"]
         kind = PinnedEnvoy if self.envoy else PinnedProxy
         proxy = kind(bootstrap, self.workdir, log_level="warning", extra_args=flags)
@@ -1026,6 +1112,10 @@ class ChurnRun:
     def _load(self) -> Load:
         if self.rds:
             return self._rds_load()
+        if self.eds_set is not None:
+            main, other = self.eds_set.ports["main"], self.eds_set.ports["other"]
+            h2_ports = [main, other] if self.http2 else []
+            return Load([main, main, other], h2_ports, clock=self.clock).start()
         ports = self.listeners.ports
         main = ports["main"]
         loaded_fleet = [ports[self.listeners.fleet_name(i)] for i in FLEET_LOADED]
@@ -1112,6 +1202,35 @@ class ChurnRun:
         self._rds_settle(watcher)
         self._rds_phase(ROUTES_ONLY_AGAIN, phase_s)
 
+    # -- the EDS mode --------------------------------------------------------------------------
+
+    def _eds_push(self, phase: str, deadline: float) -> None:
+        """A new assignment of `backend` (the window moves by one port)."""
+        assert self.eds_set is not None
+        self.eds_set.generation += 1
+        version = self.eds_set.next_version()
+        at = time.monotonic()
+        self.stub.client.set_resources(endpoints=self.eds_set.endpoints(), version=version)
+        push = Push(at, phase, version, None, kind="endpoints")
+        try:
+            timeout = max(0.05, deadline - time.monotonic())
+            self.stub.client.wait(version, timeout=timeout, section="endpoints")
+            push.ack_s = time.monotonic() - at
+        except StubNack as nack:
+            push.nack = nack.detail
+        except TimeoutError:
+            pass
+        self.pushes.append(push)
+
+    def _eds_churn(self, seconds: float) -> None:
+        self.phase_starts.append((time.monotonic(), ENDPOINTS_REPLACED))
+        self.clock.label = ENDPOINTS_REPLACED
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            tick = time.monotonic() + ROUTE_PUSH_INTERVAL_S
+            self._eds_push(ENDPOINTS_REPLACED, tick)
+            _sleep_until(tick)  # pacing of the pushes, not synchronisation
+
     # -- the run -----------------------------------------------------------------------------
 
     def run(self) -> ChurnResult:
@@ -1132,6 +1251,14 @@ class ChurnRun:
                 routes=self.rds_listeners.routes(),
                 version=first,
             )
+        elif self.eds_set is not None:
+            first = self.eds_set.next_version()
+            self.stub.client.set_resources(
+                clusters=self.eds_set.clusters(),
+                listeners=self.eds_set.listeners(),
+                endpoints=self.eds_set.endpoints(),
+                version=first,
+            )
         else:
             first = self.listeners.next_version()
             self.stub.client.set_resources(listeners=self.listeners.listeners(), version=first)
@@ -1139,7 +1266,10 @@ class ChurnRun:
         pid = proxy.process.popen.pid if proxy.process is not None else 0
         proxy.wait_ready(timeout=20)
         self.stub.client.wait(first, timeout=20)
-        wanted = len(self.rds_listeners.ports if self.rds else self.listeners.ports)
+        if self.eds_set is not None:
+            wanted = len(self.eds_set.ports)
+        else:
+            wanted = len(self.rds_listeners.ports if self.rds else self.listeners.ports)
         wait_for(lambda: len(proxy.listeners()) == wanted, timeout=20, what="every listener")
         watcher = DrainWatcher(proxy, pid)
 
@@ -1160,6 +1290,9 @@ class ChurnRun:
         load = self._load()
         if self.rds:
             self._rds_churn(watcher, self.seconds)
+            outage, reconnect_s = (started, started), float("nan")
+        elif self.eds:
+            self._eds_churn(self.seconds)
             outage, reconnect_s = (started, started), float("nan")
         else:
             phase_s = self.seconds / len(PHASES)
@@ -1214,6 +1347,7 @@ class ChurnRun:
             rss_load_warm_kib=rss_load_warm,
             rss_samples=[sample for sample in watcher.rss_samples if sample[0] <= churn_end],
             rds=self.rds,
+            eds=self.eds,
         )
 
     def _churn_warmup(self, watcher: DrainWatcher) -> None:
@@ -1221,8 +1355,11 @@ class ChurnRun:
         neither the pushes nor the load count in the result."""
         load = self._load()
         wait_for(lambda: load.ok() > 0, timeout=10, what="warm-up traffic flowing")
-        if self.rds:
-            self._rds_churn(watcher, self.warmup_churn_s)
+        if self.rds or self.eds:
+            if self.rds:
+                self._rds_churn(watcher, self.warmup_churn_s)
+            else:
+                self._eds_churn(self.warmup_churn_s)
             load.stop()
             self.pushes.clear()
             self.phase_starts.clear()
@@ -1277,11 +1414,14 @@ def told_to_leave(tally: Tally, group: str) -> int:
     """RDS mode: `connection: close` responses (HTTP/1.1) or GOAWAY frames (HTTP/2) in one
     group: "route-only" (the route-only phases, and the listener no listener update touches,
     until the graceful drain), "renames" (main and twin while listener updates rename their
-    route config, until their drains end) or "graceful"."""
+    route config, until their drains end) or "graceful". EDS mode: "endpoint updates" (every
+    phase but the graceful drain, warm-ups excluded) or "graceful"."""
 
     def group_of(family: str, phase: str) -> str:
         if phase == GRACEFUL:
             return "graceful"
+        if phase in EDS_PHASES:
+            return "endpoint updates"
         if phase in ROUTE_ONLY_PHASES or family == OTHER_ROUTES:
             return "route-only"
         return "renames"
@@ -1296,6 +1436,7 @@ def told_to_leave(tally: Tally, group: str) -> int:
 def table(results: list[ChurnResult]) -> list[str]:
     """One column per proxy; HTTP/1.1 and HTTP/2 rows apart where they differ."""
     rds = any(result.rds for result in results)
+    eds = any(result.eds for result in results)
 
     def pushes(kind: str) -> Callable[[ChurnResult], str]:
         def shown(result: ChurnResult) -> str:
@@ -1338,7 +1479,8 @@ def table(results: list[ChurnResult]) -> list[str]:
                 lambda r, p=pick: f"{1000 * _percentile(p(r).latencies, 0.99):.2f}",
             ),
         ]
-    rows += [(f"pushes: {kind}", pushes(kind)) for kind in (RDS_PHASES if rds else PHASES)]
+    phases = RDS_PHASES if rds else EDS_PHASES if eds else PHASES
+    rows += [(f"pushes: {kind}", pushes(kind)) for kind in phases]
     if rds:
         rows += [
             (
@@ -1353,6 +1495,17 @@ def table(results: list[ChurnResult]) -> list[str]:
                 (f"h2 GOAWAY frames, {group}", lambda r, g=group: told_to_leave(r.h2, g)),
             ]
         rows += [("push -> ACK p99 ms", ack_p99)]
+    elif eds:
+        for group in ("endpoint updates", "graceful"):
+            rows += [
+                (f"h1 conn: close, {group}", lambda r, g=group: told_to_leave(r.h1, g)),
+                (f"h2 GOAWAY frames, {group}", lambda r, g=group: told_to_leave(r.h2, g)),
+            ]
+        rows += [
+            ("backend answered", lambda r: r.backend_requests),
+            ("answered, response lost", lambda r: r.answered_but_lost),
+            ("push -> ACK p99 ms", ack_p99),
+        ]
     else:
         rows += [
             ("backend answered", lambda r: r.backend_requests),
@@ -1481,6 +1634,7 @@ def churn_both(
     pin: bool = True,
     warmup_churn_s: float = WARMUP_CHURN_S,
     rds: bool = False,
+    eds: bool = False,
 ) -> list[ChurnResult]:
     """Ours, then Envoy, with the same scenario; pinned like every benchmark here."""
     results = []
@@ -1498,6 +1652,7 @@ def churn_both(
                     pin=pin,
                     warmup_churn_s=warmup_churn_s,
                     rds=rds,
+                    eds=eds,
                 )
                 results.append(run.run())
     finally:
@@ -1510,11 +1665,14 @@ def run(
     seconds: float | None = None,
     warmup_churn_s: float = WARMUP_CHURN_S,
     rds: bool = False,
+    eds: bool = False,
 ) -> list[str]:
     seconds = seconds or (60.0 if large else 20.0)
     outage_s = 10.0 if seconds >= 60 else max(1.0, seconds / 8)
     pin = len(os.sched_getaffinity(0)) > 1
-    results = churn_both(seconds, outage_s, pin=pin, warmup_churn_s=warmup_churn_s, rds=rds)
+    results = churn_both(
+        seconds, outage_s, pin=pin, warmup_churn_s=warmup_churn_s, rds=rds, eds=eds
+    )
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if rds:
         scenario = (
@@ -1522,6 +1680,14 @@ def run(
             f" {ROUTE_PUSH_INTERVAL_S * 1000:.0f} ms over ADS in 4 phases (routes only; every"
             f" {RENAME_EVERY}th push also renames main's and twin's route config, in place;"
             " the same with a full update; routes only again, after the drains), DT"
+            f" {DRAIN_TIME_S} s gradual, graceful drain at the end; HTTP/1.1 and HTTP/2 clients"
+        )
+    elif eds:
+        scenario = (
+            f"   churn --eds: {seconds:.0f} s of EDS updates every"
+            f" {ROUTE_PUSH_INTERVAL_S * 1000:.0f} ms over ADS (cluster backend's assignment:"
+            f" {EDS_WINDOW} of {EDS_BACKENDS} backend ports, the window moves by one per push,"
+            " weights 1-3), two routing listeners, DT"
             f" {DRAIN_TIME_S} s gradual, graceful drain at the end; HTTP/1.1 and HTTP/2 clients"
         )
     else:
@@ -1541,7 +1707,7 @@ def run(
         for result in results
     ]
     RESULTS.mkdir(exist_ok=True)
-    name = f"churn-rds-{stamp}" if rds else f"churn-{stamp}"
+    name = f"churn-rds-{stamp}" if rds else f"churn-eds-{stamp}" if eds else f"churn-{stamp}"
     picture = RESULTS / f"{name}.png"
     plot(results, picture)
     lines += [f"   {PLOT_LEGEND}", f"   plot: {picture}"]
@@ -1565,8 +1731,15 @@ def main() -> int:
         help="the RDS scenario: route updates every 200 ms over ADS, listener updates that"
         " rename the route config",
     )
+    parser.add_argument(
+        "--eds",
+        action="store_true",
+        help="the EDS scenario: the backend cluster's endpoints replaced every 200 ms over ADS",
+    )
     args = parser.parse_args()
-    for line in run(args.large, args.seconds, args.warmup_churn, args.rds):
+    if args.rds and args.eds:
+        parser.error("--rds and --eds are two scenarios: pick one")
+    for line in run(args.large, args.seconds, args.warmup_churn, args.rds, args.eds):
         print(line, flush=True)
     return 0
 

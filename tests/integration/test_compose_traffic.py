@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from control_plane_stub.client import StubClient
 from tests.helpers.http_client import HttpConnection
@@ -84,18 +85,21 @@ def _from_environment() -> Stack | None:
     )
 
 
-def backend_cluster(port: int) -> dict:
-    """The `backend` cluster as docker/compose/bootstrap.yaml has it (there: STRICT_DNS)."""
+def backend_cluster() -> dict:
+    """The `backend` cluster as docker/compose/bootstrap.yaml has it: EDS from the stub."""
+    compose = yaml.safe_load((REPO_ROOT / "docker" / "compose" / "bootstrap.yaml").read_text())
+    return next(c for c in compose["static_resources"]["clusters"] if c["name"] == "backend")
+
+
+def backend_endpoints(port: int) -> list[dict]:
+    """Its ClusterLoadAssignment: the backend on loopback (compose: its fixed address)."""
     address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-    return {
-        "name": "backend",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
+    return [
+        {
             "cluster_name": "backend",
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
-        },
-    }
+        }
+    ]
 
 
 def routing_listener(name: str, port: int, ip: str, cluster: str) -> dict:
@@ -134,8 +138,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     proxy: ProxyProcess | None = None
     try:
         backend_port = wait_for(lambda: read_text_file(port_file), timeout=10, what="backend")
+        stub.client.set_resources(endpoints=backend_endpoints(int(backend_port)))
         bootstrap = lds_bootstrap(stub.xds_address)
-        bootstrap["static_resources"]["clusters"].append(backend_cluster(int(backend_port)))
+        bootstrap["static_resources"]["clusters"].append(backend_cluster())
         proxy = ProxyProcess(bootstrap, workdir, extra_args=args)
         proxy.start()
         proxy.wait_ready()

@@ -132,6 +132,12 @@ def test_demo_backend_is_reached_through_the_proxy(tmp_path: Path) -> None:
         with urllib.request.urlopen(url, timeout=5) as response:
             answer = json.loads(response.read())
         assert (answer["backend"], answer["path"]) == ("backend", "/backend/hello")
+        # The backend's address came from the control plane: the cluster is EDS.
+        admin = f"http://127.0.0.1:{ports['admin']}"
+        with urllib.request.urlopen(f"{admin}/clusters", timeout=5) as response:
+            clusters = response.read().decode()
+        assert "backend::eds_service_name::backend" in clusters
+        assert f"backend::127.0.0.1:{ports['backend']}::health_flags::healthy" in clusters
         demo.send_signal(signal.SIGINT)
         assert demo.wait(20) == 0, out.text()
     finally:

@@ -794,7 +794,19 @@ SOURCE = "dynamic_resources.lds_config.api_config_source"
         ),
         (
             lambda d: d["static_resources"]["clusters"][0].update(type="EDS"),
-            "static_resources.clusters[0].type: EDS not supported",
+            "static_resources.clusters[0].eds_cluster_config: cannot create an EDS cluster"
+            " without an EDS config",
+        ),
+        (
+            lambda d: d["static_resources"]["clusters"][0].update(
+                type="EDS", eds_cluster_config={"eds_config": {"ads": {}}}
+            ),
+            "static_resources.clusters[0].eds_cluster_config.eds_config.ads: needs"
+            " dynamic_resources.ads_config",
+        ),
+        (
+            lambda d: d["static_resources"]["clusters"][0].update(type="ORIGINAL_DST"),
+            "static_resources.clusters[0].type: ORIGINAL_DST not supported",
         ),
         (
             lambda d: d["static_resources"]["clusters"][0].update(connect_timeout="0s"),

@@ -1,17 +1,21 @@
 """A changed DNS cluster warms: the old version serves until the new one's first DNS answer
 (as Envoy's cluster warming), with `cluster_manager.warming_clusters` counting it. The
-resolver is the test's, so each lookup ends when the test says."""
+resolver is the test's, so each lookup ends when the test says. New and changed EDS clusters
+warm until their assignment (the test plays the EDS owner through the EndpointWatcher port)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import json_format
 
 from tests.helpers.waiting import wait_until
 from xds_proxy.admin.clusters import clusters_dump
 from xds_proxy.config.cluster import DnsFamily, EndpointAddress
+from xds_proxy.config.endpoints import Assignment
+from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 
@@ -128,3 +132,96 @@ async def test_a_new_dns_cluster_is_active_at_once() -> None:
     assert manager.clusters["fresh"].hosts == []
     assert not manager.warming
     manager.close()
+
+
+# -- EDS clusters ----------------------------------------------------------------------------
+
+
+class Watcher:
+    """The EndpointWatcher port: which cluster versions watch (the test assigns)."""
+
+    def __init__(self) -> None:
+        self.watching: list = []
+        self.flushes = 0
+
+    def watch(self, cluster) -> None:
+        self.watching.append(cluster)
+
+    def unwatch(self, cluster) -> None:
+        self.watching.remove(cluster)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def eds_cluster(timeout: str = "1s") -> cluster_pb2.Cluster:
+    return json_format.ParseDict(
+        {
+            "name": "web",
+            "type": "EDS",
+            "connect_timeout": timeout,
+            "eds_cluster_config": {"eds_config": {"ads": {}}},
+        },
+        cluster_pb2.Cluster(),
+    )
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_an_eds_cluster_warms_until_its_assignment_and_a_changed_one_keeps_serving() -> None:
+    stats = Stats()
+    watcher = Watcher()
+    manager = ClusterManager(stats, endpoints=watcher)
+    manager.start()
+    try:
+        assert manager.add_or_update(eds_cluster(), version_info="v1")
+        new = watcher.watching[0]
+        assert "web" not in manager.clusters and "web" in manager.warming
+        assert manager.known("web")  # a route may name it while it warms
+        assert stats.gauge("cluster_manager.warming_clusters").value == 1
+        warm = asyncio.ensure_future(manager.wait_warm())
+        await settle()
+        assert not warm.done()
+        new.set_assignment(Assignment((EndpointAddress("127.0.0.1", 81),)))
+        await asyncio.wait_for(warm, 1)
+        assert ports(manager) == [81] and manager.clusters["web"] is new
+        assert stats.gauge("cluster_manager.warming_clusters").value == 0
+        # Changed: the old version serves until the new one has its assignment.
+        assert manager.add_or_update(eds_cluster("2s"), version_info="v2")
+        changed = watcher.watching[1]
+        assert manager.clusters["web"] is new and manager.warming["web"][0] is changed
+        changed.set_assignment(Assignment((EndpointAddress("127.0.0.1", 82),)))
+        await settle()
+        assert manager.clusters["web"] is changed and ports(manager) == [82]
+        assert new.retired and watcher.watching == [changed]
+        manager.flush_watches()
+        assert watcher.flushes == 1
+    finally:
+        manager.close()
+
+
+async def test_the_end_of_the_initial_fetch_activates_it_empty_and_removal_unwatches() -> None:
+    stats = Stats()
+    watcher = Watcher()
+    manager = ClusterManager(stats, endpoints=watcher)
+    manager.start()
+    try:
+        manager.add_or_update(eds_cluster())
+        watcher.watching[0].initial_fetch_over()
+        await manager.wait_warm()
+        assert manager.clusters["web"].hosts == [] and "web" not in manager.warming
+        assert manager.clusters["web"].pick_host() is None
+        manager.add_or_update(eds_cluster("3s"))  # warming again ...
+        assert manager.remove("web")  # ... and removed: both versions let their names go
+        assert watcher.watching == [] and not manager.warming
+        assert stats.counter("cluster_manager.cluster_removed").value == 1
+    finally:
+        manager.close()
+
+
+def test_eds_without_a_watcher_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^cluster\.type: EDS clusters need an EDS subscription"):
+        ClusterManager(Stats()).add_or_update(eds_cluster())

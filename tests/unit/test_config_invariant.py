@@ -61,6 +61,7 @@ from xds_proxy.listener.limits import connection_limit_config
 from xds_proxy.network_filters import build_direct_response_body
 from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
 from xds_proxy.xds.source import stream_backoff_ms
+from xds_proxy.xds.subscriptions import initial_fetch_timeout_s
 
 PREFIX = extensions.TYPE_URL_PREFIX
 ROUTER = PREFIX + extensions.ROUTER
@@ -132,6 +133,17 @@ def _build_downstream_tls(message: Message, path: str) -> Any:
         context.common_tls_context.ClearField("tls_certificates")
         socket.typed_config.Pack(context)
     return downstream_tls(socket, path)
+
+
+def _eds_cluster(message: Message, path: str) -> Any:
+    """An EDS cluster's `eds_cluster_config`: the name and the source xds/eds.py subscribes
+    with (xds/source.py reads the ConfigSource when it subscribes)."""
+    spec = build_cluster_config(message, path).eds  # type: ignore[arg-type]
+    assert spec is not None
+    api = spec.source.api_config_source
+    clusters = tuple(service.envoy_grpc.cluster_name for service in api.grpc_services)
+    timeout_s = initial_fetch_timeout_s(spec.source)
+    return (spec.service_name, spec.aggregated, api.api_type, clusters, timeout_s)
 
 
 def _build_hcm(message: Message, path: str) -> Any:
@@ -214,6 +226,13 @@ ROOTS = (
                 ),
             ),
         ),
+    ),
+    Root(
+        "eds_cluster",
+        cluster_pb2.Cluster,
+        {"name": "c", "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}}}},
+        _eds_cluster,
+        fields=frozenset({"eds_cluster_config"}),
     ),
     Root(
         "connection_limit",
@@ -437,8 +456,15 @@ NO_EFFECT: dict[str, str] = {
     "cluster load_assignment.cluster_name": "the cluster's own name is used (as Envoy)",
     "cluster metadata": "metadata is opaque to the cluster",
     "cluster load_assignment.endpoints.lb_endpoints.metadata": "metadata is opaque",
-    "cluster load_assignment.endpoints.locality": (
-        "no locality-aware balancing: all hosts are one priority and locality"
+    "cluster eds_cluster_config": "read by EDS clusters only (the eds_cluster root), as Envoy",
+    "eds_cluster eds_cluster_config.eds_config.ads": (
+        "an empty message, which the filled-in base already sets"
+    ),
+    "eds_cluster eds_cluster_config.eds_config.resource_api_version": (
+        "the table accepts AUTO and V3, both mean v3 (V2 is refused)"
+    ),
+    "eds_cluster eds_cluster_config.eds_config.api_config_source.transport_api_version": (
+        "the table accepts AUTO and V3, both mean v3 (V2 is refused)"
     ),
     "cluster circuit_breakers.thresholds.max_retries": "no retries are made (no retry_policy)",
     "cluster http_protocol_options": "selects HTTP/1.1, the default",

@@ -155,7 +155,12 @@ def test_dns_types_take_host_names() -> None:
             {"lb_policy": "CLUSTER_PROVIDED"},
             r"^clusters\[0\]\.lb_policy: CLUSTER_PROVIDED not supported$",
         ),
-        ({"type": "EDS"}, r"^clusters\[0\]\.type: EDS not supported$"),
+        (
+            {"type": "EDS"},
+            r"^clusters\[0\]\.eds_cluster_config: cannot create an EDS cluster without an EDS"
+            r" config$",
+        ),
+        ({"type": "ORIGINAL_DST"}, r"^clusters\[0\]\.type: ORIGINAL_DST not supported$"),
         ({"cleanup_interval": "1s"}, r"^clusters\[0\]\.cleanup_interval: not supported$"),
         (
             {"circuit_breakers": {"thresholds": [{"retry_budget": {}}]}},

@@ -1,9 +1,9 @@
 """`/clusters` (text and `?format=json`) and the clusters part of `/config_dump`, in Envoy's
 shapes: per cluster its circuit-breaker thresholds (DEFAULT and HIGH priority), whether CDS
-added it, and per host the `cx_*`/`rq_*` numbers, health, weight and DNS name.
-
-Every host has weight 1 and its active health-check flags; we accept no
-`load_balancing_weight`, so that is what the load balancer uses.
+added it, its EDS service name, and per host the `cx_*`/`rq_*` numbers, health flags (active
+checks, outlier detection, EDS health), weight, priority, locality and hostname. Also the
+`EndpointsConfigDump` of `/config_dump?include_eds`: every cluster's hosts as the
+ClusterLoadAssignment Envoy rebuilds from them (static clusters, then the others).
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import re
 from envoy.admin.v3 import clusters_pb2, config_dump_shared_pb2, metrics_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import timestamp_pb2
 
+from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.upstream.host import HOST_COUNTERS, HOST_GAUGES, Host
 from xds_proxy.upstream.manager import ClusterManager
+from xds_proxy.upstream.priority import is_degraded, is_healthy
 
 # Envoy's defaults for a priority's thresholds left unset.
 _THRESHOLD_DEFAULTS = (
@@ -55,7 +58,9 @@ def clusters_text(manager: ClusterManager) -> str:
         for priority, label in _PRIORITIES:
             for field, value in _thresholds(message, priority):
                 lines.append(f"{name}::{label}::{field}::{value}")
-        lines.append(f"{name}::added_via_api::{_added_via_api(manager, name)}".lower())
+        lines.append(f"{name}::added_via_api::{str(_added_via_api(manager, name)).lower()}")
+        if cluster.config.eds is not None:
+            lines.append(f"{name}::eds_service_name::{cluster.config.eds.service_name}")
         for host in cluster.hosts:
             prefix = f"{name}::{_host_key(host)}::"
             stats = host.stats
@@ -64,12 +69,12 @@ def clusters_text(manager: ClusterManager) -> str:
             lines += [
                 f"{prefix}hostname::{host.hostname}",
                 f"{prefix}health_flags::{host.health_flags()}",
-                f"{prefix}weight::1",
-                f"{prefix}region::",
-                f"{prefix}zone::",
-                f"{prefix}sub_zone::",
+                f"{prefix}weight::{host.weight}",
+                f"{prefix}region::{host.locality.region}",
+                f"{prefix}zone::{host.locality.zone}",
+                f"{prefix}sub_zone::{host.locality.sub_zone}",
                 f"{prefix}canary::false",
-                f"{prefix}priority::0",
+                f"{prefix}priority::{host.priority}",
                 f"{prefix}success_rate::-1",
                 f"{prefix}local_origin_success_rate::-1",
             ]
@@ -90,11 +95,15 @@ def clusters_message(manager: ClusterManager) -> clusters_pb2.Clusters:
                 getattr(thresholds, field).value = value
         for host in cluster.hosts:  # the live hosts (resolved, for DNS clusters)
             _add_host(status, host)
+        if cluster.config.eds is not None:
+            status.eds_service_name = cluster.config.eds.service_name
     return result
 
 
 def _add_host(status: clusters_pb2.ClusterStatus, host: Host) -> None:
-    entry = status.host_statuses.add(weight=1, hostname=host.hostname)
+    entry = status.host_statuses.add(
+        weight=host.weight, hostname=host.hostname, priority=host.priority
+    )
     entry.address.socket_address.address = host.address[0]
     entry.address.socket_address.port_value = host.address[1]
     for stat in HOST_COUNTERS:
@@ -103,12 +112,16 @@ def _add_host(status: clusters_pb2.ClusterStatus, host: Host) -> None:
         entry.stats.add(
             name=stat, value=getattr(host.stats, stat), type=metrics_pb2.SimpleMetric.GAUGE
         )
-    entry.health_status.eds_health_status = health_check_pb2.HEALTHY
+    entry.health_status.eds_health_status = host.eds_health or health_check_pb2.HEALTHY
     entry.health_status.failed_active_health_check = host.failed_active_hc
     entry.health_status.failed_outlier_check = host.failed_outlier_check
+    entry.health_status.pending_dynamic_removal = host.pending_dynamic_removal
     entry.health_status.pending_active_hc = host.pending_active_hc
     entry.health_status.active_hc_timeout = host.active_hc_timeout
     entry.locality.SetInParent()
+    entry.locality.region = host.locality.region
+    entry.locality.zone = host.locality.zone
+    entry.locality.sub_zone = host.locality.sub_zone
 
 
 def _added_via_api(manager: ClusterManager, name: str) -> bool:
@@ -144,3 +157,57 @@ def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromMilliseconds(int(seconds * 1000))
     return stamp
+
+
+def endpoints_dump(
+    manager: ClusterManager, name_regex: re.Pattern[str] | None = None
+) -> config_dump_shared_pb2.EndpointsConfigDump:
+    """`EndpointsConfigDump`: each active cluster's hosts, static clusters first."""
+    dump = config_dump_shared_pb2.EndpointsConfigDump()
+    for static in (True, False):
+        for name, cluster in manager.clusters.items():
+            if (name in manager.static_names) != static:
+                continue
+            if name_regex is not None and not name_regex.search(name):
+                continue
+            held = dump.static_endpoint_configs if static else dump.dynamic_endpoint_configs
+            held.add().endpoint_config.Pack(_assignment_of(cluster))
+    return dump
+
+
+def _assignment_of(cluster: Cluster) -> endpoint_pb2.ClusterLoadAssignment:
+    """The hosts as Envoy shows them: grouped by priority and locality, each host's coarse
+    health, weight and (empty) health check config."""
+    eds = cluster.config.eds
+    assignment = endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=eds.service_name if eds is not None else cluster.name
+    )
+    groups: dict[tuple, endpoint_pb2.LocalityLbEndpoints] = {}
+    for host in cluster.hosts:
+        key = (host.priority, host.locality)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = assignment.endpoints.add(priority=host.priority)
+            group.locality.SetInParent()
+            group.locality.region = host.locality.region
+            group.locality.zone = host.locality.zone
+            group.locality.sub_zone = host.locality.sub_zone
+            group.load_balancing_weight.value = cluster.locality_weight(
+                host.priority, host.locality
+            )
+        lb_endpoint = group.lb_endpoints.add()
+        lb_endpoint.endpoint.address.socket_address.address = host.address[0]
+        lb_endpoint.endpoint.address.socket_address.port_value = host.address[1]
+        lb_endpoint.endpoint.health_check_config.SetInParent()
+        lb_endpoint.endpoint.health_check_config.port_value = host.health_check_port
+        if host.hostname and cluster.config.eds is not None:
+            lb_endpoint.endpoint.hostname = host.hostname
+        lb_endpoint.load_balancing_weight.value = host.weight
+        if is_healthy(host):
+            lb_endpoint.health_status = health_check_pb2.HEALTHY
+        elif is_degraded(host):
+            lb_endpoint.health_status = health_check_pb2.DEGRADED
+        else:
+            lb_endpoint.health_status = health_check_pb2.UNHEALTHY
+    assignment.policy.overprovisioning_factor.value = cluster.overprovisioning_factor
+    return assignment

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2, listeners_pb2, server_info_pb2
 from google.protobuf import timestamp_pb2
 
-from xds_proxy.admin.clusters import clusters_dump, clusters_message, clusters_text
+from xds_proxy.admin.clusters import (
+    clusters_dump,
+    clusters_message,
+    clusters_text,
+    endpoints_dump,
+)
 from xds_proxy.admin.json_render import message_json
 from xds_proxy.admin.page import AdminPage
 from xds_proxy.admin.plan_input import PlanInputError, parse_plan_body
@@ -278,8 +283,10 @@ class AdminHandlers:
         clusters = self._clusters_dump(name_regex)
         routes = self._routes_dump(name_regex)
         secrets = self._secrets_dump(name_regex)
+        include_eds = "include_eds" in query
+        endpoints = endpoints_dump(self.view.clusters, name_regex) if include_eds else None
         if resource:
-            section = {
+            sections = {
                 "dynamic_listeners": listeners,
                 "static_listeners": listeners,
                 "static_clusters": clusters,
@@ -288,7 +295,11 @@ class AdminHandlers:
                 "static_secrets": secrets,
                 "dynamic_active_secrets": secrets,
                 "dynamic_warming_secrets": secrets,
-            }.get(resource)
+            }
+            if endpoints is not None:
+                sections["static_endpoint_configs"] = endpoints
+                sections["dynamic_endpoint_configs"] = endpoints
+            section = sections.get(resource)
             if section is None:
                 return AdminResponse(404, f"{resource} not found in config dump\n")
             wrapper = config_dump_pb2.ConfigDump()
@@ -302,6 +313,8 @@ class AdminHandlers:
         bootstrap.last_updated.CopyFrom(_timestamp(self.view.started_at))
         dump.configs.add().Pack(bootstrap)
         dump.configs.add().Pack(clusters)
+        if endpoints is not None:  # as Envoy: after the clusters
+            dump.configs.add().Pack(endpoints)
         dump.configs.add().Pack(listeners)
         if routes.dynamic_route_configs:  # as Envoy: the (empty) scoped routes come first
             dump.configs.add().Pack(config_dump_shared_pb2.ScopedRoutesConfigDump())

@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
-from envoy.config.core.v3 import protocol_pb2
+from envoy.config.core.v3 import config_source_pb2, protocol_pb2
 from envoy.extensions.clusters.common.dns.v3 import dns_pb2
 from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
@@ -24,6 +24,11 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
 from xds_proxy import extensions
+from xds_proxy.config.endpoints import (  # EndpointAddress: imported from here too
+    DEFAULT_OVERPROVISIONING_FACTOR,
+    EndpointAddress,
+    read_assignment,
+)
 from xds_proxy.config.health_check import (
     HealthCheckConfig,
     OutlierDetectionConfig,
@@ -56,6 +61,7 @@ class DiscoveryType(enum.Enum):
     STATIC = cluster_pb2.Cluster.STATIC
     STRICT_DNS = cluster_pb2.Cluster.STRICT_DNS
     LOGICAL_DNS = cluster_pb2.Cluster.LOGICAL_DNS
+    EDS = cluster_pb2.Cluster.EDS
 
 
 class LbPolicy(enum.Enum):
@@ -83,11 +89,15 @@ class DnsFamily(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointAddress:
-    """One `lb_endpoint` as configured: an IP (STATIC) or a host name to resolve (DNS types)."""
+class EdsSpec:
+    """An EDS cluster's `eds_cluster_config`: the assignment's name and where it comes from."""
 
-    host: str
-    port: int
+    service_name: str  # `service_name`, else the cluster's name
+    source: config_source_pb2.ConfigSource
+
+    @property
+    def aggregated(self) -> bool:
+        return self.source.WhichOneof("config_source_specifier") == "ads"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +148,13 @@ class ClusterConfig:
     alt_stat_name: str = ""
     source_address: tuple[str, int] | None = None  # upstream_bind_config: bind before connect
 
+    eds: EdsSpec | None = None  # type EDS: the assignment comes from EDS (xds/eds.py)
+    # The assignment's `policy.overprovisioning_factor` (percent; EDS: per assignment).
+    overprovisioning_factor: int = DEFAULT_OVERPROVISIONING_FACTOR
+    locality_weighted: bool = False  # `common_lb_config.locality_weighted_lb_config`
+    # A host gone from the assignment but passing active health checks stays until it fails.
+    ignore_health_on_host_removal: bool = False
+
     @property
     def stat_name(self) -> str:
         """The cluster's stats are `cluster.<stat_name>.*`: alt_stat_name, else its name."""
@@ -166,7 +183,17 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
     lb_policy, choices, hashing = _balancing(cluster, path)
     if lb_policy in (LbPolicy.RING_HASH, LbPolicy.MAGLEV):
         _refuse_endpoint_hash_keys(cluster, path)
-    endpoints = _endpoints(cluster, path, discovery)
+    eds = None
+    overprovisioning_factor = DEFAULT_OVERPROVISIONING_FACTOR
+    if discovery is DiscoveryType.EDS:
+        if not cluster.HasField("eds_cluster_config"):
+            raise ConfigError(
+                f"{path}.eds_cluster_config: cannot create an EDS cluster without an EDS config"
+            )
+        eds = eds_spec(cluster.eds_cluster_config, cluster.name, f"{path}.eds_cluster_config")
+        endpoints: tuple[EndpointAddress, ...] = ()
+    else:
+        endpoints, overprovisioning_factor = _endpoints(cluster, path, discovery)
     protocol, idle_timeout_s, max_requests, h2_streams = _protocol(cluster, path)
     connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S
     if cluster.HasField("connect_timeout"):
@@ -212,6 +239,10 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         tls=tls,
         alt_stat_name=cluster.alt_stat_name,
         source_address=_source_address(cluster, path),
+        eds=eds,
+        overprovisioning_factor=overprovisioning_factor,
+        locality_weighted=cluster.common_lb_config.HasField("locality_weighted_lb_config"),
+        ignore_health_on_host_removal=cluster.ignore_health_on_host_removal,
     )
 
 
@@ -226,6 +257,15 @@ def _source_address(cluster: cluster_pb2.Cluster, path: str) -> tuple[str, int] 
     except ValueError:
         raise ConfigError(f"{where}.address: '{address.address}' is not an IP address") from None
     return ip, address.port_value
+
+
+def eds_spec(config: cluster_pb2.Cluster.EdsClusterConfig, cluster_name: str, path: str) -> EdsSpec:
+    """An `eds_cluster_config` the gate accepted; its source must be `ads` or an
+    `api_config_source`."""
+    kind = config.eds_config.WhichOneof("config_source_specifier")
+    if kind not in ("ads", "api_config_source"):
+        raise ConfigError(f"{path}.eds_config: one of ads or api_config_source is required")
+    return EdsSpec(config.service_name or cluster_name, config.eds_config)
 
 
 # The DNS cluster extension's lookup family; UNSPECIFIED is AUTO, as in Envoy.
@@ -372,34 +412,17 @@ def _choices(choice_count: Message) -> int:
 
 def _endpoints(
     cluster: cluster_pb2.Cluster, path: str, discovery: DiscoveryType
-) -> tuple[EndpointAddress, ...]:
-    assignment = cluster.load_assignment
+) -> tuple[tuple[EndpointAddress, ...], int]:
+    """(the endpoints, the overprovisioning factor) of the cluster's own `load_assignment`."""
     assignment_path = f"{path}.load_assignment"
-    found: list[EndpointAddress] = []
-    for l_index, locality in enumerate(assignment.endpoints):
-        locality_path = f"{assignment_path}.endpoints[{l_index}]"
-        for e_index, lb_endpoint in enumerate(locality.lb_endpoints):
-            endpoint_path = f"{locality_path}.lb_endpoints[{e_index}]"
-            endpoint = lb_endpoint.endpoint
-            address_path = f"{endpoint_path}.endpoint.address"
-            address = endpoint.address
-            socket_address = address.socket_address
-            socket_path = f"{address_path}.socket_address"
-            host = socket_address.address
-            if discovery is DiscoveryType.STATIC:
-                try:
-                    ipaddress.ip_address(host)
-                except ValueError:
-                    raise ConfigError(
-                        f"{socket_path}.address: malformed IP address: {host}"
-                    ) from None
-            found.append(EndpointAddress(host, socket_address.port_value))
-    if discovery is DiscoveryType.LOGICAL_DNS and len(found) != 1:
+    require_ip = discovery is DiscoveryType.STATIC
+    built = read_assignment(cluster.load_assignment, assignment_path, require_ip)
+    if discovery is DiscoveryType.LOGICAL_DNS and len(built.endpoints) != 1:
         raise ConfigError(
             f"{assignment_path}: LOGICAL_DNS clusters must have a single locality_lb_endpoint "
             "and a single lb_endpoint"
         )
-    return tuple(found)
+    return built.endpoints, built.overprovisioning_factor
 
 
 def _circuit_breakers(cluster: cluster_pb2.Cluster, path: str) -> CircuitBreakers:

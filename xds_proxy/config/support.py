@@ -337,6 +337,7 @@ def _cross_references(b: bootstrap_pb2.Bootstrap) -> list[str]:
     cluster_names = [cluster.name for cluster in b.static_resources.clusters]
     errors += _duplicates(cluster_names, "clusters")
     errors += _static_cluster_ips(b.static_resources.clusters)
+    errors += _eds_sources(b)
     errors += global_limit_errors(b)
     dynamic = b.dynamic_resources
     sources: list[tuple[str, object]] = []
@@ -408,6 +409,25 @@ def _static_cluster_ips(clusters) -> list[str]:
                         f"static_resources.clusters[{c_index}].load_assignment.endpoints"
                         f"[{e_index}].lb_endpoints[{l_index}].endpoint.address.socket_address",
                     )
+    return errors
+
+
+def _eds_sources(b: bootstrap_pb2.Bootstrap) -> list[str]:
+    """A bootstrap EDS cluster needs an `eds_cluster_config` whose source can be subscribed."""
+    errors = []
+    for index, cluster in enumerate(b.static_resources.clusters):
+        custom_type = cluster.WhichOneof("cluster_discovery_type") == "cluster_type"
+        if custom_type or cluster.type != cluster_pb2.Cluster.EDS:
+            continue
+        path = f"static_resources.clusters[{index}].eds_cluster_config"
+        if not cluster.HasField("eds_cluster_config"):
+            errors.append(f"{path}: cannot create an EDS cluster without an EDS config")
+            continue
+        kind = cluster.eds_cluster_config.eds_config.WhichOneof("config_source_specifier")
+        if kind not in ("ads", "api_config_source"):
+            errors.append(f"{path}.eds_config: one of ads or api_config_source is required")
+        elif kind == "ads" and not b.dynamic_resources.HasField("ads_config"):
+            errors.append(f"{path}.eds_config.ads: needs dynamic_resources.ads_config")
     return errors
 
 

@@ -464,7 +464,9 @@ TABLE: dict[str, dict[str, Rule]] = {
     # --- clusters (config/cluster.py)
     "envoy.config.cluster.v3.Cluster": {
         "name": OK,
-        "type": Values({"STATIC": OK, "STRICT_DNS": OK, "LOGICAL_DNS": OK}),
+        "type": Values({"STATIC": OK, "STRICT_DNS": OK, "LOGICAL_DNS": OK, "EDS": OK}),
+        "eds_cluster_config": OK,  # xds/eds.py (config/endpoints.py builds the assignments)
+        "ignore_health_on_host_removal": OK,
         "connect_timeout": OK,
         "load_assignment": OK,
         "typed_extension_protocol_options": Extension("upstream_protocol_options"),
@@ -523,9 +525,11 @@ TABLE: dict[str, dict[str, Rule]] = {
     },
     "envoy.config.cluster.v3.Cluster.CommonLbConfig": {
         "healthy_panic_threshold": OK,
-        "locality_weighted_lb_config": NotYet("locality weights are not read yet"),
+        "locality_weighted_lb_config": OK,
         "consistent_hashing_lb_config": OK,  # (an empty one: its fields are not built)
     },
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig": {},
+    "envoy.config.cluster.v3.Cluster.EdsClusterConfig": {"eds_config": OK, "service_name": OK},
     "envoy.type.v3.Percent": {"value": OK},
     "envoy.config.cluster.v3.OutlierDetection": {
         **{
@@ -695,10 +699,42 @@ TABLE: dict[str, dict[str, Rule]] = {
         "close_connection_on_client_hello_parsing_errors": OK,
     },
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": {},
-    _ENDPOINT + "ClusterLoadAssignment": {"cluster_name": OK, "endpoints": OK},
-    _ENDPOINT + "LocalityLbEndpoints": {"locality": OK, "lb_endpoints": OK},
-    _ENDPOINT + "LbEndpoint": {"endpoint": OK, "metadata": OPAQUE},
-    _ENDPOINT + "Endpoint": {"address": OK},
+    # --- endpoints: a cluster's load_assignment and EDS (config/endpoints.py)
+    _ENDPOINT + "ClusterLoadAssignment": {
+        "cluster_name": OK,
+        "endpoints": OK,
+        "policy": OK,
+        "named_endpoints": NotYet("endpoints are listed in `endpoints` only"),
+    },
+    _ENDPOINT + "ClusterLoadAssignment.Policy": {
+        "overprovisioning_factor": OK,
+        "drop_overloads": NotYet("no request is dropped by the assignment"),
+        "weighted_priority_health": NotYet("a priority's health counts hosts, not weights"),
+    },
+    _ENDPOINT + "LocalityLbEndpoints": {
+        "locality": OK,
+        "lb_endpoints": OK,
+        "load_balancing_weight": OK,
+        "priority": OK,
+    },
+    _ENDPOINT + "LbEndpoint": {
+        "endpoint": OK,
+        "metadata": OPAQUE,
+        "health_status": OK,  # only HEALTHY and UNKNOWN hosts take traffic (DEGRADED: after)
+        "load_balancing_weight": OK,
+    },
+    _ENDPOINT + "Endpoint": {
+        "address": OK,
+        "hostname": OK,
+        "health_check_config": Supported(
+            {
+                "port_value": OK,  # active health checks go to that port
+                "hostname": NotYet("health checks use the cluster's host header"),
+                "address": NotYet("health checks go to the host's own address"),
+                "disable_active_health_check": NotYet("every host of a checked cluster is checked"),
+            }
+        ),
+    },
     _UPSTREAM_HTTP: {
         "explicit_http_config": Supported(
             {"http_protocol_options": _CLUSTER_HTTP1, "http2_protocol_options": _CLUSTER_HTTP2}

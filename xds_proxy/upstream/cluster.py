@@ -1,10 +1,20 @@
-"""A cluster at run time: its hosts (resolved for DNS types), load balancer, circuit-breaker
-accounting and one connection pool per host.
+"""A cluster at run time: its hosts (resolved for DNS types, assigned by EDS), load balancer,
+circuit-breaker accounting and one connection pool per host.
 
-Hosts keep their identity (and their pools) across DNS refreshes, so a refresh that returns
-the same addresses changes nothing. A cluster that is replaced or removed is `retire()`d: its
-idle connections close at once, busy ones when their last stream ends; new streams go to the
-replacement.
+Hosts keep their identity (and their pools) across DNS refreshes and EDS assignments, so an
+update that returns the same endpoints changes nothing; a host whose weight, priority,
+locality or EDS health changed is the same host with new attributes. A removed host's pools
+retire: in-flight requests finish, idle connections close, new requests go to the current
+hosts. With active health checks and without `ignore_health_on_host_removal`, a removed host
+that still passes its checks stays (`/pending_dynamic_removal`) until it fails one, as Envoy's.
+
+Which host takes a request: upstream/priority.py picks the priority (its load, panic) and,
+with `locality_weighted_lb_config`, the locality; then the cluster's balancer picks among
+that source's hosts (one balancer per source, as Envoy's; hosts of unequal weights: the EDF
+balancers of upstream/lb.py).
+
+A cluster that is replaced or removed is `retire()`d: its idle connections close at once,
+busy ones when their last stream ends; new streams go to the replacement.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from xds_proxy.config.cluster import (
     LbPolicy,
     UpstreamProtocol,
 )
+from xds_proxy.config.endpoints import Assignment, Locality
 from xds_proxy.upstream.hashing import Maglev, RingHash
 from xds_proxy.upstream.health_check import HealthChecker
 from xds_proxy.upstream.host import Host, Resources
@@ -32,15 +43,24 @@ from xds_proxy.upstream.http1_pool import Http1Pool
 from xds_proxy.upstream.http2_pool import Http2Pool
 from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, Random, RoundRobin
 from xds_proxy.upstream.outlier import OutlierDetector, Result
+from xds_proxy.upstream.priority import (
+    HostSet,
+    PriorityLoad,
+    choose_priority,
+    host_sets,
+    priority_load,
+)
 from xds_proxy.upstream.stats import ClusterStats, register_circuit_breaker_gauges
 from xds_proxy.upstream.stream import OVERFLOW, RequestHead, ResponseHandler, UpstreamStream
 
 if TYPE_CHECKING:
     from xds_proxy.stats import Stats
 
-# Envoy's default overprovisioning factor (1.4): the healthy share is scaled by it before it
-# is compared with the panic threshold.
-_OVERPROVISIONING = 1.4
+# One host entry: its endpoint, its address, and its name (the DNS name it was resolved from,
+# else the endpoint's hostname).
+HostEntry = tuple[EndpointAddress, tuple[str, int], str]
+# A balancer's source of hosts, as Envoy's HostsSource: (priority, kind, locality index).
+SourceKey = tuple[int, str, int]
 
 log = logging.getLogger("xds_proxy.upstream")
 
@@ -68,11 +88,12 @@ class Cluster:
         self.retired = False
         self._resolve = resolve or resolve_endpoint
         self._dns_task: asyncio.Task | None = None
-        # Set once the first hosts are known (DNS) and checked (health checks): the cluster is
-        # warm. None for a static cluster without health checks: warm from the start.
+        # Set once the first hosts are known (DNS, EDS) and checked (health checks): the
+        # cluster is warm. None for a static cluster without health checks: warm from the start.
         warms = config.discovery is not DiscoveryType.STATIC or bool(config.health_checks)
         self.resolved = asyncio.Event() if warms else None
         self._rng = rng or random.Random()
+        self._stats_store = stats
         self.lb: LoadBalancer = _load_balancer(config, self._rng, stats)
         self._health_checker = (
             HealthChecker(
@@ -96,10 +117,18 @@ class Cluster:
             else None
         )
         self._started = False
-        self._routable: list[Host] = []  # the hosts the balancer picks from
-        self._panic = False
+        self._overprovisioning = config.overprovisioning_factor
+        self._locality_weights: dict[tuple[int, Locality], int] = {}
+        self._entries: tuple = ()  # what the hosts were built from (an identical update: no-op)
+        self._sets: list[HostSet] = host_sets([], {}, self._overprovisioning)
+        self._load = PriorityLoad((100,), (0,), (False,))
+        self._balancers: dict[SourceKey, LoadBalancer] = {}  # kept across updates
+        self._fast: tuple[LoadBalancer, list[Host]] | None = None  # all load on P0's healthy
+        self.assigned = False  # EDS: an assignment (or the end of the initial fetch) arrived
         if config.discovery is DiscoveryType.STATIC:
-            self._set_hosts([((e.host, e.port), "") for e in config.endpoints])
+            self._set_hosts([(e, (e.host, e.port), e.hostname) for e in config.endpoints])
+        else:
+            self._health_changed()  # no hosts yet: Envoy's (total panic, nothing to pick)
 
     # -- hosts ------------------------------------------------------------------------------
 
@@ -110,7 +139,10 @@ class Cluster:
         self._started = True
         if self._outliers is not None:
             self._outliers.start()
-        if self.config.discovery is not DiscoveryType.STATIC:
+        if self.config.discovery is DiscoveryType.EDS:
+            if self.assigned:  # the assignment arrived before the start
+                self._warm()
+        elif self.config.discovery is not DiscoveryType.STATIC:
             self._dns_task = asyncio.get_running_loop().create_task(
                 self._dns_loop(), name=f"dns:{self.name}"
             )
@@ -129,10 +161,42 @@ class Cluster:
 
         asyncio.get_running_loop().create_task(wait(), name=f"hc-warm:{self.name}")
 
+    def _warm(self) -> None:
+        """The first hosts are known: warm now, or after their first health checks."""
+        if self.resolved is None or self.resolved.is_set():
+            return
+        if self._health_checker is None:
+            self.resolved.set()
+        elif self._started:
+            self._health_checker.add_hosts(self.hosts)
+            self._warm_after_first_checks()
+
+    # -- EDS --------------------------------------------------------------------------------
+
+    def set_assignment(self, assignment: Assignment) -> bool:
+        """An EDS assignment (built by config/endpoints.py): the hosts become its endpoints.
+        False when nothing changed (Envoy's `update_no_rebuild`)."""
+        self._overprovisioning = assignment.overprovisioning_factor
+        entries = [(e, (e.host, e.port), e.hostname) for e in assignment.endpoints]
+        changed = self._set_hosts(entries)
+        first = not self.assigned
+        self.assigned = True
+        if first and self._started:
+            self._warm()
+        return changed
+
+    def initial_fetch_over(self) -> None:
+        """EDS: the initial fetch timed out, or Delta said the assignment does not exist: the
+        cluster is warm with the hosts it has (none at first), as Envoy's."""
+        if not self.assigned:
+            self.assigned = True
+            if self._started:
+                self._warm()
+
     async def _dns_loop(self) -> None:
         config = self.config
         while not self.retired:
-            addresses: list[tuple[tuple[str, int], str]] = []  # (address, DNS name)
+            entries: list[HostEntry] = []
             for endpoint in config.endpoints:
                 try:
                     found = await self._resolve(endpoint, config.dns_family)
@@ -146,9 +210,9 @@ class Cluster:
                     found = [h.address for h in self.hosts if h.address[1] == endpoint.port]
                 if config.discovery is DiscoveryType.LOGICAL_DNS:
                     found = found[:1]
-                known = {address for address, _ in addresses}
-                addresses += [(a, endpoint.host) for a in found if a not in known]
-            self._set_hosts(addresses)
+                known = {address for _, address, _ in entries}
+                entries += [(endpoint, a, endpoint.host) for a in found if a not in known]
+            self._set_hosts(entries)
             if self.resolved is not None and not self.resolved.is_set():
                 if self._health_checker is None:
                     self.resolved.set()
@@ -157,24 +221,67 @@ class Cluster:
             jitter = self._rng.uniform(0, config.dns_jitter_s) if config.dns_jitter_s else 0.0
             await asyncio.sleep(config.dns_refresh_s + jitter)
 
-    def _set_hosts(self, addresses: list[tuple[tuple[str, int], str]]) -> None:
-        """The hosts are now `addresses` ((ip, port), DNS name), in order."""
-        current = {host.address: host for host in self.hosts}
-        if [h.address for h in self.hosts] == [address for address, _ in addresses]:
-            return
+    def _set_hosts(self, entries: list[HostEntry]) -> bool:
+        """The hosts are now those of `entries`, in order (the first entry of an address
+        wins). False when nothing changed."""
+        wanted: dict[tuple[str, int], tuple[EndpointAddress, str]] = {}
+        for endpoint, address, name in entries:
+            wanted.setdefault(address, (endpoint, name))
+        key = (self._overprovisioning, tuple(wanted.items()))
+        if key == self._entries:
+            return False
+        self._entries = key
         checked = self._health_checker is not None
-        hosts = [
-            current.get(address) or Host(address, name, health_checked=checked)
-            for address, name in addresses
-        ]
-        kept = {h.address for h in hosts}
-        removed = [host for host in self.hosts if host.address not in kept]
+        current = {host.address: host for host in self.hosts}
+        before = _addresses_by_priority(self.hosts)
+        hosts: list[Host] = []
+        added: list[Host] = []
+        for address, (endpoint, name) in wanted.items():
+            host = current.get(address)
+            if host is None:
+                host = Host(address, name, health_checked=checked, weight=endpoint.weight)
+                added.append(host)
+            host.hostname = name
+            host.weight = endpoint.weight
+            host.priority = endpoint.priority
+            host.locality = endpoint.locality
+            host.eds_health = endpoint.health
+            host.health_check_port = endpoint.health_check_port
+            host.pending_dynamic_removal = False
+            hosts.append(host)
+        # Envoy keeps a removed host that still passes active health checks, unless
+        # `ignore_health_on_host_removal`; it goes when it fails one (`_drop_failed_removals`).
+        keep_passing = checked and not self.config.ignore_health_on_host_removal
+        removed: list[Host] = []
+        for host in self.hosts:
+            if host.address in wanted:
+                continue
+            if keep_passing and not (host.failed_active_hc or host.failed_eds_health):
+                host.pending_dynamic_removal = True
+                hosts.append(host)
+            else:
+                removed.append(host)
+        self._locality_weights = {
+            (endpoint.priority, endpoint.locality): endpoint.locality_weight
+            for endpoint, _ in wanted.values()
+        }
+        self._replace_hosts(hosts, added, removed, before)
+        return True
+
+    def _replace_hosts(
+        self,
+        hosts: list[Host],
+        added: list[Host],
+        removed: list[Host],
+        before: dict[int, set[tuple[str, int]]],
+    ) -> None:
         for host in removed:
             for pool in host.pools.values():
-                pool.retire()
-        added = [host for host in hosts if host.address not in current]
+                pool.retire()  # in-flight requests finish; idle connections close
         self.hosts = hosts
-        self.stats.membership_change.value += 1
+        after = _addresses_by_priority(hosts)
+        changed = [p for p in set(before) | set(after) if before.get(p) != after.get(p)]
+        self.stats.membership_change.value += len(changed)
         self.stats.membership_total.value = len(hosts)
         if self._health_checker is not None and self._started:
             self._health_checker.remove_hosts(removed)
@@ -182,6 +289,14 @@ class Cluster:
         if self._outliers is not None:
             self._outliers.set_hosts(hosts)
         self._health_changed()
+
+    def locality_weight(self, priority: int, locality: Locality) -> int:
+        """The `load_balancing_weight` of a locality at a priority (0: unset)."""
+        return self._locality_weights.get((priority, locality), 0)
+
+    @property
+    def overprovisioning_factor(self) -> int:
+        return self._overprovisioning
 
     def _healthy_check(self, host: Host) -> None:
         if self._outliers is not None:
@@ -198,25 +313,73 @@ class Cluster:
             self._outliers.put_result(host, result)
 
     def _health_changed(self) -> None:
-        """Hosts came, went or changed health: what the balancer picks from, and whether the
-        cluster is in panic (too few healthy hosts: Envoy then ignores health)."""
-        healthy = [
-            host
-            for host in self.hosts
-            if not host.failed_active_hc and not host.failed_outlier_check
-        ]
-        self.stats.membership_healthy.value = len(healthy)
-        threshold = self.config.healthy_panic_threshold_percent
-        share = 100.0 * len(healthy) / len(self.hosts) if self.hosts else 0.0
-        self._panic = bool(self.hosts) and min(100.0, share * _OVERPROVISIONING) < threshold
-        self._routable = self.hosts if self._panic else healthy
+        """Hosts came, went or changed health: the priorities' load, panic and the balancers'
+        sources are computed again (Envoy's refresh)."""
+        if any(h.pending_dynamic_removal and h.failed_active_hc for h in self.hosts):
+            asyncio.get_running_loop().call_soon(self._drop_failed_removals)
+        self._sets = host_sets(self.hosts, self._locality_weights, self._overprovisioning)
+        self._load = priority_load(
+            self._sets, self._overprovisioning, self.config.healthy_panic_threshold_percent
+        )
+        self._fast = None
+        load = self._load
+        if load.single and not load.panic[0] and not self.config.locality_weighted:
+            healthy = self._sets[0].healthy  # the usual case: one balancer, no draws
+            self._fast = (self._balancer((0, "healthy", 0)), healthy)
+        self.stats.membership_healthy.value = sum(len(s.healthy) for s in self._sets)
+        self.stats.membership_degraded.value = sum(len(s.degraded) for s in self._sets)
+
+    def _drop_failed_removals(self) -> None:
+        """Hosts kept after their removal that now fail their health checks go."""
+        removed = [h for h in self.hosts if h.pending_dynamic_removal and h.failed_active_hc]
+        if not removed or self.retired:
+            return
+        before = _addresses_by_priority(self.hosts)
+        hosts = [h for h in self.hosts if h not in removed]
+        self._replace_hosts(hosts, [], removed, before)
 
     def pick_host(self, hash_key: int | None = None) -> Host | None:
-        """The balancer's host; `hash_key` is the request's hash (route `hash_policy`), used
-        by the hashing balancers (none: a random one, as Envoy)."""
-        if self._panic:
+        """The host for the next request: the priority (its load, panic), the locality, then
+        the balancer; `hash_key` is the request's hash (route `hash_policy`), used by the
+        hashing balancers (none: a random one, as Envoy)."""
+        fast = self._fast
+        if fast is not None:
+            return fast[0].pick(fast[1], hash_key)
+        load = self._load
+        if load.single and not load.panic[0]:
+            priority, degraded = 0, False
+        else:
+            priority, degraded = choose_priority(load, self._rng.getrandbits(32))
+        host_set = self._sets[priority]
+        if load.panic[priority]:
             self.stats.lb_healthy_panic.value += 1
-        return self.lb.pick(self._routable, hash_key)
+            return self._pick((priority, "all", 0), host_set.hosts, hash_key)
+        if self.config.locality_weighted:
+            locality = host_set.choose_locality(degraded)
+            if locality is not None:
+                if degraded:
+                    hosts = host_set.degraded_per_locality[locality]
+                    return self._pick((priority, "locality_degraded", locality), hosts, hash_key)
+                hosts = host_set.healthy_per_locality[locality]
+                return self._pick((priority, "locality_healthy", locality), hosts, hash_key)
+        if degraded:
+            return self._pick((priority, "degraded", 0), host_set.degraded, hash_key)
+        return self._pick((priority, "healthy", 0), host_set.healthy, hash_key)
+
+    def _pick(self, source: SourceKey, hosts: list[Host], hash_key: int | None) -> Host | None:
+        return self._balancer(source).pick(hosts, hash_key)
+
+    def _balancer(self, source: SourceKey) -> LoadBalancer:
+        """One balancer per source of hosts, kept across host changes (a balancer rebuilds
+        its weighted schedule, ring or table when it is given a new list)."""
+        balancer = self._balancers.get(source)
+        if balancer is None:
+            balancer = self._balancers[source] = (
+                self.lb
+                if source == (0, "healthy", 0)
+                else _load_balancer(self.config, self._rng, self._stats_store)
+            )
+        return balancer
 
     # -- HTTP streams -----------------------------------------------------------------------
 
@@ -333,9 +496,16 @@ async def resolve_endpoint(
     return found or None
 
 
+def _addresses_by_priority(hosts: list[Host]) -> dict[int, set[tuple[str, int]]]:
+    by_priority: dict[int, set[tuple[str, int]]] = {}
+    for host in hosts:
+        by_priority.setdefault(host.priority, set()).add(host.address)
+    return by_priority
+
+
 def _load_balancer(config: ClusterConfig, rng: random.Random, stats: Stats) -> LoadBalancer:
     hashing = config.hashing
-    base = f"cluster.{config.name}."
+    base = f"cluster.{config.stat_name}."
     if config.lb_policy is LbPolicy.RING_HASH:
         ring = base + "ring_hash_lb."
         gauges = (

@@ -231,6 +231,7 @@ class HealthChecker:
 
     async def _connect(self, host: Host) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         ip, port = host.address
+        port = host.health_check_port or port  # the endpoint's health_check_config.port_value
         if self._tls is None:
             return await asyncio.open_connection(ip, port)
         if self._tls.context is None:  # a secret from SDS has not arrived

@@ -10,6 +10,12 @@ from __future__ import annotations
 from typing import Protocol
 
 from xds_proxy.config.cluster import ClusterConfig, UpstreamProtocol
+from xds_proxy.config.endpoints import (
+    DEGRADED_EDS_HEALTH,
+    FAILED_EDS_HEALTH,
+    NO_LOCALITY,
+    Locality,
+)
 from xds_proxy.upstream.stats import ClusterStats
 from xds_proxy.upstream.stream import RequestHead, ResponseHandler, UpstreamStream
 
@@ -42,18 +48,25 @@ class HostPool(Protocol):
 
 
 class Host:
-    """One upstream address of a cluster; `hostname` is the DNS name it was resolved from."""
+    """One upstream address of a cluster; `hostname` is the DNS name it was resolved from (or
+    the endpoint's `hostname`). Its weight, priority, locality and EDS health come from its
+    `lb_endpoint` (config/endpoints.py)."""
 
     __slots__ = (
         "active_hc_timeout",
         "active_requests",
         "address",
+        "eds_health",
         "failed_active_hc",
         "failed_outlier_check",
+        "health_check_port",
         "hostname",
         "last_connect_error",
+        "locality",
         "pending_active_hc",
+        "pending_dynamic_removal",
         "pools",
+        "priority",
         "stats",
         "weight",
     )
@@ -68,6 +81,12 @@ class Host:
         self.address = address
         self.hostname = hostname
         self.weight = weight  # `load_balancing_weight` (1 when unset, as Envoy)
+        self.priority = 0
+        self.locality: Locality = NO_LOCALITY
+        self.eds_health = 0  # the endpoint's `health_status` (UNKNOWN)
+        self.health_check_port = 0  # `health_check_config.port_value`; 0: the host's port
+        # Gone from the assignment but still passing active health checks: kept until it fails.
+        self.pending_dynamic_removal = False
         self.active_requests = 0
         # Envoy's active health-check flags: a checked host starts failed and pending.
         self.failed_active_hc = health_checked
@@ -83,6 +102,14 @@ class Host:
     def __repr__(self) -> str:
         return f"Host({self.address[0]}:{self.address[1]})"
 
+    @property
+    def failed_eds_health(self) -> bool:
+        return self.eds_health in FAILED_EDS_HEALTH
+
+    @property
+    def degraded_eds_health(self) -> bool:
+        return self.eds_health in DEGRADED_EDS_HEALTH
+
     def health_flags(self) -> str:
         """Envoy's `/clusters` health_flags: `healthy`, or each flag set after a slash."""
         flags = [
@@ -90,6 +117,9 @@ class Host:
             for name, is_set in (
                 ("failed_active_hc", self.failed_active_hc),
                 ("failed_outlier_check", self.failed_outlier_check),
+                ("failed_eds_health", self.failed_eds_health),
+                ("degraded_eds_health", self.degraded_eds_health),
+                ("pending_dynamic_removal", self.pending_dynamic_removal),
                 ("pending_active_hc", self.pending_active_hc),
                 ("active_hc_timeout", self.active_hc_timeout),
             )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from xds_proxy.upstream.hashing import Maglev, RingHash
 
@@ -29,34 +29,43 @@ class LoadedHost(Protocol):
 
 
 H = TypeVar("H", bound=LoadedHost)
+T = TypeVar("T")
 
 
-class Edf:
-    """Earliest deadline first over `hosts` (Envoy's EdfScheduler): `pick` takes the host
-    with the earliest deadline (ties: the one queued first) and queues it again `1 / weight`
-    later, its weight read when it goes back in. Starts after a random number of picks, so
-    that proxies do not all begin with the same host."""
+class EdfScheduler(Generic[T]):
+    """Earliest deadline first over items with weights (Envoy's EdfScheduler; pure): `add`
+    queues an item `1 / weight` after the current time; `pick_and_add` takes the item due first
+    (ties: the one queued first) and queues it again with its weight read then."""
 
-    __slots__ = ("_heap", "_hosts", "_order", "_weight")
+    __slots__ = ("_heap", "_now", "_order")
 
-    def __init__(
-        self, hosts: Sequence[H], weight: Callable[[H], float], rng: random.Random
-    ) -> None:
-        self._hosts = hosts
-        self._weight = weight
-        # (deadline, order queued, index): the order breaks ties, first queued first.
-        self._heap = [(1.0 / weight(host), index, index) for index, host in enumerate(hosts)]
-        heapq.heapify(self._heap)
-        self._order = len(hosts)
-        for _ in range(rng.randrange(len(hosts))):
-            self.pick()
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, T]] = []
+        self._now = 0.0
+        self._order = 0
 
-    def pick(self) -> LoadedHost:
-        deadline, _, index = self._heap[0]
-        host = self._hosts[index]
+    def add(self, weight: float, item: T) -> None:
         self._order += 1
-        heapq.heapreplace(self._heap, (deadline + 1.0 / self._weight(host), self._order, index))
-        return host
+        heapq.heappush(self._heap, (self._now + 1.0 / weight, self._order, item))
+
+    def pick_and_add(self, weight_of: Callable[[T], float]) -> T | None:
+        if not self._heap:
+            return None
+        deadline, _, item = heapq.heappop(self._heap)
+        self._now = deadline
+        self.add(weight_of(item), item)
+        return item
+
+
+def _edf(hosts: Sequence[H], weight: Callable[[H], float], rng: random.Random) -> EdfScheduler:
+    """A schedule over `hosts`, advanced by a random number of picks, so that proxies do not
+    all begin with the same host (as Envoy seeds each worker's)."""
+    scheduler: EdfScheduler[H] = EdfScheduler()
+    for host in hosts:
+        scheduler.add(weight(host), host)
+    for _ in range(rng.randrange(len(hosts))):
+        scheduler.pick_and_add(weight)
+    return scheduler
 
 
 class _Weighted:
@@ -69,15 +78,18 @@ class _Weighted:
         self._weight = weight
         self._rng = rng
         self._for: Sequence[LoadedHost] | None = None
-        self._schedule: Edf | None = None
+        self._schedule: EdfScheduler | None = None
 
-    def schedule(self, hosts: Sequence[H]) -> Edf | None:
+    def pick(self, hosts: Sequence[H]) -> H | None:
+        """The schedule's next host, or None while all weights are equal."""
         if hosts is not self._for:
             self._for = hosts
             first = hosts[0].weight
             unequal = any(host.weight != first for host in hosts)
-            self._schedule = Edf(hosts, self._weight, self._rng) if unequal else None
-        return self._schedule
+            self._schedule = _edf(hosts, self._weight, self._rng) if unequal else None
+        if self._schedule is None:
+            return None
+        return self._schedule.pick_and_add(self._weight)
 
 
 class RoundRobin:
@@ -93,9 +105,9 @@ class RoundRobin:
     def pick(self, hosts: Sequence[H], hash_key: int | None = None) -> H | None:
         if not hosts:
             return None
-        schedule = self._weighted.schedule(hosts)
-        if schedule is not None:
-            return schedule.pick()  # type: ignore[return-value]
+        weighted = self._weighted.pick(hosts)
+        if weighted is not None:
+            return weighted
         index = self._next % len(hosts)
         self._next = index + 1
         return hosts[index]
@@ -114,9 +126,9 @@ class LeastRequest:
             return None
         if len(hosts) == 1:
             return hosts[0]
-        schedule = self._weighted.schedule(hosts)
-        if schedule is not None:
-            return schedule.pick()  # type: ignore[return-value]
+        weighted = self._weighted.pick(hosts)
+        if weighted is not None:
+            return weighted
         best: H | None = None
         for _ in range(self._choices):
             candidate = hosts[self._rng.randrange(len(hosts))]

@@ -6,9 +6,18 @@ cluster (the old one retires: its busy connections finish their streams, idle on
 
 A changed DNS cluster warms first, as in Envoy: the old version keeps serving until the new
 one has its first DNS answer (`cluster_manager.warming_clusters`), so that a push never leaves
-a route without hosts for the time of a lookup. A cluster whose upstream TLS takes a secret
-from SDS warms until the secret store has it (or gives up on it), as Envoy's; the cluster is
-the store's user of those names (docs/secrets.md).
+a route without hosts for the time of a lookup.
+
+An EDS cluster (new or changed) warms until its first assignment or the end of its initial
+fetch (xds/eds.py, reached through the `EndpointWatcher` port: `watch` when a version of the
+cluster is built, `unwatch` when it retires, `flush` once a batch of changes is done); a
+changed one's old version keeps serving its hosts meanwhile. `wait_warm()` lets the CDS
+client end its initialisation only once the clusters of its first response are warm (Envoy's
+init order CDS → EDS → LDS).
+
+A cluster whose upstream TLS takes a secret from SDS warms until the secret store has it (or
+gives up on it), as Envoy's; the cluster is the store's user of those names
+(docs/secrets.md).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -36,6 +46,20 @@ from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
 
 log = logging.getLogger("xds_proxy.upstream")
+
+
+class EndpointWatcher(Protocol):
+    """The owner of EDS subscriptions (xds/eds.py), as the cluster manager uses it."""
+
+    def watch(self, cluster: Cluster) -> None:
+        """`cluster` (type EDS) wants the assignment its config names."""
+        ...
+
+    def unwatch(self, cluster: Cluster) -> None: ...
+
+    def flush(self) -> None:
+        """Send the subscription changes of the last batch."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +80,18 @@ class ClusterManager:
         stats: Stats,
         rng: random.Random | None = None,
         resolve: Callable[[EndpointAddress, DnsFamily], Awaitable] | None = None,
+        endpoints: EndpointWatcher | None = None,
     ) -> None:
+        """`endpoints`: where EDS clusters get their assignments (None: EDS is refused)."""
         self.stats = stats
         self._rng = rng
         self._resolve = resolve  # tests inject a resolver; None: the system's
+        self._endpoints = endpoints
         self.clusters: dict[str, Cluster] = {}
         self.records: dict[str, ClusterRecord] = {}
         # Replacements waiting for their first DNS answer; the old version serves meanwhile.
         self.warming: dict[str, tuple[Cluster, ClusterRecord]] = {}
-        self._warming_tasks: set[asyncio.Task] = set()
+        self._warming_tasks: dict[str, asyncio.Task] = {}  # by cluster name
         self.static_names: set[str] = set()
         self._started = False
         self._active_gauge = stats.gauge("cluster_manager.active_clusters")
@@ -72,6 +99,7 @@ class ClusterManager:
         self._modified = stats.counter("cluster_manager.cluster_modified")
         self._removed = stats.counter("cluster_manager.cluster_removed")
         self._warming_gauge = stats.gauge("cluster_manager.warming_clusters")
+        self._none_warming = asyncio.Event()  # set whenever no cluster warms
         self.secrets: SecretWatches | None = None  # the secret store (set by the server)
 
     def get(self, name: str) -> Cluster | None:
@@ -99,6 +127,8 @@ class ClusterManager:
         if name in self.static_names and not static:
             raise ConfigError(f"{path}.name: '{name}' is a static cluster and cannot be updated")
         config = build_cluster_config(cluster, path)
+        if config.eds is not None and self._endpoints is None:
+            raise ConfigError(f"{path}.type: EDS clusters need an EDS subscription")
         self._use_secrets(config)
         new = Cluster(config, self.stats, self._rng, self._resolve)
         record = ClusterRecord(key, version_info, time.time())
@@ -109,9 +139,13 @@ class ClusterManager:
             self._modified.inc()
         else:
             self._added.inc()
+        if config.eds is not None:
+            assert self._endpoints is not None
+            self._endpoints.watch(new)  # a held assignment is applied at once
         if warming is not None:  # a newer version replaces the one still warming
-            warming[0].retire()
+            self._retire(warming[0])
             del self.warming[name]
+            self._cancel_warming_task(name)
         tls = config.tls
         if tls is not None and tls.sds_names and tls.context is None:
             # As Envoy: it warms until its secrets arrive (or fail: NACK, timeout); the old
@@ -120,7 +154,7 @@ class ClusterManager:
             tls.on_settled = functools.partial(self._secrets_settled, new)
         else:
             self._place(new, record)
-        self._warming_gauge.set(len(self.warming))
+        self._warming_changed()
         return True
 
     def _secrets_settled(self, new: Cluster) -> None:
@@ -129,18 +163,19 @@ class ClusterManager:
             return  # replaced or removed meanwhile
         del self.warming[new.name]
         self._place(new, warming[1])
-        self._warming_gauge.set(len(self.warming))
+        self._warming_changed()
 
     def _place(self, new: Cluster, record: ClusterRecord) -> None:
-        """Activate `new`, or (a changed DNS cluster) warm it until its first answer."""
+        """Activate `new`, or warm it: a changed DNS cluster until its first answer, an EDS
+        cluster until its first assignment (or the end of its initial fetch)."""
         name = new.name
         old = self.clusters.get(name)
-        if old is not None and new.resolved is not None and self._started:
+        warms = old is not None or new.config.eds is not None
+        if warms and new.resolved is not None and self._started:
             self.warming[name] = (new, record)
             new.start()
             task = asyncio.get_running_loop().create_task(self._activate_when_resolved(new))
-            self._warming_tasks.add(task)
-            task.add_done_callback(self._warming_tasks.discard)
+            self._warming_tasks[name] = task
         else:
             self._activate(new, record)
             if self._started:
@@ -171,34 +206,86 @@ class ClusterManager:
         self.clusters[new.name] = new
         self.records[new.name] = record
         if old is not None:
-            old.retire()
+            self._retire(old)
         self._active_gauge.set(len(self.clusters))
+
+    def _retire(self, cluster: Cluster) -> None:
+        cluster.retire()
+        if cluster.config.eds is not None and self._endpoints is not None:
+            self._endpoints.unwatch(cluster)
+
+    def _cancel_warming_task(self, name: str) -> None:
+        task = self._warming_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
 
     async def _activate_when_resolved(self, new: Cluster) -> None:
         assert new.resolved is not None
-        await new.resolved.wait()  # set after the first lookup, answered or failed
-        warming = self.warming.get(new.name)
+        await new.resolved.wait()  # set after the first lookup (answered or failed), EDS's
+        warming = self.warming.get(new.name)  # first assignment or the end of its fetch
         if warming is None or warming[0] is not new:
             return  # replaced or removed meanwhile
         del self.warming[new.name]
+        self._warming_tasks.pop(new.name, None)
         self._activate(new, warming[1])
+        self._warming_changed()
+
+    def _warming_changed(self) -> None:
         self._warming_gauge.set(len(self.warming))
+        if not self.warming:
+            self._none_warming.set()
+
+    async def wait_warm(self) -> None:
+        """Until no cluster warms (on DNS, EDS or its secrets): each became active, or was
+        replaced or removed."""
+        while self.warming:
+            self._none_warming.clear()
+            await self._none_warming.wait()
+
+    def _static_eds(self) -> list[Cluster]:
+        """The bootstrap's EDS clusters that have no hosts yet (nor ended their fetch)."""
+        return [
+            cluster
+            for name, cluster in self.clusters.items()
+            if name in self.static_names
+            and cluster.resolved is not None
+            and not cluster.resolved.is_set()
+            and cluster.config.eds is not None
+        ]
+
+    def static_warming(self) -> bool:
+        return bool(self._static_eds())
+
+    async def wait_static_warm(self) -> None:
+        """Until the bootstrap's EDS clusters are warm (first assignment or the end of the
+        initial fetch)."""
+        events = [cluster.resolved.wait() for cluster in self._static_eds()]  # type: ignore[union-attr]
+        if events:
+            await asyncio.gather(*events)
+
+    def flush_watches(self) -> None:
+        """A batch of changes is done: EDS sends its new subscriptions."""
+        if self._endpoints is not None:
+            self._endpoints.flush()
 
     def remove(self, name: str) -> bool:
         if name in self.static_names:
             return False
         warming = self.warming.pop(name, None)
         if warming is not None:
-            warming[0].retire()
-            self._warming_gauge.set(len(self.warming))
+            self._retire(warming[0])
+            self._cancel_warming_task(name)
+            self._warming_changed()
         if self.secrets is not None:
             self.secrets.unwatch(("cluster", name))
             self.secrets.flush()
         cluster = self.clusters.pop(name, None)
         self.records.pop(name, None)
         if cluster is None:
+            if warming is not None:  # a new cluster removed while it warmed
+                self._removed.inc()
             return warming is not None
-        cluster.retire()
+        self._retire(cluster)
         self._removed.inc()
         self._active_gauge.set(len(self.clusters))
         return True
@@ -226,7 +313,7 @@ class ClusterManager:
                 log.warning("some DNS clusters did not resolve within %.1f s", timeout)
 
     def close(self) -> None:
-        for task in self._warming_tasks:
+        for task in self._warming_tasks.values():
             task.cancel()
         for cluster, _ in self.warming.values():
             cluster.close()

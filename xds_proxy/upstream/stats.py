@@ -48,6 +48,7 @@ _GAUGES = (
     "upstream_rq_pending_active",
     "membership_total",
     "membership_healthy",
+    "membership_degraded",
 )
 
 

@@ -12,15 +12,19 @@ no-op; a static cluster of the same name is skipped silently, as `blockUpdate` d
 cluster named twice or one that does not build is reported and the others still apply; any
 report NACKs the response with `Error adding/updating cluster(s) <name>: <why>, ...`.
 
-Initialisation: `on_initialized` runs once, on the first response (accepted or not) or when
-`initial_fetch_timeout` expires; the server starts LDS only then, as Envoy initialises CDS
-before LDS so that listeners naming pushed clusters are accepted.
+Initialisation: `on_initialized` runs once, after the first response (accepted or not) once
+the clusters it added have warmed (EDS clusters: their first assignment or the end of its
+initial fetch; the EDS subscriptions go out right after the response is applied, on the same
+ADS stream), or when `initial_fetch_timeout` expires; the server starts LDS only then, as
+Envoy initialises CDS, then EDS, before LDS so that listeners naming pushed clusters are
+accepted and start with their hosts.
 Stats: `cluster_manager.cds.*` and `cluster_manager.cds.control_plane.*` (plain gRPC) or
 `control_plane.*` (ADS), as Envoy names them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -156,6 +160,7 @@ class CdsClient(SubscriptionClient):
         super().__init__(server, stats_handles, subscription, on_initialized, rng)
         self._manager = manager
         self.system_version_info = ""  # moves when a response changed something (config dump)
+        self._init_task: asyncio.Task | None = None
 
     @staticmethod
     def configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:
@@ -166,8 +171,20 @@ class CdsClient(SubscriptionClient):
         outcome = self._outcome(response)
         if outcome.request is None:
             return None
-        self._mark_initialized()
+        self._manager.flush_watches()  # EDS asks for the new clusters' assignments now
+        if not self.initialized and self._init_task is None:
+            self._init_task = asyncio.get_running_loop().create_task(
+                self._initialize_when_warm(), name="cds-init"
+            )
         return outcome.request
+
+    async def _initialize_when_warm(self) -> None:
+        await self._manager.wait_warm()
+        self._mark_initialized()
+
+    def _stopped(self) -> None:
+        if self._init_task is not None and not self._init_task.done():
+            self._init_task.cancel()
 
     def _apply_sotw(self, version_info: str, clusters: list[cluster_pb2.Cluster]) -> str | None:
         changed, error = apply_sotw_clusters(self._manager, clusters, version_info)

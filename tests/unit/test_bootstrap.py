@@ -549,8 +549,8 @@ def test_map_values_have_quoted_key_paths() -> None:
             f"{HCM_PATH}.codec_type: HTTP3 not supported",
         ),
         (
-            lambda d: listener_doc(d).update(bind_to_port=False),
-            "static_resources.listeners[0].bind_to_port: not supported",
+            lambda d: listener_doc(d).update(freebind=True),
+            "static_resources.listeners[0].freebind: not supported",
         ),
         (
             lambda d: listener_doc(d)["address"]["socket_address"].update(protocol="UDP"),

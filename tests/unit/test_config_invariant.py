@@ -142,8 +142,12 @@ def _eds_cluster(message: Message, path: str) -> Any:
     assert spec is not None
     api = spec.source.api_config_source
     clusters = tuple(service.envoy_grpc.cluster_name for service in api.grpc_services)
+    backoffs = tuple(stream_backoff_ms(s.envoy_grpc, path) for s in api.grpc_services)
+    rest = (tuple(api.cluster_names), _duration(api, "refresh_delay"))
+    rest += (_duration(api, "request_timeout"),)
     timeout_s = initial_fetch_timeout_s(spec.source)
-    return (spec.service_name, spec.aggregated, api.api_type, clusters, timeout_s)
+    source = (spec.aggregated, api.api_type, clusters, backoffs, rest, timeout_s)
+    return (spec.service_name, source)
 
 
 def _build_hcm(message: Message, path: str) -> Any:

@@ -102,7 +102,7 @@ TYPE_TAIL = HCM_TYPE.split("/")[-1]
             "filters[0].typed_config.stat_prefix: must not be empty",
         ),
         ([hcm(codec_type="HTTP3")], "filters[0].typed_config.codec_type: HTTP3 not supported"),
-        ([hcm(normalize_path=True)], "filters[0].typed_config.normalize_path: not supported"),
+        ([hcm(via="proxy")], "filters[0].typed_config.via: not supported"),
         (
             [hcm(access_log=[_stdout_log("%START_TIME% %NOT_AN_OPERATOR%")])],
             "filters[0].typed_config.access_log[0].typed_config.log_format.text_format_source:"

@@ -173,12 +173,6 @@ def test_the_same_message_has_rules_per_place() -> None:
     cluster = cluster_pb2.Cluster(name="c")
     cluster.common_http_protocol_options.max_requests_per_connection.value = 3
     assert unsupported(cluster, "c") == []
-    hcm.ClearField("common_http_protocol_options")
-    hcm.xff_num_trusted_hops = 1
-    listener.filter_chains[0].filters[0].typed_config.Pack(hcm)
-    assert (
-        "filter_chains[0].filters[0].typed_config.xff_num_trusted_hops: not supported yet"
-    ) in check_listener(listener)
 
 
 def test_tcp_proxy_fields_are_checked() -> None:

@@ -49,7 +49,7 @@ from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.xds.named import NamedClient, ResourceType
 from xds_proxy.xds.subscriptions import NamedSubscriptions, Subscription
 from xds_proxy.xds.transport import XdsStream
-from xds_proxy.xds.xxhash64 import xxhash64
+from xds_proxy.xxhash64 import xxhash64
 
 log = logging.getLogger("xds_proxy.eds")
 

@@ -62,6 +62,9 @@ def _refuse(_value: Any, _parent: Message | None) -> bool:
     return False
 
 
+_UNCOMPILED: Any = object()  # a field whose check is not compiled yet
+
+
 def _support_table(descriptor: Descriptor, override: Mapping[str, Rule] | None):
     """The table the support walk checks a message of this type against, None when it stops
     there (a leaf type)."""
@@ -107,7 +110,17 @@ def _build(
     required = frozenset(
         [fp.field for fp in plan.unset_checks] if plan is not None else []
     ) | frozenset(descriptor.fields_by_name[name] for name in required_extensions)
+    # A field's check is compiled the first time the field is set (most fields of most types
+    # never are: compiling them all would cost milliseconds on the first push).
     handlers: dict[FieldDescriptor, FieldCheck | None] = {}
+
+    def compile_field(field: FieldDescriptor) -> FieldCheck | None:
+        if field.containing_type is not descriptor:
+            handler: FieldCheck | None = _refuse  # an extension field: not in the tables
+        else:
+            handler = _field_check(descriptor, field, table, plan)
+        handlers[field] = handler
+        return handler
 
     def check(message: Message, _parent: Message | None) -> bool:
         for oneof in required_oneofs:
@@ -117,17 +130,16 @@ def _build(
         for field, value in message.ListFields():
             if field in required:
                 missing -= 1
-            handler = handlers.get(field, _refuse)
+            handler = handlers.get(field, _UNCOMPILED)
+            if handler is _UNCOMPILED:
+                handler = compile_field(field)
             if handler is not None and not handler(value, message):
                 return False
         return not missing
 
-    # Registered before its fields are compiled: a recursive type finds itself.
     _checkers[key] = check
     if table is not None:
         _pinned_tables.append(table)
-    for field in descriptor.fields:
-        handlers[field] = _field_check(descriptor, field, table, plan)
     return check
 
 

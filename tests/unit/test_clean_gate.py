@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 
+import pytest
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -207,6 +208,7 @@ def _hcm_with(**fields: object) -> hcm_pb2.HttpConnectionManager:
     return config
 
 
+@pytest.mark.timeout(600)  # FUZZ_EXAMPLES may ask for many more examples than the default
 @settings(
     max_examples=EXAMPLES or 1500,
     deadline=None,
@@ -219,6 +221,7 @@ def test_a_clean_answer_means_both_walks_find_nothing(config: listener_pb2.Liste
     assert listener_errors(config) == (validate_message(config) or check_listener(config))
 
 
+@pytest.mark.timeout(600)
 @settings(max_examples=EXAMPLES or 300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(listener_messages(FUZZ_PORT, SENTINEL_PORT))
 def test_hostile_listeners_are_clean_only_without_errors(config: listener_pb2.Listener) -> None:

@@ -75,7 +75,7 @@ def validate_message(msg: Message, path: str = "") -> list[str]:
 
 
 @dataclass
-class _FieldPlan:
+class FieldPlan:
     field: FieldDescriptor
     checks: list[Check] = field(default_factory=list)  # on the scalar / wrapper / WKT value
     required: bool = False  # message.required, duration/any/timestamp required
@@ -86,23 +86,23 @@ class _FieldPlan:
     key_checks: list[Check] = field(default_factory=list)
     ignore_empty: bool = False
     in_real_oneof: bool = False
-    kind: int = 0  # _SCALAR, _MESSAGE, _WRAPPER, _REPEATED or _MAP
+    kind: int = 0  # SCALAR, MESSAGE, WRAPPER, REPEATED or MAP
     item_is_message: bool = False
     item_is_wrapper: bool = False
 
 
-_SCALAR, _MESSAGE, _WRAPPER, _REPEATED, _MAP = range(5)
+SCALAR, MESSAGE, WRAPPER, REPEATED, MAP = range(5)
 
 
 @dataclass
-class _Plan:
+class Plan:
     disabled: bool
     required_oneofs: list[tuple[str, list[str]]]
-    set_fields: dict[str, _FieldPlan]  # checked when ListFields() reports them
-    unset_checks: list[_FieldPlan]  # fields whose absence (or default value) is an error
+    set_fields: dict[str, FieldPlan]  # checked when ListFields() reports them
+    unset_checks: list[FieldPlan]  # fields whose absence (or default value) is an error
 
 
-_plans: dict[str, _Plan] = {}
+_plans: dict[str, Plan] = {}
 
 _WRAPPERS = {
     f"google.protobuf.{name}Value"
@@ -162,7 +162,7 @@ def _needs_walk(descriptor: Descriptor) -> bool:
     return needed
 
 
-def _plan_for(descriptor: Descriptor) -> _Plan:
+def plan_for(descriptor: Descriptor) -> Plan:
     plan = _plans.get(descriptor.full_name)
     if plan is not None:
         return plan
@@ -177,7 +177,7 @@ def _plan_for(descriptor: Descriptor) -> _Plan:
         and oneof.GetOptions().Extensions[validate_pb2.required]
     ]
     fields = [p for p in (_field_plan(f) for f in descriptor.fields) if p is not None]
-    plan = _Plan(
+    plan = Plan(
         disabled,
         required_oneofs,
         {fp.field.name: fp for fp in fields},
@@ -187,35 +187,35 @@ def _plan_for(descriptor: Descriptor) -> _Plan:
     return plan
 
 
-def _fails_when_unset(fp: _FieldPlan) -> bool:
+def _fails_when_unset(fp: FieldPlan) -> bool:
     """Whether the field's absence can be an error (decided once, on its default value).
 
     ListFields() skips unset fields and scalars holding their default value; PGV still checks
     those defaults (an empty required name), except in oneofs, with presence or ignore_empty.
     """
     f = fp.field
-    if fp.kind in (_MAP, _REPEATED):
+    if fp.kind in (MAP, REPEATED):
         return not fp.ignore_empty and any(check([], "") for check in fp.repeated_checks)
-    if fp.kind in (_MESSAGE, _WRAPPER):
+    if fp.kind in (MESSAGE, WRAPPER):
         return fp.required and not fp.in_real_oneof
     if fp.in_real_oneof or f.has_presence or fp.ignore_empty:
         return False
     return any(check(f.default_value) is not None for check in fp.checks)
 
 
-def _field_plan(f: FieldDescriptor) -> _FieldPlan | None:
+def _field_plan(f: FieldDescriptor) -> FieldPlan | None:
     rules = _rules_of(f)
-    plan = _FieldPlan(field=f, in_real_oneof=_in_real_oneof(f))
+    plan = FieldPlan(field=f, in_real_oneof=_in_real_oneof(f))
     if _is_map(f):
-        plan.kind = _MAP
+        plan.kind = MAP
         value_field = f.message_type.fields_by_name["value"]
         plan.item_is_message = value_field.type == FieldDescriptor.TYPE_MESSAGE
     elif _is_repeated(f):
-        plan.kind = _REPEATED
+        plan.kind = REPEATED
         plan.item_is_message = f.type == FieldDescriptor.TYPE_MESSAGE
         plan.item_is_wrapper = plan.item_is_message and f.message_type.full_name in _WRAPPERS
     elif f.type == FieldDescriptor.TYPE_MESSAGE:
-        plan.kind = _WRAPPER if f.message_type.full_name in _WRAPPERS else _MESSAGE
+        plan.kind = WRAPPER if f.message_type.full_name in _WRAPPERS else MESSAGE
     if f.type == FieldDescriptor.TYPE_MESSAGE:
         if _is_map(f):
             value_field = f.message_type.fields_by_name["value"]
@@ -264,7 +264,7 @@ _IGNORE_EMPTY_KINDS = {
 }
 
 
-def _plan_repeated(plan: _FieldPlan, rules: validate_pb2.RepeatedRules, f: FieldDescriptor) -> None:
+def _plan_repeated(plan: FieldPlan, rules: validate_pb2.RepeatedRules, f: FieldDescriptor) -> None:
     if rules.HasField("min_items"):
         low = rules.min_items
         plan.repeated_checks.append(
@@ -302,7 +302,7 @@ def _skip_empty(check: Check) -> Check:
     return lambda value: None if not value else check(value)
 
 
-def _plan_map(plan: _FieldPlan, rules: validate_pb2.MapRules, f: FieldDescriptor) -> None:
+def _plan_map(plan: FieldPlan, rules: validate_pb2.MapRules, f: FieldDescriptor) -> None:
     if rules.HasField("min_pairs"):
         low = rules.min_pairs
         plan.repeated_checks.append(
@@ -711,7 +711,7 @@ def _any_checks(rules: validate_pb2.AnyRules) -> list[Check]:
 
 
 def _validate(msg: Message, path: str, errors: list[str]) -> None:
-    plan = _plan_for(msg.DESCRIPTOR)
+    plan = plan_for(msg.DESCRIPTOR)
     if plan.disabled:
         return
     for oneof, names in plan.required_oneofs:
@@ -719,7 +719,7 @@ def _validate(msg: Message, path: str, errors: list[str]) -> None:
             listed = ", ".join(names)
             errors.append(f"{path or '(root)'}: one of {listed} is required")
     for fp in plan.unset_checks:
-        _check_unset(msg, fp, path, errors)
+        check_unset(msg, fp, path, errors)
     set_fields = plan.set_fields
     for f, value in msg.ListFields():
         fp = set_fields.get(f.name)
@@ -727,29 +727,29 @@ def _validate(msg: Message, path: str, errors: list[str]) -> None:
             continue
         field_path = f"{path}.{f.name}" if path else f.name
         kind = fp.kind
-        if kind == _MESSAGE:
+        if kind == MESSAGE:
             _apply(fp.checks, value, field_path, errors)
             if fp.recurse and not fp.skip:
                 _validate_value(value, field_path, errors)
-        elif kind == _SCALAR:
+        elif kind == SCALAR:
             if not (fp.ignore_empty and not value):
                 _apply(fp.checks, value, field_path, errors)
-        elif kind == _WRAPPER:
+        elif kind == WRAPPER:
             _apply(fp.checks, value.value, field_path, errors)
-        elif kind == _REPEATED:
+        elif kind == REPEATED:
             _validate_repeated(value, fp, field_path, errors)
         else:
             _validate_map(value, fp, field_path, errors)
 
 
-def _check_unset(msg: Message, fp: _FieldPlan, path: str, errors: list[str]) -> None:
+def check_unset(msg: Message, fp: FieldPlan, path: str, errors: list[str]) -> None:
     f = fp.field
     field_path = join_path(path, f.name)
-    if fp.kind in (_REPEATED, _MAP):
+    if fp.kind in (REPEATED, MAP):
         if not getattr(msg, f.name):
             for check in fp.repeated_checks:
                 errors.extend(check([], field_path))
-    elif fp.kind == _MESSAGE or fp.kind == _WRAPPER:
+    elif fp.kind == MESSAGE or fp.kind == WRAPPER:
         if not msg.HasField(f.name):
             errors.append(f"{field_path}: is required")
     else:
@@ -823,7 +823,7 @@ def _validate_any(value: Message, path: str, errors: list[str]) -> None:
     _validate(inner, path, errors)
 
 
-def _validate_repeated(items: Any, fp: _FieldPlan, path: str, errors: list[str]) -> None:
+def _validate_repeated(items: Any, fp: FieldPlan, path: str, errors: list[str]) -> None:
     for check in fp.repeated_checks:
         errors.extend(check(items, path))
     if not (fp.item_checks or (fp.item_is_message and fp.recurse and not fp.skip)):
@@ -836,7 +836,7 @@ def _validate_repeated(items: Any, fp: _FieldPlan, path: str, errors: list[str])
             _validate_value(item, item_path, errors)
 
 
-def _validate_map(entries: Any, fp: _FieldPlan, path: str, errors: list[str]) -> None:
+def _validate_map(entries: Any, fp: FieldPlan, path: str, errors: list[str]) -> None:
     for check in fp.repeated_checks:
         errors.extend(check(entries, path))
     if not (fp.key_checks or fp.item_checks or (fp.item_is_message and fp.recurse)):

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 
 from xds_proxy import extensions
 from xds_proxy.bounded_cache import RELATIVE_ROOT, BoundedCache, cached, relocate
+from xds_proxy.config.clean import is_clean
 from xds_proxy.config.overload import global_limit_errors
 from xds_proxy.config.pgv import (
     CACHED_SUBTREES,
@@ -246,7 +247,10 @@ def listener_errors(listener: listener_pb2.Listener) -> list[str]:
     """Proto constraint violations, else what we do not support: the LDS path's check.
 
     The listeners of a fleet differ in name and address only, so everything else is checked
-    once per content: keyed by the listener's bytes without those two fields."""
+    once per content: keyed by the listener's bytes without those two fields. A listener the
+    compiled fast path passes (clean.py: no violation, nothing refused) skips both walks."""
+    if is_clean(listener):
+        return _listener_semantics(listener, "")
     if not listener.HasField("address"):
         return validate_message(listener) or check_listener(listener)
     shape = listener_pb2.Listener()

@@ -185,7 +185,9 @@ def test_each_kind_of_error_is_not_clean() -> None:
     unknown_filter = listener("u", 10000)
     unknown_filter.filter_chains[0].filters[0].typed_config.type_url = "type.googleapis.com/x.Y"
     not_yet = listener("n", 10000)
-    not_yet.filter_chains[0].filters[0].typed_config.Pack(_hcm_with(xff_num_trusted_hops=1))
+    not_yet_hcm = _hcm_with()
+    not_yet_hcm.common_http_protocol_options.max_requests_per_connection.value = 3
+    not_yet.filter_chains[0].filters[0].typed_config.Pack(not_yet_hcm)
     # An optional HTTP filter of a type the category lacks: the support walk skips it, PGV
     # still looks inside (a tcp_proxy config without its stat_prefix).
     optional_invalid = listener("o", 10000)

@@ -40,13 +40,12 @@ from xds_proxy.config.support import require_valid
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.router import RegexError, RouteHandle, RouteTable
 from xds_proxy.listener.manager import ListenerEvent, RoutesFailed, RoutesReady, RouteState
-from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
+from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.xds.named import NamedClient, ResourceType
 from xds_proxy.xds.source import source_server
-from xds_proxy.xds.subscriptions import NamedSubscriptions, Subscription
+from xds_proxy.xds.subscriptions import NamedSubscriptions, Subscription, UpdateStats
 from xds_proxy.xds.transport import XdsStream
-from xds_proxy.xxhash64 import xxhash64
 
 log = logging.getLogger("xds_proxy.rds")
 
@@ -62,34 +61,14 @@ ROUTES = ResourceType(
 )
 
 
-class RdsStats:
+class RdsStats(UpdateStats):
     """`http.<stat_prefix>.rds.<name>.*`, as Envoy 1.40 lists them."""
 
     def __init__(self, stats: Stats, prefix: str) -> None:
-        def counter(name: str) -> Counter:
-            return stats.counter(prefix + name)
-
-        def gauge(name: str) -> Gauge:
-            return stats.gauge(prefix + name)
-
-        self.config_reload = counter("config_reload")
-        self.config_reload_time_ms = gauge("config_reload_time_ms")
-        self.init_fetch_timeout = counter("init_fetch_timeout")
-        self.update_attempt = counter("update_attempt")
-        self.update_empty = counter("update_empty")
-        self.update_failure = counter("update_failure")
-        self.update_rejected = counter("update_rejected")
-        self.update_success = counter("update_success")
-        self.update_time = gauge("update_time")
-        self.version = gauge("version")
-        self.version_text: TextReadout = stats.text_readout(prefix + "version_text")
-
-    def success(self, version_info: str, now_ms: int) -> None:
-        self.update_attempt.inc()
-        self.update_success.inc()
-        self.update_time.set(now_ms)
-        self.version.set(xxhash64(version_info))
-        self.version_text.set(version_info)
+        super().__init__(stats, prefix)
+        self.config_reload = self.counter("config_reload")
+        self.config_reload_time_ms = self.gauge("config_reload_time_ms")
+        self.update_empty = self.counter("update_empty")
 
 
 @dataclass
@@ -240,8 +219,7 @@ class RouteRegistry:
         except ConfigError as error:
             text = error.re2_text if isinstance(error, RegexError) else str(error).lstrip(".")
             for entry in mine:
-                entry.stats.update_attempt.inc()
-                entry.stats.update_rejected.inc()
+                entry.stats.rejected()
                 if entry.state is RouteState.PENDING:
                     entry.state = RouteState.FAILED
                     self.subscriptions.answered(entry.subscription)
@@ -254,8 +232,7 @@ class RouteRegistry:
     def stream_lost(self, client: NamedClient) -> None:
         for subscription in self.subscriptions.of_client(client):
             stats = self.entries[subscription.name].stats
-            stats.update_failure.inc()
-            stats.update_attempt.inc()
+            stats.failed()
 
     # -- what admin reads -----------------------------------------------------------------------
 
@@ -304,8 +281,7 @@ class RouteRegistry:
         entry = self.entries[subscription.name]
         if entry.state is not RouteState.PENDING:
             return
-        entry.stats.init_fetch_timeout.inc()
-        entry.stats.update_attempt.inc()
+        entry.stats.timed_out()
         entry.state = RouteState.FAILED
         self._emit([RoutesFailed(entry.name)])
 

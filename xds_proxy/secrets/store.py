@@ -48,12 +48,11 @@ from xds_proxy.config.secrets import (
 from xds_proxy.config.tls import SecretUser
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.actions import ListenerEvent, RouteState, SecretsFailed, SecretsReady
-from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
+from xds_proxy.stats import Stats
 from xds_proxy.xds.named import NamedClient, ResourceType
 from xds_proxy.xds.source import source_server
-from xds_proxy.xds.subscriptions import NamedSubscriptions, Subscription
+from xds_proxy.xds.subscriptions import NamedSubscriptions, Subscription, UpdateStats
 from xds_proxy.xds.transport import XdsStream
-from xds_proxy.xxhash64 import xxhash64
 
 log = logging.getLogger("xds_proxy.sds")
 
@@ -70,27 +69,12 @@ _ADS = config_source_pb2.ConfigSource(ads={})
 UNINITIALIZED = "uninitialized"  # a warming secret's version_info in /config_dump (Envoy's)
 
 
-class SdsStats:
+class SdsStats(UpdateStats):
     """`sds.<name>.*`, as Envoy 1.40 lists them (its `update_duration` histogram aside)."""
 
     def __init__(self, stats: Stats, name: str) -> None:
-        prefix = f"sds.{name}."
-
-        def counter(stat: str) -> Counter:
-            return stats.counter(prefix + stat)
-
-        def gauge(stat: str) -> Gauge:
-            return stats.gauge(prefix + stat)
-
-        self.init_fetch_timeout = counter("init_fetch_timeout")
-        self.key_rotation_failed = counter("key_rotation_failed")
-        self.update_attempt = counter("update_attempt")
-        self.update_failure = counter("update_failure")
-        self.update_rejected = counter("update_rejected")
-        self.update_success = counter("update_success")
-        self.update_time = gauge("update_time")
-        self.version = gauge("version")
-        self.version_text: TextReadout = stats.text_readout(prefix + "version_text")
+        super().__init__(stats, f"sds.{name}.")
+        self.key_rotation_failed = self.counter("key_rotation_failed")
 
 
 @dataclass
@@ -240,8 +224,7 @@ class SecretStore:
         except ConfigError as error:
             events: list[ListenerEvent] = []
             for entry in mine:
-                entry.stats.update_attempt.inc()
-                entry.stats.update_rejected.inc()
+                entry.stats.rejected()
                 if entry.state is RouteState.PENDING:
                     entry.state = RouteState.FAILED
                     self.subscriptions.answered(entry.subscription)
@@ -254,11 +237,11 @@ class SecretStore:
             if entry.name in built:
                 secret, version = received[entry.name]
                 self._install(entry, secret, version, built[entry.name], events)
-                self._success(entry, version, now_ms)
+                entry.stats.success(version, now_ms)
             elif entry.name in removed:
                 # Delta's "does not exist": Envoy 1.40 counts a success and ends the initial
                 # fetch: a listener waiting for it starts without it.
-                self._success(entry, version_info, now_ms)
+                entry.stats.success(version_info, now_ms)
                 self.subscriptions.answered(entry.subscription)
                 if entry.state is RouteState.PENDING:
                     entry.state = RouteState.FAILED
@@ -269,8 +252,7 @@ class SecretStore:
     def stream_lost(self, client: NamedClient) -> None:
         for subscription in self.subscriptions.of_client(client):
             stats = self.entries[subscription.name].stats
-            stats.update_failure.inc()
-            stats.update_attempt.inc()
+            stats.failed()
 
     # -- what admin reads -----------------------------------------------------------------------
 
@@ -307,13 +289,6 @@ class SecretStore:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _success(self, entry: SecretEntry, version: str, now_ms: int) -> None:
-        entry.stats.update_attempt.inc()
-        entry.stats.update_success.inc()
-        entry.stats.update_time.set(now_ms)
-        entry.stats.version.set(xxhash64(version))
-        entry.stats.version_text.set(version)
-
     def _install(
         self,
         entry: SecretEntry,
@@ -347,8 +322,7 @@ class SecretStore:
         entry = self.entries[subscription.name]
         if entry.state is not RouteState.PENDING:
             return
-        entry.stats.init_fetch_timeout.inc()
-        entry.stats.update_attempt.inc()
+        entry.stats.timed_out()
         entry.state = RouteState.FAILED
         self._emit([SecretsFailed(entry.name)])
 

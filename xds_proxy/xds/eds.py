@@ -44,12 +44,11 @@ from envoy.service.endpoint.v3 import eds_pb2_grpc
 
 from xds_proxy.config.endpoints import Assignment, build_assignment
 from xds_proxy.errors import ConfigError
-from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
+from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.xds.named import NamedClient, ResourceType
-from xds_proxy.xds.subscriptions import NamedSubscriptions, Subscription
+from xds_proxy.xds.subscriptions import NamedSubscriptions, Subscription, UpdateStats
 from xds_proxy.xds.transport import XdsStream
-from xds_proxy.xxhash64 import xxhash64
 
 log = logging.getLogger("xds_proxy.eds")
 
@@ -63,37 +62,18 @@ ENDPOINTS = ResourceType(
 )
 
 
-class EdsStats:
+class EdsStats(UpdateStats):
     """`cluster.<name>.*` of an EDS subscription (shared by the cluster's versions)."""
 
     def __init__(self, stats: Stats, cluster_name: str) -> None:
-        prefix = f"cluster.{cluster_name}."
+        super().__init__(stats, f"cluster.{cluster_name}.")
+        self.update_empty = self.counter("update_empty")
+        self.update_no_rebuild = self.counter("update_no_rebuild")
 
-        def counter(name: str) -> Counter:
-            return stats.counter(prefix + name)
-
-        def gauge(name: str) -> Gauge:
-            return stats.gauge(prefix + name)
-
-        self.update_attempt = counter("update_attempt")
-        self.update_success = counter("update_success")
-        self.update_rejected = counter("update_rejected")
-        self.update_failure = counter("update_failure")
-        self.update_empty = counter("update_empty")
-        self.update_no_rebuild = counter("update_no_rebuild")
-        self.init_fetch_timeout = counter("init_fetch_timeout")
-        self.update_time = gauge("update_time")
-        self.version = gauge("version")
-        self.version_text: TextReadout = stats.text_readout(prefix + "version_text")
-
-    def success(self, version_info: str, now_ms: int, rebuilt: bool) -> None:
-        self.update_attempt.inc()
-        self.update_success.inc()
+    def applied(self, version_info: str, now_ms: int, rebuilt: bool) -> None:
+        self.success(version_info, now_ms)
         if not rebuilt:
             self.update_no_rebuild.inc()
-        self.update_time.set(now_ms)
-        self.version.set(xxhash64(version_info))
-        self.version_text.set(version_info)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +170,7 @@ class EndpointSubscriptions:
                     self.held[name] = HeldAssignment(message, built[name], version, now)
                 for cluster in self._clusters(subscription):
                     rebuilt = cluster.set_assignment(built[name])
-                    self._stats_of(cluster).success(version, now_ms, rebuilt)
+                    self._stats_of(cluster).applied(version, now_ms, rebuilt)
                 self.subscriptions.answered(subscription)
             elif name in removed:
                 # Delta's "does not exist": an empty update, a success all the same; a
@@ -200,7 +180,7 @@ class EndpointSubscriptions:
                 for cluster in self._clusters(subscription):
                     cluster.initial_fetch_over()
                     stats = self._stats_of(cluster)
-                    stats.success(version_info, now_ms, True)
+                    stats.success(version_info, now_ms)
                     stats.update_empty.inc()
                 self.subscriptions.answered(subscription)
             # A SotW response without the name: nothing changes, nothing is counted (Envoy
@@ -211,8 +191,7 @@ class EndpointSubscriptions:
         for subscription in self.subscriptions.of_client(client):
             for cluster in self._clusters(subscription):
                 stats = self._stats_of(cluster)
-                stats.update_failure.inc()
-                stats.update_attempt.inc()
+                stats.failed()
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -232,8 +211,7 @@ class EndpointSubscriptions:
         for subscription in subscriptions:
             for cluster in self._clusters(subscription):
                 stats = self._stats_of(cluster)
-                stats.update_attempt.inc()
-                stats.update_rejected.inc()
+                stats.rejected()
                 cluster.initial_fetch_over()
             self.subscriptions.answered(subscription)
 
@@ -242,8 +220,7 @@ class EndpointSubscriptions:
             if cluster.assigned:
                 continue
             stats = self._stats_of(cluster)
-            stats.init_fetch_timeout.inc()
-            stats.update_attempt.inc()
+            stats.timed_out()
             cluster.initial_fetch_over()
 
     def _released(self, subscription: Subscription) -> None:

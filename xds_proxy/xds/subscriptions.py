@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import config_source_pb2
 
-from xds_proxy.stats import Stats
+from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
 from xds_proxy.xds.named import NamedClient, NamedSink, ResourceType
 from xds_proxy.xds.rest import RestHooks, RestPoller
 from xds_proxy.xds.source import XdsServer, source_server
 from xds_proxy.xds.transport import XdsStream
+from xds_proxy.xxhash64 import xxhash64
 
 log = logging.getLogger("xds_proxy.xds")
 
@@ -40,6 +41,53 @@ def initial_fetch_timeout_s(source: config_source_pb2.ConfigSource) -> float | N
     if not source.HasField("initial_fetch_timeout"):
         return DEFAULT_INITIAL_FETCH_TIMEOUT_S
     return source.initial_fetch_timeout.ToNanoseconds() / 1e9 or None
+
+
+class UpdateStats:
+    """The update stats Envoy 1.40 keeps per named subscription, under `prefix`
+    (`http.<stat_prefix>.rds.<name>.`, `sds.<name>.`, `cluster.<name>.` for EDS); an owner
+    that keeps more adds them in a subclass."""
+
+    def __init__(self, stats: Stats, prefix: str) -> None:
+        self._store = stats
+        self._prefix = prefix
+        self.init_fetch_timeout = self.counter("init_fetch_timeout")
+        self.update_attempt = self.counter("update_attempt")
+        self.update_failure = self.counter("update_failure")
+        self.update_rejected = self.counter("update_rejected")
+        self.update_success = self.counter("update_success")
+        self.update_time = self.gauge("update_time")
+        self.version = self.gauge("version")
+        self.version_text: TextReadout = stats.text_readout(prefix + "version_text")
+
+    def counter(self, name: str) -> Counter:
+        return self._store.counter(self._prefix + name)
+
+    def gauge(self, name: str) -> Gauge:
+        return self._store.gauge(self._prefix + name)
+
+    def success(self, version_info: str, now_ms: int) -> None:
+        """An accepted update (Delta's "does not exist" too, as Envoy counts it)."""
+        self.update_attempt.inc()
+        self.update_success.inc()
+        self.update_time.set(now_ms)
+        self.version.set(xxhash64(version_info))
+        self.version_text.set(version_info)
+
+    def rejected(self) -> None:
+        """A response carrying it was NACKed."""
+        self.update_attempt.inc()
+        self.update_rejected.inc()
+
+    def failed(self) -> None:
+        """Its stream was lost, or (REST) a fetch failed."""
+        self.update_attempt.inc()
+        self.update_failure.inc()
+
+    def timed_out(self) -> None:
+        """Its initial fetch timed out."""
+        self.update_attempt.inc()
+        self.init_fetch_timeout.inc()
 
 
 @dataclass

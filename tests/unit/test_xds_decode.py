@@ -12,8 +12,10 @@ from xds_proxy.xds.decode import (
     LISTENER_TYPE_URL,
     RESOURCE_WRAPPER_TYPE_URL,
     ResponseDecodeError,
+    Unchanged,
     debug_string,
     decode_listeners,
+    decode_sotw_listeners,
 )
 
 CLUSTER_TYPE_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -116,3 +118,21 @@ def test_validator_rejects_the_whole_response_in_envoys_words() -> None:
         '    address: "127.0.0.1"\n    port_value: 80\n  }\n}\n'
         ": Proto constraint validation failed (ListenerValidationError.Name: bad)"
     )
+
+
+def test_a_resource_sent_again_byte_for_byte_is_the_body_decoded_before() -> None:
+    unchanged: Unchanged[listener_pb2.Listener] = Unchanged()
+    first = decode_sotw_listeners(response(packed(named("a")), packed(named("b"))), None, unchanged)
+    again = decode_sotw_listeners(
+        response(packed(named("a")), packed(named("b", 81))), None, unchanged
+    )
+    assert again[0].body is first[0].body  # the same bytes: not parsed again
+    assert (
+        again[1].body is not first[1].body and again[1].body.address.socket_address.port_value == 81
+    )
+    corrupt = any_pb2.Any(type_url=LISTENER_TYPE_URL, value=b"\xff\xff")
+    with pytest.raises(ResponseDecodeError):
+        decode_sotw_listeners(response(packed(named("a")), corrupt), None, unchanged)
+    # a response that did not decode leaves what the last good one held
+    last = decode_sotw_listeners(response(packed(named("b", 81))), None, unchanged)
+    assert last[0].body is again[1].body

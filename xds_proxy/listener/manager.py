@@ -469,9 +469,13 @@ class ListenerManager:
             # inbound listeners were stopped by /drain_listeners?inboundonly
             self._note(name, outcome.NO_OP, reason="inbound listeners stopped: ignored")
             return False
-        raw = listener.SerializeToString()
         existing = self.active.get(name)
         warming = self.warming.get(name)
+        if warming is None and existing is not None and existing.config is listener:
+            # The very message it holds (the LDS client reuses an unchanged resource's).
+            self._note(name, outcome.NO_OP, reason="identical: the same bytes")
+            return False
+        raw = listener.SerializeToString()
         if (existing is not None and existing.static) or (warming is not None and warming.static):
             self._note(name, outcome.NO_OP, reason="static listener: LDS never changes it")
             return False

@@ -40,6 +40,7 @@ from xds_proxy.xds.decode import (
     LISTENER_TYPE_URL,
     DecodedListener,
     ListenerValidator,
+    Unchanged,
     decode_delta_listeners,
     decode_sotw_listeners,
 )
@@ -88,13 +89,16 @@ class LdsClient(SubscriptionClient):
         server = lds_server(bootstrap)
         if server.delta and apply_delta is None:
             raise ConfigError("dynamic_resources: DELTA_GRPC needs the server's apply_delta")
+        # A SotW push sends every listener again: those sent byte for byte as before are the
+        # listener objects decoded then (no parse; the manager sees at once they are held).
+        unchanged: Unchanged[listener_pb2.Listener] = Unchanged()
         stats_handles, subscription = new_subscription(
             server,
             bootstrap.node,
             stats,
             LDS_STATS_PREFIX,
             LISTENER_TYPE_URL,
-            decode_sotw=lambda response: decode_sotw_listeners(response, validate),
+            decode_sotw=lambda response: decode_sotw_listeners(response, validate, unchanged),
             decode_delta=lambda response: decode_delta_listeners(response, validate),
         )
         super().__init__(server, stats_handles, subscription, on_initialized, rng)

@@ -8,6 +8,7 @@ says why in the same words as Envoy's `GrpcMuxImpl`. A resource may also come wr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -84,16 +85,51 @@ def decode_listeners(
 
 
 def decode_sotw_listeners(
-    response: discovery_pb2.DiscoveryResponse, validate: ListenerValidator | None = None
+    response: discovery_pb2.DiscoveryResponse,
+    validate: ListenerValidator | None = None,
+    unchanged: Unchanged[listener_pb2.Listener] | None = None,
 ) -> list[DecodedListener]:
     """Every resource of a SotW response, wrapped or not, in order (heartbeats included)."""
-    return decode_sotw_resources(response, lambda payload: _decode_listener(payload, validate))
+    return decode_sotw_resources(
+        response, lambda payload: _decode_listener(payload, validate), unchanged
+    )
+
+
+class Unchanged(Generic[M]):
+    """The bodies decoded from the last response, by their bytes on the wire: a control plane
+    that sends the whole state of the world again sends most resources byte for byte as before;
+    those are not parsed again, and the same message object lets the listener manager see at
+    once that nothing changed. A response that fails to decode keeps the previous bodies."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, bytes], M] = {}
+        self._next: dict[tuple[str, bytes], M] = {}
+
+    def begin(self) -> None:
+        self._next = {}
+
+    def decode(self, payload: any_pb2.Any, decode_body: DecodeBody[M]) -> M:
+        key = (payload.type_url, payload.value)
+        body = self._held.get(key)
+        if body is None:
+            body = decode_body(payload)
+        self._next[key] = body
+        return body
+
+    def commit(self) -> None:
+        self._held, self._next = self._next, {}
 
 
 def decode_sotw_resources(
-    response: discovery_pb2.DiscoveryResponse, decode_body: DecodeBody[M]
+    response: discovery_pb2.DiscoveryResponse,
+    decode_body: DecodeBody[M],
+    unchanged: Unchanged[M] | None = None,
 ) -> list[DecodedResource[M]]:
-    """Every resource of a SotW response, wrapped or not, in order (heartbeats included)."""
+    """Every resource of a SotW response, wrapped or not, in order (heartbeats included);
+    with `unchanged`, a resource sent byte for byte as in the last response is its body then."""
+    if unchanged is not None:
+        unchanged.begin()
+        decode_body = functools.partial(unchanged.decode, decode_body=decode_body)
     decoded: list[DecodedResource[M]] = []
     for resource in response.resources:
         if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
@@ -108,6 +144,8 @@ def decode_sotw_resources(
             )
         body = decode_body(resource)
         decoded.append(DecodedResource(name=resource_name(body), body=body))
+    if unchanged is not None:
+        unchanged.commit()
     return decoded
 
 

@@ -266,6 +266,7 @@ TEMPLATES: dict[str, dict] = {
     "envoy.config.core.v3.SocketAddress": {"address": "127.0.0.6", "port_value": 0},
     "envoy.type.matcher.v3.StringMatcher": {"exact": "v"},
     "envoy.type.matcher.v3.RegexMatcher": {"regex": "a"},
+    "envoy.type.matcher.v3.RegexMatchAndSubstitute": {"pattern": {"regex": "a"}},
     "envoy.type.v3.Int64Range": {"start": 1, "end": 5},
     "envoy.extensions.filters.network.http_connection_manager.v3.Rds": {
         "route_config_name": "r",
@@ -396,6 +397,9 @@ NO_EFFECT: dict[str, str] = {
         "deprecated in Envoy and ignored there too (RE2 is the only engine)"
     ),
     "hcm route_config.virtual_hosts.routes.match.headers.safe_regex_match.google_re2": (
+        "deprecated in Envoy and ignored there too (RE2 is the only engine)"
+    ),
+    "hcm route_config.virtual_hosts.routes.route.host_rewrite_path_regex.pattern.google_re2": (
         "deprecated in Envoy and ignored there too (RE2 is the only engine)"
     ),
     "hcm http_filters.name": "a filter's name: the @type picks the filter (as Envoy)",

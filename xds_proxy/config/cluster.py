@@ -88,6 +88,7 @@ class EndpointAddress:
 
     host: str
     port: int
+    hostname: str = ""  # the endpoint's `hostname` (`auto_host_rewrite`; /clusters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +394,7 @@ def _endpoints(
                     raise ConfigError(
                         f"{socket_path}.address: malformed IP address: {host}"
                     ) from None
-            found.append(EndpointAddress(host, socket_address.port_value))
+            found.append(EndpointAddress(host, socket_address.port_value, endpoint.hostname))
     if discovery is DiscoveryType.LOGICAL_DNS and len(found) != 1:
         raise ConfigError(
             f"{assignment_path}: LOGICAL_DNS clusters must have a single locality_lb_endpoint "

@@ -345,6 +345,9 @@ TABLE: dict[str, dict[str, Rule]] = {
         "cluster_not_found_response_code": OK,
         "prefix_rewrite": OK,
         "host_rewrite_literal": OK,
+        "host_rewrite_header": OK,
+        "host_rewrite_path_regex": OK,
+        "auto_host_rewrite": OK,  # applied once the cluster has chosen the host
         "timeout": OK,
         "hash_policy": OK,  # config/hash_policy.py, for the ring hash and Maglev balancers
     },
@@ -437,6 +440,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "ignore_case": OK,
     },
     _MATCHER + "RegexMatcher": {"google_re2": OPAQUE, "regex": OK},
+    _MATCHER + "RegexMatchAndSubstitute": {"pattern": OK, "substitution": OK},
     "envoy.type.v3.Int64Range": {"start": OK, "end": OK},
     # --- clusters (config/cluster.py)
     "envoy.config.cluster.v3.Cluster": {
@@ -665,7 +669,7 @@ TABLE: dict[str, dict[str, Rule]] = {
     _ENDPOINT + "ClusterLoadAssignment": {"cluster_name": OK, "endpoints": OK},
     _ENDPOINT + "LocalityLbEndpoints": {"locality": OK, "lb_endpoints": OK},
     _ENDPOINT + "LbEndpoint": {"endpoint": OK, "metadata": OPAQUE},
-    _ENDPOINT + "Endpoint": {"address": OK},
+    _ENDPOINT + "Endpoint": {"address": OK, "hostname": OK},
     _UPSTREAM_HTTP: {
         "explicit_http_config": Supported(
             {"http_protocol_options": _CLUSTER_HTTP1, "http2_protocol_options": _CLUSTER_HTTP2}

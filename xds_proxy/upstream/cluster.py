@@ -99,7 +99,7 @@ class Cluster:
         self._routable: list[Host] = []  # the hosts the balancer picks from
         self._panic = False
         if config.discovery is DiscoveryType.STATIC:
-            self._set_hosts([((e.host, e.port), "") for e in config.endpoints])
+            self._set_hosts([((e.host, e.port), e.hostname) for e in config.endpoints])
 
     # -- hosts ------------------------------------------------------------------------------
 
@@ -235,6 +235,7 @@ class Cluster:
         if host is None:
             self.stats.upstream_cx_none_healthy.value += 1
             return None
+        head.use_host_name(host.hostname)
         protocol = self.config.protocol
         if protocol is UpstreamProtocol.DOWNSTREAM:
             protocol = UpstreamProtocol.HTTP2 if downstream_http2 else UpstreamProtocol.HTTP1

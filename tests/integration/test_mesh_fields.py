@@ -1,0 +1,138 @@
+"""Fields a service-mesh control plane (Kuma) sends, on the real xds-proxy process with real
+clients: the route's host rewrites (`auto_host_rewrite`, `host_rewrite_header`,
+`host_rewrite_path_regex`), ORIGINAL_DST clusters, and listeners on a UNIX socket (`pipe`).
+
+The scenarios are shared with tests/interop/test_mesh_fields_interop.py, which runs them on
+Envoy 1.40 too; the expected values here are what Envoy 1.40 answers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.procs import free_port, wait_for
+from tests.helpers.proxy import ProxyProcess
+from tests.helpers.upstreams import Http1Echo, cluster_dict
+from tests.integration.test_cds import routed_listener
+
+
+def _bootstrap(listeners: list[dict], clusters: list[dict]) -> dict[str, Any]:
+    return {
+        "node": {"id": "mesh", "cluster": "mesh"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+def _listener_with_routes(port: int, routes: list[dict]) -> dict[str, Any]:
+    listener = routed_listener(port, "unused")
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["route_config"]["virtual_hosts"][0]["routes"] = routes
+    return listener
+
+
+def get(
+    port: int | str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any] | str]:
+    """One GET on a new connection (TCP port, or a UNIX socket path); (status, the echo's
+    JSON, else the body text)."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    request = f"GET {path} HTTP/1.1\r\nhost: orig.example\r\n{extra}connection: close\r\n\r\n"
+    if isinstance(port, int):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        sock.connect(port)
+    with sock:
+        sock.sendall(request.encode())
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode("latin-1")
+
+
+def _hosts(echo: dict[str, Any] | str) -> tuple[str, str]:
+    """(host, x-envoy-original-host) the upstream received ('' when absent)."""
+    assert isinstance(echo, dict), echo
+    headers = dict((name, value) for name, value in echo["headers"])
+    return headers.get("host", ""), headers.get("x-envoy-original-host", "")
+
+
+# -- host rewrites ----------------------------------------------------------------------------
+
+HOST_REWRITE_EXPECTED = {
+    "/auto/static": ("static-host.example", "orig.example"),
+    "/auto/dns": ("localhost", "orig.example"),
+    "/auto/none": ("orig.example", ""),
+    "/header/set": ("from-header", "orig.example"),
+    "/header/absent": ("orig.example", ""),
+    "/regex/svc-a/x?q=/regex/b/": ("svc-a", "orig.example"),
+}
+
+
+def host_rewrite_bootstrap(listen_port: int, echo_port: int) -> dict[str, Any]:
+    named = cluster_dict("named", [echo_port])
+    named["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["hostname"] = (
+        "static-host.example"
+    )
+    dns = cluster_dict("dns", [echo_port], host="localhost", type="STRICT_DNS")
+    dns["dns_lookup_family"] = "V4_ONLY"
+    auto = {"auto_host_rewrite": True}
+    routes = [
+        {"match": {"prefix": "/auto/static"}, "route": {"cluster": "named", **auto}},
+        {"match": {"prefix": "/auto/dns"}, "route": {"cluster": "dns", **auto}},
+        {"match": {"prefix": "/auto/none"}, "route": {"cluster": "plain", **auto}},
+        {
+            "match": {"prefix": "/header"},
+            "route": {"cluster": "plain", "host_rewrite_header": "X-Host"},
+        },
+        {
+            "match": {"prefix": "/regex"},
+            "route": {
+                "cluster": "plain",
+                "host_rewrite_path_regex": {
+                    "pattern": {"regex": "^/regex/([^/]+)/.*$"},
+                    "substitution": "\\1",
+                },
+            },
+        },
+    ]
+    return _bootstrap(
+        [_listener_with_routes(listen_port, routes)],
+        [named, dns, cluster_dict("plain", [echo_port])],
+    )
+
+
+def host_rewrite_observations(process_class: type[EnvoyProcess], workdir: Path) -> dict:
+    with Http1Echo("a") as echo:
+        port = free_port()
+        process = process_class(host_rewrite_bootstrap(port, echo.port), workdir).start()
+        try:
+            wait_for(
+                lambda: process.stat("cluster.dns.membership_total") == 1,
+                timeout=10,
+                what="the DNS cluster resolved",
+            )
+            seen = {}
+            for path in HOST_REWRITE_EXPECTED:
+                headers = {"x-host": "from-header"} if path == "/header/set" else None
+                status, echo_body = get(port, path, headers)
+                assert status == 200, (path, echo_body)
+                seen[path] = _hosts(echo_body)
+            return seen
+        finally:
+            process.stop()
+
+
+def test_host_rewrites_as_envoy(tmp_path: Path) -> None:
+    assert host_rewrite_observations(ProxyProcess, tmp_path) == HOST_REWRITE_EXPECTED

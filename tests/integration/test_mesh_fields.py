@@ -136,3 +136,117 @@ def host_rewrite_observations(process_class: type[EnvoyProcess], workdir: Path) 
 
 def test_host_rewrites_as_envoy(tmp_path: Path) -> None:
     assert host_rewrite_observations(ProxyProcess, tmp_path) == HOST_REWRITE_EXPECTED
+
+
+# -- ORIGINAL_DST clusters ----------------------------------------------------------------------
+
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+def _original_dst_cluster(name: str, **lb_config: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "1s",
+        "cleanup_interval": "1s",
+        "original_dst_lb_config": {"use_http_header": True, **lb_config},
+    }
+
+
+def _tcp_proxy_listener(port: int, cluster: str) -> dict[str, Any]:
+    proxy = {"@type": TCP_PROXY_TYPE, "stat_prefix": "tcp", "cluster": cluster}
+    return {
+        "name": f"tcp_{port}",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": proxy}]}
+        ],
+    }
+
+
+def original_dst_bootstrap(http_port: int, tcp_port: int, echo_port: int) -> dict[str, Any]:
+    routes = [
+        {"match": {"prefix": "/override"}, "route": {"cluster": "override"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "dst"}},
+    ]
+    return _bootstrap(
+        [_listener_with_routes(http_port, routes), _tcp_proxy_listener(tcp_port, "dst")],
+        [
+            _original_dst_cluster("dst"),
+            _original_dst_cluster(
+                "override", http_header_name="X-Dst", upstream_port_override=echo_port
+            ),
+        ],
+    )
+
+
+def _tcp_answer(port: int) -> bytes:
+    """What a tcp_proxy connection gets before the proxy closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"hello")
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    return received
+
+
+def original_dst_observations(process_class: type[EnvoyProcess], workdir: Path) -> dict:
+    with Http1Echo("a") as echo:
+        http_port, tcp_port, closed_port = free_port(), free_port(), free_port()
+        bootstrap = original_dst_bootstrap(http_port, tcp_port, echo.port)
+        process = process_class(bootstrap, workdir).start()
+        try:
+            process.wait_ready()
+            seen: dict[str, Any] = {}
+            for label, path, headers in [
+                ("header", "/", {"x-envoy-original-dst-host": f"127.0.0.1:{echo.port}"}),
+                ("no header", "/", None),
+                ("invalid", "/", {"x-envoy-original-dst-host": "not-an-address"}),
+                ("refused", "/", {"x-envoy-original-dst-host": f"127.0.0.1:{closed_port}"}),
+                ("override", "/override", {"x-dst": f"127.0.0.1:{closed_port}"}),
+            ]:
+                status, body = get(http_port, path, headers)
+                seen[label] = (status, body["server"] if isinstance(body, dict) else body[:40])
+            seen["hosts before cleanup"] = process.stat("cluster.dst.membership_total")
+            # The refused destination has no connection: the cleanup removes it; the echo's
+            # host keeps its idle pooled connection and stays.
+            wait_for(
+                lambda: process.stat("cluster.dst.membership_total") == 1,
+                timeout=10,
+                what="the cleanup removed the unused host",
+            )
+            seen["tcp_proxy"] = _tcp_answer(tcp_port)
+            wait_for(
+                lambda: process.stat("cluster.dst.upstream_cx_none_healthy") == 3,
+                timeout=5,
+                what="tcp_proxy found no host",
+            )
+            for name in ("original_dst_host_invalid", "membership_change", "membership_healthy"):
+                seen[name] = process.stat(f"cluster.dst.{name}")
+            seen["override hosts"] = process.stat("cluster.override.membership_total")
+            return seen
+        finally:
+            process.stop()
+
+
+ORIGINAL_DST_EXPECTED = {
+    "header": (200, "a"),
+    "no header": (503, "no healthy upstream"),
+    "invalid": (503, "no healthy upstream"),
+    "refused": (503, "upstream connect error or disconnect/res"),
+    "override": (200, "a"),
+    "hosts before cleanup": 2,
+    "tcp_proxy": b"",
+    "original_dst_host_invalid": 1,
+    "membership_change": 3,
+    "membership_healthy": 1,
+    "override hosts": 1,
+}
+
+
+def test_original_dst_clusters_as_envoy(tmp_path: Path) -> None:
+    assert original_dst_observations(ProxyProcess, tmp_path) == ORIGINAL_DST_EXPECTED

@@ -20,3 +20,10 @@ def test_host_rewrites(tmp_path: Path) -> None:
     ours = mesh.host_rewrite_observations(ProxyProcess, tmp_path / "ours")
     assert envoy == mesh.HOST_REWRITE_EXPECTED
     assert ours == envoy
+
+
+def test_original_dst_clusters(tmp_path: Path) -> None:
+    envoy = mesh.original_dst_observations(EnvoyProcess, tmp_path / "envoy")
+    ours = mesh.original_dst_observations(ProxyProcess, tmp_path / "ours")
+    assert envoy == mesh.ORIGINAL_DST_EXPECTED
+    assert ours == envoy

@@ -202,6 +202,25 @@ ROOTS = (
         ),
     ),
     Root(
+        "original_dst_cluster",
+        cluster_pb2.Cluster,
+        {"name": "c", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED"},
+        build_cluster_config,
+        fields=frozenset({"original_dst_lb_config", "cleanup_interval"}),
+    ),
+    Root(
+        "original_dst_header_cluster",
+        cluster_pb2.Cluster,
+        {
+            "name": "c",
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "original_dst_lb_config": {"use_http_header": True},
+        },
+        build_cluster_config,
+        fields=frozenset({"original_dst_lb_config"}),
+    ),
+    Root(
         "connection_limit",
         connection_limit_pb2.ConnectionLimit,
         {"stat_prefix": "cl", "max_connections": 5},
@@ -404,6 +423,21 @@ NO_EFFECT: dict[str, str] = {
     ),
     "hcm http_filters.name": "a filter's name: the @type picks the filter (as Envoy)",
     "cluster load_assignment.cluster_name": "the cluster's own name is used (as Envoy)",
+    **{
+        f"cluster {name}": "ORIGINAL_DST clusters only (the original_dst_cluster root)"
+        for name in (
+            "cleanup_interval",
+            "original_dst_lb_config.use_http_header",
+            "original_dst_lb_config.http_header_name",
+            "original_dst_lb_config.upstream_port_override",
+        )
+    },
+    "original_dst_cluster original_dst_lb_config.http_header_name": (
+        "Envoy refuses it without use_http_header: the original_dst_header_cluster root"
+    ),
+    "original_dst_header_cluster original_dst_lb_config.use_http_header": (
+        "set in this root's base: the original_dst_cluster root checks it"
+    ),
     "cluster metadata": "metadata is opaque to the cluster",
     "cluster load_assignment.endpoints.lb_endpoints.metadata": "metadata is opaque",
     "cluster load_assignment.endpoints.locality": (
@@ -881,7 +915,7 @@ def test_the_refused_walk_covers_the_roots() -> None:
     assert "hcm normalize_path" in names
     assert "hcm xff_num_trusted_hops" in names
     assert "hcm route_config.virtual_hosts.routes.route.retry_policy" in names
-    assert "cluster cleanup_interval" in names
+    assert "cluster original_dst_lb_config.metadata_key" in names
     assert len(names) > 300
 
 

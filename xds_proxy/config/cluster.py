@@ -30,6 +30,7 @@ from xds_proxy.config.health_check import (
     build_health_checks,
     build_outlier_detection,
 )
+from xds_proxy.config.original_dst import OriginalDstConfig, build_original_dst
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.tls import UpstreamTls, upstream_tls
 from xds_proxy.config.values import duration_seconds
@@ -56,6 +57,7 @@ class DiscoveryType(enum.Enum):
     STATIC = cluster_pb2.Cluster.STATIC
     STRICT_DNS = cluster_pb2.Cluster.STRICT_DNS
     LOGICAL_DNS = cluster_pb2.Cluster.LOGICAL_DNS
+    ORIGINAL_DST = cluster_pb2.Cluster.ORIGINAL_DST  # hosts made on demand (original_dst.py)
 
 
 class LbPolicy(enum.Enum):
@@ -64,6 +66,7 @@ class LbPolicy(enum.Enum):
     RANDOM = cluster_pb2.Cluster.RANDOM
     RING_HASH = cluster_pb2.Cluster.RING_HASH
     MAGLEV = cluster_pb2.Cluster.MAGLEV
+    CLUSTER_PROVIDED = cluster_pb2.Cluster.CLUSTER_PROVIDED  # ORIGINAL_DST's own balancer
 
 
 class UpstreamProtocol(enum.Enum):
@@ -138,6 +141,7 @@ class ClusterConfig:
     tls: UpstreamTls | None = None
     alt_stat_name: str = ""
     source_address: tuple[str, int] | None = None  # upstream_bind_config: bind before connect
+    original_dst: OriginalDstConfig | None = None  # an ORIGINAL_DST cluster's settings
 
     @property
     def stat_name(self) -> str:
@@ -164,6 +168,7 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         except ValueError:
             kind = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
             raise ConfigError(f"{path}.type: {kind} not supported") from None
+    original_dst = build_original_dst(cluster, path)
     lb_policy, choices, hashing = _balancing(cluster, path)
     if lb_policy in (LbPolicy.RING_HASH, LbPolicy.MAGLEV):
         _refuse_endpoint_hash_keys(cluster, path)
@@ -213,6 +218,7 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         tls=tls,
         alt_stat_name=cluster.alt_stat_name,
         source_address=_source_address(cluster, path),
+        original_dst=original_dst,
     )
 
 

@@ -445,7 +445,17 @@ TABLE: dict[str, dict[str, Rule]] = {
     # --- clusters (config/cluster.py)
     "envoy.config.cluster.v3.Cluster": {
         "name": OK,
-        "type": Values({"STATIC": OK, "STRICT_DNS": OK, "LOGICAL_DNS": OK}),
+        "type": Values({"STATIC": OK, "STRICT_DNS": OK, "LOGICAL_DNS": OK, "ORIGINAL_DST": OK}),
+        # ORIGINAL_DST (config/original_dst.py, upstream/original_dst.py)
+        "original_dst_lb_config": Supported(
+            {
+                "use_http_header": OK,
+                "http_header_name": OK,
+                "upstream_port_override": OK,
+                "metadata_key": NotYet("no dynamic metadata is set"),
+            }
+        ),
+        "cleanup_interval": OK,
         "connect_timeout": OK,
         "load_assignment": OK,
         "typed_extension_protocol_options": Extension("upstream_protocol_options"),
@@ -459,6 +469,7 @@ TABLE: dict[str, dict[str, Rule]] = {
                 "RANDOM": OK,
                 "RING_HASH": OK,
                 "MAGLEV": OK,
+                "CLUSTER_PROVIDED": OK,  # ORIGINAL_DST only, as Envoy checks
                 "LOAD_BALANCING_POLICY_CONFIG": OK,  # with load_balancing_policy (as Envoy)
             }
         ),

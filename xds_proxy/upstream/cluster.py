@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from xds_proxy.config.cluster import (
@@ -31,9 +31,16 @@ from xds_proxy.upstream.host import Host, Resources
 from xds_proxy.upstream.http1_pool import Http1Pool
 from xds_proxy.upstream.http2_pool import Http2Pool
 from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, Random, RoundRobin
+from xds_proxy.upstream.original_dst import OriginalDstHosts
 from xds_proxy.upstream.outlier import OutlierDetector, Result
 from xds_proxy.upstream.stats import ClusterStats, register_circuit_breaker_gauges
-from xds_proxy.upstream.stream import OVERFLOW, RequestHead, ResponseHandler, UpstreamStream
+from xds_proxy.upstream.stream import (
+    OVERFLOW,
+    Header,
+    RequestHead,
+    ResponseHandler,
+    UpstreamStream,
+)
 
 if TYPE_CHECKING:
     from xds_proxy.stats import Stats
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
 _OVERPROVISIONING = 1.4
 
 log = logging.getLogger("xds_proxy.upstream")
+
+_DNS_TYPES = (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
 
 
 class Cluster:
@@ -70,7 +79,7 @@ class Cluster:
         self._dns_task: asyncio.Task | None = None
         # Set once the first hosts are known (DNS) and checked (health checks): the cluster is
         # warm. None for a static cluster without health checks: warm from the start.
-        warms = config.discovery is not DiscoveryType.STATIC or bool(config.health_checks)
+        warms = config.discovery in _DNS_TYPES or bool(config.health_checks)
         self.resolved = asyncio.Event() if warms else None
         self._rng = rng or random.Random()
         self.lb: LoadBalancer = _load_balancer(config, self._rng, stats)
@@ -98,6 +107,17 @@ class Cluster:
         self._started = False
         self._routable: list[Host] = []  # the hosts the balancer picks from
         self._panic = False
+        self._original_dst = (
+            OriginalDstHosts(
+                config.name,
+                config.original_dst,
+                stats.counter(f"cluster.{config.stat_name}.original_dst_host_invalid"),
+                lambda: self.hosts,
+                self._set_hosts,
+            )
+            if config.original_dst is not None
+            else None
+        )
         if config.discovery is DiscoveryType.STATIC:
             self._set_hosts([((e.host, e.port), e.hostname) for e in config.endpoints])
 
@@ -110,7 +130,9 @@ class Cluster:
         self._started = True
         if self._outliers is not None:
             self._outliers.start()
-        if self.config.discovery is not DiscoveryType.STATIC:
+        if self._original_dst is not None:
+            self._original_dst.start()
+        if self.config.discovery in _DNS_TYPES:
             self._dns_task = asyncio.get_running_loop().create_task(
                 self._dns_loop(), name=f"dns:{self.name}"
             )
@@ -211,9 +233,14 @@ class Cluster:
         self._panic = bool(self.hosts) and min(100.0, share * _OVERPROVISIONING) < threshold
         self._routable = self.hosts if self._panic else healthy
 
-    def pick_host(self, hash_key: int | None = None) -> Host | None:
+    def pick_host(
+        self, hash_key: int | None = None, request_headers: Sequence[Header] = ()
+    ) -> Host | None:
         """The balancer's host; `hash_key` is the request's hash (route `hash_policy`), used
-        by the hashing balancers (none: a random one, as Envoy)."""
+        by the hashing balancers (none: a random one, as Envoy). An ORIGINAL_DST cluster
+        picks (or adds) the request's destination host instead (original_dst.py)."""
+        if self._original_dst is not None:
+            return self._original_dst.pick(request_headers)
         if self._panic:
             self.stats.lb_healthy_panic.value += 1
         return self.lb.pick(self._routable, hash_key)
@@ -231,7 +258,7 @@ class Cluster:
         """Start a request to a host chosen by the load balancer. None: no host at all (the
         router answers 503 `no healthy upstream`). Failures after this (connect errors,
         overflow, resets) arrive as `handler.on_reset(reason)`, never synchronously."""
-        host = self.pick_host(hash_key)
+        host = self.pick_host(hash_key, head.headers)
         if host is None:
             self.stats.upstream_cx_none_healthy.value += 1
             return None
@@ -257,6 +284,8 @@ class Cluster:
     def retire(self) -> None:
         """This cluster was replaced or removed: no new streams; connections close when idle."""
         self.retired = True
+        if self._original_dst is not None:
+            self._original_dst.stop()
         if self._health_checker is not None:
             self._health_checker.stop()
         if self._outliers is not None:

@@ -9,13 +9,17 @@ Envoy 1.40 too; the expected values here are what Envoy 1.40 answers.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
 from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.listeners import chain, lds_bootstrap
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
+from tests.helpers.stub import StubProcess
 from tests.helpers.upstreams import Http1Echo, cluster_dict
 from tests.integration.test_cds import routed_listener
 
@@ -250,3 +254,137 @@ ORIGINAL_DST_EXPECTED = {
 
 def test_original_dst_clusters_as_envoy(tmp_path: Path) -> None:
     assert original_dst_observations(ProxyProcess, tmp_path) == ORIGINAL_DST_EXPECTED
+
+
+# -- listeners on a UNIX socket (pipe) ------------------------------------------------------------
+
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+PIPE_LOG_FORMAT = (
+    "R=%DOWNSTREAM_REMOTE_ADDRESS% RN=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% "
+    "RP=%DOWNSTREAM_REMOTE_PORT% L=%DOWNSTREAM_LOCAL_ADDRESS% LP=%DOWNSTREAM_LOCAL_PORT% "
+    "D=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%\n"
+)
+
+
+def _pipe_http_listener(path: Path, body: str, log: Path, mode: int, **fields: Any) -> dict:
+    http_chain = chain(body)
+    http_chain["filters"][0]["typed_config"]["access_log"] = [
+        {
+            "name": "file",
+            "typed_config": {
+                "@type": FILE_LOG,
+                "path": str(log),
+                "log_format": {"text_format_source": {"inline_string": PIPE_LOG_FORMAT}},
+            },
+        }
+    ]
+    return {
+        "name": "pipe_http",
+        "address": {"pipe": {"path": str(path), "mode": mode}},
+        "filter_chains": [http_chain],
+        **fields,
+    }
+
+
+def _pipe_tcp_listener(path: Path) -> dict:
+    proxy = {"@type": TCP_PROXY_TYPE, "stat_prefix": "tcp", "cluster": "echo"}
+    return {
+        "name": "pipe_tcp",
+        "address": {"pipe": {"path": str(path)}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": proxy}]}
+        ],
+    }
+
+
+def _push(stub: StubProcess, version: str, listeners: list[dict]) -> None:
+    stub.client.set_resources(listeners=listeners, version=version)
+    stub.client.wait(version, timeout=10)
+
+
+def pipe_observations(process_class: type[EnvoyProcess], workdir: Path) -> list[Any]:
+    """Pipe listeners pushed over LDS, updated, and removed; what a client and the admin see,
+    with the work directory shown as `<dir>`."""
+    workdir.mkdir(parents=True)
+    http_path, tcp_path, log = workdir / "http.sock", workdir / "tcp.sock", workdir / "a.log"
+    http_path.write_text("a stale file where the socket goes")
+    seen: list[Any] = []
+    with Http1Echo("a") as echo:
+        stub = StubProcess(workdir / "stub").start()
+        bootstrap = lds_bootstrap(stub.xds_address)
+        bootstrap["static_resources"]["clusters"].append(cluster_dict("echo", [echo.port]))
+        process = process_class(bootstrap, workdir / "proxy").start()
+        try:
+            process.wait_ready()
+            _push(stub, "1", [_pipe_http_listener(http_path, "one", log, 0o640)])
+            first = os.stat(http_path)
+            seen += [oct(stat.S_IMODE(first.st_mode)), get(str(http_path), "/")]
+            seen += [
+                process.get("/listeners")[1],
+                json.loads(process.get("/listeners?format=json")[1]),
+            ]
+            seen.append(process.stat(f"listener.{http_path}.downstream_cx_total"))
+            # A listener-level change: a new version on the same socket (not re-bound); a
+            # connection of the old version keeps being served while it drains.
+            kept = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            kept.settimeout(5)
+            kept.connect(str(http_path))
+            updated = _pipe_http_listener(
+                http_path, "one", log, 0o640, per_connection_buffer_limit_bytes=65536
+            )
+            _push(stub, "2", [updated, _pipe_tcp_listener(tcp_path)])
+            seen.append(os.stat(http_path).st_ino == first.st_ino)
+            kept.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            seen.append(kept.recv(65536).split(b"\r\n\r\n", 1)[1].decode())
+            kept.close()
+            status, body = get(str(tcp_path), "/")
+            seen.append((status, body["server"] if isinstance(body, dict) else body))
+            # A mode change alone does not re-bind: the socket keeps its mode.
+            _push(stub, "3", [_pipe_http_listener(http_path, "two", log, 0o600)])
+            seen.append(os.stat(http_path).st_ino == first.st_ino)
+            seen += [oct(stat.S_IMODE(os.stat(http_path).st_mode)), get(str(http_path), "/")]
+            _push(stub, "4", [])
+            wait_for(lambda: _refused(http_path), timeout=5, what="the removed pipe refuses")
+            seen.append(http_path.exists())  # the file stays, as Envoy leaves it
+            wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, timeout=10)
+            seen.append(sorted(set(log.read_text().splitlines())))
+        finally:
+            process.stop()
+            stub.stop()
+    return json.loads(json.dumps(seen).replace(str(workdir), "<dir>"))
+
+
+def _refused(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except ConnectionRefusedError:
+            return True
+    return False
+
+
+PIPE_EXPECTED = [
+    "0o640",
+    [200, "one"],
+    "pipe_http::<dir>/http.sock\n",
+    {
+        "listener_statuses": [
+            {"name": "pipe_http", "local_address": {"pipe": {"path": "<dir>/http.sock"}}}
+        ]
+    },
+    1,
+    True,
+    "one",
+    [200, "a"],
+    True,
+    "0o640",
+    [200, "two"],
+    True,
+    [
+        "R=<dir>/http.sock RN=<dir>/http.sock RP= L=<dir>/http.sock LP= D=<dir>/http.sock",
+    ],
+]  # fmt: skip
+
+
+def test_pipe_listeners_as_envoy(tmp_path: Path) -> None:
+    assert pipe_observations(ProxyProcess, tmp_path / "ours") == PIPE_EXPECTED

@@ -27,3 +27,10 @@ def test_original_dst_clusters(tmp_path: Path) -> None:
     ours = mesh.original_dst_observations(ProxyProcess, tmp_path / "ours")
     assert envoy == mesh.ORIGINAL_DST_EXPECTED
     assert ours == envoy
+
+
+def test_pipe_listeners(tmp_path: Path) -> None:
+    envoy = mesh.pipe_observations(EnvoyProcess, tmp_path / "envoy")
+    ours = mesh.pipe_observations(ProxyProcess, tmp_path / "ours")
+    assert envoy == mesh.PIPE_EXPECTED
+    assert ours == envoy

@@ -205,12 +205,14 @@ TABLE: dict[str, dict[str, Rule]] = {
         "address": OK,
         "port_value": OK,
     },
+    # A UNIX stream socket, where a place accepts one (listener/sockets.py binds it).
+    _CORE + "Pipe": {"path": OK, "mode": OK},
     _CORE + "CidrRange": {"address_prefix": OK, "prefix_len": OK},
     _CORE + "TransportSocket": {"name": OK, "typed_config": Extension("transport_socket")},
     # --- listeners
     _LISTENER + "Listener": {
         "name": OK,
-        "address": OK,
+        "address": Supported({"socket_address": OK, "pipe": OK}),
         "additional_addresses": OK,
         "filter_chains": OK,
         "default_filter_chain": OK,

@@ -99,6 +99,7 @@ from xds_proxy.listener.actions import (
     HandOverSockets,
     ListenerDrained,
     ListenerEvent,
+    PipeAddress,
     ReleaseSockets,
     ReserveSockets,
     RoutesFailed,
@@ -112,6 +113,7 @@ from xds_proxy.listener.actions import (
     UpdateFilterChains,
     UpdatePolicy,
     WatchRoutes,
+    fixed_address,
 )
 from xds_proxy.listener.config_diff import changed_fields
 from xds_proxy.listener.drain_policy import (
@@ -658,7 +660,7 @@ class ListenerManager:
     def _hold_back_removals(self, version: ListenerVersion, actions: list[Action]) -> None:
         """No connection is refused at an address that was serving: a version removed in this
         response on one of the new listener's addresses keeps accepting until it is warm."""
-        mine = {address for address in version.addresses if address[1] != 0}
+        mine = {address for address in version.addresses if fixed_address(address)}
         held = {
             old.id
             for old in self.draining.values()
@@ -677,7 +679,7 @@ class ListenerManager:
         self.warming[version.name] = version
         if not version.replaces:
             for address in version.addresses:
-                if address[1] != 0:
+                if fixed_address(address):
                     self._owners[address] = version
 
     def _discard_warming(
@@ -832,7 +834,7 @@ class ListenerManager:
             self._forget_addresses(previous)
         self.active[version.name] = version
         for address in version.addresses:
-            if address[1] != 0:
+            if fixed_address(address):
                 self._owners[address] = version
 
     def _pop_active(self, name: str) -> ListenerVersion:
@@ -884,11 +886,18 @@ class ListenerManager:
 
 
 def _format_address(address: SocketAddress) -> str:
+    if isinstance(address, PipeAddress):
+        return address.path
     ip, port = address
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _socket_address(address: address_pb2.Address, name: str) -> SocketAddress:
+    if address.HasField("pipe"):
+        pipe = address.pipe
+        if pipe.path.startswith("@") and pipe.mode != 0:
+            raise ConfigError("Cannot set mode for Abstract AF_UNIX sockets")
+        return PipeAddress(pipe.path, pipe.mode)
     if not address.HasField("socket_address"):
         raise ConfigError(f"error adding listener named '{name}': only socket_address is supported")
     socket_address = address.socket_address

@@ -388,3 +388,72 @@ PIPE_EXPECTED = [
 
 def test_pipe_listeners_as_envoy(tmp_path: Path) -> None:
     assert pipe_observations(ProxyProcess, tmp_path / "ours") == PIPE_EXPECTED
+
+
+def pipe_upstream_observations(process_class: type[EnvoyProcess], workdir: Path) -> list[Any]:
+    """A STATIC cluster whose endpoint is a pipe (served by a pipe listener of the same
+    process), reached by an HTTP route and by tcp_proxy; /clusters and the access log."""
+    workdir.mkdir(parents=True)
+    upstream, log = workdir / "up.sock", workdir / "a.log"
+    http_port, tcp_port = free_port(), free_port()
+    front = _listener_with_routes(
+        http_port, [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]
+    )
+    front["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = [
+        {
+            "name": "file",
+            "typed_config": {
+                "@type": FILE_LOG,
+                "path": str(log),
+                "log_format": {
+                    "text_format_source": {
+                        "inline_string": "UH=%UPSTREAM_HOST% UR=%UPSTREAM_REMOTE_ADDRESS%\n"
+                    }
+                },
+            },
+        }
+    ]
+    pipe_server = {
+        "name": "server",
+        "address": {"pipe": {"path": str(upstream)}},
+        "filter_chains": [chain("from-pipe")],
+    }
+    cluster = {
+        "name": "up",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "up",
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(upstream)}}}}]}
+            ],
+        },
+    }
+    bootstrap = _bootstrap([front, _tcp_proxy_listener(tcp_port, "up"), pipe_server], [cluster])
+    process = process_class(bootstrap, workdir / "proxy").start()
+    seen: list[Any] = []
+    try:
+        process.wait_ready()
+        seen += [get(http_port, "/"), get(tcp_port, "/")]
+        clusters = process.get("/clusters")[1].splitlines()
+        seen.append(sorted(line for line in clusters if "::cx_total::" in line))
+        hosts = json.loads(process.get("/clusters?format=json")[1])["cluster_statuses"]
+        seen.append(hosts[0]["host_statuses"][0]["address"])
+        wait_for(lambda: log.exists() and log.read_text(), timeout=10, what="the access log")
+        seen.append(log.read_text().splitlines()[0])
+    finally:
+        process.stop()
+    return json.loads(json.dumps(seen).replace(str(workdir), "<dir>"))
+
+
+PIPE_UPSTREAM_EXPECTED = [
+    [200, "from-pipe"],
+    [200, "from-pipe"],
+    ["up::<dir>/up.sock::cx_total::2"],
+    {"pipe": {"path": "<dir>/up.sock"}},
+    "UH=<dir>/up.sock UR=<dir>/up.sock",
+]
+
+
+def test_pipe_upstreams_as_envoy(tmp_path: Path) -> None:
+    assert pipe_upstream_observations(ProxyProcess, tmp_path / "ours") == PIPE_UPSTREAM_EXPECTED

@@ -34,3 +34,10 @@ def test_pipe_listeners(tmp_path: Path) -> None:
     ours = mesh.pipe_observations(ProxyProcess, tmp_path / "ours")
     assert envoy == mesh.PIPE_EXPECTED
     assert ours == envoy
+
+
+def test_pipe_upstreams(tmp_path: Path) -> None:
+    envoy = mesh.pipe_upstream_observations(EnvoyProcess, tmp_path / "envoy")
+    ours = mesh.pipe_upstream_observations(ProxyProcess, tmp_path / "ours")
+    assert envoy == mesh.PIPE_UPSTREAM_EXPECTED
+    assert ours == envoy

@@ -286,6 +286,7 @@ TEMPLATES: dict[str, dict] = {
     "envoy.type.matcher.v3.StringMatcher": {"exact": "v"},
     "envoy.type.matcher.v3.RegexMatcher": {"regex": "a"},
     "envoy.type.matcher.v3.RegexMatchAndSubstitute": {"pattern": {"regex": "a"}},
+    "envoy.config.core.v3.Pipe": {"path": "/run/p.sock"},
     "envoy.type.v3.Int64Range": {"start": 1, "end": 5},
     "envoy.extensions.filters.network.http_connection_manager.v3.Rds": {
         "route_config_name": "r",
@@ -423,6 +424,9 @@ NO_EFFECT: dict[str, str] = {
     ),
     "hcm http_filters.name": "a filter's name: the @type picks the filter (as Envoy)",
     "cluster load_assignment.cluster_name": "the cluster's own name is used (as Envoy)",
+    "cluster load_assignment.endpoints.lb_endpoints.endpoint.address.pipe.mode": (
+        "a pipe's mode is applied where it is bound (a listener), not by a client (as Envoy)"
+    ),
     **{
         f"cluster {name}": "ORIGINAL_DST clusters only (the original_dst_cluster root)"
         for name in (
@@ -1020,9 +1024,6 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _CORE + "CidrRange.prefix_len": "listener/filter_chain.py",
     _LISTENER + "Listener.name": "listener/manager.py",
     _LISTENER + "Listener.address": "listener/manager.py",
-    _CORE + "Address.pipe": "listener/manager.py (a listener's pipe; listener/sockets.py binds it)",
-    _CORE + "Pipe.path": "listener/manager.py PipeAddress, listener/sockets.py bind_pipe",
-    _CORE + "Pipe.mode": "listener/manager.py PipeAddress, listener/sockets.py bind_pipe (chmod)",
     _LISTENER + "Listener.additional_addresses": "listener/manager.py",
     _LISTENER + "AdditionalAddress.address": "listener/manager.py",
     _LISTENER + "Listener.filter_chains": "listener/runtime.py",

@@ -15,7 +15,13 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from google.protobuf import timestamp_pb2
 
-from xds_proxy.upstream.host import HOST_COUNTERS, HOST_GAUGES, Host
+from xds_proxy.upstream.host import (
+    HOST_COUNTERS,
+    HOST_GAUGES,
+    PIPE_PORT,
+    Host,
+    host_address_text,
+)
 from xds_proxy.upstream.manager import ClusterManager
 
 # Envoy's defaults for a priority's thresholds left unset.
@@ -42,8 +48,7 @@ def _thresholds(message: cluster_pb2.Cluster, priority: int) -> list[tuple[str, 
 
 
 def _host_key(host: Host) -> str:
-    ip, port = host.address
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return host_address_text(host.address)
 
 
 def clusters_text(manager: ClusterManager) -> str:
@@ -95,8 +100,11 @@ def clusters_message(manager: ClusterManager) -> clusters_pb2.Clusters:
 
 def _add_host(status: clusters_pb2.ClusterStatus, host: Host) -> None:
     entry = status.host_statuses.add(weight=1, hostname=host.hostname)
-    entry.address.socket_address.address = host.address[0]
-    entry.address.socket_address.port_value = host.address[1]
+    if host.address[1] == PIPE_PORT:
+        entry.address.pipe.path = host.address[0]
+    else:
+        entry.address.socket_address.address = host.address[0]
+        entry.address.socket_address.port_value = host.address[1]
     for stat in HOST_COUNTERS:
         entry.stats.add(name=stat, value=getattr(host.stats, stat))
     for stat in HOST_GAUGES:

@@ -51,6 +51,8 @@ DEFAULT_HEALTHY_PANIC_THRESHOLD = 50.0
 DEFAULT_MIN_RING_SIZE = 1024
 DEFAULT_MAX_RING_SIZE = 8 * 1024 * 1024
 DEFAULT_MAGLEV_TABLE_SIZE = 65537  # the Maglev paper's recommended (prime) size
+# An endpoint on a UNIX socket (`address.pipe`): (path, PIPE_PORT), upstream/host.py's too.
+PIPE_PORT = -1
 
 
 class DiscoveryType(enum.Enum):
@@ -390,6 +392,9 @@ def _endpoints(
             endpoint = lb_endpoint.endpoint
             address_path = f"{endpoint_path}.endpoint.address"
             address = endpoint.address
+            if address.HasField("pipe"):  # a UNIX socket (upstream/connect.py)
+                found.append(EndpointAddress(address.pipe.path, PIPE_PORT, endpoint.hostname))
+                continue
             socket_address = address.socket_address
             socket_path = f"{address_path}.socket_address"
             host = socket_address.address

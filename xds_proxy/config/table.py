@@ -682,7 +682,10 @@ TABLE: dict[str, dict[str, Rule]] = {
     _ENDPOINT + "ClusterLoadAssignment": {"cluster_name": OK, "endpoints": OK},
     _ENDPOINT + "LocalityLbEndpoints": {"locality": OK, "lb_endpoints": OK},
     _ENDPOINT + "LbEndpoint": {"endpoint": OK, "metadata": OPAQUE},
-    _ENDPOINT + "Endpoint": {"address": OK, "hostname": OK},
+    _ENDPOINT + "Endpoint": {
+        "address": Supported({"socket_address": OK, "pipe": OK}),  # pipe: upstream/connect.py
+        "hostname": OK,
+    },
     _UPSTREAM_HTTP: {
         "explicit_http_config": Supported(
             {"http_protocol_options": _CLUSTER_HTTP1, "http2_protocol_options": _CLUSTER_HTTP2}

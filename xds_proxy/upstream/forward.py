@@ -39,6 +39,7 @@ from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.hash_policy import address_text, request_hash
+from xds_proxy.upstream.host import host_address_text
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
 from xds_proxy.upstream.stream import (
@@ -467,8 +468,7 @@ class Exchange(ResponseHandler):
             record.authority = head.authority  # after `auto_host_rewrite`
             host = getattr(stream, "host", None)
             if host is not None:
-                ip, port = host.address[0], host.address[1]
-                record.upstream_host = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+                record.upstream_host = host_address_text(host.address)
         if end_stream:
             self._request_complete()
 
@@ -706,8 +706,9 @@ class Exchange(ResponseHandler):
         local_address = getattr(self._stream, "local_address", None)
         record = self._record
         if local_address is not None and record is not None:
-            record.upstream_local = format_address(local_address())
-            if record.upstream_local is not None:
+            local = local_address()
+            record.upstream_local = format_address(local)
+            if record.upstream_local is not None or local == "":  # "": a pipe's unnamed end
                 record.upstream_remote = record.upstream_host
 
     def _local_reply(self, status: int, body: bytes, headers: list[Header] | None = None) -> None:

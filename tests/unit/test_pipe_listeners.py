@@ -1,5 +1,6 @@
 """Listeners on a UNIX stream socket (`address.pipe`): the pure manager's view of the
-address (equal by path, as Envoy compares pipes) and the socket pool binding real ones."""
+address (equal by path, as Envoy compares pipes) and the socket pool binding real ones;
+upstream endpoints on one."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import stat
 from pathlib import Path
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
+from google.protobuf import json_format
 
 from tests.unit.listener_fixtures import FakeSocketPool, chain
 from tests.unit.test_listener_manager import Clock, Compiler
+from xds_proxy.config.cluster import build_cluster_config
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.actions import PipeAddress, fixed_address
 from xds_proxy.listener.manager import (
@@ -94,3 +98,17 @@ def test_abstract_pipes_and_bind_errors(tmp_path: Path) -> None:
     with pytest.raises(BindError, match=f"^cannot bind '{missing}': No such file or directory$"):
         pool.reserve(ReserveSockets(2, (PipeAddress(missing),), None))
     pool.close_all()
+
+
+def test_a_pipe_endpoint_only_in_a_static_cluster() -> None:
+    pipe = {"endpoint": {"address": {"pipe": {"path": "/run/up.sock"}}}}
+    document = {
+        "name": "p",
+        "type": "STATIC",
+        "load_assignment": {"cluster_name": "p", "endpoints": [{"lb_endpoints": [pipe]}]},
+    }
+    config = build_cluster_config(json_format.ParseDict(document, cluster_pb2.Cluster()), "c")
+    assert [(e.host, e.port) for e in config.endpoints] == [("/run/up.sock", -1)]
+    document["type"] = "STRICT_DNS"
+    with pytest.raises(ConfigError, match=r"\.endpoint\.address\.pipe: not supported yet"):
+        build_cluster_config(json_format.ParseDict(document, cluster_pb2.Cluster()), "c")

@@ -393,6 +393,8 @@ def _endpoints(
             address_path = f"{endpoint_path}.endpoint.address"
             address = endpoint.address
             if address.HasField("pipe"):  # a UNIX socket (upstream/connect.py)
+                if discovery is not DiscoveryType.STATIC:
+                    raise ConfigError(f"{address_path}.pipe: not supported yet (DNS types)")
                 found.append(EndpointAddress(address.pipe.path, PIPE_PORT, endpoint.hostname))
                 continue
             socket_address = address.socket_address

@@ -324,6 +324,10 @@ def pipe_observations(process_class: type[EnvoyProcess], workdir: Path) -> list[
                 json.loads(process.get("/listeners?format=json")[1]),
             ]
             seen.append(process.stat(f"listener.{http_path}.downstream_cx_total"))
+            prometheus = process.get("/stats/prometheus")[1].splitlines()
+            seen.append(
+                [n for n in prometheus if n.startswith("envoy_listener_sock_downstream_cx_total{")]
+            )
             # A listener-level change: a new version on the same socket (not re-bound); a
             # connection of the old version keeps being served while it drains.
             kept = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -373,6 +377,7 @@ PIPE_EXPECTED = [
         ]
     },
     1,
+    ['envoy_listener_sock_downstream_cx_total{envoy_listener_address="<dir>/http"} 1'],
     True,
     "one",
     [200, "a"],

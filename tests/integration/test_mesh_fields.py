@@ -434,28 +434,64 @@ def pipe_upstream_observations(process_class: type[EnvoyProcess], workdir: Path)
             ],
         },
     }
-    bootstrap = _bootstrap([front, _tcp_proxy_listener(tcp_port, "up"), pipe_server], [cluster])
+    # A TCP health check of a pipe host: a UNIX socket that listens (the kernel completes the
+    # connect; the check sends and expects nothing).
+    checked_path = workdir / "checked.sock"
+    checked = {
+        "name": "checked",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "1s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "tcp_health_check": {},
+            }
+        ],
+        "load_assignment": {
+            "cluster_name": "checked",
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(checked_path)}}}}]}
+            ],
+        },
+    }
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(checked_path))
+    listening.listen(16)
+    bootstrap = _bootstrap(
+        [front, _tcp_proxy_listener(tcp_port, "up"), pipe_server], [cluster, checked]
+    )
     process = process_class(bootstrap, workdir / "proxy").start()
     seen: list[Any] = []
     try:
         process.wait_ready()
+        wait_for(
+            lambda: process.stat("cluster.checked.membership_healthy") == 1,
+            timeout=10,
+            what="the pipe host passed its TCP health check",
+        )
         seen += [get(http_port, "/"), get(tcp_port, "/")]
         clusters = process.get("/clusters")[1].splitlines()
         seen.append(sorted(line for line in clusters if "::cx_total::" in line))
         hosts = json.loads(process.get("/clusters?format=json")[1])["cluster_statuses"]
-        seen.append(hosts[0]["host_statuses"][0]["address"])
+        seen.append(
+            [status["host_statuses"][0]["address"] for status in hosts if status["name"] == "up"]
+        )
         wait_for(lambda: log.exists() and log.read_text(), timeout=10, what="the access log")
         seen.append(log.read_text().splitlines()[0])
     finally:
         process.stop()
+        listening.close()
     return json.loads(json.dumps(seen).replace(str(workdir), "<dir>"))
 
 
 PIPE_UPSTREAM_EXPECTED = [
     [200, "from-pipe"],
     [200, "from-pipe"],
-    ["up::<dir>/up.sock::cx_total::2"],
-    {"pipe": {"path": "<dir>/up.sock"}},
+    ["checked::<dir>/checked.sock::cx_total::0", "up::<dir>/up.sock::cx_total::2"],
+    [{"pipe": {"path": "<dir>/up.sock"}}],
     "UH=<dir>/up.sock UR=<dir>/up.sock",
 ]
 

@@ -66,7 +66,12 @@ class TextReadout:
 _PROMETHEUS_TAGS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^http\.((.*?)\.)"), "envoy_http_conn_manager_prefix"),
     (
-        re.compile(r"^listener\.(((?:[_.\d]*|[_\[\]aAbBcCdDeEfF\d]*))\.)"),
+        # An IP listener's `127.0.0.1_10000`, `[__1]_10000`, or any other dot-free segment (a
+        # pipe's path up to its first dot, a stat_prefix) except `admin`, as Envoy 1.40.
+        re.compile(
+            r"^listener\.(((?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[a-fA-F_\d]+\])_\d+"
+            r"|(?!admin\.)[^.]+)\.)"
+        ),
         "envoy_listener_address",
     ),
     (re.compile(r"^cluster\.((.*?)\.)"), "envoy_cluster_name"),

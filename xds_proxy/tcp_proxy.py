@@ -26,8 +26,8 @@ from xds_proxy.config.tcp_proxy import TcpProxySettings, build_tcp_proxy_setting
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
-from xds_proxy.upstream.connect import limit_buffer
-from xds_proxy.upstream.host import Host
+from xds_proxy.upstream.connect import connect_to, limit_buffer
+from xds_proxy.upstream.host import Host, host_address_text
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
 from xds_proxy.xxhash64 import xxhash64
@@ -95,12 +95,12 @@ async def _open(
     cluster: Cluster,
 ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
     tls = cluster.config.tls
-    if tls is None:
-        opened = await loop.create_connection(lambda: side, *address)
-    else:
-        opened = await loop.create_connection(
-            lambda: side, *address, ssl=tls.context, server_hostname=tls.server_hostname
-        )
+    opened = await connect_to(
+        lambda: side,
+        address,
+        tls.context if tls is not None else None,
+        tls.server_hostname if tls is not None else None,
+    )
     limit_buffer(opened[0], cluster.config.buffer_limit)
     return opened
 
@@ -452,7 +452,7 @@ def _connection_record(transport: asyncio.BaseTransport) -> LogRecord:
 
 
 def _address(host: Host) -> str | None:
-    return format_address(host.address)
+    return host_address_text(host.address)
 
 
 def _connect_failed(record: LogRecord, host: Host, error: BaseException) -> None:

@@ -14,6 +14,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from xds_proxy.listener.actions import fixed_address
 from xds_proxy.listener.drain_manager import DrainManager
 from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.manager import (
@@ -98,12 +99,14 @@ class FakeSocketPool:
         else:
             bound = []
             for address in addresses:
-                if address[1] == 0:
+                if not fixed_address(address):
+                    assert isinstance(address, tuple)
                     address = (address[0], self.next_port)
                     self.next_port += 1
                 elif address not in self.holders:
                     if address in self.taken_elsewhere:
-                        raise BindError(f"cannot bind '{address[0]}:{address[1]}': Address in use")
+                        ip, port = address  # type: ignore[misc]
+                        raise BindError(f"cannot bind '{ip}:{port}': Address in use")
                     self.binds.append(address)
                 bound.append(address)
         for address in bound:

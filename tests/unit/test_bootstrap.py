@@ -817,8 +817,10 @@ SOURCE = "dynamic_resources.lds_config.api_config_source"
             "static_resources.clusters[0].name: must not be empty",
         ),
         (
-            lambda d: d["static_resources"]["clusters"][0].update(lb_policy="CLUSTER_PROVIDED"),
-            "static_resources.clusters[0].lb_policy: CLUSTER_PROVIDED not supported",
+            lambda d: d["static_resources"]["clusters"][0].update(
+                original_dst_lb_config={"metadata_key": {"key": "k", "path": [{"key": "a"}]}}
+            ),
+            "static_resources.clusters[0].original_dst_lb_config.metadata_key: not supported yet",
         ),
         (
             lambda d: d["static_resources"]["clusters"].append(

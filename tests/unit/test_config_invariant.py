@@ -239,6 +239,25 @@ ROOTS = (
         fields=frozenset({"eds_cluster_config"}),
     ),
     Root(
+        "original_dst_cluster",
+        cluster_pb2.Cluster,
+        {"name": "c", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED"},
+        build_cluster_config,
+        fields=frozenset({"original_dst_lb_config", "cleanup_interval"}),
+    ),
+    Root(
+        "original_dst_header_cluster",
+        cluster_pb2.Cluster,
+        {
+            "name": "c",
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "original_dst_lb_config": {"use_http_header": True},
+        },
+        build_cluster_config,
+        fields=frozenset({"original_dst_lb_config"}),
+    ),
+    Root(
         "connection_limit",
         connection_limit_pb2.ConnectionLimit,
         {"stat_prefix": "cl", "max_connections": 5},
@@ -315,6 +334,8 @@ TEMPLATES: dict[str, dict] = {
     "envoy.config.core.v3.SocketAddress": {"address": "127.0.0.6", "port_value": 0},
     "envoy.type.matcher.v3.StringMatcher": {"exact": "v"},
     "envoy.type.matcher.v3.RegexMatcher": {"regex": "a"},
+    "envoy.type.matcher.v3.RegexMatchAndSubstitute": {"pattern": {"regex": "a"}},
+    "envoy.config.core.v3.Pipe": {"path": "/run/p.sock"},
     "envoy.type.v3.Int64Range": {"start": 1, "end": 5},
     "envoy.extensions.filters.network.http_connection_manager.v3.Rds": {
         "route_config_name": "r",
@@ -456,8 +477,29 @@ NO_EFFECT: dict[str, str] = {
     "hcm route_config.virtual_hosts.routes.match.headers.safe_regex_match.google_re2": (
         "deprecated in Envoy and ignored there too (RE2 is the only engine)"
     ),
+    "hcm route_config.virtual_hosts.routes.route.host_rewrite_path_regex.pattern.google_re2": (
+        "deprecated in Envoy and ignored there too (RE2 is the only engine)"
+    ),
     "hcm http_filters.name": "a filter's name: the @type picks the filter (as Envoy)",
     "cluster load_assignment.cluster_name": "the cluster's own name is used (as Envoy)",
+    "cluster load_assignment.endpoints.lb_endpoints.endpoint.address.pipe.mode": (
+        "a pipe's mode is applied where it is bound (a listener), not by a client (as Envoy)"
+    ),
+    **{
+        f"cluster {name}": "ORIGINAL_DST clusters only (the original_dst_cluster root)"
+        for name in (
+            "cleanup_interval",
+            "original_dst_lb_config.use_http_header",
+            "original_dst_lb_config.http_header_name",
+            "original_dst_lb_config.upstream_port_override",
+        )
+    },
+    "original_dst_cluster original_dst_lb_config.http_header_name": (
+        "Envoy refuses it without use_http_header: the original_dst_header_cluster root"
+    ),
+    "original_dst_header_cluster original_dst_lb_config.use_http_header": (
+        "set in this root's base: the original_dst_cluster root checks it"
+    ),
     "cluster metadata": "metadata is opaque to the cluster",
     "cluster load_assignment.endpoints.lb_endpoints.metadata": "metadata is opaque",
     "cluster eds_cluster_config": "read by EDS clusters only (the eds_cluster root), as Envoy",
@@ -948,7 +990,7 @@ def test_the_refused_walk_covers_the_roots() -> None:
     assert "hcm internal_address_config" in names
     assert "hcm common_http_protocol_options.max_requests_per_connection" in names
     assert "hcm route_config.virtual_hosts.routes.route.retry_policy" in names
-    assert "cluster cleanup_interval" in names
+    assert "cluster original_dst_lb_config.metadata_key" in names
     assert len(names) > 300
 
 

@@ -153,15 +153,19 @@ def test_dns_types_take_host_names() -> None:
         ),
         (
             {"lb_policy": "CLUSTER_PROVIDED"},
-            r"^clusters\[0\]\.lb_policy: CLUSTER_PROVIDED not supported$",
+            r"^clusters\[0\]: cluster manager: cluster provided LB specified but cluster 'web' "
+            r"did not provide one\. Check cluster documentation\.$",
         ),
         (
             {"type": "EDS"},
             r"^clusters\[0\]\.eds_cluster_config: cannot create an EDS cluster without an EDS"
             r" config$",
         ),
-        ({"type": "ORIGINAL_DST"}, r"^clusters\[0\]\.type: ORIGINAL_DST not supported$"),
         ({"cleanup_interval": "1s"}, r"^clusters\[0\]\.cleanup_interval: not supported$"),
+        (
+            {"original_dst_lb_config": {"metadata_key": {"key": "k", "path": [{"key": "a"}]}}},
+            r"^clusters\[0\]\.original_dst_lb_config\.metadata_key: not supported yet",
+        ),
         (
             {"circuit_breakers": {"thresholds": [{"retry_budget": {}}]}},
             r"^clusters\[0\]\.circuit_breakers\.thresholds\[0\]\.retry_budget: not supported$",

@@ -11,7 +11,8 @@ from google.protobuf import json_format
 
 from xds_proxy.config.support import require_valid
 from xds_proxy.errors import ConfigError
-from xds_proxy.upstream.forward import ForwardAction, HeaderMutations
+from xds_proxy.upstream.forward import DownstreamRequest, ForwardAction, HeaderMutations
+from xds_proxy.upstream.stream import RequestHead
 
 
 def action(document: dict, kind: str = "prefix", value: str = "/") -> ForwardAction:
@@ -83,7 +84,7 @@ def test_host_rewrite_literal() -> None:
     [
         ({}, r"^route: one of cluster, cluster_header, weighted_clusters, .* is required$"),
         ({"cluster": "w", "retry_policy": {}}, r"^route\.retry_policy: not supported$"),
-        ({"cluster": "w", "auto_host_rewrite": True}, r"^route\.auto_host_rewrite: not supported$"),
+        ({"cluster_header": "x-c"}, r"^route\.cluster_header: not supported$"),
         (
             {"weighted_clusters": {"clusters": [{"name": "a", "weight": 0}]}},
             r"^route\.weighted_clusters: Sum of weights in the weighted_cluster must be greater",
@@ -199,3 +200,36 @@ def test_response_mutations_and_percent_escape() -> None:
 def test_mutation_errors(document: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         mutations(document)
+
+
+def _request(url: bytes = b"/", headers: list | None = None) -> DownstreamRequest:
+    return DownstreamRequest(b"GET", url, b"orig.example", headers or [])
+
+
+def test_host_rewrite_header_uses_the_header_when_present_and_not_empty() -> None:
+    forward = action({"cluster": "c", "host_rewrite_header": "X-Host"})
+    assert forward.rewritten_host(_request(headers=[(b"x-host", b"h")])) == b"h"
+    assert forward.rewritten_host(_request(headers=[(b"x-host", b"")])) is None
+    assert forward.rewritten_host(_request()) is None
+
+
+def test_host_rewrite_path_regex_matches_the_path_without_its_query() -> None:
+    rewrite = {"pattern": {"regex": "^/svc/([^/]+)/(.*)$"}, "substitution": "\\2.\\1"}
+    forward = action({"cluster": "c", "host_rewrite_path_regex": rewrite})
+    assert forward.rewritten_host(_request(b"/svc/a/b?x=/svc/q/r")) == b"b.a"
+    assert action({"cluster": "c"}).rewritten_host(_request()) is None
+
+
+def test_auto_host_rewrite_takes_the_hosts_name_once_chosen() -> None:
+    head = RequestHead(b"GET", b"/", b"orig.example", [], host_from_upstream=True)
+    head.use_host_name("")
+    assert (head.authority, head.headers) == (b"orig.example", [])
+    head.use_host_name("named.example")
+    assert head.authority == b"named.example"
+    assert head.headers == [(b"x-envoy-original-host", b"orig.example")]
+    quiet = RequestHead(b"GET", b"/", b"o", [], host_from_upstream=True, keep_original_host=False)
+    quiet.use_host_name("n")
+    assert (quiet.authority, quiet.headers) == (b"n", [])
+    untouched = RequestHead(b"GET", b"/", b"o", [])
+    untouched.use_host_name("n")
+    assert untouched.authority == b"o"

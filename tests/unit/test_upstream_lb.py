@@ -112,7 +112,7 @@ def test_manager_refuses_a_bad_cluster_and_keeps_the_old_one() -> None:
     old = manager.get("web")
     bad = cluster_message("web", [1])
     bad.lb_policy = bad.CLUSTER_PROVIDED
-    with pytest.raises(ConfigError, match=r"^c\.lb_policy: CLUSTER_PROVIDED not supported$"):
+    with pytest.raises(ConfigError, match=r"^c: cluster manager: cluster provided LB specified"):
         manager.add_or_update(bad, "c")
     assert manager.get("web") is old
 

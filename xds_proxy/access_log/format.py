@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from xds_proxy.access_log.record import LogRecord, request_id
+from xds_proxy.access_log.record import PIPE_PORT, LogRecord, request_id
 from xds_proxy.codec.forwarded_for import last_xff_address
 from xds_proxy.config.access_log import (
     Command,
@@ -241,9 +241,11 @@ def _remote(record: LogRecord) -> tuple[str | None, int | None]:
     return downstream.remote_ip, downstream.remote_port
 
 
-def _with_port(ip: str | None, port: int | None) -> str | None:
+def _with_port(ip: str | None, port: int | str | None) -> str | None:
     if ip is None:
         return None
+    if port == PIPE_PORT:
+        return ip  # a pipe's path
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 

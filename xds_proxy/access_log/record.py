@@ -26,6 +26,10 @@ def request_id() -> bytes:
     return _ID_SHAPE % next(_ids)
 
 
+# A pipe connection's "port" in the access log: Envoy prints an empty string.
+PIPE_PORT = ""
+
+
 class Downstream:
     """A downstream connection's addresses, formatted once per connection."""
 
@@ -34,6 +38,10 @@ class Downstream:
     def __init__(self, peer: object, sockname: object) -> None:
         self.remote_ip, self.remote_port, self.remote = _address(peer)
         self.local_ip, self.local_port, self.local = _address(sockname)
+        if isinstance(sockname, str) and sockname:
+            # A pipe: Envoy prints its path for both ends (the peer is unnamed), no port.
+            self.local_ip = self.local = self.remote_ip = self.remote = sockname
+            self.local_port = self.remote_port = PIPE_PORT  # type: ignore[assignment]
 
 
 def format_address(value: object) -> str | None:

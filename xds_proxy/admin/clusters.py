@@ -17,7 +17,13 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import timestamp_pb2
 
 from xds_proxy.upstream.cluster import Cluster
-from xds_proxy.upstream.host import HOST_COUNTERS, HOST_GAUGES, Host
+from xds_proxy.upstream.host import (
+    HOST_COUNTERS,
+    HOST_GAUGES,
+    PIPE_PORT,
+    Host,
+    host_address_text,
+)
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.priority import is_degraded, is_healthy
 
@@ -45,8 +51,7 @@ def _thresholds(message: cluster_pb2.Cluster, priority: int) -> list[tuple[str, 
 
 
 def _host_key(host: Host) -> str:
-    ip, port = host.address
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return host_address_text(host.address)
 
 
 def clusters_text(manager: ClusterManager) -> str:
@@ -104,8 +109,11 @@ def _add_host(status: clusters_pb2.ClusterStatus, host: Host) -> None:
     entry = status.host_statuses.add(
         weight=host.weight, hostname=host.hostname, priority=host.priority
     )
-    entry.address.socket_address.address = host.address[0]
-    entry.address.socket_address.port_value = host.address[1]
+    if host.address[1] == PIPE_PORT:
+        entry.address.pipe.path = host.address[0]
+    else:
+        entry.address.socket_address.address = host.address[0]
+        entry.address.socket_address.port_value = host.address[1]
     for stat in HOST_COUNTERS:
         entry.stats.add(name=stat, value=getattr(host.stats, stat))
     for stat in HOST_GAUGES:

@@ -28,6 +28,7 @@ from xds_proxy.admin.plan_input import PlanInputError, parse_plan_body
 from xds_proxy.admin.server import AdminResponse
 from xds_proxy.admin.view import AdminCommands, AdminView
 from xds_proxy.config.redact import redact_sensitive
+from xds_proxy.listener.actions import PipeAddress, SocketAddress
 
 if TYPE_CHECKING:
     from xds_proxy.listener.manager import ListenerVersion
@@ -196,7 +197,7 @@ class AdminHandlers:
 
     # -- listeners ------------------------------------------------------------------------
 
-    def _bound(self, version: ListenerVersion) -> list[tuple[str, int]]:
+    def _bound(self, version: ListenerVersion) -> list[SocketAddress]:
         return self.view.bound_addresses(version.id)
 
     def listeners(self, query: Query) -> AdminResponse:
@@ -206,17 +207,24 @@ class AdminHandlers:
             doc = listeners_pb2.Listeners()
             for version in active:
                 status = doc.listener_statuses.add(name=version.name)
-                for i, (ip, port) in enumerate(self._bound(version)):
+                for i, address in enumerate(self._bound(version)):
                     target = (
                         status.local_address if i == 0 else status.additional_local_addresses.add()
                     )
-                    target.socket_address.address = ip
-                    target.socket_address.port_value = port
+                    if isinstance(address, PipeAddress):
+                        target.pipe.path = address.path
+                        continue
+                    target.socket_address.address = address[0]
+                    target.socket_address.port_value = address[1]
             return AdminResponse(200, _to_json(doc), JSON)
         lines = []
         for version in active:
-            for ip, port in self._bound(version):
-                shown = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+            for address in self._bound(version):
+                if isinstance(address, PipeAddress):
+                    shown = address.path
+                else:
+                    ip, port = address
+                    shown = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
                 lines.append(f"{version.name}::{shown}\n")
         return AdminResponse(200, "".join(lines))
 

@@ -35,6 +35,7 @@ from xds_proxy.config.health_check import (
     build_health_checks,
     build_outlier_detection,
 )
+from xds_proxy.config.original_dst import OriginalDstConfig, build_original_dst
 from xds_proxy.config.support import require_valid
 from xds_proxy.config.tls import UpstreamTls, upstream_tls
 from xds_proxy.config.values import duration_seconds
@@ -62,6 +63,7 @@ class DiscoveryType(enum.Enum):
     STRICT_DNS = cluster_pb2.Cluster.STRICT_DNS
     LOGICAL_DNS = cluster_pb2.Cluster.LOGICAL_DNS
     EDS = cluster_pb2.Cluster.EDS
+    ORIGINAL_DST = cluster_pb2.Cluster.ORIGINAL_DST  # hosts made on demand (original_dst.py)
 
 
 class LbPolicy(enum.Enum):
@@ -70,6 +72,7 @@ class LbPolicy(enum.Enum):
     RANDOM = cluster_pb2.Cluster.RANDOM
     RING_HASH = cluster_pb2.Cluster.RING_HASH
     MAGLEV = cluster_pb2.Cluster.MAGLEV
+    CLUSTER_PROVIDED = cluster_pb2.Cluster.CLUSTER_PROVIDED  # ORIGINAL_DST's own balancer
 
 
 class UpstreamProtocol(enum.Enum):
@@ -147,6 +150,7 @@ class ClusterConfig:
     tls: UpstreamTls | None = None
     alt_stat_name: str = ""
     source_address: tuple[str, int] | None = None  # upstream_bind_config: bind before connect
+    original_dst: OriginalDstConfig | None = None  # an ORIGINAL_DST cluster's settings
 
     eds: EdsSpec | None = None  # type EDS: the assignment comes from EDS (xds/eds.py)
     # The assignment's `policy.overprovisioning_factor` (percent; EDS: per assignment).
@@ -180,6 +184,7 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         except ValueError:
             kind = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
             raise ConfigError(f"{path}.type: {kind} not supported") from None
+    original_dst = build_original_dst(cluster, path)
     lb_policy, choices, hashing = _balancing(cluster, path)
     if lb_policy in (LbPolicy.RING_HASH, LbPolicy.MAGLEV):
         _refuse_endpoint_hash_keys(cluster, path)
@@ -243,6 +248,7 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         overprovisioning_factor=overprovisioning_factor,
         locality_weighted=cluster.common_lb_config.HasField("locality_weighted_lb_config"),
         ignore_health_on_host_removal=cluster.ignore_health_on_host_removal,
+        original_dst=original_dst,
     )
 
 

@@ -43,6 +43,10 @@ class Locality:
 NO_LOCALITY = Locality()
 
 
+# An endpoint on a UNIX socket (`address.pipe`) is (path, PIPE_PORT) (upstream/connect.py).
+PIPE_PORT = -1
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointAddress:
     """One `lb_endpoint` as configured: an IP (STATIC, EDS) or a host name to resolve (DNS
@@ -91,8 +95,13 @@ def read_assignment(
         for e_index, lb_endpoint in enumerate(group.lb_endpoints):
             endpoint = lb_endpoint.endpoint
             socket_address = endpoint.address.socket_address
-            host = socket_address.address
-            if require_ip:
+            host, port = socket_address.address, socket_address.port_value
+            if endpoint.address.HasField("pipe"):  # a UNIX socket (STATIC and EDS clusters)
+                if not require_ip:
+                    address_path = f"{group_path}.lb_endpoints[{e_index}].endpoint.address"
+                    raise ConfigError(f"{address_path}.pipe: not supported yet (DNS types)")
+                host, port = endpoint.address.pipe.path, PIPE_PORT
+            elif require_ip:
                 try:
                     ipaddress.ip_address(host)
                 except ValueError:
@@ -110,7 +119,7 @@ def read_assignment(
             found.append(
                 EndpointAddress(
                     host,
-                    socket_address.port_value,
+                    port,
                     hostname=endpoint.hostname,
                     health=lb_endpoint.health_status,
                     weight=lb_endpoint.load_balancing_weight.value or 1,

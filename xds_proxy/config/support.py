@@ -263,8 +263,13 @@ def listener_errors(listener: listener_pb2.Listener) -> list[str]:
     if address_violations or violations:
         return address_violations + list(violations)
     findings = _Findings()
-    _check(listener.address, "address", findings)
+    _check(listener.address, "address", findings, _LISTENER_ADDRESS.fields)
     return _listener_semantics(listener, "") + findings.errors + list(unsupported)
+
+
+# What a listener's own address may be (the table's rule for Listener.address).
+_LISTENER_ADDRESS = TABLE["envoy.config.listener.v3.Listener"]["address"]
+assert isinstance(_LISTENER_ADDRESS, Supported)
 
 
 def _shape_errors(shape: listener_pb2.Listener) -> tuple[tuple[str, ...], tuple[str, ...]]:

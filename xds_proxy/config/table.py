@@ -213,12 +213,14 @@ TABLE: dict[str, dict[str, Rule]] = {
         "address": OK,
         "port_value": OK,
     },
+    # A UNIX stream socket, where a place accepts one (listener/sockets.py binds it).
+    _CORE + "Pipe": {"path": OK, "mode": OK},
     _CORE + "CidrRange": {"address_prefix": OK, "prefix_len": OK},
     _CORE + "TransportSocket": {"name": OK, "typed_config": Extension("transport_socket")},
     # --- listeners
     _LISTENER + "Listener": {
         "name": OK,
-        "address": OK,
+        "address": Supported({"socket_address": OK, "pipe": OK}),
         "additional_addresses": OK,
         "filter_chains": OK,
         "default_filter_chain": OK,
@@ -368,6 +370,9 @@ TABLE: dict[str, dict[str, Rule]] = {
         "cluster_not_found_response_code": OK,
         "prefix_rewrite": OK,
         "host_rewrite_literal": OK,
+        "host_rewrite_header": OK,
+        "host_rewrite_path_regex": OK,
+        "auto_host_rewrite": OK,  # applied once the cluster has chosen the host
         "timeout": OK,
         "hash_policy": OK,  # config/hash_policy.py, for the ring hash and Maglev balancers
     },
@@ -460,13 +465,26 @@ TABLE: dict[str, dict[str, Rule]] = {
         "ignore_case": OK,
     },
     _MATCHER + "RegexMatcher": {"google_re2": OPAQUE, "regex": OK},
+    _MATCHER + "RegexMatchAndSubstitute": {"pattern": OK, "substitution": OK},
     "envoy.type.v3.Int64Range": {"start": OK, "end": OK},
     # --- clusters (config/cluster.py)
     "envoy.config.cluster.v3.Cluster": {
         "name": OK,
-        "type": Values({"STATIC": OK, "STRICT_DNS": OK, "LOGICAL_DNS": OK, "EDS": OK}),
+        "type": Values(
+            {"STATIC": OK, "STRICT_DNS": OK, "LOGICAL_DNS": OK, "EDS": OK, "ORIGINAL_DST": OK}
+        ),
         "eds_cluster_config": OK,  # xds/eds.py (config/endpoints.py builds the assignments)
         "ignore_health_on_host_removal": OK,
+        # ORIGINAL_DST (config/original_dst.py, upstream/original_dst.py)
+        "original_dst_lb_config": Supported(
+            {
+                "use_http_header": OK,
+                "http_header_name": OK,
+                "upstream_port_override": OK,
+                "metadata_key": NotYet("no dynamic metadata is set"),
+            }
+        ),
+        "cleanup_interval": OK,
         "connect_timeout": OK,
         "load_assignment": OK,
         "typed_extension_protocol_options": Extension("upstream_protocol_options"),
@@ -480,6 +498,7 @@ TABLE: dict[str, dict[str, Rule]] = {
                 "RANDOM": OK,
                 "RING_HASH": OK,
                 "MAGLEV": OK,
+                "CLUSTER_PROVIDED": OK,  # ORIGINAL_DST only, as Envoy checks
                 "LOAD_BALANCING_POLICY_CONFIG": OK,  # with load_balancing_policy (as Envoy)
             }
         ),
@@ -724,7 +743,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "load_balancing_weight": OK,
     },
     _ENDPOINT + "Endpoint": {
-        "address": OK,
+        "address": Supported({"socket_address": OK, "pipe": OK}),  # pipe: upstream/connect.py
         "hostname": OK,
         "health_check_config": Supported(
             {

@@ -46,7 +46,23 @@ class Dependency(NamedTuple):
         return self.name if self.kind is DependencyKind.ROUTES else f"secret:{self.name}"
 
 
-SocketAddress = tuple[str, int]  # (ip in canonical text form, port)
+@dataclass(frozen=True)
+class PipeAddress:
+    """A listener on a UNIX stream socket (`address.pipe`): `path`, or with a leading `@` a
+    name in the abstract namespace. Equal by path only, as Envoy compares pipes: a pushed
+    `mode` change alone keeps the socket (and the mode it was bound with)."""
+
+    path: str
+    mode: int = field(default=0, compare=False)
+
+
+# An IP listener's (ip in canonical text form, port), or a pipe.
+SocketAddress = tuple[str, int] | PipeAddress
+
+
+def fixed_address(address: SocketAddress) -> bool:
+    """One listener at a time may hold it (port 0 binds anew each time; a pipe never)."""
+    return isinstance(address, PipeAddress) or address[1] != 0
 
 
 class DrainCause(NamedTuple):

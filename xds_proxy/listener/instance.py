@@ -198,6 +198,11 @@ class ChainRuntime:
                 self.on_empty()
 
 
+# What chain matching sees of a pipe connection's ends (only chains that match on neither
+# IPs nor ports take it; its source is local, as Envoy counts a pipe).
+_PIPE_ENDS = ("0.0.0.0", 0)
+
+
 class Acceptor(asyncio.Protocol):
     """Lives for one call: takes a slot of the global connection limit (or closes the socket
     at once, `downstream_global_cx_overflow`), runs the listener filters (if any), then
@@ -322,6 +327,8 @@ class ListenerInstance:
         peer = transport.get_extra_info("peername")
         if not self.chains:
             return self.default_chain
+        if isinstance(local, str):  # a pipe: no IP or port to match on; a local source
+            local = peer = _PIPE_ENDS
         try:
             info = ConnectionInfo(
                 destination_ip=ipaddress.ip_address(local[0]),

@@ -107,6 +107,7 @@ from xds_proxy.listener.actions import (
     HandOverSockets,
     ListenerDrained,
     ListenerEvent,
+    PipeAddress,
     ReleaseSockets,
     ReserveSockets,
     RoutesFailed,
@@ -124,6 +125,7 @@ from xds_proxy.listener.actions import (
     UpdatePolicy,
     WatchRoutes,
     WatchSecrets,
+    fixed_address,
 )
 from xds_proxy.listener.config_diff import changed_fields
 from xds_proxy.listener.drain_policy import (
@@ -697,7 +699,7 @@ class ListenerManager:
     def _hold_back_removals(self, version: ListenerVersion, actions: list[Action]) -> None:
         """No connection is refused at an address that was serving: a version removed in this
         response on one of the new listener's addresses keeps accepting until it is warm."""
-        mine = {address for address in version.addresses if address[1] != 0}
+        mine = {address for address in version.addresses if fixed_address(address)}
         held = {
             old.id
             for old in self.draining.values()
@@ -716,7 +718,7 @@ class ListenerManager:
         self.warming[version.name] = version
         if not version.replaces:
             for address in version.addresses:
-                if address[1] != 0:
+                if fixed_address(address):
                     self._owners[address] = version
 
     def _discard_warming(
@@ -884,7 +886,7 @@ class ListenerManager:
             self._forget_addresses(previous)
         self.active[version.name] = version
         for address in version.addresses:
-            if address[1] != 0:
+            if fixed_address(address):
                 self._owners[address] = version
 
     def _pop_active(self, name: str) -> ListenerVersion:
@@ -937,11 +939,18 @@ class ListenerManager:
 
 
 def _format_address(address: SocketAddress) -> str:
+    if isinstance(address, PipeAddress):
+        return address.path
     ip, port = address
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _socket_address(address: address_pb2.Address, name: str) -> SocketAddress:
+    if address.HasField("pipe"):
+        pipe = address.pipe
+        if pipe.path.startswith("@") and pipe.mode != 0:
+            raise ConfigError("Cannot set mode for Abstract AF_UNIX sockets")
+        return PipeAddress(pipe.path, pipe.mode)
     if not address.HasField("socket_address"):
         raise ConfigError(f"error adding listener named '{name}': only socket_address is supported")
     socket_address = address.socket_address

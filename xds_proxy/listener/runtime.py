@@ -23,6 +23,7 @@ from envoy.config.listener.v3 import listener_pb2
 
 from xds_proxy.config.support import listener_errors
 from xds_proxy.errors import ConfigError
+from xds_proxy.listener.actions import PipeAddress
 from xds_proxy.listener.drain_manager import (
     ChainDrainEnded,
     ChainScope,
@@ -325,7 +326,12 @@ class ListenerRuntime:
         if instance.config.stat_prefix:
             instance.stat_prefix = f"listener.{instance.config.stat_prefix}."
         elif bound:
-            instance.stat_prefix = listener_stat_prefix(*bound[0])
+            first = bound[0]
+            instance.stat_prefix = (
+                f"listener.{first.path}."  # Envoy names a pipe listener's scope by its path
+                if isinstance(first, PipeAddress)
+                else listener_stat_prefix(*first)
+            )
         if bound or instance.config.stat_prefix:
             self.stats.counter(instance.stat_prefix + "downstream_cx_total")
             self.stats.gauge(instance.stat_prefix + "downstream_cx_active")

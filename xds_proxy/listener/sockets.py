@@ -9,13 +9,21 @@ once it serves. It counts the holders and closes a socket only at `flush()`, aft
 LDS response has been applied, so that a remove and an add on one address in one response
 hand the socket over instead of re-binding. A socket is never `shutdown()`: other dups may
 still accept on it.
+
+A pipe (UNIX stream socket) is keyed by its path as Envoy compares pipes: a changed `mode`
+shares the socket. Binding it first removes a file at the path (a stale socket), then applies
+`mode` with chmod, as Envoy does; the file stays after the socket closes, as in Envoy. Pipes
+are not handed to a hot-restart child: the child binds the path anew.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 from dataclasses import dataclass, field
 
+from xds_proxy.listener.actions import PipeAddress, fixed_address
 from xds_proxy.listener.manager import BindError, ReserveSockets, SocketAddress
 
 LISTEN_BACKLOG = 1024  # Envoy's default tcp_backlog_size
@@ -32,6 +40,9 @@ class _SharedSocket:
     bound_address: SocketAddress = field(init=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.config_address, PipeAddress):
+            self.bound_address = self.config_address
+            return
         ip, port = self.sock.getsockname()[:2]
         self.bound_address = (ip, port)
 
@@ -132,6 +143,8 @@ class ListenSocketPool:
         are left out: a child's port-0 listener binds afresh, as in Envoy."""
         found = dict(self._inherited)
         for address, entry in self._by_address.items():
+            if isinstance(address, PipeAddress):
+                continue
             if entry.config_address[1] != 0 and entry.sock.fileno() >= 0:
                 found[address] = entry.sock
         return found
@@ -147,11 +160,11 @@ class ListenSocketPool:
         self.close_unclaimed_inherited()
 
     def _open_or_reuse(self, address: SocketAddress) -> _SharedSocket:
-        if address[1] != 0:
+        if fixed_address(address):
             existing = self._by_address.get(address)
             if existing is not None:
                 return existing  # still open (held by a draining version or pending close)
-        inherited = self._inherited.pop(address, None) if address[1] != 0 else None
+        inherited = self._inherited.pop(address, None) if fixed_address(address) else None
         sock = inherited if inherited is not None else bind_socket(address)
         entry = _SharedSocket(sock, address, listening=inherited is not None)
         self._by_address[entry.bound_address] = entry
@@ -160,6 +173,8 @@ class ListenSocketPool:
 
 def bind_socket(address: SocketAddress) -> socket.socket:
     """A TCP socket bound to `address`, not listening yet; BindError names the address."""
+    if isinstance(address, PipeAddress):
+        return bind_pipe(address)
     ip, port = address
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -173,4 +188,26 @@ def bind_socket(address: SocketAddress) -> socket.socket:
         sock.close()
         shown = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
         raise BindError(f"cannot bind '{shown}': {error.strerror}") from None
+    return sock
+
+
+def bind_pipe(address: PipeAddress) -> socket.socket:
+    """A UNIX stream socket bound to the pipe's path (a leading `@`: abstract), the file
+    there first removed and `mode` applied; not listening yet; BindError names the path."""
+    path = address.path
+    abstract = path.startswith("@")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if abstract:
+            sock.bind("\0" + path[1:])
+        else:
+            with contextlib.suppress(OSError):  # nothing there, or bind says why
+                os.unlink(path)
+            sock.bind(path)
+            if address.mode:
+                os.chmod(path, address.mode)
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        raise BindError(f"cannot bind '{path}': {error.strerror}") from None
     return sock

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from xds_proxy.config.cluster import (
@@ -42,6 +42,7 @@ from xds_proxy.upstream.host import Host, Resources
 from xds_proxy.upstream.http1_pool import Http1Pool
 from xds_proxy.upstream.http2_pool import Http2Pool
 from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, Random, RoundRobin
+from xds_proxy.upstream.original_dst import OriginalDstHosts
 from xds_proxy.upstream.outlier import OutlierDetector, Result
 from xds_proxy.upstream.priority import (
     HostSet,
@@ -51,7 +52,13 @@ from xds_proxy.upstream.priority import (
     priority_load,
 )
 from xds_proxy.upstream.stats import ClusterStats, register_circuit_breaker_gauges
-from xds_proxy.upstream.stream import OVERFLOW, RequestHead, ResponseHandler, UpstreamStream
+from xds_proxy.upstream.stream import (
+    OVERFLOW,
+    Header,
+    RequestHead,
+    ResponseHandler,
+    UpstreamStream,
+)
 
 if TYPE_CHECKING:
     from xds_proxy.stats import Stats
@@ -63,6 +70,8 @@ HostEntry = tuple[EndpointAddress, tuple[str, int], str]
 SourceKey = tuple[int, str, int]
 
 log = logging.getLogger("xds_proxy.upstream")
+
+_DNS_TYPES = (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
 
 
 class Cluster:
@@ -90,7 +99,7 @@ class Cluster:
         self._dns_task: asyncio.Task | None = None
         # Set once the first hosts are known (DNS, EDS) and checked (health checks): the
         # cluster is warm. None for a static cluster without health checks: warm from the start.
-        warms = config.discovery is not DiscoveryType.STATIC or bool(config.health_checks)
+        warms = config.discovery in (*_DNS_TYPES, DiscoveryType.EDS) or bool(config.health_checks)
         self.resolved = asyncio.Event() if warms else None
         self._rng = rng or random.Random()
         self._stats_store = stats
@@ -125,6 +134,19 @@ class Cluster:
         self._balancers: dict[SourceKey, LoadBalancer] = {}  # kept across updates
         self._fast: tuple[LoadBalancer, list[Host]] | None = None  # all load on P0's healthy
         self.assigned = False  # EDS: an assignment (or the end of the initial fetch) arrived
+        self._original_dst = (
+            OriginalDstHosts(
+                config.name,
+                config.original_dst,
+                stats.counter(f"cluster.{config.stat_name}.original_dst_host_invalid"),
+                lambda: self.hosts,
+                lambda pairs: self._set_hosts(
+                    [(EndpointAddress(*address), address, name) for address, name in pairs]
+                ),
+            )
+            if config.original_dst is not None
+            else None
+        )
         if config.discovery is DiscoveryType.STATIC:
             self._set_hosts([(e, (e.host, e.port), e.hostname) for e in config.endpoints])
         else:
@@ -139,10 +161,12 @@ class Cluster:
         self._started = True
         if self._outliers is not None:
             self._outliers.start()
+        if self._original_dst is not None:
+            self._original_dst.start()
         if self.config.discovery is DiscoveryType.EDS:
             if self.assigned:  # the assignment arrived before the start
                 self._warm()
-        elif self.config.discovery is not DiscoveryType.STATIC:
+        elif self.config.discovery in _DNS_TYPES:
             self._dns_task = asyncio.get_running_loop().create_task(
                 self._dns_loop(), name=f"dns:{self.name}"
             )
@@ -338,10 +362,15 @@ class Cluster:
         hosts = [h for h in self.hosts if h not in removed]
         self._replace_hosts(hosts, [], removed, before)
 
-    def pick_host(self, hash_key: int | None = None) -> Host | None:
+    def pick_host(
+        self, hash_key: int | None = None, request_headers: Sequence[Header] = ()
+    ) -> Host | None:
         """The host for the next request: the priority (its load, panic), the locality, then
         the balancer; `hash_key` is the request's hash (route `hash_policy`), used by the
-        hashing balancers (none: a random one, as Envoy)."""
+        hashing balancers (none: a random one, as Envoy). An ORIGINAL_DST cluster picks (or
+        adds) the request's destination host instead (original_dst.py)."""
+        if self._original_dst is not None:
+            return self._original_dst.pick(request_headers)
         fast = self._fast
         if fast is not None:
             return fast[0].pick(fast[1], hash_key)
@@ -394,10 +423,11 @@ class Cluster:
         """Start a request to a host chosen by the load balancer. None: no host at all (the
         router answers 503 `no healthy upstream`). Failures after this (connect errors,
         overflow, resets) arrive as `handler.on_reset(reason)`, never synchronously."""
-        host = self.pick_host(hash_key)
+        host = self.pick_host(hash_key, head.headers)
         if host is None:
             self.stats.upstream_cx_none_healthy.value += 1
             return None
+        head.use_host_name(host.hostname)
         protocol = self.config.protocol
         if protocol is UpstreamProtocol.DOWNSTREAM:
             protocol = UpstreamProtocol.HTTP2 if downstream_http2 else UpstreamProtocol.HTTP1
@@ -419,6 +449,8 @@ class Cluster:
     def retire(self) -> None:
         """This cluster was replaced or removed: no new streams; connections close when idle."""
         self.retired = True
+        if self._original_dst is not None:
+            self._original_dst.stop()
         if self._health_checker is not None:
             self._health_checker.stop()
         if self._outliers is not None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from xds_proxy.upstream.host import PIPE_PORT
 from xds_proxy.upstream.stream import CONNECTION_FAILURE, CONNECTION_TIMEOUT
 
 if TYPE_CHECKING:
@@ -14,8 +17,6 @@ if TYPE_CHECKING:
 async def open_connection(cluster: PoolOwner, host: Host, conn: asyncio.Protocol) -> str | None:
     """Connect `conn` to `host` within the cluster's `connect_timeout`, over TLS when the
     cluster has a transport socket; None once connected, else Envoy's reset reason."""
-    loop = asyncio.get_running_loop()
-    ip, port = host.address
     config = cluster.config
     tls = config.tls
     if tls is not None and tls.context is None:  # a secret from SDS has not arrived
@@ -23,19 +24,13 @@ async def open_connection(cluster: PoolOwner, host: Host, conn: asyncio.Protocol
         return CONNECTION_FAILURE
     try:
         async with asyncio.timeout(config.connect_timeout_s):
-            if tls is None:
-                transport, _ = await loop.create_connection(
-                    lambda: conn, ip, port, local_addr=config.source_address
-                )
-            else:
-                transport, _ = await loop.create_connection(
-                    lambda: conn,
-                    ip,
-                    port,
-                    ssl=tls.context,
-                    server_hostname=tls.server_hostname,
-                    local_addr=config.source_address,
-                )
+            transport, _ = await connect_to(
+                lambda: conn,
+                host.address,
+                tls.context if tls is not None else None,
+                tls.server_hostname if tls is not None else None,
+                config.source_address,
+            )
     except TimeoutError:
         return CONNECTION_TIMEOUT
     except OSError as error:
@@ -45,6 +40,29 @@ async def open_connection(cluster: PoolOwner, host: Host, conn: asyncio.Protocol
         return CONNECTION_FAILURE
     limit_buffer(transport, cluster.config.buffer_limit)
     return None
+
+
+async def connect_to(
+    factory: Callable[[], asyncio.BaseProtocol],
+    address: tuple[str, int],
+    context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    local_addr: tuple[str, int] | None = None,
+) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+    """A TCP connection to (ip, port), or a UNIX one to a pipe host's path (`@`: abstract)."""
+    loop = asyncio.get_running_loop()
+    ip, port = address
+    tls = {"ssl": context, "server_hostname": server_hostname} if context is not None else {}
+    if port == PIPE_PORT:
+        path = "\0" + ip[1:] if ip.startswith("@") else ip
+        return await loop.create_unix_connection(factory, path, **tls)  # type: ignore[arg-type]
+    return await loop.create_connection(
+        factory,
+        ip,
+        port,
+        local_addr=local_addr,
+        **tls,  # type: ignore[arg-type]
+    )
 
 
 def limit_buffer(transport: asyncio.BaseTransport, limit: int) -> None:

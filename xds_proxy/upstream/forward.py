@@ -1,7 +1,9 @@
 """Forwarding a request to a cluster: the route's `route` action and one exchange per request.
 
 `ForwardAction` is built once per route from a `RouteAction` (cluster or weighted clusters,
-`prefix_rewrite`, `host_rewrite_literal`, `timeout`, `cluster_not_found_response_code`,
+`prefix_rewrite`, the host rewrites (`host_rewrite_literal`, `host_rewrite_header`,
+`host_rewrite_path_regex`, and `auto_host_rewrite`, which the cluster applies once it has
+chosen the host: `RequestHead.host_from_upstream`), `timeout`, `cluster_not_found_response_code`,
 `hash_policy`: the request's hash for the hashing balancers, hash_policy.py).
 `Exchange` carries one request from a downstream codec to an upstream stream and the response
 back, doing what Envoy's connection manager and router do to the headers on the way
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.hash_policy import address_text, request_hash
+from xds_proxy.upstream.host import host_address_text
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
 from xds_proxy.upstream.stream import (
@@ -227,9 +231,12 @@ class ForwardAction:
     """A route's `route` action, ready for per-request use."""
 
     __slots__ = (
+        "auto_host_rewrite",
         "clusters",
         "hash_policy",
         "host_rewrite",
+        "host_rewrite_header",
+        "host_rewrite_regex",
         "mutations",
         "not_found_status",
         "path_rewrite",
@@ -262,6 +269,9 @@ class ForwardAction:
             self.prefix_rewrite = action.prefix_rewrite.encode()
             self.prefix = match_value.encode()
         self.host_rewrite = action.host_rewrite_literal.encode() or None
+        self.host_rewrite_header = action.host_rewrite_header.lower().encode() or None
+        self.host_rewrite_regex = _path_to_host(action, f"{path}.host_rewrite_path_regex")
+        self.auto_host_rewrite = action.auto_host_rewrite.value
         self.timeout_s: float | None = DEFAULT_ROUTE_TIMEOUT_S
         if action.HasField("timeout"):
             self.timeout_s = duration_seconds(action.timeout) or None
@@ -270,6 +280,23 @@ class ForwardAction:
         )
         self.mutations: tuple[HeaderMutations, ...] = ()
         self.route_name = ""  # the route's name (access logs' ROUTE_NAME)
+
+    def rewritten_host(self, request: DownstreamRequest) -> bytes | None:
+        """The upstream Host by `host_rewrite_literal`, `host_rewrite_header` (when the
+        request has that header, non-empty) or `host_rewrite_path_regex` (on the path without
+        its query); None: unchanged (`auto_host_rewrite` is applied by the cluster)."""
+        if self.host_rewrite is not None:
+            return self.host_rewrite
+        if self.host_rewrite_header is not None:
+            for name, value in request.headers:
+                if name == self.host_rewrite_header:
+                    return value or None
+            return None
+        if self.host_rewrite_regex is not None:
+            pattern, substitution = self.host_rewrite_regex
+            path = request.url.split(b"?", 1)[0].decode("latin-1")
+            return pattern.sub(substitution, path).encode("latin-1")
+        return None
 
     def pick_cluster(self, rng: random.Random) -> str:
         return self.clusters.pick(rng)
@@ -280,6 +307,23 @@ class ForwardAction:
         if self.prefix_rewrite is None:
             return None
         return self.prefix_rewrite + url[len(self.prefix) :]
+
+
+def _path_to_host(
+    action: route_components_pb2.RouteAction, path: str
+) -> tuple[re.Pattern[str], str] | None:
+    """`host_rewrite_path_regex`: the pattern and its substitution (RE2's `\\N` groups)."""
+    if not action.HasField("host_rewrite_path_regex"):
+        return None
+    rewrite = action.host_rewrite_path_regex
+    try:
+        pattern = re.compile(rewrite.pattern.regex)
+    except re.error as error:
+        raise ConfigError(
+            f"{path}.pattern.regex: invalid regex '{rewrite.pattern.regex}': {error}"
+        ) from None
+    substitution = re.sub(r"\\(\d)", r"\\g<\1>", rewrite.substitution)
+    return pattern, substitution
 
 
 def _weighted(weighted: route_components_pb2.WeightedCluster, path: str) -> WeightedClusters:
@@ -460,10 +504,10 @@ class Exchange(ResponseHandler):
             return
         self._stream = stream
         if record is not None:
+            record.authority = head.authority  # after `auto_host_rewrite`
             host = getattr(stream, "host", None)
             if host is not None:
-                ip, port = host.address[0], host.address[1]
-                record.upstream_host = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+                record.upstream_host = host_address_text(host.address)
         if end_stream:
             self._request_complete()
 
@@ -636,17 +680,22 @@ class Exchange(ResponseHandler):
         for level in mutations:
             level.apply_request(headers)
         authority = request.host
-        if action.host_rewrite is not None:
-            if not suppress:
-                headers.append((b"x-envoy-original-host", request.host))
-            authority = action.host_rewrite
-        path = request.url
-        rewritten = action.rewrite_path(path)
+        rewritten = action.rewritten_host(request)
         if rewritten is not None:
             if not suppress:
+                headers.append((b"x-envoy-original-host", request.host))
+            authority = rewritten
+        path = request.url
+        new_path = action.rewrite_path(path)
+        if new_path is not None:
+            if not suppress:
                 headers.append((b"x-envoy-original-path", path))
-            path = rewritten
-        return RequestHead(request.method, path, authority, headers, request.scheme)
+            path = new_path
+        head = RequestHead(request.method, path, authority, headers, request.scheme)
+        if action.auto_host_rewrite:
+            head.host_from_upstream = True
+            head.keep_original_host = not suppress
+        return head
 
     def _edge_headers(self, request: DownstreamRequest, policy: ProxyPolicy) -> list[Header]:
         """An edge request's headers (use_remote_address): x-forwarded-for extended with the
@@ -776,8 +825,9 @@ class Exchange(ResponseHandler):
         local_address = getattr(self._stream, "local_address", None)
         record = self._record
         if local_address is not None and record is not None:
-            record.upstream_local = format_address(local_address())
-            if record.upstream_local is not None:
+            local = local_address()
+            record.upstream_local = format_address(local)
+            if record.upstream_local is not None or local == "":  # "": a pipe's unnamed end
                 record.upstream_remote = record.upstream_host
 
     def _local_reply(self, status: int, body: bytes, headers: list[Header] | None = None) -> None:

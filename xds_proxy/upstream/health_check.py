@@ -28,7 +28,8 @@ import httptools
 from xds_proxy.config.health_check import HealthCheckConfig, HttpCheck, TcpCheck
 from xds_proxy.config.tls import UpstreamTls
 from xds_proxy.stats import Stats
-from xds_proxy.upstream.host import Host
+from xds_proxy.upstream.connect import connect_to
+from xds_proxy.upstream.host import PIPE_PORT, Host
 
 log = logging.getLogger("xds_proxy.upstream")
 
@@ -230,15 +231,25 @@ class HealthChecker:
         return outcome, connection
 
     async def _connect(self, host: Host) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        ip, port = host.address
-        port = host.health_check_port or port  # the endpoint's health_check_config.port_value
-        if self._tls is None:
-            return await asyncio.open_connection(ip, port)
-        if self._tls.context is None:  # a secret from SDS has not arrived
+        ip, port = host.address  # (ip, port), or a pipe's (path, PIPE_PORT)
+        if host.health_check_port and port != PIPE_PORT:
+            port = host.health_check_port  # the endpoint's health_check_config.port_value
+        if self._tls is not None and self._tls.context is None:  # an SDS secret has not arrived
             raise ConnectionError("TLS secrets not ready")
-        return await asyncio.open_connection(
-            ip, port, ssl=self._tls.context, server_hostname=self._tls.server_hostname
+        reader = asyncio.StreamReader()
+        transport, protocol = await connect_to(
+            lambda: asyncio.StreamReaderProtocol(reader),
+            (ip, port),
+            self._tls.context if self._tls is not None else None,
+            self._tls.server_hostname if self._tls is not None else None,
         )
+        writer = asyncio.StreamWriter(
+            transport,  # type: ignore[arg-type]
+            protocol,  # type: ignore[arg-type]
+            reader,
+            asyncio.get_running_loop(),
+        )
+        return reader, writer
 
 
 def _close(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> None:

@@ -14,6 +14,7 @@ from xds_proxy.config.endpoints import (
     DEGRADED_EDS_HEALTH,
     FAILED_EDS_HEALTH,
     NO_LOCALITY,
+    PIPE_PORT,
     Locality,
 )
 from xds_proxy.upstream.stats import ClusterStats
@@ -23,6 +24,15 @@ from xds_proxy.upstream.stream import RequestHead, ResponseHandler, UpstreamStre
 HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total")
 HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
 HOST_STAT_NAMES = HOST_COUNTERS + HOST_GAUGES
+
+
+def host_address_text(address: tuple[str, int]) -> str:
+    """As Envoy prints a host's address: `ip:port`, `[ip6]:port`, or a pipe's path (a host
+    on a UNIX socket has the address (path, PIPE_PORT))."""
+    ip, port = address
+    if port == PIPE_PORT:
+        return ip
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class HostStats:
@@ -100,7 +110,7 @@ class Host:
         self.stats = HostStats()
 
     def __repr__(self) -> str:
-        return f"Host({self.address[0]}:{self.address[1]})"
+        return f"Host({host_address_text(self.address)})"
 
     @property
     def failed_eds_health(self) -> bool:

@@ -41,6 +41,18 @@ class RequestHead:
     authority: bytes
     headers: list[Header] = field(default_factory=list)
     scheme: bytes = b"http"
+    # `auto_host_rewrite`: the cluster sets the authority to the chosen host's hostname (when
+    # it has one), adding `x-envoy-original-host` unless the router suppresses Envoy headers.
+    host_from_upstream: bool = False
+    keep_original_host: bool = True
+
+    def use_host_name(self, hostname: str) -> None:
+        """The chosen host's name becomes the authority (`auto_host_rewrite`)."""
+        if not self.host_from_upstream or not hostname:
+            return
+        if self.keep_original_host:
+            self.headers.append((b"x-envoy-original-host", self.authority))
+        self.authority = hostname.encode()
 
 
 class ResponseHandler:

@@ -805,8 +805,10 @@ SOURCE = "dynamic_resources.lds_config.api_config_source"
             " dynamic_resources.ads_config",
         ),
         (
-            lambda d: d["static_resources"]["clusters"][0].update(type="ORIGINAL_DST"),
-            "static_resources.clusters[0].type: ORIGINAL_DST not supported",
+            lambda d: d["static_resources"]["clusters"][0].update(
+                close_connections_on_host_health_failure=True
+            ),
+            "static_resources.clusters[0].close_connections_on_host_health_failure: not supported",
         ),
         (
             lambda d: d["static_resources"]["clusters"][0].update(connect_timeout="0s"),

@@ -161,7 +161,10 @@ def test_dns_types_take_host_names() -> None:
             r"^clusters\[0\]\.eds_cluster_config: cannot create an EDS cluster without an EDS"
             r" config$",
         ),
-        ({"cleanup_interval": "1s"}, r"^clusters\[0\]\.cleanup_interval: not supported$"),
+        (
+            {"close_connections_on_host_health_failure": True},
+            r"^clusters\[0\]\.close_connections_on_host_health_failure: not supported$",
+        ),
         (
             {"original_dst_lb_config": {"metadata_key": {"key": "k", "path": [{"key": "a"}]}}},
             r"^clusters\[0\]\.original_dst_lb_config\.metadata_key: not supported yet",

@@ -25,6 +25,8 @@ import h2.settings
 from hpack import NeverIndexedHeaderTuple
 
 from xds_proxy.codec.h2_connection import BoundedH2Connection
+from xds_proxy.codec.hpack_cache import CachingDecoder, CachingEncoder
+from xds_proxy.upstream.http2_direct import DirectStreams
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from xds_proxy.upstream.stats import ClusterStats
 
 _FRAME_HEADER = 9
+_HEADERS = 0x1
 _GOAWAY = 0x7
 _REFUSED_STREAM = 0x7
 _CANCEL = 0x8
@@ -167,6 +170,10 @@ class Http2ClientConnection(PooledConnection):
             normalize_outbound_headers=False,
         )
         self.h2 = BoundedH2Connection(config=config)
+        # The same request fields go out and the same response blocks come back on every
+        # stream: their encodings and decodings are kept while the tables stand still.
+        self.h2.encoder = CachingEncoder()
+        self.h2.decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
         self.streams: dict[int, Http2Stream] = {}
         self.ready = False  # connected and the preface written
         self.going_away = False
@@ -176,6 +183,10 @@ class Http2ClientConnection(PooledConnection):
         self._blocked: dict[int, Http2Stream] = {}
         self._write_paused = False
         self.streams_started = 0
+        self.direct = DirectStreams(self.h2, _STREAM_WINDOW)
+        self._learning = 0  # the direct stream whose response block h2 is decoding
+        self._learned: object = None
+        self._flush_scheduled = False
 
     # -- capacity ---------------------------------------------------------------------------
 
@@ -212,6 +223,7 @@ class Http2ClientConnection(PooledConnection):
         if self._pending_bytes:
             data = self._pending_bytes + data
             self._pending_bytes = b""
+        direct = self.direct.streams
         start = 0
         position = 0
         size = len(data)
@@ -224,21 +236,80 @@ class Http2ClientConnection(PooledConnection):
             if size - position < _FRAME_HEADER:
                 break
             length = int.from_bytes(data[position : position + 3], "big")
-            if data[position + 3] != _GOAWAY:
-                self._frame_left = _FRAME_HEADER + length
-                continue
+            frame_type = data[position + 3]
             end = position + _FRAME_HEADER + length
-            if end > size:
-                break
-            if position > start and not self._receive(data[start:position]):
-                return
-            self._on_goaway(data[position + _FRAME_HEADER : end])
-            start = position = end
+            if frame_type == _GOAWAY:
+                if end > size:
+                    break
+                if position > start and not self._receive(data[start:position]):
+                    return
+                self._on_goaway(data[position + _FRAME_HEADER : end])
+                start = position = end
+                continue
+            if direct:
+                stream_id = int.from_bytes(data[position + 5 : position + 9], "big") & 0x7FFFFFFF
+                if stream_id in direct:
+                    if position > start and not self._receive(data[start:position]):
+                        return
+                    start = position
+                    if frame_type <= _HEADERS and length <= self.h2.max_inbound_frame_size:
+                        if end > size:
+                            break  # the whole frame first
+                        if not self._direct_frame(stream_id, frame_type, data, position, end):
+                            return
+                        start = position = end
+                        continue
+                    self.direct.materialize(stream_id)
+            self._frame_left = _FRAME_HEADER + length
         if position < size:
             self._pending_bytes = data[position:]
         if position > start:
             self._receive(data[start:position])
         self._flush()
+
+    def _direct_frame(
+        self, stream_id: int, frame_type: int, data: bytes, position: int, end: int
+    ) -> bool:
+        """A HEADERS or DATA frame (whole, from `position` to `end`) of direct stream
+        `stream_id`: taken without h2 if it is the expected part of a response whose header
+        block is known, else the stream goes to h2 and h2 takes the frame alone (learning
+        its header block). False when the connection failed."""
+        stream = self.direct.streams[stream_id]
+        if frame_type == _HEADERS:
+            known = None if stream.paused else self.direct.take_headers(stream_id, data, position)
+            if known is None:
+                return self._learn_response(stream_id, data, position, end)
+            handler = stream.handler
+            if stream_id not in self.direct.responding:  # END_STREAM: no body
+                self.direct.finish(stream_id, 0)
+                self._finish(stream)
+                handler.on_response_headers(known.status, list(known.headers), True)
+                return True
+            handler.on_response_headers(known.status, list(known.headers), False)
+            if stream.done:  # the handler reset it: h2 holds it now
+                self.direct.materialize(stream_id)
+            return True
+        body = None if stream.paused else self.direct.take_body(stream_id, data, position)
+        if body is None:
+            self.direct.materialize(stream_id)
+            return self._receive(data[position:end])
+        self.direct.finish(stream_id, len(body))
+        self._finish(stream)
+        stream.handler.on_response_data(body, True)
+        return True
+
+    def _learn_response(self, stream_id: int, data: bytes, position: int, end: int) -> bool:
+        """h2 takes the stream and its HEADERS frame; if decoding the block left the table
+        as it was, the block is remembered as h2 reported it."""
+        self.direct.materialize(stream_id)
+        token = self.h2.decode_token()
+        self._learning = stream_id
+        self._learned = None
+        alive = self._receive(data[position:end])
+        learned, self._learned, self._learning = self._learned, None, 0
+        if alive and learned is not None and self.h2.decode_token() == token:
+            self.direct.learn(data[position + _FRAME_HEADER : end], token, learned)
+        return alive
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -278,6 +349,8 @@ class Http2ClientConnection(PooledConnection):
         return True
 
     def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        if event.stream_id == self._learning:
+            self._learned = event.headers
         stream = self.streams.get(event.stream_id)
         if stream is None or stream.done:
             return
@@ -353,6 +426,7 @@ class Http2ClientConnection(PooledConnection):
             if stream_id > last_stream_id:
                 stream = self.streams.pop(stream_id)
                 self._blocked.pop(stream_id, None)
+                self.direct.streams.pop(stream_id, None)
                 self.pool.stream_done(stream)
                 stream.fail(REMOTE_REFUSED_STREAM_RESET)
         self.pool.connection_going_away(self)
@@ -361,10 +435,7 @@ class Http2ClientConnection(PooledConnection):
     # -- frames out -------------------------------------------------------------------------
 
     def start_stream(self, stream: Http2Stream) -> None:
-        stream_id = self.h2.get_next_available_stream_id()
-        stream.stream_id = stream_id
         stream._conn = self
-        self.streams[stream_id] = stream
         self.streams_started += 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -386,6 +457,20 @@ class Http2ClientConnection(PooledConnection):
             else:
                 headers.append((name, value))
         end_now = stream.request_end_pending and not stream.has_body_or_trailers()
+        if end_now and head.method != b"HEAD" and self.direct.can_open():
+            self.direct.open(stream, headers)
+            self.streams[stream.stream_id] = stream
+            stream.request_end_pending = False
+            if self._write_paused:
+                stream.handler.pause_request_body()
+            if not self._flush_scheduled:
+                # The requests of one loop iteration go out in one write.
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            return
+        stream_id = self.h2.get_next_available_stream_id()
+        stream.stream_id = stream_id
+        self.streams[stream_id] = stream
         self.h2.send_headers(stream_id, headers, end_stream=end_now)
         if end_now:
             stream.request_end_pending = False
@@ -428,6 +513,7 @@ class Http2ClientConnection(PooledConnection):
 
     def acknowledge(self, stream: Http2Stream, size: int) -> None:
         if stream.stream_id in self.streams:
+            self.direct.materialize(stream.stream_id)
             self.h2.acknowledge_received_data(size, stream.stream_id)
             self._flush()
 
@@ -435,6 +521,7 @@ class Http2ClientConnection(PooledConnection):
         if self.streams.pop(stream.stream_id, None) is None:
             return
         self._blocked.pop(stream.stream_id, None)
+        self.direct.materialize(stream.stream_id)
         self.pool.stream_done(stream)
         with contextlib.suppress(h2.exceptions.StreamClosedError):
             self.h2.reset_stream(stream.stream_id, _CANCEL)
@@ -474,6 +561,10 @@ class Http2ClientConnection(PooledConnection):
         if not self.streams:
             self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
             self.close()
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
 
     def _flush(self) -> None:
         data = self.h2.data_to_send()

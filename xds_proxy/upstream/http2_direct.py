@@ -25,7 +25,7 @@ server byte streams to a connection using this and to one where h2 does everythi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import h2.connection
 from h2.connection import ConnectionInputs, ConnectionState
@@ -38,10 +38,12 @@ from xds_proxy.codec.h2_fast import (
     HEADERS_TYPE,
     frame_head,
 )
+from xds_proxy.upstream.pool import PooledStream
 
 if TYPE_CHECKING:
-    from xds_proxy.upstream.http2_pool import Http2Stream
     from xds_proxy.upstream.stream import Header
+
+StreamT = TypeVar("StreamT", bound=PooledStream)
 
 _CLIENT_OPEN = ConnectionState.CLIENT_OPEN
 _CLOSED_BY_THEIR_END = StreamClosedBy.RECV_END_STREAM
@@ -82,7 +84,7 @@ def known_response(raw: list[tuple[bytes, bytes]]) -> KnownResponse | None:
     return KnownResponse(status, tuple(headers), content_length)
 
 
-class DirectStreams:
+class DirectStreams(Generic[StreamT]):
     """The streams of one upstream connection that h2 does not hold, and the response
     header blocks h2 has decoded for it."""
 
@@ -90,7 +92,7 @@ class DirectStreams:
 
     def __init__(self, conn: h2.connection.H2Connection, stream_window: int) -> None:
         self._h2 = conn
-        self.streams: dict[int, Http2Stream] = {}
+        self.streams: dict[int, StreamT] = {}
         self.responding: dict[int, KnownResponse] = {}  # headers delivered, body to come
         self._known: dict[bytes, tuple[tuple[int, int, int], KnownResponse]] = {}
         self.stream_window = stream_window  # our SETTINGS_INITIAL_WINDOW_SIZE
@@ -106,28 +108,27 @@ class DirectStreams:
             and conn.local_settings.initial_window_size == self.stream_window
         )
 
-    def open(self, stream: Http2Stream, headers: list[Header]) -> None:
-        """Send a whole request (HEADERS with END_STREAM) on a new stream without h2."""
+    def open(self, stream: StreamT, headers: list[Header]) -> int:
+        """Send a whole request (HEADERS with END_STREAM) on a new stream without h2; its
+        stream id."""
         conn = self._h2
         block = conn.encoder.encode(headers)
         if len(block) > conn.max_outbound_frame_size:
-            self._send_split(stream, block)  # with CONTINUATION frames, as h2 would
-            return
+            return self._send_split(stream, block)  # with CONTINUATION frames, as h2 would
         stream_id = conn.get_next_available_stream_id()
         conn.highest_outbound_stream_id = stream_id
-        stream.stream_id = stream_id
         self.streams[stream_id] = stream
         conn._data_to_send += (
             frame_head(len(block), HEADERS_TYPE, _REQUEST_FLAGS)
             + stream_id.to_bytes(4, "big")
             + block
         )
+        return stream_id
 
-    def _send_split(self, stream: Http2Stream, block: bytes) -> None:
+    def _send_split(self, stream: StreamT, block: bytes) -> int:
         conn = self._h2
         stream_id = conn.get_next_available_stream_id()
         conn.highest_outbound_stream_id = stream_id
-        stream.stream_id = stream_id
         self.streams[stream_id] = stream
         size = conn.max_outbound_frame_size
         sid = stream_id.to_bytes(4, "big")
@@ -140,6 +141,7 @@ class DirectStreams:
                 flags |= END_HEADERS
             out.append(frame_head(len(piece), frame_type, flags) + sid + piece)
         conn._data_to_send += b"".join(out)
+        return stream_id
 
     def materialize(self, stream_id: int) -> None:
         """Give h2 the stream, as h2 holds a stream after sending HEADERS with END_STREAM

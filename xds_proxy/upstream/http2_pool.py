@@ -183,7 +183,7 @@ class Http2ClientConnection(PooledConnection):
         self._blocked: dict[int, Http2Stream] = {}
         self._write_paused = False
         self.streams_started = 0
-        self.direct = DirectStreams(self.h2, _STREAM_WINDOW)
+        self.direct: DirectStreams[Http2Stream] = DirectStreams(self.h2, _STREAM_WINDOW)
         self._learning = 0  # the direct stream whose response block h2 is decoding
         self._learned: object = None
         self._flush_scheduled = False
@@ -458,7 +458,7 @@ class Http2ClientConnection(PooledConnection):
                 headers.append((name, value))
         end_now = stream.request_end_pending and not stream.has_body_or_trailers()
         if end_now and head.method != b"HEAD" and self.direct.can_open():
-            self.direct.open(stream, headers)
+            stream.stream_id = self.direct.open(stream, headers)
             self.streams[stream.stream_id] = stream
             stream.request_end_pending = False
             if self._write_paused:

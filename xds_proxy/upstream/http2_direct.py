@@ -238,16 +238,18 @@ class DirectStreams(Generic[StreamT]):
 
     def finish(self, stream_id: int, body_length: int) -> None:
         """The response of direct stream `stream_id` was received whole (`body_length` flow
-        controlled bytes in its last frame, acknowledged at once): h2's state as after its
-        own receive_data and acknowledge_received_data."""
+        controlled bytes in its last frame): h2's state as after its own receive_data."""
         del self.streams[stream_id]
         self.responding.pop(stream_id, None)
         conn = self._h2
         conn._closed_streams[stream_id] = _CLOSED_BY_THEIR_END
         if body_length:
-            # acknowledge_received_data on a closed stream: the connection's window only.
-            window = conn._inbound_flow_control_window_manager
-            window.window_consumed(body_length)
-            increment = window.process_bytes(body_length)
-            if increment:
-                conn._data_to_send += _WINDOW_UPDATE_HEAD + increment.to_bytes(4, "big")
+            conn._inbound_flow_control_window_manager.window_consumed(body_length)
+
+    def acknowledge(self, size: int) -> None:
+        """h2's acknowledge_received_data for a stream already closed: the connection's
+        window only."""
+        conn = self._h2
+        increment = conn._inbound_flow_control_window_manager.process_bytes(size)
+        if increment:
+            conn._data_to_send += _WINDOW_UPDATE_HEAD + increment.to_bytes(4, "big")

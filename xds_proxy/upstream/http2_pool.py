@@ -26,7 +26,7 @@ from hpack import NeverIndexedHeaderTuple
 
 from xds_proxy.codec.h2_connection import BoundedH2Connection
 from xds_proxy.codec.hpack_cache import CachingDecoder, CachingEncoder
-from xds_proxy.upstream.http2_direct import DirectStreams
+from xds_proxy.upstream.http2_direct import DirectStreams, KnownResponse
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 _FRAME_HEADER = 9
 _HEADERS = 0x1
+_DIRECT_HEADERS = "headers"
+_DIRECT_BODY = "body"
 _GOAWAY = 0x7
 _REFUSED_STREAM = 0x7
 _CANCEL = 0x8
@@ -158,6 +160,10 @@ class Http2Stream(PooledStream):
 
 
 class Http2ClientConnection(PooledConnection):
+    # Whole GET exchanges without h2's per-stream machinery (http2_direct.py); the
+    # differential tests turn it off for the reference run.
+    DIRECT_EXCHANGES = True
+
     def __init__(self, pool: Http2Pool) -> None:
         super().__init__()
         self.pool = pool
@@ -184,8 +190,9 @@ class Http2ClientConnection(PooledConnection):
         self._write_paused = False
         self.streams_started = 0
         self.direct: DirectStreams[Http2Stream] = DirectStreams(self.h2, _STREAM_WINDOW)
-        self._learning = 0  # the direct stream whose response block h2 is decoding
-        self._learned: object = None
+        # What the frames of the current read said, for `_dispatch`: h2's events and the
+        # direct path's (_DIRECT_HEADERS, stream, response, ended) / (_DIRECT_BODY, ...).
+        self._events: list = []
         self._flush_scheduled = False
 
     # -- capacity ---------------------------------------------------------------------------
@@ -220,6 +227,8 @@ class Http2ClientConnection(PooledConnection):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        """Frames in. As with h2 alone, what the frames between two GOAWAYs (cut out here)
+        say reaches the streams once h2 (and the direct path) took them all."""
         if self._pending_bytes:
             data = self._pending_bytes + data
             self._pending_bytes = b""
@@ -243,6 +252,7 @@ class Http2ClientConnection(PooledConnection):
                     break
                 if position > start and not self._receive(data[start:position]):
                     return
+                self._dispatch()
                 self._on_goaway(data[position + _FRAME_HEADER : end])
                 start = position = end
                 continue
@@ -263,8 +273,8 @@ class Http2ClientConnection(PooledConnection):
             self._frame_left = _FRAME_HEADER + length
         if position < size:
             self._pending_bytes = data[position:]
-        if position > start:
-            self._receive(data[start:position])
+        if position <= start or self._receive(data[start:position]):
+            self._dispatch()
         self._flush()
 
     def _direct_frame(
@@ -276,26 +286,20 @@ class Http2ClientConnection(PooledConnection):
         its header block). False when the connection failed."""
         stream = self.direct.streams[stream_id]
         if frame_type == _HEADERS:
-            known = None if stream.paused else self.direct.take_headers(stream_id, data, position)
+            known = self.direct.take_headers(stream_id, data, position)
             if known is None:
                 return self._learn_response(stream_id, data, position, end)
-            handler = stream.handler
-            if stream_id not in self.direct.responding:  # END_STREAM: no body
+            ended = stream_id not in self.direct.responding
+            if ended:
                 self.direct.finish(stream_id, 0)
-                self._finish(stream)
-                handler.on_response_headers(known.status, list(known.headers), True)
-                return True
-            handler.on_response_headers(known.status, list(known.headers), False)
-            if stream.done:  # the handler reset it: h2 holds it now
-                self.direct.materialize(stream_id)
+            self._events.append((_DIRECT_HEADERS, stream, known, ended))
             return True
-        body = None if stream.paused else self.direct.take_body(stream_id, data, position)
+        body = self.direct.take_body(stream_id, data, position)
         if body is None:
             self.direct.materialize(stream_id)
             return self._receive(data[position:end])
         self.direct.finish(stream_id, len(body))
-        self._finish(stream)
-        stream.handler.on_response_data(body, True)
+        self._events.append((_DIRECT_BODY, stream, body))
         return True
 
     def _learn_response(self, stream_id: int, data: bytes, position: int, end: int) -> bool:
@@ -303,13 +307,14 @@ class Http2ClientConnection(PooledConnection):
         as it was, the block is remembered as h2 reported it."""
         self.direct.materialize(stream_id)
         token = self.h2.decode_token()
-        self._learning = stream_id
-        self._learned = None
-        alive = self._receive(data[position:end])
-        learned, self._learned, self._learning = self._learned, None, 0
-        if alive and learned is not None and self.h2.decode_token() == token:
-            self.direct.learn(data[position + _FRAME_HEADER : end], token, learned)
-        return alive
+        first_new = len(self._events)
+        if not self._receive(data[position:end]):
+            return False
+        if self.h2.decode_token() == token:
+            for event in self._events[first_new:]:
+                if type(event) is h2.events.ResponseReceived and event.stream_id == stream_id:
+                    self.direct.learn(data[position + _FRAME_HEADER : end], token, event.headers)
+        return True
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -336,21 +341,50 @@ class Http2ClientConnection(PooledConnection):
     # -- frames in --------------------------------------------------------------------------
 
     def _receive(self, data: bytes) -> bool:
+        """h2 takes whole frames; their events wait for `_dispatch`."""
         try:
-            events = self.h2.receive_data(data)
+            self._events += self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
+            self._events = []
             self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
             self._fail_all(PROTOCOL_ERROR)
             return False
+        return True
+
+    def _dispatch(self) -> None:
+        events, self._events = self._events, []
         for event in events:
+            if type(event) is tuple:
+                if event[0] is _DIRECT_HEADERS:
+                    self._on_direct_headers(*event[1:])
+                else:
+                    self._on_direct_body(*event[1:])
+                continue
             handler = _EVENT_HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event)
-        return True
+
+    def _on_direct_headers(self, stream: Http2Stream, known: KnownResponse, ended: bool) -> None:
+        """`_on_response` for a response taken directly."""
+        if stream.done or self.streams.get(stream.stream_id) is not stream:
+            return
+        if ended:
+            self._finish(stream)
+        stream.handler.on_response_headers(known.status, list(known.headers), ended)
+
+    def _on_direct_body(self, stream: Http2Stream, body: bytes) -> None:
+        """`_on_data` for a body taken directly (one frame with END_STREAM)."""
+        size = len(body)
+        if stream.done or self.streams.get(stream.stream_id) is not stream:
+            if size:
+                self.direct.acknowledge(size)
+            return
+        if size and stream.note_received(size):
+            self.direct.acknowledge(size)
+        self._finish(stream)
+        stream.handler.on_response_data(body, True)
 
     def _on_response(self, event: h2.events.ResponseReceived) -> None:
-        if event.stream_id == self._learning:
-            self._learned = event.headers
         stream = self.streams.get(event.stream_id)
         if stream is None or stream.done:
             return
@@ -426,7 +460,7 @@ class Http2ClientConnection(PooledConnection):
             if stream_id > last_stream_id:
                 stream = self.streams.pop(stream_id)
                 self._blocked.pop(stream_id, None)
-                self.direct.streams.pop(stream_id, None)
+                self.direct.materialize(stream_id)  # as h2 would still hold it
                 self.pool.stream_done(stream)
                 stream.fail(REMOTE_REFUSED_STREAM_RESET)
         self.pool.connection_going_away(self)
@@ -457,7 +491,7 @@ class Http2ClientConnection(PooledConnection):
             else:
                 headers.append((name, value))
         end_now = stream.request_end_pending and not stream.has_body_or_trailers()
-        if end_now and head.method != b"HEAD" and self.direct.can_open():
+        if end_now and self.DIRECT_EXCHANGES and head.method != b"HEAD" and self.direct.can_open():
             stream.stream_id = self.direct.open(stream, headers)
             self.streams[stream.stream_id] = stream
             stream.request_end_pending = False

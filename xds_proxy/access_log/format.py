@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from xds_proxy.access_log.record import LogRecord, request_id
+from xds_proxy.access_log.record import LOCAL_REPLY_HEADERS, LogRecord, request_id
 from xds_proxy.config.access_log import (
     Command,
     JsonFormat,
@@ -113,13 +113,35 @@ def _response_getter(command: Command, trailers: bool) -> Getter:
     return get
 
 
+def _response_bytes(command: Command, trailers: bool) -> Callable[[LogRecord], bytes | None]:
+    """RESP(X?Y) / TRAILER(X?Y) as the bytes the response had, or None."""
+    main = command.main.encode("latin-1")
+    alternative = command.alternative.encode("latin-1") if command.alternative else None
+    if trailers:
+
+        def trailer(record: LogRecord) -> bytes | None:
+            value = _header_in(record.trailers, main)
+            if value is None and alternative is not None:
+                value = _header_in(record.trailers, alternative)
+            return value
+
+        return trailer
+
+    def get(record: LogRecord) -> bytes | None:
+        value = record.response_header(main)
+        if value is None and alternative is not None:
+            value = record.response_header(alternative)
+        return value
+
+    return get
+
+
 # -- times -------------------------------------------------------------------------------------
 
 
-def _time_getter(pattern: str) -> Getter:
-    """START_TIME: Envoy's default `%Y-%m-%dT%H:%M:%E3SZ` (UTC), or a strftime pattern with
-    Envoy's additions: `%s` (epoch seconds), `%f` (nanoseconds), `%1f`..`%9f`, `%E1S`..`%E9S`
-    (seconds with that many decimals)."""
+def _time_parts(pattern: str) -> list[str | int]:
+    """A START_TIME pattern as strftime texts and, between them, N (N fraction digits) or -1
+    (epoch seconds)."""
     if not pattern:
         pattern = "%Y-%m-%dT%H:%M:%E3SZ"
     parts: list[str | int] = []  # strftime text, or N: N fraction digits, or -1: epoch
@@ -156,6 +178,14 @@ def _time_getter(pattern: str) -> Getter:
             text.append(pattern[index : index + 2])
             index += 2
     parts.append("".join(text))
+    return parts
+
+
+def _time_getter(pattern: str) -> Getter:
+    """START_TIME: Envoy's default `%Y-%m-%dT%H:%M:%E3SZ` (UTC), or a strftime pattern with
+    Envoy's additions: `%s` (epoch seconds), `%f` (nanoseconds), `%1f`..`%9f`, `%E1S`..`%E9S`
+    (seconds with that many decimals)."""
+    parts = _time_parts(pattern)
     cache: list = [None, ()]  # second -> rendered strftime parts
     if len(parts) == 3 and type(parts[1]) is int and parts[1] > 0:
         return _one_fraction_getter(parts[0], parts[1], parts[2])  # type: ignore[arg-type]
@@ -212,6 +242,36 @@ def _one_fraction_getter(before: str, digits: int, after: str) -> Getter:
         return text
 
     return get
+
+
+def _time_bytes(pattern: str) -> Callable[[float], bytes]:
+    """START_TIME as bytes, from the request's wall time: the common shape (text, N
+    fraction digits, text) kept per tick; any other pattern through `_time_getter`."""
+    parts = _time_parts(pattern)
+    if not (len(parts) == 3 and type(parts[1]) is int and parts[1] > 0):
+        text_of = _time_getter(pattern)
+        probe = LogRecord.__new__(LogRecord)
+
+        def render(wall: float) -> bytes:
+            probe.start_wall = wall
+            return text_of(probe).encode()  # type: ignore[union-attr]
+
+        return render
+    text_of = _one_fraction_getter(parts[0], parts[1], parts[2])  # type: ignore[arg-type]
+    scale = 10 ** parts[1]  # type: ignore[operator]
+    probe = LogRecord.__new__(LogRecord)
+    cached_tick = -1
+    cached = b""
+
+    def render_tick(wall: float) -> bytes:
+        nonlocal cached_tick, cached
+        tick = int(wall * scale)
+        if tick != cached_tick:
+            probe.start_wall = wall
+            cached_tick, cached = tick, text_of(probe).encode()  # type: ignore[union-attr]
+        return cached
+
+    return render_tick
 
 
 def _ms(start: float | None, end: float | None) -> int | None:
@@ -353,6 +413,19 @@ def _expression(piece: Command, index: int, namespace: dict[str, object], empty:
                 f"(_empty if {start} is None or {end} is None "
                 f"else b'%d' % int(({end} - {start}) * 1000))"
             )
+        if name == "START_TIME":
+            function = f"_t{index}"
+            namespace[function] = _time_bytes(piece.main)
+            return f"{function}(r.start_wall)"
+        if name in ("RESP", "TRAILER"):
+            function = f"_b{index}"
+            namespace[function] = _response_bytes(piece, name == "TRAILER")
+            call = f"(_x{index} if (_x{index} := {function}(r)) is not None else _empty)"
+            names = {piece.main.encode("latin-1"), piece.alternative.encode("latin-1")} - {b""}
+            if name == "RESP" and not names & LOCAL_REPLY_HEADERS:
+                # Not a header of a local reply: no response headers, nothing to look for.
+                return f"(_empty if r.response_headers is None else {call})"
+            return call
     function = f"_g{index}"
     namespace[function] = _text_piece(piece, empty)
     return f"{function}(r).encode()"
@@ -391,7 +464,11 @@ class _HeaderScan:
             return "None"
         variable = self.names.setdefault(name, f"_h{len(self.names)}")
         if name == b"x-request-id":
-            return f"_rid(r, {variable})"
+            # The request's own, else the one made for it (once, when the HCM makes ids).
+            return (
+                f"({variable} if {variable} is not None else r.request_id "
+                f"if r.request_id is not None or not r.generate_id else _rid(r, None))"
+            )
         if name == b"x-forwarded-proto":
             return f"({variable} if {variable} is not None else r.scheme)"
         return variable
@@ -409,17 +486,24 @@ class _HeaderScan:
         return "".join(f"    {line}\n" for line in lines)
 
 
-def _request_expression(piece: Command, scan: _HeaderScan) -> str:
+def _request_expression(piece: Command, scan: _HeaderScan, index: int) -> str:
     """REQ(X?Y):Z as a bytes expression: the header values are written as they came."""
-    main = scan.expression(piece.main.encode("latin-1"))
-    value = f"({main} if {main} is not None else _empty)"
+    main = _once(scan.expression(piece.main.encode("latin-1")), f"_m{index}")
+    value = f"({main[1]} if {main[0]} is not None else _empty)"
     if piece.alternative:
-        alternative = scan.expression(piece.alternative.encode("latin-1"))
+        alternative = _once(scan.expression(piece.alternative.encode("latin-1")), f"_a{index}")
         value = (
-            f"({main} if {main} is not None "
-            f"else {alternative} if {alternative} is not None else _empty)"
+            f"({main[1]} if {main[0]} is not None "
+            f"else {alternative[1]} if {alternative[0]} is not None else _empty)"
         )
     return f"{value}[:{piece.max_length}]" if piece.max_length is not None else value
+
+
+def _once(expression: str, variable: str) -> tuple[str, str]:
+    """(first use, later use) of an expression: a call is made once, through `variable`."""
+    if "(" not in expression:
+        return expression, expression
+    return f"({variable} := {expression})", variable
 
 
 def compile_template(template: Template, omit_empty: bool = False) -> Line:
@@ -441,7 +525,7 @@ def compile_template(template: Template, omit_empty: bool = False) -> Line:
             continue
         shape.append(b"%s")
         if piece.name == "REQ":
-            values.append(_request_expression(piece, scan))
+            values.append(_request_expression(piece, scan, index))
         else:
             values.append(_expression(piece, index, namespace, empty))
     namespace["_shape"] = b"".join(shape)

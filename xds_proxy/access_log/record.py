@@ -49,7 +49,7 @@ def _address(value: object) -> tuple[str | None, int | None, str | None]:
     return ip, port, shown
 
 
-_LOCAL_REPLY_HEADERS = frozenset(
+LOCAL_REPLY_HEADERS = frozenset(
     {b":status", b"content-length", b"content-type", b"date", b"server"}
 )
 
@@ -107,7 +107,7 @@ class LogRecord:
         """One response header (a local reply's are built only for the names it has)."""
         headers = self.response_headers
         if headers is None:
-            if self.local is None or name not in _LOCAL_REPLY_HEADERS:
+            if self.local is None or name not in LOCAL_REPLY_HEADERS:
                 return None
             headers = self.response_header_list()
         for header, value in headers:  # type: ignore[union-attr]

@@ -180,6 +180,7 @@ actions = st.one_of(
     # a response block learned, then again with a body that does or does not fit
     st.tuples(st.just("respond_learned"), st.integers(0, 7), st.sampled_from([2, 4, 7, 9, 11, 12])),
     st.tuples(st.just("body"), st.integers(0, 7), st.booleans()),
+    st.tuples(st.just("server_reset"), st.integers(0, 7)),  # a response under way
     st.tuples(st.just("new_date"), st.integers(0, 9)),
     st.tuples(
         st.just("settings"),
@@ -403,6 +404,9 @@ def converse(
                         server.respond(0, step[1])
                 elif kind == "body":
                     server.body(step[1], step[2])
+                elif kind == "server_reset" and server.open:
+                    stream_id = server.open.pop(step[1] % len(server.open))
+                    server.h2.reset_stream(stream_id, error_code=8)
                 elif kind == "new_date":
                     DATE[0] = b"Sun, 06 Dec 2026 19:00:%02d GMT" % step[1]
                 elif kind == "settings":

@@ -13,7 +13,13 @@ import socket
 import time
 from collections.abc import Callable
 
-from xds_proxy.access_log.record import LOCAL_REPLY_HEADERS, LogRecord, request_id
+from xds_proxy.access_log.record import (
+    ID_SHAPE,
+    LOCAL_REPLY_HEADERS,
+    LogRecord,
+    request_id,
+    request_ids,
+)
 from xds_proxy.config.access_log import (
     Command,
     JsonFormat,
@@ -440,20 +446,13 @@ _PSEUDO_EXPRESSIONS = {
 }
 
 
-def _request_id_or_generated(record: LogRecord, found: bytes | None) -> bytes | None:
-    if found is not None:
-        return found
-    if record.request_id is None and record.generate_id:
-        record.request_id = request_id()
-    return record.request_id
-
-
 class _HeaderScan:
     """The request headers a text format reads, found in one pass over the request's headers
     (each REQ operator then costs an expression, not a scan)."""
 
     def __init__(self) -> None:
         self.names: dict[bytes, str] = {}  # header name -> local variable
+        self.request_id = ""  # the variable of x-request-id, if the format reads it
 
     def expression(self, name: bytes) -> str:
         """The expression of one REQ name's value (bytes or None)."""
@@ -464,11 +463,8 @@ class _HeaderScan:
             return "None"
         variable = self.names.setdefault(name, f"_h{len(self.names)}")
         if name == b"x-request-id":
-            # The request's own, else the one made for it (once, when the HCM makes ids).
-            return (
-                f"({variable} if {variable} is not None else r.request_id "
-                f"if r.request_id is not None or not r.generate_id else _rid(r, None))"
-            )
+            self.request_id = variable  # completed after the scan (`source`)
+            return variable
         if name == b"x-forwarded-proto":
             return f"({variable} if {variable} is not None else r.scheme)"
         return variable
@@ -483,6 +479,17 @@ class _HeaderScan:
             keyword = "if" if index == 0 else "elif"
             lines.append(f"    {keyword} _n == _k{index}:")
             lines.append(f"        {variable} = _v")
+        if self.request_id:
+            # The request's own id, else the one made for it (once, when the HCM makes ids;
+            # every operator and logger then prints the same).
+            variable = self.request_id
+            namespace["_id_shape"], namespace["_ids"] = ID_SHAPE, request_ids
+            lines += [
+                f"if {variable} is None:",
+                f"    {variable} = r.request_id",
+                f"    if {variable} is None and r.generate_id:",
+                f"        {variable} = r.request_id = _id_shape % next(_ids)",
+            ]
         return "".join(f"    {line}\n" for line in lines)
 
 
@@ -514,7 +521,6 @@ def compile_template(template: Template, omit_empty: bool = False) -> Line:
     namespace: dict[str, object] = {
         "_empty": empty.encode(),
         "_dash": b"-",
-        "_rid": _request_id_or_generated,
     }
     scan = _HeaderScan()
     shape: list[bytes] = []

@@ -17,13 +17,15 @@ Header = tuple[bytes, bytes]
 _prefix = "%020x" % (
     (random.SystemRandom().getrandbits(80) & ~(0xF << 28 | 0x3 << 14)) | (0x4 << 28 | 0x2 << 14)
 )
-_ID_SHAPE = f"{_prefix[:8]}-{_prefix[8:12]}-{_prefix[12:16]}-{_prefix[16:20]}-%012x".encode()
-_ids = itertools.count(random.SystemRandom().getrandbits(40))  # 2^48 - 2^40 ids before a wrap
+ID_SHAPE = f"{_prefix[:8]}-{_prefix[8:12]}-{_prefix[12:16]}-{_prefix[16:20]}-%012x".encode()
+request_ids = itertools.count(
+    random.SystemRandom().getrandbits(40)
+)  # 2^48 - 2^40 ids before a wrap
 
 
 def request_id() -> bytes:
     """A version-4 UUID, unique in this process, for a request without `x-request-id`."""
-    return _ID_SHAPE % next(_ids)
+    return ID_SHAPE % next(request_ids)
 
 
 class Downstream:

@@ -88,7 +88,7 @@ class DirectStreams(Generic[StreamT]):
     """The streams of one upstream connection that h2 does not hold, and the response
     header blocks h2 has decoded for it."""
 
-    __slots__ = ("_h2", "_known", "responding", "stream_window", "streams")
+    __slots__ = ("_h2", "_known", "_settled", "responding", "stream_window", "streams")
 
     def __init__(self, conn: h2.connection.H2Connection, stream_window: int) -> None:
         self._h2 = conn
@@ -96,6 +96,7 @@ class DirectStreams(Generic[StreamT]):
         self.responding: dict[int, KnownResponse] = {}  # headers delivered, body to come
         self._known: dict[bytes, tuple[tuple[int, int, int], KnownResponse]] = {}
         self.stream_window = stream_window  # our SETTINGS_INITIAL_WINDOW_SIZE
+        self._settled = False  # our SETTINGS acknowledged
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -103,10 +104,11 @@ class DirectStreams(Generic[StreamT]):
         """A request may go out directly: the connection is open and our SETTINGS (the
         streams' receive window) are acknowledged."""
         conn = self._h2
-        return (
-            conn.state_machine.state is _CLIENT_OPEN
-            and conn.local_settings.initial_window_size == self.stream_window
-        )
+        if conn.state_machine.state is not _CLIENT_OPEN:
+            return False
+        if not self._settled:  # (our SETTINGS are sent once: acknowledged, they stay)
+            self._settled = conn.local_settings.initial_window_size == self.stream_window
+        return self._settled
 
     def open(self, stream: StreamT, headers: list[Header]) -> int:
         """Send a whole request (HEADERS with END_STREAM) on a new stream without h2; its
@@ -230,7 +232,7 @@ class DirectStreams(Generic[StreamT]):
             or conn.incoming_buffer._headers_buffer
             or conn.state_machine.state is not _CLIENT_OPEN
             or length > conn._inbound_flow_control_window_manager.current_window_size
-            or length > conn.local_settings.initial_window_size
+            or length > self.stream_window  # (direct streams start once it is in force)
             or (known.content_length is not None and known.content_length != length)
         ):
             return None

@@ -26,7 +26,8 @@ from hpack import NeverIndexedHeaderTuple
 
 from xds_proxy.codec.h2_connection import BoundedH2Connection
 from xds_proxy.codec.hpack_cache import CachingDecoder, CachingEncoder
-from xds_proxy.upstream.http2_direct import DirectStreams, KnownResponse
+from xds_proxy.upstream.http2_direct import DirectStreams
+from xds_proxy.upstream.http2_direct_frames import DIRECT_HEADERS, DirectResponses
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
 
 _FRAME_HEADER = 9
 _HEADERS = 0x1
-_DIRECT_HEADERS = "headers"
-_DIRECT_BODY = "body"
 _GOAWAY = 0x7
 _REFUSED_STREAM = 0x7
 _CANCEL = 0x8
@@ -159,7 +158,7 @@ class Http2Stream(PooledStream):
         return True
 
 
-class Http2ClientConnection(PooledConnection):
+class Http2ClientConnection(DirectResponses, PooledConnection):
     # Whole GET exchanges without h2's per-stream machinery (http2_direct.py); the
     # differential tests turn it off for the reference run.
     DIRECT_EXCHANGES = True
@@ -191,7 +190,7 @@ class Http2ClientConnection(PooledConnection):
         self.streams_started = 0
         self.direct: DirectStreams[Http2Stream] = DirectStreams(self.h2, _STREAM_WINDOW)
         # What the frames of the current read said, for `_dispatch`: h2's events and the
-        # direct path's (_DIRECT_HEADERS, stream, response, ended) / (_DIRECT_BODY, ...).
+        # direct path's (DIRECT_HEADERS, stream, response, ended) / (DIRECT_BODY, ...).
         self._events: list = []
         self._flush_scheduled = False
 
@@ -277,45 +276,6 @@ class Http2ClientConnection(PooledConnection):
             self._dispatch()
         self._flush()
 
-    def _direct_frame(
-        self, stream_id: int, frame_type: int, data: bytes, position: int, end: int
-    ) -> bool:
-        """A HEADERS or DATA frame (whole, from `position` to `end`) of direct stream
-        `stream_id`: taken without h2 if it is the expected part of a response whose header
-        block is known, else the stream goes to h2 and h2 takes the frame alone (learning
-        its header block). False when the connection failed."""
-        stream = self.direct.streams[stream_id]
-        if frame_type == _HEADERS:
-            known = self.direct.take_headers(stream_id, data, position)
-            if known is None:
-                return self._learn_response(stream_id, data, position, end)
-            ended = stream_id not in self.direct.responding
-            if ended:
-                self.direct.finish(stream_id, 0)
-            self._events.append((_DIRECT_HEADERS, stream, known, ended))
-            return True
-        body = self.direct.take_body(stream_id, data, position)
-        if body is None:
-            self.direct.materialize(stream_id)
-            return self._receive(data[position:end])
-        self.direct.finish(stream_id, len(body))
-        self._events.append((_DIRECT_BODY, stream, body))
-        return True
-
-    def _learn_response(self, stream_id: int, data: bytes, position: int, end: int) -> bool:
-        """h2 takes the stream and its HEADERS frame; if decoding the block left the table
-        as it was, the block is remembered as h2 reported it."""
-        self.direct.materialize(stream_id)
-        token = self.h2.decode_token()
-        first_new = len(self._events)
-        if not self._receive(data[position:end]):
-            return False
-        if self.h2.decode_token() == token:
-            for event in self._events[first_new:]:
-                if type(event) is h2.events.ResponseReceived and event.stream_id == stream_id:
-                    self.direct.learn(data[position + _FRAME_HEADER : end], token, event.headers)
-        return True
-
     def pause_writing(self) -> None:
         self._write_paused = True
         for stream in list(self.streams.values()):
@@ -355,7 +315,7 @@ class Http2ClientConnection(PooledConnection):
         events, self._events = self._events, []
         for event in events:
             if type(event) is tuple:
-                if event[0] is _DIRECT_HEADERS:
+                if event[0] is DIRECT_HEADERS:
                     self._on_direct_headers(*event[1:])
                 else:
                     self._on_direct_body(*event[1:])
@@ -363,26 +323,6 @@ class Http2ClientConnection(PooledConnection):
             handler = _EVENT_HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event)
-
-    def _on_direct_headers(self, stream: Http2Stream, known: KnownResponse, ended: bool) -> None:
-        """`_on_response` for a response taken directly."""
-        if stream.done or self.streams.get(stream.stream_id) is not stream:
-            return
-        if ended:
-            self._finish(stream)
-        stream.handler.on_response_headers(known.status, list(known.headers), ended)
-
-    def _on_direct_body(self, stream: Http2Stream, body: bytes) -> None:
-        """`_on_data` for a body taken directly (one frame with END_STREAM)."""
-        size = len(body)
-        if stream.done or self.streams.get(stream.stream_id) is not stream:
-            if size:
-                self.direct.acknowledge(size)
-            return
-        if size and stream.note_received(size):
-            self.direct.acknowledge(size)
-        self._finish(stream)
-        stream.handler.on_response_data(body, True)
 
     def _on_response(self, event: h2.events.ResponseReceived) -> None:
         stream = self.streams.get(event.stream_id)

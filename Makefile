@@ -44,7 +44,7 @@ fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(BIN)/python -m pytest -q \
 		-p no:cacheprovider tests/unit/test_hostile_listeners.py tests/integration/test_fuzz_lds.py
 	FUZZ_EXAMPLES=$(H2_FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(BIN)/python -m pytest -q \
-		-p no:cacheprovider tests/unit/test_h2_fast_differential.py
+		-p no:cacheprovider tests/unit/test_h2_fast_differential.py tests/unit/test_http2_direct_differential.py
 
 proto: $(STAMP)
 	$(BIN)/python -m control_plane_stub.generate_proto

@@ -145,3 +145,31 @@ def test_filters() -> None:
     assert all(compile_filter(always, rng)(record()) for _ in range(100))
     half = compile_filter(RuntimeFilter(50, 100), rng)
     assert 30 < sum(half(record()) for _ in range(100)) < 70
+
+
+def test_start_time_follows_each_request_across_ticks() -> None:
+    """START_TIME is kept per millisecond (Envoy's default) or per tick of its pattern: the
+    next request in another tick, or in an earlier one, gets its own time."""
+    render = text("%START_TIME% %START_TIME(%s.%6f)% %START_TIME(%Y):2%")
+    assert render(record()) == "2026-12-06T17:19:51.561Z 1796577591.561234 20"
+    assert render(record(start_wall=WALL + 0.0004)) == (
+        "2026-12-06T17:19:51.561Z 1796577591.561634 20"
+    )
+    assert render(record(start_wall=WALL + 0.5)) == "2026-12-06T17:19:52.061Z 1796577592.061234 20"
+    assert render(record(start_wall=WALL - 60)) == "2026-12-06T17:18:51.561Z 1796577531.561234 20"
+
+
+def test_local_reply_headers_and_a_generated_request_id() -> None:
+    """RESP of a local reply reads the headers it would have; a request without
+    x-request-id gets one id, the same for every operator and logger that prints it."""
+    render = text(
+        "%RESP(CONTENT-LENGTH)% %RESP(X-OTHER?CONTENT-TYPE)% %RESP(X-OTHER)% %REQ(X-REQUEST-ID)%"
+    )
+    other = text("%REQ(X-REQUEST-ID)%")
+    made = record(request_id=None, generate_id=True)
+    made.local_reply(503, 19, b"envoy")
+    line = render(made)
+    length, kind, missing, request_id = line.split(" ")
+    assert (length, kind, missing) == ("19", "text/plain", "-")
+    assert len(request_id) == 36 and request_id == other(made)
+    assert text("%REQ(X-REQUEST-ID)%")(record(request_id=None)) == "-"  # ids not generated

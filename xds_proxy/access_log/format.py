@@ -13,7 +13,14 @@ import socket
 import time
 from collections.abc import Callable
 
-from xds_proxy.access_log.record import PIPE_PORT, LogRecord, request_id
+from xds_proxy.access_log.record import (
+    ID_SHAPE,
+    LOCAL_REPLY_HEADERS,
+    PIPE_PORT,
+    LogRecord,
+    request_id,
+    request_ids,
+)
 from xds_proxy.codec.forwarded_for import last_xff_address
 from xds_proxy.config.access_log import (
     Command,
@@ -114,13 +121,35 @@ def _response_getter(command: Command, trailers: bool) -> Getter:
     return get
 
 
+def _response_bytes(command: Command, trailers: bool) -> Callable[[LogRecord], bytes | None]:
+    """RESP(X?Y) / TRAILER(X?Y) as the bytes the response had, or None."""
+    main = command.main.encode("latin-1")
+    alternative = command.alternative.encode("latin-1") if command.alternative else None
+    if trailers:
+
+        def trailer(record: LogRecord) -> bytes | None:
+            value = _header_in(record.trailers, main)
+            if value is None and alternative is not None:
+                value = _header_in(record.trailers, alternative)
+            return value
+
+        return trailer
+
+    def get(record: LogRecord) -> bytes | None:
+        value = record.response_header(main)
+        if value is None and alternative is not None:
+            value = record.response_header(alternative)
+        return value
+
+    return get
+
+
 # -- times -------------------------------------------------------------------------------------
 
 
-def _time_getter(pattern: str) -> Getter:
-    """START_TIME: Envoy's default `%Y-%m-%dT%H:%M:%E3SZ` (UTC), or a strftime pattern with
-    Envoy's additions: `%s` (epoch seconds), `%f` (nanoseconds), `%1f`..`%9f`, `%E1S`..`%E9S`
-    (seconds with that many decimals)."""
+def _time_parts(pattern: str) -> list[str | int]:
+    """A START_TIME pattern as strftime texts and, between them, N (N fraction digits) or -1
+    (epoch seconds)."""
     if not pattern:
         pattern = "%Y-%m-%dT%H:%M:%E3SZ"
     parts: list[str | int] = []  # strftime text, or N: N fraction digits, or -1: epoch
@@ -157,6 +186,14 @@ def _time_getter(pattern: str) -> Getter:
             text.append(pattern[index : index + 2])
             index += 2
     parts.append("".join(text))
+    return parts
+
+
+def _time_getter(pattern: str) -> Getter:
+    """START_TIME: Envoy's default `%Y-%m-%dT%H:%M:%E3SZ` (UTC), or a strftime pattern with
+    Envoy's additions: `%s` (epoch seconds), `%f` (nanoseconds), `%1f`..`%9f`, `%E1S`..`%E9S`
+    (seconds with that many decimals)."""
+    parts = _time_parts(pattern)
     cache: list = [None, ()]  # second -> rendered strftime parts
     if len(parts) == 3 and type(parts[1]) is int and parts[1] > 0:
         return _one_fraction_getter(parts[0], parts[1], parts[2])  # type: ignore[arg-type]
@@ -213,6 +250,36 @@ def _one_fraction_getter(before: str, digits: int, after: str) -> Getter:
         return text
 
     return get
+
+
+def _time_bytes(pattern: str) -> Callable[[float], bytes]:
+    """START_TIME as bytes, from the request's wall time: the common shape (text, N
+    fraction digits, text) kept per tick; any other pattern through `_time_getter`."""
+    parts = _time_parts(pattern)
+    if not (len(parts) == 3 and type(parts[1]) is int and parts[1] > 0):
+        text_of = _time_getter(pattern)
+        probe = LogRecord.__new__(LogRecord)
+
+        def render(wall: float) -> bytes:
+            probe.start_wall = wall
+            return text_of(probe).encode()  # type: ignore[union-attr]
+
+        return render
+    text_of = _one_fraction_getter(parts[0], parts[1], parts[2])  # type: ignore[arg-type]
+    scale = 10 ** parts[1]  # type: ignore[operator]
+    probe = LogRecord.__new__(LogRecord)
+    cached_tick = -1
+    cached = b""
+
+    def render_tick(wall: float) -> bytes:
+        nonlocal cached_tick, cached
+        tick = int(wall * scale)
+        if tick != cached_tick:
+            probe.start_wall = wall
+            cached_tick, cached = tick, text_of(probe).encode()  # type: ignore[union-attr]
+        return cached
+
+    return render_tick
 
 
 def _ms(start: float | None, end: float | None) -> int | None:
@@ -356,6 +423,19 @@ def _expression(piece: Command, index: int, namespace: dict[str, object], empty:
                 f"(_empty if {start} is None or {end} is None "
                 f"else b'%d' % int(({end} - {start}) * 1000))"
             )
+        if name == "START_TIME":
+            function = f"_t{index}"
+            namespace[function] = _time_bytes(piece.main)
+            return f"{function}(r.start_wall)"
+        if name in ("RESP", "TRAILER"):
+            function = f"_b{index}"
+            namespace[function] = _response_bytes(piece, name == "TRAILER")
+            call = f"(_x{index} if (_x{index} := {function}(r)) is not None else _empty)"
+            names = {piece.main.encode("latin-1"), piece.alternative.encode("latin-1")} - {b""}
+            if name == "RESP" and not names & LOCAL_REPLY_HEADERS:
+                # Not a header of a local reply: no response headers, nothing to look for.
+                return f"(_empty if r.response_headers is None else {call})"
+            return call
     function = f"_g{index}"
     namespace[function] = _text_piece(piece, empty)
     return f"{function}(r).encode()"
@@ -370,20 +450,13 @@ _PSEUDO_EXPRESSIONS = {
 }
 
 
-def _request_id_or_generated(record: LogRecord, found: bytes | None) -> bytes | None:
-    if found is not None:
-        return found
-    if record.request_id is None and record.generate_id:
-        record.request_id = request_id()
-    return record.request_id
-
-
 class _HeaderScan:
     """The request headers a text format reads, found in one pass over the request's headers
     (each REQ operator then costs an expression, not a scan)."""
 
     def __init__(self) -> None:
         self.names: dict[bytes, str] = {}  # header name -> local variable
+        self.request_id = ""  # the variable of x-request-id, if the format reads it
 
     def expression(self, name: bytes) -> str:
         """The expression of one REQ name's value (bytes or None)."""
@@ -394,7 +467,8 @@ class _HeaderScan:
             return "None"
         variable = self.names.setdefault(name, f"_h{len(self.names)}")
         if name == b"x-request-id":
-            return f"_rid(r, {variable})"
+            self.request_id = variable  # completed after the scan (`source`)
+            return variable
         if name == b"x-forwarded-proto":
             return f"({variable} if {variable} is not None else r.scheme)"
         return variable
@@ -409,20 +483,38 @@ class _HeaderScan:
             keyword = "if" if index == 0 else "elif"
             lines.append(f"    {keyword} _n == _k{index}:")
             lines.append(f"        {variable} = _v")
+        if self.request_id:
+            # The request's own id, else the one made for it (once, when the HCM makes ids;
+            # every operator and logger then prints the same).
+            variable = self.request_id
+            namespace["_id_shape"], namespace["_ids"] = ID_SHAPE, request_ids
+            lines += [
+                f"if {variable} is None:",
+                f"    {variable} = r.request_id",
+                f"    if {variable} is None and r.generate_id:",
+                f"        {variable} = r.request_id = _id_shape % next(_ids)",
+            ]
         return "".join(f"    {line}\n" for line in lines)
 
 
-def _request_expression(piece: Command, scan: _HeaderScan) -> str:
+def _request_expression(piece: Command, scan: _HeaderScan, index: int) -> str:
     """REQ(X?Y):Z as a bytes expression: the header values are written as they came."""
-    main = scan.expression(piece.main.encode("latin-1"))
-    value = f"({main} if {main} is not None else _empty)"
+    main = _once(scan.expression(piece.main.encode("latin-1")), f"_m{index}")
+    value = f"({main[1]} if {main[0]} is not None else _empty)"
     if piece.alternative:
-        alternative = scan.expression(piece.alternative.encode("latin-1"))
+        alternative = _once(scan.expression(piece.alternative.encode("latin-1")), f"_a{index}")
         value = (
-            f"({main} if {main} is not None "
-            f"else {alternative} if {alternative} is not None else _empty)"
+            f"({main[1]} if {main[0]} is not None "
+            f"else {alternative[1]} if {alternative[0]} is not None else _empty)"
         )
     return f"{value}[:{piece.max_length}]" if piece.max_length is not None else value
+
+
+def _once(expression: str, variable: str) -> tuple[str, str]:
+    """(first use, later use) of an expression: a call is made once, through `variable`."""
+    if "(" not in expression:
+        return expression, expression
+    return f"({variable} := {expression})", variable
 
 
 def compile_template(template: Template, omit_empty: bool = False) -> Line:
@@ -433,7 +525,6 @@ def compile_template(template: Template, omit_empty: bool = False) -> Line:
     namespace: dict[str, object] = {
         "_empty": empty.encode(),
         "_dash": b"-",
-        "_rid": _request_id_or_generated,
     }
     scan = _HeaderScan()
     shape: list[bytes] = []
@@ -444,7 +535,7 @@ def compile_template(template: Template, omit_empty: bool = False) -> Line:
             continue
         shape.append(b"%s")
         if piece.name == "REQ":
-            values.append(_request_expression(piece, scan))
+            values.append(_request_expression(piece, scan, index))
         else:
             values.append(_expression(piece, index, namespace, empty))
     namespace["_shape"] = b"".join(shape)

@@ -17,13 +17,15 @@ Header = tuple[bytes, bytes]
 _prefix = "%020x" % (
     (random.SystemRandom().getrandbits(80) & ~(0xF << 28 | 0x3 << 14)) | (0x4 << 28 | 0x2 << 14)
 )
-_ID_SHAPE = f"{_prefix[:8]}-{_prefix[8:12]}-{_prefix[12:16]}-{_prefix[16:20]}-%012x".encode()
-_ids = itertools.count(random.SystemRandom().getrandbits(40))  # 2^48 - 2^40 ids before a wrap
+ID_SHAPE = f"{_prefix[:8]}-{_prefix[8:12]}-{_prefix[12:16]}-{_prefix[16:20]}-%012x".encode()
+request_ids = itertools.count(
+    random.SystemRandom().getrandbits(40)
+)  # 2^48 - 2^40 ids before a wrap
 
 
 def request_id() -> bytes:
     """A version-4 UUID, unique in this process, for a request without `x-request-id`."""
-    return _ID_SHAPE % next(_ids)
+    return ID_SHAPE % next(request_ids)
 
 
 # A pipe connection's "port" in the access log: Envoy prints an empty string.
@@ -57,7 +59,7 @@ def _address(value: object) -> tuple[str | None, int | None, str | None]:
     return ip, port, shown
 
 
-_LOCAL_REPLY_HEADERS = frozenset(
+LOCAL_REPLY_HEADERS = frozenset(
     {b":status", b"content-length", b"content-type", b"date", b"server"}
 )
 
@@ -116,7 +118,7 @@ class LogRecord:
         """One response header (a local reply's are built only for the names it has)."""
         headers = self.response_headers
         if headers is None:
-            if self.local is None or name not in _LOCAL_REPLY_HEADERS:
+            if self.local is None or name not in LOCAL_REPLY_HEADERS:
                 return None
             headers = self.response_header_list()
         for header, value in headers:  # type: ignore[union-attr]

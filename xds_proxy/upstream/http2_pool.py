@@ -25,6 +25,9 @@ import h2.settings
 from hpack import NeverIndexedHeaderTuple
 
 from xds_proxy.codec.h2_connection import BoundedH2Connection
+from xds_proxy.codec.hpack_cache import CachingDecoder, CachingEncoder
+from xds_proxy.upstream.http2_direct import DirectStreams
+from xds_proxy.upstream.http2_direct_frames import DIRECT_HEADERS, DirectResponses
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
     from xds_proxy.upstream.stats import ClusterStats
 
 _FRAME_HEADER = 9
+_HEADERS = 0x1
 _GOAWAY = 0x7
 _REFUSED_STREAM = 0x7
 _CANCEL = 0x8
@@ -154,7 +158,11 @@ class Http2Stream(PooledStream):
         return True
 
 
-class Http2ClientConnection(PooledConnection):
+class Http2ClientConnection(DirectResponses, PooledConnection):
+    # Whole GET exchanges without h2's per-stream machinery (http2_direct.py); the
+    # differential tests turn it off for the reference run.
+    DIRECT_EXCHANGES = True
+
     def __init__(self, pool: Http2Pool) -> None:
         super().__init__()
         self.pool = pool
@@ -167,6 +175,10 @@ class Http2ClientConnection(PooledConnection):
             normalize_outbound_headers=False,
         )
         self.h2 = BoundedH2Connection(config=config)
+        # The same request fields go out and the same response blocks come back on every
+        # stream: their encodings and decodings are kept while the tables stand still.
+        self.h2.encoder = CachingEncoder()
+        self.h2.decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
         self.streams: dict[int, Http2Stream] = {}
         self.ready = False  # connected and the preface written
         self.going_away = False
@@ -176,6 +188,11 @@ class Http2ClientConnection(PooledConnection):
         self._blocked: dict[int, Http2Stream] = {}
         self._write_paused = False
         self.streams_started = 0
+        self.direct: DirectStreams[Http2Stream] = DirectStreams(self.h2, _STREAM_WINDOW)
+        # What the frames of the current read said, for `_dispatch`: h2's events and the
+        # direct path's (DIRECT_HEADERS, stream, response, ended) / (DIRECT_BODY, ...).
+        self._events: list = []
+        self._flush_scheduled = False
 
     # -- capacity ---------------------------------------------------------------------------
 
@@ -209,9 +226,12 @@ class Http2ClientConnection(PooledConnection):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        """Frames in. As with h2 alone, what the frames between two GOAWAYs (cut out here)
+        say reaches the streams once h2 (and the direct path) took them all."""
         if self._pending_bytes:
             data = self._pending_bytes + data
             self._pending_bytes = b""
+        direct = self.direct.streams
         start = 0
         position = 0
         size = len(data)
@@ -224,20 +244,36 @@ class Http2ClientConnection(PooledConnection):
             if size - position < _FRAME_HEADER:
                 break
             length = int.from_bytes(data[position : position + 3], "big")
-            if data[position + 3] != _GOAWAY:
-                self._frame_left = _FRAME_HEADER + length
-                continue
+            frame_type = data[position + 3]
             end = position + _FRAME_HEADER + length
-            if end > size:
-                break
-            if position > start and not self._receive(data[start:position]):
-                return
-            self._on_goaway(data[position + _FRAME_HEADER : end])
-            start = position = end
+            if frame_type == _GOAWAY:
+                if end > size:
+                    break
+                if position > start and not self._receive(data[start:position]):
+                    return
+                self._dispatch()
+                self._on_goaway(data[position + _FRAME_HEADER : end])
+                start = position = end
+                continue
+            if direct:
+                stream_id = int.from_bytes(data[position + 5 : position + 9], "big") & 0x7FFFFFFF
+                if stream_id in direct:
+                    if position > start and not self._receive(data[start:position]):
+                        return
+                    start = position
+                    if frame_type <= _HEADERS and length <= self.h2.max_inbound_frame_size:
+                        if end > size:
+                            break  # the whole frame first
+                        if not self._direct_frame(stream_id, frame_type, data, position, end):
+                            return
+                        start = position = end
+                        continue
+                    self.direct.materialize(stream_id)
+            self._frame_left = _FRAME_HEADER + length
         if position < size:
             self._pending_bytes = data[position:]
-        if position > start:
-            self._receive(data[start:position])
+        if position <= start or self._receive(data[start:position]):
+            self._dispatch()
         self._flush()
 
     def pause_writing(self) -> None:
@@ -265,17 +301,28 @@ class Http2ClientConnection(PooledConnection):
     # -- frames in --------------------------------------------------------------------------
 
     def _receive(self, data: bytes) -> bool:
+        """h2 takes whole frames; their events wait for `_dispatch`."""
         try:
-            events = self.h2.receive_data(data)
+            self._events += self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
+            self._events = []
             self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
             self._fail_all(PROTOCOL_ERROR)
             return False
+        return True
+
+    def _dispatch(self) -> None:
+        events, self._events = self._events, []
         for event in events:
+            if type(event) is tuple:
+                if event[0] is DIRECT_HEADERS:
+                    self._on_direct_headers(*event[1:])
+                else:
+                    self._on_direct_body(*event[1:])
+                continue
             handler = _EVENT_HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event)
-        return True
 
     def _on_response(self, event: h2.events.ResponseReceived) -> None:
         stream = self.streams.get(event.stream_id)
@@ -353,6 +400,7 @@ class Http2ClientConnection(PooledConnection):
             if stream_id > last_stream_id:
                 stream = self.streams.pop(stream_id)
                 self._blocked.pop(stream_id, None)
+                self.direct.materialize(stream_id)  # as h2 would still hold it
                 self.pool.stream_done(stream)
                 stream.fail(REMOTE_REFUSED_STREAM_RESET)
         self.pool.connection_going_away(self)
@@ -361,10 +409,7 @@ class Http2ClientConnection(PooledConnection):
     # -- frames out -------------------------------------------------------------------------
 
     def start_stream(self, stream: Http2Stream) -> None:
-        stream_id = self.h2.get_next_available_stream_id()
-        stream.stream_id = stream_id
         stream._conn = self
-        self.streams[stream_id] = stream
         self.streams_started += 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -386,6 +431,20 @@ class Http2ClientConnection(PooledConnection):
             else:
                 headers.append((name, value))
         end_now = stream.request_end_pending and not stream.has_body_or_trailers()
+        if end_now and self.DIRECT_EXCHANGES and head.method != b"HEAD" and self.direct.can_open():
+            stream.stream_id = self.direct.open(stream, headers)
+            self.streams[stream.stream_id] = stream
+            stream.request_end_pending = False
+            if self._write_paused:
+                stream.handler.pause_request_body()
+            if not self._flush_scheduled:
+                # The requests of one loop iteration go out in one write.
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            return
+        stream_id = self.h2.get_next_available_stream_id()
+        stream.stream_id = stream_id
+        self.streams[stream_id] = stream
         self.h2.send_headers(stream_id, headers, end_stream=end_now)
         if end_now:
             stream.request_end_pending = False
@@ -428,6 +487,7 @@ class Http2ClientConnection(PooledConnection):
 
     def acknowledge(self, stream: Http2Stream, size: int) -> None:
         if stream.stream_id in self.streams:
+            self.direct.materialize(stream.stream_id)
             self.h2.acknowledge_received_data(size, stream.stream_id)
             self._flush()
 
@@ -435,6 +495,7 @@ class Http2ClientConnection(PooledConnection):
         if self.streams.pop(stream.stream_id, None) is None:
             return
         self._blocked.pop(stream.stream_id, None)
+        self.direct.materialize(stream.stream_id)
         self.pool.stream_done(stream)
         with contextlib.suppress(h2.exceptions.StreamClosedError):
             self.h2.reset_stream(stream.stream_id, _CANCEL)
@@ -474,6 +535,10 @@ class Http2ClientConnection(PooledConnection):
         if not self.streams:
             self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
             self.close()
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
 
     def _flush(self) -> None:
         data = self.h2.data_to_send()

@@ -1,0 +1,131 @@
+"""HPACK encoder and decoder that remember what they did while the dynamic table stands still.
+
+A connection to one upstream sends nearly the same request header fields again and again and
+gets nearly the same response header blocks back. hpack encodes each field anew (a table
+search, logging, often Huffman) and decodes each block anew; both results depend only on the
+field (or block) and the dynamic table, so they are kept until the table changes:
+
+- `CachingEncoder`: the bytes hpack's `Encoder` produces for one field, kept per field while
+  encoding it leaves the table unchanged (an indexed field); any change to the table (an
+  insertion, an eviction, a resize) forgets them all, since indices move. A field marked
+  never-indexed is written as hpack would write it without Huffman coding and never cached.
+  A pending table size update is left to hpack (it must open the next block).
+- `CachingDecoder`: the header list of a block, kept per block bytes and decoder limits while
+  decoding it left the table unchanged (epoch of `CountingHeaderTable`).
+
+Both stay byte-compatible with a peer's hpack state: they produce (or accept) exactly what
+hpack would; fuzzed against hpack in tests/unit/test_hpack_cache.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from hpack import Decoder, Encoder, HeaderTuple
+from hpack.table import HeaderTable
+
+from xds_proxy.codec.h2_fast import CountingHeaderTable, hpack_integer
+
+_MAX_CACHED = 512  # entries per cache; past that it starts over
+_NEVER_INDEXED = 0x10
+
+_STATIC_NAMES: dict[bytes, int] = {}
+for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
+    _STATIC_NAMES.setdefault(_name, _index)
+
+
+def _never_indexed(name: bytes, value: bytes) -> bytes:
+    """A never-indexed literal (RFC 7541 section 6.2.3), name from the static table when it
+    holds it, strings not Huffman-coded."""
+    value_part = hpack_integer(len(value), 7) + value
+    name_index = _STATIC_NAMES.get(name)
+    if name_index is not None:
+        return hpack_integer(name_index, 4, _NEVER_INDEXED) + value_part
+    return b"\x10" + hpack_integer(len(name), 7) + name + value_part
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+class CachingEncoder(Encoder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = CountingHeaderTable()
+        self._fields: dict[tuple[Any, Any], bytes] = {}
+        self._epoch = 0
+
+    def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
+        table = self.header_table
+        if table.resized or not huffman or isinstance(headers, dict):
+            self._fields.clear()
+            return super().encode(headers, huffman)
+        fields = self._fields
+        if table.epoch != self._epoch:  # type: ignore[attr-defined]
+            fields.clear()
+            self._epoch = table.epoch  # type: ignore[attr-defined]
+        out = []
+        for header in headers:
+            # Plain 2-tuples only: a HeaderTuple equals the plain tuple of its fields.
+            if type(header) is tuple and len(header) == 2:
+                encoded = fields.get(header)
+                if encoded is None:
+                    encoded = self._encode_new(header)
+                out.append(encoded)
+            elif isinstance(header, HeaderTuple):
+                if header.indexable:
+                    out.append(self._encode_new(tuple(header)))
+                else:
+                    out.append(_never_indexed(_as_bytes(header[0]), _as_bytes(header[1])))
+            elif len(header) > 2 and header[2]:
+                out.append(_never_indexed(_as_bytes(header[0]), _as_bytes(header[1])))
+            else:
+                out.append(self._encode_new((header[0], header[1])))
+        return b"".join(out)
+
+    def _encode_new(self, header: tuple[Any, Any]) -> bytes:
+        """hpack's encoding of one field, kept if it left the table as it was."""
+        encoded = self.add((_as_bytes(header[0]), _as_bytes(header[1])), False, True)
+        fields = self._fields
+        if self.header_table.epoch != self._epoch:  # type: ignore[attr-defined]
+            fields.clear()
+            self._epoch = self.header_table.epoch  # type: ignore[attr-defined]
+        else:
+            if len(fields) >= _MAX_CACHED:
+                fields.clear()
+            fields[header] = encoded
+        return encoded
+
+
+class CachingDecoder(Decoder):
+    def __init__(self, max_header_list_size: int) -> None:
+        super().__init__(max_header_list_size=max_header_list_size)
+        self.header_table = CountingHeaderTable()
+        self._blocks: dict[bytes, tuple[int, int, int, list[HeaderTuple]]] = {}
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        table = self.header_table
+        key = bytes(data)
+        epoch = table.epoch  # type: ignore[attr-defined]
+        known = self._blocks.get(key)
+        if (
+            raw
+            and known is not None
+            and known[0] == epoch
+            and known[1] == self.max_allowed_table_size
+            and known[2] == self.max_header_list_size
+        ):
+            return list(known[3])
+        headers = super().decode(data, raw)
+        if raw and table.epoch == epoch:  # type: ignore[attr-defined]
+            blocks = self._blocks
+            if len(blocks) >= _MAX_CACHED:
+                blocks.clear()
+            blocks[key] = (
+                epoch,
+                self.max_allowed_table_size,
+                self.max_header_list_size,
+                list(headers),
+            )
+        return headers

@@ -325,6 +325,9 @@ TEMPLATES: dict[str, dict] = {
     "envoy.config.route.v3.RouteAction.HashPolicy.Cookie": {"name": "c"},
     "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute": {"name": "SameSite"},
     "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter": {"name": "q"},
+    "envoy.config.route.v3.RouteAction.UpgradeConfig": {"upgrade_type": "websocket"},
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    ".UpgradeConfig": {"upgrade_type": "websocket"},
 }
 
 # Values for fields whose generated values the PGV rules refuse or that need a real thing (a

@@ -14,6 +14,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from xds_proxy.config.access_log import AccessLogSpec, build_access_logs
+from xds_proxy.config.upgrades import build_upgrades
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
 
@@ -76,6 +77,8 @@ class HcmSettings:
     http2_initial_connection_window: int
     proxy_policy: ProxyPolicy
     access_logs: tuple[AccessLogSpec, ...]
+    # `upgrade_configs`: (lowercase upgrade type, enabled), as a route's (config/upgrades.py).
+    upgrades: tuple[tuple[str, bool], ...]
 
 
 def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSettings:
@@ -132,6 +135,9 @@ def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSett
             suppress_envoy_headers=router.suppress_envoy_headers if router else False,
         ),
         access_logs=build_access_logs(hcm.access_log, f"{path}.access_log"),
+        upgrades=build_upgrades(
+            hcm.upgrade_configs, f"{path}.upgrade_configs", hcm_duplicates=True
+        ),
     )
 
 

@@ -48,6 +48,8 @@ class HcmStats:
         "cx_idle_timeout",
         "cx_protocol_error",
         "cx_total",
+        "cx_upgrades_active",
+        "cx_upgrades_total",
         "no_route",
         "rq_active",
         "rq_by_class",
@@ -59,6 +61,7 @@ class HcmStats:
         "rq_redirect",
         "rq_timeout",
         "rq_total",
+        "rq_ws_on_non_ws_route",
     )
 
     def __init__(self, stats: Stats, stat_prefix: str) -> None:
@@ -94,6 +97,10 @@ class HcmStats:
         self.rq_direct_response = counter("rq_direct_response")
         self.rq_redirect = counter("rq_redirect")
         self.no_route = counter("no_route")
+        # HTTP/1.1 upgrades (http/http1_upgrade.py)
+        self.cx_upgrades_total = counter("downstream_cx_upgrades_total")
+        self.cx_upgrades_active = gauge("downstream_cx_upgrades_active")
+        self.rq_ws_on_non_ws_route = counter("downstream_rq_ws_on_non_ws_route")
 
 
 def close_after_delayed_close_timeout(transport: asyncio.Transport | None, stats: HcmStats) -> None:

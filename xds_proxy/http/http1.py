@@ -39,7 +39,9 @@ from xds_proxy.http.http1_h2c import PrefaceSniffer, is_http2, start_http2
 from xds_proxy.http.http1_lifecycle import CLOSING, Http1Lifecycle
 from xds_proxy.http.http1_reader import Http1RequestReader
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
+from xds_proxy.http.http1_upgrade import start_tunnel
 from xds_proxy.listener.context import FilterChainContext
+from xds_proxy.upstream.forward import Exchange
 from xds_proxy.upstream.http1_response import Http1ForwardSink
 
 
@@ -72,7 +74,7 @@ class Http1Connection(asyncio.Protocol):
             self, config.stats, config.server_name, self.lifecycle, self.backpressure
         )
         self.reader = Http1RequestReader(
-            self, config, ctx, self.lifecycle, self.responses, self.backpressure
+            self, config, ctx, self.lifecycle, self.responses, self.backpressure, self._upgraded
         )
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -120,6 +122,8 @@ class Http1Connection(asyncio.Protocol):
         reader.feed(view[:PARSE_SLICE])
         for start in range(PARSE_SLICE, len(data), PARSE_SLICE):
             if lifecycle.state == CLOSING or self.transport is None or lifecycle.no_more_requests:
+                if reader.upgrade is not None:  # an upgrade: what follows is its bytes
+                    reader.upgrade.request_data(data[start:], False)
                 return  # the parser has stopped: what follows is never read
             if backpressure.held is not None or backpressure.write_paused:
                 backpressure.hold(data[start:])
@@ -193,6 +197,10 @@ class Http1Connection(asyncio.Protocol):
         """The connection is going away: cancel every forwarded request still in flight."""
         self.reader.reset_exchange()
         self.responses.reset(except_sink)
+
+    def _upgraded(self, exchange: Exchange, tail: bytes) -> None:
+        """An allowed upgrade's head is parsed: a tunnel takes the transport over."""
+        start_tunnel(self, exchange, self._config.stats, tail)
 
     def _hand_over_to_http2(self, data: bytes) -> None:
         """The transport moves to an `Http2Connection`, which counts and registers itself

@@ -17,16 +17,18 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import httptools
 
 from xds_proxy.access_log.record import Downstream, LogRecord
 from xds_proxy.codec.responses import HTTP_DATE, LocalResponse
+from xds_proxy.config.upgrades import upgrade_allowed
 from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.http1_backpressure import HasTransport, Http1Backpressure
 from xds_proxy.http.http1_lifecycle import Http1Lifecycle
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
+from xds_proxy.http.http1_upgrade import upgrade_type
 from xds_proxy.http.router import DirectResponseAction, RequestView, RouteAction, RouteTable
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.upstream.forward import DownstreamRequest, Exchange, ForwardAction
@@ -111,6 +113,7 @@ class Http1RequestReader:
         "_http10",
         "_lifecycle",
         "_loop",
+        "_on_upgrade",
         "_phase_bytes",
         "_phase_first_chunk",
         "_raw_headers",
@@ -127,6 +130,7 @@ class Http1RequestReader:
         "out",
         "parser",
         "request_started",
+        "upgrade",
     )
 
     def __init__(
@@ -137,8 +141,12 @@ class Http1RequestReader:
         lifecycle: Http1Lifecycle,
         responses: Http1ResponseQueue,
         backpressure: Http1Backpressure,
+        on_upgrade: Callable[[Exchange, bytes], None],
     ) -> None:
         self._connection = connection
+        # An allowed upgrade's exchange (http1_upgrade.py), and who takes the connection over.
+        self.upgrade: Exchange | None = None
+        self._on_upgrade = on_upgrade
         self._config = config
         self._ctx = ctx
         self._lifecycle = lifecycle
@@ -184,9 +192,13 @@ class Http1RequestReader:
                 self.reply_error(self._reject)
             elif not self._lifecycle.no_more_requests:
                 raise
-        except httptools.HttpParserUpgrade:
-            # Answered already (403 / 404, on_headers_complete); the rest is not HTTP/1.1.
+        except httptools.HttpParserUpgrade as upgrade:
+            # Answered already (403 / 404, on_headers_complete), or an allowed upgrade whose
+            # tunnel takes the rest: either way the rest is not HTTP/1.1.
             self._lifecycle.end_after_responses()
+            if self.upgrade is not None:
+                self.request_started = 0.0  # no request timeout runs in a tunnel
+                self._on_upgrade(self.upgrade, bytes(data[upgrade.args[0] :]))
         except httptools.HttpParserError:
             self._config.stats.cx_protocol_error.value += 1
             self.reply_error(self._config.bad_request)
@@ -329,7 +341,9 @@ class Http1RequestReader:
             record.generate_id = policy.generate_request_id
             record.remote_from_xff = not policy.use_remote_address
         if parser.should_upgrade():
-            # No upgrade_configs and no CONNECT routes: Envoy answers 403 / 404 and closes.
+            if method != b"CONNECT" and self._upgrade_allowed():
+                return
+            # Not allowed, and no CONNECT routes: Envoy answers 403 / 404 and closes.
             self._reject = (
                 self._routes.not_found if method == b"CONNECT" else config.upgrade_forbidden
             )
@@ -414,7 +428,40 @@ class Http1RequestReader:
 
     # -- forwarding to clusters ------------------------------------------------------------
 
-    def _route_early(self) -> None:
+    def _upgrade_allowed(self) -> bool:
+        """An upgrade request (the rare path): False when refused (counted; the caller answers
+        403); else it goes on (http1_upgrade.py), forwarded or answered here."""
+        config = self._config
+        stats = config.stats
+        routes = self._routes
+        if not routes.forwards:  # (the upgrade header was not kept: see docs/upgrades.md)
+            stats.rq_ws_on_non_ws_route.value += 1
+            return False
+        host = self._host if self._host is not None else b""
+        if self._header_pairs is None:
+            action = routes.route_raw(host, self._url)
+        else:
+            action = self._route_with_headers(routes, host)
+        forward = type(action) is ForwardAction
+        route_upgrades = action.upgrades if forward else None  # type: ignore[union-attr]
+        kind = upgrade_type(self._raw_headers)
+        if not upgrade_allowed(kind, config.upgrades, route_upgrades):
+            stats.rq_ws_on_non_ws_route.value += 1
+            return False
+        stats.cx_upgrades_total.value += 1
+        if not forward:
+            # Answered here (404, direct response, redirect); the connection ends with it.
+            self._action = action
+            self._lifecycle.end_after_responses()
+            return True
+        stats.cx_upgrades_active.value += 1
+        if self._expect_continue:
+            self.out.append(_CONTINUE)
+        self._route_early(upgrade=True)
+        self.upgrade = self._exchange
+        return True
+
+    def _route_early(self, upgrade: bool = False) -> None:
         """Tables with `route` actions are matched once the headers are in, so that a
         forwarded request's body streams upstream as it arrives."""
         routes = self._routes
@@ -431,7 +478,10 @@ class Http1RequestReader:
         if self.out:  # responses (and 100 Continue) produced before this request go first
             self._responses.write_local(self.out)
         exchange = self._responses.add_forwarded(
-            action, parser.get_method() == b"HEAD", self._http10, not parser.should_keep_alive()
+            action,
+            parser.get_method() == b"HEAD",
+            self._http10,
+            upgrade or not parser.should_keep_alive(),
         )
         self._exchange = exchange
         transport = self._connection.transport
@@ -445,17 +495,21 @@ class Http1RequestReader:
             peer=peer,
             local=transport.get_extra_info("sockname") if transport else None,
         )
+        if upgrade:
+            request.upgrade = True
         if self._record is not None:
             exchange.log_to(self._record, config.access_log)
         exchange.start(
             request,
-            not self._body_expected,
+            not self._body_expected and not upgrade,  # an upgrade's body never ends
             self._ctx.clusters,
             config.proxy_policy,
             action.mutations,
         )
 
     def _forwarded_request_complete(self) -> None:
+        if self.upgrade is not None:
+            return  # the request goes on as the upgraded protocol's bytes
         exchange = self._exchange
         self._exchange = None
         if self._record is not None:

@@ -32,6 +32,7 @@ from xds_proxy.access_log.record import LogRecord, format_address
 from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.config.hash_policy import HashMethod, build_hash_policy
 from xds_proxy.config.hcm import ProxyPolicy
+from xds_proxy.config.upgrades import Upgrades, build_upgrades
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
@@ -48,10 +49,12 @@ from xds_proxy.upstream.stream import (
     PROTOCOL_ERROR,
     REMOTE_REFUSED_STREAM_RESET,
     REMOTE_RESET,
+    UPGRADE_HOP_BY_HOP,
     Header,
     RequestHead,
     ResponseHandler,
     UpstreamStream,
+    upgrade_response_headers,
 )
 
 DEFAULT_ROUTE_TIMEOUT_S = 15.0
@@ -208,6 +211,7 @@ class ForwardAction:
         "prefix_rewrite",
         "route_name",
         "timeout_s",
+        "upgrades",
     )
 
     def __init__(
@@ -239,6 +243,8 @@ class ForwardAction:
         self.hash_policy: tuple[HashMethod, ...] = build_hash_policy(
             action.hash_policy, f"{path}.hash_policy"
         )
+        # `upgrade_configs`, overriding the HCM's per upgrade type (config/upgrades.py).
+        self.upgrades: Upgrades = build_upgrades(action.upgrade_configs, f"{path}.upgrade_configs")
         self.mutations: tuple[HeaderMutations, ...] = ()
         self.route_name = ""  # the route's name (access logs' ROUTE_NAME)
 
@@ -286,6 +292,8 @@ class DownstreamRequest:
     # The connection's socket addresses (a hash policy's generated cookie is made of them).
     peer: tuple | None = None
     local: tuple | None = None
+    # An allowed HTTP/1.1 upgrade (http/http1_upgrade.py): `connection` and `upgrade` go on.
+    upgrade: bool = False
 
 
 class DownstreamSink(Protocol):
@@ -346,6 +354,7 @@ class Exchange(ResponseHandler):
         "_stream",
         "_suppress",
         "_timer",
+        "_upgrade",
     )
 
     def __init__(self, action: ForwardAction, sink: DownstreamSink) -> None:
@@ -363,6 +372,9 @@ class Exchange(ResponseHandler):
         self._access_log: AccessLog | None = None
         self._suppress = False  # the router's suppress_envoy_headers
         self._set_cookie: bytes | None = None  # a hash policy's generated cookie
+        # An upgrade request: its body never ends, so no x-envoy-upstream-service-time (Envoy
+        # sends it only once the request is complete).
+        self._upgrade = False
 
     def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
         """Fill `record` in as the exchange goes and log it when the exchange ends."""
@@ -382,6 +394,7 @@ class Exchange(ResponseHandler):
     ) -> None:
         action = self._action
         self._suppress = policy.suppress_envoy_headers
+        self._upgrade = request.upgrade
         name = action.pick_cluster(_rng)
         cluster = clusters.get(name) if clusters is not None else None
         record = self._record
@@ -475,8 +488,11 @@ class Exchange(ResponseHandler):
             self._report_outlier(status)
         now = time.monotonic()
         elapsed_ms = int((now - self._started_at) * 1000)
-        out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
-        if not self._suppress:
+        if not self._upgrade:
+            out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP_BY_HOP and n != b"server"]
+        else:
+            out = upgrade_response_headers(status, headers)
+        if not self._suppress and not self._upgrade:
             out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
         if self._set_cookie is not None:
             out.append((b"set-cookie", self._set_cookie))
@@ -560,8 +576,9 @@ class Exchange(ResponseHandler):
         headers: list[Header] = []
         has_proto = has_request_id = False
         xff_index = -1
+        hop_by_hop = HOP_BY_HOP if not request.upgrade else UPGRADE_HOP_BY_HOP
         for name, value in request.headers:
-            if name in HOP_BY_HOP:
+            if name in hop_by_hop:
                 continue
             if name == b"te" and value.lower() != b"trailers":
                 continue
@@ -605,6 +622,8 @@ class Exchange(ResponseHandler):
             if not suppress:
                 headers.append((b"x-envoy-original-path", path))
             path = rewritten
+        if request.upgrade:
+            return RequestHead(request.method, path, authority, headers, request.scheme, True)
         return RequestHead(request.method, path, authority, headers, request.scheme)
 
     def _request_complete(self) -> None:

@@ -155,8 +155,10 @@ class WsClient:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buffer = bytearray()
 
-    def handshake(self, path: str = "/ws", extra: str = "", upgrade: str = "websocket") -> str:
-        key = base64.b64encode(os.urandom(16)).decode()
+    def handshake(
+        self, path: str = "/ws", extra: str = "", upgrade: str = "websocket", key: str = ""
+    ) -> str:
+        key = key or base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             (
                 f"GET {path} HTTP/1.1\r\nhost: ws.example\r\nconnection: Upgrade\r\n"

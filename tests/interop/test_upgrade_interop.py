@@ -1,0 +1,220 @@
+"""HTTP/1.1 upgrades (WebSocket) through a real Envoy 1.40 and through xds-proxy: the same
+scenarios, compared on what the client sees (status line and headers, echoed frames, who
+closes), what the upstream sees (the request's headers) and the stats both keep
+(docs/upgrades.md).
+
+Two listeners: `main` has `upgrade_configs: [websocket]` on its HCM and a route (`/off`) that
+disables it; `plain` has none, and a route (`/on`) that enables it alone.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.procs import free_port, wait_for
+from tests.helpers.proxy import ProxyProcess
+from tests.helpers.upstreams import cluster_dict
+from tests.helpers.websocket import BINARY, CLOSE, TEXT, WebSocketEcho, WsClient
+from tests.integration.test_upstream_proxy import bootstrap, http_listener, route
+
+pytestmark = pytest.mark.envoy
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key: the same accept value every time
+STATS = (
+    "http.ingress.downstream_cx_upgrades_total",
+    "http.ingress.downstream_cx_upgrades_active",
+    "http.ingress.downstream_rq_ws_on_non_ws_route",
+    "http.ingress.downstream_rq_1xx",
+    "http.ingress.downstream_rq_4xx",
+    "http.ingress.downstream_cx_total",
+    "cluster.ws.upstream_rq_101",
+    "cluster.ws.upstream_rq_1xx",
+    "cluster.ws.upstream_rq_4xx",
+    "cluster.ws.upstream_cx_total",
+    "cluster.ws.upstream_cx_destroy_local",
+    "cluster.ws.upstream_cx_destroy_remote",
+)
+
+
+class Side:
+    """One implementation with its own WebSocket upstream."""
+
+    def __init__(self, process_class: type[EnvoyProcess], workdir) -> None:
+        self.upstream = WebSocketEcho()
+        self.upstream.start()
+        self.main, self.plain = free_port(), free_port()
+        main = http_listener(
+            self.main,
+            [
+                route(
+                    "/off", "ws", upgrade_configs=[{"upgrade_type": "WebSocket", "enabled": False}]
+                ),
+                route("/", "ws"),
+            ],
+            upgrade_configs=[{"upgrade_type": "websocket"}],
+        )
+        plain = http_listener(
+            self.plain,
+            [route("/on", "ws", upgrade_configs=[{"upgrade_type": "websocket"}]), route("/", "ws")],
+        )
+        document = bootstrap([main, plain], [cluster_dict("ws", [self.upstream.port])])
+        self.process = process_class(document, workdir, log_level="warning")
+        self.process.start()
+        self.process.wait_ready()
+
+    def stop(self) -> None:
+        self.process.stop()
+        self.upstream.stop()
+
+    def stats(self) -> dict[str, int]:
+        every = self.process.stats()
+        return {name: int(every.get(name, 0)) for name in STATS}
+
+    def settled(self) -> dict[str, int]:
+        """The stats once every upgraded stream has ended and both sides' closes are counted
+        (two reads in a row agree)."""
+        last: list[dict[str, int]] = [{}]
+
+        def steady() -> dict[str, int] | None:
+            now = self.stats()
+            if now["http.ingress.downstream_cx_upgrades_active"] or now != last[0]:
+                last[0] = now
+                return None
+            return now
+
+        return wait_for(steady, interval=0.1, what="upgraded streams to end")
+
+
+@pytest.fixture(scope="module")
+def sides(tmp_path_factory) -> Iterator[dict[str, Side]]:
+    started: dict[str, Side] = {}
+    try:
+        for kind, process_class in (("envoy", EnvoyProcess), ("ours", ProxyProcess)):
+            started[kind] = Side(process_class, tmp_path_factory.mktemp(kind))
+        yield started
+    finally:
+        for side in started.values():
+            side.stop()
+
+
+def _head(text: str) -> tuple[str, list[tuple[str, str]]]:
+    lines = text.split("\r\n")
+    headers = [tuple(line.split(": ", 1)) for line in lines[1:] if line]
+    return lines[0], [(n.lower(), v) for n, v in headers if n.lower() != "date"]  # type: ignore[misc]
+
+
+def _upstream_headers(side: Side) -> list[tuple[str, str]]:
+    request = side.upstream.requests[-1]
+    return [(n.lower(), v) for n, v in request["headers"] if n.lower() != "x-request-id"]
+
+
+def _read_all(client: WsClient) -> bytes:
+    try:
+        return client.read_rest()
+    except ConnectionResetError:
+        return b"<reset>"
+
+
+def accepted_and_closed_by_upstream(side: Side) -> dict[str, Any]:
+    client = WsClient(side.main)
+    head = client.handshake("/chat?room=1", key=KEY)
+    client.send(b"hello", TEXT)
+    text = client.recv_frame()
+    big = bytes(range(256)) * 1200  # 300 KiB each way
+    client.send(big, BINARY)
+    echoed = client.recv_frame()
+    client.send(b"close-me", TEXT)
+    closing = client.recv_frame()
+    rest = _read_all(client)
+    client.close()
+    return {
+        "head": _head(head),
+        "upstream": _upstream_headers(side),
+        "text": text,
+        "big": echoed is not None and echoed[1] == big,
+        "closing": closing,
+        "rest": rest,
+    }
+
+
+def closed_by_client(side: Side) -> dict[str, Any]:
+    client = WsClient(side.main)
+    head = client.handshake("/ws", key=KEY)
+    client.send(b"ping", TEXT)
+    first = client.recv_frame()
+    eofs = side.upstream.eofs
+    client.sock.shutdown(socket.SHUT_WR)
+    after = client.recv_frame()  # the upstream answers a FIN; the proxy has closed by then
+    client.close()
+    wait_for(lambda: side.upstream.eofs > eofs, what="the upstream's FIN")
+    return {"head": _head(head)[0], "first": first, "after": after}
+
+
+def close_frame_from_client(side: Side) -> dict[str, Any]:
+    client = WsClient(side.main)
+    client.handshake("/ws", key=KEY)
+    client.send(b"\x03\xe8bye", CLOSE)
+    answer = client.recv_frame()
+    rest = _read_all(client)
+    client.close()
+    return {"answer": answer, "rest": rest}
+
+
+def _refused(port: int, path: str, upgrade: str = "websocket") -> Callable[[Side], Any]:
+    def scenario(side: Side) -> dict[str, Any]:
+        client = WsClient(getattr(side, port))  # type: ignore[arg-type]
+        head = client.handshake(path, upgrade=upgrade, key=KEY)
+        rest = _read_all(client)
+        client.close()
+        return {"head": _head(head), "rest": rest}
+
+    return scenario
+
+
+def route_enables(side: Side) -> dict[str, Any]:
+    client = WsClient(side.plain)
+    head = client.handshake("/on", key=KEY)
+    client.send(b"x" * 70000, BINARY)
+    echoed = client.recv_frame()
+    client.close()
+    return {"head": _head(head), "echoed": echoed is not None and len(echoed[1])}
+
+
+def upstream_refuses(side: Side) -> dict[str, Any]:
+    client = WsClient(side.main)
+    head = client.handshake("/ws", extra="x-status: 403\r\n", key=KEY)
+    rest = _read_all(client)
+    client.close()
+    return {"head": _head(head), "rest": rest}
+
+
+SCENARIOS: dict[str, Callable[[Side], Any]] = {
+    "accepted_and_closed_by_upstream": accepted_and_closed_by_upstream,
+    "closed_by_client": closed_by_client,
+    "close_frame_from_client": close_frame_from_client,
+    "route_disables": _refused("main", "/off"),
+    "hcm_without_upgrades": _refused("plain", "/x"),
+    "other_upgrade_type": _refused("main", "/ws", upgrade="foo"),
+    "route_enables": route_enables,
+    "upstream_refuses": upstream_refuses,
+}
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before[name] for name in STATS if after[name] != before[name]}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_same_as_envoy(sides: dict[str, Side], name: str) -> None:
+    observed = {}
+    for kind, side in sides.items():
+        before = side.settled()
+        seen = SCENARIOS[name](side)
+        observed[kind] = (seen, _delta(before, side.settled()))
+    assert observed["ours"][0] == observed["envoy"][0]
+    assert observed["ours"][1] == observed["envoy"][1]

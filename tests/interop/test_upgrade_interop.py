@@ -10,20 +10,24 @@ disables it; `plain` has none, and a route (`/on`) that enables it alone.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.listeners import lds_bootstrap
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
+from tests.helpers.stub import StubProcess
 from tests.helpers.upstreams import cluster_dict
 from tests.helpers.websocket import BINARY, CLOSE, TEXT, WebSocketEcho, WsClient
 from tests.integration.test_upstream_proxy import bootstrap, http_listener, route
 
 pytestmark = pytest.mark.envoy
 
+KINDS = {"envoy": EnvoyProcess, "ours": ProxyProcess}
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key: the same accept value every time
 STATS = (
     "http.ingress.downstream_cx_upgrades_total",
@@ -218,3 +222,66 @@ def test_same_as_envoy(sides: dict[str, Side], name: str) -> None:
         observed[kind] = (seen, _delta(before, side.settled()))
     assert observed["ours"][0] == observed["envoy"][0]
     assert observed["ours"][1] == observed["envoy"][1]
+
+
+# -- an LDS removal with a WebSocket open ----------------------------------------------------------
+
+DRAIN_TIME_S = 2
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory) -> Iterator[StubProcess]:
+    process = StubProcess(tmp_path_factory.mktemp("stub")).start()
+    yield process
+    process.stop()
+
+
+def _drained_websocket(kind: str, stub: StubProcess, workdir) -> dict[str, Any]:
+    """Open a WebSocket, remove its listener by LDS: does it keep working during the drain,
+    and when is it closed (and by what)?"""
+    node = f"upgrade-drain-{kind}"
+    upstream = WebSocketEcho()
+    upstream.start()
+    port = free_port()
+    listener = http_listener(
+        port, [route("/", "ws")], upgrade_configs=[{"upgrade_type": "websocket"}]
+    )
+    document = lds_bootstrap(stub.xds_address, node_id=node)
+    document["static_resources"]["clusters"].append(cluster_dict("ws", [upstream.port]))
+    version = stub.client.set_resources(listeners=[listener], node=node)["listeners"]
+    args = ["--drain-time-s", str(DRAIN_TIME_S), "--drain-strategy", "immediate"]
+    process = KINDS[kind](document, workdir, extra_args=args, log_level="warning").start()
+    try:
+        process.wait_ready()
+        stub.client.wait(version, node=node, timeout=10)
+        client = WsClient(port, timeout=DRAIN_TIME_S + 5)
+        head = client.handshake("/ws", key=KEY)
+        started = time.monotonic()
+        removed = stub.client.set_resources(listeners=[], node=node)["listeners"]
+        stub.client.wait(removed, node=node, timeout=10)
+        client.send(b"during the drain", TEXT)
+        during = client.recv_frame()
+        end = client.recv_frame()  # None: closed, with nothing (no close frame) before it
+        elapsed = time.monotonic() - started
+        client.close()
+        wait_for(lambda: upstream.eofs or not upstream.open_transports, what="upstream closed")
+        return {
+            "head": _head(head)[0],
+            "during": during,
+            "end": end,
+            "closed_at_the_deadline": DRAIN_TIME_S - 0.5 <= elapsed < DRAIN_TIME_S + 2,
+            # (Envoy drops a removed listener's HCM stats; ours keeps them, at 0 by now)
+            "upgrades_active": process.stat("http.ingress.downstream_cx_upgrades_active") or 0,
+        }
+    finally:
+        process.stop()
+        upstream.stop()
+
+
+def test_lds_removal_closes_an_open_websocket_at_the_drain_deadline(stub, tmp_path_factory):
+    observed = {
+        kind: _drained_websocket(kind, stub, tmp_path_factory.mktemp(f"drain-{kind}"))
+        for kind in KINDS
+    }
+    assert observed["ours"] == observed["envoy"]
+    assert observed["ours"]["closed_at_the_deadline"]

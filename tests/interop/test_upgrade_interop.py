@@ -45,6 +45,23 @@ STATS = (
 )
 
 
+LOG_FORMAT = (
+    "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% "
+    "%RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER%\n"
+)
+
+
+def _access_log(path) -> dict[str, Any]:
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(path),
+            "log_format": {"text_format_source": {"inline_string": LOG_FORMAT}},
+        },
+    }
+
+
 class Side:
     """One implementation with its own WebSocket upstream."""
 
@@ -58,16 +75,24 @@ class Side:
                 route(
                     "/off", "ws", upgrade_configs=[{"upgrade_type": "WebSocket", "enabled": False}]
                 ),
+                {
+                    "match": {"prefix": "/direct"},
+                    "direct_response": {"status": 200, "body": {"inline_string": "direct\n"}},
+                },
                 route("/", "ws"),
             ],
             upgrade_configs=[{"upgrade_type": "websocket"}],
+            access_log=[_access_log(workdir / "access.log")],
         )
+        self.access_log = workdir / "access.log"
         plain = http_listener(
             self.plain,
             [route("/on", "ws", upgrade_configs=[{"upgrade_type": "websocket"}]), route("/", "ws")],
         )
         document = bootstrap([main, plain], [cluster_dict("ws", [self.upstream.port])])
-        self.process = process_class(document, workdir, log_level="warning")
+        self.process = process_class(
+            document, workdir, log_level="warning", extra_args=["--file-flush-interval-msec", "50"]
+        )
         self.process.start()
         self.process.wait_ready()
 
@@ -169,7 +194,7 @@ def close_frame_from_client(side: Side) -> dict[str, Any]:
     return {"answer": answer, "rest": rest}
 
 
-def _refused(port: int, path: str, upgrade: str = "websocket") -> Callable[[Side], Any]:
+def _answered(port: int, path: str, upgrade: str = "websocket") -> Callable[[Side], Any]:
     def scenario(side: Side) -> dict[str, Any]:
         client = WsClient(getattr(side, port))  # type: ignore[arg-type]
         head = client.handshake(path, upgrade=upgrade, key=KEY)
@@ -201,12 +226,36 @@ SCENARIOS: dict[str, Callable[[Side], Any]] = {
     "accepted_and_closed_by_upstream": accepted_and_closed_by_upstream,
     "closed_by_client": closed_by_client,
     "close_frame_from_client": close_frame_from_client,
-    "route_disables": _refused("main", "/off"),
-    "hcm_without_upgrades": _refused("plain", "/x"),
-    "other_upgrade_type": _refused("main", "/ws", upgrade="foo"),
+    "route_disables": _answered("main", "/off"),
+    "hcm_without_upgrades": _answered("plain", "/x"),
+    "other_upgrade_type": _answered("main", "/ws", upgrade="foo"),
+    "direct_response": _answered("main", "/direct"),
     "route_enables": route_enables,
     "upstream_refuses": upstream_refuses,
 }
+
+
+def _log_lines(side: Side) -> list[str]:
+    return side.access_log.read_text().splitlines() if side.access_log.exists() else []
+
+
+def test_access_log_lines_as_envoy(sides: dict[str, Side]) -> None:
+    """An upstream closing (UC), a client closing (DC) and an upstream refusing, logged when
+    each stream ends, with the bytes that crossed the tunnel."""
+    lines = {}
+    for kind, side in sides.items():
+        side.settled()
+        before = len(_log_lines(side))
+        for scenario in (accepted_and_closed_by_upstream, closed_by_client, upstream_refuses):
+            scenario(side)
+        lines[kind] = wait_for(
+            lambda side=side, before=before: (
+                _log_lines(side)[before:] if len(_log_lines(side)) >= before + 3 else None
+            ),
+            what="three access-log lines",
+        )
+    assert lines["ours"] == lines["envoy"]
+    assert lines["ours"][0].startswith("GET /chat?room=1 HTTP/1.1 101 UC ")
 
 
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 
+from xds_proxy.access_log.record import LogRecord
 from xds_proxy.config.hcm import Codec
 from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.http1_backpressure import PARSE_SLICE, PAUSE_WRITING, Http1Backpressure
@@ -198,9 +199,9 @@ class Http1Connection(asyncio.Protocol):
         self.reader.reset_exchange()
         self.responses.reset(except_sink)
 
-    def _upgraded(self, exchange: Exchange, tail: bytes) -> None:
+    def _upgraded(self, exchange: Exchange, record: LogRecord | None, tail: bytes) -> None:
         """An allowed upgrade's head is parsed: a tunnel takes the transport over."""
-        start_tunnel(self, exchange, self._config.stats, tail)
+        start_tunnel(self, exchange, self._config.stats, record, tail)
 
     def _hand_over_to_http2(self, data: bytes) -> None:
         """The transport moves to an `Http2Connection`, which counts and registers itself

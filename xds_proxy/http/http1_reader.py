@@ -141,7 +141,7 @@ class Http1RequestReader:
         lifecycle: Http1Lifecycle,
         responses: Http1ResponseQueue,
         backpressure: Http1Backpressure,
-        on_upgrade: Callable[[Exchange, bytes], None],
+        on_upgrade: Callable[[Exchange, LogRecord | None, bytes], None],
     ) -> None:
         self._connection = connection
         # An allowed upgrade's exchange (http1_upgrade.py), and who takes the connection over.
@@ -198,7 +198,8 @@ class Http1RequestReader:
             self._lifecycle.end_after_responses()
             if self.upgrade is not None:
                 self.request_started = 0.0  # no request timeout runs in a tunnel
-                self._on_upgrade(self.upgrade, bytes(data[upgrade.args[0] :]))
+                tail = bytes(data[upgrade.args[0] :])
+                self._on_upgrade(self.upgrade, self._record, tail)
         except httptools.HttpParserError:
             self._config.stats.cx_protocol_error.value += 1
             self.reply_error(self._config.bad_request)

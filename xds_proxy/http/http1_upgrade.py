@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from xds_proxy.access_log.record import LogRecord
 from xds_proxy.http.conn_manager import HcmStats
 from xds_proxy.http.http1_backpressure import Http1Backpressure
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
@@ -52,14 +53,23 @@ class TunnelHost(Protocol):
 class Http1UpgradeTunnel(asyncio.Protocol):
     """The protocol of a downstream connection after an allowed upgrade request's head."""
 
-    __slots__ = ("_connection", "_exchange", "_stats")
+    __slots__ = ("_connection", "_exchange", "_record", "_stats")
 
-    def __init__(self, connection: TunnelHost, exchange: Exchange, stats: HcmStats) -> None:
+    def __init__(
+        self,
+        connection: TunnelHost,
+        exchange: Exchange,
+        stats: HcmStats,
+        record: LogRecord | None,
+    ) -> None:
         self._connection = connection
         self._exchange = exchange
         self._stats = stats
+        self._record = record  # the access-log record, until the exchange logs it
 
     def data_received(self, data: bytes) -> None:
+        if self._record is not None:
+            self._record.bytes_received += len(data)  # (as Envoy's BYTES_RECEIVED)
         self._exchange.request_data(data, False)
 
     def eof_received(self) -> bool:
@@ -83,13 +93,17 @@ class Http1UpgradeTunnel(asyncio.Protocol):
 
 
 def start_tunnel(
-    connection: TunnelHost, exchange: Exchange, stats: HcmStats, tail: bytes
+    connection: TunnelHost,
+    exchange: Exchange,
+    stats: HcmStats,
+    record: LogRecord | None,
+    tail: bytes,
 ) -> Http1UpgradeTunnel:
     """Move the transport to a tunnel; `tail`: what followed the request head in this read."""
-    tunnel = Http1UpgradeTunnel(connection, exchange, stats)
+    tunnel = Http1UpgradeTunnel(connection, exchange, stats, record)
     transport = connection.transport
     if transport is not None:
         transport.set_protocol(tunnel)
     if tail:
-        exchange.request_data(tail, False)
+        tunnel.data_received(tail)
     return tunnel

@@ -537,7 +537,7 @@ class Exchange(ResponseHandler):
         record = self._record
         if self._headers_sent:
             if record is not None:
-                record.add_flag("UR" if reason != OVERFLOW else "UO")
+                record.add_flag(_RESET_FLAGS.get(reason, "UR"))  # as Envoy's, by reason
                 record.details = f"upstream_reset_after_response_started{{{_detail(reason)}}}"
             self._finish()
             self._sink.reset_downstream()

@@ -6,10 +6,10 @@ parsing after an upgrade): what the upstream sends goes to the stream's handler 
 data, what the downstream sends goes out unframed (`Http1Stream.send_data`). The stream stays
 active on its connection until the tunnel ends, and the connection never returns to the pool.
 
-It ends when either side closes: the upstream's FIN or close ends the response (the downstream
-then closes, as in Envoy), the downstream going away closes the upstream connection with a FIN
-(`close_from_downstream`), and a reset is counted nowhere else (Envoy counts no
-`upstream_rq_tx_reset` for it).
+It ends when either side closes. The upstream's FIN or close resets the stream with
+`connection termination` (Envoy logs `UC`), and the downstream then closes. The downstream
+going away closes the upstream connection with a FIN (`close_from_downstream`), which is
+counted as no reset (Envoy counts no `upstream_rq_tx_reset` for it).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from xds_proxy.upstream.stream import ResponseHandler
+from xds_proxy.upstream.stream import CONNECTION_TERMINATION, ResponseHandler
 
 
 class TunnelStream(Protocol):
@@ -77,9 +77,11 @@ class UpstreamTunnel(asyncio.Protocol):
         pool.connection_closed(conn)
         stream = self._stream
         if not stream.done:
+            # Envoy ends the stream with a reset: `UC`,
+            # `upstream_reset_after_response_started{connection_termination}`.
             stream.finish()
             pool.stream_done(stream)
-            stream.handler.on_response_data(b"", True)
+            stream.handler.on_reset(CONNECTION_TERMINATION)
 
     def close_from_downstream(self) -> None:
         """The downstream went away (or the exchange was cancelled): FIN the upstream."""

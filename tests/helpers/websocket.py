@@ -1,11 +1,12 @@
 """A small WebSocket (RFC 6455) echo upstream and a raw-socket client, for upgrade tests.
 
 - `WebSocketEcho`: answers an `Upgrade: websocket` request with `101 Switching Protocols`
-  (or with `x-status: N`, a plain N response with a short body), records each request head
-  (`requests`: method, path, headers as received) and then echoes every data frame back
-  unmasked. A text frame `close-me` makes it send a close frame and close the connection; a
-  close frame from the client is answered with one and the connection closed; the client's
-  FIN (`eofs`) is answered with `after-eof` as a text frame, then a FIN.
+  (with `x-status: N`: a plain N response with a short body; with `x-silent`: nothing),
+  records each request head (`requests`: method, path, headers as received), then echoes
+  every data frame back unmasked. A text frame `close-me` makes it send a close frame and
+  close the connection; a close frame from the client is answered with one and the
+  connection closed; the client's FIN (`eofs`) is answered with `after-eof` as a text
+  frame, then a FIN.
 - `WsClient`: a blocking socket doing the handshake by hand, sending masked frames and
   reading frames back (`recv_frame`), so tests see exactly what crosses the proxy.
 """
@@ -105,6 +106,8 @@ class _WsEchoProtocol(asyncio.Protocol):
             headers = [tuple(line.split(": ", 1)) for line in head[1:]]
             self.server.requests.append({"method": method, "path": path, "headers": headers})
             by_name = {name.lower(): value for name, value in headers}
+            if "x-silent" in by_name:
+                return  # never answers
             status = by_name.get("x-status")
             if status is not None:
                 self.transport.write(

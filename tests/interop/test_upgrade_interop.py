@@ -28,11 +28,13 @@ from tests.integration.test_upstream_proxy import bootstrap, http_listener, rout
 pytestmark = pytest.mark.envoy
 
 KINDS = {"envoy": EnvoyProcess, "ours": ProxyProcess}
+IDLE_TIMEOUT_S = 0.5
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key: the same accept value every time
 STATS = (
     "http.ingress.downstream_cx_upgrades_total",
     "http.ingress.downstream_cx_upgrades_active",
     "http.ingress.downstream_rq_ws_on_non_ws_route",
+    "http.ingress.downstream_rq_idle_timeout",
     "http.ingress.downstream_rq_1xx",
     "http.ingress.downstream_rq_4xx",
     "http.ingress.downstream_cx_total",
@@ -68,7 +70,7 @@ class Side:
     def __init__(self, process_class: type[EnvoyProcess], workdir) -> None:
         self.upstream = WebSocketEcho()
         self.upstream.start()
-        self.main, self.plain = free_port(), free_port()
+        self.main, self.plain, self.idle = free_port(), free_port(), free_port()
         main = http_listener(
             self.main,
             [
@@ -89,7 +91,14 @@ class Side:
             self.plain,
             [route("/on", "ws", upgrade_configs=[{"upgrade_type": "websocket"}]), route("/", "ws")],
         )
-        document = bootstrap([main, plain], [cluster_dict("ws", [self.upstream.port])])
+        idle = http_listener(
+            self.idle,
+            [route("/", "ws")],
+            upgrade_configs=[{"upgrade_type": "websocket"}],
+            stream_idle_timeout=f"{IDLE_TIMEOUT_S}s",
+        )
+        clusters = [cluster_dict("ws", [self.upstream.port])]
+        document = bootstrap([main, plain, idle], clusters)
         self.process = process_class(
             document, workdir, log_level="warning", extra_args=["--file-flush-interval-msec", "50"]
         )
@@ -222,6 +231,28 @@ def upstream_refuses(side: Side) -> dict[str, Any]:
     return {"head": _head(head), "rest": rest}
 
 
+def idle_after_the_upgrade(side: Side) -> dict[str, Any]:
+    """`stream_idle_timeout` ends an upgraded stream that is idle both ways: reset, closed."""
+    client = WsClient(side.idle)
+    head = client.handshake("/ws", key=KEY)
+    client.send(b"once", TEXT)
+    echoed = client.recv_frame()
+    started = time.monotonic()
+    end = client.recv_frame()
+    waited = time.monotonic() - started
+    client.close()
+    return {"head": _head(head)[0], "echoed": echoed, "end": end, "waited": waited > 0.4}
+
+
+def idle_before_the_upgrade(side: Side) -> dict[str, Any]:
+    """The upstream never answers the handshake: 408 `stream timeout`."""
+    client = WsClient(side.idle)
+    head = client.handshake("/ws", extra="x-silent: 1\r\n", key=KEY)
+    rest = _read_all(client)
+    client.close()
+    return {"head": _head(head), "rest": rest}
+
+
 SCENARIOS: dict[str, Callable[[Side], Any]] = {
     "accepted_and_closed_by_upstream": accepted_and_closed_by_upstream,
     "closed_by_client": closed_by_client,
@@ -232,6 +263,8 @@ SCENARIOS: dict[str, Callable[[Side], Any]] = {
     "direct_response": _answered("main", "/direct"),
     "route_enables": route_enables,
     "upstream_refuses": upstream_refuses,
+    "idle_after_the_upgrade": idle_after_the_upgrade,
+    "idle_before_the_upgrade": idle_before_the_upgrade,
 }
 
 

@@ -40,7 +40,7 @@ from xds_proxy.http.http1_h2c import PrefaceSniffer, is_http2, start_http2
 from xds_proxy.http.http1_lifecycle import CLOSING, Http1Lifecycle
 from xds_proxy.http.http1_reader import Http1RequestReader
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
-from xds_proxy.http.http1_upgrade import start_tunnel
+from xds_proxy.http.http1_upgrade import UpgradeSink, start_tunnel
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.upstream.forward import Exchange
 from xds_proxy.upstream.http1_response import Http1ForwardSink
@@ -123,8 +123,9 @@ class Http1Connection(asyncio.Protocol):
         reader.feed(view[:PARSE_SLICE])
         for start in range(PARSE_SLICE, len(data), PARSE_SLICE):
             if lifecycle.state == CLOSING or self.transport is None or lifecycle.no_more_requests:
-                if reader.upgrade is not None:  # an upgrade: what follows is its bytes
-                    reader.upgrade.request_data(data[start:], False)
+                if reader.upgrade is not None and self.transport is not None:
+                    # An upgrade: what follows is its bytes, for the tunnel now reading.
+                    self.transport.get_protocol().data_received(data[start:])
                 return  # the parser has stopped: what follows is never read
             if backpressure.held is not None or backpressure.write_paused:
                 backpressure.hold(data[start:])
@@ -199,9 +200,11 @@ class Http1Connection(asyncio.Protocol):
         self.reader.reset_exchange()
         self.responses.reset(except_sink)
 
-    def _upgraded(self, exchange: Exchange, record: LogRecord | None, tail: bytes) -> None:
+    def _upgraded(
+        self, exchange: Exchange, sink: UpgradeSink, record: LogRecord | None, tail: bytes
+    ) -> None:
         """An allowed upgrade's head is parsed: a tunnel takes the transport over."""
-        start_tunnel(self, exchange, self._config.stats, record, tail)
+        start_tunnel(self, exchange, sink, self._config, record, tail)
 
     def _hand_over_to_http2(self, data: bytes) -> None:
         """The transport moves to an `Http2Connection`, which counts and registers itself

@@ -28,7 +28,7 @@ from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.http1_backpressure import HasTransport, Http1Backpressure
 from xds_proxy.http.http1_lifecycle import Http1Lifecycle
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
-from xds_proxy.http.http1_upgrade import upgrade_type
+from xds_proxy.http.http1_upgrade import UpgradeSink, upgrade_type
 from xds_proxy.http.router import DirectResponseAction, RequestView, RouteAction, RouteTable
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.upstream.forward import DownstreamRequest, Exchange, ForwardAction
@@ -141,11 +141,12 @@ class Http1RequestReader:
         lifecycle: Http1Lifecycle,
         responses: Http1ResponseQueue,
         backpressure: Http1Backpressure,
-        on_upgrade: Callable[[Exchange, LogRecord | None, bytes], None],
+        on_upgrade: Callable[[Exchange, UpgradeSink, LogRecord | None, bytes], None],
     ) -> None:
         self._connection = connection
-        # An allowed upgrade's exchange (http1_upgrade.py), and who takes the connection over.
-        self.upgrade: Exchange | None = None
+        # An allowed upgrade's exchange and response (http1_upgrade.py), and who takes the
+        # connection over.
+        self.upgrade: tuple[Exchange, UpgradeSink] | None = None
         self._on_upgrade = on_upgrade
         self._config = config
         self._ctx = ctx
@@ -197,9 +198,10 @@ class Http1RequestReader:
             # tunnel takes the rest: either way the rest is not HTTP/1.1.
             self._lifecycle.end_after_responses()
             if self.upgrade is not None:
-                self.request_started = 0.0  # no request timeout runs in a tunnel
+                self.request_started = 0.0  # the tunnel runs its own stream idle timeout
                 tail = bytes(data[upgrade.args[0] :])
-                self._on_upgrade(self.upgrade, self._record, tail)
+                exchange, sink = self.upgrade
+                self._on_upgrade(exchange, sink, self._record, tail)
         except httptools.HttpParserError:
             self._config.stats.cx_protocol_error.value += 1
             self.reply_error(self._config.bad_request)
@@ -459,7 +461,6 @@ class Http1RequestReader:
         if self._expect_continue:
             self.out.append(_CONTINUE)
         self._route_early(upgrade=True)
-        self.upgrade = self._exchange
         return True
 
     def _route_early(self, upgrade: bool = False) -> None:
@@ -478,12 +479,15 @@ class Http1RequestReader:
         config = self._config
         if self.out:  # responses (and 100 Continue) produced before this request go first
             self._responses.write_local(self.out)
-        exchange = self._responses.add_forwarded(
-            action,
-            parser.get_method() == b"HEAD",
-            self._http10,
-            upgrade or not parser.should_keep_alive(),
-        )
+        if upgrade:  # (its response ends the connection)
+            exchange = self._responses.add_forwarded(
+                action, parser.get_method() == b"HEAD", self._http10, True, UpgradeSink
+            )
+            self.upgrade = (exchange, self._responses.entries[-1].sink)  # type: ignore[assignment]
+        else:
+            exchange = self._responses.add_forwarded(
+                action, parser.get_method() == b"HEAD", self._http10, not parser.should_keep_alive()
+            )
         self._exchange = exchange
         transport = self._connection.transport
         peer = transport.get_extra_info("peername") if transport else None

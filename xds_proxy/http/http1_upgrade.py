@@ -23,13 +23,16 @@ busy (it is never idle) and closes it at the drain deadline.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol
 
 from xds_proxy.access_log.record import LogRecord
-from xds_proxy.http.conn_manager import HcmStats
+from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.http1_backpressure import Http1Backpressure
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
 from xds_proxy.upstream.forward import Exchange
+from xds_proxy.upstream.http1_response import Http1ForwardSink, Http1Owner
+from xds_proxy.upstream.stream import Header
 
 
 def upgrade_type(headers: list[tuple[bytes, bytes]] | None) -> str:
@@ -38,6 +41,27 @@ def upgrade_type(headers: list[tuple[bytes, bytes]] | None) -> str:
         if name == b"upgrade":
             return value.decode("latin-1").strip().lower()
     return ""
+
+
+class UpgradeSink(Http1ForwardSink):
+    """An upgrade's response: as any forwarded one, noting when it last moved (for
+    `stream_idle_timeout`) and whether its head went out."""
+
+    __slots__ = ("last_activity", "started")
+
+    def __init__(self, owner: Http1Owner, head_only: bool, http10: bool, server: bytes) -> None:
+        super().__init__(owner, head_only, http10, server)
+        self.last_activity = time.monotonic()
+        self.started = False
+
+    def send_response_headers(self, status: int, headers: list[Header], end_stream: bool) -> None:
+        self.started = True
+        self.last_activity = time.monotonic()
+        super().send_response_headers(status, headers, end_stream)
+
+    def send_response_data(self, data: bytes, end_stream: bool) -> None:
+        self.last_activity = time.monotonic()
+        super().send_response_data(data, end_stream)
 
 
 class TunnelHost(Protocol):
@@ -53,21 +77,38 @@ class TunnelHost(Protocol):
 class Http1UpgradeTunnel(asyncio.Protocol):
     """The protocol of a downstream connection after an allowed upgrade request's head."""
 
-    __slots__ = ("_connection", "_exchange", "_record", "_stats")
+    __slots__ = (
+        "_config",
+        "_connection",
+        "_exchange",
+        "_last_rx",
+        "_record",
+        "_sink",
+        "_timer",
+    )
 
     def __init__(
         self,
         connection: TunnelHost,
         exchange: Exchange,
-        stats: HcmStats,
+        sink: UpgradeSink,
+        config: HcmConfig,
         record: LogRecord | None,
     ) -> None:
         self._connection = connection
         self._exchange = exchange
-        self._stats = stats
+        self._sink = sink
+        self._config = config
         self._record = record  # the access-log record, until the exchange logs it
+        self._last_rx = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        timeout = config.stream_idle_timeout_s
+        if timeout:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._last_rx = time.monotonic()
         if self._record is not None:
             self._record.bytes_received += len(data)  # (as Envoy's BYTES_RECEIVED)
         self._exchange.request_data(data, False)
@@ -88,19 +129,59 @@ class Http1UpgradeTunnel(asyncio.Protocol):
         connection.responses.resume_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stats.cx_upgrades_active.value -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._config.stats.cx_upgrades_active.value -= 1
         self._connection.connection_lost(exc)
+
+    # -- stream_idle_timeout ---------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        """One lazy timer: it re-arms itself while either direction moved within the timeout."""
+        self._timer = None
+        sink = self._sink
+        if sink.complete or self._connection.transport is None:
+            return
+        timeout = self._config.stream_idle_timeout_s or 0.0
+        idle_until = max(self._last_rx, sink.last_activity) + timeout
+        remaining = idle_until - time.monotonic()
+        if remaining > 0:
+            self._timer = asyncio.get_running_loop().call_later(remaining, self._on_timer)
+            return
+        self._time_out()
+
+    def _time_out(self) -> None:
+        """Idle for `stream_idle_timeout`: as Envoy, 408 `stream timeout` if the upstream has
+        not answered yet, else the stream is reset; the connection closes either way."""
+        config = self._config
+        config.stats.rq_idle_timeout.value += 1
+        sink = self._sink
+        body = config.stream_timeout_reply.body
+        record = self._record
+        if record is not None:
+            record.add_flag("SI")
+            record.details = "stream_idle_timeout"
+            if not sink.started:
+                record.local_reply(408, len(body), config.proxy_policy.server_name)
+                record.bytes_sent = len(body)
+        self._exchange.downstream_reset(disconnected=False)
+        if sink.started:
+            sink.reset_downstream()
+        else:
+            sink.send_local_reply(408, body, [])
 
 
 def start_tunnel(
     connection: TunnelHost,
     exchange: Exchange,
-    stats: HcmStats,
+    sink: UpgradeSink,
+    config: HcmConfig,
     record: LogRecord | None,
     tail: bytes,
 ) -> Http1UpgradeTunnel:
     """Move the transport to a tunnel; `tail`: what followed the request head in this read."""
-    tunnel = Http1UpgradeTunnel(connection, exchange, stats, record)
+    tunnel = Http1UpgradeTunnel(connection, exchange, sink, config, record)
     transport = connection.transport
     if transport is not None:
         transport.set_protocol(tunnel)

@@ -6,7 +6,8 @@
   every data frame back unmasked. A text frame `close-me` makes it send a close frame and
   close the connection; a close frame from the client is answered with one and the
   connection closed; the client's FIN (`eofs`) is answered with `after-eof` as a text
-  frame, then a FIN.
+  frame, then a FIN. A text frame `pause` stops reading that connection until
+  `resume_reading()`.
 - `WsClient`: a blocking socket doing the handshake by hand, sending masked frames and
   reading frames back (`recv_frame`), so tests see exactly what crosses the proxy.
 """
@@ -126,6 +127,10 @@ class _WsEchoProtocol(asyncio.Protocol):
                 self.transport.write(encode_frame(CLOSE, payload, False))
                 self.transport.close()
                 return
+            if opcode == TEXT and payload == b"pause":
+                self.transport.pause_reading()  # until the test calls `resume_reading()`
+                self.server.paused.append(self.transport)
+                continue
             if opcode == TEXT and payload == b"close-me":
                 self.transport.write(encode_frame(CLOSE, b"\x03\xe8", False))
                 self.transport.close()
@@ -145,9 +150,16 @@ class WebSocketEcho(_Server):
     def __init__(self) -> None:
         super().__init__()
         self.eofs = 0
+        self.paused: list[asyncio.Transport] = []
 
     def protocol(self) -> asyncio.Protocol:
         return _WsEchoProtocol(self)
+
+    def resume_reading(self) -> None:
+        """Read again on every connection a `pause` frame stopped."""
+        for transport in self.paused:
+            self._thread.call(transport.resume_reading)
+        self.paused.clear()
 
 
 class WsClient:

@@ -107,6 +107,33 @@ def test_big_payloads_both_ways_with_a_client_that_reads_late(proxy) -> None:
     client.close()
 
 
+def test_an_upstream_that_stops_reading_stops_the_client_being_read(proxy, upstreams) -> None:
+    """The upstream stops reading: the proxy stops reading the client, whose socket fills
+    (it would buffer everything otherwise); once the upstream reads again every byte is
+    echoed."""
+    client = WsClient(proxy.http_port, timeout=30)
+    assert status_of(client.handshake()) == 101
+    client.send(b"pause", TEXT)
+    wait_for(lambda: upstreams["ws"].paused, what="the upstream paused")
+    frames = b"".join(encode_frame(BINARY, bytes([i]) * 262144, True) for i in range(128))
+    client.sock.setblocking(False)
+    sent = 0
+    try:
+        while sent < len(frames):
+            sent += client.sock.send(frames[sent : sent + 65536])
+    except BlockingIOError:
+        pass
+    assert sent < len(frames), "32 MiB went in while the upstream read nothing"
+    client.sock.settimeout(30)
+    upstreams["ws"].resume_reading()
+    sender = threading.Thread(target=client.sock.sendall, args=(frames[sent:],))
+    sender.start()
+    for i in range(128):
+        assert client.recv_frame() == (BINARY, bytes([i]) * 262144)
+    sender.join(30)
+    client.close()
+
+
 def test_upgrade_to_a_plain_http_upstream_is_an_ordinary_response(proxy) -> None:
     """An upstream that does not speak the upgrade (Http1Echo's parser gives up on it and
     closes) gets a normal answer to the client, with `connection: close` (Envoy's too)."""

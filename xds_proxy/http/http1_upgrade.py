@@ -28,7 +28,7 @@ from typing import Protocol
 
 from xds_proxy.access_log.record import LogRecord
 from xds_proxy.http.conn_manager import HcmConfig
-from xds_proxy.http.http1_backpressure import Http1Backpressure
+from xds_proxy.http.http1_backpressure import PAUSE_WRITING, Http1Backpressure
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
 from xds_proxy.upstream.forward import Exchange
 from xds_proxy.upstream.http1_response import Http1ForwardSink, Http1Owner
@@ -125,7 +125,9 @@ class Http1UpgradeTunnel(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         connection = self._connection
-        connection.backpressure.write_paused = False
+        backpressure = connection.backpressure
+        backpressure.write_paused = False
+        backpressure.resume_reading(PAUSE_WRITING)  # (if paused so before the upgrade)
         connection.responses.resume_head()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -70,7 +70,7 @@ class Side:
     def __init__(self, process_class: type[EnvoyProcess], workdir) -> None:
         self.upstream = WebSocketEcho()
         self.upstream.start()
-        self.main, self.plain, self.idle = free_port(), free_port(), free_port()
+        self.main, self.plain, self.idle, self.local = (free_port() for _ in range(4))
         main = http_listener(
             self.main,
             [
@@ -97,8 +97,14 @@ class Side:
             upgrade_configs=[{"upgrade_type": "websocket"}],
             stream_idle_timeout=f"{IDLE_TIMEOUT_S}s",
         )
+        # No cluster route at all: an allowed upgrade gets the route's local answer.
+        local = http_listener(
+            self.local,
+            [{"match": {"path": "/here"}, "direct_response": {"status": 204}}],
+            upgrade_configs=[{"upgrade_type": "websocket"}],
+        )
         clusters = [cluster_dict("ws", [self.upstream.port])]
-        document = bootstrap([main, plain, idle], clusters)
+        document = bootstrap([main, plain, idle, local], clusters)
         self.process = process_class(
             document, workdir, log_level="warning", extra_args=["--file-flush-interval-msec", "50"]
         )
@@ -261,6 +267,8 @@ SCENARIOS: dict[str, Callable[[Side], Any]] = {
     "hcm_without_upgrades": _answered("plain", "/x"),
     "other_upgrade_type": _answered("main", "/ws", upgrade="foo"),
     "direct_response": _answered("main", "/direct"),
+    "no_cluster_route_direct": _answered("local", "/here"),
+    "no_cluster_route_none": _answered("local", "/elsewhere"),
     "route_enables": route_enables,
     "upstream_refuses": upstream_refuses,
     "idle_after_the_upgrade": idle_after_the_upgrade,

@@ -260,7 +260,7 @@ class Http1RequestReader:
         self._routes = routes = self._config.routes.current  # this request's table
         if routes.needs_headers:
             self._header_pairs = []
-        if routes.forwards:
+        if routes.forwards or self._config.upgrades:  # (an upgrade's type is read from them)
             self._raw_headers = []
             self._body_expected = False
             self._action = None
@@ -437,9 +437,6 @@ class Http1RequestReader:
         config = self._config
         stats = config.stats
         routes = self._routes
-        if not routes.forwards:  # (the upgrade header was not kept: see docs/upgrades.md)
-            stats.rq_ws_on_non_ws_route.value += 1
-            return False
         host = self._host if self._host is not None else b""
         if self._header_pairs is None:
             action = routes.route_raw(host, self._url)
@@ -447,7 +444,7 @@ class Http1RequestReader:
             action = self._route_with_headers(routes, host)
         forward = type(action) is ForwardAction
         route_upgrades = action.upgrades if forward else None  # type: ignore[union-attr]
-        kind = upgrade_type(self._raw_headers)
+        kind = upgrade_type(self._raw_headers)  # (None: no upgrade configured anywhere)
         if not upgrade_allowed(kind, config.upgrades, route_upgrades):
             stats.rq_ws_on_non_ws_route.value += 1
             return False

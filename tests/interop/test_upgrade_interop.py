@@ -9,6 +9,7 @@ disables it; `plain` has none, and a route (`/on`) that enables it alone.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -17,11 +18,12 @@ from typing import Any
 import pytest
 
 from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.http_client import HttpConnection
 from tests.helpers.listeners import lds_bootstrap
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
 from tests.helpers.stub import StubProcess
-from tests.helpers.upstreams import cluster_dict
+from tests.helpers.upstreams import Http1Echo, cluster_dict
 from tests.helpers.websocket import BINARY, CLOSE, TEXT, WebSocketEcho, WsClient
 from tests.integration.test_upstream_proxy import bootstrap, http_listener, route
 
@@ -70,6 +72,8 @@ class Side:
     def __init__(self, process_class: type[EnvoyProcess], workdir) -> None:
         self.upstream = WebSocketEcho()
         self.upstream.start()
+        self.echo = Http1Echo()
+        self.echo.start()
         self.main, self.plain, self.idle, self.local = (free_port() for _ in range(4))
         main = http_listener(
             self.main,
@@ -81,6 +85,7 @@ class Side:
                     "match": {"prefix": "/direct"},
                     "direct_response": {"status": 200, "body": {"inline_string": "direct\n"}},
                 },
+                route("/echo", "echo"),
                 route("/", "ws"),
             ],
             upgrade_configs=[{"upgrade_type": "websocket"}],
@@ -103,7 +108,10 @@ class Side:
             [{"match": {"path": "/here"}, "direct_response": {"status": 204}}],
             upgrade_configs=[{"upgrade_type": "websocket"}],
         )
-        clusters = [cluster_dict("ws", [self.upstream.port])]
+        clusters = [
+            cluster_dict("ws", [self.upstream.port]),
+            cluster_dict("echo", [self.echo.port]),
+        ]
         document = bootstrap([main, plain, idle, local], clusters)
         self.process = process_class(
             document, workdir, log_level="warning", extra_args=["--file-flush-interval-msec", "50"]
@@ -114,6 +122,7 @@ class Side:
     def stop(self) -> None:
         self.process.stop()
         self.upstream.stop()
+        self.echo.stop()
 
     def stats(self) -> dict[str, int]:
         every = self.process.stats()
@@ -259,6 +268,28 @@ def idle_before_the_upgrade(side: Side) -> dict[str, Any]:
     return {"head": _head(head), "rest": rest}
 
 
+def h2c_upgrade_served_as_http1(side: Side) -> dict[str, Any]:
+    """`curl --http2 http://...` asks for h2c: served as plain HTTP/1.1 (the upgrade and
+    `http2-settings` dropped), keep-alive, a pipelined request after it answered too."""
+    conn = HttpConnection(side.main)
+    h2c = (
+        "GET /echo/h2c HTTP/1.1\r\nhost: ws.example\r\nconnection: Upgrade, HTTP2-Settings\r\n"
+        "upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+    )
+    conn.sock.sendall((h2c + "GET /echo/next HTTP/1.1\r\nhost: ws.example\r\n\r\n").encode())
+    first, second = conn.read_response(), conn.read_response()
+    conn.close()
+    echoed = json.loads(first.body)
+    return {
+        "statuses": (first.status, second.status),
+        "closes": (first.closes, second.closes),
+        "upstream_headers": sorted(
+            (name, value) for name, value in echoed["headers"] if name != "x-request-id"
+        ),
+        "second_path": json.loads(second.body)["path"],
+    }
+
+
 SCENARIOS: dict[str, Callable[[Side], Any]] = {
     "accepted_and_closed_by_upstream": accepted_and_closed_by_upstream,
     "closed_by_client": closed_by_client,
@@ -273,6 +304,7 @@ SCENARIOS: dict[str, Callable[[Side], Any]] = {
     "upstream_refuses": upstream_refuses,
     "idle_after_the_upgrade": idle_after_the_upgrade,
     "idle_before_the_upgrade": idle_before_the_upgrade,
+    "h2c_upgrade_served_as_http1": h2c_upgrade_served_as_http1,
 }
 
 

@@ -106,6 +106,7 @@ class Http1RequestReader:
         "_downstream",
         "_exchange",
         "_expect_continue",
+        "_h2c",
         "_header_bytes",
         "_header_count",
         "_header_pairs",
@@ -148,6 +149,7 @@ class Http1RequestReader:
         # connection over.
         self.upgrade: tuple[Exchange, UpgradeSink] | None = None
         self._on_upgrade = on_upgrade
+        self._h2c = False  # an `Upgrade: h2c` request served as plain HTTP/1.1 (as Envoy)
         self._config = config
         self._ctx = ctx
         self._lifecycle = lifecycle
@@ -195,8 +197,13 @@ class Http1RequestReader:
                 raise
         except httptools.HttpParserUpgrade as upgrade:
             # Answered already (403 / 404, on_headers_complete), or an allowed upgrade whose
-            # tunnel takes the rest: either way the rest is not HTTP/1.1.
-            self._lifecycle.end_after_responses()
+            # tunnel takes the rest: either way the rest is not HTTP/1.1. (An h2c request was
+            # plain HTTP/1.1: a fresh parser goes on.)
+            if self._h2c:
+                self._h2c = False
+                self._after_h2c(bytes(data[upgrade.args[0] :]))
+            else:
+                self._lifecycle.end_after_responses()
             if self.upgrade is not None:
                 self.request_started = 0.0  # the tunnel runs its own stream idle timeout
                 tail = bytes(data[upgrade.args[0] :])
@@ -343,7 +350,7 @@ class Http1RequestReader:
             policy = config.proxy_policy
             record.generate_id = policy.generate_request_id
             record.remote_from_xff = not policy.use_remote_address
-        if parser.should_upgrade():
+        if parser.should_upgrade() and not self._plain_h2c():
             if method != b"CONNECT" and self._upgrade_allowed():
                 return
             # Not allowed, and no CONNECT routes: Envoy answers 403 / 404 and closes.
@@ -430,6 +437,28 @@ class Http1RequestReader:
         return routes.route(host.decode("latin-1"), self._url.decode("latin-1"), headers)
 
     # -- forwarding to clusters ------------------------------------------------------------
+
+    def _plain_h2c(self) -> bool:
+        """`Upgrade: h2c` (the rare path): Envoy's codec drops the upgrade (and
+        `http2-settings`) and serves the request as plain HTTP/1.1; so do we, when the headers
+        were kept (a table with cluster routes or an HCM with upgrade_configs)."""
+        raw = self._raw_headers
+        if upgrade_type(raw) != "h2c":
+            return False
+        self._raw_headers = [(n, v) for n, v in raw if n != b"http2-settings"]  # type: ignore[union-attr]
+        self._h2c = True
+        return True
+
+    def _after_h2c(self, rest: bytes) -> None:
+        """The parser stopped after an h2c request it took for an upgrade: a fresh one reads
+        what follows (held first if a forwarded response is pending)."""
+        self.parser = httptools.HttpRequestParser(self)
+        if not rest or self._lifecycle.no_more_requests:
+            return
+        if self._backpressure.held is not None:
+            self._backpressure.hold(rest)
+        else:
+            self.feed(rest)
 
     def _upgrade_allowed(self) -> bool:
         """An upgrade request (the rare path): False when refused (counted; the caller answers

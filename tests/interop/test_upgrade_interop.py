@@ -290,6 +290,19 @@ def h2c_upgrade_served_as_http1(side: Side) -> dict[str, Any]:
     }
 
 
+def h2c_upgrade_answered_here(side: Side) -> dict[str, Any]:
+    """The same, to a direct_response route, with a pipelined request after it."""
+    conn = HttpConnection(side.main)
+    h2c = (
+        "GET /direct HTTP/1.1\r\nhost: ws.example\r\nconnection: Upgrade, HTTP2-Settings\r\n"
+        "upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+    )
+    conn.sock.sendall((h2c + "GET /direct HTTP/1.1\r\nhost: ws.example\r\n\r\n").encode())
+    answers = [conn.read_response() for _ in range(2)]
+    conn.close()
+    return [(answer.status, answer.body, answer.closes) for answer in answers]
+
+
 SCENARIOS: dict[str, Callable[[Side], Any]] = {
     "accepted_and_closed_by_upstream": accepted_and_closed_by_upstream,
     "closed_by_client": closed_by_client,
@@ -305,6 +318,7 @@ SCENARIOS: dict[str, Callable[[Side], Any]] = {
     "idle_after_the_upgrade": idle_after_the_upgrade,
     "idle_before_the_upgrade": idle_before_the_upgrade,
     "h2c_upgrade_served_as_http1": h2c_upgrade_served_as_http1,
+    "h2c_upgrade_answered_here": h2c_upgrade_answered_here,
 }
 
 

@@ -404,6 +404,9 @@ TEMPLATES: dict[str, dict] = {
         "default_validation_context": {},
         "validation_context_sds_secret_config": {"name": "s", "sds_config": {"ads": {}}},
     },
+    "envoy.config.route.v3.RouteAction.UpgradeConfig": {"upgrade_type": "websocket"},
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    ".UpgradeConfig": {"upgrade_type": "websocket"},
 }
 
 # Values for fields whose generated values the PGV rules refuse or that need a real thing (a

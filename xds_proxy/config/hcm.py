@@ -14,6 +14,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from xds_proxy.config.access_log import AccessLogSpec, build_access_logs
+from xds_proxy.config.upgrades import build_upgrades
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
 
@@ -129,6 +130,8 @@ class HcmSettings:
     path_settings: PathSettings | None  # None: the path is routed and forwarded as received
     headers_with_underscores: Underscores
     access_logs: tuple[AccessLogSpec, ...]
+    # `upgrade_configs`: (lowercase upgrade type, enabled), as a route's (config/upgrades.py).
+    upgrades: tuple[tuple[str, bool], ...]
 
 
 def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSettings:
@@ -190,6 +193,9 @@ def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSett
         path_settings=_path_settings(hcm),
         headers_with_underscores=Underscores(options.headers_with_underscores_action),
         access_logs=build_access_logs(hcm.access_log, f"{path}.access_log"),
+        upgrades=build_upgrades(
+            hcm.upgrade_configs, f"{path}.upgrade_configs", hcm_duplicates=True
+        ),
     )
 
 

@@ -313,6 +313,12 @@ TABLE: dict[str, dict[str, Rule]] = {
         "drain_timeout": OK,
         "delayed_close_timeout": OK,
         "access_log": OK,  # config/access_log.py
+        "upgrade_configs": OK,  # config/hcm.py `upgrades`, http/http1_upgrade.py
+    },
+    _HCM + "HttpConnectionManager.UpgradeConfig": {
+        "upgrade_type": OK,
+        "enabled": OK,
+        "filters": NotYet("an upgrade's own HTTP filter chain is not built"),
     },
     _HCM + "Rds": {"config_source": OK, "route_config_name": OK},
     _HCM + "HttpFilter": {
@@ -375,6 +381,12 @@ TABLE: dict[str, dict[str, Rule]] = {
         "auto_host_rewrite": OK,  # applied once the cluster has chosen the host
         "timeout": OK,
         "hash_policy": OK,  # config/hash_policy.py, for the ring hash and Maglev balancers
+        "upgrade_configs": OK,  # upstream/forward.py ForwardAction.upgrades
+    },
+    _ROUTE + "RouteAction.UpgradeConfig": {
+        "upgrade_type": OK,
+        "enabled": OK,
+        "connect_config": NotYet("CONNECT terminated at the proxy is not built"),
     },
     _ROUTE + "RouteAction.HashPolicy": {
         "header": OK,

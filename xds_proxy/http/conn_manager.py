@@ -54,6 +54,8 @@ class HcmStats:
         "cx_idle_timeout",
         "cx_protocol_error",
         "cx_total",
+        "cx_upgrades_active",
+        "cx_upgrades_total",
         "h2_underscores_dropped",
         "h2_underscores_rejected",
         "no_route",
@@ -69,6 +71,7 @@ class HcmStats:
         "rq_redirected_with_normalized_path",
         "rq_timeout",
         "rq_total",
+        "rq_ws_on_non_ws_route",
         "underscores_dropped",
         "underscores_rejected",
     )
@@ -110,6 +113,10 @@ class HcmStats:
         self.rq_redirected_with_normalized_path = counter(
             "downstream_rq_redirected_with_normalized_path"
         )
+        # HTTP/1.1 upgrades (http/http1_upgrade.py)
+        self.cx_upgrades_total = counter("downstream_cx_upgrades_total")
+        self.cx_upgrades_active = gauge("downstream_cx_upgrades_active")
+        self.rq_ws_on_non_ws_route = counter("downstream_rq_ws_on_non_ws_route")
         # The HTTP/1.1 codec's (root scope, as Envoy's); made only when headers with
         # underscores are dropped or refused.
         self.underscores_dropped: Counter | None = None

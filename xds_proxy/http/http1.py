@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 
+from xds_proxy.access_log.record import LogRecord
 from xds_proxy.config.hcm import Codec
 from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.http1_backpressure import PARSE_SLICE, PAUSE_WRITING, Http1Backpressure
@@ -39,7 +40,9 @@ from xds_proxy.http.http1_h2c import PrefaceSniffer, is_http2, start_http2
 from xds_proxy.http.http1_lifecycle import CLOSING, Http1Lifecycle
 from xds_proxy.http.http1_reader import Http1RequestReader
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
+from xds_proxy.http.http1_upgrade import UpgradeSink, start_tunnel
 from xds_proxy.listener.context import FilterChainContext
+from xds_proxy.upstream.forward import Exchange
 from xds_proxy.upstream.http1_response import Http1ForwardSink
 
 
@@ -72,7 +75,7 @@ class Http1Connection(asyncio.Protocol):
             self, config.stats, config.server_name, self.lifecycle, self.backpressure
         )
         self.reader = Http1RequestReader(
-            self, config, ctx, self.lifecycle, self.responses, self.backpressure
+            self, config, ctx, self.lifecycle, self.responses, self.backpressure, self._upgraded
         )
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -120,6 +123,9 @@ class Http1Connection(asyncio.Protocol):
         reader.feed(view[:PARSE_SLICE])
         for start in range(PARSE_SLICE, len(data), PARSE_SLICE):
             if lifecycle.state == CLOSING or self.transport is None or lifecycle.no_more_requests:
+                if reader.upgrade is not None and self.transport is not None:
+                    # An upgrade: what follows is its bytes, for the tunnel now reading.
+                    self.transport.get_protocol().data_received(data[start:])
                 return  # the parser has stopped: what follows is never read
             if backpressure.held is not None or backpressure.write_paused:
                 backpressure.hold(data[start:])
@@ -193,6 +199,12 @@ class Http1Connection(asyncio.Protocol):
         """The connection is going away: cancel every forwarded request still in flight."""
         self.reader.reset_exchange()
         self.responses.reset(except_sink)
+
+    def _upgraded(
+        self, exchange: Exchange, sink: UpgradeSink, record: LogRecord | None, tail: bytes
+    ) -> None:
+        """An allowed upgrade's head is parsed: a tunnel takes the transport over."""
+        start_tunnel(self, exchange, sink, self._config, record, tail)
 
     def _hand_over_to_http2(self, data: bytes) -> None:
         """The transport moves to an `Http2Connection`, which counts and registers itself

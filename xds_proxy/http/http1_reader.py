@@ -17,17 +17,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import httptools
 
 from xds_proxy.access_log.record import Downstream, LogRecord
 from xds_proxy.codec.responses import HTTP_DATE, LocalResponse
 from xds_proxy.config.hcm import Underscores
+from xds_proxy.config.upgrades import upgrade_allowed
 from xds_proxy.http.conn_manager import HcmConfig
 from xds_proxy.http.http1_backpressure import HasTransport, Http1Backpressure
 from xds_proxy.http.http1_lifecycle import Http1Lifecycle
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
+from xds_proxy.http.http1_upgrade import UpgradeSink, upgrade_type
 from xds_proxy.http.path_normalization import (
     PATH_NORMALIZATION_FAILED,
     PathOutcome,
@@ -111,6 +113,7 @@ class Http1RequestReader:
         "_downstream",
         "_exchange",
         "_expect_continue",
+        "_h2c",
         "_header_bytes",
         "_header_count",
         "_header_pairs",
@@ -118,6 +121,7 @@ class Http1RequestReader:
         "_http10",
         "_lifecycle",
         "_loop",
+        "_on_upgrade",
         "_path_redirect",
         "_phase_bytes",
         "_phase_first_chunk",
@@ -135,6 +139,7 @@ class Http1RequestReader:
         "out",
         "parser",
         "request_started",
+        "upgrade",
     )
 
     def __init__(
@@ -145,8 +150,14 @@ class Http1RequestReader:
         lifecycle: Http1Lifecycle,
         responses: Http1ResponseQueue,
         backpressure: Http1Backpressure,
+        on_upgrade: Callable[[Exchange, UpgradeSink, LogRecord | None, bytes], None],
     ) -> None:
         self._connection = connection
+        # An allowed upgrade's exchange and response (http1_upgrade.py), and who takes the
+        # connection over.
+        self.upgrade: tuple[Exchange, UpgradeSink] | None = None
+        self._on_upgrade = on_upgrade
+        self._h2c = False  # an `Upgrade: h2c` request served as plain HTTP/1.1 (as Envoy)
         self._config = config
         self._ctx = ctx
         self._lifecycle = lifecycle
@@ -194,9 +205,20 @@ class Http1RequestReader:
                 self.reply_error(self._reject)
             elif not self._lifecycle.no_more_requests:
                 raise
-        except httptools.HttpParserUpgrade:
-            # Answered already (403 / 404, on_headers_complete); the rest is not HTTP/1.1.
-            self._lifecycle.end_after_responses()
+        except httptools.HttpParserUpgrade as upgrade:
+            # Answered already (403 / 404, on_headers_complete), or an allowed upgrade whose
+            # tunnel takes the rest: either way the rest is not HTTP/1.1. (An h2c request was
+            # plain HTTP/1.1: a fresh parser goes on.)
+            if self._h2c:
+                self._h2c = False
+                self._after_h2c(bytes(data[upgrade.args[0] :]))
+            else:
+                self._lifecycle.end_after_responses()
+            if self.upgrade is not None:
+                self.request_started = 0.0  # the tunnel runs its own stream idle timeout
+                tail = bytes(data[upgrade.args[0] :])
+                exchange, sink = self.upgrade
+                self._on_upgrade(exchange, sink, self._record, tail)
         except httptools.HttpParserError:
             self._config.stats.cx_protocol_error.value += 1
             self.reply_error(self._config.bad_request)
@@ -255,7 +277,7 @@ class Http1RequestReader:
         self._routes = routes = self._config.routes.current  # this request's table
         if routes.needs_headers:
             self._header_pairs = []
-        if routes.forwards:
+        if routes.forwards or self._config.upgrades:  # (an upgrade's type is read from them)
             self._raw_headers = []
             self._body_expected = False
             self._action = None
@@ -344,8 +366,10 @@ class Http1RequestReader:
             record.remote_from_xff = policy.remote_from_xff
             if policy.xff_num_trusted_hops:
                 record.xff_skip = policy.xff_skip
-        if parser.should_upgrade():
-            # No upgrade_configs and no CONNECT routes: Envoy answers 403 / 404 and closes.
+        if parser.should_upgrade() and not self._plain_h2c():
+            if method != b"CONNECT" and self._upgrade_allowed():
+                return
+            # Not allowed, and no CONNECT routes: Envoy answers 403 / 404 and closes.
             self._reject = (
                 self._routes.not_found if method == b"CONNECT" else config.upgrade_forbidden
             )
@@ -436,7 +460,58 @@ class Http1RequestReader:
 
     # -- forwarding to clusters ------------------------------------------------------------
 
-    def _route_early(self) -> None:
+    def _plain_h2c(self) -> bool:
+        """`Upgrade: h2c` (the rare path): Envoy's codec drops the upgrade (and
+        `http2-settings`) and serves the request as plain HTTP/1.1; so do we, when the headers
+        were kept (a table with cluster routes or an HCM with upgrade_configs)."""
+        raw = self._raw_headers
+        if upgrade_type(raw) != "h2c":
+            return False
+        self._raw_headers = [(n, v) for n, v in raw if n != b"http2-settings"]  # type: ignore[union-attr]
+        self._h2c = True
+        return True
+
+    def _after_h2c(self, rest: bytes) -> None:
+        """The parser stopped after an h2c request it took for an upgrade: a fresh one reads
+        what follows (held first if a forwarded response is pending)."""
+        self.parser = httptools.HttpRequestParser(self)
+        if not rest or self._lifecycle.no_more_requests:
+            return
+        if self._backpressure.held is not None:
+            self._backpressure.hold(rest)
+        else:
+            self.feed(rest)
+
+    def _upgrade_allowed(self) -> bool:
+        """An upgrade request (the rare path): False when refused (counted; the caller answers
+        403); else it goes on (http1_upgrade.py), forwarded or answered here."""
+        config = self._config
+        stats = config.stats
+        routes = self._routes
+        host = self._host if self._host is not None else b""
+        if self._header_pairs is None:
+            action = routes.route_raw(host, self._url)
+        else:
+            action = self._route_with_headers(routes, host)
+        forward = type(action) is ForwardAction
+        route_upgrades = action.upgrades if forward else None  # type: ignore[union-attr]
+        kind = upgrade_type(self._raw_headers)  # (None: no upgrade configured anywhere)
+        if not upgrade_allowed(kind, config.upgrades, route_upgrades):
+            stats.rq_ws_on_non_ws_route.value += 1
+            return False
+        stats.cx_upgrades_total.value += 1
+        if not forward:
+            # Answered here (404, direct response, redirect); the connection ends with it.
+            self._action = action
+            self._lifecycle.end_after_responses()
+            return True
+        stats.cx_upgrades_active.value += 1
+        if self._expect_continue:
+            self.out.append(_CONTINUE)
+        self._route_early(upgrade=True)
+        return True
+
+    def _route_early(self, upgrade: bool = False) -> None:
         """Tables with `route` actions are matched once the headers are in, so that a
         forwarded request's body streams upstream as it arrives."""
         routes = self._routes
@@ -452,9 +527,15 @@ class Http1RequestReader:
         config = self._config
         if self.out:  # responses (and 100 Continue) produced before this request go first
             self._responses.write_local(self.out)
-        exchange = self._responses.add_forwarded(
-            action, parser.get_method() == b"HEAD", self._http10, not parser.should_keep_alive()
-        )
+        if upgrade:  # (its response ends the connection)
+            exchange = self._responses.add_forwarded(
+                action, parser.get_method() == b"HEAD", self._http10, True, UpgradeSink
+            )
+            self.upgrade = (exchange, self._responses.entries[-1].sink)  # type: ignore[assignment]
+        else:
+            exchange = self._responses.add_forwarded(
+                action, parser.get_method() == b"HEAD", self._http10, not parser.should_keep_alive()
+            )
         self._exchange = exchange
         transport = self._connection.transport
         peer = transport.get_extra_info("peername") if transport else None
@@ -467,17 +548,21 @@ class Http1RequestReader:
             peer=peer,
             local=transport.get_extra_info("sockname") if transport else None,
         )
+        if upgrade:
+            request.upgrade = True
         if self._record is not None:
             exchange.log_to(self._record, config.access_log)
         exchange.start(
             request,
-            not self._body_expected,
+            not self._body_expected and not upgrade,  # an upgrade's body never ends
             self._ctx.clusters,
             config.proxy_policy,
             action.mutations,
         )
 
     def _forwarded_request_complete(self) -> None:
+        if self.upgrade is not None:
+            return  # the request goes on as the upgraded protocol's bytes
         exchange = self._exchange
         self._exchange = None
         if self._record is not None:

@@ -80,11 +80,16 @@ class Http1ResponseQueue:
         out.clear()
 
     def add_forwarded(
-        self, action: ForwardAction, head_only: bool, http10: bool, close_requested: bool
+        self,
+        action: ForwardAction,
+        head_only: bool,
+        http10: bool,
+        close_requested: bool,
+        sink_class: type[Http1ForwardSink] = Http1ForwardSink,
     ) -> Exchange:
         """A forwarded request's response takes its place in the queue; the caller starts the
-        returned exchange."""
-        sink = Http1ForwardSink(self, head_only, http10, self._server)
+        returned exchange (`sink_class`: an upgrade's, http1_upgrade.py)."""
+        sink = sink_class(self, head_only, http10, self._server)
         sink.close_requested = close_requested
         exchange = Exchange(action, sink)
         sink.exchange = exchange

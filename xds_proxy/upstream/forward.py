@@ -36,6 +36,7 @@ from xds_proxy.codec.forwarded_for import is_loopback, last_xff_address, local_a
 from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.config.hash_policy import HashMethod, build_hash_policy
 from xds_proxy.config.hcm import ProxyPolicy, ServerHeader
+from xds_proxy.config.upgrades import Upgrades, build_upgrades
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
@@ -57,6 +58,7 @@ from xds_proxy.upstream.stream import (
     RequestHead,
     ResponseHandler,
     UpstreamStream,
+    upgrade_response_headers,
 )
 
 DEFAULT_ROUTE_TIMEOUT_S = 15.0
@@ -97,6 +99,10 @@ _EDGE_STRIPPED = _STRIPPED | {
     b"x-envoy-downstream-service-node",
     b"x-envoy-original-path",
 }
+
+# An allowed upgrade request keeps `connection` and `upgrade` (Envoy forwards them verbatim).
+_UPGRADE_STRIPPED = _STRIPPED - {b"connection", b"upgrade"}
+_EDGE_UPGRADE_STRIPPED = _EDGE_STRIPPED - {b"connection", b"upgrade"}
 
 # HeaderValueOption.append_action
 _APPEND, _ADD_IF_ABSENT, _OVERWRITE_OR_ADD, _OVERWRITE_IF_EXISTS = 0, 1, 2, 3
@@ -244,6 +250,7 @@ class ForwardAction:
         "prefix_rewrite",
         "route_name",
         "timeout_s",
+        "upgrades",
     )
 
     def __init__(
@@ -278,6 +285,8 @@ class ForwardAction:
         self.hash_policy: tuple[HashMethod, ...] = build_hash_policy(
             action.hash_policy, f"{path}.hash_policy"
         )
+        # `upgrade_configs`, overriding the HCM's per upgrade type (config/upgrades.py).
+        self.upgrades: Upgrades = build_upgrades(action.upgrade_configs, f"{path}.upgrade_configs")
         self.mutations: tuple[HeaderMutations, ...] = ()
         self.route_name = ""  # the route's name (access logs' ROUTE_NAME)
 
@@ -359,6 +368,8 @@ class DownstreamRequest:
     # The connection's socket addresses (a hash policy's generated cookie is made of them).
     peer: tuple | None = None
     local: tuple | None = None
+    # An allowed HTTP/1.1 upgrade (http/http1_upgrade.py): `connection` and `upgrade` go on.
+    upgrade: bool = False
 
 
 class DownstreamSink(Protocol):
@@ -425,6 +436,7 @@ class Exchange(ResponseHandler):
         "_stream",
         "_suppress",
         "_timer",
+        "_upgrade",
     )
 
     def __init__(self, action: ForwardAction, sink: DownstreamSink) -> None:
@@ -444,6 +456,9 @@ class Exchange(ResponseHandler):
         self._set_cookie: bytes | None = None  # a hash policy's generated cookie
         self._server_header = ServerHeader.OVERWRITE
         self._server_name = b"envoy"
+        # An upgrade request: its body never ends, so no x-envoy-upstream-service-time (Envoy
+        # sends it only once the request is complete).
+        self._upgrade = False
 
     def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
         """Fill `record` in as the exchange goes and log it when the exchange ends."""
@@ -465,6 +480,7 @@ class Exchange(ResponseHandler):
         self._suppress = policy.suppress_envoy_headers
         self._server_header = policy.server_header
         self._server_name = policy.server_name
+        self._upgrade = request.upgrade
         name = action.pick_cluster(_rng)
         cluster = clusters.get(name) if clusters is not None else None
         record = self._record
@@ -558,12 +574,15 @@ class Exchange(ResponseHandler):
             self._report_outlier(status)
         now = time.monotonic()
         elapsed_ms = int((now - self._started_at) * 1000)
-        out = [(n, v) for n, v in headers if n not in _RESPONSE_DROPPED]
-        kept = False
-        if len(out) != len(headers):  # hop-by-hop headers went, or the upstream's `server`
-            out, kept = self._response_headers(headers)
-            self._sink.server_sent = kept
-        if not self._suppress:
+        if not self._upgrade:
+            out = [(n, v) for n, v in headers if n not in _RESPONSE_DROPPED]
+            kept = False
+            if len(out) != len(headers):  # hop-by-hop headers went, or the upstream's `server`
+                out, kept = self._response_headers(headers)
+                self._sink.server_sent = kept
+        else:
+            out = upgrade_response_headers(status, headers)
+        if not self._suppress and not self._upgrade:
             out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
         if self._set_cookie is not None:
             out.append((b"set-cookie", self._set_cookie))
@@ -609,7 +628,7 @@ class Exchange(ResponseHandler):
         record = self._record
         if self._headers_sent:
             if record is not None:
-                record.add_flag("UR" if reason != OVERFLOW else "UO")
+                record.add_flag(_RESET_FLAGS.get(reason, "UR"))  # as Envoy's, by reason
                 record.details = f"upstream_reset_after_response_started{{{_detail(reason)}}}"
             self._finish()
             self._sink.reset_downstream()
@@ -652,7 +671,7 @@ class Exchange(ResponseHandler):
             has_proto = has_request_id = False
             xff_index = -1
             for name, value in request.headers:
-                if name in _STRIPPED:
+                if name in (_STRIPPED if not request.upgrade else _UPGRADE_STRIPPED):
                     continue
                 if name == b"te" and value.lower() != b"trailers":
                     continue
@@ -691,7 +710,9 @@ class Exchange(ResponseHandler):
             if not suppress:
                 headers.append((b"x-envoy-original-path", path))
             path = new_path
-        head = RequestHead(request.method, path, authority, headers, request.scheme)
+        head = RequestHead(
+            request.method, path, authority, headers, request.scheme, upgrade=request.upgrade
+        )
         if action.auto_host_rewrite:
             head.host_from_upstream = True
             head.keep_original_host = not suppress
@@ -706,7 +727,7 @@ class Exchange(ResponseHandler):
         headers: list[Header] = []
         xff_index = proto_index = external_index = id_index = -1
         for name, value in request.headers:
-            if name in _EDGE_STRIPPED:
+            if name in (_EDGE_STRIPPED if not request.upgrade else _EDGE_UPGRADE_STRIPPED):
                 continue
             if name == b"te" and value.lower() != b"trailers":
                 continue

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from xds_proxy.upstream.http1_tunnel import UpstreamTunnel, start_tunnel
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
+_DROPPED_UPGRADE_HEADERS = frozenset({b"keep-alive", b"transfer-encoding"})
 
 
 class _SkipBody(Exception):
@@ -37,7 +39,7 @@ class _SkipBody(Exception):
 class Http1Stream(PooledStream):
     """One request/response exchange. Created pending; attached to a connection later."""
 
-    __slots__ = ("_buffered", "_chunked", "_paused", "response_ended")
+    __slots__ = ("_buffered", "_chunked", "_paused", "response_ended", "tunnel")
 
     _conn: Http1ClientConnection | None
 
@@ -47,8 +49,10 @@ class Http1Stream(PooledStream):
         super().__init__(pool, head, handler, end_stream)
         self.response_ended = False
         self._paused = False
+        self.tunnel: UpstreamTunnel | None = None  # set once a 101 upgrades the connection
         has_length = any(name == b"content-length" for name, _ in head.headers)
-        self._chunked = not end_stream and not has_length
+        # An upgrade request's body is the upgraded protocol's bytes: never chunked.
+        self._chunked = not end_stream and not has_length and not head.upgrade
         self._buffered: list[bytes] = [self._encode_head(end_stream)]
 
     def _encode_head(self, end_stream: bool) -> bytes:
@@ -101,6 +105,12 @@ class Http1Stream(PooledStream):
         else:
             self._conn.write(payload)
             self._conn.request_sent()
+
+    def reset(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.close_from_downstream()
+            return
+        super().reset()
 
     def pause_response(self) -> None:
         self._paused = True
@@ -174,6 +184,8 @@ class Http1ClientConnection(PooledConnection):
                 raise
             self._parser = httptools.HttpResponseParser(self)
             self._complete_response()
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded(bytes(data[upgrade.args[0] :]))
         except httptools.HttpParserError:
             self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
             stream = self.stream
@@ -224,6 +236,10 @@ class Http1ClientConnection(PooledConnection):
         self._status = status
         self._headers_done = True
         if 100 <= status < 200:
+            stream = self.stream
+            if status == 101 and stream is not None and stream.head.upgrade:
+                headers = [(n, v) for n, v in self._headers if n not in _DROPPED_UPGRADE_HEADERS]
+                stream.handler.on_response_headers(status, headers, False)
             return  # informational: the real response follows
         stream = self.stream
         assert stream is not None
@@ -266,6 +282,21 @@ class Http1ClientConnection(PooledConnection):
             stream.handler.on_response_data(data, True)
 
     # -- internals --------------------------------------------------------------------------
+
+    def _upgraded(self, tail: bytes) -> None:
+        """The parser stopped after a 101 (upstream/http1_tunnel.py takes the connection), or
+        after a 101 nobody asked for (a broken upstream: the stream fails)."""
+        stream = self.stream
+        if stream is None or stream.done:
+            self.close()
+            return
+        if self._status == 101 and stream.head.upgrade:
+            start_tunnel(self, stream, tail)
+            return
+        self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
+        self.stream = None
+        self.close()
+        stream.fail(PROTOCOL_ERROR)
 
     def _complete_response(self, keep_alive: bool = True) -> None:
         """The response ended (body complete, or none): free the connection for the next."""

@@ -112,7 +112,7 @@ class Http1ForwardSink:
         no_body = self._head_only or status in _NO_BODY_STATUSES or status < 200
         if not has_length and not no_body and not end_stream and self._http10:
             close = True  # HTTP/1.0 has no chunking: the body ends with the connection
-        if close:
+        if close and status != 101:  # an accepted upgrade: the connection ends with it
             lines.append(b"connection: close\r\n")
         elif self._http10:
             lines.append(b"connection: keep-alive\r\n")

@@ -41,6 +41,9 @@ class RequestHead:
     authority: bytes
     headers: list[Header] = field(default_factory=list)
     scheme: bytes = b"http"
+    # An HTTP/1.1 upgrade (`connection: upgrade` kept): sent without framing; after a 101 the
+    # connection carries raw bytes both ways (upstream/http1_tunnel.py).
+    upgrade: bool = False
     # `auto_host_rewrite`: the cluster sets the authority to the chosen host's hostname (when
     # it has one), adding `x-envoy-original-host` unless the router suppresses Envoy headers.
     host_from_upstream: bool = False
@@ -98,3 +101,21 @@ class UpstreamStream(Protocol):
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
+# An allowed upgrade request keeps `connection` and `upgrade` (Envoy forwards them verbatim).
+UPGRADE_HOP_BY_HOP = HOP_BY_HOP - {b"connection", b"upgrade"}
+_UPGRADE_RESPONSE_DROPPED = frozenset(
+    {b"keep-alive", b"proxy-connection", b"transfer-encoding", b"server"}
+)
+_RESPONSE_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"server"}
+)
+
+
+def upgrade_response_headers(status: int, headers: list[Header]) -> list[Header]:
+    """The response to an upgrade request as Envoy forwards it: one that accepts the upgrade
+    (`connection: upgrade` and an `upgrade` header) keeps both, any other loses them."""
+    accepted = any(name == b"upgrade" for name, _ in headers) and any(
+        name == b"connection" and b"upgrade" in value.lower() for name, value in headers
+    )
+    dropped = _UPGRADE_RESPONSE_DROPPED if accepted else _RESPONSE_HOP_BY_HOP
+    return [(n, v) for n, v in headers if n not in dropped]

@@ -574,9 +574,9 @@ class Exchange(ResponseHandler):
             self._report_outlier(status)
         now = time.monotonic()
         elapsed_ms = int((now - self._started_at) * 1000)
+        kept = False  # the upstream's `server` header goes down (server_header_transformation)
         if not self._upgrade:
             out = [(n, v) for n, v in headers if n not in _RESPONSE_DROPPED]
-            kept = False
             if len(out) != len(headers):  # hop-by-hop headers went, or the upstream's `server`
                 out, kept = self._response_headers(headers)
                 self._sink.server_sent = kept

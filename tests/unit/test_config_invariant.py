@@ -99,6 +99,7 @@ class Root:
         ),
         ("upstream_protocol_options", (extensions.UPSTREAM_HTTP_PROTOCOL_OPTIONS,)),
         ("transport_socket", (extensions.UPSTREAM_TLS,)),
+        ("retry_host_predicate", (extensions.PREVIOUS_HOSTS,)),
     )
 
 
@@ -263,6 +264,10 @@ TEMPLATES: dict[str, dict] = {
     "envoy.config.core.v3.HeaderValueOption": {"header": {"key": "x-h", "value": "v"}},
     "envoy.config.core.v3.GrpcService.EnvoyGrpc": {"cluster_name": "xds"},
     "envoy.config.core.v3.BackoffStrategy": {"base_interval": "0.1s"},
+    "envoy.config.route.v3.RetryPolicy.RetryBackOff": {"base_interval": "0.1s"},
+    "envoy.config.route.v3.RetryPolicy.RetryHostPredicate": {
+        "name": "envoy.retry_host_predicates.previous_hosts"
+    },
     "envoy.config.core.v3.SocketAddress": {"address": "127.0.0.6", "port_value": 0},
     "envoy.type.matcher.v3.StringMatcher": {"exact": "v"},
     "envoy.type.matcher.v3.RegexMatcher": {"regex": "a"},
@@ -359,6 +364,9 @@ EXAMPLES: dict[str, list[Any]] = {
     "range_match.end": [9],
     "dns_refresh_rate": ["7s"],
     "prefix_rewrite": ["/p"],
+    "retry_policy.retry_on": ["5xx"],
+    "retry_host_predicate.typed_config": [{"@type": PREFIX + extensions.PREVIOUS_HOSTS}],
+    "listener_filters.typed_config": [{"@type": PREFIX + extensions.HTTP_INSPECTOR}],
     "send.text": ["0a0b"],
     "retriable_statuses.end": [550],
     "max_ejection_time": ["400s"],
@@ -399,13 +407,18 @@ NO_EFFECT: dict[str, str] = {
         "deprecated in Envoy and ignored there too (RE2 is the only engine)"
     ),
     "hcm http_filters.name": "a filter's name: the @type picks the filter (as Envoy)",
+    "hcm route_config.virtual_hosts.routes.route.retry_policy.retry_host_predicate.name": (
+        "a predicate's name: the @type picks the predicate (as Envoy)"
+    ),
+    "hcm route_config.virtual_hosts.retry_policy.retry_host_predicate.name": (
+        "a predicate's name: the @type picks the predicate (as Envoy)"
+    ),
     "cluster load_assignment.cluster_name": "the cluster's own name is used (as Envoy)",
     "cluster metadata": "metadata is opaque to the cluster",
     "cluster load_assignment.endpoints.lb_endpoints.metadata": "metadata is opaque",
     "cluster load_assignment.endpoints.locality": (
         "no locality-aware balancing: all hosts are one priority and locality"
     ),
-    "cluster circuit_breakers.thresholds.max_retries": "no retries are made (no retry_policy)",
     "cluster http_protocol_options": "selects HTTP/1.1, the default",
     "cluster typed_extension_protocol_options.use_downstream_protocol_config"
     ".http_protocol_options": "the upstream HTTP/1.1 client has no options",
@@ -590,7 +603,10 @@ def _extension_fields(
         key = HTTP_OPTIONS_KEY if field.message_type.GetOptions().map_entry else None
         step = Step(field, key=key, any_type=type_name)
         descriptor = extensions.resolve_message_class(type_name).DESCRIPTOR
-        yield from accepted_fields(descriptor, TABLE.get(type_name, {}), kinds, (*path, step))
+        table = TABLE.get(type_name, {})
+        if not table:  # an extension without fields: its @type is the value
+            yield (*path, step), rule
+        yield from accepted_fields(descriptor, table, kinds, (*path, step))
 
 
 # -- building configs along a path -------------------------------------------------------------
@@ -876,7 +892,7 @@ def test_the_refused_walk_covers_the_roots() -> None:
     }
     assert "hcm normalize_path" in names
     assert "hcm xff_num_trusted_hops" in names
-    assert "hcm route_config.virtual_hosts.routes.route.retry_policy" in names
+    assert "hcm route_config.virtual_hosts.routes.route.retry_policy.retry_priority" in names
     assert "cluster cleanup_interval" in names
     assert len(names) > 300
 

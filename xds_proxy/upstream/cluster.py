@@ -32,6 +32,7 @@ from xds_proxy.upstream.http1_pool import Http1Pool
 from xds_proxy.upstream.http2_pool import Http2Pool
 from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, Random, RoundRobin
 from xds_proxy.upstream.outlier import OutlierDetector, Result
+from xds_proxy.upstream.retry import HostExclusion
 from xds_proxy.upstream.stats import ClusterStats, register_circuit_breaker_gauges
 from xds_proxy.upstream.stream import OVERFLOW, RequestHead, ResponseHandler, UpstreamStream
 
@@ -211,12 +212,21 @@ class Cluster:
         self._panic = bool(self.hosts) and min(100.0, share * _OVERPROVISIONING) < threshold
         self._routable = self.hosts if self._panic else healthy
 
-    def pick_host(self, hash_key: int | None = None) -> Host | None:
+    def pick_host(
+        self, hash_key: int | None = None, exclude: HostExclusion | None = None
+    ) -> Host | None:
         """The balancer's host; `hash_key` is the request's hash (route `hash_policy`), used
-        by the hashing balancers (none: a random one, as Envoy)."""
+        by the hashing balancers (none: a random one, as Envoy). `exclude` (a retry's
+        `previous_hosts`): pick again while it rejects the host, the last pick stands."""
         if self._panic:
             self.stats.lb_healthy_panic.value += 1
-        return self.lb.pick(self._routable, hash_key)
+        host = self.lb.pick(self._routable, hash_key)
+        if exclude is not None:
+            for _ in range(exclude.reselect):
+                if host is None or not exclude.rejects(host):
+                    break
+                host = self.lb.pick(self._routable, hash_key)
+        return host
 
     # -- HTTP streams -----------------------------------------------------------------------
 
@@ -227,11 +237,12 @@ class Cluster:
         end_stream: bool,
         downstream_http2: bool = False,
         hash_key: int | None = None,
+        exclude: HostExclusion | None = None,
     ) -> UpstreamStream | None:
         """Start a request to a host chosen by the load balancer. None: no host at all (the
         router answers 503 `no healthy upstream`). Failures after this (connect errors,
         overflow, resets) arrive as `handler.on_reset(reason)`, never synchronously."""
-        host = self.pick_host(hash_key)
+        host = self.pick_host(hash_key, exclude)
         if host is None:
             self.stats.upstream_cx_none_healthy.value += 1
             return None

@@ -734,6 +734,8 @@ class Exchange(ResponseHandler):
         if self._retries is not None:
             self._retries.tried(host)
         record = self._record
+        if record is not None:
+            record.attempt_count = self._attempt_count()
         if record is not None and host is not None:
             ip, port = host.address[0], host.address[1]
             record.upstream_host = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
@@ -833,7 +835,11 @@ class _Attempts:
     ) -> _Attempts | None:
         """Consume the request's retry headers (always, as Envoy) and set up the attempts;
         None when there is neither a retry nor a per-try timeout to make."""
-        taken = take_retry_headers(head.headers)
+        # Envoy 1.40 obeys these only on requests from internal addresses, and without an
+        # HCM `internal_address_config` (not accepted here) no address is internal: they are
+        # removed (cleanInternalHeaders) and ignored.
+        take_retry_headers(head.headers)
+        taken: dict[bytes, bytes] = {}
         policy = action.retry_policy
         if action.attempt_count_upstream:
             head.headers.append((ATTEMPT_COUNT, b"1"))
@@ -906,8 +912,8 @@ class _Attempts:
         decision = state.decide(state.would_retry_headers(status, headers))
         if decision is not Decision.RETRY:
             self._gave_up(decision)
-            if self._outcome_flag is not None and self._exchange._record is not None:
-                self._exchange._record.add_flag(self._outcome_flag)
+            if self._exchange._record is not None:
+                self.flag_outcome(self._exchange._record)
             return False
         exchange = self._exchange
         if exchange._cluster is not None:
@@ -933,9 +939,10 @@ class _Attempts:
         return True
 
     def flag_outcome(self, record: LogRecord) -> None:
-        """URX / UO after the reset's own flag (Envoy's order)."""
-        if self._outcome_flag is not None:
-            record.add_flag(self._outcome_flag)
+        """URX / UO before the flag of the failure itself: Envoy sets them first."""
+        flag = self._outcome_flag
+        if flag is not None:
+            record.flags = f"{flag},{record.flags}" if record.flags else flag
 
     def _gave_up(self, decision: Decision) -> None:
         if decision is Decision.LIMIT_EXCEEDED:
@@ -976,7 +983,7 @@ class _Attempts:
         record = exchange._record
         if record is not None:
             record.add_flag("UT")
-            self.flag_outcome(record)
+            self.flag_outcome(record)  # before UT
             record.details = "upstream_per_try_timeout"
         cluster.stats.count_response(504)
         exchange._local_reply(504, TIMEOUT_BODY)

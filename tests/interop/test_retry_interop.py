@@ -1,0 +1,366 @@
+"""Route retries (`retry_policy`) on Envoy 1.40 and on ours: the same bootstrap, upstreams that
+fail in a known way, the same requests. Both proxies must answer the same statuses, send the
+same number of attempts to each upstream (with the same `x-envoy-attempt-count`), log the
+same response flags and attempt counts, and count the same retry stats.
+
+Scenarios: a host that fails its first N requests (503, a closed connection, a gRPC status in
+the headers, a slow answer past the per-try timeout), retries used up (URX), a refused host
+with `connect-failure`, `previous_hosts` over three failing hosts, request bodies over
+HTTP/1.1 and HTTP/2, the `x-envoy-retry-on` / `x-envoy-max-retries` request headers, and the
+cluster's `max_retries` circuit breaker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.procs import free_port, wait_for
+from tests.helpers.proxy import ProxyProcess
+from tests.helpers.upstreams import Flaky, Http1Echo, cluster_dict
+
+pytestmark = pytest.mark.envoy
+
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+PREVIOUS_HOSTS = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
+LOG_FORMAT = "%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_REQUEST_ATTEMPT_COUNT%\n"
+STATS = (
+    "upstream_rq_total",
+    "upstream_rq_200",
+    "upstream_rq_503",
+    "upstream_rq_504",
+    "retry.upstream_rq_503",
+    "retry.upstream_rq_200",
+    "upstream_rq_retry",
+    "upstream_rq_retry_success",
+    "upstream_rq_retry_limit_exceeded",
+    "upstream_rq_retry_overflow",
+    "upstream_rq_retry_backoff_exponential",
+    "upstream_rq_per_try_timeout",
+    "retry_or_shadow_abandoned",
+)
+ISTIO_POLICY = {
+    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "num_retries": 2,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": PREVIOUS_HOSTS},
+        }
+    ],
+    "host_selection_retry_max_attempts": 5,
+    "retriable_status_codes": [503],
+}
+
+
+def _bootstrap(
+    port: int,
+    cluster: dict[str, Any],
+    log_path: Path,
+    route_policy: dict[str, Any] | None,
+    vhost_fields: dict[str, Any],
+) -> dict[str, Any]:
+    route: dict[str, Any] = {"cluster": cluster["name"]}
+    if route_policy is not None:
+        route["retry_policy"] = route_policy
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": "ingress",
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": route}],
+                    **vhost_fields,
+                }
+            ],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": FILE_LOG,
+                    "path": str(log_path),
+                    "log_format": {"text_format_source": {"inline_string": LOG_FORMAT}},
+                },
+            }
+        ],
+    }
+    listener = {
+        "name": "retries",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+    return {
+        "node": {"id": "retry", "cluster": "retry"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [listener], "clusters": [cluster]},
+    }
+
+
+@contextlib.contextmanager
+def _running(process: EnvoyProcess) -> Iterator[EnvoyProcess]:
+    process.start()
+    try:
+        wait_for(lambda: process.listeners(), timeout=10, what="the listener")
+        yield process
+    finally:
+        process.stop()
+
+
+def _scenario(
+    process_class: type[EnvoyProcess],
+    workdir: Path,
+    upstreams: list[Http1Echo],
+    route_policy: dict[str, Any] | None,
+    requests: list[dict[str, Any]],
+    cluster_fields: dict[str, Any] | None = None,
+    vhost_fields: dict[str, Any] | None = None,
+    http2: bool = False,
+    refused: int = 0,
+) -> dict[str, Any]:
+    """Run `requests` (httpx keyword arguments) one after the other; `refused` adds that many
+    hosts nobody listens on (after the upstreams, in the cluster's order)."""
+    for upstream in upstreams:
+        upstream.start()
+    try:
+        port = free_port()
+        dead = [free_port() for _ in range(refused)]
+        ports = [upstream.port for upstream in upstreams] + dead
+        cluster = cluster_dict("backends", ports, **(cluster_fields or {}))
+        log_path = workdir / "access.log"
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("")
+        bootstrap = _bootstrap(port, cluster, log_path, route_policy, vhost_fields or {})
+        with _running(process_class(bootstrap, workdir)) as process:
+            statuses, counts = [], []
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}", http1=not http2, http2=http2, timeout=10
+            ) as client:
+                for request in requests:
+                    response = client.request(**{"method": "GET", "url": "/", **request})
+                    statuses.append(response.status_code)
+                    counts.append(response.headers.get("x-envoy-attempt-count"))
+            wait_for(
+                lambda: len(log_path.read_text().splitlines()) == len(requests),
+                timeout=10,
+                what="every request logged",
+            )
+            stats = {name: process.stat(f"cluster.backends.{name}") or 0 for name in STATS}
+        return {
+            "statuses": statuses,
+            "response_attempt_counts": counts,
+            "log": log_path.read_text().splitlines(),
+            "stats": stats,
+            "seen": {
+                upstream.label: [
+                    (
+                        dict(request["headers"]).get("x-envoy-attempt-count"),
+                        request["body"],
+                    )
+                    for request in upstream.requests
+                ]
+                for upstream in upstreams
+            },
+        }
+    finally:
+        for upstream in upstreams:
+            upstream.stop()
+
+
+def _both(tmp_path: Path, make_upstreams: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    envoy = _scenario(EnvoyProcess, tmp_path / "envoy", make_upstreams(), *args, **kwargs)
+    ours = _scenario(ProxyProcess, tmp_path / "ours", make_upstreams(), *args, **kwargs)
+    assert ours == envoy
+    return envoy
+
+
+ATTEMPT_COUNTS = {"include_request_attempt_count": True, "include_attempt_count_in_response": True}
+
+
+def test_a_host_that_fails_twice_then_answers(tmp_path: Path) -> None:
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=2)],
+        {"retry_on": "5xx", "num_retries": 2},
+        [{}],
+        vhost_fields=ATTEMPT_COUNTS,
+    )
+    assert result["statuses"] == [200]
+    assert result["response_attempt_counts"] == ["3"]
+    assert [count for count, _ in result["seen"]["a"]] == ["1", "2", "3"]
+    assert result["stats"]["upstream_rq_retry"] == 2
+    assert result["stats"]["upstream_rq_retry_success"] == 1
+    assert result["log"] == ["200 - 3"]
+
+
+def test_retries_used_up(tmp_path: Path) -> None:
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=-1)],
+        {"retry_on": "retriable-status-codes", "retriable_status_codes": [503]},
+        [{}, {"headers": {"x-other": "1"}}],
+    )
+    assert result["statuses"] == [503, 503]
+    assert result["stats"]["upstream_rq_retry_limit_exceeded"] == 2
+    assert result["log"] == ["503 URX 2", "503 URX 2"]
+
+
+def test_a_closed_connection_is_retried_on_reset(tmp_path: Path) -> None:
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=1, reset=True)],
+        {"retry_on": "reset", "num_retries": 1},
+        [{}, {}],
+    )
+    assert result["statuses"] == [200, 200]
+
+
+def test_grpc_status_in_the_headers(tmp_path: Path) -> None:
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=2, status=200, headers=(("grpc-status", "14"),))],
+        ISTIO_POLICY,
+        [{}],
+    )
+    assert result["statuses"] == [200]
+    assert len(result["seen"]["a"]) == 3
+
+
+def test_per_try_timeout(tmp_path: Path) -> None:
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=1, status=200, delay_ms=1500)],
+        {"retry_on": "5xx", "per_try_timeout": "0.3s"},
+        [{}],
+    )
+    assert result["statuses"] == [200]
+    assert result["stats"]["upstream_rq_per_try_timeout"] == 1
+
+
+def test_per_try_timeouts_used_up(tmp_path: Path) -> None:
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=-1, status=200, delay_ms=1500)],
+        {"retry_on": "gateway-error", "per_try_timeout": "0.2s", "num_retries": 1},
+        [{}],
+    )
+    assert result["statuses"] == [504]
+    assert result["log"] == ["504 URX,UT 2"]
+
+
+def test_connect_failures_used_up(tmp_path: Path) -> None:
+    result = _both(tmp_path, lambda: [], ISTIO_POLICY, [{}], refused=1)
+    assert result["statuses"] == [503]
+    assert result["log"] == ["503 URX,UF 3"]
+    assert result["stats"]["upstream_rq_retry"] == 2
+
+
+def test_connect_failure_moves_to_the_other_host(tmp_path: Path) -> None:
+    """Round robin starts at a random host on both, so only the outcome is compared: every
+    request answered by the live host, every retry a success."""
+    for process_class in (EnvoyProcess, ProxyProcess):
+        result = _scenario(
+            process_class,
+            tmp_path / process_class.name,
+            [Http1Echo("a")],
+            ISTIO_POLICY,
+            [{}] * 4,
+            refused=1,
+        )
+        assert result["statuses"] == [200] * 4
+        stats = result["stats"]
+        assert stats["upstream_rq_retry"] == stats["upstream_rq_retry_success"] >= 3
+        assert sorted(result["log"])[-1] == "200 - 2"
+
+
+def test_previous_hosts_tries_each_host_once(tmp_path: Path) -> None:
+    result = _both(
+        tmp_path,
+        lambda: [Flaky(label, failures=-1) for label in ("a", "b", "c")],
+        {**ISTIO_POLICY, "host_selection_retry_max_attempts": 60},
+        [{}] * 4,
+        cluster_fields={"lb_policy": "RANDOM"},
+    )
+    assert result["statuses"] == [503] * 4
+    assert {label: len(seen) for label, seen in result["seen"].items()} == {
+        "a": 4,
+        "b": 4,
+        "c": 4,
+    }
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_a_request_body_is_sent_again(http2: bool, tmp_path: Path) -> None:
+    body = b"0123456789" * 3000
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=1)],
+        {"retry_on": "5xx"},
+        [{"method": "POST", "content": body}],
+        http2=http2,
+        vhost_fields=ATTEMPT_COUNTS,
+    )
+    assert result["statuses"] == [200]
+    assert [seen_body for _, seen_body in result["seen"]["a"]] == [body.decode()] * 2
+
+
+def test_a_virtual_host_policy_applies_to_routes_without_one(tmp_path: Path) -> None:
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=1)],
+        None,
+        [{}],
+        vhost_fields={"retry_policy": {"retry_on": "5xx"}},
+    )
+    assert result["statuses"] == [200]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-envoy-retry-on": "5xx"},
+        {"x-envoy-retry-on": "5xx", "x-envoy-max-retries": "3"},
+        {"x-envoy-retry-on": "retriable-status-codes", "x-envoy-retriable-status-codes": "503"},
+    ],
+    ids=["retry-on", "max-retries", "status-codes"],
+)
+def test_retry_request_headers(headers: dict[str, str], tmp_path: Path) -> None:
+    """Envoy 1.40 honours them only from internal clients, and with no
+    `internal_address_config` no client is internal: they are dropped, not obeyed."""
+    result = _both(tmp_path, lambda: [Flaky("a", failures=3)], None, [{"headers": headers}])
+    assert result["log"] == ["503 - 1"]
+
+
+def test_max_retries_circuit_breaker(tmp_path: Path) -> None:
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=1)],
+        {"retry_on": "5xx"},
+        [{}],
+        cluster_fields={"circuit_breakers": {"thresholds": [{"max_retries": 0}]}},
+    )
+    assert result["statuses"] == [503]
+    assert result["stats"]["upstream_rq_retry_overflow"] == 1

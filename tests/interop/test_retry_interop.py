@@ -12,6 +12,7 @@ cluster's `max_retries` circuit breaker.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,6 +175,14 @@ def _scenario(
             "response_attempt_counts": counts,
             "log": log_path.read_text().splitlines(),
             "stats": stats,
+            # what the first attempt was told to expect (later ones depend on timing)
+            "first_expected_timeout": {
+                upstream.label: dict(upstream.requests[0]["headers"]).get(
+                    "x-envoy-expected-rq-timeout-ms"
+                )
+                for upstream in upstreams
+                if upstream.requests
+            },
             "seen": {
                 upstream.label: [
                     (
@@ -364,3 +373,68 @@ def test_max_retries_circuit_breaker(tmp_path: Path) -> None:
     )
     assert result["statuses"] == [503]
     assert result["stats"]["upstream_rq_retry_overflow"] == 1
+
+
+def test_a_per_try_timeout_without_retries(tmp_path: Path) -> None:
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=1, status=200, delay_ms=1500)],
+        {"per_try_timeout": "0.3s"},
+        [{}],
+    )
+    assert result["statuses"] == [504]
+    assert result["first_expected_timeout"] == {"a": "300"}
+
+
+def test_a_body_past_the_buffer_limit_is_not_retried(tmp_path: Path) -> None:
+    body = b"x" * (2 << 20)
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=1)],
+        {"retry_on": "5xx"},
+        [{"method": "POST", "content": body}],
+    )
+    assert result["statuses"] == [503]
+    assert result["stats"]["retry_or_shadow_abandoned"] == 1
+
+
+def _gauges_while_retrying(process_class: type[EnvoyProcess], workdir: Path) -> dict[str, Any]:
+    """The second attempt hangs (x-delay-ms) while the first one's retry holds the cluster's
+    only retry: the retry breaker is open and no retry remains."""
+    with Flaky("a", failures=1) as upstream:
+        port = free_port()
+        cluster = cluster_dict(
+            "backends",
+            [upstream.port],
+            circuit_breakers={"thresholds": [{"max_retries": 1, "track_remaining": True}]},
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+        bootstrap = _bootstrap(port, cluster, workdir / "access.log", {"retry_on": "5xx"}, {})
+        with _running(process_class(bootstrap, workdir)) as process:
+            base = "cluster.backends.circuit_breakers.default."
+            before = (
+                process.stat(base + "rq_retry_open"),
+                process.stat(base + "remaining_retries"),
+            )
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(
+                    httpx.get, f"http://127.0.0.1:{port}/", headers={"x-delay-ms": "1500"}
+                )
+                wait_for(lambda: len(upstream.requests) == 2, timeout=10, what="the retry")
+                during = (
+                    process.stat(base + "rq_retry_open"),
+                    process.stat(base + "remaining_retries"),
+                )
+                status = answer.result(timeout=10).status_code
+            wait_for(
+                lambda: process.stat(base + "rq_retry_open") == 0, timeout=5, what="the release"
+            )
+            after = process.stat(base + "remaining_retries")
+    return {"before": before, "during": during, "status": status, "after": after}
+
+
+def test_retry_circuit_breaker_gauges(tmp_path: Path) -> None:
+    envoy = _gauges_while_retrying(EnvoyProcess, tmp_path / "envoy")
+    ours = _gauges_while_retrying(ProxyProcess, tmp_path / "ours")
+    assert ours == envoy
+    assert envoy == {"before": (0, 1), "during": (1, 0), "status": 200, "after": 1}

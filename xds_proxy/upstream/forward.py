@@ -746,7 +746,8 @@ class Exchange(ResponseHandler):
         self._local_reply(503, NO_HEALTHY_UPSTREAM_BODY)
 
     def _attempt_count(self) -> int:
-        return self._retries.state.attempts if self._retries is not None else 1
+        state = self._retries.state if self._retries is not None else None
+        return state.attempts if state is not None else 1
 
 
 # Response flags of a reset before the response started (Envoy's short names).

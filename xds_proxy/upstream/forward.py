@@ -1018,6 +1018,7 @@ class _Attempts:
         if exchange._action.attempt_count_upstream:
             headers = [(n, v) for n, v in headers if n != ATTEMPT_COUNT]
             headers.append((ATTEMPT_COUNT, b"%d" % state.attempts))
+        self._expect_what_is_left(headers)
         head = RequestHead(head.method, head.path, head.authority, headers, head.scheme)
         replay = self._replay
         chunks = replay.chunks if replay is not None else []
@@ -1037,6 +1038,20 @@ class _Attempts:
         if trailers is not None:
             stream.send_trailers(trailers)
         self._arm_per_try()
+
+    def _expect_what_is_left(self, headers: list[Header]) -> None:
+        """A retry's `x-envoy-expected-rq-timeout-ms`: the per-try timeout or what is left of
+        the route's, whichever is less (at least 1 ms), as Envoy's setTimeoutHeaders."""
+        expected = b"x-envoy-expected-rq-timeout-ms"
+        route_ms = int((self._exchange._action.timeout_s or 0) * 1000)
+        per_try_ms = int((self._per_try or 0) * 1000)
+        value = per_try_ms or route_ms
+        if route_ms:
+            elapsed_ms = int((time.monotonic() - self._exchange._started_at) * 1000)
+            value = min(value, route_ms - elapsed_ms) if elapsed_ms < route_ms else 1
+        for index, (name, _) in enumerate(headers):
+            if name == expected:
+                headers[index] = (expected, b"%d" % value)
 
     def end(self) -> None:
         """The exchange is over: timers off, the held retry back to the circuit breaker."""

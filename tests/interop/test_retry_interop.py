@@ -367,3 +367,41 @@ def test_retry_circuit_breaker_gauges(tmp_path: Path) -> None:
     ours = _gauges_while_retrying(ProxyProcess, tmp_path / "ours")
     assert ours == envoy
     assert envoy == {"before": (0, 1), "during": (1, 0), "status": 200, "after": 1}
+
+
+def _no_healthy_host(process_class: type[EnvoyProcess], workdir: Path) -> list[str]:
+    """A cluster whose only host failed its health check (panic threshold 0): the request is
+    answered 503 UH, after one attempt as Envoy counts them."""
+    port = free_port()
+    cluster = cluster_dict(
+        "backends",
+        [free_port()],
+        health_checks=[
+            {
+                "timeout": "1s",
+                "interval": "30s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "tcp_health_check": {},
+            }
+        ],
+        common_lb_config={"healthy_panic_threshold": {"value": 0}},
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "access.log"
+    log_path.write_text("")
+    bootstrap = retry_bootstrap(port, cluster, log_path, {"retry_on": "5xx"}, {})
+    with running(process_class(bootstrap, workdir)) as process:
+        wait_for(
+            lambda: process.stat("cluster.backends.health_check.failure") == 1,
+            timeout=10,
+            what="the failed check",
+        )
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 503
+        wait_for(lambda: log_path.read_text(), timeout=10, what="the log line")
+    return log_path.read_text().splitlines()
+
+
+def test_attempt_count_without_a_healthy_host(tmp_path: Path) -> None:
+    envoy = _no_healthy_host(EnvoyProcess, tmp_path / "envoy")
+    assert _no_healthy_host(ProxyProcess, tmp_path / "ours") == envoy == ["503 UH 1"]

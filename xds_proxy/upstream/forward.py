@@ -743,6 +743,7 @@ class Exchange(ResponseHandler):
     def _no_healthy_upstream(self) -> None:
         if self._record is not None:
             self._record.flags, self._record.details = "UH", "no_healthy_upstream"
+            self._record.attempt_count = self._attempt_count()  # counted by Envoy too
         self._local_reply(503, NO_HEALTHY_UPSTREAM_BODY)
 
     def _attempt_count(self) -> int:

@@ -22,7 +22,7 @@ import pytest
 from tests.helpers.envoy import EnvoyProcess
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.upstreams import Flaky, Http1Echo, cluster_dict
+from tests.helpers.upstreams import Flaky, Http1Echo, Http2Echo, cluster_dict
 from tests.integration.test_retry import PREVIOUS_HOSTS, retry_bootstrap, running
 
 pytestmark = pytest.mark.envoy
@@ -60,7 +60,7 @@ ISTIO_POLICY = {
 def _scenario(
     process_class: type[EnvoyProcess],
     workdir: Path,
-    upstreams: list[Http1Echo],
+    upstreams: list[Http1Echo | Http2Echo],
     route_policy: dict[str, Any] | None,
     requests: list[dict[str, Any]],
     cluster_fields: dict[str, Any] | None = None,
@@ -110,6 +110,7 @@ def _scenario(
                 for upstream in upstreams
                 if upstream.requests and len(upstreams) == 1
             },
+            "connections": {upstream.label: upstream.connections for upstream in upstreams},
             "seen": {
                 upstream.label: [
                     (
@@ -150,6 +151,7 @@ def test_a_host_that_fails_twice_then_answers(tmp_path: Path) -> None:
     assert result["stats"]["upstream_rq_retry"] == 2
     assert result["stats"]["upstream_rq_retry_success"] == 1
     assert result["log"] == ["200 - 3"]
+    assert result["connections"] == {"a": 1}  # a complete 503 leaves its connection usable
 
 
 def test_retries_used_up(tmp_path: Path) -> None:
@@ -405,3 +407,18 @@ def _no_healthy_host(process_class: type[EnvoyProcess], workdir: Path) -> list[s
 def test_attempt_count_without_a_healthy_host(tmp_path: Path) -> None:
     envoy = _no_healthy_host(EnvoyProcess, tmp_path / "envoy")
     assert _no_healthy_host(ProxyProcess, tmp_path / "ours") == envoy == ["503 UH 1"]
+
+
+def test_an_http2_upstream_stream_is_reset_and_retried(tmp_path: Path) -> None:
+    """Retried responses over one HTTP/2 connection: each retried stream is reset, the
+    connection stays up for the next request."""
+    result = _both(
+        tmp_path,
+        lambda: [Http2Echo("a")],
+        {"retry_on": "5xx", "num_retries": 2},
+        [{"headers": {"x-status": "503"}}, {}],
+        cluster_fields={"http2": True},
+        vhost_fields=ATTEMPT_COUNTS,
+    )
+    assert result["statuses"] == [503, 200]
+    assert result["log"] == ["503 URX 3", "200 - 1"]

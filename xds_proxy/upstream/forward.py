@@ -495,7 +495,7 @@ class Exchange(ResponseHandler):
     def on_response_headers(self, status: int, headers: list[Header], end_stream: bool) -> None:
         if self._done:
             return
-        if self._retries is not None and self._retries.retry_response(status, headers):
+        if self._retries is not None and self._retries.retry_response(status, headers, end_stream):
             return
         cluster = self._cluster
         if cluster is not None:
@@ -530,7 +530,7 @@ class Exchange(ResponseHandler):
         self._sink.send_response_headers(status, out, end_stream)
 
     def on_response_data(self, data: bytes, end_stream: bool) -> None:
-        if self._done:
+        if self._done or self._stream is None:  # None: the end of a response just retried
             return
         if self._record is not None:
             self._record.bytes_sent += len(data)
@@ -539,7 +539,7 @@ class Exchange(ResponseHandler):
         self._sink.send_response_data(data, end_stream)
 
     def on_response_trailers(self, trailers: list[Header]) -> None:
-        if self._done:
+        if self._done or self._stream is None:
             return
         if self._record is not None:
             self._record.trailers = trailers
@@ -906,7 +906,7 @@ class _Attempts:
 
     # -- outcomes of an attempt ---------------------------------------------------------------
 
-    def retry_response(self, status: int, headers: list[Header]) -> bool:
+    def retry_response(self, status: int, headers: list[Header], end_stream: bool) -> bool:
         """The attempt's response headers: True when they are dropped for a retry."""
         state = self.state
         if state is None:
@@ -916,13 +916,16 @@ class _Attempts:
             self._gave_up(decision)
             if self._exchange._record is not None:
                 self.flag_outcome(self._exchange._record)
+            self._replay = None  # the response goes downstream: nothing will be sent again
             return False
         exchange = self._exchange
         if exchange._cluster is not None:
             exchange._cluster.stats.count_retried_response(status)
         exchange._count_host("rq_error")
         exchange._report_outlier(status)
-        self._retry(reset=True)
+        # A complete exchange is left to end by itself (its connection stays usable), as
+        # Envoy resets only an attempt still under way.
+        self._retry(reset=not (end_stream and self._request_ended))
         return True
 
     def retry_reset(self, reason: str) -> bool:

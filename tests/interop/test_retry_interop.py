@@ -422,3 +422,23 @@ def test_an_http2_upstream_stream_is_reset_and_retried(tmp_path: Path) -> None:
     )
     assert result["statuses"] == [503, 200]
     assert result["log"] == ["503 URX 3", "200 - 1"]
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "failure"),
+    [
+        ("reset-before-request", {"reset": True}),  # the request reached the host: no retry
+        ("retriable-4xx", {"status": 409}),
+        ("retriable-4xx", {"status": 404}),
+        ("gateway-error", {"status": 500}),
+        ("gateway-error", {"status": 504}),
+        ("5xx", {"status": 503, "headers": (("x-envoy-ratelimited", "true"),)}),
+        ("envoy-ratelimited", {"status": 429, "headers": (("x-envoy-ratelimited", "true"),)}),
+        ("internal,deadline-exceeded", {"status": 200, "headers": (("grpc-status", "13"),)}),
+        ("resource-exhausted", {"status": 200, "headers": (("grpc-status", "4"),)}),
+        ("5xx, bogus ,refused-stream", {"status": 502}),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_conditions(retry_on: str, failure: dict[str, Any], tmp_path: Path) -> None:
+    _both(tmp_path, lambda: [Flaky("a", failures=1, **failure)], {"retry_on": retry_on}, [{}])

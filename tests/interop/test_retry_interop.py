@@ -42,6 +42,7 @@ STATS = (
     "upstream_rq_retry_backoff_exponential",
     "upstream_rq_per_try_timeout",
     "retry_or_shadow_abandoned",
+    "outlier_detection.ejections_enforced_total",
 )
 ISTIO_POLICY = {
     "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
@@ -442,3 +443,21 @@ def test_an_http2_upstream_stream_is_reset_and_retried(tmp_path: Path) -> None:
 )
 def test_conditions(retry_on: str, failure: dict[str, Any], tmp_path: Path) -> None:
     _both(tmp_path, lambda: [Flaky("a", failures=1, **failure)], {"retry_on": retry_on}, [{}])
+
+
+def test_outlier_detection_sees_every_attempt(tmp_path: Path) -> None:
+    """Three attempts of one request are three consecutive 5xx for the host: ejected."""
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=-1)],
+        {"retry_on": "5xx", "num_retries": 2},
+        [{}],
+        cluster_fields={
+            "outlier_detection": {
+                "consecutive_5xx": 3,
+                "max_ejection_percent": 100,
+                "interval": "30s",
+            }
+        },
+    )
+    assert result["stats"]["outlier_detection.ejections_enforced_total"] == 1

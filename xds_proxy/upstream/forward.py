@@ -10,7 +10,9 @@ back, doing what Envoy's connection manager and router do to the headers on the 
 `x-envoy-upstream-service-time`, `date`, `server`) and answering failures as Envoy does (503
 with `upstream connect error or disconnect/reset before headers. reset reason: ...`, 504
 `upstream request timeout`). The downstream codec implements `DownstreamSink`, so the same
-exchange serves HTTP/1.1 and HTTP/2 downstreams.
+exchange serves HTTP/1.1 and HTTP/2 downstreams. A route's `retry_policy` (and per-try
+timeout) is carried out by `_Attempts`, at the end of this module, on the decisions of
+upstream/retry.py (docs/retries.md).
 """
 
 from __future__ import annotations

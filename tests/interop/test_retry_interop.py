@@ -461,3 +461,41 @@ def test_outlier_detection_sees_every_attempt(tmp_path: Path) -> None:
         },
     )
     assert result["stats"]["outlier_detection.ejections_enforced_total"] == 1
+
+
+def _distinct_hosts(process_class: type[EnvoyProcess], workdir: Path, requests: int) -> int:
+    """How many of `requests` (random balancer, three hosts failing every request, two
+    retries, previous_hosts) reached three different hosts."""
+    upstreams = [Flaky(label, failures=-1).start() for label in "abc"]
+    try:
+        port = free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        policy = {
+            "retry_on": "5xx",
+            "num_retries": 2,
+            "retry_host_predicate": ISTIO_POLICY["retry_host_predicate"],
+        }
+        cluster = cluster_dict("backends", [u.port for u in upstreams], lb_policy="RANDOM")
+        bootstrap = retry_bootstrap(port, cluster, workdir / "access.log", policy, {})
+        with running(process_class(bootstrap, workdir)), httpx.Client() as client:
+            for _ in range(requests):
+                client.get(f"http://127.0.0.1:{port}/")
+        hosts: dict[str, set[str]] = {}
+        for upstream in upstreams:
+            for request in upstream.requests:
+                request_id = dict(request["headers"])["x-request-id"]
+                hosts.setdefault(request_id, set()).add(upstream.label)
+        assert len(hosts) == requests
+        return sum(1 for seen in hosts.values() if len(seen) == 3)
+    finally:
+        for upstream in upstreams:
+            upstream.stop()
+
+
+def test_host_selection_picks_again_once_by_default(tmp_path: Path) -> None:
+    """Unset `host_selection_retry_max_attempts`: a rejected host is picked again once. Three
+    distinct hosts then come with probability 8/9 * 5/9 = 0.49 (74 of 150); with no second
+    pick it would be 2/9 (33 of 150). Both proxies must be near the first (4 sd)."""
+    for process_class in (EnvoyProcess, ProxyProcess):
+        distinct = _distinct_hosts(process_class, tmp_path / process_class.name, 150)
+        assert 50 <= distinct <= 100, (process_class.name, distinct)

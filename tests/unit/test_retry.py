@@ -82,6 +82,7 @@ def test_defaults_are_envoys() -> None:
     assert built.max_interval_s == pytest.approx(0.25)
     assert built.per_try_timeout_s is None
     assert not built.previous_hosts
+    assert built.host_selection_max_attempts == 1  # unset: pick again once
 
 
 def test_istio_policy() -> None:

@@ -6,7 +6,8 @@ trimmed; unknown tokens are ignored (Envoy logs a warning). `num_retries` defaul
 back-off base is 25 ms unless `retry_back_off.base_interval` says otherwise, and its cap ten
 times the base unless `max_interval` is set (which may not be below the base).
 `host_selection_retry_max_attempts` is how many times the balancer may pick again when the
-`previous_hosts` predicate rejects a host.
+`previous_hosts` predicate rejects a host (unset: once; Envoy's docs say so, and a count of
+Envoy 1.40's picks agrees).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class RetryPolicy:
     max_interval_s: float = DEFAULT_BASE_INTERVAL_S * 10
     retriable_status_codes: tuple[int, ...] = ()
     previous_hosts: bool = False  # the previous_hosts retry host predicate
-    host_selection_max_attempts: int = 0
+    host_selection_max_attempts: int = 1
 
 
 def build_retry_policy(message: route_components_pb2.RetryPolicy, path: str) -> RetryPolicy:
@@ -125,7 +126,8 @@ def build_retry_policy(message: route_components_pb2.RetryPolicy, path: str) -> 
         max_interval_s=cap if cap is not None else base * 10,
         retriable_status_codes=tuple(message.retriable_status_codes),
         previous_hosts=_previous_hosts(message.retry_host_predicate),
-        host_selection_max_attempts=message.host_selection_retry_max_attempts,
+        # Unset (0) picks again once, as Envoy 1.40 does.
+        host_selection_max_attempts=message.host_selection_retry_max_attempts or 1,
     )
 
 

@@ -2,10 +2,12 @@
 
 `RetryState` is the pure part: it merges the route's `retry_policy` (config/retry.py) with the
 request's `x-envoy-retry-on`, `x-envoy-retry-grpc-on`, `x-envoy-max-retries` and
-`x-envoy-retriable-status-codes` headers, says whether an attempt's outcome (response headers,
-a reset, a per-try timeout) is worth another attempt, takes the cluster's retry circuit breaker
-(`max_retries`) while a retry is pending, counts `upstream_rq_retry*`, draws the fully jittered
-exponential back-off and remembers the hosts tried (the `previous_hosts` predicate).
+`x-envoy-retriable-status-codes` headers (when the caller trusts them: Envoy 1.40 does only
+for internal clients, so the exchange passes none today), says whether an attempt's outcome
+(response headers, a reset, a per-try timeout) is worth another attempt, takes the cluster's
+retry circuit breaker (`max_retries`) while a retry is pending, counts `upstream_rq_retry*`,
+draws the fully jittered exponential back-off and remembers the hosts tried (the
+`previous_hosts` predicate).
 `RequestReplay` keeps the request body for the next attempt, up to the buffer limit (past it
 the retries are abandoned: `retry_or_shadow_abandoned`). The exchange (forward.py) does the
 I/O: it resets the failed attempt, waits the back-off and starts the next one.

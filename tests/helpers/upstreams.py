@@ -10,7 +10,8 @@ so sync tests (driving a proxy process) and async tests alike can use them.
   requests get the body echoed back as one gRPC message with `grpc-status: 0` trailers;
   `goaway()` sends a GOAWAY whose `last_stream_id` is the highest stream seen, keeps serving
   the streams below it and refuses later ones.
-- `Flaky`: an Http1Echo whose first N requests fail (a status, or a closed connection).
+- `Flaky`: an Http1Echo whose first N requests fail (a status, or a closed connection);
+  `RefusingHttp2`: an Http2Echo that refuses its first N streams (REFUSED_STREAM).
 - `Resetter`: reads the request, then closes (`rst=True`: with a TCP RST).
 - `TcpEcho`: echoes bytes; on the client's FIN it answers `mode`-specific data then FINs.
 """
@@ -426,6 +427,28 @@ class Http2Echo(_Server):
             return sum(len(p.streams) for p in self.protocols)
 
         return self._thread.run(count())
+
+
+class _RefusingProtocol(_Http2EchoProtocol):
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        server: RefusingHttp2 = self.server  # type: ignore[assignment]
+        if server.refused < server.refuse:
+            server.refused += 1
+            self.conn.reset_stream(event.stream_id, 7)  # REFUSED_STREAM
+            return
+        super()._on_request(event)
+
+
+class RefusingHttp2(Http2Echo):
+    """An Http2Echo that refuses its first `refuse` streams with RST_STREAM(REFUSED_STREAM)."""
+
+    def __init__(self, label: str = "h2", refuse: int = 1) -> None:
+        super().__init__(label)
+        self.refuse = refuse
+        self.refused = 0
+
+    def protocol(self) -> asyncio.Protocol:
+        return _RefusingProtocol(self)
 
 
 def grpc_frame(message: bytes) -> bytes:

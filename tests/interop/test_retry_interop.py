@@ -22,7 +22,7 @@ import pytest
 from tests.helpers.envoy import EnvoyProcess
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.upstreams import Flaky, Http1Echo, Http2Echo, cluster_dict
+from tests.helpers.upstreams import Flaky, Http1Echo, Http2Echo, RefusingHttp2, cluster_dict
 from tests.integration.test_retry import PREVIOUS_HOSTS, retry_bootstrap, running
 
 pytestmark = pytest.mark.envoy
@@ -102,11 +102,11 @@ def _scenario(
             "response_attempt_counts": counts,
             "log": log_path.read_text().splitlines(),
             "stats": stats,
-            # what the first attempt was told to expect (a retry is told what is left, which
-            # depends on timing); known with one upstream only
+            # what the first request seen was told to expect; a retry is told what is left,
+            # which depends on timing: only "less" is compared then
             "first_expected_timeout": {
-                upstream.label: dict(upstream.requests[0]["headers"]).get(
-                    "x-envoy-expected-rq-timeout-ms"
+                upstream.label: _whole(
+                    dict(upstream.requests[0]["headers"]).get("x-envoy-expected-rq-timeout-ms")
                 )
                 for upstream in upstreams
                 if upstream.requests and len(upstreams) == 1
@@ -126,6 +126,12 @@ def _scenario(
     finally:
         for upstream in upstreams:
             upstream.stop()
+
+
+def _whole(expected: str | None) -> str | None:
+    """A configured timeout (whole tenths of a second) as it is, what is left of one as
+    "less"."""
+    return expected if expected is None or int(expected) % 100 == 0 else "less"
 
 
 def _both(tmp_path: Path, make_upstreams: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -499,3 +505,16 @@ def test_host_selection_picks_again_once_by_default(tmp_path: Path) -> None:
     for process_class in (EnvoyProcess, ProxyProcess):
         distinct = _distinct_hosts(process_class, tmp_path / process_class.name, 150)
         assert 50 <= distinct <= 100, (process_class.name, distinct)
+
+
+@pytest.mark.parametrize("retry_on", ["refused-stream", "connect-failure"])
+def test_a_refused_stream(retry_on: str, tmp_path: Path) -> None:
+    """An HTTP/2 upstream refuses the first stream: retried with `refused-stream` only."""
+    result = _both(
+        tmp_path,
+        lambda: [RefusingHttp2("a", refuse=1)],
+        {"retry_on": retry_on},
+        [{}],
+        cluster_fields={"http2": True},
+    )
+    assert result["statuses"] == ([200] if retry_on == "refused-stream" else [503])

@@ -41,6 +41,7 @@ STATS = (
     "upstream_rq_retry_overflow",
     "upstream_rq_retry_backoff_exponential",
     "upstream_rq_per_try_timeout",
+    "upstream_rq_timeout",
     "retry_or_shadow_abandoned",
     "outlier_detection.ejections_enforced_total",
 )
@@ -68,6 +69,7 @@ def _scenario(
     vhost_fields: dict[str, Any] | None = None,
     http2: bool = False,
     refused: int = 0,
+    route_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run `requests` (httpx keyword arguments) one after the other; `refused` adds that many
     hosts nobody listens on (after the upstreams, in the cluster's order)."""
@@ -82,6 +84,10 @@ def _scenario(
         workdir.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
         bootstrap = retry_bootstrap(port, cluster, log_path, route_policy, vhost_fields or {})
+        if route_fields:
+            hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            route_config = hcm["typed_config"]["route_config"]
+            route_config["virtual_hosts"][0]["routes"][0]["route"].update(route_fields)
         with running(process_class(bootstrap, workdir)) as process:
             statuses, counts = [], []
             with httpx.Client(
@@ -518,3 +524,18 @@ def test_a_refused_stream(retry_on: str, tmp_path: Path) -> None:
         cluster_fields={"http2": True},
     )
     assert result["statuses"] == ([200] if retry_on == "refused-stream" else [503])
+
+
+def test_the_route_timeout_during_a_back_off(tmp_path: Path) -> None:
+    """The route's timeout fires while a retry waits (a back-off drawn below 100 s): 504 UT,
+    with no upstream timeout or 504 counted, as no attempt was under way."""
+    result = _both(
+        tmp_path,
+        lambda: [Flaky("a", failures=-1)],
+        {"retry_on": "5xx", "retry_back_off": {"base_interval": "100s"}},
+        [{}],
+        route_fields={"timeout": "0.5s"},
+    )
+    assert result["statuses"] == [504]
+    assert result["log"] == ["504 UT 1"]
+    assert result["stats"]["upstream_rq_timeout"] == 0

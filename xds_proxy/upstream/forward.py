@@ -660,8 +660,10 @@ class Exchange(ResponseHandler):
         self._timer = None
         if self._done:
             return
-        if self._cluster is not None:
-            self._cluster.stats.upstream_rq_timeout.inc()
+        # No stream: a retry's back-off; Envoy then counts no upstream timeout and no 504.
+        in_flight = self._cluster is not None and self._stream is not None
+        if in_flight:
+            self._cluster.stats.upstream_rq_timeout.inc()  # type: ignore[union-attr]
             self._count_host("rq_timeout")
             self._report_outlier(Result.TIMEOUT)
         if self._stream is not None:
@@ -674,8 +676,8 @@ class Exchange(ResponseHandler):
             self._finish()
             self._sink.reset_downstream()
             return
-        if self._cluster is not None:
-            self._cluster.stats.count_response(504)
+        if in_flight:
+            self._cluster.stats.count_response(504)  # type: ignore[union-attr]
         self._local_reply(504, TIMEOUT_BODY)
 
     def _count_host(self, stat: str) -> None:

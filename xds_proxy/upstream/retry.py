@@ -258,13 +258,11 @@ class RetryState:
             return Decision.OVERFLOW
         self._armed = True
         self._resources.retries += 1
-        stats.upstream_rq_retry.value += 1
         return Decision.RETRY
 
     def backoff_ms(self) -> int:
         """The wait before the retry just decided (Envoy's JitteredExponentialBackOffStrategy:
         uniform below the current interval, which doubles up to the cap)."""
-        self._stats.upstream_rq_retry_backoff_exponential.value += 1
         interval = self._next_interval_ms
         cap = max(1, int(self._policy.max_interval_s * 1000))
         self._next_interval_ms = interval * 2 if interval < cap // 2 else cap
@@ -289,7 +287,11 @@ class RetryState:
             self.hosts.append(host)
 
     def next_attempt(self) -> None:
+        """The back-off is over and the retry starts: only now is it counted (Envoy 1.40
+        counts no retry, nor its back-off, when the route's timeout ends the wait)."""
         self.attempts += 1
+        self._stats.upstream_rq_retry.value += 1
+        self._stats.upstream_rq_retry_backoff_exponential.value += 1
 
     def exclusion(self) -> HostExclusion | None:
         """What the balancer should avoid for the next attempt (`previous_hosts`)."""

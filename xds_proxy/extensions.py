@@ -35,6 +35,7 @@ from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (
     downstream_connections_pb2,
 )
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, descriptor_pool, message_factory
@@ -69,6 +70,7 @@ DNS_CLUSTER = _name(dns_cluster_pb2.DnsCluster)
 FILE_ACCESS_LOG = _name(file_pb2.FileAccessLog)
 STDOUT_ACCESS_LOG = _name(stream_pb2.StdoutAccessLog)
 STDERR_ACCESS_LOG = _name(stream_pb2.StderrAccessLog)
+PREVIOUS_HOSTS = _name(previous_hosts_pb2.PreviousHostsPredicate)
 
 # type name (without the type.googleapis.com/ prefix) -> canonical extension name
 SUPPORTED_NETWORK_FILTERS: dict[str, str] = {
@@ -111,6 +113,11 @@ SUPPORTED_RESOURCE_MONITORS: dict[str, str] = {
     DOWNSTREAM_CONNECTIONS: "envoy.resource_monitors.global_downstream_max_connections",
 }
 
+# A route retry policy's `retry_host_predicate` (config/retry.py).
+SUPPORTED_RETRY_HOST_PREDICATES: dict[str, str] = {
+    PREVIOUS_HOSTS: "envoy.retry_host_predicates.previous_hosts",
+}
+
 CATEGORIES: dict[str, dict[str, str]] = {
     "network_filter": SUPPORTED_NETWORK_FILTERS,
     "http_filter": SUPPORTED_HTTP_FILTERS,
@@ -121,6 +128,7 @@ CATEGORIES: dict[str, dict[str, str]] = {
     "load_balancing_policy": SUPPORTED_LOAD_BALANCING_POLICIES,
     "cluster_type": SUPPORTED_CLUSTER_TYPES,
     "access_logger": SUPPORTED_ACCESS_LOGGERS,
+    "retry_host_predicate": SUPPORTED_RETRY_HOST_PREDICATES,
 }
 
 # Registered types that are not built yet (type name -> what is missing, in words).
@@ -149,6 +157,7 @@ _CLASSES: dict[str, type[Message]] = {
         file_pb2.FileAccessLog,
         stream_pb2.StdoutAccessLog,
         stream_pb2.StderrAccessLog,
+        previous_hosts_pb2.PreviousHostsPredicate,
     )
 }
 

@@ -11,6 +11,8 @@ so sync tests (driving a proxy process) and async tests alike can use them.
   requests get the body echoed back as one gRPC message with `grpc-status: 0` trailers;
   `goaway()` sends a GOAWAY whose `last_stream_id` is the highest stream seen, keeps serving
   the streams below it and refuses later ones.
+- `Flaky`: an Http1Echo whose first N requests fail (a status, or a closed connection);
+  `RefusingHttp2`: an Http2Echo that refuses its first N streams (REFUSED_STREAM).
 - `Resetter`: reads the request, then closes (`rst=True`: with a TCP RST).
 - `TcpEcho`: echoes bytes; on the client's FIN it answers `mode`-specific data then FINs.
 """
@@ -165,7 +167,7 @@ class _Http1EchoProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         self.queue.append(done)
-        delay = int(headers.get("x-delay-ms", "0")) / 1000
+        delay = self.server.delay_for(headers)
         response = self.server.render(request, headers, keep_alive)
         loop.call_later(delay, done.set_result, response)
         done.add_done_callback(lambda _: self._flush())
@@ -188,6 +190,10 @@ class Http1Echo(_Server):
 
     def protocol(self) -> asyncio.Protocol:
         return _Http1EchoProtocol(self)
+
+    def delay_for(self, headers: dict[str, str]) -> float:
+        """How long the answer to a request with `headers` waits (`x-delay-ms`)."""
+        return int(headers.get("x-delay-ms", "0")) / 1000
 
     def render(
         self, request: dict[str, Any], headers: dict[str, str], keep_alive: bool
@@ -226,6 +232,49 @@ class Http1Echo(_Server):
             lines.append(b"content-length: %d\r\n\r\n" % len(body))
             lines.append(body)
         return b"".join(lines), close
+
+
+class Flaky(Http1Echo):
+    """An Http1Echo whose first `failures` requests fail (all of them with `failures=-1`):
+    answered with `status`, with `headers` added, after `delay_ms`; or, with `reset=True`,
+    by closing the connection without an answer. `requests` records every one."""
+
+    def __init__(
+        self,
+        label: str = "flaky",
+        failures: int = 1,
+        status: int = 503,
+        reset: bool = False,
+        delay_ms: int = 0,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(label)
+        self.failures = failures
+        self.status = status
+        self.reset = reset
+        self.delay_ms = delay_ms
+        self.failure_headers = headers
+        self.failed = 0
+
+    def render(
+        self, request: dict[str, Any], headers: dict[str, str], keep_alive: bool
+    ) -> tuple[bytes, bool]:
+        if self.failures >= 0 and self.failed >= self.failures:
+            return super().render(request, headers, keep_alive)
+        self.failed += 1
+        if self.reset:
+            return b"", True
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.failure_headers)
+        head = (
+            f"HTTP/1.1 {self.status} Failed\r\ncontent-length: 0\r\n"
+            f"x-upstream: {self.label}\r\n{extra}\r\n"
+        )
+        return head.encode(), False
+
+    def delay_for(self, headers: dict[str, str]) -> float:
+        """The first (failing) answers come after `delay_ms`."""
+        failing = self.failures < 0 or self.failed < self.failures
+        return self.delay_ms / 1000 if failing else super().delay_for(headers)
 
 
 # ----------------------------------------------------------------------------- HTTP/2
@@ -381,6 +430,28 @@ class Http2Echo(_Server):
             return sum(len(p.streams) for p in self.protocols)
 
         return self._thread.run(count())
+
+
+class _RefusingProtocol(_Http2EchoProtocol):
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        server: RefusingHttp2 = self.server  # type: ignore[assignment]
+        if server.refused < server.refuse:
+            server.refused += 1
+            self.conn.reset_stream(event.stream_id, 7)  # REFUSED_STREAM
+            return
+        super()._on_request(event)
+
+
+class RefusingHttp2(Http2Echo):
+    """An Http2Echo that refuses its first `refuse` streams with RST_STREAM(REFUSED_STREAM)."""
+
+    def __init__(self, label: str = "h2", refuse: int = 1) -> None:
+        super().__init__(label)
+        self.refuse = refuse
+        self.refused = 0
+
+    def protocol(self) -> asyncio.Protocol:
+        return _RefusingProtocol(self)
 
 
 def grpc_frame(message: bytes) -> bytes:

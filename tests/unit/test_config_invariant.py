@@ -102,6 +102,7 @@ class Root:
         ),
         ("upstream_protocol_options", (extensions.UPSTREAM_HTTP_PROTOCOL_OPTIONS,)),
         ("transport_socket", (extensions.UPSTREAM_TLS,)),
+        ("retry_host_predicate", (extensions.PREVIOUS_HOSTS,)),
     )
 
 
@@ -331,6 +332,10 @@ TEMPLATES: dict[str, dict] = {
     "envoy.config.core.v3.HeaderValueOption": {"header": {"key": "x-h", "value": "v"}},
     "envoy.config.core.v3.GrpcService.EnvoyGrpc": {"cluster_name": "xds"},
     "envoy.config.core.v3.BackoffStrategy": {"base_interval": "0.1s"},
+    "envoy.config.route.v3.RetryPolicy.RetryBackOff": {"base_interval": "0.1s"},
+    "envoy.config.route.v3.RetryPolicy.RetryHostPredicate": {
+        "name": "envoy.retry_host_predicates.previous_hosts"
+    },
     "envoy.config.core.v3.SocketAddress": {"address": "127.0.0.6", "port_value": 0},
     "envoy.type.matcher.v3.StringMatcher": {"exact": "v"},
     "envoy.type.matcher.v3.RegexMatcher": {"regex": "a"},
@@ -441,6 +446,9 @@ EXAMPLES: dict[str, list[Any]] = {
     "range_match.end": [9],
     "dns_refresh_rate": ["7s"],
     "prefix_rewrite": ["/p"],
+    "retry_policy.retry_on": ["5xx"],
+    "retry_host_predicate.typed_config": [{"@type": PREFIX + extensions.PREVIOUS_HOSTS}],
+    "listener_filters.typed_config": [{"@type": PREFIX + extensions.HTTP_INSPECTOR}],
     "send.text": ["0a0b"],
     "retriable_statuses.end": [550],
     "max_ejection_time": ["400s"],
@@ -484,6 +492,12 @@ NO_EFFECT: dict[str, str] = {
         "deprecated in Envoy and ignored there too (RE2 is the only engine)"
     ),
     "hcm http_filters.name": "a filter's name: the @type picks the filter (as Envoy)",
+    "hcm route_config.virtual_hosts.routes.route.retry_policy.retry_host_predicate.name": (
+        "a predicate's name: the @type picks the predicate (as Envoy)"
+    ),
+    "hcm route_config.virtual_hosts.retry_policy.retry_host_predicate.name": (
+        "a predicate's name: the @type picks the predicate (as Envoy)"
+    ),
     "cluster load_assignment.cluster_name": "the cluster's own name is used (as Envoy)",
     "cluster load_assignment.endpoints.lb_endpoints.endpoint.address.pipe.mode": (
         "a pipe's mode is applied where it is bound (a listener), not by a client (as Envoy)"
@@ -515,7 +529,6 @@ NO_EFFECT: dict[str, str] = {
     "eds_cluster eds_cluster_config.eds_config.api_config_source.transport_api_version": (
         "the table accepts AUTO and V3, both mean v3 (V2 is refused)"
     ),
-    "cluster circuit_breakers.thresholds.max_retries": "no retries are made (no retry_policy)",
     "cluster http_protocol_options": "selects HTTP/1.1, the default",
     "cluster typed_extension_protocol_options.use_downstream_protocol_config"
     ".http_protocol_options": "the upstream HTTP/1.1 client has no options",
@@ -706,7 +719,10 @@ def _extension_fields(
         key = HTTP_OPTIONS_KEY if field.message_type.GetOptions().map_entry else None
         step = Step(field, key=key, any_type=type_name)
         descriptor = extensions.resolve_message_class(type_name).DESCRIPTOR
-        yield from accepted_fields(descriptor, TABLE.get(type_name, {}), kinds, (*path, step))
+        table = TABLE.get(type_name, {})
+        if not table:  # an extension without fields: its @type is the value
+            yield (*path, step), rule
+        yield from accepted_fields(descriptor, table, kinds, (*path, step))
 
 
 # -- building configs along a path -------------------------------------------------------------
@@ -992,7 +1008,7 @@ def test_the_refused_walk_covers_the_roots() -> None:
     }
     assert "hcm internal_address_config" in names
     assert "hcm common_http_protocol_options.max_requests_per_connection" in names
-    assert "hcm route_config.virtual_hosts.routes.route.retry_policy" in names
+    assert "hcm route_config.virtual_hosts.routes.route.retry_policy.retry_priority" in names
     assert "cluster original_dst_lb_config.metadata_key" in names
     assert len(names) > 300
 

@@ -83,7 +83,10 @@ def test_host_rewrite_literal() -> None:
     ("document", "message"),
     [
         ({}, r"^route: one of cluster, cluster_header, weighted_clusters, .* is required$"),
-        ({"cluster": "w", "retry_policy": {}}, r"^route\.retry_policy: not supported$"),
+        (
+            {"cluster": "w", "retry_policy": {"retry_priority": {"name": "p"}}},
+            r"^route\.retry_policy\.retry_priority: not supported yet$",
+        ),
         ({"cluster_header": "x-c"}, r"^route\.cluster_header: not supported$"),
         (
             {"weighted_clusters": {"clusters": [{"name": "a", "weight": 0}]}},

@@ -343,6 +343,7 @@ def _plain_getter(name: str) -> Getter:
         "DOWNSTREAM_LOCAL_PORT": lambda r: r.downstream.local_port,
         "CONNECTION_TERMINATION_DETAILS": lambda r: r.termination,
         "ROUTE_NAME": lambda r: r.route_name or None,
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT": lambda r: r.attempt_count,
     }
     if name == "HOSTNAME":
         hostname = socket.gethostname()
@@ -386,6 +387,7 @@ _INLINE_INTS = {
     "RESPONSE_CODE": "r.status",
     "BYTES_RECEIVED": "r.bytes_received",
     "BYTES_SENT": "r.bytes_sent",
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT": "r.attempt_count",
 }
 _INLINE_TEXTS = {
     "PROTOCOL": "r.protocol",

@@ -97,6 +97,7 @@ class LogRecord:
     upstream_remote: str | None = None  # set once a connection to the host exists
     upstream_failure: str | None = None
     route_name: str | None = None
+    attempt_count = 0  # upstream attempts made (UPSTREAM_REQUEST_ATTEMPT_COUNT)
     server = b"envoy"  # the HCM's server_name (the `server` response header)
 
     def __init__(self, downstream: Downstream, start: float, start_wall: float) -> None:

@@ -357,6 +357,9 @@ TABLE: dict[str, dict[str, Rule]] = {
         "request_headers_to_remove": OK,
         "response_headers_to_add": OK,
         "response_headers_to_remove": OK,
+        "retry_policy": OK,  # config/retry.py; a route's own wins
+        "include_request_attempt_count": OK,  # x-envoy-attempt-count upstream
+        "include_attempt_count_in_response": OK,  # x-envoy-attempt-count downstream
     },
     _ROUTE + "Route": {
         "name": OK,
@@ -381,6 +384,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "auto_host_rewrite": OK,  # applied once the cluster has chosen the host
         "timeout": OK,
         "hash_policy": OK,  # config/hash_policy.py, for the ring hash and Maglev balancers
+        "retry_policy": OK,  # config/retry.py, carried out by upstream/retry.py
         "upgrade_configs": OK,  # upstream/forward.py ForwardAction.upgrades
     },
     _ROUTE + "RouteAction.UpgradeConfig": {
@@ -388,6 +392,27 @@ TABLE: dict[str, dict[str, Rule]] = {
         "enabled": OK,
         "connect_config": NotYet("CONNECT terminated at the proxy is not built"),
     },
+    _ROUTE + "RetryPolicy": {
+        "retry_on": OK,
+        "num_retries": OK,
+        "per_try_timeout": OK,
+        "per_try_idle_timeout": NotYet("no per-try idle timer: only per_try_timeout"),
+        "retry_back_off": OK,
+        "retriable_status_codes": OK,
+        "retry_host_predicate": OK,
+        "host_selection_retry_max_attempts": OK,
+        "retriable_headers": NotYet("responses are not matched against header matchers"),
+        "retriable_request_headers": NotYet("requests are not matched against header matchers"),
+        "rate_limited_retry_back_off": NotYet("no back-off from rate-limit response headers"),
+        "retry_priority": NotYet("all hosts are one priority: nothing to spread retries over"),
+        "retry_options_predicates": NotYet("no retry options predicate extensions"),
+    },
+    _ROUTE + "RetryPolicy.RetryBackOff": {"base_interval": OK, "max_interval": OK},
+    _ROUTE + "RetryPolicy.RetryHostPredicate": {
+        "name": OK,
+        "typed_config": Extension("retry_host_predicate"),
+    },
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate": {},
     _ROUTE + "RouteAction.HashPolicy": {
         "header": OK,
         "cookie": OK,

@@ -18,6 +18,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from xds_proxy.codec.responses import LocalResponse, redirect_bytes
+from xds_proxy.config.retry import build_virtual_host_retry
 from xds_proxy.config.values import read_data_source
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.forward import ForwardAction, HeaderMutations
@@ -386,6 +387,10 @@ class VirtualHost:
         )
         self.needs_headers = any(route.headers for route in self.routes)
         self.forwards = any(type(route.action) is ForwardAction for route in self.routes)
+        host_retry = build_virtual_host_retry(vhost, path)
+        for route in self.routes:
+            if type(route.action) is ForwardAction:
+                route.action.use_virtual_host(host_retry)
 
     def find(self, path: str, headers: Headers) -> RouteAction | None:
         path = path_without_query(path)

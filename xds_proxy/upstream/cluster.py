@@ -51,6 +51,7 @@ from xds_proxy.upstream.priority import (
     host_sets,
     priority_load,
 )
+from xds_proxy.upstream.retry import HostExclusion
 from xds_proxy.upstream.stats import ClusterStats, register_circuit_breaker_gauges
 from xds_proxy.upstream.stream import (
     OVERFLOW,
@@ -363,12 +364,26 @@ class Cluster:
         self._replace_hosts(hosts, [], removed, before)
 
     def pick_host(
-        self, hash_key: int | None = None, request_headers: Sequence[Header] = ()
+        self,
+        hash_key: int | None = None,
+        request_headers: Sequence[Header] = (),
+        exclude: HostExclusion | None = None,
     ) -> Host | None:
-        """The host for the next request: the priority (its load, panic), the locality, then
-        the balancer; `hash_key` is the request's hash (route `hash_policy`), used by the
-        hashing balancers (none: a random one, as Envoy). An ORIGINAL_DST cluster picks (or
-        adds) the request's destination host instead (original_dst.py)."""
+        """The host for the next request; `exclude` (a retry's `previous_hosts`): pick again
+        while it rejects the host, the last pick stands."""
+        host = self._choose(hash_key, request_headers)
+        if exclude is not None:
+            for _ in range(exclude.reselect):
+                if host is None or not exclude.rejects(host):
+                    break
+                host = self._choose(hash_key, request_headers)
+        return host
+
+    def _choose(self, hash_key: int | None, request_headers: Sequence[Header]) -> Host | None:
+        """The priority (its load, panic), the locality, then the balancer; `hash_key` is the
+        request's hash (route `hash_policy`), used by the hashing balancers (none: a random
+        one, as Envoy). An ORIGINAL_DST cluster picks (or adds) the request's destination
+        host instead (original_dst.py)."""
         if self._original_dst is not None:
             return self._original_dst.pick(request_headers)
         fast = self._fast
@@ -419,11 +434,12 @@ class Cluster:
         end_stream: bool,
         downstream_http2: bool = False,
         hash_key: int | None = None,
+        exclude: HostExclusion | None = None,
     ) -> UpstreamStream | None:
         """Start a request to a host chosen by the load balancer. None: no host at all (the
         router answers 503 `no healthy upstream`). Failures after this (connect errors,
         overflow, resets) arrive as `handler.on_reset(reason)`, never synchronously."""
-        host = self.pick_host(hash_key, head.headers)
+        host = self.pick_host(hash_key, head.headers, exclude)
         if host is None:
             self.stats.upstream_cx_none_healthy.value += 1
             return None

@@ -12,7 +12,9 @@ back, doing what Envoy's connection manager and router do to the headers on the 
 `x-envoy-upstream-service-time`, `date`, `server`) and answering failures as Envoy does (503
 with `upstream connect error or disconnect/reset before headers. reset reason: ...`, 504
 `upstream request timeout`). The downstream codec implements `DownstreamSink`, so the same
-exchange serves HTTP/1.1 and HTTP/2 downstreams.
+exchange serves HTTP/1.1 and HTTP/2 downstreams. A route's `retry_policy` (and per-try
+timeout) is carried out by `_Attempts`, at the end of this module, on the decisions of
+upstream/retry.py (docs/retries.md).
 """
 
 from __future__ import annotations
@@ -36,14 +38,24 @@ from xds_proxy.codec.forwarded_for import is_loopback, last_xff_address, local_a
 from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.config.hash_policy import HashMethod, build_hash_policy
 from xds_proxy.config.hcm import ProxyPolicy, ServerHeader
+from xds_proxy.config.retry import RetryPolicy, VirtualHostRetry, build_retry_policy
 from xds_proxy.config.upgrades import Upgrades, build_upgrades
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
+from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.upstream.hash_policy import address_text, request_hash
-from xds_proxy.upstream.host import host_address_text
+from xds_proxy.upstream.host import Host, host_address_text
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
+from xds_proxy.upstream.retry import (
+    ATTEMPT_COUNT,
+    Decision,
+    RequestReplay,
+    RetryState,
+    per_try_timeout_s,
+    take_retry_headers,
+)
 from xds_proxy.upstream.stream import (
     CONNECTION_FAILURE,
     CONNECTION_TERMINATION,
@@ -237,6 +249,8 @@ class ForwardAction:
     """A route's `route` action, ready for per-request use."""
 
     __slots__ = (
+        "attempt_count_downstream",
+        "attempt_count_upstream",
         "auto_host_rewrite",
         "clusters",
         "hash_policy",
@@ -248,6 +262,7 @@ class ForwardAction:
         "path_rewrite",
         "prefix",
         "prefix_rewrite",
+        "retry_policy",
         "route_name",
         "timeout_s",
         "upgrades",
@@ -289,6 +304,17 @@ class ForwardAction:
         self.upgrades: Upgrades = build_upgrades(action.upgrade_configs, f"{path}.upgrade_configs")
         self.mutations: tuple[HeaderMutations, ...] = ()
         self.route_name = ""  # the route's name (access logs' ROUTE_NAME)
+        self.retry_policy: RetryPolicy | None = None
+        if action.HasField("retry_policy"):
+            self.retry_policy = build_retry_policy(action.retry_policy, f"{path}.retry_policy")
+        self.attempt_count_upstream = self.attempt_count_downstream = False
+
+    def use_virtual_host(self, settings: VirtualHostRetry) -> None:
+        """The virtual host's retry settings: its retry_policy unless the route has one."""
+        if self.retry_policy is None:
+            self.retry_policy = settings.policy
+        self.attempt_count_upstream = settings.attempt_count_upstream
+        self.attempt_count_downstream = settings.attempt_count_downstream
 
     def rewritten_host(self, request: DownstreamRequest) -> bytes | None:
         """The upstream Host by `host_rewrite_literal`, `host_rewrite_header` (when the
@@ -428,6 +454,7 @@ class Exchange(ResponseHandler):
         "_mutations",
         "_record",
         "_request_ended",
+        "_retries",
         "_server_header",
         "_server_name",
         "_set_cookie",
@@ -459,6 +486,7 @@ class Exchange(ResponseHandler):
         # An upgrade request: its body never ends, so no x-envoy-upstream-service-time (Envoy
         # sends it only once the request is complete).
         self._upgrade = False
+        self._retries: _Attempts | None = None  # per-try timeout, retries (upstream/retry.py)
 
     def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
         """Fill `record` in as the exchange goes and log it when the exchange ends."""
@@ -512,28 +540,30 @@ class Exchange(ResponseHandler):
                 request.remote_ip,
                 address_text(request.peer) + address_text(request.local),
             )
+        self._retries = _Attempts.start(self, action, head, cluster, end_stream)
         stream = cluster.new_stream(head, self, end_stream, request.http2, hash_key)
         if stream is None:
-            if record is not None:
-                record.flags, record.details = "UH", "no_healthy_upstream"
-            self._local_reply(503, NO_HEALTHY_UPSTREAM_BODY)
+            self._no_healthy_upstream()
             return
-        self._stream = stream
+        self._use_stream(stream)
         if record is not None:
             record.authority = head.authority  # after `auto_host_rewrite`
-            host = getattr(stream, "host", None)
-            if host is not None:
-                record.upstream_host = host_address_text(host.address)
+        if self._retries is not None:
+            self._retries.keep(request.http2, hash_key)
         if end_stream:
             self._request_complete()
 
     def request_data(self, data: bytes, end_stream: bool) -> None:
+        if self._retries is not None and not self._done:
+            self._retries.request_data(data, end_stream)
         if self._stream is not None and not self._done:
             self._stream.send_data(data, end_stream)
         if end_stream:
             self._request_complete()
 
     def request_trailers(self, trailers: list[Header]) -> None:
+        if self._retries is not None:
+            self._retries.request_trailers(trailers)
         if self._stream is not None and not self._done:
             self._stream.send_trailers(trailers)
         self._request_complete()
@@ -567,6 +597,8 @@ class Exchange(ResponseHandler):
     def on_response_headers(self, status: int, headers: list[Header], end_stream: bool) -> None:
         if self._done:
             return
+        if self._retries is not None and self._retries.retry_response(status, headers, end_stream):
+            return
         cluster = self._cluster
         if cluster is not None:
             cluster.stats.count_response(status)
@@ -586,6 +618,8 @@ class Exchange(ResponseHandler):
             out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
         if self._set_cookie is not None:
             out.append((b"set-cookie", self._set_cookie))
+        if self._action.attempt_count_downstream:
+            out.append((ATTEMPT_COUNT, b"%d" % self._attempt_count()))
         for mutations in self._mutations:
             mutations.apply_response(out)
         self._headers_sent = True
@@ -606,7 +640,7 @@ class Exchange(ResponseHandler):
         self._sink.send_response_headers(status, out, end_stream)
 
     def on_response_data(self, data: bytes, end_stream: bool) -> None:
-        if self._done:
+        if self._done or self._stream is None:  # None: the end of a response just retried
             return
         if self._record is not None:
             self._record.bytes_sent += len(data)
@@ -615,7 +649,7 @@ class Exchange(ResponseHandler):
         self._sink.send_response_data(data, end_stream)
 
     def on_response_trailers(self, trailers: list[Header]) -> None:
-        if self._done:
+        if self._done or self._stream is None:
             return
         if self._record is not None:
             self._record.trailers = trailers
@@ -624,6 +658,9 @@ class Exchange(ResponseHandler):
 
     def on_reset(self, reason: str) -> None:
         if self._done:
+            return
+        retries = self._retries
+        if retries is not None and not self._headers_sent and retries.retry_reset(reason):
             return
         record = self._record
         if self._headers_sent:
@@ -640,6 +677,8 @@ class Exchange(ResponseHandler):
             detail = _detail(reason) if failure is None else f"{_detail(reason)}|{failure}"
             record.details = f"upstream_reset_before_response_started{{{detail}}}"
             record.upstream_failure = failure
+            if retries is not None:
+                retries.flag_outcome(record)
         overloaded = reason == OVERFLOW and not self._suppress
         extra = [(b"x-envoy-overloaded", b"true")] if overloaded else []
         status = 502 if reason == PROTOCOL_ERROR else 503  # Envoy's UPE is a bad gateway
@@ -804,13 +843,17 @@ class Exchange(ResponseHandler):
         if timeout and not self._done:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(timeout, self._on_timeout)
+        if self._retries is not None and not self._done:
+            self._retries.request_complete()
 
     def _on_timeout(self) -> None:
         self._timer = None
         if self._done:
             return
-        if self._cluster is not None:
-            self._cluster.stats.upstream_rq_timeout.inc()
+        # No stream: a retry's back-off; Envoy then counts no upstream timeout and no 504.
+        in_flight = self._cluster is not None and self._stream is not None
+        if in_flight:
+            self._cluster.stats.upstream_rq_timeout.inc()  # type: ignore[union-attr]
             self._count_host("rq_timeout")
             self._report_outlier(Result.TIMEOUT)
         if self._stream is not None:
@@ -823,8 +866,8 @@ class Exchange(ResponseHandler):
             self._finish()
             self._sink.reset_downstream()
             return
-        if self._cluster is not None:
-            self._cluster.stats.count_response(504)
+        if in_flight:
+            self._cluster.stats.count_response(504)  # type: ignore[union-attr]
         self._local_reply(504, TIMEOUT_BODY)
 
     def _count_host(self, stat: str) -> None:
@@ -852,6 +895,8 @@ class Exchange(ResponseHandler):
                 record.upstream_remote = record.upstream_host
 
     def _local_reply(self, status: int, body: bytes, headers: list[Header] | None = None) -> None:
+        if self._action.attempt_count_downstream and self._cluster is not None:
+            headers = [*(headers or []), (ATTEMPT_COUNT, b"%d" % self._attempt_count())]
         record = self._record
         if record is not None:
             record.status = status
@@ -865,6 +910,8 @@ class Exchange(ResponseHandler):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._retries is not None:
+            self._retries.end()
         record = self._record
         if record is not None:
             if record.upstream_local is None:
@@ -872,6 +919,30 @@ class Exchange(ResponseHandler):
             self._record = None
             record.end = time.monotonic()
             self._access_log.log(record)  # type: ignore[union-attr]
+
+    # -- attempts (the retry machinery is _Attempts, below) ------------------------------------
+
+    def _use_stream(self, stream: UpstreamStream) -> None:
+        """`stream` carries the attempt under way."""
+        self._stream = stream
+        host = getattr(stream, "host", None)
+        if self._retries is not None:
+            self._retries.tried(host)
+        record = self._record
+        if record is not None:
+            record.attempt_count = self._attempt_count()
+        if record is not None and host is not None:
+            record.upstream_host = host_address_text(host.address)
+
+    def _no_healthy_upstream(self) -> None:
+        if self._record is not None:
+            self._record.flags, self._record.details = "UH", "no_healthy_upstream"
+            self._record.attempt_count = self._attempt_count()  # counted by Envoy too
+        self._local_reply(503, NO_HEALTHY_UPSTREAM_BODY)
+
+    def _attempt_count(self) -> int:
+        state = self._retries.state if self._retries is not None else None
+        return state.attempts if state is not None else 1
 
 
 # Response flags of a reset before the response started (Envoy's short names).
@@ -906,3 +977,286 @@ def _local_headers(
     if server:
         headers.append((b"server", server))
     return headers
+
+
+class _Attempts:
+    """An exchange's attempts after the first: the per-try timeout and, with a RetryState,
+    the retries. A retriable outcome (upstream/retry.py decides) resets the attempt, waits
+    the back-off and starts the next one on a host picked again (minus the `previous_hosts`),
+    replaying the request body kept so far; the route's timeout keeps running over all of
+    them. None of it happens once the response has started downstream."""
+
+    __slots__ = (
+        "_backoff",
+        "_exchange",
+        "_hash_key",
+        "_head",
+        "_http2",
+        "_outcome_flag",
+        "_per_try",
+        "_per_try_timer",
+        "_replay",
+        "_request_ended",
+        "state",
+    )
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        head: RequestHead,
+        state: RetryState | None,
+        per_try_s: float | None,
+        end_stream: bool,
+    ) -> None:
+        self._exchange = exchange
+        self._head = head
+        self.state = state
+        self._per_try = per_try_s
+        self._replay = RequestReplay() if state is not None else None
+        if self._replay is not None and end_stream:
+            self._replay.ended = True
+        self._request_ended = end_stream
+        self._per_try_timer: asyncio.TimerHandle | None = None
+        self._backoff: asyncio.TimerHandle | None = None
+        self._outcome_flag: str | None = None  # URX or UO when the retries gave up
+        self._http2 = False
+        self._hash_key: int | None = None
+
+    @staticmethod
+    def start(
+        exchange: Exchange,
+        action: ForwardAction,
+        head: RequestHead,
+        cluster: Cluster,
+        end_stream: bool,
+    ) -> _Attempts | None:
+        """Consume the request's retry headers (always, as Envoy) and set up the attempts;
+        None when there is neither a retry nor a per-try timeout to make."""
+        # Envoy 1.40 obeys these only on requests from internal addresses, and without an
+        # HCM `internal_address_config` (not accepted here) no address is internal: they are
+        # removed (cleanInternalHeaders) and ignored.
+        take_retry_headers(head.headers)
+        taken: dict[bytes, bytes] = {}
+        policy = action.retry_policy
+        if action.attempt_count_upstream:
+            head.headers.append((ATTEMPT_COUNT, b"1"))
+        state = RetryState.create(
+            policy,
+            taken,
+            cluster.stats,
+            cluster.resources,
+            cluster.config.circuit_breakers.max_retries,
+            _rng,
+        )
+        per_try = per_try_timeout_s(policy, taken, action.timeout_s)
+        if state is None and per_try is None:
+            return None
+        if per_try is not None:  # what the upstream may expect is now one try's timeout
+            expected = b"x-envoy-expected-rq-timeout-ms"
+            headers = head.headers
+            for index, (name, _) in enumerate(headers):
+                if name == expected:
+                    headers[index] = (expected, b"%d" % int(per_try * 1000))
+        return _Attempts(exchange, head, state, per_try, end_stream)
+
+    def keep(self, http2: bool, hash_key: int | None) -> None:
+        """How the first attempt picked its stream, for the next ones."""
+        self._http2 = http2
+        self._hash_key = hash_key
+
+    def tried(self, host: Host | None) -> None:
+        if self.state is not None:
+            self.state.tried(host)
+
+    # -- the request as it comes --------------------------------------------------------------
+
+    def request_data(self, data: bytes, end_stream: bool) -> None:
+        replay = self._replay
+        if replay is not None and not replay.add(data, end_stream):
+            self._abandon()
+
+    def request_trailers(self, trailers: list[Header]) -> None:
+        if self._replay is not None:
+            self._replay.add_trailers(trailers)
+
+    def request_complete(self) -> None:
+        self._request_ended = True
+        self._arm_per_try()
+
+    def _abandon(self) -> None:
+        """The body passed the buffer limit: no retry can replay it (Envoy's
+        retry_or_shadow_abandoned); a retry waiting for its back-off fails with 507."""
+        exchange = self._exchange
+        self._replay = None
+        if exchange._cluster is not None:
+            exchange._cluster.stats.retry_or_shadow_abandoned.value += 1
+        if self.state is not None:
+            self.state.abandon()
+        if self._backoff is not None:
+            self._backoff.cancel()
+            self._backoff = None
+            if exchange._record is not None:
+                exchange._record.details = "request_payload_exceeded_retry_buffer_limit"
+            exchange._local_reply(507, b"exceeded request buffer limit while retrying upstream")
+
+    # -- outcomes of an attempt ---------------------------------------------------------------
+
+    def retry_response(self, status: int, headers: list[Header], end_stream: bool) -> bool:
+        """The attempt's response headers: True when they are dropped for a retry."""
+        state = self.state
+        if state is None:
+            return False
+        decision = state.decide(state.would_retry_headers(status, headers))
+        if decision is not Decision.RETRY:
+            self._gave_up(decision)
+            if self._exchange._record is not None:
+                self.flag_outcome(self._exchange._record)
+            self._replay = None  # the response goes downstream: nothing will be sent again
+            return False
+        exchange = self._exchange
+        if exchange._cluster is not None:
+            exchange._cluster.stats.count_retried_response(status)
+        exchange._count_host("rq_error")
+        exchange._report_outlier(status)
+        # A complete exchange is left to end by itself (its connection stays usable), as
+        # Envoy resets only an attempt still under way.
+        self._retry(reset=not (end_stream and self._request_ended))
+        return True
+
+    def retry_reset(self, reason: str) -> bool:
+        """The attempt failed before its response: True when a retry follows."""
+        state = self.state
+        if state is None:
+            return False
+        decision = state.decide(state.would_retry_reset(reason))
+        if decision is not Decision.RETRY:
+            self._gave_up(decision)
+            return False
+        exchange = self._exchange
+        exchange._count_host("rq_error")
+        exchange._report_outlier(_LOCAL_ORIGIN.get(reason, Result.RESET))
+        self._retry(reset=False)
+        return True
+
+    def flag_outcome(self, record: LogRecord) -> None:
+        """URX / UO before the flag of the failure itself: Envoy sets them first."""
+        flag = self._outcome_flag
+        if flag is not None:
+            record.flags = f"{flag},{record.flags}" if record.flags else flag
+
+    def _gave_up(self, decision: Decision) -> None:
+        if decision is Decision.LIMIT_EXCEEDED:
+            self._outcome_flag = "URX"
+        elif decision is Decision.OVERFLOW:
+            self._outcome_flag = "UO"
+
+    def _arm_per_try(self) -> None:
+        if (
+            self._per_try is not None
+            and self._request_ended
+            and self._per_try_timer is None
+            and self._exchange._stream is not None
+        ):
+            loop = asyncio.get_running_loop()
+            self._per_try_timer = loop.call_later(self._per_try, self._on_per_try_timeout)
+
+    def _on_per_try_timeout(self) -> None:
+        """Envoy ignores a per-try timeout once the response has started downstream."""
+        self._per_try_timer = None
+        exchange = self._exchange
+        if exchange._done or exchange._headers_sent or exchange._cluster is None:
+            return
+        cluster = exchange._cluster
+        cluster.stats.upstream_rq_per_try_timeout.value += 1
+        exchange._count_host("rq_timeout")
+        exchange._report_outlier(Result.TIMEOUT)
+        state = self.state
+        if state is not None:
+            decision = state.decide(state.would_retry_per_try_timeout())
+            if decision is Decision.RETRY:
+                self._retry(reset=True)
+                return
+            self._gave_up(decision)
+        stream, exchange._stream = exchange._stream, None
+        if stream is not None:
+            stream.reset()
+        record = exchange._record
+        if record is not None:
+            record.add_flag("UT")
+            self.flag_outcome(record)  # before UT
+            record.details = "upstream_per_try_timeout"
+        cluster.stats.count_response(504)
+        exchange._local_reply(504, TIMEOUT_BODY)
+
+    # -- the next attempt ---------------------------------------------------------------------
+
+    def _retry(self, reset: bool) -> None:
+        """Drop the attempt (reset it unless it reset itself) and start the back-off."""
+        exchange = self._exchange
+        if self._per_try_timer is not None:
+            self._per_try_timer.cancel()
+            self._per_try_timer = None
+        stream, exchange._stream = exchange._stream, None
+        if reset and stream is not None:
+            stream.reset()
+        exchange._sink.resume_request_body()
+        delay_ms = self.state.backoff_ms()  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        self._backoff = loop.call_later(delay_ms / 1000, self._next_attempt)
+
+    def _next_attempt(self) -> None:
+        self._backoff = None
+        exchange = self._exchange
+        state = self.state
+        cluster = exchange._cluster
+        if exchange._done or state is None or cluster is None:
+            return
+        state.next_attempt()
+        head = self._head
+        headers = list(head.headers)
+        if exchange._action.attempt_count_upstream:
+            headers = [(n, v) for n, v in headers if n != ATTEMPT_COUNT]
+            headers.append((ATTEMPT_COUNT, b"%d" % state.attempts))
+        self._expect_what_is_left(headers)
+        head = RequestHead(head.method, head.path, head.authority, headers, head.scheme)
+        replay = self._replay
+        chunks = replay.chunks if replay is not None else []
+        trailers = replay.trailers if replay is not None else None
+        ended = replay.ended if replay is not None else self._request_ended
+        end_now = ended and not chunks and trailers is None
+        stream = cluster.new_stream(
+            head, exchange, end_now, self._http2, self._hash_key, state.exclusion()
+        )
+        if stream is None:
+            exchange._no_healthy_upstream()
+            return
+        exchange._use_stream(stream)
+        last = len(chunks) - 1
+        for index, chunk in enumerate(chunks):
+            stream.send_data(chunk, ended and trailers is None and index == last)
+        if trailers is not None:
+            stream.send_trailers(trailers)
+        self._arm_per_try()
+
+    def _expect_what_is_left(self, headers: list[Header]) -> None:
+        """A retry's `x-envoy-expected-rq-timeout-ms`: the per-try timeout or what is left of
+        the route's, whichever is less (at least 1 ms), as Envoy's setTimeoutHeaders."""
+        expected = b"x-envoy-expected-rq-timeout-ms"
+        route_ms = int((self._exchange._action.timeout_s or 0) * 1000)
+        per_try_ms = int((self._per_try or 0) * 1000)
+        value = per_try_ms or route_ms
+        if route_ms:
+            elapsed_ms = int((time.monotonic() - self._exchange._started_at) * 1000)
+            value = min(value, route_ms - elapsed_ms) if elapsed_ms < route_ms else 1
+        for index, (name, _) in enumerate(headers):
+            if name == expected:
+                headers[index] = (expected, b"%d" % value)
+
+    def end(self) -> None:
+        """The exchange is over: timers off, the held retry back to the circuit breaker."""
+        for timer in (self._per_try_timer, self._backoff):
+            if timer is not None:
+                timer.cancel()
+        self._per_try_timer = self._backoff = None
+        if self.state is not None:
+            self.state.release()

@@ -141,12 +141,13 @@ class Host:
 class Resources:
     """Circuit-breaker accounting for one cluster (DEFAULT priority)."""
 
-    __slots__ = ("connections", "pending", "requests")
+    __slots__ = ("connections", "pending", "requests", "retries")
 
     def __init__(self) -> None:
         self.connections = 0
         self.pending = 0
         self.requests = 0
+        self.retries = 0  # retries pending or under way (upstream/retry.py)
 
 
 class PoolOwner(Protocol):

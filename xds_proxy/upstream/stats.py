@@ -35,6 +35,14 @@ _COUNTERS = (
     "upstream_rq_tx_reset",
     "upstream_rq_timeout",
     "upstream_rq_cancelled",
+    "upstream_rq_per_try_timeout",
+    "upstream_rq_retry",
+    "upstream_rq_retry_backoff_exponential",
+    "upstream_rq_retry_backoff_ratelimited",
+    "upstream_rq_retry_limit_exceeded",
+    "upstream_rq_retry_overflow",
+    "upstream_rq_retry_success",
+    "retry_or_shadow_abandoned",
     "upstream_flow_control_paused_reading_total",
     "upstream_flow_control_resumed_reading_total",
     "membership_change",
@@ -78,6 +86,18 @@ class ClusterStats:
         pair[0].value += 1
         pair[1].value += 1
 
+    def count_retried_response(self, status: int) -> None:
+        """`retry.upstream_rq_<code>` and `retry.upstream_rq_<class>xx`: a response that was
+        retried (not passed on), as Envoy counts it."""
+        pair = self._by_status.get(-status)
+        if pair is None:
+            pair = self._by_status[-status] = (
+                self._store.counter(f"{self._base}retry.upstream_rq_{status}"),
+                self._store.counter(f"{self._base}retry.upstream_rq_{status // 100}xx"),
+            )
+        pair[0].value += 1
+        pair[1].value += 1
+
 
 class InUse(Protocol):
     """What a cluster's circuit breakers count (upstream/host.py `Resources`)."""
@@ -85,6 +105,7 @@ class InUse(Protocol):
     connections: int
     pending: int
     requests: int
+    retries: int
 
 
 # Envoy's max_connection_pools default (no limit): what remaining_cx_pools shows.
@@ -101,7 +122,7 @@ def register_circuit_breaker_gauges(
     """`cluster.<name>.circuit_breakers.{default,high}.*_open` (1 while that breaker is open)
     and, with `track_remaining`, `...default.remaining_*`, as Envoy shows them. Everything
     here is routed at DEFAULT priority (the high breakers stay closed), and there are no
-    retries or pool limits to open the others. `pools()`: the connection pools in use (one
+    pool limits to open `cx_pool_open`. `pools()`: the connection pools in use (one
     per host and protocol)."""
     base = f"cluster.{cluster_name}.circuit_breakers."
     opened = {
@@ -109,7 +130,7 @@ def register_circuit_breaker_gauges(
         "cx_pool_open": lambda: 0,
         "rq_open": lambda: int(resources.requests >= limits.max_requests),
         "rq_pending_open": lambda: int(resources.pending >= limits.max_pending_requests),
-        "rq_retry_open": lambda: 0,
+        "rq_retry_open": lambda: int(resources.retries >= limits.max_retries),
     }
     for name, read in opened.items():
         stats.derived_gauge(f"{base}default.{name}", read)
@@ -120,7 +141,7 @@ def register_circuit_breaker_gauges(
         "remaining_cx": lambda: max(0, limits.max_connections - resources.connections),
         "remaining_cx_pools": lambda: _UNLIMITED_POOLS - pools(),
         "remaining_pending": lambda: max(0, limits.max_pending_requests - resources.pending),
-        "remaining_retries": lambda: limits.max_retries,
+        "remaining_retries": lambda: max(0, limits.max_retries - resources.retries),
         "remaining_rq": lambda: max(0, limits.max_requests - resources.requests),
     }
     for name, read in remaining.items():

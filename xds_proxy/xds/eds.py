@@ -127,6 +127,7 @@ class EndpointSubscriptions:
             self,
             on_timeout=self._timed_out,
             on_released=self._released,
+            on_not_modified=self._not_modified,
             applied=applied,
             ads_stream=ads_stream,
             ads_coming=ads_coming,
@@ -245,6 +246,12 @@ class EndpointSubscriptions:
             stats.init_fetch_timeout.inc()
             stats.update_attempt.inc()
             cluster.initial_fetch_over()
+
+    def _not_modified(self, subscription: Subscription) -> None:
+        """REST: a 304 counts an attempt of each cluster (a failed fetch counts as a lost
+        stream: a warming cluster keeps waiting, as in Envoy 1.40)."""
+        for cluster in self._clusters(subscription):
+            self._stats_of(cluster).update_attempt.inc()
 
     def _released(self, subscription: Subscription) -> None:
         self.held.pop(subscription.name, None)

@@ -25,7 +25,7 @@ from tests.helpers.envoy import EnvoyProcess
 from tests.helpers.http_client import get, refused
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.rest_cp import Answer, Reply, RestControlPlane, Seen, discovery_json
+from tests.helpers.rest_cp import Reply, RestControlPlane, Scripted, by_type
 from tests.helpers.upstreams import Http1Echo, LoopThread, cluster_dict, endpoint
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
@@ -95,20 +95,19 @@ def assignment(*ports: int, address: str = "127.0.0.1") -> dict[str, Any]:
 
 
 class Scenario:
-    """The control plane answers each type from `answers`: a Reply as it is, or (version,
-    resources): a 200 unless the poll already carries that version (then a 304)."""
+    """The control plane answers each type from `answers` (rest_cp.by_type)."""
 
     def __init__(self, tmp_path: Path, make_process: type[EnvoyProcess]) -> None:
         self.first = Http1Echo("first").start()
         self.second = Http1Echo("second").start()
         self.port = free_port()
-        self.answers: dict[str, Reply | tuple[str, list[dict[str, Any]]]] = {
+        self.answers: dict[str, Scripted] = {
             "listeners": ("l1", [listener(self.port)]),
             "clusters": ("c1", [eds_cluster()]),
             "endpoints": Reply(503),
         }
         self.loop = LoopThread()
-        self.cp = RestControlPlane(respond=self.respond)
+        self.cp = RestControlPlane(respond=by_type(self.answers))
         self.loop.run(self.cp.start())
         boot = {
             "node": {"id": "proxy-1", "cluster": "web"},
@@ -117,15 +116,6 @@ class Scenario:
             "static_resources": {"clusters": [cluster_dict("cp", [self.cp.port])]},
         }
         self.process = make_process(boot, tmp_path)
-
-    def respond(self, seen: Seen) -> Answer:
-        answer = self.answers[seen.path.rsplit(":", 1)[-1]]
-        if isinstance(answer, Reply):
-            return answer
-        version, resources = answer
-        if seen.body.get("version_info") == version:
-            return Reply(304)
-        return Reply(200, discovery_json(version, resources))
 
     def stat(self, name: str) -> int:
         return self.process.stat(name) or 0

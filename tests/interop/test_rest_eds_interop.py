@@ -10,6 +10,9 @@ what each step shows must be equal:
 4. a bad answer (an assignment both reject, sent again on every poll; then a failed fetch):
    the hosts stay;
 5. nothing changes: the control plane answers 304, which counts only `update_attempt`.
+
+And with `initial_fetch_timeout` while every poll fails: the timeout ends the warming with no
+hosts (503), and the assignment arriving later is served.
 """
 
 from __future__ import annotations
@@ -76,13 +79,16 @@ def listener(port: int) -> dict[str, Any]:
     }
 
 
-def eds_cluster() -> dict[str, Any]:
+def eds_cluster(initial_fetch_timeout: str | None = None) -> dict[str, Any]:
+    source = rest_source()
+    if initial_fetch_timeout is not None:
+        source["initial_fetch_timeout"] = initial_fetch_timeout
     return {
         "@type": TYPES["clusters"],
         "name": "C",
         "type": "EDS",
         "connect_timeout": "1s",
-        "eds_cluster_config": {"eds_config": rest_source()},
+        "eds_cluster_config": {"eds_config": source},
     }
 
 
@@ -97,13 +103,18 @@ def assignment(*ports: int, address: str = "127.0.0.1") -> dict[str, Any]:
 class Scenario:
     """The control plane answers each type from `answers` (rest_cp.by_type)."""
 
-    def __init__(self, tmp_path: Path, make_process: type[EnvoyProcess]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        make_process: type[EnvoyProcess],
+        initial_fetch_timeout: str | None = None,
+    ) -> None:
         self.first = Http1Echo("first").start()
         self.second = Http1Echo("second").start()
         self.port = free_port()
         self.answers: dict[str, Scripted] = {
             "listeners": ("l1", [listener(self.port)]),
-            "clusters": ("c1", [eds_cluster()]),
+            "clusters": ("c1", [eds_cluster(initial_fetch_timeout)]),
             "endpoints": Reply(503),
         }
         self.loop = LoopThread()
@@ -246,3 +257,37 @@ def test_rest_eds_envoy_and_xds_proxy_agree(tmp_path: Path) -> None:
         "update_failure": False,
         "update_rejected": False,
     }
+
+
+def run_timeout_scenario(make_process: type[EnvoyProcess], tmp_path: Path) -> list[tuple[str, Any]]:
+    """Every poll fails: `initial_fetch_timeout` (1 s) ends the warming with no hosts; the
+    assignment arriving later is served."""
+    notes: list[tuple[str, Any]] = []
+    scenario = Scenario(tmp_path, make_process, initial_fetch_timeout="1s")
+    try:
+        scenario.process.start()
+        wait_for(lambda: scenario.stat("cluster.C.update_failure") >= 1, timeout=10)
+        notes.append(("warming while it fails", scenario.stat("cluster_manager.warming_clusters")))
+        wait_for(lambda: scenario.stat("cluster.C.init_fetch_timeout") == 1, timeout=10)
+        wait_for(lambda: scenario.served_by() == 503, timeout=10, what="active, no hosts")
+        notes.append(
+            ("warming after the timeout", scenario.stat("cluster_manager.warming_clusters"))
+        )
+        notes.append(("hosts", scenario.stat("cluster.C.membership_total")))
+        scenario.answers["endpoints"] = ("e1", [assignment(scenario.first.port)])
+        wait_for(lambda: scenario.served_by() == "first", timeout=15, what="served by first")
+        notes.append(("init_fetch_timeout", scenario.stat("cluster.C.init_fetch_timeout")))
+        notes.append(("hosts at last", scenario.stat("cluster.C.membership_total")))
+        return notes
+    except BaseException:
+        print(scenario.process.log()[-6000:] if scenario.process.process else "")
+        raise
+    finally:
+        scenario.stop()
+
+
+def test_rest_eds_initial_fetch_timeout_ends_warming_as_envoys(tmp_path: Path) -> None:
+    envoy = run_timeout_scenario(EnvoyProcess, tmp_path / "envoy")
+    ours = run_timeout_scenario(ProxyProcess, tmp_path / "ours")
+    assert ours == envoy
+    assert [value for _, value in envoy] == [1, 0, 0, 1, 1]

@@ -3,9 +3,9 @@
 It serves keep-alive HTTP/1.1 `POST /v3/discovery:<type>`: every request is recorded (path,
 headers, JSON body, the connection it came on) and answered with the next scripted answer,
 or a 304 once the script is empty -- or, when `respond` is set, with what it returns for each
-request (a scenario that answers by path and version). Answers: `Reply(status, body)`,
-`Hang()` (headers and half a body, then nothing: a response that never ends), `Drop()`
-(close without a byte).
+request (a scenario that answers by path and version; `by_type` makes one from a dict).
+Answers: `Reply(status, body)`, `Hang()` (headers and half a body, then nothing: a response
+that never ends), `Drop()` (close without a byte).
 It runs on an asyncio loop: the test's own (`await start()`) or a `LoopThread`'s.
 """
 
@@ -54,6 +54,26 @@ def discovery_json(version: str, resources: list[dict[str, Any]], type_url: str 
     if type_url:
         doc["type_url"] = type_url
     return json.dumps(doc).encode()
+
+
+Scripted = Reply | tuple[str, list[dict[str, Any]]]
+
+
+def by_type(answers: dict[str, Scripted]) -> Callable[[Seen], Answer]:
+    """A `respond` answering each request from `answers[<type in the path>]` as it is then
+    ("listeners", "endpoints", ...): a Reply as it is, or (version, resources): a 200 with
+    them, or a 304 when the poll already carries that version."""
+
+    def respond(seen: Seen) -> Answer:
+        answer = answers[seen.path.rsplit(":", 1)[-1]]
+        if isinstance(answer, Reply):
+            return answer
+        version, resources = answer
+        if seen.body.get("version_info") == version:
+            return Reply(304)
+        return Reply(200, discovery_json(version, resources))
+
+    return respond
 
 
 @dataclass

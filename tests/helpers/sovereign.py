@@ -8,8 +8,9 @@ None when there is none (the tests skip, saying how to install it).
 
 The config is what a user writes: a `file` data source (JSON, re-read every second) and one
 Python template per resource type. The data is a list of instances `{"kind": "listener" |
-"routes" | "cluster", "resource": {...}}`; each template renders the instances of its kind
-as Envoy resources. `set_resources()` rewrites the data file (atomically); sovereign serves the
+"routes" | "cluster" | "endpoints", "resource": {...}}`; each template renders the instances
+of its kind as Envoy resources (sovereign picks an EDS request's ClusterLoadAssignments by
+their `cluster_name`). `set_resources()` rewrites the data file (atomically); sovereign serves the
 new versions after its next source refresh.
 """
 
@@ -31,8 +32,14 @@ TYPES = {
     "listener": "envoy.config.listener.v3.Listener",
     "routes": "envoy.config.route.v3.RouteConfiguration",
     "cluster": "envoy.config.cluster.v3.Cluster",
+    "endpoints": "envoy.config.endpoint.v3.ClusterLoadAssignment",
 }
-PATHS = {"listener": "listeners", "routes": "routes", "cluster": "clusters"}
+PATHS = {
+    "listener": "listeners",
+    "routes": "routes",
+    "cluster": "clusters",
+    "endpoints": "endpoints",
+}
 TEMPLATE = '''"""sovereign template: the {kind} instances of the data source, as Envoy resources."""
 
 

@@ -130,6 +130,7 @@ class SecretStore:
             self,
             on_timeout=self._timed_out,
             on_released=self._unsubscribed,
+            on_not_modified=self._not_modified,
             applied=applied,
             ads_stream=ads_stream,
             ads_coming=ads_coming,
@@ -317,6 +318,11 @@ class SecretStore:
         if followers is not None and not followers.holders:
             del self._followers[subscription.name]
             self._sources.pop(subscription.name, None)
+
+    def _not_modified(self, subscription: Subscription) -> None:
+        """REST: a 304 counts an attempt of the secret (a failed fetch counts as a lost
+        stream: the secret keeps waiting, as in Envoy 1.40)."""
+        self.entries[subscription.name].stats.update_attempt.inc()
 
     def _timed_out(self, subscription: Subscription) -> None:
         entry = self.entries[subscription.name]

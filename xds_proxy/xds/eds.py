@@ -107,6 +107,7 @@ class EndpointSubscriptions:
             self,
             on_timeout=self._timed_out,
             on_released=self._released,
+            on_not_modified=self._not_modified,
             applied=applied,
             ads_stream=ads_stream,
             ads_coming=ads_coming,
@@ -222,6 +223,12 @@ class EndpointSubscriptions:
             stats = self._stats_of(cluster)
             stats.timed_out()
             cluster.initial_fetch_over()
+
+    def _not_modified(self, subscription: Subscription) -> None:
+        """REST: a 304 counts an attempt of each cluster (a failed fetch counts as a lost
+        stream: a warming cluster keeps waiting, as in Envoy 1.40)."""
+        for cluster in self._clusters(subscription):
+            self._stats_of(cluster).update_attempt.inc()
 
     def _released(self, subscription: Subscription) -> None:
         self.held.pop(subscription.name, None)

@@ -6,6 +6,7 @@ stat handles are attached by http/conn_manager.py (`HcmConfig` extends `HcmSetti
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
 
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -14,6 +15,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from xds_proxy.config.access_log import AccessLogSpec, build_access_logs
+from xds_proxy.config.internal_address import InternalAddresses
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
 
@@ -94,6 +96,8 @@ class ProxyPolicy:
     # The router's suppress_envoy_headers: no x-envoy-expected-rq-timeout-ms,
     # x-envoy-original-path / -host, x-envoy-upstream-service-time, x-envoy-overloaded.
     suppress_envoy_headers: bool = False
+    # `internal_address_config` (None: no request is internal, Envoy 1.40's default).
+    internal_addresses: InternalAddresses | None = None
 
     @property
     def remote_from_xff(self) -> bool:
@@ -186,6 +190,7 @@ def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSett
             preserve_external_request_id=hcm.preserve_external_request_id,
             server_header=ServerHeader(hcm.server_header_transformation),
             suppress_envoy_headers=router.suppress_envoy_headers if router else False,
+            internal_addresses=_internal_addresses(hcm, f"{path}.internal_address_config"),
         ),
         path_settings=_path_settings(hcm),
         headers_with_underscores=Underscores(options.headers_with_underscores_action),
@@ -209,6 +214,23 @@ def _path_settings(hcm: hcm_pb2.HttpConnectionManager) -> PathSettings | None:
     if not normalize and not hcm.merge_slashes and escaped is EscapedSlashes.KEEP_UNCHANGED:
         return None
     return PathSettings(normalize, hcm.merge_slashes, escaped)
+
+
+def _internal_addresses(hcm: hcm_pb2.HttpConnectionManager, path: str) -> InternalAddresses | None:
+    if not hcm.HasField("internal_address_config"):
+        return None
+    config = hcm.internal_address_config
+    ranges = []
+    for index, cidr in enumerate(config.cidr_ranges):
+        length = cidr.prefix_len.value if cidr.HasField("prefix_len") else 0
+        try:
+            ranges.append(ipaddress.ip_network(f"{cidr.address_prefix}/{length}", strict=False))
+        except ValueError as error:
+            raise ConfigError(
+                f"{path}.cidr_ranges[{index}]: malformed IP range "
+                f"{cidr.address_prefix}/{length}: {error}"
+            ) from None
+    return InternalAddresses(tuple(ranges), config.unix_sockets)
 
 
 def _optional_duration(

@@ -300,6 +300,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "generate_request_id": OK,
         "preserve_external_request_id": OK,
         "server_header_transformation": OK,
+        "internal_address_config": OK,  # config/internal_address.py
         # Before routing (http/path_normalization.py).
         "normalize_path": OK,
         "merge_slashes": OK,
@@ -312,6 +313,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "delayed_close_timeout": OK,
         "access_log": OK,  # config/access_log.py
     },
+    _HCM + "HttpConnectionManager.InternalAddressConfig": {"unix_sockets": OK, "cidr_ranges": OK},
     _HCM + "Rds": {"config_source": OK, "route_config_name": OK},
     _HCM + "HttpFilter": {
         "name": OK,

@@ -305,7 +305,9 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
             return
         headers = event.headers
         config = self._config
-        if not config.plain_requests and (config.underscores or config.path_rules):
+        if b"#" in path or (
+            not config.plain_requests and (config.underscores or config.path_rules)
+        ):
             ended = event.stream_ended is not None
             checked = checked_request(config, conn, self.transport, stream_id, headers, path, ended)  # type: ignore[arg-type]
             if checked is None:

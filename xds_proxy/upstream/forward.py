@@ -37,6 +37,12 @@ from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.hash_policy import address_text, request_hash
+from xds_proxy.upstream.internal_request import (
+    ROUTER_CONSUMED,
+    forced_trace_id,
+    is_internal,
+    trusted_timeouts,
+)
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
 from xds_proxy.upstream.stream import (
@@ -93,6 +99,9 @@ _EDGE_STRIPPED = _STRIPPED | {
     b"x-envoy-downstream-service-node",
     b"x-envoy-original-path",
 }
+# An internal request keeps the x-envoy-* headers (the router consumes its own).
+_INTERNAL_STRIPPED = HOP_BY_HOP | ROUTER_CONSUMED | {b"x-envoy-internal"}
+_INTERNAL = (b"x-envoy-internal", b"true")
 
 # HeaderValueOption.append_action
 _APPEND, _ADD_IF_ABSENT, _OVERWRITE_OR_ADD, _OVERWRITE_IF_EXISTS = 0, 1, 2, 3
@@ -315,6 +324,10 @@ class DownstreamRequest:
     # The connection's socket addresses (a hash policy's generated cookie is made of them).
     peer: tuple | None = None
     local: tuple | None = None
+    # The connection manager trusts the request as internal (internal_address_config): its
+    # x-envoy-* headers (retry-on, max-retries, upstream-rq-timeout-ms, ...) are honoured.
+    # Decided by Exchange.start before anything reads the headers.
+    internal: bool = False
 
 
 class DownstreamSink(Protocol):
@@ -369,6 +382,7 @@ class Exchange(ResponseHandler):
         "_action",
         "_cluster",
         "_done",
+        "_echoed_id",
         "_headers_sent",
         "_mutations",
         "_record",
@@ -380,6 +394,7 @@ class Exchange(ResponseHandler):
         "_started_at",
         "_stream",
         "_suppress",
+        "_timeout_s",
         "_timer",
     )
 
@@ -400,6 +415,8 @@ class Exchange(ResponseHandler):
         self._set_cookie: bytes | None = None  # a hash policy's generated cookie
         self._server_header = ServerHeader.OVERWRITE
         self._server_name = b"envoy"
+        self._timeout_s = action.timeout_s
+        self._echoed_id: bytes | None = None  # x-request-id for the response (force-trace)
 
     def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
         """Fill `record` in as the exchange goes and log it when the exchange ends."""
@@ -434,6 +451,8 @@ class Exchange(ResponseHandler):
             self._local_reply(action.not_found_status, b"")
             return
         self._cluster = cluster
+        if policy.internal_addresses is not None:
+            request.internal = is_internal(request.headers, request.remote_ip, policy)
         head = self._request_head(request, policy, mutations)
         self._started_at = time.monotonic()
         if record is not None:
@@ -525,6 +544,8 @@ class Exchange(ResponseHandler):
             out.append((b"set-cookie", self._set_cookie))
         for mutations in self._mutations:
             mutations.apply_response(out)
+        if self._echoed_id is not None:
+            kept = self._echo_request_id(out, kept)
         self._headers_sent = True
         record = self._record
         if record is not None:
@@ -601,14 +622,16 @@ class Exchange(ResponseHandler):
         mutations: Sequence[HeaderMutations],
     ) -> RequestHead:
         action = self._action
+        internal = request.internal
         if policy.use_remote_address:
             headers = self._edge_headers(request, policy)
         else:
             headers = []
             has_proto = has_request_id = False
             xff_index = -1
+            stripped = _INTERNAL_STRIPPED if internal else _STRIPPED
             for name, value in request.headers:
-                if name in _STRIPPED:
+                if name in stripped:
                     continue
                 if name == b"te" and value.lower() != b"trailers":
                     continue
@@ -624,10 +647,17 @@ class Exchange(ResponseHandler):
                 headers.append((name, value))
             if not has_proto:
                 headers.append((b"x-forwarded-proto", request.scheme))
+            if internal:
+                headers.append(_INTERNAL)
             if not has_request_id and policy.generate_request_id:
                 headers.append((b"x-request-id", _request_id()))
         suppress = policy.suppress_envoy_headers
-        if action.timeout_s and not suppress:
+        if internal:
+            self._echoed_id = forced_trace_id(headers)
+            self._timeout_s, expected_s = trusted_timeouts(request.headers, action.timeout_s)
+            if expected_s and not suppress:
+                _set_header(headers, b"x-envoy-expected-rq-timeout-ms", expected_s)
+        elif action.timeout_s and not suppress:
             headers.append(
                 (b"x-envoy-expected-rq-timeout-ms", b"%d" % int(action.timeout_s * 1000))
             )
@@ -653,11 +683,15 @@ class Exchange(ResponseHandler):
         peer (the host's address for a loopback peer), x-forwarded-proto trusted only from
         trusted hops, x-envoy-external-address set to the trusted client address, and a new
         x-request-id unless preserve_external_request_id keeps the client's. Headers that
-        exist are changed where they are; new ones are added in Envoy's order."""
+        exist are changed where they are; new ones are added in Envoy's order. An internal
+        request (no x-forwarded-for, an internal peer) is no edge request: x-envoy-internal
+        instead of x-envoy-external-address, its x-envoy-* headers and x-request-id kept."""
         headers: list[Header] = []
         xff_index = proto_index = external_index = id_index = -1
+        internal = request.internal
+        stripped = _INTERNAL_STRIPPED if internal else _EDGE_STRIPPED
         for name, value in request.headers:
-            if name in _EDGE_STRIPPED:
+            if name in stripped:
                 continue
             if name == b"te" and value.lower() != b"trailers":
                 continue
@@ -691,7 +725,9 @@ class Exchange(ResponseHandler):
             headers.append((b"x-forwarded-proto", request.scheme))
         elif not hops:
             headers[proto_index] = (b"x-forwarded-proto", request.scheme)
-        if trusted:
+        if internal:
+            headers.append(_INTERNAL)
+        elif trusted:
             external = (b"x-envoy-external-address", trusted.encode())
             if external_index >= 0:
                 headers[external_index] = external
@@ -700,7 +736,7 @@ class Exchange(ResponseHandler):
         if policy.generate_request_id:
             if id_index < 0:
                 headers.append((b"x-request-id", _request_id()))
-            elif not policy.preserve_external_request_id:
+            elif not policy.preserve_external_request_id and not internal:
                 headers[id_index] = (b"x-request-id", _request_id())
         record = self._record
         if record is not None and hops and appended:
@@ -726,11 +762,22 @@ class Exchange(ResponseHandler):
             out.append((name, value))
         return out, kept
 
+    def _echo_request_id(self, out: list[Header], kept: bool) -> bool:
+        """`x-request-id` after `date` and `server` (written here, then), as Envoy answers
+        an internal request with `x-envoy-force-trace`; returns whether `server` is in."""
+        if not any(name == b"date" for name, _ in out):
+            out.append((b"date", HTTP_DATE.now()))
+        if self._server_name and not kept:
+            out.append((b"server", self._server_name))
+        self._sink.server_sent = True
+        out.append((b"x-request-id", self._echoed_id))  # type: ignore[arg-type]
+        return True
+
     def _request_complete(self) -> None:
         if self._request_ended:
             return
         self._request_ended = True
-        timeout = self._action.timeout_s
+        timeout = self._timeout_s
         if timeout and not self._done:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(timeout, self._on_timeout)
@@ -801,6 +848,16 @@ class Exchange(ResponseHandler):
             self._record = None
             record.end = time.monotonic()
             self._access_log.log(record)  # type: ignore[union-attr]
+
+
+def _set_header(headers: list[Header], name: bytes, seconds: float) -> None:
+    """`name: <milliseconds>` in the place of the header of that name, else at the end."""
+    value = b"%d" % int(seconds * 1000)
+    for index, (present, _) in enumerate(headers):
+        if present == name:
+            headers[index] = (name, value)
+            return
+    headers.append((name, value))
 
 
 # Response flags of a reset before the response started (Envoy's short names).

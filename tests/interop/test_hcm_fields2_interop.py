@@ -9,11 +9,16 @@ and the access-log line must be the same (the harness of test_hcm_fields_interop
 
 from __future__ import annotations
 
+import re
+import socket
+import ssl
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers.certs import CertificateAuthority
 from tests.helpers.envoy import EnvoyProcess
 from tests.helpers.procs import free_port
 from tests.helpers.proxy import ProxyProcess
@@ -79,6 +84,7 @@ _ENVOY_HEADERS = (
 )
 _REQUESTS = {
     "plain": "",
+    "client_cert": "x-forwarded-client-cert: By=spiffe://x;Hash=abc\r\n",
     "envoy_headers": _ENVOY_HEADERS,
     "xff_10": "x-forwarded-for: 10.0.0.1\r\n" + _ENVOY_HEADERS,
     "xff_public": "x-forwarded-for: 1.1.1.1\r\n" + _ENVOY_HEADERS,
@@ -107,7 +113,7 @@ _REQUESTS = {
     "x-delay-ms: 600\r\n",
 }
 # The requests sent to every variant (the others only to `empty` and `remote_cidr`).
-_EVERYWHERE = ("plain", "envoy_headers", "xff_10", "xff_public", "xff_192", "xff_fd")
+_EVERYWHERE = ("plain", "client_cert", "envoy_headers", "xff_10", "xff_public", "xff_192", "xff_fd")
 
 # A fragment in the path: 400 path_normalization_failed, whatever the config.
 _FRAGMENT_PATHS = ["/x#a", "/x?q#a", "/direct#a", "/#", "/x%23a"]
@@ -226,3 +232,159 @@ def test_same_stats_as_envoy_after_the_same_requests(servers, results) -> None:
     name = "http.ingress.downstream_rq_failed_path_normalization"
     counts = {kind: servers[kind][0].stat(name) for kind in ("envoy", "ours")}
     assert counts["ours"] == counts["envoy"] > 0
+
+
+# -- x-forwarded-client-cert over mTLS -----------------------------------------------------
+
+_CA = CertificateAuthority("xfcc root")
+_SERVER = _CA.issue(
+    "proxy", dns_names=["proxy.example"], uris=["spiffe://td/ns/a/sa/proxy", "urn:second"]
+)
+_CLIENT = _CA.issue(
+    "client",
+    client=True,
+    dns_names=["client.example", "other.example"],
+    uris=["spiffe://td/ns/b/sa/client"],
+    organization='Org, "Inc"',
+)
+_BARE_CLIENT = _CA.issue("bare", client=True)  # no SANs
+
+_ALL_DETAILS = {"subject": True, "uri": True, "cert": True, "dns": True}
+XFCC_VARIANTS: dict[str, dict[str, Any]] = {
+    "sanitize": {},
+    "sanitize_details": {"set_current_client_cert_details": {"uri": True}},
+    "forward_only": {"forward_client_cert_details": "FORWARD_ONLY"},
+    "append": {"forward_client_cert_details": "APPEND_FORWARD"},
+    "append_details": {
+        "forward_client_cert_details": "APPEND_FORWARD",
+        "set_current_client_cert_details": _ALL_DETAILS,
+    },
+    "sanitize_set": {
+        "forward_client_cert_details": "SANITIZE_SET",
+        "set_current_client_cert_details": {"subject": True, "uri": True, "dns": True},
+    },
+    "always": {"forward_client_cert_details": "ALWAYS_FORWARD_ONLY"},
+}
+_XFCC_REQUESTS = {
+    "none": "",
+    "sent": "x-forwarded-client-cert: By=spiffe://x;Hash=abc\r\n",
+    "sent_empty": "x-forwarded-client-cert:\r\n",
+    "sent_twice": "x-forwarded-client-cert: By=a\r\nx-forwarded-client-cert: By=b\r\n",
+}
+_CLIENTS = {"mtls": _CLIENT, "mtls_bare": _BARE_CLIENT, "tls": None}
+XFCC_CASES = [
+    (variant, client, name)
+    for variant in XFCC_VARIANTS
+    for client in _CLIENTS
+    for name in _XFCC_REQUESTS
+    if client == "mtls" or variant in ("append_details", "forward_only", "sanitize")
+]
+
+
+def _tls_socket() -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"inline_string": _SERVER.cert_pem.decode()},
+                        "private_key": {"inline_string": _SERVER.key_pem.decode()},
+                    }
+                ],
+                "validation_context": {"trusted_ca": {"inline_string": _CA.cert_pem.decode()}},
+            },
+        },
+    }
+
+
+def _tls_exchange(port: int, client: Any, request: bytes) -> bytes:
+    context = ssl.create_default_context(cadata=_CA.cert_pem.decode())
+    context.check_hostname = False
+    if client is not None:
+        folder = Path(tempfile.mkdtemp(prefix="xfcc-client-"))
+        files = client.write(folder)
+        context.load_cert_chain(files["cert"], files["key"])
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        context.wrap_socket(raw) as sock,
+    ):
+        sock.settimeout(5)
+        sock.sendall(request)
+        received = b""
+        while True:
+            head, separator, body = received.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if separator and length and len(body) >= int(length.group(1)):
+                return received
+            chunk = sock.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+
+
+@pytest.fixture(scope="module")
+def xfcc_servers(tmp_path_factory):
+    echo = Http1Echo()
+    echo.start()
+    started: dict[str, tuple[Any, dict[str, int]]] = {}
+    try:
+        for kind, process_class in (("envoy", EnvoyProcess), ("ours", ProxyProcess)):
+            directory = tmp_path_factory.mktemp(f"xfcc-{kind}")
+            ports = {}
+            listeners = []
+            for variant, fields in XFCC_VARIANTS.items():
+                ports[variant] = port = free_port()
+                listener = http_listener(port, [route("/", "echo")], **fields)
+                listener["name"] = variant
+                listener["filter_chains"][0]["transport_socket"] = _tls_socket()
+                listeners.append(listener)
+            document = bootstrap(listeners, [cluster_dict("echo", [echo.port])])
+            process = process_class(document, directory, log_level="warning")
+            process.start()
+            process.wait_ready()
+            started[kind] = (process, ports)
+        yield started
+    finally:
+        for process, _ in started.values():
+            process.stop()
+        echo.stop()
+
+
+@pytest.fixture(scope="module")
+def xfcc_results(xfcc_servers) -> dict[str, dict[tuple[str, str, str], Any]]:
+    found: dict[str, dict[tuple[str, str, str], Any]] = {}
+    for kind in ("envoy", "ours"):
+        _, ports = xfcc_servers[kind]
+        found[kind] = {
+            (variant, client, name): comparable(
+                _tls_exchange(
+                    ports[variant],
+                    _CLIENTS[client],
+                    f"GET /x HTTP/1.1\r\nhost: foo\r\n{_XFCC_REQUESTS[name]}\r\n".encode(),
+                )
+            )
+            for variant, client, name in XFCC_CASES
+        }
+    return found
+
+
+@pytest.mark.parametrize(
+    ("variant", "client", "name"), XFCC_CASES, ids=["-".join(case) for case in XFCC_CASES]
+)
+def test_client_cert_header_same_as_envoy(xfcc_results, variant, client, name) -> None:
+    assert (
+        xfcc_results["ours"][(variant, client, name)]
+        == (xfcc_results["envoy"][(variant, client, name)])
+    )
+
+
+def test_client_cert_header_is_written(xfcc_results) -> None:
+    """Not vacuous: Envoy writes this hop's element (By=, Hash=, the details)."""
+    headers = dict(xfcc_results["envoy"][("append_details", "mtls", "sent")][2]["headers"])
+    value = headers["x-forwarded-client-cert"]
+    assert value.startswith("By=spiffe://x;Hash=abc,By=spiffe://td/ns/a/sa/proxy;")
+    assert 'Subject="' in value and "URI=spiffe://td/ns/b/sa/client" in value
+    assert "DNS=other.example" in value and 'Cert="-----BEGIN%20CERTIFICATE' in value

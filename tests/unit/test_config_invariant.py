@@ -947,7 +947,7 @@ def test_the_refused_walk_covers_the_roots() -> None:
         f"{root.name} {plain(path)}.{field.name}".replace(" .", " ")
         for root, path, field in REFUSED
     }
-    assert "hcm forward_client_cert_details" in names
+    assert "hcm set_current_client_cert_details.chain" in names
     assert "hcm common_http_protocol_options.max_requests_per_connection" in names
     assert "hcm route_config.virtual_hosts.routes.route.retry_policy" in names
     assert "cluster cleanup_interval" in names

@@ -469,6 +469,8 @@ class Http1RequestReader:
             peer=peer,
             local=transport.get_extra_info("sockname") if transport else None,
         )
+        if transport is not None and (tls := transport.get_extra_info("ssl_object")) is not None:
+            request.ssl, request.scheme = tls, b"https"
         if self._record is not None:
             exchange.log_to(self._record, config.access_log)
         exchange.start(

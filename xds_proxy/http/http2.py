@@ -396,6 +396,9 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
             local=self.transport.get_extra_info("sockname") if self.transport else None,
         )
         config = self._config
+        transport = self.transport
+        if transport is not None and (tls := transport.get_extra_info("ssl_object")) is not None:
+            request.ssl, request.scheme = tls, b"https"
         exchange.start(
             request, end_stream, self._ctx.clusters, config.proxy_policy, action.mutations
         )

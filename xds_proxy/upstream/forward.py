@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
@@ -36,6 +36,7 @@ from xds_proxy.config.hcm import ProxyPolicy, ServerHeader
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
+from xds_proxy.upstream.client_cert import XFCC, apply_client_cert
 from xds_proxy.upstream.hash_policy import address_text, request_hash
 from xds_proxy.upstream.internal_request import (
     ROUTER_CONSUMED,
@@ -92,6 +93,7 @@ _STRIPPED = HOP_BY_HOP | {
     b"x-envoy-hedge-on-per-try-timeout",
     b"x-envoy-retriable-status-codes",
     b"x-envoy-retriable-header-names",
+    b"x-forwarded-client-cert",  # forward_client_cert_details' default, SANITIZE
 }
 _EDGE_STRIPPED = _STRIPPED | {
     b"x-envoy-decorator-operation",
@@ -100,7 +102,11 @@ _EDGE_STRIPPED = _STRIPPED | {
     b"x-envoy-original-path",
 }
 # An internal request keeps the x-envoy-* headers (the router consumes its own).
-_INTERNAL_STRIPPED = HOP_BY_HOP | ROUTER_CONSUMED | {b"x-envoy-internal"}
+_INTERNAL_STRIPPED = HOP_BY_HOP | ROUTER_CONSUMED | {b"x-envoy-internal", XFCC}
+# The same sets for an HCM whose forward_client_cert_details may keep x-forwarded-client-cert.
+_KEEPING_XFCC = {
+    stripped: stripped - {XFCC} for stripped in (_STRIPPED, _EDGE_STRIPPED, _INTERNAL_STRIPPED)
+}
 _INTERNAL = (b"x-envoy-internal", b"true")
 
 # HeaderValueOption.append_action
@@ -328,6 +334,8 @@ class DownstreamRequest:
     # x-envoy-* headers (retry-on, max-retries, upstream-rq-timeout-ms, ...) are honoured.
     # Decided by Exchange.start before anything reads the headers.
     internal: bool = False
+    # The TLS connection's ssl.SSLObject (x-forwarded-client-cert), None on plain TCP.
+    ssl: Any = None
 
 
 class DownstreamSink(Protocol):
@@ -630,6 +638,8 @@ class Exchange(ResponseHandler):
             has_proto = has_request_id = False
             xff_index = -1
             stripped = _INTERNAL_STRIPPED if internal else _STRIPPED
+            if policy.client_cert is not None:
+                stripped = _KEEPING_XFCC[stripped]
             for name, value in request.headers:
                 if name in stripped:
                     continue
@@ -651,6 +661,8 @@ class Exchange(ResponseHandler):
                 headers.append(_INTERNAL)
             if not has_request_id and policy.generate_request_id:
                 headers.append((b"x-request-id", _request_id()))
+        if policy.client_cert is not None:
+            apply_client_cert(headers, request.ssl, policy.client_cert)
         suppress = policy.suppress_envoy_headers
         if internal:
             self._echoed_id = forced_trace_id(headers)
@@ -690,6 +702,8 @@ class Exchange(ResponseHandler):
         xff_index = proto_index = external_index = id_index = -1
         internal = request.internal
         stripped = _INTERNAL_STRIPPED if internal else _EDGE_STRIPPED
+        if policy.client_cert is not None:
+            stripped = _KEEPING_XFCC[stripped]
         for name, value in request.headers:
             if name in stripped:
                 continue

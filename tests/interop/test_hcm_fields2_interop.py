@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.helpers.certs import CertificateAuthority
@@ -281,7 +282,7 @@ XFCC_CASES = [
 ]
 
 
-def _tls_socket() -> dict[str, Any]:
+def _tls_socket(**common: Any) -> dict[str, Any]:
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
@@ -295,6 +296,7 @@ def _tls_socket() -> dict[str, Any]:
                     }
                 ],
                 "validation_context": {"trusted_ca": {"inline_string": _CA.cert_pem.decode()}},
+                **common,
             },
         },
     }
@@ -341,6 +343,12 @@ def xfcc_servers(tmp_path_factory):
                 listener["name"] = variant
                 listener["filter_chains"][0]["transport_socket"] = _tls_socket()
                 listeners.append(listener)
+            # HTTP/2 over TLS (ALPN h2) with every detail appended.
+            ports["h2"] = port = free_port()
+            listener = http_listener(port, [route("/", "echo")], **XFCC_VARIANTS["append_details"])
+            listener["name"] = "h2"
+            listener["filter_chains"][0]["transport_socket"] = _tls_socket(alpn_protocols=["h2"])
+            listeners.append(listener)
             document = bootstrap(listeners, [cluster_dict("echo", [echo.port])])
             process = process_class(document, directory, log_level="warning")
             process.start()
@@ -388,3 +396,31 @@ def test_client_cert_header_is_written(xfcc_results) -> None:
     assert value.startswith("By=spiffe://x;Hash=abc,By=spiffe://td/ns/a/sa/proxy;")
     assert 'Subject="' in value and "URI=spiffe://td/ns/b/sa/client" in value
     assert "DNS=other.example" in value and 'Cert="-----BEGIN%20CERTIFICATE' in value
+
+
+def _h2_tls_upstream_view(port: int) -> tuple[str, list[tuple[str, str]]]:
+    """One HTTP/2 request over mTLS (httpx, ALPN h2): the protocol and the headers the
+    upstream saw."""
+    folder = Path(tempfile.mkdtemp(prefix="xfcc-h2-client-"))
+    files = _CLIENT.write(folder)
+    context = ssl.create_default_context(cadata=_CA.cert_pem.decode())
+    context.check_hostname = False
+    context.load_cert_chain(files["cert"], files["key"])
+    with httpx.Client(http2=True, verify=context) as client:
+        response = client.get(
+            f"https://127.0.0.1:{port}/x", headers={"x-forwarded-client-cert": "By=a"}
+        )
+    upstream = [
+        (name, value)
+        for name, value in response.json()["headers"]
+        if name not in ("host", "x-request-id", "user-agent", "accept", "accept-encoding")
+    ]
+    return response.http_version, upstream
+
+
+def test_client_cert_header_over_http2_same_as_envoy(xfcc_servers) -> None:
+    seen = {kind: _h2_tls_upstream_view(xfcc_servers[kind][1]["h2"]) for kind in xfcc_servers}
+    assert seen["ours"] == seen["envoy"]
+    version, headers = seen["envoy"]
+    assert version == "HTTP/2"
+    assert dict(headers)["x-forwarded-client-cert"].startswith("By=a,By=spiffe://td/ns/a/sa/proxy;")

@@ -101,14 +101,22 @@ class CertificateAuthority:
         dns_names: list[str] | None = None,
         ip_addresses: list[str] | None = None,
         client: bool = False,
+        uris: list[str] | None = None,
+        organization: str | None = None,
     ) -> Issued:
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         alternative: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names or []]
         alternative += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses or []]
+        alternative += [x509.UniformResourceIdentifier(uri) for uri in uris or []]
+        subject = _name(name)
+        if organization is not None:
+            subject = x509.Name(
+                [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization), *subject]
+            )
         builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(name))
+            .subject_name(subject)
             .issuer_name(self.certificate.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

@@ -337,6 +337,7 @@ TEMPLATES: dict[str, dict] = {
         "name": "envoy.retry_host_predicates.previous_hosts"
     },
     "envoy.config.core.v3.SocketAddress": {"address": "127.0.0.6", "port_value": 0},
+    "envoy.config.core.v3.CidrRange": {"address_prefix": "10.1.2.3"},
     "envoy.type.matcher.v3.StringMatcher": {"exact": "v"},
     "envoy.type.matcher.v3.RegexMatcher": {"regex": "a"},
     "envoy.type.matcher.v3.RegexMatchAndSubstitute": {"pattern": {"regex": "a"}},
@@ -463,6 +464,7 @@ EXAMPLES: dict[str, list[Any]] = {
     "minimum_ring_size": [64],
     "maximum_ring_size": [4096],
     "table_size": [1031],
+    "cidr_ranges.address_prefix": ["fd00::"],
 }
 
 # Accepted fields whose value changes nothing a builder produces, with the reason. By root and
@@ -1006,7 +1008,7 @@ def test_the_refused_walk_covers_the_roots() -> None:
         f"{root.name} {plain(path)}.{field.name}".replace(" .", " ")
         for root, path, field in REFUSED
     }
-    assert "hcm internal_address_config" in names
+    assert "hcm set_current_client_cert_details.chain" in names
     assert "hcm common_http_protocol_options.max_requests_per_connection" in names
     assert "hcm route_config.virtual_hosts.routes.route.retry_policy.retry_priority" in names
     assert "cluster original_dst_lb_config.metadata_key" in names
@@ -1111,8 +1113,6 @@ READ_OUTSIDE_BUILDERS: dict[str, str] = {
     _CORE + "Node.locality": "xds/client.py (sent as given)",
     _CORE + "Node.metadata": "xds/client.py (sent as given)",
     # ConfigSource, ApiConfigSource, GrpcService: reached through the HCM's `rds` now.
-    _CORE + "CidrRange.address_prefix": "listener/filter_chain.py",
-    _CORE + "CidrRange.prefix_len": "listener/filter_chain.py",
     _LISTENER + "Listener.name": "listener/manager.py",
     _LISTENER + "Listener.address": "listener/manager.py",
     _LISTENER + "Listener.additional_addresses": "listener/manager.py",

@@ -30,6 +30,15 @@ def last_xff_address(value: bytes, skip: int) -> str | None:
     return candidate
 
 
+def single_xff_address(value: bytes) -> str | None:
+    """The address of an `x-forwarded-for` value of one entry (no comma), or None: Envoy's
+    `getLastAddressFromXFF` with nothing to skip reports it as a single address, the only
+    case in which a request without `use_remote_address` can be internal."""
+    if b"," in value:
+        return None
+    return last_xff_address(value, 0)
+
+
 def is_loopback(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_loopback

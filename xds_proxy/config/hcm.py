@@ -6,6 +6,7 @@ stat handles are attached by http/conn_manager.py (`HcmConfig` extends `HcmSetti
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
 
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -14,6 +15,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from xds_proxy.config.access_log import AccessLogSpec, build_access_logs
+from xds_proxy.config.internal_address import InternalAddresses
 from xds_proxy.config.upgrades import build_upgrades
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.errors import ConfigError
@@ -70,6 +72,31 @@ class ServerHeader(enum.Enum):
     PASS_THROUGH = 2
 
 
+class ClientCertMode(enum.Enum):
+    """`forward_client_cert_details`: what becomes of `x-forwarded-client-cert`."""
+
+    SANITIZE = 0  # removed (also the default: ProxyPolicy.client_cert is None then)
+    FORWARD_ONLY = 1  # kept on mTLS connections, removed on others
+    APPEND_FORWARD = 2  # this hop's element appended (mTLS), removed on others
+    SANITIZE_SET = 3  # replaced by this hop's element (mTLS), removed on others
+    ALWAYS_FORWARD_ONLY = 4  # kept
+
+
+class CertDetail(enum.Enum):
+    """`set_current_client_cert_details`, in the order Envoy writes them."""
+
+    CERT = "Cert"
+    SUBJECT = "Subject"
+    URI = "URI"
+    DNS = "DNS"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertPolicy:
+    mode: ClientCertMode
+    details: tuple[CertDetail, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class PathSettings:
     """What is done to a request's path before routing (http/path_normalization.py); an HCM
@@ -95,6 +122,11 @@ class ProxyPolicy:
     # The router's suppress_envoy_headers: no x-envoy-expected-rq-timeout-ms,
     # x-envoy-original-path / -host, x-envoy-upstream-service-time, x-envoy-overloaded.
     suppress_envoy_headers: bool = False
+    # `internal_address_config` (None: no request is internal, Envoy 1.40's default).
+    internal_addresses: InternalAddresses | None = None
+    # forward_client_cert_details with set_current_client_cert_details (None: SANITIZE
+    # without details, the header is removed with the other untrusted ones).
+    client_cert: ClientCertPolicy | None = None
 
     @property
     def remote_from_xff(self) -> bool:
@@ -189,6 +221,8 @@ def build_hcm_settings(hcm: hcm_pb2.HttpConnectionManager, path: str) -> HcmSett
             preserve_external_request_id=hcm.preserve_external_request_id,
             server_header=ServerHeader(hcm.server_header_transformation),
             suppress_envoy_headers=router.suppress_envoy_headers if router else False,
+            internal_addresses=_internal_addresses(hcm, f"{path}.internal_address_config"),
+            client_cert=_client_cert(hcm),
         ),
         path_settings=_path_settings(hcm),
         headers_with_underscores=Underscores(options.headers_with_underscores_action),
@@ -215,6 +249,41 @@ def _path_settings(hcm: hcm_pb2.HttpConnectionManager) -> PathSettings | None:
     if not normalize and not hcm.merge_slashes and escaped is EscapedSlashes.KEEP_UNCHANGED:
         return None
     return PathSettings(normalize, hcm.merge_slashes, escaped)
+
+
+def _internal_addresses(hcm: hcm_pb2.HttpConnectionManager, path: str) -> InternalAddresses | None:
+    if not hcm.HasField("internal_address_config"):
+        return None
+    config = hcm.internal_address_config
+    ranges = []
+    for index, cidr in enumerate(config.cidr_ranges):
+        length = cidr.prefix_len.value if cidr.HasField("prefix_len") else 0
+        try:
+            ranges.append(ipaddress.ip_network(f"{cidr.address_prefix}/{length}", strict=False))
+        except ValueError as error:
+            raise ConfigError(
+                f"{path}.cidr_ranges[{index}]: malformed IP range "
+                f"{cidr.address_prefix}/{length}: {error}"
+            ) from None
+    return InternalAddresses(tuple(ranges), config.unix_sockets)
+
+
+def _client_cert(hcm: hcm_pb2.HttpConnectionManager) -> ClientCertPolicy | None:
+    mode = ClientCertMode(hcm.forward_client_cert_details)
+    wanted = hcm.set_current_client_cert_details
+    details = tuple(
+        detail
+        for detail, chosen in (
+            (CertDetail.CERT, wanted.cert),
+            (CertDetail.SUBJECT, wanted.subject.value),
+            (CertDetail.URI, wanted.uri),
+            (CertDetail.DNS, wanted.dns),
+        )
+        if chosen
+    )
+    if mode is ClientCertMode.SANITIZE and not details:
+        return None
+    return ClientCertPolicy(mode, details)
 
 
 def _optional_duration(

@@ -302,6 +302,9 @@ TABLE: dict[str, dict[str, Rule]] = {
         "generate_request_id": OK,
         "preserve_external_request_id": OK,
         "server_header_transformation": OK,
+        "internal_address_config": OK,  # config/internal_address.py
+        "forward_client_cert_details": OK,  # upstream/client_cert.py
+        "set_current_client_cert_details": OK,
         # Before routing (http/path_normalization.py).
         "normalize_path": OK,
         "merge_slashes": OK,
@@ -319,6 +322,14 @@ TABLE: dict[str, dict[str, Rule]] = {
         "upgrade_type": OK,
         "enabled": OK,
         "filters": NotYet("an upgrade's own HTTP filter chain is not built"),
+    },
+    _HCM + "HttpConnectionManager.InternalAddressConfig": {"unix_sockets": OK, "cidr_ranges": OK},
+    _HCM + "HttpConnectionManager.SetCurrentClientCertDetails": {
+        "subject": OK,
+        "uri": OK,
+        "cert": OK,
+        "dns": OK,
+        "chain": NotYet("Python 3.11's ssl does not give the peer's certificate chain"),
     },
     _HCM + "Rds": {"config_source": OK, "route_config_name": OK},
     _HCM + "HttpFilter": {

@@ -43,6 +43,7 @@ from xds_proxy.config.secrets import (
 )
 from xds_proxy.config.tls_material import load_cert_chain
 from xds_proxy.config.values import DataSourceRef, data_source, read_data_source
+from xds_proxy.config.x509_names import leaf_uri_sans
 from xds_proxy.errors import ConfigError
 
 TLS_SOCKET_NAME = "envoy.transport_sockets.tls"
@@ -317,12 +318,20 @@ def downstream_tls(
     return DownstreamTls(downstream_tls_spec(socket, path), secrets)
 
 
+class ServerContext(ssl.SSLContext):
+    """A filter chain's server context, with the URI SANs of its own certificate
+    (`x-forwarded-client-cert`'s `By=`)."""
+
+    uri_sans: tuple[str, ...] = ()
+
+
 def _server_context(
     spec: DownstreamTlsSpec,
     certificate: CertificateMaterial,
     validation: ValidationMaterial | None,
 ) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    context.uri_sans = leaf_uri_sans(certificate.chain)
     context.minimum_version = spec.minimum_version
     context.maximum_version = spec.maximum_version
     certificate_path = f"{spec.path}.tls_certificates[0]"

@@ -355,6 +355,8 @@ class Http1RequestReader:
         elif self._host is None:
             self._reject = config.bad_request_no_body
             raise _StopParsing
+        if b"#" in self._url:  # Envoy 1.40 refuses a fragment in the path, whatever the config
+            self._reject_path()
         if config.path_rules is not None:
             self._apply_path_rules(config.path_rules)
         if record is not None:
@@ -550,6 +552,8 @@ class Http1RequestReader:
         )
         if upgrade:
             request.upgrade = True
+        if transport is not None and (tls := transport.get_extra_info("ssl_object")) is not None:
+            request.ssl, request.scheme = tls, b"https"
         if self._record is not None:
             exchange.log_to(self._record, config.access_log)
         exchange.start(
@@ -700,6 +704,11 @@ class Http1RequestReader:
         if outcome is PathOutcome.REDIRECT:
             self._path_redirect = PathRedirect(self._url, config.server_name)
             return
+        self._reject_path()
+
+    def _reject_path(self) -> None:
+        """A 400 (`path_normalization_failed`); the connection closes."""
+        config = self._config
         config.stats.rq_failed_path_normalization.value += 1
         record = self._record
         if record is not None:

@@ -305,7 +305,9 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
             return
         headers = event.headers
         config = self._config
-        if not config.plain_requests and (config.underscores or config.path_rules):
+        if b"#" in path or (
+            not config.plain_requests and (config.underscores or config.path_rules)
+        ):
             ended = event.stream_ended is not None
             checked = checked_request(config, conn, self.transport, stream_id, headers, path, ended)  # type: ignore[arg-type]
             if checked is None:
@@ -394,6 +396,9 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
             local=self.transport.get_extra_info("sockname") if self.transport else None,
         )
         config = self._config
+        transport = self.transport
+        if transport is not None and (tls := transport.get_extra_info("ssl_object")) is not None:
+            request.ssl, request.scheme = tls, b"https"
         exchange.start(
             request, end_stream, self._ctx.clusters, config.proxy_policy, action.mutations
         )

@@ -45,6 +45,9 @@ def checked_request(
             if config.access_log is not None:
                 _log_refused(config, transport)
             return None
+    if b"#" in path:  # Envoy 1.40 refuses a fragment in the path, whatever the config
+        _path_reply(config, conn, transport, stream_id, headers, path, PathOutcome.REJECT, ended)
+        return None
     rules = config.path_rules
     if rules is not None:
         outcome, path = rules.apply(path)

@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
@@ -43,9 +43,16 @@ from xds_proxy.config.upgrades import Upgrades, build_upgrades
 from xds_proxy.config.values import duration_seconds
 from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
+from xds_proxy.upstream.client_cert import XFCC, apply_client_cert
 from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.upstream.hash_policy import address_text, request_hash
 from xds_proxy.upstream.host import Host, host_address_text
+from xds_proxy.upstream.internal_request import (
+    ROUTER_CONSUMED,
+    forced_trace_id,
+    is_internal,
+    trusted_timeouts,
+)
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
 from xds_proxy.upstream.retry import (
@@ -104,6 +111,7 @@ _STRIPPED = HOP_BY_HOP | {
     b"x-envoy-hedge-on-per-try-timeout",
     b"x-envoy-retriable-status-codes",
     b"x-envoy-retriable-header-names",
+    b"x-forwarded-client-cert",  # forward_client_cert_details' default, SANITIZE
 }
 _EDGE_STRIPPED = _STRIPPED | {
     b"x-envoy-decorator-operation",
@@ -111,10 +119,16 @@ _EDGE_STRIPPED = _STRIPPED | {
     b"x-envoy-downstream-service-node",
     b"x-envoy-original-path",
 }
+# An internal request keeps the x-envoy-* headers (the router consumes its own).
+_INTERNAL_STRIPPED = HOP_BY_HOP | ROUTER_CONSUMED | {b"x-envoy-internal", XFCC}
+# The same sets for an HCM whose forward_client_cert_details may keep x-forwarded-client-cert.
+_KEEPING_XFCC = {
+    stripped: stripped - {XFCC} for stripped in (_STRIPPED, _EDGE_STRIPPED, _INTERNAL_STRIPPED)
+}
+_INTERNAL = (b"x-envoy-internal", b"true")
 
 # An allowed upgrade request keeps `connection` and `upgrade` (Envoy forwards them verbatim).
-_UPGRADE_STRIPPED = _STRIPPED - {b"connection", b"upgrade"}
-_EDGE_UPGRADE_STRIPPED = _EDGE_STRIPPED - {b"connection", b"upgrade"}
+_UPGRADE_KEPT = frozenset({b"connection", b"upgrade"})
 
 # HeaderValueOption.append_action
 _APPEND, _ADD_IF_ABSENT, _OVERWRITE_OR_ADD, _OVERWRITE_IF_EXISTS = 0, 1, 2, 3
@@ -396,6 +410,12 @@ class DownstreamRequest:
     local: tuple | None = None
     # An allowed HTTP/1.1 upgrade (http/http1_upgrade.py): `connection` and `upgrade` go on.
     upgrade: bool = False
+    # The connection manager trusts the request as internal (internal_address_config): its
+    # x-envoy-* headers (retry-on, max-retries, upstream-rq-timeout-ms, ...) are honoured.
+    # Decided by Exchange.start before anything reads the headers.
+    internal: bool = False
+    # The TLS connection's ssl.SSLObject (x-forwarded-client-cert), None on plain TCP.
+    ssl: Any = None
 
 
 class DownstreamSink(Protocol):
@@ -450,6 +470,7 @@ class Exchange(ResponseHandler):
         "_action",
         "_cluster",
         "_done",
+        "_echoed_id",
         "_headers_sent",
         "_mutations",
         "_record",
@@ -462,6 +483,7 @@ class Exchange(ResponseHandler):
         "_started_at",
         "_stream",
         "_suppress",
+        "_timeout_s",
         "_timer",
         "_upgrade",
     )
@@ -487,6 +509,8 @@ class Exchange(ResponseHandler):
         # sends it only once the request is complete).
         self._upgrade = False
         self._retries: _Attempts | None = None  # per-try timeout, retries (upstream/retry.py)
+        self._timeout_s = action.timeout_s
+        self._echoed_id: bytes | None = None  # x-request-id for the response (force-trace)
 
     def log_to(self, record: LogRecord, access_log: AccessLog) -> None:
         """Fill `record` in as the exchange goes and log it when the exchange ends."""
@@ -522,6 +546,8 @@ class Exchange(ResponseHandler):
             self._local_reply(action.not_found_status, b"")
             return
         self._cluster = cluster
+        if policy.internal_addresses is not None:
+            request.internal = is_internal(request.headers, request.remote_ip, policy)
         head = self._request_head(request, policy, mutations)
         self._started_at = time.monotonic()
         if record is not None:
@@ -540,7 +566,8 @@ class Exchange(ResponseHandler):
                 request.remote_ip,
                 address_text(request.peer) + address_text(request.local),
             )
-        self._retries = _Attempts.start(self, action, head, cluster, end_stream)
+        trusted = request.headers if request.internal else ()
+        self._retries = _Attempts.start(self, action, head, cluster, end_stream, trusted)
         stream = cluster.new_stream(head, self, end_stream, request.http2, hash_key)
         if stream is None:
             self._no_healthy_upstream()
@@ -622,6 +649,8 @@ class Exchange(ResponseHandler):
             out.append((ATTEMPT_COUNT, b"%d" % self._attempt_count()))
         for mutations in self._mutations:
             mutations.apply_response(out)
+        if self._echoed_id is not None:
+            kept = self._echo_request_id(out, kept)
         self._headers_sent = True
         record = self._record
         if record is not None:
@@ -703,14 +732,18 @@ class Exchange(ResponseHandler):
         mutations: Sequence[HeaderMutations],
     ) -> RequestHead:
         action = self._action
+        internal = request.internal
         if policy.use_remote_address:
             headers = self._edge_headers(request, policy)
         else:
             headers = []
             has_proto = has_request_id = False
             xff_index = -1
+            stripped = _INTERNAL_STRIPPED if internal else _STRIPPED
+            if policy.client_cert is not None:
+                stripped = _KEEPING_XFCC[stripped]
             for name, value in request.headers:
-                if name in (_STRIPPED if not request.upgrade else _UPGRADE_STRIPPED):
+                if name in stripped and not (request.upgrade and name in _UPGRADE_KEPT):
                     continue
                 if name == b"te" and value.lower() != b"trailers":
                     continue
@@ -726,10 +759,19 @@ class Exchange(ResponseHandler):
                 headers.append((name, value))
             if not has_proto:
                 headers.append((b"x-forwarded-proto", request.scheme))
+            if internal:
+                headers.append(_INTERNAL)
             if not has_request_id and policy.generate_request_id:
                 headers.append((b"x-request-id", _request_id()))
+        if policy.client_cert is not None:
+            apply_client_cert(headers, request.ssl, policy.client_cert)
         suppress = policy.suppress_envoy_headers
-        if action.timeout_s and not suppress:
+        if internal:
+            self._echoed_id = forced_trace_id(headers)
+            self._timeout_s, expected_s = trusted_timeouts(request.headers, action.timeout_s)
+            if expected_s and not suppress:
+                _set_header(headers, b"x-envoy-expected-rq-timeout-ms", expected_s)
+        elif action.timeout_s and not suppress:
             headers.append(
                 (b"x-envoy-expected-rq-timeout-ms", b"%d" % int(action.timeout_s * 1000))
             )
@@ -762,11 +804,17 @@ class Exchange(ResponseHandler):
         peer (the host's address for a loopback peer), x-forwarded-proto trusted only from
         trusted hops, x-envoy-external-address set to the trusted client address, and a new
         x-request-id unless preserve_external_request_id keeps the client's. Headers that
-        exist are changed where they are; new ones are added in Envoy's order."""
+        exist are changed where they are; new ones are added in Envoy's order. An internal
+        request (no x-forwarded-for, an internal peer) is no edge request: x-envoy-internal
+        instead of x-envoy-external-address, its x-envoy-* headers and x-request-id kept."""
         headers: list[Header] = []
         xff_index = proto_index = external_index = id_index = -1
+        internal = request.internal
+        stripped = _INTERNAL_STRIPPED if internal else _EDGE_STRIPPED
+        if policy.client_cert is not None:
+            stripped = _KEEPING_XFCC[stripped]
         for name, value in request.headers:
-            if name in (_EDGE_STRIPPED if not request.upgrade else _EDGE_UPGRADE_STRIPPED):
+            if name in stripped and not (request.upgrade and name in _UPGRADE_KEPT):
                 continue
             if name == b"te" and value.lower() != b"trailers":
                 continue
@@ -800,7 +848,9 @@ class Exchange(ResponseHandler):
             headers.append((b"x-forwarded-proto", request.scheme))
         elif not hops:
             headers[proto_index] = (b"x-forwarded-proto", request.scheme)
-        if trusted:
+        if internal:
+            headers.append(_INTERNAL)
+        elif trusted:
             external = (b"x-envoy-external-address", trusted.encode())
             if external_index >= 0:
                 headers[external_index] = external
@@ -809,7 +859,7 @@ class Exchange(ResponseHandler):
         if policy.generate_request_id:
             if id_index < 0:
                 headers.append((b"x-request-id", _request_id()))
-            elif not policy.preserve_external_request_id:
+            elif not policy.preserve_external_request_id and not internal:
                 headers[id_index] = (b"x-request-id", _request_id())
         record = self._record
         if record is not None and hops and appended:
@@ -835,11 +885,22 @@ class Exchange(ResponseHandler):
             out.append((name, value))
         return out, kept
 
+    def _echo_request_id(self, out: list[Header], kept: bool) -> bool:
+        """`x-request-id` after `date` and `server` (written here, then), as Envoy answers
+        an internal request with `x-envoy-force-trace`; returns whether `server` is in."""
+        if not any(name == b"date" for name, _ in out):
+            out.append((b"date", HTTP_DATE.now()))
+        if self._server_name and not kept:
+            out.append((b"server", self._server_name))
+        self._sink.server_sent = True
+        out.append((b"x-request-id", self._echoed_id))  # type: ignore[arg-type]
+        return True
+
     def _request_complete(self) -> None:
         if self._request_ended:
             return
         self._request_ended = True
-        timeout = self._action.timeout_s
+        timeout = self._timeout_s
         if timeout and not self._done:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(timeout, self._on_timeout)
@@ -945,6 +1006,16 @@ class Exchange(ResponseHandler):
         return state.attempts if state is not None else 1
 
 
+def _set_header(headers: list[Header], name: bytes, seconds: float) -> None:
+    """`name: <milliseconds>` in the place of the header of that name, else at the end."""
+    value = b"%d" % int(seconds * 1000)
+    for index, (present, _) in enumerate(headers):
+        if present == name:
+            headers[index] = (name, value)
+            return
+    headers.append((name, value))
+
+
 # Response flags of a reset before the response started (Envoy's short names).
 _RESET_FLAGS = {
     CONNECTION_FAILURE: "UF",
@@ -1029,14 +1100,14 @@ class _Attempts:
         head: RequestHead,
         cluster: Cluster,
         end_stream: bool,
+        trusted: Sequence[Header] = (),
     ) -> _Attempts | None:
-        """Consume the request's retry headers (always, as Envoy) and set up the attempts;
-        None when there is neither a retry nor a per-try timeout to make."""
-        # Envoy 1.40 obeys these only on requests from internal addresses, and without an
-        # HCM `internal_address_config` (not accepted here) no address is internal: they are
-        # removed (cleanInternalHeaders) and ignored.
+        """Consume the request's retry headers (never forwarded, as Envoy) and set up the
+        attempts; None when there is neither a retry nor a per-try timeout to make. Envoy
+        1.40 obeys the retry headers only on an internal request (`internal_address_config`):
+        `trusted` is then the request's own headers."""
         take_retry_headers(head.headers)
-        taken: dict[bytes, bytes] = {}
+        taken = take_retry_headers(list(trusted)) if trusted else {}
         policy = action.retry_policy
         if action.attempt_count_upstream:
             head.headers.append((ATTEMPT_COUNT, b"1"))

@@ -470,6 +470,12 @@ EXAMPLES: dict[str, list[Any]] = {
 # Accepted fields whose value changes nothing a builder produces, with the reason. By root and
 # path without indices.
 NO_EFFECT: dict[str, str] = {
+    "hcm route_config.virtual_hosts.routes.decorator": (
+        "Envoy reads it only for tracing, and an HCM with `tracing` is refused"
+    ),
+    "hcm route_config.virtual_hosts.routes.route.max_stream_duration.max_stream_duration": (
+        "only 0s (no limit) builds: ForwardAction refuses any other value as not supported yet"
+    ),
     "hcm rds.config_source.ads": "an empty message, which the filled-in Rds already sets",
     "hcm rds.config_source.resource_api_version": (
         "the table accepts AUTO and V3, both mean v3 (V2 is refused)"

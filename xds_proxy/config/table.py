@@ -373,6 +373,9 @@ TABLE: dict[str, dict[str, Rule]] = {
         "include_attempt_count_in_response": OK,  # x-envoy-attempt-count downstream
     },
     _ROUTE + "Route": {
+        # Envoy reads the decorator only for tracing (the span name, and the upstream's
+        # x-envoy-decorator-operation), and an HCM with `tracing` is refused here.
+        "decorator": OPAQUE,
         "name": OK,
         "match": OK,
         "route": OK,
@@ -397,6 +400,17 @@ TABLE: dict[str, dict[str, Rule]] = {
         "hash_policy": OK,  # config/hash_policy.py, for the ring hash and Maglev balancers
         "retry_policy": OK,  # config/retry.py, carried out by upstream/retry.py
         "upgrade_configs": OK,  # upstream/forward.py ForwardAction.upgrades
+        "max_stream_duration": OK,  # upstream/forward.py
+    },
+    _ROUTE + "RouteAction.MaxStreamDuration": {
+        # Only 0s (no limit), what control planes send: a stream's duration is not enforced.
+        "max_stream_duration": OK,
+        # Envoy then limits the stream to the request's grpc-timeout and answers gRPC
+        # requests with grpc-status 4 (we have no gRPC-shaped local replies yet).
+        "grpc_timeout_header_max": NotYet(
+            "the grpc-timeout header as the stream's duration is not built"
+        ),
+        "grpc_timeout_header_offset": NotYet("the grpc-timeout header is not read"),
     },
     _ROUTE + "RouteAction.UpgradeConfig": {
         "upgrade_type": OK,

@@ -311,6 +311,7 @@ class ForwardAction:
         self.timeout_s: float | None = DEFAULT_ROUTE_TIMEOUT_S
         if action.HasField("timeout"):
             self.timeout_s = duration_seconds(action.timeout) or None
+        _no_stream_duration(action, f"{path}.max_stream_duration")
         self.hash_policy: tuple[HashMethod, ...] = build_hash_policy(
             action.hash_policy, f"{path}.hash_policy"
         )
@@ -373,6 +374,19 @@ def _path_to_host(
         ) from None
     substitution = re.sub(r"\\(\d)", r"\\g<\1>", rewrite.substitution)
     return pattern, substitution
+
+
+def _no_stream_duration(action: route_components_pb2.RouteAction, path: str) -> None:
+    """`max_stream_duration.max_stream_duration`: only 0s (no limit) is accepted; a stream's
+    duration is not limited yet."""
+    durations = action.max_stream_duration
+    if durations.HasField("max_stream_duration") and duration_seconds(
+        durations.max_stream_duration
+    ):
+        raise ConfigError(
+            f"{path}.max_stream_duration: not supported yet (a stream's duration is not "
+            "limited: only 0s is accepted)"
+        )
 
 
 def _weighted(weighted: route_components_pb2.WeightedCluster, path: str) -> WeightedClusters:
@@ -768,13 +782,11 @@ class Exchange(ResponseHandler):
         suppress = policy.suppress_envoy_headers
         if internal:
             self._echoed_id = forced_trace_id(headers)
-            self._timeout_s, expected_s = trusted_timeouts(request.headers, action.timeout_s)
+            self._timeout_s, expected_s = trusted_timeouts(request.headers, self._timeout_s)
             if expected_s and not suppress:
                 _set_header(headers, b"x-envoy-expected-rq-timeout-ms", expected_s)
-        elif action.timeout_s and not suppress:
-            headers.append(
-                (b"x-envoy-expected-rq-timeout-ms", b"%d" % int(action.timeout_s * 1000))
-            )
+        elif self._timeout_s and not suppress:
+            headers.append((b"x-envoy-expected-rq-timeout-ms", b"%d" % int(self._timeout_s * 1000)))
         # Most specific first, as Envoy: route, then virtual host, then route configuration.
         self._mutations = mutations
         for level in mutations:

@@ -401,7 +401,7 @@ def test_prefix_rewrite_redirect() -> None:
             [
                 {
                     "match": {"prefix": "/"},
-                    "direct_response": {"status": 200},
+                    "redirect": {"path_redirect": "/x"},
                     "response_headers_to_add": [{"header": {"key": "a", "value": "b"}}],
                 }
             ],

@@ -114,12 +114,30 @@ class LocalResponse:
         "_head_only_close",
         "_head_only_keep",
         "_keep_tail",
+        "headers",
         "status",
     )
 
-    def __init__(self, status: int, body: bytes = b"", server: str = "envoy") -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        server: str = "envoy",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """`headers`: a direct response's `response_headers_to_add` (route, virtual host, then
+        route configuration), first in the response as Envoy writes them; a `server` among
+        them takes the server name in its place."""
         self.status = status
+        if server and any(name == b"server" for name, _ in headers):
+            headers = tuple(
+                (name, server.encode("latin-1") if name == b"server" else value)
+                for name, value in headers
+            )
+            server = ""  # written where the mutation put it
+        self.headers = headers
         status_line = f"HTTP/1.1 {status} {reason_phrase(status)}\r\n".encode("latin-1")
+        status_line += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
         # No server name: no `server` header (server_header_transformation PASS_THROUGH).
         server_line = f"\r\nserver: {server}\r\n".encode("latin-1") if server else b"\r\n"
         self._body = body

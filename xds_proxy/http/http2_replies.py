@@ -19,7 +19,6 @@ from xds_proxy.http.http2_stream import (
     ANSWERED,
     BLOCKED_STREAM_COST,
     LEARN,
-    NO_BODY_STATUSES,
     NOT_ROUTED,
     OPEN,
     RESPONSE_BUFFER_LIMIT,
@@ -151,27 +150,32 @@ class Http2Replies:
 
     def _local_reply(self, action: object) -> LocalReply:
         """A local reply's status, body and header blocks around `date`, built once per
-        action and connection (Envoy's order: content-length, content-type, date, server)."""
+        action and connection (Envoy's order: a direct response's added headers,
+        content-length and content-type when there is a body, date, server)."""
+        added: tuple[tuple[bytes, bytes], ...] = ()
         if action is None:
             not_found = self._config.routes.current.not_found  # the HCM's, the same in any table
             status, body = not_found.status, not_found.body
         elif type(action) is DirectResponseAction:
             status, body = action.response.status, action.response.body
+            added = action.response.headers  # response_headers_to_add, first (as Envoy)
         else:  # never: forwarded streams are answered by their exchange
             status, body = 500, b""
         status_header = (b":status", str(status).encode())
         server = _server_header(self._config.server_name)
+        if any(name == b"server" for name, _ in added):
+            server = ()  # the mutation's `server` holds the server name (LocalResponse)
         if body:
             before = (
                 status_header,
+                *added,
                 (b"content-length", str(len(body)).encode()),
                 (b"content-type", b"text/plain"),
             )
             after: tuple[tuple[bytes, bytes], ...] = server
-        else:
-            before = (status_header,)
-            has_length = status not in NO_BODY_STATUSES and status >= 200
-            after = (*server, (b"content-length", b"0")) if has_length else server
+        else:  # Envoy writes no `content-length: 0` on HTTP/2 (its HTTP/1.1 codec does)
+            before = (status_header, *added)
+            after = server
         reply = (status, body, before, after)
         if len(self._replies) < 64:
             self._replies[action] = reply

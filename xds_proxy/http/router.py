@@ -309,14 +309,24 @@ class Route:
             for index, header in enumerate(match.headers)
         )
         action_kind = route.WhichOneof("action")
-        if action_kind != "route":
-            # Response header mutations on local replies are not built yet.
-            for level in (HeaderMutations(route, path), *outer_mutations):
+        levels = (HeaderMutations(route, path), *outer_mutations)
+        if action_kind == "redirect":
+            # Response header mutations on redirects are not built yet.
+            for level in levels:
                 if level.has_response:
                     raise ConfigError(f"{level.response_field}: not supported yet")
         if action_kind == "direct_response":
+            added: list[tuple[bytes, bytes]] = []
+            for level in levels:  # route, virtual host, route configuration: Envoy's order
+                level.apply_response(added)
             self.action: RouteAction = DirectResponseAction(
-                _direct_response(route.direct_response, f"{path}.direct_response", server, max_body)
+                _direct_response(
+                    route.direct_response,
+                    f"{path}.direct_response",
+                    server,
+                    max_body,
+                    tuple(added),
+                )
             )
         elif action_kind == "redirect":
             self.action = RedirectAction(
@@ -329,7 +339,6 @@ class Route:
             matched = match.prefix if kind == "prefix" else match.path if kind == "path" else ""
             forward = ForwardAction(route.route, f"{path}.route", kind, matched)
             # Most specific first: route, virtual host, route configuration (Envoy's order).
-            levels = (HeaderMutations(route, path), *outer_mutations)
             forward.mutations = tuple(level for level in levels if not level.empty)
             self.action = forward
         self.action.route_name = route.name
@@ -350,7 +359,11 @@ class Route:
 
 
 def _direct_response(
-    action: route_components_pb2.DirectResponseAction, path: str, server: str, max_body: int
+    action: route_components_pb2.DirectResponseAction,
+    path: str,
+    server: str,
+    max_body: int,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> LocalResponse:
     body = b""
     if action.HasField("body"):
@@ -359,7 +372,7 @@ def _direct_response(
             raise ConfigError(
                 f"{path}.body: response body size is {len(body)} bytes; maximum is {max_body}"
             )
-    return LocalResponse(action.status, body, server)
+    return LocalResponse(action.status, body, server, headers)
 
 
 def _route_cluster_names(action: route_components_pb2.RouteAction) -> list[str]:

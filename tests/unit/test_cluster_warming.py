@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2
 from google.protobuf import json_format
 
 from tests.helpers.waiting import wait_until
@@ -18,6 +20,7 @@ from xds_proxy.config.endpoints import Assignment
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
+from xds_proxy.xds.eds import EndpointSubscriptions
 
 
 def dns_cluster(port: int, name: str = "web") -> cluster_pb2.Cluster:
@@ -153,6 +156,9 @@ class Watcher:
     def flush(self) -> None:
         self.flushes += 1
 
+    def check_source(self, source, path: str) -> None:
+        pass
+
 
 def eds_cluster(timeout: str = "1s") -> cluster_pb2.Cluster:
     return json_format.ParseDict(
@@ -225,3 +231,49 @@ async def test_the_end_of_the_initial_fetch_activates_it_empty_and_removal_unwat
 def test_eds_without_a_watcher_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"^cluster\.type: EDS clusters need an EDS subscription"):
         ClusterManager(Stats()).add_or_update(eds_cluster())
+
+
+def test_an_eds_source_that_cannot_subscribe_rejects_the_cluster_at_once() -> None:
+    """As Envoy: the CDS update is NACKed naming the field, instead of a cluster that warms
+    forever (here a REST source without its required refresh_delay)."""
+    bootstrap = json_format.ParseDict(
+        {
+            "static_resources": {
+                "clusters": [
+                    {
+                        "name": "xds",
+                        "type": "STATIC",
+                        "load_assignment": {
+                            "cluster_name": "xds",
+                            "endpoints": [
+                                {
+                                    "lb_endpoints": [
+                                        {
+                                            "endpoint": {
+                                                "address": {
+                                                    "socket_address": {
+                                                        "address": "127.0.0.1",
+                                                        "port_value": 1,
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    ]
+                                }
+                            ],
+                        },
+                    }
+                ]
+            }
+        },
+        bootstrap_pb2.Bootstrap(),
+    )
+    manager = ClusterManager(Stats(), endpoints=EndpointSubscriptions(Stats(), bootstrap))
+    cluster = eds_cluster()
+    source = cluster.eds_cluster_config.eds_config
+    source.Clear()
+    source.api_config_source.api_type = config_source_pb2.ApiConfigSource.REST
+    source.api_config_source.cluster_names.append("xds")
+    with pytest.raises(ConfigError, match="refresh_delay"):
+        manager.add_or_update(cluster, "resources[0]")
+    assert manager.get("web") is None

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2
 
 from xds_proxy.config.cluster import (
     ClusterConfig,
@@ -59,6 +60,10 @@ class EndpointWatcher(Protocol):
 
     def flush(self) -> None:
         """Send the subscription changes of the last batch."""
+        ...
+
+    def check_source(self, source: config_source_pb2.ConfigSource, path: str) -> None:
+        """Raise ConfigError (`path...: reason`) if EDS cannot subscribe with `source`."""
         ...
 
 
@@ -127,8 +132,11 @@ class ClusterManager:
         if name in self.static_names and not static:
             raise ConfigError(f"{path}.name: '{name}' is a static cluster and cannot be updated")
         config = build_cluster_config(cluster, path)
-        if config.eds is not None and self._endpoints is None:
-            raise ConfigError(f"{path}.type: EDS clusters need an EDS subscription")
+        if config.eds is not None:
+            if self._endpoints is None:
+                raise ConfigError(f"{path}.type: EDS clusters need an EDS subscription")
+            # As Envoy: a source it cannot subscribe with rejects the cluster now.
+            self._endpoints.check_source(config.eds.source, f"{path}.eds_cluster_config.eds_config")
         self._use_secrets(config)
         new = Cluster(config, self.stats, self._rng, self._resolve)
         record = ClusterRecord(key, version_info, time.time())

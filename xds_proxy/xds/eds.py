@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.core.v3 import config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 
@@ -47,6 +48,7 @@ from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.xds.named import NamedClient, ResourceType
+from xds_proxy.xds.source import source_server
 from xds_proxy.xds.subscriptions import NamedSubscriptions, Subscription, UpdateStats
 from xds_proxy.xds.transport import XdsStream
 
@@ -99,6 +101,7 @@ class EndpointSubscriptions:
         """`ads_stream()`: the server's ADS stream once it exists; while `ads_coming()`, EDS
         over ADS waits to join it (after CDS) instead of opening a stream of its own."""
         self._stats = stats
+        self._bootstrap = bootstrap
         self._wall_clock = wall_clock
         self.subscriptions = NamedSubscriptions(
             ENDPOINTS,
@@ -129,6 +132,9 @@ class EndpointSubscriptions:
 
     def unwatch(self, cluster: Cluster) -> None:
         self.subscriptions.remove_user(cluster)
+
+    def check_source(self, source: config_source_pb2.ConfigSource, path: str) -> None:
+        source_server(self._bootstrap, source, path)  # raises ConfigError if unusable
 
     def flush(self) -> None:
         self.subscriptions.flush()

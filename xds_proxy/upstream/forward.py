@@ -580,8 +580,7 @@ class Exchange(ResponseHandler):
                 request.remote_ip,
                 address_text(request.peer) + address_text(request.local),
             )
-        trusted = request.headers if request.internal else ()
-        self._retries = _Attempts.start(self, action, head, cluster, end_stream, trusted)
+        self._retries = _Attempts.start(self, action, head, cluster, end_stream)
         stream = cluster.new_stream(head, self, end_stream, request.http2, hash_key)
         if stream is None:
             self._no_healthy_upstream()
@@ -1112,14 +1111,14 @@ class _Attempts:
         head: RequestHead,
         cluster: Cluster,
         end_stream: bool,
-        trusted: Sequence[Header] = (),
     ) -> _Attempts | None:
         """Consume the request's retry headers (never forwarded, as Envoy) and set up the
         attempts; None when there is neither a retry nor a per-try timeout to make. Envoy
-        1.40 obeys the retry headers only on an internal request (`internal_address_config`):
-        `trusted` is then the request's own headers."""
+        1.40 obeys the retry headers of an internal request (`internal_address_config`);
+        ours are not handed to the retry state yet (their timeouts are, by
+        internal_request.trusted_timeouts)."""
         take_retry_headers(head.headers)
-        taken = take_retry_headers(list(trusted)) if trusted else {}
+        taken: dict[bytes, bytes] = {}
         policy = action.retry_policy
         if action.attempt_count_upstream:
             head.headers.append((ATTEMPT_COUNT, b"1"))

@@ -95,24 +95,18 @@ _RESPONSE_DROPPED = _RESPONSE_HOP_BY_HOP | {b"server"}
 # What Envoy's connection manager removes from every request it does not trust as internal
 # (with the default internal_address_config, every request), besides the hop-by-hop headers;
 # an edge request (use_remote_address) loses a few more.
-_STRIPPED = HOP_BY_HOP | {
-    b"x-envoy-internal",
-    b"x-envoy-retry-on",
-    b"x-envoy-retry-grpc-on",
-    b"x-envoy-max-retries",
-    b"x-envoy-upstream-alt-stat-name",
-    b"x-envoy-upstream-rq-timeout-ms",
-    b"x-envoy-upstream-rq-per-try-timeout-ms",
-    b"x-envoy-upstream-rq-timeout-alt-response",
-    b"x-envoy-expected-rq-timeout-ms",
-    b"x-envoy-force-trace",
-    b"x-envoy-ip-tags",
-    b"x-envoy-original-url",
-    b"x-envoy-hedge-on-per-try-timeout",
-    b"x-envoy-retriable-status-codes",
-    b"x-envoy-retriable-header-names",
-    b"x-forwarded-client-cert",  # forward_client_cert_details' default, SANITIZE
-}
+_STRIPPED = (
+    HOP_BY_HOP
+    | ROUTER_CONSUMED  # the router's own (retries, timeouts, ...): internal_request.py
+    | {
+        b"x-envoy-internal",
+        b"x-envoy-expected-rq-timeout-ms",
+        b"x-envoy-force-trace",
+        b"x-envoy-ip-tags",
+        b"x-envoy-original-url",
+        XFCC,  # forward_client_cert_details' default, SANITIZE
+    }
+)
 _EDGE_STRIPPED = _STRIPPED | {
     b"x-envoy-decorator-operation",
     b"x-envoy-downstream-service-cluster",

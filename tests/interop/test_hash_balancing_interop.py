@@ -218,11 +218,12 @@ def test_same_host_per_key_as_envoy(variant: str, tmp_path: Path) -> None:
     assert ours_gauges == envoy_gauges
     # The keys use every host (a broken hash would send them all to one).
     assert sorted(set(envoy_keyed)) == ["a", "b", "c", "d"]
-    # No key: a random hash per request. Each host gets 100 +/- 50 of 400 (its share of the
-    # ring or table is 25% +/- a few points; 50 is over 5 standard deviations).
+    # No key: a random hash per request, so each host gets its share of the ring or table.
+    # Shares are uneven (a small ring can leave a host ~10%, so ~40 of 400 requests): each
+    # host gets at least 15 and at most half (over 4 standard deviations from such shares).
     for unkeyed in (envoy_unkeyed, ours_unkeyed):
         assert sorted(unkeyed) == ["a", "b", "c", "d"], unkeyed
-        assert all(50 <= count <= 150 for count in unkeyed.values()), unkeyed
+        assert all(15 <= count <= 200 for count in unkeyed.values()), unkeyed
 
 
 def _removal_run(

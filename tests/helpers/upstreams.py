@@ -503,10 +503,11 @@ class _TcpEchoProtocol(asyncio.Protocol):
         self.transport.write(data)
 
     def eof_received(self) -> bool:
-        # Half-close: answer after the client's FIN, then FIN ourselves.
+        # Half-close: answer after the client's FIN, then FIN ourselves. Count first: the
+        # server runs on its own thread, and a test reads the count as soon as the answer lands.
+        self.server.eofs += 1
         self.transport.write(b"after-eof:%d" % len(self.received))
         self.transport.write_eof()
-        self.server.eofs += 1
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -129,8 +129,6 @@ def parse_args(argv: Sequence[str]) -> Options:
         raise SystemExit(0)
     if args.mode == "init_only":
         raise ConfigError("--mode: init_only not supported")
-    if args.concurrency > 1:
-        raise ConfigError("--concurrency: not supported yet")
     level = "warning" if args.log_level == "warn" else args.log_level
     return Options(
         config_path=args.config_path or None,

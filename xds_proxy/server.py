@@ -22,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import inspect
 import logging
 import random
 import signal
+import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import uvloop
@@ -42,7 +45,13 @@ from xds_proxy.config.rds import rds_spec
 from xds_proxy.errors import ConfigError
 from xds_proxy.hot_restart import HotRestart, ParentHooks
 from xds_proxy.http.router import RouteHandle, RouteTable
-from xds_proxy.listener.actions import Dependency, DependencyKind, SecretsFailed
+from xds_proxy.listener.actions import (
+    Dependency,
+    DependencyKind,
+    SecretsFailed,
+    SocketAddress,
+    fixed_address,
+)
 from xds_proxy.listener.drain_exit import DrainExit
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager
 from xds_proxy.listener.instance import ListenerServices
@@ -63,6 +72,9 @@ from xds_proxy.routes.registry import RouteRegistry
 from xds_proxy.secrets.store import SecretStore
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
+from xds_proxy.workers.merge import merge_drain_reports, merge_stats
+from xds_proxy.workers.published import Publisher
+from xds_proxy.workers.supervisor import Workers
 from xds_proxy.xds.cds import CdsClient
 from xds_proxy.xds.client import LdsClient
 from xds_proxy.xds.eds import EndpointSubscriptions
@@ -91,9 +103,17 @@ class Server:
     state: ServerState = ServerState.PRE_INITIALIZING
     started_at: float = field(default_factory=time.time)
     healthy: bool = True
+    # A worker process of `--concurrency N` (xds_proxy/workers/): its index, and where its
+    # listen sockets come from (the main process).
+    worker_index: int = 0
+    socket_opener: Callable[[SocketAddress, str], socket.socket] | None = None
 
     def __post_init__(self) -> None:
-        self.pool = ListenSocketPool()
+        self.pool = ListenSocketPool(self.socket_opener)
+        # The main process of `--concurrency N` accepts nothing: its workers do.
+        self.workers: Workers | None = None
+        self.admin_stats = self.stats  # what the admin endpoints show (merged with workers')
+        self._worker_drains: list[dict] = []
         self.drains = DrainManager(
             self.options.drain_strategy,
             self.options.drain_time_s,
@@ -105,7 +125,7 @@ class Server:
         self._ads_stream: XdsStream | None = None  # CDS, EDS, LDS and RDS over one ADS stream
         # EDS over ADS joins the stream CDS opened (its first names come from a CDS response).
         self.endpoints = EndpointSubscriptions(
-            self.stats, self.bootstrap, ads_stream=lambda: self._ads_stream
+            self.stats, self.bootstrap, applied=self._applied, ads_stream=lambda: self._ads_stream
         )
         self.clusters = ClusterManager(self.stats, endpoints=self.endpoints)
         self.routes = RouteRegistry(
@@ -113,7 +133,7 @@ class Server:
             self.bootstrap,
             self.clusters,
             self._route_event,
-            applied=lambda: self.runtime.applied(),
+            applied=self._applied,
             ads_stream=lambda: self._ads_stream,
             ads_coming=lambda: self._xds_starting,
             names_in_use=lambda: self.manager.route_names_in_use(),
@@ -122,7 +142,7 @@ class Server:
             self.stats,
             self.bootstrap,
             self._route_event,
-            applied=lambda: self.runtime.applied(),
+            applied=self._applied,
             ads_stream=lambda: self._ads_stream,
             ads_coming=lambda: self._xds_starting,
         )
@@ -152,6 +172,7 @@ class Server:
             self.drains,
             self.routes,
             self.secrets,
+            accept=self.options.concurrency <= 1,
         )
         self.shutdown_requested = asyncio.Event()
         self.lds_client = None
@@ -209,8 +230,87 @@ class Server:
                 raise ConfigError(f"static_resources.listeners[{index}]: {error}") from None
         await self.runtime.execute(actions)
         self._tasks.append(asyncio.create_task(self.runtime.run(), name="listener-runtime"))
+        if self.options.concurrency > 1:
+            await self._start_workers()
         await self._start_admin()
         self._start_cds()  # then LDS, once CDS has initialised (as Envoy)
+
+    # -- worker processes (`--concurrency N`, xds_proxy/workers/) -----------------------------
+
+    async def _start_workers(self) -> None:
+        self.admin_stats = Stats()
+        self._publisher = Publisher(
+            self.manager, self.clusters, self.routes, self.endpoints, self.secrets
+        )
+        self.workers = Workers(
+            self.options.concurrency, self.options, self.bootstrap, self.stats, self.find_socket
+        )
+        await self.workers.start()
+        self.workers.publish(self._publisher.snapshot())
+        self._tasks.append(asyncio.create_task(self._publish_regularly(), name="publish"))
+
+    async def _applied(self) -> None:
+        """An xDS response is applied here; with workers, also in every worker (the ACK or
+        NACK waits for both, so that an ACK still means serving)."""
+        await self.runtime.applied()
+        if self.workers is not None:
+            await self.workers.sync(self._publisher.snapshot())
+
+    async def _publish_regularly(self) -> None:
+        """Changes that come from no response (a resource's TTL, a timer) reach the workers
+        within a second."""
+        assert self.workers is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self.workers.publish(self._publisher.snapshot())
+
+    def find_socket(self, listener: str, address: SocketAddress) -> socket.socket | None:
+        """A worker asks for a listener's socket: the one held on that address, or for a
+        port-0 listener the one its newest version was given."""
+        if fixed_address(address):
+            return self.pool.held_socket(address)
+        for version in (self.manager.warming.get(listener), self.manager.active.get(listener)):
+            if version is None:
+                continue
+            for configured, sock in zip(
+                version.addresses, self.pool.sockets_for(version.id), strict=False
+            ):
+                if configured == address:
+                    return sock
+        return None
+
+    async def _refresh_from_workers(self) -> None:
+        """Before an admin request: the workers' stats and drains, merged with ours."""
+        if self.workers is None:
+            return
+        states = await self.workers.states()
+        merged = merge_stats(self.stats.snapshot(), [state["stats"] for state in states])
+        self.admin_stats.load(merged)
+        self._worker_drains = merge_drain_reports([state["drains"] for state in states])
+
+    def _drain_report(self) -> list[dict]:
+        if self.workers is None:
+            return self.runtime.drain_report()
+        return self._worker_drains
+
+    def worker_commands(self) -> dict[str, Callable[..., object]]:
+        """What the main process may ask a worker to do (the admin commands it fans out)."""
+        return {
+            "set_health": self.set_health,
+            "drain_listeners": self.drain_listeners,
+            "start_exit_drain": self._start_exit_drain,
+            "drain_for_hot_restart": self.drain_for_hot_restart,
+        }
+
+    def _fan_out(self, name: str, *args: object) -> None:
+        if self.workers is not None:
+            self._tasks.append(asyncio.create_task(self.workers.call(name, *args)))
+
+    async def _total_connections(self) -> int:
+        if self.workers is None:
+            return self.stats.gauge("server.total_connections").value
+        states = await self.workers.states()
+        return sum(state["stats"]["gauges"].get("server.total_connections", 0) for state in states)
 
     def admin_view(self) -> AdminView:
         """What the admin endpoints read."""
@@ -220,7 +320,7 @@ class Server:
             bootstrap=self.bootstrap,
             started_at=self.started_at,
             hot_restart_version=self.hot_restart.version,
-            stats=self.stats,
+            stats=self.admin_stats,
             clusters=self.clusters,
             listeners=self.manager,
             state=lambda: self.state.name,
@@ -228,7 +328,7 @@ class Server:
             uptime_all_epochs=self.uptime_all_epochs,
             bound_addresses=self.pool.bound_addresses,
             cds_version_info=lambda: self.cds_client.system_version_info if self.cds_client else "",
-            drain_report=self.runtime.drain_report,
+            drain_report=self._drain_report,
             lds_updates=self.lds_updates.entries,
             route_configs=self.routes.held,
             secrets=self.secrets.config_dump,
@@ -273,9 +373,17 @@ class Server:
             return
         address = self.bootstrap.admin.address.socket_address
         handlers = AdminHandlers(self.admin_view(), self.admin_commands())
+        handle = handlers.handle
+        if self.workers is not None:
+
+            async def handle(*request):  # type: ignore[no-redef]
+                await self._refresh_from_workers()
+                answer = handlers.handle(*request)
+                return await answer if inspect.isawaitable(answer) else answer
+
         try:
             server = await start_admin_server(
-                address.address, address.port_value, handlers.handle, handlers.body_paths
+                address.address, address.port_value, handle, handlers.body_paths
             )
         except OSError as error:
             raise ConfigError(
@@ -299,7 +407,9 @@ class Server:
         if lds_configured(self.bootstrap):
             lds_server(self.bootstrap)  # a bad LDS source fails start-up now, not after CDS
         self._set_state(ServerState.INITIALIZING)
-        self.cds_client = CdsClient(self.bootstrap, self.stats, self.clusters, self._start_lds)
+        self.cds_client = CdsClient(
+            self.bootstrap, self.stats, self.clusters, self._start_lds, applied=self._applied
+        )
         if self.cds_client.server.aggregated:  # LDS joins this stream later, as Envoy's mux
             self._ads_stream = XdsStream(self.cds_client.server)
             self._ads_stream.add(self.cds_client)
@@ -342,7 +452,7 @@ class Server:
             self.apply_listeners,
             self._initialized,
             apply_delta=self.apply_delta,
-            applied=self.runtime.applied,
+            applied=self._applied,
         )
         if self.lds_client.server.aggregated:
             if self._ads_stream is None:
@@ -447,6 +557,7 @@ class Server:
         if self.state in (ServerState.LIVE, ServerState.DRAINING):
             self._set_state(ServerState.DRAINING if failed else ServerState.LIVE)
         self.drains.set_health(failed, self.runtime.connections(HEALTH_SCOPE))
+        self._fan_out("set_health", failed)
 
     def drain_listeners(self, graceful: bool, inbound_only: bool, skip_exit: bool) -> None:
         """`/drain_listeners`: every (inbound) listener's connections drain over DT; the
@@ -456,6 +567,7 @@ class Server:
         self.runtime.submit(self.drains.start_admin_drain(inbound_only, stop_at_deadline))
         if not graceful and not skip_exit:
             self.runtime.submit(self.manager.stop_listeners(inbound_only))
+        self._fan_out("drain_listeners", graceful, inbound_only, skip_exit)
 
     def drain_and_exit(self) -> str:
         """`POST /drain_and_exit` and SIGTERM with `--drain-on-sigterm`: every listener
@@ -464,9 +576,8 @@ class Server:
         if self._drain_exit is not None:
             return "already draining\n"
         now = time.monotonic()
-        self.runtime.submit(
-            self.drains.start_admin_drain(False, stop_listeners=False, trigger="drain_and_exit")
-        )
+        self._start_exit_drain()
+        self._fan_out("start_exit_drain")
         versions = [version.id for version in self.manager.active.values()]
         self._drain_exit = DrainExit(
             now, self.options.min_drain_time_s, self.drains.latest_deadline(versions)
@@ -481,16 +592,21 @@ class Server:
         self._tasks.append(asyncio.create_task(self._exit_when_drained(), name="drain-and-exit"))
         return "OK\n"
 
+    def _start_exit_drain(self) -> None:
+        self.runtime.submit(
+            self.drains.start_admin_drain(False, stop_listeners=False, trigger="drain_and_exit")
+        )
+
     async def _exit_when_drained(self) -> None:
         assert self._drain_exit is not None
         while True:
             now = time.monotonic()
-            connections = self.stats.gauge("server.total_connections").value
+            connections = await self._total_connections()
             why = self._drain_exit.decide(now, connections)
             if why is not None:
                 break
             await asyncio.sleep(self._drain_exit.next_check_s(now, 0.05))
-        left = [d for d in self.runtime.drain_report() if d["connections"]]
+        left = [d for d in self._drain_report() if d["connections"]]
         log.info(
             "drain and exit: exiting (%s) after %.3f s, %d connections left%s",
             why,
@@ -529,6 +645,7 @@ class Server:
         self.runtime.submit(
             self.drains.start_admin_drain(False, stop_listeners=False, trigger="hot_restart")
         )
+        self._fan_out("drain_for_hot_restart")
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -536,6 +653,8 @@ class Server:
         self.shutdown_requested.set()
 
     async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

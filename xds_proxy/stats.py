@@ -117,6 +117,24 @@ class Stats:
                 return stat.value
         return None
 
+    def snapshot(self) -> dict:
+        return {
+            "counters": {n: s.value for n, s in self.counters.items()},
+            "gauges": {n: s.value for n, s in self.gauges.items()},
+            "text_readouts": {n: s.value for n, s in self.text_readouts.items()},
+        }
+
+    def load(self, snapshot: dict) -> None:
+        self.counters = {}
+        self.gauges = {}
+        self.text_readouts = {}
+        for n, v in snapshot["counters"].items():
+            self.counter(n).value = v
+        for n, v in snapshot["gauges"].items():
+            self.gauge(n).value = v
+        for n, v in snapshot["text_readouts"].items():
+            self.text_readout(n).value = v
+
     # -- rendering, in Envoy's formats --------------------------------------------------------
 
     def _selected(self, name_filter: str | None) -> list[tuple[str, int | str]]:

@@ -7,7 +7,8 @@
     finally:
         envoy.stop()
 
-Always `--concurrency 1` (some stats count per worker), `--disable-hot-restart` (several
+`--concurrency 1` (some stats count per worker; ProxyProcess takes
+`XDS_PROXY_TEST_CONCURRENCY` to run a suite with worker processes), `--disable-hot-restart` (several
 Envoys on one host), admin on port 0 told through `--admin-address-path`.
 """
 
@@ -86,6 +87,7 @@ class EnvoyProcess:
     `environment()` and keep the common flags, admin helpers and lifecycle."""
 
     name = "envoy"
+    concurrency = 1  # worker threads (Envoy) or processes (xds-proxy)
 
     def __init__(
         self,
@@ -112,7 +114,7 @@ class EnvoyProcess:
         args = [
             *self.command(),
             "--concurrency",
-            "1",
+            str(self.concurrency),
             "--disable-hot-restart",
             "--admin-address-path",
             str(self.admin_path),

@@ -7,6 +7,7 @@ Both take the same bootstrap and flags, so a scenario can run against either:
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tests.helpers.envoy import EnvoyProcess
@@ -15,6 +16,8 @@ from tests.helpers.stub import stub_env
 
 class ProxyProcess(EnvoyProcess):
     name = "xds-proxy"
+    # `XDS_PROXY_TEST_CONCURRENCY=2 pytest ...` runs a suite with two worker processes.
+    concurrency = int(os.environ.get("XDS_PROXY_TEST_CONCURRENCY", "1"))
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "xds_proxy", "-c", str(self.config_path)]

@@ -92,6 +92,7 @@ class ReserveSockets:
     version_id: int
     addresses: tuple[SocketAddress, ...]
     share_from: int | None
+    listener: str = ""  # the listener's name (a worker process asks the main one by it)
 
 
 @dataclass(frozen=True)

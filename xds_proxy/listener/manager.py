@@ -902,7 +902,7 @@ class ListenerManager:
     def _reserve(self, version: ListenerVersion, share_from: int | None) -> None:
         try:
             addresses = tuple(version.addresses) if binds(version.config) else ()
-            self._sockets.reserve(ReserveSockets(version.id, addresses, share_from))
+            self._sockets.reserve(ReserveSockets(version.id, addresses, share_from, version.name))
         except BindError:
             self._stats.counter("listener_manager.listener_create_failure").inc()
             raise

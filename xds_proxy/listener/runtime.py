@@ -145,8 +145,12 @@ class ListenerRuntime:
         drains: DrainManager,
         routes: RouteWatches | None = None,
         secrets: RouteWatches | None = None,
+        accept: bool = True,
     ) -> None:
+        """`accept` False: the sockets listen but this process accepts nothing (the main
+        process of `--concurrency N`, whose workers accept on the same sockets)."""
         self.stats = stats
+        self.accept = accept
         self.routes = routes
         self.secrets = secrets
         self.pool = pool
@@ -340,7 +344,7 @@ class ListenerRuntime:
         loop = asyncio.get_running_loop()
         try:
             self.pool.listen(version_id)
-            for sock in self.pool.sockets_for(version_id):
+            for sock in self.pool.sockets_for(version_id) if self.accept else ():
                 server = await loop.create_server(
                     lambda: Acceptor(instance), sock=sock.dup(), backlog=1024
                 )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xds_proxy.listener.actions import PipeAddress, fixed_address
@@ -48,7 +49,10 @@ class _SharedSocket:
 
 
 class ListenSocketPool:
-    def __init__(self) -> None:
+    def __init__(self, opener: Callable[[SocketAddress, str], socket.socket] | None = None) -> None:
+        """`opener(address, listener name)`: where a socket not held yet comes from; by
+        default it is bound here (a worker process asks the main process for it instead)."""
+        self._opener = opener or (lambda address, _listener: bind_socket(address))
         self._by_address: dict[SocketAddress, _SharedSocket] = {}
         self._by_version: dict[int, list[_SharedSocket]] = {}
         self._unheld: list[_SharedSocket] = []
@@ -62,7 +66,7 @@ class ListenSocketPool:
             shared = []
             try:
                 for address in request.addresses:
-                    shared.append(self._open_or_reuse(address))
+                    shared.append(self._open_or_reuse(address, request.listener))
             except BindError:
                 for entry in shared:
                     if not entry.holders:
@@ -106,6 +110,11 @@ class ListenSocketPool:
 
     def sockets_for(self, version_id: int) -> list[socket.socket]:
         return [entry.sock for entry in self._by_version.get(version_id, [])]
+
+    def held_socket(self, address: SocketAddress) -> socket.socket | None:
+        """The open socket on a fixed address (a pipe's path), for a worker process."""
+        entry = self._by_address.get(address)
+        return entry.sock if entry is not None and entry.sock.fileno() >= 0 else None
 
     def bound_addresses(self, version_id: int) -> list[SocketAddress]:
         return [entry.bound_address for entry in self._by_version.get(version_id, [])]
@@ -159,13 +168,13 @@ class ListenSocketPool:
             entry.sock.close()
         self.close_unclaimed_inherited()
 
-    def _open_or_reuse(self, address: SocketAddress) -> _SharedSocket:
+    def _open_or_reuse(self, address: SocketAddress, listener: str) -> _SharedSocket:
         if fixed_address(address):
             existing = self._by_address.get(address)
             if existing is not None:
                 return existing  # still open (held by a draining version or pending close)
         inherited = self._inherited.pop(address, None) if fixed_address(address) else None
-        sock = inherited if inherited is not None else bind_socket(address)
+        sock = inherited if inherited is not None else self._opener(address, listener)
         entry = _SharedSocket(sock, address, listening=inherited is not None)
         self._by_address[entry.bound_address] = entry
         return entry

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -145,8 +145,10 @@ class CdsClient(SubscriptionClient):
         manager: ClusterManager,
         on_initialized: Callable[[], None],
         rng: random.Random | None = None,
+        applied: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Raises ConfigError (`FIELD_PATH: reason`) if the CDS source is not usable."""
+        """Raises ConfigError (`FIELD_PATH: reason`) if the CDS source is not usable.
+        `applied()` is awaited after each response, before its ACK or NACK."""
         server = cds_server(bootstrap)
         stats_handles, subscription = new_subscription(
             server,
@@ -159,6 +161,7 @@ class CdsClient(SubscriptionClient):
         )
         super().__init__(server, stats_handles, subscription, on_initialized, rng)
         self._manager = manager
+        self._applied = applied
         self.system_version_info = ""  # moves when a response changed something (config dump)
         self._init_task: asyncio.Task | None = None
 
@@ -172,6 +175,8 @@ class CdsClient(SubscriptionClient):
         if outcome.request is None:
             return None
         self._manager.flush_watches()  # EDS asks for the new clusters' assignments now
+        if self._applied is not None:
+            await self._applied()
         if not self.initialized and self._init_task is None:
             self._init_task = asyncio.get_running_loop().create_task(
                 self._initialize_when_warm(), name="cds-init"

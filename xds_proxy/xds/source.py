@@ -20,7 +20,7 @@ ADS over REST: every type polls on its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -94,10 +94,33 @@ def config_server(bootstrap: bootstrap_pb2.Bootstrap, source_field: str) -> XdsS
     return source_server(bootstrap, source, f"{_DYN}.{source_field}")
 
 
+# A worker process (`--concurrency` > 1) has one control plane whatever its configs name:
+# the main process's relay (xds_proxy/workers/relay.py), over ADS.
+_worker_relay: XdsServer | None = None
+
+
+def use_worker_relay(path: str) -> None:
+    """From now on every ConfigSource means the relay on the UNIX socket at `path`."""
+    global _worker_relay
+    _worker_relay = XdsServer(
+        aggregated=True,
+        delta=False,
+        cluster_name="xds_proxy_main",
+        target=f"unix:{path}",
+        authority="xds_proxy_main",
+        initial_metadata=(),
+        initial_fetch_timeout_s=DEFAULT_INITIAL_FETCH_TIMEOUT_S,
+        node_on_first_request_only=False,
+        backoff_ms=(50, 500),  # the main process is local: reconnect soon
+    )
+
+
 def source_server(
     bootstrap: bootstrap_pb2.Bootstrap, source: config_source_pb2.ConfigSource, path: str
 ) -> XdsServer:
     """The server a ConfigSource at `path` names (the bootstrap's ADS, or a static cluster)."""
+    if _worker_relay is not None:
+        return replace(_worker_relay, initial_fetch_timeout_s=_initial_fetch_timeout_s(source))
     kind = source.WhichOneof("config_source_specifier")
     if kind == "ads":
         if not bootstrap.dynamic_resources.HasField("ads_config"):
@@ -110,10 +133,7 @@ def source_server(
         raise ConfigError(f"{path}: one of ads or api_config_source is required")
     else:
         raise ConfigError(f"{path}.{kind}: not supported")
-    timeout_s = DEFAULT_INITIAL_FETCH_TIMEOUT_S
-    if source.HasField("initial_fetch_timeout"):
-        timeout_s = source.initial_fetch_timeout.ToNanoseconds() / 1e9
-    initial_fetch_timeout_s = timeout_s if timeout_s > 0 else None
+    initial_fetch_timeout_s = _initial_fetch_timeout_s(source)
     if not aggregated and api.api_type == _API.REST:
         return _rest_server(bootstrap, api, api_path, initial_fetch_timeout_s)
     delta = _check_api_type(api, api_path, aggregated)
@@ -139,6 +159,13 @@ def source_server(
         tls=tls,
         backoff_ms=stream_backoff_ms(service.envoy_grpc, f"{service_path}.envoy_grpc"),
     )
+
+
+def _initial_fetch_timeout_s(source: config_source_pb2.ConfigSource) -> float | None:
+    timeout_s = DEFAULT_INITIAL_FETCH_TIMEOUT_S
+    if source.HasField("initial_fetch_timeout"):
+        timeout_s = source.initial_fetch_timeout.ToNanoseconds() / 1e9
+    return timeout_s if timeout_s > 0 else None
 
 
 def stream_backoff_ms(

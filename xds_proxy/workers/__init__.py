@@ -1,0 +1,1 @@
+"""`--concurrency N`: one main process and N worker processes (docs/architecture.md)."""

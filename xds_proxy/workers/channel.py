@@ -1,0 +1,107 @@
+"""The local channels between the main process and a worker: JSON messages, one per line,
+over a UNIX socket pair, and listen sockets passed as file descriptors (`SCM_RIGHTS`).
+
+Two pairs per worker, one per direction of asking, so that each side's requests and answers
+never interleave:
+- *control* (the main process asks): `{"op": "state"}` (the worker's stats and drains),
+  `{"op": "call", "name": ..., "args": [...]}` (an admin command: health, drains);
+- *sockets* (the worker asks, blocking, while it applies a listener): `{"listener": name,
+  "address": ...}`, answered by one line and, when found, the socket's descriptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from typing import Any
+
+from xds_proxy.listener.actions import PipeAddress, SocketAddress
+
+MAX_LINE = 64 * 1024 * 1024  # a worker's stats snapshot fits
+
+
+def address_to_json(address: SocketAddress) -> Any:
+    if isinstance(address, PipeAddress):
+        return {"pipe": address.path, "mode": address.mode}
+    return [address[0], address[1]]
+
+
+def address_from_json(value: Any) -> SocketAddress:
+    if isinstance(value, dict):
+        return PipeAddress(value["pipe"], value.get("mode", 0))
+    return (str(value[0]), int(value[1]))
+
+
+def encode(message: Any) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def start_message(message: Any) -> bytes:
+    """A worker's start-up data: its length first, so that the worker reads exactly it
+    (blocking, before its event loop) and leaves what follows to the control reader."""
+    body = json.dumps(message, separators=(",", ":")).encode()
+    return struct.pack("!Q", len(body)) + body
+
+
+def read_start(sock: socket.socket) -> Any:
+    (length,) = struct.unpack("!Q", _read_exactly(sock, 8))
+    return json.loads(_read_exactly(sock, length))
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the main process closed the control channel")
+        data += chunk
+    return bytes(data)
+
+
+class ControlClient:
+    """The main process's end of a worker's control pair: one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, sock: socket.socket) -> ControlClient:
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
+        return cls(reader, writer)
+
+    async def ask(self, message: Any, timeout_s: float) -> Any:
+        async with self._lock:
+            self._writer.write(encode(message))
+            line = await asyncio.wait_for(self._reader.readline(), timeout_s)
+        if not line:
+            raise ConnectionError("the worker closed its control channel")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def ask_for_socket(sock: socket.socket, listener: str, address: SocketAddress) -> socket.socket:
+    """A worker, blocking: the main process's listen socket for `address`; OSError with the
+    main process's reason when it holds none."""
+    sock.sendall(encode({"listener": listener, "address": address_to_json(address)}))
+    data, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
+    if not data:
+        raise OSError("the main process closed the sockets channel")
+    answer = json.loads(data)
+    if not fds:
+        raise OSError(answer.get("error", "no socket"))
+    return socket.socket(fileno=fds[0])
+
+
+def answer_socket(sock: socket.socket, found: socket.socket | None, error: str = "") -> None:
+    """The main process answers one socket request (the line and the descriptor go in one
+    message, so the worker reads both with one `recv_fds`)."""
+    if found is None:
+        sock.sendall(encode({"error": error or "no such socket"}))
+        return
+    socket.send_fds(sock, [encode({"ok": True})], [found.fileno()])

@@ -53,7 +53,7 @@ from xds_proxy.listener.actions import (
     fixed_address,
 )
 from xds_proxy.listener.drain_exit import DrainExit
-from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager
+from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager, DrainRecord
 from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.limits import global_limit_from_bootstrap
 from xds_proxy.listener.manager import (
@@ -72,7 +72,7 @@ from xds_proxy.routes.registry import RouteRegistry
 from xds_proxy.secrets.store import SecretStore
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
-from xds_proxy.workers.merge import merge_drain_reports, merge_stats
+from xds_proxy.workers.merge import merge_stats
 from xds_proxy.workers.published import Publisher
 from xds_proxy.workers.supervisor import Workers
 from xds_proxy.xds.cds import CdsClient
@@ -84,6 +84,7 @@ from xds_proxy.xds.transport import XdsStream
 log = logging.getLogger("xds_proxy.main")
 
 VERSION = "0.1.0"
+DRAIN_CHECK_INTERVAL_S = 0.1  # `--concurrency N`: how often the workers' drains are read
 
 
 class ServerState(enum.IntEnum):
@@ -105,6 +106,7 @@ class Server:
     healthy: bool = True
     # A worker process of `--concurrency N` (xds_proxy/workers/): its index, and where its
     # listen sockets come from (the main process).
+    is_worker: bool = False
     worker_index: int = 0
     socket_opener: Callable[[SocketAddress, str], socket.socket] | None = None
 
@@ -113,7 +115,9 @@ class Server:
         # The main process of `--concurrency N` accepts nothing: its workers do.
         self.workers: Workers | None = None
         self.admin_stats = self.stats  # what the admin endpoints show (merged with workers')
-        self._worker_drains: list[dict] = []
+        # Monotonic: every change made here before this time has been applied by every
+        # worker (a sync or an admin command they answered).
+        self._workers_settled_at = 0.0
         self.drains = DrainManager(
             self.options.drain_strategy,
             self.options.drain_time_s,
@@ -121,6 +125,7 @@ class Server:
             rng=random.Random(),
             wall_clock=time.time,
             max_closes_per_second=self.options.drain_max_closes_per_second,
+            completion_log_level=logging.DEBUG if self.is_worker else logging.INFO,
         )
         self._ads_stream: XdsStream | None = None  # CDS, EDS, LDS and RDS over one ADS stream
         # EDS over ADS joins the stream CDS opened (its first names come from a CDS response).
@@ -248,13 +253,19 @@ class Server:
         await self.workers.start()
         self.workers.publish(self._publisher.snapshot())
         self._tasks.append(asyncio.create_task(self._publish_regularly(), name="publish"))
+        self._tasks.append(asyncio.create_task(self._end_drains_with_workers(), name="drains"))
 
     async def _applied(self) -> None:
         """An xDS response is applied here; with workers, also in every worker (the ACK or
         NACK waits for both, so that an ACK still means serving)."""
         await self.runtime.applied()
         if self.workers is not None:
+            started = time.monotonic()
             await self.workers.sync(self._publisher.snapshot())
+            self._workers_settled(started)
+
+    def _workers_settled(self, started: float) -> None:
+        self._workers_settled_at = max(self._workers_settled_at, started)
 
     async def _publish_regularly(self) -> None:
         """Changes that come from no response (a resource's TTL, a timer) reach the workers
@@ -262,7 +273,40 @@ class Server:
         assert self.workers is not None
         while True:
             await asyncio.sleep(1.0)
-            self.workers.publish(self._publisher.snapshot())
+            started = time.monotonic()
+            if self.workers.publish(self._publisher.snapshot()):
+                await self.workers.wait_answered()
+                self._workers_settled(started)
+
+    async def _end_drains_with_workers(self) -> None:
+        """This process accepts nothing, so its drains cannot end with their last connection
+        here: each ends once the workers, having applied the change that started it, report
+        no connection left under it (or at its deadline, as anywhere)."""
+        assert self.workers is not None
+        while True:
+            await asyncio.sleep(DRAIN_CHECK_INTERVAL_S)
+            settled = self._workers_settled_at
+            if any(
+                record.drain.started_at < settled for _, record in self.runtime.watched_drains()
+            ):
+                self._count_worker_drains(await self.workers.drain_reports(), settled)
+
+    def _count_worker_drains(self, reports: list[list[dict]], settled: float) -> None:
+        """Each drain of ours that every worker had applied before `reports` were asked for
+        (it started before `settled`) gets the workers' connections under it (summed over
+        their drains of the same identity)."""
+        left: dict[tuple, int] = {}
+        for report in reports:
+            for entry in report:
+                key = tuple(entry[field] for field in _DRAIN_IDENTITY)
+                left[key] = left.get(key, 0) + entry["connections"]
+        self.runtime.workers_report(
+            {
+                drain_id: left.get(_drain_identity(record), 0)
+                for drain_id, record in self.runtime.watched_drains()
+                if record.drain.started_at < settled
+            }
+        )
 
     def find_socket(self, listener: str, address: SocketAddress) -> socket.socket | None:
         """A worker asks for a listener's socket: the one held on that address, or for a
@@ -283,15 +327,11 @@ class Server:
         """Before an admin request: the workers' stats and drains, merged with ours."""
         if self.workers is None:
             return
+        settled = self._workers_settled_at  # what the answers reflect at least
         states = await self.workers.states()
         merged = merge_stats(self.stats.snapshot(), [state["stats"] for state in states])
         self.admin_stats.load(merged)
-        self._worker_drains = merge_drain_reports([state["drains"] for state in states])
-
-    def _drain_report(self) -> list[dict]:
-        if self.workers is None:
-            return self.runtime.drain_report()
-        return self._worker_drains
+        self._count_worker_drains([state["drains"] for state in states], settled)
 
     def worker_commands(self) -> dict[str, Callable[..., object]]:
         """What the main process may ask a worker to do (the admin commands it fans out)."""
@@ -304,7 +344,13 @@ class Server:
 
     def _fan_out(self, name: str, *args: object) -> None:
         if self.workers is not None:
-            self._tasks.append(asyncio.create_task(self.workers.call(name, *args)))
+            self._tasks.append(asyncio.create_task(self._call_workers(name, *args)))
+
+    async def _call_workers(self, name: str, *args: object) -> None:
+        assert self.workers is not None
+        started = time.monotonic()
+        await self.workers.call(name, *args)
+        self._workers_settled(started)
 
     async def _total_connections(self) -> int:
         if self.workers is None:
@@ -328,7 +374,7 @@ class Server:
             uptime_all_epochs=self.uptime_all_epochs,
             bound_addresses=self.pool.bound_addresses,
             cds_version_info=lambda: self.cds_client.system_version_info if self.cds_client else "",
-            drain_report=self._drain_report,
+            drain_report=self.runtime.drain_report,
             lds_updates=self.lds_updates.entries,
             route_configs=self.routes.held,
             secrets=self.secrets.config_dump,
@@ -606,7 +652,7 @@ class Server:
             if why is not None:
                 break
             await asyncio.sleep(self._drain_exit.next_check_s(now, 0.05))
-        left = [d for d in self._drain_report() if d["connections"]]
+        left = [d for d in self.runtime.drain_report() if d["connections"]]
         log.info(
             "drain and exit: exiting (%s) after %.3f s, %d connections left%s",
             why,
@@ -667,6 +713,20 @@ class Server:
         self.clusters.close()
         await self.hot_restart.close()
         ACCESS_LOG_FILES.close()  # every buffered access-log line is written before exit
+
+
+# One drain as the main process and each worker know it (`/drain_status` fields).
+_DRAIN_IDENTITY = ("kind", "listener", "version_info", "filter_chain", "trigger")
+
+
+def _drain_identity(record: DrainRecord) -> tuple:
+    return (
+        record.kind,
+        record.listener,
+        record.version_info,
+        record.filter_chain,
+        record.drain.trigger,
+    )
 
 
 def _named(waiting: set[Dependency], kind: DependencyKind) -> set[str]:

@@ -31,7 +31,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -221,8 +221,12 @@ class DrainManager:
         rng: random.Random,
         wall_clock: Callable[[], float],
         max_closes_per_second: float = 0.0,
+        completion_log_level: int = logging.INFO,
     ) -> None:
+        """`completion_log_level`: of the `drain complete` line (a worker process of
+        `--concurrency N` logs it at debug: the main process's line is the one to read)."""
         self.strategy = strategy  # "gradual" | "immediate"
+        self._completion_log_level = completion_log_level
         self.drain_time_s = drain_time_s
         # The command-line values; a listener's own policy overrides them for its drains.
         self.defaults = DrainPolicy(float(drain_time_s), strategy, float(max_closes_per_second))
@@ -453,6 +457,15 @@ class DrainManager:
         now = self._clock()
         return [record.report(now, connections(record.scope)) for record in self.records.values()]
 
+    def report_counted(self, connections: Mapping[int, int]) -> list[dict]:
+        """The same, with each drain's connections given by drain id (counted elsewhere:
+        the workers of `--concurrency N`)."""
+        now = self._clock()
+        return [
+            record.report(now, connections.get(drain_id, 0))
+            for drain_id, record in self.records.items()
+        ]
+
     # -- internals -------------------------------------------------------------------------------
 
     def _new_drain(self, trigger: str, policy: DrainPolicy) -> Drain:
@@ -470,9 +483,9 @@ class DrainManager:
         record = self.records.pop(drain_id, None)
         if record is None:
             return []
-        log.info(
-            "drain complete: %s", json.dumps(record.report(self._clock(), connections, outcome))
-        )
+        if log.isEnabledFor(self._completion_log_level):
+            report = record.report(self._clock(), connections, outcome)
+            log.log(self._completion_log_level, "drain complete: %s", json.dumps(report))
         match record.scope:
             case ListenerScope(version_id):
                 self._listeners.pop(version_id, None)

@@ -32,6 +32,7 @@ from xds_proxy.listener.drain_manager import (
     DrainEmptied,
     DrainEvent,
     DrainManager,
+    DrainRecord,
     DrainScope,
     HealthScope,
     ListenerDrainEnded,
@@ -151,6 +152,7 @@ class ListenerRuntime:
         process of `--concurrency N`, whose workers accept on the same sockets)."""
         self.stats = stats
         self.accept = accept
+        self._worker_connections: dict[int, int] = {}  # by drain id (see `workers_report`)
         self.routes = routes
         self.secrets = secrets
         self.pool = pool
@@ -229,6 +231,8 @@ class ListenerRuntime:
 
     def drain_report(self) -> list[dict]:
         """Every drain in progress, for `/drain_status`."""
+        if not self.accept:  # the workers hold the connections
+            return self.drains.report_counted(self._worker_connections)
         return self.drains.report(self.connections)
 
     # -- actions that take no time ------------------------------------------------------------
@@ -460,10 +464,28 @@ class ListenerRuntime:
         self.watches[drain_id] = _Watch(
             watch.scope, chains, timer, watch.until_empty, watch.close_at_deadline
         )
-        if watch.until_empty:
+        if watch.until_empty and self.accept:
             for chain in chains:
                 chain.on_empty = functools.partial(self._check_empty, drain_id)
             loop.call_soon(self._check_empty, drain_id)
+
+    def watched_drains(self) -> list[tuple[int, DrainRecord]]:
+        """The drains that end with their last connection, and their records."""
+        found = []
+        for drain_id, watch in self.watches.items():
+            record = self.drains.records.get(drain_id)
+            if watch.until_empty and record is not None:
+                found.append((drain_id, record))
+        return found
+
+    def workers_report(self, connections: dict[int, int]) -> None:
+        """The main process of `--concurrency N` (its own accept loop holds no connection):
+        the workers' connections under each watched drain. A drain with none left ends as
+        if emptied here; the others' counts are what its deadline reports."""
+        self._worker_connections = connections
+        for drain_id, count in connections.items():
+            if count == 0 and drain_id in self.watches:
+                self._report_drain(DrainEmptied(drain_id))
 
     def _check_empty(self, drain_id: int) -> None:
         watch = self.watches.get(drain_id)
@@ -478,7 +500,9 @@ class ListenerRuntime:
             for chain in watch.chains:
                 for conn in list(chain.connections):
                     conn.close_at_deadline()
-        if watch.until_empty:
+        if not self.accept:
+            connections = self._worker_connections.get(drain_id, 0)
+        elif watch.until_empty:
             connections = sum(len(chain.connections) for chain in watch.chains)
         else:
             connections = self.connections(watch.scope)

@@ -19,4 +19,18 @@ def merge_stats(main: dict, workers: Sequence[dict]) -> dict:
 
 
 def merge_drain_reports(reports: Sequence[list[dict]]) -> list[dict]:
-    return [entry for report in reports for entry in report]
+    merged: dict[tuple, dict] = {}
+    for report in reports:
+        for entry in report:
+            key = (
+                entry["kind"],
+                entry["listener"],
+                entry["version_info"],
+                entry["filter_chain"],
+                entry["trigger"],
+            )
+            if key in merged:
+                merged[key]["connections"] += entry["connections"]
+            else:
+                merged[key] = dict(entry)
+    return list(merged.values())

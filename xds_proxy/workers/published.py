@@ -24,7 +24,8 @@ ROUTES = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ENDPOINTS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRETS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
-Snapshot = dict[str, dict[str, bytes]]
+# type URL -> (the main process's version_info of it, or "", and the resources by name)
+Snapshot = dict[str, tuple[str, dict[str, bytes]]]
 
 
 class Publisher:
@@ -77,11 +78,11 @@ class Publisher:
         )
         self._serialized = kept  # only what is held now stays cached
         return {
-            CLUSTERS: clusters,
-            ENDPOINTS: endpoints,
-            LISTENERS: listeners,
-            ROUTES: routes,
-            SECRETS: secrets,
+            CLUSTERS: ("", clusters),
+            ENDPOINTS: ("", endpoints),
+            LISTENERS: (self._listeners.version_info, listeners),
+            ROUTES: ("", routes),
+            SECRETS: ("", secrets),
         }
 
     def _bytes(

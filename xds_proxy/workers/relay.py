@@ -61,6 +61,7 @@ class Relay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self) -> None:
         self._resources: dict[str, dict[str, bytes]] = {}  # type -> name -> serialized
         self._versions: dict[str, int] = {}
+        self._version_info: dict[str, str] = {}  # the main process's, per type
         self._streams: set[_Stream] = set()
         self._nonces = itertools.count(1)
         self._answered = asyncio.Condition()
@@ -80,12 +81,16 @@ class Relay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if self._server is not None:
             await self._server.stop(grace=None)
 
-    def publish(self, type_url: str, resources: Mapping[str, bytes]) -> bool:
-        """The resources of one type the main process holds now; True if they changed
-        (every stream receiving the type gets a response)."""
+    def publish(
+        self, type_url: str, resources: Mapping[str, bytes], version_info: str = ""
+    ) -> bool:
+        """The resources of one type the main process holds now, and its version of them
+        (the workers' listeners then carry the version the main process's do); True if they
+        changed (every stream receiving the type gets a response)."""
         if self._resources.get(type_url) == resources and type_url in self._versions:
             return False
         self._resources[type_url] = dict(resources)
+        self._version_info[type_url] = version_info
         self._versions[type_url] = self._versions.get(type_url, 0) + 1
         for stream in self._streams:
             state = stream.types.get(type_url)
@@ -189,7 +194,9 @@ class Relay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         version = self._latest(type_url)
         nonce = str(next(self._nonces))
         response = discovery_pb2.DiscoveryResponse(
-            version_info=str(version), type_url=type_url, nonce=nonce
+            version_info=self._version_info.get(type_url) or str(version),
+            type_url=type_url,
+            nonce=nonce,
         )
         for body in chosen.values():
             response.resources.append(any_pb2.Any(type_url=type_url, value=body))

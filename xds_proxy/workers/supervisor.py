@@ -24,7 +24,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -38,6 +38,7 @@ from xds_proxy.workers.channel import (
     answer_socket,
     start_message,
 )
+from xds_proxy.workers.published import Snapshot
 from xds_proxy.workers.relay import Relay
 
 log = logging.getLogger("xds_proxy.workers")
@@ -104,16 +105,22 @@ class Workers:
 
     # -- configuration -----------------------------------------------------------------------
 
-    async def sync(self, snapshot: Mapping[str, Mapping[str, bytes]]) -> None:
+    async def sync(self, snapshot: Snapshot) -> None:
         """Publish what the main process holds; return once every worker has answered it
         (or at the timeout, logged)."""
         self.publish(snapshot)
+        await self.wait_answered()
+
+    async def wait_answered(self) -> None:
         if not await self.relay.wait_answered(ANSWER_TIMEOUT_S, len(self._workers)):
             log.warning("not every worker answered the relay within %.0f s", ANSWER_TIMEOUT_S)
 
-    def publish(self, snapshot: Mapping[str, Mapping[str, bytes]]) -> None:
-        for type_url, resources in snapshot.items():
-            self.relay.publish(type_url, resources)
+    def publish(self, snapshot: Snapshot) -> bool:
+        """True if anything changed."""
+        changed = False
+        for type_url, (version_info, resources) in snapshot.items():
+            changed = self.relay.publish(type_url, resources, version_info) or changed
+        return changed
 
     # -- what the admin endpoints read, and the commands they fan out ------------------------
 
@@ -126,6 +133,15 @@ class Workers:
             return_exceptions=True,
         )
         return [answer for answer in answers if isinstance(answer, dict)]
+
+    async def drain_reports(self) -> list[list[dict]]:
+        """Every live worker's drains in progress (`/drain_status` entries)."""
+        workers = list(self._workers.values())
+        answers = await asyncio.gather(
+            *(w.control.ask({"op": "drains"}, STATE_TIMEOUT_S) for w in workers),
+            return_exceptions=True,
+        )
+        return [answer for answer in answers if isinstance(answer, list)]
 
     async def call(self, name: str, *args: Any) -> None:
         """Run one of the server's admin commands in every worker."""

@@ -88,10 +88,12 @@ async def _serve_control(server: Server, control: socket.socket) -> None:
             break
         request = json.loads(line)
         if request.get("op") == "state":
-            answer: dict = {
+            answer: dict | list = {
                 "stats": server.stats.snapshot(),
                 "drains": server.runtime.drain_report(),
             }
+        elif request.get("op") == "drains":
+            answer = server.runtime.drain_report()
         elif request.get("op") == "call" and request.get("name") in server.worker_commands():
             server.worker_commands()[request["name"]](*request.get("args", []))
             answer = {"ok": True}
@@ -108,7 +110,13 @@ async def _serve(
     control: socket.socket,
     sockets: socket.socket,
 ) -> int:
-    server = Server(options, bootstrap, worker_index=index, socket_opener=_SocketSource(sockets))
+    server = Server(
+        options,
+        bootstrap,
+        is_worker=True,
+        worker_index=index,
+        socket_opener=_SocketSource(sockets),
+    )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_shutdown)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the main process decides

@@ -151,6 +151,8 @@ def test_every_rule_decides_at_least_one_name_in_the_table() -> None:
     for name in RULES_BY_NAME:
         matching = [i for i, rule in enumerate(MERGE_RULES) if rule.pattern.match(name)]
         deciding.update(matching[:1])
+        first = MERGE_RULES[matching[0]].merge if matching else Merge.SUM
+        assert merge_rule(name) is first, name  # the one combined pattern agrees
     assert deciding == set(range(len(MERGE_RULES)))
 
 

@@ -112,13 +112,20 @@ MERGE_RULES: tuple[MergeRule, ...] = (
 )
 
 
+# All the rules as one pattern, alternatives in rule order (the first that matches wins, as
+# in the list); `lastgroup` names the rule.
+_ANY_RULE = re.compile(
+    "|".join(f"(?P<r{i}>{rule.pattern.pattern})" for i, rule in enumerate(MERGE_RULES))
+)
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def merge_rule(name: str) -> Merge:
     """How the values of the stat `name` are merged across processes."""
-    for rule in MERGE_RULES:
-        if rule.pattern.match(name):
-            return rule.merge
-    return Merge.SUM
+    found = _ANY_RULE.match(name)
+    if found is None or found.lastgroup is None:
+        return Merge.SUM
+    return MERGE_RULES[int(found.lastgroup[1:])].merge
 
 
 def merge_stats(main: StatsSnapshot, workers: Sequence[StatsSnapshot]) -> StatsSnapshot:

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 
 @dataclass(slots=True)
@@ -78,6 +79,21 @@ _PROMETHEUS_TAGS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^connection_limit\.((.*?)\.)"), "envoy_connection_limit_prefix"),
 )
 _PROMETHEUS_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+# Envoy's per-worker listener stats `listener.<address>.worker_<N>.*` become
+# `envoy_listener_worker_*{envoy_worker_id="N",envoy_listener_address="<address>"}`: the worker
+# id is taken first, then the address as above.
+_PROMETHEUS_WORKER = re.compile(
+    r"^listener\.(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}_\d+|\[[a-fA-F_\d]+\]_\d+|[^.]+)"
+    r"\.worker_((\d+)\.)"
+)
+
+
+class StatsSnapshot(TypedDict):
+    """Every stat's value as plain JSON-able data (what a worker process reports)."""
+
+    counters: dict[str, int]
+    gauges: dict[str, int]
+    text_readouts: dict[str, str]
 
 
 @dataclass
@@ -117,23 +133,25 @@ class Stats:
                 return stat.value
         return None
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> StatsSnapshot:
+        """Every value now (derived gauges are read), as plain data."""
         return {
-            "counters": {n: s.value for n, s in self.counters.items()},
-            "gauges": {n: s.value for n, s in self.gauges.items()},
-            "text_readouts": {n: s.value for n, s in self.text_readouts.items()},
+            "counters": {name: stat.value for name, stat in self.counters.items()},
+            "gauges": {name: stat.value for name, stat in self.gauges.items()},
+            "text_readouts": {name: stat.value for name, stat in self.text_readouts.items()},
         }
 
-    def load(self, snapshot: dict) -> None:
-        self.counters = {}
-        self.gauges = {}
-        self.text_readouts = {}
-        for n, v in snapshot["counters"].items():
-            self.counter(n).value = v
-        for n, v in snapshot["gauges"].items():
-            self.gauge(n).value = v
-        for n, v in snapshot["text_readouts"].items():
-            self.text_readout(n).value = v
+    @classmethod
+    def load(cls, snapshot: StatsSnapshot) -> Stats:
+        """A store holding `snapshot`'s values (plain counters and gauges), for the admin
+        handlers to render as they render a live store."""
+        return cls(
+            counters={name: Counter(name, value) for name, value in snapshot["counters"].items()},
+            gauges={name: Gauge(name, value) for name, value in snapshot["gauges"].items()},
+            text_readouts={
+                name: TextReadout(name, value) for name, value in snapshot["text_readouts"].items()
+            },
+        )
 
     # -- rendering, in Envoy's formats --------------------------------------------------------
 
@@ -180,6 +198,10 @@ class Stats:
 
 def _prometheus_name(name: str) -> tuple[str, list[tuple[str, str]]]:
     labels = []
+    worker = _PROMETHEUS_WORKER.search(name)
+    if worker:
+        labels.append(("envoy_worker_id", worker.group(2)))
+        name = name[: worker.start(1)] + name[worker.end(1) :]
     for pattern, label in _PROMETHEUS_TAGS:
         match = pattern.search(name)
         if match:

@@ -47,7 +47,7 @@ from xds_proxy.listener.original_dst import (
     RedirectedTransport,
     original_destination,
 )
-from xds_proxy.stats import Stats
+from xds_proxy.stats import Counter, Gauge, Stats
 from xds_proxy.upstream.manager import ClusterManager
 
 UNBOUND = "listener.unbound."
@@ -80,6 +80,8 @@ class ListenerServices:
     secrets: TlsSecrets = NO_SECRETS  # the secret store (static and SDS secrets)
     # Accepting listener versions by address, for use_original_dst (the runtime keeps it).
     by_address: ListenersByAddress = field(default_factory=ListenersByAddress)
+    # This process's worker: Envoy's `listener.<address>.worker_<N>.*` (0 with one process).
+    worker_index: int = 0
 
 
 class ChainRuntime:
@@ -257,6 +259,10 @@ class ListenerInstance:
         self.version_id = version_id
         self.version_info = ""  # set when it starts
         self._stat_prefix = UNBOUND
+        # `<prefix>worker_<N>.downstream_cx_{total,active}`, looked up once the prefix is known
+        # (until then these count nowhere: a version accepts only after it is set).
+        self._worker_cx_total = Counter(UNBOUND + "worker_cx_total")
+        self._worker_cx_active = Gauge(UNBOUND + "worker_cx_active")
         self.servers: list[asyncio.Server] = []
         self.active_connections = 0
         self.chains = [
@@ -288,6 +294,9 @@ class ListenerInstance:
     def stat_prefix(self, prefix: str) -> None:
         """Set by the runtime when the version starts on its bound address."""
         self._stat_prefix = prefix
+        worker = f"{prefix}worker_{self.services.worker_index}."
+        self._worker_cx_total = self.services.stats.counter(worker + "downstream_cx_total")
+        self._worker_cx_active = self.services.stats.gauge(worker + "downstream_cx_active")
         for chain in self.all_chains():
             chain.listener_bound()
 
@@ -350,11 +359,14 @@ class ListenerInstance:
         stats.counter(self.stat_prefix + "downstream_cx_total").inc()
         stats.gauge(self.stat_prefix + "downstream_cx_active").inc()
         stats.gauge("server.total_connections").inc()
+        self._worker_cx_total.value += 1
+        self._worker_cx_active.value += 1
 
     def connection_closed(self) -> None:
         self.active_connections -= 1
         self.services.stats.gauge(self.stat_prefix + "downstream_cx_active").dec()
         self.services.stats.gauge("server.total_connections").dec()
+        self._worker_cx_active.value -= 1
 
     def connection_count(self) -> int:
         return sum(len(chain.connections) for chain in self.all_chains())

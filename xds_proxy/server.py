@@ -72,7 +72,7 @@ from xds_proxy.routes.registry import RouteRegistry
 from xds_proxy.secrets.store import SecretStore
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
-from xds_proxy.workers.merge import merge_stats
+from xds_proxy.workers.merge import DRAIN_KEY, merge_stats
 from xds_proxy.workers.published import Publisher
 from xds_proxy.workers.supervisor import Workers
 from xds_proxy.xds.cds import CdsClient
@@ -161,6 +161,7 @@ class Server:
             global_limit_from_bootstrap(self.bootstrap, self.stats),
             self.routes.handle,
             self.secrets,
+            worker_index=self.worker_index,
         )
         # A plan compiles against a throwaway stats store and subscribes to no route config.
         self.compiler = ListenerCompiler(
@@ -298,7 +299,7 @@ class Server:
         left: dict[tuple, int] = {}
         for report in reports:
             for entry in report:
-                key = tuple(entry[field] for field in _DRAIN_IDENTITY)
+                key = tuple(entry[field] for field in DRAIN_KEY)
                 left[key] = left.get(key, 0) + entry["connections"]
         self.runtime.workers_report(
             {
@@ -330,7 +331,7 @@ class Server:
         settled = self._workers_settled_at  # what the answers reflect at least
         states = await self.workers.states()
         merged = merge_stats(self.stats.snapshot(), [state["stats"] for state in states])
-        self.admin_stats.load(merged)
+        self.admin_stats.take(Stats.load(merged))
         self._count_worker_drains([state["drains"] for state in states], settled)
 
     def worker_commands(self) -> dict[str, Callable[..., object]]:
@@ -715,17 +716,15 @@ class Server:
         ACCESS_LOG_FILES.close()  # every buffered access-log line is written before exit
 
 
-# One drain as the main process and each worker know it (`/drain_status` fields).
-_DRAIN_IDENTITY = ("kind", "listener", "version_info", "filter_chain", "trigger")
-
-
 def _drain_identity(record: DrainRecord) -> tuple:
+    """`DRAIN_KEY` of one of our drains."""
     return (
         record.kind,
         record.listener,
         record.version_info,
         record.filter_chain,
         record.drain.trigger,
+        record.direction,
     )
 
 

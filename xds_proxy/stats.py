@@ -133,6 +133,14 @@ class Stats:
                 return stat.value
         return None
 
+    def take(self, other: Stats) -> None:
+        """Hold `other`'s stats from now on (what admin shows for `--concurrency N`)."""
+        self.counters, self.gauges, self.text_readouts = (
+            other.counters,
+            other.gauges,
+            other.text_readouts,
+        )
+
     def snapshot(self) -> StatsSnapshot:
         """Every value now (derived gauges are read), as plain data."""
         return {

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 
 import pytest
 
 from xds_proxy.config.cluster import CircuitBreakers
-from xds_proxy.listener.drain_manager import DrainManager, ListenerScope
-from xds_proxy.listener.drain_policy import ListenerDrainPolicy
 from xds_proxy.stats import Stats, StatsSnapshot
 from xds_proxy.upstream.stats import ClusterStats, register_circuit_breaker_gauges
 from xds_proxy.workers.merge import (
     MERGE_RULES,
     Merge,
-    merge_drain_reports,
     merge_rule,
     merge_stats,
 )
@@ -466,155 +462,3 @@ def test_prometheus_worker_id_of_pipe_listeners_as_envoy_1_40() -> None:
         'envoy_listener_worker_downstream_cx_total{envoy_worker_id="0",'
         'envoy_listener_address="/run/lsock"} 0'
     ) in lines
-
-
-# -- merge_drain_reports ------------------------------------------------------------------------
-
-WALL_OFFSET = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def worker_drains(started: float, drain_time_s: float = 10.0) -> tuple[DrainManager, Clock]:
-    """One worker's drain manager; its clock reads `started` when the drains begin."""
-    clock = Clock(started)
-    drains = DrainManager(
-        "gradual",
-        drain_time_s,
-        clock,
-        random.Random(0),
-        lambda: clock.now + WALL_OFFSET,
-        max_closes_per_second=5.0,
-    )
-    return drains, clock
-
-
-def start_the_same_drains(drains: DrainManager) -> None:
-    drains.drain_listener(1, "web", "v1", "lds_update")
-    drains.drain_chains(2, 1, "api", "v4", (0,), ["old"])
-    drains.drain_listener(3, "tcp", "v1", "lds_removed", ListenerDrainPolicy(drain_time_s=30.0))
-
-
-def test_the_same_drain_in_every_worker_is_one_entry() -> None:
-    first, first_clock = worker_drains(100.0)
-    second, second_clock = worker_drains(100.25)  # the second worker heard of it later
-    start_the_same_drains(first)
-    start_the_same_drains(second)
-    first_clock.now, second_clock.now = 103.0, 103.0
-    first.tell_delay(first.records[1].drain)  # books a tell on the pacer
-    connections = {ListenerScope(1): 2, ListenerScope(3): 1}
-    reports = [
-        first.report(lambda scope: connections.get(scope, 4)),
-        second.report(lambda scope: connections.get(scope, 0) + 1),
-    ]
-    merged = merge_drain_reports(json.loads(json.dumps(reports)))
-    assert [(d["kind"], d["listener"]) for d in merged] == [
-        ("listener", "web"),
-        ("filter_chain", "api"),
-        ("listener", "tcp"),
-    ]
-    web, api, tcp = merged
-    assert web["connections"] == 2 + 3
-    assert api["connections"] == 4 + 1
-    assert tcp["connections"] == 1 + 2
-    assert web["started_at"] == reports[0][0]["started_at"]  # the earliest
-    assert web["deadline"] == reports[1][0]["deadline"]  # the latest
-    assert web["deadline"] > reports[0][0]["deadline"]
-    assert web["elapsed_s"] == 3.0  # the largest
-    assert web["tells_booked"] == reports[0][0]["tells_booked"] + reports[1][0]["tells_booked"]
-    assert web["tells_booked"] >= 1
-    assert tcp["policy"] == reports[0][2]["policy"]
-    assert tcp["policy"]["drain_time_s"] == 30.0
-    assert api["filter_chain"] == "old"
-
-
-def test_different_drains_stay_apart_and_are_ordered_by_start() -> None:
-    def drain(listener: str, started: str, **other: object) -> dict:
-        return {
-            "kind": "listener",
-            "listener": listener,
-            "version_info": "v1",
-            "filter_chain": None,
-            "trigger": "lds_update",
-            "direction": "all",
-            "strategy": "immediate",
-            "started_at": started,
-            "deadline": started.replace("T10", "T11"),
-            "elapsed_s": 1.0,
-            "connections": 1,
-            **other,
-        }
-
-    reports = [
-        [drain("b", "2026-12-06T10:00:02.000Z"), drain("a", "2026-12-06T10:00:03.000Z")],
-        [
-            drain("a", "2026-12-06T10:00:01.500Z"),
-            drain("a", "2026-12-06T10:00:01.000Z", version_info="v2"),
-            drain("b", "2026-12-06T10:00:02.000Z", direction="inbound_only"),
-        ],
-        [],
-    ]
-    merged = merge_drain_reports(reports)
-    assert [(d["listener"], d["version_info"], d["direction"]) for d in merged] == [
-        ("a", "v2", "all"),
-        ("a", "v1", "all"),
-        ("b", "v1", "all"),
-        ("b", "v1", "inbound_only"),
-    ]
-    assert [d["connections"] for d in merged] == [1, 2, 1, 1]
-    assert merged[1]["started_at"] == "2026-12-06T10:00:01.500Z"
-    assert merged[1]["deadline"] == "2026-12-06T11:00:03.000Z"
-    assert all("tells_booked" not in d for d in merged)
-
-
-def test_two_equal_drains_in_one_worker_pair_with_their_like_in_the_others() -> None:
-    """Two versions of one listener with one version_info drain under equal keys: each
-    merges with its twin in the other worker, in order, and they stay two."""
-    first, first_clock = worker_drains(100.0)
-    second, second_clock = worker_drains(100.0)
-    for drains, clock in ((first, first_clock), (second, second_clock)):
-        drains.drain_listener(1, "web", "v1", "lds_update")
-        clock.now += 1.0
-        drains.drain_listener(2, "web", "v1", "lds_update")
-    old = ListenerScope(1)
-    reports = [
-        first.report(lambda scope: 1 if scope == old else 10),
-        second.report(lambda scope: 2 if scope == old else 20),
-    ]
-    merged = merge_drain_reports(reports)
-    assert [(d["listener"], d["connections"]) for d in merged] == [("web", 3), ("web", 30)]
-    assert merged[0]["started_at"] < merged[1]["started_at"]
-    only_one = merge_drain_reports([reports[0], reports[1][:1]])
-    assert [d["connections"] for d in only_one] == [3, 10]
-
-
-def test_the_admin_drains_of_each_direction_merge_apart() -> None:
-    first, _ = worker_drains(100.0)
-    second, _ = worker_drains(100.0)
-    for drains in (first, second):
-        drains.start_admin_drain(inbound_only=True, stop_listeners=False)
-        drains.start_admin_drain(inbound_only=False, stop_listeners=False)
-    reports = [first.report(lambda scope: 1), second.report(lambda scope: 2)]
-    merged = merge_drain_reports(reports)
-    assert [(d["kind"], d["direction"], d["connections"]) for d in merged] == [
-        ("server", "inbound_only", 3),
-        ("server", "all", 3),
-    ]
-
-
-def test_merging_drains_changes_no_report() -> None:
-    first, _ = worker_drains(100.0)
-    start_the_same_drains(first)
-    reports = [first.report(lambda scope: 1), first.report(lambda scope: 2)]
-    before = copy.deepcopy(reports)
-    merged = merge_drain_reports(reports)
-    assert reports == before
-    assert [d["connections"] for d in merged] == [3, 3, 3]
-    assert merge_drain_reports([]) == []
-    assert merge_drain_reports([reports[0]]) == reports[0]

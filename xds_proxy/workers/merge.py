@@ -170,37 +170,6 @@ def _merge_texts(main: dict[str, str], workers: list[dict[str, str]]) -> dict[st
 
 # -- /drain_status --------------------------------------------------------------------------
 
-# The fields that name one drain in every worker's report (`DrainRecord.report`).
+# The fields that name one drain in the main process and in every worker
+# (`DrainRecord.report`): the main process's drains end by the workers' under the same key.
 DRAIN_KEY = ("kind", "listener", "version_info", "filter_chain", "trigger", "direction")
-
-
-def merge_drain_reports(reports: Sequence[list[dict]]) -> list[dict]:
-    """The workers' `/drain_status` `drains` lists as one list, in start order.
-
-    The same drain in several workers (equal `DRAIN_KEY` fields) becomes one entry:
-    `connections` and `tells_booked` summed, the earliest `started_at`, the latest
-    `deadline`, the largest `elapsed_s`; its other fields are the first worker's. Two drains
-    with equal keys in one worker stay two: the n-th of a key in one worker merges with the
-    n-th of that key in the others."""
-    merged: dict[tuple, dict] = {}
-    for report in reports:
-        seen: dict[tuple, int] = {}
-        for drain in report:
-            key = tuple(drain.get(field) for field in DRAIN_KEY)
-            occurrence = seen[key] = seen.get(key, -1) + 1
-            held = merged.get((key, occurrence))
-            if held is None:
-                merged[(key, occurrence)] = dict(drain)
-            else:
-                _fold_drain(held, drain)
-    # RFC 3339 UTC timestamps of one width (DrainRecord.report): text order is time order.
-    return sorted(merged.values(), key=lambda drain: drain["started_at"])
-
-
-def _fold_drain(held: dict, other: dict) -> None:
-    held["connections"] += other["connections"]
-    held["started_at"] = min(held["started_at"], other["started_at"])
-    held["deadline"] = max(held["deadline"], other["deadline"])
-    held["elapsed_s"] = max(held["elapsed_s"], other["elapsed_s"])
-    if "tells_booked" in other:
-        held["tells_booked"] = held.get("tells_booked", 0) + other["tells_booked"]

@@ -2,7 +2,7 @@
 through the relay, hands them listen sockets, asks them for their state, and restarts one
 that dies.
 
-A worker is `python -m xds_proxy.workers.worker` with two UNIX socket pairs
+A worker is `python -m xds_proxy.worker` with two UNIX socket pairs
 (`workers/channel.py`); its first control message is its start-up data: its index, the
 relay's path, the options and the bootstrap as the main process loaded them. It dies with
 the main process (parent-death signal). A worker that exits on its own is logged, counted
@@ -165,7 +165,7 @@ class Workers:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "xds_proxy.workers.worker",
+            "xds_proxy.worker",
             str(control_theirs.fileno()),
             str(sockets_theirs.fileno()),
             str(os.getpid()),

@@ -1,4 +1,4 @@
-"""A worker process of `--concurrency N`: `python -m xds_proxy.workers.worker CONTROL_FD
+"""A worker process of `--concurrency N`: `python -m xds_proxy.worker CONTROL_FD
 SOCKETS_FD MAIN_PID`, started by the main process (`workers/supervisor.py`), never by hand.
 
 It is a whole xds-proxy server (listener manager, drain manager, clusters, connections) with

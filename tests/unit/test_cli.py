@@ -142,7 +142,6 @@ def test_concurrency_zero_means_one() -> None:
             "--log-level: must be one of trace, debug, info, warning, warn, error, critical,"
             " off, got 'loud'",
         ),
-        (["--concurrency", "2"], "--concurrency: not supported yet"),
         (["--drain-time", "5"], "--drain-time: unknown flag"),  # no abbreviations
         (["extra"], "extra: unknown flag"),
     ],
@@ -194,7 +193,6 @@ def test_validate_config_yaml_only(capsys: pytest.CaptureFixture[str]) -> None:
             ["--mode", "validate", "-c", "/nonexistent/b.yaml"],
             "/nonexistent/b.yaml: cannot read: no such file",
         ),
-        (["--concurrency", "4", "-c", STATIC], "--concurrency: not supported yet"),
     ],
 )
 def test_errors_are_one_line_on_stderr(
@@ -311,3 +309,7 @@ def test_control_characters_in_an_error_stay_on_one_line(
         "--config-yaml: static_resources.listeners[0].filter_chains[0].filters[0].typed_config: "
         "unknown @type 'type.googleapis.com/x\\ny'\n"
     )
+
+
+def test_concurrency_above_one_runs_worker_processes() -> None:
+    assert parse_args(["-c", "x", "--concurrency", "3"]).concurrency == 3

@@ -4,7 +4,8 @@ cluster's `envoy.network.dns_resolver.cares` config at its own DNS server on loo
 which Envoy's server counts N more queries, ours must count N too, give or take one (the two
 proxies start their timers at different moments). Envoy re-resolves a host after the answer's
 TTL with `respect_dns_ttl` (larger or smaller than `dns_refresh_rate`), at
-`dns_refresh_rate` without it or when the TTL is 0.
+`dns_refresh_rate` without it or when the TTL is 0. Both count each lookup in the cluster's
+`update_attempt`, `update_success` and (no host changed) `update_no_rebuild`.
 """
 
 from __future__ import annotations
@@ -144,6 +145,10 @@ def _status(port: int) -> int:
         connection.close()
 
 
+def _stat(process: EnvoyProcess, name: str) -> int:
+    return process.stat(f"cluster.backend.{name}") or 0
+
+
 def _counts(dns: DnsServer) -> tuple[int, int]:
     return dns.queries(NAME, "A"), dns.queries(NAME, "AAAA")
 
@@ -178,6 +183,18 @@ def test_lookups_follow_the_ttl_like_envoy(variant: str, tmp_path: Path) -> None
                 what=f"{window} more lookups by Envoy",
             )
             envoy_end, our_end = _counts(envoy_dns), _counts(our_dns)
+            for process, _ in processes:
+                # One answer changed the hosts (the first); every later one rebuilt nothing.
+                wait_for(
+                    lambda p=process: (
+                        _stat(p, "update_attempt")
+                        == _stat(p, "update_success")
+                        == _stat(p, "update_no_rebuild") + 1
+                    ),
+                    timeout=5,
+                    what=f"{process.name}'s update_* stats",
+                )
+                assert _stat(process, "update_failure") == 0
         finally:
             for process, _ in processes:
                 process.stop()

@@ -60,7 +60,7 @@ from xds_proxy.upstream.stream import (
 )
 
 if TYPE_CHECKING:
-    from xds_proxy.stats import Stats
+    from xds_proxy.stats import Counter, Stats
 
 # One host entry: its endpoint, its address, and its name (the DNS name it was resolved from,
 # else the endpoint's hostname).
@@ -226,14 +226,20 @@ class Cluster:
             self._dns_changed()
             return
         lookup = choose_lookup(self.config, self._resolve)
+        # An answer that changes no host (Envoy's count for DNS clusters too).
+        no_rebuild = self._stats_store.counter(f"cluster.{self.config.stat_name}.update_no_rebuild")
         self._dns_first = set(range(len(endpoints)))
         loop = asyncio.get_running_loop()
         self._dns_tasks = [
-            loop.create_task(self._dns_target(index, endpoint, lookup), name=f"dns:{self.name}")
+            loop.create_task(
+                self._dns_target(index, endpoint, lookup, no_rebuild), name=f"dns:{self.name}"
+            )
             for index, endpoint in enumerate(endpoints)
         ]
 
-    async def _dns_target(self, index: int, endpoint: EndpointAddress, lookup: Lookup) -> None:
+    async def _dns_target(
+        self, index: int, endpoint: EndpointAddress, lookup: Lookup, no_rebuild: Counter
+    ) -> None:
         config = self.config
         while not self.retired:
             self.stats.update_attempt.inc()
@@ -252,24 +258,27 @@ class Cluster:
                     found = found[:1]
                 self._dns_found[index] = found
             self._dns_first.discard(index)
-            self._dns_changed()
+            if not self._dns_changed() and answer is not None:
+                no_rebuild.inc()
             await asyncio.sleep(next_lookup_delay_s(answer, config, self._rng))
 
-    def _dns_changed(self) -> None:
+    def _dns_changed(self) -> bool:
         """An endpoint's lookup ended: the hosts are every endpoint's last good addresses, in
-        endpoint order; warm once every endpoint had its first lookup (answered or not)."""
+        endpoint order; warm once every endpoint had its first lookup (answered or not).
+        False when the hosts stay the same."""
         entries: list[HostEntry] = []
         for index, endpoint in enumerate(self.config.endpoints):
             known = {address for _, address, _ in entries}
             found = self._dns_found.get(index, [])
             entries += [(endpoint, a, endpoint.host) for a in found if a not in known]
-        self._set_hosts(entries)
+        changed = self._set_hosts(entries)
         if self._dns_first or self.resolved is None or self.resolved.is_set():
-            return
+            return changed
         if self._health_checker is None:
             self.resolved.set()
         else:
             self._warm_after_first_checks()
+        return changed
 
     def _set_hosts(self, entries: list[HostEntry]) -> bool:
         """The hosts are now those of `entries`, in order (the first entry of an address

@@ -32,6 +32,7 @@ from envoy.extensions.load_balancing_policies.maglev.v3 import maglev_pb2
 from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
 from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
+from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (
     downstream_connections_pb2,
 )
@@ -67,6 +68,7 @@ RANDOM = _name(random_pb2.Random)
 RING_HASH = _name(ring_hash_pb2.RingHash)
 MAGLEV = _name(maglev_pb2.Maglev)
 DNS_CLUSTER = _name(dns_cluster_pb2.DnsCluster)
+CARES_DNS_RESOLVER = _name(cares_dns_resolver_pb2.CaresDnsResolverConfig)
 FILE_ACCESS_LOG = _name(file_pb2.FileAccessLog)
 STDOUT_ACCESS_LOG = _name(stream_pb2.StdoutAccessLog)
 STDERR_ACCESS_LOG = _name(stream_pb2.StderrAccessLog)
@@ -101,6 +103,8 @@ SUPPORTED_LOAD_BALANCING_POLICIES: dict[str, str] = {
     MAGLEV: "envoy.load_balancing_policies.maglev",
 }
 SUPPORTED_CLUSTER_TYPES: dict[str, str] = {DNS_CLUSTER: "envoy.clusters.dns"}
+# A DNS cluster's `typed_dns_resolver_config` (config/dns_resolver.py).
+SUPPORTED_DNS_RESOLVERS: dict[str, str] = {CARES_DNS_RESOLVER: "envoy.network.dns_resolver.cares"}
 SUPPORTED_ACCESS_LOGGERS: dict[str, str] = {
     FILE_ACCESS_LOG: "envoy.access_loggers.file",
     STDOUT_ACCESS_LOG: "envoy.access_loggers.stdout",
@@ -127,6 +131,7 @@ CATEGORIES: dict[str, dict[str, str]] = {
     "resource_monitor": SUPPORTED_RESOURCE_MONITORS,
     "load_balancing_policy": SUPPORTED_LOAD_BALANCING_POLICIES,
     "cluster_type": SUPPORTED_CLUSTER_TYPES,
+    "dns_resolver": SUPPORTED_DNS_RESOLVERS,
     "access_logger": SUPPORTED_ACCESS_LOGGERS,
     "retry_host_predicate": SUPPORTED_RETRY_HOST_PREDICATES,
 }
@@ -154,6 +159,7 @@ _CLASSES: dict[str, type[Message]] = {
         ring_hash_pb2.RingHash,
         maglev_pb2.Maglev,
         dns_cluster_pb2.DnsCluster,
+        cares_dns_resolver_pb2.CaresDnsResolverConfig,
         file_pb2.FileAccessLog,
         stream_pb2.StdoutAccessLog,
         stream_pb2.StderrAccessLog,

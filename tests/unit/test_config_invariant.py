@@ -220,6 +220,7 @@ ROOTS = (
             ("upstream_protocol_options", (extensions.UPSTREAM_HTTP_PROTOCOL_OPTIONS,)),
             ("transport_socket", (extensions.UPSTREAM_TLS,)),
             ("cluster_type", (extensions.DNS_CLUSTER,)),
+            ("dns_resolver", (extensions.CARES_DNS_RESOLVER,)),
             (
                 "load_balancing_policy",
                 (
@@ -379,6 +380,9 @@ TEMPLATES: dict[str, dict] = {
         "typed_config": {"@type": UPSTREAM_TLS},
     },
     "envoy.config.cluster.v3.Cluster.CustomClusterType": {"name": "envoy.clusters.dns"},
+    "envoy.config.core.v3.DnsResolutionConfig": {
+        "resolvers": [{"socket_address": {"address": "127.0.0.6", "port_value": 53}}]
+    },
     "envoy.config.core.v3.HealthCheck": {
         "timeout": "1s",
         "interval": "1s",
@@ -446,6 +450,8 @@ EXAMPLES: dict[str, list[Any]] = {
     "range_match.start": [2],
     "range_match.end": [9],
     "dns_refresh_rate": ["7s"],
+    "resolvers.socket_address.address": ["127.0.0.9"],
+    "dns_resolvers.socket_address.address": ["127.0.0.9"],
     "prefix_rewrite": ["/p"],
     "retry_policy.retry_on": ["5xx"],
     "retry_host_predicate.typed_config": [{"@type": PREFIX + extensions.PREVIOUS_HOSTS}],
@@ -558,6 +564,10 @@ NO_EFFECT: dict[str, str] = {
     ),
     "cluster transport_socket.name": "the @type picks the transport socket (as Envoy)",
     "cluster cluster_type.name": "the @type picks the cluster type (as Envoy)",
+    "cluster typed_dns_resolver_config.name": "the @type picks the resolver (as Envoy)",
+    "cluster cluster_type.typed_config.typed_dns_resolver_config.name": (
+        "the @type picks the resolver (as Envoy)"
+    ),
     "cluster health_checks.http_health_check.method": (
         "GET, the default, is the only method accepted"
     ),

@@ -320,7 +320,12 @@ def test_dns_cluster_type_refuses_what_is_not_built() -> None:
     del document["type"]
     document["cluster_type"] = {
         "name": "envoy.clusters.dns",
-        "typed_config": {"@type": DNS_CLUSTER_TYPE, "respect_dns_ttl": True},
+        "typed_config": {
+            "@type": DNS_CLUSTER_TYPE,
+            "dns_failure_refresh_rate": {"base_interval": "1s"},
+        },
     }
-    with pytest.raises(ConfigError, match=r"typed_config\.respect_dns_ttl: not supported yet$"):
+    with pytest.raises(
+        ConfigError, match=r"typed_config\.dns_failure_refresh_rate: not supported yet$"
+    ):
         build(document)

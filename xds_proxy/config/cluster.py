@@ -24,6 +24,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
 from xds_proxy import extensions
+from xds_proxy.config.dns_resolver import DnsResolverConfig, cluster_dns_resolver
 from xds_proxy.config.endpoints import (  # EndpointAddress: imported from here too
     DEFAULT_OVERPROVISIONING_FACTOR,
     EndpointAddress,
@@ -139,6 +140,9 @@ class ClusterConfig:
     dns_family: DnsFamily = DnsFamily.AUTO
     dns_refresh_s: float = DEFAULT_DNS_REFRESH_S
     dns_jitter_s: float = 0.0  # a random [0, jitter) added to each refresh
+    # `respect_dns_ttl`: a host's next lookup comes after its answer's TTL (upstream/dns.py).
+    respect_dns_ttl: bool = False
+    dns_resolver: DnsResolverConfig | None = None  # a resolver the cluster names, else None
     health_checks: tuple[HealthCheckConfig, ...] = ()
     outlier_detection: OutlierDetectionConfig | None = None
     # Below this share of healthy hosts the balancer ignores health (Envoy's panic mode).
@@ -203,7 +207,7 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
     connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S
     if cluster.HasField("connect_timeout"):
         connect_timeout_s = duration_seconds(cluster.connect_timeout)
-    dns_family, dns_refresh_s, dns_jitter_s = _dns_settings(cluster, dns)
+    dns_family, dns_refresh_s, dns_jitter_s, respect_dns_ttl = _dns_settings(cluster, dns)
     buffer_limit = DEFAULT_BUFFER_LIMIT
     if cluster.HasField("per_connection_buffer_limit_bytes"):
         # Envoy's 0 (no limit) keeps the default here, as on listeners.
@@ -226,6 +230,8 @@ def build_cluster_config(cluster: cluster_pb2.Cluster, path: str) -> ClusterConf
         dns_family=dns_family,
         dns_refresh_s=dns_refresh_s,
         dns_jitter_s=dns_jitter_s,
+        respect_dns_ttl=respect_dns_ttl,
+        dns_resolver=cluster_dns_resolver(cluster, dns, path),
         health_checks=build_health_checks(cluster.name, list(cluster.health_checks), path),
         outlier_detection=(
             build_outlier_detection(cluster.outlier_detection, f"{path}.outlier_detection")
@@ -296,9 +302,10 @@ def _dns_cluster(cluster: cluster_pb2.Cluster) -> dns_cluster_pb2.DnsCluster | N
 
 def _dns_settings(
     cluster: cluster_pb2.Cluster, dns: dns_cluster_pb2.DnsCluster | None
-) -> tuple[DnsFamily, float, float]:
-    """(lookup family, refresh seconds, jitter seconds): from the DNS cluster extension when
-    the cluster has one (its own fields then win, as in Envoy), else the cluster's fields."""
+) -> tuple[DnsFamily, float, float, bool]:
+    """(lookup family, refresh seconds, jitter seconds, respect the TTL): from the DNS cluster
+    extension when the cluster has one (its own fields then win, as in Envoy), else the
+    cluster's fields."""
     if dns is not None:
         refresh = (
             duration_seconds(dns.dns_refresh_rate)
@@ -306,11 +313,11 @@ def _dns_settings(
             else DEFAULT_DNS_REFRESH_S
         )
         jitter = duration_seconds(dns.dns_jitter) if dns.HasField("dns_jitter") else 0.0
-        return _DNS_FAMILIES[dns.dns_lookup_family], refresh, jitter
+        return _DNS_FAMILIES[dns.dns_lookup_family], refresh, jitter, dns.respect_dns_ttl
     refresh = DEFAULT_DNS_REFRESH_S
     if cluster.HasField("dns_refresh_rate"):
         refresh = duration_seconds(cluster.dns_refresh_rate)
-    return DnsFamily(cluster.dns_lookup_family), refresh, 0.0
+    return DnsFamily(cluster.dns_lookup_family), refresh, 0.0, cluster.respect_dns_ttl
 
 
 def _balancing(cluster: cluster_pb2.Cluster, path: str) -> tuple[LbPolicy, int, HashingSettings]:

@@ -54,8 +54,10 @@ _TLS_SDS = {
     ),
 }
 _NO_MAX_DURATIONS = NotYet("connection and stream lifetimes are not enforced")
-# A DNS answer's TTL as the refresh interval (docs/balancing.md says why not yet).
-_DNS_TTL = NotYet("the system resolver does not report TTLs")
+# A DNS cluster's resolver (config/dns_resolver.py): the c-ares extension's servers and options.
+_DNS_RESOLVER_OPTIONS = Supported({"use_tcp_for_dns_lookups": OK, "no_default_search_domain": OK})
+_DNS_RESOLVERS = Supported({"socket_address": Supported({"address": OK, "port_value": OK})})
+_TYPED_DNS_RESOLVER = Supported({"name": OK, "typed_config": Extension("dns_resolver")})
 # The consistent-hashing options of the ring hash and Maglev balancers.
 _HOSTNAME_HASHING = NotYet("hosts are hashed by their address")
 _BOUNDED_LOAD = NotYet("no bounded-load consistent hashing")
@@ -574,7 +576,14 @@ TABLE: dict[str, dict[str, Rule]] = {
         "circuit_breakers": OK,
         "dns_lookup_family": OK,
         "dns_refresh_rate": OK,
-        "respect_dns_ttl": _DNS_TTL,
+        "respect_dns_ttl": OK,  # upstream/dns.py
+        "typed_dns_resolver_config": _TYPED_DNS_RESOLVER,
+        # (deprecated, as Envoy still reads them: typed_dns_resolver_config wins over both)
+        "dns_resolution_config": Supported(
+            {"resolvers": _DNS_RESOLVERS, "dns_resolver_options": _DNS_RESOLVER_OPTIONS}
+        ),
+        "dns_resolvers": _DNS_RESOLVERS,
+        "use_tcp_for_dns_lookups": OK,
         "http_protocol_options": _CLUSTER_HTTP1,
         "common_http_protocol_options": _CLUSTER_COMMON_HTTP,
         "per_connection_buffer_limit_bytes": OK,
@@ -693,9 +702,22 @@ TABLE: dict[str, dict[str, Rule]] = {
         "dns_jitter": OK,
         "dns_lookup_family": OK,
         "all_addresses_in_single_endpoint": OK,
-        "respect_dns_ttl": _DNS_TTL,
+        "respect_dns_ttl": OK,
         "dns_failure_refresh_rate": NotYet("a failed lookup is retried at dns_refresh_rate"),
-        "typed_dns_resolver_config": NotYet("the system resolver is the only resolver"),
+        "typed_dns_resolver_config": _TYPED_DNS_RESOLVER,
+    },
+    "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig": {
+        "resolvers": _DNS_RESOLVERS,
+        "dns_resolver_options": _DNS_RESOLVER_OPTIONS,
+        "use_resolvers_as_fallback": NotYet("the resolvers given are the only ones asked"),
+        "filter_unroutable_families": NotYet("both families are asked whatever the interfaces"),
+        "udp_max_queries": NotYet("no limit of queries per UDP socket"),
+        "query_timeout_seconds": NotYet("dnspython's own timeouts"),
+        "query_tries": NotYet("dnspython's own timeouts"),
+        "rotate_nameservers": NotYet("the resolvers are asked in order"),
+        "edns0_max_payload_size": NotYet("queries are sent without EDNS0"),
+        "max_udp_channel_duration": NotYet("no UDP channel refresh"),
+        "reinit_channel_on_timeout": NotYet("no UDP channel refresh"),
     },
     "envoy.config.cluster.v3.LoadBalancingPolicy": {"policies": OK},
     "envoy.config.cluster.v3.LoadBalancingPolicy.Policy": {

@@ -20,22 +20,20 @@ busy ones when their last stream ends; new streams go to the replacement.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from xds_proxy.config.cluster import (
     ClusterConfig,
     DiscoveryType,
-    DnsFamily,
     EndpointAddress,
     LbPolicy,
     UpstreamProtocol,
 )
 from xds_proxy.config.endpoints import Assignment, Locality
+from xds_proxy.upstream.dns import AddressLookup, Lookup, choose_lookup, next_lookup_delay_s
 from xds_proxy.upstream.hashing import Maglev, RingHash
 from xds_proxy.upstream.health_check import HealthChecker
 from xds_proxy.upstream.host import Host, Resources
@@ -62,7 +60,7 @@ from xds_proxy.upstream.stream import (
 )
 
 if TYPE_CHECKING:
-    from xds_proxy.stats import Stats
+    from xds_proxy.stats import Counter, Stats
 
 # One host entry: its endpoint, its address, and its name (the DNS name it was resolved from,
 # else the endpoint's hostname).
@@ -81,7 +79,7 @@ class Cluster:
         config: ClusterConfig,
         stats: Stats,
         rng: random.Random | None = None,
-        resolve: Callable[[EndpointAddress, DnsFamily], asyncio.Future] | None = None,
+        resolve: AddressLookup | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -96,8 +94,11 @@ class Cluster:
         )
         self.hosts: list[Host] = []
         self.retired = False
-        self._resolve = resolve or resolve_endpoint
-        self._dns_task: asyncio.Task | None = None
+        self._resolve = resolve  # tests inject one; None: upstream/dns.py chooses
+        self._dns_tasks: list[asyncio.Task] = []
+        # DNS: each endpoint's last good addresses (by index); the endpoints not looked up yet.
+        self._dns_found: dict[int, list[tuple[str, int]]] = {}
+        self._dns_first: set[int] = set()
         # Set once the first hosts are known (DNS, EDS) and checked (health checks): the
         # cluster is warm. None for a static cluster without health checks: warm from the start.
         warms = config.discovery in (*_DNS_TYPES, DiscoveryType.EDS) or bool(config.health_checks)
@@ -168,9 +169,7 @@ class Cluster:
             if self.assigned:  # the assignment arrived before the start
                 self._warm()
         elif self.config.discovery in _DNS_TYPES:
-            self._dns_task = asyncio.get_running_loop().create_task(
-                self._dns_loop(), name=f"dns:{self.name}"
-            )
+            self._start_dns()
         elif self._health_checker is not None:
             self._health_checker.add_hosts(self.hosts)
             self._warm_after_first_checks()
@@ -218,33 +217,68 @@ class Cluster:
             if self._started:
                 self._warm()
 
-    async def _dns_loop(self) -> None:
+    # -- DNS --------------------------------------------------------------------------------
+
+    def _start_dns(self) -> None:
+        """One lookup loop per endpoint, each on its own timer, as Envoy's resolve targets."""
+        endpoints = self.config.endpoints
+        if not endpoints:  # nothing to look up: warm with no hosts
+            self._dns_changed()
+            return
+        lookup = choose_lookup(self.config, self._resolve)
+        # An answer that changes no host (Envoy's count for DNS clusters too).
+        no_rebuild = self._stats_store.counter(f"cluster.{self.config.stat_name}.update_no_rebuild")
+        self._dns_first = set(range(len(endpoints)))
+        loop = asyncio.get_running_loop()
+        self._dns_tasks = [
+            loop.create_task(
+                self._dns_target(index, endpoint, lookup, no_rebuild), name=f"dns:{self.name}"
+            )
+            for index, endpoint in enumerate(endpoints)
+        ]
+
+    async def _dns_target(
+        self, index: int, endpoint: EndpointAddress, lookup: Lookup, no_rebuild: Counter
+    ) -> None:
         config = self.config
         while not self.retired:
-            entries: list[HostEntry] = []
-            for endpoint in config.endpoints:
-                try:
-                    found = await self._resolve(endpoint, config.dns_family)
-                except OSError as error:
-                    log.warning(
-                        "cluster %s: cannot resolve %s: %s", self.name, endpoint.host, error
-                    )
-                    found = None
-                if found is None:
-                    # Envoy keeps the last good answer of an endpoint whose lookup failed.
-                    found = [h.address for h in self.hosts if h.address[1] == endpoint.port]
+            self.stats.update_attempt.inc()
+            try:
+                answer = await lookup(endpoint, config.dns_family)
+            except OSError as error:
+                log.warning("cluster %s: cannot resolve %s: %s", self.name, endpoint.host, error)
+                answer = None
+            if answer is None:
+                # Envoy keeps the last good answer of an endpoint whose lookup failed.
+                self.stats.update_failure.inc()
+            else:
+                self.stats.update_success.inc()
+                found = list(answer.addresses)
                 if config.discovery is DiscoveryType.LOGICAL_DNS:
                     found = found[:1]
-                known = {address for _, address, _ in entries}
-                entries += [(endpoint, a, endpoint.host) for a in found if a not in known]
-            self._set_hosts(entries)
-            if self.resolved is not None and not self.resolved.is_set():
-                if self._health_checker is None:
-                    self.resolved.set()
-                else:
-                    self._warm_after_first_checks()
-            jitter = self._rng.uniform(0, config.dns_jitter_s) if config.dns_jitter_s else 0.0
-            await asyncio.sleep(config.dns_refresh_s + jitter)
+                self._dns_found[index] = found
+            self._dns_first.discard(index)
+            if not self._dns_changed() and answer is not None:
+                no_rebuild.inc()
+            await asyncio.sleep(next_lookup_delay_s(answer, config, self._rng))
+
+    def _dns_changed(self) -> bool:
+        """An endpoint's lookup ended: the hosts are every endpoint's last good addresses, in
+        endpoint order; warm once every endpoint had its first lookup (answered or not).
+        False when the hosts stay the same."""
+        entries: list[HostEntry] = []
+        for index, endpoint in enumerate(self.config.endpoints):
+            known = {address for _, address, _ in entries}
+            found = self._dns_found.get(index, [])
+            entries += [(endpoint, a, endpoint.host) for a in found if a not in known]
+        changed = self._set_hosts(entries)
+        if self._dns_first or self.resolved is None or self.resolved.is_set():
+            return changed
+        if self._health_checker is None:
+            self.resolved.set()
+        else:
+            self._warm_after_first_checks()
+        return changed
 
     def _set_hosts(self, entries: list[HostEntry]) -> bool:
         """The hosts are now those of `entries`, in order (the first entry of an address
@@ -471,9 +505,9 @@ class Cluster:
             self._health_checker.stop()
         if self._outliers is not None:
             self._outliers.stop()
-        if self._dns_task is not None:
-            self._dns_task.cancel()
-            self._dns_task = None
+        for task in self._dns_tasks:
+            task.cancel()
+        self._dns_tasks = []
         for host in self.hosts:
             for pool in host.pools.values():
                 pool.retire()
@@ -511,37 +545,6 @@ class FailedStream:
 
     def resume_response(self) -> None:
         pass
-
-
-_FAMILIES = {
-    DnsFamily.V4_ONLY: (socket.AF_INET,),
-    DnsFamily.V6_ONLY: (socket.AF_INET6,),
-    DnsFamily.AUTO: (socket.AF_INET6, socket.AF_INET),
-    DnsFamily.V4_PREFERRED: (socket.AF_INET, socket.AF_INET6),
-}
-
-
-async def resolve_endpoint(
-    endpoint: EndpointAddress, family: DnsFamily
-) -> list[tuple[str, int]] | None:
-    """Addresses of a DNS endpoint in Envoy's family order; None when the lookup failed."""
-    loop = asyncio.get_running_loop()
-    families = _FAMILIES.get(family, (socket.AF_INET6, socket.AF_INET))
-    found: list[tuple[str, int]] = []
-    for one_family in families:
-        with contextlib.suppress(socket.gaierror):
-            infos = await loop.getaddrinfo(
-                endpoint.host, endpoint.port, family=one_family, type=socket.SOCK_STREAM
-            )
-            for info in infos:
-                address = (info[4][0], endpoint.port)
-                if address not in found:
-                    found.append(address)
-        if found and family is not DnsFamily.ALL:
-            break
-    if family is DnsFamily.ALL and not found:
-        return None
-    return found or None
 
 
 def _addresses_by_priority(hosts: list[Host]) -> dict[int, set[tuple[str, int]]]:

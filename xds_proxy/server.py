@@ -65,6 +65,7 @@ from xds_proxy.listener.manager import (
 )
 from xds_proxy.listener.plan import plan_report
 from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
+from xds_proxy.listener.shared_count import SharedCount
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.options import Options
@@ -109,6 +110,7 @@ class Server:
     is_worker: bool = False
     worker_index: int = 0
     socket_opener: Callable[[SocketAddress, str], socket.socket] | None = None
+    shared_connections: SharedCount | None = None  # the global connection limit's count
 
     def __post_init__(self) -> None:
         self.pool = ListenSocketPool(self.socket_opener)
@@ -158,7 +160,7 @@ class Server:
             self.drains,
             build_filter_chain,
             self.clusters,
-            global_limit_from_bootstrap(self.bootstrap, self.stats),
+            global_limit_from_bootstrap(self.bootstrap, self.stats, self.shared_connections),
             self.routes.handle,
             self.secrets,
             worker_index=self.worker_index,

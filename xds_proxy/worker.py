@@ -1,5 +1,5 @@
 """A worker process of `--concurrency N`: `python -m xds_proxy.worker CONTROL_FD
-SOCKETS_FD MAIN_PID`, started by the main process (`workers/supervisor.py`), never by hand.
+SOCKETS_FD MAIN_PID COUNT_FD`, started by the main process (`workers/supervisor.py`), never by hand.
 
 It is a whole xds-proxy server (listener manager, drain manager, clusters, connections) with
 three differences: its one control plane is the main process's relay (every ConfigSource
@@ -32,6 +32,7 @@ from xds_proxy.cli import configure_logging
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.actions import SocketAddress
 from xds_proxy.listener.manager import BindError
+from xds_proxy.listener.shared_count import SharedCount
 from xds_proxy.options import Options
 from xds_proxy.server import Server
 from xds_proxy.workers.channel import MAX_LINE, ask_for_socket, encode, read_start
@@ -109,6 +110,7 @@ async def _serve(
     index: int,
     control: socket.socket,
     sockets: socket.socket,
+    connections: SharedCount,
 ) -> int:
     server = Server(
         options,
@@ -116,6 +118,7 @@ async def _serve(
         is_worker=True,
         worker_index=index,
         socket_opener=_SocketSource(sockets),
+        shared_connections=connections,
     )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_shutdown)
@@ -137,7 +140,7 @@ async def _serve(
 
 
 def main(argv: list[str]) -> int:
-    control_fd, sockets_fd, main_pid = (int(arg) for arg in argv)
+    control_fd, sockets_fd, main_pid, count_fd = (int(arg) for arg in argv)
     _die_with_parent(main_pid)
     control = socket.socket(fileno=control_fd)
     sockets = socket.socket(fileno=sockets_fd)
@@ -152,8 +155,9 @@ def main(argv: list[str]) -> int:
     configure_logging(options)
     bootstrap = bootstrap_pb2.Bootstrap.FromString(base64.b64decode(start["bootstrap"]))
     use_worker_relay(start["relay"])
+    connections = SharedCount(count_fd, start["workers"], start["index"])
     return uvloop.run(
-        _serve(options, worker_bootstrap(bootstrap), start["index"], control, sockets)
+        _serve(options, worker_bootstrap(bootstrap), start["index"], control, sockets, connections)
     )
 
 

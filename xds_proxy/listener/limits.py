@@ -46,6 +46,7 @@ from xds_proxy.codec.wrapped_transport import ForwardingProtocol, WrappedTranspo
 from xds_proxy.config.overload import DOWNSTREAM_CONNECTIONS_TYPE, GLOBAL_MONITOR
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
+from xds_proxy.listener.shared_count import SharedCount
 from xds_proxy.stats import Stats
 
 CONNECTION_LIMIT_TYPE_URL = (
@@ -58,13 +59,17 @@ GLOBAL_OVERFLOW_STAT = "downstream_global_cx_overflow"  # under `listener.<addre
 
 
 class GlobalConnectionLimit:
-    """The proactive resource `global_downstream_max_connections`: a slot per open socket."""
+    """The proactive resource `global_downstream_max_connections`: a slot per open socket.
+    With worker processes (`shared`), the slots are counted across all of them."""
 
-    __slots__ = ("_failed_updates", "active", "max_connections")
+    __slots__ = ("_failed_updates", "_shared", "active", "max_connections")
 
-    def __init__(self, max_connections: int, stats: Stats) -> None:
+    def __init__(
+        self, max_connections: int, stats: Stats, shared: SharedCount | None = None
+    ) -> None:
         self.max_connections = max_connections
-        self.active = 0
+        self.active = 0  # this process's slots
+        self._shared = shared
         prefix = f"overload.{GLOBAL_MONITOR}."
         # Envoy counts every refused allocation (and refused release) as a failed update; the
         # pressure gauge of a proactive monitor exists and stays 0.
@@ -72,7 +77,11 @@ class GlobalConnectionLimit:
         stats.gauge(prefix + "pressure")
 
     def try_allocate(self) -> bool:
-        if self.active >= self.max_connections:
+        if self._shared is not None:
+            allocated = self._shared.try_add(self.max_connections)
+        else:
+            allocated = self.active < self.max_connections
+        if not allocated:
             self._failed_updates.inc()
             return False
         self.active += 1
@@ -83,10 +92,12 @@ class GlobalConnectionLimit:
             self._failed_updates.inc()
             return
         self.active -= 1
+        if self._shared is not None:
+            self._shared.subtract()
 
 
 def global_limit_from_bootstrap(
-    bootstrap: bootstrap_pb2.Bootstrap, stats: Stats
+    bootstrap: bootstrap_pb2.Bootstrap, stats: Stats, shared: SharedCount | None = None
 ) -> GlobalConnectionLimit | None:
     """The global limit a (validated) bootstrap configures, or None without the monitor."""
     for index, monitor in enumerate(bootstrap.overload_manager.resource_monitors):
@@ -100,7 +111,7 @@ def global_limit_from_bootstrap(
                 f"overload_manager.resource_monitors[{index}].typed_config: cannot decode"
                 f" {DOWNSTREAM_CONNECTIONS_TYPE}"
             ) from None
-        return GlobalConnectionLimit(config.max_active_downstream_connections, stats)
+        return GlobalConnectionLimit(config.max_active_downstream_connections, stats, shared)
     return None
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from xds_proxy.listener.actions import SocketAddress
+from xds_proxy.listener.shared_count import SharedCount
 from xds_proxy.options import Options
 from xds_proxy.stats import Stats
 from xds_proxy.workers.channel import (
@@ -77,6 +78,8 @@ class Workers:
         self._watchers: list[asyncio.Task] = []
         self._dir = ""
         self._stopping = False
+        # The global connection limit's count, a cell per worker (emptied when one dies).
+        self.connections = SharedCount.create(count)
         self._restarted = stats.counter("xds_proxy.workers.restarted")
         self._active = stats.gauge("xds_proxy.workers.active")
 
@@ -169,7 +172,8 @@ class Workers:
             str(control_theirs.fileno()),
             str(sockets_theirs.fileno()),
             str(os.getpid()),
-            pass_fds=(control_theirs.fileno(), sockets_theirs.fileno()),
+            str(self.connections.fd),
+            pass_fds=(control_theirs.fileno(), sockets_theirs.fileno(), self.connections.fd),
         )
         control_theirs.close()
         sockets_theirs.close()
@@ -185,6 +189,7 @@ class Workers:
     def _start_message(self, index: int) -> dict:
         return {
             "index": index,
+            "workers": self.count,
             "relay": os.path.join(self._dir, "relay.sock"),
             "options": dataclasses.asdict(self._options),
             "bootstrap": base64.b64encode(self._bootstrap.SerializeToString()).decode(),
@@ -193,6 +198,7 @@ class Workers:
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.process.wait()
         self._forget(worker)
+        self.connections.clear(worker.index)  # its connections died with it
         if self._stopping:
             return
         self._restarted.inc()

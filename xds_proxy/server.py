@@ -120,6 +120,7 @@ class Server:
         # Monotonic: every change made here before this time has been applied by every
         # worker (a sync or an admin command they answered).
         self._workers_settled_at = 0.0
+        self._worker_calls: list[asyncio.Task] = []  # admin commands the workers run
         self.drains = DrainManager(
             self.options.drain_strategy,
             self.options.drain_time_s,
@@ -289,9 +290,7 @@ class Server:
         while True:
             await asyncio.sleep(DRAIN_CHECK_INTERVAL_S)
             settled = self._workers_settled_at
-            if any(
-                record.drain.started_at < settled for _, record in self.runtime.watched_drains()
-            ):
+            if any(record.drain.started_at < settled for record in self.drains.records.values()):
                 self._count_worker_drains(await self.workers.drain_reports(), settled)
 
     def _count_worker_drains(self, reports: list[list[dict]], settled: float) -> None:
@@ -306,7 +305,7 @@ class Server:
         self.runtime.workers_report(
             {
                 drain_id: left.get(_drain_identity(record), 0)
-                for drain_id, record in self.runtime.watched_drains()
+                for drain_id, record in self.drains.records.items()
                 if record.drain.started_at < settled
             }
         )
@@ -346,8 +345,9 @@ class Server:
         }
 
     def _fan_out(self, name: str, *args: object) -> None:
+        """Run an admin command in every worker too; the admin answer waits for it."""
         if self.workers is not None:
-            self._tasks.append(asyncio.create_task(self._call_workers(name, *args)))
+            self._worker_calls.append(asyncio.create_task(self._call_workers(name, *args)))
 
     async def _call_workers(self, name: str, *args: object) -> None:
         assert self.workers is not None
@@ -428,7 +428,10 @@ class Server:
             async def handle(*request):  # type: ignore[no-redef]
                 await self._refresh_from_workers()
                 answer = handlers.handle(*request)
-                return await answer if inspect.isawaitable(answer) else answer
+                answer = await answer if inspect.isawaitable(answer) else answer
+                calls, self._worker_calls = self._worker_calls, []
+                await asyncio.gather(*calls)  # a command is done when every worker did it
+                return answer
 
         try:
             server = await start_admin_server(

@@ -88,20 +88,27 @@ async def _serve_control(server: Server, control: socket.socket) -> None:
         if not line:
             break
         request = json.loads(line)
-        if request.get("op") == "state":
-            answer: dict | list = {
-                "stats": server.stats.snapshot(),
-                "drains": server.runtime.drain_report(),
-            }
-        elif request.get("op") == "drains":
-            answer = server.runtime.drain_report()
-        elif request.get("op") == "call" and request.get("name") in server.worker_commands():
-            server.worker_commands()[request["name"]](*request.get("args", []))
-            answer = {"ok": True}
-        else:
-            answer = {"error": f"unknown request {request!r}"}
-        writer.write(encode(answer))
+        try:
+            answer = _answer(server, request)
+        except Exception as error:  # the main process logs nothing of ours: say it here
+            log.exception("worker: request %r failed", request)
+            answer = {"error": f"{type(error).__name__}: {error}"}
+        writer.write(encode({"id": request.get("id"), "answer": answer}))
     server.request_shutdown()  # the main process is gone
+
+
+def _answer(server: Server, request: dict) -> object:
+    """One request of the main process (`workers/channel.py`)."""
+    op = request.get("op")
+    if op == "state":
+        return {"stats": server.stats.snapshot(), "drains": server.runtime.drain_report()}
+    if op == "drains":
+        return server.runtime.drain_report()
+    commands = server.worker_commands()
+    if op == "call" and request.get("name") in commands:
+        commands[request["name"]](*request.get("args", []))
+        return {"ok": True}
+    return {"error": f"unknown request {request!r}"}
 
 
 async def _serve(

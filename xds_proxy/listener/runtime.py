@@ -32,7 +32,6 @@ from xds_proxy.listener.drain_manager import (
     DrainEmptied,
     DrainEvent,
     DrainManager,
-    DrainRecord,
     DrainScope,
     HealthScope,
     ListenerDrainEnded,
@@ -469,22 +468,15 @@ class ListenerRuntime:
                 chain.on_empty = functools.partial(self._check_empty, drain_id)
             loop.call_soon(self._check_empty, drain_id)
 
-    def watched_drains(self) -> list[tuple[int, DrainRecord]]:
-        """The drains that end with their last connection, and their records."""
-        found = []
-        for drain_id, watch in self.watches.items():
-            record = self.drains.records.get(drain_id)
-            if watch.until_empty and record is not None:
-                found.append((drain_id, record))
-        return found
-
     def workers_report(self, connections: dict[int, int]) -> None:
         """The main process of `--concurrency N` (its own accept loop holds no connection):
-        the workers' connections under each watched drain. A drain with none left ends as
-        if emptied here; the others' counts are what its deadline reports."""
+        the workers' connections under each drain (by id). A drain that ends with its last
+        connection and has none left ends as if emptied here; the counts are what
+        `/drain_status` and a deadline report."""
         self._worker_connections = connections
         for drain_id, count in connections.items():
-            if count == 0 and drain_id in self.watches:
+            watch = self.watches.get(drain_id)
+            if count == 0 and watch is not None and watch.until_empty:
                 self._report_drain(DrainEmptied(drain_id))
 
     def _check_empty(self, drain_id: int) -> None:

@@ -12,6 +12,7 @@ never interleave:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import struct
@@ -61,25 +62,32 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 class ControlClient:
-    """The main process's end of a worker's control pair: one request at a time."""
+    """The main process's end of a worker's control pair: one request at a time, each with
+    an id the answer repeats (an answer that comes after its request timed out is skipped)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
         self._lock = asyncio.Lock()
+        self._ids = itertools.count(1)
 
     @classmethod
     async def open(cls, sock: socket.socket) -> ControlClient:
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
         return cls(reader, writer)
 
-    async def ask(self, message: Any, timeout_s: float) -> Any:
-        async with self._lock:
-            self._writer.write(encode(message))
-            line = await asyncio.wait_for(self._reader.readline(), timeout_s)
-        if not line:
-            raise ConnectionError("the worker closed its control channel")
-        return json.loads(line)
+    async def ask(self, message: dict, timeout_s: float) -> Any:
+        """The worker's answer (`{"error": ...}` if it could not do it)."""
+        async with self._lock, asyncio.timeout(timeout_s):
+            request_id = next(self._ids)
+            self._writer.write(encode({**message, "id": request_id}))
+            while True:
+                line = await self._reader.readline()
+                if not line:
+                    raise ConnectionError("the worker closed its control channel")
+                answer = json.loads(line)
+                if answer.get("id") == request_id:
+                    return answer.get("answer")
 
     def close(self) -> None:
         self._writer.close()

@@ -135,7 +135,7 @@ class Workers:
             *(w.control.ask({"op": "state"}, STATE_TIMEOUT_S) for w in workers),
             return_exceptions=True,
         )
-        return [answer for answer in answers if isinstance(answer, dict)]
+        return [answer for answer in answers if isinstance(answer, dict) and "stats" in answer]
 
     async def drain_reports(self) -> list[list[dict]]:
         """Every live worker's drains in progress (`/drain_status` entries)."""

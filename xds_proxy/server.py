@@ -109,6 +109,7 @@ class Server:
     # listen sockets come from (the main process).
     is_worker: bool = False
     worker_index: int = 0
+    workers_in_all: int = 1  # a worker's `--concurrency`
     socket_opener: Callable[[SocketAddress, str], socket.socket] | None = None
     shared_connections: SharedCount | None = None  # the global connection limit's count
 
@@ -129,6 +130,7 @@ class Server:
             wall_clock=time.time,
             max_closes_per_second=self.options.drain_max_closes_per_second,
             completion_log_level=logging.DEBUG if self.is_worker else logging.INFO,
+            pace_share=1 / self.workers_in_all,
         )
         self._ads_stream: XdsStream | None = None  # CDS, EDS, LDS and RDS over one ADS stream
         # EDS over ADS joins the stream CDS opened (its first names come from a CDS response).
@@ -295,19 +297,23 @@ class Server:
 
     def _count_worker_drains(self, reports: list[list[dict]], settled: float) -> None:
         """Each drain of ours that every worker had applied before `reports` were asked for
-        (it started before `settled`) gets the workers' connections under it (summed over
-        their drains of the same identity)."""
+        (it started before `settled`) gets the workers' connections and paced tells under it
+        (summed over their drains of the same identity)."""
         left: dict[tuple, int] = {}
+        tells: dict[tuple, int] = {}
         for report in reports:
             for entry in report:
                 key = tuple(entry[field] for field in DRAIN_KEY)
                 left[key] = left.get(key, 0) + entry["connections"]
+                tells[key] = tells.get(key, 0) + entry.get("tells_booked", 0)
+        known = {
+            drain_id: _drain_identity(record)
+            for drain_id, record in self.drains.records.items()
+            if record.drain.started_at < settled
+        }
         self.runtime.workers_report(
-            {
-                drain_id: left.get(_drain_identity(record), 0)
-                for drain_id, record in self.drains.records.items()
-                if record.drain.started_at < settled
-            }
+            {drain_id: left.get(key, 0) for drain_id, key in known.items()},
+            {drain_id: tells.get(key, 0) for drain_id, key in known.items()},
         )
 
     def find_socket(self, listener: str, address: SocketAddress) -> socket.socket | None:

@@ -115,6 +115,7 @@ async def _serve(
     options: Options,
     bootstrap: bootstrap_pb2.Bootstrap,
     index: int,
+    workers: int,
     control: socket.socket,
     sockets: socket.socket,
     connections: SharedCount,
@@ -124,6 +125,7 @@ async def _serve(
         bootstrap,
         is_worker=True,
         worker_index=index,
+        workers_in_all=workers,
         socket_opener=_SocketSource(sockets),
         shared_connections=connections,
     )
@@ -164,7 +166,15 @@ def main(argv: list[str]) -> int:
     use_worker_relay(start["relay"])
     connections = SharedCount(count_fd, start["workers"], start["index"])
     return uvloop.run(
-        _serve(options, worker_bootstrap(bootstrap), start["index"], control, sockets, connections)
+        _serve(
+            options,
+            worker_bootstrap(bootstrap),
+            start["index"],
+            start["workers"],
+            control,
+            sockets,
+            connections,
+        )
     )
 
 

@@ -222,9 +222,13 @@ class DrainManager:
         wall_clock: Callable[[], float],
         max_closes_per_second: float = 0.0,
         completion_log_level: int = logging.INFO,
+        pace_share: float = 1.0,
     ) -> None:
-        """`completion_log_level`: of the `drain complete` line (a worker process of
-        `--concurrency N` logs it at debug: the main process's line is the one to read)."""
+        """For a worker process of `--concurrency N`: `completion_log_level` of the `drain
+        complete` line (debug there: the main process's line is the one to read), and
+        `pace_share` (1/N), this worker's share of every `max_closes_per_second`, so that
+        the workers together tell at most that many."""
+        self._pace_share = pace_share
         self.strategy = strategy  # "gradual" | "immediate"
         self._completion_log_level = completion_log_level
         self.drain_time_s = drain_time_s
@@ -426,7 +430,9 @@ class DrainManager:
         derived = self._derived.get(key)
         if derived is None:
             resolved = policy.resolve(self.defaults, server_drain=True)
-            derived = self._derived[key] = _make_drain(drain.trigger, resolved, drain.started_at)
+            derived = self._derived[key] = _make_drain(
+                drain.trigger, resolved, drain.started_at, self._pace_share
+            )
         return derived
 
     def latest_deadline(self, version_ids: list[int]) -> float:
@@ -457,19 +463,24 @@ class DrainManager:
         now = self._clock()
         return [record.report(now, connections(record.scope)) for record in self.records.values()]
 
-    def report_counted(self, connections: Mapping[int, int]) -> list[dict]:
-        """The same, with each drain's connections given by drain id (counted elsewhere:
-        the workers of `--concurrency N`)."""
+    def report_counted(
+        self, connections: Mapping[int, int], tells: Mapping[int, int]
+    ) -> list[dict]:
+        """The same, with each drain's connections and paced tells given by drain id
+        (counted elsewhere: by the workers of `--concurrency N`)."""
         now = self._clock()
-        return [
-            record.report(now, connections.get(drain_id, 0))
-            for drain_id, record in self.records.items()
-        ]
+        reports = []
+        for drain_id, record in self.records.items():
+            doc = record.report(now, connections.get(drain_id, 0))
+            if "tells_booked" in doc:
+                doc["tells_booked"] = tells.get(drain_id, 0)
+            reports.append(doc)
+        return reports
 
     # -- internals -------------------------------------------------------------------------------
 
     def _new_drain(self, trigger: str, policy: DrainPolicy) -> Drain:
-        return _make_drain(trigger, policy, self._clock())
+        return _make_drain(trigger, policy, self._clock(), self._pace_share)
 
     def _add(self, record: DrainRecord) -> int:
         drain_id = next(self._ids)
@@ -498,10 +509,11 @@ class DrainManager:
         return self._wall_clock() - self._clock()
 
 
-def _make_drain(trigger: str, policy: DrainPolicy, now: float) -> Drain:
+def _make_drain(trigger: str, policy: DrainPolicy, now: float, pace_share: float) -> Drain:
     pacer = None
     if policy.max_closes_per_second > 0:
-        pacer = Pacer(policy.max_closes_per_second, now, now + policy.drain_time_s)
+        rate = policy.max_closes_per_second * pace_share
+        pacer = Pacer(rate, now, now + policy.drain_time_s)
     return Drain(trigger, policy.strategy, policy.drain_time_s, now, pacer)
 
 

@@ -151,7 +151,9 @@ class ListenerRuntime:
         process of `--concurrency N`, whose workers accept on the same sockets)."""
         self.stats = stats
         self.accept = accept
-        self._worker_connections: dict[int, int] = {}  # by drain id (see `workers_report`)
+        # By drain id (see `workers_report`): the workers' connections and paced tells.
+        self._worker_connections: dict[int, int] = {}
+        self._worker_tells: dict[int, int] = {}
         self.routes = routes
         self.secrets = secrets
         self.pool = pool
@@ -231,7 +233,7 @@ class ListenerRuntime:
     def drain_report(self) -> list[dict]:
         """Every drain in progress, for `/drain_status`."""
         if not self.accept:  # the workers hold the connections
-            return self.drains.report_counted(self._worker_connections)
+            return self.drains.report_counted(self._worker_connections, self._worker_tells)
         return self.drains.report(self.connections)
 
     # -- actions that take no time ------------------------------------------------------------
@@ -468,12 +470,13 @@ class ListenerRuntime:
                 chain.on_empty = functools.partial(self._check_empty, drain_id)
             loop.call_soon(self._check_empty, drain_id)
 
-    def workers_report(self, connections: dict[int, int]) -> None:
+    def workers_report(self, connections: dict[int, int], tells: dict[int, int]) -> None:
         """The main process of `--concurrency N` (its own accept loop holds no connection):
         the workers' connections under each drain (by id). A drain that ends with its last
         connection and has none left ends as if emptied here; the counts are what
         `/drain_status` and a deadline report."""
         self._worker_connections = connections
+        self._worker_tells = tells
         for drain_id, count in connections.items():
             watch = self.watches.get(drain_id)
             if count == 0 and watch is not None and watch.until_empty:

@@ -122,6 +122,7 @@ class Server:
         # worker (a sync or an admin command they answered).
         self._workers_settled_at = 0.0
         self._worker_calls: list[asyncio.Task] = []  # admin commands the workers run
+        self._workers_ready = False  # every worker has applied the first configuration
         self.drains = DrainManager(
             self.options.drain_strategy,
             self.options.drain_time_s,
@@ -601,10 +602,22 @@ class Server:
             self._waiting_for_warming = True
             return
         if self.state in (ServerState.PRE_INITIALIZING, ServerState.INITIALIZING):
+            if self.workers is not None and not self._workers_ready:
+                # LIVE once the workers serve what is applied here (as Envoy starts its
+                # workers at the end of initialisation).
+                self._tasks.append(asyncio.create_task(self._initialized_with_workers()))
+                return
             self._set_state(ServerState.LIVE if self.healthy else ServerState.DRAINING)
             self.manager.workers_started()
             log.info("all dependencies initialized. starting workers")
             self.hot_restart.initialized(self.runtime.applied)
+
+    async def _initialized_with_workers(self) -> None:
+        assert self.workers is not None
+        self._set_state(ServerState.INITIALIZING)
+        await self.workers.wait_ready()
+        self._workers_ready = True
+        self._initialized()
 
     # -- admin-triggered drains and health --------------------------------------------------
 

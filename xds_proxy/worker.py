@@ -163,7 +163,7 @@ def main(argv: list[str]) -> int:
     )
     configure_logging(options)
     bootstrap = bootstrap_pb2.Bootstrap.FromString(base64.b64decode(start["bootstrap"]))
-    use_worker_relay(start["relay"])
+    use_worker_relay(start["relay"], start["index"])
     connections = SharedCount(count_fd, start["workers"], start["index"])
     return uvloop.run(
         _serve(

@@ -30,6 +30,8 @@ from google.protobuf import any_pb2
 
 log = logging.getLogger("xds_proxy.workers")
 
+WORKER_METADATA = "xds-proxy-worker"  # each worker's streams carry its index
+
 # Types served to every subscriber without names (SotW wildcard), as Envoy asks for them.
 WILDCARD_TYPES = frozenset(
     {
@@ -51,6 +53,7 @@ class _TypeState:
 
 @dataclass(eq=False)
 class _Stream:
+    worker: str  # the worker's index (its streams' `xds-proxy-worker` metadata)
     queue: asyncio.Queue[discovery_pb2.DiscoveryResponse | None] = field(
         default_factory=asyncio.Queue
     )
@@ -100,11 +103,16 @@ class Relay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     def pending(self) -> bool:
         """Some worker has not yet answered the newest version of a type it receives (every
-        worker receives the listeners and clusters; the named types, those it asked for)."""
+        worker receives the listeners and clusters, on one of its streams; the named types,
+        those it asked for)."""
+        asked: dict[str, set[str]] = {}
         for stream in self._streams:
+            asked.setdefault(stream.worker, set()).update(stream.types)
+        for types in asked.values():
             for type_url in WILDCARD_TYPES:
-                if type_url in self._versions and type_url not in stream.types:
+                if type_url in self._versions and type_url not in types:
                     return True  # a worker starting: it has not asked for them yet
+        for stream in self._streams:
             for type_url, state in stream.types.items():
                 if state.sent_version < 0:
                     continue
@@ -115,13 +123,15 @@ class Relay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return False
 
     async def wait_answered(self, timeout_s: float, workers: int) -> bool:
-        """Until `workers` streams are connected and each answered what it was sent; False
+        """Until `workers` workers are connected and each answered what it was sent; False
         at the timeout."""
         try:
             async with asyncio.timeout(timeout_s):
                 async with self._answered:
                     await self._answered.wait_for(
-                        lambda: len(self._streams) >= workers and not self.pending()
+                        lambda: (
+                            len({s.worker for s in self._streams}) >= workers and not self.pending()
+                        )
                     )
         except TimeoutError:
             return False
@@ -134,7 +144,8 @@ class Relay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        stream = _Stream()
+        metadata = dict(context.invocation_metadata() or ())
+        stream = _Stream(str(metadata.get(WORKER_METADATA, "")))
         self._streams.add(stream)
         await self._notify()
         reader = asyncio.create_task(self._read(stream, request_iterator))

@@ -46,6 +46,7 @@ log = logging.getLogger("xds_proxy.workers")
 
 ANSWER_TIMEOUT_S = 5.0  # a worker that does not answer the relay by then is not waited for
 STATE_TIMEOUT_S = 2.0  # nor one that does not report its state
+READY_TIMEOUT_S = 60.0  # the server goes LIVE without the workers not started by then
 RESTART_PAUSE_S = 0.05  # between a worker's exit and its replacement
 
 SocketFinder = Callable[[str, SocketAddress], socket.socket | None]
@@ -115,8 +116,15 @@ class Workers:
         await self.wait_answered()
 
     async def wait_answered(self) -> None:
-        if not await self.relay.wait_answered(ANSWER_TIMEOUT_S, len(self._workers)):
+        """Until every connected worker has answered what it was sent (a worker still
+        starting catches up from the snapshot when it connects)."""
+        if not await self.relay.wait_answered(ANSWER_TIMEOUT_S, 0):
             log.warning("not every worker answered the relay within %.0f s", ANSWER_TIMEOUT_S)
+
+    async def wait_ready(self) -> None:
+        """Until every worker is connected and has applied the snapshot (start-up)."""
+        if not await self.relay.wait_answered(READY_TIMEOUT_S, self.count):
+            log.warning("not every worker was ready within %.0f s", READY_TIMEOUT_S)
 
     def publish(self, snapshot: Snapshot) -> bool:
         """True if anything changed."""

@@ -99,8 +99,9 @@ def config_server(bootstrap: bootstrap_pb2.Bootstrap, source_field: str) -> XdsS
 _worker_relay: XdsServer | None = None
 
 
-def use_worker_relay(path: str) -> None:
-    """From now on every ConfigSource means the relay on the UNIX socket at `path`."""
+def use_worker_relay(path: str, worker_index: int) -> None:
+    """From now on every ConfigSource means the relay on the UNIX socket at `path` (each
+    stream says which worker it comes from)."""
     global _worker_relay
     _worker_relay = XdsServer(
         aggregated=True,
@@ -108,7 +109,7 @@ def use_worker_relay(path: str) -> None:
         cluster_name="xds_proxy_main",
         target=f"unix:{path}",
         authority="xds_proxy_main",
-        initial_metadata=(),
+        initial_metadata=(("xds-proxy-worker", str(worker_index)),),
         initial_fetch_timeout_s=DEFAULT_INITIAL_FETCH_TIMEOUT_S,
         node_on_first_request_only=False,
         backoff_ms=(50, 500),  # the main process is local: reconnect soon

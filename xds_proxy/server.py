@@ -53,6 +53,7 @@ from xds_proxy.listener.actions import (
     fixed_address,
 )
 from xds_proxy.listener.drain_exit import DrainExit
+from xds_proxy.listener.drain import Slots
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager, DrainRecord
 from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.limits import global_limit_from_bootstrap
@@ -66,6 +67,7 @@ from xds_proxy.listener.manager import (
 from xds_proxy.listener.plan import plan_report
 from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
 from xds_proxy.listener.shared_count import SharedCount
+from xds_proxy.listener.shared_pacing import SharedPacing, drain_key
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
 from xds_proxy.options import Options
@@ -112,6 +114,7 @@ class Server:
     workers_in_all: int = 1  # a worker's `--concurrency`
     socket_opener: Callable[[SocketAddress, str], socket.socket] | None = None
     shared_connections: SharedCount | None = None  # the global connection limit's count
+    shared_pacing: SharedPacing | None = None  # the paced drains' slots
 
     def __post_init__(self) -> None:
         self.pool = ListenSocketPool(self.socket_opener)
@@ -123,6 +126,8 @@ class Server:
         self._workers_settled_at = 0.0
         self._worker_calls: list[asyncio.Task] = []  # admin commands the workers run
         self._workers_ready = False  # every worker has applied the first configuration
+        # Each worker's connections per serving listener, read before each admin request.
+        self._serving: list[dict[str, dict[str, int]]] = []
         self.drains = DrainManager(
             self.options.drain_strategy,
             self.options.drain_time_s,
@@ -132,6 +137,7 @@ class Server:
             max_closes_per_second=self.options.drain_max_closes_per_second,
             completion_log_level=logging.DEBUG if self.is_worker else logging.INFO,
             pace_share=1 / self.workers_in_all,
+            shared_slots=self._shared_slots if self.shared_pacing is not None else None,
         )
         self._ads_stream: XdsStream | None = None  # CDS, EDS, LDS and RDS over one ADS stream
         # EDS over ADS joins the stream CDS opened (its first names come from a CDS response).
@@ -341,6 +347,13 @@ class Server:
         merged = merge_stats(self.stats.snapshot(), [state["stats"] for state in states])
         self.admin_stats.take(Stats.load(merged))
         self._count_worker_drains([state["drains"] for state in states], settled)
+        self._serving = [state["serving"] for state in states]
+
+    def _shared_slots(
+        self, identity: tuple, start: float, deadline: float
+    ) -> tuple[Slots, float] | None:
+        assert self.shared_pacing is not None
+        return self.shared_pacing.slots(drain_key(*identity), start, deadline)
 
     def worker_commands(self) -> dict[str, Callable[..., object]]:
         """What the main process may ask a worker to do (the admin commands it fans out)."""
@@ -550,11 +563,23 @@ class Server:
 
     def listener(self, version_id: int) -> int:
         """`PlanCounts`: a running version's connections now."""
+        if self.workers is not None:
+            return self._workers_serving(version_id, "all")
         return self.runtime.listener_connections(version_id)
 
     def chain(self, version_id: int, index: int) -> int:
         """`PlanCounts`: one chain's connections now."""
+        if self.workers is not None:
+            return self._workers_serving(version_id, str(index))
         return self.runtime.chain_connections(version_id, index)
+
+    def _workers_serving(self, version_id: int, key: str) -> int:
+        """The workers' connections of a serving version (as read before this admin
+        request), in all or of one chain."""
+        for name, version in self.manager.active.items():
+            if version.id == version_id:
+                return sum(serving.get(name, {}).get(key, 0) for serving in self._serving)
+        return 0
 
     def _route_handle_for_plan(
         self, rds, stat_prefix: str, server: str, strip_port: bool, path: str

@@ -1,5 +1,6 @@
-"""A worker process of `--concurrency N`: `python -m xds_proxy.worker CONTROL_FD
-SOCKETS_FD MAIN_PID COUNT_FD`, started by the main process (`workers/supervisor.py`), never by hand.
+"""A worker process of `--concurrency N`: `python -m xds_proxy.worker CONTROL_FD SOCKETS_FD
+MAIN_PID COUNT_FD PACING_FD`, started by the main process (`workers/supervisor.py`), never
+by hand.
 
 It is a whole xds-proxy server (listener manager, drain manager, clusters, connections) with
 three differences: its one control plane is the main process's relay (every ConfigSource
@@ -33,6 +34,7 @@ from xds_proxy.errors import ConfigError
 from xds_proxy.listener.actions import SocketAddress
 from xds_proxy.listener.manager import BindError
 from xds_proxy.listener.shared_count import SharedCount
+from xds_proxy.listener.shared_pacing import SharedPacing
 from xds_proxy.options import Options
 from xds_proxy.server import Server
 from xds_proxy.workers.channel import MAX_LINE, ask_for_socket, encode, read_start
@@ -101,7 +103,12 @@ def _answer(server: Server, request: dict) -> object:
     """One request of the main process (`workers/channel.py`)."""
     op = request.get("op")
     if op == "state":
-        return {"stats": server.stats.snapshot(), "drains": server.runtime.drain_report()}
+        active = {name: version.id for name, version in server.manager.active.items()}
+        return {
+            "stats": server.stats.snapshot(),
+            "drains": server.runtime.drain_report(),
+            "serving": server.runtime.serving_connections(active),
+        }
     if op == "drains":
         return server.runtime.drain_report()
     commands = server.worker_commands()
@@ -119,6 +126,7 @@ async def _serve(
     control: socket.socket,
     sockets: socket.socket,
     connections: SharedCount,
+    pacing: SharedPacing,
 ) -> int:
     server = Server(
         options,
@@ -128,6 +136,7 @@ async def _serve(
         workers_in_all=workers,
         socket_opener=_SocketSource(sockets),
         shared_connections=connections,
+        shared_pacing=pacing,
     )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_shutdown)
@@ -149,7 +158,7 @@ async def _serve(
 
 
 def main(argv: list[str]) -> int:
-    control_fd, sockets_fd, main_pid, count_fd = (int(arg) for arg in argv)
+    control_fd, sockets_fd, main_pid, count_fd, pacing_fd = (int(arg) for arg in argv)
     _die_with_parent(main_pid)
     control = socket.socket(fileno=control_fd)
     sockets = socket.socket(fileno=sockets_fd)
@@ -174,6 +183,7 @@ def main(argv: list[str]) -> int:
             control,
             sockets,
             connections,
+            SharedPacing(pacing_fd),
         )
     )
 

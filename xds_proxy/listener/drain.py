@@ -19,20 +19,29 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
-class Pacer:
-    """The slots of one paced drain (R tells per second at most)."""
+class Slots(Protocol):
+    """Where a paced drain keeps its taken slots: here (`LocalSlots`), or shared by the
+    worker processes of `--concurrency N` (`listener/shared_pacing.py`), so that all of them
+    together tell at most R a second. Each call is atomic."""
 
-    def __init__(self, rate: float, start: float, deadline: float) -> None:
-        self.rate = rate
-        self.start = start
-        self.deadline = deadline
-        self._next_free: dict[int, int] = {}  # a taken slot -> a later candidate (union-find)
-        self.granted = 0
+    def take_first_free(self, slot: int, limit: int) -> int | None:
+        """Take the first free slot in [slot, limit); None if there is none."""
+        ...
 
-    def _slot_time(self, slot: int) -> float:
-        return self.start + slot / self.rate
+    def take_all(self, slots: tuple[int, ...]) -> bool:
+        """Take these slots if every one is free; False (and take none) otherwise."""
+        ...
+
+
+class LocalSlots:
+    """The taken slots of one process: a union-find from each taken slot to a later
+    candidate."""
+
+    def __init__(self) -> None:
+        self._next_free: dict[int, int] = {}
 
     def _find(self, slot: int) -> int:
         root = slot
@@ -42,19 +51,53 @@ class Pacer:
             self._next_free[slot], slot = root, self._next_free[slot]
         return root
 
-    def _take(self, slot: int) -> None:
-        self._next_free[slot] = slot + 1
-        self.granted += 1
+    def take_first_free(self, slot: int, limit: int) -> int | None:
+        found = self._find(slot)
+        if found >= limit:
+            return None
+        self._next_free[found] = found + 1
+        return found
+
+    def take_all(self, slots: tuple[int, ...]) -> bool:
+        if any(self._find(slot) != slot for slot in slots):
+            return False
+        for slot in slots:
+            self._next_free[slot] = slot + 1
+        return True
+
+
+class Pacer:
+    """The slots of one paced drain (R tells per second at most)."""
+
+    def __init__(
+        self, rate: float, start: float, deadline: float, slots: Slots | None = None
+    ) -> None:
+        self.rate = rate
+        self.start = start
+        self.deadline = deadline
+        self.slots: Slots = slots if slots is not None else LocalSlots()
+        self.granted = 0  # the tells this process booked
+
+    def share(self, slots: Slots, start: float, rate: float) -> None:
+        """Book in slots shared with other processes, on their common grid from `start`,
+        at the whole rate they share."""
+        self.slots, self.start, self.rate = slots, start, rate
+
+    def _slot_time(self, slot: int) -> float:
+        return self.start + slot / self.rate
+
+    def _limit(self) -> int:
+        """The first slot at or after the deadline."""
+        return math.ceil((self.deadline - self.start) * self.rate - 1e-9)
 
     def book(self, moment: float) -> float:
         """The time an idle connection whose moment is `moment` is told (<= the deadline)."""
         offset = max(0.0, moment - self.start) * self.rate
-        slot = self._find(math.ceil(offset - 1e-9))
-        at = self._slot_time(slot)
-        if at >= self.deadline:
+        slot = self.slots.take_first_free(math.ceil(offset - 1e-9), self._limit())
+        if slot is None:
             return self.deadline
-        self._take(slot)
-        return at
+        self.granted += 1
+        return self._slot_time(slot)
 
     def take_now(self, now: float) -> bool:
         """May a response written now be a drain-close? (takes the slots around now)."""
@@ -62,11 +105,9 @@ class Pacer:
             return True  # the deadline closes everything anyway
         offset = max(0.0, now - self.start) * self.rate
         below, above = math.floor(offset), math.ceil(offset)
-        if self._find(below) != below or self._find(above) != above:
+        if not self.slots.take_all((below,) if above == below else (below, above)):
             return False
-        self._take(below)
-        if above != below:
-            self._next_free[above] = above + 1
+        self.granted += 1
         return True
 
 

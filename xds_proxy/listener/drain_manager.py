@@ -36,9 +36,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from xds_proxy.listener.actions import NO_CAUSE, DrainCause
-from xds_proxy.listener.drain import Drain, Pacer
+from xds_proxy.listener.drain import Drain, Pacer, Slots
 from xds_proxy.listener.drain_policy import NO_POLICY, DrainPolicy, ListenerDrainPolicy
 from xds_proxy.listener.plan import chain_label
+
+# A drain's identity, its start and deadline -> the slots every worker books in and the start
+# of their grid (None: this worker paces alone).
+SharedSlots = Callable[[tuple, float, float], tuple[Slots, float] | None]
+
 
 # As the runtime's own lines: the `drain complete` line is the listener component's.
 log = logging.getLogger("xds_proxy.listener")
@@ -223,12 +228,16 @@ class DrainManager:
         max_closes_per_second: float = 0.0,
         completion_log_level: int = logging.INFO,
         pace_share: float = 1.0,
+        shared_slots: SharedSlots | None = None,
     ) -> None:
         """For a worker process of `--concurrency N`: `completion_log_level` of the `drain
         complete` line (debug there: the main process's line is the one to read), and
         `pace_share` (1/N), this worker's share of every `max_closes_per_second`, so that
-        the workers together tell at most that many."""
+        the workers together tell at most that many: `shared_slots(drain key, start,
+        deadline)` gives a paced drain the slots all workers book in (and the start of their
+        grid), else each paces at its share."""
         self._pace_share = pace_share
+        self._shared_slots = shared_slots
         self.strategy = strategy  # "gradual" | "immediate"
         self._completion_log_level = completion_log_level
         self.drain_time_s = drain_time_s
@@ -485,6 +494,19 @@ class DrainManager:
     def _add(self, record: DrainRecord) -> int:
         drain_id = next(self._ids)
         self.records[drain_id] = record
+        pacer = record.drain.pacer
+        if pacer is not None and self._shared_slots is not None:
+            key = (
+                record.kind,
+                record.listener,
+                record.version_info,
+                record.filter_chain,
+                record.drain.trigger,
+                record.direction,
+            )
+            shared = self._shared_slots(key, pacer.start, pacer.deadline)
+            if shared is not None:
+                pacer.share(shared[0], shared[1], pacer.rate / self._pace_share)
         return drain_id
 
     def _watch(self, drain_id: int, scope: DrainScope, drain: Drain) -> WatchDrain:

@@ -230,6 +230,21 @@ class ListenerRuntime:
             chain = instance.chains[index] if 0 <= index < len(instance.chains) else None
         return 0 if chain is None else len(chain.connections)
 
+    def serving_connections(self, versions: dict[str, int]) -> dict[str, dict[str, int]]:
+        """For the main process of `--concurrency N`: the connections of each serving
+        version (by listener name), in all (`"all"`) and per chain index (`DEFAULT_CHAIN`:
+        the default chain)."""
+        counts: dict[str, dict[str, int]] = {}
+        for name, version_id in versions.items():
+            instance = self.instances.get(version_id)
+            if instance is None:
+                continue
+            found = {"all": self.listener_connections(version_id)}
+            for index in [*range(len(instance.chains)), DEFAULT_CHAIN]:
+                found[str(index)] = self.chain_connections(version_id, index)
+            counts[name] = found
+        return counts
+
     def drain_report(self) -> list[dict]:
         """Every drain in progress, for `/drain_status`."""
         if not self.accept:  # the workers hold the connections

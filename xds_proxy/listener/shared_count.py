@@ -67,11 +67,13 @@ class SharedCount:
     def _add(self, cell: int, amount: int) -> None:
         _CELL.pack_into(self._map, cell * _CELL.size, self._get(cell) + amount)
 
-    def _locked(self) -> _Lock:
-        return _Lock(self.fd)
+    def _locked(self) -> ProcessLock:
+        return ProcessLock(self.fd)
 
 
-class _Lock:
+class ProcessLock:
+    """An exclusive POSIX record lock on a shared file, held for a `with` block."""
+
     __slots__ = ("_fd",)
 
     def __init__(self, fd: int) -> None:

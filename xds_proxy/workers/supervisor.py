@@ -31,6 +31,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from xds_proxy.listener.actions import SocketAddress
 from xds_proxy.listener.shared_count import SharedCount
+from xds_proxy.listener.shared_pacing import SharedPacing
 from xds_proxy.options import Options
 from xds_proxy.stats import Stats
 from xds_proxy.workers.channel import (
@@ -81,6 +82,7 @@ class Workers:
         self._stopping = False
         # The global connection limit's count, a cell per worker (emptied when one dies).
         self.connections = SharedCount.create(count)
+        self.pacing = SharedPacing.create()  # the paced drains' slots, for all workers
         self._restarted = stats.counter("xds_proxy.workers.restarted")
         self._active = stats.gauge("xds_proxy.workers.active")
 
@@ -181,7 +183,13 @@ class Workers:
             str(sockets_theirs.fileno()),
             str(os.getpid()),
             str(self.connections.fd),
-            pass_fds=(control_theirs.fileno(), sockets_theirs.fileno(), self.connections.fd),
+            str(self.pacing.fd),
+            pass_fds=(
+                control_theirs.fileno(),
+                sockets_theirs.fileno(),
+                self.connections.fd,
+                self.pacing.fd,
+            ),
         )
         control_theirs.close()
         sockets_theirs.close()

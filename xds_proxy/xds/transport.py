@@ -20,13 +20,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from xds_proxy import __version__
 from xds_proxy.lazy import lazy_import
 from xds_proxy.stats import Stats
 from xds_proxy.xds.backoff import JitteredBackoff
@@ -55,10 +55,7 @@ def client_node(node: base_pb2.Node) -> base_pb2.Node:
     sent = base_pb2.Node()
     sent.CopyFrom(node)
     sent.user_agent_name = USER_AGENT_NAME
-    try:
-        sent.user_agent_version = version("xds-proxy")
-    except PackageNotFoundError:  # running from the source tree
-        sent.user_agent_version = "0.1.0"
+    sent.user_agent_version = __version__
     return sent
 
 

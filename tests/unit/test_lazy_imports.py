@@ -106,13 +106,15 @@ def test_an_unknown_module_fails_at_once() -> None:
 
 
 def test_start_up_imports_none_of_the_lazy_modules() -> None:
-    """`import xds_proxy.cli` (what `python -m xds_proxy` runs first) leaves every lazy module
-    unexecuted, and the HTTP/2 codec (h2) unimported: an eager import of one of them on the
-    start-up path costs every process start (docs: README, hot restart row)."""
+    """What serving imports at start (the bootstrap loader and the server) leaves every other
+    lazy module unexecuted, and the HTTP/2 codec (h2) unimported: an eager import of one of
+    them on the start-up path costs every process start (README, the hot restart row)."""
+    started = {"xds_proxy.bootstrap", "xds_proxy.server"}
     lazy = sorted({module for modules in _lazy_modules().values() for module in modules})
+    lazy = [module for module in lazy if module not in started]
     result = _run(
         "import json, sys\n"
-        "import xds_proxy.cli\n"
+        "import xds_proxy.cli, xds_proxy.bootstrap, xds_proxy.server\n"
         f"lazy = {lazy!r}\n"
         "print(json.dumps({'executed': [m for m in lazy if m in sys.modules"
         " and type(sys.modules[m]).__name__ != '_LazyModule'], 'h2': 'h2' in sys.modules}))"
@@ -124,3 +126,13 @@ def test_a_generated_module_is_never_lazy() -> None:
     """Its dependants import it only to have it registered in the descriptor pool."""
     with pytest.raises(ValueError, match="generated module"):
         lazy_import("envoy.admin.v3.tap_pb2")
+
+
+def test_version_and_help_import_neither_the_bootstrap_loader_nor_the_server() -> None:
+    result = _run(
+        "import json, sys\n"
+        "import xds_proxy.cli\n"
+        "print(json.dumps([m for m in ('xds_proxy.bootstrap', 'xds_proxy.server', 'grpc')"
+        " if m in sys.modules and type(sys.modules[m]).__name__ != '_LazyModule']))"
+    )
+    assert result == []

@@ -244,5 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.mode == "validate":
         print(f"configuration '{options.config_path or ''}' OK", flush=True)
         return 0
+    serve = server.run  # imports the server now (--version and validate never do)
     log.info("xds-proxy starting, pid %d", os.getpid())
-    return server.run(options, bootstrap)
+    return serve(options, bootstrap)

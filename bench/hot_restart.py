@@ -14,6 +14,8 @@ modest; the comparison is what to read.
 from __future__ import annotations
 
 import compileall
+import math
+import os
 import random
 import re
 import signal
@@ -33,6 +35,7 @@ from tests.helpers.procs import Process, free_port, read_text_file, wait_for
 from tests.helpers.stub import StubProcess, stub_env
 
 REQUEST = b"GET / HTTP/1.1\r\nhost: hot-restart\r\n\r\n"
+LIVE_POLL_S = 0.005  # how often the bench asks a new epoch's /ready while timing its start
 
 
 @dataclass
@@ -212,6 +215,7 @@ class RestarterRun:
             env=stub_env(),
         )
         self.restarted_at: dict[int, float] = {0: time.monotonic()}
+        self.restarted_wall: dict[int, float] = {0: time.time()}  # for the child's log stamps
         self.exited_at: dict[int, float] = {}  # when the watcher saw the restarter say so
         self._watching = threading.Event()
         self._watcher = threading.Thread(target=self._watch_exits, daemon=True)
@@ -226,10 +230,11 @@ class RestarterRun:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def admin(self, epoch: int, timeout: float = 15.0) -> str:
+    def admin(self, epoch: int, timeout: float = 15.0, interval: float = 0.02) -> str:
         return wait_for(
             lambda: self._alive_or_fail() and read_text_file(self.admin_path(epoch)),
             timeout=timeout,
+            interval=interval,
             what=f"{self.kind} epoch {epoch} admin address",
         )
 
@@ -252,10 +257,15 @@ class RestarterRun:
                 return int(value)
         return None
 
-    def wait_live(self, epoch: int, timeout: float = 15.0) -> None:
+    def wait_live(self, epoch: int, timeout: float = 15.0, interval: float = 0.02) -> None:
+        """Until `/ready` says LIVE, asking every `interval` s (the bench times the restart
+        with LIVE_POLL_S: what it reports is late by up to one interval)."""
+        deadline = time.monotonic() + timeout
+        self.admin(epoch, timeout, interval)
         wait_for(
             lambda: self.get(epoch, "/ready") == (200, "LIVE\n"),
-            timeout=timeout,
+            timeout=max(0.0, deadline - time.monotonic()),
+            interval=interval,
             what=f"{self.kind} epoch {epoch} LIVE",
         )
 
@@ -279,6 +289,7 @@ class RestarterRun:
         """SIGHUP: the restarter starts the next epoch; returns it."""
         epoch = max(self.restarted_at) + 1
         self.restarted_at[epoch] = time.monotonic()
+        self.restarted_wall[epoch] = time.time()
         self.process.popen.send_signal(signal.SIGHUP)
         return epoch
 
@@ -333,6 +344,8 @@ class RunResult:
     restart_to_live: list[float]
     parent_lifetimes: list[float]  # SIGHUP of epoch N+1 -> exit of epoch N
     same_inodes: bool
+    start_cpu: list[float]  # CPU seconds each new epoch had used when seen LIVE
+    start_phases: list[dict[str, float]] = field(default_factory=list)  # ours: START_PHASES
 
 
 def restart_under_load(
@@ -355,13 +368,17 @@ def restart_under_load(
         load = HttpLoad([static_port, lds_port], body.encode()).start()
         started = time.monotonic()
         restart_to_live = []
+        phases: list[dict[str, float]] = []
+        start_cpu: list[float] = []
         same = True
         for _ in range(restarts):
             wait_for(lambda: load.total().ok > 0, what="load flowing")
             time.sleep(settle_s)  # benchmark pacing, not synchronisation
             epoch = run.restart()
-            run.wait_live(epoch)
+            run.wait_live(epoch, interval=LIVE_POLL_S)
             restart_to_live.append(time.monotonic() - run.restarted_at[epoch])
+            start_cpu.append(cpu_seconds(run.pid(epoch)))
+            phases.append(start_phases(run, epoch))
             held = socket_inodes(run.pid(epoch))
             same &= all(inodes[p] == listen_inodes().get(p) for p in inodes)
             same &= all(inodes[p] <= held for p in inodes)
@@ -372,13 +389,59 @@ def restart_under_load(
         load = None
         seconds = time.monotonic() - started
         lifetimes = [run.exited_at[e] - run.restarted_at[e + 1] for e in range(restarts)]
-        return RunResult(counts, seconds, restart_to_live, lifetimes, same)
+        return RunResult(counts, seconds, restart_to_live, lifetimes, same, start_cpu, phases)
     finally:
         if load is not None:
             load.stop()
         if run is not None:
             run.stop()
         stub.stop()
+
+
+# The child's start, from its own log lines (xds-proxy logs at info; Envoy's side at warning
+# has none): phase name -> the message that ends it. Each phase is measured from the end of
+# the previous one (the first from the SIGHUP).
+START_PHASES = {
+    "exec, imports, bootstrap": "xds-proxy starting, pid",
+    "hand-over, statics, admin": "admin address:",
+    "xDS (LDS) to LIVE": "all dependencies initialized",
+}
+_LOG_LINE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3})\]\[(\d+)\]\[\w+\]\[\w+\] (.*)$"
+)
+
+
+def start_phases(run: RestarterRun, epoch: int) -> dict[str, float]:
+    """How long each START_PHASES phase of `epoch`'s start took, in seconds (empty when its
+    log does not show them all: Envoy's)."""
+    pid = run.pid(epoch)
+    ends: dict[str, float] = {}
+    for line in run.log().splitlines():
+        found = _LOG_LINE.match(line)
+        if found is None or int(found.group(3)) != pid:
+            continue
+        stamp = time.mktime(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S"))
+        for phase, message in START_PHASES.items():
+            if phase not in ends and found.group(4).startswith(message):
+                ends[phase] = stamp + int(found.group(2)) / 1000
+    if len(ends) != len(START_PHASES):
+        return {}
+    durations, previous = {}, run.restarted_wall[epoch]
+    for phase in START_PHASES:
+        durations[phase], previous = ends[phase] - previous, ends[phase]
+    return durations
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (every thread), from /proc/PID/stat: unlike
+    the time to LIVE, it hardly depends on what else the machine runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _mean_phase(result: RunResult, phase: str) -> float:
+    values = [phases[phase] for phases in result.start_phases if phases]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -413,7 +476,13 @@ def run(large: bool = False) -> list[str]:
         ("p50 latency ms", lambda r: 1000 * _percentile(r.counts.latencies, 0.5), "{:.2f}"),
         ("p99 latency ms", lambda r: 1000 * _percentile(r.counts.latencies, 0.99), "{:.2f}"),
         ("max latency ms", lambda r: 1000 * max(r.counts.latencies, default=0), "{:.1f}"),
-        ("SIGHUP -> child LIVE s (mean)", lambda r: sum(r.restart_to_live) / 3, "{:.2f}"),
+        ("SIGHUP -> child LIVE s (mean)", lambda r: sum(r.restart_to_live) / 3, "{:.3f}"),
+        ("SIGHUP -> child LIVE s (min)", lambda r: min(r.restart_to_live), "{:.3f}"),
+        ("child CPU s until LIVE (mean)", lambda r: sum(r.start_cpu) / 3, "{:.3f}"),
+        *(
+            (f"  {phase} s", lambda r, p=phase: _mean_phase(r, p), "{:.3f}")
+            for phase in START_PHASES
+        ),
         ("parent lifetime after SIGHUP s", lambda r: sum(r.parent_lifetimes) / 3, "{:.2f}"),
         ("same listen inodes", lambda r: float(r.same_inodes), "{:.0f}"),
     ]
@@ -424,8 +493,9 @@ def run(large: bool = False) -> list[str]:
     ]
     for label, value, shown in rows:
         a, b = value(ours), value(theirs)
-        ratio = f"{a / b:.2f}" if b else "-"
-        lines.append(f"   {label:32} {shown.format(a):>12} {shown.format(b):>12} {ratio:>8}")
+        ratio = f"{a / b:.2f}" if b and not math.isnan(b) else "-"
+        a_text, b_text = ("-" if math.isnan(v) else shown.format(v) for v in (a, b))
+        lines.append(f"   {label:32} {a_text:>12} {b_text:>12} {ratio:>8}")
     for name, result in results.items():
         for error in result.counts.errors[:3]:
             lines.append(f"   {name} error: {error}")

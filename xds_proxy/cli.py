@@ -13,12 +13,18 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from xds_proxy.bootstrap import load_bootstrap
 from xds_proxy.errors import ConfigError
+from xds_proxy.lazy import lazy_import
 from xds_proxy.options import Options
-from xds_proxy.server import run
+
+if TYPE_CHECKING:
+    from xds_proxy import bootstrap as bootstrap_loader
+    from xds_proxy import server
+else:  # `--version`, `--help` and a bad flag answer without importing them (xds_proxy/lazy.py)
+    bootstrap_loader = lazy_import("xds_proxy.bootstrap")
+    server = lazy_import("xds_proxy.server")
 
 log = logging.getLogger("xds_proxy")
 
@@ -227,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         return _fail(str(error))
     try:
-        bootstrap = load_bootstrap(options)
+        bootstrap = bootstrap_loader.load_bootstrap(options)
     except ConfigError as error:
         return _fail(str(error), options)
     except Exception as error:  # a bug of ours: still one line for the user, details in debug
@@ -236,5 +242,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.mode == "validate":
         print(f"configuration '{options.config_path or ''}' OK", flush=True)
         return 0
+    serve = server.run  # imports the server now (--version and validate never do)
     log.info("xds-proxy starting, pid %d", os.getpid())
-    return run(options, bootstrap)
+    return serve(options, bootstrap)

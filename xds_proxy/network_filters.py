@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
@@ -26,10 +26,16 @@ from xds_proxy.config.values import read_data_source
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.conn_manager import HCM_TYPE_URL, build_http_connection_manager
 from xds_proxy.http.http1 import Http1Connection
-from xds_proxy.http.http2 import Http2Connection
+from xds_proxy.lazy import lazy_import
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.listener.limits import CONNECTION_LIMIT_TYPE_URL, build_connection_limit
-from xds_proxy.tcp_proxy import build_tcp_proxy
+
+if TYPE_CHECKING:
+    from xds_proxy import tcp_proxy
+    from xds_proxy.http import http2
+else:  # loaded by the first listener that needs them (xds_proxy/lazy.py)
+    tcp_proxy = lazy_import("xds_proxy.tcp_proxy")
+    http2 = lazy_import("xds_proxy.http.http2")
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 TerminalBuilder = Callable[[Message, FilterChainContext, str], ProtocolFactory]
@@ -56,7 +62,8 @@ def _build_hcm(message: Message, ctx: FilterChainContext, path: str) -> Protocol
             if not ctx.clusters.known(name):
                 raise ConfigError(f"{path}.route_config: route: unknown cluster '{name}'")
     if config.codec is Codec.HTTP2:
-        return lambda: Http2Connection(config, ctx)
+        http2_connection = http2.Http2Connection  # imported now, not at the first connection
+        return lambda: http2_connection(config, ctx)
     return lambda: Http1Connection(config, ctx)
 
 
@@ -73,7 +80,7 @@ def _build_direct_response(message: Message, ctx: FilterChainContext, path: str)
 
 
 def _build_tcp_proxy(message: Message, ctx: FilterChainContext, path: str) -> ProtocolFactory:
-    return build_tcp_proxy(message, ctx, path, ctx.clusters)  # type: ignore[arg-type]
+    return tcp_proxy.build_tcp_proxy(message, ctx, path, ctx.clusters)  # type: ignore[arg-type]
 
 
 # type URL -> (message class, builder); the one place that says which terminal network filters

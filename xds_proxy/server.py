@@ -52,8 +52,8 @@ from xds_proxy.listener.actions import (
     SocketAddress,
     fixed_address,
 )
-from xds_proxy.listener.drain_exit import DrainExit
 from xds_proxy.listener.drain import Slots
+from xds_proxy.listener.drain_exit import DrainExit
 from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager, DrainRecord
 from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.limits import global_limit_from_bootstrap

@@ -16,29 +16,28 @@ from typing import TYPE_CHECKING
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2, listeners_pb2, server_info_pb2
 from google.protobuf import timestamp_pb2
 
-from xds_proxy.admin.clusters import (
-    clusters_dump,
-    clusters_message,
-    clusters_text,
-    endpoints_dump,
-)
-from xds_proxy.admin.json_render import message_json
 from xds_proxy.admin.page import AdminPage
-from xds_proxy.admin.plan_input import PlanInputError, parse_plan_body
 from xds_proxy.admin.server import AdminResponse
 from xds_proxy.admin.view import AdminCommands, AdminView
 from xds_proxy.config.redact import redact_sensitive
+from xds_proxy.lazy import lazy_import
 from xds_proxy.listener.actions import PipeAddress, SocketAddress
 
 if TYPE_CHECKING:
+    from xds_proxy.admin import clusters as cluster_pages
+    from xds_proxy.admin import json_render, plan_input
     from xds_proxy.listener.manager import ListenerVersion
+else:  # loaded by the first request of a page that needs them (xds_proxy/lazy.py)
+    cluster_pages = lazy_import("xds_proxy.admin.clusters")
+    json_render = lazy_import("xds_proxy.admin.json_render")
+    plan_input = lazy_import("xds_proxy.admin.plan_input")
 
 JSON = "application/json"
 Query = dict[str, list[str]]
 
 
 def _to_json(message) -> str:
-    return message_json(message)
+    return json_render.message_json(message)
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -149,8 +148,8 @@ class AdminHandlers:
         if self.view.plan_listeners is None:
             return AdminResponse(503, "no listener manager\n")
         try:
-            pushed = parse_plan_body(body, "delta" in query)
-        except PlanInputError as error:
+            pushed = plan_input.parse_plan_body(body, "delta" in query)
+        except plan_input.PlanInputError as error:
             return AdminResponse(400, f"{error}\n")
         report = self.view.plan_listeners(pushed.version_info, pushed.listeners, pushed.removed)
         return AdminResponse(200, json.dumps(report, indent=1) + "\n", JSON)
@@ -292,7 +291,9 @@ class AdminHandlers:
         routes = self._routes_dump(name_regex)
         secrets = self._secrets_dump(name_regex)
         include_eds = "include_eds" in query
-        endpoints = endpoints_dump(self.view.clusters, name_regex) if include_eds else None
+        endpoints = (
+            cluster_pages.endpoints_dump(self.view.clusters, name_regex) if include_eds else None
+        )
         if resource:
             sections = {
                 "dynamic_listeners": listeners,
@@ -365,12 +366,16 @@ class AdminHandlers:
     def _clusters_dump(
         self, name_regex: re.Pattern[str] | None
     ) -> config_dump_shared_pb2.ClustersConfigDump:
-        return clusters_dump(self.view.clusters, self.view.cds_version_info(), name_regex)
+        return cluster_pages.clusters_dump(
+            self.view.clusters, self.view.cds_version_info(), name_regex
+        )
 
     def clusters(self, query: Query) -> AdminResponse:
         if query.get("format", [""])[0] == "json":
-            return AdminResponse(200, _to_json(clusters_message(self.view.clusters)), JSON)
-        return AdminResponse(200, clusters_text(self.view.clusters))
+            return AdminResponse(
+                200, _to_json(cluster_pages.clusters_message(self.view.clusters)), JSON
+            )
+        return AdminResponse(200, cluster_pages.clusters_text(self.view.clusters))
 
     # -- stats and drains -----------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -25,9 +26,14 @@ from google.protobuf.message import DecodeError
 
 from xds_proxy.config.redact import redact_sensitive
 from xds_proxy.config.support import require_valid
-from xds_proxy.config.tls_material import try_load_cert_chain
 from xds_proxy.config.values import duration_seconds, read_data_source
 from xds_proxy.errors import ConfigError
+from xds_proxy.lazy import lazy_import
+
+if TYPE_CHECKING:
+    from xds_proxy.config import tls_material
+else:  # loaded with the first certificate (xds_proxy/lazy.py)
+    tls_material = lazy_import("xds_proxy.config.tls_material")
 
 SECRET_TYPE_URL = "type.googleapis.com/" + secret_pb2.Secret.DESCRIPTOR.full_name
 _DOWNSTREAM_TLS_TYPE = "type.googleapis.com/" + tls_pb2.DownstreamTlsContext.DESCRIPTOR.full_name
@@ -133,7 +139,7 @@ def certificate_material(certificate: common_pb2.TlsCertificate, path: str) -> C
     chain_from = _where(certificate.certificate_chain)
     if not _parses_as_certificates(chain):
         raise ConfigError(f"Failed to load certificate chain from {chain_from}")
-    cause = try_load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), chain, key)
+    cause = tls_material.try_load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), chain, key)
     if cause is not None:
         raise ConfigError(
             f"Failed to load private key from {_where(certificate.private_key)}, Cause: {cause}"

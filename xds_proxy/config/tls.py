@@ -27,7 +27,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
@@ -41,10 +41,15 @@ from xds_proxy.config.secrets import (
     merged_validation,
     secret_ref,
 )
-from xds_proxy.config.tls_material import load_cert_chain
 from xds_proxy.config.values import DataSourceRef, data_source, read_data_source
 from xds_proxy.config.x509_names import leaf_uri_sans
 from xds_proxy.errors import ConfigError
+from xds_proxy.lazy import lazy_import
+
+if TYPE_CHECKING:
+    from xds_proxy.config import tls_material
+else:  # loaded with the first certificate (xds_proxy/lazy.py)
+    tls_material = lazy_import("xds_proxy.config.tls_material")
 
 TLS_SOCKET_NAME = "envoy.transport_sockets.tls"
 UPSTREAM_TLS_TYPE = "type.googleapis.com/" + tls_pb2.UpstreamTlsContext.DESCRIPTOR.full_name
@@ -187,7 +192,9 @@ def _static_certificate(certificate: common_pb2.TlsCertificate, path: str) -> Ce
             raise ConfigError(f"{path}.{name}: is required")
     chain = read_data_source(certificate.certificate_chain, f"{path}.certificate_chain")
     key = read_data_source(certificate.private_key, f"{path}.private_key")
-    load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), chain, key, path)  # loads?
+    tls_material.load_cert_chain(
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), chain, key, path
+    )  # loads?
     return CertificateMaterial(chain, key)
 
 
@@ -335,7 +342,7 @@ def _server_context(
     context.minimum_version = spec.minimum_version
     context.maximum_version = spec.maximum_version
     certificate_path = f"{spec.path}.tls_certificates[0]"
-    load_cert_chain(context, certificate.chain, certificate.key, certificate_path)
+    tls_material.load_cert_chain(context, certificate.chain, certificate.key, certificate_path)
     if validation is not None and validation.trusted_ca is not None:
         context.load_verify_locations(cadata=validation.trusted_ca.decode("latin-1"))
         required = spec.require_client_certificate
@@ -507,7 +514,9 @@ class UpstreamTls:
         else:
             context.verify_mode = ssl.CERT_NONE
         if certificate is not None:
-            load_cert_chain(context, certificate.chain, certificate.key, "tls_certificates[0]")
+            tls_material.load_cert_chain(
+                context, certificate.chain, certificate.key, "tls_certificates[0]"
+            )
         self.context = context
         return True
 

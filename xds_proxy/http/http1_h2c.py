@@ -1,13 +1,20 @@
 """Codec AUTO: an HTTP/1.1 connection whose first bytes are the HTTP/2 preface (prior
-knowledge) becomes an `Http2Connection`."""
+knowledge) becomes an `Http2Connection`. The HTTP/2 codec is imported by the first such
+connection of the process (xds_proxy/lazy.py): most AUTO listeners only ever see HTTP/1.1."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from xds_proxy.http.conn_manager import HcmConfig
-from xds_proxy.http.http2 import Http2Connection
+from xds_proxy.lazy import lazy_import
 from xds_proxy.listener.context import FilterChainContext
+
+if TYPE_CHECKING:
+    from xds_proxy.http import http2
+else:
+    http2 = lazy_import("xds_proxy.http.http2")
 
 H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
 
@@ -36,11 +43,11 @@ def is_http2(first_bytes: bytes) -> bool:
 
 def start_http2(
     config: HcmConfig, ctx: FilterChainContext, transport: asyncio.Transport
-) -> Http2Connection:
+) -> http2.Http2Connection:
     """Move the transport to a new `Http2Connection`, which counts and registers itself; the
     caller then unregisters its HTTP/1.1 connection (so that a draining chain never looks
     empty meanwhile) and passes it the bytes read so far."""
-    successor = Http2Connection(config, ctx)
+    successor = http2.Http2Connection(config, ctx)
     transport.set_protocol(successor)
     successor.connection_made(transport)
     return successor

@@ -33,14 +33,12 @@ from xds_proxy.config.cluster import (
     UpstreamProtocol,
 )
 from xds_proxy.config.endpoints import Assignment, Locality
+from xds_proxy.lazy import lazy_import
 from xds_proxy.upstream.dns import AddressLookup, Lookup, choose_lookup, next_lookup_delay_s
 from xds_proxy.upstream.hashing import Maglev, RingHash
-from xds_proxy.upstream.health_check import HealthChecker
 from xds_proxy.upstream.host import Host, Resources
 from xds_proxy.upstream.http1_pool import Http1Pool
-from xds_proxy.upstream.http2_pool import Http2Pool
 from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, Random, RoundRobin
-from xds_proxy.upstream.original_dst import OriginalDstHosts
 from xds_proxy.upstream.outlier import OutlierDetector, Result
 from xds_proxy.upstream.priority import (
     HostSet,
@@ -61,6 +59,11 @@ from xds_proxy.upstream.stream import (
 
 if TYPE_CHECKING:
     from xds_proxy.stats import Counter, Stats
+    from xds_proxy.upstream import health_check, http2_pool, original_dst
+else:  # loaded by the first cluster whose config needs them (xds_proxy/lazy.py)
+    health_check = lazy_import("xds_proxy.upstream.health_check")
+    http2_pool = lazy_import("xds_proxy.upstream.http2_pool")
+    original_dst = lazy_import("xds_proxy.upstream.original_dst")
 
 # One host entry: its endpoint, its address, and its name (the DNS name it was resolved from,
 # else the endpoint's hostname).
@@ -107,7 +110,7 @@ class Cluster:
         self._stats_store = stats
         self.lb: LoadBalancer = _load_balancer(config, self._rng, stats)
         self._health_checker = (
-            HealthChecker(
+            health_check.HealthChecker(
                 config.stat_name,
                 config.health_checks[0],
                 stats,
@@ -137,7 +140,7 @@ class Cluster:
         self._fast: tuple[LoadBalancer, list[Host]] | None = None  # all load on P0's healthy
         self.assigned = False  # EDS: an assignment (or the end of the initial fetch) arrived
         self._original_dst = (
-            OriginalDstHosts(
+            original_dst.OriginalDstHosts(
                 config.name,
                 config.original_dst,
                 stats.counter(f"cluster.{config.stat_name}.original_dst_host_invalid"),
@@ -489,9 +492,9 @@ class Cluster:
             return FailedStream(handler, OVERFLOW)
         return pool.new_stream(head, handler, end_stream)
 
-    def _new_pool(self, host: Host, protocol: UpstreamProtocol) -> Http1Pool | Http2Pool:
+    def _new_pool(self, host: Host, protocol: UpstreamProtocol) -> Http1Pool | http2_pool.Http2Pool:
         if protocol is UpstreamProtocol.HTTP2:
-            return Http2Pool(self, host)
+            return http2_pool.Http2Pool(self, host)
         return Http1Pool(self, host)
 
     # -- lifecycle --------------------------------------------------------------------------

@@ -20,16 +20,22 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import config_source_pb2
 
+from xds_proxy.lazy import lazy_import
 from xds_proxy.stats import Counter, Gauge, Stats, TextReadout
 from xds_proxy.xds.named import NamedClient, NamedSink, ResourceType
-from xds_proxy.xds.rest import RestHooks, RestPoller
 from xds_proxy.xds.source import XdsServer, source_server
 from xds_proxy.xds.transport import XdsStream
 from xds_proxy.xxhash64 import xxhash64
+
+if TYPE_CHECKING:
+    from xds_proxy.xds import rest
+else:  # REST sources are rare: loaded by the first one (xds_proxy/lazy.py)
+    rest = lazy_import("xds_proxy.xds.rest")
 
 log = logging.getLogger("xds_proxy.xds")
 
@@ -284,9 +290,9 @@ class NamedSubscriptions:
         if client.server.rest is None:
             subscription.task = asyncio.create_task(client.run(), name=name)
             return
-        hooks = RestHooks(
+        hooks = rest.RestHooks(
             not_modified=lambda: self._on_not_modified(subscription), failed=client.stream_lost
         )
         subscription.task = asyncio.create_task(
-            RestPoller(client, hooks=hooks).run(), name=name + "-rest"
+            rest.RestPoller(client, hooks=hooks).run(), name=name + "-rest"
         )

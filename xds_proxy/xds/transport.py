@@ -20,17 +20,17 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from xds_proxy import __version__
+from xds_proxy.lazy import lazy_import
 from xds_proxy.stats import Stats
 from xds_proxy.xds.backoff import JitteredBackoff
 from xds_proxy.xds.delta import DecodeDelta, DeltaSubscription
-from xds_proxy.xds.rest import RestPoller, rest_stats
 from xds_proxy.xds.sotw import (
     DecodeResources,
     SotwSubscription,
@@ -38,6 +38,11 @@ from xds_proxy.xds.sotw import (
     SubscriptionStats,
 )
 from xds_proxy.xds.source import XdsServer
+
+if TYPE_CHECKING:
+    from xds_proxy.xds import rest
+else:  # REST sources are rare: loaded by the first one (xds_proxy/lazy.py)
+    rest = lazy_import("xds_proxy.xds.rest")
 
 log = logging.getLogger("xds_proxy.xds")
 
@@ -50,10 +55,7 @@ def client_node(node: base_pb2.Node) -> base_pb2.Node:
     sent = base_pb2.Node()
     sent.CopyFrom(node)
     sent.user_agent_name = USER_AGENT_NAME
-    try:
-        sent.user_agent_version = version("xds-proxy")
-    except PackageNotFoundError:  # running from the source tree
-        sent.user_agent_version = "0.1.0"
+    sent.user_agent_version = __version__
     return sent
 
 
@@ -73,7 +75,7 @@ def new_subscription(
         "control_plane." if server.aggregated else stats_prefix + "control_plane."
     )
     if server.rest is not None:
-        stats_handles = rest_stats(stats, stats_prefix)
+        stats_handles = rest.rest_stats(stats, stats_prefix)
     else:
         stats_handles = SubscriptionStats.create(stats, stats_prefix, control_plane_prefix)
     sent_node = client_node(node)
@@ -157,7 +159,7 @@ class SubscriptionClient:
         """Subscribe on a stream of its own, re-subscribing after every loss, until cancelled
         (a REST source: poll, `xds.rest`)."""
         if self.server.rest is not None:
-            await RestPoller(self, self._rng).run()
+            await rest.RestPoller(self, self._rng).run()
             return
         stream = XdsStream(self.server, self._rng)
         stream.add(self)

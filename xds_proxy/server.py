@@ -378,8 +378,7 @@ class Server:
     async def _total_connections(self) -> int:
         if self.workers is None:
             return self.stats.gauge("server.total_connections").value
-        states = await self.workers.states()
-        return sum(state["stats"]["gauges"].get("server.total_connections", 0) for state in states)
+        return await self.workers.connections()
 
     def admin_view(self) -> AdminView:
         """What the admin endpoints read."""

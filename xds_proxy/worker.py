@@ -111,6 +111,8 @@ def _answer(server: Server, request: dict) -> object:
         }
     if op == "drains":
         return server.runtime.drain_report()
+    if op == "connections":
+        return server.stats.gauge("server.total_connections").value
     commands = server.worker_commands()
     if op == "call" and request.get("name") in commands:
         commands[request["name"]](*request.get("args", []))

@@ -48,6 +48,7 @@ log = logging.getLogger("xds_proxy.workers")
 ANSWER_TIMEOUT_S = 5.0  # a worker that does not answer the relay by then is not waited for
 STATE_TIMEOUT_S = 2.0  # nor one that does not report its state
 READY_TIMEOUT_S = 60.0  # the server goes LIVE without the workers not started by then
+STOP_TIMEOUT_S = 2.0  # a worker not gone by then after SIGTERM is killed
 RESTART_PAUSE_S = 0.05  # between a worker's exit and its replacement
 
 SocketFinder = Callable[[str, SocketAddress], socket.socket | None]
@@ -99,15 +100,19 @@ class Workers:
         for worker in list(self._workers.values()):
             with contextlib.suppress(ProcessLookupError):
                 worker.process.terminate()
-        for worker in list(self._workers.values()):
-            try:
-                await asyncio.wait_for(worker.process.wait(), 2.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.kill()
-            self._forget(worker)
+        await asyncio.gather(*(self._stop(worker) for worker in list(self._workers.values())))
         await self.relay.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def _stop(self, worker: _Worker) -> None:
+        """The worker exits after writing what it buffered (access logs); else killed."""
+        try:
+            await asyncio.wait_for(worker.process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
+            await worker.process.wait()
+        self._forget(worker)
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -146,6 +151,15 @@ class Workers:
             return_exceptions=True,
         )
         return [answer for answer in answers if isinstance(answer, dict) and "stats" in answer]
+
+    async def connections(self) -> int:
+        """The downstream connections open in all live workers."""
+        workers = list(self._workers.values())
+        answers = await asyncio.gather(
+            *(w.control.ask({"op": "connections"}, STATE_TIMEOUT_S) for w in workers),
+            return_exceptions=True,
+        )
+        return sum(answer for answer in answers if isinstance(answer, int))
 
     async def drain_reports(self) -> list[list[dict]]:
         """Every live worker's drains in progress (`/drain_status` entries)."""

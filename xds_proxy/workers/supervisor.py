@@ -82,7 +82,7 @@ class Workers:
         self._dir = ""
         self._stopping = False
         # The global connection limit's count, a cell per worker (emptied when one dies).
-        self.connections = SharedCount.create(count)
+        self.connection_count = SharedCount.create(count)
         self.pacing = SharedPacing.create()  # the paced drains' slots, for all workers
         self._restarted = stats.counter("xds_proxy.workers.restarted")
         self._active = stats.gauge("xds_proxy.workers.active")
@@ -196,12 +196,12 @@ class Workers:
             str(control_theirs.fileno()),
             str(sockets_theirs.fileno()),
             str(os.getpid()),
-            str(self.connections.fd),
+            str(self.connection_count.fd),
             str(self.pacing.fd),
             pass_fds=(
                 control_theirs.fileno(),
                 sockets_theirs.fileno(),
-                self.connections.fd,
+                self.connection_count.fd,
                 self.pacing.fd,
             ),
         )
@@ -228,7 +228,7 @@ class Workers:
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.process.wait()
         self._forget(worker)
-        self.connections.clear(worker.index)  # its connections died with it
+        self.connection_count.clear(worker.index)  # its connections died with it
         if self._stopping:
             return
         self._restarted.inc()

@@ -50,11 +50,10 @@ from xds_proxy.listener.actions import (
     DependencyKind,
     SecretsFailed,
     SocketAddress,
-    fixed_address,
 )
 from xds_proxy.listener.drain import Slots
 from xds_proxy.listener.drain_exit import DrainExit
-from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager, DrainRecord
+from xds_proxy.listener.drain_manager import HEALTH_SCOPE, DrainManager
 from xds_proxy.listener.instance import ListenerServices
 from xds_proxy.listener.limits import global_limit_from_bootstrap
 from xds_proxy.listener.manager import (
@@ -75,9 +74,8 @@ from xds_proxy.routes.registry import RouteRegistry
 from xds_proxy.secrets.store import SecretStore
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
-from xds_proxy.workers.merge import DRAIN_KEY, merge_stats
+from xds_proxy.workers.coordinator import WorkerCoordinator
 from xds_proxy.workers.published import Publisher
-from xds_proxy.workers.supervisor import Workers
 from xds_proxy.xds.cds import CdsClient
 from xds_proxy.xds.client import LdsClient
 from xds_proxy.xds.eds import EndpointSubscriptions
@@ -87,7 +85,6 @@ from xds_proxy.xds.transport import XdsStream
 log = logging.getLogger("xds_proxy.main")
 
 VERSION = "0.1.0"
-DRAIN_CHECK_INTERVAL_S = 0.1  # `--concurrency N`: how often the workers' drains are read
 
 
 class ServerState(enum.IntEnum):
@@ -119,15 +116,9 @@ class Server:
     def __post_init__(self) -> None:
         self.pool = ListenSocketPool(self.socket_opener)
         # The main process of `--concurrency N` accepts nothing: its workers do.
-        self.workers: Workers | None = None
+        self.workers: WorkerCoordinator | None = None
         self.admin_stats = self.stats  # what the admin endpoints show (merged with workers')
-        # Monotonic: every change made here before this time has been applied by every
-        # worker (a sync or an admin command they answered).
-        self._workers_settled_at = 0.0
-        self._worker_calls: list[asyncio.Task] = []  # admin commands the workers run
         self._workers_ready = False  # every worker has applied the first configuration
-        # Each worker's connections per serving listener, read before each admin request.
-        self._serving: list[dict[str, dict[str, int]]] = []
         self.drains = DrainManager(
             self.options.drain_strategy,
             self.options.drain_time_s,
@@ -257,97 +248,28 @@ class Server:
 
     async def _start_workers(self) -> None:
         self.admin_stats = Stats()
-        self._publisher = Publisher(
+        publisher = Publisher(
             self.manager, self.clusters, self.routes, self.endpoints, self.secrets
         )
-        self.workers = Workers(
-            self.options.concurrency, self.options, self.bootstrap, self.stats, self.find_socket
+        self.workers = WorkerCoordinator(
+            self.options,
+            self.bootstrap,
+            publisher,
+            self.manager,
+            self.runtime,
+            self.drains,
+            self.pool,
+            self.stats,
+            self.admin_stats,
         )
         await self.workers.start()
-        self.workers.publish(self._publisher.snapshot())
-        self._tasks.append(asyncio.create_task(self._publish_regularly(), name="publish"))
-        self._tasks.append(asyncio.create_task(self._end_drains_with_workers(), name="drains"))
 
     async def _applied(self) -> None:
         """An xDS response is applied here; with workers, also in every worker (the ACK or
         NACK waits for both, so that an ACK still means serving)."""
         await self.runtime.applied()
         if self.workers is not None:
-            started = time.monotonic()
-            await self.workers.sync(self._publisher.snapshot())
-            self._workers_settled(started)
-
-    def _workers_settled(self, started: float) -> None:
-        self._workers_settled_at = max(self._workers_settled_at, started)
-
-    async def _publish_regularly(self) -> None:
-        """Changes that come from no response (a resource's TTL, a timer) reach the workers
-        within a second."""
-        assert self.workers is not None
-        while True:
-            await asyncio.sleep(1.0)
-            started = time.monotonic()
-            if self.workers.publish(self._publisher.snapshot()):
-                await self.workers.wait_answered()
-                self._workers_settled(started)
-
-    async def _end_drains_with_workers(self) -> None:
-        """This process accepts nothing, so its drains cannot end with their last connection
-        here: each ends once the workers, having applied the change that started it, report
-        no connection left under it (or at its deadline, as anywhere)."""
-        assert self.workers is not None
-        while True:
-            await asyncio.sleep(DRAIN_CHECK_INTERVAL_S)
-            settled = self._workers_settled_at
-            if any(record.drain.started_at < settled for record in self.drains.records.values()):
-                self._count_worker_drains(await self.workers.drain_reports(), settled)
-
-    def _count_worker_drains(self, reports: list[list[dict]], settled: float) -> None:
-        """Each drain of ours that every worker had applied before `reports` were asked for
-        (it started before `settled`) gets the workers' connections and paced tells under it
-        (summed over their drains of the same identity)."""
-        left: dict[tuple, int] = {}
-        tells: dict[tuple, int] = {}
-        for report in reports:
-            for entry in report:
-                key = tuple(entry[field] for field in DRAIN_KEY)
-                left[key] = left.get(key, 0) + entry["connections"]
-                tells[key] = tells.get(key, 0) + entry.get("tells_booked", 0)
-        known = {
-            drain_id: _drain_identity(record)
-            for drain_id, record in self.drains.records.items()
-            if record.drain.started_at < settled
-        }
-        self.runtime.workers_report(
-            {drain_id: left.get(key, 0) for drain_id, key in known.items()},
-            {drain_id: tells.get(key, 0) for drain_id, key in known.items()},
-        )
-
-    def find_socket(self, listener: str, address: SocketAddress) -> socket.socket | None:
-        """A worker asks for a listener's socket: the one held on that address, or for a
-        port-0 listener the one its newest version was given."""
-        if fixed_address(address):
-            return self.pool.held_socket(address)
-        for version in (self.manager.warming.get(listener), self.manager.active.get(listener)):
-            if version is None:
-                continue
-            for configured, sock in zip(
-                version.addresses, self.pool.sockets_for(version.id), strict=False
-            ):
-                if configured == address:
-                    return sock
-        return None
-
-    async def _refresh_from_workers(self) -> None:
-        """Before an admin request: the workers' stats and drains, merged with ours."""
-        if self.workers is None:
-            return
-        settled = self._workers_settled_at  # what the answers reflect at least
-        states = await self.workers.states()
-        merged = merge_stats(self.stats.snapshot(), [state["stats"] for state in states])
-        self.admin_stats.take(Stats.load(merged))
-        self._count_worker_drains([state["drains"] for state in states], settled)
-        self._serving = [state["serving"] for state in states]
+            await self.workers.sync()
 
     def _shared_slots(
         self, identity: tuple, start: float, deadline: float
@@ -367,18 +289,12 @@ class Server:
     def _fan_out(self, name: str, *args: object) -> None:
         """Run an admin command in every worker too; the admin answer waits for it."""
         if self.workers is not None:
-            self._worker_calls.append(asyncio.create_task(self._call_workers(name, *args)))
-
-    async def _call_workers(self, name: str, *args: object) -> None:
-        assert self.workers is not None
-        started = time.monotonic()
-        await self.workers.call(name, *args)
-        self._workers_settled(started)
+            self.workers.call(name, *args)
 
     async def _total_connections(self) -> int:
         if self.workers is None:
             return self.stats.gauge("server.total_connections").value
-        return await self.workers.connections()
+        return await self.workers.workers.connections()
 
     def admin_view(self) -> AdminView:
         """What the admin endpoints read."""
@@ -443,13 +359,13 @@ class Server:
         handlers = AdminHandlers(self.admin_view(), self.admin_commands())
         handle = handlers.handle
         if self.workers is not None:
+            workers = self.workers
 
             async def handle(*request):  # type: ignore[no-redef]
-                await self._refresh_from_workers()
+                await workers.refresh()  # the workers' stats and drains, merged with ours
                 answer = handlers.handle(*request)
                 answer = await answer if inspect.isawaitable(answer) else answer
-                calls, self._worker_calls = self._worker_calls, []
-                await asyncio.gather(*calls)  # a command is done when every worker did it
+                await workers.finish_calls()  # a command is done when every worker did it
                 return answer
 
         try:
@@ -563,22 +479,14 @@ class Server:
     def listener(self, version_id: int) -> int:
         """`PlanCounts`: a running version's connections now."""
         if self.workers is not None:
-            return self._workers_serving(version_id, "all")
+            return self.workers.serving(version_id, "all")
         return self.runtime.listener_connections(version_id)
 
     def chain(self, version_id: int, index: int) -> int:
         """`PlanCounts`: one chain's connections now."""
         if self.workers is not None:
-            return self._workers_serving(version_id, str(index))
+            return self.workers.serving(version_id, str(index))
         return self.runtime.chain_connections(version_id, index)
-
-    def _workers_serving(self, version_id: int, key: str) -> int:
-        """The workers' connections of a serving version (as read before this admin
-        request), in all or of one chain."""
-        for name, version in self.manager.active.items():
-            if version.id == version_id:
-                return sum(serving.get(name, {}).get(key, 0) for serving in self._serving)
-        return 0
 
     def _route_handle_for_plan(
         self, rds, stat_prefix: str, server: str, strip_port: bool, path: str
@@ -639,7 +547,7 @@ class Server:
     async def _initialized_with_workers(self) -> None:
         assert self.workers is not None
         self._set_state(ServerState.INITIALIZING)
-        await self.workers.wait_ready()
+        await self.workers.workers.wait_ready()
         self._workers_ready = True
         self._initialized()
 
@@ -762,18 +670,6 @@ class Server:
         self.clusters.close()
         await self.hot_restart.close()
         ACCESS_LOG_FILES.close()  # every buffered access-log line is written before exit
-
-
-def _drain_identity(record: DrainRecord) -> tuple:
-    """`DRAIN_KEY` of one of our drains."""
-    return (
-        record.kind,
-        record.listener,
-        record.version_info,
-        record.filter_chain,
-        record.drain.trigger,
-        record.direction,
-    )
 
 
 def _named(waiting: set[Dependency], kind: DependencyKind) -> set[str]:

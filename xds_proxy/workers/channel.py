@@ -67,6 +67,9 @@ class ControlClient:
         self._reader = reader
         self._writer = writer
         self._lock = asyncio.Lock()
+        # Requests whose answer was not read in time: those answers come first, in order,
+        # and are skipped (else every later ask would read the answer before its own).
+        self._unanswered = 0
 
     @classmethod
     async def open(cls, sock: socket.socket) -> ControlClient:
@@ -76,9 +79,15 @@ class ControlClient:
     async def ask(self, message: Any, timeout_s: float) -> Any:
         async with self._lock:
             self._writer.write(encode(message))
-            line = await asyncio.wait_for(self._reader.readline(), timeout_s)
-        if not line:
-            raise ConnectionError("the worker closed its control channel")
+            self._unanswered += 1
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    line = await self._reader.readline()
+                    if not line:
+                        raise ConnectionError("the worker closed its control channel")
+                    self._unanswered -= 1
+                    if not self._unanswered:
+                        break
         return json.loads(line)
 
     def close(self) -> None:

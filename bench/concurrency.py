@@ -24,9 +24,10 @@ ceiling of what balancing could add to ours at `--concurrency 2`.
 The restart row (ours only): `--concurrency 2` under `wrk -t1 -c20` load; worker 0 is killed
 with SIGKILL and a probe opens a new connection every few milliseconds until one is accepted
 by the replacement (its `worker_0.downstream_cx_total` counts it). It prints the time from the
-kill to the replacement's start (the main process's log) and to its first accepted
-connection, and the probe requests that failed meanwhile (the other worker keeps accepting on
-the shared socket: should be 0).
+kill to the replacement's start (the main process's log), to its server's start (the
+worker's own "all dependencies initialized" line) and to its first accepted connection, and
+the probe requests that failed meanwhile (the other worker keeps accepting on the shared
+socket: should be 0).
 
     python -m bench.concurrency [--seconds N] [--rounds N] [--restarts N]
 """
@@ -34,6 +35,7 @@ the shared socket: should be 0).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import resource
@@ -363,20 +365,31 @@ def measure(setup: Setup, load: Load, seconds: float, folder: Path) -> Measureme
 @dataclass
 class Restart:
     spawned_s: float  # kill -> the replacement's process started (main process's log)
+    initialized_s: float  # kill -> the replacement's server started (its own log line)
     serving_s: float  # kill -> an admin read that shows the replacement accepted a connection
     read_s: float  # how long that admin read took (the precision of serving_s)
+    startup_cpu_s: float  # the replacement's CPU time until then: what starting one costs
     probes: int
     probe_failures: int
 
 
 def _worker_started(log: Path, index: int) -> list[tuple[float, int]]:
     """(wall-clock time, pid) of each start of worker `index`, from the main process's log."""
-    found = []
     pattern = rf"^\[(\S+ \S+)\]\[\d+\]\[info\]\[workers\] worker {index} started \(pid (\d+)\)"
-    for stamp, pid in re.findall(pattern, log.read_text(errors="replace"), re.M):
-        at = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + float(stamp[19:])
-        found.append((at, int(pid)))
-    return found
+    found = re.findall(pattern, log.read_text(errors="replace"), re.M)
+    return [(_log_time(stamp), int(pid)) for stamp, pid in found]
+
+
+def _initialized_at(log: Path, pid: int) -> float:
+    """When process `pid` logged that its server started (wall clock), NaN if it did not."""
+    pattern = rf"^\[(\S+ \S+)\]\[{pid}\]\[info\]\[main\] all dependencies initialized"
+    found = re.findall(pattern, log.read_text(errors="replace"), re.M)
+    return _log_time(found[0]) if found else float("nan")
+
+
+def _log_time(stamp: str) -> float:
+    """`2026-12-06 22:28:47.728` (local time) as seconds since the epoch."""
+    return time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + float(stamp[19:])
 
 
 def _probe(port: int) -> bool:
@@ -428,19 +441,36 @@ def worker_restart(server: Server, wrk: str, log: Path) -> Restart:
         victim = _worker_started(log, 0)[-1][1]
         os.kill(victim, signal.SIGKILL)
         killed_wall, killed = time.time(), time.monotonic()
-        serving_s = read_s = float("nan")
+        serving_s = read_s = startup_cpu_s = float("nan")
         while time.monotonic() - killed < 20:
             asked = time.monotonic()
             accepted = accepted_per_worker(server.admin_path, port).get(0, 0)
             answered = time.monotonic()
-            if accepted and _worker_started(log, 0)[-1][1] != victim:
+            replacement = _worker_started(log, 0)[-1][1]
+            if accepted and replacement != victim:
                 serving_s, read_s = answered - killed, answered - asked
+                startup_cpu_s = _stat_cpu(f"/proc/{replacement}/stat")
                 break
             time.sleep(0.005)  # poll spacing, not synchronisation
         prober.stop()
-        starts = _worker_started(log, 0)
-        spawned_s = starts[-1][0] - killed_wall if starts[-1][1] != victim else float("nan")
-        return Restart(spawned_s, serving_s, read_s, prober.sent, prober.failed)
+        spawned_at, replacement = _worker_started(log, 0)[-1]
+        if replacement == victim:
+            spawned_at = float("nan")
+        deadline = time.monotonic() + 5  # its line may come after its first accept
+        initialized = _initialized_at(log, replacement)
+        while math.isnan(initialized) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the log, not synchronisation
+            initialized = _initialized_at(log, replacement)
+        initialized_s = initialized - killed_wall
+        return Restart(
+            spawned_at - killed_wall,
+            initialized_s,
+            serving_s,
+            read_s,
+            startup_cpu_s,
+            prober.sent,
+            prober.failed,
+        )
     finally:
         if prober is not None:
             prober.stop()
@@ -564,12 +594,15 @@ def _measure_retrying(index: int, load: Load, seconds: float, folder: Path) -> M
 def restart_lines(timings: list[Restart]) -> list[str]:
     lines = [
         f"   worker restart, xds-proxy --concurrency 2 under wrk -t1 -c{RESTART_LOAD_CONNECTIONS}"
-        " load: SIGKILL of worker 0 -> replacement started / accepting (the admin read that"
-        " saw it took; new-connection probes failed meanwhile, of sent)"
+        " load: SIGKILL of worker 0 -> replacement started / its server up / accepting (the"
+        " admin read that saw it took; the replacement's CPU time by then; new-connection"
+        " probes failed meanwhile, of sent)"
     ]
     lines += [
-        f"     {timing.spawned_s * 1000:6.0f} ms / {timing.serving_s * 1000:6.0f} ms"
-        f"   (read {timing.read_s * 1000:.0f} ms; probes failed {timing.probe_failures}"
+        f"     {timing.spawned_s * 1000:6.0f} ms / {timing.initialized_s * 1000:6.0f} ms"
+        f" / {timing.serving_s * 1000:6.0f} ms"
+        f"   (read {timing.read_s * 1000:.0f} ms; CPU {timing.startup_cpu_s * 1000:.0f} ms;"
+        f" probes failed {timing.probe_failures}"
         f" of {timing.probes})"
         for timing in timings
     ]

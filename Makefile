@@ -60,8 +60,11 @@ test-compose: $(STAMP)
 # Zero-downtime proof under churn (issue 10), ours and Envoy side by side (20 s each); LARGE=1
 # for the issue's full 60 s, or CHURN_SECONDS=N; RDS=1 for the RDS scenario (route updates every
 # 200 ms over ADS, listener updates renaming the route config); EDS=1 for the EDS scenario (the
-# backend cluster's endpoints replaced every 200 ms over ADS). Table on stdout; table and PNG in
-# bench/results/.
+# backend cluster's endpoints replaced every 200 ms over ADS). CONCURRENCY=N runs both proxies
+# with N workers; DRAIN_TIME=S and DRAIN_STRATEGY=gradual|immediate set both proxies' drain
+# flags (default 2 s gradual; issue 22: CONCURRENCY=2 with immediate 5 s and gradual 1 s).
+# Table on stdout; table and PNG in bench/results/.
 .PHONY: bench-churn
 bench-churn: $(STAMP)
-	$(BIN)/python -m bench.churn $(if $(LARGE),--large,) $(if $(RDS),--rds,) $(if $(EDS),--eds,) $(if $(CHURN_SECONDS),--seconds $(CHURN_SECONDS),)
+	$(BIN)/python -m bench.churn $(if $(LARGE),--large,) $(if $(RDS),--rds,) $(if $(EDS),--eds,) $(if $(CHURN_SECONDS),--seconds $(CHURN_SECONDS),) \
+		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY),) $(if $(DRAIN_TIME),--drain-time $(DRAIN_TIME),) $(if $(DRAIN_STRATEGY),--drain-strategy $(DRAIN_STRATEGY),)

@@ -13,6 +13,7 @@ BENCHMARKS = [
     "bench.http1",
     "bench.access_log",
     "bench.http2",
+    "bench.concurrency",
     "bench.proxied",
     "bench.stub_push",
     "bench.lds_push",

@@ -67,8 +67,15 @@ nothing may fail: requests in flight to a removed host finish, new ones go to th
 hosts.
 
     python -m bench.churn [--seconds N] [--warmup-churn S] [--rds | --eds]
+                          [--concurrency N] [--drain-time S] [--drain-strategy gradual|immediate]
         (default 20 s of churn per proxy after an 8 s churn warm-up; --warmup-churn 0 measures
         "before" after the load alone, as earlier runs did)
+
+`--concurrency N` (issue 22) runs both proxies with N workers (Envoy's threads, our
+processes); above 1 they run unpinned on every CPU while the load, the backend and the stub
+stay on the load CPU, and fds and RSS are the whole process tree's (our main process and
+workers). `--drain-time` and `--drain-strategy` set both proxies' drain flags (default 2 s,
+gradual); issue 22 asks for immediate DT 5 s and gradual DT 1 s at `--concurrency 2`.
 
 A PNG plot (requests/s, failures and pushes over time, ours above Envoy) and the table go to
 bench/results/.
@@ -105,7 +112,8 @@ from tests.helpers.stub import StubProcess
 from tests.helpers.upstreams import cluster_dict
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DRAIN_TIME_S = 2
+DRAIN_TIME_S = 2  # the default; --drain-time and --drain-strategy change it
+DRAIN_STRATEGY = "gradual"
 PUSH_INTERVAL_S = 0.5
 REQUEST_TIMEOUT_S = 3.0
 MAX_ATTEMPTS = 3
@@ -116,6 +124,7 @@ BACKEND_BODY = b"churn backend\n"
 STAT_PREFIX = "churn"
 FAILURE_REASONS = ("refused", "reset", "5xx", "timeout", "other")
 PROXY_CPU, LOAD_CPU = 0, 1
+ALL_CPUS = (PROXY_CPU, LOAD_CPU)
 REFUSED_STREAM = 7
 PHASES = ("full modify", "in-place chains", "remove/re-add", "fleet 10 %")
 # The RDS mode (--rds): a route update every ROUTE_PUSH_INTERVAL_S; in the rename phases every
@@ -862,7 +871,7 @@ def _sum(tallies: Any) -> Tally:
 class _PinnedMixin:
     """Runs the program under `taskset -c CPU` when `cpu` is set (taskset execs: same pid)."""
 
-    cpu: int | None = None
+    cpu: int | str | None = None  # a CPU or a taskset list ("0,1")
 
     def command(self) -> list[str]:
         command = super().command()  # type: ignore[misc]
@@ -878,12 +887,24 @@ class PinnedProxy(_PinnedMixin, ProxyProcess):
 
 
 def process_usage(pid: int) -> tuple[int, int]:
-    """(open fds, RSS in KiB) of a process, from /proc."""
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return fds, int(line.split()[1])
-    return fds, 0
+    """(open fds, RSS in KiB) of a process and its children (our workers with
+    `--concurrency N`), from /proc."""
+    fds = rss = 0
+    for one in (pid, *_children(pid)):
+        fds += len(os.listdir(f"/proc/{one}/fd"))
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1])
+    return fds, rss
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    except OSError:
+        return []
 
 
 class DrainWatcher:
@@ -968,6 +989,8 @@ class ChurnResult:
     rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (time, KiB), churning
     rds: bool = False  # the RDS mode's scenario (routes answer directly, no outage)
     eds: bool = False  # the EDS mode's scenario (the backend's endpoints move, no outage)
+    drain_time_s: float = DRAIN_TIME_S
+    concurrency: int = 1
 
     @property
     def rss_peak_kib(self) -> int:
@@ -998,11 +1021,17 @@ class ChurnRun:
         warmup_churn_s: float = 0.0,
         rds: bool = False,
         eds: bool = False,
+        drain_time_s: float = DRAIN_TIME_S,
+        drain_strategy: str = DRAIN_STRATEGY,
+        concurrency: int | None = None,
     ) -> None:
         """`warmup_s`: load alone before measuring; `warmup_churn_s`: then every phase's
         pushes under load for that long in all (not counted), before "before". `rds`: the
         RDS scenario (RDS_PHASES) instead of the four listener phases; no outage. `eds`: the
-        EDS scenario (EDS_PHASES); no outage."""
+        EDS scenario (EDS_PHASES); no outage. `drain_time_s`, `drain_strategy`: the proxy's
+        `--drain-time-s` and `--drain-strategy`. `concurrency`: its `--concurrency` (None:
+        the process helper's default, which XDS_PROXY_TEST_CONCURRENCY sets for ours); above
+        1 the proxy runs on every CPU when pinned."""
         self.workdir = workdir
         self.envoy = envoy
         self.seconds = seconds
@@ -1013,6 +1042,9 @@ class ChurnRun:
         self.warmup_churn_s = warmup_churn_s
         self.rds = rds
         self.eds = eds
+        self.drain_time_s = drain_time_s
+        self.drain_strategy = drain_strategy
+        self.concurrency = concurrency
         self.eds_set: EdsSet | None = None  # once the backend's ports are known
         self.clock = PhaseClock()
         self.listeners = ListenerSet()
@@ -1044,10 +1076,18 @@ class ChurnRun:
             bootstrap["static_resources"]["clusters"].append(
                 cluster_dict("backend", [backend_port])
             )
-        flags = ["--drain-time-s", str(DRAIN_TIME_S), "--drain-strategy", "gradual"]
+        flags = [
+            "--drain-time-s",
+            f"{self.drain_time_s:g}",
+            "--drain-strategy",
+            self.drain_strategy,
+        ]
         kind = PinnedEnvoy if self.envoy else PinnedProxy
         proxy = kind(bootstrap, self.workdir, log_level="warning", extra_args=flags)
-        proxy.cpu = PROXY_CPU if self.pin else None
+        if self.concurrency is not None:
+            proxy.concurrency = self.concurrency
+        if self.pin:  # the load, the backend and the stub stay on LOAD_CPU
+            proxy.cpu = PROXY_CPU if proxy.concurrency == 1 else ",".join(map(str, ALL_CPUS))
         self.proxy = proxy.start()
         return proxy
 
@@ -1100,7 +1140,7 @@ class ChurnRun:
         active = f"http.{STAT_PREFIX}.downstream_cx_active"
         wait_for(
             lambda: not any(watcher.current().values()) and proxy.stat(active) == 0,
-            timeout=DRAIN_TIME_S + 15,
+            timeout=self.drain_time_s + 15,
             interval=0.1,
             what="no draining listener and no downstream connection",
         )
@@ -1183,7 +1223,7 @@ class ChurnRun:
         `connection: close` / GOAWAY until then), then one more interval."""
         self.phase_starts.append((time.monotonic(), SETTLING))
         self.clock.label = SETTLING
-        give_up = time.monotonic() + DRAIN_TIME_S + 15
+        give_up = time.monotonic() + self.drain_time_s + 15
         quiet_since: float | None = None
         while quiet_since is None or time.monotonic() < quiet_since + ROUTE_PUSH_INTERVAL_S:
             if time.monotonic() > give_up:
@@ -1319,7 +1359,7 @@ class ChurnRun:
             raise RuntimeError(f"/drain_listeners?graceful: {status} {body.strip()}")
         # Keep the load for half the drain time: connections are told to go away and
         # reconnect; the listeners stop accepting only at the drain time.
-        _sleep_until(graceful_at + DRAIN_TIME_S / 2)
+        _sleep_until(graceful_at + self.drain_time_s / 2)
         drained = final.stop()
         watcher.stop()
         backend_requests = self._backend_requests() - backend_before
@@ -1348,6 +1388,8 @@ class ChurnRun:
             rss_samples=[sample for sample in watcher.rss_samples if sample[0] <= churn_end],
             rds=self.rds,
             eds=self.eds,
+            drain_time_s=self.drain_time_s,
+            concurrency=proxy.concurrency,
         )
 
     def _churn_warmup(self, watcher: DrainWatcher) -> None:
@@ -1581,7 +1623,7 @@ PLOT_LEGEND = (
 
 def plot(results: list[ChurnResult], path: Path, bucket_s: float = 0.25) -> None:
     width, panel, margin = 1000, 180, 10
-    span = max(r.graceful_at - r.started + DRAIN_TIME_S for r in results)
+    span = max(r.graceful_at - r.started + r.drain_time_s for r in results)
     buckets = int(span / bucket_s) + 1
     counts = []
     for result in results:
@@ -1635,8 +1677,12 @@ def churn_both(
     warmup_churn_s: float = WARMUP_CHURN_S,
     rds: bool = False,
     eds: bool = False,
+    drain_time_s: float = DRAIN_TIME_S,
+    drain_strategy: str = DRAIN_STRATEGY,
+    concurrency: int | None = None,
 ) -> list[ChurnResult]:
-    """Ours, then Envoy, with the same scenario; pinned like every benchmark here."""
+    """Ours, then Envoy, with the same scenario and flags; pinned like every benchmark here
+    (with `concurrency` above 1 the proxies run on every CPU, the rest on LOAD_CPU)."""
     results = []
     saved = os.sched_getaffinity(0)
     if pin:
@@ -1653,6 +1699,9 @@ def churn_both(
                     warmup_churn_s=warmup_churn_s,
                     rds=rds,
                     eds=eds,
+                    drain_time_s=drain_time_s,
+                    drain_strategy=drain_strategy,
+                    concurrency=concurrency,
                 )
                 results.append(run.run())
     finally:
@@ -1666,34 +1715,49 @@ def run(
     warmup_churn_s: float = WARMUP_CHURN_S,
     rds: bool = False,
     eds: bool = False,
+    drain_time_s: float = DRAIN_TIME_S,
+    drain_strategy: str = DRAIN_STRATEGY,
+    concurrency: int | None = None,
 ) -> list[str]:
     seconds = seconds or (60.0 if large else 20.0)
     outage_s = 10.0 if seconds >= 60 else max(1.0, seconds / 8)
     pin = len(os.sched_getaffinity(0)) > 1
     results = churn_both(
-        seconds, outage_s, pin=pin, warmup_churn_s=warmup_churn_s, rds=rds, eds=eds
+        seconds,
+        outage_s,
+        pin=pin,
+        warmup_churn_s=warmup_churn_s,
+        rds=rds,
+        eds=eds,
+        drain_time_s=drain_time_s,
+        drain_strategy=drain_strategy,
+        concurrency=concurrency,
     )
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    workers = results[0].concurrency
+    drain = f"DT {drain_time_s:g} s {drain_strategy}" + (
+        f", --concurrency {workers}" if workers != 1 else ""
+    )
     if rds:
         scenario = (
             f"   churn --rds: {seconds:.0f} s of route updates every"
             f" {ROUTE_PUSH_INTERVAL_S * 1000:.0f} ms over ADS in 4 phases (routes only; every"
             f" {RENAME_EVERY}th push also renames main's and twin's route config, in place;"
-            " the same with a full update; routes only again, after the drains), DT"
-            f" {DRAIN_TIME_S} s gradual, graceful drain at the end; HTTP/1.1 and HTTP/2 clients"
+            f" the same with a full update; routes only again, after the drains), {drain},"
+            " graceful drain at the end; HTTP/1.1 and HTTP/2 clients"
         )
     elif eds:
         scenario = (
             f"   churn --eds: {seconds:.0f} s of EDS updates every"
             f" {ROUTE_PUSH_INTERVAL_S * 1000:.0f} ms over ADS (cluster backend's assignment:"
             f" {EDS_WINDOW} of {EDS_BACKENDS} backend ports, the window moves by one per push,"
-            " weights 1-3), two routing listeners, DT"
-            f" {DRAIN_TIME_S} s gradual, graceful drain at the end; HTTP/1.1 and HTTP/2 clients"
+            f" weights 1-3), two routing listeners, {drain},"
+            " graceful drain at the end; HTTP/1.1 and HTTP/2 clients"
         )
     else:
         scenario = (
             f"   churn: {seconds:.0f} s of pushes every {PUSH_INTERVAL_S * 1000:.0f} ms in 4"
-            f" phases, control plane down {outage_s:.0f} s, DT {DRAIN_TIME_S} s gradual,"
+            f" phases, control plane down {outage_s:.0f} s, {drain},"
             " graceful drain at the end; HTTP/1.1 and HTTP/2 clients"
         )
     lines = [
@@ -1708,6 +1772,8 @@ def run(
     ]
     RESULTS.mkdir(exist_ok=True)
     name = f"churn-rds-{stamp}" if rds else f"churn-eds-{stamp}" if eds else f"churn-{stamp}"
+    if (workers, drain_time_s, drain_strategy) != (1, DRAIN_TIME_S, DRAIN_STRATEGY):
+        name += f"-c{workers}-{drain_strategy}-dt{drain_time_s:g}"
     picture = RESULTS / f"{name}.png"
     plot(results, picture)
     lines += [f"   {PLOT_LEGEND}", f"   plot: {picture}"]
@@ -1736,10 +1802,38 @@ def main() -> int:
         action="store_true",
         help="the EDS scenario: the backend cluster's endpoints replaced every 200 ms over ADS",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="--concurrency of both proxies (1; above 1 they run on every CPU)",
+    )
+    parser.add_argument(
+        "--drain-time",
+        type=float,
+        default=DRAIN_TIME_S,
+        help=f"--drain-time-s of both proxies ({DRAIN_TIME_S})",
+    )
+    parser.add_argument(
+        "--drain-strategy",
+        choices=("gradual", "immediate"),
+        default=DRAIN_STRATEGY,
+        help=f"--drain-strategy of both proxies ({DRAIN_STRATEGY})",
+    )
     args = parser.parse_args()
     if args.rds and args.eds:
         parser.error("--rds and --eds are two scenarios: pick one")
-    for line in run(args.large, args.seconds, args.warmup_churn, args.rds, args.eds):
+    lines = run(
+        args.large,
+        args.seconds,
+        args.warmup_churn,
+        args.rds,
+        args.eds,
+        drain_time_s=args.drain_time,
+        drain_strategy=args.drain_strategy,
+        concurrency=args.concurrency,
+    )
+    for line in lines:
         print(line, flush=True)
     return 0
 

@@ -115,6 +115,11 @@ def test_drain_frame_sequence(server, stub, change) -> None:
         assert server.stat("http.ingress_http.downstream_cx_drain_close") == (2 if ours else 1)
         assert server.stat("http.ingress_http.downstream_cx_http2_total") == 2
         assert server.stat("http.ingress_http.downstream_rq_http2_total") == 3
+        # Each HTTP/2 socket is counted once by its listener (ours hands it over from the
+        # HTTP/1.1 codec that read the preface).
+        listener_stats = f"listener.127.0.0.1_{port}."
+        assert server.stat(listener_stats + "downstream_cx_total") == 2
+        assert server.stat(listener_stats + "worker_0.downstream_cx_total") == 2
 
 
 def test_oversized_request_headers_reset_the_stream(server, stub) -> None:

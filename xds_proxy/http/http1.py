@@ -220,4 +220,5 @@ class Http1Connection(asyncio.Protocol):
         self.transport = None
         successor = start_http2(self._config, self._ctx, transport)
         self._ctx.unregister(self)
+        self._ctx.handed_over()
         successor.data_received(data)

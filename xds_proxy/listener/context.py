@@ -61,6 +61,9 @@ class FilterChainContext:
     drain_decision: DrainDecision = field(default_factory=NeverDrain)
     register: Callable[[DrainableConnection], None] = lambda conn: None
     unregister: Callable[[DrainableConnection], None] = lambda conn: None
+    # A connection moved to a successor protocol (HTTP/1.1 -> HTTP/2), which registered as
+    # well: the socket is counted once in the listener's `downstream_cx_total`.
+    handed_over: Callable[[], None] = lambda: None
     # Seconds a drained HTTP connection may live after its final drain signal; set from
     # --drain-time-s by the runtime.
     drain_time_s: float = 600.0

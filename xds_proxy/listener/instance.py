@@ -113,6 +113,7 @@ class ChainRuntime:
             drain_decision=self,
             register=self._register,
             unregister=self._unregister,
+            handed_over=self.listener.connection_handed_over,
             drain_time_s=services.drains.drain_time_s,
             clusters=services.clusters,
             routes=services.routes,
@@ -361,6 +362,11 @@ class ListenerInstance:
         stats.gauge("server.total_connections").inc()
         self._worker_cx_total.value += 1
         self._worker_cx_active.value += 1
+
+    def connection_handed_over(self) -> None:
+        """One socket, two registrations (a protocol and its successor): counted once."""
+        self.services.stats.counter(self.stat_prefix + "downstream_cx_total").value -= 1
+        self._worker_cx_total.value -= 1
 
     def connection_closed(self) -> None:
         self.active_connections -= 1

@@ -85,7 +85,8 @@ class LogRecord:
     """One request's facts. Times are monotonic seconds, except `start_wall`.
 
     The defaults are class attributes (no __slots__): a record sets only what its request
-    had, which keeps making one cheap (a record is made per request when logging is on)."""
+    had, which keeps making one cheap (a record is made per request when logging is on); the
+    few that every line of the default format reads are set in the instance too."""
 
     protocol: str | None = "HTTP/1.1"  # None: a TCP connection (`-`)
     method: bytes | None = None
@@ -122,6 +123,10 @@ class LogRecord:
         self.start = start
         self.start_wall = start_wall
         self.request_headers: list[Header] = []
+        # Read by the default format for every request: kept in the instance (read without a
+        # look-up in the class).
+        self.request_id = self.response_headers = self.upstream_host = None
+        self.protocol, self.flags, self.bytes_received = "HTTP/1.1", "", 0
 
     def add_flag(self, flag: str) -> None:
         self.flags = f"{self.flags},{flag}" if self.flags else flag

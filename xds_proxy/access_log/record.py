@@ -4,8 +4,8 @@ codec and the upstream exchange as the request goes, read by the compiled format
 
 from __future__ import annotations
 
-import itertools
 import random
+from collections.abc import Iterator
 
 from xds_proxy.codec.responses import HTTP_DATE
 
@@ -18,14 +18,31 @@ _prefix = "%020x" % (
     (random.SystemRandom().getrandbits(80) & ~(0xF << 28 | 0x3 << 14)) | (0x4 << 28 | 0x2 << 14)
 )
 ID_SHAPE = f"{_prefix[:8]}-{_prefix[8:12]}-{_prefix[12:16]}-{_prefix[16:20]}-%012x".encode()
-request_ids = itertools.count(
-    random.SystemRandom().getrandbits(40)
-)  # 2^48 - 2^40 ids before a wrap
+
+# The last three hex digits of an id, made once: an id is its head (the same for 4096 ids in a
+# row) and one of these.
+_LOW_DIGITS = tuple(b"%03x" % low for low in range(4096))
+
+
+def counted_ids(first: int, shape: bytes = ID_SHAPE) -> Iterator[bytes]:
+    """`shape % n` for n = first, first + 1, ... (`shape` ends with `%012x`), each made with
+    one concatenation."""
+    high, low = divmod(first, 4096)
+    while True:
+        head = (shape % (high << 12))[:-3]
+        for digits in _LOW_DIGITS[low:]:
+            yield head + digits
+        high, low = high + 1, 0
+
+
+# Every id of the process (2^48 - 2^40 ids before the counter needs a 13th digit). Only the
+# event loop's thread takes ids.
+request_ids = counted_ids(random.SystemRandom().getrandbits(40))
 
 
 def request_id() -> bytes:
     """A version-4 UUID, unique in this process, for a request without `x-request-id`."""
-    return ID_SHAPE % next(request_ids)
+    return next(request_ids)
 
 
 # A pipe connection's "port" in the access log: Envoy prints an empty string.
@@ -68,7 +85,8 @@ class LogRecord:
     """One request's facts. Times are monotonic seconds, except `start_wall`.
 
     The defaults are class attributes (no __slots__): a record sets only what its request
-    had, which keeps making one cheap (a record is made per request when logging is on)."""
+    had, which keeps making one cheap (a record is made per request when logging is on); the
+    few that every line of the default format reads are set in the instance too."""
 
     protocol: str | None = "HTTP/1.1"  # None: a TCP connection (`-`)
     method: bytes | None = None
@@ -105,6 +123,10 @@ class LogRecord:
         self.start = start
         self.start_wall = start_wall
         self.request_headers: list[Header] = []
+        # Read by the default format for every request: kept in the instance (read without a
+        # look-up in the class).
+        self.request_id = self.response_headers = self.upstream_host = None
+        self.protocol, self.flags, self.bytes_received = "HTTP/1.1", "", 0
 
     def add_flag(self, flag: str) -> None:
         self.flags = f"{self.flags},{flag}" if self.flags else flag

@@ -282,7 +282,8 @@ class Http1RequestReader:
             self._body_expected = False
             self._action = None
         if self._config.access_log is not None:
-            self._record = self._new_record()
+            downstream = self._downstream or self._new_downstream()
+            self._record = LogRecord(downstream, time.monotonic(), time.time())
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -590,13 +591,15 @@ class Http1RequestReader:
 
     # -- access logging (only with an access_log configured) -------------------------------
 
+    def _new_downstream(self) -> Downstream:
+        transport = self._connection.transport
+        peer = transport.get_extra_info("peername") if transport else None
+        local = transport.get_extra_info("sockname") if transport else None
+        self._downstream = Downstream(peer, local)
+        return self._downstream
+
     def _new_record(self) -> LogRecord:
-        downstream = self._downstream
-        if downstream is None:
-            transport = self._connection.transport
-            peer = transport.get_extra_info("peername") if transport else None
-            local = transport.get_extra_info("sockname") if transport else None
-            downstream = self._downstream = Downstream(peer, local)
+        downstream = self._downstream or self._new_downstream()
         return LogRecord(downstream, time.monotonic(), time.time())
 
     def _log_local(self, action: object, head_only: bool) -> None:

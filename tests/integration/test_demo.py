@@ -20,10 +20,6 @@ import pytest
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.stub import REPO_ROOT, run_cli
 
-# The demo's Ctrl-C stops its load threads and children one after the other within the tests'
-# 20 s: under the other xdist workers' load it took longer.
-pytestmark = pytest.mark.serial
-
 DEMO_FLAGS = ["--drain-time-s=3", "--drain-strategy=gradual", "--connections=4"]
 LIVE = re.compile(r"^\[\s*\d+s\] requests ok (\d+) failed (\d+) retried (\d+) \| ")
 

@@ -257,6 +257,7 @@ def fin_times(socks: list[socket.socket], limit: float) -> list[float]:
 # -- exit when drained ----------------------------------------------------------------------------
 
 
+@pytest.mark.serial  # the exit is timed to within 1 s of the last close on the client's clock
 def test_sigterm_with_drain_on_sigterm_exits_once_the_last_connection_closes(
     stub, tmp_path
 ) -> None:

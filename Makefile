@@ -35,7 +35,7 @@ lint: $(STAMP)
 # waiting on drain timers, timeouts and process start-up, so it pays off on 2 cores), whole files
 # per worker (--dist loadfile: a module fixture starts its processes once); then the tests
 # marked `serial` (they measure timing tightly) run alone. TEST_WORKERS=0: all in one process.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 PYTEST := SOVEREIGN_BIN=$(CURDIR)/$(SOVEREIGN_VENV)/bin/sovereign $(BIN)/python -m pytest -q -rs -p no:cacheprovider
 test: $(STAMP) $(SOVEREIGN_STAMP) lint
 ifeq ($(TEST_WORKERS),0)

@@ -31,8 +31,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# The suite runs in TEST_WORKERS pytest-xdist processes (most integration and interop time is
+# waiting on drain timers, timeouts and process start-up, so it pays off on 2 cores), whole files
+# per worker (--dist loadfile: a module fixture starts its processes once); then the tests
+# marked `serial` (they measure timing tightly) run alone. TEST_WORKERS=0: all in one process.
+TEST_WORKERS ?= 3
+PYTEST := SOVEREIGN_BIN=$(CURDIR)/$(SOVEREIGN_VENV)/bin/sovereign $(BIN)/python -m pytest -q -rs -p no:cacheprovider
 test: $(STAMP) $(SOVEREIGN_STAMP) lint
-	SOVEREIGN_BIN=$(CURDIR)/$(SOVEREIGN_VENV)/bin/sovereign $(BIN)/python -m pytest -q -rs -p no:cacheprovider
+ifeq ($(TEST_WORKERS),0)
+	$(PYTEST)
+else
+	status=0; \
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial" || status=1; \
+	$(PYTEST) -m serial || status=1; \
+	exit $$status
+endif
 
 # The hostile-input fuzzers with a larger example budget (FUZZ_EXAMPLES, default 3000); a
 # failure prints FUZZ_SEED=N, and `make fuzz FUZZ_SEED=N` replays that run. The HTTP/2 codec

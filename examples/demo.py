@@ -331,8 +331,13 @@ def admin_json(admin: str, path: str) -> Any:
 
 
 def serving(admin: str, name: str) -> bool:
+    """`name` is listed and the server is LIVE: until then a listener warming on its routes is
+    listed too (as Envoy lists it before its workers start) but refuses connections."""
     statuses = admin_json(admin, "/listeners?format=json").get("listener_statuses", [])
-    return any(status["name"] == name for status in statuses)
+    if not any(status["name"] == name for status in statuses):
+        return False
+    with urllib.request.urlopen(f"http://{admin}/ready", timeout=2) as response:
+        return response.read() == b"LIVE\n"
 
 
 def drain_subject(drain: dict) -> str:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -47,12 +47,30 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _listen_ports() -> tuple[int, int]:
-    """[low, high) below the ephemeral range (Linux), else (0, 0): let the kernel choose."""
+    """[low, high) below the ephemeral range (Linux), else (0, 0): let the kernel choose.
+
+    Under pytest-xdist (`make test` runs the suite in several worker processes) each worker
+    takes its own slice of that range, from PYTEST_XDIST_WORKER ("gw0", "gw1", ...) and
+    PYTEST_XDIST_WORKER_COUNT: a port one worker handed out and has not bound yet is never
+    handed out by another."""
     try:
         first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 0, 0
-    return (10000, first) if first > 12000 else (0, 0)
+    if first <= 12000:
+        return 0, 0
+    return worker_slice(10000, first, os.environ)
+
+
+def worker_slice(low: int, high: int, environ: Mapping[str, str]) -> tuple[int, int]:
+    """This xdist worker's share of [low, high): the whole range outside xdist."""
+    worker = environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count <= 1:
+        return low, high
+    index = int(worker.removeprefix("gw"))
+    size = (high - low) // count
+    return low + index * size, low + (index + 1) * size
 
 
 _LISTEN_PORTS = _listen_ports()

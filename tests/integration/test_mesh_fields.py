@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.envoy import FAST_LOG_FLUSH, EnvoyProcess
 from tests.helpers.listeners import chain, lds_bootstrap
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
@@ -313,7 +313,7 @@ def pipe_observations(process_class: type[EnvoyProcess], workdir: Path) -> list[
         stub = StubProcess(workdir / "stub").start()
         bootstrap = lds_bootstrap(stub.xds_address)
         bootstrap["static_resources"]["clusters"].append(cluster_dict("echo", [echo.port]))
-        process = process_class(bootstrap, workdir / "proxy").start()
+        process = process_class(bootstrap, workdir / "proxy", extra_args=FAST_LOG_FLUSH).start()
         try:
             process.wait_ready()
             _push(stub, "1", [_pipe_http_listener(http_path, "one", log, 0o640)])
@@ -463,7 +463,7 @@ def pipe_upstream_observations(process_class: type[EnvoyProcess], workdir: Path)
     bootstrap = _bootstrap(
         [front, _tcp_proxy_listener(tcp_port, "up"), pipe_server], [cluster, checked]
     )
-    process = process_class(bootstrap, workdir / "proxy").start()
+    process = process_class(bootstrap, workdir / "proxy", extra_args=FAST_LOG_FLUSH).start()
     seen: list[Any] = []
     try:
         process.wait_ready()

@@ -282,6 +282,7 @@ def busy(seconds: float) -> None:
         pass
 
 
+@pytest.mark.serial  # measures the loop's worst pause: other workers' load adds to it
 async def test_decoding_a_large_answer_does_not_pause_the_loop() -> None:
     """A ~6 MiB response decodes in a worker thread, one resource at a time: the loop pauses
     no longer than beside any pure-Python thread (decoding on the loop would pause it for the

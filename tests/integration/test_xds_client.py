@@ -26,7 +26,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.listener.v3 import lds_pb2_grpc
 from google.protobuf import any_pb2, json_format
 
-from tests.helpers.procs import VENV_BIN, Process, read_text_file
+from tests.helpers.procs import VENV_BIN, Process, free_port, read_text_file
 from tests.helpers.waiting import wait_until
 from xds_proxy.stats import Stats
 from xds_proxy.xds.client import LdsClient
@@ -426,9 +426,9 @@ async def test_first_response_cancels_the_initial_fetch_timeout(
 
 async def test_unreachable_control_plane_initialises_at_the_timeout_and_keeps_retrying() -> None:
     plane = FakeControlPlane()
-    await plane.start()
-    port = plane.port
-    await plane.stop()  # nobody listens on this port now
+    # Nobody listens on this port: free_port's are below the ephemeral range, so no other
+    # process's port-0 listener nor a client's source port (a self-connect) can take it.
+    port = free_port()
     harness = Harness(port, initial_fetch_timeout="0.2s")
     harness.start()
     try:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.helpers.certs import CertificateAuthority
-from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.envoy import FAST_LOG_FLUSH, EnvoyProcess
 from tests.helpers.procs import free_port
 from tests.helpers.proxy import ProxyProcess
 from tests.helpers.upstreams import Http1Echo, cluster_dict
@@ -177,7 +177,9 @@ def servers(tmp_path_factory):
                 ]
                 listeners.append(listener)
             document = bootstrap(listeners, [cluster_dict("echo", [echo.port])])
-            process = process_class(document, directory, log_level="warning")
+            process = process_class(
+                document, directory, log_level="warning", extra_args=FAST_LOG_FLUSH
+            )
             process.start()
             process.wait_ready()
             started[kind] = (process, ports, directory)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.envoy import FAST_LOG_FLUSH, EnvoyProcess
 from tests.helpers.h2_client import H2Client
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
@@ -193,8 +193,7 @@ def _h2_exchange(port: int, path: str, headers: list[tuple[str, str]]) -> Any:
 def servers(tmp_path_factory):
     echo = Http1Echo()
     echo.start()
-    with Http1Echo() as gone:
-        closed_port = gone.port
+    closed_port = free_port()  # nobody listens there
     routes = [
         route("/refused", "closed"),
         {
@@ -229,7 +228,9 @@ def servers(tmp_path_factory):
                 listeners.append(listener)
             clusters = [cluster_dict("echo", [echo.port]), cluster_dict("closed", [closed_port])]
             document = bootstrap(listeners, clusters)
-            process = process_class(document, directory, log_level="warning")
+            process = process_class(
+                document, directory, log_level="warning", extra_args=FAST_LOG_FLUSH
+            )
             process.start()
             process.wait_ready()
             started[kind] = (process, ports, directory)

@@ -70,6 +70,7 @@ def _scenario(
     ],
     ids=["ejects", "overflows"],
 )
+@pytest.mark.serial  # the scenario must fit one 5 s interval: under parallel load it did not
 def test_outlier_detection_like_envoy(outlier: dict[str, Any], tmp_path: Path) -> None:
     envoy = _scenario(EnvoyProcess, tmp_path / "envoy", outlier)
     ours = _scenario(ProxyProcess, tmp_path / "ours", outlier)

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.envoy import FAST_LOG_FLUSH, EnvoyProcess
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
 from tests.helpers.upstreams import Flaky, Http1Echo, Http2Echo, RefusingHttp2, cluster_dict
@@ -88,7 +88,7 @@ def _scenario(
             hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             route_config = hcm["typed_config"]["route_config"]
             route_config["virtual_hosts"][0]["routes"][0]["route"].update(route_fields)
-        with running(process_class(bootstrap, workdir)) as process:
+        with running(process_class(bootstrap, workdir, extra_args=FAST_LOG_FLUSH)) as process:
             statuses, counts = [], []
             with httpx.Client(
                 base_url=f"http://127.0.0.1:{port}", http1=not http2, http2=http2, timeout=10
@@ -406,7 +406,7 @@ def _no_healthy_host(process_class: type[EnvoyProcess], workdir: Path) -> list[s
     log_path = workdir / "access.log"
     log_path.write_text("")
     bootstrap = retry_bootstrap(port, cluster, log_path, {"retry_on": "5xx"}, {})
-    with running(process_class(bootstrap, workdir)) as process:
+    with running(process_class(bootstrap, workdir, extra_args=FAST_LOG_FLUSH)) as process:
         wait_for(
             lambda: process.stat("cluster.backends.health_check.failure") == 1,
             timeout=10,

@@ -351,6 +351,7 @@ BETTER = {
 }
 
 
+@pytest.mark.serial  # under load Envoy's and our RDS counts at step 3d can differ (a race)
 def test_warming_steps_same_as_envoy_except_the_better_rows(tmp_path: Path) -> None:
     envoy = run_steps(
         lambda b, w: EnvoyProcess(b, w, extra_args=DRAIN_ARGS), tmp_path / "envoy", ours=False

@@ -72,13 +72,19 @@ def served(conn: HttpConnection) -> bool:
     return response.status == 200 and response.body == b"hello"
 
 
+def open_served(proxy: ProxyProcess, port: int, count: int) -> list[HttpConnection]:
+    """`count` keep-alive connections, each served once, all counted by the workers."""
+    conns = [HttpConnection(port) for _ in range(count)]
+    assert all(served(conn) for conn in conns)
+    wait_for(lambda: sum(per_worker(proxy, port, "downstream_cx_active").values()) == count)
+    return conns
+
+
 def test_both_workers_accept_on_one_socket_and_stats_are_merged(tmp_path) -> None:
     port = free_port()
     proxy = start_proxy(tmp_path, port)
     try:
-        conns = [HttpConnection(port) for _ in range(40)]
-        assert all(served(conn) for conn in conns)
-        wait_for(lambda: sum(per_worker(proxy, port, "downstream_cx_active").values()) == 40)
+        conns = open_served(proxy, port, 40)
         active = per_worker(proxy, port, "downstream_cx_active")
         assert set(active) == {0, 1}
         assert proxy.stat(f"listener.127.0.0.1_{port}.downstream_cx_active") == 40
@@ -96,9 +102,7 @@ def test_a_killed_worker_loses_only_its_connections_and_is_replaced(tmp_path) ->
     port = free_port()
     proxy = start_proxy(tmp_path, port)
     try:
-        conns = [HttpConnection(port) for _ in range(30)]
-        assert all(served(conn) for conn in conns)
-        wait_for(lambda: sum(per_worker(proxy, port, "downstream_cx_active").values()) == 30)
+        conns = open_served(proxy, port, 30)
         on_worker = per_worker(proxy, port, "downstream_cx_active")
         victim = 0 if on_worker.get(0) else 1
         pids = worker_pids(proxy)

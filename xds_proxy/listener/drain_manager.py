@@ -178,6 +178,19 @@ class DrainRecord:
     cause: DrainCause = NO_CAUSE  # the push that caused it (LDS drains)
     chains: tuple[str, ...] = ()  # an in-place drain's chains: names, else indexes
 
+    def identity(self) -> tuple:
+        """What names this drain alike in every process of `--concurrency N` (the values of
+        these `report` fields: kind, listener, version_info, filter_chain, trigger,
+        direction)."""
+        return (
+            self.kind,
+            self.listener,
+            self.version_info,
+            self.filter_chain,
+            self.drain.trigger,
+            self.direction,
+        )
+
     def report(self, now: float, connections: int, outcome: str | None = None) -> dict:
         doc: dict = {
             "kind": self.kind,
@@ -496,15 +509,7 @@ class DrainManager:
         self.records[drain_id] = record
         pacer = record.drain.pacer
         if pacer is not None and self._shared_slots is not None:
-            key = (
-                record.kind,
-                record.listener,
-                record.version_info,
-                record.filter_chain,
-                record.drain.trigger,
-                record.direction,
-            )
-            shared = self._shared_slots(key, pacer.start, pacer.deadline)
+            shared = self._shared_slots(record.identity(), pacer.start, pacer.deadline)
             if shared is not None:
                 pacer.share(shared[0], shared[1], pacer.rate / self._pace_share)
         return drain_id

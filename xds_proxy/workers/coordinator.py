@@ -17,7 +17,7 @@ import time
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from xds_proxy.listener.actions import SocketAddress, fixed_address
-from xds_proxy.listener.drain_manager import DrainManager, DrainRecord
+from xds_proxy.listener.drain_manager import DrainManager
 from xds_proxy.listener.manager import ListenerManager
 from xds_proxy.listener.runtime import ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
@@ -126,7 +126,7 @@ class WorkerCoordinator:
                 left[key] = left.get(key, 0) + entry["connections"]
                 tells[key] = tells.get(key, 0) + entry.get("tells_booked", 0)
         known = {
-            drain_id: _identity(record)
+            drain_id: record.identity()
             for drain_id, record in self._drains.records.items()
             if record.drain.started_at < settled
         }
@@ -167,15 +167,3 @@ class WorkerCoordinator:
         started = time.monotonic()
         await self.workers.call(name, *args)
         self._settled(started)
-
-
-def _identity(record: DrainRecord) -> tuple:
-    """`DRAIN_KEY` of one of our drains."""
-    return (
-        record.kind,
-        record.listener,
-        record.version_info,
-        record.filter_chain,
-        record.drain.trigger,
-        record.direction,
-    )

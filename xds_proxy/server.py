@@ -48,7 +48,9 @@ from xds_proxy.http.router import RouteHandle, RouteTable
 from xds_proxy.listener.actions import (
     Dependency,
     DependencyKind,
+    RoutesReady,
     SecretsFailed,
+    SecretsReady,
     SocketAddress,
 )
 from xds_proxy.listener.drain import Slots
@@ -145,6 +147,7 @@ class Server:
             ads_stream=lambda: self._ads_stream,
             ads_coming=lambda: self._xds_starting,
             names_in_use=lambda: self.manager.route_names_in_use(),
+            follow_main=self.is_worker,
         )
         self.secrets = SecretStore(  # static secrets and SDS (xds_proxy/secrets/)
             self.stats,
@@ -153,6 +156,7 @@ class Server:
             applied=self._applied,
             ads_stream=lambda: self._ads_stream,
             ads_coming=lambda: self._xds_starting,
+            follow_main=self.is_worker,
         )
         self._xds_starting = True  # until LDS (after CDS) has joined the ADS stream
         self._waiting_for_warming = False  # the first LDS response's listeners still warm
@@ -284,7 +288,13 @@ class Server:
             "drain_listeners": self.drain_listeners,
             "start_exit_drain": self._start_exit_drain,
             "drain_for_hot_restart": self.drain_for_hot_restart,
+            "dependency_failed": self._dependency_failed,
         }
+
+    def _dependency_failed(self, kind: str, name: str) -> None:
+        """A worker: the main process's route configuration or secret `name` failed."""
+        owner = self.routes if kind == DependencyKind.ROUTES.value else self.secrets
+        owner.fail(name)
 
     def _fan_out(self, name: str, *args: object) -> None:
         """Run an admin command in every worker too; the admin answer waits for it."""
@@ -507,10 +517,14 @@ class Server:
         """The route registry or the secret store: a route configuration or a secret is
         ready, or failed (NACK, timeout)."""
         self.runtime.submit(self.manager.on_event(event))
+        if isinstance(event, RoutesReady | SecretsReady) and self.workers is not None:
+            self.workers.dependency_ready(event.name)
         if isinstance(event, RoutesFailed | SecretsFailed):
             kind = (
                 DependencyKind.ROUTES if isinstance(event, RoutesFailed) else DependencyKind.SECRET
             )
+            if self.workers is not None:  # the workers' versions go on as ours do
+                self.workers.dependency_failed(kind.value, event.name)
             what = "route configuration" if kind is DependencyKind.ROUTES else "secret"
             for version in self.manager.warming.values():
                 if version.replaces and Dependency(kind, event.name) in version.waiting:

@@ -99,6 +99,7 @@ class RouteRegistry:
         wall_clock: Callable[[], float] = time.time,
         ads_coming: Callable[[], bool] = lambda: False,
         names_in_use: Callable[[], set[str]] = set,
+        follow_main: bool = False,
     ) -> None:
         """`ads_stream()`: the server's one ADS stream, once it exists; while `ads_coming()`
         says the server is about to open it (CDS and LDS go first), RDS over ADS waits to
@@ -125,7 +126,9 @@ class RouteRegistry:
             ads_stream=ads_stream,
             ads_coming=ads_coming,
             wall_clock=wall_clock,
+            timers=not follow_main,
         )
+        self._failed_in_main: set[str] = set()  # `fail`ed before any user watched them
         self.entries: dict[str, RouteEntry] = {}  # subscribed names, oldest first
         self._specs: dict[str, tuple[RdsSpec, str]] = {}  # name -> (first spec, stat_prefix)
         self._handles: dict[str, dict[tuple[str, bool], RouteHandle]] = {}
@@ -152,7 +155,19 @@ class RouteRegistry:
 
     def state(self, name: str) -> RouteState:
         entry = self.entries.get(name)
-        return RouteState.PENDING if entry is None else entry.state
+        if entry is None:
+            return RouteState.FAILED if name in self._failed_in_main else RouteState.PENDING
+        return entry.state
+
+    def fail(self, name: str) -> None:
+        """A worker process: the main process's copy of `name` failed (NACK, initial fetch
+        timeout); the versions waiting for it here go on as they did there."""
+        entry = self.entries.get(name)
+        if entry is None:
+            self._failed_in_main.add(name)
+        elif entry.state is RouteState.PENDING:
+            entry.state = RouteState.FAILED
+            self._emit([RoutesFailed(name)])
 
     # -- actions, executed by the runtime -------------------------------------------------------
 
@@ -166,6 +181,9 @@ class RouteRegistry:
                 )
                 entry.stats.update_attempt.inc()  # Envoy counts the subscription's start
                 self.entries[name] = entry
+                if name in self._failed_in_main:
+                    self._failed_in_main.discard(name)
+                    entry.state = RouteState.FAILED
 
     def unwatch(self, version_id: int) -> None:
         """The last user gone, the name is let go at the flush (a version that takes it over

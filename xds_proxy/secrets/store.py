@@ -115,7 +115,10 @@ class SecretStore:
         ads_stream: Callable[[], XdsStream | None] = lambda: None,
         ads_coming: Callable[[], bool] = lambda: False,
         wall_clock: Callable[[], float] = time.time,
+        follow_main: bool = False,
     ) -> None:
+        """`follow_main`: a worker process of `--concurrency N`, whose names fail when the
+        main process says so (`fail`), never by a timer of its own."""
         self._stats = stats
         self._bootstrap = bootstrap
         self._on_event = on_event
@@ -135,7 +138,9 @@ class SecretStore:
             ads_stream=ads_stream,
             ads_coming=ads_coming,
             wall_clock=wall_clock,
+            timers=not follow_main,
         )
+        self._failed_in_main: set[str] = set()  # `fail`ed before any user watched them
         self.entries: dict[str, SecretEntry] = {}  # subscribed names, oldest first
         self._sources: dict[str, config_source_pb2.ConfigSource] = {}  # the first ref's
         self._followers: dict[str, _Followers] = {}
@@ -178,7 +183,19 @@ class SecretStore:
 
     def state(self, name: str) -> RouteState:
         entry = self.entries.get(name)
-        return RouteState.PENDING if entry is None else entry.state
+        if entry is None:
+            return RouteState.FAILED if name in self._failed_in_main else RouteState.PENDING
+        return entry.state
+
+    def fail(self, name: str) -> None:
+        """A worker process: the main process's copy of `name` failed (NACK, initial fetch
+        timeout); the versions waiting for it here go on as they did there."""
+        entry = self.entries.get(name)
+        if entry is None:
+            self._failed_in_main.add(name)
+        elif entry.state is RouteState.PENDING:
+            entry.state = RouteState.FAILED
+            self._emit([SecretsFailed(name)])
 
     # -- users: listener versions (actions, executed by the runtime) and clusters ---------------
 
@@ -190,6 +207,9 @@ class SecretStore:
                 entry = SecretEntry(subscription, SdsStats(self._stats, name))
                 entry.stats.update_attempt.inc()  # Envoy counts the subscription's start
                 self.entries[name] = entry
+                if name in self._failed_in_main:
+                    self._failed_in_main.discard(name)
+                    entry.state = RouteState.FAILED
 
     def unwatch(self, user: Hashable) -> None:
         """The last user gone, the name is let go at the flush."""

@@ -44,7 +44,9 @@ class WorkerCoordinator:
         stats: Stats,
         admin_stats: Stats,
     ) -> None:
-        self.workers = Workers(options.concurrency, options, bootstrap, stats, self.find_socket)
+        self.workers = Workers(
+            options.concurrency, options, bootstrap, stats, self.find_socket, self._started
+        )
         self._publisher = publisher
         self._manager = manager
         self._runtime = runtime
@@ -57,6 +59,9 @@ class WorkerCoordinator:
         self._settled_at = 0.0
         self._calls: list[asyncio.Task] = []  # admin commands the workers are running
         self._serving: list[dict[str, dict[str, int]]] = []  # per worker, per listener
+        # Route configurations and secrets that failed here (NACK, initial fetch timeout) and
+        # have no copy yet: the workers' versions waiting for them go on as ours did.
+        self._failed: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -105,6 +110,20 @@ class WorkerCoordinator:
 
     def _settled(self, started: float) -> None:
         self._settled_at = max(self._settled_at, started)
+
+    def dependency_failed(self, kind: str, name: str) -> None:
+        """A route configuration or secret failed here: in every worker too (the workers
+        run no initial fetch timers of their own, so they follow ours)."""
+        self._failed.add((kind, name))
+        self.call("dependency_failed", kind, name)
+
+    def dependency_ready(self, name: str) -> None:
+        self._failed = {failed for failed in self._failed if failed[1] != name}
+
+    def _started(self, index: int) -> None:
+        """A worker (re)started: it learns what failed here before it started."""
+        for kind, name in sorted(self._failed):
+            self.workers.call_one(index, "dependency_failed", kind, name)
 
     # -- drains ---------------------------------------------------------------------------------
 

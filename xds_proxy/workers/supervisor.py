@@ -71,14 +71,18 @@ class Workers:
         bootstrap: bootstrap_pb2.Bootstrap,
         stats: Stats,
         find_socket: SocketFinder,
+        on_started: Callable[[int], None] = lambda index: None,
     ) -> None:
+        """`on_started(index)`: a worker was (re)started (its control channel is open)."""
         self.count = count
         self._options = options
         self._bootstrap = bootstrap
         self._find_socket = find_socket
+        self._on_started = on_started
         self.relay = Relay()
         self._workers: dict[int, _Worker] = {}
         self._watchers: list[asyncio.Task] = []
+        self._calls: set[asyncio.Task] = set()  # `call_one` requests on their way
         self._dir = ""
         self._stopping = False
         # The global connection limit's count, a cell per worker (emptied when one dies).
@@ -181,8 +185,19 @@ class Workers:
             return_exceptions=True,
         )
 
-    def pids(self) -> list[int]:
-        return [worker.process.pid for worker in self._workers.values()]
+    def call_one(self, index: int, name: str, *args: Any) -> None:
+        """Send one admin command to one worker (it runs once it has started; its answer is
+        not waited for)."""
+        worker = self._workers.get(index)
+        if worker is not None:
+            request = {"op": "call", "name": name, "args": list(args)}
+            task = asyncio.create_task(self._ask_quietly(worker, request))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _ask_quietly(self, worker: _Worker, request: dict) -> None:
+        with contextlib.suppress(Exception):
+            await worker.control.ask(request, READY_TIMEOUT_S)
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -214,6 +229,7 @@ class Workers:
         self._workers[index] = worker
         self._active.set(len(self._workers))
         self._watchers.append(asyncio.create_task(self._watch(worker), name=f"worker-{index}"))
+        self._on_started(index)
         log.info("worker %d started (pid %d)", index, process.pid)
 
     def _start_message(self, index: int) -> dict:

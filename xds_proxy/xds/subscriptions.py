@@ -135,8 +135,10 @@ class NamedSubscriptions:
         ads_stream: Callable[[], XdsStream | None] = lambda: None,
         ads_coming: Callable[[], bool] = lambda: False,
         wall_clock: Callable[[], float] = time.time,
+        timers: bool = True,
     ) -> None:
-        """`on_timeout(subscription)`: its initial fetch timed out before any answer.
+        """`on_timeout(subscription)`: its initial fetch timed out before any answer (never
+        with `timers` False: a worker process of `--concurrency N`, told by the main process).
         `on_released(subscription)`: the last user let it go (it is unsubscribed).
         `on_not_modified(subscription)`: a REST poll of its name answered 304."""
         self._kind = kind
@@ -150,6 +152,7 @@ class NamedSubscriptions:
         self._ads_stream = ads_stream
         self._ads_coming = ads_coming
         self._wall_clock = wall_clock
+        self._timers = timers
         self.by_name: dict[str, Subscription] = {}  # oldest first
         self._unused: set[str] = set()  # names whose last user went since the last flush
         self._ads_client: NamedClient | None = None
@@ -168,7 +171,7 @@ class NamedSubscriptions:
         if subscription is None:
             subscription = Subscription(name, source, self._wall_clock())
             self.by_name[name] = subscription
-            timeout_s = initial_fetch_timeout_s(source)
+            timeout_s = initial_fetch_timeout_s(source) if self._timers else None
             if timeout_s is not None:
                 subscription.timer = asyncio.get_running_loop().call_later(
                     timeout_s, self._timed_out, name

@@ -35,13 +35,13 @@ lint: $(STAMP)
 # waiting on drain timers, timeouts and process start-up, so it pays off on 2 cores), whole files
 # per worker (--dist loadfile: a module fixture starts its processes once); then the tests
 # marked `serial` (they measure timing tightly) run alone. TEST_WORKERS=0: all in one process.
-# Then the drain, churn, hot-restart and admin suites run again against xds-proxy with two
-# worker processes (`--concurrency 2`, XDS_PROXY_TEST_CONCURRENCY).
+# Then the drain, churn, hot-restart, admin and connection-limit suites run again against
+# xds-proxy with two worker processes (`--concurrency 2`, XDS_PROXY_TEST_CONCURRENCY).
 TEST_WORKERS ?= 3
 PYTEST := SOVEREIGN_BIN=$(CURDIR)/$(SOVEREIGN_VENV)/bin/sovereign $(BIN)/python -m pytest -q -rs -p no:cacheprovider
 WORKER_SUITES := $(addprefix tests/integration/,test_drains.py test_http1_drain.py \
 	test_http2_drain.py test_admin_drains.py test_admin_drains_http2.py test_drain_controls.py \
-	test_churn.py test_hot_restart.py)
+	test_churn.py test_hot_restart.py test_connection_limits.py)
 test: $(STAMP) $(SOVEREIGN_STAMP) lint
 ifeq ($(TEST_WORKERS),0)
 	$(PYTEST)

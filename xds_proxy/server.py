@@ -67,7 +67,7 @@ from xds_proxy.listener.manager import (
 )
 from xds_proxy.listener.plan import plan_report
 from xds_proxy.listener.runtime import ListenerCompiler, ListenerRuntime
-from xds_proxy.listener.shared_count import SharedCount
+from xds_proxy.listener.shared_count import SharedCount, SharedCounts
 from xds_proxy.listener.shared_pacing import SharedPacing, drain_key
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.network_filters import build_filter_chain
@@ -114,6 +114,7 @@ class Server:
     socket_opener: Callable[[SocketAddress, str], socket.socket] | None = None
     shared_connections: SharedCount | None = None  # the global connection limit's count
     shared_pacing: SharedPacing | None = None  # the paced drains' slots
+    shared_counts: SharedCounts | None = None  # the connection_limit filters' counts
 
     def __post_init__(self) -> None:
         self.pool = ListenSocketPool(self.socket_opener)
@@ -169,6 +170,7 @@ class Server:
             self.routes.handle,
             self.secrets,
             worker_index=self.worker_index,
+            shared_counts=self.shared_counts,
         )
         # A plan compiles against a throwaway stats store and subscribes to no route config.
         self.compiler = ListenerCompiler(

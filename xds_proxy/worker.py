@@ -1,5 +1,5 @@
 """A worker process of `--concurrency N`: `python -m xds_proxy.worker CONTROL_FD SOCKETS_FD
-MAIN_PID COUNT_FD PACING_FD`, started by the main process (`workers/supervisor.py`), never
+MAIN_PID COUNT_FD PACING_FD LIMITS_FD`, started by the main process (`workers/supervisor.py`), never
 by hand.
 
 It is a whole xds-proxy server (listener manager, drain manager, clusters, connections) with
@@ -33,7 +33,7 @@ from xds_proxy.cli import configure_logging
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.actions import SocketAddress
 from xds_proxy.listener.manager import BindError
-from xds_proxy.listener.shared_count import SharedCount
+from xds_proxy.listener.shared_count import SharedCount, SharedCounts
 from xds_proxy.listener.shared_pacing import SharedPacing
 from xds_proxy.options import Options
 from xds_proxy.server import Server
@@ -129,6 +129,7 @@ async def _serve(
     sockets: socket.socket,
     connections: SharedCount,
     pacing: SharedPacing,
+    limits: SharedCounts,
 ) -> int:
     server = Server(
         options,
@@ -139,6 +140,7 @@ async def _serve(
         socket_opener=_SocketSource(sockets),
         shared_connections=connections,
         shared_pacing=pacing,
+        shared_counts=limits,
     )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_shutdown)
@@ -160,7 +162,7 @@ async def _serve(
 
 
 def main(argv: list[str]) -> int:
-    control_fd, sockets_fd, main_pid, count_fd, pacing_fd = (int(arg) for arg in argv)
+    control_fd, sockets_fd, main_pid, count_fd, pacing_fd, limits_fd = (int(arg) for arg in argv)
     _die_with_parent(main_pid)
     control = socket.socket(fileno=control_fd)
     sockets = socket.socket(fileno=sockets_fd)
@@ -186,6 +188,7 @@ def main(argv: list[str]) -> int:
             sockets,
             connections,
             SharedPacing(pacing_fd),
+            SharedCounts(limits_fd, start["workers"], start["index"]),
         )
     )
 

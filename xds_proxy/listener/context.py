@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from xds_proxy.stats import Stats
 
 if TYPE_CHECKING:
+    from xds_proxy.listener.shared_count import SharedCounts
     from xds_proxy.upstream.manager import ClusterManager
 
 
@@ -64,6 +65,10 @@ class FilterChainContext:
     # A connection moved to a successor protocol (HTTP/1.1 -> HTTP/2), which registered as
     # well: the socket is counted once in the listener's `downstream_cx_total`.
     handed_over: Callable[[], None] = lambda: None
+    # Worker processes (`--concurrency N`): counts kept across the workers (the
+    # `connection_limit` filter's), and what names this listener version alike in all of them.
+    shared_counts: SharedCounts | None = None
+    instance_key: str = ""
     # Seconds a drained HTTP connection may live after its final drain signal; set from
     # --drain-time-s by the runtime.
     drain_time_s: float = 600.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from xds_proxy.listener.original_dst import (
     RedirectedTransport,
     original_destination,
 )
+from xds_proxy.listener.shared_count import SharedCounts
 from xds_proxy.stats import Counter, Gauge, Stats
 from xds_proxy.upstream.manager import ClusterManager
 
@@ -82,6 +84,7 @@ class ListenerServices:
     by_address: ListenersByAddress = field(default_factory=ListenersByAddress)
     # This process's worker: Envoy's `listener.<address>.worker_<N>.*` (0 with one process).
     worker_index: int = 0
+    shared_counts: SharedCounts | None = None  # counts kept across worker processes
 
 
 class ChainRuntime:
@@ -117,6 +120,8 @@ class ChainRuntime:
             drain_time_s=services.drains.drain_time_s,
             clusters=services.clusters,
             routes=services.routes,
+            shared_counts=services.shared_counts,
+            instance_key=listener.instance_key(path) if services.shared_counts else "",
         )
         self.factory = services.build_chain(config.filters, context, f"{path}.filters")
         self.tls: DownstreamTls | None = None
@@ -259,6 +264,7 @@ class ListenerInstance:
         self.config = config
         self.version_id = version_id
         self.version_info = ""  # set when it starts
+        self._config_digest: str | None = None  # `instance_key`'s, computed once
         self._stat_prefix = UNBOUND
         # `<prefix>worker_<N>.downstream_cx_{total,active}`, looked up once the prefix is known
         # (until then these count nowhere: a version accepts only after it is set).
@@ -286,6 +292,14 @@ class ListenerInstance:
 
     def all_chains(self) -> list[ChainRuntime]:
         return self.chains + ([self.default_chain] if self.default_chain else [])
+
+    def instance_key(self, chain_path: str) -> str:
+        """What names one of this version's chains alike in every worker process that
+        compiled the same listener (its name, a hash of its config, the chain's place)."""
+        if self._config_digest is None:
+            config = self.config.SerializeToString(deterministic=True)
+            self._config_digest = hashlib.blake2b(config, digest_size=8).hexdigest()
+        return f"{self.name}/{self._config_digest}/{chain_path}"
 
     @property
     def stat_prefix(self) -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections.abc import Callable
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -46,7 +47,7 @@ from xds_proxy.codec.wrapped_transport import ForwardingProtocol, WrappedTranspo
 from xds_proxy.config.overload import DOWNSTREAM_CONNECTIONS_TYPE, GLOBAL_MONITOR
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.context import DrainableConnection, FilterChainContext
-from xds_proxy.listener.shared_count import SharedCount
+from xds_proxy.listener.shared_count import SharedCount, SharedCounts
 from xds_proxy.stats import Stats
 
 CONNECTION_LIMIT_TYPE_URL = (
@@ -166,24 +167,45 @@ def guard_transport(
 
 class ConnectionLimit:
     """One `connection_limit` filter instance: Envoy's counter, compared before each new
-    connection. A rejected connection also counts until it closes (as in Envoy)."""
+    connection. A rejected connection also counts until it closes (as in Envoy). With worker
+    processes (`shared`), the instance's count is kept across all of them under `key`."""
 
-    __slots__ = ("_active", "_limited", "connections", "delay_s", "max_connections")
+    __slots__ = (
+        "_active",
+        "_key",
+        "_limited",
+        "_shared",
+        "connections",
+        "delay_s",
+        "max_connections",
+    )
 
     def __init__(
-        self, stat_prefix: str, max_connections: int, delay_s: float, stats: Stats
+        self,
+        stat_prefix: str,
+        max_connections: int,
+        delay_s: float,
+        stats: Stats,
+        shared: SharedCounts | None = None,
+        key: int = 0,
     ) -> None:
         self.max_connections = max_connections
         self.delay_s = delay_s
-        self.connections = 0
+        self.connections = 0  # this process's
         prefix = f"connection_limit.{stat_prefix}."
         self._active = stats.gauge(prefix + "active_connections")
         self._limited = stats.counter(prefix + "limited_connections")
+        self._shared = shared
+        self._key = key
 
     def admit(self) -> bool:
         """A new connection: True when it may go on to the next filter."""
         self._active.inc()
-        allowed = self.connections < self.max_connections
+        allowed = None
+        if self._shared is not None:
+            allowed = self._shared.admit(self._key, self.max_connections)
+        if allowed is None:
+            allowed = self.connections < self.max_connections
         if not allowed:
             self._limited.inc()
         self.connections += 1
@@ -193,11 +215,15 @@ class ConnectionLimit:
         """A successor protocol took over a counted connection (its predecessor releases)."""
         self.connections += 1
         self._active.inc()
+        if self._shared is not None:
+            self._shared.add(self._key, 1)
 
     def release(self) -> None:
         """A connection (admitted or rejected) closed."""
         self.connections -= 1
         self._active.dec()
+        if self._shared is not None:
+            self._shared.add(self._key, -1)
 
 
 def connection_limit_config(
@@ -272,8 +298,17 @@ def build_connection_limit(
 ) -> ConnectionLimitStage:
     """The stage of one `connection_limit` filter; its stats exist from now on, as Envoy's."""
     stat_prefix, max_connections, delay_s, enabled = connection_limit_config(message, path)
-    limit = ConnectionLimit(stat_prefix, max_connections, delay_s, ctx.stats)
+    shared = ctx.shared_counts
+    key = _instance_key(ctx.instance_key, path) if shared is not None else 0
+    limit = ConnectionLimit(stat_prefix, max_connections, delay_s, ctx.stats, shared, key)
     return ConnectionLimitStage(limit, ctx, enabled)
+
+
+def _instance_key(listener_key: str, path: str) -> int:
+    """One filter instance's key, the same in every worker that compiled the same listener
+    version: the version's key and the filter's place in it."""
+    digest = hashlib.blake2b(f"{listener_key}/{path}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") or 1
 
 
 class LimitedConnection(asyncio.Protocol):

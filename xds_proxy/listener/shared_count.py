@@ -1,5 +1,6 @@
-"""A count that every process of `--concurrency N` adds to: the global connection limit
-counts connections across all workers, as Envoy's does across its worker threads.
+"""Counts that every process of `--concurrency N` adds to: the global connection limit and
+the `connection_limit` filter count connections across all workers, as Envoy's do across
+its worker threads.
 
 The count lives in a small shared memory file (a memfd the main process creates and passes to
 each worker): one cell per worker, changed under an exclusive lock, so that a worker's
@@ -84,3 +85,72 @@ class ProcessLock:
 
     def __exit__(self, *_: object) -> None:
         fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+
+_KEY = struct.Struct("Q")
+TABLE_ROWS = 256
+
+
+class SharedCounts:
+    """Counts by key across the workers (the `connection_limit` filter's, one key per filter
+    instance): a table of rows, each a key and one cell per worker. A row whose cells are all
+    0 counts nothing and may be taken by another key; a dead worker's cells are emptied."""
+
+    def __init__(self, fd: int, cells: int, mine: int = -1) -> None:
+        self.fd = fd
+        self._cells = cells
+        self._mine = mine
+        self._row = _KEY.size + cells * _CELL.size
+        self._map = mmap.mmap(fd, TABLE_ROWS * self._row)
+
+    @classmethod
+    def create(cls, cells: int) -> SharedCounts:
+        fd = os.memfd_create("xds-proxy-limits", 0)
+        os.ftruncate(fd, TABLE_ROWS * (_KEY.size + cells * _CELL.size))
+        return cls(fd, cells)
+
+    def admit(self, key: int, limit: int) -> bool | None:
+        """Count one more connection under `key` in this worker; whether the total before
+        it was under `limit` (None: the table is full, the caller counts alone)."""
+        with ProcessLock(self.fd):
+            row = self._find(key, claim=True)
+            if row is None:
+                return None
+            total = self._total(row)
+            self._add(row, 1)
+            return total < limit
+
+    def add(self, key: int, amount: int) -> None:
+        with ProcessLock(self.fd):
+            row = self._find(key, claim=amount > 0)
+            if row is not None:
+                self._add(row, amount)
+
+    def clear(self, cell: int) -> None:
+        with ProcessLock(self.fd):
+            for row in range(TABLE_ROWS):
+                _CELL.pack_into(self._map, self._cell_at(row, cell), 0)
+
+    def _find(self, key: int, claim: bool) -> int | None:
+        free = None
+        for row in range(TABLE_ROWS):
+            if _KEY.unpack_from(self._map, row * self._row)[0] == key:
+                return row
+            if free is None and claim and self._total(row) == 0:
+                free = row
+        if free is not None:
+            _KEY.pack_into(self._map, free * self._row, key)
+        return free
+
+    def _cell_at(self, row: int, cell: int) -> int:
+        return row * self._row + _KEY.size + cell * _CELL.size
+
+    def _total(self, row: int) -> int:
+        return sum(
+            _CELL.unpack_from(self._map, self._cell_at(row, cell))[0] for cell in range(self._cells)
+        )
+
+    def _add(self, row: int, amount: int) -> None:
+        at = self._cell_at(row, self._mine)
+        value = _CELL.unpack_from(self._map, at)[0] + amount
+        _CELL.pack_into(self._map, at, max(value, 0))

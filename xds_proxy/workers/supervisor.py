@@ -30,7 +30,7 @@ from typing import Any
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from xds_proxy.listener.actions import SocketAddress
-from xds_proxy.listener.shared_count import SharedCount
+from xds_proxy.listener.shared_count import SharedCount, SharedCounts
 from xds_proxy.listener.shared_pacing import SharedPacing
 from xds_proxy.options import Options
 from xds_proxy.stats import Stats
@@ -88,6 +88,7 @@ class Workers:
         # The global connection limit's count, a cell per worker (emptied when one dies).
         self.connection_count = SharedCount.create(count)
         self.pacing = SharedPacing.create()  # the paced drains' slots, for all workers
+        self.limits = SharedCounts.create(count)  # the connection_limit filters' counts
         self._restarted = stats.counter("xds_proxy.workers.restarted")
         self._active = stats.gauge("xds_proxy.workers.active")
 
@@ -213,11 +214,13 @@ class Workers:
             str(os.getpid()),
             str(self.connection_count.fd),
             str(self.pacing.fd),
+            str(self.limits.fd),
             pass_fds=(
                 control_theirs.fileno(),
                 sockets_theirs.fileno(),
                 self.connection_count.fd,
                 self.pacing.fd,
+                self.limits.fd,
             ),
         )
         control_theirs.close()
@@ -245,6 +248,7 @@ class Workers:
         code = await worker.process.wait()
         self._forget(worker)
         self.connection_count.clear(worker.index)  # its connections died with it
+        self.limits.clear(worker.index)
         if self._stopping:
             return
         self._restarted.inc()

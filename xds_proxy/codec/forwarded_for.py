@@ -25,7 +25,7 @@ def last_xff_address(value: bytes, skip: int) -> str | None:
     candidate = value[value.rfind(b",") + 1 :].strip(b" \t").decode("latin-1")
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in candidate else socket.AF_INET, candidate)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the text
         return None
     return candidate
 

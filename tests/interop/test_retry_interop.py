@@ -265,6 +265,9 @@ def test_previous_hosts_tries_each_host_once(tmp_path: Path) -> None:
     }
 
 
+# Under the parallel pass's load Envoy 1.40 sometimes opens a second HTTP/2 connection to
+# the upstream for the retried 30 KB body (seen twice); alone it opens one, as we do.
+@pytest.mark.serial
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
 def test_a_request_body_is_sent_again(http2: bool, tmp_path: Path) -> None:
     body = b"0123456789" * 3000

@@ -296,7 +296,7 @@ class Server:
     def _dependency_failed(self, kind: str, name: str) -> None:
         """A worker: the main process's route configuration or secret `name` failed."""
         owner = self.routes if kind == DependencyKind.ROUTES.value else self.secrets
-        owner.fail(name)
+        owner.followed.fail(name)
 
     def _fan_out(self, name: str, *args: object) -> None:
         """Run an admin command in every worker too; the admin answer waits for it."""

@@ -22,46 +22,12 @@ from tests.helpers.stub import StubProcess
 
 pytestmark = pytest.mark.envoy
 
-HCM = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-    "HttpConnectionManager"
-)
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 WORKER_STATS = r"^listener\..*\.worker_\d+\."
 
 
 def listener(name: str, port: int, **fields: object) -> dict:
-    hcm = {
-        "@type": HCM,
-        "stat_prefix": name,
-        "route_config": {
-            "virtual_hosts": [
-                {
-                    "name": "all",
-                    "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-                        }
-                    ],
-                }
-            ]
-        },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
-    }
-    return {
-        "name": name,
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
-            }
-        ],
-        **fields,
-    }
+    """A direct-response listener whose HCM's stat_prefix is its name."""
+    return http_listener(name, port, chains=[chain("ok", stat_prefix=name)], **fields)
 
 
 def observe(process_type: type[EnvoyProcess], workdir: Path) -> tuple[dict, list[str]]:

@@ -39,6 +39,7 @@ from xds_proxy.config.rds import RdsSpec, rds_spec
 from xds_proxy.config.support import require_valid
 from xds_proxy.errors import ConfigError
 from xds_proxy.http.router import RegexError, RouteHandle, RouteTable
+from xds_proxy.listener.followed_failures import FollowedFailures
 from xds_proxy.listener.manager import ListenerEvent, RoutesFailed, RoutesReady, RouteState
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.manager import ClusterManager
@@ -128,8 +129,11 @@ class RouteRegistry:
             wall_clock=wall_clock,
             timers=not follow_main,
         )
-        self._failed_in_main: set[str] = set()  # `fail`ed before any user watched them
         self.entries: dict[str, RouteEntry] = {}  # subscribed names, oldest first
+        # A worker's names fail when the main process's do (`--concurrency N`).
+        self.followed = FollowedFailures(
+            self.entries, lambda name: self._emit([RoutesFailed(name)])
+        )
         self._specs: dict[str, tuple[RdsSpec, str]] = {}  # name -> (first spec, stat_prefix)
         self._handles: dict[str, dict[tuple[str, bool], RouteHandle]] = {}
 
@@ -154,20 +158,7 @@ class RouteRegistry:
     # -- the listener manager's read port -------------------------------------------------------
 
     def state(self, name: str) -> RouteState:
-        entry = self.entries.get(name)
-        if entry is None:
-            return RouteState.FAILED if name in self._failed_in_main else RouteState.PENDING
-        return entry.state
-
-    def fail(self, name: str) -> None:
-        """A worker process: the main process's copy of `name` failed (NACK, initial fetch
-        timeout); the versions waiting for it here go on as they did there."""
-        entry = self.entries.get(name)
-        if entry is None:
-            self._failed_in_main.add(name)
-        elif entry.state is RouteState.PENDING:
-            entry.state = RouteState.FAILED
-            self._emit([RoutesFailed(name)])
+        return self.followed.state(name)
 
     # -- actions, executed by the runtime -------------------------------------------------------
 
@@ -181,9 +172,7 @@ class RouteRegistry:
                 )
                 entry.stats.update_attempt.inc()  # Envoy counts the subscription's start
                 self.entries[name] = entry
-                if name in self._failed_in_main:
-                    self._failed_in_main.discard(name)
-                    entry.state = RouteState.FAILED
+                self.followed.watched(name, entry)
 
     def unwatch(self, version_id: int) -> None:
         """The last user gone, the name is let go at the flush (a version that takes it over

@@ -48,6 +48,7 @@ from xds_proxy.config.secrets import (
 from xds_proxy.config.tls import SecretUser
 from xds_proxy.errors import ConfigError
 from xds_proxy.listener.actions import ListenerEvent, RouteState, SecretsFailed, SecretsReady
+from xds_proxy.listener.followed_failures import FollowedFailures
 from xds_proxy.stats import Stats
 from xds_proxy.xds.named import NamedClient, ResourceType
 from xds_proxy.xds.source import source_server
@@ -118,7 +119,7 @@ class SecretStore:
         follow_main: bool = False,
     ) -> None:
         """`follow_main`: a worker process of `--concurrency N`, whose names fail when the
-        main process says so (`fail`), never by a timer of its own."""
+        main process says so (`followed.fail`), never by a timer of its own."""
         self._stats = stats
         self._bootstrap = bootstrap
         self._on_event = on_event
@@ -140,8 +141,11 @@ class SecretStore:
             wall_clock=wall_clock,
             timers=not follow_main,
         )
-        self._failed_in_main: set[str] = set()  # `fail`ed before any user watched them
         self.entries: dict[str, SecretEntry] = {}  # subscribed names, oldest first
+        # A worker's names fail when the main process's do (`--concurrency N`).
+        self.followed = FollowedFailures(
+            self.entries, lambda name: self._emit([SecretsFailed(name)])
+        )
         self._sources: dict[str, config_source_pb2.ConfigSource] = {}  # the first ref's
         self._followers: dict[str, _Followers] = {}
 
@@ -182,20 +186,7 @@ class SecretStore:
     # -- the listener manager's read port -------------------------------------------------------
 
     def state(self, name: str) -> RouteState:
-        entry = self.entries.get(name)
-        if entry is None:
-            return RouteState.FAILED if name in self._failed_in_main else RouteState.PENDING
-        return entry.state
-
-    def fail(self, name: str) -> None:
-        """A worker process: the main process's copy of `name` failed (NACK, initial fetch
-        timeout); the versions waiting for it here go on as they did there."""
-        entry = self.entries.get(name)
-        if entry is None:
-            self._failed_in_main.add(name)
-        elif entry.state is RouteState.PENDING:
-            entry.state = RouteState.FAILED
-            self._emit([SecretsFailed(name)])
+        return self.followed.state(name)
 
     # -- users: listener versions (actions, executed by the runtime) and clusters ---------------
 
@@ -207,9 +198,7 @@ class SecretStore:
                 entry = SecretEntry(subscription, SdsStats(self._stats, name))
                 entry.stats.update_attempt.inc()  # Envoy counts the subscription's start
                 self.entries[name] = entry
-                if name in self._failed_in_main:
-                    self._failed_in_main.discard(name)
-                    entry.state = RouteState.FAILED
+                self.followed.watched(name, entry)
 
     def unwatch(self, user: Hashable) -> None:
         """The last user gone, the name is let go at the flush."""

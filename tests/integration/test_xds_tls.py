@@ -216,7 +216,14 @@ def test_mtls_stub_refuses_a_proxy_without_a_good_certificate(
             timeout=10,
             what="failed stream attempts",
         )
-        assert proxy.stat("listener_manager.lds.control_plane.connected_state") == 0
+        # Each new attempt sets connected_state 1 as its stream starts (as Envoy's
+        # establishNewStream does) until the refused handshake closes it: read it between
+        # attempts, where it must be 0 (one read could land inside an attempt).
+        wait_for(
+            lambda: proxy.stat("listener_manager.lds.control_plane.connected_state") == 0,
+            timeout=5,
+            what="connected_state 0 between refused attempts",
+        )
         assert proxy.stat("listener_manager.lds.update_success") == 0
         assert stub.client.status()["nodes"] == []  # the stub never saw a request
     finally:

@@ -180,6 +180,7 @@ class RestarterRun:
     """`xds-proxy-restarter SCRIPT` where SCRIPT execs xds-proxy (or Envoy) with the epoch."""
 
     STARTED = re.compile(r"started epoch (\d+) pid (\d+)")
+    STANDBY_READY = re.compile(r"standby for epoch (\d+): pid (\d+) ready")
     EXITED = re.compile(r"epoch (\d+) pid (\d+) exited with status (-?\d+)")
 
     def __init__(
@@ -189,6 +190,8 @@ class RestarterRun:
         envoy: bool = False,
         drain_time_s: int = 1,
         parent_shutdown_time_s: int = 2,
+        prestart: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         import yaml
 
@@ -210,9 +213,15 @@ class RestarterRun:
         script.chmod(0o755)
         self.log_path = workdir / f"{self.kind}-restarter.log"
         self.process = Process(
-            [sys.executable, "-m", "xds_proxy.restarter", str(script)],
+            [
+                sys.executable,
+                "-m",
+                "xds_proxy.restarter",
+                *(["--prestart"] if prestart else []),
+                str(script),
+            ],
             self.log_path,
-            env=stub_env(),
+            env={**stub_env(), **(env or {})},
         )
         self.restarted_at: dict[int, float] = {0: time.monotonic()}
         self.restarted_wall: dict[int, float] = {0: time.time()}  # for the child's log stamps
@@ -277,6 +286,18 @@ class RestarterRun:
             return None
 
         return wait_for(find, timeout=timeout, what=f"{self.kind} epoch {epoch} pid")
+
+    def standby_pid(self, epoch: int, timeout: float = 15.0) -> int:
+        """The pid of the pre-started process for `epoch` once it said it is ready."""
+
+        def find() -> int | None:
+            found = [int(p) for e, p in self.STANDBY_READY.findall(self.log()) if int(e) == epoch]
+            return found[-1] if found else None
+
+        return wait_for(find, timeout=timeout, what=f"the standby for epoch {epoch} ready")
+
+    def script_path(self) -> Path:
+        return self.workdir / f"start_{self.kind}.sh"
 
     def exit_status(self, epoch: int) -> int | None:
         for found_epoch, _, status in self.EXITED.findall(self.log()):

@@ -21,12 +21,16 @@ from xds_proxy.options import Options
 
 if TYPE_CHECKING:
     from xds_proxy import bootstrap as bootstrap_loader
-    from xds_proxy import server
+    from xds_proxy import server, standby
 else:  # `--version`, `--help` and a bad flag answer without importing them (xds_proxy/lazy.py)
     bootstrap_loader = lazy_import("xds_proxy.bootstrap")
     server = lazy_import("xds_proxy.server")
+    standby = lazy_import("xds_proxy.standby")
 
 log = logging.getLogger("xds_proxy")
+
+# Set by `xds-proxy-restarter --prestart` to the fd of its channel: stand by (standby.py).
+STANDBY_ENV = "XDS_PROXY_STANDBY_FD"
 
 TRACE = 5
 LOG_LEVELS: dict[str, int] = {
@@ -222,16 +226,25 @@ def _fail(message: str, options: Options | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, load and check the bootstrap, then validate-and-exit or serve."""
     arguments = sys.argv[1:] if argv is None else list(argv)
+    channel_fd = os.environ.pop(STANDBY_ENV, None)
+    changed = standby.stand_by(int(channel_fd)) if channel_fd else []
     try:
         options = parse_args(arguments)
+        configure_logging(options)
     except ConfigError as error:
+        if changed:  # the new code may see it otherwise: let it say
+            standby.exec_cold()
         return _fail(str(error))
     except SystemExit as done:  # --help / --version
         return done.code if isinstance(done.code, int) else 0
-    try:
-        configure_logging(options)
-    except ConfigError as error:
-        return _fail(str(error))
+    if changed:
+        log.warning(
+            "pre-started: %s changed since this process imported it (and %d more file(s)); "
+            "starting again cold",
+            changed[0],
+            len(changed) - 1,
+        )
+        standby.exec_cold()
     try:
         bootstrap = bootstrap_loader.load_bootstrap(options)
     except ConfigError as error:

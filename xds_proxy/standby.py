@@ -1,0 +1,136 @@
+"""A pre-started next epoch (`xds-proxy-restarter --prestart`, docs/cli.md).
+
+The restarter starts SCRIPT for epoch N+1 as soon as epoch N runs, with `STANDBY_ENV` naming
+one end of a socket pair. `xds-proxy` then stands by (`stand_by`): it does every import the
+serving path needs, says `ready`, and blocks until the restarter says `go` (on SIGHUP). Only
+then does it read its flags' config files, connect to its parent and take the sockets, as a
+cold child does, so a SIGHUP costs the start-up without the interpreter and the imports.
+
+While it waits it holds no bound socket, runs no thread and has not touched the hot-restart
+domain; it is named `xds-standby` (`ps -o comm`, `top`, `pgrep`) until `go`; it dies with the
+restarter (PR_SET_PDEATHSIG, and the end of the socket pair) and on SIGTERM or SIGINT.
+
+Hot restart is how new versions are deployed, so on `go` the files of every imported module
+(and the interpreter) are compared with what they were once imported (mtime and size, a few
+ms); when one changed, the process runs itself again from scratch (`exec_cold`), logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import os
+import signal
+import socket
+import sys
+import types
+from dataclasses import dataclass
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+STANDBY_NAME = b"xds-standby"
+READY = b"ready\n"
+GO = b"go\n"
+# What serving needs at once; the modules these import lazily are loaded too (_load_lazy).
+SERVING_MODULES = ("xds_proxy.bootstrap", "xds_proxy.server")
+
+
+@dataclass(frozen=True)
+class ModuleFiles:
+    """mtime and size of every imported module's file (and of the interpreter)."""
+
+    stats: dict[str, tuple[int, int]]
+
+    @classmethod
+    def now(cls) -> ModuleFiles:
+        paths = {sys.executable}
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if isinstance(path, str):
+                paths.add(path)
+        return cls({path: _signature(path) for path in paths})
+
+    def changed(self) -> list[str]:
+        """The files that are not what they were, sorted."""
+        return sorted(path for path, seen in self.stats.items() if _signature(path) != seen)
+
+
+def _signature(path: str) -> tuple[int, int]:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (found.st_mtime_ns, found.st_size)
+
+
+def stand_by(channel_fd: int) -> list[str]:
+    """Import the serving path, say `ready` on the channel, wait for `go`; then return the
+    module files changed meanwhile (empty: go on in this process). Exits, silently, when
+    the restarter is gone."""
+    channel = socket.socket(fileno=channel_fd)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    own_name = _comm()
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(STANDBY_NAME), 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # no traceback when a terminal's ^C hits us
+    for name in SERVING_MODULES:
+        importlib.import_module(name)
+    _load_lazy()
+    files = ModuleFiles.now()
+    with contextlib.suppress(OSError):  # the restarter may have said `go` meanwhile: read below
+        channel.sendall(READY)
+    if _read_line(channel) != GO:
+        os._exit(0)  # the restarter is gone (or sent nonsense): never start
+    channel.close()
+    libc.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)  # from here on, a child like any other
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(own_name), 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return files.changed()
+
+
+def exec_cold() -> None:
+    """Run this process's command line again from scratch, in this process (same pid)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
+
+
+def _read_line(channel: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        try:
+            more = channel.recv(64)
+        except OSError:
+            return b""
+        if not more:
+            return b""
+        data += more
+    return data
+
+
+def _load_lazy() -> None:
+    """Load our modules bound with `lazy_import` (xds_proxy/lazy.py) that nothing has read
+    yet, and those they bind in turn: a standby has the time, a child does not."""
+    tried: set[str] = set()
+    while True:
+        pending = [
+            name
+            for name, module in list(sys.modules.items())
+            if name.startswith("xds_proxy.")
+            and type(module) is not types.ModuleType
+            and name not in tried
+        ]
+        if not pending:
+            return
+        for name in pending:
+            tried.add(name)
+            getattr(sys.modules[name], "__name__")  # the first read executes it  # noqa: B009
+
+
+def _comm() -> bytes:
+    try:
+        with open("/proc/self/comm", "rb") as comm:
+            return comm.read().strip()[:15]
+    except OSError:
+        return b"python3"

@@ -370,10 +370,12 @@ class RunResult:
 
 
 def restart_under_load(
-    workdir: Path, envoy: bool, restarts: int = 3, settle_s: float = 1.0
+    workdir: Path, envoy: bool, restarts: int = 3, settle_s: float = 1.0, prestart: bool = False
 ) -> RunResult:
     """Stub + restarter + load; `restarts` SIGHUPs, each once the previous epoch is LIVE and
-    has served for `settle_s`; then every old epoch must exit."""
+    has served for `settle_s`; then every old epoch must exit. With `prestart` (xds-proxy
+    only) each SIGHUP waits for the standby to be ready, and the child's CPU is counted from
+    the SIGHUP (what it spent standing by is not the restart's)."""
     body = "hot restart"
     stub = StubProcess(workdir / "stub").start()
     run = None
@@ -382,7 +384,7 @@ def restart_under_load(
         static_port, lds_port = free_port(), free_port()
         stub.client.set_resources(listeners=[http_listener("dynamic", lds_port, body)])
         bootstrap = bootstrap_with_static(stub.xds_address, static_port, body)
-        run = RestarterRun(workdir, bootstrap, envoy=envoy)
+        run = RestarterRun(workdir, bootstrap, envoy=envoy, prestart=prestart)
         run.wait_live(0)
         wait_for(lambda: lds_port in listen_inodes(), what="LDS listener bound")
         inodes = {port: listen_inodes()[port] for port in (static_port, lds_port)}
@@ -395,10 +397,13 @@ def restart_under_load(
         for _ in range(restarts):
             wait_for(lambda: load.total().ok > 0, what="load flowing")
             time.sleep(settle_s)  # benchmark pacing, not synchronisation
+            standing_by = 0.0
+            if prestart:
+                standing_by = cpu_seconds(run.standby_pid(max(run.restarted_at) + 1))
             epoch = run.restart()
             run.wait_live(epoch, interval=LIVE_POLL_S)
             restart_to_live.append(time.monotonic() - run.restarted_at[epoch])
-            start_cpu.append(cpu_seconds(run.pid(epoch)))
+            start_cpu.append(cpu_seconds(run.pid(epoch)) - standing_by)
             phases.append(start_phases(run, epoch))
             held = socket_inodes(run.pid(epoch))
             same &= all(inodes[p] == listen_inodes().get(p) for p in inodes)
@@ -480,13 +485,20 @@ def byte_compile() -> None:
     compileall.compile_dir(Path(__file__).resolve().parent.parent / "xds_proxy", quiet=1)
 
 
+RUNS = (  # name, Envoy?, --prestart?
+    ("xds-proxy", False, False),
+    ("xds-proxy --prestart", False, True),
+    ("envoy", True, False),
+)
+
+
 def run(large: bool = False) -> list[str]:
     byte_compile()
     results = {}
-    for envoy in (False, True):
+    for name, envoy, prestart in RUNS:
         with tempfile.TemporaryDirectory(prefix="bench-hot-restart-") as tmp:
-            results["envoy" if envoy else "xds-proxy"] = restart_under_load(Path(tmp), envoy)
-    ours, theirs = results["xds-proxy"], results["envoy"]
+            results[name] = restart_under_load(Path(tmp), envoy, prestart=prestart)
+    ours, prestarted, theirs = (results[name] for name, _, _ in RUNS)
     rows = [
         ("requests ok", lambda r: r.counts.ok, "{:.0f}"),
         ("requests/s", lambda r: r.counts.ok / r.seconds, "{:.0f}"),
@@ -507,16 +519,30 @@ def run(large: bool = False) -> list[str]:
         ("parent lifetime after SIGHUP s", lambda r: sum(r.parent_lifetimes) / 3, "{:.2f}"),
         ("same listen inodes", lambda r: float(r.same_inodes), "{:.0f}"),
     ]
+    # xds-proxy-restarter --prestart (the next epoch started ahead, standing by) against the
+    # same Envoy run: its own requests, the restart and the child's CPU from the SIGHUP
+    prestart_rows = [
+        ("--prestart: requests ok", lambda r: r.counts.ok, "{:.0f}"),
+        ("--prestart: refused + failed", lambda r: r.counts.refused + r.counts.failed, "{:.0f}"),
+        ("--prestart: SIGHUP -> LIVE s (mean)", lambda r: sum(r.restart_to_live) / 3, "{:.3f}"),
+        ("--prestart: SIGHUP -> LIVE s (min)", lambda r: min(r.restart_to_live), "{:.3f}"),
+        ("--prestart: CPU SIGHUP->LIVE (mean)", lambda r: sum(r.start_cpu) / 3, "{:.3f}"),
+        *(
+            (f"  --prestart: {phase} s", lambda r, p=phase: _mean_phase(r, p), "{:.3f}")
+            for phase in START_PHASES
+        ),
+    ]
     lines = [
         "   3 hot restarts under HTTP/1.1 load (DT 1 s immediate, parent shutdown 2 s;"
         " xds-proxy byte-compiled, as installed)",
-        f"   {'':32} {'xds-proxy':>12} {'envoy 1.40':>12} {'ratio':>8}",
+        f"   {'':42} {'xds-proxy':>12} {'envoy 1.40':>12} {'ratio':>8}",
     ]
-    for label, value, shown in rows:
-        a, b = value(ours), value(theirs)
+    compared = [(row, ours) for row in rows] + [(row, prestarted) for row in prestart_rows]
+    for (label, value, shown), mine in compared:
+        a, b = value(mine), value(theirs)
         ratio = f"{a / b:.2f}" if b and not math.isnan(b) else "-"
         a_text, b_text = ("-" if math.isnan(v) else shown.format(v) for v in (a, b))
-        lines.append(f"   {label:32} {a_text:>12} {b_text:>12} {ratio:>8}")
+        lines.append(f"   {label:42} {a_text:>12} {b_text:>12} {ratio:>8}")
     for name, result in results.items():
         for error in result.counts.errors[:3]:
             lines.append(f"   {name} error: {error}")

@@ -187,3 +187,19 @@ def test_standby_ends_with_the_restarter(tmp_path, stub):
             os.kill(epoch0, signal.SIGTERM)  # epoch 0 itself outlives it, as Envoy's do
             wait_for(lambda: gone(epoch0), what="epoch 0 gone")
         run.stop()
+
+
+def test_a_failed_epoch_takes_the_standby_down_too(tmp_path, stub):
+    """An epoch killed: the restarter kills every child and exits 1, as without --prestart,
+    and the standby goes with them."""
+    run, _, _ = start(tmp_path, stub)
+    try:
+        run.wait_live(0)
+        standby = run.standby_pid(1)
+        os.kill(run.pid(0), signal.SIGKILL)
+        wait_for(lambda: not run.process.alive(), what="the restarter exit")
+        assert run.process.popen.returncode == 1
+        assert gone(standby)
+        assert "a child exited abnormally: killing every child" in run.log()
+    finally:
+        run.stop()

@@ -18,10 +18,17 @@ import contextlib
 import random
 import socket
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from xds_proxy.config.cluster import ClusterConfig, DnsFamily, EndpointAddress
 from xds_proxy.config.dns_resolver import DnsResolverConfig
-from xds_proxy.upstream.dns_records import DnsAnswer, RecordResolver
+from xds_proxy.lazy import lazy_import
+from xds_proxy.upstream.dns_answer import DnsAnswer
+
+if TYPE_CHECKING:
+    from xds_proxy.upstream import dns_records
+else:  # dnspython (~50 ms of start-up) only for the clusters that ask for TTLs or a resolver
+    dns_records = lazy_import("xds_proxy.upstream.dns_records")
 
 __all__ = [
     "AddressLookup",
@@ -62,7 +69,7 @@ def choose_lookup(config: ClusterConfig, injected: AddressLookup | None) -> Look
     if injected is not None:
         return _without_ttl(injected)
     if config.respect_dns_ttl or config.dns_resolver is not None:
-        return RecordResolver(config.dns_resolver or DnsResolverConfig()).lookup
+        return dns_records.RecordResolver(config.dns_resolver or DnsResolverConfig()).lookup
     return _without_ttl(resolve_endpoint)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import dns.asyncresolver
@@ -27,6 +26,7 @@ import dns.resolver
 
 from xds_proxy.config.cluster import DnsFamily, EndpointAddress
 from xds_proxy.config.dns_resolver import DnsResolverConfig
+from xds_proxy.upstream.dns_answer import DnsAnswer
 
 log = logging.getLogger("xds_proxy.upstream")
 
@@ -45,15 +45,6 @@ _ORDER = {
 }
 _RDTYPE = {_V4: dns.rdatatype.A, _V6: dns.rdatatype.AAAA}
 _LOCALHOST = {_V4: "127.0.0.1", _V6: "::1"}
-
-
-@dataclass(frozen=True, slots=True)
-class DnsAnswer:
-    """The addresses of one endpoint's lookup, and the smallest TTL of their records
-    (0: none reported, as the system resolver and the hosts file answer)."""
-
-    addresses: tuple[tuple[str, int], ...]
-    ttl_s: int = 0
 
 
 class RecordResolver:

@@ -147,10 +147,10 @@ class Restarter:
         self.stop_standby(standby)
         return None
 
-    def on_standby_message(self) -> None:
+    def on_standby_message(self, channel: object) -> None:
         standby = self.standby
-        if standby is None:
-            return
+        if standby is None or channel is not standby.channel:
+            return  # a standby taken (or replaced) by a signal handled in the same wake-up
         try:
             said = standby.channel.recv(64)
         except OSError:
@@ -246,7 +246,7 @@ class Restarter:
         while True:
             for key, _ in self.selector.select():
                 if key.fileobj != wake_read:
-                    self.on_standby_message()
+                    self.on_standby_message(key.fileobj)
                     continue
                 done = self.on_signals(os.read(wake_read, 64))
                 if done is not None:

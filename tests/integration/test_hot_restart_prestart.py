@@ -116,6 +116,33 @@ def test_a_module_changed_while_standing_by_makes_the_epoch_start_cold(tmp_path,
         run.stop()
 
 
+def test_a_sighup_before_the_standby_is_ready_still_uses_it(tmp_path, stub):
+    """`go` waits in the channel: the standby reads it once its imports are done."""
+    site = tmp_path / "site"
+    site.mkdir()
+    gate = tmp_path / "gate"
+    # a standby (only it has the variable) is held before its imports until the gate exists
+    (site / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if 'XDS_PROXY_STANDBY_FD' in os.environ:\n"
+        f"    while not os.path.exists({str(gate)!r}):\n"
+        "        time.sleep(0.01)\n"
+    )
+    python_path = f"{site}{os.pathsep}{stub_env()['PYTHONPATH']}"
+    run, _, _ = start(tmp_path, stub, env={"PYTHONPATH": python_path})
+    try:
+        run.wait_live(0)
+        wait_for(lambda: "standby for epoch 1: pid" in run.log(), what="the standby started")
+        run.restart()
+        wait_for(lambda: "(pre-started)" in run.log(), what="epoch 1 given to the standby")
+        assert run.STANDBY_READY.search(run.log()) is None  # it was not ready yet
+        gate.touch()
+        run.wait_live(1)
+        assert "starts cold" not in run.log()
+    finally:
+        run.stop()
+
+
 def test_a_changed_script_makes_the_epoch_start_cold(tmp_path, stub):
     run, _, _ = start(tmp_path, stub)
     try:

@@ -11,8 +11,9 @@ domain; it is named `xds-standby` (`ps -o comm`, `top`, `pgrep`) until `go`; it 
 restarter (PR_SET_PDEATHSIG, and the end of the socket pair) and on SIGTERM or SIGINT.
 
 Hot restart is how new versions are deployed, so on `go` the files of every imported module
-(and the interpreter) are compared with what they were once imported (mtime and size, a few
-ms); when one changed, the process runs itself again from scratch (`exec_cold`), logged.
+(and the interpreter) are compared with what they were once imported (inode, mtime, ctime and
+size: ~2 ms for ~800 files); when one changed, the process runs itself again from scratch
+(`exec_cold`), logged.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ SERVING_MODULES = ("xds_proxy.bootstrap", "xds_proxy.server")
 
 @dataclass(frozen=True)
 class ModuleFiles:
-    """mtime and size of every imported module's file (and of the interpreter)."""
+    """What every imported module's file (and the interpreter) was: `_signature`."""
 
-    stats: dict[str, tuple[int, int]]
+    stats: dict[str, tuple[int, int, int, int]]
 
     @classmethod
     def now(cls) -> ModuleFiles:
@@ -56,12 +57,14 @@ class ModuleFiles:
         return sorted(path for path, seen in self.stats.items() if _signature(path) != seen)
 
 
-def _signature(path: str) -> tuple[int, int]:
+def _signature(path: str) -> tuple[int, int, int, int]:
+    """Inode, mtime, ctime and size: ctime and the inode also catch a file put back with its
+    old mtime and size (`tar x`, `rsync -a`, `cp -p`), which mtime alone would miss."""
     try:
         found = os.stat(path)
     except OSError:
-        return (-1, -1)
-    return (found.st_mtime_ns, found.st_size)
+        return (-1, -1, -1, -1)
+    return (found.st_ino, found.st_mtime_ns, found.st_ctime_ns, found.st_size)
 
 
 def stand_by(channel_fd: int) -> list[str]:

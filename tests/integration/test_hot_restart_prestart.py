@@ -93,6 +93,22 @@ def test_prestarted_epochs_take_over_under_load_and_lose_nothing(tmp_path, stub)
     wait_for(lambda: gone(last_standby), what="the standby gone")
 
 
+def test_sigterm_with_a_standby_waiting_exits_cleanly(tmp_path, stub):
+    run, _, _ = start(tmp_path, stub)
+    try:
+        run.wait_live(0)
+        epoch0, standby = run.pid(0), run.standby_pid(1)
+    finally:
+        status = run.stop()  # SIGTERM
+    assert status == 0, run.log()[-3000:]
+    log = run.log()
+    assert f"stopping the standby for epoch 1: pid {standby}" in log
+    assert log.count("exited with status") == 1  # epoch 0 only: a standby is not an epoch
+    assert f"epoch 0 pid {epoch0} exited with status 0" in log
+    assert "all children exited" in log
+    assert gone(standby) and gone(epoch0)
+
+
 def test_a_module_changed_while_standing_by_makes_the_epoch_start_cold(tmp_path, stub):
     """Hot restart is how new versions are deployed: a module file the standby imported
     changes before the SIGHUP, so it runs itself again from scratch (same pid), logged."""

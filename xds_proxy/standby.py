@@ -2,9 +2,10 @@
 
 The restarter starts SCRIPT for epoch N+1 as soon as epoch N runs, with `STANDBY_ENV` naming
 one end of a socket pair. `xds-proxy` then stands by (`stand_by`): it does every import the
-serving path needs, says `ready`, and blocks until the restarter says `go` (on SIGHUP). Only
-then does it read its flags' config files, connect to its parent and take the sockets, as a
-cold child does, so a SIGHUP costs the start-up without the interpreter and the imports.
+serving path needs, compiles the checks of the first messages it will check (they depend on
+no config), says `ready`, and blocks until the restarter says `go` (on SIGHUP). Only then
+does it read its flags' config files, connect to its parent and take the sockets, as a cold
+child does, so a SIGHUP costs the start-up without the interpreter and the imports.
 
 While it waits it holds no bound socket, runs no thread and has not touched the hot-restart
 domain; it is named `xds-standby` (`ps -o comm`, `top`, `pgrep`) until `go`; it dies with the
@@ -28,6 +29,17 @@ import sys
 import types
 from dataclasses import dataclass
 
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
+
+from xds_proxy.config import pgv
+
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 STANDBY_NAME = b"xds-standby"
@@ -35,6 +47,17 @@ READY = b"ready\n"
 GO = b"go\n"
 # What serving needs at once; the modules these import lazily are loaded too (_load_lazy).
 SERVING_MODULES = ("xds_proxy.bootstrap", "xds_proxy.server")
+# The messages a start checks first (the bootstrap, then what xDS brings; the connection
+# manager is in nearly every listener): their PGV plans, and those of every message type they
+# contain, are compiled while standing by (`_compile_checks`), not after `go`.
+FIRST_CHECKED = (
+    bootstrap_pb2.Bootstrap,
+    listener_pb2.Listener,
+    http_connection_manager_pb2.HttpConnectionManager,
+    route_pb2.RouteConfiguration,
+    cluster_pb2.Cluster,
+    endpoint_pb2.ClusterLoadAssignment,
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,7 @@ def stand_by(channel_fd: int) -> list[str]:
     for name in SERVING_MODULES:
         importlib.import_module(name)
     _load_lazy()
+    _compile_checks()
     files = ModuleFiles.now()
     with contextlib.suppress(OSError):  # the restarter may have said `go` meanwhile: read below
         channel.sendall(READY)
@@ -129,6 +153,21 @@ def _load_lazy() -> None:
         for name in pending:
             tried.add(name)
             getattr(sys.modules[name], "__name__")  # the first read executes it  # noqa: B009
+
+
+def _compile_checks() -> None:
+    """The PGV plan of every message type the FIRST_CHECKED messages can contain (~360
+    types, ~20 ms here; ~6 ms less CPU after `go`): a plan depends on the type only, never on
+    the config."""
+    seen: set[str] = set()
+    pending = [message.DESCRIPTOR for message in FIRST_CHECKED]
+    while pending:
+        descriptor = pending.pop()
+        if descriptor.full_name in seen:
+            continue
+        seen.add(descriptor.full_name)
+        pgv.plan_for(descriptor)
+        pending.extend(f.message_type for f in descriptor.fields if f.message_type is not None)
 
 
 def _comm() -> bytes:

@@ -5,7 +5,9 @@ started by a restarter script with `--restart-epoch $RESTART_EPOCH` and a unique
 (Envoy under its own `hot-restarter.py` pattern, here `xds-proxy-restarter`, which behaves the
 same). HTTP/1.1 keep-alive clients that honour `connection: close` run continuously while the
 restarter gets three SIGHUPs; the table shows requests served, refused connections, failed
-requests and latency. The load generator is threads in this process, so absolute numbers are
+requests and latency. xds-proxy runs twice: cold, and with `xds-proxy-restarter --prestart`
+(the next epoch standing by, imports done; its rows start with `--prestart:`, against the
+same Envoy run). The load generator is threads in this process, so absolute numbers are
 modest; the comparison is what to read.
 
 `HttpLoad` and `RestarterRun` are also what tests/integration/test_hot_restart.py uses.

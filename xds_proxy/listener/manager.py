@@ -195,6 +195,12 @@ class ListenerVersion:
     # An in-place update: (the active version's id, its chains that drain), found once.
     in_place_chains: tuple[int, tuple[int, ...]] | None = None
     _key: bytes | None = None
+    # What a push that sends this very message again records (made once, here: a SotW push
+    # of N unchanged listeners records N of them).
+    same_message: Outcome = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.same_message = Outcome(self.name, outcome.NO_OP, reason=_SAME_BYTES)
 
     def key(self) -> bytes:
         """config_key(config), computed once and only when bytes alone cannot tell."""
@@ -455,7 +461,7 @@ class ListenerManager:
             ):
                 # The very message it holds (the LDS client reuses an unchanged resource's):
                 # `_add_or_update`'s first answer, without the call (most of a SotW push).
-                outcomes.append(Outcome(name, outcome.NO_OP, reason=_SAME_BYTES))
+                outcomes.append(existing.same_message)
                 continue
             try:
                 any_applied |= self._add_or_update(listener, version_info, result.actions)

@@ -164,8 +164,10 @@ class LdsClient(SubscriptionClient):
         rejected); heartbeats stand for the listener held; then the server's apply."""
         now = self._clock()
         listeners: list[listener_pb2.Listener] = []
+        ttl = self._sotw_ttl
         for resource in decoded:
-            self._sotw_ttl.refresh(resource.name, resource.ttl_s, now)
+            if resource.ttl_s is not None or len(ttl):  # none held and none given: nothing
+                ttl.refresh(resource.name, resource.ttl_s, now)
             if resource.body is not None:
                 listeners.append(resource.body)
                 continue
@@ -174,8 +176,9 @@ class LdsClient(SubscriptionClient):
                 listeners.append(held[1])  # a heartbeat: unchanged
             else:
                 listeners.append(listener_pb2.Listener(name=resource.name))  # rejected later
-        present = {resource.name for resource in decoded}
-        self._sotw_ttl.clear([name for name in list(self._sotw_held) if name not in present])
+        if len(ttl):
+            present = {resource.name for resource in decoded}
+            ttl.clear([name for name in list(self._sotw_held) if name not in present])
         error = self._apply(version_info, listeners)
         if error is None:
             self._sotw_held = {

@@ -34,6 +34,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.listener.v3 import lds_pb2_grpc
 
+from xds_proxy.config.warm import warm_listener_gate
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.xds.decode import (
@@ -111,6 +112,12 @@ class LdsClient(SubscriptionClient):
         self._sotw_ttl = TtlTracker()
         self._sotw_held: dict[str, tuple[str, listener_pb2.Listener]] = {}
         self._ttl_timer: asyncio.TimerHandle | None = None
+
+    def started(self) -> None:
+        super().started()
+        # While the stream opens and waits for the first response: the LDS gate is compiled
+        # then rather than between that response and its ACK (config/warm.py).
+        asyncio.get_running_loop().call_soon(warm_listener_gate)
 
     @staticmethod
     def configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:

@@ -66,6 +66,11 @@ def _canonical_any_bytes(packed: any_pb2.Any) -> bytes:
     return inner.SerializeToString(deterministic=True)
 
 
+def may_hold_any(descriptor) -> bool:
+    """Whether a message of this type can hold an Any anywhere below it (cached per type)."""
+    return _contains_any(descriptor)
+
+
 _contains_any_cache: dict[str, bool] = {}
 
 

@@ -270,3 +270,18 @@ def test_changed_fields_unpack_any_and_stop_at_ten() -> None:
     assert changed_fields(with_map, more) == (
         'metadata.filter_metadata["k"].fields["x"].number_value',
     )
+
+
+def test_changed_fields_of_an_any_sent_in_other_bytes_but_equal_unpacked() -> None:
+    old = listener("l", 10001, chains=[chain("a", "c0")])
+    packed = old.filter_chains[0].filters[0].typed_config
+    hcm = hcm_pb2.HttpConnectionManager.FromString(packed.value)
+    head = hcm_pb2.HttpConnectionManager(stat_prefix=hcm.stat_prefix).SerializeToString()
+    hcm.ClearField("stat_prefix")
+    new = copy.deepcopy(old)
+    new.filter_chains[0].filters[0].typed_config.value = hcm.SerializeToString() + head
+    assert new != old  # the bytes differ: the fields come in another order
+    assert changed_fields(old, new) == ()
+    changed = copy.deepcopy(new)
+    changed.filter_chains[0].name = "c1"
+    assert changed_fields(old, changed) == ("filter_chains[0].name",)

@@ -127,6 +127,7 @@ def test_a_resource_sent_again_byte_for_byte_is_the_body_decoded_before() -> Non
         response(packed(named("a")), packed(named("b", 81))), None, unchanged
     )
     assert again[0].body is first[0].body  # the same bytes: not parsed again
+    assert again[0] is first[0]  # nor wrapped again: the whole decoded resource of then
     assert (
         again[1].body is not first[1].body and again[1].body.address.socket_address.port_value == 81
     )

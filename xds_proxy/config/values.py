@@ -67,4 +67,9 @@ def data_source(source: base_pb2.DataSource, path: str) -> DataSourceRef:
 
 def read_data_source(source: base_pb2.DataSource, path: str) -> bytes:
     """The bytes of a DataSource, read now (once, at build time)."""
+    kind = source.WhichOneof("specifier")
+    if kind == "inline_string":  # the commonest (a response body): no reference made
+        return source.inline_string.encode()
+    if kind == "inline_bytes":
+        return source.inline_bytes
     return data_source(source, path).read()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -239,23 +240,32 @@ def _build(
         **{field.name: getattr(settings, field.name) for field in fields(HcmSettings)},
         routes=handle,
         stats=hcm_stats,
-        bad_request=LocalResponse(400, b"Bad Request", server),
-        bad_request_no_body=LocalResponse(400, b"", server),
-        headers_too_large=LocalResponse(431, b"Request Header Fields Too Large", server),
-        upgrade_required=LocalResponse(426, b"Upgrade Required", server),
-        upgrade_forbidden=LocalResponse(403, b"", server),
-        request_header_timeout_reply=LocalResponse(408, b"request header timeout", server),
-        request_timeout_reply=LocalResponse(408, b"request timeout", server),
-        stream_timeout_reply=LocalResponse(408, b"stream timeout", server),
+        **_local_replies(server),
         access_log=build_access_log(settings.access_logs, f"{path}.access_log"),
         path_rules=PathRules(path_settings) if path_settings is not None else None,
-        path_rejected=LocalResponse(400, b"", server),
         underscores=underscores if underscores is not Underscores.ALLOW else None,
-        underscore_rejected=LocalResponse(400, b"Bad Request", server),
         plain_requests=(
             path_settings is None and underscores is Underscores.ALLOW and not settings.access_logs
         ),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _local_replies(server: str) -> dict[str, LocalResponse]:
+    """The HCM's own replies, which depend on its server name only (immutable, so HCMs with
+    the same name share them)."""
+    return {
+        "bad_request": LocalResponse(400, b"Bad Request", server),
+        "bad_request_no_body": LocalResponse(400, b"", server),
+        "headers_too_large": LocalResponse(431, b"Request Header Fields Too Large", server),
+        "upgrade_required": LocalResponse(426, b"Upgrade Required", server),
+        "upgrade_forbidden": LocalResponse(403, b"", server),
+        "request_header_timeout_reply": LocalResponse(408, b"request header timeout", server),
+        "request_timeout_reply": LocalResponse(408, b"request timeout", server),
+        "stream_timeout_reply": LocalResponse(408, b"stream timeout", server),
+        "path_rejected": LocalResponse(400, b"", server),
+        "underscore_rejected": LocalResponse(400, b"Bad Request", server),
+    }
 
 
 class DrainState(enum.IntEnum):

@@ -304,9 +304,14 @@ class Route:
             self.regex = compile_regex(match.safe_regex, f"{match_path}.safe_regex")
         if not self.case_sensitive:
             self.value = self.value.lower()
-        self.headers = tuple(
-            HeaderCondition(header, f"{match_path}.headers[{index}]")
-            for index, header in enumerate(match.headers)
+        headers = match.headers
+        self.headers = (
+            tuple(
+                HeaderCondition(header, f"{match_path}.headers[{index}]")
+                for index, header in enumerate(headers)
+            )
+            if headers
+            else ()
         )
         action_kind = route.WhichOneof("action")
         levels = (HeaderMutations(route, path), *outer_mutations)
@@ -318,7 +323,8 @@ class Route:
         if action_kind == "direct_response":
             added: list[tuple[bytes, bytes]] = []
             for level in levels:  # route, virtual host, route configuration: Envoy's order
-                level.apply_response(added)
+                if level.response_adds or level.response_removes:
+                    level.apply_response(added)
             self.action: RouteAction = DirectResponseAction(
                 _direct_response(
                     route.direct_response,

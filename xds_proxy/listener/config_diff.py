@@ -12,7 +12,7 @@ from google.protobuf import any_pb2, symbol_database
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from xds_proxy.config_key import config_key
+from xds_proxy.config_key import config_key, may_hold_any
 
 MAX_PATHS = 10
 _symbols = symbol_database.Default()
@@ -82,9 +82,12 @@ def _diff_map(field, old, new, path: str, found: list[str], limit: int) -> None:
 
 
 def _differ(old: Message, new: Message) -> bool:
-    """Different configs? Protobuf's own equality first (fast, and exact when it says
-    equal); only messages it finds different are compared with every Any unpacked."""
-    return old != new and config_key(old) != config_key(new)
+    """Worth going into? Protobuf's own equality first (fast, and exact when it says equal).
+    Below an Any, two messages it finds different may still be equal unpacked: going into
+    them finds no path then, which costs less than unpacking both at every level."""
+    if old == new:
+        return False
+    return may_hold_any(old.DESCRIPTOR) or config_key(old) != config_key(new)
 
 
 def _diff_any(old: any_pb2.Any, new: any_pb2.Any, path: str, found: list[str], limit: int) -> None:

@@ -138,6 +138,8 @@ from xds_proxy.listener.drain_policy import (
 from xds_proxy.listener.plan import Outcome
 from xds_proxy.stats import Stats
 
+_SAME_BYTES = "identical: the same bytes"
+
 
 class ResourceStates(Protocol):
     def state(self, name: str) -> RouteState:
@@ -193,6 +195,12 @@ class ListenerVersion:
     # An in-place update: (the active version's id, its chains that drain), found once.
     in_place_chains: tuple[int, tuple[int, ...]] | None = None
     _key: bytes | None = None
+    # What a push that sends this very message again records (made once, here: a SotW push
+    # of N unchanged listeners records N of them).
+    same_message: Outcome = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.same_message = Outcome(self.name, outcome.NO_OP, reason=_SAME_BYTES)
 
     def key(self) -> bytes:
         """config_key(config), computed once and only when bytes alone cannot tell."""
@@ -437,11 +445,24 @@ class ListenerManager:
             any_applied = True
         failures: list[tuple[listener_pb2.Listener, str]] = []
         seen: set[str] = set()
+        active, warming, outcomes = self.active, self.warming, self._outcomes
         for listener in listeners:
-            if listener.name in seen:
-                failures.append((listener, f"duplicate listener {listener.name} found"))
+            name = listener.name
+            if name in seen:
+                failures.append((listener, f"duplicate listener {name} found"))
                 continue
-            seen.add(listener.name)
+            seen.add(name)
+            existing = active.get(name)
+            if (
+                existing is not None
+                and existing.config is listener
+                and not self.stopped_inbound
+                and name not in warming
+            ):
+                # The very message it holds (the LDS client reuses an unchanged resource's):
+                # `_add_or_update`'s first answer, without the call (most of a SotW push).
+                outcomes.append(existing.same_message)
+                continue
             try:
                 any_applied |= self._add_or_update(listener, version_info, result.actions)
             except (ConfigError, BindError) as error:
@@ -475,7 +496,7 @@ class ListenerManager:
         warming = self.warming.get(name)
         if warming is None and existing is not None and existing.config is listener:
             # The very message it holds (the LDS client reuses an unchanged resource's).
-            self._note(name, outcome.NO_OP, reason="identical: the same bytes")
+            self._note(name, outcome.NO_OP, reason=_SAME_BYTES)
             return False
         raw = listener.SerializeToString()
         if (existing is not None and existing.static) or (warming is not None and warming.static):

@@ -203,21 +203,18 @@ class HeaderMutations:
 
     def __init__(self, message: Message, path: str) -> None:
         self.path = path
-        self.request_adds = _header_adds(
-            message.request_headers_to_add,  # type: ignore[attr-defined]
-            f"{path}.request_headers_to_add",
+        # Most levels set one of the four fields or none: an empty one costs no path text.
+        adds = message.request_headers_to_add  # type: ignore[attr-defined]
+        self.request_adds = _header_adds(adds, f"{path}.request_headers_to_add") if adds else ()
+        adds = message.response_headers_to_add  # type: ignore[attr-defined]
+        self.response_adds = _header_adds(adds, f"{path}.response_headers_to_add") if adds else ()
+        removes = message.request_headers_to_remove  # type: ignore[attr-defined]
+        self.request_removes = (
+            _removes(removes, f"{path}.request_headers_to_remove") if removes else _NONE
         )
-        self.response_adds = _header_adds(
-            message.response_headers_to_add,  # type: ignore[attr-defined]
-            f"{path}.response_headers_to_add",
-        )
-        self.request_removes = _removes(
-            message.request_headers_to_remove,  # type: ignore[attr-defined]
-            f"{path}.request_headers_to_remove",
-        )
-        self.response_removes = _removes(
-            message.response_headers_to_remove,  # type: ignore[attr-defined]
-            f"{path}.response_headers_to_remove",
+        removes = message.response_headers_to_remove  # type: ignore[attr-defined]
+        self.response_removes = (
+            _removes(removes, f"{path}.response_headers_to_remove") if removes else _NONE
         )
 
     @property
@@ -241,6 +238,9 @@ class HeaderMutations:
 
     def apply_response(self, headers: list[Header]) -> None:
         _apply(headers, self.response_removes, self.response_adds)
+
+
+_NONE: frozenset[bytes] = frozenset()
 
 
 def _removes(names: Sequence[str], path: str) -> frozenset[bytes]:

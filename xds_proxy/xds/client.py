@@ -34,6 +34,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.listener.v3 import lds_pb2_grpc
 
+from xds_proxy.config.warm import warm_listener_gate
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.xds.decode import (
@@ -112,6 +113,12 @@ class LdsClient(SubscriptionClient):
         self._sotw_held: dict[str, tuple[str, listener_pb2.Listener]] = {}
         self._ttl_timer: asyncio.TimerHandle | None = None
 
+    def started(self) -> None:
+        super().started()
+        # While the stream opens and waits for the first response: the LDS gate is compiled
+        # then rather than between that response and its ACK (config/warm.py).
+        asyncio.get_running_loop().call_soon(warm_listener_gate)
+
     @staticmethod
     def configured(bootstrap: bootstrap_pb2.Bootstrap) -> bool:
         """True when the bootstrap sets `dynamic_resources.lds_config`."""
@@ -164,8 +171,10 @@ class LdsClient(SubscriptionClient):
         rejected); heartbeats stand for the listener held; then the server's apply."""
         now = self._clock()
         listeners: list[listener_pb2.Listener] = []
+        ttl = self._sotw_ttl
         for resource in decoded:
-            self._sotw_ttl.refresh(resource.name, resource.ttl_s, now)
+            if resource.ttl_s is not None or len(ttl):  # none held and none given: nothing
+                ttl.refresh(resource.name, resource.ttl_s, now)
             if resource.body is not None:
                 listeners.append(resource.body)
                 continue
@@ -174,8 +183,9 @@ class LdsClient(SubscriptionClient):
                 listeners.append(held[1])  # a heartbeat: unchanged
             else:
                 listeners.append(listener_pb2.Listener(name=resource.name))  # rejected later
-        present = {resource.name for resource in decoded}
-        self._sotw_ttl.clear([name for name in list(self._sotw_held) if name not in present])
+        if len(ttl):
+            present = {resource.name for resource in decoded}
+            ttl.clear([name for name in list(self._sotw_held) if name not in present])
         error = self._apply(version_info, listeners)
         if error is None:
             self._sotw_held = {

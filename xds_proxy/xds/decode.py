@@ -99,14 +99,20 @@ class Unchanged(Generic[M]):
     """The bodies decoded from the last response, by their bytes on the wire: a control plane
     that sends the whole state of the world again sends most resources byte for byte as before;
     those are not parsed again, and the same message object lets the listener manager see at
-    once that nothing changed. A response that fails to decode keeps the previous bodies."""
+    once that nothing changed. A response that fails to decode keeps the previous bodies.
+
+    A plain resource (not in a `Resource` wrapper) sent again is its whole `DecodedResource`
+    of then: its bytes are compared with those held before anything of it is decoded."""
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, bytes], M] = {}
         self._next: dict[tuple[str, bytes], M] = {}
+        self._held_plain: dict[bytes, DecodedResource[M]] = {}
+        self._next_plain: dict[bytes, DecodedResource[M]] = {}
 
     def begin(self) -> None:
         self._next = {}
+        self._next_plain = {}
 
     def decode(self, payload: any_pb2.Any, decode_body: DecodeBody[M]) -> M:
         key = (payload.type_url, payload.value)
@@ -116,8 +122,19 @@ class Unchanged(Generic[M]):
         self._next[key] = body
         return body
 
+    def plain(self, payload: any_pb2.Any, decode_body: DecodeBody[M]) -> DecodedResource[M]:
+        """A resource of the response's own type URL, not wrapped."""
+        value = payload.value
+        decoded = self._held_plain.get(value)
+        if decoded is None:
+            body = decode_body(payload)
+            decoded = DecodedResource(name=resource_name(body), body=body)
+        self._next_plain[value] = decoded
+        return decoded
+
     def commit(self) -> None:
         self._held, self._next = self._next, {}
+        self._held_plain, self._next_plain = self._next_plain, {}
 
 
 def decode_sotw_resources(
@@ -127,23 +144,29 @@ def decode_sotw_resources(
 ) -> list[DecodedResource[M]]:
     """Every resource of a SotW response, wrapped or not, in order (heartbeats included);
     with `unchanged`, a resource sent byte for byte as in the last response is its body then."""
+    wrapped_body = decode_body
     if unchanged is not None:
         unchanged.begin()
-        decode_body = functools.partial(unchanged.decode, decode_body=decode_body)
+        wrapped_body = functools.partial(unchanged.decode, decode_body=decode_body)
+    type_url = response.type_url
     decoded: list[DecodedResource[M]] = []
     for resource in response.resources:
-        if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
+        resource_type = resource.type_url
+        if resource_type == RESOURCE_WRAPPER_TYPE_URL:
             wrapper = discovery_pb2.Resource()
             unpack(resource, wrapper)
-            decoded.append(_decode_wrapper(wrapper, decode_body))
+            decoded.append(_decode_wrapper(wrapper, wrapped_body))
             continue
-        if resource.type_url != response.type_url:
+        if resource_type != type_url:
             raise ResponseDecodeError(
-                f"{resource.type_url} does not match the message-wide type URL "
-                f"{response.type_url} in DiscoveryResponse {debug_string(response)}"
+                f"{resource_type} does not match the message-wide type URL "
+                f"{type_url} in DiscoveryResponse {debug_string(response)}"
             )
-        body = decode_body(resource)
-        decoded.append(DecodedResource(name=resource_name(body), body=body))
+        if unchanged is not None:
+            decoded.append(unchanged.plain(resource, decode_body))
+        else:
+            body = decode_body(resource)
+            decoded.append(DecodedResource(name=resource_name(body), body=body))
     if unchanged is not None:
         unchanged.commit()
     return decoded

@@ -170,7 +170,7 @@ class HcmConfig(HcmSettings):
     # headers_with_underscores_action unless ALLOW (None), and its 400.
     underscores: Underscores | None
     underscore_rejected: LocalResponse
-    # Neither of the two (nor an access log): HTTP/2 may answer known requests without h2.
+    # Neither of the two: HTTP/2 may answer known requests without h2 (and log them).
     plain_requests: bool
 
 
@@ -252,9 +252,7 @@ def _build(
         path_rejected=LocalResponse(400, b"", server),
         underscores=underscores if underscores is not Underscores.ALLOW else None,
         underscore_rejected=LocalResponse(400, b"Bad Request", server),
-        plain_requests=(
-            path_settings is None and underscores is Underscores.ALLOW and not settings.access_logs
-        ),
+        plain_requests=path_settings is None and underscores is Underscores.ALLOW,
     )
 
 

@@ -171,7 +171,7 @@ class HcmConfig(HcmSettings):
     # headers_with_underscores_action unless ALLOW (None), and its 400.
     underscores: Underscores | None
     underscore_rejected: LocalResponse
-    # Neither of the two (nor an access log): HTTP/2 may answer known requests without h2.
+    # Neither of the two: HTTP/2 may answer known requests without h2 (and log them).
     plain_requests: bool
 
 
@@ -244,9 +244,7 @@ def _build(
         access_log=build_access_log(settings.access_logs, f"{path}.access_log"),
         path_rules=PathRules(path_settings) if path_settings is not None else None,
         underscores=underscores if underscores is not Underscores.ALLOW else None,
-        plain_requests=(
-            path_settings is None and underscores is Underscores.ALLOW and not settings.access_logs
-        ),
+        plain_requests=path_settings is None and underscores is Underscores.ALLOW,
     )
 
 

@@ -39,6 +39,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from xds_proxy.access_log.record import Downstream
 from xds_proxy.codec.h2_connection import BoundedH2Connection
 from xds_proxy.codec.h2_fast import ResponseFrames
 from xds_proxy.http import http2_log
@@ -105,6 +106,7 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
         self._reply_frames: dict[object, ResponseFrames] = {}
         self._learning = 0  # the stream whose request headers are being learned
         self._learned: list[tuple[bytes, bytes]] | None = None
+        self._downstream: Downstream | None = None  # for access-log records, made once
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -181,7 +183,6 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
                 if not self._receive_h2(data):
                     return
             stream_id, frame = piece  # type: ignore[misc]
-            # A logged request goes through h2: the access log needs its stream record.
             direct = self.DIRECT_ANSWERS and self._config.plain_requests
             answered = self._answer_directly(stream_id, frame) if direct else None
             if answered is LEARN:
@@ -321,7 +322,7 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
         self._streams[stream_id] = stream
         if self._config.access_log is not None:
             ended = event.stream_ended is not None
-            stream.record = http2_log.begin(self._config, self.transport, headers, ended)  # type: ignore[arg-type]
+            stream.record = http2_log.begin(self._config, self._log_downstream(), headers, ended)
             stream.record.path = path  # after the path rules, if any
         if self._life.stream_timer is None and event.stream_ended is None:
             self._life.arm_stream_timer()  # a request body follows: bound how long it may take

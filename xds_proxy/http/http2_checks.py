@@ -12,7 +12,7 @@ from typing import Any
 import h2.connection
 import h2.errors
 
-from xds_proxy.access_log.record import Downstream, LogRecord
+from xds_proxy.access_log.record import LogRecord
 from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.config.hcm import Underscores
 from xds_proxy.http import http2_log
@@ -82,7 +82,7 @@ def _path_reply(
     stats.rq_by_class[status // 100].value += 1
     conn.send_headers(stream_id, out, end_stream=True)
     if config.access_log is not None:
-        record = http2_log.begin(config, transport, headers, ended)
+        record = http2_log.begin(config, http2_log.downstream(transport), headers, ended)
         record.path = path
         record.details = PATH_NORMALIZATION_FAILED
         record.local_reply(status, 0, record.server)
@@ -92,10 +92,8 @@ def _path_reply(
 
 def _log_refused(config: HcmConfig, transport: Any) -> None:
     """A stream the codec refused: no request fields, flag DR, as Envoy logs it."""
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    local = transport.get_extra_info("sockname") if transport is not None else None
     now = time.monotonic()
-    record = LogRecord(Downstream(peer, local), now, time.time())
+    record = LogRecord(http2_log.downstream(transport), now, time.time())
     record.protocol = "HTTP/2"
     record.flags, record.details = "DR", "http2.unexpected_underscore"
     record.end = now

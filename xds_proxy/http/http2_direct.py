@@ -19,7 +19,7 @@ MAX_KNOWN_BLOCKS = 64
 class KnownRequest:
     """What `Http2Connection._on_request` reads from a request's headers."""
 
-    __slots__ = ("authority", "headers", "method", "oversized", "path")
+    __slots__ = ("authority", "fragment", "headers", "method", "oversized", "path")
 
     def __init__(
         self, headers: Sequence[tuple[bytes, bytes]], max_bytes: int, max_count: int
@@ -42,6 +42,7 @@ class KnownRequest:
         self.authority = authority
         self.path = path
         self.oversized = size > max_bytes or len(headers) > max_count
+        self.fragment = b"#" in path  # refused (400) by the general path, whatever the config
 
 
 class KnownRequests:

@@ -5,6 +5,7 @@ stream ends (a local reply: 404, direct response, redirect, timeout)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from xds_proxy.access_log.record import Downstream, LogRecord
@@ -14,14 +15,22 @@ if TYPE_CHECKING:
     from xds_proxy.http.conn_manager import HcmConfig
 
 
-def begin(
-    config: HcmConfig, transport: Any, headers: list[tuple[bytes, bytes]], ended: bool
-) -> LogRecord:
-    """A stream's record from its request headers."""
+def downstream(transport: Any) -> Downstream:
+    """The connection's addresses, as its records print them (made once per connection)."""
     peer = transport.get_extra_info("peername") if transport is not None else None
     local = transport.get_extra_info("sockname") if transport is not None else None
+    return Downstream(peer, local)
+
+
+def begin(
+    config: HcmConfig,
+    downstream: Downstream,
+    headers: Sequence[tuple[bytes, bytes]],
+    ended: bool,
+) -> LogRecord:
+    """A stream's record from its request headers."""
     now = time.monotonic()
-    record = LogRecord(Downstream(peer, local), now, time.time())
+    record = LogRecord(downstream, now, time.time())
     record.protocol = "HTTP/2"
     kept = record.request_headers
     for name, value in headers:

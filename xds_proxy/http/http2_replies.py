@@ -12,6 +12,7 @@ import contextlib
 import h2.errors
 import h2.exceptions
 
+from xds_proxy.access_log.record import Downstream
 from xds_proxy.codec.h2_fast import FRAME_HEADER_SIZE, ResponseFrames
 from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.http import http2_log
@@ -57,6 +58,7 @@ class Http2Replies:
             return LEARN
         if (
             known.oversized
+            or known.fragment
             or stream_id > self._life.last_stream_id
             or len(self._streams) >= self._max_concurrent
             or len(self._blocked) * BLOCKED_STREAM_COST >= self._buffer_limit
@@ -91,9 +93,18 @@ class Http2Replies:
             stream_id, frames.frames(stream_id, HTTP_DATE.now(), head_only), body_length
         )
         self._closed_streams += 1
+        if config.access_log is not None:
+            record = http2_log.begin(config, self._log_downstream(), known.headers, True)
+            http2_log.local_done(config, record, action, head_only)
         if not self._streams:
             self._after_stream()
         return ANSWERED
+
+    def _log_downstream(self) -> Downstream:
+        """The connection's addresses for its access-log records."""
+        if self._downstream is None:
+            self._downstream = http2_log.downstream(self.transport)
+        return self._downstream
 
     def _direct_frames(self, action: object) -> ResponseFrames:
         status, body, before, after = self._replies.get(action) or self._local_reply(action)

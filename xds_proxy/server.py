@@ -331,6 +331,7 @@ class Server:
             secrets=self.secrets.config_dump,
             warming_report=self.warming_report,
             plan_listeners=self.plan_listeners,
+            worker_host_counts=lambda: self.workers.host_counts if self.workers else {},
         )
 
     def warming_report(self) -> list[dict]:

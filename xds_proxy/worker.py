@@ -37,7 +37,9 @@ from xds_proxy.listener.shared_count import SharedCount, SharedCounts
 from xds_proxy.listener.shared_pacing import SharedPacing
 from xds_proxy.options import Options
 from xds_proxy.server import Server
+from xds_proxy.upstream.host import HOST_STAT_NAMES, host_address_text
 from xds_proxy.workers.channel import MAX_LINE, ask_for_socket, encode, read_start
+from xds_proxy.workers.merge import HostCounts
 from xds_proxy.xds.source import use_worker_relay
 
 log = logging.getLogger("xds_proxy.workers")
@@ -99,6 +101,17 @@ async def _serve_control(server: Server, control: socket.socket) -> None:
     server.request_shutdown()  # the main process is gone
 
 
+def _host_counts(server: Server) -> HostCounts:
+    """This worker's per-host stats (`/clusters`), for the main process to add up."""
+    return {
+        name: {
+            host_address_text(host.address): [getattr(host.stats, stat) for stat in HOST_STAT_NAMES]
+            for host in cluster.hosts
+        }
+        for name, cluster in server.clusters.clusters.items()
+    }
+
+
 def _answer(server: Server, request: dict) -> object:
     """One request of the main process (`workers/channel.py`)."""
     op = request.get("op")
@@ -108,6 +121,7 @@ def _answer(server: Server, request: dict) -> object:
             "stats": server.stats.snapshot(),
             "drains": server.runtime.drain_report(),
             "serving": server.runtime.serving_connections(active),
+            "hosts": _host_counts(server),
         }
     if op == "drains":
         return server.runtime.drain_report()

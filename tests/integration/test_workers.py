@@ -8,6 +8,7 @@ them again with `XDS_PROXY_TEST_CONCURRENCY=2`.)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,6 +21,9 @@ from tests.helpers.http_client import HttpConnection
 from tests.helpers.listeners import http_listener
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
+from tests.helpers.upstreams import Http1Echo, cluster_dict
+from tests.integration.test_upstream_proxy import http_listener as proxy_listener
+from tests.integration.test_upstream_proxy import route
 
 GLOBAL_MONITOR = "envoy.resource_monitors.global_downstream_max_connections"
 DC_TYPE = (
@@ -28,10 +32,18 @@ DC_TYPE = (
 )
 
 
-def start_proxy(tmp_path, port: int, workers: int = 2, **bootstrap: Any) -> ProxyProcess:
+def start_proxy(
+    tmp_path,
+    port: int,
+    workers: int = 2,
+    listeners: list[dict] | None = None,
+    clusters: list[dict] | None = None,
+    **bootstrap: Any,
+) -> ProxyProcess:
+    static = {"listeners": [http_listener("web", port, "hello"), *(listeners or [])]}
     doc = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {"listeners": [http_listener("web", port, "hello")]},
+        "static_resources": {**static, "clusters": clusters or []},
         **bootstrap,
     }
     proxy = ProxyProcess(doc, tmp_path)
@@ -171,3 +183,38 @@ def test_the_global_connection_limit_counts_across_workers(tmp_path, limit: int)
             conn.close()
     finally:
         proxy.stop()
+
+
+def test_clusters_shows_the_workers_per_host_counts(tmp_path) -> None:
+    """`/clusters` per-host stats are counted where requests go (the workers) and shown by
+    the main process added up, in text and JSON."""
+    echo = Http1Echo()
+    echo.start()
+    port = free_port()
+    listener = proxy_listener(port, [route("/", "echo")])
+    cluster = cluster_dict("echo", [echo.port])
+    proxy = start_proxy(tmp_path, free_port(), listeners=[listener], clusters=[cluster])
+    try:
+        conns = [HttpConnection(port) for _ in range(6)]  # spread over the two workers
+        for conn in conns:
+            for _ in range(5):
+                assert conn.request("/x").status == 200
+        host = f"echo::127.0.0.1:{echo.port}::"
+        text = proxy.get("/clusters")[1]
+        assert f"{host}rq_total::30\n" in text
+        assert f"{host}rq_success::30\n" in text
+        # Each worker that served opened its own upstream connection.
+        assert int(re.search(rf"{re.escape(host)}cx_total::(\d+)", text).group(1)) >= 2  # type: ignore[union-attr]
+        status = json.loads(proxy.get("/clusters?format=json")[1])["cluster_statuses"]
+        (echo_status,) = [found for found in status if found["name"] == "echo"]
+        (host_status,) = echo_status["host_statuses"]
+        stats = {stat["name"]: int(stat.get("value", 0)) for stat in host_status["stats"]}
+        assert stats["rq_total"] == 30
+        assert stats["rq_success"] == 30
+        per_worker_total = per_worker(proxy, port, "downstream_cx_total")
+        assert len([count for count in per_worker_total.values() if count]) == 2  # both served
+        for conn in conns:
+            conn.close()
+    finally:
+        proxy.stop()
+        echo.stop()

@@ -9,6 +9,7 @@ ClusterLoadAssignment Envoy rebuilds from them (static clusters, then the others
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 from envoy.admin.v3 import clusters_pb2, config_dump_shared_pb2, metrics_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -20,6 +21,7 @@ from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.upstream.host import (
     HOST_COUNTERS,
     HOST_GAUGES,
+    HOST_STAT_NAMES,
     PIPE_PORT,
     Host,
     host_address_text,
@@ -54,10 +56,25 @@ def _host_key(host: Host) -> str:
     return host_address_text(host.address)
 
 
-def clusters_text(manager: ClusterManager) -> str:
+# What other processes counted per host (`--concurrency N`: the workers, added up): cluster ->
+# host address -> values in HOST_STAT_NAMES order, added to the host's own stats.
+ExtraCounts = Mapping[str, Mapping[str, Sequence[int]]]
+
+
+def _host_values(host: Host, extra: Sequence[int] | None) -> dict[str, int]:
+    values = {stat: getattr(host.stats, stat) for stat in HOST_STAT_NAMES}
+    if extra is not None:
+        for stat, more in zip(HOST_STAT_NAMES, extra, strict=True):
+            values[stat] += more
+    return values
+
+
+def clusters_text(manager: ClusterManager, extra: ExtraCounts | None = None) -> str:
     """Envoy's `/clusters` text: `name::field::value` lines, hosts as `name::ip:port::...`."""
+    extra = extra or {}
     lines: list[str] = []
     for name, cluster in manager.clusters.items():
+        counted = extra.get(name, {})
         message = manager.records[name].cluster()
         lines.append(f"{name}::observability_name::{name}")
         for priority, label in _PRIORITIES:
@@ -67,10 +84,11 @@ def clusters_text(manager: ClusterManager) -> str:
         if cluster.config.eds is not None:
             lines.append(f"{name}::eds_service_name::{cluster.config.eds.service_name}")
         for host in cluster.hosts:
-            prefix = f"{name}::{_host_key(host)}::"
-            stats = host.stats
-            for stat in sorted(HOST_COUNTERS + HOST_GAUGES):
-                lines.append(f"{prefix}{stat}::{getattr(stats, stat)}")
+            key = _host_key(host)
+            prefix = f"{name}::{key}::"
+            values = _host_values(host, counted.get(key))
+            for stat in sorted(HOST_STAT_NAMES):
+                lines.append(f"{prefix}{stat}::{values[stat]}")
             lines += [
                 f"{prefix}hostname::{host.hostname}",
                 f"{prefix}health_flags::{host.health_flags()}",
@@ -86,10 +104,14 @@ def clusters_text(manager: ClusterManager) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def clusters_message(manager: ClusterManager) -> clusters_pb2.Clusters:
+def clusters_message(
+    manager: ClusterManager, extra: ExtraCounts | None = None
+) -> clusters_pb2.Clusters:
     """`/clusters?format=json` as the `envoy.admin.v3.Clusters` message."""
+    extra = extra or {}
     result = clusters_pb2.Clusters()
     for name, cluster in manager.clusters.items():
+        counted = extra.get(name, {})
         status = result.cluster_statuses.add(
             name=name, observability_name=name, added_via_api=_added_via_api(manager, name)
         )
@@ -99,13 +121,13 @@ def clusters_message(manager: ClusterManager) -> clusters_pb2.Clusters:
             for field, value in _thresholds(message, priority):
                 getattr(thresholds, field).value = value
         for host in cluster.hosts:  # the live hosts (resolved, for DNS clusters)
-            _add_host(status, host)
+            _add_host(status, host, _host_values(host, counted.get(_host_key(host))))
         if cluster.config.eds is not None:
             status.eds_service_name = cluster.config.eds.service_name
     return result
 
 
-def _add_host(status: clusters_pb2.ClusterStatus, host: Host) -> None:
+def _add_host(status: clusters_pb2.ClusterStatus, host: Host, values: dict[str, int]) -> None:
     entry = status.host_statuses.add(
         weight=host.weight, hostname=host.hostname, priority=host.priority
     )
@@ -115,11 +137,9 @@ def _add_host(status: clusters_pb2.ClusterStatus, host: Host) -> None:
         entry.address.socket_address.address = host.address[0]
         entry.address.socket_address.port_value = host.address[1]
     for stat in HOST_COUNTERS:
-        entry.stats.add(name=stat, value=getattr(host.stats, stat))
+        entry.stats.add(name=stat, value=values[stat])
     for stat in HOST_GAUGES:
-        entry.stats.add(
-            name=stat, value=getattr(host.stats, stat), type=metrics_pb2.SimpleMetric.GAUGE
-        )
+        entry.stats.add(name=stat, value=values[stat], type=metrics_pb2.SimpleMetric.GAUGE)
     entry.health_status.eds_health_status = host.eds_health or health_check_pb2.HEALTHY
     entry.health_status.failed_active_health_check = host.failed_active_hc
     entry.health_status.failed_outlier_check = host.failed_outlier_check

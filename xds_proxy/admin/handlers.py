@@ -371,11 +371,12 @@ class AdminHandlers:
         )
 
     def clusters(self, query: Query) -> AdminResponse:
+        extra = self.view.worker_host_counts() if self.view.worker_host_counts else {}
         if query.get("format", [""])[0] == "json":
             return AdminResponse(
-                200, _to_json(cluster_pages.clusters_message(self.view.clusters)), JSON
+                200, _to_json(cluster_pages.clusters_message(self.view.clusters, extra)), JSON
             )
-        return AdminResponse(200, cluster_pages.clusters_text(self.view.clusters))
+        return AdminResponse(200, cluster_pages.clusters_text(self.view.clusters, extra))
 
     # -- stats and drains -----------------------------------------------------------------
 

@@ -72,6 +72,9 @@ class AdminView:
     # report; it changes nothing (the manager's diff on a copy of its state).
     plan_listeners: Callable[[str, list, list[str] | None], dict] | None = None
     secrets: Callable[[], Any] | None = None  # SecretsConfigDump (private keys redacted)
+    # With workers: their per-host stats added up (workers/merge.py `HostCounts`), shown in
+    # `/clusters` on top of the main process's own.
+    worker_host_counts: Callable[[], Mapping[str, Mapping[str, Sequence[int]]]] | None = None
 
 
 @dataclass(frozen=True)

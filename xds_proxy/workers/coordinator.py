@@ -23,7 +23,7 @@ from xds_proxy.listener.runtime import ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.options import Options
 from xds_proxy.stats import Stats
-from xds_proxy.workers.merge import DRAIN_KEY, merge_stats
+from xds_proxy.workers.merge import DRAIN_KEY, HostCounts, merge_stats, sum_host_counts
 from xds_proxy.workers.published import Publisher
 from xds_proxy.workers.supervisor import Workers
 
@@ -59,6 +59,7 @@ class WorkerCoordinator:
         self._settled_at = 0.0
         self._calls: list[asyncio.Task] = []  # admin commands the workers are running
         self._serving: list[dict[str, dict[str, int]]] = []  # per worker, per listener
+        self.host_counts: HostCounts = {}  # the workers' per-host stats, added up (`/clusters`)
         # Route configurations and secrets that failed here (NACK, initial fetch timeout) and
         # have no copy yet: the workers' versions waiting for them go on as ours did.
         self._failed: set[tuple[str, str]] = set()
@@ -165,6 +166,7 @@ class WorkerCoordinator:
         self._admin_stats.take(Stats.load(merged))
         self._count_drains([state["drains"] for state in states], settled)
         self._serving = [state["serving"] for state in states]
+        self.host_counts = sum_host_counts([state["hosts"] for state in states])
 
     def serving(self, version_id: int, key: str) -> int:
         """The workers' connections (as read before this admin request) of a serving version:

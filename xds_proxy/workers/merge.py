@@ -173,3 +173,25 @@ def _merge_texts(main: dict[str, str], workers: list[dict[str, str]]) -> dict[st
 # The fields that name one drain in the main process and in every worker
 # (`DrainRecord.report`): the main process's drains end by the workers' under the same key.
 DRAIN_KEY = ("kind", "listener", "version_info", "filter_chain", "trigger", "direction")
+
+
+# A process's per-host counts for `/clusters`: cluster name -> host address (as `/clusters`
+# prints it) -> the values of upstream/host.py's HOST_STAT_NAMES, in that order.
+HostCounts = dict[str, dict[str, list[int]]]
+
+
+def sum_host_counts(reports: Sequence[HostCounts]) -> HostCounts:
+    """The workers' per-host counts added up (counters and gauges alike: each counts what
+    happened in its own process). A host only some processes know still counts."""
+    total: HostCounts = {}
+    for report in reports:
+        for cluster, hosts in report.items():
+            summed = total.setdefault(cluster, {})
+            for host, values in hosts.items():
+                found = summed.get(host)
+                summed[host] = (
+                    list(values)
+                    if found is None
+                    else [mine + theirs for mine, theirs in zip(found, values, strict=True)]
+                )
+    return total

@@ -45,6 +45,7 @@ from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.client_cert import XFCC, apply_client_cert
 from xds_proxy.upstream.cluster import Cluster
+from xds_proxy.upstream.deadlines import Deadline, Deadlines
 from xds_proxy.upstream.hash_policy import address_text, request_hash
 from xds_proxy.upstream.host import Host, host_address_text
 from xds_proxy.upstream.internal_request import (
@@ -456,12 +457,39 @@ class DownstreamSink(Protocol):
 
 
 _rng = random.Random()
+# Route timeouts, one loop timer per duration (deadlines.py).
+_ROUTE_TIMEOUTS = Deadlines()
+
+
+class _RandomBytes:
+    """The OS's random bytes, fetched 4 KiB at a time (one system call per 256 request ids,
+    as Envoy's random generator buffers them too)."""
+
+    __slots__ = ("_buffer", "_position")
+
+    _SIZE = 4096
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._position = self._SIZE
+
+    def take16(self) -> bytes:
+        position = self._position
+        if position >= self._SIZE or len(self._buffer) != self._SIZE:
+            self._buffer = os.urandom(self._SIZE)
+            position = 0
+        self._position = position + 16
+        return self._buffer[position : position + 16]
+
+
+_random_bytes = _RandomBytes()
+os.register_at_fork(after_in_child=_random_bytes.__init__)  # a child draws its own
 
 
 def _request_id() -> bytes:
     """A random (version 4) UUID, as Envoy generates for `x-request-id`; uuid.uuid4() costs
     several times more."""
-    raw = bytearray(os.urandom(16))
+    raw = bytearray(_random_bytes.take16())
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     text = raw.hex().encode()
@@ -480,6 +508,7 @@ class Exchange(ResponseHandler):
         "_done",
         "_echoed_id",
         "_headers_sent",
+        "_host",
         "_mutations",
         "_record",
         "_request_ended",
@@ -500,8 +529,9 @@ class Exchange(ResponseHandler):
         self._action = action
         self._sink = sink
         self._stream: UpstreamStream | None = None
+        self._host: Host | None = None  # the host of `_stream` (if it reached a pool)
         self._cluster = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Deadline | None = None  # the route timeout, armed once the request ended
         self._headers_sent = False
         self._request_ended = False
         self._done = False
@@ -636,8 +666,13 @@ class Exchange(ResponseHandler):
         cluster = self._cluster
         if cluster is not None:
             cluster.stats.count_response(status)
-            self._count_host("rq_error" if status >= 500 else "rq_success")
-            self._report_outlier(status)
+            host = self._host if self._stream is not None else None
+            if host is not None:
+                if status >= 500:
+                    host.stats.rq_error += 1
+                else:
+                    host.stats.rq_success += 1
+                cluster.report_status(host, status)
         now = time.monotonic()
         elapsed_ms = int((now - self._started_at) * 1000)
         kept = False  # the upstream's `server` header goes down (server_header_transformation)
@@ -649,7 +684,7 @@ class Exchange(ResponseHandler):
         else:
             out = upgrade_response_headers(status, headers)
         if not self._suppress and not self._upgrade:
-            out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
+            out.append((b"x-envoy-upstream-service-time", b"%d" % elapsed_ms))
         if self._set_cookie is not None:
             out.append((b"set-cookie", self._set_cookie))
         if self._action.attempt_count_downstream:
@@ -907,8 +942,7 @@ class Exchange(ResponseHandler):
         self._request_ended = True
         timeout = self._timeout_s
         if timeout and not self._done:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(timeout, self._on_timeout)
+            self._timer = _ROUTE_TIMEOUTS.arm(timeout, self._on_timeout)
         if self._retries is not None and not self._done:
             self._retries.request_complete()
 
@@ -938,13 +972,13 @@ class Exchange(ResponseHandler):
 
     def _count_host(self, stat: str) -> None:
         """A per-host outcome (`/clusters`), when the stream reached a host's pool."""
-        host = getattr(self._stream, "host", None)
+        host = self._host if self._stream is not None else None
         if host is not None:
             setattr(host.stats, stat, getattr(host.stats, stat) + 1)
 
     def _report_outlier(self, outcome: int | Result) -> None:
         """A status or a local-origin result for the host's outlier detection."""
-        host = getattr(self._stream, "host", None)
+        host = self._host if self._stream is not None else None
         if host is not None and self._cluster is not None:
             if isinstance(outcome, Result):
                 self._cluster.report_result(host, outcome)
@@ -991,7 +1025,7 @@ class Exchange(ResponseHandler):
     def _use_stream(self, stream: UpstreamStream) -> None:
         """`stream` carries the attempt under way."""
         self._stream = stream
-        host = getattr(stream, "host", None)
+        self._host = host = getattr(stream, "host", None)
         if self._retries is not None:
             self._retries.tried(host)
         record = self._record
@@ -1116,6 +1150,8 @@ class _Attempts:
         policy = action.retry_policy
         if action.attempt_count_upstream:
             head.headers.append((ATTEMPT_COUNT, b"1"))
+        if policy is None and not taken:
+            return None  # (no retry, no per-try timeout: the common case, decided at once)
         state = RetryState.create(
             policy,
             taken,

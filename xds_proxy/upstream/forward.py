@@ -640,9 +640,10 @@ class Exchange(ResponseHandler):
         if self._record is not None and disconnected:
             self._record.add_flag("DC")
             self._record.details = "downstream_remote_disconnect"
+        stream = self._stream
         self._finish()
-        if self._stream is not None:
-            self._stream.reset()
+        if stream is not None:
+            stream.reset()
 
     def pause_response(self) -> None:
         if self._stream is not None:
@@ -1019,6 +1020,9 @@ class Exchange(ResponseHandler):
             self._record = None
             record.end = time.monotonic()
             self._access_log.log(record)  # type: ignore[union-attr]
+        # The stream refers to this exchange as its handler: without the way back, both go
+        # as soon as they are dropped (no garbage cycle per request for the collector).
+        self._stream = None
 
     # -- attempts (the retry machinery is _Attempts, below) ------------------------------------
 

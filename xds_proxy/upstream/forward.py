@@ -91,7 +91,6 @@ _NOT_FOUND_CODES = {0: 503, 1: 404, 2: 500}
 _RESPONSE_HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
-_RESPONSE_DROPPED = _RESPONSE_HOP_BY_HOP | {b"server"}
 
 # What Envoy's connection manager removes from every request it does not trust as internal
 # (with the default internal_address_config, every request), besides the hop-by-hop headers;
@@ -457,6 +456,8 @@ class DownstreamSink(Protocol):
 
 
 _rng = random.Random()
+# (An enum member read from its class goes through EnumType.__getattr__ on Python 3.11.)
+_OVERWRITE = ServerHeader.OVERWRITE
 # Route timeouts, one loop timer per duration (deadlines.py).
 _ROUTE_TIMEOUTS = Deadlines()
 
@@ -541,7 +542,7 @@ class Exchange(ResponseHandler):
         self._access_log: AccessLog | None = None
         self._suppress = False  # the router's suppress_envoy_headers
         self._set_cookie: bytes | None = None  # a hash policy's generated cookie
-        self._server_header = ServerHeader.OVERWRITE
+        self._server_header = _OVERWRITE
         self._server_name = b"envoy"
         # An upgrade request: its body never ends, so no x-envoy-upstream-service-time (Envoy
         # sends it only once the request is complete).
@@ -678,10 +679,9 @@ class Exchange(ResponseHandler):
         elapsed_ms = int((now - self._started_at) * 1000)
         kept = False  # the upstream's `server` header goes down (server_header_transformation)
         if not self._upgrade:
-            out = [(n, v) for n, v in headers if n not in _RESPONSE_DROPPED]
-            if len(out) != len(headers):  # hop-by-hop headers went, or the upstream's `server`
-                out, kept = self._response_headers(headers)
-                self._sink.server_sent = kept
+            out, kept = self._response_headers(headers)
+            if kept:
+                self._sink.server_sent = True
         else:
             out = upgrade_response_headers(status, headers)
         if not self._suppress and not self._upgrade:
@@ -913,7 +913,7 @@ class Exchange(ResponseHandler):
         keeps the upstream's value; then the codec adds none)."""
         out: list[Header] = []
         kept = False
-        overwrite = self._server_header is ServerHeader.OVERWRITE
+        overwrite = self._server_header is _OVERWRITE
         for name, value in headers:
             if name in _RESPONSE_HOP_BY_HOP:
                 continue

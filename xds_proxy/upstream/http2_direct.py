@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import h2.connection
-from h2.connection import ConnectionInputs, ConnectionState
+from h2.connection import ConnectionState
 from h2.stream import H2Stream, StreamClosedBy, StreamInputs
 
 from xds_proxy.codec.h2_fast import (
@@ -216,7 +216,8 @@ class DirectStreams(Generic[StreamT]):
                 return None
         else:
             self.responding[stream_id] = known
-        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        # (h2 would feed RECV_HEADERS to its connection state machine: in CLIENT_OPEN, checked
+        # above, that input leaves the state as it is and does nothing else.)
         return known
 
     def take_body(self, stream_id: int, data: bytes, position: int) -> bytes | None:

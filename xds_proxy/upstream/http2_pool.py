@@ -197,6 +197,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         # The server's and our stream limit, the lesser; None: to be read again (whatever h2
         # takes in may carry SETTINGS: `_receive` forgets it).
         self._stream_limit: int | None = None
+        self._idle_since = 0.0  # when the last stream ended (the lazy idle timer reads it)
 
     # -- capacity ---------------------------------------------------------------------------
 
@@ -418,9 +419,6 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
     def start_stream(self, stream: Http2Stream) -> None:
         stream._conn = self
         self.streams_started += 1
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         head = stream.head
         end_now = stream.request_end_pending and not stream.has_body_or_trailers()
         direct = (
@@ -542,17 +540,30 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             self.close()
             return
         self.pool.connection_has_capacity(self)
-        if not self.streams and self._idle_timer is None:
+        if not self.streams:
             timeout = self.pool.cluster.config.idle_timeout_s
             if timeout:
+                # One lazy timer: not moved per stream, it re-arms itself when it fires early.
                 loop = asyncio.get_running_loop()
-                self._idle_timer = loop.call_later(timeout, self._on_idle_timeout)
+                self._idle_since = loop.time()
+                if self._idle_timer is None:
+                    self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
 
-    def _on_idle_timeout(self) -> None:
+    def _on_idle_timeout(self, timeout: float) -> None:
+        """Close once the connection has had no stream for `timeout` on end."""
         self._idle_timer = None
-        if not self.streams:
-            self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
-            self.close()
+        if self.transport is None or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        if self.streams:
+            self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
+            return
+        remaining = self._idle_since + timeout - loop.time()
+        if remaining > 0:
+            self._idle_timer = loop.call_later(remaining, self._on_idle_timeout, timeout)
+            return
+        self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
+        self.close()
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False

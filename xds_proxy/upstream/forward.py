@@ -271,7 +271,9 @@ class ForwardAction:
         "prefix",
         "prefix_rewrite",
         "retry_policy",
+        "rewrites_host",
         "route_name",
+        "single_cluster",
         "timeout_s",
         "upgrades",
     )
@@ -302,6 +304,14 @@ class ForwardAction:
         self.host_rewrite_header = action.host_rewrite_header.lower().encode() or None
         self.host_rewrite_regex = _path_to_host(action, f"{path}.host_rewrite_path_regex")
         self.auto_host_rewrite = action.auto_host_rewrite.value
+        # (Read per request: whether `rewritten_host` and `pick_cluster` have work to do.)
+        self.rewrites_host = (
+            self.host_rewrite is not None
+            or self.host_rewrite_header is not None
+            or self.host_rewrite_regex is not None
+        )
+        entries = self.clusters.entries
+        self.single_cluster: str | None = entries[0][0] if len(entries) == 1 else None
         self.timeout_s: float | None = DEFAULT_ROUTE_TIMEOUT_S
         if action.HasField("timeout"):
             self.timeout_s = duration_seconds(action.timeout) or None
@@ -572,7 +582,7 @@ class Exchange(ResponseHandler):
         self._server_header = policy.server_header
         self._server_name = policy.server_name
         self._upgrade = request.upgrade
-        name = action.pick_cluster(_rng)
+        name = action.single_cluster or action.pick_cluster(_rng)
         cluster = clusters.get(name) if clusters is not None else None
         record = self._record
         if record is not None:
@@ -821,13 +831,13 @@ class Exchange(ResponseHandler):
         for level in mutations:
             level.apply_request(headers)
         authority = request.host
-        rewritten = action.rewritten_host(request)
+        rewritten = action.rewritten_host(request) if action.rewrites_host else None
         if rewritten is not None:
             if not suppress:
                 headers.append((b"x-envoy-original-host", request.host))
             authority = rewritten
         path = request.url
-        new_path = action.rewrite_path(path)
+        new_path = action.rewrite_path(path) if action.prefix_rewrite is not None else None
         if new_path is not None:
             if not suppress:
                 headers.append((b"x-envoy-original-path", path))

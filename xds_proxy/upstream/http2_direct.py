@@ -48,6 +48,7 @@ StreamT = TypeVar("StreamT", bound=PooledStream)
 _CLIENT_OPEN = ConnectionState.CLIENT_OPEN
 _CLOSED_BY_THEIR_END = StreamClosedBy.RECV_END_STREAM
 _MAX_KNOWN = 256
+_HIGHEST_STREAM_ID = 2**31 - 1
 _REQUEST_FLAGS = END_HEADERS | END_STREAM
 _WINDOW_UPDATE_HEAD = b"\x00\x00\x04\x08\x00\x00\x00\x00\x00"  # on the connection
 
@@ -117,7 +118,10 @@ class DirectStreams(Generic[StreamT]):
         block = conn.encoder.encode(headers)
         if len(block) > conn.max_outbound_frame_size:
             return self._send_split(stream, block)  # with CONTINUATION frames, as h2 would
-        stream_id = conn.get_next_available_stream_id()
+        highest = conn.highest_outbound_stream_id
+        stream_id = highest + 2 if highest else 1  # h2's next id for a client...
+        if stream_id > _HIGHEST_STREAM_ID:
+            stream_id = conn.get_next_available_stream_id()  # ...which raises past the last
         conn.highest_outbound_stream_id = stream_id
         self.streams[stream_id] = stream
         conn._data_to_send += (

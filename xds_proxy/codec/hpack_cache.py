@@ -86,7 +86,10 @@ class CachingEncoder(Encoder):
                         encoded = self._encode_new(header)
                     out.append(encoded)
                 elif len(header) > 2 and header[2]:
-                    out.append(_never_indexed(_as_bytes(header[0]), _as_bytes(header[1])))
+                    name, value = header[0], header[1]
+                    if type(name) is not bytes or type(value) is not bytes:
+                        name, value = _as_bytes(name), _as_bytes(value)
+                    out.append(_never_indexed(name, value))
                 else:
                     out.append(self._encode_new((header[0], header[1])))
             elif isinstance(header, HeaderTuple):

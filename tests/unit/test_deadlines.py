@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.helpers.waiting import wait_until
 from xds_proxy.upstream.deadlines import DeadlineQueue, Deadlines
 
 
@@ -21,7 +22,8 @@ def test_each_armed_entry_fires_once_at_its_deadline_and_cancelled_ones_never() 
         cancelled.cancel()
         armed_at["d"] = loop.time()
         queue.add(lambda: fired.append(("d", loop.time() - armed_at["d"])))
-        await asyncio.sleep(0.15)
+        # The last one armed: any entry that fires at all has fired before it.
+        await wait_until(lambda: any(name == "d" for name, _ in fired), what="d fired")
         return fired
 
     fired = asyncio.run(scenario())
@@ -31,20 +33,22 @@ def test_each_armed_entry_fires_once_at_its_deadline_and_cancelled_ones_never() 
 
 
 def test_a_cancelled_head_is_skipped_and_the_next_entry_still_fires() -> None:
-    async def scenario() -> list[str]:
+    async def scenario() -> tuple[list[str], float]:
         loop = asyncio.get_running_loop()
         fired: list[str] = []
         queue = DeadlineQueue(loop, 0.03)
         first = queue.add(lambda: fired.append("first"))
         await asyncio.sleep(0.01)
-        queue.add(lambda: fired.append("second"))
-        first.cancel()
-        await asyncio.sleep(0.02)  # past the first deadline, before the second
-        early = list(fired)
-        await asyncio.sleep(0.05)
-        return [*early, "|", *fired]
+        second_armed = loop.time()
+        second_fired = []
+        queue.add(lambda: (fired.append("second"), second_fired.append(loop.time())))
+        first.cancel()  # the loop timer stays at the first deadline, then moves on
+        await wait_until(lambda: second_fired, what="the second fired")
+        return fired, second_fired[0] - second_armed
 
-    assert asyncio.run(scenario()) == ["|", "second"]
+    fired, waited = asyncio.run(scenario())
+    assert fired == ["second"]
+    assert waited >= 0.03 - 0.002
 
 
 def test_cancelled_entries_at_the_head_are_dropped_as_new_ones_come() -> None:
@@ -69,7 +73,7 @@ def test_a_callback_that_arms_again_gets_a_timer() -> None:
                 queue.add(lambda: again(round_ + 1))
 
         queue.add(lambda: again(1))
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: len(fired) == 3, what="three rounds")
         return fired
 
     assert asyncio.run(scenario()) == [1, 2, 3]
@@ -82,7 +86,7 @@ def test_deadlines_keep_one_queue_per_duration_and_start_over_on_another_loop() 
         fired: list[str] = []
         deadlines.arm(0.04, lambda: fired.append("slow"))
         deadlines.arm(0.01, lambda: fired.append("fast"))
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: len(fired) == 2, what="both fired")
         return fired
 
     assert asyncio.run(scenario()) == ["fast", "slow"]

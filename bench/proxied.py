@@ -5,10 +5,16 @@ The upstream is a real Envoy answering with `direct_response` (fast and the same
 runs), pinned with `wrk` to CPU 1; the proxy under test (ours, then Envoy with the same
 bootstrap) runs alone on CPU 0. The p99 added is the proxy's p99 minus the upstream's own p99
 measured directly. Only the ratios are worth reading on a shared machine.
+
+`python -m bench.proxied --callgrind` counts instead the user-space instructions our proxy
+spends per proxied request (valgrind's callgrind, instrumentation switched on around a fixed
+number of keep-alive requests): slow, but the same number whatever else the machine runs,
+so a change to the proxy path can be compared before and after.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import subprocess
@@ -249,6 +255,92 @@ def run(large: bool) -> list[str]:
     return lines
 
 
+# -- instructions per request (callgrind) ------------------------------------------------------
+
+CALLGRIND_CONNECTIONS = 10
+CALLGRIND_REQUESTS = 100  # per connection
+
+
+async def _keep_alive_client(port: int, requests: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(requests):
+        writer.write(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"not a 200: {head!r}")
+        length = re.search(rb"content-length: (\d+)", head.lower())
+        await reader.readexactly(int(length.group(1)) if length else 0)
+    writer.close()
+
+
+def _requests(port: int, per_connection: int) -> None:
+    async def all_clients() -> None:
+        clients = [_keep_alive_client(port, per_connection) for _ in range(CALLGRIND_CONNECTIONS)]
+        await asyncio.gather(*clients)
+
+    asyncio.run(all_clients())
+
+
+def _instructions(out_file: Path) -> int:
+    for line in out_file.read_text().splitlines():
+        if line.startswith("totals:"):  # (the `summary:` line says 0 once switched on late)
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out_file}")
+
+
+def instructions_per_request(http2: bool) -> float:
+    """Our proxy's user-space instructions per proxied request, HTTP/2 upstream or not."""
+    with tempfile.TemporaryDirectory(prefix="bench-proxied-cg-") as name:
+        folder = Path(name)
+        upstream_port = _free_port()
+        port = _free_port()  # (chosen before the upstream's admin takes an ephemeral port)
+        upstream_config = folder / "upstream.yaml"
+        upstream_config.write_text(yaml.safe_dump(upstream_bootstrap(upstream_port)))
+        upstream = _start(
+            _envoy(upstream_config, folder / "upstream.admin", 63 + int(http2)),
+            LOAD_CPU,
+            folder / "upstream.log",
+        )
+        try:
+            _wait_listening(upstream_port, upstream)
+            config = folder / "proxy.yaml"
+            config.write_text(yaml.safe_dump(proxy_bootstrap(port, upstream_port, http2)))
+            out_file = folder / "callgrind.out"
+            command = [
+                "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={out_file}", *_ours(config, folder / "ours.admin"),
+            ]  # fmt: skip
+            proxy = _start(command, SERVER_CPU, folder / "ours.log")
+            try:
+                _wait_proxied(port, proxy, timeout=600)
+                if proxy.poll() is not None:
+                    raise RuntimeError(f"the proxy exited: {(folder / 'ours.log').read_text()}")
+                _requests(port, 20)  # warm-up: connections made, caches filled
+                subprocess.run(
+                    ["callgrind_control", "-i", "on", str(proxy.pid)],
+                    check=True,
+                    capture_output=True,
+                )
+                _requests(port, CALLGRIND_REQUESTS)
+                subprocess.run(
+                    ["callgrind_control", "-i", "off", str(proxy.pid)],
+                    check=True,
+                    capture_output=True,
+                )
+            finally:
+                proxy.terminate()
+                proxy.wait(120)
+            return _instructions(out_file) / (CALLGRIND_CONNECTIONS * CALLGRIND_REQUESTS)
+        finally:
+            _stop(upstream)
+
+
 if __name__ == "__main__":
-    for line in run("--large" in sys.argv):
-        print(line)
+    if "--callgrind" in sys.argv:
+        for http2 in (False, True):
+            kind = "HTTP/2" if http2 else "HTTP/1.1"
+            count = instructions_per_request(http2)
+            print(f"to an {kind} upstream: {count:,.0f} instructions per proxied request")
+    else:
+        for line in run("--large" in sys.argv):
+            print(line)

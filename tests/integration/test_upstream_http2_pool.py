@@ -6,9 +6,18 @@ import asyncio
 import json
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import json_format
 
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
-from tests.helpers.upstreams import Collector, Http2Echo, cluster_message, grpc_frame
+from tests.helpers.upstreams import (
+    PROTOCOL_OPTIONS_KEY,
+    Collector,
+    Http2Echo,
+    cluster_dict,
+    cluster_message,
+    grpc_frame,
+)
 from tests.helpers.waiting import wait_until
 from xds_proxy.config.cluster import build_cluster_config
 from xds_proxy.stats import Stats
@@ -149,4 +158,29 @@ async def test_upstream_going_away_entirely_fails_inflight_with_termination(
     await asyncio.to_thread(h2echo.stop)
     await collector.wait()
     assert collector.reset_reason == "connection termination"
+    cluster.close()
+
+
+async def test_idle_timeout_closes_only_a_connection_idle_that_long(h2echo: Http2Echo) -> None:
+    """The idle timer is armed once and re-armed when it fires early: a connection used more
+    often than the idle timeout stays, and closes one idle timeout after its last stream."""
+    stats = Stats()
+    message = cluster_dict("grpc", [h2echo.port], http2=True)
+    options = message["typed_extension_protocol_options"][PROTOCOL_OPTIONS_KEY]
+    options["common_http_protocol_options"] = {"idle_timeout": "0.4s"}
+    config = build_cluster_config(json_format.ParseDict(message, cluster_pb2.Cluster()), "c")
+    cluster = Cluster(config, stats)
+    loop = asyncio.get_running_loop()
+    for _ in range(8):  # a request every ~0.1 s for ~0.8 s: never idle for 0.4 s
+        collector = Collector()
+        cluster.new_stream(request(), collector, True)
+        await collector.wait()
+        assert collector.status == 200
+        await asyncio.sleep(0.1)  # (the pacing of the scenario, not a synchronisation)
+    last_end = loop.time() - 0.1
+    assert stats.value("cluster.grpc.upstream_cx_idle_timeout") == 0
+    assert h2echo.connections == 1
+    await wait_until(lambda: stats.value("cluster.grpc.upstream_cx_idle_timeout") == 1)
+    assert loop.time() - last_end >= 0.4 - 0.01
+    await wait_until(lambda: stats.value("cluster.grpc.upstream_cx_active") == 0)
     cluster.close()

@@ -35,14 +35,25 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
     _STATIC_NAMES.setdefault(_name, _index)
 
 
+_NAME_PARTS: dict[bytes, bytes] = {}  # a never-indexed field's bytes before its value's
+
+
 def _never_indexed(name: bytes, value: bytes) -> bytes:
     """A never-indexed literal (RFC 7541 section 6.2.3), name from the static table when it
     holds it, strings not Huffman-coded."""
-    value_part = hpack_integer(len(value), 7) + value
-    name_index = _STATIC_NAMES.get(name)
-    if name_index is not None:
-        return hpack_integer(name_index, 4, _NEVER_INDEXED) + value_part
-    return b"\x10" + hpack_integer(len(name), 7) + name + value_part
+    name_part = _NAME_PARTS.get(name)
+    if name_part is None:
+        name_index = _STATIC_NAMES.get(name)
+        if name_index is not None:
+            name_part = hpack_integer(name_index, 4, _NEVER_INDEXED)
+        else:
+            name_part = b"\x10" + hpack_integer(len(name), 7) + name
+        if len(_NAME_PARTS) < _MAX_CACHED:
+            _NAME_PARTS[name] = name_part
+    size = len(value)
+    if size < 0x7F:
+        return name_part + bytes((size,)) + value
+    return name_part + hpack_integer(size, 7) + value
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -68,11 +79,19 @@ class CachingEncoder(Encoder):
         out = []
         for header in headers:
             # Plain 2-tuples only: a HeaderTuple equals the plain tuple of its fields.
-            if type(header) is tuple and len(header) == 2:
-                encoded = fields.get(header)
-                if encoded is None:
-                    encoded = self._encode_new(header)
-                out.append(encoded)
+            if type(header) is tuple:
+                if len(header) == 2:
+                    encoded = fields.get(header)
+                    if encoded is None:
+                        encoded = self._encode_new(header)
+                    out.append(encoded)
+                elif len(header) > 2 and header[2]:
+                    name, value = header[0], header[1]
+                    if type(name) is not bytes or type(value) is not bytes:
+                        name, value = _as_bytes(name), _as_bytes(value)
+                    out.append(_never_indexed(name, value))
+                else:
+                    out.append(self._encode_new((header[0], header[1])))
             elif isinstance(header, HeaderTuple):
                 if header.indexable:
                     out.append(self._encode_new(tuple(header)))

@@ -18,6 +18,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import httptools
 
@@ -130,6 +131,7 @@ class Http1RequestReader:
         "_reject",
         "_responses",
         "_routes",
+        "_sockets",
         "_url",
         "answered",
         "answered_at",
@@ -188,6 +190,7 @@ class Http1RequestReader:
         self._action: object | None = None
         self._exchange: Exchange | None = None  # the forwarded request whose body is read
         self._raw_headers: list[tuple[bytes, bytes]] | None = None
+        self._sockets: tuple[Any, Any, Any] | None = None  # _socket_info(), once read
         self._routes = config.routes.current  # the table of the request in progress
         self._body_expected = False
         # Access logging (only with an access_log configured): this request's record.
@@ -540,8 +543,7 @@ class Http1RequestReader:
                 action, parser.get_method() == b"HEAD", self._http10, not parser.should_keep_alive()
             )
         self._exchange = exchange
-        transport = self._connection.transport
-        peer = transport.get_extra_info("peername") if transport else None
+        peer, local, tls = self._sockets or self._socket_info()
         request = DownstreamRequest(
             parser.get_method(),
             self._url,
@@ -549,11 +551,11 @@ class Http1RequestReader:
             self._raw_headers or [],
             peer[0] if peer else "",
             peer=peer,
-            local=transport.get_extra_info("sockname") if transport else None,
+            local=local,
         )
         if upgrade:
             request.upgrade = True
-        if transport is not None and (tls := transport.get_extra_info("ssl_object")) is not None:
+        if tls is not None:
             request.ssl, request.scheme = tls, b"https"
         if self._record is not None:
             exchange.log_to(self._record, config.access_log)
@@ -564,6 +566,18 @@ class Http1RequestReader:
             config.proxy_policy,
             action.mutations,
         )
+
+    def _socket_info(self) -> tuple[Any, Any, Any]:
+        """The connection's peer and local addresses and TLS object, read once."""
+        transport = self._connection.transport
+        if transport is None:
+            return None, None, None
+        self._sockets = (
+            transport.get_extra_info("peername"),
+            transport.get_extra_info("sockname"),
+            transport.get_extra_info("ssl_object"),
+        )
+        return self._sockets
 
     def _forwarded_request_complete(self) -> None:
         if self.upgrade is not None:

@@ -171,6 +171,8 @@ class Http1ResponseQueue:
         lifecycle = self._lifecycle
         while entries and entries[0].done:
             entry = entries.popleft()
+            if entry.sink is not None:
+                entry.sink.exchange = None  # (the sink and its exchange refer to each other)
             if transport is not None and entry.chunks:
                 transport.write(b"".join(entry.chunks))
             if entry.close:

@@ -74,6 +74,10 @@ SourceKey = tuple[int, str, int]
 log = logging.getLogger("xds_proxy.upstream")
 
 _DNS_TYPES = (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
+# Read once: an enum member read from its class costs EnumType.__getattr__ on Python 3.11.
+_DOWNSTREAM = UpstreamProtocol.DOWNSTREAM
+_HTTP1 = UpstreamProtocol.HTTP1
+_HTTP2 = UpstreamProtocol.HTTP2
 
 
 class Cluster:
@@ -482,11 +486,12 @@ class Cluster:
             return None
         head.use_host_name(host.hostname)
         protocol = self.config.protocol
-        if protocol is UpstreamProtocol.DOWNSTREAM:
-            protocol = UpstreamProtocol.HTTP2 if downstream_http2 else UpstreamProtocol.HTTP1
-        pool = host.pools.get(protocol)
+        if protocol is _DOWNSTREAM:
+            protocol = _HTTP2 if downstream_http2 else _HTTP1
+        key = 2 if protocol is _HTTP2 else 1  # (an int: an enum member hashes in Python)
+        pool = host.pools.get(key)
         if pool is None:
-            pool = host.pools[protocol] = self._new_pool(host, protocol)
+            pool = host.pools[key] = self._new_pool(host, protocol)
         if self.resources.requests >= self.config.circuit_breakers.max_requests:
             self.stats.upstream_rq_pending_overflow.value += 1
             return FailedStream(handler, OVERFLOW)

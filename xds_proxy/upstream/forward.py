@@ -45,6 +45,7 @@ from xds_proxy.config.weighted import WeightedClusters
 from xds_proxy.errors import ConfigError
 from xds_proxy.upstream.client_cert import XFCC, apply_client_cert
 from xds_proxy.upstream.cluster import Cluster
+from xds_proxy.upstream.deadlines import Deadline, Deadlines
 from xds_proxy.upstream.hash_policy import address_text, request_hash
 from xds_proxy.upstream.host import Host, host_address_text
 from xds_proxy.upstream.internal_request import (
@@ -90,7 +91,6 @@ _NOT_FOUND_CODES = {0: 503, 1: 404, 2: 500}
 _RESPONSE_HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
-_RESPONSE_DROPPED = _RESPONSE_HOP_BY_HOP | {b"server"}
 
 # What Envoy's connection manager removes from every request it does not trust as internal
 # (with the default internal_address_config, every request), besides the hop-by-hop headers;
@@ -271,7 +271,9 @@ class ForwardAction:
         "prefix",
         "prefix_rewrite",
         "retry_policy",
+        "rewrites_host",
         "route_name",
+        "single_cluster",
         "timeout_s",
         "upgrades",
     )
@@ -302,6 +304,14 @@ class ForwardAction:
         self.host_rewrite_header = action.host_rewrite_header.lower().encode() or None
         self.host_rewrite_regex = _path_to_host(action, f"{path}.host_rewrite_path_regex")
         self.auto_host_rewrite = action.auto_host_rewrite.value
+        # (Read per request: whether `rewritten_host` and `pick_cluster` have work to do.)
+        self.rewrites_host = (
+            self.host_rewrite is not None
+            or self.host_rewrite_header is not None
+            or self.host_rewrite_regex is not None
+        )
+        entries = self.clusters.entries
+        self.single_cluster: str | None = entries[0][0] if len(entries) == 1 else None
         self.timeout_s: float | None = DEFAULT_ROUTE_TIMEOUT_S
         if action.HasField("timeout"):
             self.timeout_s = duration_seconds(action.timeout) or None
@@ -456,12 +466,41 @@ class DownstreamSink(Protocol):
 
 
 _rng = random.Random()
+# (An enum member read from its class goes through EnumType.__getattr__ on Python 3.11.)
+_OVERWRITE = ServerHeader.OVERWRITE
+# Route timeouts, one loop timer per duration (deadlines.py).
+_ROUTE_TIMEOUTS = Deadlines()
+
+
+class _RandomBytes:
+    """The OS's random bytes, fetched 4 KiB at a time (one system call per 256 request ids,
+    as Envoy's random generator buffers them too)."""
+
+    __slots__ = ("_buffer", "_position")
+
+    _SIZE = 4096
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._position = self._SIZE
+
+    def take16(self) -> bytes:
+        position = self._position
+        if position >= self._SIZE or len(self._buffer) != self._SIZE:
+            self._buffer = os.urandom(self._SIZE)
+            position = 0
+        self._position = position + 16
+        return self._buffer[position : position + 16]
+
+
+_random_bytes = _RandomBytes()
+os.register_at_fork(after_in_child=_random_bytes.__init__)  # a child draws its own
 
 
 def _request_id() -> bytes:
     """A random (version 4) UUID, as Envoy generates for `x-request-id`; uuid.uuid4() costs
     several times more."""
-    raw = bytearray(os.urandom(16))
+    raw = bytearray(_random_bytes.take16())
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     text = raw.hex().encode()
@@ -480,6 +519,7 @@ class Exchange(ResponseHandler):
         "_done",
         "_echoed_id",
         "_headers_sent",
+        "_host",
         "_mutations",
         "_record",
         "_request_ended",
@@ -500,8 +540,9 @@ class Exchange(ResponseHandler):
         self._action = action
         self._sink = sink
         self._stream: UpstreamStream | None = None
+        self._host: Host | None = None  # the host of `_stream` (if it reached a pool)
         self._cluster = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Deadline | None = None  # the route timeout, armed once the request ended
         self._headers_sent = False
         self._request_ended = False
         self._done = False
@@ -511,7 +552,7 @@ class Exchange(ResponseHandler):
         self._access_log: AccessLog | None = None
         self._suppress = False  # the router's suppress_envoy_headers
         self._set_cookie: bytes | None = None  # a hash policy's generated cookie
-        self._server_header = ServerHeader.OVERWRITE
+        self._server_header = _OVERWRITE
         self._server_name = b"envoy"
         # An upgrade request: its body never ends, so no x-envoy-upstream-service-time (Envoy
         # sends it only once the request is complete).
@@ -541,7 +582,7 @@ class Exchange(ResponseHandler):
         self._server_header = policy.server_header
         self._server_name = policy.server_name
         self._upgrade = request.upgrade
-        name = action.pick_cluster(_rng)
+        name = action.single_cluster or action.pick_cluster(_rng)
         cluster = clusters.get(name) if clusters is not None else None
         record = self._record
         if record is not None:
@@ -610,9 +651,10 @@ class Exchange(ResponseHandler):
         if self._record is not None and disconnected:
             self._record.add_flag("DC")
             self._record.details = "downstream_remote_disconnect"
+        stream = self._stream
         self._finish()
-        if self._stream is not None:
-            self._stream.reset()
+        if stream is not None:
+            stream.reset()
 
     def pause_response(self) -> None:
         if self._stream is not None:
@@ -636,20 +678,24 @@ class Exchange(ResponseHandler):
         cluster = self._cluster
         if cluster is not None:
             cluster.stats.count_response(status)
-            self._count_host("rq_error" if status >= 500 else "rq_success")
-            self._report_outlier(status)
+            host = self._host if self._stream is not None else None
+            if host is not None:
+                if status >= 500:
+                    host.stats.rq_error += 1
+                else:
+                    host.stats.rq_success += 1
+                cluster.report_status(host, status)
         now = time.monotonic()
         elapsed_ms = int((now - self._started_at) * 1000)
         kept = False  # the upstream's `server` header goes down (server_header_transformation)
         if not self._upgrade:
-            out = [(n, v) for n, v in headers if n not in _RESPONSE_DROPPED]
-            if len(out) != len(headers):  # hop-by-hop headers went, or the upstream's `server`
-                out, kept = self._response_headers(headers)
-                self._sink.server_sent = kept
+            out, kept = self._response_headers(headers)
+            if kept:
+                self._sink.server_sent = True
         else:
             out = upgrade_response_headers(status, headers)
         if not self._suppress and not self._upgrade:
-            out.append((b"x-envoy-upstream-service-time", str(elapsed_ms).encode()))
+            out.append((b"x-envoy-upstream-service-time", b"%d" % elapsed_ms))
         if self._set_cookie is not None:
             out.append((b"set-cookie", self._set_cookie))
         if self._action.attempt_count_downstream:
@@ -785,13 +831,13 @@ class Exchange(ResponseHandler):
         for level in mutations:
             level.apply_request(headers)
         authority = request.host
-        rewritten = action.rewritten_host(request)
+        rewritten = action.rewritten_host(request) if action.rewrites_host else None
         if rewritten is not None:
             if not suppress:
                 headers.append((b"x-envoy-original-host", request.host))
             authority = rewritten
         path = request.url
-        new_path = action.rewrite_path(path)
+        new_path = action.rewrite_path(path) if action.prefix_rewrite is not None else None
         if new_path is not None:
             if not suppress:
                 headers.append((b"x-envoy-original-path", path))
@@ -877,7 +923,7 @@ class Exchange(ResponseHandler):
         keeps the upstream's value; then the codec adds none)."""
         out: list[Header] = []
         kept = False
-        overwrite = self._server_header is ServerHeader.OVERWRITE
+        overwrite = self._server_header is _OVERWRITE
         for name, value in headers:
             if name in _RESPONSE_HOP_BY_HOP:
                 continue
@@ -907,8 +953,7 @@ class Exchange(ResponseHandler):
         self._request_ended = True
         timeout = self._timeout_s
         if timeout and not self._done:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(timeout, self._on_timeout)
+            self._timer = _ROUTE_TIMEOUTS.arm(timeout, self._on_timeout)
         if self._retries is not None and not self._done:
             self._retries.request_complete()
 
@@ -938,13 +983,13 @@ class Exchange(ResponseHandler):
 
     def _count_host(self, stat: str) -> None:
         """A per-host outcome (`/clusters`), when the stream reached a host's pool."""
-        host = getattr(self._stream, "host", None)
+        host = self._host if self._stream is not None else None
         if host is not None:
             setattr(host.stats, stat, getattr(host.stats, stat) + 1)
 
     def _report_outlier(self, outcome: int | Result) -> None:
         """A status or a local-origin result for the host's outlier detection."""
-        host = getattr(self._stream, "host", None)
+        host = self._host if self._stream is not None else None
         if host is not None and self._cluster is not None:
             if isinstance(outcome, Result):
                 self._cluster.report_result(host, outcome)
@@ -985,13 +1030,16 @@ class Exchange(ResponseHandler):
             self._record = None
             record.end = time.monotonic()
             self._access_log.log(record)  # type: ignore[union-attr]
+        # The stream refers to this exchange as its handler: without the way back, both go
+        # as soon as they are dropped (no garbage cycle per request for the collector).
+        self._stream = None
 
     # -- attempts (the retry machinery is _Attempts, below) ------------------------------------
 
     def _use_stream(self, stream: UpstreamStream) -> None:
         """`stream` carries the attempt under way."""
         self._stream = stream
-        host = getattr(stream, "host", None)
+        self._host = host = getattr(stream, "host", None)
         if self._retries is not None:
             self._retries.tried(host)
         record = self._record
@@ -1116,6 +1164,8 @@ class _Attempts:
         policy = action.retry_policy
         if action.attempt_count_upstream:
             head.headers.append((ATTEMPT_COUNT, b"1"))
+        if policy is None and not taken:
+            return None  # (no retry, no per-try timeout: the common case, decided at once)
         state = RetryState.create(
             policy,
             taken,

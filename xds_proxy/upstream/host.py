@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from xds_proxy.config.cluster import ClusterConfig, UpstreamProtocol
+from xds_proxy.config.cluster import ClusterConfig
 from xds_proxy.config.endpoints import (
     DEGRADED_EDS_HEALTH,
     FAILED_EDS_HEALTH,
@@ -105,8 +105,9 @@ class Host:
         self.failed_outlier_check = False  # ejected by outlier detection
         # Why the latest connection attempt failed, as Envoy words it (access logs).
         self.last_connect_error: str | None = None
-        # One pool per upstream protocol in use (two with `use_downstream_protocol_config`).
-        self.pools: dict[UpstreamProtocol, HostPool] = {}
+        # One pool per upstream protocol in use (two with `use_downstream_protocol_config`),
+        # by HTTP major version (1 or 2).
+        self.pools: dict[int, HostPool] = {}
         self.stats = HostStats()
 
     def __repr__(self) -> str:

@@ -50,9 +50,12 @@ class Http1Stream(PooledStream):
         self.response_ended = False
         self._paused = False
         self.tunnel: UpstreamTunnel | None = None  # set once a 101 upgrades the connection
-        has_length = any(name == b"content-length" for name, _ in head.headers)
         # An upgrade request's body is the upgraded protocol's bytes: never chunked.
-        self._chunked = not end_stream and not has_length and not head.upgrade
+        self._chunked = (
+            not end_stream
+            and not head.upgrade
+            and not any(name == b"content-length" for name, _ in head.headers)
+        )
         self._buffered: list[bytes] = [self._encode_head(end_stream)]
 
     def _encode_head(self, end_stream: bool) -> bytes:

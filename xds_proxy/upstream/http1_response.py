@@ -59,6 +59,36 @@ def status_line(status: int, http10: bool = False) -> bytes:
     return b"HTTP/1.0" + line[8:] if http10 else line
 
 
+class _PendingHeads:
+    """Response heads written on the next loop iteration unless their body came first: one
+    `call_soon` per iteration for all of them, instead of one per response."""
+
+    __slots__ = ("_loop", "_sinks")
+
+    def __init__(self) -> None:
+        self._sinks: list[Http1ForwardSink] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def defer(self, sink: Http1ForwardSink) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Another loop (tests run several, one after the other): what the last one left
+            # is gone with it.
+            self._loop = loop
+            self._sinks = []
+        if not self._sinks:
+            loop.call_soon(self._flush)
+        self._sinks.append(sink)
+
+    def _flush(self) -> None:
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            sink._flush_head()
+
+
+_PENDING_HEADS = _PendingHeads()
+
+
 class Http1ForwardSink:
     """One forwarded request's response, as HTTP/1.1 bytes."""
 
@@ -131,7 +161,7 @@ class Http1ForwardSink:
         # The body usually follows in the same read: one write for both saves a syscall.
         # If it does not, the headers go out on the next loop iteration.
         self._pending_head = b"".join(lines)
-        asyncio.get_running_loop().call_soon(self._flush_head)
+        _PENDING_HEADS.defer(self)
 
     def _flush_head(self) -> None:
         if self._pending_head:

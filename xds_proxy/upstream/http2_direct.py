@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import h2.connection
-from h2.connection import ConnectionInputs, ConnectionState
+from h2.connection import ConnectionState
 from h2.stream import H2Stream, StreamClosedBy, StreamInputs
 
 from xds_proxy.codec.h2_fast import (
@@ -48,6 +48,7 @@ StreamT = TypeVar("StreamT", bound=PooledStream)
 _CLIENT_OPEN = ConnectionState.CLIENT_OPEN
 _CLOSED_BY_THEIR_END = StreamClosedBy.RECV_END_STREAM
 _MAX_KNOWN = 256
+_HIGHEST_STREAM_ID = 2**31 - 1
 _REQUEST_FLAGS = END_HEADERS | END_STREAM
 _WINDOW_UPDATE_HEAD = b"\x00\x00\x04\x08\x00\x00\x00\x00\x00"  # on the connection
 
@@ -117,7 +118,10 @@ class DirectStreams(Generic[StreamT]):
         block = conn.encoder.encode(headers)
         if len(block) > conn.max_outbound_frame_size:
             return self._send_split(stream, block)  # with CONTINUATION frames, as h2 would
-        stream_id = conn.get_next_available_stream_id()
+        highest = conn.highest_outbound_stream_id
+        stream_id = highest + 2 if highest else 1  # h2's next id for a client...
+        if stream_id > _HIGHEST_STREAM_ID:
+            stream_id = conn.get_next_available_stream_id()  # ...which raises past the last
         conn.highest_outbound_stream_id = stream_id
         self.streams[stream_id] = stream
         conn._data_to_send += (
@@ -216,7 +220,8 @@ class DirectStreams(Generic[StreamT]):
                 return None
         else:
             self.responding[stream_id] = known
-        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        # (h2 would feed RECV_HEADERS to its connection state machine: in CLIENT_OPEN, checked
+        # above, that input leaves the state as it is and does nothing else.)
         return known
 
     def take_body(self, stream_id: int, data: bytes, position: int) -> bytes | None:

@@ -193,6 +193,11 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         # direct path's (DIRECT_HEADERS, stream, response, ended) / (DIRECT_BODY, ...).
         self._events: list = []
         self._flush_scheduled = False
+        self._end_check_scheduled = False
+        # The server's and our stream limit, the lesser; None: to be read again (whatever h2
+        # takes in may carry SETTINGS: `_receive` forgets it).
+        self._stream_limit: int | None = None
+        self._idle_since = 0.0  # when the last stream ended (the lazy idle timer reads it)
 
     # -- capacity ---------------------------------------------------------------------------
 
@@ -200,10 +205,12 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
     def capacity(self) -> int:
         if not self.ready or self.going_away or self._closing:
             return 0
-        limit = min(
-            self.pool.cluster.config.h2_max_concurrent_streams,
-            self.h2.remote_settings.max_concurrent_streams,
-        )
+        limit = self._stream_limit
+        if limit is None:
+            limit = self._stream_limit = min(
+                self.pool.cluster.config.h2_max_concurrent_streams,
+                self.h2.remote_settings.max_concurrent_streams,
+            )
         max_requests = self.pool.cluster.config.max_requests_per_connection
         if max_requests:
             limit = min(limit, max_requests - self.streams_started + len(self.streams))
@@ -302,6 +309,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
 
     def _receive(self, data: bytes) -> bool:
         """h2 takes whole frames; their events wait for `_dispatch`."""
+        self._stream_limit = None
         try:
             self._events += self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -411,12 +419,13 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
     def start_stream(self, stream: Http2Stream) -> None:
         stream._conn = self
         self.streams_started += 1
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         head = stream.head
+        end_now = stream.request_end_pending and not stream.has_body_or_trailers()
+        direct = (
+            end_now and self.DIRECT_EXCHANGES and head.method != b"HEAD" and self.direct.can_open()
+        )
         # Envoy's order of the pseudo-headers.
-        headers: list[Header] = [
+        headers: list = [
             (b":authority", head.authority),
             (b":path", head.path),
             (b":method", head.method),
@@ -426,12 +435,13 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             if name in _FORBIDDEN_REQUEST_HEADERS or (name == b"te" and value != b"trailers"):
                 continue
             if name == b"x-request-id":
-                # Unique per request: indexing it would only churn the HPACK table.
-                headers.append(NeverIndexedHeaderTuple(name, value))
+                # Unique per request: indexing it would only churn the HPACK table. (Our
+                # encoder takes a third item as never-indexed; h2 needs hpack's tuple.)
+                never = (name, value, True) if direct else NeverIndexedHeaderTuple(name, value)
+                headers.append(never)
             else:
                 headers.append((name, value))
-        end_now = stream.request_end_pending and not stream.has_body_or_trailers()
-        if end_now and self.DIRECT_EXCHANGES and head.method != b"HEAD" and self.direct.can_open():
+        if direct:
             stream.stream_id = self.direct.open(stream, headers)
             self.streams[stream.stream_id] = stream
             stream.request_end_pending = False
@@ -509,8 +519,14 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         if self.streams.pop(stream.stream_id, None) is not None:
             self._blocked.pop(stream.stream_id, None)
             self.pool.stream_done(stream)
-            loop = asyncio.get_running_loop()
-            loop.call_soon(self._after_stream_end)
+            if not self._end_check_scheduled:
+                # Once per loop iteration, however many streams ended in it.
+                self._end_check_scheduled = True
+                asyncio.get_running_loop().call_soon(self._scheduled_end_check)
+
+    def _scheduled_end_check(self) -> None:
+        self._end_check_scheduled = False
+        self._after_stream_end()
 
     def _after_stream_end(self) -> None:
         if self.streams or self.transport is None:
@@ -524,17 +540,30 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             self.close()
             return
         self.pool.connection_has_capacity(self)
-        if not self.streams and self._idle_timer is None:
+        if not self.streams:
             timeout = self.pool.cluster.config.idle_timeout_s
             if timeout:
+                # One lazy timer: not moved per stream, it re-arms itself when it fires early.
                 loop = asyncio.get_running_loop()
-                self._idle_timer = loop.call_later(timeout, self._on_idle_timeout)
+                self._idle_since = loop.time()
+                if self._idle_timer is None:
+                    self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
 
-    def _on_idle_timeout(self) -> None:
+    def _on_idle_timeout(self, timeout: float) -> None:
+        """Close once the connection has had no stream for `timeout` on end."""
         self._idle_timer = None
-        if not self.streams:
-            self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
-            self.close()
+        if self.transport is None or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        if self.streams:
+            self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
+            return
+        remaining = self._idle_since + timeout - loop.time()
+        if remaining > 0:
+            self._idle_timer = loop.call_later(remaining, self._on_idle_timeout, timeout)
+            return
+        self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
+        self.close()
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False

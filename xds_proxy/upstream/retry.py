@@ -97,7 +97,10 @@ def take_retry_headers(headers: list[Header]) -> dict[bytes, bytes]:
     """Remove the retry headers from a request's `headers`; returns them (the first value of
     each name)."""
     found: dict[bytes, bytes] = {}
-    if not any(name in RETRY_HEADERS for name, _ in headers):
+    for name, _ in headers:
+        if name in RETRY_HEADERS:
+            break
+    else:
         return found
     kept = []
     for name, value in headers:

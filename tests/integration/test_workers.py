@@ -195,7 +195,7 @@ def test_clusters_shows_the_workers_per_host_counts(tmp_path) -> None:
     cluster = cluster_dict("echo", [echo.port])
     proxy = start_proxy(tmp_path, free_port(), listeners=[listener], clusters=[cluster])
     try:
-        conns = [HttpConnection(port) for _ in range(6)]  # spread over the two workers
+        conns = [HttpConnection(port) for _ in range(6)]
         for conn in conns:
             for _ in range(5):
                 assert conn.request("/x").status == 200
@@ -203,16 +203,18 @@ def test_clusters_shows_the_workers_per_host_counts(tmp_path) -> None:
         text = proxy.get("/clusters")[1]
         assert f"{host}rq_total::30\n" in text
         assert f"{host}rq_success::30\n" in text
-        # Each worker that served opened its own upstream connection.
-        assert int(re.search(rf"{re.escape(host)}cx_total::(\d+)", text).group(1)) >= 2  # type: ignore[union-attr]
+        # Each worker that served opened its own upstream connection (the kernel may give
+        # every connection to one worker).
+        serving = [
+            count for count in per_worker(proxy, port, "downstream_cx_total").values() if count
+        ]
+        assert int(re.search(rf"{re.escape(host)}cx_total::(\d+)", text).group(1)) >= len(serving)  # type: ignore[union-attr]
         status = json.loads(proxy.get("/clusters?format=json")[1])["cluster_statuses"]
         (echo_status,) = [found for found in status if found["name"] == "echo"]
         (host_status,) = echo_status["host_statuses"]
         stats = {stat["name"]: int(stat.get("value", 0)) for stat in host_status["stats"]}
         assert stats["rq_total"] == 30
         assert stats["rq_success"] == 30
-        per_worker_total = per_worker(proxy, port, "downstream_cx_total")
-        assert len([count for count in per_worker_total.values() if count]) == 2  # both served
         for conn in conns:
             conn.close()
     finally:

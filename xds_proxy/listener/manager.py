@@ -340,14 +340,15 @@ class ListenerManager:
         self, version_info: str, listeners: list[listener_pb2.Listener], nonce: str = ""
     ) -> ApplyResult:
         """A state-of-the-world response: every dynamic listener not named in it is removed."""
-        wanted = {listener.name for listener in listeners}
+        names = [listener.name for listener in listeners]  # each read once (a upb string)
+        wanted = set(names)
         removed = [n for n, v in self.active.items() if not v.static and n not in wanted]
         removed += [
             n
             for n, v in self.warming.items()
             if not v.static and n not in wanted and n not in self.active
         ]
-        return self._apply(version_info, listeners, removed, nonce)
+        return self._apply(version_info, listeners, removed, nonce, names)
 
     def apply_delta(
         self,
@@ -429,7 +430,9 @@ class ListenerManager:
         listeners: list[listener_pb2.Listener],
         removed: list[str],
         nonce: str = "",
+        names: list[str] | None = None,
     ) -> ApplyResult:
+        """`names`: the listeners' names in order, when the caller has read them already."""
         result = ApplyResult()
         self._outcomes = result.outcomes
         self._push = DrainCause(version_info, nonce)
@@ -446,8 +449,9 @@ class ListenerManager:
         failures: list[tuple[listener_pb2.Listener, str]] = []
         seen: set[str] = set()
         active, warming, outcomes = self.active, self.warming, self._outcomes
-        for listener in listeners:
-            name = listener.name
+        if names is None:
+            names = [listener.name for listener in listeners]
+        for listener, name in zip(listeners, names, strict=True):
             if name in seen:
                 failures.append((listener, f"duplicate listener {name} found"))
                 continue

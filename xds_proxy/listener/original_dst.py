@@ -39,14 +39,19 @@ class ListenersByAddress:
 
     def __init__(self) -> None:
         self._by_address: dict[tuple[str, int], dict[int, Any]] = {}
+        # Each version's addresses, so that removing one touches only those (not all 1,000).
+        self._addresses: dict[int, list[tuple[str, int]]] = {}
 
     def add(self, version_id: int, addresses: list[tuple[str, int]], instance: Any) -> None:
         for address in addresses:
             self._by_address.setdefault(address, {})[version_id] = instance
+        self._addresses.setdefault(version_id, []).extend(addresses)
 
     def remove(self, version_id: int) -> None:
-        for address in list(self._by_address):
-            versions = self._by_address[address]
+        for address in self._addresses.pop(version_id, ()):
+            versions = self._by_address.get(address)
+            if versions is None:
+                continue
             versions.pop(version_id, None)
             if not versions:
                 del self._by_address[address]

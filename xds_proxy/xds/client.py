@@ -110,7 +110,10 @@ class LdsClient(SubscriptionClient):
         self._clock = clock
         # SotW TTL bookkeeping (Delta keeps its own in the subscription).
         self._sotw_ttl = TtlTracker()
-        self._sotw_held: dict[str, tuple[str, listener_pb2.Listener]] = {}
+        # The last accepted response's resources and listeners; the name -> (version,
+        # listener) map of them is made only when a heartbeat or a TTL needs it (`_held`).
+        self._sotw_accepted: tuple[list[DecodedListener], list[listener_pb2.Listener]] = ([], [])
+        self._sotw_held: dict[str, tuple[str, listener_pb2.Listener]] | None = {}
         self._ttl_timer: asyncio.TimerHandle | None = None
 
     def started(self) -> None:
@@ -178,21 +181,30 @@ class LdsClient(SubscriptionClient):
             if resource.body is not None:
                 listeners.append(resource.body)
                 continue
-            held = self._sotw_held.get(resource.name)
+            held = self._held().get(resource.name)
             if held is not None and held[0] == resource.version:
                 listeners.append(held[1])  # a heartbeat: unchanged
             else:
                 listeners.append(listener_pb2.Listener(name=resource.name))  # rejected later
         if len(ttl):
             present = {resource.name for resource in decoded}
-            ttl.clear([name for name in list(self._sotw_held) if name not in present])
+            ttl.clear([name for name in list(self._held()) if name not in present])
         error = self._apply(version_info, listeners)
         if error is None:
+            self._sotw_accepted = (decoded, listeners)
+            self._sotw_held = None
+        return error
+
+    def _held(self) -> dict[str, tuple[str, listener_pb2.Listener]]:
+        """The listeners of the last accepted response: name -> (its `Resource` version,
+        listener)."""
+        if self._sotw_held is None:
+            decoded, listeners = self._sotw_accepted
             self._sotw_held = {
                 resource.name: (resource.version, listener)
                 for resource, listener in zip(decoded, listeners, strict=True)
             }
-        return error
+        return self._sotw_held
 
     def _arm_ttl_timer(self) -> None:
         if self._ttl_timer is not None:
@@ -225,11 +237,11 @@ class LdsClient(SubscriptionClient):
         if not expired:
             return []
         for name in expired:
-            self._sotw_held.pop(name, None)
+            self._held().pop(name, None)
         if self._apply_delta is not None:
             error = safe_apply(self._apply_delta, "", [], expired)
         else:  # without the Delta path: the held set minus the expired, as a SotW update
-            remaining = [listener for _, listener in self._sotw_held.values()]
+            remaining = [listener for _, listener in self._held().values()]
             error = safe_apply(lambda v, added, _removed: self._apply(v, added), "", remaining, [])
         count_update(self._stats, "", error, now_ms)
         return expired

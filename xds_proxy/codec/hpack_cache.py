@@ -103,6 +103,48 @@ class CachingEncoder(Encoder):
                 out.append(self._encode_new((header[0], header[1])))
         return b"".join(out)
 
+    def encode_request(
+        self,
+        pseudo: tuple[tuple[bytes, bytes], ...],
+        headers: Iterable[Any],
+        dropped: frozenset[bytes],
+        unindexed: bytes,
+    ) -> bytes | None:
+        """`encode` of `pseudo` then `headers` (pairs) without the fields named in `dropped`,
+        a `te` other than `trailers`, and with the field named `unindexed` never indexed: the
+        same bytes as building that list and encoding it, in one pass. None when hpack must
+        encode (a table size update is pending)."""
+        table = self.header_table
+        if table.resized:
+            return None
+        fields = self._fields
+        if table.epoch != self._epoch:  # type: ignore[attr-defined]
+            fields.clear()
+            self._epoch = table.epoch  # type: ignore[attr-defined]
+        out = []
+        for header in pseudo:
+            encoded = fields.get(header)
+            if encoded is None:
+                encoded = self._encode_new(header)
+            out.append(encoded)
+        for header in headers:
+            name = header[0]
+            if name in dropped or (name == b"te" and header[1] != b"trailers"):
+                continue
+            if type(header) is not tuple or len(header) != 2:
+                header = (name, header[1])
+            if name == unindexed:
+                value = header[1]
+                if type(name) is not bytes or type(value) is not bytes:
+                    name, value = _as_bytes(name), _as_bytes(value)
+                out.append(_never_indexed(name, value))
+                continue
+            encoded = fields.get(header)
+            if encoded is None:
+                encoded = self._encode_new(header)
+            out.append(encoded)
+        return b"".join(out)
+
     def _encode_new(self, header: tuple[Any, Any]) -> bytes:
         """hpack's encoding of one field, kept if it left the table as it was."""
         encoded = self.add((_as_bytes(header[0]), _as_bytes(header[1])), False, True)

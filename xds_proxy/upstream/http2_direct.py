@@ -114,8 +114,12 @@ class DirectStreams(Generic[StreamT]):
     def open(self, stream: StreamT, headers: list[Header]) -> int:
         """Send a whole request (HEADERS with END_STREAM) on a new stream without h2; its
         stream id."""
+        return self.open_block(stream, self._h2.encoder.encode(headers))
+
+    def open_block(self, stream: StreamT, block: bytes) -> int:
+        """`open` with the request's header block already encoded (by the connection's
+        encoder, just now)."""
         conn = self._h2
-        block = conn.encoder.encode(headers)
         if len(block) > conn.max_outbound_frame_size:
             return self._send_split(stream, block)  # with CONTINUATION frames, as h2 would
         highest = conn.highest_outbound_stream_id

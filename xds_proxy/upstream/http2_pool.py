@@ -425,24 +425,21 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             end_now and self.DIRECT_EXCHANGES and head.method != b"HEAD" and self.direct.can_open()
         )
         # Envoy's order of the pseudo-headers.
-        headers: list = [
+        pseudo = (
             (b":authority", head.authority),
             (b":path", head.path),
             (b":method", head.method),
             (b":scheme", head.scheme),
-        ]
-        for name, value in head.headers:
-            if name in _FORBIDDEN_REQUEST_HEADERS or (name == b"te" and value != b"trailers"):
-                continue
-            if name == b"x-request-id":
-                # Unique per request: indexing it would only churn the HPACK table. (Our
-                # encoder takes a third item as never-indexed; h2 needs hpack's tuple.)
-                never = (name, value, True) if direct else NeverIndexedHeaderTuple(name, value)
-                headers.append(never)
-            else:
-                headers.append((name, value))
+        )
         if direct:
-            stream.stream_id = self.direct.open(stream, headers)
+            # x-request-id is unique per request: indexing it would only churn the HPACK table.
+            block = self.h2.encoder.encode_request(
+                pseudo, head.headers, _FORBIDDEN_REQUEST_HEADERS, b"x-request-id"
+            )
+            if block is None:
+                stream.stream_id = self.direct.open(stream, self._header_list(pseudo, head))
+            else:
+                stream.stream_id = self.direct.open_block(stream, block)
             self.streams[stream.stream_id] = stream
             stream.request_end_pending = False
             if self._write_paused:
@@ -455,7 +452,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         stream_id = self.h2.get_next_available_stream_id()
         stream.stream_id = stream_id
         self.streams[stream_id] = stream
-        self.h2.send_headers(stream_id, headers, end_stream=end_now)
+        self.h2.send_headers(stream_id, self._header_list(pseudo, head), end_stream=end_now)
         if end_now:
             stream.request_end_pending = False
         else:
@@ -463,6 +460,20 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         if self._write_paused:
             stream.handler.pause_request_body()
         self._flush()
+
+    @staticmethod
+    def _header_list(pseudo: tuple[Header, ...], head: RequestHead) -> list:
+        """The request's header fields for h2 (and hpack): hop-by-hop ones dropped,
+        x-request-id never indexed."""
+        headers: list = list(pseudo)
+        for name, value in head.headers:
+            if name in _FORBIDDEN_REQUEST_HEADERS or (name == b"te" and value != b"trailers"):
+                continue
+            if name == b"x-request-id":
+                headers.append(NeverIndexedHeaderTuple(name, value))
+            else:
+                headers.append((name, value))
+        return headers
 
     def flush_stream(self, stream: Http2Stream, write: bool = True) -> None:
         """Send what the stream has buffered, as far as flow control allows."""

@@ -17,6 +17,7 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from xds_proxy.codec.responses import HTTP_DATE, LocalResponse, reason_phrase
+from xds_proxy.upstream.running_loop import running_loop
 from xds_proxy.upstream.stream import Header
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class _PendingHeads:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def defer(self, sink: Http1ForwardSink) -> None:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         if loop is not self._loop:
             # Another loop (tests run several, one after the other): what the last one left
             # is gone with it.

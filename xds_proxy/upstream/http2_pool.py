@@ -29,6 +29,7 @@ from xds_proxy.codec.hpack_cache import CachingDecoder, CachingEncoder
 from xds_proxy.upstream.http2_direct import DirectStreams
 from xds_proxy.upstream.http2_direct_frames import DIRECT_HEADERS, DirectResponses
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
+from xds_proxy.upstream.running_loop import running_loop
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
     PROTOCOL_ERROR,
@@ -447,7 +448,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             if not self._flush_scheduled:
                 # The requests of one loop iteration go out in one write.
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._scheduled_flush)
+                running_loop().call_soon(self._scheduled_flush)
             return
         stream_id = self.h2.get_next_available_stream_id()
         stream.stream_id = stream_id
@@ -533,7 +534,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             if not self._end_check_scheduled:
                 # Once per loop iteration, however many streams ended in it.
                 self._end_check_scheduled = True
-                asyncio.get_running_loop().call_soon(self._scheduled_end_check)
+                running_loop().call_soon(self._scheduled_end_check)
 
     def _scheduled_end_check(self) -> None:
         self._end_check_scheduled = False
@@ -555,7 +556,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             timeout = self.pool.cluster.config.idle_timeout_s
             if timeout:
                 # One lazy timer: not moved per stream, it re-arms itself when it fires early.
-                loop = asyncio.get_running_loop()
+                loop = running_loop()
                 self._idle_since = loop.time()
                 if self._idle_timer is None:
                     self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
@@ -565,7 +566,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         self._idle_timer = None
         if self.transport is None or self._closing:
             return
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         if self.streams:
             self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
             return

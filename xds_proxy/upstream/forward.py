@@ -446,6 +446,11 @@ class DownstreamSink(Protocol):
 
     def send_response_data(self, data: bytes, end_stream: bool) -> None: ...
 
+    def send_whole_response(self, status: int, headers: list[Header], body: bytes) -> None:
+        """`send_response_headers` (not ending the stream), then `send_response_data` of
+        `body`, ending it."""
+        ...
+
     def send_response_trailers(self, trailers: list[Header]) -> None: ...
 
     # Set by the exchange when the upstream's `server` header is kept (its place, its value):
@@ -675,6 +680,25 @@ class Exchange(ResponseHandler):
             return
         if self._retries is not None and self._retries.retry_response(status, headers, end_stream):
             return
+        out = self._response_head(status, headers)
+        if end_stream:
+            self._finish()
+        self._sink.send_response_headers(status, out, end_stream)
+
+    def on_whole_response(self, status: int, headers: list[Header], body: bytes) -> bool:
+        # Not with a retry policy (the response may be retried) nor for an upgrade.
+        if self._done or self._retries is not None or self._upgrade or self._stream is None:
+            return False
+        out = self._response_head(status, headers)
+        if self._record is not None:
+            self._record.bytes_sent += len(body)
+        self._finish()
+        self._sink.send_whole_response(status, out, body)
+        return True
+
+    def _response_head(self, status: int, headers: list[Header]) -> list[Header]:
+        """The response's headers for the downstream codec, with what goes with them counted
+        and logged."""
         cluster = self._cluster
         if cluster is not None:
             cluster.stats.count_response(status)
@@ -717,9 +741,7 @@ class Exchange(ResponseHandler):
                 response_headers.append((b"server", record.server))
             record.response_headers = response_headers
             self._log_upstream_local()
-        if end_stream:
-            self._finish()
-        self._sink.send_response_headers(status, out, end_stream)
+        return out
 
     def on_response_data(self, data: bytes, end_stream: bool) -> None:
         if self._done or self._stream is None:  # None: the end of a response just retried

@@ -27,7 +27,11 @@ from hpack import NeverIndexedHeaderTuple
 from xds_proxy.codec.h2_connection import BoundedH2Connection
 from xds_proxy.codec.hpack_cache import CachingDecoder, CachingEncoder
 from xds_proxy.upstream.http2_direct import DirectStreams
-from xds_proxy.upstream.http2_direct_frames import DIRECT_HEADERS, DirectResponses
+from xds_proxy.upstream.http2_direct_frames import (
+    DIRECT_HEADERS,
+    DIRECT_WHOLE,
+    DirectResponses,
+)
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.running_loop import running_loop
 from xds_proxy.upstream.stream import (
@@ -193,6 +197,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         # What the frames of the current read said, for `_dispatch`: h2's events and the
         # direct path's (DIRECT_HEADERS, stream, response, ended) / (DIRECT_BODY, ...).
         self._events: list = []
+        self._heads_at: dict[int, int] = {}
         self._flush_scheduled = False
         self._end_check_scheduled = False
         # The server's and our stream limit, the lesser; None: to be read again (whatever h2
@@ -315,6 +320,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             self._events += self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
             self._events = []
+            self._heads_at.clear()
             self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
             self._fail_all(PROTOCOL_ERROR)
             return False
@@ -322,12 +328,17 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
 
     def _dispatch(self) -> None:
         events, self._events = self._events, []
+        if self._heads_at:
+            self._heads_at.clear()
         for event in events:
             if type(event) is tuple:
-                if event[0] is DIRECT_HEADERS:
-                    self._on_direct_headers(*event[1:])
+                kind = event[0]
+                if kind is DIRECT_WHOLE:
+                    self._on_direct_whole(event[1], event[2], event[3])
+                elif kind is DIRECT_HEADERS:
+                    self._on_direct_headers(event[1], event[2], event[3])
                 else:
-                    self._on_direct_body(*event[1:])
+                    self._on_direct_body(event[1], event[2])
                 continue
             handler = _EVENT_HANDLERS.get(type(event))
             if handler is not None:

@@ -24,6 +24,7 @@ server byte streams to a connection using this and to one where h2 does everythi
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 StreamT = TypeVar("StreamT", bound=PooledStream)
 
 _CLIENT_OPEN = ConnectionState.CLIENT_OPEN
+_ordered_set = collections.OrderedDict.__setitem__
 _CLOSED_BY_THEIR_END = StreamClosedBy.RECV_END_STREAM
 _MAX_KNOWN = 256
 _HIGHEST_STREAM_ID = 2**31 - 1
@@ -195,8 +197,18 @@ class DirectStreams(Generic[StreamT]):
         self._known[block] = (token, known)
 
     def lookup(self, block: bytes) -> KnownResponse | None:
+        """What h2 made of `block`, if it would make the same of it now (the decoder's
+        `decode_token` as when it was learnt; compared field by field, no tuple built)."""
         found = self._known.get(block)
-        if found is None or found[0] != self._h2.decode_token():  # type: ignore[attr-defined]
+        if found is None:
+            return None
+        token = found[0]
+        decoder = self._h2.decoder
+        if (
+            token[0] != decoder.header_table.epoch  # type: ignore[attr-defined]
+            or token[1] != decoder.max_allowed_table_size
+            or token[2] != decoder.max_header_list_size
+        ):
             return None
         return found[1]
 
@@ -253,9 +265,16 @@ class DirectStreams(Generic[StreamT]):
         del self.streams[stream_id]
         self.responding.pop(stream_id, None)
         conn = self._h2
-        conn._closed_streams[stream_id] = _CLOSED_BY_THEIR_END
+        # h2's SizeLimitDict.__setitem__ and WindowManager.window_consumed, inline (the
+        # window cannot go below 0: `take_body` checked the frame fits).
+        closed = conn._closed_streams
+        _ordered_set(closed, stream_id, _CLOSED_BY_THEIR_END)
+        limit = closed._size_limit
+        if limit is not None:
+            while len(closed) > limit:
+                closed.popitem(last=False)
         if body_length:
-            conn._inbound_flow_control_window_manager.window_consumed(body_length)
+            conn._inbound_flow_control_window_manager.current_window_size -= body_length
 
     def acknowledge(self, size: int) -> None:
         """h2's acknowledge_received_data for a stream already closed: the connection's

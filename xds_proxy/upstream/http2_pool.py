@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import struct
 from typing import TYPE_CHECKING
 
 import h2.config
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from xds_proxy.upstream.stats import ClusterStats
 
 _FRAME_HEADER = 9
+# A frame header: length (16 high bits, 8 low bits), type, flags, R bit and stream id.
+_unpack_frame_head = struct.Struct(">HBBBL").unpack_from
 _HEADERS = 0x1
 _GOAWAY = 0x7
 _REFUSED_STREAM = 0x7
@@ -256,8 +259,8 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
                 continue
             if size - position < _FRAME_HEADER:
                 break
-            length = int.from_bytes(data[position : position + 3], "big")
-            frame_type = data[position + 3]
+            length_high, length_low, frame_type, _, stream_id = _unpack_frame_head(data, position)
+            length = length_high << 8 | length_low
             end = position + _FRAME_HEADER + length
             if frame_type == _GOAWAY:
                 if end > size:
@@ -269,7 +272,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
                 start = position = end
                 continue
             if direct:
-                stream_id = int.from_bytes(data[position + 5 : position + 9], "big") & 0x7FFFFFFF
+                stream_id &= 0x7FFFFFFF
                 if stream_id in direct:
                     if position > start and not self._receive(data[start:position]):
                         return
@@ -282,7 +285,11 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
                         start = position = end
                         continue
                     self.direct.materialize(stream_id)
-            self._frame_left = _FRAME_HEADER + length
+            if end <= size:  # (h2 takes it with the frames around it)
+                position = end
+            else:
+                self._frame_left = end - size
+                position = size
         if position < size:
             self._pending_bytes = data[position:]
         if position <= start or self._receive(data[start:position]):

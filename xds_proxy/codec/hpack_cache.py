@@ -38,9 +38,11 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
 _NAME_PARTS: dict[bytes, bytes] = {}  # a never-indexed field's bytes before its value's
 
 
-def _never_indexed(name: bytes, value: bytes) -> bytes:
-    """A never-indexed literal (RFC 7541 section 6.2.3), name from the static table when it
-    holds it, strings not Huffman-coded."""
+_SHORT_LENGTHS = [bytes((size,)) for size in range(0x7F)]  # a string length in one byte
+
+
+def _never_indexed_name(name: bytes) -> bytes:
+    """A never-indexed literal's bytes before its value's."""
     name_part = _NAME_PARTS.get(name)
     if name_part is None:
         name_index = _STATIC_NAMES.get(name)
@@ -50,6 +52,13 @@ def _never_indexed(name: bytes, value: bytes) -> bytes:
             name_part = b"\x10" + hpack_integer(len(name), 7) + name
         if len(_NAME_PARTS) < _MAX_CACHED:
             _NAME_PARTS[name] = name_part
+    return name_part
+
+
+def _never_indexed(name: bytes, value: bytes) -> bytes:
+    """A never-indexed literal (RFC 7541 section 6.2.3), name from the static table when it
+    holds it, strings not Huffman-coded."""
+    name_part = _never_indexed_name(name)
     size = len(value)
     if size < 0x7F:
         return name_part + bytes((size,)) + value
@@ -137,7 +146,11 @@ class CachingEncoder(Encoder):
                 value = header[1]
                 if type(name) is not bytes or type(value) is not bytes:
                     name, value = _as_bytes(name), _as_bytes(value)
-                out.append(_never_indexed(name, value))
+                if len(value) < 0x7F:  # (`_never_indexed`, inline)
+                    name_part = _NAME_PARTS.get(name) or _never_indexed_name(name)
+                    out += (name_part, _SHORT_LENGTHS[len(value)], value)
+                else:
+                    out.append(_never_indexed(name, value))
                 continue
             encoded = fields.get(header)
             if encoded is None:

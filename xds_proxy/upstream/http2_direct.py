@@ -212,9 +212,11 @@ class DirectStreams(Generic[StreamT]):
             return None
         return found[1]
 
-    def take_headers(self, stream_id: int, data: bytes, position: int) -> KnownResponse | None:
+    def take_headers(
+        self, stream_id: int, data: bytes, position: int, end: int
+    ) -> KnownResponse | None:
         """The response of direct stream `stream_id` whose HEADERS frame (whole in `data`) is
-        at `position`, if its block is known; the stream then waits for its body (unless
+        from `position` to `end`, if its block is known; the stream then waits for its body (unless
         the frame ended it, see `finish`). None leaves the frame to h2."""
         conn = self._h2
         flags = data[position + 4]
@@ -226,9 +228,7 @@ class DirectStreams(Generic[StreamT]):
             or stream_id in self.responding
         ):
             return None  # padded, priority, a block in several frames, trailers
-        block_start = position + FRAME_HEADER_SIZE
-        length = int.from_bytes(data[position : position + 3], "big")
-        known = self.lookup(data[block_start : block_start + length])
+        known = self.lookup(data[position + FRAME_HEADER_SIZE : end])
         if known is None:
             return None
         if flags & END_STREAM:
@@ -240,13 +240,13 @@ class DirectStreams(Generic[StreamT]):
         # above, that input leaves the state as it is and does nothing else.)
         return known
 
-    def take_body(self, stream_id: int, data: bytes, position: int) -> bytes | None:
+    def take_body(self, stream_id: int, data: bytes, position: int, end: int) -> bytes | None:
         """The whole body of direct stream `stream_id`, from the DATA frame (whole in `data`)
-        at `position`, if it is one frame with END_STREAM that h2 would take without a word.
-        None leaves the frame to h2."""
+        from `position` to `end`, if it is one frame with END_STREAM that h2 would take
+        without a word. None leaves the frame to h2."""
         conn = self._h2
         known = self.responding.get(stream_id)
-        length = int.from_bytes(data[position : position + 3], "big")
+        length = end - position - FRAME_HEADER_SIZE
         if (
             known is None
             or data[position + 4] != END_STREAM
@@ -257,7 +257,7 @@ class DirectStreams(Generic[StreamT]):
             or (known.content_length is not None and known.content_length != length)
         ):
             return None
-        return data[position + FRAME_HEADER_SIZE : position + FRAME_HEADER_SIZE + length]
+        return data[position + FRAME_HEADER_SIZE : end]
 
     def finish(self, stream_id: int, body_length: int) -> None:
         """The response of direct stream `stream_id` was received whole (`body_length` flow

@@ -47,7 +47,7 @@ class DirectResponses:
         its header block). False when the connection failed."""
         stream = self.direct.streams[stream_id]
         if frame_type == _HEADERS:
-            known = self.direct.take_headers(stream_id, data, position)
+            known = self.direct.take_headers(stream_id, data, position, end)
             if known is None:
                 return self._learn_response(stream_id, data, position, end)
             ended = stream_id not in self.direct.responding
@@ -57,7 +57,7 @@ class DirectResponses:
                 self._heads_at[stream_id] = len(self._events)
             self._events.append((DIRECT_HEADERS, stream, known, ended))
             return True
-        body = self.direct.take_body(stream_id, data, position)
+        body = self.direct.take_body(stream_id, data, position, end)
         if body is None:
             self._heads_at.pop(stream_id, None)
             self.direct.materialize(stream_id)

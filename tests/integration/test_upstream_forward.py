@@ -54,6 +54,10 @@ class RecordingSink:
         if end_stream:
             self._end()
 
+    def send_whole_response(self, status: int, headers: list, body: bytes) -> None:
+        self.send_response_headers(status, headers, False)
+        self.send_response_data(body, True)
+
     def send_response_trailers(self, trailers: list) -> None:
         self.trailers = trailers
         self._end()

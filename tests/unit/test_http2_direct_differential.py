@@ -222,6 +222,14 @@ class Recorder(ResponseHandler):
     def on_response_data(self, data: bytes, end_stream: bool) -> None:
         self.log.append((self.index, "data", data, end_stream))
 
+    def on_whole_response(self, status: int, headers: list, body: bytes) -> bool:
+        # Taken whole (as the exchange does) unless the headers step would touch the stream.
+        if self.reset_on_headers:
+            return False
+        self.on_response_headers(status, headers, False)
+        self.on_response_data(body, True)
+        return True
+
     def on_response_trailers(self, trailers: list) -> None:
         self.log.append((self.index, "trailers", list(trailers)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 
 from xds_proxy.upstream.forward import _request_id
 
@@ -34,3 +35,13 @@ def test_a_forked_child_draws_ids_of_its_own() -> None:
     parent = b"".join(_request_id() for _ in range(4))
     assert len(child) == len(parent) == 4 * 36
     assert child != parent
+
+
+def test_version_and_variant_as_uuid_reads_them_and_every_digit_random() -> None:
+    ids = [_request_id() for _ in range(2000)]
+    for made in ids:
+        parsed = uuid.UUID(made.decode())
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed).encode() == made  # lower-case, dashed as Envoy writes it
+    assert {made[19:20] for made in ids} == {b"8", b"9", b"a", b"b"}  # the variant's low bits
+    assert set(b"".join(ids).replace(b"-", b"")) == set(b"0123456789abcdef")

@@ -38,9 +38,11 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
 _NAME_PARTS: dict[bytes, bytes] = {}  # a never-indexed field's bytes before its value's
 
 
-def _never_indexed(name: bytes, value: bytes) -> bytes:
-    """A never-indexed literal (RFC 7541 section 6.2.3), name from the static table when it
-    holds it, strings not Huffman-coded."""
+_SHORT_LENGTHS = [bytes((size,)) for size in range(0x7F)]  # a string length in one byte
+
+
+def _never_indexed_name(name: bytes) -> bytes:
+    """A never-indexed literal's bytes before its value's."""
     name_part = _NAME_PARTS.get(name)
     if name_part is None:
         name_index = _STATIC_NAMES.get(name)
@@ -50,6 +52,13 @@ def _never_indexed(name: bytes, value: bytes) -> bytes:
             name_part = b"\x10" + hpack_integer(len(name), 7) + name
         if len(_NAME_PARTS) < _MAX_CACHED:
             _NAME_PARTS[name] = name_part
+    return name_part
+
+
+def _never_indexed(name: bytes, value: bytes) -> bytes:
+    """A never-indexed literal (RFC 7541 section 6.2.3), name from the static table when it
+    holds it, strings not Huffman-coded."""
+    name_part = _never_indexed_name(name)
     size = len(value)
     if size < 0x7F:
         return name_part + bytes((size,)) + value
@@ -101,6 +110,52 @@ class CachingEncoder(Encoder):
                 out.append(_never_indexed(_as_bytes(header[0]), _as_bytes(header[1])))
             else:
                 out.append(self._encode_new((header[0], header[1])))
+        return b"".join(out)
+
+    def encode_request(
+        self,
+        pseudo: tuple[tuple[bytes, bytes], ...],
+        headers: Iterable[Any],
+        dropped: frozenset[bytes],
+        unindexed: bytes,
+    ) -> bytes | None:
+        """`encode` of `pseudo` then `headers` (pairs) without the fields named in `dropped`,
+        a `te` other than `trailers`, and with the field named `unindexed` never indexed: the
+        same bytes as building that list and encoding it, in one pass. None when hpack must
+        encode (a table size update is pending)."""
+        table = self.header_table
+        if table.resized:
+            return None
+        fields = self._fields
+        if table.epoch != self._epoch:  # type: ignore[attr-defined]
+            fields.clear()
+            self._epoch = table.epoch  # type: ignore[attr-defined]
+        out = []
+        for header in pseudo:
+            encoded = fields.get(header)
+            if encoded is None:
+                encoded = self._encode_new(header)
+            out.append(encoded)
+        for header in headers:
+            name = header[0]
+            if name in dropped or (name == b"te" and header[1] != b"trailers"):
+                continue
+            if type(header) is not tuple or len(header) != 2:
+                header = (name, header[1])
+            if name == unindexed:
+                value = header[1]
+                if type(name) is not bytes or type(value) is not bytes:
+                    name, value = _as_bytes(name), _as_bytes(value)
+                if len(value) < 0x7F:  # (`_never_indexed`, inline)
+                    name_part = _NAME_PARTS.get(name) or _never_indexed_name(name)
+                    out += (name_part, _SHORT_LENGTHS[len(value)], value)
+                else:
+                    out.append(_never_indexed(name, value))
+                continue
+            encoded = fields.get(header)
+            if encoded is None:
+                encoded = self._encode_new(header)
+            out.append(encoded)
         return b"".join(out)
 
     def _encode_new(self, header: tuple[Any, Any]) -> bytes:

@@ -63,6 +63,10 @@ class UpgradeSink(Http1ForwardSink):
         self.last_activity = time.monotonic()
         super().send_response_data(data, end_stream)
 
+    def send_whole_response(self, status: int, headers: list[Header], body: bytes) -> None:
+        self.send_response_headers(status, headers, False)
+        self.send_response_data(body, True)
+
 
 class TunnelHost(Protocol):
     """The downstream connection, as its tunnel sees it."""

@@ -89,6 +89,12 @@ class Http2ForwardSink:
             conn._stream_done(self._stream_id)
         conn._flush()
 
+    def send_whole_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        self.send_response_headers(status, headers, False)
+        self.send_response_data(body, True)
+
     def send_response_data(self, data: bytes, end_stream: bool) -> None:
         if not self._alive():
             return

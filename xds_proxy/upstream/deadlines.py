@@ -18,6 +18,8 @@ import asyncio
 import collections
 from collections.abc import Callable
 
+from xds_proxy.upstream.running_loop import running_loop
+
 
 class Deadline:
     """One armed timeout; `cancel()` disarms it."""
@@ -87,7 +89,7 @@ class Deadlines:
         self._queues: dict[float, DeadlineQueue] = {}
 
     def arm(self, duration: float, callback: Callable[[], object]) -> Deadline:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         if loop is not self._loop:
             # Another loop (tests run several, one after the other): the old queues keep
             # their own loop and timers.

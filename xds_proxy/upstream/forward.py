@@ -446,6 +446,11 @@ class DownstreamSink(Protocol):
 
     def send_response_data(self, data: bytes, end_stream: bool) -> None: ...
 
+    def send_whole_response(self, status: int, headers: list[Header], body: bytes) -> None:
+        """`send_response_headers` (not ending the stream), then `send_response_data` of
+        `body`, ending it."""
+        ...
+
     def send_response_trailers(self, trailers: list[Header]) -> None: ...
 
     # Set by the exchange when the upstream's `server` header is kept (its place, its value):
@@ -472,39 +477,49 @@ _OVERWRITE = ServerHeader.OVERWRITE
 _ROUTE_TIMEOUTS = Deadlines()
 
 
-class _RandomBytes:
+class _RandomHex:
     """The OS's random bytes, fetched 4 KiB at a time (one system call per 256 request ids,
-    as Envoy's random generator buffers them too)."""
+    as Envoy's random generator buffers them too) and written in hex at once."""
 
-    __slots__ = ("_buffer", "_position")
+    __slots__ = ("_hex", "_position")
 
-    _SIZE = 4096
+    _SIZE = 4096  # random bytes per draw
+    _TAKE = 32  # hex digits per request id (16 random bytes)
 
     def __init__(self) -> None:
-        self._buffer = b""
-        self._position = self._SIZE
+        self._hex = b""
+        self._position = 2 * self._SIZE
 
-    def take16(self) -> bytes:
+    def take32(self) -> bytes:
+        """32 random hex digits (16 random bytes)."""
         position = self._position
-        if position >= self._SIZE or len(self._buffer) != self._SIZE:
-            self._buffer = os.urandom(self._SIZE)
+        if position >= 2 * self._SIZE or len(self._hex) != 2 * self._SIZE:
+            self._hex = os.urandom(self._SIZE).hex().encode()
             position = 0
-        self._position = position + 16
-        return self._buffer[position : position + 16]
+        self._position = position + self._TAKE
+        return self._hex[position : position + self._TAKE]
 
 
-_random_bytes = _RandomBytes()
-os.register_at_fork(after_in_child=_random_bytes.__init__)  # a child draws its own
+_random_hex = _RandomHex()
+os.register_at_fork(after_in_child=_random_hex.__init__)  # a child draws its own
+
+# A version 4 UUID's variant digit: 10 in its two high bits, its two low bits random.
+_VARIANT = {digit: b"89ab"[int(chr(digit), 16) & 3] for digit in b"0123456789abcdef"}
 
 
 def _request_id() -> bytes:
     """A random (version 4) UUID, as Envoy generates for `x-request-id`; uuid.uuid4() costs
-    several times more."""
-    raw = bytearray(_random_bytes.take16())
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    text = raw.hex().encode()
-    return b"%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
+    several times more. (The version digit replaces a random one; the variant digit keeps
+    the two low bits of its random one.)"""
+    text = _random_hex.take32()
+    return b"%s-%s-4%s-%c%s-%s" % (
+        text[:8],
+        text[8:12],
+        text[13:16],
+        _VARIANT[text[16]],
+        text[17:20],
+        text[20:],
+    )
 
 
 class Exchange(ResponseHandler):
@@ -675,6 +690,25 @@ class Exchange(ResponseHandler):
             return
         if self._retries is not None and self._retries.retry_response(status, headers, end_stream):
             return
+        out = self._response_head(status, headers)
+        if end_stream:
+            self._finish()
+        self._sink.send_response_headers(status, out, end_stream)
+
+    def on_whole_response(self, status: int, headers: list[Header], body: bytes) -> bool:
+        # Not with a retry policy (the response may be retried) nor for an upgrade.
+        if self._done or self._retries is not None or self._upgrade or self._stream is None:
+            return False
+        out = self._response_head(status, headers)
+        if self._record is not None:
+            self._record.bytes_sent += len(body)
+        self._finish()
+        self._sink.send_whole_response(status, out, body)
+        return True
+
+    def _response_head(self, status: int, headers: list[Header]) -> list[Header]:
+        """The response's headers for the downstream codec, with what goes with them counted
+        and logged."""
         cluster = self._cluster
         if cluster is not None:
             cluster.stats.count_response(status)
@@ -717,9 +751,7 @@ class Exchange(ResponseHandler):
                 response_headers.append((b"server", record.server))
             record.response_headers = response_headers
             self._log_upstream_local()
-        if end_stream:
-            self._finish()
-        self._sink.send_response_headers(status, out, end_stream)
+        return out
 
     def on_response_data(self, data: bytes, end_stream: bool) -> None:
         if self._done or self._stream is None:  # None: the end of a response just retried

@@ -8,13 +8,13 @@ the cluster; a pool with no connection at all may always open one, as in Envoy).
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 import httptools
 
 from xds_proxy.upstream.http1_tunnel import UpstreamTunnel, start_tunnel
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
+from xds_proxy.upstream.running_loop import running_loop
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
     PROTOCOL_ERROR,
@@ -330,7 +330,7 @@ class Http1ClientConnection(PooledConnection):
         self._until_eof = False
         stream.attach(self)
         if self._early:  # parsed on the next iteration: never a callback inside new_stream
-            asyncio.get_running_loop().call_soon(self._parse_early)
+            running_loop().call_soon(self._parse_early)
 
     def _parse_early(self) -> None:
         data, self._early = self._early, b""
@@ -368,7 +368,7 @@ class Http1ClientConnection(PooledConnection):
         request, it re-arms itself when it fires early."""
         if not timeout or self.transport is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         self._idle_since = loop.time()
         if self._idle_timer is None:
             self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
@@ -377,7 +377,7 @@ class Http1ClientConnection(PooledConnection):
         self._idle_timer = None
         if self.transport is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         if self.stream is not None:
             self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
             return

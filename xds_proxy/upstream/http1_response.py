@@ -17,6 +17,7 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from xds_proxy.codec.responses import HTTP_DATE, LocalResponse, reason_phrase
+from xds_proxy.upstream.running_loop import running_loop
 from xds_proxy.upstream.stream import Header
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class _PendingHeads:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def defer(self, sink: Http1ForwardSink) -> None:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         if loop is not self._loop:
             # Another loop (tests run several, one after the other): what the last one left
             # is gone with it.
@@ -122,6 +123,24 @@ class Http1ForwardSink:
     # -- DownstreamSink ---------------------------------------------------------------------
 
     def send_response_headers(self, status: int, headers: list[Header], end_stream: bool) -> None:
+        head = self._render_head(status, headers, end_stream)
+        if end_stream:
+            self._owner.forward_write(self, head)
+            self._finish()
+            return
+        # The body usually follows in the same read: one write for both saves a syscall.
+        # If it does not, the headers go out on the next loop iteration.
+        self._pending_head = head
+        _PENDING_HEADS.defer(self)
+
+    def send_whole_response(self, status: int, headers: list[Header], body: bytes) -> None:
+        self._pending_head = self._render_head(status, headers, False)
+        self.send_response_data(body, True)  # (in one write with the head)
+
+    def _render_head(self, status: int, headers: list[Header], end_stream: bool) -> bytes:
+        """The response head as it goes out (status line, headers, framing, `date`,
+        `server`, `connection`); counts the response and decides whether the connection
+        closes after it."""
         owner = self._owner
         owner.forward_count(status)
         close = owner.forward_close_decision(self)
@@ -154,14 +173,7 @@ class Http1ForwardSink:
                 lines.append(b"transfer-encoding: chunked\r\n")
         lines.append(b"\r\n")
         self._close = close
-        if end_stream:
-            owner.forward_write(self, b"".join(lines))
-            self._finish()
-            return
-        # The body usually follows in the same read: one write for both saves a syscall.
-        # If it does not, the headers go out on the next loop iteration.
-        self._pending_head = b"".join(lines)
-        _PENDING_HEADS.defer(self)
+        return b"".join(lines)
 
     def _flush_head(self) -> None:
         if self._pending_head:

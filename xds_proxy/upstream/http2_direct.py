@@ -24,6 +24,7 @@ server byte streams to a connection using this and to one where h2 does everythi
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 StreamT = TypeVar("StreamT", bound=PooledStream)
 
 _CLIENT_OPEN = ConnectionState.CLIENT_OPEN
+_ordered_set = collections.OrderedDict.__setitem__
 _CLOSED_BY_THEIR_END = StreamClosedBy.RECV_END_STREAM
 _MAX_KNOWN = 256
 _HIGHEST_STREAM_ID = 2**31 - 1
@@ -114,8 +116,12 @@ class DirectStreams(Generic[StreamT]):
     def open(self, stream: StreamT, headers: list[Header]) -> int:
         """Send a whole request (HEADERS with END_STREAM) on a new stream without h2; its
         stream id."""
+        return self.open_block(stream, self._h2.encoder.encode(headers))
+
+    def open_block(self, stream: StreamT, block: bytes) -> int:
+        """`open` with the request's header block already encoded (by the connection's
+        encoder, just now)."""
         conn = self._h2
-        block = conn.encoder.encode(headers)
         if len(block) > conn.max_outbound_frame_size:
             return self._send_split(stream, block)  # with CONTINUATION frames, as h2 would
         highest = conn.highest_outbound_stream_id
@@ -191,14 +197,26 @@ class DirectStreams(Generic[StreamT]):
         self._known[block] = (token, known)
 
     def lookup(self, block: bytes) -> KnownResponse | None:
+        """What h2 made of `block`, if it would make the same of it now (the decoder's
+        `decode_token` as when it was learnt; compared field by field, no tuple built)."""
         found = self._known.get(block)
-        if found is None or found[0] != self._h2.decode_token():  # type: ignore[attr-defined]
+        if found is None:
+            return None
+        token = found[0]
+        decoder = self._h2.decoder
+        if (
+            token[0] != decoder.header_table.epoch  # type: ignore[attr-defined]
+            or token[1] != decoder.max_allowed_table_size
+            or token[2] != decoder.max_header_list_size
+        ):
             return None
         return found[1]
 
-    def take_headers(self, stream_id: int, data: bytes, position: int) -> KnownResponse | None:
+    def take_headers(
+        self, stream_id: int, data: bytes, position: int, end: int
+    ) -> KnownResponse | None:
         """The response of direct stream `stream_id` whose HEADERS frame (whole in `data`) is
-        at `position`, if its block is known; the stream then waits for its body (unless
+        from `position` to `end`, if its block is known; the stream then waits for its body (unless
         the frame ended it, see `finish`). None leaves the frame to h2."""
         conn = self._h2
         flags = data[position + 4]
@@ -210,9 +228,7 @@ class DirectStreams(Generic[StreamT]):
             or stream_id in self.responding
         ):
             return None  # padded, priority, a block in several frames, trailers
-        block_start = position + FRAME_HEADER_SIZE
-        length = int.from_bytes(data[position : position + 3], "big")
-        known = self.lookup(data[block_start : block_start + length])
+        known = self.lookup(data[position + FRAME_HEADER_SIZE : end])
         if known is None:
             return None
         if flags & END_STREAM:
@@ -224,13 +240,13 @@ class DirectStreams(Generic[StreamT]):
         # above, that input leaves the state as it is and does nothing else.)
         return known
 
-    def take_body(self, stream_id: int, data: bytes, position: int) -> bytes | None:
+    def take_body(self, stream_id: int, data: bytes, position: int, end: int) -> bytes | None:
         """The whole body of direct stream `stream_id`, from the DATA frame (whole in `data`)
-        at `position`, if it is one frame with END_STREAM that h2 would take without a word.
-        None leaves the frame to h2."""
+        from `position` to `end`, if it is one frame with END_STREAM that h2 would take
+        without a word. None leaves the frame to h2."""
         conn = self._h2
         known = self.responding.get(stream_id)
-        length = int.from_bytes(data[position : position + 3], "big")
+        length = end - position - FRAME_HEADER_SIZE
         if (
             known is None
             or data[position + 4] != END_STREAM
@@ -241,7 +257,7 @@ class DirectStreams(Generic[StreamT]):
             or (known.content_length is not None and known.content_length != length)
         ):
             return None
-        return data[position + FRAME_HEADER_SIZE : position + FRAME_HEADER_SIZE + length]
+        return data[position + FRAME_HEADER_SIZE : end]
 
     def finish(self, stream_id: int, body_length: int) -> None:
         """The response of direct stream `stream_id` was received whole (`body_length` flow
@@ -249,9 +265,16 @@ class DirectStreams(Generic[StreamT]):
         del self.streams[stream_id]
         self.responding.pop(stream_id, None)
         conn = self._h2
-        conn._closed_streams[stream_id] = _CLOSED_BY_THEIR_END
+        # h2's SizeLimitDict.__setitem__ and WindowManager.window_consumed, inline (the
+        # window cannot go below 0: `take_body` checked the frame fits).
+        closed = conn._closed_streams
+        _ordered_set(closed, stream_id, _CLOSED_BY_THEIR_END)
+        limit = closed._size_limit
+        if limit is not None:
+            while len(closed) > limit:
+                closed.popitem(last=False)
         if body_length:
-            conn._inbound_flow_control_window_manager.window_consumed(body_length)
+            conn._inbound_flow_control_window_manager.current_window_size -= body_length
 
     def acknowledge(self, size: int) -> None:
         """h2's acknowledge_received_data for a stream already closed: the connection's

@@ -17,6 +17,7 @@ _FRAME_HEADER = 9
 _HEADERS = 0x1
 DIRECT_HEADERS = "headers"
 DIRECT_BODY = "body"
+DIRECT_WHOLE = "whole"  # headers and body taken from one read, delivered at once
 
 
 class DirectResponses:
@@ -27,6 +28,9 @@ class DirectResponses:
     direct: DirectStreams[Any]
     streams: dict[int, Any]
     _events: list
+    # Where in `_events` the DIRECT_HEADERS of a stream whose body is still to come are,
+    # by stream id (emptied with `_events`): its body joins them there.
+    _heads_at: dict[int, int]
 
     def _receive(self, data: bytes) -> bool:
         raise NotImplementedError
@@ -43,20 +47,28 @@ class DirectResponses:
         its header block). False when the connection failed."""
         stream = self.direct.streams[stream_id]
         if frame_type == _HEADERS:
-            known = self.direct.take_headers(stream_id, data, position)
+            known = self.direct.take_headers(stream_id, data, position, end)
             if known is None:
                 return self._learn_response(stream_id, data, position, end)
             ended = stream_id not in self.direct.responding
             if ended:
                 self.direct.finish(stream_id, 0)
+            else:
+                self._heads_at[stream_id] = len(self._events)
             self._events.append((DIRECT_HEADERS, stream, known, ended))
             return True
-        body = self.direct.take_body(stream_id, data, position)
+        body = self.direct.take_body(stream_id, data, position, end)
         if body is None:
+            self._heads_at.pop(stream_id, None)
             self.direct.materialize(stream_id)
             return self._receive(data[position:end])
         self.direct.finish(stream_id, len(body))
-        self._events.append((DIRECT_BODY, stream, body))
+        events = self._events
+        at = self._heads_at.pop(stream_id, None)
+        if at is None:  # (its headers went to the stream already)
+            events.append((DIRECT_BODY, stream, body))
+        else:  # (other streams' events in between concern other streams or the connection)
+            events[at] = (DIRECT_WHOLE, stream, events[at][2], body)
         return True
 
     def _learn_response(self, stream_id: int, data: bytes, position: int, end: int) -> bool:
@@ -80,6 +92,23 @@ class DirectResponses:
         if ended:
             self._finish(stream)
         stream.handler.on_response_headers(known.status, list(known.headers), ended)
+
+    def _on_direct_whole(self, stream: Any, known: KnownResponse, body: bytes) -> None:
+        """`_on_direct_headers` then `_on_direct_body`, in one call to the handler when it
+        takes whole responses (its writes, then the acknowledgment: it writes nothing
+        upstream)."""
+        if stream.done or self.streams.get(stream.stream_id) is not stream:
+            if body:
+                self.direct.acknowledge(len(body))
+            return
+        if not stream.handler.on_whole_response(known.status, list(known.headers), body):
+            self._on_direct_headers(stream, known, False)
+            self._on_direct_body(stream, body)
+            return
+        size = len(body)
+        if size and stream.note_received(size):
+            self.direct.acknowledge(size)
+        self._finish(stream)
 
     def _on_direct_body(self, stream: Any, body: bytes) -> None:
         """`_on_data` for a body taken directly (one frame with END_STREAM)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import struct
 from typing import TYPE_CHECKING
 
 import h2.config
@@ -27,8 +28,13 @@ from hpack import NeverIndexedHeaderTuple
 from xds_proxy.codec.h2_connection import BoundedH2Connection
 from xds_proxy.codec.hpack_cache import CachingDecoder, CachingEncoder
 from xds_proxy.upstream.http2_direct import DirectStreams
-from xds_proxy.upstream.http2_direct_frames import DIRECT_HEADERS, DirectResponses
+from xds_proxy.upstream.http2_direct_frames import (
+    DIRECT_HEADERS,
+    DIRECT_WHOLE,
+    DirectResponses,
+)
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
+from xds_proxy.upstream.running_loop import running_loop
 from xds_proxy.upstream.stream import (
     CONNECTION_TERMINATION,
     PROTOCOL_ERROR,
@@ -44,6 +50,8 @@ if TYPE_CHECKING:
     from xds_proxy.upstream.stats import ClusterStats
 
 _FRAME_HEADER = 9
+# A frame header: length (16 high bits, 8 low bits), type, flags, R bit and stream id.
+_unpack_frame_head = struct.Struct(">HBBBL").unpack_from
 _HEADERS = 0x1
 _GOAWAY = 0x7
 _REFUSED_STREAM = 0x7
@@ -192,6 +200,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         # What the frames of the current read said, for `_dispatch`: h2's events and the
         # direct path's (DIRECT_HEADERS, stream, response, ended) / (DIRECT_BODY, ...).
         self._events: list = []
+        self._heads_at: dict[int, int] = {}
         self._flush_scheduled = False
         self._end_check_scheduled = False
         # The server's and our stream limit, the lesser; None: to be read again (whatever h2
@@ -250,8 +259,8 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
                 continue
             if size - position < _FRAME_HEADER:
                 break
-            length = int.from_bytes(data[position : position + 3], "big")
-            frame_type = data[position + 3]
+            length_high, length_low, frame_type, _, stream_id = _unpack_frame_head(data, position)
+            length = length_high << 8 | length_low
             end = position + _FRAME_HEADER + length
             if frame_type == _GOAWAY:
                 if end > size:
@@ -263,7 +272,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
                 start = position = end
                 continue
             if direct:
-                stream_id = int.from_bytes(data[position + 5 : position + 9], "big") & 0x7FFFFFFF
+                stream_id &= 0x7FFFFFFF
                 if stream_id in direct:
                     if position > start and not self._receive(data[start:position]):
                         return
@@ -276,7 +285,11 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
                         start = position = end
                         continue
                     self.direct.materialize(stream_id)
-            self._frame_left = _FRAME_HEADER + length
+            if end <= size:  # (h2 takes it with the frames around it)
+                position = end
+            else:
+                self._frame_left = end - size
+                position = size
         if position < size:
             self._pending_bytes = data[position:]
         if position <= start or self._receive(data[start:position]):
@@ -314,6 +327,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             self._events += self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
             self._events = []
+            self._heads_at.clear()
             self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
             self._fail_all(PROTOCOL_ERROR)
             return False
@@ -321,12 +335,17 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
 
     def _dispatch(self) -> None:
         events, self._events = self._events, []
+        if self._heads_at:
+            self._heads_at.clear()
         for event in events:
             if type(event) is tuple:
-                if event[0] is DIRECT_HEADERS:
-                    self._on_direct_headers(*event[1:])
+                kind = event[0]
+                if kind is DIRECT_WHOLE:
+                    self._on_direct_whole(event[1], event[2], event[3])
+                elif kind is DIRECT_HEADERS:
+                    self._on_direct_headers(event[1], event[2], event[3])
                 else:
-                    self._on_direct_body(*event[1:])
+                    self._on_direct_body(event[1], event[2])
                 continue
             handler = _EVENT_HANDLERS.get(type(event))
             if handler is not None:
@@ -425,24 +444,21 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             end_now and self.DIRECT_EXCHANGES and head.method != b"HEAD" and self.direct.can_open()
         )
         # Envoy's order of the pseudo-headers.
-        headers: list = [
+        pseudo = (
             (b":authority", head.authority),
             (b":path", head.path),
             (b":method", head.method),
             (b":scheme", head.scheme),
-        ]
-        for name, value in head.headers:
-            if name in _FORBIDDEN_REQUEST_HEADERS or (name == b"te" and value != b"trailers"):
-                continue
-            if name == b"x-request-id":
-                # Unique per request: indexing it would only churn the HPACK table. (Our
-                # encoder takes a third item as never-indexed; h2 needs hpack's tuple.)
-                never = (name, value, True) if direct else NeverIndexedHeaderTuple(name, value)
-                headers.append(never)
-            else:
-                headers.append((name, value))
+        )
         if direct:
-            stream.stream_id = self.direct.open(stream, headers)
+            # x-request-id is unique per request: indexing it would only churn the HPACK table.
+            block = self.h2.encoder.encode_request(
+                pseudo, head.headers, _FORBIDDEN_REQUEST_HEADERS, b"x-request-id"
+            )
+            if block is None:
+                stream.stream_id = self.direct.open(stream, self._header_list(pseudo, head))
+            else:
+                stream.stream_id = self.direct.open_block(stream, block)
             self.streams[stream.stream_id] = stream
             stream.request_end_pending = False
             if self._write_paused:
@@ -450,12 +466,12 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             if not self._flush_scheduled:
                 # The requests of one loop iteration go out in one write.
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._scheduled_flush)
+                running_loop().call_soon(self._scheduled_flush)
             return
         stream_id = self.h2.get_next_available_stream_id()
         stream.stream_id = stream_id
         self.streams[stream_id] = stream
-        self.h2.send_headers(stream_id, headers, end_stream=end_now)
+        self.h2.send_headers(stream_id, self._header_list(pseudo, head), end_stream=end_now)
         if end_now:
             stream.request_end_pending = False
         else:
@@ -463,6 +479,20 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         if self._write_paused:
             stream.handler.pause_request_body()
         self._flush()
+
+    @staticmethod
+    def _header_list(pseudo: tuple[Header, ...], head: RequestHead) -> list:
+        """The request's header fields for h2 (and hpack): hop-by-hop ones dropped,
+        x-request-id never indexed."""
+        headers: list = list(pseudo)
+        for name, value in head.headers:
+            if name in _FORBIDDEN_REQUEST_HEADERS or (name == b"te" and value != b"trailers"):
+                continue
+            if name == b"x-request-id":
+                headers.append(NeverIndexedHeaderTuple(name, value))
+            else:
+                headers.append((name, value))
+        return headers
 
     def flush_stream(self, stream: Http2Stream, write: bool = True) -> None:
         """Send what the stream has buffered, as far as flow control allows."""
@@ -522,7 +552,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             if not self._end_check_scheduled:
                 # Once per loop iteration, however many streams ended in it.
                 self._end_check_scheduled = True
-                asyncio.get_running_loop().call_soon(self._scheduled_end_check)
+                running_loop().call_soon(self._scheduled_end_check)
 
     def _scheduled_end_check(self) -> None:
         self._end_check_scheduled = False
@@ -544,7 +574,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
             timeout = self.pool.cluster.config.idle_timeout_s
             if timeout:
                 # One lazy timer: not moved per stream, it re-arms itself when it fires early.
-                loop = asyncio.get_running_loop()
+                loop = running_loop()
                 self._idle_since = loop.time()
                 if self._idle_timer is None:
                     self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
@@ -554,7 +584,7 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         self._idle_timer = None
         if self.transport is None or self._closing:
             return
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         if self.streams:
             self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
             return

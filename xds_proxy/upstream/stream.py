@@ -70,6 +70,12 @@ class ResponseHandler:
     def on_response_trailers(self, trailers: list[Header]) -> None:
         """Trailers end the response (HTTP/2 only: gRPC status)."""
 
+    def on_whole_response(self, status: int, headers: list[Header], body: bytes) -> bool:
+        """A whole response that arrived at once (headers, then `body` ending it): True if
+        taken here as `on_response_headers` then `on_response_data` would have taken it;
+        False to have it delivered through those two instead."""
+        return False
+
     def on_reset(self, reason: str) -> None:
         """The stream failed; `reason` is one of the Envoy reset reason strings above. Called
         at most once, and never after the response ended."""

@@ -12,6 +12,7 @@ import socket
 import struct
 
 _SIOCGIFADDR = 0x8915
+_COMMA = ord(",")  # as a byte value: `b"," in x` builds and drops a TypeError first
 
 
 def last_xff_address(value: bytes, skip: int) -> str | None:
@@ -34,7 +35,7 @@ def single_xff_address(value: bytes) -> str | None:
     """The address of an `x-forwarded-for` value of one entry (no comma), or None: Envoy's
     `getLastAddressFromXFF` with nothing to skip reports it as a single address, the only
     case in which a request without `use_remote_address` can be internal."""
-    if b"," in value:
+    if _COMMA in value:
         return None
     return last_xff_address(value, 0)
 

@@ -32,6 +32,7 @@ from xds_proxy.http.http1_lifecycle import Http1Lifecycle
 from xds_proxy.http.http1_response_queue import Http1ResponseQueue
 from xds_proxy.http.http1_upgrade import UpgradeSink, upgrade_type
 from xds_proxy.http.path_normalization import (
+    FRAGMENT_MARK,
     PATH_NORMALIZATION_FAILED,
     PathOutcome,
     PathRedirect,
@@ -359,7 +360,7 @@ class Http1RequestReader:
         elif self._host is None:
             self._reject = config.bad_request_no_body
             raise _StopParsing
-        if b"#" in self._url:  # Envoy 1.40 refuses a fragment in the path, whatever the config
+        if FRAGMENT_MARK in self._url:
             self._reject_path()
         if config.path_rules is not None:
             self._apply_path_rules(config.path_rules)

@@ -64,6 +64,7 @@ from xds_proxy.http.http2_stream import (
     Http2Stream,
     LocalReply,
 )
+from xds_proxy.http.path_normalization import FRAGMENT_MARK
 from xds_proxy.http.router import joined_headers
 from xds_proxy.listener.context import FilterChainContext
 from xds_proxy.upstream.forward import DownstreamRequest, Exchange, ForwardAction
@@ -306,7 +307,7 @@ class Http2Connection(Http2Replies, asyncio.Protocol):
             return
         headers = event.headers
         config = self._config
-        if b"#" in path or (
+        if FRAGMENT_MARK in path or (
             not config.plain_requests and (config.underscores or config.path_rules)
         ):
             ended = event.stream_ended is not None

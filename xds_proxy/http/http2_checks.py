@@ -17,7 +17,11 @@ from xds_proxy.codec.responses import HTTP_DATE
 from xds_proxy.config.hcm import Underscores
 from xds_proxy.http import http2_log
 from xds_proxy.http.conn_manager import HcmConfig
-from xds_proxy.http.path_normalization import PATH_NORMALIZATION_FAILED, PathOutcome
+from xds_proxy.http.path_normalization import (
+    FRAGMENT_MARK,
+    PATH_NORMALIZATION_FAILED,
+    PathOutcome,
+)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -45,7 +49,7 @@ def checked_request(
             if config.access_log is not None:
                 _log_refused(config, transport)
             return None
-    if b"#" in path:  # Envoy 1.40 refuses a fragment in the path, whatever the config
+    if FRAGMENT_MARK in path:
         _path_reply(config, conn, transport, stream_id, headers, path, PathOutcome.REJECT, ended)
         return None
     rules = config.path_rules

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from xds_proxy.http.path_normalization import FRAGMENT_MARK
+
 MAX_KNOWN_BLOCKS = 64
 
 
@@ -42,7 +44,7 @@ class KnownRequest:
         self.authority = authority
         self.path = path
         self.oversized = size > max_bytes or len(headers) > max_count
-        self.fragment = b"#" in path  # refused (400) by the general path, whatever the config
+        self.fragment = FRAGMENT_MARK in path  # refused (400) by the general path
 
 
 class KnownRequests:

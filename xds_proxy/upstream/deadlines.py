@@ -99,3 +99,18 @@ class Deadlines:
         if queue is None:
             queue = self._queues[duration] = DeadlineQueue(loop, duration)
         return queue.add(callback)
+
+
+def recheck_idle(
+    busy: bool, idle_since: float, timeout: float, fire: Callable[[float], None]
+) -> asyncio.TimerHandle | None:
+    """An upstream connection's idle timer (armed once, not per request) has fired: armed
+    again, and returned, while the connection is busy or was busy less than `timeout` ago;
+    None once it has been idle `timeout` (the caller closes it)."""
+    loop = running_loop()
+    if busy:
+        return loop.call_later(timeout, fire, timeout)
+    remaining = idle_since + timeout - loop.time()
+    if remaining > 0:
+        return loop.call_later(remaining, fire, timeout)
+    return None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from xds_proxy.upstream.deadlines import recheck_idle
 from xds_proxy.upstream.http1_tunnel import UpstreamTunnel, start_tunnel
 from xds_proxy.upstream.pool import ConnectionPool, PooledConnection, PooledStream
 from xds_proxy.upstream.running_loop import running_loop
@@ -377,16 +378,11 @@ class Http1ClientConnection(PooledConnection):
         self._idle_timer = None
         if self.transport is None:
             return
-        loop = running_loop()
-        if self.stream is not None:
-            self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
-            return
-        remaining = self._idle_since + timeout - loop.time()
-        if remaining > 0:
-            self._idle_timer = loop.call_later(remaining, self._on_idle_timeout, timeout)
-            return
-        self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
-        self.close()
+        busy = self.stream is not None
+        self._idle_timer = recheck_idle(busy, self._idle_since, timeout, self._on_idle_timeout)
+        if self._idle_timer is None:
+            self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
+            self.close()
 
     def close(self) -> None:
         self._closing = True

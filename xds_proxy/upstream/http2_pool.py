@@ -27,6 +27,7 @@ from hpack import NeverIndexedHeaderTuple
 
 from xds_proxy.codec.h2_connection import BoundedH2Connection
 from xds_proxy.codec.hpack_cache import CachingDecoder, CachingEncoder
+from xds_proxy.upstream.deadlines import recheck_idle
 from xds_proxy.upstream.http2_direct import DirectStreams
 from xds_proxy.upstream.http2_direct_frames import (
     DIRECT_HEADERS,
@@ -584,16 +585,11 @@ class Http2ClientConnection(DirectResponses, PooledConnection):
         self._idle_timer = None
         if self.transport is None or self._closing:
             return
-        loop = running_loop()
-        if self.streams:
-            self._idle_timer = loop.call_later(timeout, self._on_idle_timeout, timeout)
-            return
-        remaining = self._idle_since + timeout - loop.time()
-        if remaining > 0:
-            self._idle_timer = loop.call_later(remaining, self._on_idle_timeout, timeout)
-            return
-        self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
-        self.close()
+        busy = bool(self.streams)
+        self._idle_timer = recheck_idle(busy, self._idle_since, timeout, self._on_idle_timeout)
+        if self._idle_timer is None:
+            self.pool.cluster.stats.upstream_cx_idle_timeout.value += 1
+            self.close()
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False

@@ -6,9 +6,18 @@ import asyncio
 import json
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import json_format
 
 from tests.helpers.loops import event_loop_policy  # noqa: F401 - runs each test on both loops
-from tests.helpers.upstreams import Collector, Http1Echo, Resetter, cluster_message
+from tests.helpers.upstreams import (
+    PROTOCOL_OPTIONS_KEY,
+    Collector,
+    Http1Echo,
+    Resetter,
+    cluster_dict,
+    cluster_message,
+)
 from tests.helpers.waiting import wait_until
 from xds_proxy.config.cluster import build_cluster_config
 from xds_proxy.stats import Stats
@@ -291,3 +300,33 @@ async def test_tls_upstream_with_trusted_ca(tmp_path) -> None:
         assert collector.status == 200
         assert json.loads(collector.body)["server"] == "tls"
         cluster.close()
+
+
+async def test_idle_timeout_closes_only_a_connection_idle_that_long(echo: Http1Echo) -> None:
+    """As the HTTP/2 pool's: a connection used more often than the idle timeout stays, and
+    closes one idle timeout after its last response."""
+    stats = Stats()
+    message = cluster_dict("web", [echo.port])
+    message["typed_extension_protocol_options"] = {
+        PROTOCOL_OPTIONS_KEY: {
+            "@type": "type.googleapis.com/" + PROTOCOL_OPTIONS_KEY,
+            "explicit_http_config": {"http_protocol_options": {}},
+            "common_http_protocol_options": {"idle_timeout": "0.4s"},
+        }
+    }
+    config = build_cluster_config(json_format.ParseDict(message, cluster_pb2.Cluster()), "c")
+    cluster = Cluster(config, stats)
+    loop = asyncio.get_running_loop()
+    for _ in range(8):  # a request every ~0.1 s for ~0.8 s: never idle for 0.4 s
+        collector = Collector()
+        cluster.new_stream(get(), collector, True)
+        await collector.wait()
+        assert collector.status == 200
+        await asyncio.sleep(0.1)  # (the pacing of the scenario, not a synchronisation)
+    last_end = loop.time() - 0.1
+    assert stats.value("cluster.web.upstream_cx_idle_timeout") == 0
+    assert echo.connections == 1
+    await wait_until(lambda: stats.value("cluster.web.upstream_cx_idle_timeout") == 1)
+    assert loop.time() - last_end >= 0.4 - 0.01
+    await wait_until(lambda: stats.value("cluster.web.upstream_cx_active") == 0)
+    cluster.close()

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.http1 import BOOTSTRAP, HCM_TYPE, ROOT, VENV_BIN, _free_port, _wait_listening
-from bench.tools import ensure_tool
+from bench.tools import ensure_tool, h2load_result, wrk_result
 
 CONCURRENCIES = (1, 2)
 ROUNDS = 2
@@ -265,21 +265,8 @@ class Load:
     def parse(self, output: str) -> tuple[float, int]:
         """(requests/s, requests answered); raises on a failed or non-2xx request."""
         if self.tool == "wrk":
-            rate = re.search(r"Requests/sec:\s+([0-9.]+)", output)
-            total = re.search(r"(\d+) requests in", output)
-            if rate is None or total is None:
-                raise RuntimeError(f"cannot read wrk's output: {output!r}")
-            errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-            if errors:
-                raise RuntimeError(f"{errors.group(1)} non-2xx responses: {output!r}")
-            return float(rate.group(1)), int(total.group(1))
-        rate = re.search(r"finished in [0-9.]+m?s, ([0-9.]+) req/s", output)
-        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", output)
-        if rate is None or done is None:
-            raise RuntimeError(f"cannot read h2load's output: {output!r}")
-        if done.group(1) != done.group(2):
-            raise RuntimeError(f"failed requests: {output!r}")
-        return float(rate.group(1)), int(done.group(2))
+            return wrk_result(output)
+        return h2load_result(output)
 
     def run(self, ports: list[int], seconds: float) -> tuple[float, int]:
         """Runs on every port at once; the sums."""

@@ -9,7 +9,6 @@ which other load on a shared machine disturbs much less than throughput.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.tools import ensure_tool
+from bench.tools import ensure_tool, wrk_result
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -98,14 +97,7 @@ def _wrk(wrk: str, port: int, connections: int, seconds: int) -> tuple[float, in
         f"http://127.0.0.1:{port}/",
     ]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    match = re.search(r"Requests/sec:\s+([0-9.]+)", output)
-    if match is None:
-        raise RuntimeError(f"cannot read wrk's output: {output!r}")
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if errors:
-        raise RuntimeError(f"{errors.group(1)} non-2xx responses: {output!r}")
-    total = re.search(r"(\d+) requests in", output)
-    return float(match.group(1)), int(total.group(1)) if total else 0
+    return wrk_result(output)
 
 
 def _measure(

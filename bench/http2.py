@@ -21,7 +21,6 @@ median of 5 runs: the steady number to compare before and after a change (also u
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from bench.http1 import (
     _free_port,
     _wait_listening,
 )
-from bench.tools import ensure_tool
+from bench.tools import ensure_tool, h2load_result
 
 ROUNDS = 2
 BODY = b"hello\n"
@@ -64,13 +63,7 @@ def _h2load(h2load: str, port: int, clients: int, streams: int, seconds: int) ->
         f"-D{seconds}", f"http://127.0.0.1:{port}/",
     ]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    rate = re.search(r"finished in [0-9.]+m?s, ([0-9.]+) req/s", output)
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", output)
-    if rate is None or done is None:
-        raise RuntimeError(f"cannot read h2load's output: {output!r}")
-    if done.group(1) != done.group(2):
-        raise RuntimeError(f"failed requests: {output!r}")
-    return float(rate.group(1)), int(done.group(2))
+    return h2load_result(output)
 
 
 def _measure(

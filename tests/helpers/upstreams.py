@@ -33,6 +33,8 @@ import h2.events
 import httptools
 from hyperframe.frame import GoAwayFrame
 
+from tests.helpers.waiting import wait_until
+
 
 class LoopThread:
     """One event loop in a daemon thread; `run(coro)` executes on it and returns the result."""
@@ -575,6 +577,27 @@ class Collector:
 
     def resume_request_body(self) -> None:
         pass
+
+
+async def idle_timeout_scenario(
+    cluster: Any, stats: Any, name: str, head: Any, server: Any, timeout_s: float = 0.4
+) -> None:
+    """A cluster configured with `idle_timeout` (`timeout_s`) keeps a connection used more
+    often than that (a request every ~0.1 s for ~0.8 s), and closes it one idle timeout after
+    its last response (the pools' lazy idle timer: armed once, re-armed when it fires early)."""
+    loop = asyncio.get_running_loop()
+    for _ in range(8):
+        collector = Collector()
+        cluster.new_stream(head, collector, True)
+        await collector.wait()
+        assert collector.status == 200
+        await asyncio.sleep(0.1)  # (the pacing of the scenario, not a synchronisation)
+    last_end = loop.time() - 0.1
+    assert stats.value(f"cluster.{name}.upstream_cx_idle_timeout") == 0
+    assert server.connections == 1
+    await wait_until(lambda: stats.value(f"cluster.{name}.upstream_cx_idle_timeout") == 1)
+    assert loop.time() - last_end >= timeout_s - 0.01
+    await wait_until(lambda: stats.value(f"cluster.{name}.upstream_cx_active") == 0)
 
 
 PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

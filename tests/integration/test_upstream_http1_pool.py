@@ -17,6 +17,7 @@ from tests.helpers.upstreams import (
     Resetter,
     cluster_dict,
     cluster_message,
+    idle_timeout_scenario,
 )
 from tests.helpers.waiting import wait_until
 from xds_proxy.config.cluster import build_cluster_config
@@ -316,17 +317,5 @@ async def test_idle_timeout_closes_only_a_connection_idle_that_long(echo: Http1E
     }
     config = build_cluster_config(json_format.ParseDict(message, cluster_pb2.Cluster()), "c")
     cluster = Cluster(config, stats)
-    loop = asyncio.get_running_loop()
-    for _ in range(8):  # a request every ~0.1 s for ~0.8 s: never idle for 0.4 s
-        collector = Collector()
-        cluster.new_stream(get(), collector, True)
-        await collector.wait()
-        assert collector.status == 200
-        await asyncio.sleep(0.1)  # (the pacing of the scenario, not a synchronisation)
-    last_end = loop.time() - 0.1
-    assert stats.value("cluster.web.upstream_cx_idle_timeout") == 0
-    assert echo.connections == 1
-    await wait_until(lambda: stats.value("cluster.web.upstream_cx_idle_timeout") == 1)
-    assert loop.time() - last_end >= 0.4 - 0.01
-    await wait_until(lambda: stats.value("cluster.web.upstream_cx_active") == 0)
+    await idle_timeout_scenario(cluster, stats, "web", get(), echo)
     cluster.close()

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test lint proto bench venv test-compose fuzz
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py xds_proxy/access_log/native.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'

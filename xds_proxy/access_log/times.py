@@ -123,22 +123,9 @@ def _one_fraction_text(before: str, digits: int, after: str) -> TimeText:
     return text_at
 
 
-class TimeBytes:
-    """START_TIME as bytes, for a compiled text format. With a tick (`scale` = 10^N), the
-    generated code reads `state` ([tick, bytes] of the last wall seen) and calls `miss` only
-    in a new tick; without one (`scale` 0) it calls `miss` for every request."""
-
-    __slots__ = ("_text", "scale", "state")
-
-    def __init__(self, pattern: str) -> None:
-        self._text = time_text(pattern)
-        digits = tick_digits(pattern)
-        self.scale = 10**digits if digits else 0
-        self.state: list = [None, b""]
-
-    def miss(self, wall: float) -> bytes:
-        made = self._text(wall).encode()
-        if self.scale:
-            self.state[0] = int(wall * self.scale)
-            self.state[1] = made
-        return made
+def time_bytes(pattern: str) -> tuple[Callable[[float], bytes], int]:
+    """START_TIME as bytes, for a compiled text format: the text at a wall-clock time, and
+    10^N when the text is the same within a tick of 10^-N s (0: it may differ per request)."""
+    text = time_text(pattern)
+    digits = tick_digits(pattern)
+    return (lambda wall: text(wall).encode()), (10**digits if digits else 0)

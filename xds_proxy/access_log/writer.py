@@ -21,53 +21,45 @@ log = logging.getLogger(__name__)
 class LogFile:
     """One path's buffer. The file is opened (append) by the writer thread on first use.
 
-    A line is appended to `lines` (the list is never replaced); when their number reaches
-    `trigger`, `written()` runs: the first line after a flush arms the flush timer, and the
-    buffer is flushed once it holds FLUSH_SIZE bytes (the trigger is then set to the number
-    of lines that should fill it, at the lines' average size so far). A compiled text logger
-    (text.py) appends and checks the trigger itself, without a call per line."""
+    Lines are added to `buffer` (the bytearray is never replaced); `written()` runs after a
+    line that starts the buffer (it arms the flush timer) or that makes it FLUSH_SIZE bytes or
+    more (it flushes). A compiled text logger (native.pyx) adds its lines and makes that check
+    itself, without a call per line."""
 
-    __slots__ = ("_fd", "_timer", "lines", "path", "trigger")
+    __slots__ = ("_fd", "_timer", "buffer", "path")
 
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
-        self.lines: list[bytes] = []
-        self.trigger = 1  # 1: the next line arms the timer
+        self.buffer = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self._fd: int | None = fd
 
     def write(self, line: bytes) -> None:
-        lines = self.lines
-        lines.append(line)
-        if len(lines) >= self.trigger:
+        buffer = self.buffer
+        buffer += line
+        if len(buffer) == len(line) or len(buffer) >= FLUSH_SIZE:
             self.written()
 
     def written(self) -> None:
-        """The buffer holds `trigger` lines."""
-        if self._timer is None:
+        """A line started the buffer, or filled it to FLUSH_SIZE."""
+        if len(self.buffer) >= FLUSH_SIZE:
+            self.flush()
+        elif self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 self.flush()
                 return
             self._timer = loop.call_later(FILES.flush_interval_s, self.flush)
-        lines = self.lines
-        size = sum(map(len, lines))
-        if size >= FLUSH_SIZE:
-            self.flush()
-            return
-        average = size // len(lines) + 1
-        self.trigger = len(lines) + (FLUSH_SIZE - size) // average + 1
 
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.trigger = 1
-        if not self.lines:
+        if not self.buffer:
             return
-        data = b"".join(self.lines)
-        self.lines.clear()
+        data = bytes(self.buffer)
+        self.buffer.clear()
         FILES.submit(self._write, data)
 
     def _write(self, data: bytes) -> None:

@@ -108,12 +108,12 @@ class LocalResponse:
     """A fixed response (status, optional text body) as Envoy writes it for HTTP/1.1."""
 
     __slots__ = (
-        "_body",
         "_close_tail",
         "_head",
         "_head_only_close",
         "_head_only_keep",
         "_keep_tail",
+        "body",
         "headers",
         "status",
     )
@@ -140,7 +140,7 @@ class LocalResponse:
         status_line += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
         # No server name: no `server` header (server_header_transformation PASS_THROUGH).
         server_line = f"\r\nserver: {server}\r\n".encode("latin-1") if server else b"\r\n"
-        self._body = body
+        self.body = body
         if body:
             self._head = (
                 status_line
@@ -159,10 +159,6 @@ class LocalResponse:
             self._close_tail = server_line + b"connection: close\r\n" + length + b"\r\n"
             self._head_only_keep = self._keep_tail
             self._head_only_close = self._close_tail
-
-    @property
-    def body(self) -> bytes:
-        return self._body
 
     def render(self, date: bytes, close: bool, head_only: bool = False) -> bytes:
         if head_only:

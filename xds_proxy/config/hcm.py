@@ -128,17 +128,6 @@ class ProxyPolicy:
     # without details, the header is removed with the other untrusted ones).
     client_cert: ClientCertPolicy | None = None
 
-    @property
-    def remote_from_xff(self) -> bool:
-        """The downstream address (access logs) is read from x-forwarded-for."""
-        return not self.use_remote_address or self.xff_num_trusted_hops > 0
-
-    @property
-    def xff_skip(self) -> int:
-        """The received x-forwarded-for entries after the downstream address."""
-        hops = self.xff_num_trusted_hops
-        return hops if not self.use_remote_address else hops - 1
-
 
 @dataclass(frozen=True, slots=True)
 class HcmSettings:

@@ -287,7 +287,7 @@ class Http1RequestReader:
             self._action = None
         if self._config.access_log is not None:
             downstream = self._downstream or self._new_downstream()
-            self._record = LogRecord(downstream, time.monotonic(), time.time())
+            self._record = LogRecord(downstream)  # (it reads the clocks)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -309,13 +309,14 @@ class Http1RequestReader:
         if config.underscores is not None and b"_" in name and self._underscore_dropped():
             return
         size = len(name)
-        if size == 4 and name.lower() == b"host":
+        is_host = size == 4 and name.lower() == b"host"
+        if is_host:
             self._host = value if self._host is None else self._host + b"," + value
         elif size == 6 and name.lower() == b"expect":
             self._expect_continue = value.lower() == b"100-continue"
         if self._header_pairs is not None:
             self._header_pairs.append((name.decode("latin-1").lower(), value.decode("latin-1")))
-        if self._record is not None and not (size == 4 and name.lower() == b"host"):
+        if self._record is not None and not is_host:
             self._record.request_headers.append((name.lower(), value))
         if self._raw_headers is not None:
             name = name.lower()
@@ -365,14 +366,7 @@ class Http1RequestReader:
         if config.path_rules is not None:
             self._apply_path_rules(config.path_rules)
         if record is not None:
-            record.path = self._url
-            record.authority = self._host
-            record.scheme = b"http"
-            policy = config.proxy_policy
-            record.generate_id = policy.generate_request_id
-            record.remote_from_xff = policy.remote_from_xff
-            if policy.xff_num_trusted_hops:
-                record.xff_skip = policy.xff_skip
+            record.took_request(method, self._url, self._host, b"http", config.proxy_policy)
         if parser.should_upgrade() and not self._plain_h2c():
             if method != b"CONNECT" and self._upgrade_allowed():
                 return
@@ -443,8 +437,10 @@ class Http1RequestReader:
                 stats.rq_redirect.value += 1
             stats.rq_by_class[status // 100].value += 1
             self.out.append(payload)
-        if self._record is not None:
-            self._log_local(action, head_only)
+        record = self._record
+        if record is not None:
+            self._record = None
+            self._log_local(record, action, head_only)
         if self._http10:
             self._http10 = False
             self.out[-1] = _as_http10(self.out[-1], close)
@@ -617,30 +613,24 @@ class Http1RequestReader:
         downstream = self._downstream or self._new_downstream()
         return LogRecord(downstream, time.monotonic(), time.time())
 
-    def _log_local(self, action: object, head_only: bool) -> None:
-        """A request answered here (404, direct response, redirect)."""
-        record = self._record
-        self._record = None
-        if record is None:
-            return
-        if action is None:
+    def _log_local(self, record: LogRecord, action: object, head_only: bool) -> None:
+        """A request answered here (direct response, 404, redirect)."""
+        route_name = None
+        if type(action) is DirectResponseAction:
+            status, body = action.response.status, len(action.response.body)
+            details, route_name = "direct_response", action.route_name
+        elif action is None:
             status, body, details = 404, 0, "route_not_found"
             record.flags = "NR"
-        elif type(action) is DirectResponseAction:
-            status, body, details = action.response.status, len(action.response.body), None
+        elif type(action) is PathRedirect:
+            status, body, details = action.status, 0, PATH_NORMALIZATION_FAILED
         else:
-            status, body, details = action.status, 0, None  # type: ignore[attr-defined]
-        if type(action) is PathRedirect:
-            details = PATH_NORMALIZATION_FAILED
-        elif action is not None:
-            details = "direct_response"
-            record.route_name = action.route_name  # type: ignore[attr-defined]
-        record.details = details
-        record.local_reply(status, body, self._config.proxy_policy.server_name)
-        if not head_only:
-            record.bytes_sent = body
-        record.request_end = record.end = time.monotonic()
-        self._config.access_log.log(record)  # type: ignore[union-attr]
+            status, body, details = action.status, 0, "direct_response"  # type: ignore[attr-defined]
+            route_name = action.route_name  # type: ignore[attr-defined]
+        config = self._config
+        server = config.proxy_policy.server_name
+        record.answered_here(status, body, server, details, route_name, 0 if head_only else body)
+        config.access_log.log(record)  # type: ignore[union-attr]
 
     def _log_gone(self) -> None:
         """The client went away before its request was answered here."""

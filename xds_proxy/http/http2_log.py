@@ -32,26 +32,23 @@ def begin(
     now = time.monotonic()
     record = LogRecord(downstream, now, time.time())
     record.protocol = "HTTP/2"
+    method = path = authority = None
     kept = record.request_headers
     for name, value in headers:
         if name[:1] == b":":
             if name == b":method":
-                record.method = value
+                method = value
             elif name == b":path":
-                record.path = value
+                path = value
             elif name == b":authority":
-                record.authority = value
+                authority = value
         elif name == b"host":
-            if record.authority is None:
-                record.authority = value
+            if authority is None:
+                authority = value
         else:
             kept.append((name, value))
-    record.scheme = b"http"
     policy = config.proxy_policy
-    record.generate_id = policy.generate_request_id
-    record.remote_from_xff = policy.remote_from_xff
-    if policy.xff_num_trusted_hops:
-        record.xff_skip = policy.xff_skip
+    record.took_request(method, path, authority, b"http", policy)
     record.server = policy.server_name
     if ended:
         record.request_end = now

@@ -20,7 +20,10 @@ import os
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.list cimport PyList_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM
 from libc.string cimport memcpy
 
 from xds_proxy.access_log import writer
@@ -330,6 +333,8 @@ cdef class _Step:
 
     cdef int kind
     cdef object value  # LITERAL: the bytes; RESPONSE, CALL, START_TIME: the function
+    cdef const char* data  # LITERAL: the bytes' data and size
+    cdef Py_ssize_t size
     cdef int source, header  # REQUEST: the name's source and header slot
     cdef int alternative_source, alternative_header  # REQUEST X?Y: Y's (source -1: none)
     cdef int field, end_field  # NUMBER, TEXT: the field; DURATION: from, to
@@ -353,7 +358,9 @@ cdef class TextLine:
 
     cdef list _steps
     cdef list _names  # the request header names read (one slot each)
-    cdef list _found  # per slot: the value of this request's first header of that name
+    # Per slot, while a line is made: this request's first value of that name, or NULL
+    # (borrowed from the record's request_headers, which nothing changes meanwhile).
+    cdef PyObject** _found
     cdef bytes _empty
     cdef object _written  # the sink's `written`
     cdef bytearray _out  # the sink's buffer
@@ -373,10 +380,13 @@ cdef class TextLine:
             self._written = sink.written
         for kind, first, second, max_length in program:
             self._steps.append(self._step(kind, first, second, max_length))
-        self._found = [None] * len(self._names)
+        self._found = <PyObject**>PyMem_Malloc((len(self._names) + 1) * sizeof(PyObject*))
+        if self._found is NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
         PyMem_Free(self._buffer)
+        PyMem_Free(self._found)
 
     cdef _Step _step(self, str kind, first, second, max_length):
         cdef _Step step = _Step()
@@ -384,7 +394,9 @@ cdef class TextLine:
         step.alternative_source = -1
         if kind == "literal":
             step.kind = LITERAL
-            step.value = first
+            step.value = first  # (keeps `data` alive)
+            step.data = PyBytes_AS_STRING(first)
+            step.size = PyBytes_GET_SIZE(first)
         elif kind == "request":
             step.kind = REQUEST
             step.source, step.header = self._source(first)
@@ -451,12 +463,15 @@ cdef class TextLine:
             self._scan(record)
         for step in self._steps:
             if step.kind == LITERAL:
-                self._bytes(step.value, -1)
+                self._put(step.data, step.size, -1)
             elif step.kind == REQUEST:
                 value = self._request(record, step.source, step.header)
                 if value is None and step.alternative_source >= 0:
                     value = self._request(record, step.alternative_source, step.alternative_header)
-                self._value(value, step.limit)
+                if type(value) is bytes:
+                    self._put(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), step.limit)
+                else:
+                    self._value(value, step.limit)
             elif step.kind == NUMBER:
                 self._value(_field(record, step.field), step.limit)
             elif step.kind == TEXT:
@@ -479,19 +494,23 @@ cdef class TextLine:
 
     cdef int _scan(self, LogRecord record) except -1:
         """The first value of each header name the format reads, in one pass."""
-        cdef list found = self._found
+        cdef PyObject** found = self._found
         cdef list names = self._names
-        cdef Py_ssize_t slot, count = len(names)
+        cdef Py_ssize_t slot, count = PyList_GET_SIZE(names)
         for slot in range(count):
-            found[slot] = None
+            found[slot] = NULL
         headers = record.request_headers
         if not headers:
             return 0
         for header in headers:
             name = header[0]
             for slot in range(count):
-                if found[slot] is None and name == names[slot]:
-                    found[slot] = header[1]
+                if found[slot] is NULL and name == names[slot]:
+                    if type(header) is tuple:
+                        found[slot] = PyTuple_GET_ITEM(header, 1)
+                    else:  # (held by the header, as the tuple's item is)
+                        value = header[1]
+                        found[slot] = <PyObject*>value
                     break
         return 0
 
@@ -506,9 +525,8 @@ cdef class TextLine:
             return record.scheme
         if source == NO_VALUE:
             return None
-        value = self._found[slot]
-        if value is not None:
-            return value
+        if self._found[slot] is not NULL:
+            return <object>self._found[slot]
         if source == REQUEST_ID:
             if record.request_id is None and record.generate_id:
                 record.request_id = _new_id()

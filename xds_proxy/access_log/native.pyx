@@ -68,6 +68,7 @@ LOCAL_REPLY_HEADERS = frozenset({b":status", b"content-length", b"content-type",
 cdef object _policy = None
 cdef bint _generate_id, _remote_from_xff
 cdef object _xff_skip = 0
+cdef object _server_name = b"envoy"
 
 
 @cython.final
@@ -128,9 +129,11 @@ cdef class LogRecord:
         self._local_body_size = body_size
         self._local_server = server
 
-    def answered_here(self, status, body_size, server, details, route_name, bytes_sent):
+    def answered_here(self, status, body_size, server, details, route_name, bytes_sent,
+                      bint ends_request):
         """A request answered here, in one call: the reply (as `local_reply`), its details,
-        route and bytes sent; the request and the response end now."""
+        route and bytes sent; the response ends now, and so does the request with
+        `ends_request` (HTTP/1.1: a request is answered once it is complete)."""
         self.status = status
         self.answered_locally = True
         self._local_status = status
@@ -139,28 +142,60 @@ cdef class LogRecord:
         self.details = details
         self.route_name = route_name
         self.bytes_sent = bytes_sent
-        self.request_end = self.end = _clock(CLOCK_MONOTONIC)
+        self.end = _clock(CLOCK_MONOTONIC)
+        if ends_request:
+            self.request_end = self.end
 
     def took_request(self, method, path, authority, scheme, policy):
-        """The request's pseudo-headers, and what the HCM's policy (config.hcm.ProxyPolicy)
-        means for its line: whether a request id is made for it, and where the downstream
-        address comes from: x-forwarded-for with use_remote_address off, or with trusted
-        hops (`xff_num_trusted_hops` entries back, one fewer with use_remote_address)."""
-        global _policy, _generate_id, _remote_from_xff, _xff_skip
+        """The request's pseudo-headers, and what the HCM's policy means for its line
+        (`_take_policy`)."""
         self.method = method
         self.path = path
         self.authority = authority
         self.scheme = scheme
+        self._take_policy(policy)
+
+    def took_headers(self, headers, protocol, scheme, policy):
+        """A request's header block (HTTP/2: `(name, value)` pairs, pseudo-headers first):
+        its pseudo-headers (`host` when there is no :authority), the other headers kept for
+        the format, and the HCM's policy (`_take_policy`)."""
+        cdef list kept = self.request_headers
+        self.protocol = protocol
+        self.scheme = scheme
+        for header in headers:
+            name = header[0]
+            if name[:1] == b":":
+                if name == b":method":
+                    self.method = header[1]
+                elif name == b":path":
+                    self.path = header[1]
+                elif name == b":authority":
+                    self.authority = header[1]
+            elif name == b"host":
+                if self.authority is None:
+                    self.authority = header[1]
+            else:
+                kept.append(header)
+        self._take_policy(policy)
+
+    cdef _take_policy(self, policy):
+        """What the HCM's policy (config.hcm.ProxyPolicy) means for the line: whether a
+        request id is made for a request without one, and where the downstream address comes
+        from: x-forwarded-for with use_remote_address off, or with trusted hops
+        (`xff_num_trusted_hops` entries back, one fewer with use_remote_address)."""
+        global _policy, _generate_id, _remote_from_xff, _xff_skip, _server_name
         if policy is not _policy:  # (policies are frozen: read once per policy seen last)
             hops = policy.xff_num_trusted_hops
             remote_address = policy.use_remote_address
             _generate_id = policy.generate_request_id
             _remote_from_xff = not remote_address or hops > 0
             _xff_skip = (hops - 1 if remote_address else hops) if hops else 0
+            _server_name = policy.server_name
             _policy = policy
         self.generate_id = _generate_id
         self.remote_from_xff = _remote_from_xff
         self.xff_skip = _xff_skip
+        self.server = _server_name
 
     def response_header(self, bytes name):
         """One response header (a local reply's are built only for the names it has)."""

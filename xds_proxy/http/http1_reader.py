@@ -629,7 +629,8 @@ class Http1RequestReader:
             route_name = action.route_name  # type: ignore[attr-defined]
         config = self._config
         server = config.proxy_policy.server_name
-        record.answered_here(status, body, server, details, route_name, 0 if head_only else body)
+        sent = 0 if head_only else body
+        record.answered_here(status, body, server, details, route_name, sent, True)
         config.access_log.log(record)  # type: ignore[union-attr]
 
     def _log_gone(self) -> None:

@@ -29,29 +29,10 @@ def begin(
     ended: bool,
 ) -> LogRecord:
     """A stream's record from its request headers."""
-    now = time.monotonic()
-    record = LogRecord(downstream, now, time.time())
-    record.protocol = "HTTP/2"
-    method = path = authority = None
-    kept = record.request_headers
-    for name, value in headers:
-        if name[:1] == b":":
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-        elif name == b"host":
-            if authority is None:
-                authority = value
-        else:
-            kept.append((name, value))
-    policy = config.proxy_policy
-    record.took_request(method, path, authority, b"http", policy)
-    record.server = policy.server_name
+    record = LogRecord(downstream)  # (it reads the clocks)
+    record.took_headers(headers, "HTTP/2", b"http", config.proxy_policy)
     if ended:
-        record.request_end = now
+        record.request_end = record.start
     return record
 
 
@@ -72,21 +53,21 @@ def timed_out(record: LogRecord, status: int, body: bytes, server: bytes, idle: 
 
 def local_done(config: HcmConfig, record: LogRecord, action: object, head_only: bool) -> None:
     """A stream answered here has ended: log it."""
-    if not record.status:
-        if action is None:
+    if record.status:  # (a timeout's reply: timed_out)
+        record.end = time.monotonic()
+    else:
+        route_name = None
+        if type(action) is DirectResponseAction:
+            status, body = action.response.status, len(action.response.body)
+            details, route_name = "direct_response", action.route_name
+        elif action is None:
             status, body, details = 404, 0, "route_not_found"
             record.flags = "NR"
-        elif type(action) is DirectResponseAction:
-            status, body = action.response.status, len(action.response.body)
-            details = "direct_response"
         else:
             status, body, details = action.status, 0, "direct_response"  # type: ignore[attr-defined]
-        if action is not None:
-            record.route_name = action.route_name  # type: ignore[attr-defined]
-        record.details = details
-        record.local_reply(status, body, record.server)
-        record.bytes_sent = 0 if head_only else body
-    record.end = time.monotonic()
+            route_name = action.route_name  # type: ignore[attr-defined]
+        sent = 0 if head_only else body
+        record.answered_here(status, body, record.server, details, route_name, sent, False)
     config.access_log.log(record)  # type: ignore[union-attr]
 
 

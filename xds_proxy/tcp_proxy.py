@@ -446,7 +446,7 @@ def _connection_record(transport: asyncio.BaseTransport) -> LogRecord:
     downstream = Downstream(
         transport.get_extra_info("peername"), transport.get_extra_info("sockname")
     )
-    record = LogRecord(downstream, time.monotonic(), time.time())
+    record = LogRecord(downstream)
     record.protocol = None
     return record
 

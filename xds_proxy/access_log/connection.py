@@ -82,9 +82,7 @@ class LoggedTransport(WrappedTransport):
 def log_connection(transport: asyncio.Transport, access_log: AccessLog) -> LoggedTransport:
     """Wrap a just-accepted transport so that its connection is logged when it closes."""
     record = LogRecord(
-        Downstream(transport.get_extra_info("peername"), transport.get_extra_info("sockname")),
-        time.monotonic(),
-        time.time(),
+        Downstream(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
     )
     record.protocol = None
     logged = _LoggedProtocol(record, access_log)

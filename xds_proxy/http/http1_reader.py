@@ -611,7 +611,7 @@ class Http1RequestReader:
 
     def _new_record(self) -> LogRecord:
         downstream = self._downstream or self._new_downstream()
-        return LogRecord(downstream, time.monotonic(), time.time())
+        return LogRecord(downstream)
 
     def _log_local(self, record: LogRecord, action: object, head_only: bool) -> None:
         """A request answered here (direct response, 404, redirect)."""

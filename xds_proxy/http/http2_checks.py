@@ -96,9 +96,8 @@ def _path_reply(
 
 def _log_refused(config: HcmConfig, transport: Any) -> None:
     """A stream the codec refused: no request fields, flag DR, as Envoy logs it."""
-    now = time.monotonic()
-    record = LogRecord(http2_log.downstream(transport), now, time.time())
+    record = LogRecord(http2_log.downstream(transport))
     record.protocol = "HTTP/2"
     record.flags, record.details = "DR", "http2.unexpected_underscore"
-    record.end = now
+    record.end = record.start
     config.access_log.log(record)  # type: ignore[union-attr]

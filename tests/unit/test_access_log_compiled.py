@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import calendar
 
+import pytest
+from hpack import HeaderTuple
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +25,7 @@ from xds_proxy.config.access_log import (
     Template,
     parse_format,
 )
+from xds_proxy.config.hcm import ProxyPolicy
 
 WALL = calendar.timegm((2026, 12, 6, 17, 19, 51)) + 0.561234
 
@@ -186,3 +189,29 @@ async def test_a_compiled_logger_fills_its_sink_and_flushes_at_the_flush_size(tm
     log(made)
     sink.flush()
     await wait_until(lambda: path.read_bytes() == line * (count + 1))
+
+
+def test_header_pairs_of_any_sequence_type_are_read_alike() -> None:
+    """Request headers come as tuples (HTTP/1.1), as hpack's HeaderTuple (a tuple subclass,
+    HTTP/2) or as other pairs: the compiled line reads them all the same."""
+    template = parse_format("%REQ(X-A)% %REQ(:AUTHORITY)% %REQ(X-B?X-A)%\n", "f")
+    lines = set()
+    for pair in (tuple, lambda items: HeaderTuple(*items), list):
+        made = LogRecord(Downstream(("10.0.0.1", 5555), ("127.0.0.1", 80)), 100.0, WALL)
+        made.took_headers(
+            [pair((b":authority", b"h")), pair((b"x-a", b"1")), pair((b"x-a", b"2"))],
+            "HTTP/2",
+            b"http",
+            ProxyPolicy(),
+        )
+        lines.add(compile_text(template)(made))
+    assert lines == {b"1 h 1\n"}
+
+
+def test_a_header_that_is_not_a_pair_is_an_error() -> None:
+    made = LogRecord(Downstream(("10.0.0.1", 5555), ("127.0.0.1", 80)), 100.0, WALL)
+    made.request_headers = [(b"x-a",)]
+    with pytest.raises(ValueError, match="pair"):
+        compile_text(parse_format("%REQ(X-A)%", "f"))(made)
+    with pytest.raises(ValueError, match="pair"):
+        made.took_headers([(b"x-a", b"1", b"2")], "HTTP/2", b"http", ProxyPolicy())

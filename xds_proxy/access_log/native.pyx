@@ -23,7 +23,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyBy
 from cpython.list cimport PyList_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport PyObject
-from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.string cimport memcpy
 
 from xds_proxy.access_log import writer
@@ -69,6 +69,25 @@ cdef object _policy = None
 cdef bint _generate_id, _remote_from_xff
 cdef object _xff_skip = 0
 cdef object _server_name = b"envoy"
+
+
+cdef inline tuple _pair(header):
+    """A header as a (name, value) tuple whose items are read in place: a tuple or a tuple
+    subclass as it is (hpack's HeaderTuple: indexing it would go through a Python-level
+    __getitem__), another pair made a tuple."""
+    if isinstance(header, tuple) and PyTuple_GET_SIZE(header) == 2:
+        return <tuple>header
+    made = tuple(header)
+    if PyTuple_GET_SIZE(made) != 2:
+        raise ValueError(f"a header is a (name, value) pair, not {header!r}")
+    return made
+
+
+cdef inline bint _is_pseudo(name):
+    """A header name starting with `:`."""
+    if type(name) is bytes:
+        return PyBytes_GET_SIZE(name) > 0 and PyBytes_AS_STRING(name)[0] == b":"[0]
+    return name[:1] == b":"
 
 
 @cython.final
@@ -163,17 +182,19 @@ cdef class LogRecord:
         self.protocol = protocol
         self.scheme = scheme
         for header in headers:
-            name = header[0]
-            if name[:1] == b":":
+            pair = _pair(header)
+            name = <object>PyTuple_GET_ITEM(pair, 0)
+            value = <object>PyTuple_GET_ITEM(pair, 1)
+            if _is_pseudo(name):
                 if name == b":method":
-                    self.method = header[1]
+                    self.method = value
                 elif name == b":path":
-                    self.path = header[1]
+                    self.path = value
                 elif name == b":authority":
-                    self.authority = header[1]
+                    self.authority = value
             elif name == b"host":
                 if self.authority is None:
-                    self.authority = header[1]
+                    self.authority = value
             else:
                 kept.append(header)
         self._take_policy(policy)
@@ -484,8 +505,9 @@ cdef class TextLine:
     def log(self, LogRecord record):
         """The record's line, into the sink's buffer; the sink's `written` runs when the
         line starts the buffer or fills it (writer.py)."""
-        cdef Py_ssize_t before = PyByteArray_GET_SIZE(self._out)
+        cdef Py_ssize_t before
         self._render(record)
+        before = PyByteArray_GET_SIZE(self._out)
         PyByteArray_Resize(self._out, before + self._size)
         memcpy(PyByteArray_AS_STRING(self._out) + before, self._buffer, self._size)
         if before == 0 or before + self._size >= _FLUSH_SIZE:
@@ -538,14 +560,11 @@ cdef class TextLine:
         if not headers:
             return 0
         for header in headers:
-            name = header[0]
+            pair = _pair(header)
+            name = <object>PyTuple_GET_ITEM(pair, 0)
             for slot in range(count):
                 if found[slot] is NULL and name == names[slot]:
-                    if type(header) is tuple:
-                        found[slot] = PyTuple_GET_ITEM(header, 1)
-                    else:  # (held by the header, as the tuple's item is)
-                        value = header[1]
-                        found[slot] = <PyObject*>value
+                    found[slot] = PyTuple_GET_ITEM(pair, 1)  # (held by the header too)
                     break
         return 0
 
@@ -619,7 +638,9 @@ cdef class TextLine:
         cdef char digits[24]
         cdef int at = 24
         cdef bint negative = number < 0
-        cdef unsigned long long rest = -number if negative else number
+        cdef unsigned long long rest = <unsigned long long>number
+        if negative:
+            rest = 0ULL - rest  # (the magnitude, LLONG_MIN's included)
         while True:
             at -= 1
             digits[at] = 48 + <int>(rest % 10)

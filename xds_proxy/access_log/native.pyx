@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The access log's compiled core (Cython, built by setuptools: pyproject.toml).
+"""The access log's compiled core (Cython, built with the package: setup.py).
 
 - `LogRecord`: what one request (or one TCP connection) leaves for its access-log line, filled
   in by the codec and the upstream exchange as the request goes. Its fields live in the

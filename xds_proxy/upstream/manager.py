@@ -45,6 +45,7 @@ from xds_proxy.config.tls import SecretWatches
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
+from xds_proxy.upstream.shared_health import DecidingHealth, FollowingHealth, version_key
 
 log = logging.getLogger("xds_proxy.upstream")
 
@@ -106,6 +107,16 @@ class ClusterManager:
         self._warming_gauge = stats.gauge("cluster_manager.warming_clusters")
         self._none_warming = asyncio.Event()  # set whenever no cluster warms
         self.secrets: SecretWatches | None = None  # the secret store (set by the server)
+        # Who decides host health (upstream/shared_health.py): this process, and its workers
+        # follow (`--concurrency N`); or, in a worker, the main process (`follow_main`).
+        self.health: DecidingHealth | FollowingHealth = DecidingHealth()
+        self._health_keys: dict[Cluster, str] = {}  # clusters checked or with outlier detection
+
+    def follow_main(self, send: Callable[[dict], None]) -> FollowingHealth:
+        """A worker (before any cluster is built): host health is the main process's, which
+        gets this process's request results through `send`."""
+        self.health = FollowingHealth(send)
+        return self.health
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
@@ -138,7 +149,7 @@ class ClusterManager:
             # As Envoy: a source it cannot subscribe with rejects the cluster now.
             self._endpoints.check_source(config.eds.source, f"{path}.eds_cluster_config.eds_config")
         self._use_secrets(config)
-        new = Cluster(config, self.stats, self._rng, self._resolve)
+        new = self._build(config, key)
         record = ClusterRecord(key, version_info, time.time())
         old = self.clusters.get(name)
         if static:
@@ -164,6 +175,15 @@ class ClusterManager:
             self._place(new, record)
         self._warming_changed()
         return True
+
+    def _build(self, config: ClusterConfig, message: bytes) -> Cluster:
+        if not config.health_checks and config.outlier_detection is None:
+            return Cluster(config, self.stats, self._rng, self._resolve)
+        key = version_key(config.name, message)
+        new = Cluster(config, self.stats, self._rng, self._resolve, self.health.role(key))
+        self.health.built(key, lambda: new.hosts)
+        self._health_keys[new] = key
+        return new
 
     def _secrets_settled(self, new: Cluster) -> None:
         warming = self.warming.get(new.name)
@@ -219,6 +239,9 @@ class ClusterManager:
 
     def _retire(self, cluster: Cluster) -> None:
         cluster.retire()
+        key = self._health_keys.pop(cluster, None)
+        if key is not None:
+            self.health.retired(key)
         if cluster.config.eds is not None and self._endpoints is not None:
             self._endpoints.unwatch(cluster)
 

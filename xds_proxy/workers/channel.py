@@ -1,12 +1,16 @@
 """The local channels between the main process and a worker: JSON messages, one per line,
 over a UNIX socket pair, and listen sockets passed as file descriptors (`SCM_RIGHTS`).
 
-Two pairs per worker, one per direction of asking, so that each side's requests and answers
-never interleave:
+Three pairs per worker, one per direction of asking and one for messages nobody answers, so
+that each side's requests and answers never interleave:
 - *control* (the main process asks): `{"op": "state"}` (the worker's stats and drains),
   `{"op": "call", "name": ..., "args": [...]}` (an admin command: health, drains);
 - *sockets* (the worker asks, blocking, while it applies a listener): `{"listener": name,
-  "address": ...}`, answered by one line and, when found, the socket's descriptor.
+  "address": ...}`, answered by one line and, when found, the socket's descriptor;
+- *events* (either side tells, nobody answers; upstream/shared_health.py): the main process's
+  host-health decisions `{"health": {version: {address: flags}}, "gone": [version, ...]}`,
+  and a worker's request results `{"outcomes": {version: {address: [result, ...]}}}` and
+  first traffic `{"traffic": [version, ...]}`.
 """
 
 from __future__ import annotations

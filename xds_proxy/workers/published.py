@@ -46,6 +46,10 @@ class Publisher:
         self._secrets = secrets
         self._serialized: dict[int, tuple[Any, bytes]] = {}
 
+    @property
+    def clusters(self) -> ClusterManager:
+        return self._clusters
+
     def snapshot(self) -> Snapshot:
         listeners = {
             version.name: version.raw

@@ -2,7 +2,7 @@
 through the relay, hands them listen sockets, asks them for their state, and restarts one
 that dies.
 
-A worker is `python -m xds_proxy.worker` with two UNIX socket pairs
+A worker is `python -m xds_proxy.worker` with three UNIX socket pairs
 (`workers/channel.py`); its first control message is its start-up data: its index, the
 relay's path, the options and the bootstrap as the main process loaded them. It dies with
 the main process (parent-death signal). A worker that exits on its own is logged, counted
@@ -35,9 +35,11 @@ from xds_proxy.listener.shared_pacing import SharedPacing
 from xds_proxy.options import Options
 from xds_proxy.stats import Stats
 from xds_proxy.workers.channel import (
+    MAX_LINE,
     ControlClient,
     address_from_json,
     answer_socket,
+    encode,
     start_message,
 )
 from xds_proxy.workers.published import Snapshot
@@ -60,6 +62,7 @@ class _Worker:
     process: asyncio.subprocess.Process
     control: ControlClient
     sockets: socket.socket  # the main process's end of the sockets pair
+    events: asyncio.StreamWriter  # the main process's end of the events pair
     buffer: bytearray = dataclasses.field(default_factory=bytearray)
 
 
@@ -72,13 +75,16 @@ class Workers:
         stats: Stats,
         find_socket: SocketFinder,
         on_started: Callable[[int], None] = lambda index: None,
+        on_event: Callable[[int, dict], None] = lambda index, message: None,
     ) -> None:
-        """`on_started(index)`: a worker was (re)started (its control channel is open)."""
+        """`on_started(index)`: a worker was (re)started (its control channel is open);
+        `on_event(index, message)`: a worker sent a message on its events pair."""
         self.count = count
         self._options = options
         self._bootstrap = bootstrap
         self._find_socket = find_socket
         self._on_started = on_started
+        self._on_event = on_event
         self.relay = Relay()
         self._workers: dict[int, _Worker] = {}
         self._watchers: list[asyncio.Task] = []
@@ -196,6 +202,25 @@ class Workers:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
+    def tell(self, message: dict) -> None:
+        """Send one message to every worker on its events pair (not answered)."""
+        line = encode(message)
+        for worker in self._workers.values():
+            worker.events.write(line)
+
+    def tell_one(self, index: int, message: dict) -> None:
+        worker = self._workers.get(index)
+        if worker is not None:
+            worker.events.write(encode(message))
+
+    async def _read_events(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        """What the worker sends on its events pair, one message a line, until it closes."""
+        while line := await reader.readline():
+            try:
+                self._on_event(worker.index, json.loads(line))
+            except Exception:  # one bad message must not stop the worker's others
+                log.exception("worker %d: cannot take %r", worker.index, line[:200])
+
     async def _ask_quietly(self, worker: _Worker, request: dict) -> None:
         with contextlib.suppress(Exception):
             await worker.control.ask(request, READY_TIMEOUT_S)
@@ -205,6 +230,7 @@ class Workers:
     async def _spawn(self, index: int) -> None:
         control_ours, control_theirs = socket.socketpair()
         sockets_ours, sockets_theirs = socket.socketpair()
+        events_ours, events_theirs = socket.socketpair()
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -215,9 +241,11 @@ class Workers:
             str(self.connection_count.fd),
             str(self.pacing.fd),
             str(self.limits.fd),
+            str(events_theirs.fileno()),
             pass_fds=(
                 control_theirs.fileno(),
                 sockets_theirs.fileno(),
+                events_theirs.fileno(),
                 self.connection_count.fd,
                 self.pacing.fd,
                 self.limits.fd,
@@ -225,13 +253,20 @@ class Workers:
         )
         control_theirs.close()
         sockets_theirs.close()
+        events_theirs.close()
         control_ours.sendall(start_message(self._start_message(index)))
-        worker = _Worker(index, process, await ControlClient.open(control_ours), sockets_ours)
+        events_reader, events = await asyncio.open_unix_connection(sock=events_ours, limit=MAX_LINE)
+        worker = _Worker(
+            index, process, await ControlClient.open(control_ours), sockets_ours, events
+        )
         sockets_ours.setblocking(False)
         asyncio.get_running_loop().add_reader(sockets_ours, self._on_socket_request, worker)
         self._workers[index] = worker
         self._active.set(len(self._workers))
         self._watchers.append(asyncio.create_task(self._watch(worker), name=f"worker-{index}"))
+        self._watchers.append(
+            asyncio.create_task(self._read_events(worker, events_reader), name=f"events-{index}")
+        )
         self._on_started(index)
         log.info("worker %d started (pid %d)", index, process.pid)
 
@@ -270,6 +305,7 @@ class Workers:
             asyncio.get_running_loop().remove_reader(worker.sockets)
         worker.sockets.close()
         worker.control.close()
+        worker.events.close()
 
     def _on_socket_request(self, worker: _Worker) -> None:
         try:

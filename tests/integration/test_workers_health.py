@@ -20,8 +20,9 @@ from typing import Any
 from tests.helpers.http_client import HttpConnection, Response
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
+from tests.helpers.stub import StubProcess
 from tests.helpers.upstreams import Http1Echo, cluster_dict
-from tests.integration.test_cds import routed_listener
+from tests.integration.test_cds import cds_bootstrap, routed_listener
 
 WORKERS = 2
 HEALTH_PATH = "/healthz"
@@ -251,3 +252,47 @@ def test_consecutive_5xx_spread_over_both_workers_eject(tmp_path) -> None:
                 conn.close()
         finally:
             proxy.stop()
+
+
+def test_a_cds_cluster_and_its_replacement_follow_the_main_processs_checks(tmp_path) -> None:
+    """A cluster from CDS, then a changed version of it (a new checker, whose first check of
+    B passes): each version's flags are its own checker's, in every worker."""
+    with Upstream("a") as a, Upstream("b", health=(503,)) as b:
+        stub = StubProcess(tmp_path, xds=f"127.0.0.1:{free_port()}").start()
+        proxy = None
+        try:
+            port = free_port()
+            first = cluster_dict("backends", [a.port, b.port], health_checks=[_check("60s")])
+            listeners = stub.client.set_resources(
+                listeners=[routed_listener(port, "backends")], clusters=[first]
+            )["listeners"]
+            proxy = ProxyProcess(cds_bootstrap(stub.xds_address), tmp_path, "warning")
+            proxy.concurrency = WORKERS
+            proxy.start()
+            proxy.wait_ready()
+            stub.client.wait(listeners, timeout=10)
+            conns = _one_per_worker(proxy, port)
+            for _ in range(5):
+                for index, conn in conns.items():
+                    assert _get(conn, f"w{index}").headers["x-upstream"] == "a"
+            assert b.served == []
+            assert len(b.checks) == 1
+
+            second = dict(first, health_checks=[_check("61s")])  # a new version, new checker
+            stub.client.set_resources(
+                listeners=[routed_listener(port, "backends")], clusters=[second]
+            )
+            wait_for(lambda: proxy.stat("cluster_manager.cluster_modified") == 1, what="the update")
+            wait_for(lambda: _host_lines(proxy, b.port)["health_flags"] == "healthy")
+            assert len(b.checks) == 2  # one per version, in the main process
+            for _ in range(5):
+                for index, conn in conns.items():
+                    _get(conn, f"w{index}")
+            senders = {headers["x-sender"] for headers in b.served}
+            assert senders == {f"w{index}" for index in range(WORKERS)}
+            for conn in conns.values():
+                conn.close()
+        finally:
+            if proxy is not None:
+                proxy.stop()
+            stub.stop()

@@ -278,7 +278,9 @@ class FollowedHealthChecker:
         self._first_round: dict[Host, asyncio.Event] = {}
 
     def add_hosts(self, hosts: list[Host]) -> None:
+        """The hosts take the flags the main process decided for them (if it has)."""
         decided = self._decided()
+        changed = False
         for host in hosts:
             address = host_address_text(host.address)
             if self._hosts.get(address) is host:
@@ -287,7 +289,9 @@ class FollowedHealthChecker:
             self._first_round[host] = asyncio.Event()
             bits = decided.get(address)
             if bits is not None:
-                self._take(host, bits)
+                changed = self._take(host, bits) or changed
+        if changed:
+            self._on_change()
 
     def remove_hosts(self, hosts: list[Host]) -> None:
         for host in hosts:

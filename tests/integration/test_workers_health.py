@@ -296,3 +296,26 @@ def test_a_cds_cluster_and_its_replacement_follow_the_main_processs_checks(tmp_p
             if proxy is not None:
                 proxy.stop()
             stub.stop()
+
+
+def test_traffic_through_a_worker_moves_the_checker_off_its_no_traffic_interval(tmp_path) -> None:
+    """`no_traffic_interval` 2 s, `interval` 0.1 s: once a worker has opened an upstream
+    connection, the main process's checker (which opens none) checks every 0.1 s."""
+    check = dict(_check("0.1s"), no_traffic_interval="2s")
+    with Upstream("a") as upstream:
+        port = free_port()
+        cluster = cluster_dict("backends", [upstream.port], health_checks=[check])
+        proxy = _start(tmp_path, port, cluster)
+        try:
+            wait_for(lambda: upstream.checks, what="the first check")
+            conns = _one_per_worker(proxy, port)
+            for index, conn in conns.items():
+                assert _get(conn, f"w{index}").status == 200
+            before = len(upstream.checks)
+            # At 2 s a check, 10 more would take 20 s; at 0.1 s, about 3 s at most (the
+            # check already waiting, then the traffic seen).
+            wait_for(lambda: len(upstream.checks) >= before + 10, timeout=6, what="10 checks")
+            for conn in conns.values():
+                conn.close()
+        finally:
+            proxy.stop()

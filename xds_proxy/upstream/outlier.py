@@ -404,7 +404,7 @@ class OutcomeReporter:
 
     def put_result(self, host: Host, result: Result) -> None:
         address = self._addresses.get(host)
-        self._record(address or host_address_text(host.address), -1 - result.value)
+        self._record(address or host_address_text(host.address), encode_result(result))
 
     def follow(self, decided: DecidedHealth) -> None:
         """The main process decided (some of) this version's hosts' ejections."""

@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from xds_proxy.lazy import lazy_import
 from xds_proxy.upstream.host import DecidedHealth, Host, decided_health, host_address_text
-from xds_proxy.upstream.outlier import OutcomeReporter, OutlierDetector, apply_outcome
+from xds_proxy.upstream.outlier import (
+    OutcomeReporter,
+    OutlierDetector,
+    Result,
+    apply_outcome,
+    encode_result,
+)
 from xds_proxy.upstream.running_loop import running_loop
 
 if TYPE_CHECKING:
@@ -44,6 +50,11 @@ else:  # only clusters with `health_checks` need it (xds_proxy/lazy.py)
 
 REPORT_INTERVAL_S = 0.01  # a worker's results wait at most this long for the main process
 TRAFFIC_CHECK_INTERVAL_S = 0.5  # how often a worker looks for a checked cluster's first traffic
+
+# Results that may eject a host (with a 5xx): reported at the end of the loop turn.
+_LOCAL_FAILURES = frozenset(
+    encode_result(result) for result in (Result.CONNECT_FAILED, Result.TIMEOUT, Result.RESET)
+)
 
 # The results of a worker's requests: version key -> host address -> results in order (HTTP
 # statuses; local-origin results as upstream/outlier.py `encode_result` gives them).
@@ -269,7 +280,7 @@ class FollowingHealth:
         outcomes = self._outcomes
         if not outcomes:
             running_loop().call_later(REPORT_INTERVAL_S, self._report)
-        if (code >= 500 or code < 0) and not self._soon:
+        if (code >= 500 or code in _LOCAL_FAILURES) and not self._soon:
             self._soon = True
             running_loop().call_soon(self._report)
         hosts = outcomes.get(key)

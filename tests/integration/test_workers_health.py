@@ -12,7 +12,9 @@ as Envoy has on its main thread. Real proxy processes with two workers, real ups
 from __future__ import annotations
 
 import functools
+import os
 import re
+import signal
 import threading
 import time
 from typing import Any
@@ -315,6 +317,31 @@ def test_traffic_through_a_worker_moves_the_checker_off_its_no_traffic_interval(
             # At 2 s a check, 10 more would take 20 s; at 0.1 s, about 3 s at most (the
             # check already waiting, then the traffic seen).
             wait_for(lambda: len(upstream.checks) >= before + 10, timeout=6, what="10 checks")
+            for conn in conns.values():
+                conn.close()
+        finally:
+            proxy.stop()
+
+
+def test_a_restarted_worker_takes_the_main_processs_flags(tmp_path) -> None:
+    """A worker killed and started again learns every host's health from the main process
+    (it runs no check of its own): B, failed by the main process's only check, gets nothing."""
+    with Upstream("a") as a, Upstream("b", health=(503,)) as b:
+        port = free_port()
+        cluster = cluster_dict("backends", [a.port, b.port], health_checks=[_check("60s")])
+        proxy = _start(tmp_path, port, cluster)
+        try:
+            wait_for(lambda: _host_lines(proxy, b.port)["health_flags"] == "/failed_active_hc")
+            pids = dict(re.findall(r"worker (\d+) started \(pid (\d+)\)", proxy.log()))
+            os.kill(int(pids["0"]), signal.SIGKILL)
+            wait_for(lambda: proxy.stat("xds_proxy.workers.restarted") == 1, what="a restart")
+            wait_for(lambda: proxy.stat("xds_proxy.workers.active") == WORKERS)
+            conns = _one_per_worker(proxy, port)
+            for _ in range(5):
+                for index, conn in conns.items():
+                    assert _get(conn, f"w{index}").headers["x-upstream"] == "a"
+            assert b.served == []
+            assert len(b.checks) == 1
             for conn in conns.values():
                 conn.close()
         finally:

@@ -77,13 +77,8 @@ RULES_BY_NAME = {
     "cluster.backend.membership_change": Merge.SHARED,
     "cluster.backend.max_host_weight": Merge.SHARED,
     "cluster.backend.warming_state": Merge.SHARED,
-    # active health checks and outlier detection: decided in the main process only
-    "cluster.backend.health_check.healthy": Merge.MAIN,
-    "cluster.backend.health_check.degraded": Merge.MAIN,
-    "cluster.backend.health_check.attempt": Merge.MAIN,
-    "cluster.a.b.health_check.network_failure": Merge.MAIN,
-    "cluster.backend.outlier_detection.ejections_active": Merge.MAIN,
-    "cluster.backend.outlier_detection.ejections_enforced_total": Merge.MAIN,
+    "cluster.backend.health_check.healthy": Merge.SHARED,
+    "cluster.backend.health_check.degraded": Merge.SHARED,
     "cluster.backend.client_ssl_socket_factory.ssl_context_update_by_sds": Merge.SHARED,
     "listener.127.0.0.1_443.server_ssl_socket_factory.ssl_context_update_by_sds": Merge.SHARED,
     # circuit breakers and balancer tables
@@ -110,6 +105,9 @@ RULES_BY_NAME = {
     "cluster.backend.upstream_rq_retry": Merge.SUM,
     "cluster.backend.lb_healthy_panic": Merge.SUM,
     "cluster.backend.original_dst_host_invalid": Merge.SUM,
+    "cluster.backend.health_check.attempt": Merge.SUM,
+    "cluster.backend.outlier_detection.ejections_active": Merge.SUM,
+    "cluster.backend.outlier_detection.ejections_enforced_total": Merge.SUM,
     "cluster.backend.client_ssl_socket_factory.upstream_context_secrets_not_ready": Merge.SUM,
     "listener.127.0.0.1_10000.downstream_cx_total": Merge.SUM,
     "listener.127.0.0.1_10000.downstream_cx_active": Merge.SUM,
@@ -219,17 +217,17 @@ def test_shared_values_are_mains_else_the_first_workers() -> None:
     workers = [
         snapshot(
             {"listener.127.0.0.1_443.server_ssl_socket_factory.ssl_context_update_by_sds": 2},
-            {"cluster.backend.membership_total": 2, "cluster.backend.membership_healthy": 2},
+            {"cluster.backend.membership_total": 2, "cluster.backend.health_check.healthy": 2},
         ),
         snapshot(
             {"listener.127.0.0.1_443.server_ssl_socket_factory.ssl_context_update_by_sds": 2},
-            {"cluster.backend.membership_total": 2, "cluster.backend.membership_healthy": 1},
+            {"cluster.backend.membership_total": 2, "cluster.backend.health_check.healthy": 1},
         ),
     ]
     merged = merge_stats(main, workers)
     assert merged["gauges"] == {
         "cluster.backend.membership_total": 3,
-        "cluster.backend.membership_healthy": 2,
+        "cluster.backend.health_check.healthy": 2,
     }
     assert merged["counters"] == {
         "listener.127.0.0.1_443.server_ssl_socket_factory.ssl_context_update_by_sds": 2

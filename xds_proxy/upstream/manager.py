@@ -177,7 +177,11 @@ class ClusterManager:
         return True
 
     def _build(self, config: ClusterConfig, message: bytes) -> Cluster:
-        if not config.health_checks and config.outlier_detection is None:
+        """A cluster whose hosts' health `self.health` decides or follows; an ORIGINAL_DST
+        cluster's hosts are made by each process for its own requests, so each decides
+        for itself."""
+        decided = config.health_checks or config.outlier_detection is not None
+        if not decided or config.original_dst is not None:
             return Cluster(config, self.stats, self._rng, self._resolve)
         key = version_key(config.name, message)
         new = Cluster(config, self.stats, self._rng, self._resolve, self.health.role(key))

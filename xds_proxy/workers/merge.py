@@ -82,12 +82,8 @@ MERGE_RULES: tuple[MergeRule, ...] = (
         "a cluster's EDS subscription (or DNS resolution) is main's",
     ),
     _rule(
-        r"cluster\..+\.(?:health_check|outlier_detection)\.\w+$",
-        Merge.MAIN,
-        "active health checks and outlier detection run in the main process only",
-    ),
-    _rule(
-        r"cluster\..+\.(?:membership_\w+|max_host_weight|warming_state)$",
+        r"cluster\..+\.(?:membership_\w+|max_host_weight|warming_state"
+        r"|health_check\.(?:healthy|degraded))$",
         Merge.SHARED,
         "a cluster's hosts and their health: the same set in every process",
     ),

@@ -158,6 +158,9 @@ async def test_followed_checks_take_the_main_processs_flags_and_warm_with_its_fi
         assert _host(cluster, 1002).health_flags() == "/failed_active_hc"
         assert {cluster.pick_host().address[1] for _ in range(10)} == {1001}
         assert cluster.stats.membership_healthy.value == 1
+    for worker in proxy.workers:  # no checker here: nothing to add to the main process's
+        assert worker.stats.value("cluster.checked.health_check.attempt") is None
+        assert worker.stats.value("cluster.checked.health_check.healthy") is None
     # Another version of the cluster (a new config) does not take the first one's flags.
     changed = cluster_dict("checked", PORTS, health_checks=[dict(check, interval="61s")])
     message = json_format.ParseDict(changed, cluster_pb2.Cluster())

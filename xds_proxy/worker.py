@@ -39,7 +39,6 @@ from xds_proxy.listener.shared_pacing import SharedPacing
 from xds_proxy.options import Options
 from xds_proxy.server import Server
 from xds_proxy.upstream.host import HOST_STAT_NAMES, host_address_text
-from xds_proxy.upstream.shared_health import FollowingHealth
 from xds_proxy.workers.channel import MAX_LINE, ask_for_socket, encode, read_start
 from xds_proxy.workers.merge import HostCounts
 from xds_proxy.xds.source import use_worker_relay
@@ -87,10 +86,10 @@ class _SocketSource:
         return sock
 
 
-async def _follow_main(health: FollowingHealth, events: asyncio.StreamReader) -> None:
-    """The main process's host-health decisions, applied as they come."""
+async def _follow_main(server: Server, events: asyncio.StreamReader) -> None:
+    """The main process's decisions (host health, EDS fetches ended), applied as they come."""
     while line := await events.readline():
-        health.follow(json.loads(line))
+        server.clusters.follow(json.loads(line))
 
 
 async def _serve_control(server: Server, control: socket.socket) -> None:
@@ -166,8 +165,8 @@ async def _serve(
         shared_counts=limits,
     )
     events_reader, events = await asyncio.open_unix_connection(sock=events_socket, limit=MAX_LINE)
-    health = server.clusters.follow_main(lambda message: events.write(encode(message)))
-    follow_task = asyncio.create_task(_follow_main(health, events_reader), name="worker-health")
+    server.clusters.follow_main(lambda message: events.write(encode(message)))
+    follow_task = asyncio.create_task(_follow_main(server, events_reader), name="worker-follow")
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_shutdown)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the main process decides

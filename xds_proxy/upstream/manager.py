@@ -111,12 +111,30 @@ class ClusterManager:
         # follow (`--concurrency N`); or, in a worker, the main process (`follow_main`).
         self.health: DecidingHealth | FollowingHealth = DecidingHealth()
         self._health_keys: dict[Cluster, str] = {}  # clusters checked or with outlier detection
+        # A worker: the EDS clusters whose fetch the main process ended without an assignment.
+        self._fetches_over: set[str] = set()
 
     def follow_main(self, send: Callable[[dict], None]) -> FollowingHealth:
         """A worker (before any cluster is built): host health is the main process's, which
         gets this process's request results through `send`."""
         self.health = FollowingHealth(send)
         return self.health
+
+    def follow(self, message: dict) -> None:
+        """A worker: a message of the main process (workers/channel.py, *events*)."""
+        ended = message.get("eds_fetch_over")
+        if ended is not None:
+            self._end_fetches(set(ended))
+        if isinstance(self.health, FollowingHealth):
+            self.health.follow(message)
+
+    def _end_fetches(self, names: set[str]) -> None:
+        """The main process's EDS clusters `names` ended their initial fetch without an
+        assignment: ours end theirs (now, or when they are built)."""
+        self._fetches_over = names
+        for cluster in [*self.clusters.values(), *(c for c, _ in self.warming.values())]:
+            if cluster.name in names:
+                cluster.initial_fetch_over()
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
@@ -161,6 +179,8 @@ class ClusterManager:
         if config.eds is not None:
             assert self._endpoints is not None
             self._endpoints.watch(new)  # a held assignment is applied at once
+            if name in self._fetches_over:
+                new.initial_fetch_over()
         if warming is not None:  # a newer version replaces the one still warming
             self._retire(warming[0])
             del self.warming[name]

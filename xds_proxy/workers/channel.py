@@ -8,8 +8,9 @@ that each side's requests and answers never interleave:
 - *sockets* (the worker asks, blocking, while it applies a listener): `{"listener": name,
   "address": ...}`, answered by one line and, when found, the socket's descriptor;
 - *events* (either side tells, nobody answers; upstream/shared_health.py): the main process's
-  host-health decisions `{"health": {version: {address: flags}}, "gone": [version, ...]}`,
-  and a worker's request results `{"outcomes": {version: {address: [result, ...]}}}` and
+  host-health decisions `{"health": {version: {address: flags}}, "gone": [version, ...]}`
+  and the EDS clusters whose fetch ended without an assignment `{"eds_fetch_over": [name]}`;
+  a worker's request results `{"outcomes": {version: {address: [result, ...]}}}` and
   first traffic `{"traffic": [version, ...]}`.
 """
 

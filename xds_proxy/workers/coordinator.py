@@ -1,8 +1,9 @@
 """The main process's half of `--concurrency N`, as the server uses it: publish what it
 applied and wait for the workers, end its drains by the workers' connections, merge the
-workers' state into what admin shows, run admin commands in every worker, and carry host
+workers' state into what admin shows, run admin commands in every worker, carry host
 health both ways (the main process's checks and ejections to the workers, the workers'
-request results to its outlier detectors: upstream/shared_health.py).
+request results to its outlier detectors: upstream/shared_health.py), and end in the workers
+the EDS fetches that ended here without an assignment.
 
 The main process accepts no connection, so its drains see none: each of its drains takes the
 connection count of the workers' drains of the same identity (`merge.DRAIN_KEY`), once every
@@ -77,6 +78,7 @@ class WorkerCoordinator:
         # have no copy yet: the workers' versions waiting for them go on as ours did.
         self._failed: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task] = []
+        self._ended_fetches: list[str] = []  # as last told to the workers
 
     async def start(self) -> None:
         self._health.tell = self.workers.tell  # a worker started later gets `_started`'s
@@ -97,6 +99,7 @@ class WorkerCoordinator:
 
     async def sync(self) -> None:
         """What this process holds now, applied by every worker (or at the timeout)."""
+        self._tell_ended_fetches()
         started = time.monotonic()
         await self.workers.sync(self._publisher.snapshot())
         self._settled(started)
@@ -116,9 +119,18 @@ class WorkerCoordinator:
                     return sock
         return None
 
+    def _tell_ended_fetches(self) -> None:
+        """EDS fetches that ended here without an assignment end in every worker too (the
+        workers' own initial fetch timers could not end them at the same time, or at all)."""
+        ended = self._publisher.ended_fetches()
+        if ended != self._ended_fetches:
+            self._ended_fetches = ended
+            self.workers.tell({"eds_fetch_over": ended})
+
     async def _publish_regularly(self) -> None:
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
+            self._tell_ended_fetches()  # an initial fetch timeout is no response
             started = time.monotonic()
             if self.workers.publish(self._publisher.snapshot()):
                 await self.workers.wait_answered()
@@ -140,6 +152,7 @@ class WorkerCoordinator:
         """A worker (re)started: it learns every host's health as decided here, and what
         failed here before it started."""
         self.workers.tell_one(index, self._health.snapshot())
+        self.workers.tell_one(index, {"eds_fetch_over": self._ended_fetches})
         for kind, name in sorted(self._failed):
             self.workers.call_one(index, "dependency_failed", kind, name)
 

@@ -172,3 +172,32 @@ async def test_followed_checks_take_the_main_processs_flags_and_warm_with_its_fi
     await asyncio.sleep(0)
     assert proxy.told[-1]["gone"] == [key]
     assert key not in proxy.following[0]._versions
+
+
+async def test_a_worker_host_the_main_process_never_checked_does_not_hold_warming_back() -> None:
+    """A DNS cluster may resolve a host in a worker that the main process has not: the worker's
+    version warms when the main process's first round is over; that host stays unhealthy."""
+    check = {
+        "timeout": "1s",
+        "interval": "60s",
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "tcp_health_check": {},
+    }
+    worker = ClusterManager(Stats())
+    following = worker.follow_main(lambda message: None)
+    cluster = json_format.ParseDict(
+        cluster_dict("checked", (*PORTS, 1003), health_checks=[check]), cluster_pb2.Cluster()
+    )
+    worker.add_or_update(cluster)
+    worker.start()
+    built = worker.clusters["checked"]
+    key = version_key("checked", cluster.SerializeToString(deterministic=True))
+    following.follow({"health": {key: {"127.0.0.1:1001": 2 | 1}}})  # still pending there
+    await asyncio.sleep(0)
+    assert built.resolved is not None and not built.resolved.is_set()
+    following.follow({"health": {key: {"127.0.0.1:1001": 0, "127.0.0.1:1002": 0}}})
+    await asyncio.sleep(0)
+    assert built.resolved.is_set()
+    assert _host(built, 1003).health_flags() == "/failed_active_hc/pending_active_hc"
+    assert {built.pick_host().address[1] for _ in range(10)} == {1001, 1002}

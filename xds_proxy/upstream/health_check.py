@@ -266,16 +266,17 @@ class HealthChecker:
 
 class FollowedHealthChecker:
     """A worker's stand-in for a cluster's `HealthChecker` (`--concurrency N`): no check runs
-    here; each host's active-check flags are the main process's (`follow`). A host's first
-    round ends when the main process has checked it once, so the cluster warms as the main
-    process's does."""
+    here; each host's active-check flags are the main process's (`follow`). The first round
+    ends when the main process has checked each of our hosts once, or has ended its own first
+    round (a DNS cluster may resolve a host here that the main process has not), so the
+    cluster warms as the main process's does."""
 
     def __init__(self, on_change: Callable[[], None], decided: Callable[[], DecidedHealth]) -> None:
         """`decided()`: the main process's latest flags of this cluster version's hosts."""
         self._on_change = on_change
         self._decided = decided
         self._hosts: dict[str, Host] = {}  # by address, as the main process names them
-        self._first_round: dict[Host, asyncio.Event] = {}
+        self._news = asyncio.Event()  # set when the main process's flags came, to look again
 
     def add_hosts(self, hosts: list[Host]) -> None:
         """The hosts take the flags the main process decided for them (if it has)."""
@@ -286,7 +287,6 @@ class FollowedHealthChecker:
             if self._hosts.get(address) is host:
                 continue
             self._hosts[address] = host
-            self._first_round[host] = asyncio.Event()
             bits = decided.get(address)
             if bits is not None:
                 changed = self._take(host, bits) or changed
@@ -298,11 +298,18 @@ class FollowedHealthChecker:
             address = host_address_text(host.address)
             if self._hosts.get(address) is host:
                 del self._hosts[address]
-                self._first_round.pop(host).set()
+        self._news.set()
 
     async def first_round(self) -> None:
-        for event in list(self._first_round.values()):
-            await event.wait()
+        while not self._first_round_over():
+            self._news.clear()
+            await self._news.wait()
+
+    def _first_round_over(self) -> bool:
+        if not any(host.pending_active_hc for host in self._hosts.values()):
+            return True
+        decided = self._decided()
+        return bool(decided) and not any(bits & PENDING_ACTIVE_HC for bits in decided.values())
 
     def stop(self) -> None:
         self.remove_hosts(list(self._hosts.values()))
@@ -314,16 +321,16 @@ class FollowedHealthChecker:
             host = self._hosts.get(address)
             if host is not None:
                 changed = self._take(host, bits) or changed
+        self._news.set()
         if changed:
             self._on_change()
 
-    def _take(self, host: Host, bits: int) -> bool:
+    @staticmethod
+    def _take(host: Host, bits: int) -> bool:
         before = (host.failed_active_hc, host.pending_active_hc, host.active_hc_timeout)
         host.failed_active_hc = bool(bits & FAILED_ACTIVE_HC)
         host.pending_active_hc = bool(bits & PENDING_ACTIVE_HC)
         host.active_hc_timeout = bool(bits & ACTIVE_HC_TIMEOUT)
-        if not host.pending_active_hc:
-            self._first_round[host].set()
         return before != (host.failed_active_hc, host.pending_active_hc, host.active_hc_timeout)
 
 

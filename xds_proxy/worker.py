@@ -39,7 +39,7 @@ from xds_proxy.listener.shared_pacing import SharedPacing
 from xds_proxy.options import Options
 from xds_proxy.server import Server
 from xds_proxy.upstream.host import HOST_STAT_NAMES, host_address_text
-from xds_proxy.workers.channel import MAX_LINE, ask_for_socket, encode, read_start
+from xds_proxy.workers.channel import MAX_LINE, Events, ask_for_socket, encode, read_start
 from xds_proxy.workers.merge import HostCounts
 from xds_proxy.xds.source import use_worker_relay
 
@@ -84,12 +84,6 @@ class _SocketSource:
             raise BindError(f"listener '{listener}': {error}") from None
         sock.setblocking(False)
         return sock
-
-
-async def _follow_main(server: Server, events: asyncio.StreamReader) -> None:
-    """The main process's decisions (host health, EDS fetches ended), applied as they come."""
-    while line := await events.readline():
-        server.clusters.follow(json.loads(line))
 
 
 async def _serve_control(server: Server, control: socket.socket) -> None:
@@ -164,9 +158,11 @@ async def _serve(
         shared_pacing=pacing,
         shared_counts=limits,
     )
-    events_reader, events = await asyncio.open_unix_connection(sock=events_socket, limit=MAX_LINE)
-    server.clusters.follow_main(lambda message: events.write(encode(message)))
-    follow_task = asyncio.create_task(_follow_main(server, events_reader), name="worker-follow")
+    # The main process's decisions (host health, EDS fetches ended), applied as they come
+    # (the clusters follow the main process before the first one arrives).
+    events = Events(server.clusters.follow)
+    server.clusters.follow_main(events.send)
+    await events.attach(events_socket)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_shutdown)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the main process decides
@@ -175,15 +171,15 @@ async def _serve(
         await server.start()
     except ConfigError as error:
         log.error("worker %d: %s", index, error)
-        follow_task.cancel()
+        events.close()
         await server.stop()
         return 1
     control_task = asyncio.create_task(_serve_control(server, control), name="worker-control")
     await server.shutdown_requested.wait()
-    for task in (control_task, follow_task):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    control_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await control_task
+    events.close()
     await server.stop()
     return 0
 

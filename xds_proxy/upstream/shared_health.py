@@ -172,6 +172,9 @@ class DecidingHealth:
                 if host is not None:
                     for code in codes:
                         apply_outcome(detector, host, code)
+        if self._telling is not None:  # an ejection: the workers hear it now, not a turn later
+            self._telling.cancel()
+            self._tell()
 
 
 class _DecidingRole:
@@ -247,7 +250,8 @@ class FollowingHealth:
         self._send = send
         self._versions: dict[str, _Followed] = {}
         self._outcomes: Outcomes = {}
-        self._soon = False  # a report is due at the end of this loop turn
+        self._timer: asyncio.TimerHandle | None = None  # the next report of what waits
+        self._turn_reported = False  # a failure went at once this loop turn
         self._traffic_timer: asyncio.TimerHandle | None = None
 
     def role(self, key: str) -> _FollowingRole:
@@ -274,15 +278,14 @@ class FollowingHealth:
                 reporter.follow(flags)
 
     def record(self, key: str, address: str, code: int) -> None:
-        """One result of a request to a host of the version: sent at the end of this loop
-        turn if it is a failure (a 5xx, a local-origin result), which may eject; else within
-        REPORT_INTERVAL_S, with the others of that time."""
+        """One result of a request to a host of the version. A failure (a 5xx, a local-origin
+        failure), which may eject, goes at once with what waits, the first of a loop turn
+        (before the response it belongs to is written downstream), the next ones at the end
+        of the turn; the others within REPORT_INTERVAL_S: at most two messages a loop turn,
+        and about 1/REPORT_INTERVAL_S a second while all is well."""
         outcomes = self._outcomes
-        if not outcomes:
-            running_loop().call_later(REPORT_INTERVAL_S, self._report)
-        if (code >= 500 or code in _LOCAL_FAILURES) and not self._soon:
-            self._soon = True
-            running_loop().call_soon(self._report)
+        if self._timer is None:
+            self._timer = running_loop().call_later(REPORT_INTERVAL_S, self._on_timer)
         hosts = outcomes.get(key)
         if hosts is None:
             hosts = outcomes[key] = {}
@@ -291,9 +294,20 @@ class FollowingHealth:
             hosts[address] = [code]
         else:
             codes.append(code)
+        if (code >= 500 or code in _LOCAL_FAILURES) and not self._turn_reported:
+            self._turn_reported = True
+            running_loop().call_soon(self._end_of_turn)
+            self._report()
+
+    def _end_of_turn(self) -> None:
+        self._turn_reported = False
+        self._report()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._report()
 
     def _report(self) -> None:
-        self._soon = False
         outcomes, self._outcomes = self._outcomes, {}
         if outcomes:
             self._send({"outcomes": outcomes})
@@ -326,6 +340,9 @@ class FollowingHealth:
             )
 
     def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._traffic_timer is not None:
             self._traffic_timer.cancel()
             self._traffic_timer = None

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -35,11 +36,10 @@ from xds_proxy.listener.shared_pacing import SharedPacing
 from xds_proxy.options import Options
 from xds_proxy.stats import Stats
 from xds_proxy.workers.channel import (
-    MAX_LINE,
     ControlClient,
+    Events,
     address_from_json,
     answer_socket,
-    encode,
     start_message,
 )
 from xds_proxy.workers.published import Snapshot
@@ -62,7 +62,7 @@ class _Worker:
     process: asyncio.subprocess.Process
     control: ControlClient
     sockets: socket.socket  # the main process's end of the sockets pair
-    events: asyncio.StreamWriter  # the main process's end of the events pair
+    events: Events  # the main process's end of the events pair
     buffer: bytearray = dataclasses.field(default_factory=bytearray)
 
 
@@ -204,22 +204,13 @@ class Workers:
 
     def tell(self, message: dict) -> None:
         """Send one message to every worker on its events pair (not answered)."""
-        line = encode(message)
         for worker in self._workers.values():
-            worker.events.write(line)
+            worker.events.send(message)
 
     def tell_one(self, index: int, message: dict) -> None:
         worker = self._workers.get(index)
         if worker is not None:
-            worker.events.write(encode(message))
-
-    async def _read_events(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
-        """What the worker sends on its events pair, one message a line, until it closes."""
-        while line := await reader.readline():
-            try:
-                self._on_event(worker.index, json.loads(line))
-            except Exception:  # one bad message must not stop the worker's others
-                log.exception("worker %d: cannot take %r", worker.index, line[:200])
+            worker.events.send(message)
 
     async def _ask_quietly(self, worker: _Worker, request: dict) -> None:
         with contextlib.suppress(Exception):
@@ -255,7 +246,8 @@ class Workers:
         sockets_theirs.close()
         events_theirs.close()
         control_ours.sendall(start_message(self._start_message(index)))
-        events_reader, events = await asyncio.open_unix_connection(sock=events_ours, limit=MAX_LINE)
+        events = Events(functools.partial(self._on_event, index))
+        await events.attach(events_ours)
         worker = _Worker(
             index, process, await ControlClient.open(control_ours), sockets_ours, events
         )
@@ -264,9 +256,6 @@ class Workers:
         self._workers[index] = worker
         self._active.set(len(self._workers))
         self._watchers.append(asyncio.create_task(self._watch(worker), name=f"worker-{index}"))
-        self._watchers.append(
-            asyncio.create_task(self._read_events(worker, events_reader), name=f"events-{index}")
-        )
         self._on_started(index)
         log.info("worker %d started (pid %d)", index, process.pid)
 

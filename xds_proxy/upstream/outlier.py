@@ -17,7 +17,7 @@ lowers the back-off of hosts that stayed in. Stats under `cluster.<name>.outlier
 
 With `--concurrency N` only the main process decides (as Envoy's main thread does, on every
 worker's results): a worker's cluster has an `OutcomeReporter` instead, which hands each
-result to the main process (`encode_result`, batched by upstream/manager.py) and takes each
+result to the main process (`encode_result`, batched by upstream/shared_health.py) and takes each
 host's ejection from the main process's decisions.
 """
 

@@ -162,8 +162,12 @@ class Events(asyncio.Protocol):
             self.close()
 
     def send(self, message: Any) -> None:
+        self.send_line(encode(message))
+
+    def send_line(self, line: bytes) -> None:
+        """A message `encode` made (once, for many workers)."""
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(encode(message))
+            self._transport.write(line)
 
     def close(self) -> None:
         if self._transport is not None:

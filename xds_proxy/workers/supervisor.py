@@ -40,6 +40,7 @@ from xds_proxy.workers.channel import (
     Events,
     address_from_json,
     answer_socket,
+    encode,
     start_message,
 )
 from xds_proxy.workers.published import Snapshot
@@ -204,8 +205,9 @@ class Workers:
 
     def tell(self, message: dict) -> None:
         """Send one message to every worker on its events pair (not answered)."""
+        line = encode(message)
         for worker in self._workers.values():
-            worker.events.send(message)
+            worker.events.send_line(line)
 
     def tell_one(self, index: int, message: dict) -> None:
         worker = self._workers.get(index)

@@ -1,14 +1,15 @@
 """A worker process of `--concurrency N`: `python -m xds_proxy.worker CONTROL_FD SOCKETS_FD
-MAIN_PID COUNT_FD PACING_FD LIMITS_FD`, started by the main process (`workers/supervisor.py`), never
-by hand.
+MAIN_PID COUNT_FD PACING_FD LIMITS_FD EVENTS_FD`, started by the main process
+(`workers/supervisor.py`), never by hand.
 
 It is a whole xds-proxy server (listener manager, drain manager, clusters, connections) with
 three differences: its one control plane is the main process's relay (every ConfigSource
 means it), its listen sockets come from the main process (the same kernel sockets, so every
 worker accepts on them and no update re-binds), and it has no admin endpoint and no hot
 restart of its own (the main process has them and asks the worker for its state over the
-control channel). It exits when the main process dies (parent-death signal) or closes the
-control channel.
+control channel). Its clusters run no active health check and decide no outlier ejection:
+the main process does, and tells it (upstream/shared_health.py, over the events channel).
+It exits when the main process dies (parent-death signal) or closes the control channel.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from xds_proxy.listener.shared_pacing import SharedPacing
 from xds_proxy.options import Options
 from xds_proxy.server import Server
 from xds_proxy.upstream.host import HOST_STAT_NAMES, host_address_text
-from xds_proxy.workers.channel import MAX_LINE, ask_for_socket, encode, read_start
+from xds_proxy.workers.channel import MAX_LINE, Events, ask_for_socket, encode, read_start
 from xds_proxy.workers.merge import HostCounts
 from xds_proxy.xds.source import use_worker_relay
 
@@ -144,6 +145,7 @@ async def _serve(
     connections: SharedCount,
     pacing: SharedPacing,
     limits: SharedCounts,
+    events_socket: socket.socket,
 ) -> int:
     server = Server(
         options,
@@ -156,6 +158,11 @@ async def _serve(
         shared_pacing=pacing,
         shared_counts=limits,
     )
+    # The main process's decisions (host health, EDS fetches ended), applied as they come
+    # (the clusters follow the main process before the first one arrives).
+    events = Events(server.clusters.follow)
+    server.clusters.follow_main(events.send)
+    await events.attach(events_socket)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_shutdown)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the main process decides
@@ -164,6 +171,7 @@ async def _serve(
         await server.start()
     except ConfigError as error:
         log.error("worker %d: %s", index, error)
+        events.close()
         await server.stop()
         return 1
     control_task = asyncio.create_task(_serve_control(server, control), name="worker-control")
@@ -171,12 +179,15 @@ async def _serve(
     control_task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await control_task
+    events.close()
     await server.stop()
     return 0
 
 
 def main(argv: list[str]) -> int:
-    control_fd, sockets_fd, main_pid, count_fd, pacing_fd, limits_fd = (int(arg) for arg in argv)
+    control_fd, sockets_fd, main_pid, count_fd, pacing_fd, limits_fd, events_fd = (
+        int(arg) for arg in argv
+    )
     _die_with_parent(main_pid)
     control = socket.socket(fileno=control_fd)
     sockets = socket.socket(fileno=sockets_fd)
@@ -203,6 +214,7 @@ def main(argv: list[str]) -> int:
             connections,
             SharedPacing(pacing_fd),
             SharedCounts(limits_fd, start["workers"], start["index"]),
+            socket.socket(fileno=events_fd),
         )
     )
 

@@ -36,7 +36,7 @@ from xds_proxy.config.endpoints import Assignment, Locality
 from xds_proxy.lazy import lazy_import
 from xds_proxy.upstream.dns import AddressLookup, Lookup, choose_lookup, next_lookup_delay_s
 from xds_proxy.upstream.hashing import Maglev, RingHash
-from xds_proxy.upstream.host import Host, Resources
+from xds_proxy.upstream.host import HealthRole, Host, Resources
 from xds_proxy.upstream.http1_pool import Http1Pool
 from xds_proxy.upstream.lb import LeastRequest, LoadBalancer, Random, RoundRobin
 from xds_proxy.upstream.outlier import OutlierDetector, Result
@@ -87,7 +87,10 @@ class Cluster:
         stats: Stats,
         rng: random.Random | None = None,
         resolve: AddressLookup | None = None,
+        health: HealthRole | None = None,
     ) -> None:
+        """`health`: who decides the hosts' health (None: this cluster's own checker and
+        detector; upstream/manager.py's roles for `--concurrency N`)."""
         self.config = config
         self.name = config.name
         self.stats = ClusterStats(stats, config.stat_name)
@@ -114,7 +117,7 @@ class Cluster:
         self._stats_store = stats
         self.lb: LoadBalancer = _load_balancer(config, self._rng, stats)
         self._health_checker = (
-            health_check.HealthChecker(
+            (health.checker if health is not None else health_check.HealthChecker)(
                 config.stat_name,
                 config.health_checks[0],
                 stats,
@@ -128,7 +131,7 @@ class Cluster:
             else None
         )
         self._outliers = (
-            OutlierDetector(
+            (health.detector if health is not None else OutlierDetector)(
                 config.stat_name, config.outlier_detection, stats, self._health_changed, self._rng
             )
             if config.outlier_detection is not None

@@ -12,6 +12,10 @@ edge and unhealthy intervals around changes, plus jitter - Envoy's choice of int
 Stats under `cluster.<name>.health_check.`: `attempt`, `success`, `failure`,
 `network_failure`, `passive_failure`, `verify_cluster` (counters), `healthy`, `degraded`
 (gauges). The owner (the cluster) is told after every check that changed a host's health.
+
+With `--concurrency N` only the main process checks (as Envoy's main thread): a worker's
+cluster has a `FollowedHealthChecker` instead, which runs no check and takes each host's
+flags from the main process's decisions (upstream/manager.py).
 """
 
 from __future__ import annotations
@@ -29,7 +33,15 @@ from xds_proxy.config.health_check import HealthCheckConfig, HttpCheck, TcpCheck
 from xds_proxy.config.tls import UpstreamTls
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.connect import connect_to
-from xds_proxy.upstream.host import PIPE_PORT, Host
+from xds_proxy.upstream.host import (
+    ACTIVE_HC_TIMEOUT,
+    FAILED_ACTIVE_HC,
+    PENDING_ACTIVE_HC,
+    PIPE_PORT,
+    DecidedHealth,
+    Host,
+    host_address_text,
+)
 
 log = logging.getLogger("xds_proxy.upstream")
 
@@ -250,6 +262,76 @@ class HealthChecker:
             asyncio.get_running_loop(),
         )
         return reader, writer
+
+
+class FollowedHealthChecker:
+    """A worker's stand-in for a cluster's `HealthChecker` (`--concurrency N`): no check runs
+    here; each host's active-check flags are the main process's (`follow`). The first round
+    ends when the main process has checked each of our hosts once, or has ended its own first
+    round (a DNS cluster may resolve a host here that the main process has not), so the
+    cluster warms as the main process's does."""
+
+    def __init__(self, on_change: Callable[[], None], decided: Callable[[], DecidedHealth]) -> None:
+        """`decided()`: the main process's latest flags of this cluster version's hosts."""
+        self._on_change = on_change
+        self._decided = decided
+        self._hosts: dict[str, Host] = {}  # by address, as the main process names them
+        self._news = asyncio.Event()  # set when the main process's flags came, to look again
+
+    def add_hosts(self, hosts: list[Host]) -> None:
+        """The hosts take the flags the main process decided for them (if it has)."""
+        decided = self._decided()
+        changed = False
+        for host in hosts:
+            address = host_address_text(host.address)
+            if self._hosts.get(address) is host:
+                continue
+            self._hosts[address] = host
+            bits = decided.get(address)
+            if bits is not None:
+                changed = self._take(host, bits) or changed
+        if changed:
+            self._on_change()
+
+    def remove_hosts(self, hosts: list[Host]) -> None:
+        for host in hosts:
+            address = host_address_text(host.address)
+            if self._hosts.get(address) is host:
+                del self._hosts[address]
+        self._news.set()
+
+    async def first_round(self) -> None:
+        while not self._first_round_over():
+            self._news.clear()
+            await self._news.wait()
+
+    def _first_round_over(self) -> bool:
+        if not any(host.pending_active_hc for host in self._hosts.values()):
+            return True
+        decided = self._decided()
+        return bool(decided) and not any(bits & PENDING_ACTIVE_HC for bits in decided.values())
+
+    def stop(self) -> None:
+        self.remove_hosts(list(self._hosts.values()))
+
+    def follow(self, decided: DecidedHealth) -> None:
+        """The main process decided (some of) this version's hosts' flags."""
+        changed = False
+        for address, bits in decided.items():
+            host = self._hosts.get(address)
+            if host is not None:
+                changed = self._take(host, bits) or changed
+        self._news.set()
+        if changed:
+            self._on_change()
+
+    @staticmethod
+    def _take(host: Host, bits: int) -> bool:
+        before = (host.failed_active_hc, host.pending_active_hc, host.active_hc_timeout)
+        host.failed_active_hc = bool(bits & FAILED_ACTIVE_HC)
+        host.pending_active_hc = bool(bits & PENDING_ACTIVE_HC)
+        host.active_hc_timeout = bool(bits & ACTIVE_HC_TIMEOUT)
+        return before != (host.failed_active_hc, host.pending_active_hc, host.active_hc_timeout)
 
 
 def _close(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> None:

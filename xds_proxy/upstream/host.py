@@ -7,7 +7,9 @@ only as a `PoolOwner`: its name, config, circuit-breaker resources and stats.
 
 from __future__ import annotations
 
-from typing import Protocol
+import random
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from xds_proxy.config.cluster import ClusterConfig
 from xds_proxy.config.endpoints import (
@@ -137,6 +139,56 @@ class Host:
             if is_set
         ]
         return "".join("/" + flag for flag in flags) if flags else "healthy"
+
+
+# A host's health as one process decides it for all (`--concurrency N`: the main process runs
+# the active checks and the outlier detector; the workers follow): one int of these bits.
+FAILED_ACTIVE_HC = 1
+PENDING_ACTIVE_HC = 2
+ACTIVE_HC_TIMEOUT = 4
+FAILED_OUTLIER_CHECK = 8
+ACTIVE_HC_BITS = FAILED_ACTIVE_HC | PENDING_ACTIVE_HC | ACTIVE_HC_TIMEOUT
+
+# Decided health per host address (as `/clusters` prints it).
+DecidedHealth = Mapping[str, int]
+
+
+def decided_health(host: Host) -> int:
+    """The host's health flags that the main process decides, as bits."""
+    return (
+        (FAILED_ACTIVE_HC if host.failed_active_hc else 0)
+        | (PENDING_ACTIVE_HC if host.pending_active_hc else 0)
+        | (ACTIVE_HC_TIMEOUT if host.active_hc_timeout else 0)
+        | (FAILED_OUTLIER_CHECK if host.failed_outlier_check else 0)
+    )
+
+
+class HealthRole(Protocol):
+    """Who decides a cluster's host health (upstream/manager.py): this process (active checks,
+    outlier detection), or, in a worker of `--concurrency N`, the main process. The cluster
+    builds its checker and detector through it, with the arguments of
+    upstream/health_check.py `HealthChecker` and upstream/outlier.py `OutlierDetector`."""
+
+    def checker(
+        self,
+        cluster_name: str,
+        config: Any,
+        stats: Any,
+        tls: Any,
+        had_traffic: Callable[[], bool],
+        on_change: Callable[[], None],
+        rng: random.Random,
+        on_healthy_check: Callable[[Host], None],
+    ) -> Any: ...
+
+    def detector(
+        self,
+        cluster_name: str,
+        config: Any,
+        stats: Any,
+        on_change: Callable[[], None],
+        rng: random.Random,
+    ) -> Any: ...
 
 
 class Resources:

@@ -45,6 +45,7 @@ from xds_proxy.config.tls import SecretWatches
 from xds_proxy.errors import ConfigError
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
+from xds_proxy.upstream.shared_health import DecidingHealth, FollowingHealth, version_key
 
 log = logging.getLogger("xds_proxy.upstream")
 
@@ -106,6 +107,34 @@ class ClusterManager:
         self._warming_gauge = stats.gauge("cluster_manager.warming_clusters")
         self._none_warming = asyncio.Event()  # set whenever no cluster warms
         self.secrets: SecretWatches | None = None  # the secret store (set by the server)
+        # Who decides host health (upstream/shared_health.py): this process, and its workers
+        # follow (`--concurrency N`); or, in a worker, the main process (`follow_main`).
+        self.health: DecidingHealth | FollowingHealth = DecidingHealth()
+        self._health_keys: dict[Cluster, str] = {}  # clusters checked or with outlier detection
+        # A worker: the EDS clusters whose fetch the main process ended without an assignment.
+        self._fetches_over: set[str] = set()
+
+    def follow_main(self, send: Callable[[dict], None]) -> FollowingHealth:
+        """A worker (before any cluster is built): host health is the main process's, which
+        gets this process's request results through `send`."""
+        self.health = FollowingHealth(send)
+        return self.health
+
+    def follow(self, message: dict) -> None:
+        """A worker: a message of the main process (workers/channel.py, *events*)."""
+        ended = message.get("eds_fetch_over")
+        if ended is not None:
+            self._end_fetches(set(ended))
+        if isinstance(self.health, FollowingHealth):
+            self.health.follow(message)
+
+    def _end_fetches(self, names: set[str]) -> None:
+        """The main process's EDS clusters `names` ended their initial fetch without an
+        assignment: ours end theirs (now, or when they are built)."""
+        self._fetches_over = names
+        for cluster in [*self.clusters.values(), *(c for c, _ in self.warming.values())]:
+            if cluster.name in names:
+                cluster.initial_fetch_over()
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
@@ -138,7 +167,7 @@ class ClusterManager:
             # As Envoy: a source it cannot subscribe with rejects the cluster now.
             self._endpoints.check_source(config.eds.source, f"{path}.eds_cluster_config.eds_config")
         self._use_secrets(config)
-        new = Cluster(config, self.stats, self._rng, self._resolve)
+        new = self._build(config, key)
         record = ClusterRecord(key, version_info, time.time())
         old = self.clusters.get(name)
         if static:
@@ -150,6 +179,8 @@ class ClusterManager:
         if config.eds is not None:
             assert self._endpoints is not None
             self._endpoints.watch(new)  # a held assignment is applied at once
+            if name in self._fetches_over:
+                new.initial_fetch_over()
         if warming is not None:  # a newer version replaces the one still warming
             self._retire(warming[0])
             del self.warming[name]
@@ -164,6 +195,19 @@ class ClusterManager:
             self._place(new, record)
         self._warming_changed()
         return True
+
+    def _build(self, config: ClusterConfig, message: bytes) -> Cluster:
+        """A cluster whose hosts' health `self.health` decides or follows; an ORIGINAL_DST
+        cluster's hosts are made by each process for its own requests, so each decides
+        for itself."""
+        decided = config.health_checks or config.outlier_detection is not None
+        if not decided or config.original_dst is not None:
+            return Cluster(config, self.stats, self._rng, self._resolve)
+        key = version_key(config.name, message)
+        new = Cluster(config, self.stats, self._rng, self._resolve, self.health.role(key))
+        self.health.built(key, lambda: new.hosts)
+        self._health_keys[new] = key
+        return new
 
     def _secrets_settled(self, new: Cluster) -> None:
         warming = self.warming.get(new.name)
@@ -219,6 +263,9 @@ class ClusterManager:
 
     def _retire(self, cluster: Cluster) -> None:
         cluster.retire()
+        key = self._health_keys.pop(cluster, None)
+        if key is not None:
+            self.health.retired(key)
         if cluster.config.eds is not None and self._endpoints is not None:
             self._endpoints.unwatch(cluster)
 

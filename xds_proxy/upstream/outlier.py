@@ -14,6 +14,11 @@ first with `always_eject_one_host`), else `ejections_overflow`; enforced with th
 (`base_ejection_time` times the host's back-off, at most `max_ejection_time`, plus jitter),
 runs the success-rate and failure-percentage checks over the last interval's requests, and
 lowers the back-off of hosts that stayed in. Stats under `cluster.<name>.outlier_detection.`.
+
+With `--concurrency N` only the main process decides (as Envoy's main thread does, on every
+worker's results): a worker's cluster has an `OutcomeReporter` instead, which hands each
+result to the main process (`encode_result`, batched by upstream/shared_health.py) and takes each
+host's ejection from the main process's decisions.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 
 from xds_proxy.config.health_check import OutlierDetectionConfig
 from xds_proxy.stats import Stats
-from xds_proxy.upstream.host import Host
+from xds_proxy.upstream.host import FAILED_OUTLIER_CHECK, DecidedHealth, Host, host_address_text
 
 
 class Result(enum.Enum):
@@ -338,3 +343,78 @@ class OutlierDetector:
                     self._stats[f"ejections_detected_{kind.value}"].value += 1
                     changed = self._eject(host, monitor, kind) or changed
         return changed
+
+
+# -- `--concurrency N`: a worker's results, decided in the main process -------------------------
+
+_RESULTS = tuple(Result)
+
+
+def encode_result(result: Result) -> int:
+    """A local-origin result as one int beside HTTP statuses (which are positive)."""
+    return -1 - result.value
+
+
+def apply_outcome(detector: OutlierDetector, host: Host, code: int) -> None:
+    """One result a worker reported (an HTTP status, or `encode_result`'s)."""
+    if code >= 0:
+        detector.put_http_status(host, code)
+    else:
+        detector.put_result(host, _RESULTS[-1 - code])
+
+
+class OutcomeReporter:
+    """A worker's stand-in for a cluster's `OutlierDetector` (`--concurrency N`): it decides
+    nothing; each result goes to `record(address, code)` for the main process's detector,
+    and each host's `failed_outlier_check` is the main process's (`follow`)."""
+
+    def __init__(
+        self,
+        on_change: Callable[[], None],
+        record: Callable[[str, int], None],
+        decided: Callable[[], DecidedHealth],
+    ) -> None:
+        self._on_change = on_change
+        self._record = record
+        self._decided = decided
+        self._hosts: dict[str, Host] = {}  # by address, as the main process names them
+        self._addresses: dict[Host, str] = {}
+
+    def set_hosts(self, hosts: list[Host]) -> None:
+        self._addresses = {host: host_address_text(host.address) for host in hosts}
+        self._hosts = {address: host for host, address in self._addresses.items()}
+        decided = self._decided()
+        for address, host in self._hosts.items():
+            bits = decided.get(address)
+            if bits is not None:
+                host.failed_outlier_check = bool(bits & FAILED_OUTLIER_CHECK)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def health_check_passed(self, host: Host) -> None:
+        pass  # the main process's detector hears it from its own checker
+
+    def put_http_status(self, host: Host, status: int) -> None:
+        address = self._addresses.get(host)
+        self._record(address or host_address_text(host.address), status)
+
+    def put_result(self, host: Host, result: Result) -> None:
+        address = self._addresses.get(host)
+        self._record(address or host_address_text(host.address), encode_result(result))
+
+    def follow(self, decided: DecidedHealth) -> None:
+        """The main process decided (some of) this version's hosts' ejections."""
+        changed = False
+        for address, bits in decided.items():
+            host = self._hosts.get(address)
+            if host is not None:
+                ejected = bool(bits & FAILED_OUTLIER_CHECK)
+                if host.failed_outlier_check is not ejected:
+                    host.failed_outlier_check = ejected
+                    changed = True
+        if changed:
+            self._on_change()

@@ -1,6 +1,9 @@
 """The main process's half of `--concurrency N`, as the server uses it: publish what it
 applied and wait for the workers, end its drains by the workers' connections, merge the
-workers' state into what admin shows, and run admin commands in every worker.
+workers' state into what admin shows, run admin commands in every worker, carry host
+health both ways (the main process's checks and ejections to the workers, the workers'
+request results to its outlier detectors: upstream/shared_health.py), and end in the workers
+the EDS fetches that ended here without an assignment.
 
 The main process accepts no connection, so its drains see none: each of its drains takes the
 connection count of the workers' drains of the same identity (`merge.DRAIN_KEY`), once every
@@ -23,6 +26,7 @@ from xds_proxy.listener.runtime import ListenerRuntime
 from xds_proxy.listener.sockets import ListenSocketPool
 from xds_proxy.options import Options
 from xds_proxy.stats import Stats
+from xds_proxy.upstream.shared_health import DecidingHealth
 from xds_proxy.workers.merge import DRAIN_KEY, HostCounts, merge_stats, sum_host_counts
 from xds_proxy.workers.published import Publisher
 from xds_proxy.workers.supervisor import Workers
@@ -45,8 +49,18 @@ class WorkerCoordinator:
         admin_stats: Stats,
     ) -> None:
         self.workers = Workers(
-            options.concurrency, options, bootstrap, stats, self.find_socket, self._started
+            options.concurrency,
+            options,
+            bootstrap,
+            stats,
+            self.find_socket,
+            self._started,
+            self._worker_event,
         )
+        # This process decides host health; the workers follow (upstream/shared_health.py).
+        health = publisher.clusters.health
+        assert isinstance(health, DecidingHealth)
+        self._health = health
         self._publisher = publisher
         self._manager = manager
         self._runtime = runtime
@@ -64,8 +78,10 @@ class WorkerCoordinator:
         # have no copy yet: the workers' versions waiting for them go on as ours did.
         self._failed: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task] = []
+        self._ended_fetches: list[str] = []  # as last told to the workers
 
     async def start(self) -> None:
+        self._health.tell = self.workers.tell  # a worker started later gets `_started`'s
         await self.workers.start()
         self.workers.publish(self._publisher.snapshot())
         self._tasks = [
@@ -74,6 +90,7 @@ class WorkerCoordinator:
         ]
 
     async def stop(self) -> None:
+        self._health.tell = None
         for task in self._tasks:
             task.cancel()
         await self.workers.stop()
@@ -82,6 +99,7 @@ class WorkerCoordinator:
 
     async def sync(self) -> None:
         """What this process holds now, applied by every worker (or at the timeout)."""
+        self._tell_ended_fetches()
         started = time.monotonic()
         await self.workers.sync(self._publisher.snapshot())
         self._settled(started)
@@ -101,9 +119,18 @@ class WorkerCoordinator:
                     return sock
         return None
 
+    def _tell_ended_fetches(self) -> None:
+        """EDS fetches that ended here without an assignment end in every worker too (the
+        workers' own initial fetch timers could not end them at the same time, or at all)."""
+        ended = self._publisher.ended_fetches()
+        if ended != self._ended_fetches:
+            self._ended_fetches = ended
+            self.workers.tell({"eds_fetch_over": ended})
+
     async def _publish_regularly(self) -> None:
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
+            self._tell_ended_fetches()  # an initial fetch timeout is no response
             started = time.monotonic()
             if self.workers.publish(self._publisher.snapshot()):
                 await self.workers.wait_answered()
@@ -122,9 +149,16 @@ class WorkerCoordinator:
         self._failed = {failed for failed in self._failed if failed[1] != name}
 
     def _started(self, index: int) -> None:
-        """A worker (re)started: it learns what failed here before it started."""
+        """A worker (re)started: it learns every host's health as decided here, and what
+        failed here before it started."""
+        self.workers.tell_one(index, self._health.snapshot())
+        self.workers.tell_one(index, {"eds_fetch_over": self._ended_fetches})
         for kind, name in sorted(self._failed):
             self.workers.call_one(index, "dependency_failed", kind, name)
+
+    def _worker_event(self, index: int, message: dict) -> None:
+        """A worker's request results and first traffic, for the clusters here to decide."""
+        self._health.take(message)
 
     # -- drains ---------------------------------------------------------------------------------
 

@@ -46,6 +46,24 @@ class Publisher:
         self._secrets = secrets
         self._serialized: dict[int, tuple[Any, bytes]] = {}
 
+    @property
+    def clusters(self) -> ClusterManager:
+        return self._clusters
+
+    def ended_fetches(self) -> list[str]:
+        """The EDS clusters whose newest version here ended its initial fetch without an
+        assignment (a NACK, `initial_fetch_timeout`, Delta's "does not exist"): the relay has
+        none to give the workers, whose versions end their fetch when told."""
+        newest = dict(self._clusters.clusters)
+        newest.update({name: cluster for name, (cluster, _) in self._clusters.warming.items()})
+        return sorted(
+            name
+            for name, cluster in newest.items()
+            if cluster.config.eds is not None
+            and cluster.assigned
+            and cluster.config.eds.service_name not in self._endpoints.held
+        )
+
     def snapshot(self) -> Snapshot:
         listeners = {
             version.name: version.raw

@@ -2,7 +2,7 @@
 through the relay, hands them listen sockets, asks them for their state, and restarts one
 that dies.
 
-A worker is `python -m xds_proxy.worker` with two UNIX socket pairs
+A worker is `python -m xds_proxy.worker` with three UNIX socket pairs
 (`workers/channel.py`); its first control message is its start-up data: its index, the
 relay's path, the options and the bootstrap as the main process loaded them. It dies with
 the main process (parent-death signal). A worker that exits on its own is logged, counted
@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -36,8 +37,10 @@ from xds_proxy.options import Options
 from xds_proxy.stats import Stats
 from xds_proxy.workers.channel import (
     ControlClient,
+    Events,
     address_from_json,
     answer_socket,
+    encode,
     start_message,
 )
 from xds_proxy.workers.published import Snapshot
@@ -60,6 +63,7 @@ class _Worker:
     process: asyncio.subprocess.Process
     control: ControlClient
     sockets: socket.socket  # the main process's end of the sockets pair
+    events: Events  # the main process's end of the events pair
     buffer: bytearray = dataclasses.field(default_factory=bytearray)
 
 
@@ -72,13 +76,16 @@ class Workers:
         stats: Stats,
         find_socket: SocketFinder,
         on_started: Callable[[int], None] = lambda index: None,
+        on_event: Callable[[int, dict], None] = lambda index, message: None,
     ) -> None:
-        """`on_started(index)`: a worker was (re)started (its control channel is open)."""
+        """`on_started(index)`: a worker was (re)started (its control channel is open);
+        `on_event(index, message)`: a worker sent a message on its events pair."""
         self.count = count
         self._options = options
         self._bootstrap = bootstrap
         self._find_socket = find_socket
         self._on_started = on_started
+        self._on_event = on_event
         self.relay = Relay()
         self._workers: dict[int, _Worker] = {}
         self._watchers: list[asyncio.Task] = []
@@ -196,6 +203,17 @@ class Workers:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
+    def tell(self, message: dict) -> None:
+        """Send one message to every worker on its events pair (not answered)."""
+        line = encode(message)
+        for worker in self._workers.values():
+            worker.events.send_line(line)
+
+    def tell_one(self, index: int, message: dict) -> None:
+        worker = self._workers.get(index)
+        if worker is not None:
+            worker.events.send(message)
+
     async def _ask_quietly(self, worker: _Worker, request: dict) -> None:
         with contextlib.suppress(Exception):
             await worker.control.ask(request, READY_TIMEOUT_S)
@@ -205,6 +223,7 @@ class Workers:
     async def _spawn(self, index: int) -> None:
         control_ours, control_theirs = socket.socketpair()
         sockets_ours, sockets_theirs = socket.socketpair()
+        events_ours, events_theirs = socket.socketpair()
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -215,9 +234,11 @@ class Workers:
             str(self.connection_count.fd),
             str(self.pacing.fd),
             str(self.limits.fd),
+            str(events_theirs.fileno()),
             pass_fds=(
                 control_theirs.fileno(),
                 sockets_theirs.fileno(),
+                events_theirs.fileno(),
                 self.connection_count.fd,
                 self.pacing.fd,
                 self.limits.fd,
@@ -225,8 +246,13 @@ class Workers:
         )
         control_theirs.close()
         sockets_theirs.close()
+        events_theirs.close()
         control_ours.sendall(start_message(self._start_message(index)))
-        worker = _Worker(index, process, await ControlClient.open(control_ours), sockets_ours)
+        events = Events(functools.partial(self._on_event, index))
+        await events.attach(events_ours)
+        worker = _Worker(
+            index, process, await ControlClient.open(control_ours), sockets_ours, events
+        )
         sockets_ours.setblocking(False)
         asyncio.get_running_loop().add_reader(sockets_ours, self._on_socket_request, worker)
         self._workers[index] = worker
@@ -270,6 +296,7 @@ class Workers:
             asyncio.get_running_loop().remove_reader(worker.sockets)
         worker.sockets.close()
         worker.control.close()
+        worker.events.close()
 
     def _on_socket_request(self, worker: _Worker) -> None:
         try:

@@ -165,6 +165,12 @@ cdef class LogRecord:
         if ends_request:
             self.request_end = self.end
 
+    def took_line(self, method, path):
+        """The request line's method and target, as they came (a request refused before
+        the HCM takes it is logged with these)."""
+        self.method = method
+        self.path = path
+
     def took_request(self, method, path, authority, scheme, policy):
         """The request's pseudo-headers, and what the HCM's policy means for its line
         (`_take_policy`)."""

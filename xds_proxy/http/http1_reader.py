@@ -340,8 +340,7 @@ class Http1RequestReader:
             raise _StopParsing
         record = self._record
         if record is not None:
-            record.method = method
-            record.path = self._url
+            record.took_line(method, self._url)
         if self._url[:1] != b"/" and self._url != b"*" and method != b"CONNECT":
             # `GET http://host/path`: the URL's authority replaces Host, as in Envoy.
             absolute = split_absolute_url(self._url)

@@ -142,6 +142,9 @@ cdef class LogRecord:
     def local_reply(self, status, body_size, server):
         """A response made here (its headers are built only if a format reads them; `date`
         then, within the same second)."""
+        self._reply(status, body_size, server)
+
+    cdef _reply(self, status, body_size, server):
         self.status = status
         self.answered_locally = True
         self._local_status = status
@@ -153,11 +156,7 @@ cdef class LogRecord:
         """A request answered here, in one call: the reply (as `local_reply`), its details,
         route and bytes sent; the response ends now, and so does the request with
         `ends_request` (HTTP/1.1: a request is answered once it is complete)."""
-        self.status = status
-        self.answered_locally = True
-        self._local_status = status
-        self._local_body_size = body_size
-        self._local_server = server
+        self._reply(status, body_size, server)
         self.details = details
         self.route_name = route_name
         self.bytes_sent = bytes_sent

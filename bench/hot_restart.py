@@ -194,6 +194,7 @@ class RestarterRun:
         parent_shutdown_time_s: int = 2,
         prestart: bool = False,
         env: dict[str, str] | None = None,
+        concurrency: int = 1,
     ) -> None:
         import yaml
 
@@ -207,7 +208,7 @@ class RestarterRun:
         script.write_text(
             "#!/bin/sh\n"
             f'exec {program} -c {config} --restart-epoch "$RESTART_EPOCH"'
-            f" --base-id {self.base_id} --concurrency 1 --drain-time-s {drain_time_s}"
+            f" --base-id {self.base_id} --concurrency {concurrency} --drain-time-s {drain_time_s}"
             f" --drain-strategy immediate --parent-shutdown-time-s {parent_shutdown_time_s}"
             f' --admin-address-path {workdir}/{self.kind}-admin-"$RESTART_EPOCH"'
             f" -l {'warning' if envoy else 'info'}\n"

@@ -152,7 +152,7 @@ class ParentHooks:
     drain: Callable[[], None]
     terminate: Callable[[], None]
     shutdown_admin: Callable[[], None]
-    connections: Callable[[], int]
+    connections: Callable[[], Awaitable[int]]  # every process's (a worker's too)
     started_at_all_epochs: Callable[[], float]
 
 
@@ -239,7 +239,7 @@ class ParentEndpoint:
             log.info("hot restart: the child took over; draining every listener")
             self.hooks.drain()
         elif kind == "stats":
-            await channel.send({"type": "stats", "connections": self.hooks.connections()})
+            await channel.send({"type": "stats", "connections": await self.hooks.connections()})
         elif kind == "terminate":
             log.info("hot restart: the child asked us to exit (parent shutdown time)")
             self.hooks.terminate()

@@ -229,7 +229,7 @@ class Server:
                 drain=self.drain_for_hot_restart,
                 terminate=self.request_shutdown,
                 shutdown_admin=self.shutdown_admin,
-                connections=lambda: self.stats.gauge("server.total_connections").value,
+                connections=self._total_connections,
                 started_at_all_epochs=lambda: self.hot_restart.started_at_all_epochs,
             )
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -26,6 +27,7 @@ from bench.hot_restart import (
 )
 from tests.helpers.listeners import http_listener
 from tests.helpers.procs import free_port, wait_for
+from tests.helpers.proxy import ProxyProcess
 from tests.helpers.stub import REPO_ROOT, StubProcess, stub_env
 
 BODY = "served across restarts"
@@ -40,8 +42,45 @@ def stub(tmp_path):
     process.stop()
 
 
+def restarter(tmp_path, bootstrap: dict, **kwargs) -> RestarterRun:
+    """xds-proxy epochs under `xds-proxy-restarter`, with the suite's worker processes
+    (`XDS_PROXY_TEST_CONCURRENCY`: `make test` runs this suite with two as well)."""
+    return RestarterRun(tmp_path, bootstrap, concurrency=ProxyProcess.concurrency, **kwargs)
+
+
 def served(run: RestarterRun, epoch: int) -> int:
     return run.stat(epoch, "http.ingress_http.downstream_rq_total") or 0
+
+
+def test_the_child_counts_the_parents_open_connections(tmp_path, stub):
+    """`server.parent_connections` in the child: the parent's open downstream connections,
+    its workers' with `--concurrency N` (they hold them all)."""
+    lds_port = free_port()
+    stub.client.set_resources(listeners=[http_listener("dynamic", lds_port, BODY)])
+    bootstrap = bootstrap_with_static(stub.xds_address, free_port(), BODY)
+    run = restarter(tmp_path, bootstrap, parent_shutdown_time_s=30)
+    held: list[socket.socket] = []
+    try:
+        run.wait_live(0)
+        wait_for(lambda: lds_port in listen_inodes(), what="the LDS listener bound")
+        for _ in range(6):  # requests still coming: the parent's drain cannot close them
+            client = socket.create_connection(("127.0.0.1", lds_port))
+            client.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
+            held.append(client)
+        wait_for(
+            lambda: (run.stat(0, "http.ingress_http.downstream_cx_active") or 0) >= 6,
+            what="epoch 0 holding the six connections",
+        )
+        assert run.restart() == 1
+        run.wait_live(1)
+        wait_for(
+            lambda: (run.stat(1, "server.parent_connections") or 0) >= 6,
+            what="epoch 1 counting its parent's connections",
+        )
+    finally:
+        for client in held:
+            client.close()
+        run.stop()
 
 
 @pytest.mark.timeout(120)  # three restarts under load: ~9 s, CPU-bound
@@ -51,7 +90,7 @@ def test_three_hot_restarts_under_load_lose_nothing(tmp_path, stub):
     bootstrap = bootstrap_with_static(stub.xds_address, static_port, BODY)
     # one admin port for every epoch: each parent closes its admin when its child says hello
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
-    run = RestarterRun(
+    run = restarter(
         tmp_path, bootstrap, drain_time_s=DRAIN_TIME_S, parent_shutdown_time_s=PARENT_SHUTDOWN_S
     )
     load = h2_load = None
@@ -120,7 +159,7 @@ def test_three_hot_restarts_under_load_lose_nothing(tmp_path, stub):
 
 def test_server_info_tells_hot_restart_version_and_uptime_of_all_epochs(tmp_path, stub):
     bootstrap = bootstrap_with_static(stub.xds_address, free_port(), BODY)
-    run = RestarterRun(tmp_path, bootstrap, parent_shutdown_time_s=1)
+    run = restarter(tmp_path, bootstrap, parent_shutdown_time_s=1)
     try:
         run.wait_live(0)
         wait_for(
@@ -141,7 +180,7 @@ def test_child_without_parent_goes_on_alone(tmp_path, stub):
     """Epoch 1 started with no epoch 0 (e.g. the parent died): it binds and serves itself."""
     port = free_port()
     bootstrap = bootstrap_with_static(stub.xds_address, port, BODY)
-    run = RestarterRun(tmp_path, bootstrap)
+    run = restarter(tmp_path, bootstrap)
     try:
         run.wait_live(0)
         os.kill(run.pid(0), signal.SIGKILL)  # an abnormal exit: the restarter gives up too
@@ -169,7 +208,7 @@ def test_child_without_parent_goes_on_alone(tmp_path, stub):
 
 def test_same_base_id_and_epoch_twice_fails_with_one_line(tmp_path, stub):
     bootstrap = bootstrap_with_static(stub.xds_address, free_port(), BODY)
-    run = RestarterRun(tmp_path, bootstrap)
+    run = restarter(tmp_path, bootstrap)
     try:
         run.wait_live(0)
         script = next(tmp_path.glob("start_*.sh"))

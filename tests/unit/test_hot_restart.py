@@ -63,13 +63,16 @@ class FakeServer:
         self.connections = 7
         self.started_at = 1000.0
 
+    async def total_connections(self) -> int:
+        return self.connections
+
     def hooks(self) -> ParentHooks:
         return ParentHooks(
             listen_sockets=self.pool.listen_sockets,
             drain=self.drained.set,
             terminate=self.terminated.set,
             shutdown_admin=self.admin_closed.set,
-            connections=lambda: self.connections,
+            connections=self.total_connections,
             started_at_all_epochs=lambda: self.started_at,
         )
 

@@ -227,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, load and check the bootstrap, then validate-and-exit or serve."""
     arguments = sys.argv[1:] if argv is None else list(argv)
     channel_fd = os.environ.pop(STANDBY_ENV, None)
-    changed = standby.stand_by(int(channel_fd)) if channel_fd else []
+    started_ns = time.time_ns()  # (before `standby` imports anything)
+    changed = standby.stand_by(int(channel_fd), started_ns) if channel_fd else []
     try:
         options = parse_args(arguments)
         configure_logging(options)

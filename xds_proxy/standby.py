@@ -44,6 +44,10 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 STANDBY_NAME = b"xds-standby"
 READY = b"ready\n"
+# A file's ctime lags the change by up to a kernel tick, and the first few modules (the CLI's)
+# were imported before the standby read the clock: a file whose ctime is this close to the
+# start counts as changed during the imports (a cold start, never a half-old process).
+IMPORT_SLACK_NS = 100_000_000
 GO = b"go\n"
 # What serving needs at once; the modules these import lazily are loaded too (_load_lazy).
 SERVING_MODULES = ("xds_proxy.bootstrap", "xds_proxy.server")
@@ -62,22 +66,31 @@ FIRST_CHECKED = (
 
 @dataclass(frozen=True)
 class ModuleFiles:
-    """What every imported module's file (and the interpreter) was: `_signature`."""
+    """What every imported module's file (and the interpreter) was: `_signature`; and, with
+    `since_ns`, when the imports began: a file changed after that (its ctime) may have been
+    imported before the change, after it, or half of each."""
 
     stats: dict[str, tuple[int, int, int, int]]
+    since_ns: int | None = None
 
     @classmethod
-    def now(cls) -> ModuleFiles:
+    def now(cls, since_ns: int | None = None) -> ModuleFiles:
         paths = {sys.executable}
         for module in list(sys.modules.values()):
             path = getattr(module, "__file__", None)
             if isinstance(path, str):
                 paths.add(path)
-        return cls({path: _signature(path) for path in paths})
+        return cls({path: _signature(path) for path in paths}, since_ns)
 
     def changed(self) -> list[str]:
-        """The files that are not what they were, sorted."""
-        return sorted(path for path, seen in self.stats.items() if _signature(path) != seen)
+        """The files that are not what they were, or were changed while they were imported,
+        sorted."""
+        since = self.since_ns
+        return sorted(
+            path
+            for path, seen in self.stats.items()
+            if _signature(path) != seen or (since is not None and seen[2] >= since)
+        )
 
 
 def _signature(path: str) -> tuple[int, int, int, int]:
@@ -90,10 +103,11 @@ def _signature(path: str) -> tuple[int, int, int, int]:
     return (found.st_ino, found.st_mtime_ns, found.st_ctime_ns, found.st_size)
 
 
-def stand_by(channel_fd: int) -> list[str]:
+def stand_by(channel_fd: int, started_ns: int) -> list[str]:
     """Import the serving path, say `ready` on the channel, wait for `go`; then return the
-    module files changed meanwhile (empty: go on in this process). Exits, silently, when
-    the restarter is gone."""
+    module files changed meanwhile, or while they were imported (since `started_ns`, the
+    wall clock before the imports, less IMPORT_SLACK_NS; empty: go on in this process).
+    Exits, silently, when the restarter is gone."""
     channel = socket.socket(fileno=channel_fd)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -104,7 +118,7 @@ def stand_by(channel_fd: int) -> list[str]:
         importlib.import_module(name)
     _load_lazy()
     _compile_checks()
-    files = ModuleFiles.now()
+    files = ModuleFiles.now(since_ns=started_ns - IMPORT_SLACK_NS)
     with contextlib.suppress(OSError):  # the restarter may have said `go` meanwhile: read below
         channel.sendall(READY)
     if _read_line(channel) != GO:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 from xds_proxy.standby import ModuleFiles
@@ -44,6 +45,20 @@ def files_of(paths) -> ModuleFiles:
             del sys.modules[name]
     wanted = {str(path) for path in paths}
     return ModuleFiles({path: seen for path, seen in everything.stats.items() if path in wanted})
+
+
+def test_a_file_changed_while_the_imports_ran_counts_as_changed(tmp_path) -> None:
+    """A module file changed after the standby began its imports (its ctime) may have been
+    imported old: changed, even though its signature now is the one recorded."""
+    older, newer = tmp_path / "older.py", tmp_path / "newer.py"
+    older.write_text("x = 1\n")
+    between = os.stat(older).st_ctime_ns + 1
+    time.sleep(0.02)  # (past a coarse file-system clock's tick)
+    newer.write_text("x = 2\n")
+    assert os.stat(newer).st_ctime_ns >= between
+    recorded = files_of([older, newer]).stats
+    assert ModuleFiles(recorded).changed() == []
+    assert ModuleFiles(recorded, since_ns=between).changed() == [str(newer)]
 
 
 def test_now_covers_every_imported_module_file_and_the_interpreter() -> None:

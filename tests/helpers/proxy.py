@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 from tests.helpers.envoy import EnvoyProcess
+from tests.helpers.procs import wait_for
 from tests.helpers.stub import stub_env
 
 
@@ -24,3 +27,18 @@ class ProxyProcess(EnvoyProcess):
 
     def environment(self) -> dict[str, str]:
         return stub_env()
+
+
+def start_with_workers(bootstrap: dict[str, Any], workdir: Path, workers: int) -> ProxyProcess:
+    """xds-proxy with `--concurrency workers`, ready and with every worker serving (stopped
+    again if it does not get there)."""
+    proxy = ProxyProcess(bootstrap, workdir)
+    proxy.concurrency = workers
+    proxy.start()
+    try:
+        proxy.wait_ready()
+        wait_for(lambda: proxy.stat("xds_proxy.workers.active") == workers, timeout=10)
+    except Exception:
+        proxy.stop()
+        raise
+    return proxy

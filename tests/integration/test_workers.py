@@ -20,7 +20,7 @@ import pytest
 from tests.helpers.http_client import HttpConnection
 from tests.helpers.listeners import http_listener
 from tests.helpers.procs import free_port, wait_for
-from tests.helpers.proxy import ProxyProcess
+from tests.helpers.proxy import ProxyProcess, start_with_workers
 from tests.helpers.upstreams import Http1Echo, cluster_dict
 from tests.integration.test_upstream_proxy import http_listener as proxy_listener
 from tests.integration.test_upstream_proxy import route
@@ -46,16 +46,7 @@ def start_proxy(
         "static_resources": {**static, "clusters": clusters or []},
         **bootstrap,
     }
-    proxy = ProxyProcess(doc, tmp_path)
-    proxy.concurrency = workers
-    proxy.start()
-    try:
-        proxy.wait_ready()
-        wait_for(lambda: proxy.stat("xds_proxy.workers.active") == workers, timeout=10)
-    except Exception:
-        proxy.stop()
-        raise
-    return proxy
+    return start_with_workers(doc, tmp_path, workers)
 
 
 def worker_pids(proxy: ProxyProcess) -> dict[int, int]:

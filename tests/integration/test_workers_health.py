@@ -21,7 +21,7 @@ from typing import Any
 
 from tests.helpers.http_client import HttpConnection, Response
 from tests.helpers.procs import free_port, wait_for
-from tests.helpers.proxy import ProxyProcess
+from tests.helpers.proxy import ProxyProcess, start_with_workers
 from tests.helpers.stub import StubProcess
 from tests.helpers.upstreams import Http1Echo, cluster_dict
 from tests.integration.test_cds import cds_bootstrap, routed_listener
@@ -83,16 +83,7 @@ def _start(tmp_path, port: int, cluster: dict[str, Any]) -> ProxyProcess:
             "clusters": [cluster],
         },
     }
-    proxy = ProxyProcess(bootstrap, tmp_path)
-    proxy.concurrency = WORKERS
-    proxy.start()
-    try:
-        proxy.wait_ready()
-        wait_for(lambda: proxy.stat("xds_proxy.workers.active") == WORKERS, timeout=10)
-    except Exception:
-        proxy.stop()
-        raise
-    return proxy
+    return start_with_workers(bootstrap, tmp_path, WORKERS)
 
 
 def _accepted(proxy: ProxyProcess, port: int) -> dict[int, int]:

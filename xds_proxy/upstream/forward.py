@@ -600,10 +600,8 @@ class Exchange(ResponseHandler):
         name = action.single_cluster or action.pick_cluster(_rng)
         cluster = clusters.get(name) if clusters is not None else None
         record = self._record
-        if record is not None:
-            record.server = policy.server_name
-            if end_stream:
-                record.request_end = time.monotonic()
+        if record is not None and end_stream:  # (the codec set its server: took_request)
+            record.request_end = time.monotonic()
         if cluster is None:
             if record is not None:
                 record.flags, record.details = "NC", "cluster_not_found"

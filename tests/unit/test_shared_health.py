@@ -13,13 +13,13 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import json_format
 
 from tests.helpers.upstreams import cluster_dict
+from tests.helpers.waiting import wait_until
 from xds_proxy.stats import Stats
 from xds_proxy.upstream.cluster import Cluster
 from xds_proxy.upstream.host import Host
 from xds_proxy.upstream.manager import ClusterManager
 from xds_proxy.upstream.outlier import Result
 from xds_proxy.upstream.shared_health import (
-    REPORT_INTERVAL_S,
     DecidingHealth,
     FollowingHealth,
     version_key,
@@ -67,8 +67,12 @@ def _host(cluster: Cluster, port: int) -> Host:
     return next(host for host in cluster.hosts if host.address[1] == port)
 
 
-async def _settle() -> None:
-    await asyncio.sleep(REPORT_INTERVAL_S * 3)
+async def _settle(proxy: Proxy) -> None:
+    """Until every worker's results reached the main process and its decisions the workers."""
+    await wait_until(
+        lambda: not proxy.deciding.pending and not any(f.pending for f in proxy.following),
+        what="results reported and decisions told",
+    )
 
 
 async def test_consecutive_5xx_count_across_workers_and_the_ejection_reaches_every_worker() -> None:
@@ -80,7 +84,7 @@ async def test_consecutive_5xx_count_across_workers_and_the_ejection_reaches_eve
     for _ in range(2):
         second.report_status(_host(second, 1002), 503)
     assert not _host(main, 1002).failed_outlier_check  # nothing decided before the reports
-    await _settle()
+    await _settle(proxy)
     for cluster in (main, first, second):
         assert _host(cluster, 1002).failed_outlier_check
         assert not _host(cluster, 1001).failed_outlier_check
@@ -99,15 +103,15 @@ async def test_a_success_between_two_workers_failures_resets_the_count() -> None
     _, first, second = proxy.clusters("backends")
     for _ in range(4):
         first.report_status(_host(first, 1002), 503)
-    await _settle()
+    await _settle(proxy)
     second.report_status(_host(second, 1002), 200)
-    await _settle()
+    await _settle(proxy)
     for _ in range(4):
         first.report_status(_host(first, 1002), 503)
-    await _settle()
+    await _settle(proxy)
     assert not _host(first, 1002).failed_outlier_check
     second.report_result(_host(second, 1002), Result.CONNECT_FAILED)  # a 503 for the detector
-    await _settle()
+    await _settle(proxy)
     assert _host(first, 1002).failed_outlier_check
     assert _host(second, 1002).failed_outlier_check
 
@@ -121,7 +125,7 @@ async def test_results_go_in_batches_and_only_for_clusters_with_outlier_detectio
     for _ in range(100):
         first.report_status(_host(first, 1001), 200)
         plain.report_status(_host(plain, 1001), 503)
-    await _settle()
+    await _settle(proxy)
     assert len(proxy.reports) == 1
     (report,) = proxy.reports
     assert list(report["outcomes"]) == [version_key_of(proxy.main, "backends")]

@@ -130,6 +130,11 @@ class DecidingHealth:
             self._marked.add(key)
             self._tell_soon()
 
+    @property
+    def pending(self) -> bool:
+        """Decisions not told to the workers yet (they are, at the end of this loop turn)."""
+        return self._telling is not None
+
     def _tell_soon(self) -> None:
         if self._telling is None:
             self._telling = running_loop().call_soon(self._tell)
@@ -298,6 +303,11 @@ class FollowingHealth:
             self._turn_reported = True
             running_loop().call_soon(self._end_of_turn)
             self._report()
+
+    @property
+    def pending(self) -> bool:
+        """Results not sent to the main process yet (they are within REPORT_INTERVAL_S)."""
+        return bool(self._outcomes)
 
     def _end_of_turn(self) -> None:
         self._turn_reported = False

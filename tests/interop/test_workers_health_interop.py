@@ -7,7 +7,6 @@ connections spread over both workers, then is ejected everywhere: once the eject
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from tests.helpers.envoy import EnvoyProcess
 from tests.helpers.procs import free_port, wait_for
 from tests.helpers.proxy import ProxyProcess
 from tests.helpers.upstreams import cluster_dict
-from tests.integration.test_cds import routed_listener
+from tests.integration.test_cds import get_upstream, routed_listener
 from tests.integration.test_workers_health import Upstream, _check
 
 pytestmark = pytest.mark.envoy
@@ -39,17 +38,8 @@ def _bootstrap(port: int, cluster: dict[str, Any]) -> dict[str, Any]:
 
 def _label(port: int) -> str:
     """One GET on a new connection: the upstream's label, or the status of a local reply."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    head = received.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        if name.lower() == "x-upstream":
-            return value.strip()
-    return head[0].split()[1]
+    status, label = get_upstream(port)
+    return label or str(status)
 
 
 def _flags(process: EnvoyProcess, ports: dict[int, str]) -> dict[str, str]:
